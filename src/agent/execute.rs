@@ -1,0 +1,122 @@
+//! Carries out the phase machine's actions through the ports.
+//!
+//! Every action is idempotent at the adapter (see `ports`), so a repeat after a crash is safe.
+//! Telling people and mirroring tags never stops a migration: their failures are logged and
+//! counted, and the heartbeat alarm covers a silent agent.
+
+use std::collections::BTreeMap;
+
+use crate::core::action::{Action, ActionError, ActionKey, ActionResult};
+use crate::core::tags;
+use crate::core::{Migration, Policy};
+use crate::ports::{Metrics, Network, Notifier, PortResult, Rds, Router, World};
+
+/// Outcomes the phase machine wants to hear about: every failure of a mutating action, and the
+/// successes that no describe call can show.
+fn feeds_back(key: ActionKey, ok: bool) -> bool {
+    if ok {
+        matches!(
+            key,
+            ActionKey::RouteTraffic | ActionKey::RunSmokeTest | ActionKey::SetTriggerTag
+        )
+    } else {
+        !matches!(
+            key,
+            ActionKey::Notify | ActionKey::PutHeartbeat | ActionKey::MirrorPhaseTag
+        )
+    }
+}
+
+pub async fn execute<W: World>(world: &W, policy: &Policy, action: &Action) -> PortResult<()> {
+    let rds = world.rds();
+    match action {
+        Action::EnsureParameterGroups(spec) => rds.ensure_parameter_groups(spec).await,
+        Action::EnsureQuarantineGroup(spec) => world
+            .network()
+            .ensure_quarantine_group(spec)
+            .await
+            .map(|_| ()),
+        Action::CreateReplicaCluster(spec) => rds.create_replica_cluster(spec).await,
+        Action::CreateWriterInstance(spec) => rds.create_writer_instance(spec).await,
+        Action::QuarantineSource { instance, group_id } => {
+            rds.set_source_groups(instance, std::slice::from_ref(group_id))
+                .await
+        }
+        Action::RebootSource { instance } => rds.reboot_source(instance).await,
+        Action::PromoteTarget { cluster } => rds.promote_target(cluster).await,
+        Action::RouteTraffic(request) => world.router().route(request).await,
+        Action::RunSmokeTest(request) => world.router().smoke_test(request).await,
+        Action::QuarantineTarget { cluster, group_id } => {
+            rds.set_target_groups(cluster, std::slice::from_ref(group_id))
+                .await
+        }
+        Action::RestoreSourceGroups {
+            instance,
+            group_ids,
+        } => rds.set_source_groups(instance, group_ids).await,
+        Action::DeleteTarget { cluster, writer } => rds.delete_target(cluster, writer).await,
+        Action::CreateFinalSnapshot { instance, snapshot } => {
+            rds.create_final_snapshot(instance, snapshot).await
+        }
+        Action::DisableDeletionProtection { instance } => {
+            rds.disable_deletion_protection(instance).await
+        }
+        Action::DeleteSource { instance } => rds.delete_source(instance).await,
+        Action::DeleteQuarantineGroup { group_id } => world.network().delete_group(group_id).await,
+        Action::EnsureHeartbeatAlarm { alarm, migration } => {
+            world
+                .metrics()
+                .ensure_heartbeat_alarm(alarm, migration)
+                .await
+        }
+        Action::DeleteHeartbeatAlarm { alarm } => world.metrics().delete_alarm(alarm).await,
+        Action::MirrorPhaseTag { arns, phase } => {
+            let mut t = BTreeMap::new();
+            t.insert(
+                tags::phase_key(&policy.tag_prefix),
+                phase.as_str().to_string(),
+            );
+            for arn in arns {
+                rds.set_tags(arn, &t).await?;
+            }
+            Ok(())
+        }
+        Action::SetTriggerTag { arn, value } => {
+            let mut t = BTreeMap::new();
+            t.insert(policy.tag_prefix.clone(), value.clone());
+            rds.set_tags(arn, &t).await
+        }
+        Action::PutHeartbeat { migration } => world.metrics().put_heartbeat(migration).await,
+        Action::Notify(note) => world.notifier().publish(note).await,
+    }
+}
+
+/// Runs the actions in order and returns the results the machine must see.
+pub async fn execute_all<W: World>(
+    world: &W,
+    m: &Migration,
+    policy: &Policy,
+    actions: &[Action],
+) -> Vec<ActionResult> {
+    let mut results = Vec::new();
+    for action in actions {
+        let key = action.key();
+        let outcome = execute(world, policy, action).await;
+        match &outcome {
+            Ok(()) => tracing::info!(migration = %m.id, action = %key, "action done"),
+            Err(e) => {
+                tracing::warn!(migration = %m.id, action = %key, error = %e, kind = e.kind.as_str(), "action failed")
+            }
+        }
+        if feeds_back(key, outcome.is_ok()) {
+            results.push(ActionResult {
+                key,
+                outcome: outcome.map_err(|e| ActionError {
+                    kind: e.kind,
+                    message: e.to_string(),
+                }),
+            });
+        }
+    }
+    results
+}

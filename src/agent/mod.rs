@@ -1,0 +1,298 @@
+//! The driver: for one inbound message, observe, step, persist, act and schedule.
+//!
+//! The order per message is the crash-safety rule (DESIGN principle 6): receive → parse → load
+//! record → observe → step → persist (conditional on the version) → execute actions → schedule
+//! wake-up → delete message. A crash between any two of these converges on redelivery or on the
+//! next tick: the record is written before anything it asks for is done, every action is
+//! idempotent, and the in-flight markers in the record stop a repeat from doubling a mutation.
+
+pub mod execute;
+pub mod observe;
+
+use jiff::SignedDuration;
+
+use crate::core::admission::{Admission, admit};
+use crate::core::observation::Observed;
+use crate::core::{ErrorKind, Migration, MigrationId, Policy, step};
+use crate::inbound::{self, Inbound, ParseError, Tick};
+use crate::ports::{Clock, PortError, Queue, QueueMessage, Rds, StateStore, StoreError, World};
+
+/// Longest SQS delay: a longer wait is re-ticked.
+pub const MAX_DELAY_S: u32 = 900;
+/// Steps taken for one message before yielding to the queue ("put a limit on everything").
+pub const MAX_STEPS_PER_MESSAGE: usize = 8;
+/// A record whose wake-up is this late is stepped by the resync (its tick was lost).
+pub const RESYNC_GRACE: SignedDuration = SignedDuration::from_secs(120);
+
+/// What to do with the message after handling it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Handled (or nothing to do): delete it.
+    Delete,
+    /// Unknown kind: logged, delete it.
+    DeleteUnknown(String),
+    /// Stale tick: delete it without observing.
+    DeleteStale,
+    /// Malformed, or failed in a way a retry may fix: leave it for redelivery (and in the end
+    /// the DLQ).
+    Leave(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error("the record kept changing under this agent (another worker is handling it)")]
+    Contended,
+}
+
+impl From<StoreError> for DriverError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::VersionConflict { .. } => DriverError::Contended,
+            StoreError::Port(p) => DriverError::Port(p),
+        }
+    }
+}
+
+pub struct Agent<W: World> {
+    pub world: W,
+    pub policy: Policy,
+}
+
+impl<W: World> Agent<W> {
+    pub fn new(world: W, policy: Policy) -> Self {
+        Agent { world, policy }
+    }
+
+    /// Handles one queue message; the caller deletes or leaves it as told.
+    pub async fn handle_message(&self, message: &QueueMessage) -> Disposition {
+        let inbound = match inbound::parse(&message.body) {
+            Ok(i) => i,
+            Err(ParseError::Unknown(kind)) => {
+                tracing::info!(message_id = %message.id, kind = %kind, "unknown message kind, deleted");
+                return Disposition::DeleteUnknown(kind);
+            }
+            Err(e @ ParseError::Malformed { .. }) => {
+                tracing::error!(message_id = %message.id, error = %e, receive_count = message.receive_count, "malformed message left for the DLQ");
+                return Disposition::Leave(e.to_string());
+            }
+        };
+        match self.handle(inbound).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(message_id = %message.id, error = %e, "message left for redelivery");
+                Disposition::Leave(e.to_string())
+            }
+        }
+    }
+
+    pub async fn handle(&self, inbound: Inbound) -> Result<Disposition, DriverError> {
+        match inbound {
+            Inbound::Tick(tick) => self.on_tick(&tick).await,
+            Inbound::InstanceEvent(e) => self.on_source(&e.source_identifier).await,
+            Inbound::TagChange(t) | Inbound::TagsAdded(t) => {
+                let ours = t
+                    .changed_keys
+                    .iter()
+                    .any(|k| k.starts_with(&self.policy.tag_prefix));
+                if !ours {
+                    return Ok(Disposition::Delete);
+                }
+                let identifier = t.arn.rsplit(':').next().unwrap_or_default().to_string();
+                if !t.arn.contains(":db:") {
+                    return Ok(Disposition::Delete); // only instances are sources
+                }
+                self.on_source(&identifier).await
+            }
+            Inbound::ClusterEvent(e) => self.on_cluster(&e.source_identifier).await,
+            Inbound::Resync { .. } => self.resync().await.map(|_| Disposition::Delete),
+        }
+    }
+
+    async fn on_tick(&self, tick: &Tick) -> Result<Disposition, DriverError> {
+        let Some(m) = self.world.store().load(&tick.migration()).await? else {
+            return Ok(Disposition::DeleteStale);
+        };
+        if m.next_wake.as_ref().map(|w| w.token) != Some(tick.token) {
+            tracing::debug!(migration = %m.id, token = tick.token, "stale tick dropped");
+            return Ok(Disposition::DeleteStale);
+        }
+        self.reconcile(m).await?;
+        Ok(Disposition::Delete)
+    }
+
+    /// Something happened to a source instance (event, tag): start or continue its migration.
+    /// An instance that does not carry the trigger and has no migration is never touched.
+    pub async fn on_source(&self, identifier: &str) -> Result<Disposition, DriverError> {
+        let source = match self.world.rds().describe_source(identifier).await? {
+            Observed::Present(s) => s,
+            _ => return Ok(Disposition::Delete),
+        };
+        let latest = self.world.store().latest(&source.resource_id).await?;
+        let now = self.world.clock().now();
+        match admit(&source, latest.as_ref(), &self.policy.tag_prefix, now) {
+            Admission::Ignore(why) => {
+                tracing::debug!(instance = identifier, why, "no migration");
+            }
+            Admission::Continue(_) => {
+                if let Some(m) = latest {
+                    self.reconcile(m).await?;
+                }
+            }
+            Admission::Start(m) => {
+                tracing::info!(migration = %m.id, instance = identifier, "migration requested");
+                match self.world.store().save(&m).await {
+                    Ok(version) => {
+                        let mut m = *m;
+                        m.version = version;
+                        self.reconcile(m).await?;
+                    }
+                    // Another message (or agent) started it first: that one carries it.
+                    Err(StoreError::VersionConflict { .. }) => {}
+                    Err(StoreError::Port(e)) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(Disposition::Delete)
+    }
+
+    /// A cluster event: the cluster's tag names its migration.
+    async fn on_cluster(&self, cluster: &str) -> Result<Disposition, DriverError> {
+        let Observed::Present(t) = self.world.rds().describe_target(cluster).await? else {
+            return Ok(Disposition::Delete);
+        };
+        let key = crate::core::tags::key(&self.policy.tag_prefix, "migration");
+        let Some(id) = t.tags.get(&key).and_then(|v| parse_migration_id(v)) else {
+            return Ok(Disposition::Delete);
+        };
+        if let Some(m) = self.world.store().load(&id).await? {
+            self.reconcile(m).await?;
+        }
+        Ok(Disposition::Delete)
+    }
+
+    /// The fleet-wide resync: admit tagged instances nobody has seen, and step migrations whose
+    /// wake-up is overdue (their tick was lost).
+    pub async fn resync(&self) -> Result<(), DriverError> {
+        let tagged = self
+            .world
+            .rds()
+            .list_tagged_sources(&self.policy.tag_prefix)
+            .await?;
+        for source in tagged {
+            if let Err(e) = self.on_source(&source.identifier).await {
+                tracing::warn!(instance = %source.identifier, error = %e, "resync of a source failed");
+            }
+        }
+        let now = self.world.clock().now();
+        for m in self.world.store().list().await? {
+            let overdue = m
+                .next_wake
+                .as_ref()
+                .is_some_and(|w| w.at + RESYNC_GRACE < now);
+            if overdue {
+                tracing::info!(migration = %m.id, "wake-up overdue, stepping");
+                if let Err(e) = self.reconcile(m).await {
+                    tracing::warn!(error = %e, "resync step failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Observe → step → persist → act, repeated while the machine asks to look again at once
+    /// or has action results to hear; then schedule the wake-up.
+    pub async fn reconcile(&self, mut m: Migration) -> Result<Migration, DriverError> {
+        let world = &self.world;
+        let mut pending = Vec::new();
+        let mut observation = None;
+        let mut contended = 0;
+        for _ in 0..MAX_STEPS_PER_MESSAGE {
+            let mut obs = match observation.take() {
+                Some(o) => o,
+                None => match observe::observe(world, &m, &self.policy).await {
+                    Ok(o) => o,
+                    Err(e) => return self.retry_later(m, e).await,
+                },
+            };
+            obs.action_results = std::mem::take(&mut pending);
+            let now = world.clock().now();
+            let decision = step(&m, &obs, now, &self.policy);
+            let before = m.phase;
+            match world.store().save(&decision.next).await {
+                Ok(version) => {
+                    m = decision.next;
+                    m.version = version;
+                }
+                Err(StoreError::VersionConflict { .. }) if contended < 2 => {
+                    // Someone else moved it: re-read and decide again from a fresh look.
+                    contended += 1;
+                    match world.store().load(&m.id).await? {
+                        Some(fresh) => m = fresh,
+                        None => return Err(DriverError::Contended),
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if m.phase != before {
+                tracing::info!(migration = %m.id, from = %before, phase = %m.phase, "phase changed");
+            }
+            pending = execute::execute_all(world, &m, &self.policy, &decision.actions).await;
+            if !pending.is_empty() {
+                obs.action_results.clear();
+                observation = Some(obs); // hear the results against the same look
+                continue;
+            }
+            if decision.wake_after != Some(SignedDuration::ZERO) {
+                break;
+            }
+        }
+        self.schedule(&m).await?;
+        Ok(m)
+    }
+
+    /// An observation failed: leave the record as it is and look again later, sooner for a
+    /// transient error than for one a person must fix.
+    async fn retry_later(&self, m: Migration, e: PortError) -> Result<Migration, DriverError> {
+        let delay_s = match e.kind {
+            ErrorKind::Throttled => 30,
+            ErrorKind::Retryable => 10,
+            ErrorKind::NotFound | ErrorKind::Conflict => 15,
+            ErrorKind::Fatal => 300,
+        };
+        tracing::warn!(migration = %m.id, error = %e, kind = e.kind.as_str(), delay_s, "observation failed, retrying later");
+        let Some(wake) = &m.next_wake else {
+            return Err(e.into());
+        };
+        let tick = Tick::new(&m.id, wake.token);
+        self.world.queue().send(&tick.to_json(), delay_s).await?;
+        Ok(m)
+    }
+
+    /// Sends the tick for the record's wake-up, clamped to SQS's 15 minutes.
+    async fn schedule(&self, m: &Migration) -> Result<(), DriverError> {
+        let Some(wake) = &m.next_wake else {
+            return Ok(());
+        };
+        let now = self.world.clock().now();
+        let delay = wake
+            .at
+            .duration_since(now)
+            .as_secs()
+            .clamp(0, i64::from(MAX_DELAY_S)) as u32;
+        let tick = Tick::new(&m.id, wake.token);
+        self.world.queue().send(&tick.to_json(), delay).await?;
+        Ok(())
+    }
+}
+
+/// `<resource id>/<attempt>`, as written in the `<prefix>:migration` tag.
+pub fn parse_migration_id(v: &str) -> Option<MigrationId> {
+    let (resource_id, attempt) = v.rsplit_once('/')?;
+    Some(MigrationId {
+        resource_id: resource_id.to_string(),
+        attempt: attempt.parse().ok()?,
+    })
+}

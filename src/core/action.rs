@@ -1,0 +1,266 @@
+//! What the phase machine asks the shell to do.
+//!
+//! Actions are shaped by capability ("quarantine the source"), not by SDK call, and each is
+//! idempotent: the adapters turn "already exists" into success after checking that the resource
+//! is ours, so a repeat after a crash or a lost answer is harmless. The record remembers which
+//! mutating actions are in flight (`Migration::requested`), so a repeated observation never
+//! produces a second one.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::notification::Notification;
+use super::phase::Phase;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Action {
+    /// Create the Aurora cluster and instance parameter groups (shared by content hash) and set
+    /// their parameters.
+    EnsureParameterGroups(ParameterGroupsSpec),
+    /// Create the quarantine security group and make its rules exactly the spec: no egress,
+    /// ingress only from the declared CDC consumers' groups.
+    EnsureQuarantineGroup(QuarantineGroupSpec),
+    CreateReplicaCluster(ReplicaClusterSpec),
+    CreateWriterInstance(WriterInstanceSpec),
+    /// ModifyDBInstance with exactly the quarantine group, applied immediately.
+    QuarantineSource {
+        instance: String,
+        group_id: String,
+    },
+    RebootSource {
+        instance: String,
+    },
+    PromoteTarget {
+        cluster: String,
+    },
+    RouteTraffic(RouteRequest),
+    RunSmokeTest(RouteRequest),
+    /// After cutover, on an approved rollback: fence the Aurora cluster with the quarantine group.
+    QuarantineTarget {
+        cluster: String,
+        group_id: String,
+    },
+    RestoreSourceGroups {
+        instance: String,
+        group_ids: Vec<String>,
+    },
+    /// Delete the writer instance and the replica cluster, without a final snapshot (it never
+    /// took writes).
+    DeleteTarget {
+        cluster: String,
+        writer: String,
+    },
+    CreateFinalSnapshot {
+        instance: String,
+        snapshot: String,
+    },
+    DisableDeletionProtection {
+        instance: String,
+    },
+    DeleteSource {
+        instance: String,
+    },
+    DeleteQuarantineGroup {
+        group_id: String,
+    },
+    /// Create or update the per-migration heartbeat alarm (missing data is breaching).
+    EnsureHeartbeatAlarm {
+        alarm: String,
+        migration: String,
+    },
+    DeleteHeartbeatAlarm {
+        alarm: String,
+    },
+    /// Mirror the phase to the `<prefix>:phase` tag of these resources (ARNs).
+    MirrorPhaseTag {
+        arns: Vec<String>,
+        phase: Phase,
+    },
+    /// Set the trigger tag's value (to `stopped` when an attempt ends without completing, so
+    /// that only a new `start` begins another attempt).
+    SetTriggerTag {
+        arn: String,
+        value: String,
+    },
+    /// Publish the per-migration heartbeat metric (telemetry, not a mutation).
+    PutHeartbeat {
+        migration: String,
+    },
+    Notify(Notification),
+}
+
+/// Names one kind of mutating action, to remember that it is in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ActionKey {
+    EnsureParameterGroups,
+    EnsureQuarantineGroup,
+    CreateReplicaCluster,
+    CreateWriterInstance,
+    QuarantineSource,
+    RebootSource,
+    PromoteTarget,
+    RouteTraffic,
+    RunSmokeTest,
+    QuarantineTarget,
+    RestoreSourceGroups,
+    DeleteTarget,
+    CreateFinalSnapshot,
+    DisableDeletionProtection,
+    DeleteSource,
+    DeleteQuarantineGroup,
+    EnsureHeartbeatAlarm,
+    DeleteHeartbeatAlarm,
+    MirrorPhaseTag,
+    SetTriggerTag,
+    PutHeartbeat,
+    Notify,
+}
+
+impl fmt::Display for ActionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl Action {
+    pub fn key(&self) -> ActionKey {
+        match self {
+            Action::EnsureParameterGroups(_) => ActionKey::EnsureParameterGroups,
+            Action::EnsureQuarantineGroup(_) => ActionKey::EnsureQuarantineGroup,
+            Action::CreateReplicaCluster(_) => ActionKey::CreateReplicaCluster,
+            Action::CreateWriterInstance(_) => ActionKey::CreateWriterInstance,
+            Action::QuarantineSource { .. } => ActionKey::QuarantineSource,
+            Action::RebootSource { .. } => ActionKey::RebootSource,
+            Action::PromoteTarget { .. } => ActionKey::PromoteTarget,
+            Action::RouteTraffic(_) => ActionKey::RouteTraffic,
+            Action::RunSmokeTest(_) => ActionKey::RunSmokeTest,
+            Action::QuarantineTarget { .. } => ActionKey::QuarantineTarget,
+            Action::RestoreSourceGroups { .. } => ActionKey::RestoreSourceGroups,
+            Action::DeleteTarget { .. } => ActionKey::DeleteTarget,
+            Action::CreateFinalSnapshot { .. } => ActionKey::CreateFinalSnapshot,
+            Action::DisableDeletionProtection { .. } => ActionKey::DisableDeletionProtection,
+            Action::DeleteSource { .. } => ActionKey::DeleteSource,
+            Action::DeleteQuarantineGroup { .. } => ActionKey::DeleteQuarantineGroup,
+            Action::EnsureHeartbeatAlarm { .. } => ActionKey::EnsureHeartbeatAlarm,
+            Action::DeleteHeartbeatAlarm { .. } => ActionKey::DeleteHeartbeatAlarm,
+            Action::MirrorPhaseTag { .. } => ActionKey::MirrorPhaseTag,
+            Action::SetTriggerTag { .. } => ActionKey::SetTriggerTag,
+            Action::PutHeartbeat { .. } => ActionKey::PutHeartbeat,
+            Action::Notify(_) => ActionKey::Notify,
+        }
+    }
+
+    /// Changes AWS resources or the traffic route (as opposed to telling people, tagging the
+    /// phase or publishing a heartbeat).
+    pub fn is_mutating(&self) -> bool {
+        !matches!(
+            self,
+            Action::Notify(_)
+                | Action::PutHeartbeat { .. }
+                | Action::MirrorPhaseTag { .. }
+                | Action::RunSmokeTest(_)
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParameterGroupsSpec {
+    pub family: String,
+    pub cluster_group: String,
+    pub instance_group: String,
+    pub cluster_parameters: Vec<TranslatedParameter>,
+    pub instance_parameters: Vec<TranslatedParameter>,
+    pub description: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TranslatedParameter {
+    pub name: String,
+    pub value: String,
+    /// `immediate` or `pending-reboot` (static parameters).
+    pub apply_method: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineGroupSpec {
+    pub name: String,
+    pub vpc_id: String,
+    /// Security groups of declared CDC consumers, admitted on the database port.
+    pub allow_from: Vec<String>,
+    pub port: u16,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaClusterSpec {
+    pub cluster: String,
+    pub source_arn: String,
+    pub engine_version: String,
+    pub cluster_parameter_group: String,
+    pub subnet_group: String,
+    /// The source's own groups, so the replica is reachable by the same clients after cutover.
+    pub security_groups: Vec<String>,
+    pub storage_encrypted: bool,
+    pub kms_key_id: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriterInstanceSpec {
+    pub instance: String,
+    pub cluster: String,
+    pub instance_class: String,
+    pub parameter_group: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// What the data access layer is told (and what a smoke test is pointed at).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRequest {
+    pub migration: String,
+    pub source: String,
+    /// The endpoint traffic should go to now.
+    pub endpoint: String,
+    pub port: u16,
+    pub phase: Phase,
+}
+
+/// How the shell classifies any failure of an action (and of an AWS call in general).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// A transient failure the SDK's own retries did not absorb (5xx, timeouts).
+    Retryable,
+    Throttled,
+    NotFound,
+    /// Already exists but is not ours, or the resource is in a state that refuses the call.
+    Conflict,
+    /// Will not succeed by trying again (permissions, invalid parameters).
+    Fatal,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Retryable => "retryable",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Fatal => "fatal",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionResult {
+    pub key: ActionKey,
+    pub outcome: Result<(), ActionError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionError {
+    pub kind: ErrorKind,
+    pub message: String,
+}

@@ -1,0 +1,199 @@
+//! The migration record: everything the agent must remember about one attempt.
+//!
+//! It is persisted (DynamoDB) before any action runs, with a condition on `version`, so it is
+//! the single source of truth; tags only mirror the phase.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::action::{ActionKey, TranslatedParameter};
+use super::naming::TargetNames;
+use super::phase::Phase;
+use super::preflight::PreflightReport;
+
+/// A migration is one attempt at one source, keyed by the source's `DbiResourceId` (identifiers
+/// can be renamed and reused) and the attempt number.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MigrationId {
+    pub resource_id: String,
+    pub attempt: u32,
+}
+
+impl fmt::Display for MigrationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `/` rather than `#`: the id is also a tag value, and RDS tags do not allow `#`.
+        write!(f, "{}/{}", self.resource_id, self.attempt)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Migration {
+    pub id: MigrationId,
+    /// The source's identifier and ARN when the attempt started.
+    pub source_identifier: String,
+    pub source_arn: String,
+    /// Incremented by the store on every successful conditional write.
+    pub version: u64,
+    pub phase: Phase,
+    pub created_at: Timestamp,
+    pub phase_entered_at: Timestamp,
+    pub names: TargetNames,
+    /// Decided in Preflight.
+    pub plan: Option<Plan>,
+    pub preflight: Option<PreflightReport>,
+    pub progress: Progress,
+    /// Mutating actions issued and not yet confirmed by observation, with when they were issued.
+    pub requested: BTreeMap<ActionKey, Timestamp>,
+    /// Failed tries of actions in this phase (reset on every phase change).
+    pub action_failures: u32,
+    /// Alerts already sent, so each is sent once per attempt.
+    pub alerts_sent: BTreeSet<String>,
+    pub rollback: Option<Rollback>,
+    /// Why the attempt failed, rolled back or is stuck: for `status` and notifications.
+    pub last_error: Option<String>,
+    /// When the agent set the trigger tag to `stopped` after an unsuccessful end: only then may
+    /// a new `start` begin the next attempt.
+    pub trigger_reset_at: Option<Timestamp>,
+    /// The pending wake-up; a tick carrying another token is stale.
+    pub next_wake: Option<Wake>,
+    /// Counter behind wake tokens (deterministic: no randomness in the core).
+    pub wake_seq: u64,
+    pub history: Vec<PhaseChange>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wake {
+    pub at: Timestamp,
+    pub token: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseChange {
+    pub phase: Phase,
+    pub at: Timestamp,
+}
+
+/// What Preflight decided about the target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub engine_version: String,
+    pub family: String,
+    pub instance_class: String,
+    pub cluster_parameter_group: String,
+    pub instance_parameter_group: String,
+    pub cluster_parameters: Vec<TranslatedParameter>,
+    pub instance_parameters: Vec<TranslatedParameter>,
+    pub subnet_group: String,
+    pub vpc_id: String,
+    pub port: u16,
+    pub source_groups: Vec<String>,
+    pub storage_encrypted: bool,
+    pub kms_key_id: Option<String>,
+    /// Security groups of the declared CDC consumers (empty: no CDC).
+    pub cdc_consumers: Vec<String>,
+}
+
+/// Facts established along the way. Each is set once, when first observed or first requested.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub quarantine_group_id: Option<String>,
+    pub replica_ready_at: Option<Timestamp>,
+    /// Since when the lag has been within the policy (reset when it is not).
+    pub lag_ok_since: Option<Timestamp>,
+    pub baseline: Option<Baseline>,
+    /// The source's groups before the quarantine: what a rollback restores.
+    pub original_groups: Option<Vec<String>>,
+    /// The quarantine was requested: writes may have stopped from here on.
+    pub quarantined_at: Option<Timestamp>,
+    /// The quarantine was confirmed (exactly the group, active).
+    pub quarantine_active_at: Option<Timestamp>,
+    pub reboot_requested_at: Option<Timestamp>,
+    pub restarted_at: Option<Timestamp>,
+    /// The Draining proof held.
+    pub drain_proven_at: Option<Timestamp>,
+    pub promote_requested_at: Option<Timestamp>,
+    /// The route to the target was requested. From here on the target may take writes, so an
+    /// automatic rollback would no longer be lossless.
+    pub route_requested_at: Option<Timestamp>,
+    pub promoted_at: Option<Timestamp>,
+    /// The route to the target was confirmed: from here on the target takes writes, and a
+    /// rollback needs a person's approval.
+    pub routed_at: Option<Timestamp>,
+    pub smoke_test_passed: Option<bool>,
+    pub verification_passed_at: Option<Timestamp>,
+    pub final_snapshot_at: Option<Timestamp>,
+    pub source_delete_requested_at: Option<Timestamp>,
+    /// The source got its groups back (rollback), or is gone: the quarantine is over.
+    pub source_released_at: Option<Timestamp>,
+}
+
+/// The source's KPIs while replicating, to judge the target by.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    pub cpu_percent: Option<f64>,
+    pub write_latency_s: Option<f64>,
+    pub read_latency_s: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rollback {
+    pub cause: RollbackCause,
+    pub started_at: Timestamp,
+    /// After the route to the target was confirmed: fence the target, report, route back.
+    pub after_cutover: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RollbackCause {
+    /// The owners' abort tag.
+    Aborted,
+    /// The owners' rollback approval after cutover.
+    Approved,
+    /// Something failed; the text says what.
+    Failure(String),
+}
+
+impl Migration {
+    /// A new attempt, in Requested.
+    pub fn new(id: MigrationId, source_identifier: &str, source_arn: &str, now: Timestamp) -> Self {
+        let names = super::naming::target_names(source_identifier, &id.resource_id, id.attempt);
+        Migration {
+            id,
+            source_identifier: source_identifier.to_string(),
+            source_arn: source_arn.to_string(),
+            version: 0,
+            phase: Phase::Requested,
+            created_at: now,
+            phase_entered_at: now,
+            names,
+            plan: None,
+            preflight: None,
+            progress: Progress::default(),
+            requested: BTreeMap::new(),
+            action_failures: 0,
+            alerts_sent: BTreeSet::new(),
+            rollback: None,
+            last_error: None,
+            trigger_reset_at: None,
+            next_wake: None,
+            wake_seq: 0,
+            history: vec![PhaseChange {
+                phase: Phase::Requested,
+                at: now,
+            }],
+        }
+    }
+
+    /// The source is fenced off by the quarantine group and has not been released.
+    pub fn source_quarantined(&self) -> bool {
+        self.progress.quarantined_at.is_some() && self.progress.source_released_at.is_none()
+    }
+
+    /// Human-readable migration id used in notifications and logs.
+    pub fn label(&self) -> String {
+        format!("{}#{}", self.source_identifier, self.id.attempt)
+    }
+}

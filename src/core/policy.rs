@@ -1,0 +1,291 @@
+//! Every tunable number of the phase machine, with its default and the reason for it.
+//!
+//! Policy is plain data: the configuration fills it from flags and environment variables, the
+//! simulator and the tests build it directly.
+
+use std::fmt;
+use std::str::FromStr;
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::phase::Phase;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    /// The prefix of every tag the agent reads or writes. `aurora-migration`: the contract.
+    pub tag_prefix: String,
+    /// When the agent may start the cutover once the replica has caught up.
+    pub cutover: CutoverPolicy,
+    /// Replication is "caught up" when OldestReplicationSlotLag stays at or below this.
+    /// 1 GiB: well above the 64 MiB WAL-segment oscillation, small enough to drain in seconds.
+    pub max_slot_lag_bytes: f64,
+    /// ... and RDSToAuroraPostgreSQLReplicaLag at or below this. 30 s: a replica that keeps up
+    /// with a busy primary sits well inside it.
+    pub max_replica_lag_s: f64,
+    /// ... for at least this long, so one quiet minute is not mistaken for health. 15 min: three
+    /// five-minute cycles of a typical batch load.
+    pub lag_sustain: SignedDuration,
+    /// Below this FreeStorageSpace on the source the replica is deleted (its slot holds WAL) and
+    /// the migration fails. 10 GiB: room for a few minutes of heavy WAL on most instances.
+    pub min_free_storage_bytes: f64,
+    /// From the quarantine to the start of promotion; past it the agent rolls back by itself.
+    /// 10 min: twice the typical reboot + drain, still a short outage (Blue/Green's switchover
+    /// timeout defaults to 5 min for a simpler operation).
+    pub write_unavailability_budget: SignedDuration,
+    /// DatabaseConnections allowed on the quarantined source beyond declared CDC consumers.
+    /// 0: anything else means the quarantine leaks.
+    pub max_idle_connections: f64,
+    /// RDSToAuroraPostgreSQLReplicaLag that counts as "caught up" in Draining. 1 s: the metric's
+    /// resolution.
+    pub drained_replica_lag_s: f64,
+    /// Soak time on the target before verification can pass. 30 min: long enough for the
+    /// metric periods to show a regression.
+    pub soak: SignedDuration,
+    /// A target KPI fails verification when above baseline × this (and above the floor below).
+    /// 2.0: Aurora differs from RDS; only a clear regression should fail.
+    pub kpi_tolerance_ratio: f64,
+    /// Whether Verifying runs the configured smoke test (a failing one fails verification).
+    pub smoke_test: bool,
+    /// Source TransactionLogsGeneration above this after cutover means someone writes to the old
+    /// primary. 1 MiB/s: an idle PostgreSQL writes far less (checkpoints, archive_timeout).
+    pub idle_wal_bytes_per_s: f64,
+    /// How long the source is kept after verification before the final snapshot and deletion.
+    /// 7 days: a week of business cycles to discover problems while rollback is cheap.
+    pub retention: SignedDuration,
+    /// Whether the agent may turn DeletionProtection off itself. Off: a person decides.
+    pub allow_disable_deletion_protection: bool,
+    /// Whether to give the source its original security groups back after cutover. Off: clients
+    /// outside the data access layer would write to the old primary.
+    pub restore_source_groups_after_cutover: bool,
+    /// Failed attempts of one action (retryable or throttled) before the phase fails. 8: with the
+    /// SDK's own three tries each, a fault lasting minutes is absorbed.
+    pub max_action_retries: u32,
+    /// How long an issued mutating request may stay unconfirmed by observation before it is
+    /// issued again (covers a crash between persisting and executing). 3 min: RDS shows every
+    /// request we make in its describe output within seconds.
+    pub reissue_after: SignedDuration,
+    /// A reboot whose restart event does not appear is requested again after this. 10 min:
+    /// reboots take 1–3 min.
+    pub reboot_reissue_after: SignedDuration,
+    /// Poll interval of phases that wait for AWS. 60 s: CloudWatch's period.
+    pub slow_poll: SignedDuration,
+    /// Poll interval of the cutover phases. 5 s: every second of waiting is downtime.
+    pub fast_poll: SignedDuration,
+    /// Per-phase limits (see `timeout`).
+    pub timeouts: Timeouts,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// Preflight gathers answers from a dozen describe calls. 30 min.
+    pub preflight: SignedDuration,
+    /// Parameter and security groups are created in seconds. 30 min.
+    pub preparing: SignedDuration,
+    /// AWS quotes "several hours per TiB". 48 h.
+    pub creating_replica: SignedDuration,
+    /// Catching up after the initial copy. 24 h.
+    pub replicating: SignedDuration,
+    /// A manual approval or a window may take a while; the replica holds WAL meanwhile. 14 days.
+    pub awaiting_cutover: SignedDuration,
+    /// Promotion takes 1–5 min. 30 min, then the lossless rollback (nothing was routed).
+    pub promoting: SignedDuration,
+    /// Router calls and CDC slot creation. 15 min, then a person decides (the target may have
+    /// been routed without us hearing back).
+    pub routing: SignedDuration,
+    /// Snapshot and deletion of the source. 24 h past the retention.
+    pub decommissioning: SignedDuration,
+    /// An approved rollback after cutover. 1 h.
+    pub rolling_back: SignedDuration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            preflight: SignedDuration::from_mins(30),
+            preparing: SignedDuration::from_mins(30),
+            creating_replica: SignedDuration::from_hours(48),
+            replicating: SignedDuration::from_hours(24),
+            awaiting_cutover: SignedDuration::from_hours(24 * 14),
+            promoting: SignedDuration::from_mins(30),
+            routing: SignedDuration::from_mins(15),
+            decommissioning: SignedDuration::from_hours(24),
+            rolling_back: SignedDuration::from_hours(1),
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            tag_prefix: "aurora-migration".to_string(),
+            cutover: CutoverPolicy::ManualApproval,
+            max_slot_lag_bytes: 1024.0 * 1024.0 * 1024.0,
+            max_replica_lag_s: 30.0,
+            lag_sustain: SignedDuration::from_mins(15),
+            min_free_storage_bytes: 10.0 * 1024.0 * 1024.0 * 1024.0,
+            write_unavailability_budget: SignedDuration::from_mins(10),
+            max_idle_connections: 0.0,
+            drained_replica_lag_s: 1.0,
+            soak: SignedDuration::from_mins(30),
+            kpi_tolerance_ratio: 2.0,
+            smoke_test: false,
+            idle_wal_bytes_per_s: 1024.0 * 1024.0,
+            retention: SignedDuration::from_hours(24 * 7),
+            allow_disable_deletion_protection: false,
+            restore_source_groups_after_cutover: false,
+            max_action_retries: 8,
+            reissue_after: SignedDuration::from_mins(3),
+            reboot_reissue_after: SignedDuration::from_mins(10),
+            slow_poll: SignedDuration::from_secs(60),
+            fast_poll: SignedDuration::from_secs(5),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+impl Policy {
+    /// The limit on time spent in a phase, if it has one. Quiescing and Draining are bounded by
+    /// the write-unavailability budget instead; Verifying by the soak; terminal phases and
+    /// Paused by nothing.
+    pub fn timeout(&self, phase: Phase) -> Option<SignedDuration> {
+        let t = &self.timeouts;
+        match phase {
+            Phase::Requested | Phase::Preflight => Some(t.preflight),
+            Phase::Preparing => Some(t.preparing),
+            Phase::CreatingReplica => Some(t.creating_replica),
+            Phase::Replicating => Some(t.replicating),
+            Phase::AwaitingCutover => Some(t.awaiting_cutover),
+            Phase::Promoting => Some(t.promoting),
+            Phase::Routing => Some(t.routing),
+            Phase::Decommissioning => Some(self.retention + t.decommissioning),
+            Phase::RollingBack => Some(t.rolling_back),
+            Phase::Quiescing
+            | Phase::Draining
+            | Phase::Verifying
+            | Phase::Completed
+            | Phase::Paused
+            | Phase::Failed
+            | Phase::RolledBack
+            | Phase::Aborted => None,
+        }
+    }
+
+    pub fn poll_interval(&self, phase: Phase) -> SignedDuration {
+        if phase.is_cutover() || phase == Phase::RollingBack {
+            self.fast_poll
+        } else {
+            self.slow_poll
+        }
+    }
+}
+
+/// When the cutover may begin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CutoverPolicy {
+    /// As soon as the replica has caught up.
+    Automatic,
+    /// When the owners set `<prefix>:approve` = `true`.
+    ManualApproval,
+    /// Inside a weekly UTC window, like RDS maintenance windows.
+    Window(WeeklyWindow),
+}
+
+impl fmt::Display for CutoverPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CutoverPolicy::Automatic => f.write_str("automatic"),
+            CutoverPolicy::ManualApproval => f.write_str("manual"),
+            CutoverPolicy::Window(w) => write!(f, "window:{w}"),
+        }
+    }
+}
+
+impl FromStr for CutoverPolicy {
+    type Err = String;
+    /// `automatic`, `manual`, or `window:ddd:hh:mm-ddd:hh:mm`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "automatic" => Ok(CutoverPolicy::Automatic),
+            "manual" => Ok(CutoverPolicy::ManualApproval),
+            _ => match s.strip_prefix("window:") {
+                Some(w) => w.parse().map(CutoverPolicy::Window),
+                None => Err(format!(
+                    "`{s}` is not a cutover policy: use `automatic`, `manual` or `window:ddd:hh:mm-ddd:hh:mm`"
+                )),
+            },
+        }
+    }
+}
+
+/// A weekly window in UTC, `ddd:hh:mm-ddd:hh:mm` (e.g. `sat:03:00-sat:05:00`). It may wrap
+/// around the end of the week (`sun:23:00-mon:01:00`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeeklyWindow {
+    /// Minutes since Monday 00:00 UTC.
+    pub start_minute: u32,
+    pub end_minute: u32,
+}
+
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+const MINUTES_PER_WEEK: u32 = 7 * 24 * 60;
+
+impl WeeklyWindow {
+    pub fn contains(&self, at: Timestamp) -> bool {
+        // 1970-01-01 was a Thursday: three days after a Monday.
+        let since_monday = at.as_second().div_euclid(60) + 3 * 24 * 60;
+        let minute = since_monday.rem_euclid(i64::from(MINUTES_PER_WEEK)) as u32;
+        if self.start_minute <= self.end_minute {
+            (self.start_minute..self.end_minute).contains(&minute)
+        } else {
+            minute >= self.start_minute || minute < self.end_minute
+        }
+    }
+}
+
+fn parse_point(s: &str) -> Option<u32> {
+    let mut parts = s.split(':');
+    let (d, h, m) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let day = DAYS.iter().position(|x| x.eq_ignore_ascii_case(d))? as u32;
+    let hour: u32 = h.parse().ok().filter(|h| *h < 24)?;
+    let minute: u32 = m.parse().ok().filter(|m| *m < 60)?;
+    Some(day * 24 * 60 + hour * 60 + minute)
+}
+
+fn format_point(f: &mut fmt::Formatter<'_>, minute: u32) -> fmt::Result {
+    let day = DAYS[(minute / (24 * 60)) as usize % 7];
+    write!(f, "{day}:{:02}:{:02}", (minute / 60) % 24, minute % 60)
+}
+
+impl fmt::Display for WeeklyWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        format_point(f, self.start_minute)?;
+        f.write_str("-")?;
+        format_point(f, self.end_minute)
+    }
+}
+
+impl FromStr for WeeklyWindow {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!(
+                "`{s}` is not a window: use ddd:hh:mm-ddd:hh:mm in UTC, e.g. sat:03:00-sat:05:00"
+            )
+        };
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let start_minute = parse_point(a).ok_or_else(bad)?;
+        let end_minute = parse_point(b).ok_or_else(bad)?;
+        if start_minute == end_minute {
+            return Err(format!("`{s}` is an empty window"));
+        }
+        debug_assert!(start_minute < MINUTES_PER_WEEK && end_minute < MINUTES_PER_WEEK);
+        Ok(WeeklyWindow {
+            start_minute,
+            end_minute,
+        })
+    }
+}

@@ -1,0 +1,210 @@
+//! Every message the agent reads from its queue, parsed into the agent's own types.
+//!
+//! A message only says *which* source or migration to look at (the reconcile is level-triggered),
+//! so parsing keeps just that and a little context for logs. An unknown kind is reported as
+//! [`ParseError::Unknown`] (the agent logs and deletes it); a known kind that is malformed is
+//! [`ParseError::Malformed`] (the agent leaves it for the queue's redrive to the DLQ).
+
+pub mod pattern;
+pub mod tick;
+
+use jiff::Timestamp;
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use tick::Tick;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inbound {
+    /// `aws.rds` "RDS DB Instance Event".
+    InstanceEvent(RdsEvent),
+    /// `aws.rds` "RDS DB Cluster Event".
+    ClusterEvent(RdsEvent),
+    /// `aws.tag` "Tag Change on Resource" on an RDS resource.
+    TagChange(TagChange),
+    /// CloudTrail `AddTagsToResource` on RDS.
+    TagsAdded(TagChange),
+    /// The scheduled fleet-wide resync.
+    Resync { at: Timestamp },
+    /// The agent's own wake-up.
+    Tick(Tick),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RdsEvent {
+    pub source_arn: String,
+    pub source_identifier: String,
+    /// `RDS-EVENT-nnnn`; optional (cluster events sometimes have none).
+    pub event_id: Option<String>,
+    pub message: String,
+    pub at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TagChange {
+    /// The RDS resource's ARN.
+    pub arn: String,
+    /// Keys that changed (for CloudTrail: the keys that were added).
+    pub changed_keys: Vec<String>,
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ParseError {
+    #[error("unknown message kind: {0}")]
+    Unknown(String),
+    #[error("malformed {kind}: {reason}")]
+    Malformed { kind: &'static str, reason: String },
+}
+
+fn malformed(kind: &'static str, reason: impl ToString) -> ParseError {
+    ParseError::Malformed {
+        kind,
+        reason: reason.to_string(),
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    time: Timestamp,
+    #[serde(default)]
+    resources: Vec<String>,
+    detail: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RdsDetail {
+    source_arn: String,
+    #[serde(default)]
+    source_identifier: String,
+    #[serde(rename = "EventID", default)]
+    event_id: Option<String>,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    date: Option<Timestamp>,
+}
+
+#[derive(Deserialize)]
+struct TagDetail {
+    #[serde(rename = "changed-tag-keys", default)]
+    changed_tag_keys: Vec<String>,
+    #[serde(default)]
+    service: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CloudTrailDetail {
+    event_source: String,
+    event_name: String,
+    request_parameters: Option<CloudTrailTagParams>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CloudTrailTagParams {
+    resource_name: String,
+    #[serde(default)]
+    tags: Vec<CloudTrailTag>,
+}
+
+#[derive(Deserialize)]
+struct CloudTrailTag {
+    key: String,
+}
+
+/// Parses one queue message body.
+pub fn parse(body: &str) -> Result<Inbound, ParseError> {
+    let value: Value =
+        serde_json::from_str(body).map_err(|e| malformed("message", format!("not JSON: {e}")))?;
+    if value.get("kind").and_then(Value::as_str) == Some(tick::KIND) {
+        return tick::parse(value).map(Inbound::Tick);
+    }
+    let (Some(source), Some(detail_type)) = (
+        value.get("source").and_then(Value::as_str),
+        value.get("detail-type").and_then(Value::as_str),
+    ) else {
+        return Err(ParseError::Unknown(
+            "neither an EventBridge event nor an agent tick".to_string(),
+        ));
+    };
+    let kind = match (source, detail_type) {
+        ("aws.rds", "RDS DB Instance Event") => "RDS DB Instance Event",
+        ("aws.rds", "RDS DB Cluster Event") => "RDS DB Cluster Event",
+        ("aws.tag", "Tag Change on Resource") => "Tag Change on Resource",
+        ("aws.rds", "AWS API Call via CloudTrail") => "CloudTrail RDS call",
+        ("aws.events", "Scheduled Event") => "Scheduled Event",
+        (s, d) => return Err(ParseError::Unknown(format!("{s} / {d}"))),
+    };
+    let envelope: Envelope = serde_json::from_value(value).map_err(|e| malformed(kind, e))?;
+    match kind {
+        "RDS DB Instance Event" | "RDS DB Cluster Event" => {
+            let d: RdsDetail =
+                serde_json::from_value(envelope.detail).map_err(|e| malformed(kind, e))?;
+            if !d.source_arn.starts_with("arn:") {
+                return Err(malformed(kind, "SourceArn is not an ARN"));
+            }
+            // Some samples carry `rds:<id>`: the ARN is the truth, the identifier is for logs.
+            let identifier = d
+                .source_arn
+                .rsplit(':')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let event = RdsEvent {
+                source_identifier: if identifier.is_empty() {
+                    d.source_identifier
+                } else {
+                    identifier
+                },
+                source_arn: d.source_arn,
+                event_id: d.event_id,
+                message: d.message,
+                at: d.date.unwrap_or(envelope.time),
+            };
+            Ok(if kind == "RDS DB Instance Event" {
+                Inbound::InstanceEvent(event)
+            } else {
+                Inbound::ClusterEvent(event)
+            })
+        }
+        "Tag Change on Resource" => {
+            let d: TagDetail =
+                serde_json::from_value(envelope.detail).map_err(|e| malformed(kind, e))?;
+            if d.service != "rds" {
+                return Err(ParseError::Unknown(format!(
+                    "tag change on service `{}`",
+                    d.service
+                )));
+            }
+            let arn = envelope
+                .resources
+                .into_iter()
+                .next()
+                .ok_or_else(|| malformed(kind, "no resource ARN"))?;
+            Ok(Inbound::TagChange(TagChange {
+                arn,
+                changed_keys: d.changed_tag_keys,
+            }))
+        }
+        "CloudTrail RDS call" => {
+            let d: CloudTrailDetail =
+                serde_json::from_value(envelope.detail).map_err(|e| malformed(kind, e))?;
+            if d.event_source != "rds.amazonaws.com" || d.event_name != "AddTagsToResource" {
+                return Err(ParseError::Unknown(format!(
+                    "CloudTrail {} {}",
+                    d.event_source, d.event_name
+                )));
+            }
+            let params = d
+                .request_parameters
+                .ok_or_else(|| malformed(kind, "no requestParameters"))?;
+            Ok(Inbound::TagsAdded(TagChange {
+                arn: params.resource_name,
+                changed_keys: params.tags.into_iter().map(|t| t.key).collect(),
+            }))
+        }
+        _ => Ok(Inbound::Resync { at: envelope.time }),
+    }
+}

@@ -1,0 +1,14 @@
+//! aurora-migrator: moves Amazon RDS for PostgreSQL instances to Amazon Aurora PostgreSQL.
+//!
+//! # Layout
+//! - [`core`]: the pure phase machine (record, observation, decision, invariants, preflight).
+//! - [`inbound`]: parsing of every message the agent reads from its queue.
+//! - [`ports`]: the small per-capability traits the driver talks to AWS through.
+//! - [`agent`]: the driver: observe, step, persist, act, schedule, for one message at a time.
+//! - [`config`]: settings from flags and environment variables, validated.
+
+pub mod agent;
+pub mod config;
+pub mod core;
+pub mod inbound;
+pub mod ports;

@@ -1,0 +1,259 @@
+//! The seams: one small trait per capability the driver needs from the world.
+//!
+//! Real adapters implement them with the AWS SDK; the simulator and tests implement them with an
+//! in-process world. They take and return the core's own types, never SDK builders, and every
+//! failure is a [`PortError`] already classified by [`ErrorKind`].
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use jiff::Timestamp;
+
+use crate::core::action::{
+    ParameterGroupsSpec, QuarantineGroupSpec, ReplicaClusterSpec, RouteRequest, WriterInstanceSpec,
+};
+use crate::core::migration::{Migration, MigrationId};
+use crate::core::notification::Notification;
+use crate::core::observation::{
+    Datapoint, InstanceEvent, MetricKey, Observed, ParameterGroupsPresent, PreflightInputs, Quota,
+    SecurityGroup, Snapshot, SourceInstance, TargetCluster,
+};
+
+pub use crate::core::action::ErrorKind;
+
+/// A failed call to the world, classified at the adapter boundary.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{operation} failed ({}): {message}", kind.as_str())]
+pub struct PortError {
+    pub kind: ErrorKind,
+    /// The operation, e.g. `rds:CreateDBCluster`.
+    pub operation: String,
+    pub message: String,
+}
+
+impl PortError {
+    pub fn new(kind: ErrorKind, operation: impl Into<String>, message: impl Into<String>) -> Self {
+        PortError {
+            kind,
+            operation: operation.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub type PortResult<T> = Result<T, PortError>;
+
+/// RDS: describe what the phase machine reads, and perform its mutations idempotently.
+pub trait Rds: Send + Sync {
+    /// By identifier or ARN; `Absent` when RDS says it does not exist.
+    fn describe_source(
+        &self,
+        instance: &str,
+    ) -> impl Future<Output = PortResult<Observed<SourceInstance>>> + Send;
+    /// Every RDS PostgreSQL instance carrying `tag_key` (the resync scan).
+    fn list_tagged_sources(
+        &self,
+        tag_key: &str,
+    ) -> impl Future<Output = PortResult<Vec<SourceInstance>>> + Send;
+    fn describe_target(
+        &self,
+        cluster: &str,
+    ) -> impl Future<Output = PortResult<Observed<TargetCluster>>> + Send;
+    fn parameter_groups_present(
+        &self,
+        cluster_group: &str,
+        instance_group: &str,
+    ) -> impl Future<Output = PortResult<ParameterGroupsPresent>> + Send;
+    fn preflight_inputs(
+        &self,
+        source: &SourceInstance,
+    ) -> impl Future<Output = PortResult<PreflightInputs>> + Send;
+    fn account_quotas(&self) -> impl Future<Output = PortResult<Vec<Quota>>> + Send;
+    fn describe_snapshot(
+        &self,
+        snapshot: &str,
+    ) -> impl Future<Output = PortResult<Observed<Snapshot>>> + Send;
+    /// Events of the instance since `since` (DescribeEvents).
+    fn source_events(
+        &self,
+        instance: &str,
+        since: Timestamp,
+    ) -> impl Future<Output = PortResult<Vec<InstanceEvent>>> + Send;
+
+    fn ensure_parameter_groups(
+        &self,
+        spec: &ParameterGroupsSpec,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    fn create_replica_cluster(
+        &self,
+        spec: &ReplicaClusterSpec,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    fn create_writer_instance(
+        &self,
+        spec: &WriterInstanceSpec,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    /// ModifyDBInstance VpcSecurityGroupIds, applied immediately.
+    fn set_source_groups(
+        &self,
+        instance: &str,
+        group_ids: &[String],
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    fn reboot_source(&self, instance: &str) -> impl Future<Output = PortResult<()>> + Send;
+    fn promote_target(&self, cluster: &str) -> impl Future<Output = PortResult<()>> + Send;
+    fn set_target_groups(
+        &self,
+        cluster: &str,
+        group_ids: &[String],
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    fn delete_target(
+        &self,
+        cluster: &str,
+        writer: &str,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    fn create_final_snapshot(
+        &self,
+        instance: &str,
+        snapshot: &str,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    fn disable_deletion_protection(
+        &self,
+        instance: &str,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    fn delete_source(&self, instance: &str) -> impl Future<Output = PortResult<()>> + Send;
+    fn set_tags(
+        &self,
+        arn: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+}
+
+/// EC2: the quarantine security group.
+pub trait Network: Send + Sync {
+    fn describe_group(
+        &self,
+        vpc_id: &str,
+        name: &str,
+    ) -> impl Future<Output = PortResult<Observed<SecurityGroup>>> + Send;
+    /// Creates the group if missing and makes its rules exactly the spec.
+    fn ensure_quarantine_group(
+        &self,
+        spec: &QuarantineGroupSpec,
+    ) -> impl Future<Output = PortResult<String>> + Send;
+    fn delete_group(&self, group_id: &str) -> impl Future<Output = PortResult<()>> + Send;
+}
+
+/// One CloudWatch series to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricQuery {
+    pub key: MetricKey,
+    /// The DBInstanceIdentifier dimension.
+    pub instance: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub period_s: u32,
+}
+
+/// CloudWatch: metrics in, heartbeat out, and the per-migration heartbeat alarm.
+pub trait Metrics: Send + Sync {
+    /// Reads many series in as few calls as possible (GetMetricData takes 500 queries).
+    fn fetch(
+        &self,
+        queries: &[MetricQuery],
+    ) -> impl Future<Output = PortResult<Vec<Vec<Datapoint>>>> + Send;
+    fn put_heartbeat(&self, migration: &str) -> impl Future<Output = PortResult<()>> + Send;
+    fn ensure_heartbeat_alarm(
+        &self,
+        alarm: &str,
+        migration: &str,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    fn delete_alarm(&self, alarm: &str) -> impl Future<Output = PortResult<()>> + Send;
+}
+
+/// SNS.
+pub trait Notifier: Send + Sync {
+    fn publish(&self, note: &Notification) -> impl Future<Output = PortResult<()>> + Send;
+}
+
+/// A message received from the queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueMessage {
+    pub id: String,
+    pub receipt: String,
+    pub body: String,
+    pub receive_count: u32,
+}
+
+/// SQS.
+pub trait Queue: Send + Sync {
+    fn receive(
+        &self,
+        max: u32,
+        wait_s: u32,
+    ) -> impl Future<Output = PortResult<Vec<QueueMessage>>> + Send;
+    fn delete(&self, receipt: &str) -> impl Future<Output = PortResult<()>> + Send;
+    /// Keeps a message hidden for `seconds` more while its step runs.
+    fn extend_visibility(
+        &self,
+        receipt: &str,
+        seconds: u32,
+    ) -> impl Future<Output = PortResult<()>> + Send;
+    /// Sends a message that becomes visible after `delay_s` (≤ 900).
+    fn send(&self, body: &str, delay_s: u32) -> impl Future<Output = PortResult<()>> + Send;
+}
+
+/// A store write lost its condition: someone else moved the record.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("the record changed since it was read (expected version {expected})")]
+    VersionConflict { expected: u64 },
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// DynamoDB: migration records, written only with a condition on their version.
+pub trait StateStore: Send + Sync {
+    fn load(&self, id: &MigrationId) -> impl Future<Output = PortResult<Option<Migration>>> + Send;
+    /// The newest attempt for a source, if any.
+    fn latest(
+        &self,
+        resource_id: &str,
+    ) -> impl Future<Output = PortResult<Option<Migration>>> + Send;
+    /// Writes `m` if the stored version is `m.version` (0: must not exist); returns the new
+    /// version.
+    fn save(&self, m: &Migration) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn list(&self) -> impl Future<Output = PortResult<Vec<Migration>>> + Send;
+    fn fleet_paused(&self) -> impl Future<Output = PortResult<bool>> + Send;
+    fn set_fleet_paused(&self, paused: bool) -> impl Future<Output = PortResult<()>> + Send;
+}
+
+/// The data access layer and the optional smoke test.
+pub trait Router: Send + Sync {
+    fn route(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send;
+    fn smoke_test(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send;
+}
+
+/// Time, so that the simulator can run the driver in virtual time.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+    fn sleep(&self, d: std::time::Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// Everything the driver talks to, bundled so that it has one type parameter.
+pub trait World: Send + Sync {
+    type Rds: Rds;
+    type Network: Network;
+    type Metrics: Metrics;
+    type Notifier: Notifier;
+    type Queue: Queue;
+    type Store: StateStore;
+    type Router: Router;
+    type Clock: Clock;
+    fn rds(&self) -> &Self::Rds;
+    fn network(&self) -> &Self::Network;
+    fn metrics(&self) -> &Self::Metrics;
+    fn notifier(&self) -> &Self::Notifier;
+    fn queue(&self) -> &Self::Queue;
+    fn store(&self) -> &Self::Store;
+    fn router(&self) -> &Self::Router;
+    fn clock(&self) -> &Self::Clock;
+}
