@@ -55,14 +55,28 @@ impl From<StoreError> for DriverError {
     }
 }
 
+/// The phase machine's signature. The agent always runs [`crate::core::step`]; the simulator's
+/// teeth tests swap in deliberately broken variants to prove that it catches them.
+pub type StepFn = fn(
+    &Migration,
+    &crate::core::Observation,
+    jiff::Timestamp,
+    &Policy,
+) -> crate::core::Decision;
+
 pub struct Agent<W: World> {
     pub world: W,
     pub policy: Policy,
+    pub step: StepFn,
 }
 
 impl<W: World> Agent<W> {
     pub fn new(world: W, policy: Policy) -> Self {
-        Agent { world, policy }
+        Agent {
+            world,
+            policy,
+            step,
+        }
     }
 
     /// Handles one queue message; the caller deletes or leaves it as told.
@@ -218,7 +232,7 @@ impl<W: World> Agent<W> {
             };
             obs.action_results = std::mem::take(&mut pending);
             let now = world.clock().now();
-            let decision = step(&m, &obs, now, &self.policy);
+            let decision = (self.step)(&m, &obs, now, &self.policy);
             let before = m.phase;
             match world.store().save(&decision.next).await {
                 Ok(version) => {
