@@ -237,14 +237,28 @@ impl Stepper<'_> {
             ActionKey::RebootSource => self.policy.reboot_reissue_after,
             _ => self.policy.reissue_after,
         };
-        if let Some(at) = self.m.requested.get(&key) {
-            if self.since(*at) < reissue {
+        if let Some(until) = self.m.requested.get(&key) {
+            if self.now < *until {
+                let wait = until.duration_since(self.now);
+                self.wake_within(wait);
                 return false;
             }
         }
-        self.m.requested.insert(key, self.now);
+        self.m.requested.insert(key, self.now + reissue);
         self.actions.push(action);
         true
+    }
+
+    /// Delay before a failed action is asked for again: short in the cutover (every second is
+    /// downtime), longer otherwise, doubling with each failure in the phase, at most 5 minutes.
+    fn backoff(&self, kind: ErrorKind) -> SignedDuration {
+        let base = match (self.m.phase.is_cutover(), kind) {
+            (true, _) => SignedDuration::from_secs(2),
+            (false, ErrorKind::Throttled) => SignedDuration::from_secs(30),
+            (false, _) => SignedDuration::from_secs(10),
+        };
+        let doublings = self.m.action_failures.min(8);
+        (base * (1i32 << doublings)).min(SignedDuration::from_mins(5))
     }
 
     fn alert_once(&mut self, name: &str, severity: Severity, title: &str, detail: &str) {
@@ -319,8 +333,9 @@ impl Stepper<'_> {
             if deletion && err.kind == ErrorKind::NotFound {
                 continue; // already gone is what we wanted
             }
-            // Let the next observation decide whether to ask again.
-            self.m.requested.remove(&result.key);
+            // Ask again after a backoff, not at once: the next observation decides.
+            let backoff = self.backoff(err.kind);
+            self.m.requested.insert(result.key, self.now + backoff);
             let what = format!(
                 "{} failed ({}): {}",
                 result.key,
@@ -1102,14 +1117,15 @@ impl Stepper<'_> {
                 }
                 if self.m.progress.final_snapshot_at.is_none() {
                     match &self.obs.final_snapshot {
-                        Observed::Unknown => {}
                         Observed::Present(s) if s.status == "available" => {
                             self.m.progress.final_snapshot_at = Some(self.now);
                         }
+                        Observed::Unknown => return,
                         Observed::Present(s) if s.status == "failed" => {
                             self.failure(format!("the final snapshot {} failed", s.identifier));
+                            return;
                         }
-                        Observed::Present(_) => {}
+                        Observed::Present(_) => return,
                         Observed::Absent => {
                             let full = self.obs.quotas.as_ref().is_some_and(|qs| {
                                 qs.iter()
@@ -1128,9 +1144,9 @@ impl Stepper<'_> {
                                     snapshot: self.m.names.final_snapshot.clone(),
                                 });
                             }
+                            return;
                         }
                     }
-                    return;
                 }
                 if source.deletion_protection {
                     if self.policy.allow_disable_deletion_protection {

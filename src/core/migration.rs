@@ -45,7 +45,8 @@ pub struct Migration {
     pub plan: Option<Plan>,
     pub preflight: Option<PreflightReport>,
     pub progress: Progress,
-    /// Mutating actions issued and not yet confirmed by observation, with when they were issued.
+    /// Mutating actions in flight (issued, not yet confirmed by observation, or failed and
+    /// backing off), each with the time from which it may be issued again.
     pub requested: BTreeMap<ActionKey, Timestamp>,
     /// Failed tries of actions in this phase (reset on every phase change).
     pub action_failures: u32,

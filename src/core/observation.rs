@@ -22,6 +22,16 @@ pub enum Observed<T> {
     Present(T),
 }
 
+impl<T> From<Option<T>> for Observed<T> {
+    /// A describe call that was made: `None` means not found.
+    fn from(found: Option<T>) -> Self {
+        match found {
+            Some(t) => Observed::Present(t),
+            None => Observed::Absent,
+        }
+    }
+}
+
 impl<T> Observed<T> {
     pub fn present(&self) -> Option<&T> {
         match self {

@@ -1,0 +1,389 @@
+//! Fixtures for the core's tests: a healthy source, preflight inputs, and a small synchronous
+//! model of the world that answers the phase machine's actions the way AWS would.
+//!
+//! The model is deliberately simple (everything happens at once, metrics are derived from the
+//! state); the simulator (`src/sim`) is the detailed one. Here it serves table and property
+//! tests of the pure core.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use aurora_migrator::core::action::{Action, ActionError, ActionResult, ErrorKind};
+use aurora_migrator::core::machine::Decision;
+use aurora_migrator::core::migration::{Migration, MigrationId};
+use aurora_migrator::core::needs::needs;
+use aurora_migrator::core::observation::*;
+use aurora_migrator::core::policy::{CutoverPolicy, Policy};
+use aurora_migrator::core::{Phase, invariants, step};
+use jiff::{SignedDuration, Timestamp};
+
+pub const ARN: &str = "arn:aws:rds:us-east-1:123456789012:db:orders-pg";
+pub const RESOURCE_ID: &str = "db-ORDERS0123456789";
+
+pub fn t0() -> Timestamp {
+    "2026-11-25T10:00:00Z".parse().unwrap()
+}
+
+pub fn source() -> SourceInstance {
+    let mut tags = BTreeMap::new();
+    tags.insert("aurora-migration".to_string(), "start".to_string());
+    tags.insert("aurora-migration:ack-unlogged-tables".to_string(), "true".to_string());
+    tags.insert("team".to_string(), "orders".to_string());
+    SourceInstance {
+        identifier: "orders-pg".into(),
+        arn: ARN.into(),
+        resource_id: RESOURCE_ID.into(),
+        engine: "postgres".into(),
+        engine_version: "15.4".into(),
+        status: "available".into(),
+        instance_class: "db.r6g.large".into(),
+        allocated_storage_gib: 200,
+        has_pending_modifications: false,
+        parameter_group: ParameterGroupMembership {
+            name: "orders-pg15".into(),
+            apply_status: "in-sync".into(),
+        },
+        backup_retention_days: 7,
+        read_replicas: vec![],
+        aurora_replica_clusters: vec![],
+        storage_encrypted: true,
+        kms_key_id: Some("arn:aws:kms:us-east-1:123456789012:key/abcd".into()),
+        iam_auth_enabled: false,
+        deletion_protection: false,
+        auto_minor_version_upgrade: false,
+        security_groups: vec![GroupMembership {
+            id: "sg-app".into(),
+            status: "active".into(),
+        }],
+        vpc_id: "vpc-1".into(),
+        subnet_group: "db-subnets".into(),
+        endpoint: Some(Endpoint {
+            address: "orders-pg.abc.us-east-1.rds.amazonaws.com".into(),
+            port: 5432,
+        }),
+        multi_az: false,
+        tags,
+    }
+}
+
+pub fn preflight_inputs() -> PreflightInputs {
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    PreflightInputs {
+        aurora_versions: vec![
+            EngineVersion { version: "15.3".into(), family: "aurora-postgresql15".into() },
+            EngineVersion { version: "15.4".into(), family: "aurora-postgresql15".into() },
+            EngineVersion { version: "15.6".into(), family: "aurora-postgresql15".into() },
+            EngineVersion { version: "16.2".into(), family: "aurora-postgresql16".into() },
+        ],
+        source_parameters: vec![
+            Parameter { name: "work_mem".into(), value: "65536".into() },
+            Parameter { name: "log_min_duration_statement".into(), value: "500".into() },
+            Parameter { name: "shared_preload_libraries".into(), value: "pg_stat_statements".into() },
+        ],
+        aurora_cluster_parameters: names(&["log_min_duration_statement", "shared_preload_libraries", "rds.logical_replication", "rds.force_ssl"]),
+        aurora_instance_parameters: names(&["work_mem", "log_min_duration_statement"]),
+        aurora_static_parameters: names(&["shared_preload_libraries", "rds.logical_replication"]),
+        pending_maintenance: vec![],
+        quotas: vec![
+            Quota { name: "DBClusters".into(), used: 3, max: 40 },
+            Quota { name: "DBInstances".into(), used: 10, max: 40 },
+            Quota { name: "ManualSnapshots".into(), used: 5, max: 100 },
+        ],
+        kms_key_usable: Some(true),
+        free_storage_bytes: Some(150.0 * GIB),
+    }
+}
+
+pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+pub fn policy() -> Policy {
+    Policy {
+        cutover: CutoverPolicy::Automatic,
+        ..Policy::default()
+    }
+}
+
+pub fn migration() -> Migration {
+    Migration::new(
+        MigrationId { resource_id: RESOURCE_ID.into(), attempt: 1 },
+        "orders-pg",
+        ARN,
+        t0(),
+    )
+}
+
+pub fn point(start: Timestamp, value: f64) -> Datapoint {
+    Datapoint { start, period_s: 60, minimum: value, maximum: value, average: value }
+}
+
+/// A synchronous model of AWS that applies the machine's actions at once.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub now: Timestamp,
+    pub source: Option<SourceInstance>,
+    pub target: Option<TargetCluster>,
+    pub quarantine: Option<SecurityGroup>,
+    pub parameter_groups: bool,
+    pub snapshot: Option<Snapshot>,
+    pub events: Vec<InstanceEvent>,
+    pub restarted_at: Option<Timestamp>,
+    pub routed_to: Option<String>,
+    pub fleet_paused: bool,
+    /// A stale logical slot keeps the slot lag high.
+    pub stale_slot: bool,
+    pub clusters_created: u32,
+    pub promotions: u32,
+    pub reboots: u32,
+    pub notifications: Vec<aurora_migrator::core::notification::Notification>,
+    pub tags: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Model {
+    pub fn new() -> Self {
+        Model {
+            now: t0(),
+            source: Some(source()),
+            target: None,
+            quarantine: None,
+            parameter_groups: false,
+            snapshot: None,
+            events: vec![],
+            restarted_at: None,
+            routed_to: None,
+            fleet_paused: false,
+            stale_slot: false,
+            clusters_created: 0,
+            promotions: 0,
+            reboots: 0,
+            notifications: vec![],
+            tags: BTreeMap::new(),
+        }
+    }
+
+    pub fn quarantined(&self) -> bool {
+        self.source.as_ref().is_some_and(|s| s.group_ids() == ["sg-q"])
+    }
+
+    /// What the driver would observe for `m` now.
+    pub fn observe(&self, m: &Migration, policy: &Policy) -> Observation {
+        let n = needs(m, self.now, policy);
+        let mut obs = Observation::default();
+        fn seen<T: Clone>(x: &Option<T>) -> Observed<T> {
+            x.clone().into()
+        }
+        if n.source {
+            obs.source = seen(&self.source);
+        }
+        if n.target {
+            obs.target = seen(&self.target);
+        }
+        if n.quarantine_group {
+            obs.quarantine_group = seen(&self.quarantine);
+        }
+        if n.parameter_groups {
+            obs.parameter_groups = Some(ParameterGroupsPresent {
+                cluster: self.parameter_groups,
+                instance: self.parameter_groups,
+            });
+        }
+        if n.preflight {
+            obs.preflight = Some(preflight_inputs());
+        }
+        if n.quotas {
+            obs.quotas = Some(preflight_inputs().quotas);
+        }
+        if n.final_snapshot {
+            obs.final_snapshot = seen(&self.snapshot);
+        }
+        if let Some(since) = n.events_since {
+            obs.source_events = self.events.iter().filter(|e| e.at >= since).cloned().collect();
+        }
+        // One finished CloudWatch period, the one that ended a minute ago at the latest.
+        let start = self.now - SignedDuration::from_secs(120);
+        let finished_since = |t: Option<Timestamp>| t.is_none_or(|t| start >= t);
+        for (key, since) in n.metrics {
+            let value = match key {
+                MetricKey::SourceSlotLag if self.stale_slot => 5.0 * GIB,
+                MetricKey::SourceSlotLag if self.restarted_at.is_some() => 0.0,
+                MetricKey::SourceSlotLag => 64.0 * 1024.0 * 1024.0,
+                MetricKey::SourceConnections if self.quarantined() => 0.0,
+                MetricKey::SourceConnections => 40.0,
+                MetricKey::SourceFreeStorage => 150.0 * GIB,
+                MetricKey::SourceWalGeneration if self.quarantined() => 1000.0,
+                MetricKey::SourceWalGeneration => 5.0e6,
+                MetricKey::TargetReplicaLag if self.restarted_at.is_some() => 0.0,
+                MetricKey::TargetReplicaLag => 2.0,
+                MetricKey::SourceCpu | MetricKey::TargetCpu => 30.0,
+                MetricKey::SourceWriteLatency | MetricKey::TargetWriteLatency => 0.002,
+                MetricKey::SourceReadLatency | MetricKey::TargetReadLatency => 0.001,
+                MetricKey::TargetWriteIops => 100.0,
+            };
+            let restart_gate = matches!(key, MetricKey::SourceSlotLag | MetricKey::SourceConnections | MetricKey::TargetReplicaLag)
+                && m.phase == Phase::Draining;
+            if start >= since && (!restart_gate || finished_since(self.restarted_at)) {
+                obs.metrics.insert(key, vec![point(start, value)]);
+            } else {
+                obs.metrics.insert(key, vec![]);
+            }
+        }
+        obs.fleet_paused = n.fleet_pause && self.fleet_paused;
+        obs
+    }
+
+    /// Applies one action as AWS would; `fail` makes it fail with that kind instead.
+    pub fn apply(&mut self, action: &Action, fail: Option<ErrorKind>) -> Option<ActionResult> {
+        let key = action.key();
+        if let Some(kind) = fail {
+            return Some(ActionResult {
+                key,
+                outcome: Err(ActionError { kind, message: "injected".into() }),
+            });
+        }
+        match action {
+            Action::EnsureParameterGroups(_) => self.parameter_groups = true,
+            Action::EnsureQuarantineGroup(spec) => {
+                self.quarantine = Some(SecurityGroup {
+                    id: "sg-q".into(),
+                    name: spec.name.clone(),
+                    ingress_sources: spec.allow_from.clone(),
+                    egress_rules: 0,
+                })
+            }
+            Action::CreateReplicaCluster(spec) => {
+                assert!(self.target.is_none(), "a second replica cluster was created");
+                self.clusters_created += 1;
+                self.target = Some(TargetCluster {
+                    identifier: spec.cluster.clone(),
+                    arn: format!("arn:aws:rds:us-east-1:123456789012:cluster:{}", spec.cluster),
+                    status: "available".into(),
+                    replication_source: Some(spec.source_arn.clone()),
+                    tags: spec.tags.clone(),
+                    writer_endpoint: Some(Endpoint { address: format!("{}.cluster-x.rds.amazonaws.com", spec.cluster), port: 5432 }),
+                    security_groups: spec.security_groups.iter().map(|g| GroupMembership { id: g.clone(), status: "active".into() }).collect(),
+                    members: vec![],
+                });
+                if let Some(s) = &mut self.source {
+                    s.aurora_replica_clusters = vec![spec.cluster.clone()];
+                }
+            }
+            Action::CreateWriterInstance(spec) => {
+                if let Some(t) = &mut self.target {
+                    t.members.push(ClusterMember { identifier: spec.instance.clone(), status: "available".into() });
+                }
+            }
+            Action::QuarantineSource { group_id, .. } => {
+                if let Some(s) = &mut self.source {
+                    s.security_groups = vec![GroupMembership { id: group_id.clone(), status: "active".into() }];
+                }
+            }
+            Action::RestoreSourceGroups { group_ids, .. } => {
+                if let Some(s) = &mut self.source {
+                    s.security_groups = group_ids.iter().map(|g| GroupMembership { id: g.clone(), status: "active".into() }).collect();
+                }
+                self.restarted_at = None;
+            }
+            Action::RebootSource { .. } => {
+                self.reboots += 1;
+                self.restarted_at = Some(self.now);
+                self.events.push(InstanceEvent { at: self.now, kind: InstanceEventKind::Restarted });
+            }
+            Action::PromoteTarget { .. } => {
+                assert!(self.quarantined(), "promoted while the source takes writes");
+                self.promotions += 1;
+                if let Some(t) = &mut self.target {
+                    t.replication_source = None;
+                }
+                if let Some(s) = &mut self.source {
+                    s.aurora_replica_clusters.clear();
+                }
+            }
+            Action::RouteTraffic(r) => self.routed_to = Some(r.endpoint.clone()),
+            Action::QuarantineTarget { group_id, .. } => {
+                if let Some(t) = &mut self.target {
+                    t.security_groups = vec![GroupMembership { id: group_id.clone(), status: "active".into() }];
+                }
+            }
+            Action::DeleteTarget { .. } => {
+                self.target = None;
+                if let Some(s) = &mut self.source {
+                    s.aurora_replica_clusters.clear();
+                }
+            }
+            Action::CreateFinalSnapshot { snapshot, .. } => {
+                self.snapshot = Some(Snapshot { identifier: snapshot.clone(), status: "available".into() })
+            }
+            Action::DisableDeletionProtection { .. } => {
+                if let Some(s) = &mut self.source {
+                    s.deletion_protection = false;
+                }
+            }
+            Action::DeleteSource { .. } => {
+                assert!(self.snapshot.is_some(), "source deleted without a final snapshot");
+                self.source = None;
+            }
+            Action::DeleteQuarantineGroup { .. } => self.quarantine = None,
+            Action::MirrorPhaseTag { arns, phase } => {
+                for arn in arns {
+                    self.tags.entry(arn.clone()).or_default().insert("aurora-migration:phase".into(), phase.as_str().into());
+                }
+            }
+            Action::SetTriggerTag { value, .. } => {
+                if let Some(s) = &mut self.source {
+                    s.tags.insert("aurora-migration".into(), value.clone());
+                }
+            }
+            Action::Notify(n) => self.notifications.push(n.clone()),
+            Action::RunSmokeTest(_) | Action::EnsureHeartbeatAlarm { .. } | Action::DeleteHeartbeatAlarm { .. } | Action::PutHeartbeat { .. } => {}
+        }
+        let feeds = matches!(action, Action::RouteTraffic(_) | Action::RunSmokeTest(_) | Action::SetTriggerTag { .. });
+        feeds.then_some(ActionResult { key, outcome: Ok(()) })
+    }
+}
+
+/// One driver round as the agent does it: observe, step, apply, and hear the results. Checks the
+/// invariants and the repeat rule on the way. Returns the first decision.
+pub fn round(model: &mut Model, m: &mut Migration, policy: &Policy, fail: &mut dyn FnMut(&Action) -> Option<ErrorKind>) -> Decision {
+    let obs = model.observe(m, policy);
+    let d = step(m, &obs, model.now, policy);
+    invariants::check(m, &obs, &d).expect("invariant");
+    let again = step(&d.next, &obs, model.now, policy);
+    invariants::check_repeat(&d, &again).expect("repeat rule");
+    *m = d.next.clone();
+    let mut results = vec![];
+    for a in &d.actions {
+        if let Some(r) = model.apply(a, fail(a)) {
+            results.push(r);
+        }
+    }
+    if !results.is_empty() {
+        let mut heard = obs.clone();
+        heard.action_results = results;
+        let d2 = step(m, &heard, model.now, policy);
+        invariants::check(m, &heard, &d2).expect("invariant after results");
+        *m = d2.next.clone();
+        for a in &d2.actions {
+            model.apply(a, None);
+        }
+    }
+    d
+}
+
+/// Drives `m` with a cooperating world until it is terminal (or `max_rounds` pass).
+pub fn run_to_end(model: &mut Model, m: &mut Migration, policy: &Policy, max_rounds: usize) -> Vec<Phase> {
+    let mut phases = vec![m.phase];
+    for _ in 0..max_rounds {
+        let d = round(model, m, policy, &mut |_| None);
+        if phases.last() != Some(&m.phase) {
+            phases.push(m.phase);
+        }
+        match d.wake_after {
+            None if m.next_wake.is_none() => break,
+            Some(w) => model.now += w.max(SignedDuration::from_secs(1)),
+            None => model.now += SignedDuration::from_secs(60),
+        }
+        if m.phase.is_terminal() && m.next_wake.is_none() {
+            break;
+        }
+    }
+    phases
+}
