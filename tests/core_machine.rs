@@ -2,7 +2,7 @@
 
 mod common;
 
-use aurora_migrator::core::action::{Action, ActionKey, ActionResult, ActionError, ErrorKind};
+use aurora_migrator::core::action::{Action, ActionError, ActionKey, ActionResult, ErrorKind};
 use aurora_migrator::core::migration::RollbackCause;
 use aurora_migrator::core::notification::Severity;
 use aurora_migrator::core::observation::*;
@@ -12,18 +12,34 @@ use common::*;
 use jiff::SignedDuration;
 
 fn keys(actions: &[Action]) -> Vec<ActionKey> {
-    actions.iter().filter(|a| a.is_mutating()).map(Action::key).collect()
+    actions
+        .iter()
+        .filter(|a| a.is_mutating())
+        .map(Action::key)
+        .collect()
 }
 
 /// Runs the model until `m` reaches `phase` (panics if it ends elsewhere).
-fn advance_to(model: &mut Model, m: &mut aurora_migrator::core::Migration, policy: &Policy, phase: Phase) {
+fn advance_to(
+    model: &mut Model,
+    m: &mut aurora_migrator::core::Migration,
+    policy: &Policy,
+    phase: Phase,
+) {
     for _ in 0..400 {
         if m.phase == phase {
             return;
         }
         let d = round(model, m, policy, &mut |_| None);
-        model.now += d.wake_after.unwrap_or(SignedDuration::from_secs(60)).max(SignedDuration::from_secs(1));
-        assert!(!m.phase.is_terminal() || m.phase == phase, "ended in {} before reaching {phase}", m.phase);
+        model.now += d
+            .wake_after
+            .unwrap_or(SignedDuration::from_secs(60))
+            .max(SignedDuration::from_secs(1));
+        assert!(
+            !m.phase.is_terminal() || m.phase == phase,
+            "ended in {} before reaching {phase}",
+            m.phase
+        );
     }
     panic!("did not reach {phase}; stuck in {}", m.phase);
 }
@@ -36,9 +52,19 @@ fn happy_path_visits_every_phase_in_order_and_completes() {
     assert_eq!(
         phases,
         vec![
-            Phase::Requested, Phase::Preflight, Phase::Preparing, Phase::CreatingReplica, Phase::Replicating,
-            Phase::AwaitingCutover, Phase::Quiescing, Phase::Draining, Phase::Promoting, Phase::Routing,
-            Phase::Verifying, Phase::Decommissioning, Phase::Completed,
+            Phase::Requested,
+            Phase::Preflight,
+            Phase::Preparing,
+            Phase::CreatingReplica,
+            Phase::Replicating,
+            Phase::AwaitingCutover,
+            Phase::Quiescing,
+            Phase::Draining,
+            Phase::Promoting,
+            Phase::Routing,
+            Phase::Verifying,
+            Phase::Decommissioning,
+            Phase::Completed,
         ]
     );
     assert_eq!(model.clusters_created, 1);
@@ -46,10 +72,20 @@ fn happy_path_visits_every_phase_in_order_and_completes() {
     assert_eq!(model.reboots, 1);
     assert!(model.source.is_none(), "the source is deleted");
     assert!(model.snapshot.is_some(), "after a final snapshot");
-    assert!(model.routed_to.as_deref().unwrap().contains("cluster"), "traffic goes to the cluster");
-    assert!(model.quarantine.is_none(), "the quarantine group is cleaned up");
+    assert!(
+        model.routed_to.as_deref().unwrap().contains("cluster"),
+        "traffic goes to the cluster"
+    );
+    assert!(
+        model.quarantine.is_none(),
+        "the quarantine group is cleaned up"
+    );
     let sent: Vec<Phase> = model.notifications.iter().map(|n| n.phase).collect();
-    assert_eq!(&sent[..], &phases[1..], "one notification per phase change, in order");
+    assert_eq!(
+        &sent[..],
+        &phases[1..],
+        "one notification per phase change, in order"
+    );
     assert_eq!(model.tags[ARN]["aurora-migration:phase"], "completed");
 }
 
@@ -64,13 +100,24 @@ fn preflight_failure_ends_in_failed_without_any_mutation() {
     assert!(model.quarantine.is_none() && !model.parameter_groups);
     let last = model.notifications.last().unwrap();
     assert_eq!(last.severity, Severity::Error);
-    assert!(last.description.contains("automated backups are off"), "{}", last.description);
-    assert_eq!(model.source.unwrap().tags["aurora-migration"], "stopped", "the trigger is reset");
+    assert!(
+        last.description.contains("automated backups are off"),
+        "{}",
+        last.description
+    );
+    assert_eq!(
+        model.source.unwrap().tags["aurora-migration"],
+        "stopped",
+        "the trigger is reset"
+    );
 }
 
 #[test]
 fn manual_cutover_waits_for_the_approve_tag() {
-    let policy = Policy { cutover: CutoverPolicy::ManualApproval, ..policy() };
+    let policy = Policy {
+        cutover: CutoverPolicy::ManualApproval,
+        ..policy()
+    };
     let mut model = Model::new();
     let mut m = migration();
     advance_to(&mut model, &mut m, &policy, Phase::AwaitingCutover);
@@ -78,9 +125,18 @@ fn manual_cutover_waits_for_the_approve_tag() {
         round(&mut model, &mut m, &policy, &mut |_| None);
         model.now += SignedDuration::from_mins(10);
     }
-    assert_eq!(m.phase, Phase::AwaitingCutover, "no cutover without approval");
+    assert_eq!(
+        m.phase,
+        Phase::AwaitingCutover,
+        "no cutover without approval"
+    );
     assert!(!model.quarantined());
-    model.source.as_mut().unwrap().tags.insert("aurora-migration:approve".into(), "true".into());
+    model
+        .source
+        .as_mut()
+        .unwrap()
+        .tags
+        .insert("aurora-migration:approve".into(), "true".into());
     round(&mut model, &mut m, &policy, &mut |_| None);
     assert_eq!(m.phase, Phase::Quiescing);
 }
@@ -88,7 +144,10 @@ fn manual_cutover_waits_for_the_approve_tag() {
 #[test]
 fn window_cutover_starts_only_inside_the_window() {
     // 2026-11-25 is a Wednesday; the window is Wednesday 12:00–13:00 UTC.
-    let policy = Policy { cutover: CutoverPolicy::Window("wed:12:00-wed:13:00".parse().unwrap()), ..policy() };
+    let policy = Policy {
+        cutover: CutoverPolicy::Window("wed:12:00-wed:13:00".parse().unwrap()),
+        ..policy()
+    };
     let mut model = Model::new();
     let mut m = migration();
     advance_to(&mut model, &mut m, &policy, Phase::AwaitingCutover);
@@ -124,10 +183,19 @@ fn quiescing_records_original_groups_before_quarantining() {
     advance_to(&mut model, &mut m, &policy(), Phase::Quiescing);
     let obs = model.observe(&m, &policy());
     let d = step(&m, &obs, model.now, &policy());
-    assert_eq!(d.next.progress.original_groups.as_deref(), Some(&["sg-app".to_string()][..]));
+    assert_eq!(
+        d.next.progress.original_groups.as_deref(),
+        Some(&["sg-app".to_string()][..])
+    );
     assert!(keys(&d.actions).contains(&ActionKey::QuarantineSource));
-    assert!(keys(&d.actions).contains(&ActionKey::EnsureHeartbeatAlarm), "the heartbeat alarm is created at quarantine");
-    assert!(!keys(&d.actions).contains(&ActionKey::RebootSource), "no reboot before the quarantine is active");
+    assert!(
+        keys(&d.actions).contains(&ActionKey::EnsureHeartbeatAlarm),
+        "the heartbeat alarm is created at quarantine"
+    );
+    assert!(
+        !keys(&d.actions).contains(&ActionKey::RebootSource),
+        "no reboot before the quarantine is active"
+    );
 }
 
 #[test]
@@ -159,7 +227,8 @@ fn draining_needs_a_slot_lag_period_starting_after_the_restart() {
     let mut obs = model.observe(&m, &policy());
     // A 0 reading from before the restart proves nothing (it oscillates 0 ↔ 64 MiB when quiet).
     let before = model.restarted_at.unwrap() - SignedDuration::from_mins(5);
-    obs.metrics.insert(MetricKey::SourceSlotLag, vec![point(before, 0.0)]);
+    obs.metrics
+        .insert(MetricKey::SourceSlotLag, vec![point(before, 0.0)]);
     let d = step(&m, &obs, model.now, &policy());
     assert_eq!(d.next.phase, Phase::Draining);
     model.now += SignedDuration::from_mins(3);
@@ -183,7 +252,8 @@ fn draining_is_not_proven_while_connections_remain() {
     model.now += SignedDuration::from_mins(3);
     let mut obs = model.observe(&m, &policy());
     let start = obs.metric(MetricKey::SourceConnections)[0].start;
-    obs.metrics.insert(MetricKey::SourceConnections, vec![point(start, 3.0)]);
+    obs.metrics
+        .insert(MetricKey::SourceConnections, vec![point(start, 3.0)]);
     let d = step(&m, &obs, model.now, &policy());
     assert_eq!(d.next.phase, Phase::Draining);
 }
@@ -201,7 +271,15 @@ fn draining_is_not_proven_when_the_quarantine_group_gained_a_rule() {
 fn draining_is_not_proven_when_iac_put_the_groups_back() {
     let (mut model, m) = draining();
     model.now += SignedDuration::from_mins(3);
-    model.source.as_mut().unwrap().security_groups.push(GroupMembership { id: "sg-app".into(), status: "active".into() });
+    model
+        .source
+        .as_mut()
+        .unwrap()
+        .security_groups
+        .push(GroupMembership {
+            id: "sg-app".into(),
+            status: "active".into(),
+        });
     let d = step(&m, &model.observe(&m, &policy()), model.now, &policy());
     assert_eq!(d.next.phase, Phase::Draining);
 }
@@ -217,17 +295,35 @@ fn stale_slot_never_promotes_and_rolls_back_losslessly_when_the_budget_runs_out(
     assert_eq!(model.promotions, 0);
     assert_eq!(m.phase, Phase::RolledBack);
     assert!(m.history.iter().any(|h| h.phase == Phase::RollingBack));
-    assert_eq!(model.source.as_ref().unwrap().group_ids(), ["sg-app"], "the original groups are back");
+    assert_eq!(
+        model.source.as_ref().unwrap().group_ids(),
+        ["sg-app"],
+        "the original groups are back"
+    );
     assert!(model.target.is_none(), "the replica is deleted");
-    let alerts: Vec<&str> = model.notifications.iter().map(|n| n.event.as_str()).collect();
-    assert!(alerts.contains(&"draining-slow"), "an alert before the budget runs out: {alerts:?}");
-    assert!(matches!(m.rollback.as_ref().unwrap().cause, RollbackCause::Failure(ref why) if why.contains("budget")));
+    let alerts: Vec<&str> = model
+        .notifications
+        .iter()
+        .map(|n| n.event.as_str())
+        .collect();
+    assert!(
+        alerts.contains(&"draining-slow"),
+        "an alert before the budget runs out: {alerts:?}"
+    );
+    assert!(
+        matches!(m.rollback.as_ref().unwrap().cause, RollbackCause::Failure(ref why) if why.contains("budget"))
+    );
 }
 
 #[test]
 fn abort_before_promotion_restores_groups_and_deletes_the_replica() {
     let (mut model, mut m) = draining();
-    model.source.as_mut().unwrap().tags.insert("aurora-migration:abort".into(), "true".into());
+    model
+        .source
+        .as_mut()
+        .unwrap()
+        .tags
+        .insert("aurora-migration:abort".into(), "true".into());
     run_to_end(&mut model, &mut m, &policy(), 200);
     assert_eq!(m.phase, Phase::Aborted);
     assert_eq!(model.promotions, 0);
@@ -239,7 +335,12 @@ fn abort_before_promotion_restores_groups_and_deletes_the_replica() {
 #[test]
 fn abort_in_preflight_ends_at_once_without_mutations() {
     let mut model = Model::new();
-    model.source.as_mut().unwrap().tags.insert("aurora-migration:abort".into(), "true".into());
+    model
+        .source
+        .as_mut()
+        .unwrap()
+        .tags
+        .insert("aurora-migration:abort".into(), "true".into());
     let mut m = migration();
     run_to_end(&mut model, &mut m, &policy(), 20);
     assert_eq!(m.phase, Phase::Aborted);
@@ -252,10 +353,20 @@ fn abort_after_routing_is_ignored_with_a_warning() {
     let mut model = Model::new();
     let mut m = migration();
     advance_to(&mut model, &mut m, &policy(), Phase::Verifying);
-    model.source.as_mut().unwrap().tags.insert("aurora-migration:abort".into(), "true".into());
+    model
+        .source
+        .as_mut()
+        .unwrap()
+        .tags
+        .insert("aurora-migration:abort".into(), "true".into());
     round(&mut model, &mut m, &policy(), &mut |_| None);
     assert_eq!(m.phase, Phase::Verifying);
-    assert!(model.notifications.iter().any(|n| n.event == "abort-ignored"));
+    assert!(
+        model
+            .notifications
+            .iter()
+            .any(|n| n.event == "abort-ignored")
+    );
 }
 
 #[test]
@@ -263,19 +374,42 @@ fn rollback_after_cutover_needs_the_approval_tag_and_fences_aurora_first() {
     let mut model = Model::new();
     let mut m = migration();
     advance_to(&mut model, &mut m, &policy(), Phase::Verifying);
-    model.source.as_mut().unwrap().tags.insert("aurora-migration:rollback".into(), "approve".into());
+    model
+        .source
+        .as_mut()
+        .unwrap()
+        .tags
+        .insert("aurora-migration:rollback".into(), "approve".into());
     let first = round(&mut model, &mut m, &policy(), &mut |_| None);
     assert_eq!(m.phase, Phase::RollingBack);
     assert!(m.rollback.as_ref().unwrap().after_cutover);
-    assert!(keys(&first.actions).is_empty(), "entering the rollback changes nothing yet");
+    assert!(
+        keys(&first.actions).is_empty(),
+        "entering the rollback changes nothing yet"
+    );
     let d = round(&mut model, &mut m, &policy(), &mut |_| None);
-    assert_eq!(keys(&d.actions), vec![ActionKey::QuarantineTarget], "Aurora is fenced before anything else");
+    assert_eq!(
+        keys(&d.actions),
+        vec![ActionKey::QuarantineTarget],
+        "Aurora is fenced before anything else"
+    );
     run_to_end(&mut model, &mut m, &policy(), 50);
     assert_eq!(m.phase, Phase::RolledBack);
-    assert_eq!(model.routed_to.as_deref(), Some("orders-pg.abc.us-east-1.rds.amazonaws.com"));
+    assert_eq!(
+        model.routed_to.as_deref(),
+        Some("orders-pg.abc.us-east-1.rds.amazonaws.com")
+    );
     assert_eq!(model.source.as_ref().unwrap().group_ids(), ["sg-app"]);
-    assert!(model.target.is_some(), "the Aurora cluster is kept for reconciliation");
-    assert!(model.notifications.iter().any(|n| n.event == "writes-on-target" && n.severity == Severity::Error));
+    assert!(
+        model.target.is_some(),
+        "the Aurora cluster is kept for reconciliation"
+    );
+    assert!(
+        model
+            .notifications
+            .iter()
+            .any(|n| n.event == "writes-on-target" && n.severity == Severity::Error)
+    );
 }
 
 #[test]
@@ -285,7 +419,8 @@ fn low_free_storage_deletes_the_replica_and_fails_with_an_alert() {
     advance_to(&mut model, &mut m, &policy(), Phase::Replicating);
     let mut obs = model.observe(&m, &policy());
     let start = obs.metric(MetricKey::SourceFreeStorage)[0].start;
-    obs.metrics.insert(MetricKey::SourceFreeStorage, vec![point(start, 2.0 * GIB)]);
+    obs.metrics
+        .insert(MetricKey::SourceFreeStorage, vec![point(start, 2.0 * GIB)]);
     let d = step(&m, &obs, model.now, &policy());
     assert_eq!(d.next.phase, Phase::RollingBack);
     m = d.next;
@@ -306,7 +441,8 @@ fn replica_lag_must_stay_low_for_the_sustain_period() {
     // One bad reading resets the clock.
     let mut obs = model.observe(&m, &policy());
     let start = obs.metric(MetricKey::TargetReplicaLag)[0].start;
-    obs.metrics.insert(MetricKey::TargetReplicaLag, vec![point(start, 120.0)]);
+    obs.metrics
+        .insert(MetricKey::TargetReplicaLag, vec![point(start, 120.0)]);
     let d = step(&m, &obs, model.now, &policy());
     assert!(d.next.progress.lag_ok_since.is_none());
     m = d.next;
@@ -322,7 +458,10 @@ fn transient_action_failures_are_retried_then_the_phase_fails() {
     let mut tries = 0;
     for _ in 0..200 {
         let d = round(&mut model, &mut m, &policy(), &mut |a| {
-            (a.key() == ActionKey::CreateReplicaCluster).then(|| { tries += 1; ErrorKind::Throttled })
+            (a.key() == ActionKey::CreateReplicaCluster).then(|| {
+                tries += 1;
+                ErrorKind::Throttled
+            })
         });
         model.now += d.wake_after.unwrap().max(SignedDuration::from_secs(1));
         if m.phase != Phase::CreatingReplica {
@@ -331,7 +470,12 @@ fn transient_action_failures_are_retried_then_the_phase_fails() {
     }
     assert_eq!(tries, policy().max_action_retries + 1);
     assert_eq!(m.phase, Phase::RollingBack);
-    assert!(m.last_error.as_deref().unwrap().contains("CreateReplicaCluster"));
+    assert!(
+        m.last_error
+            .as_deref()
+            .unwrap()
+            .contains("CreateReplicaCluster")
+    );
 }
 
 #[test]
@@ -340,8 +484,12 @@ fn a_fatal_action_error_before_cutover_rolls_back() {
     model.now += SignedDuration::from_mins(3);
     round(&mut model, &mut m, &policy(), &mut |_| None);
     assert_eq!(m.phase, Phase::Promoting);
-    round(&mut model, &mut m, &policy(), &mut |a| (a.key() == ActionKey::PromoteTarget).then_some(ErrorKind::Fatal));
+    round(&mut model, &mut m, &policy(), &mut |a| {
+        (a.key() == ActionKey::PromoteTarget).then_some(ErrorKind::Fatal)
+    });
+    round(&mut model, &mut m, &policy(), &mut |_| None);
     assert_eq!(m.phase, Phase::RollingBack);
+    assert_eq!(model.promotions, 0);
 }
 
 #[test]
@@ -358,7 +506,11 @@ fn a_cluster_with_our_name_that_is_not_ours_is_never_touched() {
     });
     let d = round(&mut model, &mut m, &policy(), &mut |_| None);
     assert_eq!(m.phase, Phase::Failed);
-    assert!(keys(&d.actions).iter().all(|k| *k != ActionKey::DeleteTarget && *k != ActionKey::CreateReplicaCluster));
+    assert!(
+        keys(&d.actions)
+            .iter()
+            .all(|k| *k != ActionKey::DeleteTarget && *k != ActionKey::CreateReplicaCluster)
+    );
 }
 
 #[test]
@@ -387,8 +539,16 @@ fn deletion_protection_is_left_to_a_person_unless_the_policy_allows() {
         round(&mut model, &mut m, &policy(), &mut |_| None);
     }
     assert!(model.source.is_some(), "not deleted");
-    assert!(model.notifications.iter().any(|n| n.event == "deletion-protection"));
-    let allow = Policy { allow_disable_deletion_protection: true, ..policy() };
+    assert!(
+        model
+            .notifications
+            .iter()
+            .any(|n| n.event == "deletion-protection")
+    );
+    let allow = Policy {
+        allow_disable_deletion_protection: true,
+        ..policy()
+    };
     run_to_end(&mut model, &mut m, &allow, 20);
     assert_eq!(m.phase, Phase::Completed);
 }
@@ -400,42 +560,83 @@ fn the_snapshot_quota_blocks_decommission_with_an_alert() {
     advance_to(&mut model, &mut m, &policy(), Phase::Decommissioning);
     model.now += policy().retention;
     let mut obs = model.observe(&m, &policy());
-    obs.quotas = Some(vec![Quota { name: "ManualSnapshots".into(), used: 100, max: 100 }]);
+    obs.quotas = Some(vec![Quota {
+        name: "ManualSnapshots".into(),
+        used: 100,
+        max: 100,
+    }]);
     let d = step(&m, &obs, model.now, &policy());
     assert!(keys(&d.actions).is_empty());
-    assert!(d.actions.iter().any(|a| matches!(a, Action::Notify(n) if n.event == "snapshot-quota")));
+    assert!(
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::Notify(n) if n.event == "snapshot-quota"))
+    );
 }
 
 #[test]
 fn routing_with_cdc_waits_for_the_slots_acknowledgement() {
     let mut model = Model::new();
-    model.source.as_mut().unwrap().tags.insert("aurora-migration:cdc-consumers".into(), "sg-debezium".into());
+    model.source.as_mut().unwrap().tags.insert(
+        "aurora-migration:cdc-consumers".into(),
+        "sg-debezium".into(),
+    );
     let mut m = migration();
     advance_to(&mut model, &mut m, &policy(), Phase::Draining);
-    assert_eq!(model.quarantine.as_ref().unwrap().ingress_sources, ["sg-debezium"], "the consumers' exception");
+    assert_eq!(
+        model.quarantine.as_ref().unwrap().ingress_sources,
+        ["sg-debezium"],
+        "the consumers' exception"
+    );
     model.now += SignedDuration::from_mins(3);
     round(&mut model, &mut m, &policy(), &mut |_| None);
     assert_eq!(m.phase, Phase::Draining, "waits for the consumers to drain");
-    model.source.as_mut().unwrap().tags.insert("aurora-migration:cdc-drained".into(), "true".into());
+    model
+        .source
+        .as_mut()
+        .unwrap()
+        .tags
+        .insert("aurora-migration:cdc-drained".into(), "true".into());
     advance_to(&mut model, &mut m, &policy(), Phase::Routing);
     for _ in 0..5 {
         round(&mut model, &mut m, &policy(), &mut |_| None);
     }
     assert_eq!(m.phase, Phase::Routing);
-    assert!(model.routed_to.is_none(), "no route before the slots exist on the target");
-    model.source.as_mut().unwrap().tags.insert("aurora-migration:cdc-slots-created".into(), "true".into());
+    assert!(
+        model.routed_to.is_none(),
+        "no route before the slots exist on the target"
+    );
+    model
+        .source
+        .as_mut()
+        .unwrap()
+        .tags
+        .insert("aurora-migration:cdc-slots-created".into(), "true".into());
     advance_to(&mut model, &mut m, &policy(), Phase::Verifying);
-    assert!(m.plan.as_ref().unwrap().cluster_parameters.iter().any(|p| p.name == "rds.logical_replication" && p.value == "1"));
+    assert!(
+        m.plan
+            .as_ref()
+            .unwrap()
+            .cluster_parameters
+            .iter()
+            .any(|p| p.name == "rds.logical_replication" && p.value == "1")
+    );
 }
 
 #[test]
 fn smoke_test_failure_fails_verification() {
-    let policy = Policy { smoke_test: true, ..policy() };
+    let policy = Policy {
+        smoke_test: true,
+        ..policy()
+    };
     let mut model = Model::new();
     let mut m = migration();
     advance_to(&mut model, &mut m, &policy, Phase::Verifying);
-    round(&mut model, &mut m, &policy, &mut |a| (a.key() == ActionKey::RunSmokeTest).then_some(ErrorKind::Fatal));
+    round(&mut model, &mut m, &policy, &mut |a| {
+        (a.key() == ActionKey::RunSmokeTest).then_some(ErrorKind::Fatal)
+    });
     model.now += SignedDuration::from_secs(60);
+    round(&mut model, &mut m, &policy, &mut |_| None);
     round(&mut model, &mut m, &policy, &mut |_| None);
     assert_eq!(m.phase, Phase::Failed);
     assert!(m.last_error.as_deref().unwrap().contains("smoke test"));
@@ -449,12 +650,27 @@ fn kpi_regression_fails_verification_and_offers_rollback() {
     model.now += policy().soak + SignedDuration::from_mins(1);
     let mut obs = model.observe(&m, &policy());
     let start = obs.metric(MetricKey::TargetCpu)[0].start;
-    obs.metrics.insert(MetricKey::TargetCpu, vec![point(start, 95.0)]);
+    obs.metrics
+        .insert(MetricKey::TargetCpu, vec![point(start, 95.0)]);
     let d = step(&m, &obs, model.now, &policy());
     assert_eq!(d.next.phase, Phase::Failed);
-    let note = d.actions.iter().find_map(|a| match a { Action::Notify(n) => Some(n), _ => None }).unwrap();
-    assert!(note.next_steps.iter().any(|s| s.contains("rollback=approve")));
-    assert!(d.next.next_wake.is_some(), "a failed migration after cutover stays watched for a rollback approval");
+    let note = d
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Notify(n) => Some(n),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        note.next_steps
+            .iter()
+            .any(|s| s.contains("rollback=approve"))
+    );
+    assert!(
+        d.next.next_wake.is_some(),
+        "a failed migration after cutover stays watched for a rollback approval"
+    );
 }
 
 #[test]
@@ -464,7 +680,10 @@ fn writes_on_the_old_primary_after_cutover_raise_an_alert() {
     advance_to(&mut model, &mut m, &policy(), Phase::Verifying);
     model.now += SignedDuration::from_mins(5);
     let mut obs = model.observe(&m, &policy());
-    obs.metrics.insert(MetricKey::SourceWalGeneration, vec![point(model.now - SignedDuration::from_mins(1), 9.0e6)]);
+    obs.metrics.insert(
+        MetricKey::SourceWalGeneration,
+        vec![point(model.now - SignedDuration::from_mins(1), 9.0e6)],
+    );
     let d = step(&m, &obs, model.now, &policy());
     assert!(d.actions.iter().any(|a| matches!(a, Action::Notify(n) if n.event == "source-writes" && n.severity == Severity::Error)));
 }
@@ -490,9 +709,19 @@ fn an_unconfirmed_request_is_reissued_after_the_reissue_delay() {
     // The agent crashed after persisting: the request is recorded, never executed.
     let first = step(&m, &obs, model.now, &policy());
     assert_eq!(keys(&first.actions), vec![ActionKey::CreateReplicaCluster]);
-    let soon = step(&first.next, &obs, model.now + SignedDuration::from_secs(30), &policy());
+    let soon = step(
+        &first.next,
+        &obs,
+        model.now + SignedDuration::from_secs(30),
+        &policy(),
+    );
     assert!(keys(&soon.actions).is_empty());
-    let later = step(&first.next, &obs, model.now + policy().reissue_after + SignedDuration::from_secs(1), &policy());
+    let later = step(
+        &first.next,
+        &obs,
+        model.now + policy().reissue_after + SignedDuration::from_secs(1),
+        &policy(),
+    );
     assert_eq!(keys(&later.actions), vec![ActionKey::CreateReplicaCluster]);
 }
 
@@ -505,16 +734,26 @@ fn a_failed_result_is_retried_after_a_backoff_not_at_once() {
     let first = step(&m, &obs, model.now, &policy());
     obs.action_results = vec![ActionResult {
         key: ActionKey::CreateReplicaCluster,
-        outcome: Err(ActionError { kind: ErrorKind::Retryable, message: "503".into() }),
+        id: None,
+        outcome: Err(ActionError {
+            kind: ErrorKind::Retryable,
+            message: "503".into(),
+        }),
     }];
     let heard = step(&first.next, &obs, model.now, &policy());
     assert!(keys(&heard.actions).is_empty(), "not retried at once");
     assert_eq!(heard.next.action_failures, 1);
     let backoff = heard.next.requested[&ActionKey::CreateReplicaCluster].duration_since(model.now);
-    assert!(backoff < policy().reissue_after, "retried sooner than a lost request: {backoff:?}");
+    assert!(
+        backoff < policy().reissue_after,
+        "retried sooner than a lost request: {backoff:?}"
+    );
     obs.action_results.clear();
     let retried = step(&heard.next, &obs, model.now + backoff, &policy());
-    assert_eq!(keys(&retried.actions), vec![ActionKey::CreateReplicaCluster]);
+    assert_eq!(
+        keys(&retried.actions),
+        vec![ActionKey::CreateReplicaCluster]
+    );
 }
 
 #[test]
@@ -528,7 +767,14 @@ fn phase_timeouts_fail_with_a_clear_reason() {
     model.now += policy().timeouts.creating_replica + SignedDuration::from_secs(1);
     round(&mut model, &mut m, &policy(), &mut |_| None);
     assert_eq!(m.phase, Phase::RollingBack);
-    assert!(m.last_error.as_deref().unwrap().contains("creatingreplica did not finish within 2d"), "{:?}", m.last_error);
+    assert!(
+        m.last_error
+            .as_deref()
+            .unwrap()
+            .contains("creatingreplica did not finish within 2d"),
+        "{:?}",
+        m.last_error
+    );
 }
 
 #[test]
@@ -539,7 +785,11 @@ fn the_source_disappearing_mid_migration_fails_with_an_alert() {
     model.source = None;
     let d = round(&mut model, &mut m, &policy(), &mut |_| None);
     assert_eq!(m.phase, Phase::Failed);
-    assert!(d.actions.iter().any(|a| matches!(a, Action::Notify(n) if n.severity == Severity::Error)));
+    assert!(
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::Notify(n) if n.severity == Severity::Error))
+    );
 }
 
 #[test]

@@ -111,6 +111,10 @@ pub async fn execute_all<W: World>(
         if feeds_back(key, outcome.is_ok()) {
             results.push(ActionResult {
                 key,
+                id: match action {
+                    Action::Notify(note) => Some(note.id()),
+                    _ => None,
+                },
                 outcome: outcome.map_err(|e| ActionError {
                     kind: e.kind,
                     message: e.to_string(),

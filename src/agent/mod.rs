@@ -57,12 +57,8 @@ impl From<StoreError> for DriverError {
 
 /// The phase machine's signature. The agent always runs [`crate::core::step`]; the simulator's
 /// teeth tests swap in deliberately broken variants to prove that it catches them.
-pub type StepFn = fn(
-    &Migration,
-    &crate::core::Observation,
-    jiff::Timestamp,
-    &Policy,
-) -> crate::core::Decision;
+pub type StepFn =
+    fn(&Migration, &crate::core::Observation, jiff::Timestamp, &Policy) -> crate::core::Decision;
 
 pub struct Agent<W: World> {
     pub world: W,
@@ -216,14 +212,15 @@ impl<W: World> Agent<W> {
     }
 
     /// Observe → step → persist → act, repeated while the machine asks to look again at once
-    /// or has action results to hear; then schedule the wake-up.
+    /// (a phase change: look afresh) or has action outcomes to hear (against the same look);
+    /// then schedule the wake-up.
     pub async fn reconcile(&self, mut m: Migration) -> Result<Migration, DriverError> {
         let world = &self.world;
         let mut pending = Vec::new();
-        let mut observation = None;
+        let mut last_look: Option<crate::core::Observation> = None;
         let mut contended = 0;
         for _ in 0..MAX_STEPS_PER_MESSAGE {
-            let mut obs = match observation.take() {
+            let mut obs = match last_look.take() {
                 Some(o) => o,
                 None => match observe::observe(world, &m, &self.policy).await {
                     Ok(o) => o,
@@ -254,13 +251,13 @@ impl<W: World> Agent<W> {
                 tracing::info!(migration = %m.id, from = %before, phase = %m.phase, "phase changed");
             }
             pending = execute::execute_all(world, &m, &self.policy, &decision.actions).await;
-            if !pending.is_empty() {
-                obs.action_results.clear();
-                observation = Some(obs); // hear the results against the same look
-                continue;
-            }
-            if decision.wake_after != Some(SignedDuration::ZERO) {
+            let look_again = decision.wake_after == Some(SignedDuration::ZERO);
+            if !look_again && pending.is_empty() {
                 break;
+            }
+            if !look_again {
+                obs.action_results.clear();
+                last_look = Some(obs);
             }
         }
         self.schedule(&m).await?;

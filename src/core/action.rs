@@ -256,6 +256,8 @@ impl ErrorKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionResult {
     pub key: ActionKey,
+    /// For `Notify`: the notification's id, so the outbox can let go of it.
+    pub id: Option<String>,
     pub outcome: Result<(), ActionError>,
 }
 

@@ -131,6 +131,9 @@ impl Stepper<'_> {
     }
 
     fn finish(mut self) -> Decision {
+        for note in &self.m.outbox {
+            self.actions.push(Action::Notify(note.clone()));
+        }
         let wake = if self.m.phase.is_terminal() && !self.terminal_needs_attention() {
             None
         } else if self.entered {
@@ -166,7 +169,7 @@ impl Stepper<'_> {
     /// A terminal record is still looked at while a rollback may be approved or while the
     /// trigger tag still says `start`.
     fn terminal_needs_attention(&self) -> bool {
-        self.entered_rollback_possible() || self.trigger_needs_reset()
+        self.entered_rollback_possible() || self.trigger_needs_reset() || !self.m.outbox.is_empty()
     }
 
     fn trigger_needs_reset(&self) -> bool {
@@ -210,7 +213,7 @@ impl Stepper<'_> {
         self.m.action_failures = 0;
         self.entered = true;
         let note = messages::phase_change(&self.m, from, detail, event, self.policy);
-        self.actions.push(Action::Notify(note));
+        self.m.outbox.push(note);
         let mut arns = vec![self.m.source_arn.clone()];
         if let Some(t) = self.obs.target.present() {
             arns.push(t.arn.clone());
@@ -235,6 +238,7 @@ impl Stepper<'_> {
         let key = action.key();
         let reissue = match key {
             ActionKey::RebootSource => self.policy.reboot_reissue_after,
+            _ if self.m.phase.is_cutover() => self.policy.cutover_reissue_after,
             _ => self.policy.reissue_after,
         };
         if let Some(until) = self.m.requested.get(&key) {
@@ -264,7 +268,7 @@ impl Stepper<'_> {
     fn alert_once(&mut self, name: &str, severity: Severity, title: &str, detail: &str) {
         if self.m.alerts_sent.insert(name.to_string()) {
             let note = messages::alert(&self.m, name, severity, title, detail, self.policy);
-            self.actions.push(Action::Notify(note));
+            self.m.outbox.push(note);
         }
     }
 
@@ -319,10 +323,18 @@ impl Stepper<'_> {
                     ActionKey::SetTriggerTag => {
                         self.m.trigger_reset_at.get_or_insert(self.now);
                     }
+                    ActionKey::Notify => {
+                        if let Some(id) = &result.id {
+                            self.m.outbox.retain(|n| n.id() != *id);
+                        }
+                    }
                     _ => {}
                 }
                 continue;
             };
+            if result.key == ActionKey::Notify {
+                continue; // stays in the outbox: offered again on the next step
+            }
             let deletion = matches!(
                 result.key,
                 ActionKey::DeleteTarget
@@ -451,7 +463,18 @@ impl Stepper<'_> {
         }
 
         if let Some(limit) = self.policy.timeout(phase) {
-            if self.since(self.m.phase_entered_at) > limit {
+            if self.since(self.m.phase_entered_at) > limit && phase == Phase::RollingBack {
+                // A rollback is never abandoned: the source must get its groups back.
+                self.alert_once(
+                    "rollback-slow",
+                    Severity::Error,
+                    "the rollback is taking long",
+                    &format!(
+                        "rolling back for over {}; the agent keeps trying: check the source's security groups and the replica",
+                        human(limit)
+                    ),
+                );
+            } else if self.since(self.m.phase_entered_at) > limit {
                 let reason = format!("{} did not finish within {}", phase, human(limit));
                 self.failure(reason);
                 return true;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::action::{ActionKey, TranslatedParameter};
 use super::naming::TargetNames;
+use super::notification::Notification;
 use super::phase::Phase;
 use super::preflight::PreflightReport;
 
@@ -50,8 +51,12 @@ pub struct Migration {
     pub requested: BTreeMap<ActionKey, Timestamp>,
     /// Failed tries of actions in this phase (reset on every phase change).
     pub action_failures: u32,
-    /// Alerts already sent, so each is sent once per attempt.
+    /// Alerts already raised, so each is raised once per attempt.
     pub alerts_sent: BTreeSet<String>,
+    /// Notifications decided and not yet confirmed sent. They are persisted with the record and
+    /// offered again on every step until SNS takes them, so a crash or an SNS outage loses none
+    /// (at least once: a person may see one twice).
+    pub outbox: Vec<Notification>,
     pub rollback: Option<Rollback>,
     /// Why the attempt failed, rolled back or is stuck: for `status` and notifications.
     pub last_error: Option<String>,
@@ -176,6 +181,7 @@ impl Migration {
             requested: BTreeMap::new(),
             action_failures: 0,
             alerts_sent: BTreeSet::new(),
+            outbox: Vec::new(),
             rollback: None,
             last_error: None,
             trigger_reset_at: None,

@@ -51,6 +51,11 @@ pub struct Notification {
 pub const SUBJECT_MAX_CHARS: usize = 99;
 
 impl Notification {
+    /// Unique per migration, phase change and alert: the outbox's key and the Chatbot `id`.
+    pub fn id(&self) -> String {
+        format!("{}:{}:{}", self.migration, self.phase, self.event)
+    }
+
     /// SNS Subject: one line, under 100 characters, cut with an ellipsis.
     pub fn subject(&self) -> String {
         let raw = format!(
@@ -78,7 +83,7 @@ impl Notification {
         json!({
             "version": "1.0",
             "source": "custom",
-            "id": format!("{}:{}:{}", self.migration, self.phase, self.event),
+            "id": self.id(),
             "content": {
                 "textType": "client-markdown",
                 "title": format!("{} {} — {}", self.severity.emoji(), self.db_instance, self.title),

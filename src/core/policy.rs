@@ -65,6 +65,9 @@ pub struct Policy {
     /// issued again (covers a crash between persisting and executing). 3 min: RDS shows every
     /// request we make in its describe output within seconds.
     pub reissue_after: SignedDuration,
+    /// The same during the cutover, where a lost request costs downtime. 30 s: RDS shows a
+    /// security group change as `adding` and a promotion as `promoting` at once.
+    pub cutover_reissue_after: SignedDuration,
     /// A reboot whose restart event does not appear is requested again after this. 10 min:
     /// reboots take 1–3 min.
     pub reboot_reissue_after: SignedDuration,
@@ -136,6 +139,7 @@ impl Default for Policy {
             restore_source_groups_after_cutover: false,
             max_action_retries: 8,
             reissue_after: SignedDuration::from_mins(3),
+            cutover_reissue_after: SignedDuration::from_secs(30),
             reboot_reissue_after: SignedDuration::from_mins(10),
             slow_poll: SignedDuration::from_secs(60),
             fast_poll: SignedDuration::from_secs(5),

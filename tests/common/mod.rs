@@ -27,7 +27,10 @@ pub fn t0() -> Timestamp {
 pub fn source() -> SourceInstance {
     let mut tags = BTreeMap::new();
     tags.insert("aurora-migration".to_string(), "start".to_string());
-    tags.insert("aurora-migration:ack-unlogged-tables".to_string(), "true".to_string());
+    tags.insert(
+        "aurora-migration:ack-unlogged-tables".to_string(),
+        "true".to_string(),
+    );
     tags.insert("team".to_string(), "orders".to_string());
     SourceInstance {
         identifier: "orders-pg".into(),
@@ -70,24 +73,62 @@ pub fn preflight_inputs() -> PreflightInputs {
     let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     PreflightInputs {
         aurora_versions: vec![
-            EngineVersion { version: "15.3".into(), family: "aurora-postgresql15".into() },
-            EngineVersion { version: "15.4".into(), family: "aurora-postgresql15".into() },
-            EngineVersion { version: "15.6".into(), family: "aurora-postgresql15".into() },
-            EngineVersion { version: "16.2".into(), family: "aurora-postgresql16".into() },
+            EngineVersion {
+                version: "15.3".into(),
+                family: "aurora-postgresql15".into(),
+            },
+            EngineVersion {
+                version: "15.4".into(),
+                family: "aurora-postgresql15".into(),
+            },
+            EngineVersion {
+                version: "15.6".into(),
+                family: "aurora-postgresql15".into(),
+            },
+            EngineVersion {
+                version: "16.2".into(),
+                family: "aurora-postgresql16".into(),
+            },
         ],
         source_parameters: vec![
-            Parameter { name: "work_mem".into(), value: "65536".into() },
-            Parameter { name: "log_min_duration_statement".into(), value: "500".into() },
-            Parameter { name: "shared_preload_libraries".into(), value: "pg_stat_statements".into() },
+            Parameter {
+                name: "work_mem".into(),
+                value: "65536".into(),
+            },
+            Parameter {
+                name: "log_min_duration_statement".into(),
+                value: "500".into(),
+            },
+            Parameter {
+                name: "shared_preload_libraries".into(),
+                value: "pg_stat_statements".into(),
+            },
         ],
-        aurora_cluster_parameters: names(&["log_min_duration_statement", "shared_preload_libraries", "rds.logical_replication", "rds.force_ssl"]),
+        aurora_cluster_parameters: names(&[
+            "log_min_duration_statement",
+            "shared_preload_libraries",
+            "rds.logical_replication",
+            "rds.force_ssl",
+        ]),
         aurora_instance_parameters: names(&["work_mem", "log_min_duration_statement"]),
         aurora_static_parameters: names(&["shared_preload_libraries", "rds.logical_replication"]),
         pending_maintenance: vec![],
         quotas: vec![
-            Quota { name: "DBClusters".into(), used: 3, max: 40 },
-            Quota { name: "DBInstances".into(), used: 10, max: 40 },
-            Quota { name: "ManualSnapshots".into(), used: 5, max: 100 },
+            Quota {
+                name: "DBClusters".into(),
+                used: 3,
+                max: 40,
+            },
+            Quota {
+                name: "DBInstances".into(),
+                used: 10,
+                max: 40,
+            },
+            Quota {
+                name: "ManualSnapshots".into(),
+                used: 5,
+                max: 100,
+            },
         ],
         kms_key_usable: Some(true),
         free_storage_bytes: Some(150.0 * GIB),
@@ -105,7 +146,10 @@ pub fn policy() -> Policy {
 
 pub fn migration() -> Migration {
     Migration::new(
-        MigrationId { resource_id: RESOURCE_ID.into(), attempt: 1 },
+        MigrationId {
+            resource_id: RESOURCE_ID.into(),
+            attempt: 1,
+        },
         "orders-pg",
         ARN,
         t0(),
@@ -113,7 +157,13 @@ pub fn migration() -> Migration {
 }
 
 pub fn point(start: Timestamp, value: f64) -> Datapoint {
-    Datapoint { start, period_s: 60, minimum: value, maximum: value, average: value }
+    Datapoint {
+        start,
+        period_s: 60,
+        minimum: value,
+        maximum: value,
+        average: value,
+    }
 }
 
 /// A synchronous model of AWS that applies the machine's actions at once.
@@ -136,6 +186,8 @@ pub struct Model {
     pub reboots: u32,
     pub notifications: Vec<aurora_migrator::core::notification::Notification>,
     pub tags: BTreeMap<String, BTreeMap<String, String>>,
+    /// Outcomes of the last round's actions, heard with the next observation.
+    pub pending: Vec<ActionResult>,
 }
 
 impl Model {
@@ -157,11 +209,14 @@ impl Model {
             reboots: 0,
             notifications: vec![],
             tags: BTreeMap::new(),
+            pending: vec![],
         }
     }
 
     pub fn quarantined(&self) -> bool {
-        self.source.as_ref().is_some_and(|s| s.group_ids() == ["sg-q"])
+        self.source
+            .as_ref()
+            .is_some_and(|s| s.group_ids() == ["sg-q"])
     }
 
     /// What the driver would observe for `m` now.
@@ -196,7 +251,12 @@ impl Model {
             obs.final_snapshot = seen(&self.snapshot);
         }
         if let Some(since) = n.events_since {
-            obs.source_events = self.events.iter().filter(|e| e.at >= since).cloned().collect();
+            obs.source_events = self
+                .events
+                .iter()
+                .filter(|e| e.at >= since)
+                .cloned()
+                .collect();
         }
         // One finished CloudWatch period, the one that ended a minute ago at the latest.
         let start = self.now - SignedDuration::from_secs(120);
@@ -218,8 +278,12 @@ impl Model {
                 MetricKey::SourceReadLatency | MetricKey::TargetReadLatency => 0.001,
                 MetricKey::TargetWriteIops => 100.0,
             };
-            let restart_gate = matches!(key, MetricKey::SourceSlotLag | MetricKey::SourceConnections | MetricKey::TargetReplicaLag)
-                && m.phase == Phase::Draining;
+            let restart_gate = matches!(
+                key,
+                MetricKey::SourceSlotLag
+                    | MetricKey::SourceConnections
+                    | MetricKey::TargetReplicaLag
+            ) && m.phase == Phase::Draining;
             if start >= since && (!restart_gate || finished_since(self.restarted_at)) {
                 obs.metrics.insert(key, vec![point(start, value)]);
             } else {
@@ -233,10 +297,18 @@ impl Model {
     /// Applies one action as AWS would; `fail` makes it fail with that kind instead.
     pub fn apply(&mut self, action: &Action, fail: Option<ErrorKind>) -> Option<ActionResult> {
         let key = action.key();
+        let id = match action {
+            Action::Notify(n) => Some(n.id()),
+            _ => None,
+        };
         if let Some(kind) = fail {
             return Some(ActionResult {
                 key,
-                outcome: Err(ActionError { kind, message: "injected".into() }),
+                id,
+                outcome: Err(ActionError {
+                    kind,
+                    message: "injected".into(),
+                }),
             });
         }
         match action {
@@ -249,17 +321,37 @@ impl Model {
                     egress_rules: 0,
                 })
             }
+            Action::CreateReplicaCluster(spec) if self.target.is_some() => {
+                // Idempotent, like the adapter: the same name and source is ours already.
+                let t = self.target.as_ref().unwrap();
+                assert_eq!(
+                    t.identifier, spec.cluster,
+                    "a second replica cluster was created"
+                );
+            }
             Action::CreateReplicaCluster(spec) => {
-                assert!(self.target.is_none(), "a second replica cluster was created");
                 self.clusters_created += 1;
                 self.target = Some(TargetCluster {
                     identifier: spec.cluster.clone(),
-                    arn: format!("arn:aws:rds:us-east-1:123456789012:cluster:{}", spec.cluster),
+                    arn: format!(
+                        "arn:aws:rds:us-east-1:123456789012:cluster:{}",
+                        spec.cluster
+                    ),
                     status: "available".into(),
                     replication_source: Some(spec.source_arn.clone()),
                     tags: spec.tags.clone(),
-                    writer_endpoint: Some(Endpoint { address: format!("{}.cluster-x.rds.amazonaws.com", spec.cluster), port: 5432 }),
-                    security_groups: spec.security_groups.iter().map(|g| GroupMembership { id: g.clone(), status: "active".into() }).collect(),
+                    writer_endpoint: Some(Endpoint {
+                        address: format!("{}.cluster-x.rds.amazonaws.com", spec.cluster),
+                        port: 5432,
+                    }),
+                    security_groups: spec
+                        .security_groups
+                        .iter()
+                        .map(|g| GroupMembership {
+                            id: g.clone(),
+                            status: "active".into(),
+                        })
+                        .collect(),
                     members: vec![],
                 });
                 if let Some(s) = &mut self.source {
@@ -268,24 +360,39 @@ impl Model {
             }
             Action::CreateWriterInstance(spec) => {
                 if let Some(t) = &mut self.target {
-                    t.members.push(ClusterMember { identifier: spec.instance.clone(), status: "available".into() });
+                    t.members.push(ClusterMember {
+                        identifier: spec.instance.clone(),
+                        status: "available".into(),
+                    });
                 }
             }
             Action::QuarantineSource { group_id, .. } => {
                 if let Some(s) = &mut self.source {
-                    s.security_groups = vec![GroupMembership { id: group_id.clone(), status: "active".into() }];
+                    s.security_groups = vec![GroupMembership {
+                        id: group_id.clone(),
+                        status: "active".into(),
+                    }];
                 }
             }
             Action::RestoreSourceGroups { group_ids, .. } => {
                 if let Some(s) = &mut self.source {
-                    s.security_groups = group_ids.iter().map(|g| GroupMembership { id: g.clone(), status: "active".into() }).collect();
+                    s.security_groups = group_ids
+                        .iter()
+                        .map(|g| GroupMembership {
+                            id: g.clone(),
+                            status: "active".into(),
+                        })
+                        .collect();
                 }
                 self.restarted_at = None;
             }
             Action::RebootSource { .. } => {
                 self.reboots += 1;
                 self.restarted_at = Some(self.now);
-                self.events.push(InstanceEvent { at: self.now, kind: InstanceEventKind::Restarted });
+                self.events.push(InstanceEvent {
+                    at: self.now,
+                    kind: InstanceEventKind::Restarted,
+                });
             }
             Action::PromoteTarget { .. } => {
                 assert!(self.quarantined(), "promoted while the source takes writes");
@@ -300,7 +407,10 @@ impl Model {
             Action::RouteTraffic(r) => self.routed_to = Some(r.endpoint.clone()),
             Action::QuarantineTarget { group_id, .. } => {
                 if let Some(t) = &mut self.target {
-                    t.security_groups = vec![GroupMembership { id: group_id.clone(), status: "active".into() }];
+                    t.security_groups = vec![GroupMembership {
+                        id: group_id.clone(),
+                        status: "active".into(),
+                    }];
                 }
             }
             Action::DeleteTarget { .. } => {
@@ -310,7 +420,10 @@ impl Model {
                 }
             }
             Action::CreateFinalSnapshot { snapshot, .. } => {
-                self.snapshot = Some(Snapshot { identifier: snapshot.clone(), status: "available".into() })
+                self.snapshot = Some(Snapshot {
+                    identifier: snapshot.clone(),
+                    status: "available".into(),
+                })
             }
             Action::DisableDeletionProtection { .. } => {
                 if let Some(s) = &mut self.source {
@@ -318,13 +431,19 @@ impl Model {
                 }
             }
             Action::DeleteSource { .. } => {
-                assert!(self.snapshot.is_some(), "source deleted without a final snapshot");
+                assert!(
+                    self.snapshot.is_some(),
+                    "source deleted without a final snapshot"
+                );
                 self.source = None;
             }
             Action::DeleteQuarantineGroup { .. } => self.quarantine = None,
             Action::MirrorPhaseTag { arns, phase } => {
                 for arn in arns {
-                    self.tags.entry(arn.clone()).or_default().insert("aurora-migration:phase".into(), phase.as_str().into());
+                    self.tags
+                        .entry(arn.clone())
+                        .or_default()
+                        .insert("aurora-migration:phase".into(), phase.as_str().into());
                 }
             }
             Action::SetTriggerTag { value, .. } => {
@@ -333,49 +452,63 @@ impl Model {
                 }
             }
             Action::Notify(n) => self.notifications.push(n.clone()),
-            Action::RunSmokeTest(_) | Action::EnsureHeartbeatAlarm { .. } | Action::DeleteHeartbeatAlarm { .. } | Action::PutHeartbeat { .. } => {}
+            Action::RunSmokeTest(_)
+            | Action::EnsureHeartbeatAlarm { .. }
+            | Action::DeleteHeartbeatAlarm { .. }
+            | Action::PutHeartbeat { .. } => {}
         }
-        let feeds = matches!(action, Action::RouteTraffic(_) | Action::RunSmokeTest(_) | Action::SetTriggerTag { .. });
-        feeds.then_some(ActionResult { key, outcome: Ok(()) })
+        let feeds = matches!(
+            action,
+            Action::RouteTraffic(_)
+                | Action::RunSmokeTest(_)
+                | Action::SetTriggerTag { .. }
+                | Action::Notify(_)
+        );
+        feeds.then_some(ActionResult {
+            key,
+            id,
+            outcome: Ok(()),
+        })
     }
 }
 
-/// One driver round as the agent does it: observe, step, apply, and hear the results. Checks the
-/// invariants and the repeat rule on the way. Returns the first decision.
-pub fn round(model: &mut Model, m: &mut Migration, policy: &Policy, fail: &mut dyn FnMut(&Action) -> Option<ErrorKind>) -> Decision {
-    let obs = model.observe(m, policy);
+/// One round: observe (with the previous round's action outcomes), step, act. Checks the
+/// invariants and the repeat rule on the way. At most one phase change per round, so tests can
+/// stop at any phase; the driver instead loops within one message.
+pub fn round(
+    model: &mut Model,
+    m: &mut Migration,
+    policy: &Policy,
+    fail: &mut dyn FnMut(&Action) -> Option<ErrorKind>,
+) -> Decision {
+    let mut obs = model.observe(m, policy);
+    obs.action_results = std::mem::take(&mut model.pending);
     let d = step(m, &obs, model.now, policy);
     invariants::check(m, &obs, &d).expect("invariant");
-    let again = step(&d.next, &obs, model.now, policy);
+    let mut again_obs = obs.clone();
+    again_obs.action_results.clear();
+    let again = step(&d.next, &again_obs, model.now, policy);
     invariants::check_repeat(&d, &again).expect("repeat rule");
     *m = d.next.clone();
-    let mut results = vec![];
     for a in &d.actions {
-        if let Some(r) = model.apply(a, fail(a)) {
-            results.push(r);
-        }
-    }
-    if !results.is_empty() {
-        let mut heard = obs.clone();
-        heard.action_results = results;
-        let d2 = step(m, &heard, model.now, policy);
-        invariants::check(m, &heard, &d2).expect("invariant after results");
-        *m = d2.next.clone();
-        for a in &d2.actions {
-            model.apply(a, None);
+        let f = fail(a);
+        if let Some(r) = model.apply(a, f) {
+            model.pending.push(r);
         }
     }
     d
 }
 
 /// Drives `m` with a cooperating world until it is terminal (or `max_rounds` pass).
-pub fn run_to_end(model: &mut Model, m: &mut Migration, policy: &Policy, max_rounds: usize) -> Vec<Phase> {
-    let mut phases = vec![m.phase];
+/// Returns the phases the migration went through.
+pub fn run_to_end(
+    model: &mut Model,
+    m: &mut Migration,
+    policy: &Policy,
+    max_rounds: usize,
+) -> Vec<Phase> {
     for _ in 0..max_rounds {
         let d = round(model, m, policy, &mut |_| None);
-        if phases.last() != Some(&m.phase) {
-            phases.push(m.phase);
-        }
         match d.wake_after {
             None if m.next_wake.is_none() => break,
             Some(w) => model.now += w.max(SignedDuration::from_secs(1)),
@@ -385,5 +518,5 @@ pub fn run_to_end(model: &mut Model, m: &mut Migration, policy: &Policy, max_rou
             break;
         }
     }
-    phases
+    m.history.iter().map(|h| h.phase).collect()
 }
