@@ -1,0 +1,185 @@
+"""cfn-lint and checkov on the template, hadolint on the Dockerfile, and the template facts
+that the agent's design depends on but no linter knows about."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cfn import ROOT, TEMPLATE, load_template
+
+BIN = Path(sys.executable).parent
+T = load_template()
+RES = T["Resources"]
+
+
+def run(*cmd, cwd=ROOT):
+    return subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def _variant_with_every_option(tmp_path: Path) -> Path:
+    """The template with the trail, Slack and webhook switched on by default, so the
+    resources behind those conditions are scanned too (checkov skips a resource whose
+    condition is false under the defaults)."""
+    text = TEMPLATE.read_text()
+    for param, value in (("CreateTrail", '"true"'), ("SlackWorkspaceId", '"T0123ABCD"'),
+                         ("SlackChannelId", '"C0123ABCD"'), ("WebhookUrl", '"https://example.invalid/route"')):
+        text, n = re.subn(rf"(\n  {param}:\n(?:    .*\n)*?    Default: )[^\n]*", rf"\g<1>{value}", text)
+        assert n == 1, param
+    path = tmp_path / "template-all-options.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_cfn_lint_has_no_findings():
+    result = run(BIN / "cfn-lint", TEMPLATE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("variant", ["defaults", "all-options"])
+def test_checkov_has_no_findings(variant, tmp_path):
+    path = TEMPLATE if variant == "defaults" else _variant_with_every_option(tmp_path)
+    # --skip-download: no network here, and the check set must not change under us.
+    result = run(BIN / "checkov", "-f", path, "--framework", "cloudformation", "--skip-download",
+                 "-o", "json")
+    report = json.loads(result.stdout)
+    summary = report["summary"]
+    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
+    assert failed == [] and summary["parsing_errors"] == 0, failed
+    assert summary["passed"] > 0
+    listed = set(T["Metadata"]["Suppressions"]["checkov"])
+    skipped = {c["check_id"] for c in report["results"]["skipped_checks"]}
+    assert skipped <= listed, f"suppressed without a reason in Metadata.Suppressions: {skipped - listed}"
+
+
+def test_every_suppression_is_listed_with_a_reason():
+    listed = T["Metadata"]["Suppressions"]
+    in_resources = {"checkov": set(), "cfn-lint": set()}
+    for res in RES.values():
+        meta = res.get("Metadata", {})
+        in_resources["checkov"] |= {s["id"] for s in meta.get("checkov", {}).get("skip", [])}
+        in_resources["cfn-lint"] |= set(meta.get("cfn-lint", {}).get("config", {}).get("ignore_checks", []))
+    for tool in in_resources:
+        assert in_resources[tool] == set(listed.get(tool) or {}), tool
+        assert all(len(str(reason)) > 20 for reason in (listed.get(tool) or {}).values())
+    assert "checkov:skip" not in TEMPLATE.read_text()  # inline skips would escape the list
+
+
+def test_hadolint_is_clean():
+    exe = BIN / "hadolint"
+    result = run(exe, ROOT / "Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_shape():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "cargo chef cook --release --locked" in text
+    assert "cargo build --release --locked" in text
+    assert "gcr.io/distroless/cc" in text
+    assert re.search(r"^USER 65532", text, re.M)
+    assert 'ENTRYPOINT ["/aurora-migrator"]' in text
+    assert 'CMD ["run"]' in text
+    assert 'CMD ["/aurora-migrator", "healthcheck"]' in text
+
+
+def test_fargate_service_never_runs_two_agents():
+    svc = RES["Service"]["Properties"]
+    assert svc["DesiredCount"] == 1 and svc["LaunchType"] == "FARGATE"
+    assert svc["DeploymentConfiguration"]["MaximumPercent"] == 100
+    assert svc["DeploymentConfiguration"]["MinimumHealthyPercent"] == 0
+    (c,) = RES["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    assert c["StopTimeout"] == 30  # the agent drains for 25 s
+    assert c["HealthCheck"]["Command"] == ["CMD", "/aurora-migrator", "healthcheck"]
+    names = {e["Name"] for e in c["Environment"] if "Name" in e}
+    names |= {e["Fn::If"][1]["Name"] for e in c["Environment"] if "Fn::If" in e}
+    assert names == {"MIGRATOR_QUEUE_URL", "MIGRATOR_TOPIC_ARN", "MIGRATOR_TABLE", "MIGRATOR_TAG_PREFIX",
+                     "MIGRATOR_CUTOVER", "MIGRATOR_WEBHOOK_URL", "AWS_REGION", "RUST_LOG"}
+
+
+def test_state_table_and_queue():
+    table = RES["Table"]["Properties"]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["DeletionProtectionEnabled"] is True
+    assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert table["SSESpecification"]["SSEEnabled"] is True
+    assert table["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"},
+                                  {"AttributeName": "sk", "KeyType": "RANGE"}]
+    assert RES["Queue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 5
+    policy = RES["QueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    (stmt,) = policy
+    rule_ids = {k for k, r in RES.items() if r["Type"] == "AWS::Events::Rule"}
+    admitted = {a["Fn::GetAtt"][0] for a in stmt["Condition"]["ArnEquals"]["aws:SourceArn"]}
+    assert admitted == rule_ids
+
+
+def test_alarms_notify_the_topic():
+    alarms = {k: r["Properties"] for k, r in RES.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    for props in alarms.values():
+        assert props["AlarmActions"] == [{"Ref": "Topic"}]
+    metrics = {(p["Namespace"], p["MetricName"]): p for p in alarms.values()}
+    assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible") in metrics
+    assert ("AuroraMigrator", "AgentErrors") in metrics
+    assert metrics[("AuroraMigrator", "AgentHeartbeat")]["TreatMissingData"] == "breaching"
+
+
+def _task_role_statements():
+    """Every statement attached to the task role, with Fn::Sub strings left as written."""
+    out = []
+    for res in RES.values():
+        if res["Type"] != "AWS::IAM::Policy" or {"Ref": "TaskRole"} not in res["Properties"]["Roles"]:
+            continue
+        doc = res["Properties"]["PolicyDocument"]
+        if "Fn::Sub" in doc:
+            doc = json.loads(doc["Fn::Sub"])
+        out += doc["Statement"]
+    return out
+
+
+AGENT_ACTIONS = {
+    "rds": """DescribeDBInstances DescribeDBClusters DescribeDBParameters DescribeDBClusterParameters
+        DescribeDBParameterGroups DescribeDBClusterParameterGroups DescribeDBEngineVersions
+        DescribeEngineDefaultParameters DescribeEngineDefaultClusterParameters
+        DescribePendingMaintenanceActions DescribeAccountAttributes DescribeEvents DescribeDBSnapshots
+        ListTagsForResource AddTagsToResource CreateDBCluster CreateDBInstance
+        CreateDBClusterParameterGroup CreateDBParameterGroup ModifyDBClusterParameterGroup
+        ModifyDBParameterGroup ModifyDBInstance ModifyDBCluster RebootDBInstance
+        PromoteReadReplicaDBCluster CreateDBSnapshot DeleteDBInstance DeleteDBCluster""",
+    "ec2": """DescribeSecurityGroups DescribeVpcs CreateSecurityGroup AuthorizeSecurityGroupIngress
+        RevokeSecurityGroupEgress RevokeSecurityGroupIngress DeleteSecurityGroup CreateTags""",
+    "cloudwatch": "GetMetricData PutMetricData PutMetricAlarm DeleteAlarms DescribeAlarms",
+    "sns": "Publish",
+    "sqs": "ReceiveMessage DeleteMessage ChangeMessageVisibility SendMessage GetQueueAttributes",
+    "dynamodb": "GetItem PutItem UpdateItem Query Scan DescribeTable",
+    # CreateGrant/DescribeKey for encrypted sources (through RDS only); Decrypt and
+    # GenerateDataKey on the stack's own key (through SQS, SNS and DynamoDB only).
+    "kms": "CreateGrant DescribeKey Decrypt GenerateDataKey",
+}
+
+
+def test_task_role_has_exactly_the_agents_actions():
+    granted = set()
+    for stmt in _task_role_statements():
+        assert stmt["Effect"] == "Allow"
+        actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
+        assert not any("*" in a for a in actions), actions
+        granted |= set(actions)
+    wanted = {f"{svc}:{a}" for svc, names in AGENT_ACTIONS.items() for a in names.split()}
+    assert granted == wanted
+
+
+def test_task_role_mutations_are_conditioned():
+    for stmt in _task_role_statements():
+        actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
+        mutating = [a for a in actions if not re.match(r"[a-z0-9]+:(Describe|List|Get)", a)]
+        resource = json.dumps(stmt["Resource"])
+        if mutating and resource == '"*"':
+            assert "Condition" in stmt, stmt.get("Sid")
+        if any(a.startswith("kms:") for a in actions):
+            assert "kms:ViaService" in json.dumps(stmt["Condition"])
+        if any(a in ("cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms") for a in actions):
+            assert resource.endswith(':alarm:aurora-migrator-heartbeat-*"}'), resource
