@@ -102,10 +102,12 @@ impl<W: World> Agent<W> {
             Inbound::Tick(tick) => self.on_tick(&tick).await,
             Inbound::InstanceEvent(e) => self.on_source(&e.source_identifier).await,
             Inbound::TagChange(t) | Inbound::TagsAdded(t) => {
+                // The agent's own phase-mirror writes come back as tag events: not news.
+                let phase_key = crate::core::tags::phase_key(&self.policy.tag_prefix);
                 let ours = t
                     .changed_keys
                     .iter()
-                    .any(|k| k.starts_with(&self.policy.tag_prefix));
+                    .any(|k| k.starts_with(&self.policy.tag_prefix) && *k != phase_key);
                 if !ours {
                     return Ok(Disposition::Delete);
                 }
