@@ -1,1 +1,429 @@
-//! Configuration.
+//! Settings: every one is a flag and an environment variable, with a documented default.
+//!
+//! Parsing is clap's; validation is ours, so that a bad value stops start-up with a message that
+//! names the setting (`MIGRATOR_CUTOVER (--cutover): ...`), never a panic later.
+
+use clap::Args;
+use jiff::SignedDuration;
+
+use crate::core::policy::{CutoverPolicy, Policy};
+
+/// Where the agent's AWS resources are. Required by the commands that talk to AWS.
+#[derive(Args, Clone, Debug, Default)]
+pub struct AwsArgs {
+    /// SQS queue the agent reads (EventBridge rules and its own ticks deliver there).
+    #[arg(long, env = "MIGRATOR_QUEUE_URL", global = true)]
+    pub queue_url: Option<String>,
+    /// SNS topic for notifications (AWS Chatbot follows it into Slack).
+    #[arg(long, env = "MIGRATOR_TOPIC_ARN", global = true)]
+    pub topic_arn: Option<String>,
+    /// DynamoDB table holding the migration records.
+    #[arg(long, env = "MIGRATOR_TABLE", global = true)]
+    pub table: Option<String>,
+    /// An AWS endpoint to use instead of AWS's own (emulators such as moto).
+    #[arg(long, env = "AWS_ENDPOINT_URL", global = true)]
+    pub endpoint_url: Option<String>,
+    /// The Region (the SDK's own default chain applies when unset).
+    #[arg(long, env = "AWS_REGION", global = true)]
+    pub region: Option<String>,
+    /// RDS API requests per second the agent allows itself; the account's budget (~12/s
+    /// sustained) is shared with consoles and IaC.
+    #[arg(
+        long,
+        env = "MIGRATOR_RDS_RATE_LIMIT",
+        default_value_t = 5.0,
+        global = true
+    )]
+    pub rds_rate_limit: f64,
+    /// Messages handled at once (each migration is only ever handled by one of them).
+    #[arg(
+        long,
+        env = "MIGRATOR_CONCURRENCY",
+        default_value_t = 16,
+        global = true
+    )]
+    pub concurrency: usize,
+    /// Time allowed to finish in-flight work after SIGTERM (Fargate kills 30 s after it).
+    #[arg(
+        long,
+        env = "MIGRATOR_SHUTDOWN_BUDGET",
+        default_value = "25s",
+        global = true
+    )]
+    pub shutdown_budget: String,
+    /// Data-access-layer webhook told about the new endpoint at cutover (POST JSON, 2xx
+    /// required). Unset: the SNS "cutover" notification is the only signal.
+    #[arg(long, env = "MIGRATOR_WEBHOOK_URL", global = true)]
+    pub webhook_url: Option<String>,
+    /// Application smoke test run in Verifying (same request shape as the webhook); a failure
+    /// fails verification. Unset: no smoke test.
+    #[arg(long, env = "MIGRATOR_SMOKE_TEST_URL", global = true)]
+    pub smoke_test_url: Option<String>,
+    /// File the agent touches while healthy; `healthcheck` reads its age.
+    #[arg(
+        long,
+        env = "MIGRATOR_HEARTBEAT_FILE",
+        default_value = "/tmp/aurora-migrator.heartbeat",
+        global = true
+    )]
+    pub heartbeat_file: String,
+}
+
+/// The phase machine's policy. Defaults and their reasons are in `core::policy`.
+#[derive(Args, Clone, Debug)]
+pub struct PolicyArgs {
+    /// Prefix of every tag the agent reads or writes.
+    #[arg(
+        long,
+        env = "MIGRATOR_TAG_PREFIX",
+        default_value = "aurora-migration",
+        global = true
+    )]
+    pub tag_prefix: String,
+    /// `manual` (approve with a tag), `automatic`, or `window:ddd:hh:mm-ddd:hh:mm` (UTC).
+    #[arg(
+        long,
+        env = "MIGRATOR_CUTOVER",
+        default_value = "manual",
+        global = true
+    )]
+    pub cutover: String,
+    /// Most OldestReplicationSlotLag (MiB) that counts as caught up before the cutover.
+    #[arg(
+        long,
+        env = "MIGRATOR_MAX_SLOT_LAG_MIB",
+        default_value_t = 1024.0,
+        global = true
+    )]
+    pub max_slot_lag_mib: f64,
+    /// Most RDSToAuroraPostgreSQLReplicaLag (seconds) that counts as caught up.
+    #[arg(
+        long,
+        env = "MIGRATOR_MAX_REPLICA_LAG_SECONDS",
+        default_value_t = 30.0,
+        global = true
+    )]
+    pub max_replica_lag_seconds: f64,
+    /// How long the lag must stay low before the cutover.
+    #[arg(
+        long,
+        env = "MIGRATOR_LAG_SUSTAIN",
+        default_value = "15m",
+        global = true
+    )]
+    pub lag_sustain: String,
+    /// FreeStorageSpace floor (GiB) on the source; below it the replica is deleted.
+    #[arg(
+        long,
+        env = "MIGRATOR_MIN_FREE_STORAGE_GIB",
+        default_value_t = 10.0,
+        global = true
+    )]
+    pub min_free_storage_gib: f64,
+    /// Longest write outage before promotion starts; past it the agent rolls back by itself.
+    #[arg(
+        long,
+        env = "MIGRATOR_WRITE_BUDGET",
+        default_value = "10m",
+        global = true
+    )]
+    pub write_budget: String,
+    /// Soak time on Aurora before verification can pass.
+    #[arg(long, env = "MIGRATOR_SOAK", default_value = "30m", global = true)]
+    pub soak: String,
+    /// How long the source is kept after verification before its final snapshot and deletion.
+    #[arg(long, env = "MIGRATOR_RETENTION", default_value = "7d", global = true)]
+    pub retention: String,
+    /// Let the agent turn DeletionProtection off at decommission.
+    #[arg(
+        long,
+        env = "MIGRATOR_ALLOW_DISABLE_DELETION_PROTECTION",
+        default_value_t = false,
+        global = true
+    )]
+    pub allow_disable_deletion_protection: bool,
+    /// Give the source its security groups back after cutover (clients outside the data access
+    /// layer could then write to it).
+    #[arg(
+        long,
+        env = "MIGRATOR_RESTORE_SOURCE_GROUPS",
+        default_value_t = false,
+        global = true
+    )]
+    pub restore_source_groups: bool,
+    /// Poll interval of the phases that wait for AWS.
+    #[arg(long, env = "MIGRATOR_SLOW_POLL", default_value = "60s", global = true)]
+    pub slow_poll: String,
+    /// Poll interval of the cutover phases.
+    #[arg(long, env = "MIGRATOR_FAST_POLL", default_value = "5s", global = true)]
+    pub fast_poll: String,
+}
+
+impl Default for PolicyArgs {
+    fn default() -> Self {
+        PolicyArgs {
+            tag_prefix: "aurora-migration".into(),
+            cutover: "manual".into(),
+            max_slot_lag_mib: 1024.0,
+            max_replica_lag_seconds: 30.0,
+            lag_sustain: "15m".into(),
+            min_free_storage_gib: 10.0,
+            write_budget: "10m".into(),
+            soak: "30m".into(),
+            retention: "7d".into(),
+            allow_disable_deletion_protection: false,
+            restore_source_groups: false,
+            slow_poll: "60s".into(),
+            fast_poll: "5s".into(),
+        }
+    }
+}
+
+/// A setting that cannot be used, named as the operator set it.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+/// `30s`, `15m`, `2h`, `7d`, or combinations such as `1h30m`.
+pub fn parse_duration(text: &str) -> Result<SignedDuration, String> {
+    let mut total: i64 = 0;
+    let mut number = String::new();
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("empty duration".into());
+    }
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            ' ' => continue,
+            _ => return Err(format!("`{text}`: unknown unit `{c}` (use s, m, h, d)")),
+        };
+        let n: i64 = number
+            .parse()
+            .map_err(|_| format!("`{text}`: a number must come before `{c}`"))?;
+        total = total
+            .checked_add(
+                n.checked_mul(unit)
+                    .ok_or_else(|| format!("`{text}` is too long"))?,
+            )
+            .ok_or_else(|| format!("`{text}` is too long"))?;
+        number.clear();
+    }
+    if !number.is_empty() {
+        return Err(format!("`{text}`: `{number}` has no unit (use s, m, h, d)"));
+    }
+    Ok(SignedDuration::from_secs(total))
+}
+
+fn duration(
+    setting: &'static str,
+    text: &str,
+    min: SignedDuration,
+) -> Result<SignedDuration, ConfigError> {
+    let d = parse_duration(text).map_err(|e| bad(setting, e))?;
+    if d < min {
+        return Err(bad(
+            setting,
+            format!("`{text}` is shorter than the minimum of {}s", min.as_secs()),
+        ));
+    }
+    Ok(d)
+}
+
+fn positive(setting: &'static str, v: f64) -> Result<f64, ConfigError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(bad(setting, format!("{v} must be a positive number")))
+    }
+}
+
+/// RDS tag keys: letters, digits, spaces and `_ . : / = + - @`, at most 128 characters, not
+/// starting with `aws:`.
+fn valid_tag_prefix(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 100
+        && !p.to_ascii_lowercase().starts_with("aws:")
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || " _.:/=+-@".contains(c))
+}
+
+impl PolicyArgs {
+    pub fn policy(&self) -> Result<Policy, ConfigError> {
+        if !valid_tag_prefix(&self.tag_prefix) {
+            return Err(bad(
+                "MIGRATOR_TAG_PREFIX (--tag-prefix)",
+                format!("`{}` is not a valid RDS tag key prefix", self.tag_prefix),
+            ));
+        }
+        let cutover: CutoverPolicy = self
+            .cutover
+            .parse()
+            .map_err(|e| bad("MIGRATOR_CUTOVER (--cutover)", e))?;
+        let second = SignedDuration::from_secs(1);
+        let defaults = Policy::default();
+        Ok(Policy {
+            tag_prefix: self.tag_prefix.clone(),
+            cutover,
+            max_slot_lag_bytes: positive(
+                "MIGRATOR_MAX_SLOT_LAG_MIB (--max-slot-lag-mib)",
+                self.max_slot_lag_mib,
+            )? * 1024.0
+                * 1024.0,
+            max_replica_lag_s: positive(
+                "MIGRATOR_MAX_REPLICA_LAG_SECONDS (--max-replica-lag-seconds)",
+                self.max_replica_lag_seconds,
+            )?,
+            lag_sustain: duration(
+                "MIGRATOR_LAG_SUSTAIN (--lag-sustain)",
+                &self.lag_sustain,
+                SignedDuration::ZERO,
+            )?,
+            min_free_storage_bytes: positive(
+                "MIGRATOR_MIN_FREE_STORAGE_GIB (--min-free-storage-gib)",
+                self.min_free_storage_gib,
+            )? * 1024.0
+                * 1024.0
+                * 1024.0,
+            write_unavailability_budget: duration(
+                "MIGRATOR_WRITE_BUDGET (--write-budget)",
+                &self.write_budget,
+                10 * second,
+            )?,
+            soak: duration("MIGRATOR_SOAK (--soak)", &self.soak, SignedDuration::ZERO)?,
+            retention: duration(
+                "MIGRATOR_RETENTION (--retention)",
+                &self.retention,
+                SignedDuration::ZERO,
+            )?,
+            allow_disable_deletion_protection: self.allow_disable_deletion_protection,
+            restore_source_groups_after_cutover: self.restore_source_groups,
+            slow_poll: duration("MIGRATOR_SLOW_POLL (--slow-poll)", &self.slow_poll, second)?,
+            fast_poll: duration("MIGRATOR_FAST_POLL (--fast-poll)", &self.fast_poll, second)?,
+            ..defaults
+        })
+    }
+}
+
+impl AwsArgs {
+    /// The three resources `run` cannot do without.
+    pub fn require(&self) -> Result<(String, String, String), ConfigError> {
+        let need = |v: &Option<String>, setting: &'static str| {
+            v.clone()
+                .filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| bad(setting, "is required (set the variable or pass the flag)"))
+        };
+        Ok((
+            need(&self.queue_url, "MIGRATOR_QUEUE_URL (--queue-url)")?,
+            need(&self.topic_arn, "MIGRATOR_TOPIC_ARN (--topic-arn)")?,
+            need(&self.table, "MIGRATOR_TABLE (--table)")?,
+        ))
+    }
+
+    pub fn shutdown_budget(&self) -> Result<SignedDuration, ConfigError> {
+        duration(
+            "MIGRATOR_SHUTDOWN_BUDGET (--shutdown-budget)",
+            &self.shutdown_budget,
+            SignedDuration::ZERO,
+        )
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        positive(
+            "MIGRATOR_RDS_RATE_LIMIT (--rds-rate-limit)",
+            self.rds_rate_limit,
+        )?;
+        if self.concurrency == 0 {
+            return Err(bad(
+                "MIGRATOR_CONCURRENCY (--concurrency)",
+                "must be at least 1",
+            ));
+        }
+        self.shutdown_budget()?;
+        for (setting, url) in [
+            ("MIGRATOR_WEBHOOK_URL (--webhook-url)", &self.webhook_url),
+            (
+                "MIGRATOR_SMOKE_TEST_URL (--smoke-test-url)",
+                &self.smoke_test_url,
+            ),
+            ("AWS_ENDPOINT_URL (--endpoint-url)", &self.endpoint_url),
+        ] {
+            if let Some(u) = url {
+                if !(u.starts_with("https://") || u.starts_with("http://")) {
+                    return Err(bad(setting, format!("`{u}` is not an http(s) URL")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_every_unit_and_reject_junk() {
+        assert_eq!(parse_duration("30s"), Ok(SignedDuration::from_secs(30)));
+        assert_eq!(parse_duration("1h30m"), Ok(SignedDuration::from_mins(90)));
+        assert_eq!(parse_duration("7d"), Ok(SignedDuration::from_hours(168)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("ten minutes").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn a_bad_cutover_names_the_setting() {
+        let args = PolicyArgs {
+            cutover: "whenever".into(),
+            ..PolicyArgs::default()
+        };
+        let e = args.policy().unwrap_err();
+        assert!(
+            e.to_string().starts_with("MIGRATOR_CUTOVER (--cutover): "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn defaults_match_the_core_policy() {
+        let p = PolicyArgs::default().policy().unwrap();
+        let d = Policy::default();
+        assert_eq!(p, d);
+    }
+
+    #[test]
+    fn missing_queue_names_the_setting() {
+        let e = AwsArgs::default().require().unwrap_err();
+        assert_eq!(e.setting, "MIGRATOR_QUEUE_URL (--queue-url)");
+    }
+
+    #[test]
+    fn a_tag_prefix_with_forbidden_characters_is_refused() {
+        let args = PolicyArgs {
+            tag_prefix: "migrate#now".into(),
+            ..PolicyArgs::default()
+        };
+        assert_eq!(
+            args.policy().unwrap_err().setting,
+            "MIGRATOR_TAG_PREFIX (--tag-prefix)"
+        );
+    }
+}

@@ -8,7 +8,9 @@
 //! - [`config`]: settings from flags and environment variables, validated.
 
 pub mod agent;
+pub mod commands;
 pub mod config;
 pub mod core;
 pub mod inbound;
 pub mod ports;
+pub mod telemetry;

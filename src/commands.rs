@@ -1,0 +1,129 @@
+//! The operator commands, written against the ports so that they run the same against AWS, the
+//! emulator or the simulator.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use jiff::Timestamp;
+
+use crate::core::observation::Observed;
+use crate::core::{Policy, preflight, tags};
+use crate::ports::{PortError, Rds, StateStore, World};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("no RDS instance named `{0}`")]
+    NoInstance(String),
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// `plan <instance>`: the preflight report and what would be created. Changes nothing.
+pub async fn plan<W: World>(
+    world: &W,
+    policy: &Policy,
+    instance: &str,
+) -> Result<String, CommandError> {
+    let Observed::Present(source) = world.rds().describe_source(instance).await? else {
+        return Err(CommandError::NoInstance(instance.to_string()));
+    };
+    let inputs = world.rds().preflight_inputs(&source).await?;
+    let (report, plan) = preflight::run(&source, &inputs, policy);
+    let mut out = report.render(&policy.tag_prefix);
+    if let Some(plan) = plan {
+        let names = crate::core::naming::target_names(&source.identifier, &source.resource_id, 1);
+        let _ = writeln!(
+            out,
+            "\nPlan: cluster {} (Aurora PostgreSQL {}, {}), writer {} ({}), cluster parameter group {} ({} parameters), instance parameter group {} ({} parameters), quarantine group {}",
+            names.cluster,
+            plan.engine_version,
+            plan.family,
+            names.writer,
+            plan.instance_class,
+            plan.cluster_parameter_group,
+            plan.cluster_parameters.len(),
+            plan.instance_parameter_group,
+            plan.instance_parameters.len(),
+            names.quarantine_group,
+        );
+    }
+    Ok(out)
+}
+
+/// `status`: every migration in the table, finished ones included.
+pub async fn status<W: World>(world: &W, now: Timestamp) -> Result<String, CommandError> {
+    let mut records = world.store().list().await?;
+    records.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    let mut out = format!(
+        "{:<32} {:>7} {:<16} {:>10} {:>10}  {}\n",
+        "SOURCE", "ATTEMPT", "PHASE", "AGE", "IN PHASE", "LAST ERROR"
+    );
+    for m in &records {
+        let _ = writeln!(
+            out,
+            "{:<32} {:>7} {:<16} {:>10} {:>10}  {}",
+            m.source_identifier,
+            m.id.attempt,
+            m.phase.as_str(),
+            crate::core::machine::human(now.duration_since(m.created_at)),
+            crate::core::machine::human(now.duration_since(m.phase_entered_at)),
+            m.last_error.as_deref().unwrap_or("-"),
+        );
+    }
+    if records.is_empty() {
+        out.push_str("(no migrations)\n");
+    }
+    Ok(out)
+}
+
+/// The control tags an operator can set from the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    Start,
+    Approve,
+    Abort,
+    Rollback,
+    Acknowledge(String),
+}
+
+impl Control {
+    pub fn tag(&self, prefix: &str) -> (String, String) {
+        match self {
+            Control::Start => (prefix.to_string(), tags::START.to_string()),
+            Control::Approve => (tags::key(prefix, "approve"), "true".into()),
+            Control::Abort => (tags::key(prefix, "abort"), "true".into()),
+            Control::Rollback => (tags::key(prefix, "rollback"), "approve".into()),
+            Control::Acknowledge(check) => {
+                (tags::key(prefix, &format!("ack-{check}")), "true".into())
+            }
+        }
+    }
+}
+
+/// `start`, `approve`, `abort`, `rollback`, `ack`: set the control tag on the instance. The
+/// agent reacts to the tag (through events or the resync), exactly as if a person had set it.
+pub async fn set_control<W: World>(
+    world: &W,
+    policy: &Policy,
+    instance: &str,
+    control: &Control,
+) -> Result<String, CommandError> {
+    let Observed::Present(source) = world.rds().describe_source(instance).await? else {
+        return Err(CommandError::NoInstance(instance.to_string()));
+    };
+    let (key, value) = control.tag(&policy.tag_prefix);
+    let mut t = BTreeMap::new();
+    t.insert(key.clone(), value.clone());
+    world.rds().set_tags(&source.arn, &t).await?;
+    Ok(format!("tagged {} {key}={value}", source.identifier))
+}
+
+/// `pause` / `resume`: the fleet-wide switch that holds every migration at the cutover gate.
+pub async fn set_paused<W: World>(world: &W, paused: bool) -> Result<String, CommandError> {
+    world.store().set_fleet_paused(paused).await?;
+    Ok(if paused {
+        "fleet paused: migrations wait at the cutover gate".to_string()
+    } else {
+        "fleet resumed".to_string()
+    })
+}
