@@ -158,6 +158,7 @@ class ShimApp:
                     if not rule.get("code") and not rule.get("delay_ms"):
                         raise ValueError("a fault rule needs a code or a delay_ms")
                     STATE.faults.append(rule)
+            STATE.faults[:] = [r for r in STATE.faults if r["remaining"] != 0]  # drop used-up rules
             return 200, [dict(r) for r in STATE.faults]
 
     def _c_rds_status(self, method, data, environ):

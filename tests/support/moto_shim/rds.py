@@ -47,7 +47,7 @@ _orig_create_db_cluster = m.RDSBackend.create_db_cluster
 def create_db_cluster(self, kwargs):
     """moto only knows cluster->cluster replicas; accept an instance ARN as source.
 
-    The replica inherits the source's master user name (AWS does not ask for one)."""
+    The replica inherits the source's master user and password (AWS asks for neither)."""
     source = kwargs.get("replication_source_identifier")
     instance = _instance_by_arn(source) if source and source.startswith("arn:") else None
     if instance is None:
@@ -60,6 +60,8 @@ def create_db_cluster(self, kwargs):
     del kwargs["replication_source_identifier"]  # keep moto from looking for a cluster
     if not kwargs.get("master_username"):
         kwargs["master_username"] = instance.master_username or "postgres"
+    if not kwargs.get("master_user_password") and not kwargs.get("manage_master_user_password"):
+        kwargs["master_user_password"] = "replica-of-instance"  # moto insists; never returned
     cluster = _orig_create_db_cluster(self, kwargs)
     cluster.replication_source_identifier = instance.arn
     return cluster
