@@ -290,6 +290,12 @@ def test_engine_default_parameters(endpoint):
     assert {"rds.logical_replication", "rds.force_ssl", "shared_preload_libraries"} <= ac_names
     assert "max_wal_size" not in ac_names
 
+    # MaxRecords/Marker paging, as the Rust SDK's paginator drives it
+    pages = rds.get_paginator("describe_engine_default_parameters").paginate(
+        DBParameterGroupFamily="postgres15", PaginationConfig={"PageSize": 20})
+    paged = [p["ParameterName"] for page in pages for p in page["EngineDefaults"]["Parameters"]]
+    assert paged == [p["ParameterName"] for p in pg["Parameters"]]
+
     bad = error_of(lambda: client(endpoint, "rds", retries=False).describe_engine_default_parameters(
         DBParameterGroupFamily="mysql8.0"))
     assert bad["Error"]["Code"] == "InvalidParameterValue"

@@ -244,6 +244,14 @@ def _filters(params):
     return {f["Name"]: f.get("Values", []) for f in params.get("Filters") or []}
 
 
+def _page(params, items):
+    """(page, next marker) honouring MaxRecords/Marker; the marker is an offset."""
+    size = int(params.get("MaxRecords") or 100)
+    start = int(params.get("Marker") or 0)
+    end = start + size
+    return items[start:end], (str(end) if end < len(items) else None)
+
+
 def describe_db_engine_versions(self):
     p = self.params
     flt = _filters(p)
@@ -260,7 +268,8 @@ def describe_db_engine_versions(self):
         rows = [v for v in rows if v["DBParameterGroupFamily"] == family]
     if p.get("DefaultOnly"):
         rows = [v for v in rows if rds_catalog.DEFAULT_VERSION.get(v["Engine"]) == v["EngineVersion"]]
-    return ActionResult({"DBEngineVersions": rows})
+    page, marker = _page(p, rows)
+    return ActionResult({"DBEngineVersions": page, "Marker": marker})
 
 
 def _engine_defaults(self, cluster):
@@ -268,7 +277,9 @@ def _engine_defaults(self, cluster):
     params = rds_catalog.default_parameters(family, cluster=cluster)
     if params is None:
         raise InvalidParameterValue(f"Invalid DB parameter group family: {family}")
-    return ActionResult({"EngineDefaults": {"DBParameterGroupFamily": family, "Parameters": params}})
+    page, marker = _page(self.params, params)
+    return ActionResult({"EngineDefaults": {"DBParameterGroupFamily": family, "Parameters": page,
+                                            "Marker": marker}})
 
 
 def describe_engine_default_parameters(self):
