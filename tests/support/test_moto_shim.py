@@ -7,6 +7,7 @@ pick the JSON protocol), so the shim is checked against an independent codec.
 """
 
 import datetime
+import gzip
 import json
 import os
 import socket
@@ -96,10 +97,13 @@ def error_of(fn):
 CW_MODEL = botocore.session.get_session().get_service_model("cloudwatch")
 
 
-def cbor_call(endpoint, op, params):
+def cbor_call(endpoint, op, params, gzipped=False):
     """Send `op` the way aws-sdk-cloudwatch >= 1.100 does; returns (status, headers, raw, parsed)."""
     om = CW_MODEL.operation_model(op)
     req = RpcV2CBORSerializer().serialize_to_request(params, om)
+    if gzipped:  # what the SDK does to PutMetricData bodies over 10 KiB
+        req["body"] = gzip.compress(req["body"])
+        req["headers"]["Content-Encoding"] = "gzip"
     url = endpoint + req["url_path"]
     signed = AWSRequest(method="POST", url=url, data=req["body"], headers=dict(req["headers"]))
     SigV4Auth(Credentials("test", "test"), "monitoring", "us-east-1").add_auth(signed)
@@ -152,6 +156,16 @@ def test_cbor_put_metric_data_then_get_metric_data_round_trip(endpoint):
         "Statistics": ["Maximum"]})
     assert status == 200
     assert sorted(d["Maximum"] for d in parsed["Datapoints"]) == [0.0, 400.5, 900.0]
+
+
+def test_cbor_gzipped_put_metric_data(endpoint):
+    now = datetime.datetime.now(UTC).replace(microsecond=0)
+    data = [{"MetricName": f"M{i}", "Dimensions": _dims(), "Timestamp": now, "Value": float(i)} for i in range(300)]
+    assert cbor_call(endpoint, "PutMetricData", {"Namespace": "Big", "MetricData": data}, gzipped=True)[0] == 200
+    _, _, _, parsed = cbor_call(endpoint, "GetMetricStatistics", {
+        "Namespace": "Big", "MetricName": "M299", "Dimensions": _dims(), "Period": 60, "Statistics": ["Sum"],
+        "StartTime": now - datetime.timedelta(minutes=1), "EndTime": now + datetime.timedelta(minutes=1)})
+    assert [d["Sum"] for d in parsed["Datapoints"]] == [299.0]
 
 
 def test_cbor_alarms_put_describe_delete(endpoint):

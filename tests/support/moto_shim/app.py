@@ -35,6 +35,7 @@ class ShimApp:
         """Run moto on a buffered request; returns (status, headers, body)."""
         env = dict(environ)
         env.update(extra_env or {})
+        env = {k: v for k, v in env.items() if v is not None}  # None = drop the key
         env["wsgi.input"] = io.BytesIO(body)
         env["CONTENT_LENGTH"] = str(len(body))
         captured = {}
@@ -102,6 +103,7 @@ class ShimApp:
             return self._moto(environ, body)
         extra, json_body = cloudwatch_cbor.json_request(call.cbor_op, call.params)
         extra["PATH_INFO"] = "/"  # moto serves CloudWatch JSON at the root path
+        extra["HTTP_CONTENT_ENCODING"] = None  # the JSON body we send is not compressed
         status, headers, out = self._moto(environ, json_body, extra)
         query_error = next((v for k, v in headers if k.lower() == "x-amzn-query-error"), None)
         cbor_headers, cbor_body = cloudwatch_cbor.cbor_response(call.cbor_op, status, out, query_error)

@@ -1,5 +1,6 @@
 """Recognising AWS requests and writing errors in each service's own wire format."""
 
+import gzip
 import json
 import re
 import uuid
@@ -41,6 +42,13 @@ class Call:
 
     def __init__(self, environ, body):
         self.environ = environ
+        # SDKs gzip large PutMetricData bodies (Smithy requestCompression)
+        self.gzipped = "gzip" in environ.get("HTTP_CONTENT_ENCODING", "")
+        if self.gzipped:
+            try:
+                body = gzip.decompress(body)
+            except OSError:
+                pass
         self.body = body
         self.path = environ.get("PATH_INFO", "")
         auth = environ.get("HTTP_AUTHORIZATION", "")
