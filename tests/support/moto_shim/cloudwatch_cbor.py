@@ -5,7 +5,7 @@ aws-sdk-cloudwatch >= 1.100 for Rust only speaks rpcv2Cbor
 JSON and query protocols. The request body is a CBOR map of the operation's input
 shape, so decoding it gives the same dict a JSON request carries (timestamps arrive
 as CBOR tag 1 and are sent on as epoch seconds). moto's JSON answer is then coerced
-against botocore's output shape (timestamps -> tag 1, doubles -> CBOR floats) and
+against botocore's output shape (timestamps -> tag 1 + float, doubles -> CBOR floats) and
 encoded as CBOR.
 """
 
@@ -45,8 +45,18 @@ def _to_json(value):
     raise TypeError(f"cannot send {type(value).__name__} as JSON")
 
 
+def _drop_nulls(value):
+    # CBOR may carry explicit nulls for unset members; moto's JSON parser expects absence
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value if v is not None]
+    return value
+
+
 def json_request(op, params):
     """(headers, body) for the same call in awsJson1_0, which moto understands."""
+    params = _drop_nulls(params)
     headers = {
         "CONTENT_TYPE": "application/x-amz-json-1.0",
         "HTTP_X_AMZ_TARGET": f"{TARGET_PREFIX}.{op}",
@@ -55,9 +65,14 @@ def json_request(op, params):
 
 
 def _timestamp(value):
-    if isinstance(value, (int, float)):
-        return _EPOCH + datetime.timedelta(seconds=value)
-    return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(datetime.timezone.utc)
+    """Tag 1 around a *float*: smithy-rs decodes the tagged value with minicbor's
+    f64(), which rejects CBOR integers, so whole seconds must still be a float."""
+    if not isinstance(value, (int, float)):
+        when = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        value = (when - _EPOCH).total_seconds()
+    return cbor2.CBORTag(1, float(value))
 
 
 def _coerce(value, shape):
@@ -86,8 +101,8 @@ def _coerce(value, shape):
 
 
 def encode(obj):
-    # datetime -> tag 1 epoch seconds (int, or float when there are fractions)
-    return cbor2.dumps(obj, datetime_as_timestamp=True, timezone=datetime.timezone.utc)
+    # floats stay float64 (cbor2's default); timestamps are already CBORTag(1, float)
+    return cbor2.dumps(obj)
 
 
 def cbor_response(op, status, body, query_error=None):
