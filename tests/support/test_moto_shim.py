@@ -410,6 +410,7 @@ def test_reboot_events_and_start_time_filter(endpoint):
     assert messages(Duration=10)[-2:] == ["DB instance shutdown", "DB instance restarted"]
     assert "old news" not in messages(Duration=10)
     assert messages(StartTime=before_reboot, EndTime=before_reboot) == []
+    assert messages(EventCategories=["availability"]) == ["DB instance shutdown", "DB instance restarted"]
 
     ev = rds.describe_events(SourceIdentifier="src", SourceType="db-instance", StartTime=before_reboot)["Events"][1]
     assert ev["SourceType"] == "db-instance" and ev["Date"] >= before_reboot
