@@ -9,6 +9,7 @@ import http
 import io
 import json
 import time
+import traceback
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
@@ -86,19 +87,30 @@ class ShimApp:
             rule = self._take_fault(call)
         if rule and rule.get("delay_ms"):
             time.sleep(rule["delay_ms"] / 1000.0)
-        if rule and rule.get("code") and not rule.get("after_success"):
-            result = wire.error_response(call, rule["code"], rule.get("message", ""), int(rule.get("status", 400)))
-            entry["fault"] = rule["code"]
+        fault = rule if rule and rule.get("code") else None
+        if fault and not fault.get("after_success"):
+            result = self._fault(call, fault, entry)
         else:
             result = self._forward(call, environ, body)
-            if rule and rule.get("code"):  # after_success: the call happened, the answer is lost
+            if fault:  # after_success: the call took effect, its answer is lost
                 entry["real_status"] = result[0]
-                result = wire.error_response(call, rule["code"], rule.get("message", ""), int(rule.get("status", 400)))
-                entry["fault"] = rule["code"]
+                result = self._fault(call, fault, entry)
         entry["status"] = result[0]
         return result
 
+    @staticmethod
+    def _fault(call, rule, entry):
+        entry["fault"] = rule["code"]
+        return wire.error_response(call, rule["code"], rule.get("message", ""), int(rule.get("status", 400)))
+
     def _forward(self, call, environ, body):
+        try:
+            return self._forward_unsafe(call, environ, body)
+        except Exception as e:  # a shim bug still answers in the caller's wire format
+            traceback.print_exc()
+            return wire.error_response(call, "InternalFailure", f"moto_shim: {type(e).__name__}: {e}", 500)
+
+    def _forward_unsafe(self, call, environ, body):
         if call.protocol != "cbor":
             return self._moto(environ, body)
         extra, json_body = cloudwatch_cbor.json_request(call.cbor_op, call.params)
@@ -106,8 +118,7 @@ class ShimApp:
         extra["HTTP_CONTENT_ENCODING"] = None  # the JSON body we send is not compressed
         status, headers, out = self._moto(environ, json_body, extra)
         query_error = next((v for k, v in headers if k.lower() == "x-amzn-query-error"), None)
-        cbor_headers, cbor_body = cloudwatch_cbor.cbor_response(call.cbor_op, status, out, query_error)
-        return status, cbor_headers, cbor_body
+        return cloudwatch_cbor.cbor_response(call.cbor_op, status, out, query_error)
 
     @staticmethod
     def _take_fault(call):

@@ -106,15 +106,20 @@ def encode(obj):
 
 
 def cbor_response(op, status, body, query_error=None):
-    """moto's JSON answer -> (headers, CBOR body). Errors keep `__type` + `message`."""
+    """moto's JSON answer -> (status, headers, CBOR body). Errors keep `__type` + `message`."""
     headers = [("Content-Type", "application/cbor"), ("smithy-protocol", "rpc-v2-cbor")]
-    data = json.loads(body) if body and body.strip() else {}
+    try:
+        data = json.loads(body) if body and body.strip() else {}
+    except ValueError:  # moto's HTML 500 page for an unimplemented corner
+        status = max(status, 500)
+        data = {"__type": "InternalFailure", "message": body[:300].decode("utf-8", "replace")}
     if status < 300:
         shape = _model.operation_model(op).output_shape
-        return headers, encode(_coerce(data, shape) if shape is not None else {})
+        return status, headers, encode(_coerce(data, shape) if shape is not None else {})
     code = str(data.get("__type") or "InternalFailure").rsplit("#", 1)[-1]
     message = data.get("message") or data.get("Message") or ""
-    return error(code, message, status, query_error)[0:2]
+    headers, body, _ = error(code, message, status, query_error)
+    return status, headers, body
 
 
 def error(code, message, status, query_error=None):
