@@ -485,6 +485,24 @@ def test_fault_count_retries_and_delay(endpoint):
     rds.describe_db_clusters()
 
 
+def test_fault_count_is_exact_under_concurrency(endpoint):
+    from concurrent.futures import ThreadPoolExecutor
+    rds = client(endpoint, "rds", retries=False)
+    _throttle(endpoint, "rds", "DescribeDBInstances", count=5)
+
+    def one(_):
+        try:
+            rds.describe_db_instances()
+            return "ok"
+        except ClientError as e:
+            return e.response["Error"]["Code"]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(24)))
+    assert results.count("Throttling") == 5 and results.count("ok") == 19
+    assert len(ctl(endpoint, "GET", "/_shim/calls")) == 24
+
+
 def test_fault_after_success_loses_the_answer_not_the_effect(endpoint):
     rds = client(endpoint, "rds", retries=False)
     _throttle(endpoint, "rds", "CreateDBInstance", code="InternalFailure", status=500, after_success=True)
