@@ -1,0 +1,552 @@
+"""Proves each feature of tests/support/moto_shim against a real shim process.
+
+One shim is started for the session on a free loopback port; every test starts
+from POST /_shim/reset. CloudWatch CBOR requests are built with botocore's own
+rpcv2Cbor serializer and read back with its rpcv2Cbor parser (boto3 itself would
+pick the JSON protocol), so the shim is checked against an independent codec.
+"""
+
+import datetime
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import boto3
+import botocore.session
+import cbor2
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+from botocore.parsers import RpcV2CBORParser
+from botocore.serialize import RpcV2CBORSerializer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+UTC = datetime.timezone.utc
+
+
+# --- the shim process ---------------------------------------------------------------
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def endpoint(tmp_path_factory):
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("shim") / "shim.log", "wb")
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "moto_shim.py"), "-H", "127.0.0.1", "-p", str(port), "-q"],
+        stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            assert proc.poll() is None, "shim exited during start-up (see shim.log)"
+            assert time.monotonic() - started < 30, "shim did not answer within 30 s"
+            try:
+                urllib.request.urlopen(url + "/_shim/health", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.05)
+        print(f"\nshim answered after {time.monotonic() - started:.2f} s", file=sys.stderr)
+        yield url
+    finally:
+        proc.kill()  # by PID, the one we started
+        proc.wait()
+        log.close()
+
+
+def ctl(endpoint, method, path, data=None):
+    body = None if data is None else json.dumps(data).encode()
+    req = urllib.request.Request(endpoint + path, data=body, method=method,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(autouse=True)
+def reset(endpoint):
+    ctl(endpoint, "POST", "/_shim/reset")
+
+
+def client(endpoint, service, retries=True):
+    cfg = Config(retries={"total_max_attempts": 3 if retries else 1, "mode": "standard"})
+    return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="test", aws_secret_access_key="test", config=cfg)
+
+
+def error_of(fn):
+    with pytest.raises(ClientError) as ei:
+        fn()
+    return ei.value.response
+
+
+# --- CloudWatch over rpcv2Cbor ------------------------------------------------------
+
+CW_MODEL = botocore.session.get_session().get_service_model("cloudwatch")
+
+
+def cbor_call(endpoint, op, params, gzipped=False):
+    """Send `op` the way aws-sdk-cloudwatch >= 1.100 does; returns (status, headers, raw, parsed)."""
+    om = CW_MODEL.operation_model(op)
+    req = RpcV2CBORSerializer().serialize_to_request(params, om)
+    if gzipped:  # what the SDK does to PutMetricData bodies over 10 KiB
+        req["body"] = gzip.compress(req["body"])
+        req["headers"]["Content-Encoding"] = "gzip"
+    url = endpoint + req["url_path"]
+    signed = AWSRequest(method="POST", url=url, data=req["body"], headers=dict(req["headers"]))
+    SigV4Auth(Credentials("test", "test"), "monitoring", "us-east-1").add_auth(signed)
+    http_req = urllib.request.Request(url, data=req["body"], headers=dict(signed.headers), method="POST")
+    try:
+        with urllib.request.urlopen(http_req) as resp:
+            status, headers, raw = resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as e:
+        status, headers, raw = e.code, dict(e.headers), e.read()
+    headers = {k.lower(): v for k, v in headers.items()}
+    parsed = RpcV2CBORParser().parse({"status_code": status, "headers": headers, "body": raw}, om.output_shape)
+    return status, headers, raw, parsed
+
+
+def _dims(db="src"):
+    return [{"Name": "DBInstanceIdentifier", "Value": db}]
+
+
+def test_cbor_put_metric_data_then_get_metric_data_round_trip(endpoint):
+    now = datetime.datetime.now(UTC).replace(second=0, microsecond=0)
+    points = [(now - datetime.timedelta(minutes=3), 900.0), (now - datetime.timedelta(minutes=2), 400.5),
+              (now - datetime.timedelta(minutes=1), 0.0)]
+    status, headers, _, _ = cbor_call(endpoint, "PutMetricData", {
+        "Namespace": "AWS/RDS",
+        "MetricData": [{"MetricName": "OldestReplicationSlotLag", "Dimensions": _dims(), "Timestamp": t,
+                        "Value": v, "Unit": "Bytes"} for t, v in points]})
+    assert status == 200 and headers["smithy-protocol"] == "rpc-v2-cbor"
+    assert headers["content-type"] == "application/cbor"
+
+    status, headers, raw, parsed = cbor_call(endpoint, "GetMetricData", {
+        "MetricDataQueries": [{"Id": "lag", "MetricStat": {
+            "Metric": {"Namespace": "AWS/RDS", "MetricName": "OldestReplicationSlotLag", "Dimensions": _dims()},
+            "Period": 60, "Stat": "Minimum"}}],
+        "StartTime": now - datetime.timedelta(minutes=10), "EndTime": now + datetime.timedelta(minutes=1),
+        "ScanBy": "TimestampAscending"})
+    assert status == 200
+    result = parsed["MetricDataResults"][0]
+    assert result["Id"] == "lag" and result["StatusCode"] == "Complete"
+    got = sorted(zip([t.astimezone(UTC) for t in result["Timestamps"]], result["Values"]))
+    assert got == points
+    # On the wire: timestamps are CBOR tag 1 (epoch seconds), values CBOR floats.
+    # tag 1 (0xc1) then a float64 (0xfb) of epoch seconds, even for whole seconds:
+    # smithy-rs reads the tagged value with minicbor's f64(), which rejects integers
+    assert raw.count(b"\xc1\xfb") == len(points)
+    decoded = cbor2.loads(raw)
+    assert all(isinstance(v, float) for v in decoded["MetricDataResults"][0]["Values"])
+
+    status, _, _, parsed = cbor_call(endpoint, "GetMetricStatistics", {
+        "Namespace": "AWS/RDS", "MetricName": "OldestReplicationSlotLag", "Dimensions": _dims(),
+        "StartTime": now - datetime.timedelta(minutes=3), "EndTime": now, "Period": 60,
+        "Statistics": ["Maximum"]})
+    assert status == 200
+    assert sorted(d["Maximum"] for d in parsed["Datapoints"]) == [0.0, 400.5, 900.0]
+
+
+def test_cbor_gzipped_put_metric_data(endpoint):
+    now = datetime.datetime.now(UTC).replace(microsecond=0)
+    data = [{"MetricName": f"M{i}", "Dimensions": _dims(), "Timestamp": now, "Value": float(i)} for i in range(300)]
+    assert cbor_call(endpoint, "PutMetricData", {"Namespace": "Big", "MetricData": data}, gzipped=True)[0] == 200
+    _, _, _, parsed = cbor_call(endpoint, "GetMetricStatistics", {
+        "Namespace": "Big", "MetricName": "M299", "Dimensions": _dims(), "Period": 60, "Statistics": ["Sum"],
+        "StartTime": now - datetime.timedelta(minutes=1), "EndTime": now + datetime.timedelta(minutes=1)})
+    assert [d["Sum"] for d in parsed["Datapoints"]] == [299.0]
+
+
+def test_cbor_alarms_put_describe_delete(endpoint):
+    alarm = {"AlarmName": "mig-heartbeat-src", "Namespace": "AuroraMigrator", "MetricName": "Heartbeat",
+             "Dimensions": [{"Name": "Migration", "Value": "m-1"}], "Statistic": "SampleCount",
+             "Period": 60, "EvaluationPeriods": 3, "Threshold": 1.0,
+             "ComparisonOperator": "LessThanThreshold", "TreatMissingData": "breaching",
+             "AlarmActions": ["arn:aws:sns:us-east-1:123456789012:mig"]}
+    assert cbor_call(endpoint, "PutMetricAlarm", alarm)[0] == 200
+    status, _, _, parsed = cbor_call(endpoint, "DescribeAlarms", {"AlarmNames": ["mig-heartbeat-src"]})
+    assert status == 200
+    [got] = parsed["MetricAlarms"]
+    assert got["TreatMissingData"] == "breaching" and got["Threshold"] == 1.0
+    assert got["AlarmActions"] == alarm["AlarmActions"]
+    assert isinstance(got["AlarmConfigurationUpdatedTimestamp"], datetime.datetime)
+    assert cbor_call(endpoint, "DeleteAlarms", {"AlarmNames": ["mig-heartbeat-src"]})[0] == 200
+    assert cbor_call(endpoint, "DescribeAlarms", {})[3]["MetricAlarms"] == []
+
+
+def test_cbor_error_is_cbor_with_type_and_query_error_header(endpoint):
+    status, headers, raw, parsed = cbor_call(endpoint, "PutMetricAlarm", {
+        "AlarmName": "a", "Namespace": "n", "MetricName": "m", "ExtendedStatistic": "x99", "Period": 60,
+        "EvaluationPeriods": 1, "Threshold": 1.0, "ComparisonOperator": "LessThanThreshold"})
+    assert status == 400 and headers["smithy-protocol"] == "rpc-v2-cbor"
+    body = cbor2.loads(raw)
+    # __type is the Smithy shape; the awsQuery code travels in x-amzn-query-error
+    assert body["__type"] == "com.amazonaws.cloudwatch#InvalidParameterValueException"
+    assert "x99" in body["message"]
+    assert headers["x-amzn-query-error"] == "InvalidParameterValue;Sender"
+    assert parsed["Error"]["Code"] == "InvalidParameterValue"
+
+
+def test_boto3_cloudwatch_json_still_passes_through(endpoint):
+    cw = client(endpoint, "cloudwatch")
+    cw.put_metric_data(Namespace="AWS/RDS", MetricData=[{"MetricName": "DatabaseConnections",
+                                                         "Dimensions": _dims(), "Value": 3.0}])
+    assert cw.list_metrics(Namespace="AWS/RDS")["Metrics"][0]["MetricName"] == "DatabaseConnections"
+
+
+# --- RDS: Aurora replica of an instance -----------------------------------------------
+
+def make_source(rds, ident="src", sgs=None):
+    kw = {"VpcSecurityGroupIds": sgs} if sgs else {}
+    return rds.create_db_instance(
+        DBInstanceIdentifier=ident, Engine="postgres", EngineVersion="15.7", DBInstanceClass="db.r6g.large",
+        MasterUsername="app", MasterUserPassword="secret-password", AllocatedStorage=100, **kw)["DBInstance"]
+
+
+def test_aurora_replica_of_instance_create_describe_promote(endpoint):
+    rds = client(endpoint, "rds")
+    arn = make_source(rds)["DBInstanceArn"]
+    created = rds.create_db_cluster(DBClusterIdentifier="src-aurora", Engine="aurora-postgresql",
+                                    EngineVersion="15.7", ReplicationSourceIdentifier=arn)["DBCluster"]
+    assert created["Status"] == "creating"
+    assert created["ReplicationSourceIdentifier"] == arn
+    assert created["MasterUsername"] == "app"  # inherited; none was given
+
+    [cluster] = rds.describe_db_clusters(DBClusterIdentifier="src-aurora")["DBClusters"]
+    assert cluster["ReplicationSourceIdentifier"] == arn
+    [src] = rds.describe_db_instances(DBInstanceIdentifier="src")["DBInstances"]
+    assert src["ReadReplicaDBClusterIdentifiers"] == ["src-aurora"]
+
+    # a writer instance in the replica cluster is plain moto
+    rds.create_db_instance(DBInstanceIdentifier="src-aurora-1", DBClusterIdentifier="src-aurora",
+                           Engine="aurora-postgresql", DBInstanceClass="db.r6g.large")
+    promoted = rds.promote_read_replica_db_cluster(DBClusterIdentifier="src-aurora")["DBCluster"]
+    assert "ReplicationSourceIdentifier" not in promoted
+    [cluster] = rds.describe_db_clusters(DBClusterIdentifier="src-aurora")["DBClusters"]
+    assert "ReplicationSourceIdentifier" not in cluster
+    [src] = rds.describe_db_instances(DBInstanceIdentifier="src")["DBInstances"]
+    assert src.get("ReadReplicaDBClusterIdentifiers", []) == []
+
+
+def test_replica_of_missing_instance_and_promote_errors(endpoint):
+    rds = client(endpoint, "rds", retries=False)
+    err = error_of(lambda: rds.create_db_cluster(
+        DBClusterIdentifier="x", Engine="aurora-postgresql",
+        ReplicationSourceIdentifier="arn:aws:rds:us-east-1:123456789012:db:nope"))
+    assert err["Error"]["Code"] == "DBInstanceNotFound"
+
+    err = error_of(lambda: rds.promote_read_replica_db_cluster(DBClusterIdentifier="nope"))
+    assert err["Error"]["Code"] == "DBClusterNotFoundFault"
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+    rds.create_db_cluster(DBClusterIdentifier="plain", Engine="aurora-postgresql",
+                          MasterUsername="u", MasterUserPassword="password123")
+    err = error_of(lambda: rds.promote_read_replica_db_cluster(DBClusterIdentifier="plain"))
+    assert err["Error"]["Code"] == "InvalidDBClusterStateFault"
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+# --- RDS: calls moto does not implement ---------------------------------------------
+
+def test_describe_db_engine_versions(endpoint):
+    rds = client(endpoint, "rds")
+    aurora = rds.describe_db_engine_versions(Engine="aurora-postgresql")["DBEngineVersions"]
+    majors = {v["EngineVersion"].split(".")[0] for v in aurora}
+    assert majors == {"14", "15", "16", "17"}
+    v157 = next(v for v in aurora if v["EngineVersion"] == "15.7")
+    assert v157["DBParameterGroupFamily"] == "aurora-postgresql15" and v157["Status"] == "available"
+    assert {"Engine": "aurora-postgresql", "EngineVersion": "16.4"}.items() <= next(
+        t for t in v157["ValidUpgradeTarget"] if t["EngineVersion"] == "16.4").items()
+
+    pg = rds.describe_db_engine_versions(Engine="postgres", EngineVersion="15.7")["DBEngineVersions"]
+    assert [(v["EngineVersion"], v["DBParameterGroupFamily"]) for v in pg] == [("15.7", "postgres15")]
+    fam = rds.describe_db_engine_versions(DBParameterGroupFamily="postgres17")["DBEngineVersions"]
+    assert fam and all(v["Engine"] == "postgres" for v in fam)
+    default = rds.describe_db_engine_versions(Engine="aurora-postgresql", DefaultOnly=True)["DBEngineVersions"]
+    assert len(default) == 1
+
+
+REQUIRED = {"shared_preload_libraries", "rds.logical_replication", "max_connections", "work_mem",
+            "log_min_duration_statement", "rds.force_ssl"}
+
+
+def test_engine_default_parameters(endpoint):
+    rds = client(endpoint, "rds")
+    pg = rds.describe_engine_default_parameters(DBParameterGroupFamily="postgres15")["EngineDefaults"]
+    assert pg["DBParameterGroupFamily"] == "postgres15"
+    by_name = {p["ParameterName"]: p for p in pg["Parameters"]}
+    assert len(by_name) >= 30 and REQUIRED <= set(by_name)
+    for p in pg["Parameters"]:
+        assert p["Source"] == "engine-default" and p["ApplyType"] in ("static", "dynamic")
+        assert isinstance(p["IsModifiable"], bool)
+    assert by_name["rds.logical_replication"]["ApplyType"] == "static"
+    assert by_name["rds.force_ssl"]["ParameterValue"] == "1"
+
+    ai = rds.describe_engine_default_parameters(DBParameterGroupFamily="aurora-postgresql15")["EngineDefaults"]
+    ai_names = {p["ParameterName"] for p in ai["Parameters"]}
+    assert {"shared_preload_libraries", "max_connections", "work_mem", "log_min_duration_statement"} <= ai_names
+    # RDS-only parameters are absent at Aurora instance level: translation must drop them
+    assert not {"rds.logical_replication", "rds.force_ssl", "max_wal_size", "checkpoint_timeout"} & ai_names
+
+    ac = rds.describe_engine_default_cluster_parameters(DBParameterGroupFamily="aurora-postgresql15")
+    ac_names = {p["ParameterName"] for p in ac["EngineDefaults"]["Parameters"]}
+    assert {"rds.logical_replication", "rds.force_ssl", "shared_preload_libraries"} <= ac_names
+    assert "max_wal_size" not in ac_names
+
+    # MaxRecords/Marker paging, as the Rust SDK's paginator drives it
+    pages = rds.get_paginator("describe_engine_default_parameters").paginate(
+        DBParameterGroupFamily="postgres15", PaginationConfig={"PageSize": 20})
+    paged = [p["ParameterName"] for page in pages for p in page["EngineDefaults"]["Parameters"]]
+    assert paged == [p["ParameterName"] for p in pg["Parameters"]]
+
+    bad = error_of(lambda: client(endpoint, "rds", retries=False).describe_engine_default_parameters(
+        DBParameterGroupFamily="mysql8.0"))
+    assert bad["Error"]["Code"] == "InvalidParameterValue"
+
+
+def test_pending_maintenance_actions_empty_then_scripted(endpoint):
+    rds = client(endpoint, "rds")
+    assert rds.describe_pending_maintenance_actions()["PendingMaintenanceActions"] == []
+    arn = "arn:aws:rds:us-east-1:123456789012:db:src"
+    ctl(endpoint, "POST", "/_shim/pending-maintenance", [{
+        "ResourceIdentifier": arn,
+        "PendingMaintenanceActionDetails": [{"Action": "system-update", "Description": "New OS patch"}]}])
+    got = rds.describe_pending_maintenance_actions(ResourceIdentifier=arn)["PendingMaintenanceActions"]
+    assert got[0]["PendingMaintenanceActionDetails"][0]["Action"] == "system-update"
+    other = rds.describe_pending_maintenance_actions(
+        Filters=[{"Name": "db-instance-id", "Values": ["other"]}])["PendingMaintenanceActions"]
+    assert other == []
+
+
+def test_account_attributes_count_moto_state(endpoint):
+    rds = client(endpoint, "rds")
+    make_source(rds)
+    rds.create_db_parameter_group(DBParameterGroupName="pg", DBParameterGroupFamily="postgres15", Description="d")
+    rds.create_db_snapshot(DBSnapshotIdentifier="snap", DBInstanceIdentifier="src")
+    ctl(endpoint, "POST", "/_shim/config", {"quotas": {"DBInstances": 7}})
+    quotas = {q["AccountQuotaName"]: (q["Used"], q["Max"])
+              for q in rds.describe_account_attributes()["AccountQuotas"]}
+    assert quotas == {"DBClusters": (0, 40), "DBInstances": (1, 7), "DBClusterParameterGroups": (0, 50),
+                      "DBParameterGroups": (1, 50), "ManualSnapshots": (1, 100)}
+
+
+# --- RDS: state transitions ----------------------------------------------------------
+
+def test_scripted_status_for_n_reads(endpoint):
+    rds = client(endpoint, "rds")
+    make_source(rds)
+    rds.create_db_cluster(DBClusterIdentifier="tgt", Engine="aurora-postgresql",
+                          MasterUsername="u", MasterUserPassword="password123")
+    ctl(endpoint, "POST", "/_shim/rds-status", {"kind": "instance", "id": "src", "status": "modifying", "reads": 2})
+    ctl(endpoint, "POST", "/_shim/rds-status", {"kind": "cluster", "id": "tgt", "status": "creating", "reads": 1})
+
+    def inst():
+        return rds.describe_db_instances(DBInstanceIdentifier="src")["DBInstances"][0]["DBInstanceStatus"]
+
+    def clus():
+        return rds.describe_db_clusters(DBClusterIdentifier="tgt")["DBClusters"][0]["Status"]
+
+    assert [inst(), inst(), inst()] == ["modifying", "modifying", "available"]
+    assert [clus(), clus()] == ["creating", "available"]
+
+
+def test_security_groups_adding_for_configured_reads(endpoint):
+    rds = client(endpoint, "rds")
+    make_source(rds, sgs=["sg-old"])
+    ctl(endpoint, "POST", "/_shim/config", {"sg_adding_reads": 2})
+    resp = rds.modify_db_instance(DBInstanceIdentifier="src", VpcSecurityGroupIds=["sg-quarantine"],
+                                  ApplyImmediately=True)["DBInstance"]
+    assert {"VpcSecurityGroupId": "sg-quarantine", "Status": "adding"} in resp["VpcSecurityGroups"]
+
+    def groups():
+        db = rds.describe_db_instances(DBInstanceIdentifier="src")["DBInstances"][0]
+        return sorted((g["VpcSecurityGroupId"], g["Status"]) for g in db["VpcSecurityGroups"])
+
+    transition = [("sg-old", "removing"), ("sg-quarantine", "adding")]
+    assert [groups(), groups(), groups()] == [transition, transition, [("sg-quarantine", "active")]]
+
+
+def test_default_sg_change_is_immediately_active(endpoint):
+    rds = client(endpoint, "rds")
+    make_source(rds, sgs=["sg-old"])
+    rds.modify_db_instance(DBInstanceIdentifier="src", VpcSecurityGroupIds=["sg-new"], ApplyImmediately=True)
+    db = rds.describe_db_instances(DBInstanceIdentifier="src")["DBInstances"][0]
+    assert db["VpcSecurityGroups"] == [{"VpcSecurityGroupId": "sg-new", "Status": "active"}]
+
+
+# --- RDS: events ---------------------------------------------------------------------
+
+def test_reboot_events_and_start_time_filter(endpoint):
+    rds = client(endpoint, "rds")
+    make_source(rds)
+    ctl(endpoint, "POST", "/_shim/events", {
+        "source_id": "src", "source_type": "db-instance", "message": "old news",
+        "date": (datetime.datetime.now(UTC) - datetime.timedelta(minutes=30)).isoformat()})
+    time.sleep(0.05)
+    before_reboot = datetime.datetime.now(UTC)
+    time.sleep(0.05)
+    rds.reboot_db_instance(DBInstanceIdentifier="src")
+
+    def messages(**kw):
+        return [e["Message"] for e in rds.describe_events(SourceIdentifier="src", SourceType="db-instance",
+                                                          **kw)["Events"]]
+
+    assert messages(StartTime=before_reboot) == ["DB instance shutdown", "DB instance restarted"]
+    everything = messages()  # default: the last hour
+    assert everything[0] == "old news" and everything[-2:] == ["DB instance shutdown", "DB instance restarted"]
+    assert "DB instance created" in everything
+    assert messages(Duration=10)[-2:] == ["DB instance shutdown", "DB instance restarted"]
+    assert "old news" not in messages(Duration=10)
+    assert messages(StartTime=before_reboot, EndTime=before_reboot) == []
+    assert messages(EventCategories=["availability"]) == ["DB instance shutdown", "DB instance restarted"]
+
+    ev = rds.describe_events(SourceIdentifier="src", SourceType="db-instance", StartTime=before_reboot)["Events"][1]
+    assert ev["SourceType"] == "db-instance" and ev["Date"] >= before_reboot
+    assert ev["SourceArn"].endswith(":db:src")
+
+
+def test_reboot_can_show_rebooting(endpoint):
+    rds = client(endpoint, "rds")
+    make_source(rds)
+    ctl(endpoint, "POST", "/_shim/config", {"reboot_rebooting_reads": 1})
+    assert rds.reboot_db_instance(DBInstanceIdentifier="src")["DBInstance"]["DBInstanceStatus"] == "rebooting"
+    statuses = [rds.describe_db_instances(DBInstanceIdentifier="src")["DBInstances"][0]["DBInstanceStatus"]
+                for _ in range(2)]
+    assert statuses == ["rebooting", "available"]
+
+
+# --- fault injection -----------------------------------------------------------------
+
+def _throttle(endpoint, service, action, code="Throttling", status=400, count=1, **extra):
+    ctl(endpoint, "POST", "/_shim/faults", [{"service": service, "action": action, "status": status,
+                                            "code": code, "message": "Rate exceeded", "count": count, **extra}])
+
+
+@pytest.mark.parametrize("service,action,call,code,status", [
+    ("rds", "DescribeDBClusters", lambda c: c.describe_db_clusters(), "Throttling", 400),
+    ("ec2", "DescribeVpcs", lambda c: c.describe_vpcs(), "RequestLimitExceeded", 503),
+    ("sqs", "ListQueues", lambda c: c.list_queues(), "RequestThrottled", 400),
+    ("sns", "ListTopics", lambda c: c.list_topics(), "Throttling", 400),
+    ("cloudwatch", "DescribeAlarms", lambda c: c.describe_alarms(), "Throttling", 400),
+    ("dynamodb", "ListTables", lambda c: c.list_tables(), "ThrottlingException", 400),
+    ("rds", "DescribeDBInstances", lambda c: c.describe_db_instances(), "InternalFailure", 500),
+])
+def test_fault_in_each_wire_format(endpoint, service, action, call, code, status):
+    signing = {"cloudwatch": "monitoring"}.get(service, service)
+    _throttle(endpoint, signing, action, code=code, status=status)
+    c = client(endpoint, service, retries=False)
+    err = error_of(lambda: call(c))
+    assert err["Error"]["Code"] == code
+    assert err["Error"].get("Message") == "Rate exceeded"
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == status
+    call(c)  # count 1: the next call is real again
+
+
+def test_fault_in_cbor(endpoint):
+    _throttle(endpoint, "monitoring", "GetMetricData", count=1)
+    q = {"MetricDataQueries": [{"Id": "a", "MetricStat": {"Metric": {"Namespace": "n", "MetricName": "m"},
+                                                       "Period": 60, "Stat": "Maximum"}}],
+         "StartTime": datetime.datetime.now(UTC) - datetime.timedelta(minutes=5),
+         "EndTime": datetime.datetime.now(UTC)}
+    status, headers, raw, parsed = cbor_call(endpoint, "GetMetricData", q)
+    assert status == 400 and headers["smithy-protocol"] == "rpc-v2-cbor"
+    assert cbor2.loads(raw)["__type"].endswith("#Throttling")
+    assert parsed["Error"]["Code"] == "Throttling"
+    assert cbor_call(endpoint, "GetMetricData", q)[0] == 200
+
+
+def test_fault_count_retries_and_delay(endpoint):
+    rds = client(endpoint, "rds")  # 3 attempts: 2 throttles are absorbed
+    _throttle(endpoint, "rds", "DescribeDBInstances", count=2)
+    assert rds.describe_db_instances()["DBInstances"] == []
+    _throttle(endpoint, "rds", "DescribeDBInstances", count=3)
+    assert error_of(rds.describe_db_instances)["Error"]["Code"] == "Throttling"
+
+    ctl(endpoint, "POST", "/_shim/faults", {"service": "rds", "action": "DescribeDBClusters",
+                                            "delay_ms": 300, "count": 1})
+    t = time.monotonic()
+    rds.describe_db_clusters()
+    assert time.monotonic() - t >= 0.3
+    assert ctl(endpoint, "GET", "/_shim/faults") == []  # all used up
+    _throttle(endpoint, "rds", "DescribeDBClusters", count=-1)  # forever, until cleared
+    ctl(endpoint, "DELETE", "/_shim/faults")
+    rds.describe_db_clusters()
+
+
+def test_fault_count_is_exact_under_concurrency(endpoint):
+    from concurrent.futures import ThreadPoolExecutor
+    rds = client(endpoint, "rds", retries=False)
+    _throttle(endpoint, "rds", "DescribeDBInstances", count=5)
+
+    def one(_):
+        try:
+            rds.describe_db_instances()
+            return "ok"
+        except ClientError as e:
+            return e.response["Error"]["Code"]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(24)))
+    assert results.count("Throttling") == 5 and results.count("ok") == 19
+    assert len(ctl(endpoint, "GET", "/_shim/calls")) == 24
+
+
+def test_fault_after_success_loses_the_answer_not_the_effect(endpoint):
+    rds = client(endpoint, "rds", retries=False)
+    _throttle(endpoint, "rds", "CreateDBInstance", code="InternalFailure", status=500, after_success=True)
+    assert error_of(lambda: make_source(rds))["Error"]["Code"] == "InternalFailure"
+    assert rds.describe_db_instances(DBInstanceIdentifier="src")["DBInstances"][0]["DBInstanceStatus"] == "available"
+    again = error_of(lambda: make_source(rds))  # a blind retry now meets the real state
+    assert again["Error"]["Code"] == "DBInstanceAlreadyExists"
+    calls = ctl(endpoint, "GET", "/_shim/calls")
+    assert calls[0]["fault"] == "InternalFailure" and calls[0]["real_status"] == 200 and calls[0]["status"] == 500
+
+
+# --- call log and reset --------------------------------------------------------------
+
+def test_call_log_records_order_and_identifiers(endpoint):
+    rds, sqs = client(endpoint, "rds"), client(endpoint, "sqs")
+    ctl(endpoint, "DELETE", "/_shim/calls")
+    arn = make_source(rds, sgs=["sg-1"])["DBInstanceArn"]
+    rds.create_db_cluster(DBClusterIdentifier="tgt", Engine="aurora-postgresql", ReplicationSourceIdentifier=arn)
+    rds.modify_db_instance(DBInstanceIdentifier="src", VpcSecurityGroupIds=["sg-q"], ApplyImmediately=True)
+    rds.reboot_db_instance(DBInstanceIdentifier="src")
+    sqs.create_queue(QueueName="wake")
+    cbor_call(endpoint, "DescribeAlarms", {"AlarmNames": ["x"]})
+    calls = ctl(endpoint, "GET", "/_shim/calls")
+    assert [(c["service"], c["action"]) for c in calls] == [
+        ("rds", "CreateDBInstance"), ("rds", "CreateDBCluster"), ("rds", "ModifyDBInstance"),
+        ("rds", "RebootDBInstance"), ("sqs", "CreateQueue"), ("monitoring", "DescribeAlarms")]
+    assert [c["seq"] for c in calls] == sorted(c["seq"] for c in calls)
+    assert all(c["status"] == 200 and c["time"] > 0 for c in calls)
+    assert calls[1]["params"]["ReplicationSourceIdentifier"] == arn
+    assert calls[2]["params"] == {"DBInstanceIdentifier": "src", "VpcSecurityGroupIds": ["sg-q"]}
+    assert calls[4]["params"] == {"QueueName": "wake"}
+    assert calls[5]["params"] == {"AlarmNames": ["x"]}
+    ctl(endpoint, "DELETE", "/_shim/calls")
+    assert ctl(endpoint, "GET", "/_shim/calls") == []
+
+
+def test_reset_clears_moto_and_shim_state(endpoint):
+    rds = client(endpoint, "rds")
+    make_source(rds)
+    _throttle(endpoint, "rds", "DescribeDBClusters", count=-1)
+    ctl(endpoint, "POST", "/_shim/rds-status", {"kind": "instance", "id": "src", "status": "rebooting", "reads": 9})
+    ctl(endpoint, "POST", "/_shim/reset")
+    assert rds.describe_db_instances()["DBInstances"] == []
+    assert rds.describe_db_clusters()["DBClusters"] == []
+    assert ctl(endpoint, "GET", "/_shim/faults") == [] and ctl(endpoint, "GET", "/_shim/rds-status") == []
+    assert [c["action"] for c in ctl(endpoint, "GET", "/_shim/calls")] == ["DescribeDBInstances",
+                                                                          "DescribeDBClusters"]
