@@ -53,7 +53,7 @@ pub async fn plan<W: World>(
 /// `status`: every migration in the table, finished ones included.
 pub async fn status<W: World>(world: &W, now: Timestamp) -> Result<String, CommandError> {
     let mut records = world.store().list().await?;
-    records.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    records.sort_by_key(|a| a.created_at);
     let mut out = format!(
         "{:<32} {:>7} {:<16} {:>10} {:>10}  {}\n",
         "SOURCE", "ATTEMPT", "PHASE", "AGE", "IN PHASE", "LAST ERROR"

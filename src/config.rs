@@ -365,10 +365,10 @@ impl AwsArgs {
             ),
             ("AWS_ENDPOINT_URL (--endpoint-url)", &self.endpoint_url),
         ] {
-            if let Some(u) = url {
-                if !(u.starts_with("https://") || u.starts_with("http://")) {
-                    return Err(bad(setting, format!("`{u}` is not an http(s) URL")));
-                }
+            if let Some(u) = url
+                && !(u.starts_with("https://") || u.starts_with("http://"))
+            {
+                return Err(bad(setting, format!("`{u}` is not an http(s) URL")));
             }
         }
         Ok(())

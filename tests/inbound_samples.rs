@@ -88,7 +88,8 @@ fn unrouted_samples_and_the_schedule_match_no_rule() {
 
 #[test]
 fn every_routed_sample_parses_into_the_kind_the_agent_expects() {
-    let kinds: [(&str, fn(&Inbound) -> bool); 6] = [
+    type IsExpected = fn(&Inbound) -> bool;
+    let kinds: [(&str, IsExpected); 6] = [
         (
             "rds-instance-events",
             |i| matches!(i, Inbound::InstanceEvent(e) if e.source_arn.contains(":db:") && e.event_id.as_deref().is_some_and(|id| id.starts_with("RDS-EVENT-"))),

@@ -27,29 +27,29 @@ pub async fn observe<W: World>(
     if need.target {
         obs.target = rds.describe_target(&m.names.cluster).await?;
     }
-    if need.quarantine_group {
-        if let Some(plan) = &m.plan {
-            obs.quarantine_group = world
-                .network()
-                .describe_group(&plan.vpc_id, &m.names.quarantine_group)
-                .await?;
-        }
+    if need.quarantine_group
+        && let Some(plan) = &m.plan
+    {
+        obs.quarantine_group = world
+            .network()
+            .describe_group(&plan.vpc_id, &m.names.quarantine_group)
+            .await?;
     }
-    if need.parameter_groups {
-        if let Some(plan) = &m.plan {
-            obs.parameter_groups = Some(
-                rds.parameter_groups_present(
-                    &plan.cluster_parameter_group,
-                    &plan.instance_parameter_group,
-                )
-                .await?,
-            );
-        }
+    if need.parameter_groups
+        && let Some(plan) = &m.plan
+    {
+        obs.parameter_groups = Some(
+            rds.parameter_groups_present(
+                &plan.cluster_parameter_group,
+                &plan.instance_parameter_group,
+            )
+            .await?,
+        );
     }
-    if need.preflight {
-        if let Observed::Present(source) = &obs.source {
-            obs.preflight = Some(rds.preflight_inputs(source).await?);
-        }
+    if need.preflight
+        && let Observed::Present(source) = &obs.source
+    {
+        obs.preflight = Some(rds.preflight_inputs(source).await?);
     }
     if need.quotas {
         obs.quotas = Some(rds.account_quotas().await?);

@@ -64,10 +64,10 @@ pub fn step(m: &Migration, obs: &Observation, now: Timestamp, policy: &Policy) -
     };
     s.run();
     let decision = s.finish();
-    if cfg!(debug_assertions) {
-        if let Err(violation) = invariants::check(m, obs, &decision) {
-            panic!("invariant violated by step in {}: {violation}", m.phase);
-        }
+    if cfg!(debug_assertions)
+        && let Err(violation) = invariants::check(m, obs, &decision)
+    {
+        panic!("invariant violated by step in {}: {violation}", m.phase);
     }
     decision
 }
@@ -241,12 +241,12 @@ impl Stepper<'_> {
             _ if self.m.phase.is_cutover() => self.policy.cutover_reissue_after,
             _ => self.policy.reissue_after,
         };
-        if let Some(until) = self.m.requested.get(&key) {
-            if self.now < *until {
-                let wait = until.duration_since(self.now);
-                self.wake_within(wait);
-                return false;
-            }
+        if let Some(until) = self.m.requested.get(&key)
+            && self.now < *until
+        {
+            let wait = until.duration_since(self.now);
+            self.wake_within(wait);
+            return false;
         }
         self.m.requested.insert(key, self.now + reissue);
         self.actions.push(action);
@@ -443,23 +443,23 @@ impl Stepper<'_> {
             return true;
         }
 
-        if matches!(phase, Phase::Quiescing | Phase::Draining) {
-            if let Some(q) = self.m.progress.quarantined_at {
-                let budget = self.policy.write_unavailability_budget;
-                if self.since(q) > budget {
-                    let missing = if phase == Phase::Draining {
-                        self.drain_proof_missing().join("; ")
-                    } else {
-                        "the quarantine never became active".to_string()
-                    };
-                    self.failure(format!(
+        if matches!(phase, Phase::Quiescing | Phase::Draining)
+            && let Some(q) = self.m.progress.quarantined_at
+        {
+            let budget = self.policy.write_unavailability_budget;
+            if self.since(q) > budget {
+                let missing = if phase == Phase::Draining {
+                    self.drain_proof_missing().join("; ")
+                } else {
+                    "the quarantine never became active".to_string()
+                };
+                self.failure(format!(
                         "the write-unavailability budget of {} ran out before promotion ({missing}); rolled back without loss",
                         human(budget)
                     ));
-                    return true;
-                }
-                self.wake_within(budget - self.since(q));
+                return true;
             }
+            self.wake_within(budget - self.since(q));
         }
 
         if let Some(limit) = self.policy.timeout(phase) {
@@ -485,24 +485,24 @@ impl Stepper<'_> {
 
     /// Replica health that matters in every phase that waits with a replica attached.
     fn replica_guards(&mut self) -> bool {
-        if let Some(free) = latest(self.obs.metric(MetricKey::SourceFreeStorage)) {
-            if free.minimum < self.policy.min_free_storage_bytes {
-                self.failure(format!(
+        if let Some(free) = latest(self.obs.metric(MetricKey::SourceFreeStorage))
+            && free.minimum < self.policy.min_free_storage_bytes
+        {
+            self.failure(format!(
                     "the source's free storage fell to {:.1} GiB, below the floor of {:.1} GiB; the replica was deleted to release the WAL it held",
                     free.minimum / GIB,
                     self.policy.min_free_storage_bytes / GIB
                 ));
-                return true;
-            }
+            return true;
         }
-        if let Some(t) = self.obs.target.present() {
-            if t.replication_source.is_none() {
-                self.failure(
+        if let Some(t) = self.obs.target.present()
+            && t.replication_source.is_none()
+        {
+            self.failure(
                     "the Aurora replica stopped replicating from the source (it has no replication source)"
                         .to_string(),
                 );
-                return true;
-            }
+            return true;
         }
         false
     }
@@ -876,9 +876,10 @@ impl Stepper<'_> {
             self.m.progress.reboot_requested_at,
             self.m.progress.restarted_at,
         ) else {
-            if let Some(q) = self.m.progress.quarantined_at {
-                if self.since(q) > self.policy.write_unavailability_budget / 2 {
-                    self.alert_once(
+            if let Some(q) = self.m.progress.quarantined_at
+                && self.since(q) > self.policy.write_unavailability_budget / 2
+            {
+                self.alert_once(
                         "draining-slow",
                         Severity::Warning,
                         "the catch-up proof is taking long",
@@ -887,16 +888,14 @@ impl Stepper<'_> {
                             missing.join("; ")
                         ),
                     );
-                }
             }
             return;
         };
-        if self.since(requested) > self.policy.reboot_reissue_after {
-            if let Some(source) = self.source().map(|s| s.identifier.clone()) {
-                if self.request(Action::RebootSource { instance: source }) {
-                    self.m.progress.reboot_requested_at = Some(self.now);
-                }
-            }
+        if self.since(requested) > self.policy.reboot_reissue_after
+            && let Some(source) = self.source().map(|s| s.identifier.clone())
+            && self.request(Action::RebootSource { instance: source })
+        {
+            self.m.progress.reboot_requested_at = Some(self.now);
         }
     }
 
@@ -984,16 +983,16 @@ impl Stepper<'_> {
             self.failure(format!("the smoke test failed: {why}"));
             return;
         }
-        if self.policy.smoke_test && self.m.progress.smoke_test_passed.is_none() {
-            if let Some(e) = self
+        if self.policy.smoke_test
+            && self.m.progress.smoke_test_passed.is_none()
+            && let Some(e) = self
                 .obs
                 .target
                 .present()
                 .and_then(|t| t.writer_endpoint.clone())
-            {
-                let route = self.route_to(&e);
-                self.request(Action::RunSmokeTest(route));
-            }
+        {
+            let route = self.route_to(&e);
+            self.request(Action::RunSmokeTest(route));
         }
         let settle = self.policy.slow_poll * 2;
         if self.since(routed) > settle {

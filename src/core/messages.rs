@@ -208,10 +208,9 @@ pub fn phase_change(
         .last_error
         .as_ref()
         .filter(|_| severity == Severity::Error)
+        && !description.contains(err.as_str())
     {
-        if !description.contains(err.as_str()) {
-            description.push_str(&format!("\n\nCause: {err}"));
-        }
+        description.push_str(&format!("\n\nCause: {err}"));
     }
     if description.is_empty() {
         description = format!("{} → {}", from, m.phase);

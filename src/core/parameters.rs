@@ -57,9 +57,9 @@ pub fn translate(source: &[Parameter], aurora: &AuroraFamily<'_>, cdc: bool) -> 
             apply_method: apply(&p.name).to_string(),
         };
         // Cluster level first: a value there applies to every instance, today's and tomorrow's.
-        if aurora.cluster_parameters.iter().any(|n| *n == p.name) {
+        if aurora.cluster_parameters.contains(&p.name) {
             cluster.push(param);
-        } else if aurora.instance_parameters.iter().any(|n| *n == p.name) {
+        } else if aurora.instance_parameters.contains(&p.name) {
             instance.push(param);
         } else {
             dropped.push(p.name.clone());
