@@ -80,3 +80,48 @@ pub fn target_names(source_identifier: &str, resource_id: &str, attempt: u32) ->
 pub fn parameter_group_name(kind: &str, family: &str, content_hash: u64) -> String {
     format!("aurora-migrator-{kind}-{family}-{content_hash:016x}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid_rds_identifier(s: &str) -> bool {
+        s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && !s.ends_with('-')
+            && !s.contains("--")
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    }
+
+    #[test]
+    fn names_fit_rds_limits_even_for_the_longest_source() {
+        let long = format!("a{}", "-b".repeat(31));
+        assert_eq!(long.len(), 63);
+        let n = target_names(&long, "db-ABCDEFGHIJKLMNOPQRSTUVWXYZ", 12);
+        for name in [&n.cluster, &n.writer, &n.final_snapshot] {
+            assert!(valid_rds_identifier(name), "{name}");
+        }
+        assert!(n.cluster.ends_with("-12"));
+    }
+
+    #[test]
+    fn two_sources_sharing_a_prefix_get_different_names() {
+        let prefix = "x".repeat(60);
+        let a = target_names(&format!("{prefix}-one"), "db-AAA", 1);
+        let b = target_names(&format!("{prefix}-two"), "db-BBB", 1);
+        assert_ne!(a.cluster, b.cluster);
+        assert_ne!(a.writer, b.writer);
+    }
+
+    #[test]
+    fn names_are_stable_per_source_and_attempt() {
+        assert_eq!(
+            target_names("orders", "db-1", 1),
+            target_names("orders", "db-1", 1)
+        );
+        assert_ne!(
+            target_names("orders", "db-1", 1).cluster,
+            target_names("orders", "db-1", 2).cluster
+        );
+    }
+}

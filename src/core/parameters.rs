@@ -98,3 +98,94 @@ fn content_hash(family: &str, params: &[TranslatedParameter]) -> u64 {
     }
     fnv1a64(text.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(name: &str, value: &str) -> Parameter {
+        Parameter {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    fn family<'a>(
+        cluster: &'a [String],
+        instance: &'a [String],
+        statics: &'a [String],
+    ) -> AuroraFamily<'a> {
+        AuroraFamily {
+            family: "aurora-postgresql15",
+            cluster_parameters: cluster,
+            instance_parameters: instance,
+            static_parameters: statics,
+        }
+    }
+
+    #[test]
+    fn parameters_go_to_the_cluster_first_then_the_instance_else_are_dropped() {
+        let cluster = vec![
+            "log_min_duration_statement".to_string(),
+            "shared_preload_libraries".to_string(),
+        ];
+        let instance = vec![
+            "work_mem".to_string(),
+            "log_min_duration_statement".to_string(),
+        ];
+        let statics = vec!["shared_preload_libraries".to_string()];
+        let t = translate(
+            &[
+                p("work_mem", "64MB"),
+                p("log_min_duration_statement", "500"),
+                p("shared_preload_libraries", "pg_stat_statements"),
+                p("max_wal_senders", "20"),
+                p("rds.logical_replication", "1"),
+            ],
+            &family(&cluster, &instance, &statics),
+            false,
+        );
+        let names =
+            |v: &[TranslatedParameter]| v.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&t.cluster),
+            ["log_min_duration_statement", "shared_preload_libraries"]
+        );
+        assert_eq!(names(&t.instance), ["work_mem"]);
+        assert_eq!(t.dropped, ["max_wal_senders"]);
+        assert_eq!(
+            t.cluster[1].apply_method, "pending-reboot",
+            "static parameters apply at reboot"
+        );
+    }
+
+    #[test]
+    fn cdc_sets_logical_replication_and_changes_the_content_hash() {
+        let none: Vec<String> = vec![];
+        let without = translate(&[], &family(&none, &none, &none), false);
+        let with = translate(&[], &family(&none, &none, &none), true);
+        assert_eq!(with.cluster[0].name, "rds.logical_replication");
+        assert_eq!(with.cluster[0].value, "1");
+        assert_ne!(
+            with.cluster_hash, without.cluster_hash,
+            "different content, different shared group"
+        );
+    }
+
+    #[test]
+    fn the_same_content_in_any_order_shares_a_group() {
+        let cluster = vec!["a".to_string(), "b".to_string()];
+        let none: Vec<String> = vec![];
+        let one = translate(
+            &[p("a", "1"), p("b", "2")],
+            &family(&cluster, &none, &none),
+            false,
+        );
+        let two = translate(
+            &[p("b", "2"), p("a", "1")],
+            &family(&cluster, &none, &none),
+            false,
+        );
+        assert_eq!(one.cluster_hash, two.cluster_hash);
+    }
+}

@@ -293,3 +293,55 @@ impl FromStr for WeeklyWindow {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_window_contains_its_start_and_not_its_end() {
+        let w: WeeklyWindow = "sat:03:00-sat:05:00".parse().unwrap();
+        // 2026-11-28 is a Saturday.
+        assert!(w.contains(at("2026-11-28T03:00:00Z")));
+        assert!(w.contains(at("2026-11-28T04:59:59Z")));
+        assert!(!w.contains(at("2026-11-28T05:00:00Z")));
+        assert!(!w.contains(at("2026-11-27T04:00:00Z")));
+        assert_eq!(w.to_string(), "sat:03:00-sat:05:00");
+    }
+
+    #[test]
+    fn a_window_may_wrap_around_the_end_of_the_week() {
+        let w: WeeklyWindow = "sun:23:00-mon:01:00".parse().unwrap();
+        assert!(w.contains(at("2026-11-29T23:30:00Z"))); // Sunday
+        assert!(w.contains(at("2026-11-30T00:30:00Z"))); // Monday
+        assert!(!w.contains(at("2026-11-30T01:00:00Z")));
+    }
+
+    #[test]
+    fn malformed_windows_are_refused_with_the_expected_form() {
+        for bad in [
+            "sat:3:00-sat:05:00",
+            "sat:03:00",
+            "fri:25:00-sat:01:00",
+            "xyz:01:00-sat:01:00",
+            "sat:03:00-sat:03:00",
+        ] {
+            assert!(bad.parse::<WeeklyWindow>().is_err(), "{bad}");
+        }
+        assert!(
+            "window:sat:03:00-sat:05:00"
+                .parse::<CutoverPolicy>()
+                .is_ok()
+        );
+        assert!(
+            "sometimes"
+                .parse::<CutoverPolicy>()
+                .unwrap_err()
+                .contains("automatic")
+        );
+    }
+}
