@@ -151,6 +151,15 @@ pub struct PolicyArgs {
         global = true
     )]
     pub restore_source_groups: bool,
+    /// CloudWatch period the agent reads metrics at: 1, 5, 10, 30 s or a multiple of 60 s
+    /// (RDS metrics are per minute; finer periods are for emulators).
+    #[arg(
+        long,
+        env = "MIGRATOR_METRIC_PERIOD",
+        default_value = "60s",
+        global = true
+    )]
+    pub metric_period: String,
     /// Poll interval of the phases that wait for AWS.
     #[arg(long, env = "MIGRATOR_SLOW_POLL", default_value = "60s", global = true)]
     pub slow_poll: String,
@@ -173,6 +182,7 @@ impl Default for PolicyArgs {
             retention: "7d".into(),
             allow_disable_deletion_protection: false,
             restore_source_groups: false,
+            metric_period: "60s".into(),
             slow_poll: "60s".into(),
             fast_poll: "5s".into(),
         }
@@ -255,6 +265,21 @@ fn positive(setting: &'static str, v: f64) -> Result<f64, ConfigError> {
     }
 }
 
+/// CloudWatch accepts 1, 5, 10, 30 s (high resolution) or a multiple of 60 s.
+fn metric_period(text: &str) -> Result<SignedDuration, ConfigError> {
+    let setting = "MIGRATOR_METRIC_PERIOD (--metric-period)";
+    let d = duration(setting, text, SignedDuration::from_secs(1))?;
+    let s = d.as_secs();
+    if [1, 5, 10, 30].contains(&s) || s % 60 == 0 {
+        Ok(d)
+    } else {
+        Err(bad(
+            setting,
+            format!("`{text}`: CloudWatch periods are 1, 5, 10, 30 s or a multiple of 60 s"),
+        ))
+    }
+}
+
 /// RDS tag keys: letters, digits, spaces and `_ . : / = + - @`, at most 128 characters, not
 /// starting with `aws:`.
 fn valid_tag_prefix(p: &str) -> bool {
@@ -315,6 +340,7 @@ impl PolicyArgs {
             )?,
             allow_disable_deletion_protection: self.allow_disable_deletion_protection,
             restore_source_groups_after_cutover: self.restore_source_groups,
+            metric_period: metric_period(&self.metric_period)?,
             slow_poll: duration("MIGRATOR_SLOW_POLL (--slow-poll)", &self.slow_poll, second)?,
             fast_poll: duration("MIGRATOR_FAST_POLL (--fast-poll)", &self.fast_poll, second)?,
             ..defaults

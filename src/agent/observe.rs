@@ -5,9 +5,6 @@ use crate::core::observation::{Observation, Observed};
 use crate::core::{Migration, Policy};
 use crate::ports::{Clock, MetricQuery, Metrics, Network, PortResult, Rds, StateStore, World};
 
-/// Period of the metrics read. 60 s: RDS publishes every minute.
-pub const METRIC_PERIOD_S: u32 = 60;
-
 pub async fn observe<W: World>(
     world: &W,
     m: &Migration,
@@ -73,7 +70,7 @@ pub async fn observe<W: World>(
                 },
                 start: *since,
                 end: now,
-                period_s: METRIC_PERIOD_S,
+                period_s: policy.metric_period.as_secs().clamp(1, i64::from(u32::MAX)) as u32,
             })
             .collect();
         let series = world.metrics().fetch(&queries).await?;

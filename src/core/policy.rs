@@ -71,6 +71,9 @@ pub struct Policy {
     /// A reboot whose restart event does not appear is requested again after this. 10 min:
     /// reboots take 1–3 min.
     pub reboot_reissue_after: SignedDuration,
+    /// The CloudWatch period the agent reads metrics at. 60 s: RDS publishes every minute, and
+    /// standard-resolution metrics cannot be read finer (emulators may use 1–30 s).
+    pub metric_period: SignedDuration,
     /// Poll interval of phases that wait for AWS. 60 s: CloudWatch's period.
     pub slow_poll: SignedDuration,
     /// Poll interval of the cutover phases. 5 s: every second of waiting is downtime.
@@ -141,6 +144,7 @@ impl Default for Policy {
             reissue_after: SignedDuration::from_mins(3),
             cutover_reissue_after: SignedDuration::from_secs(30),
             reboot_reissue_after: SignedDuration::from_mins(10),
+            metric_period: SignedDuration::from_secs(60),
             slow_poll: SignedDuration::from_secs(60),
             fast_poll: SignedDuration::from_secs(5),
             timeouts: Timeouts::default(),
