@@ -10,6 +10,7 @@ pub mod execute;
 pub mod observe;
 
 use jiff::SignedDuration;
+use tracing::Instrument;
 
 use crate::core::admission::{Admission, admit};
 use crate::core::observation::Observed;
@@ -216,7 +217,14 @@ impl<W: World> Agent<W> {
     /// Observe → step → persist → act, repeated while the machine asks to look again at once
     /// (a phase change: look afresh) or has action outcomes to hear (against the same look);
     /// then schedule the wake-up.
-    pub async fn reconcile(&self, mut m: Migration) -> Result<Migration, DriverError> {
+    pub async fn reconcile(&self, m: Migration) -> Result<Migration, DriverError> {
+        // Every log line of this migration's steps carries its id (JSON logs: the span's field).
+        let span =
+            tracing::info_span!("reconcile", migration = %m.id, source = %m.source_identifier);
+        self.reconcile_in_span(m).instrument(span).await
+    }
+
+    async fn reconcile_in_span(&self, mut m: Migration) -> Result<Migration, DriverError> {
         let world = &self.world;
         let mut pending = Vec::new();
         let mut last_look: Option<crate::core::Observation> = None;
