@@ -15,11 +15,16 @@ use crate::ports::{Metrics, Network, Notifier, PortResult, Rds, Router, World};
 /// successes that no describe call can show.
 fn feeds_back(key: ActionKey, ok: bool) -> bool {
     if ok {
+        // A published notification leaves the record's outbox only when the machine hears it.
         matches!(
             key,
-            ActionKey::RouteTraffic | ActionKey::RunSmokeTest | ActionKey::SetTriggerTag
+            ActionKey::RouteTraffic
+                | ActionKey::RunSmokeTest
+                | ActionKey::SetTriggerTag
+                | ActionKey::Notify
         )
     } else {
+        // A failed notification stays in the outbox and is offered again on the next step.
         !matches!(
             key,
             ActionKey::Notify | ActionKey::PutHeartbeat | ActionKey::MirrorPhaseTag
