@@ -298,11 +298,11 @@ impl<W: World> Agent<W> {
             return Ok(());
         };
         let now = self.world.clock().now();
-        let delay = wake
-            .at
-            .duration_since(now)
-            .as_secs()
-            .clamp(0, i64::from(MAX_DELAY_S)) as u32;
+        // Rounded up: a tick must not arrive before its wake-up (it would step early, and
+        // sub-second remainders would turn into a loop of observations).
+        let ahead = wake.at.duration_since(now);
+        let whole = ahead.as_secs() + i64::from(ahead.subsec_nanos() > 0);
+        let delay = whole.clamp(0, i64::from(MAX_DELAY_S)) as u32;
         let tick = Tick::new(&m.id, wake.token);
         self.world.queue().send(&tick.to_json(), delay).await?;
         Ok(())
