@@ -248,7 +248,20 @@ async fn a_writer_the_quarantine_misses_fails_the_proof_and_the_agent_rolls_back
         let s = shared.state.lock().unwrap();
         assert!(s.target.is_none());
         assert_eq!(s.source_groups, vec![APP_GROUP.to_string()]);
+        // Only a new `start` begins another attempt.
+        assert_eq!(
+            s.source_tags.get("aurora-migration").map(String::as_str),
+            Some("stopped")
+        );
     }
+    // Deleting the replica released its slot: the source holds no WAL for it.
+    let monitor = connect(&shared.primary.local()).await.expect("connect");
+    let slots: i64 = monitor
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .expect("slots")
+        .get(0);
+    assert_eq!(slots, 0, "the replica's slot is left on the source");
     let restarted = shared
         .state
         .lock()
