@@ -37,7 +37,11 @@ pub async fn drive(agent: &Agent<PgWorld>, stop_at: &[Phase], timeout: Duration)
                 last = Some(m.phase);
             }
             if stop_at.contains(&m.phase) {
-                eprintln!("[{:>5.1}s] stopped at {} after {handled} messages", start.elapsed().as_secs_f64(), m.phase);
+                eprintln!(
+                    "[{:>5.1}s] stopped at {} after {handled} messages",
+                    start.elapsed().as_secs_f64(),
+                    m.phase
+                );
                 return m;
             }
         }
@@ -47,7 +51,8 @@ pub async fn drive(agent: &Agent<PgWorld>, stop_at: &[Phase], timeout: Duration)
                 "phase {:?}, last error {:?}, history {:?}",
                 m.as_ref().map(|m| m.phase),
                 m.as_ref().and_then(|m| m.last_error.clone()),
-                m.as_ref().map(|m| m.history.iter().map(|h| h.phase).collect::<Vec<_>>())
+                m.as_ref()
+                    .map(|m| m.history.iter().map(|h| h.phase).collect::<Vec<_>>())
             )
         };
         assert!(

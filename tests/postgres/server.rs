@@ -162,7 +162,9 @@ pub fn run(mut c: Command, what: &str) -> Output {
 
 /// Like [`run`], returning the failure as text instead of panicking.
 pub fn try_run(mut c: Command) -> Result<Output, String> {
-    let out = c.output().map_err(|e| format!("could not start {c:?}: {e}"))?;
+    let out = c
+        .output()
+        .map_err(|e| format!("could not start {c:?}: {e}"))?;
     if out.status.success() {
         Ok(out)
     } else {
@@ -286,7 +288,14 @@ impl PgServer {
         let mut c = self.cmd("pg_basebackup");
         c.arg("-D")
             .arg(&self.data)
-            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", SUPERUSER])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                SUPERUSER,
+            ])
             .args(["-R", "-S", slot, "-X", "stream", "-c", "fast", "--no-sync"]);
         try_run(c)?;
         self.append_conf(&[]);
@@ -380,7 +389,14 @@ impl PgServer {
         let mut c = self.cmd("pg_dump");
         c.arg("-h")
             .arg(&self.sock_dir)
-            .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-d", "postgres"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+                "-d",
+                "postgres",
+            ])
             .args(["--data-only", "-t", TABLE, "-f"])
             .arg(file);
         try_run(c).map(|_| ())

@@ -132,7 +132,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 async fn query_f64(server: &PgServer, sql: &str) -> Result<Option<f64>, String> {
     let client = connect(&server.local()).await?;
-    let row = client.query_one(sql, &[]).await.map_err(|e| e.to_string())?;
+    let row = client
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| e.to_string())?;
     row.try_get::<_, Option<f64>>(0).map_err(|e| e.to_string())
 }
 
@@ -230,13 +233,15 @@ impl Rds for PgRds {
             .is_some_and(|(_, status)| status == "available");
         // A replica while the standby is in recovery; after promotion, no longer.
         let in_recovery = match (&standby, writer_up) {
-            (Some(server), true) => query_f64(
-                server,
-                "SELECT CASE WHEN pg_is_in_recovery() THEN 1.0 ELSE 0.0 END::float8",
-            )
-            .await
-            .map_err(|e| err(ErrorKind::Retryable, "rds:DescribeDBClusters", e))?
-                == Some(1.0),
+            (Some(server), true) => {
+                query_f64(
+                    server,
+                    "SELECT CASE WHEN pg_is_in_recovery() THEN 1.0 ELSE 0.0 END::float8",
+                )
+                .await
+                .map_err(|e| err(ErrorKind::Retryable, "rds:DescribeDBClusters", e))?
+                    == Some(1.0)
+            }
             _ => !t.promoted,
         };
         Ok(Observed::Present(TargetCluster {
@@ -361,7 +366,8 @@ impl Rds for PgRds {
 
     async fn create_replica_cluster(&self, spec: &ReplicaClusterSpec) -> PortResult<()> {
         const OP: &str = "rds:CreateDBCluster";
-        self.0.log(format!("create_replica_cluster {}", spec.cluster));
+        self.0
+            .log(format!("create_replica_cluster {}", spec.cluster));
         let slot = spec.cluster.replace('-', "_");
         {
             let mut s = self.0.state.lock().unwrap();
@@ -421,7 +427,8 @@ impl Rds for PgRds {
 
     async fn create_writer_instance(&self, spec: &WriterInstanceSpec) -> PortResult<()> {
         const OP: &str = "rds:CreateDBInstance";
-        self.0.log(format!("create_writer_instance {}", spec.instance));
+        self.0
+            .log(format!("create_writer_instance {}", spec.instance));
         {
             let mut s = self.0.state.lock().unwrap();
             let Some(t) = s.target.as_mut().filter(|t| t.spec.cluster == spec.cluster) else {
@@ -460,7 +467,8 @@ impl Rds for PgRds {
 
     async fn set_source_groups(&self, _instance: &str, group_ids: &[String]) -> PortResult<()> {
         const OP: &str = "rds:ModifyDBInstance";
-        self.0.log(format!("set_source_groups {}", group_ids.join(",")));
+        self.0
+            .log(format!("set_source_groups {}", group_ids.join(",")));
         let quarantined = group_ids.iter().all(|g| is_quarantine_group(g));
         let leaks = {
             let mut s = self.0.state.lock().unwrap();
@@ -494,7 +502,11 @@ impl Rds for PgRds {
         {
             let mut s = self.0.state.lock().unwrap();
             if s.source_status != "available" {
-                return Err(err(ErrorKind::Conflict, OP, "the instance is not available"));
+                return Err(err(
+                    ErrorKind::Conflict,
+                    OP,
+                    "the instance is not available",
+                ));
             }
             s.source_status = "rebooting".into();
             s.events.push(InstanceEvent {
@@ -849,20 +861,22 @@ pub struct MemNetwork {
 }
 
 impl Network for MemNetwork {
-    async fn describe_group(&self, _vpc_id: &str, name: &str) -> PortResult<Observed<SecurityGroup>> {
+    async fn describe_group(
+        &self,
+        _vpc_id: &str,
+        name: &str,
+    ) -> PortResult<Observed<SecurityGroup>> {
         Ok(self.groups.lock().unwrap().get(name).cloned().into())
     }
 
     async fn ensure_quarantine_group(&self, spec: &QuarantineGroupSpec) -> PortResult<String> {
         let mut g = self.groups.lock().unwrap();
-        let group = g
-            .entry(spec.name.clone())
-            .or_insert_with(|| SecurityGroup {
-                id: format!("sg-quarantine-{}", spec.name.len()),
-                name: spec.name.clone(),
-                ingress_sources: vec![],
-                egress_rules: 0,
-            });
+        let group = g.entry(spec.name.clone()).or_insert_with(|| SecurityGroup {
+            id: format!("sg-quarantine-{}", spec.name.len()),
+            name: spec.name.clone(),
+            ingress_sources: vec![],
+            egress_rules: 0,
+        });
         group.ingress_sources = spec.allow_from.clone();
         group.egress_rules = 0;
         Ok(group.id.clone())

@@ -50,8 +50,7 @@ impl Writer {
             );
             let (name, user) = (name.to_string(), user.to_string());
             async move {
-                let insert =
-                    format!("INSERT INTO {TABLE} (seq, writer) VALUES ($1, $2)");
+                let insert = format!("INSERT INTO {TABLE} (seq, writer) VALUES ($1, $2)");
                 while !stop.load(Ordering::Relaxed) {
                     let (host, port) = endpoint.lock().unwrap().clone();
                     let mut config = tcp_config(port, &user);
