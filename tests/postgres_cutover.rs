@@ -194,11 +194,17 @@ async fn cutover_to_a_real_standby_loses_no_acknowledged_write() {
     );
 
     let outage = first_target_ack.at.duration_since(last_source_ack.at);
+    // Sessions open before the quarantine keep writing until the reboot ends them.
+    let between = on_source_acks
+        .iter()
+        .filter(|a| a.at > quarantined && a.at < restarted)
+        .count();
     let in_doubt = app.in_doubt.lock().unwrap().clone();
     eprintln!(
         "write outage: {:.2} s between the last acknowledged write on the source (seq {}) and the first on the target (seq {}); \
          {} writes acknowledged ({} on the source, {} on the target); {} in doubt, {} of them committed; \
-         {} refused connections; quarantine→promotion {:.2} s; run time {:.1} s",
+         {} refused connections; {} writes acknowledged between the quarantine and the restart; \
+         quarantine→promotion {:.2} s; run time {:.1} s",
         outage.as_secs_f64(),
         last_source_ack.seq,
         first_target_ack.seq,
@@ -212,6 +218,7 @@ async fn cutover_to_a_real_standby_loses_no_acknowledged_write() {
             .count(),
         app.failed_connects
             .load(std::sync::atomic::Ordering::Relaxed),
+        between,
         promotes[0].at.duration_since(quarantined).as_secs_f64(),
         started.elapsed().as_secs_f64()
     );

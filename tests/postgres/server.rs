@@ -197,7 +197,13 @@ impl TempRoot {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
+        // The server user must be able to reach it: a private TMPDIR of root's would not do.
+        let base = if run_as.ids.is_some() {
+            PathBuf::from("/tmp")
+        } else {
+            std::env::temp_dir()
+        };
+        let path = base.join(format!(
             "aurora-pg-{label}-{}-{}-{nanos}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
