@@ -1,0 +1,96 @@
+//! Real PostgreSQL behind the agent's ports: servers, a PostgreSQL-backed `World`, a writer
+//! client, and the loop that delivers the agent's own ticks.
+#![allow(dead_code)]
+
+pub mod server;
+pub mod world;
+pub mod writer;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aurora_migrator::agent::{Agent, Disposition};
+use aurora_migrator::core::{Migration, Phase};
+
+use world::{PgWorld, RESOURCE_ID, SOURCE_ID};
+
+/// Starts the migration of the source, then handles the ticks the agent schedules (honouring
+/// their delay) until the record reaches one of `stop_at`. Panics with the record on timeout.
+pub async fn drive(agent: &Agent<PgWorld>, stop_at: &[Phase], timeout: Duration) -> Migration {
+    let start = Instant::now();
+    agent
+        .on_source(SOURCE_ID)
+        .await
+        .expect("the agent could not start the migration");
+    let world = &agent.world;
+    let mut last = None;
+    let mut handled = 0u32;
+    loop {
+        if let Some(m) = world.store.latest_now(RESOURCE_ID) {
+            if last != Some(m.phase) {
+                eprintln!(
+                    "[{:>5.1}s] phase {}",
+                    start.elapsed().as_secs_f64(),
+                    m.phase
+                );
+                last = Some(m.phase);
+            }
+            if stop_at.contains(&m.phase) {
+                eprintln!(
+                    "[{:>5.1}s] stopped at {} after {handled} messages",
+                    start.elapsed().as_secs_f64(),
+                    m.phase
+                );
+                return m;
+            }
+        }
+        let describe = || {
+            let m = world.store.latest_now(RESOURCE_ID);
+            format!(
+                "phase {:?}, last error {:?}, history {:?}",
+                m.as_ref().map(|m| m.phase),
+                m.as_ref().and_then(|m| m.last_error.clone()),
+                m.as_ref()
+                    .map(|m| m.history.iter().map(|h| h.phase).collect::<Vec<_>>())
+            )
+        };
+        assert!(
+            start.elapsed() < timeout,
+            "the migration did not reach {stop_at:?} within {timeout:?}: {}",
+            describe()
+        );
+        let Some((message, visible_at)) = world.queue.take_next() else {
+            panic!("the agent scheduled no wake-up: {}", describe());
+        };
+        let now = Instant::now();
+        if visible_at > now {
+            tokio::time::sleep(visible_at - now).await;
+        }
+        handled += 1;
+        if let Disposition::Leave(why) = agent.handle_message(&message).await {
+            eprintln!("[driver] message left for redelivery: {why}");
+            world.queue.put_back(&message, Duration::from_secs(1));
+        }
+    }
+}
+
+/// The sequence numbers in a `pg_dump --data-only` file of the writes table.
+pub fn seqs_in_dump(file: &Path) -> BTreeSet<i64> {
+    let text = std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("read the snapshot {}: {e}", file.display()));
+    let mut out = BTreeSet::new();
+    let mut in_copy = false;
+    for line in text.lines() {
+        if in_copy {
+            if line == "\\." {
+                in_copy = false;
+            } else if let Some(seq) = line.split('\t').next().and_then(|s| s.parse().ok()) {
+                out.insert(seq);
+            }
+        } else if line.starts_with(&format!("COPY public.{} ", server::TABLE)) {
+            in_copy = true;
+        }
+    }
+    out
+}

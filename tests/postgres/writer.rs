@@ -1,0 +1,121 @@
+//! A client that keeps inserting sequence numbers and remembers each one whose COMMIT returned
+//! success (acknowledged). It writes wherever its endpoint says (the data access layer) and,
+//! after any connection error, reconnects to whatever the endpoint says then.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use tokio::task::JoinHandle;
+
+use super::server::{TABLE, connect, tcp_config};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Ack {
+    pub seq: i64,
+    /// The port of the server that acknowledged it.
+    pub port: u16,
+    pub at: Timestamp,
+}
+
+/// Where a writer connects: host and port, read again before each connection.
+pub type Endpoint = Arc<Mutex<(String, u16)>>;
+
+pub struct Writer {
+    pub name: String,
+    pub acks: Arc<Mutex<Vec<Ack>>>,
+    /// Sequence numbers sent whose outcome is unknown (the connection broke during the call).
+    pub in_doubt: Arc<Mutex<Vec<i64>>>,
+    pub failed_connects: Arc<AtomicI64>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts writing as `user` to `endpoint`; `seq` is shared between writers so every row is
+    /// unique.
+    pub fn spawn(name: &str, user: &str, endpoint: Endpoint, seq: Arc<AtomicI64>) -> Writer {
+        let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
+        let in_doubt: Arc<Mutex<Vec<i64>>> = Arc::default();
+        let failed_connects: Arc<AtomicI64> = Arc::default();
+        let stop: Arc<AtomicBool> = Arc::default();
+        let handle = tokio::spawn({
+            let (acks, in_doubt, failed, stop) = (
+                acks.clone(),
+                in_doubt.clone(),
+                failed_connects.clone(),
+                stop.clone(),
+            );
+            let (name, user) = (name.to_string(), user.to_string());
+            async move {
+                let insert = format!("INSERT INTO {TABLE} (seq, writer) VALUES ($1, $2)");
+                while !stop.load(Ordering::Relaxed) {
+                    let (host, port) = endpoint.lock().unwrap().clone();
+                    let mut config = tcp_config(port, &user);
+                    config.host(&host);
+                    let client = match connect(&config).await {
+                        Ok(c) => c,
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    while !stop.load(Ordering::Relaxed) {
+                        if *endpoint.lock().unwrap() != (host.clone(), port) {
+                            break; // the data access layer moved: reconnect there
+                        }
+                        let n = seq.fetch_add(1, Ordering::SeqCst);
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&n, &name];
+                        let call = client.execute(insert.as_str(), &params);
+                        match tokio::time::timeout(Duration::from_secs(5), call).await {
+                            Ok(Ok(_)) => acks.lock().unwrap().push(Ack {
+                                seq: n,
+                                port,
+                                at: Timestamp::now(),
+                            }),
+                            // Any failure: the outcome is unknown to this client (not
+                            // acknowledged); reconnect wherever the endpoint says now.
+                            _ => {
+                                in_doubt.lock().unwrap().push(n);
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                break;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
+                }
+            }
+        });
+        Writer {
+            name: name.to_string(),
+            acks,
+            in_doubt,
+            failed_connects,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn acks(&self) -> Vec<Ack> {
+        self.acks.lock().unwrap().clone()
+    }
+
+    pub async fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
+}
