@@ -322,12 +322,10 @@ async fn a_writer_the_quarantine_misses_fails_the_proof_and_the_agent_rolls_back
     );
 }
 
-/// Driver bug (src/agent/execute.rs `feeds_back`): a successful `Notify` is not fed back to the
-/// phase machine, so `take_action_results` never removes it from the record's outbox and every
-/// later step publishes every notification decided so far again (the cutover test above
-/// publishes ~40,000 SNS messages for 13 phase changes). Run with `--ignored` to see it fail.
+/// A successful `Notify` is fed back to the phase machine, which then lets it go from the
+/// record's outbox: each notification is published once (this once published ~40,000 SNS
+/// messages for 13 phase changes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "driver bug: successful notifications stay in the outbox and are published again on every step"]
 async fn every_notification_is_published_once() {
     let world = PgWorld::start("notify", &[]).await;
     let agent = Agent::new(world, policy(SignedDuration::from_mins(2)));
@@ -356,15 +354,9 @@ async fn every_notification_is_published_once() {
     );
 }
 
-/// Driver bug (src/agent/mod.rs `schedule`): the tick's delay is the wake-up's distance in
-/// whole seconds rounded down (`as_secs`), so a wake-up 1 s ahead is sent with DelaySeconds 0
-/// and arrives at once; the record's token still matches, so the agent observes and steps
-/// again immediately. Every wait of under 2 s, and the last second of every longer one, turns
-/// into a hot loop of observations (≈6,000 messages in the 8 s cutover test, each a round of
-/// describe and metric calls against the account's shared RDS API budget). Rounding up would
-/// fix it. Run with `--ignored` to see it fail.
+/// A tick's delay is its wake-up's distance rounded up, so it never arrives before the
+/// wake-up (rounded down, every sub-second remainder became a hot loop of observations).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "driver bug: tick delays are rounded down, so ticks arrive before their wake-up"]
 async fn ticks_are_not_delivered_before_their_wake_up() {
     let world = PgWorld::start("ticks", &[]).await;
     let agent = Agent::new(world, policy(SignedDuration::from_mins(2)));
