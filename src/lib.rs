@@ -12,3 +12,4 @@ pub mod config;
 pub mod core;
 pub mod inbound;
 pub mod ports;
+pub mod sim;
