@@ -15,6 +15,7 @@ use jiff::Timestamp;
 
 use crate::core::action::Action;
 use crate::core::invariants;
+use crate::core::migration::RollbackCause;
 use crate::core::notification::Severity;
 use crate::core::{Decision, Migration, Observation, Phase, Policy};
 
@@ -168,6 +169,9 @@ pub struct Ending {
     /// Quarantine request → traffic on the target, and what AWS took of it.
     pub window_ms: Option<i64>,
     pub aws_ms: Option<i64>,
+    /// Only transient faults, and rolled back (losslessly) because the write-unavailability
+    /// budget ran out: the design's safety valve, counted apart from the violations.
+    pub budget_rollback: bool,
 }
 
 /// The end-of-run rules: every source's latest attempt ended as its faults allow, the source
@@ -206,9 +210,21 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
                 + part(s.restarted_at, s.first_metric_after_restart)
                 + part(s.promote_called_at, s.promoted_at)
         });
+        let budget_rollback = s.permanent.is_none()
+            && phase == Some(Phase::RolledBack)
+            && record.and_then(|m| m.rollback.as_ref()).is_some_and(|r| {
+                matches!(&r.cause, RollbackCause::Failure(why) if why.contains("write-unavailability budget"))
+            });
         match (s.permanent, phase) {
             (_, None) => violations.push(format!("liveness: {id} was never admitted")),
             (None, Some(Phase::Completed)) => {}
+            (None, Some(Phase::RolledBack)) if budget_rollback => {
+                if quarantined || !error_sent {
+                    violations.push(format!(
+                        "liveness: {label} rolled back on the budget but its source is not writable or nobody was told"
+                    ));
+                }
+            }
             (None, Some(p)) => violations.push(format!(
                 "liveness: {label} had only transient faults and ended in {p}: {}",
                 record.and_then(|m| m.last_error.clone()).unwrap_or_default()
@@ -244,6 +260,7 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
             last_error: record.and_then(|m| m.last_error.clone()),
             window_ms: window,
             aws_ms: aws,
+            budget_rollback,
         });
     }
     if !settled {

@@ -331,8 +331,10 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                         s.violation(v);
                     }
                 }
+                settled(&s)
+            } else {
+                false
             }
-            settled(&s)
         };
         if settled && tasks.is_empty() {
             return (true, crashes);
@@ -363,11 +365,16 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
 
 /// Every source's latest attempt is terminal and asks for no more wake-ups.
 fn settled(s: &State) -> bool {
+    let mut latest: BTreeMap<&str, &crate::core::Migration> = BTreeMap::new();
+    for m in s.store.values() {
+        let e = latest.entry(m.id.resource_id.as_str()).or_insert(m);
+        if m.id.attempt > e.id.attempt {
+            *e = m;
+        }
+    }
     s.sources.values().all(|src| {
-        s.store
-            .values()
-            .filter(|m| m.id.resource_id == src.view.resource_id)
-            .max_by_key(|m| m.id.attempt)
+        latest
+            .get(src.view.resource_id.as_str())
             .is_some_and(|m| m.phase.is_terminal() && m.next_wake.is_none())
     })
 }
@@ -390,6 +397,8 @@ pub struct SimReport {
     pub violations: Vec<(u64, String)>,
     pub phases: BTreeMap<String, u64>,
     pub permanent_faults: u64,
+    /// Transient faults only, rolled back because the write-unavailability budget ran out.
+    pub budget_rollbacks: Vec<(u64, String)>,
     pub windows_ms: Vec<Ms>,
     pub agent_ms: Vec<Ms>,
     pub calls: BTreeMap<&'static str, u64>,
@@ -423,6 +432,7 @@ pub fn run(o: &SimOptions) -> SimReport {
         violations: Vec::new(),
         phases: BTreeMap::new(),
         permanent_faults: 0,
+        budget_rollbacks: Vec::new(),
         windows_ms: Vec::new(),
         agent_ms: Vec::new(),
         calls: BTreeMap::new(),
@@ -479,6 +489,9 @@ impl SimReport {
             *self.phases.entry(phase.to_string()).or_default() += 1;
             if e.permanent.is_some() {
                 self.permanent_faults += 1;
+            }
+            if e.budget_rollback {
+                self.budget_rollbacks.push((out.seed, e.source.clone()));
             }
             if let (Some(w), Some(a)) = (e.window_ms, e.aws_ms) {
                 self.windows_ms.push(w);
@@ -558,6 +571,16 @@ impl fmt::Display for SimReport {
             self.crashes,
             self.dlq,
             self.virtual_ms as f64 / 3_600_000.0
+        )?;
+        writeln!(
+            f,
+            "budget rollbacks (transient faults only; lossless, by the design's write-unavailability budget): {}{}",
+            self.budget_rollbacks.len(),
+            self.budget_rollbacks
+                .iter()
+                .take(8)
+                .map(|(seed, src)| format!(" [seed {seed} {src}]"))
+                .collect::<String>()
         )?;
         writeln!(f, "violations: {}", self.violations.len())?;
         for (seed, v) in self.violations.iter().take(20) {

@@ -1296,11 +1296,11 @@ impl State {
                 ("verification_passed_at", p.verification_passed_at.is_some() && n.verification_passed_at.is_none()),
                 ("source_delete_requested_at", p.source_delete_requested_at.is_some() && n.source_delete_requested_at.is_none()),
             ];
-            let regress = !transition_allowed(prev.phase, m.phase)
-                || (prev.phase > m.phase
-                    && !m.phase.is_terminal()
-                    && m.phase != Phase::RollingBack
-                    && prev.phase != Phase::Paused);
+            // Backwards along the happy path (exits to RollingBack, Paused and the terminal
+            // phases aside): the write was decided from an older record.
+            let on_path = |p: Phase| p <= Phase::Completed;
+            let regress = on_path(prev.phase) && on_path(m.phase) && m.phase < prev.phase
+                || (prev.phase.is_terminal() && !transition_allowed(prev.phase, m.phase));
             if let Some((field, _)) = lost.iter().find(|(_, l)| *l) {
                 self.violation(format!(
                     "lost update on {}: a write from version {} erased {field} recorded by version {current}",
