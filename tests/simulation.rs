@@ -3,8 +3,8 @@
 //! `SIM_SEED=<n>` replays one seed verbosely in `replay_one_seed_verbose`; `SIM_SEEDS=<n>`
 //! changes the number of seeds of `many_seeds_with_faults`.
 
-use aurora_migrator::sim::{self, CallFault, FaultPlan, ScriptedFault, SimOptions, Variant};
 use aurora_migrator::core::Phase;
+use aurora_migrator::sim::{self, CallFault, FaultPlan, ScriptedFault, SimOptions, Variant};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -163,7 +163,11 @@ fn fleet_of_concurrent_migrations() {
     println!("{report}");
     let fleet = report.fleet.as_ref().expect("a fleet run");
     assert!(
-        fleet.outcome.violations.iter().all(|v| !v.contains("VIOLATION")),
+        fleet
+            .outcome
+            .violations
+            .iter()
+            .all(|v| !v.contains("VIOLATION")),
         "{report}"
     );
 }

@@ -117,12 +117,7 @@ fn delete_before_verification(
 }
 
 /// Installed as `Agent::step`: runs the variant's step and checks the decision.
-pub fn checked_step(
-    m: &Migration,
-    obs: &Observation,
-    now: Timestamp,
-    policy: &Policy,
-) -> Decision {
+pub fn checked_step(m: &Migration, obs: &Observation, now: Timestamp, policy: &Policy) -> Decision {
     let (variant, check) = CTX.with(|c| {
         let c = c.borrow();
         (c.variant, c.check)
@@ -187,9 +182,10 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
             .max_by_key(|m| m.id.attempt);
         let phase = record.map(|m| m.phase);
         let label = record.map_or(id.clone(), |m| m.id.to_string());
-        let error_sent = state.notes.iter().any(|(_, n)| {
-            n.db_instance == *id && n.severity == Severity::Error
-        });
+        let error_sent = state
+            .notes
+            .iter()
+            .any(|(_, n)| n.db_instance == *id && n.severity == Severity::Error);
         let quarantined = s.deleted_at.is_none()
             && !s
                 .view
@@ -227,7 +223,9 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
             }
             (None, Some(p)) => violations.push(format!(
                 "liveness: {label} had only transient faults and ended in {p}: {}",
-                record.and_then(|m| m.last_error.clone()).unwrap_or_default()
+                record
+                    .and_then(|m| m.last_error.clone())
+                    .unwrap_or_default()
             )),
             (Some(_), Some(Phase::Failed | Phase::RolledBack)) => {
                 if quarantined || s.deleted_at.is_some() {
@@ -275,7 +273,8 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
 /// Checked as the run goes: a quarantined source is moving (a record in a cutover or cleanup
 /// phase with a wake-up) or someone was told.
 pub fn quarantine_has_a_path(state: &State) -> Vec<String> {
-    let mut latest: std::collections::BTreeMap<&str, &Migration> = std::collections::BTreeMap::new();
+    let mut latest: std::collections::BTreeMap<&str, &Migration> =
+        std::collections::BTreeMap::new();
     for m in state.store.values() {
         let e = latest.entry(m.id.resource_id.as_str()).or_insert(m);
         if m.id.attempt > e.id.attempt {

@@ -124,7 +124,13 @@ pub struct SeedOutcome {
 
 struct Task {
     fut: Pin<Box<dyn Future<Output = Disposition>>>,
+    /// The SQS message it handles: the loop keeps it hidden while the handler runs.
+    message_id: u64,
+    receipt: String,
 }
+
+/// Extend a handled message's visibility this long before it would reappear.
+const VISIBILITY_MARGIN_MS: Ms = 20 * SEC;
 
 fn agent(port: &SimPort) -> Arc<Agent<SimWorld>> {
     Arc::new(Agent {
@@ -159,9 +165,7 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
     }
     let port = SimPort::new(state);
     checks::arm(o.variant, o.check_decisions);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        drive(seed, &port, o)
-    }));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drive(seed, &port, o)));
     let (decision_violations, decisions) = checks::disarm();
     let (settled, crashes, mut extra) = match result {
         Ok((settled, crashes)) => (settled, crashes, Vec::new()),
@@ -309,7 +313,14 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                     }
                     d
                 };
-                tasks.insert(next_task, Task { fut: Box::pin(fut) });
+                tasks.insert(
+                    next_task,
+                    Task {
+                        fut: Box::pin(fut),
+                        message_id: m.id,
+                        receipt: m.receipt.clone().unwrap_or_default(),
+                    },
+                );
                 next_task += 1;
             }
             if !tasks.is_empty() && tasks.len() <= o.workers {
@@ -317,6 +328,22 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                 let s = port.lock();
                 if tasks.keys().any(|id| !s.task_wakes.contains_key(id)) {
                     continue;
+                }
+            }
+        }
+        // The loop's visibility heartbeat: a handler that runs long keeps its message hidden
+        // (ChangeMessageVisibility), as long as the process lives.
+        {
+            let mut s = port.lock();
+            for t in tasks.values() {
+                let due = s
+                    .queue
+                    .messages
+                    .get(&t.message_id)
+                    .is_some_and(|m| m.visible_at - now <= VISIBILITY_MARGIN_MS);
+                if due {
+                    s.queue.extend(&t.receipt, now, 60);
+                    *s.calls.entry("sqs:ChangeMessageVisibility").or_default() += 1;
                 }
             }
         }
@@ -349,12 +376,17 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
             if let Some(w) = tasks.keys().filter_map(|id| s.task_wakes.get(id)).min() {
                 next = next.min(*w);
             }
+            for t in tasks.values() {
+                if let Some(m) = s.queue.messages.get(&t.message_id) {
+                    next = next.min((m.visible_at - VISIBILITY_MARGIN_MS).max(now + 1));
+                }
+            }
             if now < up_at {
                 next = next.min(up_at);
-            } else if tasks.len() < o.workers {
-                if let Some(v) = s.queue.next_visible() {
-                    next = next.min(v.max(now));
-                }
+            } else if tasks.len() < o.workers
+                && let Some(v) = s.queue.next_visible()
+            {
+                next = next.min(v.max(now));
             }
             next
         };
@@ -421,7 +453,10 @@ impl SimReport {
 /// The number of migrations a seed runs (drawn from the seed).
 pub fn migrations_for(seed: u64, o: &SimOptions) -> usize {
     let mut r = Rng::fork(seed, 6);
-    r.range(o.migrations_min as i64, o.migrations_max.max(o.migrations_min) as i64) as usize
+    r.range(
+        o.migrations_min as i64,
+        o.migrations_max.max(o.migrations_min) as i64,
+    ) as usize
 }
 
 pub fn run(o: &SimOptions) -> SimReport {
@@ -457,9 +492,18 @@ pub fn run(o: &SimOptions) -> SimReport {
     }
     if o.fleet > 0 {
         let started = std::time::Instant::now();
+        // A process crash is a per-process event: keep the crash rate per unit of time that
+        // of a 2-migration seed, rather than per call (which would crash a busy agent often).
+        let mut intensity = FaultIntensity::scaled(o.fault_intensity);
+        intensity.crash *= 2.0 / o.fleet.max(2) as f64;
         let opts = SimOptions {
             verbose: false,
             workers: o.workers.max(16),
+            plan: Some(
+                o.plan
+                    .clone()
+                    .unwrap_or_else(|| FaultPlan::random(intensity)),
+            ),
             ..o.clone()
         };
         let out = run_seed(o.start_seed, o.fleet, &opts);
@@ -656,7 +700,10 @@ impl fmt::Display for SimReport {
                 "  simulator: {:.2} s wall-clock, peak memory (VmHWM) {}",
                 fl.wall_ms as f64 / 1000.0,
                 fl.peak_memory_kib
-                    .map_or("unknown".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+                    .map_or("unknown".to_string(), |k| format!(
+                        "{:.1} MiB",
+                        k as f64 / 1024.0
+                    ))
             )?;
         }
         if !self.timeline.is_empty() {

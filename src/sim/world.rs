@@ -277,7 +277,8 @@ impl State {
 
     fn schedule(&mut self, after: Ms, ev: Ev) {
         self.seq += 1;
-        self.scheduled.insert((self.now + after.max(0), self.seq), ev);
+        self.scheduled
+            .insert((self.now + after.max(0), self.seq), ev);
     }
 
     pub fn next_event_at(&self) -> Option<Ms> {
@@ -385,7 +386,8 @@ impl State {
         self.sources.insert(id.clone(), source);
         let now = self.now;
         self.seq += 1;
-        self.scheduled.insert((now + tagged_at, self.seq), Ev::TagSet(id));
+        self.scheduled
+            .insert((now + tagged_at, self.seq), Ev::TagSet(id));
     }
 
     // ----- time --------------------------------------------------------------------------
@@ -431,16 +433,19 @@ impl State {
                 c.applied = c.applied.max(target.min(c.applied + apply));
             }
         }
-        if let Some(p) = promoted {
-            if acked > p {
-                let id = id.to_string();
-                if let Some(s) = self.sources.get_mut(&id) {
-                    s.promoted_seq = Some(acked); // report once per burst
-                }
-                self.violation(format!(
-                    "acknowledged write lost: {id} acknowledged writes up to #{acked} but its promoted target holds only up to #{p}"
-                ));
+        // Once traffic is on the promoted target, the source must never acknowledge another
+        // write: it would exist on neither side after the move (split brain).
+        let routed = self.sources.get(id).is_some_and(|s| s.routed_at.is_some());
+        if let (Some(p), true) = (promoted, routed)
+            && acked > p
+        {
+            let id = id.to_string();
+            if let Some(s) = self.sources.get_mut(&id) {
+                s.promoted_seq = Some(acked); // report once per burst
             }
+            self.violation(format!(
+                    "the source took writes after the target did: {id} acknowledged writes up to #{acked} after its traffic moved to a target holding up to #{p}"
+                ));
         }
     }
 
@@ -459,11 +464,7 @@ impl State {
             // Keep the backlog continuous across the change.
             let b = s.backlog(now);
             let d = s.repl_delay_ms;
-            let ms = if s.write_rate == 0 {
-                0
-            } else {
-                (b * 1000 / s.write_rate) as Ms
-            };
+            let ms = (b * 1000).checked_div(s.write_rate).unwrap_or(0) as Ms;
             s.changed_at = if w { now - ms } else { now - (d - ms) };
             s.was_writable = w;
         }
@@ -502,21 +503,21 @@ impl State {
                 self.sync(&id);
                 let now = self.now;
                 let quarantine: BTreeSet<String> = self.quarantine_ids();
-                if let Some(s) = self.sources.get_mut(&id) {
-                    if let Some(new) = s.pending_groups.take() {
-                        s.view.security_groups = new
-                            .iter()
-                            .map(|g| GroupMembership {
-                                id: g.clone(),
-                                status: "active".to_string(),
-                            })
-                            .collect();
-                        if s.view.status == "modifying" {
-                            s.view.status = "available".to_string();
-                        }
-                        if new.iter().all(|g| quarantine.contains(g)) {
-                            s.quarantine_applied_at.get_or_insert(now);
-                        }
+                if let Some(s) = self.sources.get_mut(&id)
+                    && let Some(new) = s.pending_groups.take()
+                {
+                    s.view.security_groups = new
+                        .iter()
+                        .map(|g| GroupMembership {
+                            id: g.clone(),
+                            status: "active".to_string(),
+                        })
+                        .collect();
+                    if s.view.status == "modifying" {
+                        s.view.status = "available".to_string();
+                    }
+                    if new.iter().all(|g| quarantine.contains(g)) {
+                        s.quarantine_applied_at.get_or_insert(now);
                     }
                 }
                 self.refresh(&id);
@@ -584,12 +585,13 @@ impl State {
                     s.promoted_at.get_or_insert(now);
                 }
                 self.log(|| format!("{name}: promoted (target holds writes up to #{applied}, source acknowledged #{acked})"));
-                if acked > applied {
-                    self.violation(format!(
-                        "acknowledged write lost: {src} acknowledged writes up to #{acked}, the promoted target {name} holds only up to #{applied}"
-                    ));
-                }
-                self.rds_event(&name, &arn, "Promoted Read Replica cluster to a stand-alone database cluster", "RDS-EVENT-0172", false);
+                self.rds_event(
+                    &name,
+                    &arn,
+                    "Promoted Read Replica cluster to a stand-alone database cluster",
+                    "RDS-EVENT-0172",
+                    false,
+                );
             }
             Ev::ClusterDeleted(name) => {
                 self.clusters.remove(&name);
@@ -730,7 +732,11 @@ impl State {
                 if c.replicating {
                     points.push((name.clone(), MetricKey::TargetReplicaLag, lag_s, lag_s));
                 }
-                let iops = if c.took_writes_at.is_some() { rate } else { 0.0 };
+                let iops = if c.took_writes_at.is_some() {
+                    rate
+                } else {
+                    0.0
+                };
                 points.push((name.clone(), MetricKey::TargetCpu, cpu * 0.9, cpu * 0.9));
                 points.push((name.clone(), MetricKey::TargetWriteLatency, 0.002, 0.002));
                 points.push((name.clone(), MetricKey::TargetReadLatency, 0.001, 0.001));
@@ -892,7 +898,11 @@ impl State {
         };
         vec![
             q("DBClusters", self.clusters.len(), 40_000),
-            q("DBInstances", self.sources.len() + self.clusters.len(), 40_000),
+            q(
+                "DBInstances",
+                self.sources.len() + self.clusters.len(),
+                40_000,
+            ),
             q("DBClusterParameterGroups", self.parameter_groups.len(), 50),
             q("DBParameterGroups", self.parameter_groups.len(), 100),
             q("ManualSnapshots", self.snapshots.len(), 100_000),
@@ -927,7 +937,11 @@ impl State {
             };
         }
         let Some(id) = self.find_source_id(&spec.source_arn) else {
-            return Err(PortError::new(ErrorKind::NotFound, op, "DBInstanceNotFound"));
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                op,
+                "DBInstanceNotFound",
+            ));
         };
         self.sync(&id);
         let others: Vec<String> = self
@@ -983,7 +997,13 @@ impl State {
             stuck,
         };
         self.clusters.insert(spec.cluster.clone(), cluster);
-        self.log(|| format!("{}: replica cluster creating ({size} GiB, {})", spec.cluster, super::fmt_ms(took)));
+        self.log(|| {
+            format!(
+                "{}: replica cluster creating ({size} GiB, {})",
+                spec.cluster,
+                super::fmt_ms(took)
+            )
+        });
         self.schedule(took, Ev::ClusterCreated(spec.cluster.clone()));
         Ok(())
     }
@@ -1011,7 +1031,11 @@ impl State {
     fn set_source_groups(&mut self, instance: &str, ids: &[String]) -> PortResult<()> {
         let op = "rds:ModifyDBInstance";
         let Some(id) = self.find_source_id(instance) else {
-            return Err(PortError::new(ErrorKind::NotFound, op, "DBInstanceNotFound"));
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                op,
+                "DBInstanceNotFound",
+            ));
         };
         self.sync(&id);
         let now = self.now;
@@ -1063,7 +1087,11 @@ impl State {
     fn reboot(&mut self, instance: &str) -> PortResult<()> {
         let op = "rds:RebootDBInstance";
         let Some(id) = self.find_source_id(instance) else {
-            return Err(PortError::new(ErrorKind::NotFound, op, "DBInstanceNotFound"));
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                op,
+                "DBInstanceNotFound",
+            ));
         };
         self.sync(&id);
         let now = self.now;
@@ -1089,7 +1117,11 @@ impl State {
     fn promote(&mut self, cluster: &str) -> PortResult<()> {
         let op = "rds:PromoteReadReplicaDBCluster";
         let Some(src) = self.clusters.get(cluster).map(|c| c.source.clone()) else {
-            return Err(PortError::new(ErrorKind::NotFound, op, "DBClusterNotFoundFault"));
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                op,
+                "DBClusterNotFoundFault",
+            ));
         };
         self.sync(&src);
         let now = self.now;
@@ -1148,11 +1180,19 @@ impl State {
             return if of == instance {
                 Ok(())
             } else {
-                Err(PortError::new(ErrorKind::Conflict, op, "DBSnapshotAlreadyExists"))
+                Err(PortError::new(
+                    ErrorKind::Conflict,
+                    op,
+                    "DBSnapshotAlreadyExists",
+                ))
             };
         }
         let Some(id) = self.find_source_id(instance) else {
-            return Err(PortError::new(ErrorKind::NotFound, op, "DBInstanceNotFound"));
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                op,
+                "DBInstanceNotFound",
+            ));
         };
         let size = i64::from(self.sources[&id].view.allocated_storage_gib);
         let took = 2 * MIN + size * self.world_rng.range(200, 900);
@@ -1165,7 +1205,11 @@ impl State {
     fn delete_source(&mut self, instance: &str) -> PortResult<()> {
         let op = "rds:DeleteDBInstance";
         let Some(id) = self.find_source_id(instance) else {
-            return Err(PortError::new(ErrorKind::NotFound, op, "DBInstanceNotFound"));
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                op,
+                "DBInstanceNotFound",
+            ));
         };
         let now = self.now;
         let s = &self.sources[&id];
@@ -1173,7 +1217,11 @@ impl State {
             return Ok(());
         }
         if s.view.deletion_protection {
-            return Err(PortError::new(ErrorKind::Fatal, op, "DeletionProtection is on"));
+            return Err(PortError::new(
+                ErrorKind::Fatal,
+                op,
+                "DeletionProtection is on",
+            ));
         }
         // The world's own view of "safe to delete": a final snapshot that is available, and a
         // target that took the traffic and passed the agent's verification.
@@ -1213,7 +1261,11 @@ impl State {
                 c.view.tags.extend(tags.clone());
                 return Ok(());
             }
-        } else if let Some(s) = self.sources.get_mut(&name).filter(|s| s.deleted_at.is_none()) {
+        } else if let Some(s) = self
+            .sources
+            .get_mut(&name)
+            .filter(|s| s.deleted_at.is_none())
+        {
             s.view.tags.extend(tags.clone());
             return Ok(());
         }
@@ -1230,19 +1282,39 @@ impl State {
             return Ok(());
         };
         self.sync(&id);
-        let target = self.clusters.iter().find(|(_, c)| {
-            c.view
-                .writer_endpoint
-                .as_ref()
-                .is_some_and(|e| e.address == request.endpoint)
-        });
+        let target = self
+            .clusters
+            .iter()
+            .find(|(_, c)| {
+                c.view
+                    .writer_endpoint
+                    .as_ref()
+                    .is_some_and(|e| e.address == request.endpoint)
+            })
+            .map(|(n, c)| {
+                (
+                    n.clone(),
+                    c.view.replication_source.is_some() || c.view.status != "available",
+                    c.took_writes_at.is_some(),
+                )
+            });
         match target {
-            Some((name, c)) => {
-                let name = name.clone();
-                if c.view.replication_source.is_some() || c.view.status != "available" {
+            Some((name, unpromoted, took_writes)) => {
+                if unpromoted {
                     self.violation(format!(
                         "traffic of {id} routed to {name}, which is not a promoted cluster"
                     ));
+                }
+                // Every write the source acknowledged must be on the target that now takes the
+                // traffic (a promoted target that is rolled back instead loses nothing).
+                let acked = self.sources[&id].acked;
+                if let Some(p) = self.sources[&id].promoted_seq
+                    && acked > p
+                    && !took_writes
+                {
+                    self.violation(format!(
+                            "acknowledged write lost: {id} acknowledged writes up to #{acked}, the promoted target {name} that now takes its traffic holds only up to #{p}"
+                        ));
                 }
                 let c = self.clusters.get_mut(&name).expect("found");
                 c.took_writes_at.get_or_insert(now);
@@ -1259,10 +1331,11 @@ impl State {
     // ----- store -------------------------------------------------------------------------
 
     fn load(&mut self, id: &MigrationId) -> Option<Migration> {
-        if self.store_mode == StoreMode::IgnoresVersion && self.world_rng.chance(0.3) {
-            if let Some(old) = self.store_previous.get(id) {
-                return Some(old.clone());
-            }
+        if self.store_mode == StoreMode::IgnoresVersion
+            && self.world_rng.chance(0.3)
+            && let Some(old) = self.store_previous.get(id)
+        {
+            return Some(old.clone());
         }
         self.store.get(id).cloned()
     }
@@ -1290,11 +1363,27 @@ impl State {
             let p = &prev.progress;
             let n = &m.progress;
             let lost = [
-                ("quarantined_at", p.quarantined_at.is_some() && n.quarantined_at.is_none()),
-                ("promote_requested_at", p.promote_requested_at.is_some() && n.promote_requested_at.is_none()),
-                ("route_requested_at", p.route_requested_at.is_some() && n.route_requested_at.is_none()),
-                ("verification_passed_at", p.verification_passed_at.is_some() && n.verification_passed_at.is_none()),
-                ("source_delete_requested_at", p.source_delete_requested_at.is_some() && n.source_delete_requested_at.is_none()),
+                (
+                    "quarantined_at",
+                    p.quarantined_at.is_some() && n.quarantined_at.is_none(),
+                ),
+                (
+                    "promote_requested_at",
+                    p.promote_requested_at.is_some() && n.promote_requested_at.is_none(),
+                ),
+                (
+                    "route_requested_at",
+                    p.route_requested_at.is_some() && n.route_requested_at.is_none(),
+                ),
+                (
+                    "verification_passed_at",
+                    p.verification_passed_at.is_some() && n.verification_passed_at.is_none(),
+                ),
+                (
+                    "source_delete_requested_at",
+                    p.source_delete_requested_at.is_some()
+                        && n.source_delete_requested_at.is_none(),
+                ),
             ];
             // Backwards along the happy path (exits to RollingBack, Paused and the terminal
             // phases aside): the write was decided from an older record.
@@ -1450,8 +1539,10 @@ impl Rds for SimPort {
             self.call("rds:DescribeDBInstances", false, |_| Ok(()))
                 .await?;
         }
-        self.call("rds:DescribeDBInstances", false, |s| Ok(s.list_tagged(tag_key)))
-            .await
+        self.call("rds:DescribeDBInstances", false, |s| {
+            Ok(s.list_tagged(tag_key))
+        })
+        .await
     }
 
     async fn describe_target(&self, cluster: &str) -> PortResult<Observed<TargetCluster>> {
@@ -1545,8 +1636,10 @@ impl Rds for SimPort {
     }
 
     async fn create_replica_cluster(&self, spec: &ReplicaClusterSpec) -> PortResult<()> {
-        self.call("rds:CreateDBCluster", true, |s| s.create_replica_cluster(spec))
-            .await
+        self.call("rds:CreateDBCluster", true, |s| {
+            s.create_replica_cluster(spec)
+        })
+        .await
     }
 
     async fn create_writer_instance(&self, spec: &WriterInstanceSpec) -> PortResult<()> {
@@ -1567,8 +1660,10 @@ impl Rds for SimPort {
     }
 
     async fn promote_target(&self, cluster: &str) -> PortResult<()> {
-        self.call("rds:PromoteReadReplicaDBCluster", true, |s| s.promote(cluster))
-            .await
+        self.call("rds:PromoteReadReplicaDBCluster", true, |s| {
+            s.promote(cluster)
+        })
+        .await
     }
 
     async fn set_target_groups(&self, cluster: &str, group_ids: &[String]) -> PortResult<()> {
@@ -1628,7 +1723,11 @@ impl Rds for SimPort {
 }
 
 impl Network for SimPort {
-    async fn describe_group(&self, vpc_id: &str, name: &str) -> PortResult<Observed<SecurityGroup>> {
+    async fn describe_group(
+        &self,
+        vpc_id: &str,
+        name: &str,
+    ) -> PortResult<Observed<SecurityGroup>> {
         self.call("ec2:DescribeSecurityGroups", false, |s| {
             Ok(s.groups
                 .values()
@@ -1679,7 +1778,8 @@ impl Network for SimPort {
     async fn delete_group(&self, group_id: &str) -> PortResult<()> {
         self.call("ec2:DeleteSecurityGroup", true, |s| {
             let in_use = s.sources.values().any(|src| {
-                src.deleted_at.is_none() && src.view.security_groups.iter().any(|g| g.id == group_id)
+                src.deleted_at.is_none()
+                    && src.view.security_groups.iter().any(|g| g.id == group_id)
             }) || s
                 .clusters
                 .values()
@@ -1707,7 +1807,8 @@ impl Network for SimPort {
 impl Metrics for SimPort {
     async fn fetch(&self, queries: &[MetricQuery]) -> PortResult<Vec<Vec<Datapoint>>> {
         for _ in 1..queries.len().div_ceil(500) {
-            self.call("cloudwatch:GetMetricData", false, |_| Ok(())).await?;
+            self.call("cloudwatch:GetMetricData", false, |_| Ok(()))
+                .await?;
         }
         self.call("cloudwatch:GetMetricData", false, |s| {
             let now = s.now;
@@ -1719,7 +1820,9 @@ impl Metrics for SimPort {
                         .map(|series| {
                             series
                                 .iter()
-                                .filter(|(vis, p)| *vis <= now && p.start >= q.start && p.start < q.end)
+                                .filter(|(vis, p)| {
+                                    *vis <= now && p.start >= q.start && p.start < q.end
+                                })
                                 .map(|(_, p)| *p)
                                 .collect()
                         })
@@ -1731,7 +1834,8 @@ impl Metrics for SimPort {
     }
 
     async fn put_heartbeat(&self, _migration: &str) -> PortResult<()> {
-        self.call("cloudwatch:PutMetricData", true, |_| Ok(())).await
+        self.call("cloudwatch:PutMetricData", true, |_| Ok(()))
+            .await
     }
 
     async fn ensure_heartbeat_alarm(&self, alarm: &str, _migration: &str) -> PortResult<()> {
@@ -1756,7 +1860,8 @@ impl Notifier for SimPort {
         self.call("sns:Publish", true, |s| {
             let now = s.now;
             if note.severity >= Severity::Warning || note.event != "phase-change" {
-                let (sev, db, title) = (note.severity, note.db_instance.clone(), note.title.clone());
+                let (sev, db, title) =
+                    (note.severity, note.db_instance.clone(), note.title.clone());
                 s.log(|| format!("{db}: notification [{}] {title}", sev.as_str()));
             }
             if note.severity == Severity::Error {
@@ -1804,7 +1909,8 @@ impl Queue for SimPort {
 
 impl StateStore for SimPort {
     async fn load(&self, id: &MigrationId) -> PortResult<Option<Migration>> {
-        self.call("dynamodb:GetItem", false, |s| Ok(s.load(id))).await
+        self.call("dynamodb:GetItem", false, |s| Ok(s.load(id)))
+            .await
     }
 
     async fn latest(&self, resource_id: &str) -> PortResult<Option<Migration>> {
@@ -1851,7 +1957,8 @@ impl StateStore for SimPort {
 
 impl Router for SimPort {
     async fn route(&self, request: &RouteRequest) -> PortResult<()> {
-        self.call("router:Webhook", true, |s| s.route(request)).await
+        self.call("router:Webhook", true, |s| s.route(request))
+            .await
     }
 
     async fn smoke_test(&self, _request: &RouteRequest) -> PortResult<()> {
