@@ -13,4 +13,5 @@ pub mod config;
 pub mod core;
 pub mod inbound;
 pub mod ports;
+pub mod sim;
 pub mod telemetry;

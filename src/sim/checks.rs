@@ -1,0 +1,307 @@
+//! Safety and liveness checks beyond the ones the world runs inline.
+//!
+//! Inline (in `world.rs`, at the moment the fact is created): no acknowledged write lost at
+//! promotion or after it; never two replica clusters per source; the source never deleted
+//! without an available final snapshot and a passed verification of a routed target; traffic
+//! never routed to an unpromoted replica; a target that took writes is never deleted; no store
+//! write undoes a newer one.
+//!
+//! Here: every decision of the phase machine against `core::invariants` (through a wrapper
+//! installed as the agent's `step`), the quarantine rule, and the end-of-run liveness rules.
+
+use std::cell::RefCell;
+
+use jiff::Timestamp;
+
+use crate::core::action::Action;
+use crate::core::invariants;
+use crate::core::migration::RollbackCause;
+use crate::core::notification::Severity;
+use crate::core::{Decision, Migration, Observation, Phase, Policy};
+
+use super::faults::PermanentFault;
+use super::world::State;
+
+/// A deliberately broken agent, to prove the simulator catches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// The real agent.
+    Correct,
+    /// Goes straight from the reboot request to the promotion, skipping the Draining proof.
+    PromoteWithoutDraining,
+    /// Deletes the source as soon as Verifying starts.
+    DeleteBeforeVerification,
+    /// A store that ignores the version condition and serves stale (eventually consistent)
+    /// reads, so a worker acts on an old record, as one restarted after a crash would.
+    StaleRecord,
+}
+
+impl Variant {
+    pub const BROKEN: [Variant; 3] = [
+        Variant::PromoteWithoutDraining,
+        Variant::DeleteBeforeVerification,
+        Variant::StaleRecord,
+    ];
+}
+
+struct DecisionCtx {
+    variant: Variant,
+    check: bool,
+    violations: Vec<String>,
+    decisions: u64,
+}
+
+thread_local! {
+    static CTX: RefCell<DecisionCtx> = const {
+        RefCell::new(DecisionCtx {
+            variant: Variant::Correct,
+            check: true,
+            violations: Vec::new(),
+            decisions: 0,
+        })
+    };
+}
+
+/// Arms the step wrapper for one run on this thread.
+pub fn arm(variant: Variant, check: bool) {
+    CTX.with(|c| {
+        let mut c = c.borrow_mut();
+        c.variant = variant;
+        c.check = check;
+        c.violations.clear();
+        c.decisions = 0;
+    });
+}
+
+/// The decision violations and the number of decisions since `arm`.
+pub fn disarm() -> (Vec<String>, u64) {
+    CTX.with(|c| {
+        let mut c = c.borrow_mut();
+        (std::mem::take(&mut c.violations), c.decisions)
+    })
+}
+
+fn promote_without_draining(
+    m: &Migration,
+    obs: &Observation,
+    now: Timestamp,
+    policy: &Policy,
+) -> Decision {
+    let mut d = crate::core::step(m, obs, now, policy);
+    if m.phase == Phase::Quiescing && d.next.phase == Phase::Draining {
+        d.next.phase = Phase::Promoting;
+        d.next.progress.promote_requested_at = Some(now);
+        d.next
+            .requested
+            .insert(crate::core::ActionKey::PromoteTarget, now);
+        d.actions.push(Action::PromoteTarget {
+            cluster: m.names.cluster.clone(),
+        });
+    }
+    d
+}
+
+fn delete_before_verification(
+    m: &Migration,
+    obs: &Observation,
+    now: Timestamp,
+    policy: &Policy,
+) -> Decision {
+    let mut d = crate::core::step(m, obs, now, policy);
+    if m.phase == Phase::Verifying {
+        d.actions.push(Action::DeleteSource {
+            instance: m.source_identifier.clone(),
+        });
+    }
+    d
+}
+
+/// Installed as `Agent::step`: runs the variant's step and checks the decision.
+pub fn checked_step(m: &Migration, obs: &Observation, now: Timestamp, policy: &Policy) -> Decision {
+    let (variant, check) = CTX.with(|c| {
+        let c = c.borrow();
+        (c.variant, c.check)
+    });
+    let d = match variant {
+        Variant::Correct | Variant::StaleRecord => crate::core::step(m, obs, now, policy),
+        Variant::PromoteWithoutDraining => promote_without_draining(m, obs, now, policy),
+        Variant::DeleteBeforeVerification => delete_before_verification(m, obs, now, policy),
+    };
+    let mut found = Vec::new();
+    if check {
+        if let Err(v) = invariants::check(m, obs, &d) {
+            found.push(format!("decision in {} for {}: {v}", m.phase, m.label()));
+        }
+        if variant == Variant::Correct {
+            // The same look again, right after: no mutation of a kind already asked for.
+            let mut again = obs.clone();
+            again.action_results.clear();
+            let second = crate::core::step(&d.next, &again, now, policy);
+            if let Err(v) = invariants::check_repeat(&d, &second) {
+                found.push(format!(
+                    "repeated decision in {} for {}: {v}",
+                    d.next.phase,
+                    m.label()
+                ));
+            }
+        }
+    }
+    CTX.with(|c| {
+        let mut c = c.borrow_mut();
+        c.decisions += 1;
+        c.violations.extend(found);
+    });
+    d
+}
+
+/// How one migration ended, for the report and the liveness rules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ending {
+    pub source: String,
+    pub phase: Option<Phase>,
+    pub permanent: Option<PermanentFault>,
+    pub last_error: Option<String>,
+    /// Quarantine request → traffic on the target, and what AWS took of it.
+    pub window_ms: Option<i64>,
+    pub aws_ms: Option<i64>,
+    /// Only transient faults, and rolled back (losslessly) because the write-unavailability
+    /// budget ran out: the design's safety valve, counted apart from the violations.
+    pub budget_rollback: bool,
+}
+
+/// The end-of-run rules: every source's latest attempt ended as its faults allow, the source
+/// is writable again unless it moved, and nobody is left uninformed.
+pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut violations = Vec::new();
+    for (id, s) in &state.sources {
+        let record = state
+            .store
+            .values()
+            .filter(|m| m.id.resource_id == s.view.resource_id)
+            .max_by_key(|m| m.id.attempt);
+        let phase = record.map(|m| m.phase);
+        let label = record.map_or(id.clone(), |m| m.id.to_string());
+        let error_sent = state
+            .notes
+            .iter()
+            .any(|(_, n)| n.db_instance == *id && n.severity == Severity::Error);
+        let quarantined = s.deleted_at.is_none()
+            && !s
+                .view
+                .security_groups
+                .iter()
+                .any(|g| s.client_groups.contains(&g.id));
+        let window = match (s.quarantine_requested_at, s.routed_at) {
+            (Some(q), Some(r)) => Some(r - q),
+            _ => None,
+        };
+        let aws = window.map(|_| {
+            let part = |a: Option<i64>, b: Option<i64>| match (a, b) {
+                (Some(a), Some(b)) if b >= a => b - a,
+                _ => 0,
+            };
+            part(s.quarantine_requested_at, s.quarantine_applied_at)
+                + part(s.reboot_requested_at, s.restarted_at)
+                + part(s.restarted_at, s.first_metric_after_restart)
+                + part(s.promote_called_at, s.promoted_at)
+        });
+        let budget_rollback = s.permanent.is_none()
+            && phase == Some(Phase::RolledBack)
+            && record.and_then(|m| m.rollback.as_ref()).is_some_and(|r| {
+                matches!(&r.cause, RollbackCause::Failure(why) if why.contains("write-unavailability budget"))
+            });
+        match (s.permanent, phase) {
+            (_, None) => violations.push(format!("liveness: {id} was never admitted")),
+            (None, Some(Phase::Completed)) => {}
+            (None, Some(Phase::RolledBack)) if budget_rollback => {
+                if quarantined || !error_sent {
+                    violations.push(format!(
+                        "liveness: {label} rolled back on the budget but its source is not writable or nobody was told"
+                    ));
+                }
+            }
+            (None, Some(p)) => violations.push(format!(
+                "liveness: {label} had only transient faults and ended in {p}: {}",
+                record
+                    .and_then(|m| m.last_error.clone())
+                    .unwrap_or_default()
+            )),
+            (Some(_), Some(Phase::Failed | Phase::RolledBack)) => {
+                if quarantined || s.deleted_at.is_some() {
+                    violations.push(format!(
+                        "liveness: {label} ended in {} with its source not writable",
+                        phase.expect("matched")
+                    ));
+                }
+                if !error_sent {
+                    violations.push(format!(
+                        "liveness: {label} ended in {} without an error notification",
+                        phase.expect("matched")
+                    ));
+                }
+            }
+            (Some(f), Some(p)) => violations.push(format!(
+                "liveness: {label} had a permanent fault ({f:?}) and ended in {p}"
+            )),
+        }
+        if quarantined && !error_sent && phase.is_some_and(|p| p.is_terminal()) {
+            violations.push(format!(
+                "{label}: the source is left quarantined in {} without an alert",
+                phase.expect("checked")
+            ));
+        }
+        out.push(Ending {
+            source: id.clone(),
+            phase,
+            permanent: s.permanent,
+            last_error: record.and_then(|m| m.last_error.clone()),
+            window_ms: window,
+            aws_ms: aws,
+            budget_rollback,
+        });
+    }
+    if !settled {
+        violations.push(format!(
+            "liveness: not every migration settled within the run's bound of {}",
+            super::fmt_ms(state.now)
+        ));
+    }
+    (out, violations)
+}
+
+/// Checked as the run goes: a quarantined source is moving (a record in a cutover or cleanup
+/// phase with a wake-up) or someone was told.
+pub fn quarantine_has_a_path(state: &State) -> Vec<String> {
+    let mut latest: std::collections::BTreeMap<&str, &Migration> =
+        std::collections::BTreeMap::new();
+    for m in state.store.values() {
+        let e = latest.entry(m.id.resource_id.as_str()).or_insert(m);
+        if m.id.attempt > e.id.attempt {
+            *e = m;
+        }
+    }
+    let mut out = Vec::new();
+    for (id, s) in &state.sources {
+        let quarantined = s.deleted_at.is_none()
+            && s.quarantine_applied_at.is_some()
+            && !s
+                .view
+                .security_groups
+                .iter()
+                .any(|g| s.client_groups.contains(&g.id));
+        if !quarantined {
+            continue;
+        }
+        let record = latest.get(s.view.resource_id.as_str());
+        let moving = record.is_some_and(|m| m.next_wake.is_some() && !m.phase.is_terminal());
+        let told = state.error_notified.contains(id);
+        if !(moving || told) {
+            out.push(format!(
+                "{id} is quarantined with no path forward (record {}) and no alert",
+                record.map_or("missing".to_string(), |m| m.phase.to_string())
+            ));
+        }
+    }
+    out
+}

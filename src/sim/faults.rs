@@ -1,0 +1,140 @@
+//! The seeded fault plan: what goes wrong, where and when.
+//!
+//! Every per-call fault is drawn from the run's own fault stream, so the same seed injects the
+//! same faults at the same calls. A plan can also be written by hand (`ScriptedFault`) to
+//! reproduce one case, e.g. a crash right after the promote call reached AWS.
+
+use crate::core::ErrorKind;
+
+use super::queue::Ms;
+
+/// Probabilities of the transient faults, per call (or per event for deliveries).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultIntensity {
+    /// `ThrottlingException` after the SDK's own retries.
+    pub throttle: f64,
+    /// A 5xx or a timeout after the SDK's own retries.
+    pub server_error: f64,
+    /// An answer that takes seconds instead of milliseconds.
+    pub slow: f64,
+    /// A mutation that AWS performed but whose answer never arrived (a timeout to the caller).
+    pub lost_answer: f64,
+    /// The agent process dies inside this call (before or after AWS saw it).
+    pub crash: f64,
+    /// An RDS or scheduled event delivered to the queue never arrives / twice / late.
+    pub event_lost: f64,
+    pub event_duplicated: f64,
+    pub event_late: f64,
+    /// Per migration: an RDS operation fails for good (replica creation error, promotion stuck,
+    /// a stale logical slot that keeps the lag high).
+    pub permanent: f64,
+}
+
+impl FaultIntensity {
+    pub fn none() -> Self {
+        FaultIntensity {
+            throttle: 0.0,
+            server_error: 0.0,
+            slow: 0.0,
+            lost_answer: 0.0,
+            crash: 0.0,
+            event_lost: 0.0,
+            event_duplicated: 0.0,
+            event_late: 0.0,
+            permanent: 0.0,
+        }
+    }
+
+    /// The default mix, scaled by `x` (0: no faults; 1: the default; probabilities are capped).
+    pub fn scaled(x: f64) -> Self {
+        let cap = |p: f64| (p * x).clamp(0.0, 0.5);
+        FaultIntensity {
+            throttle: cap(0.02),
+            server_error: cap(0.02),
+            slow: cap(0.03),
+            lost_answer: cap(0.02),
+            crash: cap(0.002),
+            event_lost: cap(0.15),
+            event_duplicated: cap(0.15),
+            event_late: cap(0.3),
+            permanent: cap(0.15),
+        }
+    }
+}
+
+impl Default for FaultIntensity {
+    fn default() -> Self {
+        FaultIntensity::scaled(1.0)
+    }
+}
+
+/// What happens to one call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallFault {
+    None,
+    Error(ErrorKind),
+    /// Answered after this long.
+    Slow(Ms),
+    /// AWS did it; the answer was lost (the caller sees a retryable timeout).
+    LostAnswer,
+    /// The process dies before the request leaves.
+    CrashBefore,
+    /// The process dies after AWS performed the request, before the answer is read.
+    CrashAfter,
+}
+
+/// A fault pinned to the `nth` call (1-based) of one operation, e.g. `rds:PromoteDBCluster`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptedFault {
+    pub operation: String,
+    pub nth: u32,
+    pub fault: CallFault,
+}
+
+/// An RDS operation that fails for good for one migration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PermanentFault {
+    /// The replica cluster ends `failed` instead of `available`.
+    ReplicaCreationFails,
+    /// PromoteReadReplicaDBCluster never finishes.
+    PromotionStuck,
+    /// A forgotten logical slot keeps OldestReplicationSlotLag high: the lag never settles.
+    StaleLogicalSlot,
+}
+
+impl PermanentFault {
+    pub const ALL: [PermanentFault; 3] = [
+        PermanentFault::ReplicaCreationFails,
+        PermanentFault::PromotionStuck,
+        PermanentFault::StaleLogicalSlot,
+    ];
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FaultPlan {
+    pub intensity: FaultIntensity,
+    /// Faults at given calls, applied on top of (or, with `FaultIntensity::none()`, instead of)
+    /// the random ones.
+    pub scripted: Vec<ScriptedFault>,
+    /// Permanent faults by source index; when `Some`, replaces the random choice.
+    pub permanent: Option<Vec<(usize, PermanentFault)>>,
+}
+
+impl FaultPlan {
+    pub fn random(intensity: FaultIntensity) -> Self {
+        FaultPlan {
+            intensity,
+            scripted: Vec::new(),
+            permanent: None,
+        }
+    }
+
+    /// No random faults at all; only what is scripted.
+    pub fn scripted(scripted: Vec<ScriptedFault>) -> Self {
+        FaultPlan {
+            intensity: FaultIntensity::none(),
+            scripted,
+            permanent: Some(Vec::new()),
+        }
+    }
+}

@@ -1,0 +1,717 @@
+//! The deterministic simulator: the real agent and phase machine against an in-process fake AWS,
+//! in virtual time, under seeded faults, with safety checked at every step.
+//!
+//! In the spirit of FoundationDB's simulation and TigerBeetle's VOPR: one `u64` seed decides
+//! every latency, every fault and every delivery order, so a failing seed replays exactly.
+//! Futures are driven by a tiny executor of our own (`Waker::noop` and `poll`); a port call waits
+//! its latency in virtual time, and the executor jumps time to the next thing that happens.
+//!
+//! # Layout
+//! - `world`: the fake AWS behind every port trait (RDS, EC2, CloudWatch, SNS, SQS, DynamoDB, the
+//!   router, the clock) and its data model (writes as sequence numbers, replication, metrics).
+//! - `queue`: SQS semantics (at-least-once, visibility timeout, delays, redrive to a DLQ).
+//! - `faults`: the seeded fault plan, or one written by hand.
+//! - `checks`: decision checks (the step wrapper), the quarantine rule, liveness.
+//! - here: options, the executor, the runs and the report.
+
+pub mod checks;
+pub mod faults;
+pub mod queue;
+pub mod rng;
+pub mod world;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use jiff::SignedDuration;
+
+use crate::agent::{Agent, Disposition};
+use crate::core::policy::{CutoverPolicy, Timeouts};
+use crate::core::{Phase, Policy};
+use crate::ports::{Queue, QueueMessage, World};
+
+pub use checks::Variant;
+pub use faults::{CallFault, FaultIntensity, FaultPlan, PermanentFault, ScriptedFault};
+use queue::Ms;
+use rng::Rng;
+use world::{MIN, SEC, SimPort, SimWorld, State, StoreMode};
+
+/// What to run. `Default` is what CI runs: 500 seeds with the default fault mix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimOptions {
+    /// How many seeds, starting at `start_seed`.
+    pub seeds: u64,
+    pub start_seed: u64,
+    /// Print the timeline of the first seed (phase changes, faults, notifications).
+    pub verbose: bool,
+    /// Migrations per seed: drawn in `[min, max]` by the seed.
+    pub migrations_min: usize,
+    pub migrations_max: usize,
+    /// If > 0, also run one seed with this many concurrent migrations in one agent.
+    pub fleet: usize,
+    /// Scales the default fault mix (0: no faults).
+    pub fault_intensity: f64,
+    /// A hand-written plan; replaces the random one when given.
+    pub plan: Option<FaultPlan>,
+    /// Messages the agent handles at once.
+    pub workers: usize,
+    pub variant: Variant,
+    /// Check every decision against `core::invariants` (off: world checks only).
+    pub check_decisions: bool,
+    /// Virtual time after which an unsettled migration is a liveness violation.
+    pub bound_hours: i64,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            seeds: 500,
+            start_seed: 1,
+            verbose: false,
+            migrations_min: 1,
+            migrations_max: 3,
+            fleet: 0,
+            fault_intensity: 1.0,
+            plan: None,
+            workers: 4,
+            variant: Variant::Correct,
+            check_decisions: true,
+            bound_hours: 30,
+        }
+    }
+}
+
+/// The policy every simulated agent runs: automatic cutover, short soak and retention so a run
+/// ends in bounded virtual time, and a replicating limit that a stale slot reaches.
+pub fn sim_policy() -> Policy {
+    Policy {
+        cutover: CutoverPolicy::Automatic,
+        soak: SignedDuration::from_mins(10),
+        retention: SignedDuration::from_hours(1),
+        timeouts: Timeouts {
+            replicating: SignedDuration::from_hours(3),
+            decommissioning: SignedDuration::from_hours(6),
+            ..Timeouts::default()
+        },
+        ..Policy::default()
+    }
+}
+
+pub fn fmt_ms(ms: Ms) -> String {
+    let s = ms / SEC;
+    format!("{}h{:02}m{:02}s", s / 3600, (s / 60) % 60, s % 60)
+}
+
+/// One seed's result.
+#[derive(Clone, Debug)]
+pub struct SeedOutcome {
+    pub seed: u64,
+    pub endings: Vec<checks::Ending>,
+    pub violations: Vec<String>,
+    pub calls: BTreeMap<&'static str, u64>,
+    pub rds_peak_1s: u32,
+    pub rds_peak_60s: f64,
+    pub timeline: Vec<String>,
+    pub end_ms: Ms,
+    pub decisions: u64,
+    pub crashes: u32,
+    pub dlq: usize,
+}
+
+struct Task {
+    fut: Pin<Box<dyn Future<Output = Disposition>>>,
+    /// The SQS message it handles: the loop keeps it hidden while the handler runs.
+    message_id: u64,
+    receipt: String,
+}
+
+/// Extend a handled message's visibility this long before it would reappear.
+const VISIBILITY_MARGIN_MS: Ms = 20 * SEC;
+
+fn agent(port: &SimPort) -> Arc<Agent<SimWorld>> {
+    Arc::new(Agent {
+        world: SimWorld { port: port.clone() },
+        policy: sim_policy(),
+        step: checks::checked_step,
+    })
+}
+
+/// Runs one seed with `migrations` sources and returns what happened.
+pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
+    let plan = o
+        .plan
+        .clone()
+        .unwrap_or_else(|| FaultPlan::random(FaultIntensity::scaled(o.fault_intensity)));
+    let store_mode = if o.variant == Variant::StaleRecord {
+        StoreMode::IgnoresVersion
+    } else {
+        StoreMode::Conditional
+    };
+    let mut state = State::new(seed, plan.clone(), store_mode, o.verbose);
+    let mut pick = Rng::fork(seed, 4);
+    for i in 0..migrations {
+        let permanent = match &plan.permanent {
+            Some(list) => list.iter().find(|(k, _)| *k == i).map(|(_, f)| *f),
+            None if pick.chance(plan.intensity.permanent) => {
+                Some(PermanentFault::ALL[pick.range(0, 2) as usize])
+            }
+            None => None,
+        };
+        state.add_source(i, permanent);
+    }
+    let port = SimPort::new(state);
+    checks::arm(o.variant, o.check_decisions);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drive(seed, &port, o)));
+    let (decision_violations, decisions) = checks::disarm();
+    let (settled, crashes, mut extra) = match result {
+        Ok((settled, crashes)) => (settled, crashes, Vec::new()),
+        Err(p) => {
+            let what = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            (true, 0, vec![format!("panic: {what}")])
+        }
+    };
+    let s = port.lock();
+    let (endings, mut violations) = checks::endings(&s, settled);
+    violations.splice(0..0, s.violations.iter().cloned());
+    violations.extend(decision_violations);
+    violations.append(&mut extra);
+    let rds_peak_1s = s.rds_per_second.values().copied().max().unwrap_or(0);
+    let rds_peak_60s = peak_window(&s.rds_per_second, 60);
+    let timeline = s
+        .timeline
+        .as_ref()
+        .map(|t| {
+            t.iter()
+                .map(|(at, line)| format!("+{} {line}", fmt_ms(*at)))
+                .collect()
+        })
+        .unwrap_or_default();
+    SeedOutcome {
+        seed,
+        endings,
+        violations,
+        calls: s.calls.clone(),
+        rds_peak_1s,
+        rds_peak_60s,
+        timeline,
+        end_ms: s.now,
+        decisions,
+        crashes,
+        dlq: s.queue.dlq.len(),
+    }
+}
+
+/// Highest average rate over any `window`-second span.
+fn peak_window(per_second: &BTreeMap<i64, u32>, window: i64) -> f64 {
+    let mut best = 0u64;
+    let mut sum = 0u64;
+    let mut span: std::collections::VecDeque<(i64, u32)> = std::collections::VecDeque::new();
+    for (&t, &n) in per_second {
+        span.push_back((t, n));
+        sum += u64::from(n);
+        while span.front().is_some_and(|(s, _)| *s <= t - window) {
+            sum -= u64::from(span.pop_front().expect("non-empty").1);
+        }
+        best = best.max(sum);
+    }
+    best as f64 / window as f64
+}
+
+/// The executor: receives messages like the agent's loop would, polls the handlers, moves
+/// virtual time to the next thing that happens, crashes and restarts the agent.
+/// Returns (every migration settled, crashes).
+fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
+    let bound = o.bound_hours * 60 * MIN;
+    let mut rng = Rng::fork(seed, 5);
+    let mut agent = agent(port);
+    let mut tasks: BTreeMap<usize, Task> = BTreeMap::new();
+    let mut next_task = 0usize;
+    let mut up_at: Ms = 0;
+    let mut crashes = 0u32;
+    let mut last_check_minute = -1;
+    let waker = Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    loop {
+        let now = port.lock().now;
+        // Poll the handlers whose wait is over, in id order.
+        let due: Vec<usize> = {
+            let s = port.lock();
+            tasks
+                .keys()
+                .copied()
+                .filter(|id| s.task_wakes.get(id).is_none_or(|w| *w <= now))
+                .collect()
+        };
+        let mut crashed = false;
+        for id in due {
+            {
+                let mut s = port.lock();
+                s.current_task = id;
+                s.task_wakes.remove(&id);
+            }
+            let task = tasks.get_mut(&id).expect("listed");
+            let ready = matches!(task.fut.as_mut().poll(&mut cx), Poll::Ready(_));
+            let s = port.lock();
+            if s.crashed {
+                crashed = true;
+                break;
+            }
+            if ready {
+                tasks.remove(&id);
+            } else {
+                assert!(
+                    s.task_wakes.contains_key(&id),
+                    "a handler is pending without a wake-up (seed {seed})"
+                );
+            }
+        }
+        if crashed {
+            // Everything the process held in memory is gone; in-flight messages come back after
+            // their visibility timeout.
+            tasks.clear();
+            crashes += 1;
+            let mut s = port.lock();
+            s.crashed = false;
+            s.task_wakes.clear();
+            up_at = now + rng.range(20 * SEC, 90 * SEC);
+            s.log(|| "agent restarting".to_string());
+            drop(s);
+            agent = self::agent(port);
+            continue;
+        }
+        // Receive while there is room, as the agent's loop does.
+        if now >= up_at && tasks.len() < o.workers {
+            let messages = {
+                let mut s = port.lock();
+                let room = o.workers - tasks.len();
+                let got = s.queue.receive(now, room, &mut rng);
+                if !got.is_empty() {
+                    *s.calls.entry("sqs:ReceiveMessage").or_default() += 1;
+                }
+                got
+            };
+            for m in messages {
+                let message = QueueMessage {
+                    id: m.id.to_string(),
+                    receipt: m.receipt.clone().unwrap_or_default(),
+                    body: m.body.clone(),
+                    receive_count: m.receive_count,
+                };
+                let a = agent.clone();
+                let fut = async move {
+                    let d = a.handle_message(&message).await;
+                    if !matches!(d, Disposition::Leave(_)) {
+                        let _ = a.world.queue().delete(&message.receipt).await;
+                    }
+                    d
+                };
+                tasks.insert(
+                    next_task,
+                    Task {
+                        fut: Box::pin(fut),
+                        message_id: m.id,
+                        receipt: m.receipt.clone().unwrap_or_default(),
+                    },
+                );
+                next_task += 1;
+            }
+            if !tasks.is_empty() && tasks.len() <= o.workers {
+                // New handlers start at once (next iteration, same instant).
+                let s = port.lock();
+                if tasks.keys().any(|id| !s.task_wakes.contains_key(id)) {
+                    continue;
+                }
+            }
+        }
+        // The loop's visibility heartbeat: a handler that runs long keeps its message hidden
+        // (ChangeMessageVisibility), as long as the process lives.
+        {
+            let mut s = port.lock();
+            for t in tasks.values() {
+                let due = s
+                    .queue
+                    .messages
+                    .get(&t.message_id)
+                    .is_some_and(|m| m.visible_at - now <= VISIBILITY_MARGIN_MS);
+                if due {
+                    s.queue.extend(&t.receipt, now, 60);
+                    *s.calls.entry("sqs:ChangeMessageVisibility").or_default() += 1;
+                }
+            }
+        }
+        // Checks that need the whole world, once per virtual minute.
+        let minute = now / MIN;
+        let settled = {
+            let mut s = port.lock();
+            if minute != last_check_minute {
+                last_check_minute = minute;
+                for v in checks::quarantine_has_a_path(&s) {
+                    if !s.violations.iter().any(|x| x.starts_with(&v)) {
+                        s.violation(v);
+                    }
+                }
+                settled(&s)
+            } else {
+                false
+            }
+        };
+        if settled && tasks.is_empty() {
+            return (true, crashes);
+        }
+        if now > bound {
+            return (false, crashes);
+        }
+        // Jump to the next thing that happens.
+        let next = {
+            let s = port.lock();
+            let mut next = s.next_event_at().unwrap_or(Ms::MAX);
+            if let Some(w) = tasks.keys().filter_map(|id| s.task_wakes.get(id)).min() {
+                next = next.min(*w);
+            }
+            for t in tasks.values() {
+                if let Some(m) = s.queue.messages.get(&t.message_id) {
+                    next = next.min((m.visible_at - VISIBILITY_MARGIN_MS).max(now + 1));
+                }
+            }
+            if now < up_at {
+                next = next.min(up_at);
+            } else if tasks.len() < o.workers
+                && let Some(v) = s.queue.next_visible()
+            {
+                next = next.min(v.max(now));
+            }
+            next
+        };
+        assert!(next != Ms::MAX, "nothing left to happen (seed {seed})");
+        port.lock().advance(next.max(now));
+    }
+}
+
+/// Every source's latest attempt is terminal and asks for no more wake-ups.
+fn settled(s: &State) -> bool {
+    let mut latest: BTreeMap<&str, &crate::core::Migration> = BTreeMap::new();
+    for m in s.store.values() {
+        let e = latest.entry(m.id.resource_id.as_str()).or_insert(m);
+        if m.id.attempt > e.id.attempt {
+            *e = m;
+        }
+    }
+    s.sources.values().all(|src| {
+        latest
+            .get(src.view.resource_id.as_str())
+            .is_some_and(|m| m.phase.is_terminal() && m.next_wake.is_none())
+    })
+}
+
+/// The fleet figures: measured on this machine, so not part of the deterministic report.
+#[derive(Clone, Debug)]
+pub struct FleetFigures {
+    pub migrations: usize,
+    pub wall_ms: u128,
+    pub peak_memory_kib: Option<u64>,
+    pub outcome: SeedOutcome,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimReport {
+    pub options: SimOptions,
+    pub seeds_run: u64,
+    pub migrations: u64,
+    /// (seed, what).
+    pub violations: Vec<(u64, String)>,
+    pub phases: BTreeMap<String, u64>,
+    pub permanent_faults: u64,
+    /// Transient faults only, rolled back because the write-unavailability budget ran out.
+    pub budget_rollbacks: Vec<(u64, String)>,
+    pub windows_ms: Vec<Ms>,
+    pub agent_ms: Vec<Ms>,
+    pub calls: BTreeMap<&'static str, u64>,
+    pub rds_peak_1s: u32,
+    pub rds_peak_60s: f64,
+    pub crashes: u64,
+    pub decisions: u64,
+    pub dlq: u64,
+    pub virtual_ms: i128,
+    pub timeline: Vec<String>,
+    pub fleet: Option<FleetFigures>,
+}
+
+impl SimReport {
+    pub fn count(&self, phase: Phase) -> u64 {
+        self.phases.get(phase.as_str()).copied().unwrap_or(0)
+    }
+}
+
+/// The number of migrations a seed runs (drawn from the seed).
+pub fn migrations_for(seed: u64, o: &SimOptions) -> usize {
+    let mut r = Rng::fork(seed, 6);
+    r.range(
+        o.migrations_min as i64,
+        o.migrations_max.max(o.migrations_min) as i64,
+    ) as usize
+}
+
+pub fn run(o: &SimOptions) -> SimReport {
+    let mut report = SimReport {
+        options: o.clone(),
+        seeds_run: 0,
+        migrations: 0,
+        violations: Vec::new(),
+        phases: BTreeMap::new(),
+        permanent_faults: 0,
+        budget_rollbacks: Vec::new(),
+        windows_ms: Vec::new(),
+        agent_ms: Vec::new(),
+        calls: BTreeMap::new(),
+        rds_peak_1s: 0,
+        rds_peak_60s: 0.0,
+        crashes: 0,
+        decisions: 0,
+        dlq: 0,
+        virtual_ms: 0,
+        timeline: Vec::new(),
+        fleet: None,
+    };
+    for i in 0..o.seeds {
+        let seed = o.start_seed + i;
+        let mut opts = o.clone();
+        opts.verbose = o.verbose && i == 0;
+        let out = run_seed(seed, migrations_for(seed, o), &opts);
+        report.absorb(&out);
+        if opts.verbose {
+            report.timeline = out.timeline.clone();
+        }
+    }
+    if o.fleet > 0 {
+        let started = std::time::Instant::now();
+        // A process crash is a per-process event: keep the crash rate per unit of time that
+        // of a 2-migration seed, rather than per call (which would crash a busy agent often).
+        let mut intensity = FaultIntensity::scaled(o.fault_intensity);
+        intensity.crash *= 2.0 / o.fleet.max(2) as f64;
+        let opts = SimOptions {
+            verbose: false,
+            workers: o.workers.max(16),
+            plan: Some(
+                o.plan
+                    .clone()
+                    .unwrap_or_else(|| FaultPlan::random(intensity)),
+            ),
+            ..o.clone()
+        };
+        let out = run_seed(o.start_seed, o.fleet, &opts);
+        let wall_ms = started.elapsed().as_millis();
+        for v in &out.violations {
+            report.violations.push((out.seed, format!("fleet: {v}")));
+        }
+        report.fleet = Some(FleetFigures {
+            migrations: o.fleet,
+            wall_ms,
+            peak_memory_kib: peak_memory_kib(),
+            outcome: out,
+        });
+    }
+    report
+}
+
+impl SimReport {
+    fn absorb(&mut self, out: &SeedOutcome) {
+        self.seeds_run += 1;
+        self.migrations += out.endings.len() as u64;
+        for v in &out.violations {
+            self.violations.push((out.seed, v.clone()));
+        }
+        for e in &out.endings {
+            let phase = e.phase.map_or("never started", |p| p.as_str());
+            *self.phases.entry(phase.to_string()).or_default() += 1;
+            if e.permanent.is_some() {
+                self.permanent_faults += 1;
+            }
+            if e.budget_rollback {
+                self.budget_rollbacks.push((out.seed, e.source.clone()));
+            }
+            if let (Some(w), Some(a)) = (e.window_ms, e.aws_ms) {
+                self.windows_ms.push(w);
+                self.agent_ms.push(w - a);
+            }
+        }
+        for (op, n) in &out.calls {
+            *self.calls.entry(op).or_default() += n;
+        }
+        self.rds_peak_1s = self.rds_peak_1s.max(out.rds_peak_1s);
+        self.rds_peak_60s = self.rds_peak_60s.max(out.rds_peak_60s);
+        self.crashes += u64::from(out.crashes);
+        self.decisions += out.decisions;
+        self.dlq += out.dlq as u64;
+        self.virtual_ms += i128::from(out.end_ms);
+    }
+}
+
+/// VmHWM of this process, from /proc (Linux only).
+fn peak_memory_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn percentile(values: &[Ms], p: f64) -> Option<Ms> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    Some(v[i])
+}
+
+fn secs(ms: Option<Ms>) -> String {
+    ms.map_or("-".to_string(), |m| format!("{:.1} s", m as f64 / 1000.0))
+}
+
+impl fmt::Display for SimReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.options;
+        writeln!(
+            f,
+            "simulation: seeds {}..={} ({} run), {}–{} migrations per seed, fault intensity {}, variant {:?}, {} workers",
+            o.start_seed,
+            o.start_seed + o.seeds.saturating_sub(1),
+            self.seeds_run,
+            o.migrations_min,
+            o.migrations_max,
+            o.fault_intensity,
+            o.variant,
+            o.workers
+        )?;
+        writeln!(
+            f,
+            "migrations: {} ({} with a permanent fault); completed {}, rolled back {}, failed {}, other {}",
+            self.migrations,
+            self.permanent_faults,
+            self.count(Phase::Completed),
+            self.count(Phase::RolledBack),
+            self.count(Phase::Failed),
+            self.migrations
+                - self.count(Phase::Completed)
+                - self.count(Phase::RolledBack)
+                - self.count(Phase::Failed)
+        )?;
+        writeln!(
+            f,
+            "agent: {} decisions checked, {} crashes and restarts, {} messages redriven to the DLQ, {:.1} h of virtual time",
+            self.decisions,
+            self.crashes,
+            self.dlq,
+            self.virtual_ms as f64 / 3_600_000.0
+        )?;
+        writeln!(
+            f,
+            "budget rollbacks (transient faults only; lossless, by the design's write-unavailability budget): {}{}",
+            self.budget_rollbacks.len(),
+            self.budget_rollbacks
+                .iter()
+                .take(8)
+                .map(|(seed, src)| format!(" [seed {seed} {src}]"))
+                .collect::<String>()
+        )?;
+        writeln!(f, "violations: {}", self.violations.len())?;
+        for (seed, v) in self.violations.iter().take(20) {
+            writeln!(f, "  seed {seed}: {v}")?;
+        }
+        if self.violations.len() > 20 {
+            writeln!(f, "  … {} more", self.violations.len() - 20)?;
+        }
+        writeln!(
+            f,
+            "write unavailability (quarantine request → traffic on the target), {} cutovers: p50 {}, p99 {}, max {}",
+            self.windows_ms.len(),
+            secs(percentile(&self.windows_ms, 0.5)),
+            secs(percentile(&self.windows_ms, 0.99)),
+            secs(self.windows_ms.iter().max().copied())
+        )?;
+        writeln!(
+            f,
+            "  the agent's share (minus AWS's group change, reboot, metric delay and promotion): p50 {}, p99 {}",
+            secs(percentile(&self.agent_ms, 0.5)),
+            secs(percentile(&self.agent_ms, 0.99))
+        )?;
+        let per = self.migrations.max(1) as f64;
+        writeln!(f, "API calls per migration (mean):")?;
+        let mut total_rds = 0.0;
+        for (op, n) in &self.calls {
+            let mean = *n as f64 / per;
+            if op.starts_with("rds:") {
+                total_rds += mean;
+            }
+            writeln!(f, "  {op:<44} {mean:>8.1}")?;
+        }
+        writeln!(f, "  {:<44} {total_rds:>8.1}", "all rds:*")?;
+        writeln!(
+            f,
+            "RDS request rate: peak {} req in one second, peak {:.2} req/s over 60 s (budget 12 req/s)",
+            self.rds_peak_1s, self.rds_peak_60s
+        )?;
+        if let Some(fl) = &self.fleet {
+            let out = &fl.outcome;
+            let done = out
+                .endings
+                .iter()
+                .filter(|e| e.phase == Some(Phase::Completed))
+                .count();
+            let windows: Vec<Ms> = out.endings.iter().filter_map(|e| e.window_ms).collect();
+            let rds: u64 = out
+                .calls
+                .iter()
+                .filter(|(k, _)| k.starts_with("rds:"))
+                .map(|(_, n)| n)
+                .sum();
+            writeln!(
+                f,
+                "fleet: {} concurrent migrations in one agent (seed {}): {} completed, {} violations, {} of virtual time",
+                fl.migrations,
+                out.seed,
+                done,
+                out.violations.len(),
+                fmt_ms(out.end_ms)
+            )?;
+            writeln!(
+                f,
+                "  write unavailability p50 {}, p99 {}; {:.0} RDS calls per migration; RDS peak {} req in one second, {:.2} req/s over 60 s (budget 12)",
+                secs(percentile(&windows, 0.5)),
+                secs(percentile(&windows, 0.99)),
+                rds as f64 / fl.migrations.max(1) as f64,
+                out.rds_peak_1s,
+                out.rds_peak_60s
+            )?;
+            writeln!(
+                f,
+                "  simulator: {:.2} s wall-clock, peak memory (VmHWM) {}",
+                fl.wall_ms as f64 / 1000.0,
+                fl.peak_memory_kib
+                    .map_or("unknown".to_string(), |k| format!(
+                        "{:.1} MiB",
+                        k as f64 / 1024.0
+                    ))
+            )?;
+        }
+        if !self.timeline.is_empty() {
+            writeln!(f, "timeline of seed {}:", o.start_seed)?;
+            for line in &self.timeline {
+                writeln!(f, "  {line}")?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,195 @@
+//! The deterministic simulator, run over many seeds (see `src/sim`).
+//!
+//! `SIM_SEED=<n>` replays one seed verbosely in `replay_one_seed_verbose`; `SIM_SEEDS=<n>`
+//! changes the number of seeds of `many_seeds_with_faults`.
+
+use aurora_migrator::core::Phase;
+use aurora_migrator::sim::{self, CallFault, FaultPlan, ScriptedFault, SimOptions, Variant};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn replay_one_seed_verbose() {
+    let report = sim::run(&SimOptions {
+        seeds: 1,
+        start_seed: env_u64("SIM_SEED", 1),
+        verbose: true,
+        ..SimOptions::default()
+    });
+    println!("{report}");
+    assert!(report.violations.is_empty(), "{report}");
+    assert!(!report.timeline.is_empty());
+}
+
+/// CI's run: 500 seeds, 1–3 migrations each, the default fault mix on every run (throttling,
+/// 5xx, slow and lost answers, crashes, late/duplicate/lost events, ~15% permanent faults).
+#[test]
+fn many_seeds_with_faults() {
+    let report = sim::run(&SimOptions {
+        seeds: env_u64("SIM_SEEDS", 500),
+        ..SimOptions::default()
+    });
+    println!("{report}");
+    let safety: Vec<_> = report
+        .violations
+        .iter()
+        .filter(|(_, v)| !v.starts_with("liveness:"))
+        .collect();
+    assert!(safety.is_empty(), "{report}");
+    assert!(report.count(Phase::Completed) > 0, "{report}");
+    assert!(report.crashes > 0, "crashes were injected: {report}");
+    // Liveness findings against the core are printed above and asserted in the ignored
+    // `many_seeds_liveness_strict` until the core fixes land (see the simulator's report).
+}
+
+/// Core findings: (1) a phase-change or alert notification is sent only by the step that
+/// decides it, so a lost PutItem answer or a crash between persisting and executing loses it
+/// for good (seeds 82, 275: rolled back with no error notification); (2) a failed Publish is
+/// never retried. Fails until the core re-sends unsent notifications.
+#[test]
+#[ignore = "core bug: notifications lost between persist and execute are never re-sent"]
+fn many_seeds_liveness_strict() {
+    let report = sim::run(&SimOptions {
+        seeds: env_u64("SIM_SEEDS", 500),
+        ..SimOptions::default()
+    });
+    println!("{report}");
+    assert!(report.violations.is_empty(), "{report}");
+}
+
+#[test]
+fn same_seed_same_report_bit_for_bit() {
+    let options = SimOptions {
+        seeds: 3,
+        start_seed: 42,
+        verbose: true,
+        migrations_min: 3,
+        migrations_max: 3,
+        ..SimOptions::default()
+    };
+    let a = sim::run(&options).to_string();
+    let b = sim::run(&options).to_string();
+    assert_eq!(a, b);
+    assert!(a.contains("timeline of seed 42"));
+    let other = sim::run(&SimOptions {
+        start_seed: 43,
+        ..options
+    })
+    .to_string();
+    assert_ne!(a, other, "another seed makes another run");
+}
+
+/// Each broken agent is caught by the world's own checks (decision checks off), within a
+/// bounded number of seeds.
+#[test]
+fn teeth_every_broken_variant_is_caught() {
+    const MAX_SEEDS: u64 = 30;
+    for variant in Variant::BROKEN {
+        for check_decisions in [false, true] {
+            let mut caught = None;
+            for seed in 1..=MAX_SEEDS {
+                let report = sim::run(&SimOptions {
+                    seeds: 1,
+                    start_seed: seed,
+                    variant,
+                    check_decisions,
+                    ..SimOptions::default()
+                });
+                if let Some((_, v)) = report.violations.first() {
+                    caught = Some((seed, v.clone()));
+                    break;
+                }
+            }
+            let (seed, what) = caught.unwrap_or_else(|| {
+                panic!("{variant:?} (decision checks {check_decisions}) not caught in {MAX_SEEDS} seeds")
+            });
+            println!(
+                "{variant:?}, decision checks {check_decisions}: caught at seed {seed} ({} seeds): {what}",
+                seed
+            );
+        }
+    }
+}
+
+fn scripted(faults: Vec<ScriptedFault>) -> SimOptions {
+    SimOptions {
+        seeds: 1,
+        start_seed: 7,
+        verbose: true,
+        migrations_min: 1,
+        migrations_max: 1,
+        plan: Some(FaultPlan::scripted(faults)),
+        ..SimOptions::default()
+    }
+}
+
+/// The process dies right after PromoteReadReplicaDBCluster reached AWS: nothing the agent held
+/// survives; the redelivered message or the resync must see the promotion and carry on.
+#[test]
+fn crash_right_after_the_promote_call() {
+    let report = sim::run(&scripted(vec![ScriptedFault {
+        operation: "rds:PromoteReadReplicaDBCluster".to_string(),
+        nth: 1,
+        fault: CallFault::CrashAfter,
+    }]));
+    println!("{report}");
+    assert!(report.violations.is_empty(), "{report}");
+    assert_eq!(report.count(Phase::Completed), 1, "{report}");
+    assert_eq!(report.crashes, 1, "{report}");
+    let text = report.to_string();
+    assert!(text.contains("CRASH of the agent process during rds:PromoteReadReplicaDBCluster"));
+}
+
+/// The promote answer is lost (AWS promoted; the agent saw a timeout).
+#[test]
+fn lost_answer_of_the_promote_call() {
+    let report = sim::run(&scripted(vec![ScriptedFault {
+        operation: "rds:PromoteReadReplicaDBCluster".to_string(),
+        nth: 1,
+        fault: CallFault::LostAnswer,
+    }]));
+    println!("{report}");
+    assert!(report.violations.is_empty(), "{report}");
+    assert_eq!(report.count(Phase::Completed), 1, "{report}");
+}
+
+/// Core finding (see the report): one throttled RebootDBInstance in the cutover is retried only
+/// after `reboot_reissue_after` (10 min), which is the whole write-unavailability budget, so the
+/// migration always rolls back. Kept failing until the phase machine retries a reboot that
+/// failed (and so never happened) at the next poll.
+#[test]
+#[ignore = "core bug: a failed reboot is not retried before the budget runs out"]
+fn one_throttled_reboot_still_completes() {
+    let report = sim::run(&scripted(vec![ScriptedFault {
+        operation: "rds:RebootDBInstance".to_string(),
+        nth: 1,
+        fault: CallFault::Error(aurora_migrator::core::ErrorKind::Throttled),
+    }]));
+    println!("{report}");
+    assert_eq!(report.count(Phase::Completed), 1, "{report}");
+}
+
+/// A fleet in one agent, to show the simulator scales; the figures are printed, not asserted.
+#[test]
+fn fleet_of_concurrent_migrations() {
+    let report = sim::run(&SimOptions {
+        seeds: 0,
+        fleet: env_u64("SIM_FLEET", 100) as usize,
+        ..SimOptions::default()
+    });
+    println!("{report}");
+    let fleet = report.fleet.as_ref().expect("a fleet run");
+    assert!(
+        fleet
+            .outcome
+            .violations
+            .iter()
+            .all(|v| !v.contains("VIOLATION")),
+        "{report}"
+    );
+}
