@@ -52,7 +52,6 @@ fn many_seeds_with_faults() {
 /// for good (seeds 82, 275: rolled back with no error notification); (2) a failed Publish is
 /// never retried. Fails until the core re-sends unsent notifications.
 #[test]
-#[ignore = "core bug: notifications lost between persist and execute are never re-sent"]
 fn many_seeds_liveness_strict() {
     let report = sim::run(&SimOptions {
         seeds: env_u64("SIM_SEEDS", 500),
@@ -163,7 +162,6 @@ fn lost_answer_of_the_promote_call() {
 /// migration always rolls back. Kept failing until the phase machine retries a reboot that
 /// failed (and so never happened) at the next poll.
 #[test]
-#[ignore = "core bug: a failed reboot is not retried before the budget runs out"]
 fn one_throttled_reboot_still_completes() {
     let report = sim::run(&scripted(vec![ScriptedFault {
         operation: "rds:RebootDBInstance".to_string(),

@@ -23,7 +23,10 @@ pub const MAX_DELAY_S: u32 = 900;
 /// Steps taken for one message before yielding to the queue ("put a limit on everything").
 pub const MAX_STEPS_PER_MESSAGE: usize = 8;
 /// A record whose wake-up is this late is stepped by the resync (its tick was lost).
-pub const RESYNC_GRACE: SignedDuration = SignedDuration::from_secs(120);
+pub const RESYNC_GRACE: SignedDuration = SignedDuration::from_secs(60);
+/// A stale tick adopts the chain when the record's wake-up is this late (SQS delivers a delayed
+/// message within about a second of its delay).
+pub const TICK_ADOPT_GRACE: SignedDuration = SignedDuration::from_secs(15);
 
 /// What to do with the message after handling it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,7 +130,15 @@ impl<W: World> Agent<W> {
         let Some(m) = self.world.store().load(&tick.migration()).await? else {
             return Ok(Disposition::DeleteStale);
         };
-        if m.next_wake.as_ref().map(|w| w.token) != Some(tick.token) {
+        let current = m.next_wake.as_ref().map(|w| w.token) == Some(tick.token);
+        // A stale tick is dropped, unless the record's own wake-up is overdue: its tick was
+        // lost (a crash or a failed send after the record was saved), and stepping now adopts
+        // the chain. Every step issues a new token, so this never makes two live chains.
+        let overdue = m
+            .next_wake
+            .as_ref()
+            .is_some_and(|w| w.at + TICK_ADOPT_GRACE < self.world.clock().now());
+        if !current && !overdue {
             tracing::debug!(migration = %m.id, token = tick.token, "stale tick dropped");
             return Ok(Disposition::DeleteStale);
         }

@@ -173,7 +173,8 @@ impl Stepper<'_> {
     }
 
     fn trigger_needs_reset(&self) -> bool {
-        self.m.phase != Phase::Completed
+        self.m.phase.is_terminal()
+            && self.m.phase != Phase::Completed
             && self.m.trigger_reset_at.is_none()
             && !self.obs.source.is_absent()
     }
@@ -286,9 +287,13 @@ impl Stepper<'_> {
         self.m.last_error = Some(reason.clone());
         match self.m.phase {
             Phase::Requested | Phase::Preflight => self.enter(Phase::Failed, &reason),
-            Phase::RollingBack => self.enter(
-                Phase::Failed,
-                &format!("the rollback could not finish: {reason}"),
+            // A rollback is never abandoned: the source must get its groups back. Tell people
+            // once and keep trying (the failed action backs off).
+            Phase::RollingBack => self.alert_once(
+                "rollback-error",
+                Severity::Error,
+                "the rollback hit an error; the agent keeps trying",
+                &reason,
             ),
             _ if self.cutover_started() => self.enter(Phase::Failed, &reason),
             _ => self.start_rollback(RollbackCause::Failure(reason)),
@@ -355,6 +360,11 @@ impl Stepper<'_> {
                 err.message
             );
             self.m.last_error = Some(what.clone());
+            if result.key == ActionKey::RebootSource {
+                // No reboot happened (or we cannot know): ask again after the backoff rather
+                // than waiting for a restart that will not come.
+                self.m.progress.reboot_requested_at = None;
+            }
             if result.key == ActionKey::RunSmokeTest && err.kind == ErrorKind::Fatal {
                 self.m.progress.smoke_test_passed = Some(false);
                 continue;
@@ -447,7 +457,10 @@ impl Stepper<'_> {
             && let Some(q) = self.m.progress.quarantined_at
         {
             let budget = self.policy.write_unavailability_budget;
-            if self.since(q) > budget {
+            // At the boundary a holding proof wins: promoting ends the outage sooner than
+            // rolling back does.
+            let proven = phase == Phase::Draining && self.drain_proof_missing().is_empty();
+            if self.since(q) > budget && !proven {
                 let missing = if phase == Phase::Draining {
                     self.drain_proof_missing().join("; ")
                 } else {
@@ -872,30 +885,34 @@ impl Stepper<'_> {
             self.enter(Phase::Promoting, "");
             return;
         }
-        let (Some(requested), None) = (
-            self.m.progress.reboot_requested_at,
-            self.m.progress.restarted_at,
-        ) else {
-            if let Some(q) = self.m.progress.quarantined_at
-                && self.since(q) > self.policy.write_unavailability_budget / 2
+        if self.m.progress.restarted_at.is_none() {
+            // No restart seen yet: ask for the reboot when none is in flight (a failed request
+            // is forgotten, see `take_action_results`), or again when one produced no restart
+            // for far longer than a reboot takes.
+            let due = self
+                .m
+                .progress
+                .reboot_requested_at
+                .is_none_or(|r| self.since(r) > self.policy.reboot_reissue_after);
+            if due
+                && let Some(source) = self.source().map(|s| s.identifier.clone())
+                && self.request(Action::RebootSource { instance: source })
             {
-                self.alert_once(
-                        "draining-slow",
-                        Severity::Warning,
-                        "the catch-up proof is taking long",
-                        &format!(
-                            "still missing: {}; the agent rolls back by itself when the budget runs out",
-                            missing.join("; ")
-                        ),
-                    );
+                self.m.progress.reboot_requested_at = Some(self.now);
             }
-            return;
-        };
-        if self.since(requested) > self.policy.reboot_reissue_after
-            && let Some(source) = self.source().map(|s| s.identifier.clone())
-            && self.request(Action::RebootSource { instance: source })
+        }
+        if let Some(q) = self.m.progress.quarantined_at
+            && self.since(q) > self.policy.write_unavailability_budget / 2
         {
-            self.m.progress.reboot_requested_at = Some(self.now);
+            self.alert_once(
+                "draining-slow",
+                Severity::Warning,
+                "the catch-up proof is taking long",
+                &format!(
+                    "still missing: {}; the agent rolls back by itself when the budget runs out",
+                    missing.join("; ")
+                ),
+            );
         }
     }
 
