@@ -334,7 +334,8 @@ async fn handle_one<W: World>(
             Some(k) => Some(locks.lock(k).await),
             None => None,
         };
-        agent.handle_message(&message).await
+        // Boxed: the driver's future is large, and a worker thread's stack is not.
+        Box::pin(agent.handle_message(&message)).await
     };
     let disposition = tokio::select! {
         d = work => d,

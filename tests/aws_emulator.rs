@@ -58,6 +58,7 @@ async fn whole_migration_completes_and_an_untagged_instance_named_in_messages_is
         false,
         stop_player.clone(),
     );
+    let setup_calls = env.shim.calls().await.len();
     let agent = env.agent().await;
     let calls = agent.world.calls.clone();
     let (stop, run) = spawn_agent(agent, runtime_settings());
@@ -100,8 +101,21 @@ async fn whole_migration_completes_and_an_untagged_instance_named_in_messages_is
         calls.render()
     );
 
-    // Mutations in order, read from the emulator's call log.
-    let rds = env.shim.actions("rds").await;
+    // Mutations in order, read from the emulator's call log (the agent's calls only).
+    let rds: Vec<(String, Value)> = env
+        .shim
+        .calls()
+        .await
+        .into_iter()
+        .skip(setup_calls)
+        .filter(|c| c["service"] == "rds")
+        .map(|c| {
+            (
+                c["action"].as_str().unwrap_or("").to_string(),
+                c["params"].clone(),
+            )
+        })
+        .collect();
     let mutations: Vec<&(String, Value)> = rds.iter().filter(|(a, _)| is_mutation(a)).collect();
     let create = position(&rds, "CreateDBCluster", |p| {
         p["ReplicationSourceIdentifier"] == arn.as_str()

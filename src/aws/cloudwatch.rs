@@ -191,56 +191,71 @@ impl AwsMetrics {
 }
 
 impl Metrics for AwsMetrics {
-    async fn fetch(&self, queries: &[MetricQuery]) -> PortResult<Vec<Vec<Datapoint>>> {
-        let mut out = vec![Vec::new(); queries.len()];
-        // One window per period: from the earliest start to the latest end, aligned to the
-        // period; each series then keeps only its own points.
-        let mut by_period: BTreeMap<u32, Vec<(usize, &MetricQuery)>> = BTreeMap::new();
-        for (i, q) in queries.iter().enumerate() {
-            by_period.entry(q.period_s).or_default().push((i, q));
-        }
-        for (period, qs) in by_period {
-            let start = qs.iter().map(|(_, q)| q.start).min().unwrap_or_default();
-            let end = qs.iter().map(|(_, q)| q.end).max().unwrap_or_default();
-            let (start, end) = (align_down(start, period), align_up(end, period));
-            if start >= end {
-                continue;
+    fn fetch(
+        &self,
+        queries: &[MetricQuery],
+    ) -> impl std::future::Future<Output = PortResult<Vec<Vec<Datapoint>>>> + Send {
+        Box::pin(async move {
+            let mut out = vec![Vec::new(); queries.len()];
+            // One window per period: from the earliest start to the latest end, aligned to the
+            // period; each series then keeps only its own points.
+            let mut by_period: BTreeMap<u32, Vec<(usize, &MetricQuery)>> = BTreeMap::new();
+            for (i, q) in queries.iter().enumerate() {
+                by_period.entry(q.period_s).or_default().push((i, q));
             }
-            self.fetch_window(start, end, &qs, &mut out).await?;
-        }
-        Ok(out)
+            for (period, qs) in by_period {
+                let start = qs.iter().map(|(_, q)| q.start).min().unwrap_or_default();
+                let end = qs.iter().map(|(_, q)| q.end).max().unwrap_or_default();
+                let (start, end) = (align_down(start, period), align_up(end, period));
+                if start >= end {
+                    continue;
+                }
+                self.fetch_window(start, end, &qs, &mut out).await?;
+            }
+            Ok(out)
+        })
     }
 
-    async fn put_heartbeat(&self, migration: &str) -> PortResult<()> {
-        const OP: &str = "monitoring:PutMetricData";
-        self.calls.count(OP);
-        self.client
-            .put_metric_data()
-            .namespace(&self.namespace)
-            .metric_data(
-                MetricDatum::builder()
-                    .metric_name(HEARTBEAT_METRIC)
-                    .dimensions(
-                        Dimension::builder()
-                            .name("Migration")
-                            .value(migration)
-                            .build(),
-                    )
-                    .value(1.0)
-                    .unit(StandardUnit::Count)
-                    .build(),
-            )
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.fail(OP, &e))
+    fn put_heartbeat(
+        &self,
+        migration: &str,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "monitoring:PutMetricData";
+            self.calls.count(OP);
+            self.client
+                .put_metric_data()
+                .namespace(&self.namespace)
+                .metric_data(
+                    MetricDatum::builder()
+                        .metric_name(HEARTBEAT_METRIC)
+                        .dimensions(
+                            Dimension::builder()
+                                .name("Migration")
+                                .value(migration)
+                                .build(),
+                        )
+                        .value(1.0)
+                        .unit(StandardUnit::Count)
+                        .build(),
+                )
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| self.fail(OP, &e))
+        })
     }
 
-    async fn ensure_heartbeat_alarm(&self, alarm: &str, migration: &str) -> PortResult<()> {
-        const OP: &str = "monitoring:PutMetricAlarm";
-        self.calls.count(OP);
-        // PutMetricAlarm creates or overwrites: idempotent by name.
-        self.client
+    fn ensure_heartbeat_alarm(
+        &self,
+        alarm: &str,
+        migration: &str,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "monitoring:PutMetricAlarm";
+            self.calls.count(OP);
+            // PutMetricAlarm creates or overwrites: idempotent by name.
+            self.client
             .put_metric_alarm()
             .alarm_name(alarm)
             .alarm_description(format!(
@@ -262,22 +277,28 @@ impl Metrics for AwsMetrics {
             .await
             .map(|_| ())
             .map_err(|e| self.fail(OP, &e))
+        })
     }
 
-    async fn delete_alarm(&self, alarm: &str) -> PortResult<()> {
-        const OP: &str = "monitoring:DeleteAlarms";
-        self.calls.count(OP);
-        match self.client.delete_alarms().alarm_names(alarm).send().await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let err = self.fail(OP, &e);
-                if err.kind == ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(err)
+    fn delete_alarm(
+        &self,
+        alarm: &str,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "monitoring:DeleteAlarms";
+            self.calls.count(OP);
+            match self.client.delete_alarms().alarm_names(alarm).send().await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let err = self.fail(OP, &e);
+                    if err.kind == ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(err)
+                    }
                 }
             }
-        }
+        })
     }
 }
 

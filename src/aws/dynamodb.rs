@@ -184,145 +184,169 @@ impl AwsStore {
 }
 
 impl StateStore for AwsStore {
-    async fn load(&self, id: &MigrationId) -> PortResult<Option<Migration>> {
-        const OP: &str = "dynamodb:GetItem";
-        self.calls.count(OP);
-        let r = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(&id.resource_id))
-            .key("sk", s(sort_key(id.attempt)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| self.fail(OP, &e))?;
-        r.item().map(|i| self.decode(i)).transpose()
-    }
-
-    async fn latest(&self, resource_id: &str) -> PortResult<Option<Migration>> {
-        const OP: &str = "dynamodb:Query";
-        self.calls.count(OP);
-        let r = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :a)")
-            .expression_attribute_values(":pk", s(resource_id))
-            .expression_attribute_values(":a", s(ATTEMPT_PREFIX))
-            .scan_index_forward(false)
-            .limit(1)
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| self.fail(OP, &e))?;
-        r.items().first().map(|i| self.decode(i)).transpose()
-    }
-
-    async fn save(&self, m: &Migration) -> Result<u64, StoreError> {
-        const OP: &str = "dynamodb:PutItem";
-        let new_version = m.version + 1;
-        let mut record = m.clone();
-        record.version = new_version;
-        let json = serde_json::to_string(&record).map_err(|e| {
-            PortError::new(
-                ErrorKind::Fatal,
-                OP,
-                format!("record does not serialize: {e}"),
-            )
-        })?;
-        let mut req = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(&m.id.resource_id))
-            .item("sk", s(sort_key(m.id.attempt)))
-            .item("version", AttributeValue::N(new_version.to_string()))
-            .item("record", s(json))
-            .item("phase", s(m.phase.as_str()))
-            .item("source", s(&m.source_identifier))
-            .item("updated_at", s(jiff::Timestamp::now().to_string()));
-        req = if m.version == 0 {
-            req.condition_expression("attribute_not_exists(pk)")
-        } else {
-            req.condition_expression("#v = :v")
-                .expression_attribute_names("#v", "version")
-                .expression_attribute_values(":v", AttributeValue::N(m.version.to_string()))
-        };
-        self.calls.count(OP);
-        match req.send().await {
-            Ok(_) => Ok(new_version),
-            Err(e) if code(&e) == Some("ConditionalCheckFailedException") => {
-                self.calls.error(OP, ErrorKind::Conflict);
-                Err(StoreError::VersionConflict {
-                    expected: m.version,
-                })
-            }
-            Err(e) => Err(StoreError::Port(self.fail(OP, &e))),
-        }
-    }
-
-    async fn list(&self) -> PortResult<Vec<Migration>> {
-        const OP: &str = "dynamodb:Scan";
-        let mut out = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
+    fn load(
+        &self,
+        id: &MigrationId,
+    ) -> impl std::future::Future<Output = PortResult<Option<Migration>>> + Send {
+        Box::pin(async move {
+            const OP: &str = "dynamodb:GetItem";
             self.calls.count(OP);
             let r = self
                 .client
-                .scan()
+                .get_item()
                 .table_name(&self.table)
-                .filter_expression("begins_with(sk, :a)")
-                .expression_attribute_values(":a", s(ATTEMPT_PREFIX))
+                .key("pk", s(&id.resource_id))
+                .key("sk", s(sort_key(id.attempt)))
                 .consistent_read(true)
-                .set_exclusive_start_key(start.take())
                 .send()
                 .await
                 .map_err(|e| self.fail(OP, &e))?;
-            for item in r.items() {
-                out.push(self.decode(item)?);
-            }
-            match r.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => break,
-            }
-        }
-        Ok(out)
+            r.item().map(|i| self.decode(i)).transpose()
+        })
     }
 
-    async fn fleet_paused(&self) -> PortResult<bool> {
-        const OP: &str = "dynamodb:GetItem";
-        self.calls.count(OP);
-        let r = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(FLEET_PK))
-            .key("sk", s(PAUSE_SK))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| self.fail(OP, &e))?;
-        Ok(r.item()
-            .and_then(|i| i.get("paused"))
-            .and_then(|v| v.as_bool().ok())
-            .copied()
-            .unwrap_or(false))
+    fn latest(
+        &self,
+        resource_id: &str,
+    ) -> impl std::future::Future<Output = PortResult<Option<Migration>>> + Send {
+        Box::pin(async move {
+            const OP: &str = "dynamodb:Query";
+            self.calls.count(OP);
+            let r = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :a)")
+                .expression_attribute_values(":pk", s(resource_id))
+                .expression_attribute_values(":a", s(ATTEMPT_PREFIX))
+                .scan_index_forward(false)
+                .limit(1)
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| self.fail(OP, &e))?;
+            r.items().first().map(|i| self.decode(i)).transpose()
+        })
     }
 
-    async fn set_fleet_paused(&self, paused: bool) -> PortResult<()> {
-        const OP: &str = "dynamodb:PutItem";
-        self.calls.count(OP);
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(FLEET_PK))
-            .item("sk", s(PAUSE_SK))
-            .item("paused", AttributeValue::Bool(paused))
-            .item("updated_at", s(jiff::Timestamp::now().to_string()))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.fail(OP, &e))
+    fn save(
+        &self,
+        m: &Migration,
+    ) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send {
+        Box::pin(async move {
+            const OP: &str = "dynamodb:PutItem";
+            let new_version = m.version + 1;
+            let mut record = m.clone();
+            record.version = new_version;
+            let json = serde_json::to_string(&record).map_err(|e| {
+                PortError::new(
+                    ErrorKind::Fatal,
+                    OP,
+                    format!("record does not serialize: {e}"),
+                )
+            })?;
+            let mut req = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(&m.id.resource_id))
+                .item("sk", s(sort_key(m.id.attempt)))
+                .item("version", AttributeValue::N(new_version.to_string()))
+                .item("record", s(json))
+                .item("phase", s(m.phase.as_str()))
+                .item("source", s(&m.source_identifier))
+                .item("updated_at", s(jiff::Timestamp::now().to_string()));
+            req = if m.version == 0 {
+                req.condition_expression("attribute_not_exists(pk)")
+            } else {
+                req.condition_expression("#v = :v")
+                    .expression_attribute_names("#v", "version")
+                    .expression_attribute_values(":v", AttributeValue::N(m.version.to_string()))
+            };
+            self.calls.count(OP);
+            match req.send().await {
+                Ok(_) => Ok(new_version),
+                Err(e) if code(&e) == Some("ConditionalCheckFailedException") => {
+                    self.calls.error(OP, ErrorKind::Conflict);
+                    Err(StoreError::VersionConflict {
+                        expected: m.version,
+                    })
+                }
+                Err(e) => Err(StoreError::Port(self.fail(OP, &e))),
+            }
+        })
+    }
+
+    fn list(&self) -> impl std::future::Future<Output = PortResult<Vec<Migration>>> + Send {
+        Box::pin(async move {
+            const OP: &str = "dynamodb:Scan";
+            let mut out = Vec::new();
+            let mut start: Option<HashMap<String, AttributeValue>> = None;
+            loop {
+                self.calls.count(OP);
+                let r = self
+                    .client
+                    .scan()
+                    .table_name(&self.table)
+                    .filter_expression("begins_with(sk, :a)")
+                    .expression_attribute_values(":a", s(ATTEMPT_PREFIX))
+                    .consistent_read(true)
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(|e| self.fail(OP, &e))?;
+                for item in r.items() {
+                    out.push(self.decode(item)?);
+                }
+                match r.last_evaluated_key() {
+                    Some(k) if !k.is_empty() => start = Some(k.clone()),
+                    _ => break,
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn fleet_paused(&self) -> impl std::future::Future<Output = PortResult<bool>> + Send {
+        Box::pin(async move {
+            const OP: &str = "dynamodb:GetItem";
+            self.calls.count(OP);
+            let r = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .key("pk", s(FLEET_PK))
+                .key("sk", s(PAUSE_SK))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| self.fail(OP, &e))?;
+            Ok(r.item()
+                .and_then(|i| i.get("paused"))
+                .and_then(|v| v.as_bool().ok())
+                .copied()
+                .unwrap_or(false))
+        })
+    }
+
+    fn set_fleet_paused(
+        &self,
+        paused: bool,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "dynamodb:PutItem";
+            self.calls.count(OP);
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(FLEET_PK))
+                .item("sk", s(PAUSE_SK))
+                .item("paused", AttributeValue::Bool(paused))
+                .item("updated_at", s(jiff::Timestamp::now().to_string()))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| self.fail(OP, &e))
+        })
     }
 }

@@ -532,585 +532,694 @@ impl AwsRds {
 }
 
 impl Rds for AwsRds {
-    async fn describe_source(&self, instance: &str) -> PortResult<Observed<SourceInstance>> {
-        Ok(self
-            .instance(instance)
-            .await?
-            .as_ref()
-            .map(source_of)
-            .into())
-    }
-
-    async fn list_tagged_sources(&self, tag_key: &str) -> PortResult<Vec<SourceInstance>> {
-        let all = self.all_instances().await?;
-        Ok(all
-            .iter()
-            .filter(|i| i.engine() == Some("postgres"))
-            .filter(|i| i.tag_list().iter().any(|t| t.key() == Some(tag_key)))
-            .map(source_of)
-            .collect())
-    }
-
-    async fn describe_target(&self, cluster: &str) -> PortResult<Observed<TargetCluster>> {
-        let all = self.all_clusters().await?;
-        let found = match all.iter().find(|c| matches_cluster(c, cluster)) {
-            Some(c) => Some(c.clone()),
-            None => self.cluster_direct(cluster).await?,
-        };
-        match found {
-            Some(c) => Ok(Observed::Present(self.target_of(&c).await?)),
-            None => Ok(Observed::Absent),
-        }
-    }
-
-    async fn parameter_groups_present(
+    fn describe_source(
         &self,
-        cluster_group: &str,
-        instance_group: &str,
-    ) -> PortResult<ParameterGroupsPresent> {
-        const C: &str = "rds:DescribeDBClusterParameterGroups";
-        let cluster = match self
-            .call(
-                C,
-                self.client
-                    .describe_db_cluster_parameter_groups()
-                    .db_cluster_parameter_group_name(cluster_group)
-                    .send(),
-            )
-            .await
-        {
-            Ok(r) => !r.db_cluster_parameter_groups().is_empty(),
-            Err(e) => match classify(C, &e) {
-                err if err.kind == ErrorKind::NotFound => false,
-                err => return Err(err),
-            },
-        };
-        const I: &str = "rds:DescribeDBParameterGroups";
-        let instance = match self
-            .call(
-                I,
-                self.client
-                    .describe_db_parameter_groups()
-                    .db_parameter_group_name(instance_group)
-                    .send(),
-            )
-            .await
-        {
-            Ok(r) => !r.db_parameter_groups().is_empty(),
-            Err(e) => match classify(I, &e) {
-                err if err.kind == ErrorKind::NotFound => false,
-                err => return Err(err),
-            },
-        };
-        Ok(ParameterGroupsPresent { cluster, instance })
-    }
-
-    async fn preflight_inputs(&self, source: &SourceInstance) -> PortResult<PreflightInputs> {
-        // Aurora PostgreSQL versions of the Region.
-        let mut aurora_versions = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
-            const OP: &str = "rds:DescribeDBEngineVersions";
-            let r = self
-                .call(
-                    OP,
-                    self.client
-                        .describe_db_engine_versions()
-                        .engine("aurora-postgresql")
-                        .set_marker(marker.clone())
-                        .send(),
-                )
-                .await
-                .map_err(|e| classify(OP, &e))?;
-            aurora_versions.extend(r.db_engine_versions().iter().filter_map(|v| {
-                Some(EngineVersion {
-                    version: v.engine_version()?.to_string(),
-                    family: opt(v.db_parameter_group_family()),
-                })
-            }));
-            marker = r.marker().map(str::to_string);
-            if marker.is_none() {
-                break;
-            }
-        }
-        let source_parameters = self
-            .source_user_parameters(&source.parameter_group.name)
-            .await?;
-        let major = source.engine_version.split('.').next().unwrap_or_default();
-        let family = aurora_versions
-            .iter()
-            .find(|v| v.version.split('.').next() == Some(major))
-            .map(|v| v.family.clone())
-            .unwrap_or_else(|| format!("aurora-postgresql{major}"));
-        let cluster_defaults = self.parameters_of_family(&family, true).await?;
-        let instance_defaults = self.parameters_of_family(&family, false).await?;
-        let names = |ps: &[SdkParameter]| -> Vec<String> {
-            ps.iter()
-                .filter_map(|p| p.parameter_name().map(str::to_string))
-                .collect()
-        };
-        let mut aurora_static_parameters: Vec<String> = cluster_defaults
-            .iter()
-            .chain(instance_defaults.iter())
-            .filter(|p| p.apply_type() == Some("static"))
-            .filter_map(|p| p.parameter_name().map(str::to_string))
-            .collect();
-        aurora_static_parameters.sort();
-        aurora_static_parameters.dedup();
-
-        const PM: &str = "rds:DescribePendingMaintenanceActions";
-        let pending = self
-            .call(
-                PM,
-                self.client
-                    .describe_pending_maintenance_actions()
-                    .resource_identifier(&source.arn)
-                    .send(),
-            )
-            .await
-            .map_err(|e| classify(PM, &e))?;
-        let pending_maintenance = pending
-            .pending_maintenance_actions()
-            .iter()
-            .flat_map(|r| r.pending_maintenance_action_details())
-            .map(|d| match d.description() {
-                Some(desc) => format!("{}: {desc}", opt(d.action())),
-                None => opt(d.action()),
-            })
-            .collect();
-        let quotas = self.account_quotas().await?;
-        Ok(PreflightInputs {
-            aurora_versions,
-            source_parameters,
-            aurora_cluster_parameters: names(&cluster_defaults),
-            aurora_instance_parameters: names(&instance_defaults),
-            aurora_static_parameters,
-            pending_maintenance,
-            quotas,
-            // The agent has no KMS client: a key RDS cannot use fails CreateDBCluster, which
-            // the phase machine reports.
-            kms_key_usable: None,
-            free_storage_bytes: self.latest_free_storage(&source.identifier).await,
+        instance: &str,
+    ) -> impl std::future::Future<Output = PortResult<Observed<SourceInstance>>> + Send {
+        Box::pin(async move {
+            Ok(self
+                .instance(instance)
+                .await?
+                .as_ref()
+                .map(source_of)
+                .into())
         })
     }
 
-    async fn account_quotas(&self) -> PortResult<Vec<Quota>> {
-        const OP: &str = "rds:DescribeAccountAttributes";
-        let r = self
-            .call(OP, self.client.describe_account_attributes().send())
-            .await
-            .map_err(|e| classify(OP, &e))?;
-        Ok(r.account_quotas()
-            .iter()
-            .filter_map(|q| {
-                Some(Quota {
-                    name: q.account_quota_name()?.to_string(),
-                    used: q.used().unwrap_or(0).max(0) as u64,
-                    max: q.max().unwrap_or(0).max(0) as u64,
+    fn list_tagged_sources(
+        &self,
+        tag_key: &str,
+    ) -> impl std::future::Future<Output = PortResult<Vec<SourceInstance>>> + Send {
+        Box::pin(async move {
+            let all = self.all_instances().await?;
+            Ok(all
+                .iter()
+                .filter(|i| i.engine() == Some("postgres"))
+                .filter(|i| i.tag_list().iter().any(|t| t.key() == Some(tag_key)))
+                .map(source_of)
+                .collect())
+        })
+    }
+
+    fn describe_target(
+        &self,
+        cluster: &str,
+    ) -> impl std::future::Future<Output = PortResult<Observed<TargetCluster>>> + Send {
+        Box::pin(async move {
+            let all = self.all_clusters().await?;
+            let found = match all.iter().find(|c| matches_cluster(c, cluster)) {
+                Some(c) => Some(c.clone()),
+                None => self.cluster_direct(cluster).await?,
+            };
+            match found {
+                Some(c) => Ok(Observed::Present(self.target_of(&c).await?)),
+                None => Ok(Observed::Absent),
+            }
+        })
+    }
+
+    fn parameter_groups_present(
+        &self,
+        cluster_group: &str,
+        instance_group: &str,
+    ) -> impl std::future::Future<Output = PortResult<ParameterGroupsPresent>> + Send {
+        Box::pin(async move {
+            const C: &str = "rds:DescribeDBClusterParameterGroups";
+            let cluster = match self
+                .call(
+                    C,
+                    self.client
+                        .describe_db_cluster_parameter_groups()
+                        .db_cluster_parameter_group_name(cluster_group)
+                        .send(),
+                )
+                .await
+            {
+                Ok(r) => !r.db_cluster_parameter_groups().is_empty(),
+                Err(e) => match classify(C, &e) {
+                    err if err.kind == ErrorKind::NotFound => false,
+                    err => return Err(err),
+                },
+            };
+            const I: &str = "rds:DescribeDBParameterGroups";
+            let instance = match self
+                .call(
+                    I,
+                    self.client
+                        .describe_db_parameter_groups()
+                        .db_parameter_group_name(instance_group)
+                        .send(),
+                )
+                .await
+            {
+                Ok(r) => !r.db_parameter_groups().is_empty(),
+                Err(e) => match classify(I, &e) {
+                    err if err.kind == ErrorKind::NotFound => false,
+                    err => return Err(err),
+                },
+            };
+            Ok(ParameterGroupsPresent { cluster, instance })
+        })
+    }
+
+    fn preflight_inputs(
+        &self,
+        source: &SourceInstance,
+    ) -> impl std::future::Future<Output = PortResult<PreflightInputs>> + Send {
+        Box::pin(async move {
+            // Aurora PostgreSQL versions of the Region.
+            let mut aurora_versions = Vec::new();
+            let mut marker: Option<String> = None;
+            loop {
+                const OP: &str = "rds:DescribeDBEngineVersions";
+                let r = self
+                    .call(
+                        OP,
+                        self.client
+                            .describe_db_engine_versions()
+                            .engine("aurora-postgresql")
+                            .set_marker(marker.clone())
+                            .send(),
+                    )
+                    .await
+                    .map_err(|e| classify(OP, &e))?;
+                aurora_versions.extend(r.db_engine_versions().iter().filter_map(|v| {
+                    Some(EngineVersion {
+                        version: v.engine_version()?.to_string(),
+                        family: opt(v.db_parameter_group_family()),
+                    })
+                }));
+                marker = r.marker().map(str::to_string);
+                if marker.is_none() {
+                    break;
+                }
+            }
+            let source_parameters = self
+                .source_user_parameters(&source.parameter_group.name)
+                .await?;
+            let major = source.engine_version.split('.').next().unwrap_or_default();
+            let family = aurora_versions
+                .iter()
+                .find(|v| v.version.split('.').next() == Some(major))
+                .map(|v| v.family.clone())
+                .unwrap_or_else(|| format!("aurora-postgresql{major}"));
+            let cluster_defaults = self.parameters_of_family(&family, true).await?;
+            let instance_defaults = self.parameters_of_family(&family, false).await?;
+            let names = |ps: &[SdkParameter]| -> Vec<String> {
+                ps.iter()
+                    .filter_map(|p| p.parameter_name().map(str::to_string))
+                    .collect()
+            };
+            let mut aurora_static_parameters: Vec<String> = cluster_defaults
+                .iter()
+                .chain(instance_defaults.iter())
+                .filter(|p| p.apply_type() == Some("static"))
+                .filter_map(|p| p.parameter_name().map(str::to_string))
+                .collect();
+            aurora_static_parameters.sort();
+            aurora_static_parameters.dedup();
+
+            const PM: &str = "rds:DescribePendingMaintenanceActions";
+            let pending = self
+                .call(
+                    PM,
+                    self.client
+                        .describe_pending_maintenance_actions()
+                        .resource_identifier(&source.arn)
+                        .send(),
+                )
+                .await
+                .map_err(|e| classify(PM, &e))?;
+            let pending_maintenance = pending
+                .pending_maintenance_actions()
+                .iter()
+                .flat_map(|r| r.pending_maintenance_action_details())
+                .map(|d| match d.description() {
+                    Some(desc) => format!("{}: {desc}", opt(d.action())),
+                    None => opt(d.action()),
                 })
+                .collect();
+            let quotas = self.account_quotas().await?;
+            Ok(PreflightInputs {
+                aurora_versions,
+                source_parameters,
+                aurora_cluster_parameters: names(&cluster_defaults),
+                aurora_instance_parameters: names(&instance_defaults),
+                aurora_static_parameters,
+                pending_maintenance,
+                quotas,
+                // The agent has no KMS client: a key RDS cannot use fails CreateDBCluster, which
+                // the phase machine reports.
+                kms_key_usable: None,
+                free_storage_bytes: self.latest_free_storage(&source.identifier).await,
             })
-            .collect())
+        })
     }
 
-    async fn describe_snapshot(&self, snapshot: &str) -> PortResult<Observed<Snapshot>> {
-        const OP: &str = "rds:DescribeDBSnapshots";
-        match self
-            .call(
-                OP,
-                self.client
-                    .describe_db_snapshots()
-                    .db_snapshot_identifier(snapshot)
-                    .send(),
-            )
-            .await
-        {
-            Ok(r) => Ok(r
-                .db_snapshots()
-                .first()
-                .map(|s| Snapshot {
-                    identifier: opt(s.db_snapshot_identifier()),
-                    status: opt(s.status()),
+    fn account_quotas(&self) -> impl std::future::Future<Output = PortResult<Vec<Quota>>> + Send {
+        Box::pin(async move {
+            const OP: &str = "rds:DescribeAccountAttributes";
+            let r = self
+                .call(OP, self.client.describe_account_attributes().send())
+                .await
+                .map_err(|e| classify(OP, &e))?;
+            Ok(r.account_quotas()
+                .iter()
+                .filter_map(|q| {
+                    Some(Quota {
+                        name: q.account_quota_name()?.to_string(),
+                        used: q.used().unwrap_or(0).max(0) as u64,
+                        max: q.max().unwrap_or(0).max(0) as u64,
+                    })
                 })
-                .into()),
-            Err(e) => match classify(OP, &e) {
-                err if err.kind == ErrorKind::NotFound => Ok(Observed::Absent),
-                err => Err(err),
-            },
-        }
+                .collect())
+        })
     }
 
-    async fn source_events(
+    fn describe_snapshot(
+        &self,
+        snapshot: &str,
+    ) -> impl std::future::Future<Output = PortResult<Observed<Snapshot>>> + Send {
+        Box::pin(async move {
+            const OP: &str = "rds:DescribeDBSnapshots";
+            match self
+                .call(
+                    OP,
+                    self.client
+                        .describe_db_snapshots()
+                        .db_snapshot_identifier(snapshot)
+                        .send(),
+                )
+                .await
+            {
+                Ok(r) => Ok(r
+                    .db_snapshots()
+                    .first()
+                    .map(|s| Snapshot {
+                        identifier: opt(s.db_snapshot_identifier()),
+                        status: opt(s.status()),
+                    })
+                    .into()),
+                Err(e) => match classify(OP, &e) {
+                    err if err.kind == ErrorKind::NotFound => Ok(Observed::Absent),
+                    err => Err(err),
+                },
+            }
+        })
+    }
+
+    fn source_events(
         &self,
         instance: &str,
         since: Timestamp,
-    ) -> PortResult<Vec<InstanceEvent>> {
-        let mut out = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
-            const OP: &str = "rds:DescribeEvents";
+    ) -> impl std::future::Future<Output = PortResult<Vec<InstanceEvent>>> + Send {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            let mut marker: Option<String> = None;
+            loop {
+                const OP: &str = "rds:DescribeEvents";
+                let r = self
+                    .call(
+                        OP,
+                        self.client
+                            .describe_events()
+                            .source_identifier(instance)
+                            .source_type(SourceType::DbInstance)
+                            .start_time(sdk_ts(since))
+                            .set_marker(marker.clone())
+                            .send(),
+                    )
+                    .await
+                    .map_err(|e| classify(OP, &e))?;
+                out.extend(r.events().iter().filter_map(|e| {
+                    Some(InstanceEvent {
+                        at: ts(e.date()?),
+                        kind: InstanceEventKind::from_message(e.message().unwrap_or_default()),
+                    })
+                }));
+                marker = r.marker().map(str::to_string);
+                if marker.is_none() {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn ensure_parameter_groups(
+        &self,
+        spec: &ParameterGroupsSpec,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            // Groups are named by content hash: an existing group of that name has this content.
+            const CC: &str = "rds:CreateDBClusterParameterGroup";
+            let created = self
+                .call(
+                    CC,
+                    self.client
+                        .create_db_cluster_parameter_group()
+                        .db_cluster_parameter_group_name(&spec.cluster_group)
+                        .db_parameter_group_family(&spec.family)
+                        .description(&spec.description)
+                        .send(),
+                )
+                .await;
+            if let Err(e) = created {
+                let err = classify(CC, &e);
+                if err.kind != ErrorKind::Conflict {
+                    return Err(err);
+                }
+            }
+            self.modify_parameters(&spec.cluster_group, true, &spec.cluster_parameters)
+                .await?;
+            const CI: &str = "rds:CreateDBParameterGroup";
+            let created = self
+                .call(
+                    CI,
+                    self.client
+                        .create_db_parameter_group()
+                        .db_parameter_group_name(&spec.instance_group)
+                        .db_parameter_group_family(&spec.family)
+                        .description(&spec.description)
+                        .send(),
+                )
+                .await;
+            if let Err(e) = created {
+                let err = classify(CI, &e);
+                if err.kind != ErrorKind::Conflict {
+                    return Err(err);
+                }
+            }
+            self.modify_parameters(&spec.instance_group, false, &spec.instance_parameters)
+                .await
+        })
+    }
+
+    fn create_replica_cluster(
+        &self,
+        spec: &ReplicaClusterSpec,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "rds:CreateDBCluster";
             let r = self
                 .call(
                     OP,
                     self.client
-                        .describe_events()
-                        .source_identifier(instance)
-                        .source_type(SourceType::DbInstance)
-                        .start_time(sdk_ts(since))
-                        .set_marker(marker.clone())
+                        .create_db_cluster()
+                        .db_cluster_identifier(&spec.cluster)
+                        .engine("aurora-postgresql")
+                        .engine_version(&spec.engine_version)
+                        .replication_source_identifier(&spec.source_arn)
+                        .db_cluster_parameter_group_name(&spec.cluster_parameter_group)
+                        .set_db_subnet_group_name(
+                            Some(spec.subnet_group.clone()).filter(|s| !s.is_empty()),
+                        )
+                        .set_vpc_security_group_ids(Some(spec.security_groups.clone()))
+                        .storage_encrypted(spec.storage_encrypted)
+                        .set_kms_key_id(spec.kms_key_id.clone())
+                        .set_tags(Some(sdk_tags(&spec.tags)))
                         .send(),
                 )
-                .await
-                .map_err(|e| classify(OP, &e))?;
-            out.extend(r.events().iter().filter_map(|e| {
-                Some(InstanceEvent {
-                    at: ts(e.date()?),
-                    kind: InstanceEventKind::from_message(e.message().unwrap_or_default()),
-                })
-            }));
-            marker = r.marker().map(str::to_string);
-            if marker.is_none() {
-                break;
+                .await;
+            self.invalidate();
+            match r {
+                Ok(_) => Ok(()),
+                Err(e) if code(&e) == Some("DBClusterAlreadyExistsFault") => {
+                    // Ours only if it replicates from our source or carries our migration tag.
+                    let existing = self.cluster_direct(&spec.cluster).await?;
+                    let ours = existing.is_some_and(|c| {
+                        c.replication_source_identifier() == Some(spec.source_arn.as_str())
+                            || spec.tags.iter().any(|(k, v)| {
+                                k.ends_with(":migration") && tags_of(c.tag_list()).get(k) == Some(v)
+                            })
+                    });
+                    if ours {
+                        Ok(())
+                    } else {
+                        Err(PortError::new(
+                            ErrorKind::Conflict,
+                            OP,
+                            format!(
+                                "a cluster named {} exists and is not the replica of {}",
+                                spec.cluster, spec.source_arn
+                            ),
+                        ))
+                    }
+                }
+                Err(e) => Err(classify(OP, &e)),
             }
-        }
-        Ok(out)
+        })
     }
 
-    async fn ensure_parameter_groups(&self, spec: &ParameterGroupsSpec) -> PortResult<()> {
-        // Groups are named by content hash: an existing group of that name has this content.
-        const CC: &str = "rds:CreateDBClusterParameterGroup";
-        let created = self
-            .call(
-                CC,
-                self.client
-                    .create_db_cluster_parameter_group()
-                    .db_cluster_parameter_group_name(&spec.cluster_group)
-                    .db_parameter_group_family(&spec.family)
-                    .description(&spec.description)
-                    .send(),
-            )
-            .await;
-        if let Err(e) = created {
-            let err = classify(CC, &e);
-            if err.kind != ErrorKind::Conflict {
-                return Err(err);
+    fn create_writer_instance(
+        &self,
+        spec: &WriterInstanceSpec,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "rds:CreateDBInstance";
+            let r = self
+                .call(
+                    OP,
+                    self.client
+                        .create_db_instance()
+                        .db_instance_identifier(&spec.instance)
+                        .db_cluster_identifier(&spec.cluster)
+                        .engine("aurora-postgresql")
+                        .db_instance_class(&spec.instance_class)
+                        .db_parameter_group_name(&spec.parameter_group)
+                        .set_tags(Some(sdk_tags(&spec.tags)))
+                        .send(),
+                )
+                .await;
+            self.invalidate();
+            match r {
+                Ok(_) => Ok(()),
+                Err(e) if code(&e) == Some("DBInstanceAlreadyExists") => {
+                    let existing = self.instance_direct(&spec.instance).await?;
+                    if existing.is_some_and(|i| i.db_cluster_identifier() == Some(&spec.cluster)) {
+                        Ok(())
+                    } else {
+                        Err(PortError::new(
+                            ErrorKind::Conflict,
+                            OP,
+                            format!(
+                                "an instance named {} exists and is not a member of {}",
+                                spec.instance, spec.cluster
+                            ),
+                        ))
+                    }
+                }
+                Err(e) => Err(classify(OP, &e)),
             }
-        }
-        self.modify_parameters(&spec.cluster_group, true, &spec.cluster_parameters)
-            .await?;
-        const CI: &str = "rds:CreateDBParameterGroup";
-        let created = self
-            .call(
-                CI,
-                self.client
-                    .create_db_parameter_group()
-                    .db_parameter_group_name(&spec.instance_group)
-                    .db_parameter_group_family(&spec.family)
-                    .description(&spec.description)
-                    .send(),
-            )
-            .await;
-        if let Err(e) = created {
-            let err = classify(CI, &e);
-            if err.kind != ErrorKind::Conflict {
-                return Err(err);
-            }
-        }
-        self.modify_parameters(&spec.instance_group, false, &spec.instance_parameters)
-            .await
+        })
     }
 
-    async fn create_replica_cluster(&self, spec: &ReplicaClusterSpec) -> PortResult<()> {
-        const OP: &str = "rds:CreateDBCluster";
-        let r = self
-            .call(
-                OP,
-                self.client
-                    .create_db_cluster()
-                    .db_cluster_identifier(&spec.cluster)
-                    .engine("aurora-postgresql")
-                    .engine_version(&spec.engine_version)
-                    .replication_source_identifier(&spec.source_arn)
-                    .db_cluster_parameter_group_name(&spec.cluster_parameter_group)
-                    .set_db_subnet_group_name(
-                        Some(spec.subnet_group.clone()).filter(|s| !s.is_empty()),
-                    )
-                    .set_vpc_security_group_ids(Some(spec.security_groups.clone()))
-                    .storage_encrypted(spec.storage_encrypted)
-                    .set_kms_key_id(spec.kms_key_id.clone())
-                    .set_tags(Some(sdk_tags(&spec.tags)))
-                    .send(),
-            )
-            .await;
-        self.invalidate();
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("DBClusterAlreadyExistsFault") => {
-                // Ours only if it replicates from our source or carries our migration tag.
-                let existing = self.cluster_direct(&spec.cluster).await?;
-                let ours = existing.is_some_and(|c| {
-                    c.replication_source_identifier() == Some(spec.source_arn.as_str())
-                        || spec.tags.iter().any(|(k, v)| {
-                            k.ends_with(":migration") && tags_of(c.tag_list()).get(k) == Some(v)
-                        })
-                });
-                if ours {
-                    Ok(())
-                } else {
-                    Err(PortError::new(
-                        ErrorKind::Conflict,
-                        OP,
-                        format!(
-                            "a cluster named {} exists and is not the replica of {}",
-                            spec.cluster, spec.source_arn
-                        ),
-                    ))
+    fn set_source_groups(
+        &self,
+        instance: &str,
+        group_ids: &[String],
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "rds:ModifyDBInstance";
+            let r = self
+                .call(
+                    OP,
+                    self.client
+                        .modify_db_instance()
+                        .db_instance_identifier(instance)
+                        .set_vpc_security_group_ids(Some(group_ids.to_vec()))
+                        .apply_immediately(true)
+                        .send(),
+                )
+                .await;
+            self.invalidate();
+            r.map(|_| ()).map_err(|e| classify(OP, &e))
+        })
+    }
+
+    fn reboot_source(
+        &self,
+        instance: &str,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "rds:RebootDBInstance";
+            let r = self
+                .call(
+                    OP,
+                    self.client
+                        .reboot_db_instance()
+                        .db_instance_identifier(instance)
+                        .send(),
+                )
+                .await;
+            self.invalidate();
+            r.map(|_| ()).map_err(|e| classify(OP, &e))
+        })
+    }
+
+    fn promote_target(
+        &self,
+        cluster: &str,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "rds:PromoteReadReplicaDBCluster";
+            let r = self
+                .call(
+                    OP,
+                    self.client
+                        .promote_read_replica_db_cluster()
+                        .db_cluster_identifier(cluster)
+                        .send(),
+                )
+                .await;
+            self.invalidate();
+            match r {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let err = classify(OP, &e);
+                    // A repeat after a lost answer: already promoted is what we asked for.
+                    if err.kind == ErrorKind::Conflict
+                        && let Some(c) = self.cluster_direct(cluster).await?
+                        && c.replication_source_identifier().is_none_or(str::is_empty)
+                    {
+                        return Ok(());
+                    }
+                    Err(err)
                 }
             }
-            Err(e) => Err(classify(OP, &e)),
-        }
+        })
     }
 
-    async fn create_writer_instance(&self, spec: &WriterInstanceSpec) -> PortResult<()> {
-        const OP: &str = "rds:CreateDBInstance";
-        let r = self
-            .call(
-                OP,
-                self.client
-                    .create_db_instance()
-                    .db_instance_identifier(&spec.instance)
-                    .db_cluster_identifier(&spec.cluster)
-                    .engine("aurora-postgresql")
-                    .db_instance_class(&spec.instance_class)
-                    .db_parameter_group_name(&spec.parameter_group)
-                    .set_tags(Some(sdk_tags(&spec.tags)))
-                    .send(),
-            )
-            .await;
-        self.invalidate();
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("DBInstanceAlreadyExists") => {
-                let existing = self.instance_direct(&spec.instance).await?;
-                if existing.is_some_and(|i| i.db_cluster_identifier() == Some(&spec.cluster)) {
-                    Ok(())
-                } else {
-                    Err(PortError::new(
-                        ErrorKind::Conflict,
-                        OP,
-                        format!(
-                            "an instance named {} exists and is not a member of {}",
-                            spec.instance, spec.cluster
-                        ),
-                    ))
+    fn set_target_groups(
+        &self,
+        cluster: &str,
+        group_ids: &[String],
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "rds:ModifyDBCluster";
+            let r = self
+                .call(
+                    OP,
+                    self.client
+                        .modify_db_cluster()
+                        .db_cluster_identifier(cluster)
+                        .set_vpc_security_group_ids(Some(group_ids.to_vec()))
+                        .apply_immediately(true)
+                        .send(),
+                )
+                .await;
+            self.invalidate();
+            r.map(|_| ()).map_err(|e| classify(OP, &e))
+        })
+    }
+
+    fn delete_target(
+        &self,
+        cluster: &str,
+        writer: &str,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const DI: &str = "rds:DeleteDBInstance";
+            let r = self
+                .call(
+                    DI,
+                    self.client
+                        .delete_db_instance()
+                        .db_instance_identifier(writer)
+                        .skip_final_snapshot(true)
+                        .send(),
+                )
+                .await;
+            self.invalidate();
+            if let Err(e) = r {
+                let err = classify(DI, &e);
+                // Gone already, or already being deleted: carry on with the cluster.
+                if !matches!(err.kind, ErrorKind::NotFound | ErrorKind::Conflict) {
+                    return Err(err);
                 }
             }
-            Err(e) => Err(classify(OP, &e)),
-        }
+            const DC: &str = "rds:DeleteDBCluster";
+            let r = self
+                .call(
+                    DC,
+                    self.client
+                        .delete_db_cluster()
+                        .db_cluster_identifier(cluster)
+                        .skip_final_snapshot(true)
+                        .send(),
+                )
+                .await;
+            self.invalidate();
+            r.map(|_| ()).map_err(|e| classify(DC, &e))
+        })
     }
 
-    async fn set_source_groups(&self, instance: &str, group_ids: &[String]) -> PortResult<()> {
-        const OP: &str = "rds:ModifyDBInstance";
-        let r = self
-            .call(
-                OP,
-                self.client
-                    .modify_db_instance()
-                    .db_instance_identifier(instance)
-                    .set_vpc_security_group_ids(Some(group_ids.to_vec()))
-                    .apply_immediately(true)
-                    .send(),
-            )
-            .await;
-        self.invalidate();
-        r.map(|_| ()).map_err(|e| classify(OP, &e))
-    }
-
-    async fn reboot_source(&self, instance: &str) -> PortResult<()> {
-        const OP: &str = "rds:RebootDBInstance";
-        let r = self
-            .call(
-                OP,
-                self.client
-                    .reboot_db_instance()
-                    .db_instance_identifier(instance)
-                    .send(),
-            )
-            .await;
-        self.invalidate();
-        r.map(|_| ()).map_err(|e| classify(OP, &e))
-    }
-
-    async fn promote_target(&self, cluster: &str) -> PortResult<()> {
-        const OP: &str = "rds:PromoteReadReplicaDBCluster";
-        let r = self
-            .call(
-                OP,
-                self.client
-                    .promote_read_replica_db_cluster()
-                    .db_cluster_identifier(cluster)
-                    .send(),
-            )
-            .await;
-        self.invalidate();
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let err = classify(OP, &e);
-                // A repeat after a lost answer: already promoted is what we asked for.
-                if err.kind == ErrorKind::Conflict
-                    && let Some(c) = self.cluster_direct(cluster).await?
-                    && c.replication_source_identifier().is_none_or(str::is_empty)
-                {
-                    return Ok(());
+    fn create_final_snapshot(
+        &self,
+        instance: &str,
+        snapshot: &str,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "rds:CreateDBSnapshot";
+            let r = self
+                .call(
+                    OP,
+                    self.client
+                        .create_db_snapshot()
+                        .db_instance_identifier(instance)
+                        .db_snapshot_identifier(snapshot)
+                        .send(),
+                )
+                .await;
+            match r {
+                Ok(_) => Ok(()),
+                Err(e) if code(&e) == Some("DBSnapshotAlreadyExists") => {
+                    const D: &str = "rds:DescribeDBSnapshots";
+                    let existing = self
+                        .call(
+                            D,
+                            self.client
+                                .describe_db_snapshots()
+                                .db_snapshot_identifier(snapshot)
+                                .send(),
+                        )
+                        .await
+                        .map_err(|e| classify(D, &e))?;
+                    let ours = existing
+                        .db_snapshots()
+                        .first()
+                        .is_some_and(|s| s.db_instance_identifier() == Some(instance));
+                    if ours {
+                        Ok(())
+                    } else {
+                        Err(PortError::new(
+                            ErrorKind::Conflict,
+                            OP,
+                            format!("a snapshot named {snapshot} exists and is not of {instance}"),
+                        ))
+                    }
                 }
-                Err(err)
+                Err(e) => Err(classify(OP, &e)),
             }
-        }
+        })
     }
 
-    async fn set_target_groups(&self, cluster: &str, group_ids: &[String]) -> PortResult<()> {
-        const OP: &str = "rds:ModifyDBCluster";
-        let r = self
-            .call(
-                OP,
-                self.client
-                    .modify_db_cluster()
-                    .db_cluster_identifier(cluster)
-                    .set_vpc_security_group_ids(Some(group_ids.to_vec()))
-                    .apply_immediately(true)
-                    .send(),
-            )
-            .await;
-        self.invalidate();
-        r.map(|_| ()).map_err(|e| classify(OP, &e))
+    fn disable_deletion_protection(
+        &self,
+        instance: &str,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "rds:ModifyDBInstance";
+            let r = self
+                .call(
+                    OP,
+                    self.client
+                        .modify_db_instance()
+                        .db_instance_identifier(instance)
+                        .deletion_protection(false)
+                        .apply_immediately(true)
+                        .send(),
+                )
+                .await;
+            self.invalidate();
+            r.map(|_| ()).map_err(|e| classify(OP, &e))
+        })
     }
 
-    async fn delete_target(&self, cluster: &str, writer: &str) -> PortResult<()> {
-        const DI: &str = "rds:DeleteDBInstance";
-        let r = self
-            .call(
-                DI,
-                self.client
-                    .delete_db_instance()
-                    .db_instance_identifier(writer)
-                    .skip_final_snapshot(true)
-                    .send(),
-            )
-            .await;
-        self.invalidate();
-        if let Err(e) = r {
-            let err = classify(DI, &e);
-            // Gone already, or already being deleted: carry on with the cluster.
-            if !matches!(err.kind, ErrorKind::NotFound | ErrorKind::Conflict) {
-                return Err(err);
-            }
-        }
-        const DC: &str = "rds:DeleteDBCluster";
-        let r = self
-            .call(
-                DC,
-                self.client
-                    .delete_db_cluster()
-                    .db_cluster_identifier(cluster)
-                    .skip_final_snapshot(true)
-                    .send(),
-            )
-            .await;
-        self.invalidate();
-        r.map(|_| ()).map_err(|e| classify(DC, &e))
+    fn delete_source(
+        &self,
+        instance: &str,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "rds:DeleteDBInstance";
+            // The final snapshot was taken (and seen available) before: no second one here.
+            let r = self
+                .call(
+                    OP,
+                    self.client
+                        .delete_db_instance()
+                        .db_instance_identifier(instance)
+                        .skip_final_snapshot(true)
+                        .send(),
+                )
+                .await;
+            self.invalidate();
+            r.map(|_| ()).map_err(|e| classify(OP, &e))
+        })
     }
 
-    async fn create_final_snapshot(&self, instance: &str, snapshot: &str) -> PortResult<()> {
-        const OP: &str = "rds:CreateDBSnapshot";
-        let r = self
-            .call(
-                OP,
-                self.client
-                    .create_db_snapshot()
-                    .db_instance_identifier(instance)
-                    .db_snapshot_identifier(snapshot)
-                    .send(),
-            )
-            .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("DBSnapshotAlreadyExists") => {
-                const D: &str = "rds:DescribeDBSnapshots";
-                let existing = self
-                    .call(
-                        D,
-                        self.client
-                            .describe_db_snapshots()
-                            .db_snapshot_identifier(snapshot)
-                            .send(),
-                    )
-                    .await
-                    .map_err(|e| classify(D, &e))?;
-                let ours = existing
-                    .db_snapshots()
-                    .first()
-                    .is_some_and(|s| s.db_instance_identifier() == Some(instance));
-                if ours {
-                    Ok(())
-                } else {
-                    Err(PortError::new(
-                        ErrorKind::Conflict,
-                        OP,
-                        format!("a snapshot named {snapshot} exists and is not of {instance}"),
-                    ))
+    fn set_tags(
+        &self,
+        arn: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "rds:AddTagsToResource";
+            let r = self
+                .call(
+                    OP,
+                    self.client
+                        .add_tags_to_resource()
+                        .resource_name(arn)
+                        .set_tags(Some(sdk_tags(tags)))
+                        .send(),
+                )
+                .await;
+            self.invalidate();
+            match r {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let err = classify(OP, &e);
+                    // A resource that is gone (the deleted source) has nothing left to tag; the
+                    // phase mirror goes on to the next ARN.
+                    if err.kind == ErrorKind::NotFound {
+                        tracing::debug!(arn, error = %err, "not tagged: the resource is gone");
+                        Ok(())
+                    } else {
+                        Err(err)
+                    }
                 }
             }
-            Err(e) => Err(classify(OP, &e)),
-        }
-    }
-
-    async fn disable_deletion_protection(&self, instance: &str) -> PortResult<()> {
-        const OP: &str = "rds:ModifyDBInstance";
-        let r = self
-            .call(
-                OP,
-                self.client
-                    .modify_db_instance()
-                    .db_instance_identifier(instance)
-                    .deletion_protection(false)
-                    .apply_immediately(true)
-                    .send(),
-            )
-            .await;
-        self.invalidate();
-        r.map(|_| ()).map_err(|e| classify(OP, &e))
-    }
-
-    async fn delete_source(&self, instance: &str) -> PortResult<()> {
-        const OP: &str = "rds:DeleteDBInstance";
-        // The final snapshot was taken (and seen available) before: no second one here.
-        let r = self
-            .call(
-                OP,
-                self.client
-                    .delete_db_instance()
-                    .db_instance_identifier(instance)
-                    .skip_final_snapshot(true)
-                    .send(),
-            )
-            .await;
-        self.invalidate();
-        r.map(|_| ()).map_err(|e| classify(OP, &e))
-    }
-
-    async fn set_tags(&self, arn: &str, tags: &BTreeMap<String, String>) -> PortResult<()> {
-        const OP: &str = "rds:AddTagsToResource";
-        let r = self
-            .call(
-                OP,
-                self.client
-                    .add_tags_to_resource()
-                    .resource_name(arn)
-                    .set_tags(Some(sdk_tags(tags)))
-                    .send(),
-            )
-            .await;
-        self.invalidate();
-        r.map(|_| ()).map_err(|e| classify(OP, &e))
+        })
     }
 }

@@ -116,20 +116,30 @@ impl HttpRouter {
 }
 
 impl Router for HttpRouter {
-    async fn route(&self, request: &RouteRequest) -> PortResult<()> {
-        match &self.webhook_url {
-            Some(url) => self.post("router:webhook", url, request).await,
-            None => {
-                tracing::info!(migration = %request.migration, endpoint = %request.endpoint, "router mode none: the SNS cutover notification is the route");
-                Ok(())
+    fn route(
+        &self,
+        request: &RouteRequest,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            match &self.webhook_url {
+                Some(url) => self.post("router:webhook", url, request).await,
+                None => {
+                    tracing::info!(migration = %request.migration, endpoint = %request.endpoint, "router mode none: the SNS cutover notification is the route");
+                    Ok(())
+                }
             }
-        }
+        })
     }
 
-    async fn smoke_test(&self, request: &RouteRequest) -> PortResult<()> {
-        match &self.smoke_test_url {
-            Some(url) => self.post("router:smoke-test", url, request).await,
-            None => Ok(()),
-        }
+    fn smoke_test(
+        &self,
+        request: &RouteRequest,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            match &self.smoke_test_url {
+                Some(url) => self.post("router:smoke-test", url, request).await,
+                None => Ok(()),
+            }
+        })
     }
 }

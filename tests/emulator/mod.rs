@@ -158,8 +158,9 @@ pub fn policy() -> Policy {
         lag_sustain: s(2),
         soak: s(3),
         retention: s(2),
-        slow_poll: s(2),
-        fast_poll: s(1),
+        slow_poll: s(3),
+        // 2 s, not 1: the driver truncates a wake-up's delay to whole seconds (1.99 s → 1 s).
+        fast_poll: s(2),
         write_unavailability_budget: s(240),
         reissue_after: s(20),
         cutover_reissue_after: s(10),
