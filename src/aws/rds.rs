@@ -884,7 +884,9 @@ impl Rds for AwsRds {
             self.invalidate();
             match r {
                 Ok(_) => Ok(()),
-                Err(e) if code(&e) == Some("DBClusterAlreadyExistsFault") => {
+                // moto answers a repeat with DBClusterSnapshotAlreadyExistsFault, AWS with
+                // DBClusterAlreadyExistsFault: any conflict is checked the same way.
+                Err(e) if classify(OP, &e).kind == ErrorKind::Conflict => {
                     // Ours only if it replicates from our source or carries our migration tag.
                     let existing = self.cluster_direct(&spec.cluster).await?;
                     let ours = existing.is_some_and(|c| {

@@ -174,6 +174,14 @@ impl Env {
     }
 
     pub async fn with_visibility(visibility_s: u32) -> Env {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,aurora_migrator=info")
+                }),
+            )
+            .with_test_writer()
+            .try_init();
         let shim = Shim::start().await;
         let mut settings = AwsSettings::new("", "", "migrations");
         settings.endpoint_url = Some(shim.endpoint.clone());
@@ -581,7 +589,8 @@ pub fn spawn_cloudwatch_player(
                     Err(_) => true,
                 };
                 let slot = if stale_slot {
-                    5.0 * 1024.0 * 1024.0 * 1024.0
+                    // A forgotten logical slot: fine for replicating, never 0 when drained.
+                    (if fenced { 128.0 } else { 64.0 }) * 1024.0 * 1024.0
                 } else if fenced {
                     0.0
                 } else {
