@@ -8,10 +8,12 @@
 //! - [`config`]: settings from flags and environment variables, validated.
 
 pub mod agent;
+pub mod aws;
 pub mod commands;
 pub mod config;
 pub mod core;
 pub mod inbound;
 pub mod ports;
+pub mod runtime;
 pub mod sim;
 pub mod telemetry;

@@ -89,6 +89,8 @@ pub fn needs(m: &Migration, now: Timestamp, policy: &Policy) -> Needs {
             .collect();
         }
         Phase::Decommissioning => {
+            // The cluster is looked at so that entering Completed mirrors the phase to its tag.
+            n.target = true;
             let due = p.verification_passed_at.map(|t| t + policy.retention);
             if due.is_some_and(|d| now >= d) {
                 n.final_snapshot = true;

@@ -1,0 +1,189 @@
+//! Every SDK error becomes a [`PortError`] here, and nowhere else.
+//!
+//! The SDK's standard retry mode has already retried transient failures (throttling, 5xx,
+//! timeouts) by the time an error reaches this point, so the classification only tells the
+//! driver what kind of failure is left: retry later, back off harder, not there, in the way, or
+//! hopeless.
+
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::http::Response;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use crate::ports::{ErrorKind, PortError};
+
+/// Error codes that mean "slow down", across the services the agent calls.
+const THROTTLING: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "RequestThrottled",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceededException",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "BandwidthLimitExceeded",
+    "EC2ThrottledException",
+    "TransactionInProgressException",
+];
+
+/// Error codes of transient server-side failures.
+const TRANSIENT: &[&str] = &[
+    "InternalFailure",
+    "InternalError",
+    "InternalServerError",
+    "InternalServerErrorException",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "Unavailable",
+    "KMS.KMSInternalException",
+];
+
+/// Codes of "the thing is not there".
+const NOT_FOUND: &[&str] = &[
+    "ResourceNotFoundException",
+    "QueueDoesNotExist",
+    "AWS.SimpleQueueService.NonExistentQueue",
+    "NotFound",
+    "NotFoundException",
+    "ResourceNotFound",
+];
+
+/// Codes of "already exists" or "in a state that refuses the call".
+const CONFLICT: &[&str] = &[
+    "InvalidGroup.Duplicate",
+    "DependencyViolation",
+    "ConditionalCheckFailedException",
+    "TransactionConflictException",
+    "ResourceInUseException",
+    "InvalidPermission.Duplicate",
+    "IncorrectState",
+    "OptInRequired",
+];
+
+/// Classifies an error code (and HTTP status, if any) into the driver's kinds.
+pub fn kind_of(code: Option<&str>, status: Option<u16>) -> ErrorKind {
+    if let Some(code) = code {
+        if THROTTLING.contains(&code) {
+            return ErrorKind::Throttled;
+        }
+        if TRANSIENT.contains(&code) {
+            return ErrorKind::Retryable;
+        }
+        if NOT_FOUND.contains(&code)
+            || code.ends_with("NotFound")
+            || code.ends_with("NotFoundFault")
+            || code.ends_with(".NotFound")
+            || code.ends_with("NotFoundException")
+        {
+            return ErrorKind::NotFound;
+        }
+        if CONFLICT.contains(&code)
+            || code.contains("AlreadyExists")
+            || code.starts_with("InvalidDBInstanceState")
+            || code.starts_with("InvalidDBClusterState")
+            || code.starts_with("InvalidDBSnapshotState")
+            || code.starts_with("InvalidDBParameterGroupState")
+            || code.starts_with("InvalidDBSubnetGroupState")
+            || code.ends_with(".InUse")
+        {
+            return ErrorKind::Conflict;
+        }
+    }
+    match status {
+        Some(429) => ErrorKind::Throttled,
+        Some(s) if s >= 500 => ErrorKind::Retryable,
+        Some(404) if code.is_none() => ErrorKind::NotFound,
+        _ => ErrorKind::Fatal,
+    }
+}
+
+/// The error code of an SDK error, when the service sent one.
+pub fn code<E: ProvideErrorMetadata>(err: &SdkError<E, Response>) -> Option<&str> {
+    match err {
+        SdkError::ServiceError(ctx) => ctx.err().code(),
+        _ => None,
+    }
+}
+
+/// Turns any SDK error into a classified [`PortError`] for `operation` (e.g.
+/// `rds:CreateDBCluster`).
+pub fn classify<E>(operation: &str, err: &SdkError<E, Response>) -> PortError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let kind = match err {
+        SdkError::ConstructionFailure(_) => ErrorKind::Fatal,
+        // Connection refused, reset, DNS, a timed-out attempt: all worth another try later.
+        SdkError::TimeoutError(_) => ErrorKind::Retryable,
+        SdkError::DispatchFailure(d) if d.is_user() => ErrorKind::Fatal,
+        SdkError::DispatchFailure(_) => ErrorKind::Retryable,
+        // A response that could not be read (truncated, or an HTML error page).
+        SdkError::ResponseError(r) => {
+            kind_of(None, Some(r.raw().status().as_u16())).max_retryable()
+        }
+        SdkError::ServiceError(ctx) => kind_of(ctx.err().code(), Some(ctx.raw().status().as_u16())),
+        _ => ErrorKind::Retryable,
+    };
+    let message = match err {
+        SdkError::ServiceError(ctx) => match (ctx.err().code(), ctx.err().message()) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            (Some(c), None) => c.to_string(),
+            _ => DisplayErrorContext(err).to_string(),
+        },
+        _ => DisplayErrorContext(err).to_string(),
+    };
+    PortError::new(kind, operation, message)
+}
+
+trait MaxRetryable {
+    fn max_retryable(self) -> ErrorKind;
+}
+
+impl MaxRetryable for ErrorKind {
+    /// An unreadable answer is never "not found" or "conflict": at worst a transient glitch.
+    fn max_retryable(self) -> ErrorKind {
+        match self {
+            ErrorKind::Throttled => ErrorKind::Throttled,
+            _ => ErrorKind::Retryable,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_kinds() {
+        let k = |c: &str, s: u16| kind_of(Some(c), Some(s));
+        assert_eq!(k("Throttling", 400), ErrorKind::Throttled);
+        assert_eq!(k("RequestLimitExceeded", 503), ErrorKind::Throttled);
+        assert_eq!(
+            k("ProvisionedThroughputExceededException", 400),
+            ErrorKind::Throttled
+        );
+        assert_eq!(k("DBInstanceNotFound", 404), ErrorKind::NotFound);
+        assert_eq!(k("DBClusterNotFoundFault", 404), ErrorKind::NotFound);
+        assert_eq!(k("InvalidGroup.NotFound", 400), ErrorKind::NotFound);
+        assert_eq!(k("QueueDoesNotExist", 400), ErrorKind::NotFound);
+        assert_eq!(k("DBClusterAlreadyExistsFault", 400), ErrorKind::Conflict);
+        assert_eq!(k("InvalidDBClusterStateFault", 400), ErrorKind::Conflict);
+        assert_eq!(k("InvalidDBInstanceState", 400), ErrorKind::Conflict);
+        assert_eq!(
+            k("ConditionalCheckFailedException", 400),
+            ErrorKind::Conflict
+        );
+        assert_eq!(k("InternalFailure", 500), ErrorKind::Retryable);
+        assert_eq!(k("SomethingElse", 502), ErrorKind::Retryable);
+        assert_eq!(k("AccessDenied", 403), ErrorKind::Fatal);
+        assert_eq!(k("InvalidParameterValue", 400), ErrorKind::Fatal);
+        assert_eq!(kind_of(None, Some(429)), ErrorKind::Throttled);
+        assert_eq!(kind_of(None, None), ErrorKind::Fatal);
+    }
+}

@@ -1,0 +1,352 @@
+//! DynamoDB: the migration records, every write conditional on the version read.
+//!
+//! Item layout: `pk` (S) = the source's `DbiResourceId`, `sk` (S) = `attempt#0001`, `version`
+//! (N) for the condition, `record` (S) = the [`Migration`] as JSON, plus `phase`, `source` and
+//! `updated_at` for people and listings. The fleet-wide pause is the item (`#fleet`, `pause`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, TableStatus,
+};
+
+use super::classify::{classify, code};
+use super::{CallCounter, ConnectError};
+use crate::core::migration::{Migration, MigrationId};
+use crate::ports::{ErrorKind, PortError, PortResult, StateStore, StoreError};
+
+const FLEET_PK: &str = "#fleet";
+const PAUSE_SK: &str = "pause";
+const ATTEMPT_PREFIX: &str = "attempt#";
+
+pub struct AwsStore {
+    client: Client,
+    calls: CallCounter,
+    table: String,
+}
+
+pub fn sort_key(attempt: u32) -> String {
+    format!("{ATTEMPT_PREFIX}{attempt:04}")
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+impl AwsStore {
+    pub fn new(client: Client, calls: CallCounter, table: &str) -> Self {
+        AwsStore {
+            client,
+            calls,
+            table: table.to_string(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn fail<E>(
+        &self,
+        op: &str,
+        e: &aws_smithy_runtime_api::client::result::SdkError<
+            E,
+            aws_smithy_runtime_api::http::Response,
+        >,
+    ) -> PortError
+    where
+        E: aws_smithy_types::error::metadata::ProvideErrorMetadata
+            + std::error::Error
+            + Send
+            + Sync
+            + 'static,
+    {
+        let err = classify(op, e);
+        self.calls.error(op, err.kind);
+        err
+    }
+
+    fn decode(&self, item: &HashMap<String, AttributeValue>) -> PortResult<Migration> {
+        let bad = |why: String| {
+            PortError::new(
+                ErrorKind::Fatal,
+                "dynamodb:decode",
+                format!("a record in {} is unreadable: {why}", self.table),
+            )
+        };
+        let record = item
+            .get("record")
+            .and_then(|v| v.as_s().ok())
+            .ok_or_else(|| bad("no `record` attribute".into()))?;
+        let mut m: Migration =
+            serde_json::from_str(record).map_err(|e| bad(format!("record JSON: {e}")))?;
+        if let Some(v) = item
+            .get("version")
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok())
+        {
+            m.version = v;
+        }
+        Ok(m)
+    }
+
+    /// Start-up check: the table exists and can be read.
+    pub async fn check_table(&self) -> Result<(), ConnectError> {
+        const OP: &str = "dynamodb:DescribeTable";
+        self.calls.count(OP);
+        match self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some("ResourceNotFoundException") => {
+                Err(ConnectError::NoTable(self.table.clone()))
+            }
+            Err(e) => Err(ConnectError::Table {
+                table: self.table.clone(),
+                error: self.fail(OP, &e),
+            }),
+        }
+    }
+
+    /// Creates the table (on-demand billing) if missing and waits until it is active.
+    pub async fn create_table(&self) -> Result<(), ConnectError> {
+        const OP: &str = "dynamodb:CreateTable";
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .expect("name and type are set")
+        };
+        let attr = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("name and type are set")
+        };
+        self.calls.count(OP);
+        let r = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .attribute_definitions(attr("pk"))
+            .attribute_definitions(attr("sk"))
+            .key_schema(key("pk", KeyType::Hash))
+            .key_schema(key("sk", KeyType::Range))
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await;
+        match r {
+            Ok(_) => {}
+            Err(e) if code(&e) == Some("ResourceInUseException") => {}
+            Err(e) => {
+                return Err(ConnectError::CreateTable {
+                    table: self.table.clone(),
+                    error: self.fail(OP, &e),
+                });
+            }
+        }
+        for _ in 0..60 {
+            const D: &str = "dynamodb:DescribeTable";
+            self.calls.count(D);
+            let r = self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await
+                .map_err(|e| ConnectError::CreateTable {
+                    table: self.table.clone(),
+                    error: self.fail(D, &e),
+                })?;
+            if r.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(ConnectError::CreateTable {
+            table: self.table.clone(),
+            error: PortError::new(
+                ErrorKind::Retryable,
+                OP,
+                "the table did not become ACTIVE within 30 s",
+            ),
+        })
+    }
+}
+
+impl StateStore for AwsStore {
+    fn load(
+        &self,
+        id: &MigrationId,
+    ) -> impl std::future::Future<Output = PortResult<Option<Migration>>> + Send {
+        Box::pin(async move {
+            const OP: &str = "dynamodb:GetItem";
+            self.calls.count(OP);
+            let r = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .key("pk", s(&id.resource_id))
+                .key("sk", s(sort_key(id.attempt)))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| self.fail(OP, &e))?;
+            r.item().map(|i| self.decode(i)).transpose()
+        })
+    }
+
+    fn latest(
+        &self,
+        resource_id: &str,
+    ) -> impl std::future::Future<Output = PortResult<Option<Migration>>> + Send {
+        Box::pin(async move {
+            const OP: &str = "dynamodb:Query";
+            self.calls.count(OP);
+            let r = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :a)")
+                .expression_attribute_values(":pk", s(resource_id))
+                .expression_attribute_values(":a", s(ATTEMPT_PREFIX))
+                .scan_index_forward(false)
+                .limit(1)
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| self.fail(OP, &e))?;
+            r.items().first().map(|i| self.decode(i)).transpose()
+        })
+    }
+
+    fn save(
+        &self,
+        m: &Migration,
+    ) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send {
+        Box::pin(async move {
+            const OP: &str = "dynamodb:PutItem";
+            let new_version = m.version + 1;
+            let mut record = m.clone();
+            record.version = new_version;
+            let json = serde_json::to_string(&record).map_err(|e| {
+                PortError::new(
+                    ErrorKind::Fatal,
+                    OP,
+                    format!("record does not serialize: {e}"),
+                )
+            })?;
+            let mut req = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(&m.id.resource_id))
+                .item("sk", s(sort_key(m.id.attempt)))
+                .item("version", AttributeValue::N(new_version.to_string()))
+                .item("record", s(json))
+                .item("phase", s(m.phase.as_str()))
+                .item("source", s(&m.source_identifier))
+                .item("updated_at", s(jiff::Timestamp::now().to_string()));
+            req = if m.version == 0 {
+                req.condition_expression("attribute_not_exists(pk)")
+            } else {
+                req.condition_expression("#v = :v")
+                    .expression_attribute_names("#v", "version")
+                    .expression_attribute_values(":v", AttributeValue::N(m.version.to_string()))
+            };
+            self.calls.count(OP);
+            match req.send().await {
+                Ok(_) => Ok(new_version),
+                Err(e) if code(&e) == Some("ConditionalCheckFailedException") => {
+                    self.calls.error(OP, ErrorKind::Conflict);
+                    Err(StoreError::VersionConflict {
+                        expected: m.version,
+                    })
+                }
+                Err(e) => Err(StoreError::Port(self.fail(OP, &e))),
+            }
+        })
+    }
+
+    fn list(&self) -> impl std::future::Future<Output = PortResult<Vec<Migration>>> + Send {
+        Box::pin(async move {
+            const OP: &str = "dynamodb:Scan";
+            let mut out = Vec::new();
+            let mut start: Option<HashMap<String, AttributeValue>> = None;
+            loop {
+                self.calls.count(OP);
+                let r = self
+                    .client
+                    .scan()
+                    .table_name(&self.table)
+                    .filter_expression("begins_with(sk, :a)")
+                    .expression_attribute_values(":a", s(ATTEMPT_PREFIX))
+                    .consistent_read(true)
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(|e| self.fail(OP, &e))?;
+                for item in r.items() {
+                    out.push(self.decode(item)?);
+                }
+                match r.last_evaluated_key() {
+                    Some(k) if !k.is_empty() => start = Some(k.clone()),
+                    _ => break,
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn fleet_paused(&self) -> impl std::future::Future<Output = PortResult<bool>> + Send {
+        Box::pin(async move {
+            const OP: &str = "dynamodb:GetItem";
+            self.calls.count(OP);
+            let r = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .key("pk", s(FLEET_PK))
+                .key("sk", s(PAUSE_SK))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| self.fail(OP, &e))?;
+            Ok(r.item()
+                .and_then(|i| i.get("paused"))
+                .and_then(|v| v.as_bool().ok())
+                .copied()
+                .unwrap_or(false))
+        })
+    }
+
+    fn set_fleet_paused(
+        &self,
+        paused: bool,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "dynamodb:PutItem";
+            self.calls.count(OP);
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(FLEET_PK))
+                .item("sk", s(PAUSE_SK))
+                .item("paused", AttributeValue::Bool(paused))
+                .item("updated_at", s(jiff::Timestamp::now().to_string()))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| self.fail(OP, &e))
+        })
+    }
+}

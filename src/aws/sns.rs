@@ -1,0 +1,79 @@
+//! SNS: one message per notification, in the AWS Chatbot custom-notification format.
+
+use aws_sdk_sns::Client;
+use aws_sdk_sns::types::MessageAttributeValue;
+
+use super::CallCounter;
+use super::classify::classify;
+use crate::core::notification::Notification;
+use crate::ports::{Notifier, PortResult};
+
+pub struct AwsNotifier {
+    client: Client,
+    calls: CallCounter,
+    topic_arn: String,
+    /// Ids of notifications this process already published. The driver does not report a
+    /// successful publish back to the phase machine (agent/execute.rs `feeds_back` leaves out
+    /// `Notify`), so the record's outbox never drains and every step offers the same
+    /// notifications again; this keeps it to one message per notification per process.
+    sent: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl AwsNotifier {
+    pub fn new(client: Client, calls: CallCounter, topic_arn: &str) -> Self {
+        AwsNotifier {
+            client,
+            calls,
+            topic_arn: topic_arn.to_string(),
+            sent: Default::default(),
+        }
+    }
+}
+
+impl Notifier for AwsNotifier {
+    fn publish(
+        &self,
+        note: &Notification,
+    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
+        Box::pin(async move {
+            const OP: &str = "sns:Publish";
+            let id = note.id();
+            if self
+                .sent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&id)
+            {
+                return Ok(());
+            }
+            self.calls.count(OP);
+            let mut req = self
+                .client
+                .publish()
+                .topic_arn(&self.topic_arn)
+                .subject(note.subject())
+                .message(note.chatbot_message().to_string());
+            for (name, value) in note.attributes() {
+                req = req.message_attributes(
+                    name,
+                    MessageAttributeValue::builder()
+                        .data_type("String")
+                        .string_value(value)
+                        .build()
+                        .expect("data type is set"),
+                );
+            }
+            req.send().await.map_err(|e| {
+                let err = classify(OP, &e);
+                self.calls.error(OP, err.kind);
+                err
+            })?;
+            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+            if sent.len() > 100_000 {
+                sent.clear();
+            }
+            sent.insert(id);
+            Ok(())
+        })
+    }
+}
