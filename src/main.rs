@@ -4,8 +4,18 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use std::sync::Arc;
+
+use aurora_migrator::agent::Agent;
+use aurora_migrator::aws::{self, AwsSettings, AwsWorld};
+use aurora_migrator::commands::{self, Control};
 use aurora_migrator::config::{AwsArgs, PolicyArgs};
+use aurora_migrator::core::Policy;
+use aurora_migrator::ports::{Clock, World};
+use aurora_migrator::runtime::{self, RuntimeSettings};
+use aurora_migrator::sim::{self, SimOptions};
 use aurora_migrator::telemetry::{self, LogFormat};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -58,6 +68,25 @@ enum Command {
     Pause,
     /// Lift the fleet-wide pause.
     Resume,
+    /// Run the deterministic simulator: migrations against an in-process AWS with virtual time
+    /// and seeded faults, checking every safety rule; prints a report. Needs no AWS.
+    Simulate {
+        /// Seeds to run, starting at --seed.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// First seed (with --seeds 1 and --verbose: replay one seed with its timeline).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the first seed's timeline.
+        #[arg(long)]
+        verbose: bool,
+        /// Also run one seed with this many concurrent migrations in one agent.
+        #[arg(long, default_value_t = 0)]
+        fleet: usize,
+        /// Scale of the fault mix (0: no faults).
+        #[arg(long, default_value_t = 1.0)]
+        faults: f64,
+    },
     /// Exit 0 if the running agent touched its heartbeat file recently (container health check).
     Healthcheck {
         /// Oldest acceptable heartbeat, in seconds.
@@ -68,7 +97,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // The simulator logs every agent step of thousands of migrations: warnings only, by default.
+    let level = if matches!(cli.command, Command::Simulate { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
+    telemetry::init(cli.log_format, level);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -83,29 +118,154 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     cli.aws.validate()?;
     match cli.command {
         Command::Healthcheck { max_age_s } => healthcheck(&cli.aws.heartbeat_file, max_age_s),
-        _ => {
-            let _ = policy;
-            anyhow::bail!(
-                "this build has no AWS adapters yet: `{}` needs them (see the README's status section)",
-                command_name(&cli.command)
-            )
+        Command::Simulate {
+            seeds,
+            seed,
+            verbose,
+            fleet,
+            faults,
+        } => {
+            let report = sim::run(&SimOptions {
+                seeds,
+                start_seed: seed,
+                verbose,
+                fleet,
+                fault_intensity: faults,
+                ..SimOptions::default()
+            });
+            println!("{report}");
+            anyhow::ensure!(
+                report.violations.is_empty(),
+                "the simulation found violations"
+            );
+            Ok(())
+        }
+        command => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(with_aws(command, &cli.aws, policy))
         }
     }
 }
 
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::Run { .. } => "run",
-        Command::Plan { .. } => "plan",
-        Command::Status => "status",
-        Command::Start { .. } => "start",
-        Command::Approve { .. } => "approve",
-        Command::Abort { .. } => "abort",
-        Command::Rollback { .. } => "rollback",
-        Command::Ack { .. } => "ack",
-        Command::Pause => "pause",
-        Command::Resume => "resume",
-        Command::Healthcheck { .. } => "healthcheck",
+/// The commands that talk to AWS.
+async fn with_aws(command: Command, args: &AwsArgs, policy: Policy) -> anyhow::Result<()> {
+    let settings = |require_all: bool| -> anyhow::Result<AwsSettings> {
+        let (queue, topic, table) = if require_all {
+            args.require()?
+        } else {
+            (
+                args.queue_url.clone().unwrap_or_default(),
+                args.topic_arn.clone().unwrap_or_default(),
+                args.table.clone().unwrap_or_default(),
+            )
+        };
+        let mut s = AwsSettings::new(&queue, &topic, &table);
+        s.endpoint_url = args.endpoint_url.clone();
+        s.region = args.region.clone();
+        s.tag_prefix = policy.tag_prefix.clone();
+        s.rds_requests_per_second = args.rds_rate_limit;
+        s.webhook_url = args.webhook_url.clone();
+        s.smoke_test_url = args.smoke_test_url.clone();
+        Ok(s)
+    };
+    // Commands that only touch RDS tags or read the instance need no queue, topic or table.
+    let rds_only = async |s: &AwsSettings| -> anyhow::Result<Agent<AwsWorld>> {
+        let config = aws::sdk_config(s).await;
+        Ok(Agent::new(
+            AwsWorld::from_config(s, &config)?,
+            policy.clone(),
+        ))
+    };
+    let with_table = async |s: &AwsSettings| -> anyhow::Result<Agent<AwsWorld>> {
+        if s.table.is_empty() {
+            anyhow::bail!(
+                "MIGRATOR_TABLE (--table): is required (set the variable or pass the flag)"
+            );
+        }
+        Ok(Agent::new(AwsWorld::connect(s).await?, policy.clone()))
+    };
+    let control = |instance: String, control: Control| (instance, control);
+    let (instance, control) = match command {
+        Command::Run { create_table } => {
+            let s = settings(true)?;
+            if create_table {
+                aws::create_table(&s).await?;
+            }
+            let agent = Arc::new(with_table(&s).await?);
+            let runtime_settings = RuntimeSettings {
+                concurrency: args.concurrency,
+                shutdown_budget: std::time::Duration::from_secs(
+                    args.shutdown_budget()?.as_secs().max(0) as u64,
+                ),
+                heartbeat_file: Some(args.heartbeat_file.clone().into()),
+                ..RuntimeSettings::default()
+            };
+            let shutdown = CancellationToken::new();
+            let on_signal = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("SIGTERM: stopping");
+                on_signal.cancel();
+            });
+            tracing::info!(queue = %s.queue_url, table = %s.table, cutover = %policy.cutover, "agent started");
+            let summary = runtime::run(agent.clone(), runtime_settings, shutdown).await;
+            tracing::info!(?summary, calls = %agent.world.calls.render(), "agent stopped");
+            return Ok(());
+        }
+        Command::Plan { instance } => {
+            let agent = rds_only(&settings(false)?).await?;
+            print!(
+                "{}",
+                commands::plan(&agent.world, &policy, &instance).await?
+            );
+            return Ok(());
+        }
+        Command::Status => {
+            let agent = with_table(&settings(false)?).await?;
+            print!(
+                "{}",
+                commands::status(&agent.world, agent.world.clock().now()).await?
+            );
+            return Ok(());
+        }
+        Command::Pause | Command::Resume => {
+            let paused = matches!(command, Command::Pause);
+            let agent = with_table(&settings(false)?).await?;
+            println!("{}", commands::set_paused(&agent.world, paused).await?);
+            return Ok(());
+        }
+        Command::Start { instance } => control(instance, Control::Start),
+        Command::Approve { instance } => control(instance, Control::Approve),
+        Command::Abort { instance } => control(instance, Control::Abort),
+        Command::Rollback { instance } => control(instance, Control::Rollback),
+        Command::Ack { instance, check } => control(instance, Control::Acknowledge(check)),
+        Command::Healthcheck { .. } | Command::Simulate { .. } => {
+            unreachable!("handled without AWS")
+        }
+    };
+    let agent = rds_only(&settings(false)?).await?;
+    println!(
+        "{}",
+        commands::set_control(&agent.world, &policy, &instance, &control).await?
+    );
+    Ok(())
+}
+
+/// SIGTERM (ECS stopping the task) or Ctrl-C.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

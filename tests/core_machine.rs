@@ -806,13 +806,25 @@ fn terminal_records_reset_the_trigger_once_then_sleep() {
 #[test]
 fn a_fatal_error_while_rolling_back_alerts_and_keeps_trying() {
     let (mut model, mut m) = draining();
-    model.source.as_mut().unwrap().tags.insert("aurora-migration:abort".into(), "true".into());
+    model
+        .source
+        .as_mut()
+        .unwrap()
+        .tags
+        .insert("aurora-migration:abort".into(), "true".into());
     round(&mut model, &mut m, &policy(), &mut |_| None);
     assert_eq!(m.phase, Phase::RollingBack);
-    round(&mut model, &mut m, &policy(), &mut |a| (a.key() == ActionKey::RestoreSourceGroups).then_some(ErrorKind::Fatal));
+    round(&mut model, &mut m, &policy(), &mut |a| {
+        (a.key() == ActionKey::RestoreSourceGroups).then_some(ErrorKind::Fatal)
+    });
     round(&mut model, &mut m, &policy(), &mut |_| None);
     assert_eq!(m.phase, Phase::RollingBack, "a rollback is never abandoned");
-    assert!(model.notifications.iter().any(|n| n.event == "rollback-error" && n.severity == Severity::Error));
+    assert!(
+        model
+            .notifications
+            .iter()
+            .any(|n| n.event == "rollback-error" && n.severity == Severity::Error)
+    );
     run_to_end(&mut model, &mut m, &policy(), 200);
     assert_eq!(m.phase, Phase::Aborted);
     assert_eq!(model.source.as_ref().unwrap().group_ids(), ["sg-app"]);
@@ -825,7 +837,9 @@ fn a_failed_reboot_is_asked_again_after_a_short_backoff() {
     advance_to(&mut model, &mut m, &policy(), Phase::Quiescing);
     // The quarantine, then the reboot request, which fails (throttled): no reboot happened.
     round(&mut model, &mut m, &policy(), &mut |_| None);
-    round(&mut model, &mut m, &policy(), &mut |a| (a.key() == ActionKey::RebootSource).then_some(ErrorKind::Throttled));
+    round(&mut model, &mut m, &policy(), &mut |a| {
+        (a.key() == ActionKey::RebootSource).then_some(ErrorKind::Throttled)
+    });
     assert_eq!(m.phase, Phase::Draining);
     assert_eq!(model.reboots, 0);
     let mut waited = SignedDuration::ZERO;
@@ -835,7 +849,10 @@ fn a_failed_reboot_is_asked_again_after_a_short_backoff() {
         model.now += step;
         waited += step;
     }
-    assert_eq!(model.reboots, 1, "rebooted again within {waited:?}, well before the 10 min reissue delay");
+    assert_eq!(
+        model.reboots, 1,
+        "rebooted again within {waited:?}, well before the 10 min reissue delay"
+    );
     run_to_end(&mut model, &mut m, &policy(), 500);
     assert_eq!(m.phase, Phase::Completed);
 }
