@@ -550,3 +550,26 @@ def test_reset_clears_moto_and_shim_state(endpoint):
     assert ctl(endpoint, "GET", "/_shim/faults") == [] and ctl(endpoint, "GET", "/_shim/rds-status") == []
     assert [c["action"] for c in ctl(endpoint, "GET", "/_shim/calls")] == ["DescribeDBInstances",
                                                                           "DescribeDBClusters"]
+
+
+def test_every_instance_gets_its_own_dbi_resource_id(endpoint):
+    # moto hard-codes one DbiResourceId for all instances; the agent keys migrations by it.
+    rds = client(endpoint, "rds")
+    make_source(rds, "first")
+    make_source(rds, "second")
+    ids = {d["DBInstanceIdentifier"]: d["DbiResourceId"] for d in rds.describe_db_instances()["DBInstances"]}
+    assert ids["first"] != ids["second"]
+    assert all(i.startswith("db-") and len(i) == 29 for i in ids.values()), ids
+    again = {d["DBInstanceIdentifier"]: d["DbiResourceId"] for d in rds.describe_db_instances()["DBInstances"]}
+    assert again == ids, "stable across describes"
+
+
+def test_creating_an_existing_cluster_again_fails_and_changes_nothing(endpoint):
+    # moto alone re-creates the cluster (losing its replication source) before failing.
+    rds = client(endpoint, "rds", retries=False)
+    make_source(rds, "src")
+    arn = rds.describe_db_instances(DBInstanceIdentifier="src")["DBInstances"][0]["DBInstanceArn"]
+    kw = dict(DBClusterIdentifier="tgt", Engine="aurora-postgresql", EngineVersion="15.4", ReplicationSourceIdentifier=arn)
+    rds.create_db_cluster(**kw)
+    assert error_of(lambda: rds.create_db_cluster(**kw))["Error"]["Code"] == "DBClusterAlreadyExistsFault"
+    assert rds.describe_db_clusters(DBClusterIdentifier="tgt")["DBClusters"][0]["ReplicationSourceIdentifier"] == arn

@@ -10,6 +10,7 @@ XML is shaped exactly as botocore's RDS model (and so the Rust SDK) expects.
 
 import copy
 import datetime
+import hashlib
 
 from moto.core.responses import ActionResult
 from moto.core.utils import utcnow
@@ -21,10 +22,16 @@ from moto.rds.exceptions import (
     InvalidDBClusterStateFault,
     InvalidParameterCombination,
     InvalidParameterValue,
+    RDSClientError,
 )
 
 from . import rds_catalog
 from .state import LOCK, STATE
+
+
+class DBClusterAlreadyExistsFault(RDSClientError):
+    def __init__(self, identifier):
+        super().__init__("DBClusterAlreadyExistsFault", f"DB cluster {identifier} already exists")
 
 
 def _instance_by_arn(arn):
@@ -48,6 +55,10 @@ def create_db_cluster(self, kwargs):
     """moto only knows cluster->cluster replicas; accept an instance ARN as source.
 
     The replica inherits the source's master user and password (AWS asks for neither)."""
+    # moto re-creates an existing cluster (dropping its replication source) before failing on
+    # the automated snapshot's name; AWS refuses at once and changes nothing.
+    if kwargs.get("db_cluster_identifier") in self.clusters:
+        raise DBClusterAlreadyExistsFault(kwargs["db_cluster_identifier"])
     source = kwargs.get("replication_source_identifier")
     instance = _instance_by_arn(source) if source and source.startswith("arn:") else None
     if instance is None:
@@ -320,7 +331,23 @@ def describe_account_attributes(self):
     return ActionResult({"AccountQuotas": quotas})
 
 
+# moto 5.2.5 gives every instance the same DbiResourceId ("db-M5ENSHXFPU6XHZ4G4ZEI5QIO2U"); the
+# agent keys migrations by it, so each instance gets its own, derived from its ARN (stable, and
+# different for a new instance that reuses an identifier only if the ARN differs).
+_orig_instance_init = m.DBInstance.__init__
+
+
+def _instance_init(self, *args, **kwargs):
+    _orig_instance_init(self, *args, **kwargs)
+    with LOCK:
+        STATE.instances_created = getattr(STATE, "instances_created", 0) + 1
+        serial = STATE.instances_created
+    digest = hashlib.sha256(f"{self.arn}#{serial}".encode()).hexdigest().upper()
+    self.dbi_resource_id = "db-" + "".join(c for c in digest if c.isalnum())[:26]
+
+
 def install():
+    m.DBInstance.__init__ = _instance_init
     m.RDSBackend.create_db_cluster = create_db_cluster
     m.RDSBackend.promote_read_replica_db_cluster = promote_read_replica_db_cluster
     m.RDSBackend.describe_events = describe_events
