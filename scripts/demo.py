@@ -105,7 +105,10 @@ def main():
         # The source: an RDS PostgreSQL instance in its application security group.
         vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
         app_sg = ec2.create_security_group(GroupName="orders-app", Description="orders clients", VpcId=vpc)["GroupId"]
+        subnets = [s["SubnetId"] for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]]
+        rds.create_db_subnet_group(DBSubnetGroupName="orders-db", DBSubnetGroupDescription="orders", SubnetIds=subnets)
         rds.create_db_instance(
+            DBSubnetGroupName="orders-db",
             DBInstanceIdentifier=SOURCE, Engine="postgres", EngineVersion="15.4", DBInstanceClass="db.r6g.large",
             AllocatedStorage=100, MasterUsername="postgres", MasterUserPassword="not-a-secret-1",
             BackupRetentionPeriod=7, VpcSecurityGroupIds=[app_sg], AutoMinorVersionUpgrade=False,
