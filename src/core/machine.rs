@@ -359,6 +359,9 @@ impl Stepper<'_> {
                 err.kind.as_str(),
                 err.message
             );
+            if self.m.phase.is_terminal() {
+                continue; // clean-up after the end: keep the reason the attempt ended with
+            }
             self.m.last_error = Some(what.clone());
             if result.key == ActionKey::RebootSource {
                 // No reboot happened (or we cannot know): ask again after the backoff rather

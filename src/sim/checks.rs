@@ -295,8 +295,16 @@ pub fn quarantine_has_a_path(state: &State) -> Vec<String> {
         }
         let record = latest.get(s.view.resource_id.as_str());
         let moving = record.is_some_and(|m| m.next_wake.is_some() && !m.phase.is_terminal());
+        // An error notification decided and persisted in the record's outbox is being told:
+        // the agent offers it on every step until SNS takes it.
+        let telling = record.is_some_and(|m| {
+            m.next_wake.is_some()
+                && m.outbox
+                    .iter()
+                    .any(|n| n.severity == crate::core::notification::Severity::Error)
+        });
         let told = state.error_notified.contains(id);
-        if !(moving || told) {
+        if !(moving || telling || told) {
             out.push(format!(
                 "{id} is quarantined with no path forward (record {}) and no alert",
                 record.map_or("missing".to_string(), |m| m.phase.to_string())
