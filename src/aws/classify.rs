@@ -113,6 +113,20 @@ pub fn code<E: ProvideErrorMetadata>(err: &SdkError<E, Response>) -> Option<&str
 
 /// Turns any SDK error into a classified [`PortError`] for `operation` (e.g.
 /// `rds:CreateDBCluster`).
+/// [`classify`], and count the error by operation and kind for telemetry.
+pub fn classify_counted<E>(
+    calls: &super::CallCounter,
+    operation: &str,
+    err: &SdkError<E, Response>,
+) -> PortError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let e = classify(operation, err);
+    calls.error(operation, e.kind);
+    e
+}
+
 pub fn classify<E>(operation: &str, err: &SdkError<E, Response>) -> PortError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,

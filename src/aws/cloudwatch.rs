@@ -10,7 +10,7 @@ use aws_sdk_cloudwatch::types::{
 };
 use jiff::Timestamp;
 
-use super::classify::classify;
+use super::classify::classify_counted;
 use super::{AwsSettings, CallCounter, sdk_ts, ts};
 use crate::core::observation::Datapoint;
 use crate::ports::{ErrorKind, MetricQuery, Metrics, PortResult};
@@ -70,27 +70,7 @@ impl AwsMetrics {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| self.fail(OP, &e))
-    }
-
-    fn fail<E>(
-        &self,
-        op: &str,
-        e: &aws_smithy_runtime_api::client::result::SdkError<
-            E,
-            aws_smithy_runtime_api::http::Response,
-        >,
-    ) -> crate::ports::PortError
-    where
-        E: aws_smithy_types::error::metadata::ProvideErrorMetadata
-            + std::error::Error
-            + Send
-            + Sync
-            + 'static,
-    {
-        let err = classify(op, e);
-        self.calls.error(op, err.kind);
-        err
+            .map_err(|e| classify_counted(&self.calls, OP, &e))
     }
 
     /// Reads one window of many series: queries sharing the window go in calls of up to 500.
@@ -146,7 +126,7 @@ impl AwsMetrics {
                     .set_next_token(token.clone())
                     .send()
                     .await
-                    .map_err(|e| self.fail(OP, &e))?;
+                    .map_err(|e| classify_counted(&self.calls, OP, &e))?;
                 for result in r.metric_data_results() {
                     let Some(id) = result.id() else { continue };
                     let Some((n, s)) = id
@@ -242,7 +222,7 @@ impl Metrics for AwsMetrics {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| self.fail(OP, &e))
+                .map_err(|e| classify_counted(&self.calls, OP, &e))
         })
     }
 
@@ -276,7 +256,7 @@ impl Metrics for AwsMetrics {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| self.fail(OP, &e))
+            .map_err(|e| classify_counted(&self.calls, OP, &e))
         })
     }
 
@@ -290,7 +270,7 @@ impl Metrics for AwsMetrics {
             match self.client.delete_alarms().alarm_names(alarm).send().await {
                 Ok(_) => Ok(()),
                 Err(e) => {
-                    let err = self.fail(OP, &e);
+                    let err = classify_counted(&self.calls, OP, &e);
                     if err.kind == ErrorKind::NotFound {
                         Ok(())
                     } else {

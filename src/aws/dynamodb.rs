@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TableStatus,
 };
 
-use super::classify::{classify, code};
+use super::classify::{classify_counted, code};
 use super::{CallCounter, ConnectError};
 use crate::core::migration::{Migration, MigrationId};
 use crate::ports::{ErrorKind, PortError, PortResult, StateStore, StoreError};
@@ -47,26 +47,6 @@ impl AwsStore {
 
     pub fn table(&self) -> &str {
         &self.table
-    }
-
-    fn fail<E>(
-        &self,
-        op: &str,
-        e: &aws_smithy_runtime_api::client::result::SdkError<
-            E,
-            aws_smithy_runtime_api::http::Response,
-        >,
-    ) -> PortError
-    where
-        E: aws_smithy_types::error::metadata::ProvideErrorMetadata
-            + std::error::Error
-            + Send
-            + Sync
-            + 'static,
-    {
-        let err = classify(op, e);
-        self.calls.error(op, err.kind);
-        err
     }
 
     fn decode(&self, item: &HashMap<String, AttributeValue>) -> PortResult<Migration> {
@@ -110,7 +90,7 @@ impl AwsStore {
             }
             Err(e) => Err(ConnectError::Table {
                 table: self.table.clone(),
-                error: self.fail(OP, &e),
+                error: classify_counted(&self.calls, OP, &e),
             }),
         }
     }
@@ -150,7 +130,7 @@ impl AwsStore {
             Err(e) => {
                 return Err(ConnectError::CreateTable {
                     table: self.table.clone(),
-                    error: self.fail(OP, &e),
+                    error: classify_counted(&self.calls, OP, &e),
                 });
             }
         }
@@ -165,7 +145,7 @@ impl AwsStore {
                 .await
                 .map_err(|e| ConnectError::CreateTable {
                     table: self.table.clone(),
-                    error: self.fail(D, &e),
+                    error: classify_counted(&self.calls, D, &e),
                 })?;
             if r.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
                 return Ok(());
@@ -200,7 +180,7 @@ impl StateStore for AwsStore {
                 .consistent_read(true)
                 .send()
                 .await
-                .map_err(|e| self.fail(OP, &e))?;
+                .map_err(|e| classify_counted(&self.calls, OP, &e))?;
             r.item().map(|i| self.decode(i)).transpose()
         })
     }
@@ -224,7 +204,7 @@ impl StateStore for AwsStore {
                 .consistent_read(true)
                 .send()
                 .await
-                .map_err(|e| self.fail(OP, &e))?;
+                .map_err(|e| classify_counted(&self.calls, OP, &e))?;
             r.items().first().map(|i| self.decode(i)).transpose()
         })
     }
@@ -272,7 +252,7 @@ impl StateStore for AwsStore {
                         expected: m.version,
                     })
                 }
-                Err(e) => Err(StoreError::Port(self.fail(OP, &e))),
+                Err(e) => Err(StoreError::Port(classify_counted(&self.calls, OP, &e))),
             }
         })
     }
@@ -294,7 +274,7 @@ impl StateStore for AwsStore {
                     .set_exclusive_start_key(start.take())
                     .send()
                     .await
-                    .map_err(|e| self.fail(OP, &e))?;
+                    .map_err(|e| classify_counted(&self.calls, OP, &e))?;
                 for item in r.items() {
                     out.push(self.decode(item)?);
                 }
@@ -320,7 +300,7 @@ impl StateStore for AwsStore {
                 .consistent_read(true)
                 .send()
                 .await
-                .map_err(|e| self.fail(OP, &e))?;
+                .map_err(|e| classify_counted(&self.calls, OP, &e))?;
             Ok(r.item()
                 .and_then(|i| i.get("paused"))
                 .and_then(|v| v.as_bool().ok())
@@ -346,7 +326,7 @@ impl StateStore for AwsStore {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| self.fail(OP, &e))
+                .map_err(|e| classify_counted(&self.calls, OP, &e))
         })
     }
 }

@@ -7,7 +7,7 @@ use aws_sdk_ec2::types::{
 };
 
 use super::CallCounter;
-use super::classify::{classify, code};
+use super::classify::{classify_counted, code};
 use crate::core::action::QuarantineGroupSpec;
 use crate::core::observation::{Observed, SecurityGroup};
 use crate::ports::{ErrorKind, Network, PortError, PortResult};
@@ -60,26 +60,6 @@ impl AwsNetwork {
         AwsNetwork { client, calls }
     }
 
-    fn fail<E>(
-        &self,
-        op: &str,
-        e: &aws_smithy_runtime_api::client::result::SdkError<
-            E,
-            aws_smithy_runtime_api::http::Response,
-        >,
-    ) -> PortError
-    where
-        E: aws_smithy_types::error::metadata::ProvideErrorMetadata
-            + std::error::Error
-            + Send
-            + Sync
-            + 'static,
-    {
-        let err = classify(op, e);
-        self.calls.error(op, err.kind);
-        err
-    }
-
     async fn find(&self, vpc_id: &str, name: &str) -> PortResult<Option<Ec2Group>> {
         const OP: &str = "ec2:DescribeSecurityGroups";
         self.calls.count(OP);
@@ -90,7 +70,7 @@ impl AwsNetwork {
             .filters(Filter::builder().name("group-name").values(name).build())
             .send()
             .await
-            .map_err(|e| self.fail(OP, &e))?;
+            .map_err(|e| classify_counted(&self.calls, OP, &e))?;
         Ok(r.security_groups().first().cloned())
     }
 }
@@ -136,7 +116,7 @@ impl Network for AwsNetwork {
                     match r {
                         Ok(_) => {}
                         Err(e) if code(&e) == Some("InvalidGroup.Duplicate") => {}
-                        Err(e) => return Err(self.fail(OP, &e)),
+                        Err(e) => return Err(classify_counted(&self.calls, OP, &e)),
                     }
                     self.find(&spec.vpc_id, &spec.name).await?.ok_or_else(|| {
                         PortError::new(
@@ -180,7 +160,7 @@ impl Network for AwsNetwork {
                     .send()
                     .await;
                 if let Err(e) = r {
-                    let err = self.fail(OP, &e);
+                    let err = classify_counted(&self.calls, OP, &e);
                     if err.kind != ErrorKind::NotFound {
                         return Err(err);
                     }
@@ -216,7 +196,7 @@ impl Network for AwsNetwork {
                     .set_ip_permissions(Some(unwanted))
                     .send()
                     .await
-                    .map_err(|e| self.fail(OP, &e))?;
+                    .map_err(|e| classify_counted(&self.calls, OP, &e))?;
             }
             let missing: Vec<UserIdGroupPair> = spec
                 .allow_from
@@ -244,7 +224,7 @@ impl Network for AwsNetwork {
                 match r {
                     Ok(_) => {}
                     Err(e) if code(&e) == Some("InvalidPermission.Duplicate") => {}
-                    Err(e) => return Err(self.fail(OP, &e)),
+                    Err(e) => return Err(classify_counted(&self.calls, OP, &e)),
                 }
             }
             Ok(gid)
@@ -267,7 +247,7 @@ impl Network for AwsNetwork {
             {
                 Ok(_) => Ok(()),
                 Err(e) => {
-                    let err = self.fail(OP, &e);
+                    let err = classify_counted(&self.calls, OP, &e);
                     if err.kind == ErrorKind::NotFound {
                         Ok(())
                     } else {

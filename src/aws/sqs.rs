@@ -4,8 +4,8 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 
 use super::CallCounter;
-use super::classify::classify;
-use crate::ports::{PortError, PortResult, Queue, QueueMessage};
+use super::classify::classify_counted;
+use crate::ports::{PortResult, Queue, QueueMessage};
 
 pub struct AwsQueue {
     client: Client,
@@ -20,26 +20,6 @@ impl AwsQueue {
             calls,
             url: url.to_string(),
         }
-    }
-
-    fn fail<E>(
-        &self,
-        op: &str,
-        e: &aws_smithy_runtime_api::client::result::SdkError<
-            E,
-            aws_smithy_runtime_api::http::Response,
-        >,
-    ) -> PortError
-    where
-        E: aws_smithy_types::error::metadata::ProvideErrorMetadata
-            + std::error::Error
-            + Send
-            + Sync
-            + 'static,
-    {
-        let err = classify(op, e);
-        self.calls.error(op, err.kind);
-        err
     }
 }
 
@@ -61,7 +41,7 @@ impl Queue for AwsQueue {
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
                 .send()
                 .await
-                .map_err(|e| self.fail(OP, &e))?;
+                .map_err(|e| classify_counted(&self.calls, OP, &e))?;
             Ok(r.messages()
                 .iter()
                 .filter_map(|m| {
@@ -93,7 +73,7 @@ impl Queue for AwsQueue {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| self.fail(OP, &e))
+                .map_err(|e| classify_counted(&self.calls, OP, &e))
         })
     }
 
@@ -113,7 +93,7 @@ impl Queue for AwsQueue {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| self.fail(OP, &e))
+                .map_err(|e| classify_counted(&self.calls, OP, &e))
         })
     }
 
@@ -133,7 +113,7 @@ impl Queue for AwsQueue {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| self.fail(OP, &e))
+                .map_err(|e| classify_counted(&self.calls, OP, &e))
         })
     }
 }
