@@ -96,6 +96,9 @@ pub struct AwsRds {
     limiter: RateLimiter,
     instances: FleetCache<DbInstance>,
     clusters: FleetCache<DbCluster>,
+    /// Every resource the agent creates carries `<prefix>:source` in its create request: the
+    /// task role's IAM policy allows creates only with it.
+    tag_prefix: String,
 }
 
 type RdsResult<T, E> = Result<T, SdkError<E, Response>>;
@@ -186,7 +189,15 @@ impl AwsRds {
             limiter: RateLimiter::new(s.rds_requests_per_second, s.rds_burst),
             instances: FleetCache::new(s.describe_cache_ttl),
             clusters: FleetCache::new(s.describe_cache_ttl),
+            tag_prefix: s.tag_prefix.clone(),
         }
+    }
+
+    /// The creation tag for a resource made for `source` (shared groups: `shared`).
+    fn source_tag(&self, source: &str) -> Vec<Tag> {
+        let mut t = BTreeMap::new();
+        t.insert(format!("{}:source", self.tag_prefix), source.to_string());
+        sdk_tags(&t)
     }
 
     /// Waits for the rate limiter, counts the call, and counts its failure by kind.
@@ -821,6 +832,7 @@ impl Rds for AwsRds {
                         .db_cluster_parameter_group_name(&spec.cluster_group)
                         .db_parameter_group_family(&spec.family)
                         .description(&spec.description)
+                        .set_tags(Some(self.source_tag("shared")))
                         .send(),
                 )
                 .await;
@@ -841,6 +853,7 @@ impl Rds for AwsRds {
                         .db_parameter_group_name(&spec.instance_group)
                         .db_parameter_group_family(&spec.family)
                         .description(&spec.description)
+                        .set_tags(Some(self.source_tag("shared")))
                         .send(),
                 )
                 .await;
@@ -1110,6 +1123,7 @@ impl Rds for AwsRds {
                         .create_db_snapshot()
                         .db_instance_identifier(instance)
                         .db_snapshot_identifier(snapshot)
+                        .set_tags(Some(self.source_tag(instance)))
                         .send(),
                 )
                 .await;

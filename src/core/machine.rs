@@ -593,6 +593,10 @@ impl Stepper<'_> {
                     tags::key(&self.policy.tag_prefix, "migration"),
                     self.m.id.to_string(),
                 );
+                tags.insert(
+                    tags::key(&self.policy.tag_prefix, "source"),
+                    self.m.source_identifier.clone(),
+                );
                 self.request(Action::EnsureQuarantineGroup(QuarantineGroupSpec {
                     name: self.m.names.quarantine_group.clone(),
                     vpc_id: plan.vpc_id.clone(),
