@@ -138,6 +138,7 @@ def main():
             "MIGRATOR_HEARTBEAT_FILE": str(ROOT / "target" / "demo.heartbeat"),
             "MIGRATOR_LOG_FORMAT": "json", "RUST_LOG": env.get("RUST_LOG", "warn"),
         })
+        (ROOT / "target").mkdir(exist_ok=True)
         log = open(ROOT / "target" / "demo-agent.log", "w")
         agent = subprocess.Popen([args.binary, "run", "--create-table"], env=env, stdout=log, stderr=log)
         print(f"emulator on {endpoint}; agent pid {agent.pid} (log: target/demo-agent.log)")
