@@ -166,10 +166,47 @@ impl Stepper<'_> {
         self.m.phase == Phase::Failed && self.cutover_started() && self.m.rollback.is_none()
     }
 
-    /// A terminal record is still looked at while a rollback may be approved or while the
-    /// trigger tag still says `start`.
+    /// A terminal record is still looked at while a rollback may be approved, while the
+    /// trigger tag still says `start`, while notifications wait, and for a while after a
+    /// rollback released the source.
     fn terminal_needs_attention(&self) -> bool {
-        self.entered_rollback_possible() || self.trigger_needs_reset() || !self.m.outbox.is_empty()
+        self.entered_rollback_possible()
+            || self.trigger_needs_reset()
+            || !self.m.outbox.is_empty()
+            || self.release_watch()
+    }
+
+    /// After a rollback the source is watched for `RELEASE_WATCH`: a quarantine request still
+    /// in flight when the rollback began, or a stale describe that showed the groups restored,
+    /// would otherwise leave it fenced off with nobody looking.
+    fn release_watch(&self) -> bool {
+        matches!(self.m.phase, Phase::RolledBack | Phase::Aborted)
+            && self.m.progress.quarantined_at.is_some()
+            && self.since(self.m.phase_entered_at) < RELEASE_WATCH
+    }
+
+    /// The source still carries the quarantine group after the rollback: restore it again and
+    /// say so.
+    fn recheck_release(&mut self) {
+        let (Some(source), Some(q), Some(original)) = (
+            self.source().cloned(),
+            self.quarantine_id(),
+            self.m.progress.original_groups.clone(),
+        ) else {
+            return;
+        };
+        if source.group_ids().contains(&q) && !source.groups_exactly_active(&original) {
+            self.alert_once(
+                "source-still-quarantined",
+                Severity::Error,
+                "the source was still fenced off after the rollback",
+                "a late quarantine change or a stale describe; the agent restores its security groups again",
+            );
+            self.request(Action::RestoreSourceGroups {
+                instance: source.identifier.clone(),
+                group_ids: original,
+            });
+        }
     }
 
     fn trigger_needs_reset(&self) -> bool {
@@ -388,6 +425,9 @@ impl Stepper<'_> {
     }
 
     fn terminal(&mut self) {
+        if self.release_watch() {
+            self.recheck_release();
+        }
         if self.entered_rollback_possible() && self.tags.rollback {
             self.start_rollback(RollbackCause::Approved);
         } else if self.trigger_needs_reset() {
@@ -1362,6 +1402,10 @@ impl Stepper<'_> {
 }
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// How long a rolled-back source is watched for a late quarantine. 15 min: far longer than RDS
+/// takes to apply and show a security group change.
+const RELEASE_WATCH: SignedDuration = SignedDuration::from_mins(15);
 
 /// Mean of the period averages, optionally only periods starting at or after `from`.
 fn average(points: &[Datapoint], from: Option<Timestamp>) -> Option<f64> {
