@@ -514,6 +514,32 @@ def test_fault_after_success_loses_the_answer_not_the_effect(endpoint):
     assert calls[0]["fault"] == "InternalFailure" and calls[0]["real_status"] == 200 and calls[0]["status"] == 500
 
 
+def test_hold_answers_after_the_effect_and_matches_on_identifiers(endpoint):
+    import threading
+    rds = client(endpoint, "rds", retries=False)
+    make_source(rds)
+    ctl(endpoint, "POST", "/_shim/faults", {"service": "rds", "action": "ModifyDBInstance",
+                                            "params_contains": "other", "code": "Throttling"})
+    ctl(endpoint, "POST", "/_shim/faults", {"service": "rds", "action": "ModifyDBInstance",
+                                            "params_contains": "src", "hold_ms": 1500})
+    ctl(endpoint, "DELETE", "/_shim/calls")
+    done = threading.Event()
+    threading.Thread(target=lambda: (rds.modify_db_instance(
+        DBInstanceIdentifier="src", VpcSecurityGroupIds=["sg-q"], ApplyImmediately=True), done.set())).start()
+    deadline = time.monotonic() + 5
+    while True:  # the effect is visible and logged while the answer is still held
+        calls = ctl(endpoint, "GET", "/_shim/calls")
+        if calls and calls[0].get("real_status") == 200:
+            break
+        assert time.monotonic() < deadline, calls
+        time.sleep(0.05)
+    assert not done.is_set() and calls[0]["status"] is None
+    assert done.wait(5)
+    assert ctl(endpoint, "GET", "/_shim/calls")[0]["status"] == 200
+    # the rule for another identifier was never used
+    assert [r["params_contains"] for r in ctl(endpoint, "GET", "/_shim/faults")] == ["other"]
+
+
 # --- call log and reset --------------------------------------------------------------
 
 def test_call_log_records_order_and_identifiers(endpoint):

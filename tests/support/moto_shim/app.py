@@ -95,6 +95,11 @@ class ShimApp:
             if fault:  # after_success: the call took effect, its answer is lost
                 entry["real_status"] = result[0]
                 result = self._fault(call, fault, entry)
+            elif rule and rule.get("hold_ms"):
+                # The call took effect; its answer is held back, so that a test can kill the
+                # caller between the effect and the answer (the "crashed right after" case).
+                entry["real_status"] = result[0]
+                time.sleep(rule["hold_ms"] / 1000.0)
         entry["status"] = result[0]
         return result
 
@@ -127,6 +132,8 @@ class ShimApp:
             if rule.get("service") not in (None, "*", call.service):
                 continue
             if rule.get("action") not in (None, "*", call.action):
+                continue
+            if rule.get("params_contains") and rule["params_contains"] not in json.dumps(call.id_params()):
                 continue
             if rule["remaining"] == 0:
                 continue
@@ -168,8 +175,8 @@ class ShimApp:
                 for rule in data if isinstance(data, list) else [data]:
                     rule = dict(rule)
                     rule["remaining"] = int(rule.get("count", 1))
-                    if not rule.get("code") and not rule.get("delay_ms"):
-                        raise ValueError("a fault rule needs a code or a delay_ms")
+                    if not rule.get("code") and not rule.get("delay_ms") and not rule.get("hold_ms"):
+                        raise ValueError("a fault rule needs a code, a delay_ms or a hold_ms")
                     STATE.faults.append(rule)
             STATE.faults[:] = [r for r in STATE.faults if r["remaining"] != 0]  # drop used-up rules
             return 200, [dict(r) for r in STATE.faults]
