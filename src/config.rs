@@ -51,6 +51,16 @@ pub struct AwsArgs {
         global = true
     )]
     pub shutdown_budget: String,
+    /// How long a received message stays hidden from other receivers; extended every third of
+    /// it while its step runs. Also how soon the message of an agent that died (SIGKILL, OOM,
+    /// lost task) is seen again: short, because during a cutover every second counts.
+    #[arg(
+        long,
+        env = "MIGRATOR_MESSAGE_VISIBILITY",
+        default_value = "30s",
+        global = true
+    )]
+    pub message_visibility: String,
     /// Data-access-layer webhook told about the new endpoint at cutover (POST JSON, 2xx
     /// required). Unset: the SNS "cutover" notification is the only signal.
     #[arg(long, env = "MIGRATOR_WEBHOOK_URL", global = true)]
@@ -371,6 +381,20 @@ impl AwsArgs {
         )
     }
 
+    /// Whole seconds, 6 s (three extensions a step can count on) to SQS's 12 h maximum.
+    pub fn message_visibility_s(&self) -> Result<u32, ConfigError> {
+        let setting = "MIGRATOR_MESSAGE_VISIBILITY (--message-visibility)";
+        let d = duration(
+            setting,
+            &self.message_visibility,
+            SignedDuration::from_secs(6),
+        )?;
+        if d > SignedDuration::from_hours(12) {
+            return Err(bad(setting, "SQS allows at most 12h"));
+        }
+        Ok(d.as_secs() as u32)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         positive(
             "MIGRATOR_RDS_RATE_LIMIT (--rds-rate-limit)",
@@ -383,6 +407,7 @@ impl AwsArgs {
             ));
         }
         self.shutdown_budget()?;
+        self.message_visibility_s()?;
         for (setting, url) in [
             ("MIGRATOR_WEBHOOK_URL (--webhook-url)", &self.webhook_url),
             (

@@ -201,6 +201,7 @@ async fn with_aws(command: Command, args: &AwsArgs, policy: Policy) -> anyhow::R
                     args.shutdown_budget()?.as_secs().max(0) as u64,
                 ),
                 heartbeat_file: Some(args.heartbeat_file.clone().into()),
+                visibility_timeout_s: args.message_visibility_s()?,
                 ..RuntimeSettings::default()
             };
             let shutdown = CancellationToken::new();

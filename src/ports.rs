@@ -185,10 +185,12 @@ pub struct QueueMessage {
 
 /// SQS.
 pub trait Queue: Send + Sync {
+    /// Up to `max` messages, long-polling `wait_s`; each stays hidden for `visibility_s`.
     fn receive(
         &self,
         max: u32,
         wait_s: u32,
+        visibility_s: u32,
     ) -> impl Future<Output = PortResult<Vec<QueueMessage>>> + Send;
     fn delete(&self, receipt: &str) -> impl Future<Output = PortResult<()>> + Send;
     /// Keeps a message hidden for `seconds` more while its step runs.

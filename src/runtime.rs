@@ -33,8 +33,9 @@ pub struct RuntimeSettings {
     pub wait_s: u32,
     /// Messages per ReceiveMessage (≤ 10).
     pub batch: u32,
-    /// The queue's visibility timeout: a running message is extended by this much every third
-    /// of it.
+    /// Visibility timeout asked for at receive (whatever the queue's default): a running
+    /// message is extended by this much every third of it, and a dead agent's message is seen
+    /// again this long after its last extension.
     pub visibility_timeout_s: u32,
     /// Time allowed to in-flight messages after cancellation (Fargate kills 30 s after SIGTERM).
     pub shutdown_budget: Duration,
@@ -50,7 +51,7 @@ impl Default for RuntimeSettings {
             concurrency: 16,
             wait_s: 20,
             batch: 10,
-            visibility_timeout_s: 120,
+            visibility_timeout_s: 30,
             shutdown_budget: Duration::from_secs(25),
             heartbeat_interval: Duration::from_secs(60),
             heartbeat_file: None,
@@ -236,7 +237,7 @@ pub async fn run_queue<W: World + 'static>(
         let room = (1 + slots.available_permits()) as u32;
         let received = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = agent.world.queue().receive(room.min(settings.batch.clamp(1, 10)), settings.wait_s.min(20)) => r,
+            r = agent.world.queue().receive(room.min(settings.batch.clamp(1, 10)), settings.wait_s.min(20), settings.visibility_timeout_s.max(3)) => r,
         };
         let messages = match received {
             Ok(m) => m,

@@ -92,7 +92,7 @@ impl<W: World> Agent<W> {
                 return Disposition::Leave(e.to_string());
             }
         };
-        match self.handle(inbound).await {
+        match self.handle(inbound, message.receive_count).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(message_id = %message.id, error = %e, "message left for redelivery");
@@ -101,9 +101,14 @@ impl<W: World> Agent<W> {
         }
     }
 
-    pub async fn handle(&self, inbound: Inbound) -> Result<Disposition, DriverError> {
+    /// `receive_count`: how many times the queue has handed out this message (1 = first).
+    pub async fn handle(
+        &self,
+        inbound: Inbound,
+        receive_count: u32,
+    ) -> Result<Disposition, DriverError> {
         match inbound {
-            Inbound::Tick(tick) => self.on_tick(&tick).await,
+            Inbound::Tick(tick) => self.on_tick(&tick, receive_count).await,
             Inbound::InstanceEvent(e) => self.on_source(&e.source_identifier).await,
             Inbound::TagChange(t) | Inbound::TagsAdded(t) => {
                 // The agent's own phase-mirror writes come back as tag events: not news.
@@ -126,21 +131,30 @@ impl<W: World> Agent<W> {
         }
     }
 
-    async fn on_tick(&self, tick: &Tick) -> Result<Disposition, DriverError> {
+    async fn on_tick(&self, tick: &Tick, receive_count: u32) -> Result<Disposition, DriverError> {
         let Some(m) = self.world.store().load(&tick.migration()).await? else {
             return Ok(Disposition::DeleteStale);
         };
-        let current = m.next_wake.as_ref().map(|w| w.token) == Some(tick.token);
-        // A stale tick is dropped, unless the record's own wake-up is overdue: its tick was
-        // lost (a crash or a failed send after the record was saved), and stepping now adopts
-        // the chain. Every step issues a new token, so this never makes two live chains.
-        let overdue = m
-            .next_wake
-            .as_ref()
-            .is_some_and(|w| w.at + TICK_ADOPT_GRACE < self.world.clock().now());
-        if !current && !overdue {
-            tracing::debug!(migration = %m.id, token = tick.token, "stale tick dropped");
+        // A finished migration has no chain to keep alive.
+        let Some(wake) = &m.next_wake else {
             return Ok(Disposition::DeleteStale);
+        };
+        let current = wake.token == tick.token;
+        // A stale tick is dropped, unless the record's chain may be lost, and then stepping now
+        // adopts it (every step issues a new token, so adopting never leaves two live chains):
+        // - the record's wake-up is overdue: its tick was lost (a failed send, or a crash after
+        //   the record was saved);
+        // - the message was received before and not deleted: whoever had it died or failed, and
+        //   may have saved the record (a new token) without sending its tick. This is the dead
+        //   agent's own message, back after its visibility timeout, well before any overdue.
+        let overdue = wake.at + TICK_ADOPT_GRACE < self.world.clock().now();
+        let redelivered = receive_count > 1;
+        if !current {
+            if !overdue && !redelivered {
+                tracing::debug!(migration = %m.id, token = tick.token, "stale tick dropped");
+                return Ok(Disposition::DeleteStale);
+            }
+            tracing::info!(migration = %m.id, token = tick.token, overdue, redelivered, "stale tick adopts the chain");
         }
         self.reconcile(m).await?;
         Ok(Disposition::Delete)
@@ -308,16 +322,20 @@ impl<W: World> Agent<W> {
         let Some(wake) = &m.next_wake else {
             return Ok(());
         };
-        let now = self.world.clock().now();
-        // Rounded up: a tick must not arrive before its wake-up (it would step early, and
-        // sub-second remainders would turn into a loop of observations).
-        let ahead = wake.at.duration_since(now);
-        let whole = ahead.as_secs() + i64::from(ahead.subsec_nanos() > 0);
-        let delay = whole.clamp(0, i64::from(MAX_DELAY_S)) as u32;
+        let delay = whole_seconds_until(self.world.clock().now(), wake.at);
         let tick = Tick::new(&m.id, wake.token);
         self.world.queue().send(&tick.to_json(), delay).await?;
         Ok(())
     }
+}
+
+/// An SQS delay reaching `at`: rounded up, because a tick must not arrive before its wake-up (it
+/// would step early, and sub-second remainders would turn into a loop of observations); clamped
+/// to SQS's 15 minutes (a longer wait is re-ticked).
+fn whole_seconds_until(now: jiff::Timestamp, at: jiff::Timestamp) -> u32 {
+    let ahead = at.duration_since(now);
+    let whole = ahead.as_secs() + i64::from(ahead.subsec_nanos() > 0);
+    whole.clamp(0, i64::from(MAX_DELAY_S)) as u32
 }
 
 /// `<resource id>/<attempt>`, as written in the `<prefix>:migration` tag.

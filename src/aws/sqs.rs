@@ -28,6 +28,7 @@ impl Queue for AwsQueue {
         &self,
         max: u32,
         wait_s: u32,
+        visibility_s: u32,
     ) -> impl std::future::Future<Output = PortResult<Vec<QueueMessage>>> + Send {
         Box::pin(async move {
             const OP: &str = "sqs:ReceiveMessage";
@@ -38,6 +39,7 @@ impl Queue for AwsQueue {
                 .queue_url(&self.url)
                 .max_number_of_messages(max.clamp(1, 10) as i32)
                 .wait_time_seconds(wait_s.min(20) as i32)
+                .visibility_timeout(visibility_s.min(43_200) as i32)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
                 .send()
                 .await

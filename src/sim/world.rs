@@ -1875,7 +1875,12 @@ impl Notifier for SimPort {
 }
 
 impl Queue for SimPort {
-    async fn receive(&self, _max: u32, _wait_s: u32) -> PortResult<Vec<QueueMessage>> {
+    async fn receive(
+        &self,
+        _max: u32,
+        _wait_s: u32,
+        _visibility_s: u32,
+    ) -> PortResult<Vec<QueueMessage>> {
         // The executor plays the agent's receive loop; the agent itself never receives.
         Ok(Vec::new())
     }

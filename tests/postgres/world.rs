@@ -953,7 +953,12 @@ impl MemQueue {
 }
 
 impl Queue for MemQueue {
-    async fn receive(&self, max: u32, _wait_s: u32) -> PortResult<Vec<QueueMessage>> {
+    async fn receive(
+        &self,
+        max: u32,
+        _wait_s: u32,
+        _visibility_s: u32,
+    ) -> PortResult<Vec<QueueMessage>> {
         let now = Instant::now();
         let mut out = Vec::new();
         while out.len() < max as usize {
