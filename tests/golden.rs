@@ -53,7 +53,8 @@ fn preflight_report_of_an_instance_with_every_problem() {
         name: "max_wal_senders".into(),
         value: "20".into(),
     });
-    inputs.kms_key_usable = Some(false);
+    inputs.kms_key =
+        aurora_migrator::core::observation::KeyCheck::Unusable("the key is Disabled".into());
     inputs.free_storage_bytes = Some(4.0 * GIB);
     inputs.pending_maintenance = vec!["system-update".into()];
     inputs.quotas[0].used = 40;

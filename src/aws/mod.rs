@@ -9,6 +9,7 @@ pub mod classify;
 pub mod cloudwatch;
 pub mod dynamodb;
 pub mod ec2;
+pub mod kms;
 pub mod limit;
 pub mod rds;
 pub mod router;
@@ -245,6 +246,7 @@ impl AwsWorld {
         Ok(AwsWorld {
             rds: rds::AwsRds::new(
                 aws_sdk_rds::Client::new(config),
+                kms::AwsKeys::new(aws_sdk_kms::Client::new(config), calls.clone()),
                 metrics.clone(),
                 calls.clone(),
                 s,

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::classify::{classify, code};
 use super::cloudwatch::AwsMetrics;
+use super::kms::AwsKeys;
 use super::limit::RateLimiter;
 use super::{AwsSettings, CallCounter, sdk_ts, ts};
 use crate::core::action::{
@@ -23,7 +24,7 @@ use crate::core::action::{
 };
 use crate::core::observation::{
     ClusterMember, Endpoint, EngineVersion, GroupMembership, InstanceEvent, InstanceEventKind,
-    MetricKey, Observed, Parameter, ParameterGroupMembership, ParameterGroupsPresent,
+    KeyCheck, MetricKey, Observed, Parameter, ParameterGroupMembership, ParameterGroupsPresent,
     PreflightInputs, Quota, Snapshot, SourceInstance, TargetCluster,
 };
 use crate::ports::{ErrorKind, MetricQuery, Metrics, PortError, PortResult, Rds};
@@ -94,6 +95,7 @@ pub struct AwsRds {
     metrics: AwsMetrics,
     calls: CallCounter,
     limiter: RateLimiter,
+    keys: AwsKeys,
     instances: FleetCache<DbInstance>,
     clusters: FleetCache<DbCluster>,
     /// Every resource the agent creates carries `<prefix>:source` in its create request: the
@@ -181,9 +183,16 @@ fn matches_cluster(c: &DbCluster, name: &str) -> bool {
 }
 
 impl AwsRds {
-    pub fn new(client: Client, metrics: AwsMetrics, calls: CallCounter, s: &AwsSettings) -> Self {
+    pub fn new(
+        client: Client,
+        keys: AwsKeys,
+        metrics: AwsMetrics,
+        calls: CallCounter,
+        s: &AwsSettings,
+    ) -> Self {
         AwsRds {
             client,
+            keys,
             metrics,
             calls,
             limiter: RateLimiter::new(s.rds_requests_per_second, s.rds_burst),
@@ -711,6 +720,10 @@ impl Rds for AwsRds {
                 })
                 .collect();
             let quotas = self.account_quotas().await?;
+            let kms_key = match (&source.storage_encrypted, &source.kms_key_id) {
+                (true, Some(key)) => self.keys.check(key).await?,
+                _ => KeyCheck::Unchecked,
+            };
             Ok(PreflightInputs {
                 aurora_versions,
                 source_parameters,
@@ -719,9 +732,7 @@ impl Rds for AwsRds {
                 aurora_static_parameters,
                 pending_maintenance,
                 quotas,
-                // The agent has no KMS client: a key RDS cannot use fails CreateDBCluster, which
-                // the phase machine reports.
-                kms_key_usable: None,
+                kms_key,
                 free_storage_bytes: self.latest_free_storage(&source.identifier).await,
             })
         })

@@ -195,10 +195,22 @@ pub struct PreflightInputs {
     pub aurora_static_parameters: Vec<String>,
     pub pending_maintenance: Vec<String>,
     pub quotas: Vec<Quota>,
-    /// Whether the source's KMS key can be used by RDS (None: not encrypted or not checked).
-    pub kms_key_usable: Option<bool>,
+    /// Whether RDS can use the source's KMS key for the replica.
+    pub kms_key: KeyCheck,
     /// Latest FreeStorageSpace of the source, bytes.
     pub free_storage_bytes: Option<f64>,
+}
+
+/// What DescribeKey said of the source's KMS key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyCheck {
+    /// Not encrypted, or not looked at.
+    #[default]
+    Unchecked,
+    /// Enabled, for encryption and decryption.
+    Usable,
+    /// Why RDS could not use it (disabled, pending deletion, not found, access denied).
+    Unusable(String),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

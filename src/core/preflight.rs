@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::migration::Plan;
 use super::naming::parameter_group_name;
-use super::observation::{PreflightInputs, SourceInstance};
+use super::observation::{KeyCheck, PreflightInputs, SourceInstance};
 use super::parameters::{AuroraFamily, translate};
 use super::policy::Policy;
 use super::tags::ControlTags;
@@ -302,13 +302,13 @@ pub fn run(
         );
     }
 
-    match (source.storage_encrypted, inputs.kms_key_usable) {
+    match (source.storage_encrypted, &inputs.kms_key) {
         (false, _) => c.add("encryption", Outcome::Warn, "the source is not encrypted, so the replica cannot be either"),
-        (true, Some(false)) => c.add(
+        (true, KeyCheck::Unusable(why)) => c.add(
             "encryption",
             Outcome::Fail,
             format!(
-                "the KMS key {} is not usable by RDS for the replica; grant the agent's role kms:CreateGrant and kms:DescribeKey on it",
+                "the KMS key {} cannot encrypt the replica: {why}; the replica must use the source's key, so fix the key (or the agent role's kms:DescribeKey/kms:CreateGrant on it) and start again",
                 source.kms_key_id.as_deref().unwrap_or("(unknown)")
             ),
         ),

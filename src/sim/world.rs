@@ -24,7 +24,7 @@ use crate::core::migration::{Migration, MigrationId};
 use crate::core::notification::{Notification, Severity};
 use crate::core::observation::{
     ClusterMember, Datapoint, Endpoint, EngineVersion, GroupMembership, InstanceEvent,
-    InstanceEventKind, MetricKey, Observed, Parameter, ParameterGroupMembership,
+    InstanceEventKind, KeyCheck, MetricKey, Observed, Parameter, ParameterGroupMembership,
     ParameterGroupsPresent, PreflightInputs, Quota, SecurityGroup, Snapshot, SourceInstance,
     TargetCluster,
 };
@@ -885,7 +885,7 @@ impl State {
             aurora_static_parameters: vec!["shared_preload_libraries".to_string()],
             pending_maintenance: Vec::new(),
             quotas: self.quotas(),
-            kms_key_usable: Some(true),
+            kms_key: KeyCheck::Usable,
             free_storage_bytes: free,
         }
     }

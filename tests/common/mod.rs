@@ -130,7 +130,7 @@ pub fn preflight_inputs() -> PreflightInputs {
                 max: 100,
             },
         ],
-        kms_key_usable: Some(true),
+        kms_key: aurora_migrator::core::observation::KeyCheck::Usable,
         free_storage_bytes: Some(150.0 * GIB),
     }
 }

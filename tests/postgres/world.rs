@@ -327,7 +327,7 @@ impl Rds for PgRds {
             ]),
             pending_maintenance: vec![],
             quotas: quotas(),
-            kms_key_usable: None,
+            kms_key: Default::default(),
             free_storage_bytes: Some(FREE_STORAGE),
         })
     }
