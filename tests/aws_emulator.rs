@@ -470,6 +470,16 @@ async fn stale_slot_rollback(abort: bool) {
             "an alert was sent"
         );
     }
+    // `status` (the binary, reading the table) lists the finished migration and why it ended.
+    let status = AgentProcess::status(&env);
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("orders-pg"))
+        .unwrap_or_else(|| panic!("status lists the migration:\n{status}"));
+    assert!(row.contains(end), "{row}");
+    if !abort {
+        assert!(row.contains("write-unavailability budget"), "{row}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -727,4 +737,363 @@ async fn fifty_concurrent_migrations_complete_in_one_agent() {
         describes < ticks,
         "DescribeDBInstances {describes} vs {ticks} wake-ups"
     );
+}
+
+/// An RDS call naming a resource: `(action, identifier parameter, identifier)`.
+type NamedCall<'a> = (&'a str, &'a str, &'a str);
+
+/// Whether the call log holds the call that took effect while its answer is still held back by
+/// the shim (`hold_ms`): the caller has not seen it yet.
+fn held(calls: &[Value], (action, key, id): NamedCall) -> bool {
+    calls.iter().any(|c| {
+        c["action"] == action
+            && c["params"][key] == id
+            && c["real_status"] == 200
+            && c["status"].is_null()
+    })
+}
+
+/// How many times the call took effect (answered 200, or 200 held back).
+fn effective(calls: &[Value], (action, key, id): NamedCall) -> usize {
+    calls
+        .iter()
+        .filter(|c| {
+            c["action"] == action
+                && c["params"][key] == id
+                && (c["status"] == 200 || c["real_status"] == 200)
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_killed_right_after_each_irreversible_call_carries_on_without_repeating_it() {
+    // Visibility 5 s: the message a killed agent held comes back quickly. Redrive after 10
+    // receives: every kill costs one receive of the message in flight.
+    let env = Env::with_queue(5, 10).await;
+    let arn = env.source("orders-pg", true).await;
+    let rid = resource_id(&env, "orders-pg").await;
+    let names = target_names("orders-pg", &rid, 1);
+    let stop_player = CancellationToken::new();
+    let _player = spawn_cloudwatch_player(
+        &env.aws,
+        env.app_sg.clone(),
+        vec![("orders-pg".into(), names.writer.clone())],
+        false,
+        stop_player.clone(),
+    );
+    // Each call below takes effect, then its answer is held for 20 s: the agent is killed in
+    // that gap, so it never learns that the call succeeded.
+    let cluster = ("DBClusterIdentifier", names.cluster.as_str());
+    let source = ("DBInstanceIdentifier", "orders-pg");
+    let create: NamedCall = ("CreateDBCluster", cluster.0, cluster.1);
+    let quarantine: NamedCall = ("ModifyDBInstance", source.0, source.1);
+    let reboot: NamedCall = ("RebootDBInstance", source.0, source.1);
+    let promote: NamedCall = ("PromoteReadReplicaDBCluster", cluster.0, cluster.1);
+    let delete: NamedCall = ("DeleteDBInstance", source.0, source.1);
+    let kill_points = [create, quarantine, reboot, promote, delete];
+    env.shim
+        .faults(Value::Array(
+            kill_points
+                .iter()
+                .map(|(action, key, id)| {
+                    // The shim matches on its own log line's text (Python's json.dumps).
+                    json!({"service": "rds", "action": action,
+                           "params_contains": format!("\"{key}\": \"{id}\""),
+                           "hold_ms": 20000, "count": 1})
+                })
+                .collect(),
+        ))
+        .await;
+    let mut agent = AgentProcess::start(&env, "first");
+    env.send_tag_event(&arn, &["aurora-migration"]).await;
+    for (n, point) in kill_points.iter().enumerate() {
+        let action = point.0;
+        wait_for(
+            Duration::from_secs(240),
+            &format!("{action} to take effect"),
+            || async { held(&env.shim.calls().await, *point) },
+        )
+        .await;
+        agent.kill();
+        eprintln!("killed right after {action}");
+        agent = AgentProcess::start(&env, &format!("restart-{n}"));
+    }
+    wait_for(Duration::from_secs(240), "completed", || async {
+        env.phases().await.get("orders-pg").map(String::as_str) == Some("completed")
+    })
+    .await;
+    let log = agent.log.clone();
+    let exit = agent.terminate();
+    assert!(
+        exit.success(),
+        "SIGTERM exit: {exit:?} (log {})",
+        log.display()
+    );
+    stop_player.cancel();
+
+    let calls = env.shim.calls().await;
+    // One cluster, created once; one quarantine, one reboot, one promotion, one deletion.
+    let clusters = env.aws.rds.describe_db_clusters().send().await.unwrap();
+    assert_eq!(clusters.db_clusters().len(), 1, "{clusters:?}");
+    assert_eq!(effective(&calls, create), 1);
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c["action"] == "PromoteReadReplicaDBCluster")
+            .count(),
+        1,
+        "promotion requested once"
+    );
+    assert_eq!(effective(&calls, quarantine), 1);
+    assert_eq!(effective(&calls, reboot), 1);
+    assert_eq!(effective(&calls, delete), 1);
+    assert!(env.instance("orders-pg").await.is_none());
+    // Nothing reached the DLQ, and the record says completed with no error.
+    assert_eq!(env.dlq_count().await, 0);
+    let status = AgentProcess::status(&env);
+    eprintln!("{status}");
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("orders-pg"))
+        .expect("status lists the migration");
+    assert!(row.contains("completed"), "{row}");
+    assert!(row.trim_end().ends_with('-'), "no last error: {row}");
+    // Every phase was notified (at least once: a crash may repeat a notification).
+    let mut notes = Vec::new();
+    env.notifications(&mut notes).await;
+    for phase in ["quiescing", "draining", "promoting", "routing", "completed"] {
+        assert!(
+            notes.iter().any(|(_, _, a)| a["phase"] == phase),
+            "{phase} notified"
+        );
+    }
+}
+
+/// Sets a tag on the source and delivers its tag-change event, as a person or a consumer would.
+async fn tag_source(env: &Env, arn: &str, key: &str, value: &str) {
+    env.aws
+        .rds
+        .add_tags_to_resource()
+        .resource_name(arn)
+        .tags(tag(key, value))
+        .send()
+        .await
+        .unwrap();
+    env.send_tag_event(arn, &[key]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_consumers_pass_the_quarantine_and_their_acknowledgements_gate_draining_and_routing() {
+    let mut env = Env::new().await;
+    let webhook = Webhook::start(0).await;
+    env.settings.webhook_url = Some(webhook.url.clone());
+    let cdc_sg = env
+        .aws
+        .ec2
+        .create_security_group()
+        .group_name("debezium")
+        .description("CDC consumers")
+        .vpc_id(&env.vpc_id)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string();
+    let arn = env.source("orders-pg", false).await;
+    env.aws
+        .rds
+        .add_tags_to_resource()
+        .resource_name(&arn)
+        .tags(tag("aurora-migration:cdc-consumers", &cdc_sg))
+        .tags(tag("aurora-migration:ack-unlogged-tables", "true"))
+        .tags(tag("aurora-migration", "start"))
+        .send()
+        .await
+        .unwrap();
+    let rid = resource_id(&env, "orders-pg").await;
+    let names = target_names("orders-pg", &rid, 1);
+    let stop_player = CancellationToken::new();
+    let _player = spawn_cloudwatch_player(
+        &env.aws,
+        env.app_sg.clone(),
+        vec![("orders-pg".into(), names.writer.clone())],
+        false,
+        stop_player.clone(),
+    );
+    let (stop, run) = spawn_agent(env.agent().await, runtime_settings());
+    env.send_tag_event(&arn, &["aurora-migration"]).await;
+    let phase = async || {
+        env.phases()
+            .await
+            .get("orders-pg")
+            .cloned()
+            .unwrap_or_default()
+    };
+    wait_for(Duration::from_secs(180), "draining", || async {
+        phase().await == "draining"
+    })
+    .await;
+
+    // The quarantine group admits the consumers' group on the database port and nothing else.
+    let q = env
+        .aws
+        .ec2
+        .describe_security_groups()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("group-name")
+                .values(&names.quarantine_group)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let group = &q.security_groups()[0];
+    assert!(group.ip_permissions_egress().is_empty());
+    let sources: Vec<_> = group
+        .ip_permissions()
+        .iter()
+        .flat_map(|p| p.user_id_group_pairs())
+        .filter_map(|g| g.group_id())
+        .collect();
+    assert_eq!(sources, vec![cdc_sg.as_str()]);
+    assert!(
+        group
+            .ip_permissions()
+            .iter()
+            .all(|p| p.from_port() == Some(5432) && p.ip_ranges().is_empty())
+    );
+
+    // Fenced, restarted, drained by the metrics: still no promotion until the consumers say so.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(phase().await, "draining");
+    let rds = env.shim.actions("rds").await;
+    assert!(rds.iter().any(|(a, _)| a == "RebootDBInstance"));
+    assert!(!rds.iter().any(|(a, _)| a == "PromoteReadReplicaDBCluster"));
+    let mut notes = Vec::new();
+    env.notifications(&mut notes).await;
+    assert!(
+        notes
+            .iter()
+            .any(|(_, m, _)| mentions(m, "aurora-migration:cdc-drained=true")),
+        "the consumers were asked to drain"
+    );
+    let calls_before_drained = env.shim.calls().await.len();
+    tag_source(&env, &arn, "aurora-migration:cdc-drained", "true").await;
+
+    // Promoted, then held before routing until the consumers' slots exist on Aurora.
+    wait_for(Duration::from_secs(90), "routing", || async {
+        phase().await == "routing"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(phase().await, "routing");
+    assert!(
+        webhook.bodies.lock().unwrap().is_empty(),
+        "routed too early"
+    );
+    env.notifications(&mut notes).await;
+    assert!(
+        notes
+            .iter()
+            .any(|(_, m, _)| mentions(m, "aurora-migration:cdc-slots-created=true")),
+        "the consumers were asked to create their slots"
+    );
+    tag_source(&env, &arn, "aurora-migration:cdc-slots-created", "true").await;
+    wait_for(Duration::from_secs(120), "completed", || async {
+        let p = phase().await;
+        assert!(!["failed", "rolledback"].contains(&p.as_str()), "{p}");
+        p == "completed"
+    })
+    .await;
+    stop.cancel();
+    run.await.unwrap();
+    stop_player.cancel();
+    assert_eq!(webhook.bodies.lock().unwrap().len(), 1);
+    let promote = env
+        .shim
+        .calls()
+        .await
+        .iter()
+        .position(|c| c["action"] == "PromoteReadReplicaDBCluster")
+        .expect("promoted");
+    assert!(
+        promote >= calls_before_drained,
+        "promoted before cdc-drained"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_source_whose_key_is_disabled_fails_preflight_and_an_enabled_key_is_used() {
+    let env = Env::new().await;
+    let conf = aurora_migrator::aws::sdk_config(&env.settings).await;
+    let kms = aws_sdk_kms::Client::new(&conf);
+    // (id, ARN): moto's DisableKey takes only the id; RDS reports the ARN.
+    let key = async || {
+        let k = kms.create_key().send().await.unwrap();
+        let meta = k.key_metadata().unwrap();
+        (meta.key_id().to_string(), meta.arn().unwrap().to_string())
+    };
+    let ((_, good_key), (disabled_id, disabled_key)) = (key().await, key().await);
+    kms.disable_key().key_id(&disabled_id).send().await.unwrap();
+    let good = env
+        .source_encrypted_with("payments-pg", true, Some(&good_key))
+        .await;
+    let bad = env
+        .source_encrypted_with("ledger-pg", true, Some(&disabled_key))
+        .await;
+    let setup_calls = env.shim.calls().await.len();
+    let (stop, run) = spawn_agent(env.agent().await, runtime_settings());
+    env.send_tag_event(&good, &["aurora-migration"]).await;
+    env.send_tag_event(&bad, &["aurora-migration"]).await;
+    wait_for(
+        Duration::from_secs(120),
+        "one failed, the other's replica requested",
+        || async {
+            env.phases().await.get("ledger-pg").map(String::as_str) == Some("failed")
+                && env
+                    .shim
+                    .actions("rds")
+                    .await
+                    .iter()
+                    .any(|(a, p)| a == "CreateDBCluster" && mentions(p, "payments-pg"))
+        },
+    )
+    .await;
+    stop.cancel();
+    run.await.unwrap();
+
+    // The failure names the check and the key's state; nothing was created for it.
+    let mut notes = Vec::new();
+    env.notifications(&mut notes).await;
+    let failed = notes
+        .iter()
+        .find(|(_, _, a)| a["db_instance"] == "ledger-pg" && a["phase"] == "failed")
+        .expect("the failure was notified");
+    assert_eq!(failed.2["severity"], "error");
+    let text = failed.1.to_string();
+    assert!(
+        text.contains("encryption") && text.contains("Disabled") && text.contains(&disabled_key),
+        "{text}"
+    );
+    let agent_calls: Vec<Value> = env.shim.calls().await.split_off(setup_calls);
+    assert!(
+        !agent_calls.iter().any(|c| c["service"] == "rds"
+            && c["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("Create"))
+            && mentions(&c["params"], "ledger-pg")),
+        "nothing created for the failed source"
+    );
+    let rds = env.shim.actions("rds").await;
+    // The usable key was checked and the replica asked for it.
+    let kms_calls = env.shim.actions("kms").await;
+    assert!(
+        kms_calls
+            .iter()
+            .any(|(a, p)| a == "DescribeKey" && mentions(p, &good_key))
+    );
+    let create = position(&rds, "CreateDBCluster", |p| mentions(p, "payments-pg"));
+    assert_eq!(rds[create].1["KmsKeyId"], good_key.as_str());
 }

@@ -174,6 +174,11 @@ impl Env {
     }
 
     pub async fn with_visibility(visibility_s: u32) -> Env {
+        Env::with_queue(visibility_s, 2).await
+    }
+
+    /// The agent's queue with this visibility timeout and redrive after `max_receive` receives.
+    pub async fn with_queue(visibility_s: u32, max_receive: u32) -> Env {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -223,7 +228,7 @@ impl Env {
             )
             .attributes(
                 aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
-                serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 2})
+                serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive})
                     .to_string(),
             )
             .send()
@@ -351,6 +356,16 @@ impl Env {
 
     /// A source RDS PostgreSQL instance; `start` tags it for migration.
     pub async fn source(&self, id: &str, start: bool) -> String {
+        self.source_encrypted_with(id, start, None).await
+    }
+
+    /// A source encrypted with the KMS key `kms_key` (an ARN), when given.
+    pub async fn source_encrypted_with(
+        &self,
+        id: &str,
+        start: bool,
+        kms_key: Option<&str>,
+    ) -> String {
         let mut tags = vec![tag("team", "orders")];
         if start {
             tags.push(tag("aurora-migration", "start"));
@@ -372,6 +387,8 @@ impl Env {
             .vpc_security_group_ids(&self.app_sg)
             .db_parameter_group_name("src-pg15")
             .auto_minor_version_upgrade(false)
+            .storage_encrypted(kms_key.is_some())
+            .set_kms_key_id(kms_key.map(str::to_string))
             .set_tags(Some(tags))
             .send()
             .await
@@ -720,6 +737,97 @@ impl Webhook {
 impl Drop for Webhook {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// The real agent binary (`aurora-migrator run`) as a child process, configured through its
+/// environment as in production, with the harness's short policy. Killed (SIGKILL) on drop.
+pub struct AgentProcess {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    pub fn start(env: &Env, name: &str) -> AgentProcess {
+        let log = std::env::temp_dir().join(format!(
+            "aurora-migrator-{}-{name}.log",
+            env.shim.endpoint.rsplit(':').next().unwrap_or("0")
+        ));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_aurora-migrator"))
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("AWS_ENDPOINT_URL", &env.shim.endpoint)
+            .env("AWS_REGION", REGION)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("MIGRATOR_QUEUE_URL", &env.queue_url)
+            .env("MIGRATOR_TOPIC_ARN", &env.settings.topic_arn)
+            .env("MIGRATOR_TABLE", &env.settings.table)
+            .env("MIGRATOR_CUTOVER", "automatic")
+            .env("MIGRATOR_LAG_SUSTAIN", "2s")
+            .env("MIGRATOR_SOAK", "3s")
+            .env("MIGRATOR_RETENTION", "2s")
+            .env("MIGRATOR_SLOW_POLL", "2s")
+            .env("MIGRATOR_FAST_POLL", "1s")
+            .env("MIGRATOR_METRIC_PERIOD", "1s")
+            .env("MIGRATOR_WRITE_BUDGET", "4m")
+            .env("MIGRATOR_RDS_RATE_LIMIT", "20")
+            .env("MIGRATOR_MESSAGE_VISIBILITY", "6s")
+            .env(
+                "MIGRATOR_HEARTBEAT_FILE",
+                std::env::temp_dir().join(format!("aurora-migrator-{name}.heartbeat")),
+            )
+            .env("MIGRATOR_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start the agent binary");
+        AgentProcess { child, log }
+    }
+
+    /// SIGKILL: no shutdown path runs, in-flight work and messages are simply abandoned.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status (the agent's graceful stop).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+
+    /// The binary's `status` command against the same table.
+    pub fn status(env: &Env) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_aurora-migrator"))
+            .arg("status")
+            .env_clear()
+            .env("AWS_ENDPOINT_URL", &env.shim.endpoint)
+            .env("AWS_REGION", REGION)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("MIGRATOR_TABLE", &env.settings.table)
+            .env("MIGRATOR_LOG_FORMAT", "text")
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
