@@ -9,7 +9,7 @@ use std::sync::Arc;
 use aurora_migrator::agent::Agent;
 use aurora_migrator::aws::{self, AwsSettings, AwsWorld};
 use aurora_migrator::commands::{self, Control};
-use aurora_migrator::config::{AwsArgs, PolicyArgs};
+use aurora_migrator::config::{AwsArgs, PolicyArgs, TelemetryArgs};
 use aurora_migrator::core::Policy;
 use aurora_migrator::ports::{Clock, World};
 use aurora_migrator::runtime::{self, RuntimeSettings};
@@ -31,6 +31,8 @@ struct Cli {
     aws: AwsArgs,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
     /// Log format.
     #[arg(
         long,
@@ -104,7 +106,24 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
-    telemetry::init(cli.log_format, level);
+    // Only the agent exports traces and metrics: the operator commands and the container health
+    // check (every 30 s, with the agent's environment) are short and would each start a pipeline
+    // and flush it on exit.
+    let otlp = match cli.telemetry.otlp() {
+        Ok(o) => o.filter(|_| matches!(cli.command, Command::Run { .. })),
+        Err(e) => {
+            eprintln!("aurora-migrator: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Dropped at the end of `main`, after the runtime: the flush blocks, bounded.
+    let _telemetry = match telemetry::init(cli.log_format, level, otlp.as_ref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("aurora-migrator: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
