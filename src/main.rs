@@ -14,7 +14,7 @@ use aurora_migrator::core::Policy;
 use aurora_migrator::ports::{Clock, World};
 use aurora_migrator::runtime::{self, RuntimeSettings};
 use aurora_migrator::sim::{self, SimOptions};
-use aurora_migrator::telemetry::{self, LogFormat};
+use aurora_migrator::telemetry::{self, LogFormat, Metrics};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -117,14 +117,14 @@ fn main() -> ExitCode {
         }
     };
     // Dropped at the end of `main`, after the runtime: the flush blocks, bounded.
-    let _telemetry = match telemetry::init(cli.log_format, level, otlp.as_ref()) {
+    let telemetry = match telemetry::init(cli.log_format, level, otlp.as_ref()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("aurora-migrator: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match run(cli) {
+    match run(cli, telemetry.metrics()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("aurora-migrator: {e:#}");
@@ -133,7 +133,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, metrics: Metrics) -> anyhow::Result<()> {
     let policy = cli.policy.policy()?;
     cli.aws.validate()?;
     match cli.command {
@@ -164,13 +164,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(with_aws(command, &cli.aws, policy))
+            runtime.block_on(with_aws(command, &cli.aws, policy, metrics))
         }
     }
 }
 
 /// The commands that talk to AWS.
-async fn with_aws(command: Command, args: &AwsArgs, policy: Policy) -> anyhow::Result<()> {
+async fn with_aws(
+    command: Command,
+    args: &AwsArgs,
+    policy: Policy,
+    metrics: Metrics,
+) -> anyhow::Result<()> {
     let settings = |require_all: bool| -> anyhow::Result<AwsSettings> {
         let (queue, topic, table) = if require_all {
             args.require()?
@@ -188,6 +193,7 @@ async fn with_aws(command: Command, args: &AwsArgs, policy: Policy) -> anyhow::R
         s.rds_requests_per_second = args.rds_rate_limit;
         s.webhook_url = args.webhook_url.clone();
         s.smoke_test_url = args.smoke_test_url.clone();
+        s.metrics = metrics.clone();
         Ok(s)
     };
     // Commands that only touch RDS tags or read the instance need no queue, topic or table.
@@ -213,7 +219,7 @@ async fn with_aws(command: Command, args: &AwsArgs, policy: Policy) -> anyhow::R
             if create_table {
                 aws::create_table(&s).await?;
             }
-            let agent = Arc::new(with_table(&s).await?);
+            let agent = Arc::new(with_table(&s).await?.with_metrics(metrics.clone()));
             let runtime_settings = RuntimeSettings {
                 concurrency: args.concurrency,
                 shutdown_budget: std::time::Duration::from_secs(
