@@ -14,6 +14,7 @@ use std::time::Duration;
 use aurora_migrator::aws::CallCounter;
 use aurora_migrator::config::TelemetryArgs;
 use aurora_migrator::ports::ErrorKind;
+use aurora_migrator::telemetry::otlp::EXPORT_TIMEOUT;
 use aurora_migrator::telemetry::{
     self, LogFormat, MessageOutcome, Otlp, OtlpProtocol, OtlpSettings,
 };
@@ -281,6 +282,56 @@ fn spans_and_metrics_reach_an_otlp_http_collector() {
     // The gauge reports every phase, zeros included.
     let phases = data_points(&exported, "aurora_migrator.migrations");
     assert_eq!(phases.len(), 18, "{phases:?}");
+}
+
+/// A collector that accepts connections and reads, but never answers.
+fn hanging_collector() -> (String, tokio::runtime::Runtime) {
+    use tokio::io::AsyncReadExt;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    runtime.spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut sink = [0u8; 8192];
+                while matches!(sock.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (url, runtime)
+}
+
+#[test]
+fn the_flush_gives_up_within_the_export_timeout_when_the_collector_hangs() {
+    let (url, _collector) = hanging_collector();
+    let otlp = Otlp::start(&OtlpSettings {
+        endpoint: url,
+        protocol: OtlpProtocol::HttpProtobuf,
+        metrics_interval: Duration::from_secs(600),
+    })
+    .unwrap();
+    let subscriber = tracing_subscriber::registry().with(otlp.layer());
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info_span!("message", message_id = "m-1").in_scope(|| {});
+    });
+    CallCounter::new(otlp.metrics()).count("sqs:ReceiveMessage");
+    let started = std::time::Instant::now();
+    let flushed = otlp.shutdown();
+    let took = started.elapsed();
+    assert!(
+        flushed.is_err(),
+        "a hanging collector cannot have acknowledged"
+    );
+    assert!(
+        took < EXPORT_TIMEOUT + Duration::from_secs(1),
+        "the flush took {took:?}"
+    );
 }
 
 /// Set by the tests below for the child process they start; a plain run skips the child.
