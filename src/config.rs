@@ -7,6 +7,7 @@ use clap::Args;
 use jiff::SignedDuration;
 
 use crate::core::policy::{CutoverPolicy, Policy};
+use crate::telemetry::{OtlpProtocol, OtlpSettings};
 
 /// Where the agent's AWS resources are. Required by the commands that talk to AWS.
 #[derive(Args, Clone, Debug, Default)]
@@ -196,6 +197,94 @@ impl Default for PolicyArgs {
             slow_poll: "60s".into(),
             fast_poll: "5s".into(),
         }
+    }
+}
+
+/// Where the agent sends OpenTelemetry traces and metrics. No endpoint: nowhere, at no cost.
+#[derive(Args, Clone, Debug)]
+pub struct TelemetryArgs {
+    /// OTLP/HTTP collector (ADOT or OpenTelemetry Collector sidecar), base URL such as
+    /// `http://localhost:4318`; `/v1/traces` and `/v1/metrics` are appended. Unset (and
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` unset): no export. Only `run` exports.
+    #[arg(long, env = "MIGRATOR_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+    /// `http/protobuf` or `http/json`.
+    #[arg(
+        long,
+        env = "MIGRATOR_OTLP_PROTOCOL",
+        default_value = "http/protobuf",
+        global = true
+    )]
+    pub otlp_protocol: String,
+    /// How often metrics are exported.
+    #[arg(
+        long,
+        env = "MIGRATOR_OTLP_METRICS_INTERVAL",
+        default_value = "60s",
+        global = true
+    )]
+    pub otlp_metrics_interval: String,
+}
+
+impl Default for TelemetryArgs {
+    fn default() -> Self {
+        TelemetryArgs {
+            otlp_endpoint: None,
+            otlp_protocol: "http/protobuf".into(),
+            otlp_metrics_interval: "60s".into(),
+        }
+    }
+}
+
+impl TelemetryArgs {
+    /// The export settings, or `None` when no endpoint is set. `MIGRATOR_OTLP_ENDPOINT` wins
+    /// over the standard `OTEL_EXPORTER_OTLP_ENDPOINT`; an empty value counts as unset.
+    pub fn otlp(&self) -> Result<Option<OtlpSettings>, ConfigError> {
+        self.otlp_with(std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+    }
+
+    /// [`TelemetryArgs::otlp`] with the standard variable's value given.
+    pub fn otlp_with(
+        &self,
+        standard_endpoint: Option<String>,
+    ) -> Result<Option<OtlpSettings>, ConfigError> {
+        // Checked even when off, so that a typo shows before the day export is turned on.
+        let protocol: OtlpProtocol = self
+            .otlp_protocol
+            .parse()
+            .map_err(|e| bad("MIGRATOR_OTLP_PROTOCOL (--otlp-protocol)", e))?;
+        let interval = duration(
+            "MIGRATOR_OTLP_METRICS_INTERVAL (--otlp-metrics-interval)",
+            &self.otlp_metrics_interval,
+            SignedDuration::from_secs(1),
+        )?;
+        let set = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        let (setting, endpoint) = match (set(&self.otlp_endpoint), set(&standard_endpoint)) {
+            (Some(e), _) => ("MIGRATOR_OTLP_ENDPOINT (--otlp-endpoint)", e),
+            (None, Some(e)) => ("OTEL_EXPORTER_OTLP_ENDPOINT", e),
+            (None, None) => return Ok(None),
+        };
+        let url = reqwest::Url::parse(endpoint.trim())
+            .map_err(|e| bad(setting, format!("`{endpoint}` is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(bad(
+                setting,
+                format!("`{endpoint}` is not an http(s) URL with a host"),
+            ));
+        }
+        if url.query().is_some() || url.path().contains("/v1/") {
+            return Err(bad(
+                setting,
+                format!(
+                    "`{endpoint}`: give the collector's base URL (`http://localhost:4318`); the agent appends `/v1/traces` and `/v1/metrics`"
+                ),
+            ));
+        }
+        Ok(Some(OtlpSettings {
+            endpoint: endpoint.trim().to_string(),
+            protocol,
+            metrics_interval: interval.unsigned_abs(),
+        }))
     }
 }
 
@@ -464,6 +553,79 @@ mod tests {
     fn missing_queue_names_the_setting() {
         let e = AwsArgs::default().require().unwrap_err();
         assert_eq!(e.setting, "MIGRATOR_QUEUE_URL (--queue-url)");
+    }
+
+    #[test]
+    fn no_otlp_endpoint_means_no_export() {
+        assert_eq!(TelemetryArgs::default().otlp_with(None), Ok(None));
+        assert_eq!(
+            TelemetryArgs::default().otlp_with(Some(" ".into())),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn the_migrator_endpoint_wins_over_the_standard_one() {
+        let args = TelemetryArgs {
+            otlp_endpoint: Some("http://localhost:4318".into()),
+            otlp_protocol: "http/json".into(),
+            otlp_metrics_interval: "10s".into(),
+        };
+        let s = args
+            .otlp_with(Some("http://elsewhere:4318".into()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.endpoint, "http://localhost:4318");
+        assert_eq!(s.protocol, OtlpProtocol::HttpJson);
+        assert_eq!(s.metrics_interval, std::time::Duration::from_secs(10));
+        let standard = TelemetryArgs::default()
+            .otlp_with(Some("http://collector:4318".into()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(standard.endpoint, "http://collector:4318");
+        assert_eq!(standard.protocol, OtlpProtocol::HttpProtobuf);
+    }
+
+    #[test]
+    fn bad_telemetry_settings_name_the_setting() {
+        let protocol = TelemetryArgs {
+            otlp_protocol: "grpc".into(),
+            ..TelemetryArgs::default()
+        };
+        assert_eq!(
+            protocol.otlp_with(None).unwrap_err().setting,
+            "MIGRATOR_OTLP_PROTOCOL (--otlp-protocol)"
+        );
+        let interval = TelemetryArgs {
+            otlp_metrics_interval: "0s".into(),
+            ..TelemetryArgs::default()
+        };
+        assert_eq!(
+            interval.otlp_with(None).unwrap_err().setting,
+            "MIGRATOR_OTLP_METRICS_INTERVAL (--otlp-metrics-interval)"
+        );
+        for endpoint in [
+            "localhost:4318",
+            "ftp://collector",
+            "http://c:4318/v1/traces",
+        ] {
+            let args = TelemetryArgs {
+                otlp_endpoint: Some(endpoint.into()),
+                ..TelemetryArgs::default()
+            };
+            assert_eq!(
+                args.otlp_with(None).unwrap_err().setting,
+                "MIGRATOR_OTLP_ENDPOINT (--otlp-endpoint)",
+                "{endpoint}"
+            );
+        }
+        assert_eq!(
+            TelemetryArgs::default()
+                .otlp_with(Some("not a url".into()))
+                .unwrap_err()
+                .setting,
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        );
     }
 
     #[test]

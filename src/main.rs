@@ -9,12 +9,12 @@ use std::sync::Arc;
 use aurora_migrator::agent::Agent;
 use aurora_migrator::aws::{self, AwsSettings, AwsWorld};
 use aurora_migrator::commands::{self, Control};
-use aurora_migrator::config::{AwsArgs, PolicyArgs};
+use aurora_migrator::config::{AwsArgs, PolicyArgs, TelemetryArgs};
 use aurora_migrator::core::Policy;
 use aurora_migrator::ports::{Clock, World};
 use aurora_migrator::runtime::{self, RuntimeSettings};
 use aurora_migrator::sim::{self, SimOptions};
-use aurora_migrator::telemetry::{self, LogFormat};
+use aurora_migrator::telemetry::{self, LogFormat, Metrics};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -31,6 +31,8 @@ struct Cli {
     aws: AwsArgs,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
     /// Log format.
     #[arg(
         long,
@@ -104,8 +106,25 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
-    telemetry::init(cli.log_format, level);
-    match run(cli) {
+    // Only the agent exports traces and metrics: the operator commands and the container health
+    // check (every 30 s, with the agent's environment) are short and would each start a pipeline
+    // and flush it on exit.
+    let otlp = match cli.telemetry.otlp() {
+        Ok(o) => o.filter(|_| matches!(cli.command, Command::Run { .. })),
+        Err(e) => {
+            eprintln!("aurora-migrator: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Dropped at the end of `main`, after the runtime: the flush blocks, bounded.
+    let telemetry = match telemetry::init(cli.log_format, level, otlp.as_ref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("aurora-migrator: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(cli, telemetry.metrics()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("aurora-migrator: {e:#}");
@@ -114,7 +133,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, metrics: Metrics) -> anyhow::Result<()> {
     let policy = cli.policy.policy()?;
     cli.aws.validate()?;
     match cli.command {
@@ -145,13 +164,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(with_aws(command, &cli.aws, policy))
+            runtime.block_on(with_aws(command, &cli.aws, policy, metrics))
         }
     }
 }
 
 /// The commands that talk to AWS.
-async fn with_aws(command: Command, args: &AwsArgs, policy: Policy) -> anyhow::Result<()> {
+async fn with_aws(
+    command: Command,
+    args: &AwsArgs,
+    policy: Policy,
+    metrics: Metrics,
+) -> anyhow::Result<()> {
     let settings = |require_all: bool| -> anyhow::Result<AwsSettings> {
         let (queue, topic, table) = if require_all {
             args.require()?
@@ -169,6 +193,7 @@ async fn with_aws(command: Command, args: &AwsArgs, policy: Policy) -> anyhow::R
         s.rds_requests_per_second = args.rds_rate_limit;
         s.webhook_url = args.webhook_url.clone();
         s.smoke_test_url = args.smoke_test_url.clone();
+        s.metrics = metrics.clone();
         Ok(s)
     };
     // Commands that only touch RDS tags or read the instance need no queue, topic or table.
@@ -194,7 +219,7 @@ async fn with_aws(command: Command, args: &AwsArgs, policy: Policy) -> anyhow::R
             if create_table {
                 aws::create_table(&s).await?;
             }
-            let agent = Arc::new(with_table(&s).await?);
+            let agent = Arc::new(with_table(&s).await?.with_metrics(metrics.clone()));
             let runtime_settings = RuntimeSettings {
                 concurrency: args.concurrency,
                 shutdown_budget: std::time::Duration::from_secs(

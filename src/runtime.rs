@@ -24,6 +24,7 @@ use crate::agent::{Agent, Disposition};
 use crate::aws::AwsWorld;
 use crate::inbound::{self, Inbound};
 use crate::ports::{Queue, QueueMessage, StateStore, World};
+use crate::telemetry::MessageOutcome;
 
 #[derive(Clone, Debug)]
 pub struct RuntimeSettings {
@@ -297,6 +298,7 @@ pub async fn run_queue<W: World + 'static>(
             );
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
+            agent.metrics.messages(MessageOutcome::Abandoned, n);
             n
         }
     };
@@ -342,6 +344,12 @@ async fn handle_one<W: World>(
         d = work => d,
         _ = keep_hidden => unreachable!("the visibility loop never ends"),
     };
+    agent.metrics.message(match disposition {
+        Disposition::Delete => MessageOutcome::Handled,
+        Disposition::DeleteUnknown(_) => MessageOutcome::Unknown,
+        Disposition::DeleteStale => MessageOutcome::Stale,
+        Disposition::Leave(_) => MessageOutcome::Left,
+    });
     match disposition {
         Disposition::Delete | Disposition::DeleteUnknown(_) | Disposition::DeleteStale => {
             match queue.delete(&message.receipt).await {

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use tracing::Instrument;
+
 use crate::core::action::{Action, ActionError, ActionKey, ActionResult};
 use crate::core::tags;
 use crate::core::{Migration, Policy};
@@ -106,13 +108,20 @@ pub async fn execute_all<W: World>(
     let mut results = Vec::new();
     for action in actions {
         let key = action.key();
-        let outcome = execute(world, policy, action).await;
-        match &outcome {
-            Ok(()) => tracing::info!(migration = %m.id, action = %key, "action done"),
-            Err(e) => {
-                tracing::warn!(migration = %m.id, action = %key, error = %e, kind = e.kind.as_str(), "action failed")
+        // One span per action (a child of `reconcile` in traces), its outcome line inside it.
+        let span = tracing::info_span!("action", kind = %key, migration = %m.id);
+        let outcome = async {
+            let outcome = execute(world, policy, action).await;
+            match &outcome {
+                Ok(()) => tracing::info!(migration = %m.id, action = %key, "action done"),
+                Err(e) => {
+                    tracing::warn!(migration = %m.id, action = %key, error = %e, kind = e.kind.as_str(), "action failed")
+                }
             }
+            outcome
         }
+        .instrument(span)
+        .await;
         if feeds_back(key, outcome.is_ok()) {
             results.push(ActionResult {
                 key,

@@ -17,6 +17,7 @@ use crate::core::observation::Observed;
 use crate::core::{ErrorKind, Migration, MigrationId, Policy, step};
 use crate::inbound::{self, Inbound, ParseError, Tick};
 use crate::ports::{Clock, PortError, Queue, QueueMessage, Rds, StateStore, StoreError, World};
+use crate::telemetry::Metrics;
 
 /// Longest SQS delay: a longer wait is re-ticked.
 pub const MAX_DELAY_S: u32 = 900;
@@ -68,6 +69,9 @@ pub struct Agent<W: World> {
     pub world: W,
     pub policy: Policy,
     pub step: StepFn,
+    /// OTel instruments (step durations, migrations by phase, message outcomes); off unless
+    /// given.
+    pub metrics: Metrics,
 }
 
 impl<W: World> Agent<W> {
@@ -76,7 +80,14 @@ impl<W: World> Agent<W> {
             world,
             policy,
             step,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Records into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Handles one queue message; the caller deletes or leaves it as told.
@@ -224,7 +235,10 @@ impl<W: World> Agent<W> {
             }
         }
         let now = self.world.clock().now();
-        for m in self.world.store().list().await? {
+        let all = self.world.store().list().await?;
+        self.metrics
+            .migrations_listed(all.iter().map(|m| (&m.id, m.phase)));
+        for m in all {
             let overdue = m
                 .next_wake
                 .as_ref()
@@ -255,6 +269,7 @@ impl<W: World> Agent<W> {
         let mut last_look: Option<crate::core::Observation> = None;
         let mut contended = 0;
         for _ in 0..MAX_STEPS_PER_MESSAGE {
+            let started = self.metrics.step_started();
             let mut obs = match last_look.take() {
                 Some(o) => o,
                 None => match observe::observe(world, &m, &self.policy).await {
@@ -285,7 +300,9 @@ impl<W: World> Agent<W> {
             if m.phase != before {
                 tracing::info!(migration = %m.id, from = %before, phase = %m.phase, "phase changed");
             }
+            self.metrics.migration_in(&m.id, m.phase);
             pending = execute::execute_all(world, &m, &self.policy, &decision.actions).await;
+            self.metrics.step_done(started, before);
             let look_again = decision.wake_after == Some(SignedDuration::ZERO);
             if !look_again && pending.is_empty() {
                 break;

@@ -3,7 +3,7 @@
 //! One file per service; [`classify`] turns every SDK error into a classified
 //! [`crate::ports::PortError`]; RDS calls go through a [`limit::RateLimiter`] and a short-lived
 //! fleet-wide describe cache ([`rds`]); every call is counted per operation in a
-//! [`CallCounter`] (telemetry and the run summary).
+//! [`CallCounter`] (the run summary, and the OTel `aurora_migrator.aws.*` counters).
 
 pub mod classify;
 pub mod cloudwatch;
@@ -26,6 +26,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use jiff::Timestamp;
 
 use crate::ports::{Clock, ErrorKind, World};
+use crate::telemetry::Metrics;
 
 /// Where the agent's AWS resources are and how hard it may call AWS.
 #[derive(Clone, Debug)]
@@ -64,6 +65,8 @@ pub struct AwsSettings {
     pub sdk_initial_backoff: Duration,
     /// Longest single attempt of an SDK call (the SQS long poll of 20 s must fit).
     pub sdk_attempt_timeout: Duration,
+    /// Where the call counts also go (OTel); off by default.
+    pub metrics: Metrics,
 }
 
 impl AwsSettings {
@@ -87,14 +90,17 @@ impl AwsSettings {
             sdk_max_attempts: 4,
             sdk_initial_backoff: Duration::from_secs(1),
             sdk_attempt_timeout: Duration::from_secs(30),
+            metrics: Metrics::default(),
         }
     }
 }
 
-/// AWS calls per operation (`rds:DescribeDBInstances`), and their failures by kind.
+/// AWS calls per operation (`rds:DescribeDBInstances`), and their failures by kind. Every
+/// adapter counts here, so this is also the one place that feeds the OTel counters.
 #[derive(Clone, Debug, Default)]
 pub struct CallCounter {
     inner: Arc<Mutex<Counts>>,
+    metrics: Metrics,
 }
 
 #[derive(Debug, Default)]
@@ -104,14 +110,28 @@ struct Counts {
 }
 
 impl CallCounter {
+    /// A counter that also records into `metrics`.
+    pub fn new(metrics: Metrics) -> CallCounter {
+        CallCounter {
+            inner: Arc::default(),
+            metrics,
+        }
+    }
+
     pub fn count(&self, operation: &str) {
-        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        *c.calls.entry(operation.to_string()).or_default() += 1;
+        {
+            let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            *c.calls.entry(operation.to_string()).or_default() += 1;
+        }
+        self.metrics.aws_call(operation);
     }
 
     pub fn error(&self, operation: &str, kind: ErrorKind) {
-        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        *c.errors.entry((operation.to_string(), kind)).or_default() += 1;
+        {
+            let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            *c.errors.entry((operation.to_string(), kind)).or_default() += 1;
+        }
+        self.metrics.aws_error(operation, kind);
     }
 
     /// Calls per operation so far.
@@ -240,7 +260,7 @@ impl AwsWorld {
 
     /// Builds the clients from a ready SDK configuration, without any call.
     pub fn from_config(s: &AwsSettings, config: &SdkConfig) -> Result<AwsWorld, ConnectError> {
-        let calls = CallCounter::default();
+        let calls = CallCounter::new(s.metrics.clone());
         let cw = aws_sdk_cloudwatch::Client::new(config);
         let metrics = cloudwatch::AwsMetrics::new(cw.clone(), calls.clone(), s);
         Ok(AwsWorld {
