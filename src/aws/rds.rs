@@ -1,10 +1,9 @@
 //! RDS: describes (served from a short-lived fleet-wide cache) and idempotent mutations, all
 //! through the account budget's rate limiter.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_rds::Client;
@@ -29,64 +28,84 @@ use crate::core::observation::{
 };
 use crate::ports::{ErrorKind, MetricQuery, Metrics, PortError, PortResult, Rds};
 
-/// One fleet-wide answer, valid for a TTL and until the next mutation.
+/// One fleet-wide answer, valid for a TTL.
 struct Cached<T> {
+    /// When the fetch started: a change after it may be missing from `items`.
     at: Instant,
-    generation: u64,
     items: Arc<Vec<T>>,
 }
 
-/// A describe-everything answer shared by every migration within its TTL. Any mutation made
-/// through this adapter bumps the generation, so the next describe sees its effect.
+/// A describe-everything answer shared by every migration within its TTL: one page of 100
+/// serves 100 migrations. A resource this adapter changed is described on its own until a
+/// snapshot started after the change, so its migration sees its own mutation at once while
+/// the others keep sharing the snapshot (invalidating the whole snapshot on every mutation
+/// would re-read every page after each of a fleet's many tag and state changes).
 struct FleetCache<T> {
     ttl: Duration,
-    generation: AtomicU64,
     current: std::sync::Mutex<Option<Cached<T>>>,
     refresh: tokio::sync::Mutex<()>,
+    /// Identifier (lower case, ARNs reduced to it) → when this adapter last changed it.
+    touched: std::sync::Mutex<HashMap<String, Instant>>,
+}
+
+/// `arn:aws:rds:…:db:orders-pg` and `orders-pg` name the same thing; RDS ignores case.
+fn resource_key(name: &str) -> String {
+    name.rsplit(':').next().unwrap_or(name).to_ascii_lowercase()
 }
 
 impl<T> FleetCache<T> {
     fn new(ttl: Duration) -> Self {
         FleetCache {
             ttl,
-            generation: AtomicU64::new(0),
             current: std::sync::Mutex::new(None),
             refresh: tokio::sync::Mutex::new(()),
+            touched: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    fn fresh(&self) -> Option<Arc<Vec<T>>> {
+    fn fresh(&self) -> Option<(Instant, Arc<Vec<T>>)> {
         let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let c = current.as_ref()?;
-        (c.generation == self.generation.load(Ordering::SeqCst) && c.at.elapsed() < self.ttl)
-            .then(|| c.items.clone())
+        (c.at.elapsed() < self.ttl).then(|| (c.at, c.items.clone()))
     }
 
-    fn invalidate(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
+    fn touch(&self, name: &str) {
+        let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        touched.insert(resource_key(name), Instant::now());
     }
 
-    async fn get<F, Fut>(&self, fetch: F) -> PortResult<Arc<Vec<T>>>
+    /// Whether `name` changed after the snapshot taken at `at` started.
+    fn changed_since(&self, name: &str, at: Instant) -> bool {
+        let touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        touched.get(&resource_key(name)).is_some_and(|t| *t >= at)
+    }
+
+    /// The snapshot and when its fetch started.
+    async fn get<F, Fut>(&self, fetch: F) -> PortResult<(Instant, Arc<Vec<T>>)>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = PortResult<Vec<T>>>,
     {
-        if let Some(items) = self.fresh() {
-            return Ok(items);
+        if let Some(fresh) = self.fresh() {
+            return Ok(fresh);
         }
         // One refresh at a time: the others wait and take its answer.
         let _one = self.refresh.lock().await;
-        if let Some(items) = self.fresh() {
-            return Ok(items);
+        if let Some(fresh) = self.fresh() {
+            return Ok(fresh);
         }
-        let generation = self.generation.load(Ordering::SeqCst);
+        let at = Instant::now();
         let items = Arc::new(fetch().await?);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Cached {
-            at: Instant::now(),
-            generation,
+            at,
             items: items.clone(),
         });
-        Ok(items)
+        // Changes older than this snapshot are in it.
+        self.touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, t| *t >= at);
+        Ok((at, items))
     }
 }
 
@@ -228,12 +247,15 @@ impl AwsRds {
         r
     }
 
-    fn invalidate(&self) {
-        self.instances.invalidate();
-        self.clusters.invalidate();
+    /// These resources were changed: their next describes go to RDS directly.
+    fn touch(&self, names: &[&str]) {
+        for name in names {
+            self.instances.touch(name);
+            self.clusters.touch(name);
+        }
     }
 
-    async fn all_instances(&self) -> PortResult<Arc<Vec<DbInstance>>> {
+    async fn all_instances(&self) -> PortResult<(Instant, Arc<Vec<DbInstance>>)> {
         self.instances
             .get(|| async {
                 let mut out = Vec::new();
@@ -262,7 +284,7 @@ impl AwsRds {
             .await
     }
 
-    async fn all_clusters(&self) -> PortResult<Arc<Vec<DbCluster>>> {
+    async fn all_clusters(&self) -> PortResult<(Instant, Arc<Vec<DbCluster>>)> {
         self.clusters
             .get(|| async {
                 let mut out = Vec::new();
@@ -342,8 +364,10 @@ impl AwsRds {
 
     /// An instance from the fleet answer, or (not in it: created since?) asked for directly.
     async fn instance(&self, name: &str) -> PortResult<Option<DbInstance>> {
-        let all = self.all_instances().await?;
-        if let Some(i) = all.iter().find(|i| matches_instance(i, name)) {
+        let (at, all) = self.all_instances().await?;
+        if !self.instances.changed_since(name, at)
+            && let Some(i) = all.iter().find(|i| matches_instance(i, name))
+        {
             return Ok(Some(i.clone()));
         }
         self.instance_direct(name).await
@@ -571,7 +595,7 @@ impl Rds for AwsRds {
         tag_key: &str,
     ) -> impl std::future::Future<Output = PortResult<Vec<SourceInstance>>> + Send {
         Box::pin(async move {
-            let all = self.all_instances().await?;
+            let (_, all) = self.all_instances().await?;
             Ok(all
                 .iter()
                 .filter(|i| i.engine() == Some("postgres"))
@@ -586,10 +610,11 @@ impl Rds for AwsRds {
         cluster: &str,
     ) -> impl std::future::Future<Output = PortResult<Observed<TargetCluster>>> + Send {
         Box::pin(async move {
-            let all = self.all_clusters().await?;
-            let found = match all.iter().find(|c| matches_cluster(c, cluster)) {
-                Some(c) => Some(c.clone()),
-                None => self.cluster_direct(cluster).await?,
+            let (at, all) = self.all_clusters().await?;
+            let cached = all.iter().find(|c| matches_cluster(c, cluster));
+            let found = match cached {
+                Some(c) if !self.clusters.changed_since(cluster, at) => Some(c.clone()),
+                _ => self.cluster_direct(cluster).await?,
             };
             match found {
                 Some(c) => Ok(Observed::Present(self.target_of(&c).await?)),
@@ -905,7 +930,7 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.invalidate();
+            self.touch(&[&spec.cluster]);
             match r {
                 Ok(_) => Ok(()),
                 // moto answers a repeat with DBClusterSnapshotAlreadyExistsFault, AWS with
@@ -957,7 +982,7 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.invalidate();
+            self.touch(&[&spec.instance, &spec.cluster]);
             match r {
                 Ok(_) => Ok(()),
                 Err(e) if code(&e) == Some("DBInstanceAlreadyExists") => {
@@ -998,7 +1023,7 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.invalidate();
+            self.touch(&[instance]);
             r.map(|_| ()).map_err(|e| classify(OP, &e))
         })
     }
@@ -1018,7 +1043,7 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.invalidate();
+            self.touch(&[instance]);
             r.map(|_| ()).map_err(|e| classify(OP, &e))
         })
     }
@@ -1038,7 +1063,7 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.invalidate();
+            self.touch(&[cluster]);
             match r {
                 Ok(_) => Ok(()),
                 Err(e) => {
@@ -1074,7 +1099,7 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.invalidate();
+            self.touch(&[cluster]);
             r.map(|_| ()).map_err(|e| classify(OP, &e))
         })
     }
@@ -1096,7 +1121,7 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.invalidate();
+            self.touch(&[writer]);
             if let Err(e) = r {
                 let err = classify(DI, &e);
                 // Gone already, or already being deleted: carry on with the cluster.
@@ -1115,7 +1140,7 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.invalidate();
+            self.touch(&[cluster]);
             r.map(|_| ()).map_err(|e| classify(DC, &e))
         })
     }
@@ -1188,7 +1213,7 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.invalidate();
+            self.touch(&[instance]);
             r.map(|_| ()).map_err(|e| classify(OP, &e))
         })
     }
@@ -1210,7 +1235,7 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.invalidate();
+            self.touch(&[instance]);
             r.map(|_| ()).map_err(|e| classify(OP, &e))
         })
     }
@@ -1232,7 +1257,7 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.invalidate();
+            self.touch(&[arn]);
             match r {
                 Ok(_) => Ok(()),
                 Err(e) => {
