@@ -36,11 +36,12 @@ pub struct AwsArgs {
         global = true
     )]
     pub rds_rate_limit: f64,
-    /// Messages handled at once (each migration is only ever handled by one of them).
+    /// Messages handled at once (each migration is only ever handled by one of them). A step
+    /// mostly waits on AWS, so a fleet needs many in flight (see the simulator's fleet run).
     #[arg(
         long,
         env = "MIGRATOR_CONCURRENCY",
-        default_value_t = 16,
+        default_value_t = 64,
         global = true
     )]
     pub concurrency: usize,

@@ -49,7 +49,7 @@ pub struct RuntimeSettings {
 impl Default for RuntimeSettings {
     fn default() -> Self {
         RuntimeSettings {
-            concurrency: 16,
+            concurrency: 64,
             wait_s: 20,
             batch: 10,
             visibility_timeout_s: 30,

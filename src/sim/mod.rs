@@ -282,6 +282,7 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
             let mut s = port.lock();
             s.crashed = false;
             s.task_wakes.clear();
+            s.agent_restarted();
             up_at = now + rng.range(20 * SEC, 90 * SEC);
             s.log(|| "agent restarting".to_string());
             drop(s);
@@ -499,7 +500,7 @@ pub fn run(o: &SimOptions) -> SimReport {
         intensity.crash *= 2.0 / o.fleet.max(2) as f64;
         let opts = SimOptions {
             verbose: false,
-            workers: o.workers.max(16),
+            workers: o.workers.max(64),
             plan: Some(
                 o.plan
                     .clone()
@@ -696,6 +697,16 @@ impl fmt::Display for SimReport {
                 out.rds_peak_1s,
                 out.rds_peak_60s
             )?;
+            let mut busiest: Vec<(&str, u64)> = out.calls.iter().map(|(op, n)| (*op, *n)).collect();
+            busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            writeln!(f, "  API calls per migration, busiest first:")?;
+            for (op, n) in busiest.iter().take(12) {
+                writeln!(
+                    f,
+                    "    {op:<42} {:>8.1}",
+                    *n as f64 / fl.migrations.max(1) as f64
+                )?;
+            }
             writeln!(
                 f,
                 "  simulator: {:.2} s wall-clock, peak memory (VmHWM) {}",

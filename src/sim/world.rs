@@ -45,6 +45,12 @@ const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 const ACCOUNT: &str = "111122223333";
 const REGION: &str = "us-east-1";
 /// Datapoints kept per series: enough for every window the agent reads (≤ 20 min).
+/// The AWS adapter's defaults (`AwsSettings`): RDS rate limiter and describe cache.
+const RDS_REQUESTS_PER_SECOND: Ms = 5;
+const RDS_BURST: Ms = 5;
+const DESCRIBE_TTL: Ms = 5 * SEC;
+const DESCRIBE_INSTANCES: &str = "rds:DescribeDBInstances";
+const DESCRIBE_CLUSTERS: &str = "rds:DescribeDBClusters";
 const SERIES_KEPT: usize = 40;
 
 /// Which store the world offers.
@@ -202,6 +208,18 @@ pub struct State {
     pub calls: BTreeMap<&'static str, u64>,
     /// RDS requests per second of virtual time.
     pub rds_per_second: BTreeMap<i64, u32>,
+    /// The AWS adapter's RDS rate limiter (a token bucket): the theoretical arrival time of
+    /// the next call.
+    rds_tat: Ms,
+    /// The adapter's fleet describe snapshots (`FleetCache`): when each operation's last
+    /// snapshot was fetched. Answers are read at the time of the describe (a real snapshot
+    /// can be up to its TTL older; the property tests cover stale observations).
+    fleet_snapshot_at: BTreeMap<&'static str, Ms>,
+    /// (describe operation, identifier in lower case) the agent changed, and when: described
+    /// directly until a snapshot started after the change, as the adapter does.
+    touched: BTreeMap<(&'static str, String), Ms>,
+    /// Snapshots being fetched: one refresh at a time, the others wait for it.
+    fleet_refreshing: BTreeSet<&'static str>,
     pub violations: Vec<String>,
     pub timeline: Option<Vec<Line>>,
     pub resync_every_ms: Ms,
@@ -243,6 +261,10 @@ impl State {
             metrics: BTreeMap::new(),
             calls: BTreeMap::new(),
             rds_per_second: BTreeMap::new(),
+            rds_tat: 0,
+            fleet_snapshot_at: BTreeMap::new(),
+            touched: BTreeMap::new(),
+            fleet_refreshing: BTreeSet::new(),
             violations: Vec::new(),
             timeline: verbose.then(Vec::new),
             resync_every_ms: 5 * MIN,
@@ -772,9 +794,16 @@ impl State {
     /// Counts a call and draws its latency and fault.
     fn begin_call(&mut self, op: &'static str, mutating: bool) -> (Ms, CallFault) {
         *self.calls.entry(op).or_default() += 1;
-        if op.starts_with("rds:") {
-            *self.rds_per_second.entry(self.now / SEC).or_default() += 1;
-        }
+        // RDS calls wait for the adapter's rate limiter before they leave.
+        let queued = if op.starts_with("rds:") {
+            let interval = SEC / RDS_REQUESTS_PER_SECOND;
+            let start = self.now.max(self.rds_tat - (RDS_BURST - 1) * interval);
+            self.rds_tat = self.rds_tat.max(start) + interval;
+            *self.rds_per_second.entry(start / SEC).or_default() += 1;
+            start - self.now
+        } else {
+            0
+        };
         let n = {
             let c = self.op_counts.entry(op).or_default();
             *c += 1;
@@ -815,7 +844,14 @@ impl State {
         if fault != CallFault::None {
             self.log(|| format!("fault: {op} → {fault:?}"));
         }
-        (latency, fault)
+        (queued + latency, fault)
+    }
+
+    /// The agent process restarted: what its AWS adapter held in memory is gone.
+    pub fn agent_restarted(&mut self) {
+        self.fleet_snapshot_at.clear();
+        self.touched.clear();
+        self.fleet_refreshing.clear();
     }
 
     fn find_source_id(&self, id_or_arn: &str) -> Option<String> {
@@ -1522,34 +1558,113 @@ impl Future for Delay<'_> {
     }
 }
 
+impl SimPort {
+    /// The adapter's shared describe (`FleetCache`): refreshes the fleet snapshot (every page
+    /// of 100) when it is older than its TTL, then says whether it can answer for `name`: not
+    /// when the agent changed `name` after the snapshot started.
+    async fn served_by_snapshot(&self, op: &'static str, name: &str) -> PortResult<bool> {
+        loop {
+            let (expired, refreshing, pages, now) = {
+                let s = self.lock();
+                let expired = s
+                    .fleet_snapshot_at
+                    .get(op)
+                    .is_none_or(|at| s.now - at >= DESCRIBE_TTL);
+                let items = if op == DESCRIBE_INSTANCES {
+                    s.sources.len() + s.clusters.len()
+                } else {
+                    s.clusters.len()
+                };
+                let refreshing = s.fleet_refreshing.contains(op);
+                (expired, refreshing, items.div_ceil(100).max(1), s.now)
+            };
+            if !expired {
+                break;
+            }
+            if refreshing {
+                Delay {
+                    port: self,
+                    until: now + 100,
+                }
+                .await;
+                continue;
+            }
+            self.lock().fleet_refreshing.insert(op);
+            let mut fetched = Ok(());
+            for _ in 0..pages {
+                fetched = self.call(op, false, |_| Ok(())).await;
+                if fetched.is_err() {
+                    break;
+                }
+            }
+            let mut s = self.lock();
+            s.fleet_refreshing.remove(op);
+            fetched?;
+            s.fleet_snapshot_at.insert(op, now);
+            s.touched.retain(|(o, _), t| *o != op || *t >= now);
+            break;
+        }
+        let s = self.lock();
+        let at = s.fleet_snapshot_at.get(op).copied().unwrap_or(Ms::MAX);
+        Ok(s.touched
+            .get(&(op, resource_key(name)))
+            .is_none_or(|t| *t < at))
+    }
+
+    /// A mutating RDS call; its resources are then described directly until the next snapshot.
+    async fn mutate<T>(
+        &self,
+        op: &'static str,
+        names: &[&str],
+        f: impl FnOnce(&mut State) -> PortResult<T>,
+    ) -> PortResult<T> {
+        let r = self.call(op, true, f).await;
+        let mut s = self.lock();
+        let now = s.now;
+        for name in names {
+            for describe in [DESCRIBE_INSTANCES, DESCRIBE_CLUSTERS] {
+                s.touched.insert((describe, resource_key(name)), now);
+            }
+        }
+        r
+    }
+}
+
+/// `arn:…:db:orders-pg` and `orders-pg` name the same resource; RDS ignores case.
+fn resource_key(name: &str) -> String {
+    name.rsplit(':').next().unwrap_or(name).to_ascii_lowercase()
+}
+
 impl Rds for SimPort {
     async fn describe_source(&self, instance: &str) -> PortResult<Observed<SourceInstance>> {
-        self.call("rds:DescribeDBInstances", false, |s| {
-            s.describe_source(instance)
-        })
-        .await
+        if self
+            .served_by_snapshot(DESCRIBE_INSTANCES, instance)
+            .await?
+        {
+            let r = self.lock().describe_source(instance)?;
+            // Not in the snapshot: the adapter asks for it by name.
+            if !matches!(r, Observed::Absent) {
+                return Ok(r);
+            }
+        }
+        self.call(DESCRIBE_INSTANCES, false, |s| s.describe_source(instance))
+            .await
     }
 
     async fn list_tagged_sources(&self, tag_key: &str) -> PortResult<Vec<SourceInstance>> {
-        let pages = {
-            let s = self.lock();
-            s.sources.len().div_ceil(100).max(1)
-        };
-        for _ in 1..pages {
-            self.call("rds:DescribeDBInstances", false, |_| Ok(()))
-                .await?;
-        }
-        self.call("rds:DescribeDBInstances", false, |s| {
-            Ok(s.list_tagged(tag_key))
-        })
-        .await
+        self.served_by_snapshot(DESCRIBE_INSTANCES, "").await?;
+        Ok(self.lock().list_tagged(tag_key))
     }
 
     async fn describe_target(&self, cluster: &str) -> PortResult<Observed<TargetCluster>> {
-        self.call("rds:DescribeDBClusters", false, |s| {
-            Ok(s.describe_target(cluster))
-        })
-        .await
+        if self.served_by_snapshot(DESCRIBE_CLUSTERS, cluster).await? {
+            let r = self.lock().describe_target(cluster);
+            if !matches!(r, Observed::Absent) {
+                return Ok(r);
+            }
+        }
+        self.call(DESCRIBE_CLUSTERS, false, |s| Ok(s.describe_target(cluster)))
+            .await
     }
 
     async fn parameter_groups_present(
@@ -1636,38 +1751,42 @@ impl Rds for SimPort {
     }
 
     async fn create_replica_cluster(&self, spec: &ReplicaClusterSpec) -> PortResult<()> {
-        self.call("rds:CreateDBCluster", true, |s| {
+        self.mutate("rds:CreateDBCluster", &[&spec.cluster], |s| {
             s.create_replica_cluster(spec)
         })
         .await
     }
 
     async fn create_writer_instance(&self, spec: &WriterInstanceSpec) -> PortResult<()> {
-        self.call("rds:CreateDBInstance", true, |s| s.create_writer(spec))
-            .await
+        self.mutate(
+            "rds:CreateDBInstance",
+            &[&spec.instance, &spec.cluster],
+            |s| s.create_writer(spec),
+        )
+        .await
     }
 
     async fn set_source_groups(&self, instance: &str, group_ids: &[String]) -> PortResult<()> {
-        self.call("rds:ModifyDBInstance", true, |s| {
+        self.mutate("rds:ModifyDBInstance", &[instance], |s| {
             s.set_source_groups(instance, group_ids)
         })
         .await
     }
 
     async fn reboot_source(&self, instance: &str) -> PortResult<()> {
-        self.call("rds:RebootDBInstance", true, |s| s.reboot(instance))
+        self.mutate("rds:RebootDBInstance", &[instance], |s| s.reboot(instance))
             .await
     }
 
     async fn promote_target(&self, cluster: &str) -> PortResult<()> {
-        self.call("rds:PromoteReadReplicaDBCluster", true, |s| {
+        self.mutate("rds:PromoteReadReplicaDBCluster", &[cluster], |s| {
             s.promote(cluster)
         })
         .await
     }
 
     async fn set_target_groups(&self, cluster: &str, group_ids: &[String]) -> PortResult<()> {
-        self.call("rds:ModifyDBCluster", true, |s| {
+        self.mutate("rds:ModifyDBCluster", &[cluster], |s| {
             match s.clusters.get_mut(cluster) {
                 Some(c) => {
                     c.view.security_groups = group_ids
@@ -1690,19 +1809,21 @@ impl Rds for SimPort {
     }
 
     async fn delete_target(&self, cluster: &str, _writer: &str) -> PortResult<()> {
-        self.call("rds:DeleteDBCluster", true, |s| s.delete_target(cluster))
-            .await
+        self.mutate("rds:DeleteDBCluster", &[cluster], |s| {
+            s.delete_target(cluster)
+        })
+        .await
     }
 
     async fn create_final_snapshot(&self, instance: &str, snapshot: &str) -> PortResult<()> {
-        self.call("rds:CreateDBSnapshot", true, |s| {
+        self.mutate("rds:CreateDBSnapshot", &[instance], |s| {
             s.create_snapshot(instance, snapshot)
         })
         .await
     }
 
     async fn disable_deletion_protection(&self, instance: &str) -> PortResult<()> {
-        self.call("rds:ModifyDBInstance", true, |s| {
+        self.mutate("rds:ModifyDBInstance", &[instance], |s| {
             if let Some(src) = s.sources.get_mut(instance) {
                 src.view.deletion_protection = false;
             }
@@ -1712,12 +1833,14 @@ impl Rds for SimPort {
     }
 
     async fn delete_source(&self, instance: &str) -> PortResult<()> {
-        self.call("rds:DeleteDBInstance", true, |s| s.delete_source(instance))
-            .await
+        self.mutate("rds:DeleteDBInstance", &[instance], |s| {
+            s.delete_source(instance)
+        })
+        .await
     }
 
     async fn set_tags(&self, arn: &str, tags: &BTreeMap<String, String>) -> PortResult<()> {
-        self.call("rds:AddTagsToResource", true, |s| s.set_tags(arn, tags))
+        self.mutate("rds:AddTagsToResource", &[arn], |s| s.set_tags(arn, tags))
             .await
     }
 }
