@@ -170,21 +170,7 @@ async fn whole_migration_completes_and_an_untagged_instance_named_in_messages_is
     );
 
     // The quarantine group: no ingress, no egress; the source was fenced with exactly it.
-    let q = env
-        .aws
-        .ec2
-        .describe_security_groups()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("group-name")
-                .values(&names.quarantine_group)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let groups = q.security_groups();
-    if let Some(g) = groups.first() {
+    if let Some(g) = env.security_group(&names.quarantine_group).await {
         assert!(g.ip_permissions().is_empty() && g.ip_permissions_egress().is_empty());
         let (_, p) = &rds[quarantine];
         assert_eq!(p["VpcSecurityGroupIds"], json!([g.group_id().unwrap()]));
@@ -887,19 +873,7 @@ async fn cdc_consumers_pass_the_quarantine_and_their_acknowledgements_gate_drain
     let mut env = Env::new().await;
     let webhook = Webhook::start(0).await;
     env.settings.webhook_url = Some(webhook.url.clone());
-    let cdc_sg = env
-        .aws
-        .ec2
-        .create_security_group()
-        .group_name("debezium")
-        .description("CDC consumers")
-        .vpc_id(&env.vpc_id)
-        .send()
-        .await
-        .unwrap()
-        .group_id()
-        .unwrap()
-        .to_string();
+    let cdc_sg = create_group(&env.aws.ec2, &env.vpc_id, "debezium", "CDC consumers").await;
     let arn = env.source("orders-pg", false).await;
     env.aws
         .rds
@@ -936,20 +910,10 @@ async fn cdc_consumers_pass_the_quarantine_and_their_acknowledgements_gate_drain
     .await;
 
     // The quarantine group admits the consumers' group on the database port and nothing else.
-    let q = env
-        .aws
-        .ec2
-        .describe_security_groups()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("group-name")
-                .values(&names.quarantine_group)
-                .build(),
-        )
-        .send()
+    let group = env
+        .security_group(&names.quarantine_group)
         .await
-        .unwrap();
-    let group = &q.security_groups()[0];
+        .expect("the quarantine group exists");
     assert!(group.ip_permissions_egress().is_empty());
     let sources: Vec<_> = group
         .ip_permissions()

@@ -301,18 +301,7 @@ impl Env {
             .iter()
             .filter_map(|s| s.subnet_id().map(str::to_string))
             .collect();
-        let app_sg = aws
-            .ec2
-            .create_security_group()
-            .group_name("app-db")
-            .description("application access")
-            .vpc_id(&vpc_id)
-            .send()
-            .await
-            .unwrap()
-            .group_id()
-            .unwrap()
-            .to_string();
+        let app_sg = create_group(&aws.ec2, &vpc_id, "app-db", "application access").await;
         aws.rds
             .create_db_subnet_group()
             .db_subnet_group_name("db-subnets")
@@ -523,6 +512,24 @@ impl Env {
             .collect()
     }
 
+    /// The security group with this name, if it exists.
+    pub async fn security_group(&self, name: &str) -> Option<aws_sdk_ec2::types::SecurityGroup> {
+        let r = self
+            .aws
+            .ec2
+            .describe_security_groups()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("group-name")
+                    .values(name)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        r.security_groups().first().cloned()
+    }
+
     pub async fn instance(&self, id: &str) -> Option<aws_sdk_rds::types::DbInstance> {
         self.aws
             .rds
@@ -533,6 +540,20 @@ impl Env {
             .ok()
             .and_then(|r| r.db_instances().first().cloned())
     }
+}
+
+/// A security group in the VPC; its id.
+pub async fn create_group(ec2: &aws_sdk_ec2::Client, vpc: &str, name: &str, what: &str) -> String {
+    ec2.create_security_group()
+        .group_name(name)
+        .description(what)
+        .vpc_id(vpc)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string()
 }
 
 pub fn tag(k: &str, v: &str) -> aws_sdk_rds::types::Tag {
