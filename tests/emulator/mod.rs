@@ -770,6 +770,11 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub fn start(env: &Env, name: &str) -> AgentProcess {
+        AgentProcess::start_with(env, name, &[])
+    }
+
+    /// With more environment variables (they win over the harness's).
+    pub fn start_with(env: &Env, name: &str, extra: &[(&str, &str)]) -> AgentProcess {
         let log = std::env::temp_dir().join(format!(
             "aurora-migrator-{}-{name}.log",
             env.shim.endpoint.rsplit(':').next().unwrap_or("0")
@@ -802,6 +807,7 @@ impl AgentProcess {
             )
             .env("MIGRATOR_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            .envs(extra.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
