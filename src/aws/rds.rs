@@ -255,60 +255,64 @@ impl AwsRds {
         }
     }
 
+    /// Every page of a describe (100 items each), following `Marker`: `page(marker)` asks for
+    /// one and answers its items and the next marker.
+    async fn all_pages<T, Fut>(&self, page: impl Fn(Option<String>) -> Fut) -> PortResult<Vec<T>>
+    where
+        Fut: Future<Output = PortResult<(Vec<T>, Option<String>)>>,
+    {
+        let mut out = Vec::new();
+        let mut marker = None;
+        loop {
+            let (items, next) = page(marker).await?;
+            out.extend(items);
+            match next {
+                Some(m) => marker = Some(m),
+                None => return Ok(out),
+            }
+        }
+    }
+
     async fn all_instances(&self) -> PortResult<(Instant, Arc<Vec<DbInstance>>)> {
+        const OP: &str = "rds:DescribeDBInstances";
         self.instances
-            .get(|| async {
-                let mut out = Vec::new();
-                let mut marker: Option<String> = None;
-                loop {
-                    const OP: &str = "rds:DescribeDBInstances";
-                    let page = self
+            .get(|| {
+                self.all_pages(|marker| async {
+                    let r = self
                         .call(
                             OP,
                             self.client
                                 .describe_db_instances()
                                 .max_records(100)
-                                .set_marker(marker.clone())
+                                .set_marker(marker)
                                 .send(),
                         )
                         .await
                         .map_err(|e| classify(OP, &e))?;
-                    out.extend(page.db_instances().iter().cloned());
-                    marker = page.marker().map(str::to_string);
-                    if marker.is_none() {
-                        break;
-                    }
-                }
-                Ok(out)
+                    Ok((r.db_instances().to_vec(), r.marker().map(str::to_string)))
+                })
             })
             .await
     }
 
     async fn all_clusters(&self) -> PortResult<(Instant, Arc<Vec<DbCluster>>)> {
+        const OP: &str = "rds:DescribeDBClusters";
         self.clusters
-            .get(|| async {
-                let mut out = Vec::new();
-                let mut marker: Option<String> = None;
-                loop {
-                    const OP: &str = "rds:DescribeDBClusters";
-                    let page = self
+            .get(|| {
+                self.all_pages(|marker| async {
+                    let r = self
                         .call(
                             OP,
                             self.client
                                 .describe_db_clusters()
                                 .max_records(100)
-                                .set_marker(marker.clone())
+                                .set_marker(marker)
                                 .send(),
                         )
                         .await
                         .map_err(|e| classify(OP, &e))?;
-                    out.extend(page.db_clusters().iter().cloned());
-                    marker = page.marker().map(str::to_string);
-                    if marker.is_none() {
-                        break;
-                    }
-                }
-                Ok(out)
+                    Ok((r.db_clusters().to_vec(), r.marker().map(str::to_string)))
+                })
             })
             .await
     }
