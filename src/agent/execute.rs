@@ -109,12 +109,22 @@ pub async fn execute_all<W: World>(
     for action in actions {
         let key = action.key();
         // One span per action (a child of `reconcile` in traces), its outcome line inside it.
-        let span = tracing::info_span!("action", kind = %key, migration = %m.id);
+        // `otel.status_code`: a failed action's span is an error span in the trace backend.
+        let span = tracing::info_span!(
+            "action",
+            kind = %key,
+            migration = %m.id,
+            otel.status_code = tracing::field::Empty,
+            otel.status_message = tracing::field::Empty,
+        );
         let outcome = async {
             let outcome = execute(world, policy, action).await;
             match &outcome {
                 Ok(()) => tracing::info!(migration = %m.id, action = %key, "action done"),
                 Err(e) => {
+                    let span = tracing::Span::current();
+                    span.record("otel.status_code", "ERROR");
+                    span.record("otel.status_message", e.to_string());
                     tracing::warn!(migration = %m.id, action = %key, error = %e, kind = e.kind.as_str(), "action failed")
                 }
             }
