@@ -10,7 +10,7 @@ use aws_smithy_runtime_api::http::Response;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use crate::ports::{ErrorKind, PortError};
+use crate::ports::{ErrorKind, PortError, PortResult};
 
 /// Error codes that mean "slow down", across the services the agent calls.
 const THROTTLING: &[&str] = &[
@@ -125,6 +125,16 @@ where
     let e = classify(operation, err);
     calls.error(operation, e.kind);
     e
+}
+
+/// "Not found" is an answer, not a failure: a describe by name finds nothing (`None`), a
+/// delete finds the thing already gone. Any other error stays one.
+pub fn absent_if_not_found<T>(err: PortError) -> PortResult<Option<T>> {
+    if err.kind == ErrorKind::NotFound {
+        Ok(None)
+    } else {
+        Err(err)
+    }
 }
 
 pub fn classify<E>(operation: &str, err: &SdkError<E, Response>) -> PortError

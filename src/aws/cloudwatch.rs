@@ -10,10 +10,10 @@ use aws_sdk_cloudwatch::types::{
 };
 use jiff::Timestamp;
 
-use super::classify::classify_counted;
+use super::classify::{absent_if_not_found, classify_counted};
 use super::{AwsSettings, CallCounter, sdk_ts, ts};
 use crate::core::observation::Datapoint;
-use crate::ports::{ErrorKind, MetricQuery, Metrics, PortResult};
+use crate::ports::{MetricQuery, Metrics, PortResult};
 
 /// GetMetricData's limit of queries per call.
 pub const MAX_QUERIES_PER_CALL: usize = 500;
@@ -269,13 +269,9 @@ impl Metrics for AwsMetrics {
             self.calls.count(OP);
             match self.client.delete_alarms().alarm_names(alarm).send().await {
                 Ok(_) => Ok(()),
+                // Already gone: deleted.
                 Err(e) => {
-                    let err = classify_counted(&self.calls, OP, &e);
-                    if err.kind == ErrorKind::NotFound {
-                        Ok(())
-                    } else {
-                        Err(err)
-                    }
+                    absent_if_not_found::<()>(classify_counted(&self.calls, OP, &e)).map(drop)
                 }
             }
         })

@@ -7,7 +7,7 @@ use aws_sdk_ec2::types::{
 };
 
 use super::CallCounter;
-use super::classify::{classify_counted, code};
+use super::classify::{absent_if_not_found, classify_counted, code};
 use crate::core::action::QuarantineGroupSpec;
 use crate::core::observation::{Observed, SecurityGroup};
 use crate::ports::{ErrorKind, Network, PortError, PortResult};
@@ -246,13 +246,9 @@ impl Network for AwsNetwork {
                 .await
             {
                 Ok(_) => Ok(()),
+                // Already gone: deleted.
                 Err(e) => {
-                    let err = classify_counted(&self.calls, OP, &e);
-                    if err.kind == ErrorKind::NotFound {
-                        Ok(())
-                    } else {
-                        Err(err)
-                    }
+                    absent_if_not_found::<()>(classify_counted(&self.calls, OP, &e)).map(drop)
                 }
             }
         })

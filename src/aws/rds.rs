@@ -13,7 +13,7 @@ use aws_smithy_runtime_api::http::Response;
 use jiff::Timestamp;
 use tokio::time::Instant;
 
-use super::classify::{classify, code};
+use super::classify::{absent_if_not_found, classify, code};
 use super::cloudwatch::AwsMetrics;
 use super::kms::AwsKeys;
 use super::limit::RateLimiter;
@@ -255,6 +255,22 @@ impl AwsRds {
         }
     }
 
+    /// A call that changes `names`: until the next fleet snapshot they are described by name
+    /// (whether or not the call succeeded: a failed answer may hide a change that happened).
+    async fn mutate<T, E, Fut>(&self, op: &'static str, names: &[&str], f: Fut) -> RdsResult<T, E>
+    where
+        Fut: Future<Output = RdsResult<T, E>>,
+        E: aws_smithy_types::error::metadata::ProvideErrorMetadata
+            + std::error::Error
+            + Send
+            + Sync
+            + 'static,
+    {
+        let r = self.call(op, f).await;
+        self.touch(names);
+        r
+    }
+
     /// Every page of a describe (100 items each), following `Marker`: `page(marker)` asks for
     /// one and answers its items and the next marker.
     async fn all_pages<T, Fut>(&self, page: impl Fn(Option<String>) -> Fut) -> PortResult<Vec<T>>
@@ -331,14 +347,7 @@ impl AwsRds {
             .await
         {
             Ok(out) => Ok(out.db_instances().first().cloned()),
-            Err(e) => {
-                let err = classify(OP, &e);
-                if err.kind == ErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
+            Err(e) => absent_if_not_found(classify(OP, &e)),
         }
     }
 
@@ -355,14 +364,7 @@ impl AwsRds {
             .await
         {
             Ok(out) => Ok(out.db_clusters().first().cloned()),
-            Err(e) => {
-                let err = classify(OP, &e);
-                if err.kind == ErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
+            Err(e) => absent_if_not_found(classify(OP, &e)),
         }
     }
 
@@ -915,8 +917,9 @@ impl Rds for AwsRds {
         Box::pin(async move {
             const OP: &str = "rds:CreateDBCluster";
             let r = self
-                .call(
+                .mutate(
                     OP,
+                    &[&spec.cluster],
                     self.client
                         .create_db_cluster()
                         .db_cluster_identifier(&spec.cluster)
@@ -934,7 +937,6 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.touch(&[&spec.cluster]);
             match r {
                 Ok(_) => Ok(()),
                 // moto answers a repeat with DBClusterSnapshotAlreadyExistsFault, AWS with
@@ -973,8 +975,9 @@ impl Rds for AwsRds {
         Box::pin(async move {
             const OP: &str = "rds:CreateDBInstance";
             let r = self
-                .call(
+                .mutate(
                     OP,
+                    &[&spec.instance, &spec.cluster],
                     self.client
                         .create_db_instance()
                         .db_instance_identifier(&spec.instance)
@@ -986,7 +989,6 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.touch(&[&spec.instance, &spec.cluster]);
             match r {
                 Ok(_) => Ok(()),
                 Err(e) if code(&e) == Some("DBInstanceAlreadyExists") => {
@@ -1017,8 +1019,9 @@ impl Rds for AwsRds {
         Box::pin(async move {
             const OP: &str = "rds:ModifyDBInstance";
             let r = self
-                .call(
+                .mutate(
                     OP,
+                    &[instance],
                     self.client
                         .modify_db_instance()
                         .db_instance_identifier(instance)
@@ -1027,7 +1030,6 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.touch(&[instance]);
             r.map(|_| ()).map_err(|e| classify(OP, &e))
         })
     }
@@ -1039,15 +1041,15 @@ impl Rds for AwsRds {
         Box::pin(async move {
             const OP: &str = "rds:RebootDBInstance";
             let r = self
-                .call(
+                .mutate(
                     OP,
+                    &[instance],
                     self.client
                         .reboot_db_instance()
                         .db_instance_identifier(instance)
                         .send(),
                 )
                 .await;
-            self.touch(&[instance]);
             r.map(|_| ()).map_err(|e| classify(OP, &e))
         })
     }
@@ -1059,15 +1061,15 @@ impl Rds for AwsRds {
         Box::pin(async move {
             const OP: &str = "rds:PromoteReadReplicaDBCluster";
             let r = self
-                .call(
+                .mutate(
                     OP,
+                    &[cluster],
                     self.client
                         .promote_read_replica_db_cluster()
                         .db_cluster_identifier(cluster)
                         .send(),
                 )
                 .await;
-            self.touch(&[cluster]);
             match r {
                 Ok(_) => Ok(()),
                 Err(e) => {
@@ -1093,8 +1095,9 @@ impl Rds for AwsRds {
         Box::pin(async move {
             const OP: &str = "rds:ModifyDBCluster";
             let r = self
-                .call(
+                .mutate(
                     OP,
+                    &[cluster],
                     self.client
                         .modify_db_cluster()
                         .db_cluster_identifier(cluster)
@@ -1103,7 +1106,6 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.touch(&[cluster]);
             r.map(|_| ()).map_err(|e| classify(OP, &e))
         })
     }
@@ -1116,8 +1118,9 @@ impl Rds for AwsRds {
         Box::pin(async move {
             const DI: &str = "rds:DeleteDBInstance";
             let r = self
-                .call(
+                .mutate(
                     DI,
+                    &[writer],
                     self.client
                         .delete_db_instance()
                         .db_instance_identifier(writer)
@@ -1125,7 +1128,6 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.touch(&[writer]);
             if let Err(e) = r {
                 let err = classify(DI, &e);
                 // Gone already, or already being deleted: carry on with the cluster.
@@ -1135,8 +1137,9 @@ impl Rds for AwsRds {
             }
             const DC: &str = "rds:DeleteDBCluster";
             let r = self
-                .call(
+                .mutate(
                     DC,
+                    &[cluster],
                     self.client
                         .delete_db_cluster()
                         .db_cluster_identifier(cluster)
@@ -1144,7 +1147,6 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.touch(&[cluster]);
             r.map(|_| ()).map_err(|e| classify(DC, &e))
         })
     }
@@ -1207,8 +1209,9 @@ impl Rds for AwsRds {
         Box::pin(async move {
             const OP: &str = "rds:ModifyDBInstance";
             let r = self
-                .call(
+                .mutate(
                     OP,
+                    &[instance],
                     self.client
                         .modify_db_instance()
                         .db_instance_identifier(instance)
@@ -1217,7 +1220,6 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.touch(&[instance]);
             r.map(|_| ()).map_err(|e| classify(OP, &e))
         })
     }
@@ -1230,8 +1232,9 @@ impl Rds for AwsRds {
             const OP: &str = "rds:DeleteDBInstance";
             // The final snapshot was taken (and seen available) before: no second one here.
             let r = self
-                .call(
+                .mutate(
                     OP,
+                    &[instance],
                     self.client
                         .delete_db_instance()
                         .db_instance_identifier(instance)
@@ -1239,7 +1242,6 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.touch(&[instance]);
             r.map(|_| ()).map_err(|e| classify(OP, &e))
         })
     }
@@ -1252,8 +1254,9 @@ impl Rds for AwsRds {
         Box::pin(async move {
             const OP: &str = "rds:AddTagsToResource";
             let r = self
-                .call(
+                .mutate(
                     OP,
+                    &[arn],
                     self.client
                         .add_tags_to_resource()
                         .resource_name(arn)
@@ -1261,7 +1264,6 @@ impl Rds for AwsRds {
                         .send(),
                 )
                 .await;
-            self.touch(&[arn]);
             match r {
                 Ok(_) => Ok(()),
                 Err(e) => {
