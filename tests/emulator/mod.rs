@@ -780,17 +780,9 @@ impl AgentProcess {
             env.shim.endpoint.rsplit(':').next().unwrap_or("0")
         ));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_aurora-migrator"))
-            .arg("run")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("AWS_ENDPOINT_URL", &env.shim.endpoint)
-            .env("AWS_REGION", REGION)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
+        let child = AgentProcess::command(env, "run")
             .env("MIGRATOR_QUEUE_URL", &env.queue_url)
             .env("MIGRATOR_TOPIC_ARN", &env.settings.topic_arn)
-            .env("MIGRATOR_TABLE", &env.settings.table)
             .env("MIGRATOR_CUTOVER", "automatic")
             .env("MIGRATOR_LAG_SUSTAIN", "2s")
             .env("MIGRATOR_SOAK", "3s")
@@ -815,6 +807,21 @@ impl AgentProcess {
         AgentProcess { child, log }
     }
 
+    /// The binary's `command`, with only the emulator's endpoint, credentials and table in its
+    /// environment (nothing of the developer's AWS settings leaks in).
+    fn command(env: &Env, command: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_aurora-migrator"));
+        c.arg(command)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("AWS_ENDPOINT_URL", &env.shim.endpoint)
+            .env("AWS_REGION", REGION)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("MIGRATOR_TABLE", &env.settings.table);
+        c
+    }
+
     /// SIGKILL: no shutdown path runs, in-flight work and messages are simply abandoned.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
@@ -830,14 +837,7 @@ impl AgentProcess {
 
     /// The binary's `status` command against the same table.
     pub fn status(env: &Env) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_aurora-migrator"))
-            .arg("status")
-            .env_clear()
-            .env("AWS_ENDPOINT_URL", &env.shim.endpoint)
-            .env("AWS_REGION", REGION)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("MIGRATOR_TABLE", &env.settings.table)
+        let out = AgentProcess::command(env, "status")
             .env("MIGRATOR_LOG_FORMAT", "text")
             .env("RUST_LOG", "error")
             .output()
