@@ -3,6 +3,7 @@ resolve the few intrinsic functions the rule patterns use, and match EventBridge
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -175,3 +176,163 @@ def matches(pattern: dict, event: dict) -> bool:
         if not any(_value_matches(v, c) for v in values for c in conds):
             return False
     return True
+
+
+# ---------------------------------------------------------------- a rendered deployment
+# Values the template's resources resolve to in the sample deployment, for the tests that
+# read the policies as IAM would (test_iam_policy.py) and for checkov (test_lint.py).
+
+_ARN_OF = {
+    "AWS::SQS::Queue": "arn:{p}:sqs:{r}:{a}:{name}",
+    "AWS::Events::Rule": "arn:{p}:events:{r}:{a}:rule/{name}",
+    "AWS::SNS::Topic": "arn:{p}:sns:{r}:{a}:{name}",
+    "AWS::DynamoDB::Table": "arn:{p}:dynamodb:{r}:{a}:table/{name}",
+    "AWS::KMS::Key": "arn:{p}:kms:{r}:{a}:key/{name}",
+    "AWS::IAM::Role": "arn:{p}:iam::{a}:role/{name}",
+    "AWS::IAM::ManagedPolicy": "arn:{p}:iam::{a}:policy/{name}",
+    "AWS::S3::Bucket": "arn:{p}:s3:::{name}",
+    "AWS::Logs::LogGroup": "arn:{p}:logs:{r}:{a}:log-group:{name}:*",
+}
+
+
+class Deployment:
+    """The template as CloudFormation would deploy it with these parameters (defaults for the
+    rest) in the sample account and Region: Ref, Fn::Sub, Fn::GetAtt (Arn and Name),
+    Fn::If and the conditions, AWS::NoValue."""
+
+    def __init__(self, template: dict | None = None, parameters: dict | None = None):
+        self.template = template if template is not None else load_template()
+        self.names = _names(self.template, parameters)
+        for key in self.template.get("Parameters", {}):
+            self.names.setdefault(key, f"sample-{key}")
+        for key in parameters or {}:
+            self.names[key] = str(parameters[key])
+        ctx = {"p": self.names["AWS::Partition"], "r": self.names["AWS::Region"],
+               "a": self.names["AWS::AccountId"]}
+        self.attrs: dict = {}
+        for key, res in self.template["Resources"].items():
+            kind = res["Type"]
+            name = self.names.get(key) or f"{self.names['AWS::StackName']}-{key}-SAMPLE"
+            if kind in _ARN_OF:
+                arn = _ARN_OF[kind].format(name=name, **ctx)
+                self.attrs[f"{key}.Arn"] = arn
+                self.attrs[f"{key}.Name"] = name
+                self.attrs[f"{key}.QueueName"] = name
+                # Ref: a queue's URL, a topic's or managed policy's ARN, a name otherwise.
+                if kind == "AWS::SQS::Queue":
+                    self.names.setdefault(key, f"https://sqs.{ctx['r']}.amazonaws.com/{ctx['a']}/{name}")
+                elif kind in ("AWS::SNS::Topic", "AWS::IAM::ManagedPolicy"):
+                    self.names.setdefault(key, arn)
+                else:
+                    self.names.setdefault(key, name)
+            else:
+                self.names.setdefault(key, name)
+        self.conditions = {k: self._condition(v) for k, v in self.template.get("Conditions", {}).items()}
+
+    def _condition(self, node):
+        if isinstance(node, dict):
+            (fn, arg), = node.items()
+            if fn == "Fn::Equals":
+                a, b = (self.render(x) for x in arg)
+                return a == b
+            if fn == "Fn::Not":
+                return not self._condition(arg[0])
+            if fn == "Fn::And":
+                return all(self._condition(x) for x in arg)
+            if fn == "Fn::Or":
+                return any(self._condition(x) for x in arg)
+            if fn == "Condition":
+                return self._condition(self.template["Conditions"][arg])
+        raise ValueError(f"condition not modelled: {node}")
+
+    def _sub(self, text: str, extra: dict | None = None) -> str:
+        def one(m):
+            key = m.group(1)
+            if extra and key in extra:
+                return str(extra[key])
+            if key in self.attrs:
+                return self.attrs[key]
+            return str(self.names[key])
+        return re.sub(r"\$\{([^}!]+)\}", one, text)
+
+    _NO_VALUE = object()
+
+    def render(self, node):
+        out = self._render(node)
+        return None if out is self._NO_VALUE else out
+
+    def _render(self, node):
+        if isinstance(node, list):
+            items = [self._render(n) for n in node]
+            return [i for i in items if i is not self._NO_VALUE]
+        if isinstance(node, dict):
+            if set(node) == {"Ref"}:
+                if node["Ref"] == "AWS::NoValue":
+                    return self._NO_VALUE
+                return self.names[node["Ref"]]
+            if set(node) == {"Fn::Sub"}:
+                arg = node["Fn::Sub"]
+                if isinstance(arg, list):
+                    text, extra = arg
+                    return self._sub(text, {k: self._render(v) for k, v in extra.items()})
+                return self._sub(arg)
+            if set(node) == {"Fn::GetAtt"}:
+                logical, attr = node["Fn::GetAtt"]
+                return self.attrs[f"{logical}.{attr}"]
+            if set(node) == {"Fn::If"}:
+                cond, yes, no = node["Fn::If"]
+                return self._render(yes if self.conditions[cond] else no)
+            if set(node) == {"Fn::Join"}:
+                sep, parts = node["Fn::Join"]
+                return sep.join(self._render(parts))
+            if any(k.startswith("Fn::") for k in node):
+                raise ValueError(f"intrinsic not modelled: {node}")
+            out = {}
+            for k, v in node.items():
+                r = self._render(v)
+                if r is not self._NO_VALUE:
+                    out[k] = r
+            return out
+        return node
+
+    def resource(self, logical_id: str) -> dict:
+        """A resource's properties as deployed (the resource must exist under the conditions)."""
+        res = self.template["Resources"][logical_id]
+        if "Condition" in res:
+            assert self.conditions[res["Condition"]], f"{logical_id} is not deployed here"
+        return self.render(res.get("Properties", {}))
+
+    def policy_document(self, logical_id: str, index: int = 0) -> dict:
+        """The PolicyDocument of an IAM policy, managed policy or queue policy (a JSON string
+        under Fn::Sub parsed the way IAM parses it), or of a role's index-th inline policy."""
+        props = self.resource(logical_id)
+        doc = props["Policies"][index]["PolicyDocument"] if "Policies" in props else props["PolicyDocument"]
+        return json.loads(doc) if isinstance(doc, str) else doc
+
+    def role_policies(self, role_logical_id: str) -> list[dict]:
+        """Every inline and stack-defined policy document attached to a role."""
+        docs = []
+        role = self.resource(role_logical_id)
+        docs += [p["PolicyDocument"] for p in role.get("Policies", [])]
+        for key, res in self.template["Resources"].items():
+            if res["Type"] == "AWS::IAM::Policy" and {"Ref": role_logical_id} in res["Properties"]["Roles"]:
+                docs.append(self.policy_document(key))
+        return docs
+
+
+def with_policy_strings_rendered(template: dict | None = None) -> dict:
+    """A copy of the template in which every PolicyDocument written as a JSON string under
+    Fn::Sub is a real document: the default TagPrefix and the sample account, Region and
+    partition filled in. Everything else is left as written, so the copy is still a template
+    (for checkov, which skips a policy it cannot read)."""
+    template = copy.deepcopy(template if template is not None else load_template())
+    dep = Deployment(template)
+    count = 0
+    for res in template["Resources"].values():
+        props = res.get("Properties", {})
+        doc = props.get("PolicyDocument")
+        if isinstance(doc, dict) and set(doc) == {"Fn::Sub"} and isinstance(doc["Fn::Sub"], str):
+            props["PolicyDocument"] = json.loads(dep._sub(doc["Fn::Sub"]))
+            count += 1
+    assert count > 0, "no policy string to render"
+    return template

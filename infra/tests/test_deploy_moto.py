@@ -5,6 +5,7 @@ asserts on what the services return, never on the stack status."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -68,35 +69,40 @@ def aws(endpoint):
     return lambda service: session.client(service, endpoint_url=endpoint)
 
 
-@pytest.fixture(scope="module")
-def stack(aws):
+def _deploy(aws, name, extra=()):
     ec2 = aws("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
     subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{i}.0/24")["Subnet"]["SubnetId"]
                for i in (1, 2)]
     cfn = aws("cloudformation")
     cfn.create_stack(
-        StackName=STACK,
+        StackName=name,
         TemplateBody=TEMPLATE.read_text(),
         Capabilities=["CAPABILITY_NAMED_IAM"],
         Parameters=[
             {"ParameterKey": "VpcId", "ParameterValue": vpc},
             {"ParameterKey": "SubnetIds", "ParameterValue": ",".join(subnets)},
             {"ParameterKey": "ContainerImage", "ParameterValue": "example.invalid/aurora-migrator:test"},
+            *({"ParameterKey": k, "ParameterValue": v} for k, v in extra),
         ],
     )
     deadline = time.monotonic() + 60
     while True:
-        status = cfn.describe_stacks(StackName=STACK)["Stacks"][0]["StackStatus"]
+        status = cfn.describe_stacks(StackName=name)["Stacks"][0]["StackStatus"]
         if not status.endswith("IN_PROGRESS") or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     outputs = {o["OutputKey"]: o["OutputValue"]
-               for o in cfn.describe_stacks(StackName=STACK)["Stacks"][0].get("Outputs", [])}
+               for o in cfn.describe_stacks(StackName=name)["Stacks"][0].get("Outputs", [])}
     physical = {r["LogicalResourceId"]: r["PhysicalResourceId"]
-                for r in cfn.list_stack_resources(StackName=STACK)["StackResourceSummaries"]
+                for r in cfn.list_stack_resources(StackName=name)["StackResourceSummaries"]
                 if r.get("LogicalResourceId")}
     return {"status": status, "outputs": outputs, "physical": physical}
+
+
+@pytest.fixture(scope="module")
+def stack(aws):
+    return _deploy(aws, STACK)
 
 
 def test_queue_is_encrypted_and_redrives_to_the_dlq(aws, stack):
@@ -112,6 +118,8 @@ def test_queue_is_encrypted_and_redrives_to_the_dlq(aws, stack):
                                    AttributeNames=["All"])["Attributes"]
     assert redrive["deadLetterTargetArn"] == dlq["QueueArn"]
     assert dlq.get("KmsMasterKeyId")
+    # The agent refuses bodies over 64 KiB; so do both queues.
+    assert attrs["MaximumMessageSize"] == dlq["MaximumMessageSize"] == "65536"
     # AWS::SQS::QueuePolicy is skipped by moto 5.2.5 (no Policy attribute appears), so the
     # "only this stack's rules" condition is checked by cfn-lint/checkov and review only.
 
@@ -174,7 +182,8 @@ def test_task_definition_runs_the_agent_as_designed(aws, stack):
     assert env["MIGRATOR_TABLE"] == stack["outputs"]["TableName"]
     assert env["MIGRATOR_TAG_PREFIX"] == "aurora-migration"
     assert env["MIGRATOR_CUTOVER"] == "manual"
-    assert "MIGRATOR_WEBHOOK_URL" not in env  # no webhook given
+    assert not any(k.startswith("MIGRATOR_WEBHOOK") for k in env)
+    assert not [s for s in c.get("secrets") or [] if s]  # no webhook given
     services = ecs.describe_services(cluster=stack["outputs"]["ClusterName"],
                                      services=[stack["outputs"]["ServiceName"]])["services"]
     (svc,) = services
@@ -189,3 +198,32 @@ def test_task_role_exists(aws, stack):
     assert "ecs-tasks.amazonaws.com" in json.dumps(role["AssumeRolePolicyDocument"])
     # CloudWatch alarms (AWS::CloudWatch::Alarm) are skipped by moto 5.2.5's CloudFormation;
     # their definitions are covered by cfn-lint/checkov only.
+
+
+def test_webhook_secrets_reach_the_task_through_secrets_only(aws, stack):
+    """A second deployment (in another Region: the task role's name is per Region) with both
+    webhook secrets: the container gets them as secrets, the execution role may read them."""
+    region = "us-west-2"
+    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region)
+    endpoint = aws("sts").meta.endpoint_url
+    regional = lambda service: session.client(service, endpoint_url=endpoint)
+    sm = regional("secretsmanager")
+    url = sm.create_secret(Name="aurora-migrator/webhook-url", SecretString="https://example.invalid/route")["ARN"]
+    key = sm.create_secret(Name="aurora-migrator/webhook-signing", SecretString="0" * 64)["ARN"]
+    deployed = _deploy(regional, "aurora-migrator-webhook",
+                       [("WebhookUrlSecretArn", url), ("WebhookSigningSecretArn", key)])
+    ecs = regional("ecs")
+    td = ecs.describe_task_definition(taskDefinition="aurora-migrator")["taskDefinition"]
+    (c,) = td["containerDefinitions"]
+    assert not any(e and e["name"].startswith("MIGRATOR_WEBHOOK") for e in c["environment"])
+    assert {s["name"]: s["valueFrom"] for s in c["secrets"] if s} == {
+        "MIGRATOR_WEBHOOK_URL": url, "MIGRATOR_WEBHOOK_SECRET": key}
+    iam = regional("iam")
+    role = deployed["physical"]["ExecutionRole"]
+    doc = iam.get_role_policy(RoleName=role, PolicyName="webhook-secrets")["PolicyDocument"]
+    if isinstance(doc, str):
+        # moto 5.2.5 stores an inline policy from CloudFormation as the Python repr of the
+        # document, not as JSON.
+        doc = ast.literal_eval(doc) if doc.startswith("{'") else json.loads(doc)
+    (read,) = [s for s in doc["Statement"] if s["Sid"] == "ReadWebhookSecrets"]
+    assert read["Action"] == "secretsmanager:GetSecretValue" and sorted(read["Resource"]) == sorted([url, key])

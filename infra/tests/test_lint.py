@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cfn import ROOT, TEMPLATE, load_template
+from cfn import ROOT, TEMPLATE, Deployment, load_template, with_policy_strings_rendered
 
 BIN = Path(sys.executable).parent
 T = load_template()
@@ -27,8 +27,11 @@ def _variant_with_every_option(tmp_path: Path) -> Path:
     resources behind those conditions are scanned too (checkov skips a resource whose
     condition is false under the defaults)."""
     text = TEMPLATE.read_text()
+    secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:aurora-migrator/webhook-{}-AbCdEf"
     for param, value in (("CreateTrail", '"true"'), ("SlackWorkspaceId", '"T0123ABCD"'),
-                         ("SlackChannelId", '"C0123ABCD"'), ("WebhookUrl", '"https://example.invalid/route"')):
+                         ("SlackChannelId", '"C0123ABCD"'),
+                         ("WebhookUrlSecretArn", f'"{secret.format("url")}"'),
+                         ("WebhookSigningSecretArn", f'"{secret.format("signing")}"')):
         text, n = re.subn(rf"(\n  {param}:\n(?:    .*\n)*?    Default: )[^\n]*", rf"\g<1>{value}", text)
         assert n == 1, param
     path = tmp_path / "template-all-options.yaml"
@@ -41,13 +44,27 @@ def test_cfn_lint_has_no_findings():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("variant", ["defaults", "all-options"])
-def test_checkov_has_no_findings(variant, tmp_path):
-    path = TEMPLATE if variant == "defaults" else _variant_with_every_option(tmp_path)
+def _checkov(template: dict, tmp_path: Path, name: str) -> dict:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(template, indent=1))
     # --skip-download: no network here, and the check set must not change under us.
     result = run(BIN / "checkov", "-f", path, "--framework", "cloudformation", "--skip-download",
                  "-o", "json")
-    report = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+# The IAM checks checkov runs on a policy it can read; on a PolicyDocument that is a string
+# under Fn::Sub it runs none of them (it cannot parse the string).
+IAM_POLICY_CHECKS = {"CKV_AWS_107", "CKV_AWS_108", "CKV_AWS_109", "CKV_AWS_110", "CKV_AWS_111"}
+
+
+@pytest.mark.parametrize("variant", ["defaults", "all-options"])
+def test_checkov_has_no_findings(variant, tmp_path):
+    """checkov on the template with every Fn::Sub policy string rendered into a real
+    PolicyDocument (cfn.with_policy_strings_rendered), so it sees the task role's
+    destructive statements."""
+    source = TEMPLATE if variant == "defaults" else _variant_with_every_option(tmp_path)
+    report = _checkov(with_policy_strings_rendered(load_template(source)), tmp_path, variant)
     summary = report["summary"]
     failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
     assert failed == [] and summary["parsing_errors"] == 0, failed
@@ -55,6 +72,31 @@ def test_checkov_has_no_findings(variant, tmp_path):
     listed = set(T["Metadata"]["Suppressions"]["checkov"])
     skipped = {c["check_id"] for c in report["results"]["skipped_checks"]}
     assert skipped <= listed, f"suppressed without a reason in Metadata.Suppressions: {skipped - listed}"
+    ran_on_scoped = {c["check_id"] for c in report["results"]["passed_checks"]
+                     if c["resource"] == "AWS::IAM::Policy.TaskTagScopedPolicy"}
+    assert IAM_POLICY_CHECKS <= ran_on_scoped, IAM_POLICY_CHECKS - ran_on_scoped
+
+
+def test_checkov_reads_the_rendered_policy(tmp_path):
+    """A statement that allows deleting any instance, added to the rendered task policy, is
+    found: checkov evaluates the statements, it does not just pass them by."""
+    template = with_policy_strings_rendered()
+    doc = template["Resources"]["TaskTagScopedPolicy"]["Properties"]["PolicyDocument"]
+    doc["Statement"].append({"Sid": "Unscoped", "Effect": "Allow", "Action": "rds:DeleteDBInstance",
+                             "Resource": "*"})
+    report = _checkov(template, tmp_path, "unscoped")
+    failed = {(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]}
+    assert ("CKV_AWS_111", "AWS::IAM::Policy.TaskTagScopedPolicy") in failed
+
+
+def test_policy_strings_render_to_documents():
+    rendered = with_policy_strings_rendered()
+    for key, res in load_template()["Resources"].items():
+        doc = res.get("Properties", {}).get("PolicyDocument")
+        if isinstance(doc, dict) and "Fn::Sub" in doc:
+            out = rendered["Resources"][key]["Properties"]["PolicyDocument"]
+            assert out["Version"] == "2012-10-17" and out["Statement"]
+            assert "${" not in json.dumps(out), key
 
 
 def test_every_suppression_is_listed_with_a_reason():
@@ -95,10 +137,31 @@ def test_fargate_service_never_runs_two_agents():
     (c,) = RES["TaskDefinition"]["Properties"]["ContainerDefinitions"]
     assert c["StopTimeout"] == 30  # the agent drains for 25 s
     assert c["HealthCheck"]["Command"] == ["CMD", "/aurora-migrator", "healthcheck"]
-    names = {e["Name"] for e in c["Environment"] if "Name" in e}
-    names |= {e["Fn::If"][1]["Name"] for e in c["Environment"] if "Fn::If" in e}
+    assert all("Name" in e for e in c["Environment"])  # nothing conditional, nothing secret
+    names = {e["Name"] for e in c["Environment"]}
     assert names == {"MIGRATOR_QUEUE_URL", "MIGRATOR_TOPIC_ARN", "MIGRATOR_TABLE", "MIGRATOR_TAG_PREFIX",
-                     "MIGRATOR_CUTOVER", "MIGRATOR_WEBHOOK_URL", "AWS_REGION", "RUST_LOG"}
+                     "MIGRATOR_CUTOVER", "AWS_REGION", "RUST_LOG"}
+
+
+def test_webhook_url_and_key_come_from_secrets_manager():
+    assert "WebhookUrl" not in T["Parameters"]  # no plaintext URL in the stack
+    (c,) = RES["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    assert "MIGRATOR_WEBHOOK" not in json.dumps(c["Environment"])
+    cond, secrets, otherwise = c["Secrets"]["Fn::If"]
+    assert cond == "HasWebhook" and otherwise == {"Ref": "AWS::NoValue"}
+    assert secrets == [{"Name": "MIGRATOR_WEBHOOK_URL", "ValueFrom": {"Ref": "WebhookUrlSecretArn"}},
+                       {"Name": "MIGRATOR_WEBHOOK_SECRET", "ValueFrom": {"Ref": "WebhookSigningSecretArn"}}]
+    # The URL needs the signing key (a template rule), and both are needed for the condition.
+    (rule,) = T["Rules"].values()
+    assert rule["RuleCondition"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "WebhookUrlSecretArn"}, ""]}]}
+    assert rule["Assertions"][0]["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "WebhookSigningSecretArn"}, ""]}]}
+    on = Deployment(parameters={
+        "WebhookUrlSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:u-AbCdEf",
+        "WebhookSigningSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:s-AbCdEf"})
+    (c_on,) = on.resource("TaskDefinition")["ContainerDefinitions"]
+    assert [s["Name"] for s in c_on["Secrets"]] == ["MIGRATOR_WEBHOOK_URL", "MIGRATOR_WEBHOOK_SECRET"]
+    (c_off,) = Deployment().resource("TaskDefinition")["ContainerDefinitions"]
+    assert "Secrets" not in c_off
 
 
 def test_state_table_and_queue():
@@ -110,11 +173,18 @@ def test_state_table_and_queue():
     assert table["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"},
                                   {"AttributeName": "sk", "KeyType": "RANGE"}]
     assert RES["Queue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 5
-    policy = RES["QueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    (stmt,) = policy
+    # The agent refuses bodies over 64 KiB; the queues refuse them first.
+    for q in ("Queue", "DeadLetterQueue"):
+        assert RES[q]["Properties"]["MaximumMessageSize"] == 65536, q
+    rules, own, deny = RES["QueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
     rule_ids = {k for k, r in RES.items() if r["Type"] == "AWS::Events::Rule"}
-    admitted = {a["Fn::GetAtt"][0] for a in stmt["Condition"]["ArnEquals"]["aws:SourceArn"]}
+    admitted = {a["Fn::GetAtt"][0] for a in rules["Condition"]["ArnEquals"]["aws:SourceArn"]}
     assert admitted == rule_ids
+    assert own["Principal"] == {"AWS": {"Fn::GetAtt": ["TaskRole", "Arn"]}}
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*" and deny["Action"] == "sqs:SendMessage"
+    denied_unless = deny["Condition"]["ArnNotEquals"]
+    assert {a["Fn::GetAtt"][0] for a in denied_unless["aws:SourceArn"]} == rule_ids
+    assert denied_unless["aws:PrincipalArn"] == {"Fn::GetAtt": ["TaskRole", "Arn"]}
 
 
 def test_alarms_notify_the_topic():
@@ -127,8 +197,8 @@ def test_alarms_notify_the_topic():
     assert metrics[("AuroraMigrator", "AgentHeartbeat")]["TreatMissingData"] == "breaching"
 
 
-def _task_role_statements():
-    """Every statement attached to the task role, with Fn::Sub strings left as written."""
+def _task_role_statements(effect="Allow"):
+    """Every statement of this effect attached to the task role, Fn::Sub strings as written."""
     out = []
     for res in RES.values():
         if res["Type"] != "AWS::IAM::Policy" or {"Ref": "TaskRole"} not in res["Properties"]["Roles"]:
@@ -136,7 +206,7 @@ def _task_role_statements():
         doc = res["Properties"]["PolicyDocument"]
         if "Fn::Sub" in doc:
             doc = json.loads(doc["Fn::Sub"])
-        out += doc["Statement"]
+        out += [s for s in doc["Statement"] if s["Effect"] == effect]
     return out
 
 
@@ -165,12 +235,20 @@ AGENT_ACTIONS = {
 def test_task_role_has_exactly_the_agents_actions():
     granted = set()
     for stmt in _task_role_statements():
-        assert stmt["Effect"] == "Allow"
         actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
         assert not any("*" in a for a in actions), actions
         granted |= set(actions)
     wanted = {f"{svc}:{a}" for svc, names in AGENT_ACTIONS.items() for a in names.split()}
     assert granted == wanted
+
+
+def test_task_role_denies_backup_deletion_and_tag_removal():
+    denied = set()
+    for stmt in _task_role_statements("Deny"):
+        denied |= set(stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]])
+    assert denied == {"rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot", "rds:DeleteDBInstanceAutomatedBackup",
+                      "rds:DeleteDBClusterAutomatedBackup", "rds:RemoveTagsFromResource", "rds:AddTagsToResource"}
+    assert not denied & {f"rds:{a}" for a in AGENT_ACTIONS["rds"].split()} - {"rds:AddTagsToResource"}
 
 
 def test_task_role_mutations_are_conditioned():

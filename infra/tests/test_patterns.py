@@ -1,15 +1,22 @@
-"""The template's rules use exactly the patterns in events/patterns, and every sample under
-events/samples is routed by exactly the rule whose folder it is in."""
+"""The template's rules use exactly the patterns in events/patterns plus this account and
+Region, and every sample under events/samples is routed by exactly the rule whose folder it is
+in, by the file's pattern and by the template's; an event from another account or Region is
+routed by none."""
 
 import json
 
 import pytest
 
-from cfn import EVENTS, load_template, matches, pattern_files, rules
+from cfn import EVENTS, SAMPLE_CONTEXT, load_template, matches, pattern_files, rules
 
 TEMPLATE_RULES = rules(load_template())
 FILES = pattern_files()
 PATTERNS = {name: p for name, p in FILES.items() if "schedule" not in p}
+# What the template adds to every file pattern: the events files are the agent's (the Rust
+# tests compare them to the samples), the account and Region are the deployment's.
+ACCOUNT, REGION = SAMPLE_CONTEXT["AWS::AccountId"], SAMPLE_CONTEXT["AWS::Region"]
+HERE = {"account": [ACCOUNT], "region": [REGION]}
+DEPLOYED = {name: TEMPLATE_RULES[name]["pattern"] for name in PATTERNS}
 ENVELOPE = {"version", "id", "detail-type", "source", "account", "time", "region", "resources", "detail"}
 
 
@@ -22,9 +29,10 @@ def test_every_pattern_file_has_one_rule_and_back():
 
 
 @pytest.mark.parametrize("rule", sorted(PATTERNS))
-def test_template_pattern_equals_file(rule):
+def test_template_pattern_equals_file_plus_account_and_region(rule):
     assert TEMPLATE_RULES[rule]["schedule"] is None
-    assert TEMPLATE_RULES[rule]["pattern"] == PATTERNS[rule]
+    assert not set(HERE) & set(PATTERNS[rule]), "the file must not pin an account or Region"
+    assert TEMPLATE_RULES[rule]["pattern"] == {**PATTERNS[rule], **HERE}
 
 
 def test_resync_schedule_is_a_schedule_not_a_pattern():
@@ -44,12 +52,17 @@ def _all_samples():
 def test_sample_routed_by_exactly_its_rule(folder, path):
     event = json.loads(path.read_text())
     assert ENVELOPE <= set(event), f"missing envelope fields: {ENVELOPE - set(event)}"
+    assert (event["account"], event["region"]) == (ACCOUNT, REGION)
     routed = {rule for rule, pattern in PATTERNS.items() if matches(pattern, event)}
+    deployed = {rule for rule, pattern in DEPLOYED.items() if matches(pattern, event)}
     if folder in ("unrouted", "resync-schedule"):
-        assert routed == set()
+        assert routed == deployed == set()
     else:
         assert folder in PATTERNS, f"samples/{folder} names no rule"
-        assert routed == {folder}
+        assert routed == deployed == {folder}
+    for field, other in (("account", "210987654321"), ("region", "eu-west-1")):
+        foreign = {**event, field: other}
+        assert {rule for rule, pattern in DEPLOYED.items() if matches(pattern, foreign)} == set(), field
 
 
 def test_every_rule_has_samples():

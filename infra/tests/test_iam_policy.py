@@ -1,0 +1,296 @@
+"""The shipped policies, evaluated as IAM would (iam_eval.py) against a table of requests.
+
+The template is rendered for the sample deployment (cfn.Deployment: default TagPrefix,
+account 123456789012, us-east-1), so the JSON string of TaskTagScopedPolicy is read exactly
+as IAM reads it. The names follow src/core/naming.rs: cluster <source>-aurora-<hash>-<n>,
+writer <cluster>-w, final snapshot <source>-final-<hash>-<n>, parameter groups
+aurora-migrator-<kind>-<family>-<hash>."""
+
+from __future__ import annotations
+
+import pytest
+
+from cfn import Deployment
+from iam_eval import ALLOW, DENY, IMPLICIT_DENY, evaluate, request
+
+D = Deployment()
+P = D.names["TagPrefix"]
+ACCOUNT = D.names["AWS::AccountId"]
+REGION = D.names["AWS::Region"]
+RDS = f"arn:aws:rds:{REGION}:{ACCOUNT}"
+
+TASK = D.attrs["TaskRole.Arn"]
+OPERATOR = f"arn:aws:iam::{ACCOUNT}:role/DBAOperators"
+CDC_ADMIN = f"arn:aws:iam::{ACCOUNT}:role/CdcAdmins"
+DEVELOPER = f"arn:aws:iam::{ACCOUNT}:role/Developers"
+ADMIN = f"arn:aws:iam::{ACCOUNT}:role/Admin"
+STRANGER = "arn:aws:iam::210987654321:role/Anyone"
+
+ANYTHING = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+RDS_ANYTHING = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "rds:*", "Resource": "*"}]}
+
+POLICIES = {
+    TASK: D.role_policies("TaskRole"),
+    # Operators get the managed policy; one of them also has rds:* from elsewhere, which must
+    # not let them write the agent's keys.
+    OPERATOR: [D.policy_document("TagOperatorPolicy")],
+    CDC_ADMIN: [D.policy_document("TagCdcConsumersPolicy")],
+    DEVELOPER: [RDS_ANYTHING, D.policy_document("TagGuardPolicy")],
+    ADMIN: [RDS_ANYTHING, D.policy_document("TagOperatorPolicy")],
+    STRANGER: [ANYTHING],
+}
+
+SOURCE_ID = "db-ABCDEFGHIJKLMNOPQRSTUVWXY1"
+ORDERS = f"{RDS}:db:orders"                      # never opted in
+BILLING = f"{RDS}:db:billing"                    # a source
+WRITER = f"{RDS}:db:billing-aurora-1a2b3c-1-w"
+CLUSTER = f"{RDS}:cluster:billing-aurora-1a2b3c-1"
+PG = f"{RDS}:pg:aurora-migrator-pg-aurora-postgresql16-00112233aabbccdd"
+CPG = f"{RDS}:cluster-pg:aurora-migrator-cluster-aurora-postgresql16-00112233aabbccdd"
+FINAL = f"{RDS}:snapshot:billing-final-1a2b3c-1"
+
+NEVER = {"owner": "payments"}
+STARTED = {P: "start"}
+MARKED = {f"{P}:marker": SOURCE_ID}                       # the trigger was removed
+STOPPED = {P: "stopped", f"{P}:marker": SOURCE_ID}
+OWN = {f"{P}:source": SOURCE_ID, f"{P}:migration": f"{SOURCE_ID}#1"}
+
+AURORA = {"rds:DatabaseEngine": "aurora-postgresql"}
+MUTATE_INSTANCE = ["rds:ModifyDBInstance", "rds:RebootDBInstance", "rds:DeleteDBInstance", "rds:CreateDBSnapshot"]
+BACKUP_DELETES = ["rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot",
+                  "rds:DeleteDBInstanceAutomatedBackup", "rds:DeleteDBClusterAutomatedBackup"]
+
+
+def decide(principal, action, resource, resource_tags=None, request_tags=None, tag_keys=None, context=None):
+    req = request(action, resource, principal, resource_tags=resource_tags,
+                  request_tags=request_tags, tag_keys=tag_keys, context=context)
+    return evaluate(req, POLICIES[principal], resource_account=ACCOUNT)
+
+
+def row(principal, action, resource, tags, expected, *, request_tags=None, tag_keys=None, context=None, id):
+    return pytest.param(principal, action, resource, tags, request_tags, tag_keys, context, expected, id=id)
+
+
+TABLE = [
+    # ---- an instance that never opted in: nothing destructive, none of the agent's keys
+    *[row(TASK, a, ORDERS, NEVER, IMPLICIT_DENY, id=f"task {a} never-opted-in") for a in MUTATE_INSTANCE],
+    *[row(TASK, a, ORDERS, {P: v}, IMPLICIT_DENY, id=f"task {a} trigger={v}")
+      for a in MUTATE_INSTANCE for v in ("stopped", "Start", "true")],
+    row(TASK, "rds:AddTagsToResource", ORDERS, NEVER, IMPLICIT_DENY, request_tags={f"{P}:marker": SOURCE_ID},
+        id="task marks a never-opted-in instance"),
+    row(TASK, "rds:AddTagsToResource", ORDERS, NEVER, IMPLICIT_DENY, request_tags={f"{P}:phase": "x"},
+        id="task phase on a never-opted-in instance"),
+    row(TASK, "rds:AddTagsToResource", ORDERS, NEVER, DENY, request_tags={f"{P}:source": SOURCE_ID},
+        id="task :source on a non-writer name"),
+    row(TASK, "rds:AddTagsToResource", ORDERS, NEVER, DENY, request_tags={f"{P}:migration": "m"},
+        id="task :migration on a non-writer name"),
+    # Tag-on-create of an instance named orders (RDS authorises Create*'s tags this way).
+    row(TASK, "rds:AddTagsToResource", ORDERS, None, DENY, request_tags=OWN,
+        id="task tag-on-create of db:orders"),
+    row(TASK, "rds:AddTagsToResource", BILLING, STARTED, DENY, request_tags={f"{P}:source": SOURCE_ID},
+        id="task :source on the opted-in source itself"),
+    # ---- trigger = start: a person opted it in
+    *[row(TASK, a, BILLING, STARTED, ALLOW, id=f"task {a} trigger=start") for a in MUTATE_INSTANCE],
+    row(TASK, "rds:AddTagsToResource", BILLING, STARTED, ALLOW, request_tags={f"{P}:marker": SOURCE_ID},
+        id="task marks a started instance"),
+    row(TASK, "rds:AddTagsToResource", BILLING, STARTED, ALLOW, request_tags={f"{P}:phase": "replicating"},
+        id="task phase on a started instance"),
+    row(TASK, "rds:AddTagsToResource", BILLING, STARTED, IMPLICIT_DENY, request_tags={"owner": "agent"},
+        id="task rewrites an owner's tag"),
+    row(TASK, "rds:AddTagsToResource", BILLING, STARTED, IMPLICIT_DENY, request_tags={f"{P}:approve": "true"},
+        id="task approves its own cutover"),
+    # ---- the marker without the trigger (removed mid-migration), or an ended attempt
+    *[row(TASK, a, BILLING, MARKED, ALLOW, id=f"task {a} marker, trigger removed") for a in MUTATE_INSTANCE],
+    row(TASK, "rds:AddTagsToResource", BILLING, MARKED, ALLOW, request_tags={P: "stopped"},
+        id="task writes stopped on a marked instance"),
+    row(TASK, "rds:AddTagsToResource", BILLING, STOPPED, ALLOW, request_tags={f"{P}:phase": "stopped"},
+        id="task phase on a stopped, marked instance"),
+    row(TASK, "rds:RemoveTagsFromResource", BILLING, STARTED, DENY, tag_keys=[f"{P}:marker"],
+        id="task removes a tag"),
+    # ---- the agent's own resources
+    *[row(TASK, a, WRITER, OWN, ALLOW, id=f"task {a} own writer")
+      for a in ("rds:ModifyDBInstance", "rds:RebootDBInstance", "rds:DeleteDBInstance")],
+    row(TASK, "rds:DeleteDBInstance", WRITER, None, IMPLICIT_DENY, id="task deletes a writer-named instance without :source"),
+    row(TASK, "rds:DeleteDBInstance", f"{RDS}:db:orders-replica", OWN, IMPLICIT_DENY,
+        id="task deletes a non-writer name carrying :source"),
+    *[row(TASK, a, CLUSTER, OWN, ALLOW, id=f"task {a} own cluster")
+      for a in ("rds:ModifyDBCluster", "rds:PromoteReadReplicaDBCluster", "rds:DeleteDBCluster")],
+    row(TASK, "rds:DeleteDBCluster", CLUSTER, None, IMPLICIT_DENY, id="task deletes a derived-name cluster without :source"),
+    row(TASK, "rds:DeleteDBCluster", f"{RDS}:cluster:analytics", OWN, IMPLICIT_DENY,
+        id="task deletes another cluster carrying :source"),
+    row(TASK, "rds:ModifyDBCluster", f"{RDS}:cluster:analytics", STARTED, IMPLICIT_DENY,
+        id="task modifies a cluster with the trigger"),
+    row(TASK, "rds:ModifyDBParameterGroup", PG, {f"{P}:source": "shared"}, ALLOW, id="task modifies own pg"),
+    row(TASK, "rds:ModifyDBClusterParameterGroup", CPG, {f"{P}:source": "shared"}, ALLOW, id="task modifies own cluster-pg"),
+    row(TASK, "rds:ModifyDBParameterGroup", f"{RDS}:pg:prod-params", {f"{P}:source": "shared"}, IMPLICIT_DENY,
+        id="task modifies someone's pg carrying :source"),
+    row(TASK, "rds:CreateDBParameterGroup", PG, None, ALLOW, request_tags={f"{P}:source": "shared"},
+        id="task creates own pg"),
+    row(TASK, "rds:CreateDBClusterParameterGroup", f"{RDS}:cluster-pg:prod", None, IMPLICIT_DENY,
+        request_tags={f"{P}:source": "shared"}, id="task creates a cluster-pg outside its names"),
+    row(TASK, "rds:CreateDBSnapshot", FINAL, None, ALLOW, id="task final snapshot"),
+    row(TASK, "rds:CreateDBSnapshot", f"{RDS}:snapshot:orders-keep", None, IMPLICIT_DENY,
+        id="task snapshot outside the final name"),
+    # Tag on create of the derived names, and the phase mirror on them.
+    *[row(TASK, "rds:AddTagsToResource", arn, None, ALLOW, request_tags=OWN, id=f"task tag-on-create {kind}")
+      for kind, arn in (("writer", WRITER), ("cluster", CLUSTER), ("pg", PG), ("cluster-pg", CPG), ("snapshot", FINAL))],
+    row(TASK, "rds:AddTagsToResource", WRITER, None, IMPLICIT_DENY, request_tags={**OWN, "owner": "x"},
+        id="task tag-on-create with a foreign key"),
+    row(TASK, "rds:AddTagsToResource", CLUSTER, OWN, ALLOW, request_tags={f"{P}:phase": "completed"},
+        id="task phase on own cluster"),
+    row(TASK, "rds:AddTagsToResource", CLUSTER, OWN, IMPLICIT_DENY, request_tags={f"{P}:marker": SOURCE_ID},
+        id="task marks own cluster"),
+    *[row(TASK, a, arn, None, ALLOW, request_tags=OWN, context=AURORA, id=f"task {a} (Aurora, tagged)")
+      for a, arn in (("rds:CreateDBInstance", WRITER), ("rds:CreateDBCluster", CLUSTER))],
+    *[row(TASK, a, arn, None, IMPLICIT_DENY, request_tags=OWN, context={"rds:DatabaseEngine": "postgres"},
+          id=f"task {a} (not Aurora)") for a, arn in (("rds:CreateDBInstance", WRITER), ("rds:CreateDBCluster", CLUSTER))],
+    row(TASK, "rds:CreateDBCluster", CLUSTER, None, IMPLICIT_DENY, context=AURORA, id="task creates an untagged cluster"),
+    # ---- nothing the agent may do deletes a backup
+    *[row(TASK, a, arn, OWN, DENY, id=f"task {a} {what}")
+      for a in BACKUP_DELETES for what, arn in (("own final snapshot", FINAL),
+                                                ("automated snapshot", f"{RDS}:snapshot:rds:billing-2024-05-01-03-00"),
+                                                ("automated backup", f"{RDS}:auto-backup:ab-123"),
+                                                ("cluster snapshot", f"{RDS}:cluster-snapshot:keep"))],
+    # ---- operators: control keys only, never the agent's
+    *[row(OPERATOR, "rds:AddTagsToResource", ORDERS, NEVER, ALLOW, request_tags={k: "true"}, id=f"operator sets {k}")
+      for k in (P, f"{P}:approve", f"{P}:abort", f"{P}:rollback", f"{P}:ack-storage", f"{P}:cdc-drained",
+                f"{P}:cdc-slots-created")],
+    row(OPERATOR, "rds:RemoveTagsFromResource", BILLING, MARKED, ALLOW, tag_keys=[P], id="operator clears the trigger"),
+    *[row(OPERATOR, action, BILLING, STARTED, DENY, request_tags={k: SOURCE_ID}, id=f"operator {action} {k}")
+      for action in ("rds:AddTagsToResource", "rds:RemoveTagsFromResource")
+      for k in (f"{P}:marker", f"{P}:source", f"{P}:migration", f"{P}:phase")],
+    row(ADMIN, "rds:AddTagsToResource", ORDERS, NEVER, DENY, request_tags={f"{P}:marker": "x"},
+        id="operator with rds:* elsewhere marks an instance"),
+    row(OPERATOR, "rds:AddTagsToResource", ORDERS, NEVER, IMPLICIT_DENY, request_tags={f"{P}:cdc-consumers": "sg-1"},
+        id="operator declares CDC consumers"),
+    row(OPERATOR, "rds:AddTagsToResource", ORDERS, NEVER, IMPLICIT_DENY, request_tags={P: "start", "owner": "x"},
+        id="operator sets a non-control key"),
+    row(CDC_ADMIN, "rds:AddTagsToResource", BILLING, STARTED, ALLOW, request_tags={f"{P}:cdc-consumers": "sg-1"},
+        id="cdc admin declares consumers"),
+    row(CDC_ADMIN, "rds:AddTagsToResource", BILLING, STARTED, IMPLICIT_DENY, request_tags={P: "start"},
+        id="cdc admin starts"),
+    row(DEVELOPER, "rds:AddTagsToResource", ORDERS, NEVER, DENY, request_tags={P: "start"}, id="guarded starts"),
+    row(DEVELOPER, "rds:RemoveTagsFromResource", BILLING, STARTED, DENY, tag_keys=[f"{P}:abort"], id="guarded clears"),
+    row(DEVELOPER, "rds:AddTagsToResource", ORDERS, NEVER, ALLOW, request_tags={"owner": "x"}, id="guarded own tags"),
+]
+
+
+@pytest.mark.parametrize("principal,action,resource,tags,request_tags,tag_keys,context,expected", TABLE)
+def test_request_table(principal, action, resource, tags, request_tags, tag_keys, context, expected):
+    assert decide(principal, action, resource, tags, request_tags, tag_keys, context) == expected
+
+
+class Instance:
+    """An instance's tags, changed only by the tag calls the policies allow."""
+
+    def __init__(self, arn, tags):
+        self.arn, self.tags = arn, dict(tags)
+
+    def add(self, principal, tags) -> str:
+        decision = decide(principal, "rds:AddTagsToResource", self.arn, self.tags, tags)
+        if decision == ALLOW:
+            self.tags.update(tags)
+        return decision
+
+    def remove(self, principal, keys) -> str:
+        decision = decide(principal, "rds:RemoveTagsFromResource", self.arn, self.tags, tag_keys=keys)
+        if decision == ALLOW:
+            for k in keys:
+                self.tags.pop(k, None)
+        return decision
+
+    def can(self, principal, action) -> bool:
+        return decide(principal, action, self.arn, self.tags) == ALLOW
+
+
+def test_an_operator_cannot_make_an_instance_the_agents():
+    orders = Instance(ORDERS, NEVER)
+    for principal in (OPERATOR, ADMIN):
+        assert orders.add(principal, {f"{P}:source": SOURCE_ID}) == DENY
+        assert orders.add(principal, {f"{P}:marker": SOURCE_ID}) == DENY
+        assert orders.add(principal, {f"{P}:migration": "m"}) == DENY
+    # The agent cannot do it either, in one call or two.
+    assert orders.add(TASK, {f"{P}:source": SOURCE_ID}) == DENY
+    assert orders.add(TASK, {f"{P}:marker": SOURCE_ID}) != ALLOW
+    assert orders.tags == NEVER
+    for action in MUTATE_INSTANCE:
+        assert not orders.can(TASK, action), action
+
+
+def test_removing_the_trigger_mid_migration_keeps_the_agents_hold():
+    billing = Instance(BILLING, NEVER)
+    assert billing.add(OPERATOR, {P: "start"}) == ALLOW
+    assert billing.add(TASK, {f"{P}:marker": SOURCE_ID}) == ALLOW    # before any mutation
+    assert billing.can(TASK, "rds:ModifyDBInstance")                  # quarantine
+    assert billing.remove(OPERATOR, [P]) == ALLOW                     # e.g. an IaC apply
+    assert billing.remove(OPERATOR, [f"{P}:marker"]) == DENY
+    assert billing.remove(TASK, [f"{P}:marker"]) == DENY
+    assert billing.tags == {**NEVER, f"{P}:marker": SOURCE_ID}
+    assert billing.can(TASK, "rds:ModifyDBInstance")                  # restore its groups
+    assert billing.add(TASK, {P: "stopped"}) == ALLOW
+    assert billing.add(TASK, {f"{P}:phase": "rolledback"}) == ALLOW
+
+
+def test_every_agent_action_on_rds_is_in_the_table():
+    """A new RDS mutation in the policy must come with rows here."""
+    in_table = {p.values[1] for p in TABLE if p.values[0] == TASK}
+    granted = set()
+    for doc in POLICIES[TASK]:
+        for stmt in doc["Statement"]:
+            actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
+            granted |= {a for a in actions if a.startswith("rds:") and not a.startswith(("rds:Describe", "rds:List"))}
+    assert granted - in_table == set()
+
+
+# ---------------------------------------------------------------- the queue
+QUEUE = D.attrs["Queue.Arn"]
+QUEUE_POLICY = D.policy_document("QueuePolicy")
+RULES = [D.attrs[f"{k}.Arn"] for k, r in D.template["Resources"].items() if r["Type"] == "AWS::Events::Rule"]
+ROLE_ARN = TASK
+
+
+@pytest.mark.parametrize("principal,identity,context,expected", [
+    *[pytest.param("events.amazonaws.com", [], {"aws:SourceArn": rule, "aws:SourceAccount": ACCOUNT}, ALLOW,
+                   id=f"rule {rule.rsplit('/', 1)[1]}") for rule in RULES],
+    pytest.param("events.amazonaws.com", [], {"aws:SourceArn": f"arn:aws:events:{REGION}:{ACCOUNT}:rule/other",
+                                               "aws:SourceAccount": ACCOUNT}, DENY, id="another rule of this account"),
+    pytest.param("events.amazonaws.com", [], {"aws:SourceArn": "arn:aws:events:us-east-1:210987654321:rule/x",
+                                               "aws:SourceAccount": "210987654321"}, DENY, id="a rule of another account"),
+    pytest.param("sns.amazonaws.com", [], {"aws:SourceArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:t"}, DENY, id="a topic"),
+    pytest.param(ROLE_ARN, POLICIES[TASK], {}, ALLOW, id="the task role"),
+    pytest.param(ROLE_ARN, [], {}, ALLOW, id="the task role by the queue policy alone"),
+    pytest.param(ADMIN, [ANYTHING], {}, DENY, id="this account's admin"),
+    pytest.param(f"arn:aws:iam::{ACCOUNT}:role/aurora-migrator-task-eu-west-1", [ANYTHING], {}, DENY,
+                 id="another Region's agent"),
+    pytest.param(STRANGER, [ANYTHING], {}, DENY, id="another account"),
+])
+def test_only_the_rules_and_the_agent_send_to_the_queue(principal, identity, context, expected):
+    req = request("sqs:SendMessage", QUEUE, principal, context=context)
+    assert evaluate(req, identity, QUEUE_POLICY, ACCOUNT) == expected
+
+
+def test_the_queue_deny_is_for_sending_only():
+    for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"):
+        assert evaluate(request(action, QUEUE, TASK), POLICIES[TASK], QUEUE_POLICY, ACCOUNT) == ALLOW
+
+
+# ---------------------------------------------------------------- the webhook's secrets
+URL_SECRET = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:aurora-migrator/webhook-url-AbCdEf"
+SIGNING_SECRET = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:aurora-migrator/webhook-signing-GhIjKl"
+
+
+def test_execution_role_reads_exactly_the_webhook_secrets():
+    dep = Deployment(parameters={"WebhookUrlSecretArn": URL_SECRET, "WebhookSigningSecretArn": SIGNING_SECRET})
+    role = dep.attrs["ExecutionRole.Arn"]
+    docs = dep.role_policies("ExecutionRole")
+    get = lambda arn: evaluate(request("secretsmanager:GetSecretValue", arn, role), docs)
+    assert get(URL_SECRET) == ALLOW and get(SIGNING_SECRET) == ALLOW
+    assert get(URL_SECRET.replace("webhook-url", "db-password")) == IMPLICIT_DENY
+    key = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    via = {"kms:ViaService": f"secretsmanager.{REGION}.amazonaws.com"}
+    decrypt = lambda ctx: evaluate(request("kms:Decrypt", key, role, context=ctx), docs)
+    assert decrypt({**via, "kms:EncryptionContext:SecretARN": SIGNING_SECRET}) == ALLOW
+    assert decrypt({**via, "kms:EncryptionContext:SecretARN": URL_SECRET.replace("webhook-url", "x")}) == IMPLICIT_DENY
+    assert decrypt({"kms:EncryptionContext:SecretARN": SIGNING_SECRET}) == IMPLICIT_DENY
+    # Without a webhook the role has no inline policy at all.
+    assert Deployment().role_policies("ExecutionRole") == []
