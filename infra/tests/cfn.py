@@ -1,5 +1,7 @@
 """Shared helpers for the infra tests: load the template with CloudFormation's short tags,
-resolve the few intrinsic functions the rule patterns use, and match EventBridge patterns."""
+resolve the few intrinsic functions the rule patterns use, match EventBridge patterns, and
+render the template for the sample deployment (Deployment: the policies as IAM reads them;
+with_policy_strings_rendered: a copy checkov can read)."""
 
 from __future__ import annotations
 
