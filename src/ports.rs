@@ -15,8 +15,8 @@ use crate::core::action::{
 use crate::core::migration::{Migration, MigrationId};
 use crate::core::notification::Notification;
 use crate::core::observation::{
-    Datapoint, InstanceEvent, MetricKey, Observed, ParameterGroupsPresent, PreflightInputs, Quota,
-    SecurityGroup, Snapshot, SourceInstance, TargetCluster,
+    Datapoint, GroupLocation, InstanceEvent, MetricKey, Observed, ParameterGroupsPresent,
+    PreflightInputs, Quota, SecurityGroup, Snapshot, SourceInstance, TargetCluster,
 };
 
 pub use crate::core::action::ErrorKind;
@@ -74,7 +74,7 @@ pub trait Rds: Send + Sync {
         snapshot: &str,
     ) -> impl Future<Output = PortResult<Observed<Snapshot>>> + Send;
     /// Events of the instance since `since` (DescribeEvents).
-    fn source_events(
+    fn instance_events(
         &self,
         instance: &str,
         since: Timestamp,
@@ -98,7 +98,7 @@ pub trait Rds: Send + Sync {
         instance: &str,
         group_ids: &[String],
     ) -> impl Future<Output = PortResult<()>> + Send;
-    fn reboot_source(&self, instance: &str) -> impl Future<Output = PortResult<()>> + Send;
+    fn reboot_instance(&self, instance: &str) -> impl Future<Output = PortResult<()>> + Send;
     fn promote_target(&self, cluster: &str) -> impl Future<Output = PortResult<()>> + Send;
     fn set_target_groups(
         &self,
@@ -110,16 +110,17 @@ pub trait Rds: Send + Sync {
         cluster: &str,
         writer: &str,
     ) -> impl Future<Output = PortResult<()>> + Send;
-    fn create_final_snapshot(
-        &self,
-        instance: &str,
-        snapshot: &str,
-    ) -> impl Future<Output = PortResult<()>> + Send;
     fn disable_deletion_protection(
         &self,
         instance: &str,
     ) -> impl Future<Output = PortResult<()>> + Send;
-    fn delete_source(&self, instance: &str) -> impl Future<Output = PortResult<()>> + Send;
+    /// DeleteDBInstance with `FinalDBSnapshotIdentifier` = `final_snapshot` and
+    /// `DeleteAutomatedBackups=false`; never `SkipFinalSnapshot`. Already deleting is success.
+    fn delete_source(
+        &self,
+        instance: &str,
+        final_snapshot: &str,
+    ) -> impl Future<Output = PortResult<()>> + Send;
     fn set_tags(
         &self,
         arn: &str,
@@ -140,6 +141,11 @@ pub trait Network: Send + Sync {
         spec: &QuarantineGroupSpec,
     ) -> impl Future<Output = PortResult<String>> + Send;
     fn delete_group(&self, group_id: &str) -> impl Future<Output = PortResult<()>> + Send;
+    /// The groups among `ids` that exist, with their VPC and owner (missing ones are left out).
+    fn locate_groups(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = PortResult<Vec<GroupLocation>>> + Send;
 }
 
 /// One CloudWatch series to read.

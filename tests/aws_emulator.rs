@@ -131,14 +131,24 @@ async fn whole_migration_completes_and_an_untagged_instance_named_in_messages_is
         p["DBInstanceIdentifier"] == "orders-pg"
     });
     let promote = position(&rds, "PromoteReadReplicaDBCluster", |_| true);
-    let snapshot = position(&rds, "CreateDBSnapshot", |p| {
-        p["DBInstanceIdentifier"] == "orders-pg"
-    });
     let delete = position(&rds, "DeleteDBInstance", |p| {
         p["DBInstanceIdentifier"] == "orders-pg"
     });
     assert!(create < writer && writer < quarantine && quarantine < reboot);
-    assert!(reboot < promote && promote < snapshot && snapshot < delete);
+    assert!(reboot < promote && promote < delete);
+    // The deletion carries the final snapshot (RDS takes it of the last state, atomically) and
+    // keeps the automated backups; no separate snapshot that could predate a last write.
+    let (_, deletion) = &rds[delete];
+    assert_eq!(
+        deletion["FinalDBSnapshotIdentifier"],
+        names.final_snapshot.as_str()
+    );
+    assert_eq!(deletion["SkipFinalSnapshot"], "false", "{deletion}");
+    assert_eq!(deletion["DeleteAutomatedBackups"], "false", "{deletion}");
+    assert!(
+        !rds.iter().any(|(a, _)| a == "CreateDBSnapshot"),
+        "no separate CreateDBSnapshot"
+    );
     // Exactly one of each one-shot mutation.
     for once in [
         "CreateDBCluster",
@@ -191,6 +201,24 @@ async fn whole_migration_completes_and_an_untagged_instance_named_in_messages_is
         .await
         .unwrap();
     assert_eq!(snap.db_snapshots()[0].status(), Some("available"));
+    assert_eq!(
+        snap.db_snapshots()[0].db_instance_identifier(),
+        Some("orders-pg")
+    );
+    // Point-in-time recovery survives the deletion: the automated backups are still there.
+    let automated = env
+        .aws
+        .rds
+        .describe_db_snapshots()
+        .db_instance_identifier("orders-pg")
+        .snapshot_type("automated")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !automated.db_snapshots().is_empty(),
+        "the source's automated backups were deleted with it"
+    );
     let cluster = env
         .aws
         .rds
@@ -394,7 +422,28 @@ async fn stale_slot_rollback(abort: bool) {
         env.phases().await.get("orders-pg").map(String::as_str) == Some("draining")
     })
     .await;
+    // The agent took hold of the source with its own marker before it changed anything: the
+    // task role's permissions hold through it (infra/tests/test_iam_policy.py).
+    let marker = env
+        .instance("orders-pg")
+        .await
+        .unwrap()
+        .tag_list()
+        .iter()
+        .find(|t| t.key() == Some("aurora-migration:marker"))
+        .and_then(|t| t.value().map(str::to_string));
+    assert_eq!(marker.as_deref(), Some(rid.as_str()));
     if abort {
+        // An IaC apply removes the trigger while the source is quarantined: the abort still
+        // rolls back (the agent's permissions hold through the marker, not the trigger).
+        env.aws
+            .rds
+            .remove_tags_from_resource()
+            .resource_name(&arn)
+            .tag_keys("aurora-migration")
+            .send()
+            .await
+            .unwrap();
         env.aws
             .rds
             .add_tags_to_resource()
@@ -880,6 +929,8 @@ async fn cdc_consumers_pass_the_quarantine_and_their_acknowledgements_gate_drain
         .add_tags_to_resource()
         .resource_name(&arn)
         .tags(tag("aurora-migration:cdc-consumers", &cdc_sg))
+        // Declaring consumers opens the quarantine to them: the owners acknowledge it.
+        .tags(tag("aurora-migration:ack-cdc-consumers", "true"))
         .tags(tag("aurora-migration:ack-unlogged-tables", "true"))
         .tags(tag("aurora-migration", "start"))
         .send()

@@ -514,7 +514,7 @@ fn a_cluster_with_our_name_that_is_not_ours_is_never_touched() {
 }
 
 #[test]
-fn decommission_waits_for_the_retention_then_snapshots_before_deleting() {
+fn decommission_waits_for_the_retention_then_deletes_with_a_final_snapshot() {
     let mut model = Model::new();
     let mut m = migration();
     advance_to(&mut model, &mut m, &policy(), Phase::Decommissioning);
@@ -523,9 +523,15 @@ fn decommission_waits_for_the_retention_then_snapshots_before_deleting() {
     assert!(d.wake_after.unwrap() > SignedDuration::from_hours(24));
     model.now += policy().retention;
     let d = round(&mut model, &mut m, &policy(), &mut |_| None);
-    assert_eq!(keys(&d.actions), vec![ActionKey::CreateFinalSnapshot]);
-    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
-    assert_eq!(keys(&d.actions), vec![ActionKey::DeleteSource]);
+    let deletes: Vec<&Action> = d.actions.iter().filter(|a| a.is_mutating()).collect();
+    assert_eq!(
+        deletes,
+        vec![&Action::DeleteSource {
+            instance: "orders-pg".into(),
+            final_snapshot: m.names.final_snapshot.clone(),
+        }],
+        "one call: the deletion carries the final snapshot, no separate CreateDBSnapshot"
+    );
 }
 
 #[test]
@@ -581,6 +587,12 @@ fn routing_with_cdc_waits_for_the_slots_acknowledgement() {
         "aurora-migration:cdc-consumers".into(),
         "sg-debezium".into(),
     );
+    model
+        .source
+        .as_mut()
+        .unwrap()
+        .tags
+        .insert("aurora-migration:ack-cdc-consumers".into(), "true".into());
     let mut m = migration();
     advance_to(&mut model, &mut m, &policy(), Phase::Draining);
     assert_eq!(

@@ -131,7 +131,7 @@ async fn cutover_to_a_real_standby_loses_no_acknowledged_write() {
         let s = shared.state.lock().unwrap();
         s.snapshots
             .get(&m.names.final_snapshot)
-            .map(|(_, f)| f.clone())
+            .map(|(_, f, _)| f.clone())
             .expect("a final snapshot was taken")
     };
     let on_old_primary = seqs_in_dump(&snapshot_file);
@@ -164,7 +164,7 @@ async fn cutover_to_a_real_standby_loses_no_acknowledged_write() {
     // Promoted exactly once, and only after the reboot's restart.
     let promotes = shared.mutations("promote_target");
     assert_eq!(promotes.len(), 1, "promote requests: {promotes:?}");
-    let reboots = shared.mutations("reboot_source");
+    let reboots = shared.mutations("reboot_instance");
     assert_eq!(reboots.len(), 1, "reboot requests: {reboots:?}");
     let restarted = shared
         .state

@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 use tracing::Instrument;
 
 use crate::core::action::{Action, ActionError, ActionKey, ActionResult};
-use crate::core::tags;
+use crate::core::invariants;
+use crate::core::notification::Severity;
 use crate::core::{Migration, Policy};
+use crate::core::{messages, tags};
 use crate::ports::{Metrics, Network, Notifier, PortResult, Rds, Router, World};
 
 /// Outcomes the phase machine wants to hear about: every failure of a mutating action, and the
@@ -49,7 +51,8 @@ pub async fn execute<W: World>(world: &W, policy: &Policy, action: &Action) -> P
             rds.set_source_groups(instance, std::slice::from_ref(group_id))
                 .await
         }
-        Action::RebootSource { instance } => rds.reboot_source(instance).await,
+        Action::RebootSource { instance } => rds.reboot_instance(instance).await,
+        Action::RebootTargetWriter { writer } => rds.reboot_instance(writer).await,
         Action::PromoteTarget { cluster } => rds.promote_target(cluster).await,
         Action::RouteTraffic(request) => world.router().route(request).await,
         Action::RunSmokeTest(request) => world.router().smoke_test(request).await,
@@ -62,13 +65,13 @@ pub async fn execute<W: World>(world: &W, policy: &Policy, action: &Action) -> P
             group_ids,
         } => rds.set_source_groups(instance, group_ids).await,
         Action::DeleteTarget { cluster, writer } => rds.delete_target(cluster, writer).await,
-        Action::CreateFinalSnapshot { instance, snapshot } => {
-            rds.create_final_snapshot(instance, snapshot).await
-        }
         Action::DisableDeletionProtection { instance } => {
             rds.disable_deletion_protection(instance).await
         }
-        Action::DeleteSource { instance } => rds.delete_source(instance).await,
+        Action::DeleteSource {
+            instance,
+            final_snapshot,
+        } => rds.delete_source(instance, final_snapshot).await,
         Action::DeleteQuarantineGroup { group_id } => world.network().delete_group(group_id).await,
         Action::EnsureHeartbeatAlarm { alarm, migration } => {
             world
@@ -93,6 +96,11 @@ pub async fn execute<W: World>(world: &W, policy: &Policy, action: &Action) -> P
             t.insert(policy.tag_prefix.clone(), value.clone());
             rds.set_tags(arn, &t).await
         }
+        Action::MarkSource { arn, value } => {
+            let mut t = BTreeMap::new();
+            t.insert(tags::marker_key(&policy.tag_prefix), value.clone());
+            rds.set_tags(arn, &t).await
+        }
         Action::PutHeartbeat { migration } => world.metrics().put_heartbeat(migration).await,
         Action::Notify(note) => world.notifier().publish(note).await,
     }
@@ -108,6 +116,13 @@ pub async fn execute_all<W: World>(
     let mut results = Vec::new();
     for action in actions {
         let key = action.key();
+        // The last line of defence before an irreversible call, in release builds too: the
+        // record that asked for it must satisfy its preconditions. A refusal changes nothing:
+        // no call, no result fed back (the record stays as it is), and people are told.
+        if let Err(violation) = invariants::irreversible_allowed(m, action) {
+            refuse(world, m, policy, action, &violation.to_string()).await;
+            continue;
+        }
         // One span per action (a child of `reconcile` in traces), its outcome line inside it.
         // `otel.status_code`: a failed action's span is an error span in the trace backend.
         let span = tracing::info_span!(
@@ -147,4 +162,25 @@ pub async fn execute_all<W: World>(
         }
     }
     results
+}
+
+/// Refuses an irreversible action whose preconditions do not hold: logs it and publishes an
+/// error alert directly (not through the outbox: the record is deliberately left untouched).
+async fn refuse<W: World>(world: &W, m: &Migration, policy: &Policy, action: &Action, why: &str) {
+    let key = action.key();
+    tracing::error!(migration = %m.id, action = %key, violation = why, "irreversible action refused");
+    let note = messages::alert(
+        m,
+        "safety-refusal",
+        Severity::Error,
+        &format!("refused {key}: a safety rule does not hold"),
+        &format!(
+            "the agent asked for {key} in {} but {why}; nothing was done and the record is kept as it is. This is a bug or a tampered record: look at the migration before anything else",
+            m.phase
+        ),
+        policy,
+    );
+    if let Err(e) = world.notifier().publish(&note).await {
+        tracing::error!(migration = %m.id, error = %e, "the safety refusal could not be published");
+    }
 }

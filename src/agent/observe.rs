@@ -46,7 +46,17 @@ pub async fn observe<W: World>(
     if need.preflight
         && let Observed::Present(source) = &obs.source
     {
-        obs.preflight = Some(rds.preflight_inputs(source).await?);
+        let mut inputs = rds.preflight_inputs(source).await?;
+        let declared = crate::core::tags::ControlTags::read(&policy.tag_prefix, &source.tags);
+        if declared.cdc_declared() {
+            inputs.cdc_consumer_groups = Some(
+                world
+                    .network()
+                    .locate_groups(&declared.cdc_consumers)
+                    .await?,
+            );
+        }
+        obs.preflight = Some(inputs);
     }
     if need.quotas {
         obs.quotas = Some(rds.account_quotas().await?);
@@ -55,7 +65,10 @@ pub async fn observe<W: World>(
         obs.final_snapshot = rds.describe_snapshot(&m.names.final_snapshot).await?;
     }
     if let Some(since) = need.events_since {
-        obs.source_events = rds.source_events(&m.source_identifier, since).await?;
+        obs.source_events = rds.instance_events(&m.source_identifier, since).await?;
+    }
+    if let Some(since) = need.writer_events_since {
+        obs.writer_events = rds.instance_events(&m.names.writer, since).await?;
     }
     if !need.metrics.is_empty() {
         let queries: Vec<MetricQuery> = need

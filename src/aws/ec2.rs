@@ -9,7 +9,7 @@ use aws_sdk_ec2::types::{
 use super::CallCounter;
 use super::classify::{absent_if_not_found, classify_counted, code};
 use crate::core::action::QuarantineGroupSpec;
-use crate::core::observation::{Observed, SecurityGroup};
+use crate::core::observation::{GroupLocation, Observed, SecurityGroup};
 use crate::ports::{ErrorKind, Network, PortError, PortResult};
 
 pub struct AwsNetwork {
@@ -76,6 +76,40 @@ impl AwsNetwork {
 }
 
 impl Network for AwsNetwork {
+    fn locate_groups(
+        &self,
+        ids: &[String],
+    ) -> impl std::future::Future<Output = PortResult<Vec<GroupLocation>>> + Send {
+        Box::pin(async move {
+            const OP: &str = "ec2:DescribeSecurityGroups";
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.calls.count(OP);
+            // A `group-id` filter, not GroupIds: one missing id must not hide the others.
+            let r = self
+                .client
+                .describe_security_groups()
+                .filters(
+                    Filter::builder()
+                        .name("group-id")
+                        .set_values(Some(ids.to_vec()))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| classify_counted(&self.calls, OP, &e))?;
+            Ok(r.security_groups()
+                .iter()
+                .map(|g| GroupLocation {
+                    id: g.group_id().unwrap_or_default().to_string(),
+                    vpc_id: g.vpc_id().unwrap_or_default().to_string(),
+                    owner_id: g.owner_id().unwrap_or_default().to_string(),
+                })
+                .collect())
+        })
+    }
+
     fn describe_group(
         &self,
         vpc_id: &str,

@@ -765,6 +765,8 @@ impl Rds for AwsRds {
                 quotas,
                 kms_key,
                 free_storage_bytes: self.latest_free_storage(&source.identifier).await,
+                // Filled by the driver from EC2 when consumers are declared.
+                cdc_consumer_groups: None,
             })
         })
     }
@@ -811,6 +813,8 @@ impl Rds for AwsRds {
                     .map(|s| Snapshot {
                         identifier: opt(s.db_snapshot_identifier()),
                         status: opt(s.status()),
+                        instance: opt(s.db_instance_identifier()),
+                        created_at: s.snapshot_create_time().map(super::ts),
                     })
                     .into()),
                 Err(e) => match classify(OP, &e) {
@@ -821,7 +825,7 @@ impl Rds for AwsRds {
         })
     }
 
-    fn source_events(
+    fn instance_events(
         &self,
         instance: &str,
         since: Timestamp,
@@ -1034,7 +1038,7 @@ impl Rds for AwsRds {
         })
     }
 
-    fn reboot_source(
+    fn reboot_instance(
         &self,
         instance: &str,
     ) -> impl std::future::Future<Output = PortResult<()>> + Send {
@@ -1151,57 +1155,6 @@ impl Rds for AwsRds {
         })
     }
 
-    fn create_final_snapshot(
-        &self,
-        instance: &str,
-        snapshot: &str,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "rds:CreateDBSnapshot";
-            let r = self
-                .call(
-                    OP,
-                    self.client
-                        .create_db_snapshot()
-                        .db_instance_identifier(instance)
-                        .db_snapshot_identifier(snapshot)
-                        .set_tags(Some(self.source_tag(instance)))
-                        .send(),
-                )
-                .await;
-            match r {
-                Ok(_) => Ok(()),
-                Err(e) if code(&e) == Some("DBSnapshotAlreadyExists") => {
-                    const D: &str = "rds:DescribeDBSnapshots";
-                    let existing = self
-                        .call(
-                            D,
-                            self.client
-                                .describe_db_snapshots()
-                                .db_snapshot_identifier(snapshot)
-                                .send(),
-                        )
-                        .await
-                        .map_err(|e| classify(D, &e))?;
-                    let ours = existing
-                        .db_snapshots()
-                        .first()
-                        .is_some_and(|s| s.db_instance_identifier() == Some(instance));
-                    if ours {
-                        Ok(())
-                    } else {
-                        Err(PortError::new(
-                            ErrorKind::Conflict,
-                            OP,
-                            format!("a snapshot named {snapshot} exists and is not of {instance}"),
-                        ))
-                    }
-                }
-                Err(e) => Err(classify(OP, &e)),
-            }
-        })
-    }
-
     fn disable_deletion_protection(
         &self,
         instance: &str,
@@ -1227,10 +1180,13 @@ impl Rds for AwsRds {
     fn delete_source(
         &self,
         instance: &str,
+        final_snapshot: &str,
     ) -> impl std::future::Future<Output = PortResult<()>> + Send {
         Box::pin(async move {
             const OP: &str = "rds:DeleteDBInstance";
-            // The final snapshot was taken (and seen available) before: no second one here.
+            // The final snapshot is part of the deletion, so it holds the instance's last
+            // state; automated backups stay for their own retention (the API's default deletes
+            // them, and with them point-in-time recovery).
             let r = self
                 .mutate(
                     OP,
@@ -1238,10 +1194,14 @@ impl Rds for AwsRds {
                     self.client
                         .delete_db_instance()
                         .db_instance_identifier(instance)
-                        .skip_final_snapshot(true)
+                        .skip_final_snapshot(false)
+                        .final_db_snapshot_identifier(final_snapshot)
+                        .delete_automated_backups(false)
                         .send(),
                 )
                 .await;
+            // A repeat after a lost answer finds the instance `deleting` (a conflict, retried
+            // with backoff); the machine sees the status and stops asking.
             r.map(|_| ()).map_err(|e| classify(OP, &e))
         })
     }

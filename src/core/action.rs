@@ -42,6 +42,11 @@ pub enum Action {
         cluster: String,
         group_id: String,
     },
+    /// After cutover, on an approved rollback, once Aurora has exactly the quarantine group:
+    /// reboot its writer, because sessions that were open survive a security group change.
+    RebootTargetWriter {
+        writer: String,
+    },
     RestoreSourceGroups {
         instance: String,
         group_ids: Vec<String>,
@@ -52,15 +57,16 @@ pub enum Action {
         cluster: String,
         writer: String,
     },
-    CreateFinalSnapshot {
-        instance: String,
-        snapshot: String,
-    },
     DisableDeletionProtection {
         instance: String,
     },
+    /// DeleteDBInstance with `FinalDBSnapshotIdentifier` = `final_snapshot` (RDS snapshots the
+    /// instance's last state as part of the deletion, so no write can fall between the snapshot
+    /// and the deletion) and `DeleteAutomatedBackups=false` (point-in-time recovery stays until
+    /// its own retention ends). Never `SkipFinalSnapshot`.
     DeleteSource {
         instance: String,
+        final_snapshot: String,
     },
     DeleteQuarantineGroup {
         group_id: String,
@@ -84,6 +90,13 @@ pub enum Action {
         arn: String,
         value: String,
     },
+    /// Tag the source `<prefix>:marker` = `value` (its `DbiResourceId`): the key only the agent
+    /// may write (the shipped operator policies deny it), through which the task role keeps its
+    /// permissions on the source even if a person or an IaC apply removes the trigger.
+    MarkSource {
+        arn: String,
+        value: String,
+    },
     /// Publish the per-migration heartbeat metric (telemetry, not a mutation).
     PutHeartbeat {
         migration: String,
@@ -104,8 +117,11 @@ pub enum ActionKey {
     RouteTraffic,
     RunSmokeTest,
     QuarantineTarget,
+    RebootTargetWriter,
     RestoreSourceGroups,
     DeleteTarget,
+    /// No longer asked for (the final snapshot is part of `DeleteSource`); kept so that records
+    /// written by earlier versions, which may name it as in flight, still load.
     CreateFinalSnapshot,
     DisableDeletionProtection,
     DeleteSource,
@@ -115,6 +131,7 @@ pub enum ActionKey {
     MirrorPhaseTag,
     SetTriggerTag,
     PutHeartbeat,
+    MarkSource,
     Notify,
 }
 
@@ -137,9 +154,9 @@ impl Action {
             Action::RouteTraffic(_) => ActionKey::RouteTraffic,
             Action::RunSmokeTest(_) => ActionKey::RunSmokeTest,
             Action::QuarantineTarget { .. } => ActionKey::QuarantineTarget,
+            Action::RebootTargetWriter { .. } => ActionKey::RebootTargetWriter,
             Action::RestoreSourceGroups { .. } => ActionKey::RestoreSourceGroups,
             Action::DeleteTarget { .. } => ActionKey::DeleteTarget,
-            Action::CreateFinalSnapshot { .. } => ActionKey::CreateFinalSnapshot,
             Action::DisableDeletionProtection { .. } => ActionKey::DisableDeletionProtection,
             Action::DeleteSource { .. } => ActionKey::DeleteSource,
             Action::DeleteQuarantineGroup { .. } => ActionKey::DeleteQuarantineGroup,
@@ -148,6 +165,7 @@ impl Action {
             Action::MirrorPhaseTag { .. } => ActionKey::MirrorPhaseTag,
             Action::SetTriggerTag { .. } => ActionKey::SetTriggerTag,
             Action::PutHeartbeat { .. } => ActionKey::PutHeartbeat,
+            Action::MarkSource { .. } => ActionKey::MarkSource,
             Action::Notify(_) => ActionKey::Notify,
         }
     }

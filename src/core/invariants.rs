@@ -49,6 +49,7 @@ pub fn transition_allowed(from: Phase, to: Phase) -> bool {
             | (Paused, AwaitingCutover)
             | (Quiescing, Draining)
             | (Draining, Promoting)
+            | (Promoting, Draining)
             | (Promoting, Routing)
             | (Routing, Verifying)
             | (Verifying, Decommissioning)
@@ -57,6 +58,62 @@ pub fn transition_allowed(from: Phase, to: Phase) -> bool {
             | (RollingBack, Aborted)
     );
     forward || matches!(to, Failed | RollingBack | Aborted)
+}
+
+/// The preconditions of the irreversible actions, on the record that asks for one (the
+/// decision's `next`, as persisted). `check` applies them to every decision where decisions are
+/// checked (debug builds, tests, the simulator); the shell applies them again right before it
+/// executes such an action, in every build (`agent::execute`), so a bug elsewhere in the machine
+/// or a corrupted record cannot promote, delete the source or delete a replica.
+pub fn irreversible_allowed(m: &Migration, action: &Action) -> Result<(), Violation> {
+    let p = &m.progress;
+    match action {
+        Action::PromoteTarget { cluster } => {
+            ensure!(
+                m.phase == Phase::Promoting
+                    && p.quarantined_at.is_some()
+                    && p.quarantine_active_at.is_some()
+                    && p.reboot_requested_at.is_some()
+                    && p.restarted_at.is_some()
+                    && p.drain_proven_at.is_some(),
+                "promotion asked for without Quiescing and Draining completed for this attempt"
+            );
+            ensure!(
+                *cluster == m.names.cluster,
+                "promotion of {cluster}, which is not this attempt's replica {}",
+                m.names.cluster
+            );
+        }
+        Action::DeleteSource {
+            instance,
+            final_snapshot,
+        } => {
+            ensure!(
+                m.phase == Phase::Decommissioning && p.verification_passed_at.is_some(),
+                "source deletion asked for without a passed verification"
+            );
+            ensure!(
+                *final_snapshot == m.names.final_snapshot && !final_snapshot.is_empty(),
+                "source deletion without this attempt's final snapshot"
+            );
+            ensure!(
+                instance.eq_ignore_ascii_case(&m.source_identifier),
+                "deletion of {instance}, which is not this migration's source"
+            );
+        }
+        Action::DeleteTarget { cluster, writer } => {
+            ensure!(
+                p.route_requested_at.is_none() && p.routed_at.is_none(),
+                "deleting a target that may have taken writes"
+            );
+            ensure!(
+                *cluster == m.names.cluster && *writer == m.names.writer,
+                "deleting {cluster}/{writer}, which is not this attempt's replica"
+            );
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Checks one decision against the state it was made from.
@@ -75,23 +132,9 @@ pub fn check(prev: &Migration, obs: &Observation, d: &Decision) -> Result<(), Vi
     let p = &next.progress;
     for action in &d.actions {
         match action {
-            Action::PromoteTarget { .. } => {
-                ensure!(
-                    prev.phase == Phase::Promoting
-                        && p.quarantined_at.is_some()
-                        && p.quarantine_active_at.is_some()
-                        && p.reboot_requested_at.is_some()
-                        && p.restarted_at.is_some()
-                        && p.drain_proven_at.is_some(),
-                    "promotion asked for without Quiescing and Draining completed for this attempt"
-                );
-            }
-            Action::DeleteSource { .. } => {
-                ensure!(
-                    p.verification_passed_at.is_some() && p.final_snapshot_at.is_some(),
-                    "source deletion asked for without a passed verification and a final snapshot"
-                );
-            }
+            Action::PromoteTarget { .. }
+            | Action::DeleteSource { .. }
+            | Action::DeleteTarget { .. } => irreversible_allowed(next, action)?,
             Action::CreateReplicaCluster(_) => {
                 let no_other = obs
                     .source
@@ -106,12 +149,6 @@ pub fn check(prev: &Migration, obs: &Observation, d: &Decision) -> Result<(), Vi
                 ensure!(
                     p.promoted_at.is_some() && r.endpoint != next.source_identifier,
                     "traffic routed to a target that was not promoted"
-                );
-            }
-            Action::DeleteTarget { .. } => {
-                ensure!(
-                    p.route_requested_at.is_none(),
-                    "deleting a target that may have taken writes"
                 );
             }
             _ => {}

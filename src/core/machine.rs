@@ -24,8 +24,8 @@ use super::messages;
 use super::migration::{Baseline, Migration, PhaseChange, Plan, Rollback, RollbackCause, Wake};
 use super::notification::Severity;
 use super::observation::{
-    Datapoint, InstanceEventKind, MetricKey, Observation, Observed, SecurityGroup, SourceInstance,
-    TargetCluster, latest,
+    Datapoint, InstanceEventKind, MetricKey, Observation, Observed, SecurityGroup, Snapshot,
+    SourceInstance, TargetCluster, latest,
 };
 use super::phase::Phase;
 use super::policy::{CutoverPolicy, Policy};
@@ -602,6 +602,30 @@ impl Stepper<'_> {
         group.egress_rules == 0 && have == want
     }
 
+    /// The fence as the Draining proof established it, re-checked before each step that relies
+    /// on it (promotion, routing): the source's groups are exactly the quarantine group, active,
+    /// and the group, described again, has no rules beyond the CDC exception. An IaC apply can
+    /// put the old groups back at any moment, so a proof a minute old is not enough.
+    fn fence_intact(&self) -> Result<(), String> {
+        let Some(q) = self.quarantine_id() else {
+            return Err("no quarantine group was recorded".to_string());
+        };
+        let Some(source) = self.source() else {
+            return Err("the source was not observed".to_string());
+        };
+        if !source.groups_exactly_active(std::slice::from_ref(&q)) {
+            return Err(format!(
+                "the source's security groups are {:?}, not exactly the quarantine group {q}, active",
+                source.group_ids()
+            ));
+        }
+        match self.obs.quarantine_group.present() {
+            Some(g) if self.quarantine_exact(g) => Ok(()),
+            Some(_) => Err("the quarantine group has rules beyond the CDC exception".to_string()),
+            None => Err("the quarantine group was not described".to_string()),
+        }
+    }
+
     fn preparing(&mut self) {
         let Some(plan) = self.plan().cloned() else {
             self.failure("no plan was recorded by preflight".to_string());
@@ -648,7 +672,24 @@ impl Stepper<'_> {
             }
             Observed::Unknown => false,
         };
-        if groups_ready && quarantine_ready {
+        // Before anything is done to the source, the agent takes hold of it with its own
+        // marker: from here on its permissions on the source do not depend on the trigger tag,
+        // which a person or an IaC apply may remove while the source is quarantined.
+        let marked = match self.source() {
+            Some(s) => {
+                let key = tags::marker_key(&self.policy.tag_prefix);
+                let value = self.m.id.resource_id.clone();
+                if s.tags.get(&key) == Some(&value) {
+                    true
+                } else {
+                    let arn = s.arn.clone();
+                    self.request(Action::MarkSource { arn, value });
+                    false
+                }
+            }
+            None => false,
+        };
+        if groups_ready && quarantine_ready && marked {
             self.enter(Phase::CreatingReplica, "");
         }
     }
@@ -932,7 +973,22 @@ impl Stepper<'_> {
             self.enter(Phase::Promoting, "");
             return;
         }
-        if self.m.progress.restarted_at.is_none() {
+        // Back from Promoting after a drift, or changed under us: put the quarantine back. The
+        // reboot below waits for it, or sessions could reconnect through the old groups.
+        let fenced = match (self.source().cloned(), self.quarantine_id()) {
+            (Some(source), Some(q)) => {
+                let exact = source.groups_exactly_active(std::slice::from_ref(&q));
+                if !exact && source.group_ids() != [q.clone()] {
+                    self.request(Action::QuarantineSource {
+                        instance: source.identifier.clone(),
+                        group_id: q,
+                    });
+                }
+                exact
+            }
+            _ => false,
+        };
+        if fenced && self.m.progress.restarted_at.is_none() {
             // No restart seen yet: ask for the reboot when none is in flight (a failed request
             // is forgotten, see `take_action_results`), or again when one produced no restart
             // for far longer than a reboot takes.
@@ -989,6 +1045,23 @@ impl Stepper<'_> {
             return;
         }
         if t.replication_source.is_some()
+            && self.m.progress.promote_requested_at.is_none()
+            && let Err(why) = self.fence_intact()
+        {
+            // The proof no longer holds: someone may have written since. Nothing is promoted;
+            // the proof starts over (a new reboot after the quarantine is back).
+            self.m.progress.drain_proven_at = None;
+            self.m.progress.restarted_at = None;
+            self.m.progress.reboot_requested_at = None;
+            self.enter(
+                Phase::Draining,
+                &format!(
+                    "the fence broke before promotion ({why}); the catch-up proof starts over"
+                ),
+            );
+            return;
+        }
+        if t.replication_source.is_some()
             && self.request(Action::PromoteTarget {
                 cluster: t.identifier.clone(),
             })
@@ -1031,6 +1104,22 @@ impl Stepper<'_> {
         let Some(endpoint) = t.writer_endpoint.clone() else {
             return;
         };
+        if self.m.progress.route_requested_at.is_none()
+            && let Err(why) = self.fence_intact()
+        {
+            // Aurora is promoted but has taken no write; the source must not take one either
+            // once traffic moves, or the two diverge. Hold until the fence holds again.
+            self.alert_once(
+                "fence-broken-before-routing",
+                Severity::Error,
+                "routing is on hold: the old primary is not fenced",
+                &format!(
+                    "{why}; clients could write to both sides after the cutover. Put the quarantine group back (only it) and the agent routes; or tag {}:abort=true to roll back losslessly",
+                    self.policy.tag_prefix
+                ),
+            );
+            return;
+        }
         let route = self.route_to(&endpoint);
         if self.request(Action::RouteTraffic(route)) {
             self.m.progress.route_requested_at.get_or_insert(self.now);
@@ -1167,72 +1256,33 @@ impl Stepper<'_> {
         };
         match self.obs.source.clone() {
             Observed::Unknown => {}
-            Observed::Absent => {
-                self.m.progress.source_released_at.get_or_insert(self.now);
-                if self.m.progress.source_delete_requested_at.is_none() {
-                    self.alert_once(
-                        "source-deleted",
-                        Severity::Warning,
-                        "the source was deleted outside the agent",
-                        "no final snapshot was taken by the agent",
-                    );
-                }
-                self.request(Action::DeleteHeartbeatAlarm {
-                    alarm: self.m.names.heartbeat_alarm.clone(),
-                });
-                match (&self.obs.quarantine_group, self.quarantine_id()) {
-                    (Observed::Present(g), _) => {
-                        let id = g.id.clone();
-                        self.request(Action::DeleteQuarantineGroup { group_id: id });
-                    }
-                    (Observed::Absent, _) | (_, None) => {
-                        let detail = format!(
-                            "the source is deleted; its final snapshot is {}",
-                            self.m.names.final_snapshot
-                        );
-                        self.enter(Phase::Completed, &detail);
-                    }
-                    (Observed::Unknown, Some(_)) => {}
-                }
-            }
+            Observed::Absent => self.source_gone(),
             Observed::Present(source) => {
                 let due = passed + self.policy.retention;
                 if self.now < due {
                     self.wake = Some(due.duration_since(self.now));
                     return;
                 }
-                if self.m.progress.final_snapshot_at.is_none() {
-                    match &self.obs.final_snapshot {
-                        Observed::Present(s) if s.status == "available" => {
-                            self.m.progress.final_snapshot_at = Some(self.now);
-                        }
-                        Observed::Unknown => return,
-                        Observed::Present(s) if s.status == "failed" => {
-                            self.failure(format!("the final snapshot {} failed", s.identifier));
-                            return;
-                        }
-                        Observed::Present(_) => return,
-                        Observed::Absent => {
-                            let full = self.obs.quotas.as_ref().is_some_and(|qs| {
-                                qs.iter()
-                                    .any(|q| q.name == "ManualSnapshots" && q.used >= q.max)
-                            });
-                            if full {
-                                self.alert_once(
-                                    "snapshot-quota",
-                                    Severity::Error,
-                                    "no room for the final snapshot",
-                                    "the account's manual snapshot quota is reached; delete old snapshots or raise the quota, the agent waits",
-                                );
-                            } else {
-                                self.request(Action::CreateFinalSnapshot {
-                                    instance: source.identifier.clone(),
-                                    snapshot: self.m.names.final_snapshot.clone(),
-                                });
-                            }
-                            return;
-                        }
-                    }
+                if source.status == "deleting" {
+                    // Our DeleteDBInstance was accepted (or someone else's): RDS is taking the
+                    // final snapshot and then removes the instance.
+                    return;
+                }
+                if !self.final_snapshot_name_free(&source) {
+                    return;
+                }
+                let full = self.obs.quotas.as_ref().is_some_and(|qs| {
+                    qs.iter()
+                        .any(|q| q.name == "ManualSnapshots" && q.used >= q.max)
+                });
+                if full {
+                    self.alert_once(
+                        "snapshot-quota",
+                        Severity::Error,
+                        "no room for the final snapshot",
+                        "the account's manual snapshot quota is reached; delete old snapshots or raise the quota, the agent waits",
+                    );
+                    return;
                 }
                 if source.deletion_protection {
                     if self.policy.allow_disable_deletion_protection {
@@ -1245,11 +1295,22 @@ impl Stepper<'_> {
                             Severity::Warning,
                             "waiting for DeletionProtection to be turned off",
                             &format!(
-                                "the final snapshot {} exists; turn DeletionProtection off on {} to let the agent delete it",
-                                self.m.names.final_snapshot, source.identifier
+                                "turn DeletionProtection off on {} to let the agent delete it (with a final snapshot {}, automated backups kept)",
+                                source.identifier, self.m.names.final_snapshot
                             ),
                         );
                     }
+                    return;
+                }
+                if let Err(why) = self.fence_holds_for_deletion(&source) {
+                    self.alert_once(
+                        "fence-broken-before-delete",
+                        Severity::Error,
+                        "the old primary is not fenced: deletion is on hold",
+                        &format!(
+                            "{why}; it may have taken writes that are not on Aurora, so the agent does not delete it. Check who changed it, fence it again (or finish by hand), and the agent goes on"
+                        ),
+                    );
                     return;
                 }
                 if !source.read_replicas.is_empty() {
@@ -1265,6 +1326,7 @@ impl Stepper<'_> {
                 }
                 if self.request(Action::DeleteSource {
                     instance: source.identifier.clone(),
+                    final_snapshot: self.m.names.final_snapshot.clone(),
                 }) {
                     self.m
                         .progress
@@ -1272,6 +1334,139 @@ impl Stepper<'_> {
                         .get_or_insert(self.now);
                 }
             }
+        }
+    }
+
+    /// The final snapshot's name must be free before the deletion asks for it: a snapshot of
+    /// that name that is not the product of our own DeleteDBInstance (another instance's, or one
+    /// taken before our request, e.g. by an earlier version of the agent that snapshotted
+    /// separately) does not hold the source's last state, and RDS would refuse the deletion.
+    fn final_snapshot_name_free(&mut self, source: &SourceInstance) -> bool {
+        match &self.obs.final_snapshot {
+            Observed::Unknown => false,
+            Observed::Absent => true,
+            Observed::Present(s) => {
+                let ours = self.final_snapshot_is_ours(s);
+                if !ours {
+                    self.alert_once(
+                        "final-snapshot-name-taken",
+                        Severity::Error,
+                        "the final snapshot's name is taken",
+                        &format!(
+                            "a snapshot named {} exists (of {}, created {}) that is not the last state of {}; delete or rename it and the agent deletes the source with a final snapshot of that name",
+                            s.identifier,
+                            s.instance,
+                            s.created_at.map_or("at an unknown time".to_string(), |t| t.to_string()),
+                            source.identifier
+                        ),
+                    );
+                }
+                // Ours: the deletion was accepted and the describe lags; wait for it.
+                false
+            }
+        }
+    }
+
+    /// A snapshot carrying the final snapshot's name is ours only when it is of the source and
+    /// was created after we asked for the deletion (RDS clocks and ours differ by seconds, so a
+    /// minute of slack; an older snapshot cannot hold the last state).
+    fn final_snapshot_is_ours(&self, s: &Snapshot) -> bool {
+        let Some(requested) = self.m.progress.source_delete_requested_at else {
+            return false;
+        };
+        s.instance.eq_ignore_ascii_case(&self.m.source_identifier)
+            && s.created_at
+                .is_none_or(|t| t >= requested - SignedDuration::from_mins(1))
+    }
+
+    /// The last check before the source is deleted: nobody can have written to it since the
+    /// cutover. Either its groups are still exactly the quarantine group, or (when the policy
+    /// gave its groups back) it generated no more WAL than an idle instance in every period of
+    /// the last few minutes.
+    fn fence_holds_for_deletion(&self, source: &SourceInstance) -> Result<(), String> {
+        if !self.policy.restore_source_groups_after_cutover {
+            let Some(q) = self.quarantine_id() else {
+                return Err("no quarantine group was recorded".to_string());
+            };
+            return if source.groups_exactly_active(std::slice::from_ref(&q)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "its security groups are {:?}, not exactly the quarantine group {q}",
+                    source.group_ids()
+                ))
+            };
+        }
+        let recent: Vec<&Datapoint> = self
+            .obs
+            .metric(MetricKey::SourceWalGeneration)
+            .iter()
+            .filter(|p| p.start >= self.now - DELETE_IDLE_WINDOW)
+            .collect();
+        if recent.is_empty() {
+            return Err("no TransactionLogsGeneration period of the last minutes to show it takes no writes".to_string());
+        }
+        match recent
+            .iter()
+            .find(|p| p.maximum > self.policy.idle_wal_bytes_per_s)
+        {
+            Some(p) => Err(format!(
+                "its groups were given back and it generated {:.0} bytes/s of WAL in the period from {}, above idle",
+                p.maximum, p.start
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The source is gone: by our deletion (its final snapshot holds the last state) or by
+    /// someone else's. Clean up what the agent made for it, then complete.
+    fn source_gone(&mut self) {
+        self.m.progress.source_released_at.get_or_insert(self.now);
+        let ours = self.m.progress.source_delete_requested_at.is_some();
+        if !ours {
+            self.alert_once(
+                "source-deleted",
+                Severity::Warning,
+                "the source was deleted outside the agent",
+                "no final snapshot was taken by the agent",
+            );
+        } else {
+            match &self.obs.final_snapshot {
+                Observed::Unknown => return,
+                Observed::Present(s) if self.final_snapshot_is_ours(s) => {
+                    self.m.progress.final_snapshot_at.get_or_insert(self.now);
+                }
+                _ => self.alert_once(
+                    "final-snapshot-missing",
+                    Severity::Error,
+                    "the source is deleted but its final snapshot is not there",
+                    &format!(
+                        "the snapshot {} of {} is missing or not of its last state; its automated backups were kept (DeleteAutomatedBackups=false): restore from them if needed",
+                        self.m.names.final_snapshot, self.m.source_identifier
+                    ),
+                ),
+            }
+        }
+        self.request(Action::DeleteHeartbeatAlarm {
+            alarm: self.m.names.heartbeat_alarm.clone(),
+        });
+        match (&self.obs.quarantine_group, self.quarantine_id()) {
+            (Observed::Present(g), _) => {
+                let id = g.id.clone();
+                self.request(Action::DeleteQuarantineGroup { group_id: id });
+            }
+            (Observed::Absent, _) | (_, None) => {
+                let detail = if ours {
+                    format!(
+                        "the source is deleted; its final snapshot is {}, and its automated backups are kept until their retention ends",
+                        self.m.names.final_snapshot
+                    )
+                } else {
+                    "the source was deleted outside the agent".to_string()
+                };
+                self.enter(Phase::Completed, &detail);
+            }
+            (Observed::Unknown, Some(_)) => {}
         }
     }
 
@@ -1345,6 +1540,10 @@ impl Stepper<'_> {
         }
     }
 
+    /// Rollback after cutover: Aurora is fenced the way the source was (exactly the quarantine
+    /// group, then its writer rebooted, then no connection after the restart), and only then is
+    /// what it took counted, the source given its groups back and traffic routed back. A group
+    /// change alone leaves open sessions writing to Aurora after the count.
     fn rolling_back_after_cutover(&mut self) {
         let (Some(t), Some(q)) = (self.obs.target.present().cloned(), self.quarantine_id()) else {
             return;
@@ -1361,22 +1560,39 @@ impl Stepper<'_> {
             });
             return;
         }
+        let Some(restarted) = self.target_fence_restart(&t) else {
+            return;
+        };
+        // No session after the restart: the quarantine keeps new ones out.
+        let conns = self
+            .obs
+            .metric(MetricKey::TargetConnections)
+            .iter()
+            .filter(|p| p.start >= restarted)
+            .copied()
+            .collect::<Vec<_>>();
+        match latest(&conns) {
+            Some(p) if p.maximum <= self.policy.max_idle_connections => {}
+            _ => return,
+        }
+        // Counted at the end, over every published period from the cutover to the restart.
         let routed = self.m.progress.routed_at.unwrap_or(self.m.phase_entered_at);
         let writes: f64 = self
             .obs
             .metric(MetricKey::TargetWriteIops)
             .iter()
-            .filter(|p| p.start >= routed)
+            .filter(|p| p.start >= routed && p.start < restarted + SignedDuration::from_mins(1))
             .map(|p| p.average * f64::from(p.period_s))
             .sum();
+        let stays = format!(
+            "about {writes:.0} write operations were made on the Aurora cluster {} between {routed} (cutover) and {restarted} (its writer restarted behind the quarantine); they stay on Aurora and are not on the source: reconcile them by hand. The cluster is kept, fenced off, for that",
+            t.identifier
+        );
         self.alert_once(
             "writes-on-target",
             Severity::Error,
             "rolling back after cutover: writes made on Aurora are not on the source",
-            &format!(
-                "the Aurora cluster {} is fenced off; about {writes:.0} write operations were made on it since cutover and must be reconciled by hand; it is kept for that",
-                t.identifier
-            ),
+            &stays,
         );
         if !self.restore_source() {
             return;
@@ -1392,16 +1608,55 @@ impl Stepper<'_> {
         if back {
             self.enter(
                 Phase::RolledBack,
-                "traffic is routed back to the source; the Aurora cluster is kept, fenced off, for reconciliation",
+                &format!(
+                    "traffic is routed back to the source {}:{}; {stays}",
+                    endpoint.address, endpoint.port
+                ),
             );
         } else {
             let route = self.route_to(&endpoint);
             self.request(Action::RouteTraffic(route));
         }
     }
+
+    /// Reboots Aurora's writer once it has exactly the quarantine group, and returns when it
+    /// restarted (a "DB instance restarted" event of the writer after the request), asking
+    /// again when a reboot produced no restart for far longer than one takes.
+    fn target_fence_restart(&mut self, t: &TargetCluster) -> Option<Timestamp> {
+        if let Some(at) = self.m.progress.target_restarted_at {
+            return Some(at);
+        }
+        let requested = self.m.progress.target_reboot_requested_at;
+        let restart = self
+            .obs
+            .writer_events
+            .iter()
+            .filter(|e| e.kind == InstanceEventKind::Restarted)
+            .filter(|e| requested.is_some_and(|r| e.at >= r))
+            .map(|e| e.at)
+            .min();
+        if let Some(at) = restart {
+            self.m.progress.target_restarted_at = Some(at);
+            return Some(at);
+        }
+        let due = requested.is_none_or(|r| self.since(r) > self.policy.reboot_reissue_after);
+        if due
+            && t.status == "available"
+            && self.request(Action::RebootTargetWriter {
+                writer: self.m.names.writer.clone(),
+            })
+        {
+            self.m.progress.target_reboot_requested_at = Some(self.now);
+        }
+        None
+    }
 }
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// How far back the source's WAL generation must be idle before it is deleted with its groups
+/// given back: several CloudWatch periods, so one quiet minute is not mistaken for no writer.
+const DELETE_IDLE_WINDOW: SignedDuration = SignedDuration::from_mins(5);
 
 /// How long a rolled-back source is watched for a late quarantine. 15 min: far longer than RDS
 /// takes to apply and show a security group change.

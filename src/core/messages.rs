@@ -42,8 +42,17 @@ pub fn phase_change(
             vec![],
         ),
         Phase::Preparing => (
-            Severity::Info,
-            "preflight passed; preparing the target".into(),
+            // Warnings (a mapped instance class, a dropped parameter, short backups) are
+            // decisions someone should see: a Slack filter on severity must catch them.
+            match m.preflight.as_ref().map_or(0, |r| r.warnings()) {
+                0 => Severity::Info,
+                _ => Severity::Warning,
+            },
+            match m.preflight.as_ref().map_or(0, |r| r.warnings()) {
+                0 => "preflight passed; preparing the target".into(),
+                1 => "preflight passed with 1 warning; preparing the target".into(),
+                n => format!("preflight passed with {n} warnings; preparing the target"),
+            },
             "Creating the Aurora parameter groups and the quarantine security group.".into(),
             vec![format!("To stop now, tag the instance {p}:abort=true")],
         ),

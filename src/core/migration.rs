@@ -132,6 +132,10 @@ pub struct Progress {
     pub verification_passed_at: Option<Timestamp>,
     pub final_snapshot_at: Option<Timestamp>,
     pub source_delete_requested_at: Option<Timestamp>,
+    /// Rollback after cutover: Aurora's writer was asked to reboot (its fence) ...
+    pub target_reboot_requested_at: Option<Timestamp>,
+    /// ... and restarted: no session that was open before can write after this.
+    pub target_restarted_at: Option<Timestamp>,
     /// The source got its groups back (rollback), or is gone: the quarantine is over.
     pub source_released_at: Option<Timestamp>,
 }

@@ -21,6 +21,8 @@ pub struct Needs {
     pub final_snapshot: bool,
     /// DescribeEvents of the source since this time.
     pub events_since: Option<Timestamp>,
+    /// DescribeEvents of the Aurora writer since this time.
+    pub writer_events_since: Option<Timestamp>,
     /// CloudWatch series and the start of the window to read.
     pub metrics: Vec<(MetricKey, Timestamp)>,
     pub fleet_pause: bool,
@@ -74,7 +76,11 @@ pub fn needs(m: &Migration, now: Timestamp, policy: &Policy) -> Needs {
                 .map(|k| (k, since))
                 .collect();
         }
-        Phase::Promoting | Phase::Routing => n.target = true,
+        Phase::Promoting | Phase::Routing => {
+            n.target = true;
+            // The fence is re-checked right before promotion and before routing.
+            n.quarantine_group = p.promote_requested_at.is_none() || p.route_requested_at.is_none();
+        }
         Phase::Verifying => {
             n.target = true;
             let since = p.routed_at.unwrap_or(now);
@@ -94,8 +100,13 @@ pub fn needs(m: &Migration, now: Timestamp, policy: &Policy) -> Needs {
             let due = p.verification_passed_at.map(|t| t + policy.retention);
             if due.is_some_and(|d| now >= d) {
                 n.final_snapshot = true;
-                n.quotas = p.final_snapshot_at.is_none();
+                n.quotas = p.source_delete_requested_at.is_none();
                 n.quarantine_group = true;
+                if policy.restore_source_groups_after_cutover {
+                    // With its groups given back, only its WAL can show the source takes no
+                    // writes before it is deleted.
+                    n.metrics = vec![(SourceWalGeneration, now - SignedDuration::from_mins(10))];
+                }
             }
         }
         Phase::RollingBack => {
@@ -104,6 +115,12 @@ pub fn needs(m: &Migration, now: Timestamp, policy: &Policy) -> Needs {
             if m.rollback.as_ref().is_some_and(|r| r.after_cutover) {
                 let since = p.routed_at.unwrap_or(now);
                 n.metrics = vec![(TargetWriteIops, since)];
+                if let Some(r) = p.target_reboot_requested_at {
+                    // A minute early: clocks differ between us and RDS.
+                    let since = r - SignedDuration::from_mins(1);
+                    n.writer_events_since = Some(since);
+                    n.metrics.push((TargetConnections, since));
+                }
             }
         }
         Phase::Failed | Phase::Completed | Phase::RolledBack | Phase::Aborted => {}

@@ -57,6 +57,8 @@ pub struct Observation {
     pub final_snapshot: Observed<Snapshot>,
     /// Events of the source instance since the migration's reboot request (DescribeEvents).
     pub source_events: Vec<InstanceEvent>,
+    /// Events of the Aurora writer since its fence's reboot request (rollback after cutover).
+    pub writer_events: Vec<InstanceEvent>,
     pub metrics: BTreeMap<MetricKey, Vec<Datapoint>>,
     /// The fleet-wide pause switch.
     pub fleet_paused: bool,
@@ -199,6 +201,18 @@ pub struct PreflightInputs {
     pub kms_key: KeyCheck,
     /// Latest FreeStorageSpace of the source, bytes.
     pub free_storage_bytes: Option<f64>,
+    /// The declared CDC consumers' security groups that exist (EC2), where they live; `None`
+    /// when none are declared or they were not looked up.
+    pub cdc_consumer_groups: Option<Vec<GroupLocation>>,
+}
+
+/// Where a security group lives: a consumer admitted through the quarantine must be in the
+/// source's VPC and account.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupLocation {
+    pub id: String,
+    pub vpc_id: String,
+    pub owner_id: String,
 }
 
 /// What DescribeKey said of the source's KMS key.
@@ -239,6 +253,10 @@ pub struct Quota {
 pub struct Snapshot {
     pub identifier: String,
     pub status: String,
+    /// The instance it was taken of (`DBInstanceIdentifier`).
+    pub instance: String,
+    /// `SnapshotCreateTime`; absent while RDS has not started it.
+    pub created_at: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,10 +303,12 @@ pub enum MetricKey {
     TargetWriteLatency,
     TargetReadLatency,
     TargetWriteIops,
+    /// DatabaseConnections of the Aurora writer: 0 after its fence's reboot.
+    TargetConnections,
 }
 
 impl MetricKey {
-    pub const ALL: [MetricKey; 12] = [
+    pub const ALL: [MetricKey; 13] = [
         MetricKey::SourceSlotLag,
         MetricKey::SourceConnections,
         MetricKey::SourceFreeStorage,
@@ -301,13 +321,14 @@ impl MetricKey {
         MetricKey::TargetWriteLatency,
         MetricKey::TargetReadLatency,
         MetricKey::TargetWriteIops,
+        MetricKey::TargetConnections,
     ];
 
     /// The AWS/RDS metric name.
     pub fn metric_name(self) -> &'static str {
         match self {
             MetricKey::SourceSlotLag => "OldestReplicationSlotLag",
-            MetricKey::SourceConnections => "DatabaseConnections",
+            MetricKey::SourceConnections | MetricKey::TargetConnections => "DatabaseConnections",
             MetricKey::SourceFreeStorage => "FreeStorageSpace",
             MetricKey::SourceWalGeneration => "TransactionLogsGeneration",
             MetricKey::SourceCpu | MetricKey::TargetCpu => "CPUUtilization",

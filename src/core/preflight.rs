@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::migration::Plan;
 use super::naming::parameter_group_name;
 use super::observation::{KeyCheck, PreflightInputs, SourceInstance};
+
 use super::parameters::{AuroraFamily, translate};
 use super::policy::Policy;
 use super::tags::ControlTags;
@@ -45,6 +46,14 @@ impl PreflightReport {
             .iter()
             .filter(|c| c.outcome == Outcome::Fail && !c.acknowledged)
             .collect()
+    }
+
+    /// Checks that passed with a warning a person should read.
+    pub fn warnings(&self) -> usize {
+        self.checks
+            .iter()
+            .filter(|c| c.outcome == Outcome::Warn)
+            .count()
     }
 
     pub fn passed(&self) -> bool {
@@ -84,7 +93,8 @@ impl PreflightReport {
 }
 
 /// Failures the owners may accept knowingly. Everything else must be fixed.
-pub const ACKNOWLEDGEABLE: [&str; 4] = [
+pub const ACKNOWLEDGEABLE: [&str; 5] = [
+    "cdc-consumers",
     "read-replicas",
     "in-database-writers",
     "logical-replication",
@@ -186,6 +196,23 @@ pub fn run(
             "engine",
             Outcome::Fail,
             format!("engine is `{}`; only `postgres` instances can get an Aurora PostgreSQL read replica", source.engine),
+        );
+    }
+
+    // The quarantine is a VPC security group and the replica is created in the source's DB
+    // subnet group: an instance outside a VPC (EC2-Classic leftovers, or a describe without a
+    // DBSubnetGroup) has neither, and would leave the agent waiting for a group forever.
+    if source.vpc_id.is_empty() || source.subnet_group.is_empty() {
+        c.add(
+            "vpc",
+            Outcome::Fail,
+            "the instance is not in a VPC (DescribeDBInstances shows no DB subnet group): the agent fences the source with a VPC security group and creates the replica in its subnet group; move the instance into a VPC first",
+        );
+    } else {
+        c.add(
+            "vpc",
+            Outcome::Pass,
+            format!("{} (subnet group {})", source.vpc_id, source.subnet_group),
         );
     }
 
@@ -508,6 +535,16 @@ pub fn run(
         ),
     }
 
+    if tags.cdc_declared() {
+        cdc_consumer_checks(
+            &mut c,
+            source,
+            inputs,
+            &tags.cdc_consumers,
+            &policy.tag_prefix,
+        );
+    }
+
     c.add(
         "unlogged-tables",
         Outcome::Fail,
@@ -568,6 +605,70 @@ pub fn run(
         _ => None,
     };
     (report, plan)
+}
+
+/// Declared CDC consumers get database-port ingress into the quarantined source, the one hole
+/// in the fence: each group must exist in the source's VPC and account (a typo or a foreign
+/// group is never admitted), and the declaration itself is acknowledged by the owners.
+fn cdc_consumer_checks(
+    c: &mut Checks<'_>,
+    source: &SourceInstance,
+    inputs: &PreflightInputs,
+    declared: &[String],
+    prefix: &str,
+) {
+    // arn:aws:rds:<region>:<account>:db:<name>
+    let account = source.arn.split(':').nth(4).unwrap_or_default();
+    let found = inputs.cdc_consumer_groups.as_deref().unwrap_or_default();
+    let problems: Vec<String> = declared
+        .iter()
+        .filter_map(|id| match found.iter().find(|g| g.id == *id) {
+            None => Some(format!("{id} does not exist")),
+            Some(g) if g.vpc_id != source.vpc_id => Some(format!(
+                "{id} is in {}, not in the source's {}",
+                g.vpc_id, source.vpc_id
+            )),
+            Some(g) if !account.is_empty() && g.owner_id != account => Some(format!(
+                "{id} belongs to account {}, not {account}",
+                g.owner_id
+            )),
+            Some(_) => None,
+        })
+        .collect();
+    if inputs.cdc_consumer_groups.is_none() {
+        c.add(
+            "cdc-consumer-groups",
+            Outcome::Fail,
+            "the declared CDC consumers' security groups could not be looked up",
+        );
+    } else if problems.is_empty() {
+        c.add(
+            "cdc-consumer-groups",
+            Outcome::Pass,
+            format!(
+                "{} in {} (account {account})",
+                declared.join(" "),
+                source.vpc_id
+            ),
+        );
+    } else {
+        c.add(
+            "cdc-consumer-groups",
+            Outcome::Fail,
+            format!(
+                "{}: fix {prefix}:cdc-consumers; only groups of the source's VPC and account are admitted through the quarantine",
+                problems.join("; ")
+            ),
+        );
+    }
+    c.add(
+        "cdc-consumers",
+        Outcome::Fail,
+        format!(
+            "{} will be admitted through the quarantine on the database port while writes are stopped: confirm they are the CDC consumers and nothing else, then acknowledge",
+            declared.join(" ")
+        ),
+    );
 }
 
 fn join(items: &[&String]) -> String {

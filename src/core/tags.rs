@@ -38,6 +38,11 @@ pub fn key(prefix: &str, suffix: &str) -> String {
     }
 }
 
+/// The agent-only marker on a source it has taken hold of (see `Action::MarkSource`).
+pub fn marker_key(prefix: &str) -> String {
+    key(prefix, "marker")
+}
+
 /// The key of the phase mirror.
 pub fn phase_key(prefix: &str) -> String {
     key(prefix, "phase")
@@ -51,7 +56,9 @@ impl ControlTags {
         };
         let ack_prefix = format!("{prefix}:ack-");
         ControlTags {
-            start: is("", START),
+            // Exactly `start`: the task role's IAM conditions compare it with StringEquals, so
+            // a `Start` the agent accepted would be refused at its first change.
+            start: tags.get(prefix).is_some_and(|v| v == START),
             abort: is("abort", "true"),
             approve: is("approve", "true"),
             rollback: is("rollback", "approve"),

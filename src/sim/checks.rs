@@ -111,6 +111,7 @@ fn delete_before_verification(
     if m.phase == Phase::Verifying {
         d.actions.push(Action::DeleteSource {
             instance: m.source_identifier.clone(),
+            final_snapshot: m.names.final_snapshot.clone(),
         });
     }
     d

@@ -23,10 +23,10 @@ use crate::core::invariants::transition_allowed;
 use crate::core::migration::{Migration, MigrationId};
 use crate::core::notification::{Notification, Severity};
 use crate::core::observation::{
-    ClusterMember, Datapoint, Endpoint, EngineVersion, GroupMembership, InstanceEvent,
-    InstanceEventKind, KeyCheck, MetricKey, Observed, Parameter, ParameterGroupMembership,
-    ParameterGroupsPresent, PreflightInputs, Quota, SecurityGroup, Snapshot, SourceInstance,
-    TargetCluster,
+    ClusterMember, Datapoint, Endpoint, EngineVersion, GroupLocation, GroupMembership,
+    InstanceEvent, InstanceEventKind, KeyCheck, MetricKey, Observed, Parameter,
+    ParameterGroupMembership, ParameterGroupsPresent, PreflightInputs, Quota, SecurityGroup,
+    Snapshot, SourceInstance, TargetCluster,
 };
 use crate::core::{ErrorKind, Phase};
 use crate::ports::{
@@ -190,7 +190,8 @@ pub struct State {
     pub groups: BTreeMap<String, Group>,
     next_group: u64,
     pub parameter_groups: BTreeSet<String>,
-    pub snapshots: BTreeMap<String, (String, String)>,
+    /// Snapshots by name: (instance id, status, created at).
+    pub snapshots: BTreeMap<String, (String, String, Ms)>,
     /// DescribeEvents: (visible at, happened at, instance, message).
     pub events: Vec<(Ms, Ms, String, String)>,
     pub queue: SqsQueue,
@@ -762,7 +763,24 @@ impl State {
                 points.push((name.clone(), MetricKey::TargetCpu, cpu * 0.9, cpu * 0.9));
                 points.push((name.clone(), MetricKey::TargetWriteLatency, 0.002, 0.002));
                 points.push((name.clone(), MetricKey::TargetReadLatency, 0.001, 0.001));
-                points.push((name, MetricKey::TargetWriteIops, iops, iops));
+                // Clients reach Aurora only while it is not fenced by the quarantine group.
+                let fenced = c
+                    .view
+                    .security_groups
+                    .iter()
+                    .all(|g| g.id.starts_with("sg-q"));
+                let target_conns = if c.took_writes_at.is_some() && !fenced {
+                    20.0
+                } else {
+                    0.0
+                };
+                points.push((name.clone(), MetricKey::TargetWriteIops, iops, iops));
+                points.push((
+                    name,
+                    MetricKey::TargetConnections,
+                    target_conns,
+                    target_conns,
+                ));
             }
             for (inst, key, lo, hi) in points {
                 let series = self.metrics.entry((inst, key)).or_default();
@@ -923,6 +941,7 @@ impl State {
             quotas: self.quotas(),
             kms_key: KeyCheck::Usable,
             free_storage_bytes: free,
+            cdc_consumer_groups: None,
         }
     }
 
@@ -1122,6 +1141,23 @@ impl State {
 
     fn reboot(&mut self, instance: &str) -> PortResult<()> {
         let op = "rds:RebootDBInstance";
+        if let Some(c) = self
+            .clusters
+            .values()
+            .find(|c| c.view.writer(instance).is_some())
+        {
+            // An Aurora writer (the rollback's fence): its sessions end; restarted at once
+            // (the simulated faults live on the source's reboot).
+            let arn = c.view.arn.clone();
+            self.rds_event(
+                instance,
+                &arn,
+                "DB instance restarted",
+                "RDS-EVENT-0006",
+                true,
+            );
+            return Ok(());
+        }
         let Some(id) = self.find_source_id(instance) else {
             return Err(PortError::new(
                 ErrorKind::NotFound,
@@ -1210,35 +1246,9 @@ impl State {
         Ok(())
     }
 
-    fn create_snapshot(&mut self, instance: &str, snapshot: &str) -> PortResult<()> {
-        let op = "rds:CreateDBSnapshot";
-        if let Some((of, _)) = self.snapshots.get(snapshot) {
-            return if of == instance {
-                Ok(())
-            } else {
-                Err(PortError::new(
-                    ErrorKind::Conflict,
-                    op,
-                    "DBSnapshotAlreadyExists",
-                ))
-            };
-        }
-        let Some(id) = self.find_source_id(instance) else {
-            return Err(PortError::new(
-                ErrorKind::NotFound,
-                op,
-                "DBInstanceNotFound",
-            ));
-        };
-        let size = i64::from(self.sources[&id].view.allocated_storage_gib);
-        let took = 2 * MIN + size * self.world_rng.range(200, 900);
-        self.snapshots
-            .insert(snapshot.to_string(), (id, "creating".to_string()));
-        self.schedule(took, Ev::SnapshotDone(snapshot.to_string()));
-        Ok(())
-    }
-
-    fn delete_source(&mut self, instance: &str) -> PortResult<()> {
+    /// DeleteDBInstance with a final snapshot: RDS snapshots the last state, then removes the
+    /// instance; a snapshot name that is taken refuses the whole call, as AWS does.
+    fn delete_source(&mut self, instance: &str, final_snapshot: &str) -> PortResult<()> {
         let op = "rds:DeleteDBInstance";
         let Some(id) = self.find_source_id(instance) else {
             return Err(PortError::new(
@@ -1250,7 +1260,11 @@ impl State {
         let now = self.now;
         let s = &self.sources[&id];
         if s.view.status == "deleting" {
-            return Ok(());
+            return Err(PortError::new(
+                ErrorKind::Conflict,
+                op,
+                "InvalidDBInstanceState: already being deleted",
+            ));
         }
         if s.view.deletion_protection {
             return Err(PortError::new(
@@ -1259,12 +1273,15 @@ impl State {
                 "DeletionProtection is on",
             ));
         }
-        // The world's own view of "safe to delete": a final snapshot that is available, and a
-        // target that took the traffic and passed the agent's verification.
-        let snapshot_ok = self
-            .snapshots
-            .values()
-            .any(|(of, status)| *of == id && status == "available");
+        if self.snapshots.contains_key(final_snapshot) {
+            return Err(PortError::new(
+                ErrorKind::Conflict,
+                op,
+                "DBSnapshotAlreadyExists",
+            ));
+        }
+        // The world's own view of "safe to delete": a target that took the traffic and passed
+        // the agent's verification.
         let resource = s.view.resource_id.clone();
         let verified = self
             .store
@@ -1272,20 +1289,26 @@ impl State {
             .filter(|(k, _)| k.resource_id == resource)
             .any(|(_, m)| m.progress.verification_passed_at.is_some());
         let routed = s.routed_at;
-        if !snapshot_ok {
-            self.violation(format!("{id} deleted without an available final snapshot"));
+        let size = i64::from(s.view.allocated_storage_gib);
+        if final_snapshot.is_empty() {
+            self.violation(format!("{id} deleted without a final snapshot"));
         }
         if !verified || routed.is_none() {
             self.violation(format!(
                 "{id} deleted without a passed verification of a target that took its traffic"
             ));
         }
+        let snapshot_took = 2 * MIN + size * self.world_rng.range(200, 900);
+        self.snapshots.insert(
+            final_snapshot.to_string(),
+            (id.clone(), "creating".to_string(), now),
+        );
+        self.schedule(snapshot_took, Ev::SnapshotDone(final_snapshot.to_string()));
         self.sync(&id);
         let s = self.sources.get_mut(&id).expect("found");
         s.view.status = "deleting".to_string();
-        let _ = now;
         self.refresh(&id);
-        let took = self.world_rng.range(3 * MIN, 8 * MIN);
+        let took = snapshot_took + self.world_rng.range(MIN, 3 * MIN);
         self.schedule(took, Ev::SourceDeleted(id));
         Ok(())
     }
@@ -1707,9 +1730,11 @@ impl Rds for SimPort {
     async fn describe_snapshot(&self, snapshot: &str) -> PortResult<Observed<Snapshot>> {
         self.call("rds:DescribeDBSnapshots", false, |s| {
             Ok(match s.snapshots.get(snapshot) {
-                Some((_, status)) => Observed::Present(Snapshot {
+                Some((instance, status, at)) => Observed::Present(Snapshot {
                     identifier: snapshot.to_string(),
                     status: status.clone(),
+                    instance: instance.clone(),
+                    created_at: Some(s.ts(*at)),
                 }),
                 None => Observed::Absent,
             })
@@ -1717,7 +1742,7 @@ impl Rds for SimPort {
         .await
     }
 
-    async fn source_events(
+    async fn instance_events(
         &self,
         instance: &str,
         since: Timestamp,
@@ -1773,7 +1798,7 @@ impl Rds for SimPort {
         .await
     }
 
-    async fn reboot_source(&self, instance: &str) -> PortResult<()> {
+    async fn reboot_instance(&self, instance: &str) -> PortResult<()> {
         self.mutate("rds:RebootDBInstance", &[instance], |s| s.reboot(instance))
             .await
     }
@@ -1815,13 +1840,6 @@ impl Rds for SimPort {
         .await
     }
 
-    async fn create_final_snapshot(&self, instance: &str, snapshot: &str) -> PortResult<()> {
-        self.mutate("rds:CreateDBSnapshot", &[instance], |s| {
-            s.create_snapshot(instance, snapshot)
-        })
-        .await
-    }
-
     async fn disable_deletion_protection(&self, instance: &str) -> PortResult<()> {
         self.mutate("rds:ModifyDBInstance", &[instance], |s| {
             if let Some(src) = s.sources.get_mut(instance) {
@@ -1832,9 +1850,9 @@ impl Rds for SimPort {
         .await
     }
 
-    async fn delete_source(&self, instance: &str) -> PortResult<()> {
+    async fn delete_source(&self, instance: &str, final_snapshot: &str) -> PortResult<()> {
         self.mutate("rds:DeleteDBInstance", &[instance], |s| {
-            s.delete_source(instance)
+            s.delete_source(instance, final_snapshot)
         })
         .await
     }
@@ -1846,6 +1864,12 @@ impl Rds for SimPort {
 }
 
 impl Network for SimPort {
+    /// The simulated fleet declares no CDC consumers: nothing to locate.
+    async fn locate_groups(&self, _ids: &[String]) -> PortResult<Vec<GroupLocation>> {
+        self.call("ec2:DescribeSecurityGroups", false, |_| Ok(Vec::new()))
+            .await
+    }
+
     async fn describe_group(
         &self,
         vpc_id: &str,
@@ -1980,6 +2004,14 @@ impl Metrics for SimPort {
 
 impl Notifier for SimPort {
     async fn publish(&self, note: &Notification) -> PortResult<()> {
+        // The execution guard refused an irreversible action: the machine asked for something
+        // unsafe. Nothing happened in the world, but it is a bug all the same.
+        if note.event == "safety-refusal" {
+            self.lock().violation(format!(
+                "{}: refused at execution: {}",
+                note.db_instance, note.description
+            ));
+        }
         self.call("sns:Publish", true, |s| {
             let now = s.now;
             if note.severity >= Severity::Warning || note.event != "phase-change" {

@@ -132,6 +132,7 @@ pub fn preflight_inputs() -> PreflightInputs {
         ],
         kms_key: aurora_migrator::core::observation::KeyCheck::Usable,
         free_storage_bytes: Some(150.0 * GIB),
+        cdc_consumer_groups: None,
     }
 }
 
@@ -176,11 +177,15 @@ pub struct Model {
     pub parameter_groups: bool,
     pub snapshot: Option<Snapshot>,
     pub events: Vec<InstanceEvent>,
+    /// Events of the Aurora writer (its fence's reboot).
+    pub writer_events: Vec<InstanceEvent>,
     pub restarted_at: Option<Timestamp>,
     pub routed_to: Option<String>,
     pub fleet_paused: bool,
     /// A stale logical slot keeps the slot lag high.
     pub stale_slot: bool,
+    /// A client outside the data access layer writes to the source after cutover.
+    pub stray_writer: bool,
     pub clusters_created: u32,
     pub promotions: u32,
     pub reboots: u32,
@@ -200,10 +205,12 @@ impl Model {
             parameter_groups: false,
             snapshot: None,
             events: vec![],
+            writer_events: vec![],
             restarted_at: None,
             routed_to: None,
             fleet_paused: false,
             stale_slot: false,
+            stray_writer: false,
             clusters_created: 0,
             promotions: 0,
             reboots: 0,
@@ -242,13 +249,39 @@ impl Model {
             });
         }
         if n.preflight {
-            obs.preflight = Some(preflight_inputs());
+            let mut inputs = preflight_inputs();
+            // Declared CDC consumers' groups exist in the source's VPC and account.
+            if let Some(consumers) = self
+                .source
+                .as_ref()
+                .and_then(|s| s.tags.get("aurora-migration:cdc-consumers"))
+            {
+                inputs.cdc_consumer_groups = Some(
+                    consumers
+                        .split_whitespace()
+                        .map(|id| GroupLocation {
+                            id: id.to_string(),
+                            vpc_id: "vpc-1".into(),
+                            owner_id: "123456789012".into(),
+                        })
+                        .collect(),
+                );
+            }
+            obs.preflight = Some(inputs);
         }
         if n.quotas {
             obs.quotas = Some(preflight_inputs().quotas);
         }
         if n.final_snapshot {
             obs.final_snapshot = seen(&self.snapshot);
+        }
+        if let Some(since) = n.writer_events_since {
+            obs.writer_events = self
+                .writer_events
+                .iter()
+                .filter(|e| e.at >= since)
+                .cloned()
+                .collect();
         }
         if let Some(since) = n.events_since {
             obs.source_events = self
@@ -269,7 +302,12 @@ impl Model {
                 MetricKey::SourceConnections if self.quarantined() => 0.0,
                 MetricKey::SourceConnections => 40.0,
                 MetricKey::SourceFreeStorage => 150.0 * GIB,
-                MetricKey::SourceWalGeneration if self.quarantined() => 1000.0,
+                MetricKey::SourceWalGeneration if self.stray_writer => 5.0e6,
+                MetricKey::SourceWalGeneration
+                    if self.quarantined() || self.routed_to.is_some() =>
+                {
+                    1000.0
+                }
                 MetricKey::SourceWalGeneration => 5.0e6,
                 MetricKey::TargetReplicaLag if self.restarted_at.is_some() => 0.0,
                 MetricKey::TargetReplicaLag => 2.0,
@@ -277,6 +315,9 @@ impl Model {
                 MetricKey::SourceWriteLatency | MetricKey::TargetWriteLatency => 0.002,
                 MetricKey::SourceReadLatency | MetricKey::TargetReadLatency => 0.001,
                 MetricKey::TargetWriteIops => 100.0,
+                // Sessions end with the writer's restart; the quarantine keeps new ones out.
+                MetricKey::TargetConnections if !self.writer_events.is_empty() => 0.0,
+                MetricKey::TargetConnections => 25.0,
             };
             let restart_gate = matches!(
                 key,
@@ -374,6 +415,12 @@ impl Model {
                     }];
                 }
             }
+            Action::RebootTargetWriter { .. } => {
+                self.writer_events.push(InstanceEvent {
+                    at: self.now,
+                    kind: InstanceEventKind::Restarted,
+                });
+            }
             Action::RestoreSourceGroups { group_ids, .. } => {
                 if let Some(s) = &mut self.source {
                     s.security_groups = group_ids
@@ -419,22 +466,25 @@ impl Model {
                     s.aurora_replica_clusters.clear();
                 }
             }
-            Action::CreateFinalSnapshot { snapshot, .. } => {
-                self.snapshot = Some(Snapshot {
-                    identifier: snapshot.clone(),
-                    status: "available".into(),
-                })
-            }
             Action::DisableDeletionProtection { .. } => {
                 if let Some(s) = &mut self.source {
                     s.deletion_protection = false;
                 }
             }
-            Action::DeleteSource { .. } => {
+            Action::DeleteSource {
+                instance,
+                final_snapshot,
+            } => {
                 assert!(
-                    self.snapshot.is_some(),
-                    "source deleted without a final snapshot"
+                    self.snapshot.is_none(),
+                    "the final snapshot's name was taken: RDS refuses the deletion"
                 );
+                self.snapshot = Some(Snapshot {
+                    identifier: final_snapshot.clone(),
+                    status: "available".into(),
+                    instance: instance.clone(),
+                    created_at: Some(self.now),
+                });
                 self.source = None;
             }
             Action::DeleteQuarantineGroup { .. } => self.quarantine = None,
@@ -444,6 +494,12 @@ impl Model {
                         .entry(arn.clone())
                         .or_default()
                         .insert("aurora-migration:phase".into(), phase.as_str().into());
+                }
+            }
+            Action::MarkSource { value, .. } => {
+                if let Some(s) = &mut self.source {
+                    s.tags
+                        .insert("aurora-migration:marker".into(), value.clone());
                 }
             }
             Action::SetTriggerTag { value, .. } => {

@@ -72,7 +72,7 @@ pub struct RdsState {
     pub events: Vec<InstanceEvent>,
     pub target: Option<TargetState>,
     pub parameter_groups: BTreeSet<String>,
-    pub snapshots: BTreeMap<String, (String, PathBuf)>,
+    pub snapshots: BTreeMap<String, (String, PathBuf, Timestamp)>,
     pub log: Vec<Mutation>,
     /// Roles that still reach the quarantined source over TCP (the negative test's leak).
     pub leaks: Vec<String>,
@@ -329,6 +329,7 @@ impl Rds for PgRds {
             quotas: quotas(),
             kms_key: Default::default(),
             free_storage_bytes: Some(FREE_STORAGE),
+            cdc_consumer_groups: None,
         })
     }
 
@@ -340,14 +341,16 @@ impl Rds for PgRds {
         let s = self.0.state.lock().unwrap();
         Ok(s.snapshots
             .get(snapshot)
-            .map(|(status, _)| Snapshot {
+            .map(|(status, _, at)| Snapshot {
                 identifier: snapshot.to_string(),
                 status: status.clone(),
+                instance: SOURCE_ID.to_string(),
+                created_at: Some(*at),
             })
             .into())
     }
 
-    async fn source_events(
+    async fn instance_events(
         &self,
         _instance: &str,
         since: Timestamp,
@@ -496,9 +499,9 @@ impl Rds for PgRds {
         Ok(())
     }
 
-    async fn reboot_source(&self, _instance: &str) -> PortResult<()> {
+    async fn reboot_instance(&self, _instance: &str) -> PortResult<()> {
         const OP: &str = "rds:RebootDBInstance";
-        self.0.log("reboot_source");
+        self.0.log("reboot_instance");
         {
             let mut s = self.0.state.lock().unwrap();
             if s.source_status != "available" {
@@ -635,55 +638,46 @@ impl Rds for PgRds {
         ))
     }
 
-    async fn create_final_snapshot(&self, _instance: &str, snapshot: &str) -> PortResult<()> {
-        const OP: &str = "rds:CreateDBSnapshot";
-        self.0.log(format!("create_final_snapshot {snapshot}"));
-        let file = self.0.root.path.join(format!("{snapshot}.sql"));
-        {
-            let mut s = self.0.state.lock().unwrap();
-            if s.snapshots.contains_key(snapshot) {
-                return Ok(());
-            }
-            s.snapshots
-                .insert(snapshot.to_string(), ("creating".into(), file.clone()));
-        }
-        let shared = self.0.clone();
-        let f = file.clone();
-        let result = blocking(move || shared.primary.dump_writes(&f)).await;
-        let mut s = self.0.state.lock().unwrap();
-        match result {
-            Ok(()) => {
-                s.snapshots
-                    .insert(snapshot.to_string(), ("available".into(), file));
-                Ok(())
-            }
-            Err(e) => {
-                s.snapshots.remove(snapshot);
-                Err(err(ErrorKind::Retryable, OP, e))
-            }
-        }
-    }
-
     async fn disable_deletion_protection(&self, _instance: &str) -> PortResult<()> {
         self.0.log("disable_deletion_protection");
         Ok(())
     }
 
-    async fn delete_source(&self, _instance: &str) -> PortResult<()> {
+    /// DeleteDBInstance with a final snapshot, as RDS does it: the snapshot (a dump of the
+    /// table the writer fills) is of the last state, taken after the agent's last look and as
+    /// part of the deletion, then the server stops.
+    async fn delete_source(&self, _instance: &str, final_snapshot: &str) -> PortResult<()> {
         const OP: &str = "rds:DeleteDBInstance";
-        self.0.log("delete_source");
+        self.0
+            .log(format!("delete_source final_snapshot={final_snapshot}"));
+        let file = self.0.root.path.join(format!("{final_snapshot}.sql"));
         {
             let mut s = self.0.state.lock().unwrap();
             if s.source_deleted {
                 return Err(err(ErrorKind::NotFound, OP, "already deleted"));
             }
+            if s.snapshots.contains_key(final_snapshot) {
+                return Err(err(ErrorKind::Conflict, OP, "DBSnapshotAlreadyExists"));
+            }
             s.source_status = "deleting".into();
+            s.snapshots.insert(
+                final_snapshot.to_string(),
+                ("creating".into(), file.clone(), Timestamp::now()),
+            );
         }
         let shared = self.0.clone();
-        let result = blocking(move || shared.primary.stop_fast()).await;
+        let f = file.clone();
+        let result = blocking(move || {
+            shared.primary.dump_writes(&f)?;
+            shared.primary.stop_fast()
+        })
+        .await;
         let mut s = self.0.state.lock().unwrap();
         match result {
             Ok(()) => {
+                if let Some(snap) = s.snapshots.get_mut(final_snapshot) {
+                    snap.0 = "available".into();
+                }
                 s.source_deleted = true;
                 Ok(())
             }
@@ -885,6 +879,11 @@ impl Network for MemNetwork {
     async fn delete_group(&self, group_id: &str) -> PortResult<()> {
         self.groups.lock().unwrap().retain(|_, g| g.id != group_id);
         Ok(())
+    }
+
+    /// This test declares no CDC consumers.
+    async fn locate_groups(&self, _ids: &[String]) -> PortResult<Vec<GroupLocation>> {
+        Ok(Vec::new())
     }
 }
 

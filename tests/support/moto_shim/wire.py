@@ -34,6 +34,8 @@ JSON_ERROR_NS = {
 
 # Parameter names worth keeping in the call log: identifiers, not payloads.
 _ID_KEY = re.compile(r"(Identifier|Identifiers|Name|Names|Arn|Url|Id|Ids|Namespace|Target)$")
+# Flags whose value decides what a deletion keeps; tests assert them.
+_KEPT_FLAGS = {"SkipFinalSnapshot", "DeleteAutomatedBackups"}
 _LIST_SUFFIX = re.compile(r"(\.member)?\.\d+$|\.[A-Za-z]+\.\d+$")
 
 
@@ -87,7 +89,7 @@ class Call:
             return {}
         out = {}
         for k, v in self.params.items():
-            if k == "Action" or k.startswith("Filters") or not _ID_KEY.search(k):
+            if k == "Action" or k.startswith("Filters") or not (_ID_KEY.search(k) or k in _KEPT_FLAGS):
                 continue
             if isinstance(v, (str, int, float)) or (isinstance(v, list) and all(isinstance(x, str) for x in v)):
                 out[k] = v

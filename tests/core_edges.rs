@@ -1,0 +1,363 @@
+//! Table tests of the edges a security review looks at (issue 13): the fence from the catch-up
+//! proof to the source's deletion, what decommissioning keeps, the guard on irreversible
+//! actions, and preflight's word on instances it cannot fence. Each test is named for the rule
+//! it checks, and each fails without the rule.
+
+mod common;
+
+use aurora_migrator::core::action::{Action, ActionKey, ErrorKind};
+use aurora_migrator::core::invariants;
+use aurora_migrator::core::notification::Severity;
+use aurora_migrator::core::observation::*;
+use aurora_migrator::core::policy::Policy;
+use aurora_migrator::core::preflight::{self, Outcome, PreflightReport};
+use aurora_migrator::core::{Migration, Phase};
+use common::*;
+use jiff::SignedDuration;
+
+fn keys(actions: &[Action]) -> Vec<ActionKey> {
+    actions
+        .iter()
+        .filter(|a| a.is_mutating())
+        .map(Action::key)
+        .collect()
+}
+
+fn alerted(model: &Model, event: &str) -> bool {
+    model
+        .notifications
+        .iter()
+        .any(|n| n.event == event && n.severity == Severity::Error)
+}
+
+/// Runs the model until `m` reaches `phase`.
+fn advance_to(model: &mut Model, m: &mut Migration, policy: &Policy, phase: Phase) {
+    for _ in 0..400 {
+        if m.phase == phase {
+            return;
+        }
+        let d = round(model, m, policy, &mut |_| None);
+        model.now += d
+            .wake_after
+            .unwrap_or(SignedDuration::from_secs(60))
+            .max(SignedDuration::from_secs(1));
+        assert!(
+            !m.phase.is_terminal(),
+            "ended in {} before {phase}",
+            m.phase
+        );
+    }
+    panic!("did not reach {phase}; stuck in {}", m.phase);
+}
+
+/// What an IaC apply does: the source's original groups are back next to (or instead of) the
+/// quarantine group.
+fn iac_puts_the_groups_back(model: &mut Model) {
+    model.source.as_mut().unwrap().security_groups = vec![GroupMembership {
+        id: "sg-app".into(),
+        status: "active".into(),
+    }];
+}
+
+fn decommission_due(policy: &Policy) -> (Model, Migration) {
+    let mut model = Model::new();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, policy, Phase::Decommissioning);
+    model.now += policy.retention + SignedDuration::from_mins(1);
+    (model, m)
+}
+
+#[test]
+fn promotion_is_not_asked_for_when_the_fence_broke_after_the_proof() {
+    let mut model = Model::new();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy(), Phase::Promoting);
+    iac_puts_the_groups_back(&mut model);
+    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    assert!(!keys(&d.actions).contains(&ActionKey::PromoteTarget));
+    assert_eq!(
+        m.phase,
+        Phase::Draining,
+        "back to Draining: the proof starts over"
+    );
+    assert!(m.progress.drain_proven_at.is_none() && m.progress.restarted_at.is_none());
+    assert_eq!(model.promotions, 0);
+    // Draining puts the quarantine back, then reboots again before any new proof.
+    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    assert_eq!(keys(&d.actions), vec![ActionKey::QuarantineSource]);
+    let reboots = model.reboots;
+    run_to_end(&mut model, &mut m, &policy(), 200);
+    assert_eq!(m.phase, Phase::Completed);
+    assert!(
+        model.reboots > reboots,
+        "a new reboot after the quarantine was restored"
+    );
+    assert_eq!(model.promotions, 1);
+}
+
+#[test]
+fn promotion_is_not_asked_for_when_the_quarantine_group_gained_a_rule() {
+    let mut model = Model::new();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy(), Phase::Promoting);
+    model.quarantine.as_mut().unwrap().ingress_sources = vec!["sg-someone".into()];
+    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    assert!(!keys(&d.actions).contains(&ActionKey::PromoteTarget));
+    assert_eq!(m.phase, Phase::Draining);
+}
+
+#[test]
+fn routing_holds_and_alerts_when_the_fence_broke_after_promotion() {
+    let mut model = Model::new();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy(), Phase::Routing);
+    iac_puts_the_groups_back(&mut model);
+    for _ in 0..3 {
+        let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+        assert!(!keys(&d.actions).contains(&ActionKey::RouteTraffic));
+        model.now += SignedDuration::from_secs(5);
+    }
+    assert_eq!(m.phase, Phase::Routing);
+    assert!(model.routed_to.is_none(), "no traffic moved");
+    assert!(alerted(&model, "fence-broken-before-routing"));
+    // The fence is put back by a person: routing goes on.
+    model.source.as_mut().unwrap().security_groups = vec![GroupMembership {
+        id: "sg-q".into(),
+        status: "active".into(),
+    }];
+    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    assert!(keys(&d.actions).contains(&ActionKey::RouteTraffic));
+}
+
+#[test]
+fn the_source_is_deleted_with_its_final_snapshot_in_the_same_call() {
+    let (mut model, mut m) = decommission_due(&policy());
+    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    assert_eq!(
+        keys(&d.actions),
+        vec![ActionKey::DeleteSource],
+        "no separate snapshot that could predate the last write"
+    );
+    run_to_end(&mut model, &mut m, &policy(), 20);
+    assert_eq!(m.phase, Phase::Completed);
+    let snap = model.snapshot.as_ref().expect("final snapshot");
+    assert_eq!(snap.identifier, m.names.final_snapshot);
+    assert!(m.progress.final_snapshot_at.is_some());
+}
+
+#[test]
+fn deletion_holds_and_alerts_when_the_fence_broke_before_it() {
+    let (mut model, mut m) = decommission_due(&policy());
+    iac_puts_the_groups_back(&mut model);
+    for _ in 0..3 {
+        let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+        assert!(!keys(&d.actions).contains(&ActionKey::DeleteSource));
+        model.now += SignedDuration::from_mins(5);
+    }
+    assert!(model.source.is_some());
+    assert!(alerted(&model, "fence-broken-before-delete"));
+}
+
+#[test]
+fn with_groups_restored_deletion_needs_an_idle_source() {
+    let mut p = policy();
+    p.restore_source_groups_after_cutover = true;
+    let (mut model, mut m) = decommission_due(&p);
+    model.stray_writer = true;
+    for _ in 0..3 {
+        let d = round(&mut model, &mut m, &p, &mut |_| None);
+        assert!(!keys(&d.actions).contains(&ActionKey::DeleteSource));
+        model.now += SignedDuration::from_mins(5);
+    }
+    assert!(alerted(&model, "fence-broken-before-delete"));
+    model.stray_writer = false;
+    let d = round(&mut model, &mut m, &p, &mut |_| None);
+    assert!(keys(&d.actions).contains(&ActionKey::DeleteSource));
+}
+
+#[test]
+fn a_snapshot_with_the_final_name_taken_before_the_deletion_holds_it() {
+    let (mut model, mut m) = decommission_due(&policy());
+    model.snapshot = Some(Snapshot {
+        identifier: m.names.final_snapshot.clone(),
+        status: "available".into(),
+        instance: "orders-pg".into(),
+        created_at: Some(model.now - SignedDuration::from_hours(48)),
+    });
+    for _ in 0..3 {
+        let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+        assert!(!keys(&d.actions).contains(&ActionKey::DeleteSource));
+        model.now += SignedDuration::from_mins(5);
+    }
+    assert!(alerted(&model, "final-snapshot-name-taken"));
+}
+
+#[test]
+fn the_irreversible_actions_are_refused_on_a_record_that_does_not_allow_them() {
+    let m = migration();
+    let delete = Action::DeleteSource {
+        instance: m.source_identifier.clone(),
+        final_snapshot: m.names.final_snapshot.clone(),
+    };
+    assert!(invariants::irreversible_allowed(&m, &delete).is_err());
+    let promote = Action::PromoteTarget {
+        cluster: m.names.cluster.clone(),
+    };
+    assert!(invariants::irreversible_allowed(&m, &promote).is_err());
+
+    let mut model = Model::new();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy(), Phase::Decommissioning);
+    assert!(invariants::irreversible_allowed(&m, &delete).is_ok());
+    let other = Action::DeleteSource {
+        instance: "someone-elses-db".into(),
+        final_snapshot: m.names.final_snapshot.clone(),
+    };
+    assert!(invariants::irreversible_allowed(&m, &other).is_err());
+    let wrong_snapshot = Action::DeleteSource {
+        instance: m.source_identifier.clone(),
+        final_snapshot: "x".into(),
+    };
+    assert!(invariants::irreversible_allowed(&m, &wrong_snapshot).is_err());
+    let replica = Action::DeleteTarget {
+        cluster: m.names.cluster.clone(),
+        writer: m.names.writer.clone(),
+    };
+    assert!(
+        invariants::irreversible_allowed(&m, &replica).is_err(),
+        "the replica took traffic"
+    );
+}
+
+#[test]
+fn an_instance_outside_a_vpc_fails_preflight_with_a_clear_message() {
+    let mut model = Model::new();
+    {
+        let s = model.source.as_mut().unwrap();
+        s.vpc_id = String::new();
+        s.subnet_group = String::new();
+    }
+    let mut m = migration();
+    run_to_end(&mut model, &mut m, &policy(), 20);
+    assert_eq!(m.phase, Phase::Failed);
+    assert!(model.quarantine.is_none() && model.clusters_created == 0);
+    let report = m.preflight.as_ref().unwrap();
+    let vpc = report.checks.iter().find(|c| c.name == "vpc").unwrap();
+    assert!(vpc.message.contains("not in a VPC"), "{}", vpc.message);
+}
+
+#[test]
+fn a_preflight_that_passes_with_warnings_is_notified_as_a_warning_with_the_count() {
+    let mut model = Model::new();
+    // db.m* classes do not exist on Aurora: mapped to db.r*, with a warning.
+    model.source.as_mut().unwrap().instance_class = "db.m6g.large".into();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy(), Phase::Preparing);
+    let warnings = m.preflight.as_ref().unwrap().warnings();
+    assert!(warnings >= 1);
+    let note = model
+        .notifications
+        .iter()
+        .find(|n| n.phase == Phase::Preparing && n.event == "phase-change")
+        .expect("the Preparing notification");
+    assert_eq!(note.severity, Severity::Warning);
+    let count = if warnings == 1 {
+        "1 warning".to_string()
+    } else {
+        format!("{warnings} warnings")
+    };
+    assert!(note.title.contains(&count), "{}", note.title);
+}
+
+#[test]
+fn the_source_is_marked_before_the_replica_is_created() {
+    let mut model = Model::new();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy(), Phase::Preparing);
+    // The tag write keeps failing: Preparing does not move on without the marker.
+    let mut refuse_marker =
+        |a: &Action| matches!(a, Action::MarkSource { .. }).then_some(ErrorKind::Throttled);
+    for _ in 0..4 {
+        round(&mut model, &mut m, &policy(), &mut refuse_marker);
+        model.now += SignedDuration::from_secs(30);
+    }
+    assert_eq!(m.phase, Phase::Preparing);
+    assert_eq!(model.clusters_created, 0);
+    advance_to(&mut model, &mut m, &policy(), Phase::CreatingReplica);
+    let tags = &model.source.as_ref().unwrap().tags;
+    assert_eq!(
+        tags.get("aurora-migration:marker"),
+        Some(&m.id.resource_id),
+        "marked with the source's resource id"
+    );
+}
+
+fn with_cdc_consumers(
+    consumers: &str,
+    located: Vec<GroupLocation>,
+) -> (SourceInstance, PreflightInputs) {
+    let mut source = source();
+    source
+        .tags
+        .insert("aurora-migration:cdc-consumers".into(), consumers.into());
+    let mut inputs = preflight_inputs();
+    inputs.cdc_consumer_groups = Some(located);
+    (source, inputs)
+}
+
+fn located(id: &str, vpc: &str, owner: &str) -> GroupLocation {
+    GroupLocation {
+        id: id.into(),
+        vpc_id: vpc.into(),
+        owner_id: owner.into(),
+    }
+}
+
+fn outcome(report: &PreflightReport, name: &str) -> (Outcome, bool) {
+    let c = report.checks.iter().find(|c| c.name == name).unwrap();
+    (c.outcome, c.acknowledged)
+}
+
+#[test]
+fn cdc_consumer_groups_must_exist_in_the_sources_vpc_and_account() {
+    let (source, inputs) = with_cdc_consumers(
+        "sg-ok sg-gone sg-elsewhere sg-foreign",
+        vec![
+            located("sg-ok", "vpc-1", "123456789012"),
+            located("sg-elsewhere", "vpc-2", "123456789012"),
+            located("sg-foreign", "vpc-1", "999999999999"),
+        ],
+    );
+    let (report, plan) = preflight::run(&source, &inputs, &policy());
+    assert!(plan.is_none(), "blocked");
+    let c = report
+        .checks
+        .iter()
+        .find(|c| c.name == "cdc-consumer-groups")
+        .unwrap();
+    assert_eq!(c.outcome, Outcome::Fail);
+    for problem in [
+        "sg-gone does not exist",
+        "sg-elsewhere is in vpc-2",
+        "sg-foreign belongs to account 999999999999",
+    ] {
+        assert!(c.message.contains(problem), "{}", c.message);
+    }
+    assert!(!c.message.contains("sg-ok "), "{}", c.message);
+}
+
+#[test]
+fn declaring_cdc_consumers_needs_the_owners_acknowledgement() {
+    let (mut source, inputs) =
+        with_cdc_consumers("sg-cdc", vec![located("sg-cdc", "vpc-1", "123456789012")]);
+    let (report, plan) = preflight::run(&source, &inputs, &policy());
+    assert_eq!(outcome(&report, "cdc-consumer-groups").0, Outcome::Pass);
+    assert_eq!(outcome(&report, "cdc-consumers"), (Outcome::Fail, false));
+    assert!(plan.is_none(), "not without the acknowledgement");
+    source
+        .tags
+        .insert("aurora-migration:ack-cdc-consumers".into(), "true".into());
+    let (report, plan) = preflight::run(&source, &inputs, &policy());
+    assert_eq!(outcome(&report, "cdc-consumers"), (Outcome::Fail, true));
+    assert_eq!(plan.unwrap().cdc_consumers, vec!["sg-cdc".to_string()]);
+}
