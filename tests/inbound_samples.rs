@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use aurora_migrator::inbound::{Inbound, ParseError, parse, pattern};
+use aurora_migrator::inbound::{Inbound, MAX_BODY_BYTES, ParseError, parse, pattern};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -166,6 +166,35 @@ fn malformed_bodies_are_reported_as_malformed() {
             parse(body)
         );
     }
+}
+
+/// A valid sample padded with trailing whitespace (still valid JSON) to exactly `len` bytes.
+fn padded_sample(len: usize) -> String {
+    let (_, body) = samples("tag-change").into_iter().next().unwrap();
+    assert!(body.len() <= len);
+    format!("{body}{}", " ".repeat(len - body.len()))
+}
+
+#[test]
+fn a_body_over_64_kib_is_refused_unread() {
+    assert_eq!(MAX_BODY_BYTES, 65_536);
+    // At the limit: parsed as usual.
+    let at_limit = padded_sample(MAX_BODY_BYTES);
+    assert!(matches!(parse(&at_limit), Ok(Inbound::TagChange(_))));
+    // One byte over: refused before parsing, whatever it holds (valid JSON here), and the error
+    // carries the size, not the body.
+    let over = padded_sample(MAX_BODY_BYTES + 1);
+    let e = parse(&over).unwrap_err();
+    assert_eq!(
+        e,
+        ParseError::TooLarge {
+            bytes: MAX_BODY_BYTES + 1
+        }
+    );
+    assert!(!e.to_string().contains("orders-pg"), "{e}");
+    // Not even JSON is looked at.
+    let junk = "x".repeat(MAX_BODY_BYTES + 1);
+    assert!(matches!(parse(&junk), Err(ParseError::TooLarge { .. })));
 }
 
 #[test]

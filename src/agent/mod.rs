@@ -98,7 +98,8 @@ impl<W: World> Agent<W> {
                 tracing::info!(message_id = %message.id, kind = %kind, "unknown message kind, deleted");
                 return Disposition::DeleteUnknown(kind);
             }
-            Err(e @ ParseError::Malformed { .. }) => {
+            // Neither the body nor a piece of it is logged: the error says what was wrong.
+            Err(e @ (ParseError::Malformed { .. } | ParseError::TooLarge { .. })) => {
                 tracing::error!(message_id = %message.id, error = %e, receive_count = message.receive_count, "malformed message left for the DLQ");
                 return Disposition::Leave(e.to_string());
             }

@@ -3,7 +3,9 @@
 //! A message only says *which* source or migration to look at (the reconcile is level-triggered),
 //! so parsing keeps just that and a little context for logs. An unknown kind is reported as
 //! [`ParseError::Unknown`] (the agent logs and deletes it); a known kind that is malformed is
-//! [`ParseError::Malformed`] (the agent leaves it for the queue's redrive to the DLQ).
+//! [`ParseError::Malformed`] (the agent leaves it for the queue's redrive to the DLQ). A body
+//! over [`MAX_BODY_BYTES`] is not parsed at all: [`ParseError::TooLarge`], handled like a
+//! malformed one.
 
 pub mod pattern;
 pub mod tick;
@@ -13,6 +15,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub use tick::Tick;
+
+/// Largest message body the agent parses: 64 KiB (65,536 bytes), the queue's
+/// `MaximumMessageSize` as the deployment sets it. Every kind the agent reads is a few KiB; a
+/// larger body (SQS itself allows up to 256 KiB) is none of them, and parsing it would only cost
+/// memory and time. Such a body is refused unread ([`ParseError::TooLarge`]) and, like a
+/// malformed one, left for the queue's redrive to the DLQ.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Inbound {
@@ -54,6 +63,9 @@ pub enum ParseError {
     Unknown(String),
     #[error("malformed {kind}: {reason}")]
     Malformed { kind: &'static str, reason: String },
+    /// Over [`MAX_BODY_BYTES`]: not parsed (and never logged).
+    #[error("message body of {bytes} bytes is over the {MAX_BODY_BYTES}-byte limit, not parsed")]
+    TooLarge { bytes: usize },
 }
 
 fn malformed(kind: &'static str, reason: impl ToString) -> ParseError {
@@ -116,6 +128,9 @@ struct CloudTrailTag {
 
 /// Parses one queue message body.
 pub fn parse(body: &str) -> Result<Inbound, ParseError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ParseError::TooLarge { bytes: body.len() });
+    }
     let value: Value =
         serde_json::from_str(body).map_err(|e| malformed("message", format!("not JSON: {e}")))?;
     if value.get("kind").and_then(Value::as_str) == Some(tick::KIND) {
