@@ -92,18 +92,32 @@ impl<W: World> Agent<W> {
 
     /// Handles one queue message; the caller deletes or leaves it as told.
     pub async fn handle_message(&self, message: &QueueMessage) -> Disposition {
-        let inbound = match inbound::parse(&message.body) {
-            Ok(i) => i,
+        match self.read(message) {
+            Ok(inbound) => self.handle_read(message, inbound).await,
+            Err(d) => d,
+        }
+    }
+
+    /// Reads a queue message, once: what it says, or (unknown, malformed, too large) what to do
+    /// with it without looking further, logged. The runtime reads first (the parsed message
+    /// tells it which migration to lock), then hands the result to [`Agent::handle_read`].
+    pub fn read(&self, message: &QueueMessage) -> Result<Inbound, Disposition> {
+        match inbound::parse(&message.body) {
+            Ok(i) => Ok(i),
             Err(ParseError::Unknown(kind)) => {
                 tracing::info!(message_id = %message.id, kind = %kind, "unknown message kind, deleted");
-                return Disposition::DeleteUnknown(kind);
+                Err(Disposition::DeleteUnknown(kind))
             }
             // Neither the body nor a piece of it is logged: the error says what was wrong.
             Err(e @ (ParseError::Malformed { .. } | ParseError::TooLarge { .. })) => {
                 tracing::error!(message_id = %message.id, error = %e, receive_count = message.receive_count, "malformed message left for the DLQ");
-                return Disposition::Leave(e.to_string());
+                Err(Disposition::Leave(e.to_string()))
             }
-        };
+        }
+    }
+
+    /// Handles a message [`Agent::read`] has parsed.
+    pub async fn handle_read(&self, message: &QueueMessage, inbound: Inbound) -> Disposition {
         match self.handle(inbound, message.receive_count).await {
             Ok(d) => d,
             Err(e) => {
@@ -363,4 +377,55 @@ pub fn parse_migration_id(v: &str) -> Option<MigrationId> {
         resource_id: resource_id.to_string(),
         attempt: attempt.parse().ok()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inbound::TagChange;
+    use crate::sim::faults::FaultPlan;
+    use crate::sim::world::{SimPort, SimWorld, State, StoreMode};
+
+    fn agent() -> Agent<SimWorld> {
+        let state = State::new(
+            1,
+            FaultPlan::scripted(Vec::new()),
+            StoreMode::Conditional,
+            false,
+        );
+        Agent::new(
+            SimWorld {
+                port: SimPort::new(state),
+            },
+            Policy::default(),
+        )
+    }
+
+    fn message(body: &str) -> QueueMessage {
+        QueueMessage {
+            id: "m-1".into(),
+            receipt: "r-1".into(),
+            body: body.into(),
+            receive_count: 1,
+        }
+    }
+
+    /// The runtime parses a message once and hands the result over: the agent acts on what it
+    /// is given and never reads the body again (here a body that would not even parse).
+    #[tokio::test]
+    async fn a_read_message_is_handled_without_parsing_its_body_again() {
+        let a = agent();
+        let unrelated_tag = Inbound::TagChange(TagChange {
+            arn: "arn:aws:rds:us-east-1:123456789012:db:orders-pg".into(),
+            changed_keys: vec!["team".into()],
+        });
+        assert_eq!(
+            a.handle_read(&message("not json"), unrelated_tag).await,
+            Disposition::Delete
+        );
+        assert!(matches!(
+            a.handle_message(&message("not json")).await,
+            Disposition::Leave(_)
+        ));
+    }
 }
