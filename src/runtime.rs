@@ -343,23 +343,19 @@ async fn handle_one<W: World>(
         d = work => d,
         _ = keep_hidden => unreachable!("the visibility loop never ends"),
     };
-    agent.metrics.message(match disposition {
-        Disposition::Delete => MessageOutcome::Handled,
-        Disposition::DeleteUnknown(_) => MessageOutcome::Unknown,
-        Disposition::DeleteStale => MessageOutcome::Stale,
-        Disposition::Leave(_) => MessageOutcome::Left,
-    });
+    agent.metrics.message(disposition.outcome());
     match disposition {
-        Disposition::Delete | Disposition::DeleteUnknown(_) | Disposition::DeleteStale => {
-            match queue.delete(&message.receipt).await {
-                Ok(()) => {
-                    stats.deleted.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "message handled but not deleted (it will be seen again, harmlessly)")
-                }
+        Disposition::Delete
+        | Disposition::DeleteUnknown(_)
+        | Disposition::DeleteStale
+        | Disposition::DeleteForeign(_) => match queue.delete(&message.receipt).await {
+            Ok(()) => {
+                stats.deleted.fetch_add(1, Ordering::Relaxed);
             }
-        }
+            Err(e) => {
+                tracing::warn!(error = %e, "message handled but not deleted (it will be seen again, harmlessly)")
+            }
+        },
         Disposition::Leave(why) => {
             stats.left.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(why = %why, "message left for redelivery");

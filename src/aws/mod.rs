@@ -246,6 +246,8 @@ pub struct AwsWorld {
     pub router: router::HttpRouter,
     pub clock: SystemClock,
     pub calls: CallCounter,
+    /// The Region the clients call (the SDK configuration's: `AWS_REGION` or its default chain).
+    pub region: Option<String>,
 }
 
 impl AwsWorld {
@@ -291,6 +293,7 @@ impl AwsWorld {
             router: router::HttpRouter::new(s).map_err(ConnectError::Setting)?,
             clock: SystemClock,
             calls,
+            region: config.region().map(|r| r.to_string()),
         })
     }
 }
