@@ -194,6 +194,7 @@ async fn with_aws(
         s.rds_requests_per_second = args.rds_rate_limit;
         s.webhook_url = args.webhook_url.clone();
         s.smoke_test_url = args.smoke_test_url.clone();
+        s.webhook_secret = args.webhook_secret.clone();
         s.metrics = metrics.clone();
         Ok(s)
     };
