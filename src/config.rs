@@ -3,6 +3,8 @@
 //! Parsing is clap's; validation is ours, so that a bad value stops start-up with a message that
 //! names the setting (`MIGRATOR_CUTOVER (--cutover): ...`), never a panic later.
 
+use std::fmt;
+
 use clap::Args;
 use jiff::SignedDuration;
 
@@ -64,13 +66,34 @@ pub struct AwsArgs {
     )]
     pub message_visibility: String,
     /// Data-access-layer webhook told about the new endpoint at cutover (POST JSON, 2xx
-    /// required). Unset: the SNS "cutover" notification is the only signal.
-    #[arg(long, env = "MIGRATOR_WEBHOOK_URL", global = true)]
-    pub webhook_url: Option<String>,
-    /// Application smoke test run in Verifying (same request shape as the webhook); a failure
-    /// fails verification. Unset: no smoke test.
-    #[arg(long, env = "MIGRATOR_SMOKE_TEST_URL", global = true)]
-    pub smoke_test_url: Option<String>,
+    /// required, signed with --webhook-secret). `https://` (`http://` only to a loopback host).
+    /// A secret: it may embed a token, so only its scheme and host are ever shown. Unset: the
+    /// SNS "cutover" notification is the only signal.
+    #[arg(
+        long,
+        env = "MIGRATOR_WEBHOOK_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub webhook_url: Option<Secret>,
+    /// Application smoke test run in Verifying (same request shape and signature as the
+    /// webhook); a failure fails verification. Same rules as --webhook-url. Unset: no smoke test.
+    #[arg(
+        long,
+        env = "MIGRATOR_SMOKE_TEST_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub smoke_test_url: Option<Secret>,
+    /// Key of the HMAC-SHA256 signature of every webhook and smoke-test request (header
+    /// `X-Aurora-Migrator-Signature`); required when either URL is set. Never shown.
+    #[arg(
+        long,
+        env = "MIGRATOR_WEBHOOK_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<Secret>,
     /// File the agent touches while healthy; `healthcheck` reads its age.
     #[arg(
         long,
@@ -289,6 +312,81 @@ impl TelemetryArgs {
     }
 }
 
+/// A setting's value that is a secret (a signing key, a URL that may embed a token): its
+/// `Debug` is `<redacted>` and it has no `Display`, so printing a configuration never shows it;
+/// [`Secret::expose`] is the one way in.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where a URL points, for messages: `scheme://host[:port]`, never its path, query or userinfo
+/// (they may carry a token).
+pub fn url_origin(url: &str) -> String {
+    match reqwest::Url::parse(url.trim()) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{}://{h}:{p}", u.scheme()),
+            (Some(h), None) => format!("{}://{h}", u.scheme()),
+            (None, _) => format!("a `{}:` URL without a host", u.scheme()),
+        },
+        Err(_) => "<not a URL>".to_string(),
+    }
+}
+
+/// 127.0.0.0/8, ::1 or `localhost`.
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// A URL the agent sends secrets-bearing requests to (the webhook, the smoke test): `https://`,
+/// or `http://` to a loopback host (tests, a sidecar). The error names the setting and shows the
+/// URL's scheme and host only.
+pub fn check_private_url(setting: &'static str, url: &str) -> Result<(), ConfigError> {
+    let u =
+        reqwest::Url::parse(url.trim()).map_err(|e| bad(setting, format!("is not a URL ({e})")))?;
+    let Some(host) = u.host_str() else {
+        return Err(bad(setting, "is not an http(s) URL with a host"));
+    };
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(host) => Ok(()),
+        "http" => Err(bad(
+            setting,
+            format!(
+                "`{}`: must be https:// (http:// only to a loopback host: 127.0.0.0/8, ::1, localhost)",
+                url_origin(url)
+            ),
+        )),
+        other => Err(bad(setting, format!("a `{other}:` URL: must be https://"))),
+    }
+}
+
 /// A setting that cannot be used, named as the operator set it.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{setting}: {problem}")]
@@ -498,22 +596,45 @@ impl AwsArgs {
         }
         self.shutdown_budget()?;
         self.message_visibility_s()?;
-        for (setting, url) in [
-            ("MIGRATOR_WEBHOOK_URL (--webhook-url)", &self.webhook_url),
-            (
-                "MIGRATOR_SMOKE_TEST_URL (--smoke-test-url)",
-                &self.smoke_test_url,
-            ),
-            ("AWS_ENDPOINT_URL (--endpoint-url)", &self.endpoint_url),
-        ] {
-            if let Some(u) = url
-                && !(u.starts_with("https://") || u.starts_with("http://"))
-            {
-                return Err(bad(setting, format!("`{u}` is not an http(s) URL")));
-            }
+        if let Some(u) = &self.endpoint_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            return Err(bad(
+                "AWS_ENDPOINT_URL (--endpoint-url)",
+                format!("`{u}` is not an http(s) URL"),
+            ));
         }
-        Ok(())
+        check_router(
+            self.webhook_url.as_ref(),
+            self.smoke_test_url.as_ref(),
+            self.webhook_secret.as_ref(),
+        )
     }
+}
+
+/// The webhook and smoke-test settings: each URL private ([`check_private_url`]), and the
+/// signing secret present when either is set. Also checked by the router itself.
+pub fn check_router(
+    webhook_url: Option<&Secret>,
+    smoke_test_url: Option<&Secret>,
+    secret: Option<&Secret>,
+) -> Result<(), ConfigError> {
+    const SECRET: &str = "MIGRATOR_WEBHOOK_SECRET (--webhook-secret)";
+    for (setting, url) in [
+        ("MIGRATOR_WEBHOOK_URL (--webhook-url)", webhook_url),
+        ("MIGRATOR_SMOKE_TEST_URL (--smoke-test-url)", smoke_test_url),
+    ] {
+        let Some(url) = url else { continue };
+        check_private_url(setting, url.expose())?;
+        if secret.is_none_or(|s| s.expose().trim().is_empty()) {
+            let (name, _) = setting.split_once(' ').unwrap_or((setting, ""));
+            return Err(bad(
+                SECRET,
+                format!("is required when {name} is set (every request to it is signed)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -639,5 +760,122 @@ mod tests {
             args.policy().unwrap_err().setting,
             "MIGRATOR_TAG_PREFIX (--tag-prefix)"
         );
+    }
+
+    fn with_router(webhook: Option<&str>, smoke: Option<&str>, secret: Option<&str>) -> AwsArgs {
+        AwsArgs {
+            webhook_url: webhook.map(Secret::from),
+            smoke_test_url: smoke.map(Secret::from),
+            webhook_secret: secret.map(Secret::from),
+            shutdown_budget: "25s".into(),
+            message_visibility: "30s".into(),
+            rds_rate_limit: 5.0,
+            concurrency: 64,
+            ..AwsArgs::default()
+        }
+    }
+
+    #[test]
+    fn router_urls_must_be_https_or_loopback_http() {
+        for url in [
+            "https://dal.example.com/hooks/T0SECRET?token=abc",
+            "https://dal.example.com:8443/",
+            "http://127.0.0.1:8080/route",
+            "http://127.9.9.9/route",
+            "http://[::1]:9000/route",
+            "http://localhost:9000/route",
+            "http://LOCALHOST/route",
+        ] {
+            assert_eq!(
+                with_router(Some(url), Some(url), Some("s")).validate(),
+                Ok(()),
+                "{url}"
+            );
+        }
+        for (url, shown) in [
+            (
+                "http://dal.example.com/hooks/T0SECRET?token=abc",
+                Some("http://dal.example.com"),
+            ),
+            (
+                "http://user:T0SECRET@10.0.0.8:8080/hooks?token=abc",
+                Some("http://10.0.0.8:8080"),
+            ),
+            (
+                "http://localhost.example.com/hooks/T0SECRET?token=abc",
+                Some("http://localhost.example.com"),
+            ),
+            ("ftp://dal.example.com/hooks/T0SECRET?token=abc", None),
+            ("dal.example.com/hooks/T0SECRET?token=abc", None),
+            ("mailto:T0SECRET@example.com?token=abc", None),
+        ] {
+            for (args, setting) in [
+                (
+                    with_router(Some(url), None, Some("s")),
+                    "MIGRATOR_WEBHOOK_URL (--webhook-url)",
+                ),
+                (
+                    with_router(None, Some(url), Some("s")),
+                    "MIGRATOR_SMOKE_TEST_URL (--smoke-test-url)",
+                ),
+            ] {
+                let e = args.validate().unwrap_err();
+                assert_eq!(e.setting, setting, "{url}");
+                let text = e.to_string();
+                assert!(text.starts_with(&format!("{setting}: ")), "{text}");
+                for secret in ["T0SECRET", "token", "hooks", "user"] {
+                    assert!(!text.contains(secret), "`{secret}` shown: {text}");
+                }
+                if let Some(origin) = shown {
+                    assert!(text.contains(origin), "{text}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_router_url_needs_the_webhook_secret() {
+        for (args, names) in [
+            (
+                with_router(Some("https://dal.example.com/x"), None, None),
+                "MIGRATOR_WEBHOOK_URL",
+            ),
+            (
+                with_router(None, Some("https://dal.example.com/x"), Some("  ")),
+                "MIGRATOR_SMOKE_TEST_URL",
+            ),
+        ] {
+            let e = args.validate().unwrap_err();
+            assert_eq!(e.setting, "MIGRATOR_WEBHOOK_SECRET (--webhook-secret)");
+            assert!(e.problem.contains(names), "{e}");
+        }
+        assert_eq!(with_router(None, None, None).validate(), Ok(()));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output_or_help() {
+        let args = with_router(
+            Some("https://dal.example.com/hooks/T0SECRETPATH"),
+            Some("https://dal.example.com/smoke/T0SECRETSMOKE"),
+            Some("whsec_T0SECRETKEY"),
+        );
+        let printed = format!("{args:?}");
+        for secret in ["T0SECRETPATH", "T0SECRETSMOKE", "T0SECRETKEY"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+        // `--help` shows the environment's values unless told not to.
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            aws: AwsArgs,
+        }
+        let command = <Cli as clap::CommandFactory>::command();
+        for id in ["webhook_url", "smoke_test_url", "webhook_secret"] {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("{id}"));
+            assert!(arg.is_hide_env_values_set(), "{id}");
+        }
     }
 }

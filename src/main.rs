@@ -11,6 +11,7 @@ use aurora_migrator::aws::{self, AwsSettings, AwsWorld};
 use aurora_migrator::commands::{self, Control};
 use aurora_migrator::config::{AwsArgs, PolicyArgs, TelemetryArgs};
 use aurora_migrator::core::Policy;
+use aurora_migrator::inbound::Home;
 use aurora_migrator::ports::{Clock, World};
 use aurora_migrator::runtime::{self, RuntimeSettings};
 use aurora_migrator::sim::{self, SimOptions};
@@ -193,6 +194,7 @@ async fn with_aws(
         s.rds_requests_per_second = args.rds_rate_limit;
         s.webhook_url = args.webhook_url.clone();
         s.smoke_test_url = args.smoke_test_url.clone();
+        s.webhook_secret = args.webhook_secret.clone();
         s.metrics = metrics.clone();
         Ok(s)
     };
@@ -219,7 +221,20 @@ async fn with_aws(
             if create_table {
                 aws::create_table(&s).await?;
             }
-            let agent = Arc::new(with_table(&s).await?.with_metrics(metrics.clone()));
+            let agent = with_table(&s).await?.with_metrics(metrics.clone());
+            let home = Home {
+                account: aws::sqs::account_from_queue_url(&s.queue_url),
+                region: agent.world.region.clone(),
+            };
+            if home.account.is_none() {
+                tracing::warn!(
+                    "MIGRATOR_QUEUE_URL names no account (`https://sqs.<region>.amazonaws.com/<account>/<name>`): events are not filtered on account"
+                );
+            }
+            if home.region.is_none() {
+                tracing::warn!("no Region configured: events are not filtered on Region");
+            }
+            let agent = Arc::new(agent.with_home(home.clone()));
             let runtime_settings = RuntimeSettings {
                 concurrency: args.concurrency,
                 shutdown_budget: std::time::Duration::from_secs(
@@ -236,7 +251,7 @@ async fn with_aws(
                 tracing::info!("SIGTERM: stopping");
                 on_signal.cancel();
             });
-            tracing::info!(queue = %s.queue_url, table = %s.table, cutover = %policy.cutover, "agent started");
+            tracing::info!(queue = %s.queue_url, table = %s.table, cutover = %policy.cutover, account = home.account.as_deref().unwrap_or("any"), region = home.region.as_deref().unwrap_or("any"), "agent started");
             let summary = runtime::run(agent.clone(), runtime_settings, shutdown).await;
             tracing::info!(?summary, calls = %agent.world.calls.render(), "agent stopped");
             return Ok(());

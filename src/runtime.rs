@@ -1,4 +1,4 @@
-//! The SQS runtime around [`Agent::handle_message`].
+//! The SQS runtime around [`Agent::read`] and [`Agent::handle_read`].
 //!
 //! Long polling (20 s), batches of up to 10, messages handled concurrently up to a bound, one
 //! migration never handled by two workers of this agent at once (a per-key async lock), the
@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::agent::{Agent, Disposition};
 use crate::aws::AwsWorld;
-use crate::inbound::{self, Inbound};
+use crate::inbound::Inbound;
 use crate::ports::{Queue, QueueMessage, StateStore, World};
 use crate::telemetry::MessageOutcome;
 
@@ -127,8 +127,8 @@ struct KeyResolver {
 }
 
 impl KeyResolver {
-    async fn key<W: World>(&self, agent: &Agent<W>, body: &str) -> Option<String> {
-        match inbound::parse(body).ok()? {
+    async fn key<W: World>(&self, agent: &Agent<W>, inbound: &Inbound) -> String {
+        match inbound {
             Inbound::Tick(t) => {
                 let known = self
                     .identifiers
@@ -150,24 +150,22 @@ impl KeyResolver {
                         _ => None,
                     },
                 };
-                Some(match identifier {
+                match identifier {
                     Some(i) => format!("source:{i}"),
                     None => format!("resource:{}", t.resource_id),
-                })
+                }
             }
-            Inbound::InstanceEvent(e) => Some(format!(
-                "source:{}",
-                e.source_identifier.to_ascii_lowercase()
-            )),
+            Inbound::InstanceEvent(e) => {
+                format!("source:{}", e.source_identifier.to_ascii_lowercase())
+            }
             Inbound::TagChange(t) | Inbound::TagsAdded(t) => {
                 let id = t.arn.rsplit(':').next().unwrap_or_default();
-                Some(format!("source:{}", id.to_ascii_lowercase()))
+                format!("source:{}", id.to_ascii_lowercase())
             }
-            Inbound::ClusterEvent(e) => Some(format!(
-                "cluster:{}",
-                e.source_identifier.to_ascii_lowercase()
-            )),
-            Inbound::Resync { .. } => Some("resync".to_string()),
+            Inbound::ClusterEvent(e) => {
+                format!("cluster:{}", e.source_identifier.to_ascii_lowercase())
+            }
+            Inbound::Resync { .. } => "resync".to_string(),
         }
     }
 }
@@ -332,35 +330,32 @@ async fn handle_one<W: World>(
         }
     };
     let work = async {
-        let key = resolver.key(agent, &message.body).await;
-        let _guard = match key {
-            Some(k) => Some(locks.lock(k).await),
-            None => None,
+        // Parsed once: the message says which migration to lock, then the agent handles it.
+        let inbound = match agent.read(&message) {
+            Ok(i) => i,
+            Err(d) => return d,
         };
+        let _guard = locks.lock(resolver.key(agent, &inbound).await).await;
         // Boxed: the driver's future is large, and a worker thread's stack is not.
-        Box::pin(agent.handle_message(&message)).await
+        Box::pin(agent.handle_read(&message, inbound)).await
     };
     let disposition = tokio::select! {
         d = work => d,
         _ = keep_hidden => unreachable!("the visibility loop never ends"),
     };
-    agent.metrics.message(match disposition {
-        Disposition::Delete => MessageOutcome::Handled,
-        Disposition::DeleteUnknown(_) => MessageOutcome::Unknown,
-        Disposition::DeleteStale => MessageOutcome::Stale,
-        Disposition::Leave(_) => MessageOutcome::Left,
-    });
+    agent.metrics.message(disposition.outcome());
     match disposition {
-        Disposition::Delete | Disposition::DeleteUnknown(_) | Disposition::DeleteStale => {
-            match queue.delete(&message.receipt).await {
-                Ok(()) => {
-                    stats.deleted.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "message handled but not deleted (it will be seen again, harmlessly)")
-                }
+        Disposition::Delete
+        | Disposition::DeleteUnknown(_)
+        | Disposition::DeleteStale
+        | Disposition::DeleteForeign(_) => match queue.delete(&message.receipt).await {
+            Ok(()) => {
+                stats.deleted.fetch_add(1, Ordering::Relaxed);
             }
-        }
+            Err(e) => {
+                tracing::warn!(error = %e, "message handled but not deleted (it will be seen again, harmlessly)")
+            }
+        },
         Disposition::Leave(why) => {
             stats.left.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(why = %why, "message left for redelivery");

@@ -44,7 +44,8 @@ async fn resource_id(env: &Env, id: &str) -> String {
 async fn whole_migration_completes_and_an_untagged_instance_named_in_messages_is_never_mutated() {
     let mut env = Env::new().await;
     let webhook = Webhook::start(1).await; // the first POST gets a 503: retried
-    env.settings.webhook_url = Some(webhook.url.clone());
+    env.settings.webhook_url = Some(webhook.url.clone().into());
+    env.settings.webhook_secret = Some("emulator-webhook-secret".into());
     let arn = env.source("orders-pg", true).await;
     let bystander_arn = env.source("bystander-pg", false).await;
     let rid = resource_id(&env, "orders-pg").await;
@@ -921,7 +922,8 @@ async fn tag_source(env: &Env, arn: &str, key: &str, value: &str) {
 async fn cdc_consumers_pass_the_quarantine_and_their_acknowledgements_gate_draining_and_routing() {
     let mut env = Env::new().await;
     let webhook = Webhook::start(0).await;
-    env.settings.webhook_url = Some(webhook.url.clone());
+    env.settings.webhook_url = Some(webhook.url.clone().into());
+    env.settings.webhook_secret = Some("emulator-webhook-secret".into());
     let cdc_sg = create_group(&env.aws.ec2, &env.vpc_id, "debezium", "CDC consumers").await;
     let arn = env.source("orders-pg", false).await;
     env.aws

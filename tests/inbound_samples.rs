@@ -5,7 +5,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use aurora_migrator::inbound::{Inbound, ParseError, parse, pattern};
+use aurora_migrator::inbound::{
+    Home, Inbound, MAX_BODY_BYTES, Origin, ParseError, parse, pattern, read,
+};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -166,6 +168,127 @@ fn malformed_bodies_are_reported_as_malformed() {
             parse(body)
         );
     }
+}
+
+/// The example deployment the samples come from.
+fn home() -> Home {
+    Home {
+        account: Some("123456789012".into()),
+        region: Some("us-east-1".into()),
+    }
+}
+
+/// Every EventBridge sample the agent handles, with `field` of its envelope set to `value`.
+fn events_with(field: &str, value: &str) -> Vec<(PathBuf, String)> {
+    RULES
+        .iter()
+        .copied()
+        .chain(["resync-schedule"])
+        .flat_map(samples)
+        .map(|(path, body)| {
+            let mut event: Value = serde_json::from_str(&body).unwrap();
+            event[field] = Value::String(value.into());
+            (path, event.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn every_event_sample_is_from_the_agents_own_account_and_region() {
+    for (path, body) in events_with("version", "0") {
+        let r = read(&body).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let origin = r.origin.expect("an EventBridge event has an origin");
+        assert_eq!(home().foreign(&origin), None, "{}", path.display());
+    }
+    // Ticks are the agent's own: no origin, never foreign.
+    for (path, body) in samples("tick") {
+        assert_eq!(read(&body).unwrap().origin, None, "{}", path.display());
+    }
+}
+
+#[test]
+fn an_event_from_another_account_is_foreign() {
+    for (path, body) in events_with("account", "210987654321") {
+        let origin = read(&body).unwrap().origin.unwrap();
+        assert_eq!(origin.account, "210987654321");
+        let why = home().foreign(&origin);
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("210987654321")),
+            "{}: {why:?}",
+            path.display()
+        );
+        // Without a known account (the queue URL named none), no filter on account.
+        let no_account = Home {
+            account: None,
+            ..home()
+        };
+        assert_eq!(no_account.foreign(&origin), None, "{}", path.display());
+    }
+}
+
+#[test]
+fn an_event_from_another_region_is_foreign() {
+    for (path, body) in events_with("region", "eu-west-1") {
+        let origin = read(&body).unwrap().origin.unwrap();
+        let why = home().foreign(&origin);
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("eu-west-1")),
+            "{}: {why:?}",
+            path.display()
+        );
+        assert_eq!(Home::default().foreign(&origin), None);
+    }
+    let unknown_region = Home {
+        region: None,
+        ..home()
+    };
+    let elsewhere = Origin {
+        account: "123456789012".into(),
+        region: "eu-west-1".into(),
+    };
+    assert_eq!(unknown_region.foreign(&elsewhere), None);
+}
+
+#[test]
+fn an_event_without_account_or_region_is_malformed() {
+    let (_, body) = samples("tag-change").into_iter().next().unwrap();
+    for field in ["account", "region"] {
+        let mut event: Value = serde_json::from_str(&body).unwrap();
+        event.as_object_mut().unwrap().remove(field);
+        assert!(
+            matches!(parse(&event.to_string()), Err(ParseError::Malformed { .. })),
+            "without {field}"
+        );
+    }
+}
+
+/// A valid sample padded with trailing whitespace (still valid JSON) to exactly `len` bytes.
+fn padded_sample(len: usize) -> String {
+    let (_, body) = samples("tag-change").into_iter().next().unwrap();
+    assert!(body.len() <= len);
+    format!("{body}{}", " ".repeat(len - body.len()))
+}
+
+#[test]
+fn a_body_over_64_kib_is_refused_unread() {
+    assert_eq!(MAX_BODY_BYTES, 65_536);
+    // At the limit: parsed as usual.
+    let at_limit = padded_sample(MAX_BODY_BYTES);
+    assert!(matches!(parse(&at_limit), Ok(Inbound::TagChange(_))));
+    // One byte over: refused before parsing, whatever it holds (valid JSON here), and the error
+    // carries the size, not the body.
+    let over = padded_sample(MAX_BODY_BYTES + 1);
+    let e = parse(&over).unwrap_err();
+    assert_eq!(
+        e,
+        ParseError::TooLarge {
+            bytes: MAX_BODY_BYTES + 1
+        }
+    );
+    assert!(!e.to_string().contains("orders-pg"), "{e}");
+    // Not even JSON is looked at.
+    let junk = "x".repeat(MAX_BODY_BYTES + 1);
+    assert!(matches!(parse(&junk), Err(ParseError::TooLarge { .. })));
 }
 
 #[test]

@@ -15,9 +15,9 @@ use tracing::Instrument;
 use crate::core::admission::{Admission, admit};
 use crate::core::observation::Observed;
 use crate::core::{ErrorKind, Migration, MigrationId, Policy, step};
-use crate::inbound::{self, Inbound, ParseError, Tick};
+use crate::inbound::{self, Home, Inbound, ParseError, Received, Tick};
 use crate::ports::{Clock, PortError, Queue, QueueMessage, Rds, StateStore, StoreError, World};
-use crate::telemetry::Metrics;
+use crate::telemetry::{MessageOutcome, Metrics};
 
 /// Longest SQS delay: a longer wait is re-ticked.
 pub const MAX_DELAY_S: u32 = 900;
@@ -38,9 +38,25 @@ pub enum Disposition {
     DeleteUnknown(String),
     /// Stale tick: delete it without observing.
     DeleteStale,
+    /// An event from another account or Region than the agent's own ([`Home`]): logged, delete
+    /// it unhandled.
+    DeleteForeign(String),
     /// Malformed, or failed in a way a retry may fix: leave it for redelivery (and in the end
     /// the DLQ).
     Leave(String),
+}
+
+impl Disposition {
+    /// What the runtime counts it as (`aurora_migrator.messages`).
+    pub fn outcome(&self) -> MessageOutcome {
+        match self {
+            Disposition::Delete => MessageOutcome::Handled,
+            Disposition::DeleteUnknown(_) => MessageOutcome::Unknown,
+            Disposition::DeleteStale => MessageOutcome::Stale,
+            Disposition::DeleteForeign(_) => MessageOutcome::Foreign,
+            Disposition::Leave(_) => MessageOutcome::Left,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +88,9 @@ pub struct Agent<W: World> {
     /// OTel instruments (step durations, migrations by phase, message outcomes); off unless
     /// given.
     pub metrics: Metrics,
+    /// The agent's own account and Region: events from elsewhere are dropped. Unknown (no
+    /// filter) unless given.
+    pub home: Home,
 }
 
 impl<W: World> Agent<W> {
@@ -81,7 +100,14 @@ impl<W: World> Agent<W> {
             policy,
             step,
             metrics: Metrics::default(),
+            home: Home::default(),
         }
+    }
+
+    /// Drops events from other accounts and Regions than `home`'s.
+    pub fn with_home(mut self, home: Home) -> Self {
+        self.home = home;
+        self
     }
 
     /// Records into `metrics`.
@@ -92,17 +118,45 @@ impl<W: World> Agent<W> {
 
     /// Handles one queue message; the caller deletes or leaves it as told.
     pub async fn handle_message(&self, message: &QueueMessage) -> Disposition {
-        let inbound = match inbound::parse(&message.body) {
-            Ok(i) => i,
+        match self.read(message) {
+            Ok(inbound) => self.handle_read(message, inbound).await,
+            Err(d) => d,
+        }
+    }
+
+    /// Reads a queue message, once: what it says, or (unknown, malformed, too large, foreign)
+    /// what to do with it without looking further, logged. The runtime reads first (the parsed
+    /// message tells it which migration to lock), then hands the result to
+    /// [`Agent::handle_read`].
+    pub fn read(&self, message: &QueueMessage) -> Result<Inbound, Disposition> {
+        match inbound::read(&message.body) {
+            Ok(Received { inbound, origin }) => {
+                let foreign = origin
+                    .as_ref()
+                    .and_then(|o| Some((o, self.home.foreign(o)?)));
+                match foreign {
+                    Some((o, why)) => {
+                        // Not an error of this agent's, but someone's routing is wrong.
+                        tracing::warn!(message_id = %message.id, account = %o.account, region = %o.region, why = %why, "event from another account or Region, deleted unhandled");
+                        Err(Disposition::DeleteForeign(why))
+                    }
+                    None => Ok(inbound),
+                }
+            }
             Err(ParseError::Unknown(kind)) => {
                 tracing::info!(message_id = %message.id, kind = %kind, "unknown message kind, deleted");
-                return Disposition::DeleteUnknown(kind);
+                Err(Disposition::DeleteUnknown(kind))
             }
-            Err(e @ ParseError::Malformed { .. }) => {
+            // Neither the body nor a piece of it is logged: the error says what was wrong.
+            Err(e @ (ParseError::Malformed { .. } | ParseError::TooLarge { .. })) => {
                 tracing::error!(message_id = %message.id, error = %e, receive_count = message.receive_count, "malformed message left for the DLQ");
-                return Disposition::Leave(e.to_string());
+                Err(Disposition::Leave(e.to_string()))
             }
-        };
+        }
+    }
+
+    /// Handles a message [`Agent::read`] has parsed.
+    pub async fn handle_read(&self, message: &QueueMessage, inbound: Inbound) -> Disposition {
         match self.handle(inbound, message.receive_count).await {
             Ok(d) => d,
             Err(e) => {
@@ -362,4 +416,108 @@ pub fn parse_migration_id(v: &str) -> Option<MigrationId> {
         resource_id: resource_id.to_string(),
         attempt: attempt.parse().ok()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inbound::TagChange;
+    use crate::sim::faults::FaultPlan;
+    use crate::sim::world::{SimPort, SimWorld, State, StoreMode};
+
+    fn agent() -> Agent<SimWorld> {
+        let state = State::new(
+            1,
+            FaultPlan::scripted(Vec::new()),
+            StoreMode::Conditional,
+            false,
+        );
+        Agent::new(
+            SimWorld {
+                port: SimPort::new(state),
+            },
+            Policy::default(),
+        )
+    }
+
+    fn message(body: &str) -> QueueMessage {
+        QueueMessage {
+            id: "m-1".into(),
+            receipt: "r-1".into(),
+            body: body.into(),
+            receive_count: 1,
+        }
+    }
+
+    const OWN_TAG_EVENT: &str = r#"{"version": "0", "id": "1", "detail-type": "Tag Change on Resource", "source": "aws.tag", "account": "123456789012", "time": "2026-04-08T12:35:42Z", "region": "us-east-1", "resources": ["arn:aws:rds:us-east-1:123456789012:db:orders-pg"], "detail": {"changed-tag-keys": ["aurora-migration"], "service": "rds"}}"#;
+
+    fn home() -> Home {
+        Home {
+            account: Some("123456789012".into()),
+            region: Some("us-east-1".into()),
+        }
+    }
+
+    #[test]
+    fn events_from_another_account_or_region_are_deleted_as_foreign() {
+        let a = agent().with_home(home());
+        assert!(a.read(&message(OWN_TAG_EVENT)).is_ok());
+        let other_account = OWN_TAG_EVENT.replace(
+            r#""account": "123456789012""#,
+            r#""account": "210987654321""#,
+        );
+        let other_region =
+            OWN_TAG_EVENT.replace(r#""region": "us-east-1""#, r#""region": "eu-west-1""#);
+        for body in [other_account, other_region] {
+            let d = a.read(&message(&body)).unwrap_err();
+            assert!(matches!(d, Disposition::DeleteForeign(_)), "{d:?}");
+            // Counted as `foreign` and deleted (not left for the DLQ: it is not malformed).
+            assert_eq!(d.outcome(), MessageOutcome::Foreign);
+            assert_eq!(d.outcome().as_str(), "foreign");
+            // An agent that does not know its home does not filter.
+            assert!(agent().read(&message(&body)).is_ok());
+        }
+        // Ticks carry no account: never foreign.
+        let tick = Tick::new(
+            &MigrationId {
+                resource_id: "db-1".into(),
+                attempt: 1,
+            },
+            7,
+        );
+        assert!(a.read(&message(&tick.to_json())).is_ok());
+    }
+
+    #[test]
+    fn an_oversized_body_is_left_for_the_dlq_like_a_malformed_one() {
+        let a = agent();
+        let big = format!("{OWN_TAG_EVENT}{}", " ".repeat(inbound::MAX_BODY_BYTES));
+        let d = a.read(&message(&big)).unwrap_err();
+        assert!(
+            matches!(&d, Disposition::Leave(why) if why.contains("over the 65536-byte limit") && !why.contains("orders-pg")),
+            "{d:?}"
+        );
+        assert_eq!(d.outcome(), MessageOutcome::Left);
+        let malformed = a.read(&message("{")).unwrap_err();
+        assert_eq!(malformed.outcome(), MessageOutcome::Left);
+    }
+
+    /// The runtime parses a message once and hands the result over: the agent acts on what it
+    /// is given and never reads the body again (here a body that would not even parse).
+    #[tokio::test]
+    async fn a_read_message_is_handled_without_parsing_its_body_again() {
+        let a = agent();
+        let unrelated_tag = Inbound::TagChange(TagChange {
+            arn: "arn:aws:rds:us-east-1:123456789012:db:orders-pg".into(),
+            changed_keys: vec!["team".into()],
+        });
+        assert_eq!(
+            a.handle_read(&message("not json"), unrelated_tag).await,
+            Disposition::Delete
+        );
+        assert!(matches!(
+            a.handle_message(&message("not json")).await,
+            Disposition::Leave(_)
+        ));
+    }
 }

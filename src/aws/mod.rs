@@ -25,6 +25,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use jiff::Timestamp;
 
+use crate::config::Secret;
 use crate::ports::{Clock, ErrorKind, World};
 use crate::telemetry::Metrics;
 
@@ -50,10 +51,13 @@ pub struct AwsSettings {
     pub rds_burst: f64,
     /// How long one fleet-wide DescribeDBInstances/DescribeDBClusters answer serves describes.
     pub describe_cache_ttl: Duration,
-    /// Data access layer webhook; `None`: the SNS cutover notification is the route.
-    pub webhook_url: Option<String>,
-    /// Smoke test endpoint for Verifying; `None`: no smoke test.
-    pub smoke_test_url: Option<String>,
+    /// Data access layer webhook (a secret: it may embed a token); `None`: the SNS cutover
+    /// notification is the route.
+    pub webhook_url: Option<Secret>,
+    /// Smoke test endpoint for Verifying (a secret, like the webhook's); `None`: no smoke test.
+    pub smoke_test_url: Option<Secret>,
+    /// Key of the signature of every webhook and smoke-test request; required with either URL.
+    pub webhook_secret: Option<Secret>,
     /// Timeout of one webhook or smoke-test request.
     pub http_timeout: Duration,
     /// Tries of one webhook or smoke-test call (with exponential backoff between them).
@@ -84,6 +88,7 @@ impl AwsSettings {
             describe_cache_ttl: Duration::from_secs(5),
             webhook_url: None,
             smoke_test_url: None,
+            webhook_secret: None,
             http_timeout: Duration::from_secs(10),
             http_attempts: 4,
             heartbeat_namespace: "AuroraMigrator".to_string(),
@@ -246,6 +251,8 @@ pub struct AwsWorld {
     pub router: router::HttpRouter,
     pub clock: SystemClock,
     pub calls: CallCounter,
+    /// The Region the clients call (the SDK configuration's: `AWS_REGION` or its default chain).
+    pub region: Option<String>,
 }
 
 impl AwsWorld {
@@ -291,6 +298,7 @@ impl AwsWorld {
             router: router::HttpRouter::new(s).map_err(ConnectError::Setting)?,
             clock: SystemClock,
             calls,
+            region: config.region().map(|r| r.to_string()),
         })
     }
 }

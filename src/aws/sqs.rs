@@ -23,6 +23,25 @@ impl AwsQueue {
     }
 }
 
+/// The account a queue URL names: `https://sqs.<region>.amazonaws.com/<account>/<name>` (and
+/// the legacy `https://<region>.queue.amazonaws.com/...`), or an emulator's
+/// `http://127.0.0.1:<port>/<account>/<name>`: the first of exactly two path segments, when it is
+/// a 12-digit account id. `None` for anything else (the agent then does not filter events on
+/// account).
+pub fn account_from_queue_url(url: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url.trim()).ok()?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return None;
+    }
+    let mut segments = url.path_segments()?;
+    let (account, name) = (segments.next()?, segments.next()?);
+    let valid = account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !name.is_empty()
+        && segments.next().is_none();
+    valid.then(|| account.to_string())
+}
+
 impl Queue for AwsQueue {
     fn receive(
         &self,
@@ -117,5 +136,56 @@ impl Queue for AwsQueue {
                 .map(|_| ())
                 .map_err(|e| classify_counted(&self.calls, OP, &e))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::account_from_queue_url;
+
+    #[test]
+    fn the_account_comes_from_the_queue_url() {
+        for (url, account) in [
+            (
+                "https://sqs.us-east-1.amazonaws.com/123456789012/aurora-migrator",
+                Some("123456789012"),
+            ),
+            (
+                "https://sqs.eu-west-3.amazonaws.com/000011112222/q.fifo",
+                Some("000011112222"),
+            ),
+            (
+                "https://us-east-1.queue.amazonaws.com/123456789012/aurora-migrator",
+                Some("123456789012"),
+            ),
+            (
+                "http://127.0.0.1:45123/123456789012/aurora-migrator",
+                Some("123456789012"),
+            ),
+            (
+                "http://localhost:4566/123456789012/aurora-migrator",
+                Some("123456789012"),
+            ),
+            // Not derivable: no filter on account.
+            ("", None),
+            ("aurora-migrator", None),
+            ("https://sqs.us-east-1.amazonaws.com/aurora-migrator", None),
+            ("https://sqs.us-east-1.amazonaws.com/123456789012/", None),
+            (
+                "https://sqs.us-east-1.amazonaws.com/12345/aurora-migrator",
+                None,
+            ),
+            (
+                "https://sqs.us-east-1.amazonaws.com/abcdefghijkl/aurora-migrator",
+                None,
+            ),
+            ("https://sqs.us-east-1.amazonaws.com/123456789012/a/b", None),
+            (
+                "ftp://sqs.us-east-1.amazonaws.com/123456789012/aurora-migrator",
+                None,
+            ),
+        ] {
+            assert_eq!(account_from_queue_url(url).as_deref(), account, "{url}");
+        }
     }
 }

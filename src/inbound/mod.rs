@@ -3,7 +3,9 @@
 //! A message only says *which* source or migration to look at (the reconcile is level-triggered),
 //! so parsing keeps just that and a little context for logs. An unknown kind is reported as
 //! [`ParseError::Unknown`] (the agent logs and deletes it); a known kind that is malformed is
-//! [`ParseError::Malformed`] (the agent leaves it for the queue's redrive to the DLQ).
+//! [`ParseError::Malformed`] (the agent leaves it for the queue's redrive to the DLQ). A body
+//! over [`MAX_BODY_BYTES`] is not parsed at all: [`ParseError::TooLarge`], handled like a
+//! malformed one.
 
 pub mod pattern;
 pub mod tick;
@@ -13,6 +15,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub use tick::Tick;
+
+/// Largest message body the agent parses: 64 KiB (65,536 bytes), the queue's
+/// `MaximumMessageSize` as the deployment sets it. Every kind the agent reads is a few KiB; a
+/// larger body (SQS itself allows up to 256 KiB) is none of them, and parsing it would only cost
+/// memory and time. Such a body is refused unread ([`ParseError::TooLarge`]) and, like a
+/// malformed one, left for the queue's redrive to the DLQ.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Inbound {
@@ -28,6 +37,53 @@ pub enum Inbound {
     Resync { at: Timestamp },
     /// The agent's own wake-up.
     Tick(Tick),
+}
+
+/// Where an EventBridge event says it comes from: its envelope's `account` and `region`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub account: String,
+    pub region: String,
+}
+
+/// A parsed message and, for an EventBridge event, where it comes from (a tick, the agent's
+/// own message, has no origin).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Received {
+    pub inbound: Inbound,
+    pub origin: Option<Origin>,
+}
+
+/// The agent's own account and Region. An event from elsewhere is not its business (a
+/// misrouted cross-account or cross-Region rule, or a sender that is not EventBridge): it is
+/// deleted unhandled. `None`: not known, so not filtered on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Home {
+    pub account: Option<String>,
+    pub region: Option<String>,
+}
+
+impl Home {
+    /// Why an event from `origin` is not this agent's; `None` when it is (or cannot be told).
+    pub fn foreign(&self, origin: &Origin) -> Option<String> {
+        if let Some(own) = &self.account
+            && origin.account != *own
+        {
+            return Some(format!(
+                "event from account `{}`, not this agent's `{own}`",
+                origin.account
+            ));
+        }
+        if let Some(own) = &self.region
+            && origin.region != *own
+        {
+            return Some(format!(
+                "event from Region `{}`, not this agent's `{own}`",
+                origin.region
+            ));
+        }
+        None
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -54,6 +110,9 @@ pub enum ParseError {
     Unknown(String),
     #[error("malformed {kind}: {reason}")]
     Malformed { kind: &'static str, reason: String },
+    /// Over [`MAX_BODY_BYTES`]: not parsed (and never logged).
+    #[error("message body of {bytes} bytes is over the {MAX_BODY_BYTES}-byte limit, not parsed")]
+    TooLarge { bytes: usize },
 }
 
 fn malformed(kind: &'static str, reason: impl ToString) -> ParseError {
@@ -65,6 +124,9 @@ fn malformed(kind: &'static str, reason: impl ToString) -> ParseError {
 
 #[derive(Deserialize)]
 struct Envelope {
+    /// Every EventBridge event names both; one that does not is malformed.
+    account: String,
+    region: String,
     time: Timestamp,
     #[serde(default)]
     resources: Vec<String>,
@@ -116,10 +178,21 @@ struct CloudTrailTag {
 
 /// Parses one queue message body.
 pub fn parse(body: &str) -> Result<Inbound, ParseError> {
+    read(body).map(|r| r.inbound)
+}
+
+/// Parses one queue message body, keeping where an event comes from.
+pub fn read(body: &str) -> Result<Received, ParseError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ParseError::TooLarge { bytes: body.len() });
+    }
     let value: Value =
         serde_json::from_str(body).map_err(|e| malformed("message", format!("not JSON: {e}")))?;
     if value.get("kind").and_then(Value::as_str) == Some(tick::KIND) {
-        return tick::parse(value).map(Inbound::Tick);
+        return tick::parse(value).map(|t| Received {
+            inbound: Inbound::Tick(t),
+            origin: None,
+        });
     }
     let (Some(source), Some(detail_type)) = (
         value.get("source").and_then(Value::as_str),
@@ -138,6 +211,18 @@ pub fn parse(body: &str) -> Result<Inbound, ParseError> {
         (s, d) => return Err(ParseError::Unknown(format!("{s} / {d}"))),
     };
     let envelope: Envelope = serde_json::from_value(value).map_err(|e| malformed(kind, e))?;
+    let origin = Origin {
+        account: envelope.account.clone(),
+        region: envelope.region.clone(),
+    };
+    let inbound = event(kind, envelope)?;
+    Ok(Received {
+        inbound,
+        origin: Some(origin),
+    })
+}
+
+fn event(kind: &'static str, envelope: Envelope) -> Result<Inbound, ParseError> {
     match kind {
         "RDS DB Instance Event" | "RDS DB Cluster Event" => {
             let d: RdsDetail =

@@ -138,6 +138,7 @@ fn agent(port: &SimPort) -> Arc<Agent<SimWorld>> {
         policy: sim_policy(),
         step: checks::checked_step,
         metrics: crate::telemetry::Metrics::default(),
+        home: crate::inbound::Home::default(),
     })
 }
 

@@ -34,6 +34,8 @@ pub enum MessageOutcome {
     Unknown,
     /// A tick that is not the record's current one: deleted without observing.
     Stale,
+    /// An event from another account or Region than the agent's own: deleted unhandled.
+    Foreign,
     /// Malformed, or its step failed: left for redelivery (after the queue's
     /// `maxReceiveCount`, the DLQ).
     Left,
@@ -48,6 +50,7 @@ impl MessageOutcome {
             MessageOutcome::Handled => "handled",
             MessageOutcome::Unknown => "unknown",
             MessageOutcome::Stale => "stale",
+            MessageOutcome::Foreign => "foreign",
             MessageOutcome::Left => "left",
             MessageOutcome::Abandoned => "abandoned",
         }
