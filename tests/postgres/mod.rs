@@ -12,12 +12,26 @@ use std::time::{Duration, Instant};
 
 use aurora_migrator::agent::{Agent, Disposition};
 use aurora_migrator::core::{Migration, Phase};
+use aurora_migrator::ports::QueueMessage;
 
 use world::{PgWorld, RESOURCE_ID, SOURCE_ID};
 
 /// Starts the migration of the source, then handles the ticks the agent schedules (honouring
 /// their delay) until the record reaches one of `stop_at`. Panics with the record on timeout.
 pub async fn drive(agent: &Agent<PgWorld>, stop_at: &[Phase], timeout: Duration) -> Migration {
+    match drive_until(agent, stop_at, timeout).await {
+        Ok(m) => m,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+/// Like [`drive`], but a timeout is an answer: `Err` with the record's state, after `timeout`.
+/// Also the tag-change event: an in-flight migration is stepped at once.
+pub async fn drive_until(
+    agent: &Agent<PgWorld>,
+    stop_at: &[Phase],
+    timeout: Duration,
+) -> Result<Migration, String> {
     let start = Instant::now();
     agent
         .on_source(SOURCE_ID)
@@ -42,7 +56,7 @@ pub async fn drive(agent: &Agent<PgWorld>, stop_at: &[Phase], timeout: Duration)
                     start.elapsed().as_secs_f64(),
                     m.phase
                 );
-                return m;
+                return Ok(m);
             }
         }
         let describe = || {
@@ -55,16 +69,32 @@ pub async fn drive(agent: &Agent<PgWorld>, stop_at: &[Phase], timeout: Duration)
                     .map(|m| m.history.iter().map(|h| h.phase).collect::<Vec<_>>())
             )
         };
-        assert!(
-            start.elapsed() < timeout,
-            "the migration did not reach {stop_at:?} within {timeout:?}: {}",
-            describe()
-        );
+        if start.elapsed() >= timeout {
+            return Err(format!(
+                "the migration did not reach {stop_at:?} within {timeout:?}: {}",
+                describe()
+            ));
+        }
         let Some((message, visible_at)) = world.queue.take_next() else {
             panic!("the agent scheduled no wake-up: {}", describe());
         };
         let now = Instant::now();
         if visible_at > now {
+            // Not past the deadline: a tick due later is put back for the next drive.
+            let deadline = start + timeout;
+            if visible_at > deadline {
+                tokio::time::sleep(deadline.saturating_duration_since(now)).await;
+                // Not received: it goes back as it was.
+                let unseen = QueueMessage {
+                    receive_count: message.receive_count.saturating_sub(1),
+                    ..message
+                };
+                world.queue.put_back(
+                    &unseen,
+                    visible_at.saturating_duration_since(Instant::now()),
+                );
+                continue;
+            }
             tokio::time::sleep(visible_at - now).await;
         }
         handled += 1;

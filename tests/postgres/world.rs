@@ -7,7 +7,9 @@
 //! | CreateDBCluster (replica)         | a physical slot + `pg_basebackup -R -S <slot>`         |
 //! | CreateDBInstance (writer)         | `pg_ctl start` of the standby                          |
 //! | ModifyDBInstance groups           | pg_hba.conf rewritten + `pg_reload_conf()`             |
-//! | RebootDBInstance                  | `pg_ctl restart -m fast` + a "restarted" event         |
+//! | ModifyDBCluster groups (Aurora)   | the same on the standby (open sessions survive)        |
+//! | RebootDBInstance (source)         | `pg_ctl restart -m fast` + a "restarted" event         |
+//! | RebootDBInstance (Aurora writer)  | the same on the standby; its events kept apart         |
 //! | PromoteReadReplicaDBCluster       | `pg_ctl promote`                                       |
 //! | DeleteDBCluster (rollback)        | stop the standby, drop its slot on the primary         |
 //! | CreateDBSnapshot (final)          | `pg_dump --data-only` of the writes table              |
@@ -18,6 +20,8 @@
 //! when the agent reads and returns one datapoint with `start` = the sampling time and
 //! `period_s` = 1, so "a period that starts after the restart" means "a sample taken after the
 //! restart event was recorded" (the event is recorded once `pg_ctl restart` has returned).
+//! `WriteIOPS` of the Aurora writer is the exception: it is read from history (see
+//! `PgMetrics::target_writes`), one datapoint per `period_s` from the query's start.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -69,7 +73,10 @@ pub struct RdsState {
     pub source_groups: Vec<String>,
     pub source_tags: BTreeMap<String, String>,
     pub engine_version: String,
+    /// Events of the source instance.
     pub events: Vec<InstanceEvent>,
+    /// Events of the Aurora writer (the standby), kept apart from the source's.
+    pub writer_events: Vec<InstanceEvent>,
     pub target: Option<TargetState>,
     pub parameter_groups: BTreeSet<String>,
     pub snapshots: BTreeMap<String, (String, PathBuf, Timestamp)>,
@@ -87,6 +94,9 @@ pub struct Shared {
     pub state: Mutex<RdsState>,
     /// The previous WAL position sample of the source, for TransactionLogsGeneration.
     wal_sample: Mutex<Option<(Instant, f64)>>,
+    /// A broken world for the negative test: RebootDBInstance of the Aurora writer answers
+    /// success but does nothing (no restart, no event).
+    pub skip_writer_reboot: std::sync::atomic::AtomicBool,
     // Declared last: dropped after the servers, so their directories still exist when killed.
     pub root: TempRoot,
 }
@@ -112,6 +122,29 @@ impl Shared {
             .filter(|m| m.what.starts_with(prefix))
             .cloned()
             .collect()
+    }
+
+    /// The Aurora writer's instance name, once it was asked for.
+    pub fn writer_name(&self) -> Option<String> {
+        let s = self.state.lock().unwrap();
+        s.target.as_ref()?.writer.as_ref().map(|(id, _)| id.clone())
+    }
+
+    /// Rewrites a server's pg_hba.conf for its security groups and reloads it: new TCP
+    /// connections follow the file, sessions already open are not touched (as with a security
+    /// group change).
+    async fn apply_groups(&self, server: &PgServer, mode: &HbaMode, op: &str) -> PortResult<()> {
+        server.write_hba(mode);
+        // While the server restarts, the file is read at start anyway.
+        if server.pid().is_some()
+            && let Ok(client) = connect(&server.local()).await
+        {
+            client
+                .execute("SELECT pg_reload_conf()", &[])
+                .await
+                .map_err(|e| err(ErrorKind::Retryable, op, e.to_string()))?;
+        }
+        Ok(())
     }
 
     fn target_arn(cluster: &str) -> String {
@@ -201,6 +234,105 @@ impl PgRds {
 /// Quarantine groups are the ones the fake network creates.
 fn is_quarantine_group(id: &str) -> bool {
     id.starts_with("sg-quarantine-")
+}
+
+impl PgRds {
+    /// RebootDBInstance of the source: a fast restart of the primary.
+    async fn reboot_source(&self) -> PortResult<()> {
+        const OP: &str = "rds:RebootDBInstance";
+        self.0.log(format!("reboot_instance {SOURCE_ID}"));
+        {
+            let mut s = self.0.state.lock().unwrap();
+            if s.source_status != "available" {
+                return Err(err(
+                    ErrorKind::Conflict,
+                    OP,
+                    "the instance is not available",
+                ));
+            }
+            s.source_status = "rebooting".into();
+            s.events.push(InstanceEvent {
+                at: Timestamp::now(),
+                kind: InstanceEventKind::Shutdown,
+            });
+        }
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            let s2 = shared.clone();
+            let result = blocking(move || s2.primary.restart_fast()).await;
+            let mut s = shared.state.lock().unwrap();
+            match result {
+                Ok(()) => {
+                    s.events.push(InstanceEvent {
+                        at: Timestamp::now(),
+                        kind: InstanceEventKind::Restarted,
+                    });
+                    s.source_status = "available".into();
+                }
+                Err(e) => {
+                    eprintln!("restart failed: {e}");
+                    s.source_status = "failed".into();
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// RebootDBInstance of the Aurora writer: a fast shutdown and start of the promoted standby,
+    /// which ends every session; "shutdown" and "restarted" events of the writer.
+    async fn reboot_writer(&self, writer: &str) -> PortResult<()> {
+        const OP: &str = "rds:RebootDBInstance";
+        let skip = self
+            .0
+            .skip_writer_reboot
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.0.log(format!(
+            "reboot_instance {writer}{}",
+            if skip { " (skipped by the test)" } else { "" }
+        ));
+        if skip {
+            return Ok(());
+        }
+        {
+            let mut s = self.0.state.lock().unwrap();
+            let Some(w) = s.target.as_mut().and_then(|t| t.writer.as_mut()) else {
+                return Err(err(ErrorKind::NotFound, OP, "DBInstanceNotFound"));
+            };
+            if w.1 != "available" {
+                return Err(err(
+                    ErrorKind::Conflict,
+                    OP,
+                    "the instance is not available",
+                ));
+            }
+            w.1 = "rebooting".into();
+            s.writer_events.push(InstanceEvent {
+                at: Timestamp::now(),
+                kind: InstanceEventKind::Shutdown,
+            });
+        }
+        let standby = self
+            .0
+            .standby()
+            .ok_or_else(|| err(ErrorKind::NotFound, OP, "no standby"))?;
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            let result = blocking(move || standby.restart_fast()).await;
+            let mut s = shared.state.lock().unwrap();
+            let ok = result.is_ok();
+            match result {
+                Ok(()) => s.writer_events.push(InstanceEvent {
+                    at: Timestamp::now(),
+                    kind: InstanceEventKind::Restarted,
+                }),
+                Err(e) => eprintln!("writer restart failed: {e}"),
+            }
+            if let Some(w) = s.target.as_mut().and_then(|t| t.writer.as_mut()) {
+                w.1 = if ok { "available" } else { "failed" }.into();
+            }
+        });
+        Ok(())
+    }
 }
 
 impl Rds for PgRds {
@@ -350,13 +482,23 @@ impl Rds for PgRds {
             .into())
     }
 
+    /// DescribeEvents of one instance: the source's or the Aurora writer's; none for a name
+    /// that is neither.
     async fn instance_events(
         &self,
-        _instance: &str,
+        instance: &str,
         since: Timestamp,
     ) -> PortResult<Vec<InstanceEvent>> {
+        let writer = self.0.writer_name();
         let s = self.0.state.lock().unwrap();
-        Ok(s.events.iter().filter(|e| e.at >= since).cloned().collect())
+        let events = if instance == SOURCE_ID || instance == SOURCE_ARN {
+            &s.events
+        } else if writer.as_deref() == Some(instance) {
+            &s.writer_events
+        } else {
+            return Ok(Vec::new());
+        };
+        Ok(events.iter().filter(|e| e.at >= since).cloned().collect())
     }
 
     async fn ensure_parameter_groups(&self, spec: &ParameterGroupsSpec) -> PortResult<()> {
@@ -486,59 +628,23 @@ impl Rds for PgRds {
         } else {
             HbaMode::Open
         };
-        self.0.primary.write_hba(&mode);
-        // While the server restarts, the file is read at start anyway.
-        if self.0.primary.pid().is_some()
-            && let Ok(client) = connect(&self.0.primary.local()).await
-        {
-            client
-                .execute("SELECT pg_reload_conf()", &[])
-                .await
-                .map_err(|e| err(ErrorKind::Retryable, OP, e.to_string()))?;
-        }
-        Ok(())
+        self.0.apply_groups(&self.0.primary, &mode, OP).await
     }
 
-    async fn reboot_instance(&self, _instance: &str) -> PortResult<()> {
+    /// The source's identifier reboots the primary, the Aurora writer's name the promoted
+    /// standby; anything else is not found.
+    async fn reboot_instance(&self, instance: &str) -> PortResult<()> {
         const OP: &str = "rds:RebootDBInstance";
-        self.0.log("reboot_instance");
-        {
-            let mut s = self.0.state.lock().unwrap();
-            if s.source_status != "available" {
-                return Err(err(
-                    ErrorKind::Conflict,
-                    OP,
-                    "the instance is not available",
-                ));
-            }
-            s.source_status = "rebooting".into();
-            s.events.push(InstanceEvent {
-                at: Timestamp::now(),
-                kind: InstanceEventKind::Shutdown,
-            });
+        if instance == SOURCE_ID || instance == SOURCE_ARN {
+            self.reboot_source().await
+        } else if self.0.writer_name().as_deref() == Some(instance) {
+            self.reboot_writer(instance).await
+        } else {
+            self.0
+                .log(format!("reboot_instance {instance} (not found)"));
+            Err(err(ErrorKind::NotFound, OP, "DBInstanceNotFound"))
         }
-        let shared = self.0.clone();
-        tokio::spawn(async move {
-            let s2 = shared.clone();
-            let result = blocking(move || s2.primary.restart_fast()).await;
-            let mut s = shared.state.lock().unwrap();
-            match result {
-                Ok(()) => {
-                    s.events.push(InstanceEvent {
-                        at: Timestamp::now(),
-                        kind: InstanceEventKind::Restarted,
-                    });
-                    s.source_status = "available".into();
-                }
-                Err(e) => {
-                    eprintln!("restart failed: {e}");
-                    s.source_status = "failed".into();
-                }
-            }
-        });
-        Ok(())
     }
-
     async fn promote_target(&self, cluster: &str) -> PortResult<()> {
         const OP: &str = "rds:PromoteReadReplicaDBCluster";
         self.0.log(format!("promote_target {cluster}"));
@@ -577,13 +683,31 @@ impl Rds for PgRds {
         Ok(())
     }
 
+    /// ModifyDBCluster groups: the standby's pg_hba.conf follows them like the primary's does
+    /// (exactly quarantine groups: TCP clients rejected; open sessions survive).
     async fn set_target_groups(&self, cluster: &str, group_ids: &[String]) -> PortResult<()> {
-        self.0.log(format!("set_target_groups {cluster}"));
-        let mut s = self.0.state.lock().unwrap();
-        if let Some(t) = s.target.as_mut() {
+        const OP: &str = "rds:ModifyDBCluster";
+        self.0.log(format!(
+            "set_target_groups {cluster} {}",
+            group_ids.join(",")
+        ));
+        {
+            let mut s = self.0.state.lock().unwrap();
+            let Some(t) = s.target.as_mut().filter(|t| t.spec.cluster == cluster) else {
+                return Err(err(ErrorKind::NotFound, OP, "DBClusterNotFound"));
+            };
             t.groups = group_ids.to_vec();
         }
-        Ok(())
+        let quarantined = !group_ids.is_empty() && group_ids.iter().all(|g| is_quarantine_group(g));
+        let mode = if quarantined {
+            HbaMode::Quarantined { leaks: vec![] }
+        } else {
+            HbaMode::Open
+        };
+        match self.0.standby() {
+            Some(standby) => self.0.apply_groups(&standby, &mode, OP).await,
+            None => Ok(()),
+        }
     }
 
     async fn delete_target(&self, cluster: &str, _writer: &str) -> PortResult<()> {
@@ -729,10 +853,15 @@ pub struct PgMetrics {
 
 impl PgMetrics {
     async fn sample(&self, key: MetricKey) -> Result<Option<f64>, String> {
-        let (source_up, standby) = {
+        let (source_up, standby, writer_up) = {
             let s = self.shared.state.lock().unwrap();
             let up = !s.source_deleted && s.source_status == "available";
-            (up, self.shared.standby())
+            let writer_up = s
+                .target
+                .as_ref()
+                .and_then(|t| t.writer.as_ref())
+                .is_some_and(|(_, status)| status == "available");
+            (up, self.shared.standby(), writer_up)
         };
         let primary = &self.shared.primary;
         match key {
@@ -773,7 +902,18 @@ impl PgMetrics {
             | MetricKey::SourceReadLatency
             | MetricKey::TargetWriteLatency
             | MetricKey::TargetReadLatency => Ok(Some(0.001)),
-            MetricKey::TargetWriteIops => Ok(Some(0.0)),
+            // DatabaseConnections of the Aurora writer: its client sessions, counted like the
+            // source's.
+            MetricKey::TargetConnections if writer_up => {
+                let Some(standby) = standby else {
+                    return Ok(None);
+                };
+                query_f64(
+                    &standby,
+                    "SELECT count(*)::float8 FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name <> 'aurora-migrator-monitor'",
+                )
+                .await
+            }
             // Seconds behind: 0 when the standby has replayed everything the primary flushed,
             // else the age of its last replayed transaction. Only while it replicates.
             MetricKey::TargetReplicaLag if source_up => {
@@ -810,10 +950,68 @@ impl PgMetrics {
     }
 }
 
+impl PgMetrics {
+    /// WriteIOPS of the Aurora writer over `[q.start, q.end)`, one datapoint per `q.period_s`
+    /// starting at `q.start` (periods without a write are 0, as CloudWatch reports an idle
+    /// writer): the rows of the writes table the writer itself committed (`server_port` is the
+    /// port a client's insert came in on: the writer's own; replicated rows carry the source's), bucketed by their `at` (`clock_timestamp()`
+    /// of the insert), averaged per second. The writer's only writes are these inserts, so one
+    /// committed row stands for one write operation: a real WriteIOPS counts storage
+    /// operations instead, which makes this a lower bound of the real figure, never an
+    /// invention. Read over the local socket, which the quarantine does not close (CloudWatch
+    /// does not go through the security groups). While the writer restarts: no datapoints.
+    async fn target_writes(&self, q: &MetricQuery) -> Result<Vec<Datapoint>, String> {
+        let Some(standby) = self.shared.standby() else {
+            return Ok(vec![]);
+        };
+        let period = i64::from(q.period_s.max(1));
+        let client = connect(&standby.local()).await?;
+        // Exact times: microseconds since the epoch, as PostgreSQL stores `at`.
+        let (from, to) = (q.start.as_microsecond(), q.end.as_microsecond());
+        let rows = client
+            .query(
+                &format!(
+                    "WITH w AS (SELECT 'epoch'::timestamptz + $1::int8 * interval '1 microsecond' AS s, \
+                                       'epoch'::timestamptz + $2::int8 * interval '1 microsecond' AS e) \
+                     SELECT floor(extract(epoch FROM t.at - w.s) / $3::int8)::int8, count(*)::int8 \
+                     FROM {} t, w WHERE t.server_port = $4::int4 AND t.at >= w.s AND t.at < w.e \
+                     GROUP BY 1",
+                    super::server::TABLE
+                ),
+                &[&from, &to, &period, &i32::from(standby.port)],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let counts: BTreeMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let span = period * 1_000_000;
+        let periods = ((to - from).max(0) + span - 1) / span;
+        Ok((0..periods)
+            .map(|k| {
+                let avg = *counts.get(&k).unwrap_or(&0) as f64 / period as f64;
+                Datapoint {
+                    start: q.start + jiff::SignedDuration::from_secs(k * period),
+                    period_s: q.period_s.max(1),
+                    minimum: avg,
+                    maximum: avg,
+                    average: avg,
+                }
+            })
+            .collect())
+    }
+}
+
 impl Metrics for PgMetrics {
     async fn fetch(&self, queries: &[MetricQuery]) -> PortResult<Vec<Vec<Datapoint>>> {
         let mut out = Vec::with_capacity(queries.len());
         for q in queries {
+            if q.key == MetricKey::TargetWriteIops {
+                // Unreadable right now (restarting): no datapoints, as a CloudWatch gap.
+                out.push(self.target_writes(q).await.unwrap_or_else(|e| {
+                    eprintln!("[metrics] WriteIOPS of the writer: {e}");
+                    vec![]
+                }));
+                continue;
+            }
             let start = Timestamp::now();
             // A server that cannot be read right now has no datapoint (CloudWatch shows a gap).
             let value = self.sample(q.key).await.unwrap_or(None);
@@ -1044,6 +1242,8 @@ impl StateStore for MemStore {
 /// The data access layer: where applications send their writes.
 #[derive(Clone)]
 pub struct MemRouter {
+    /// Where each route is also written down, in order with the RDS mutations.
+    pub shared: Arc<Shared>,
     pub endpoint: Arc<Mutex<(String, u16)>>,
     pub routes: Arc<Mutex<Vec<(Timestamp, RouteRequest)>>>,
 }
@@ -1051,6 +1251,10 @@ pub struct MemRouter {
 impl Router for MemRouter {
     async fn route(&self, request: &RouteRequest) -> PortResult<()> {
         eprintln!("[router] {}:{}", request.endpoint, request.port);
+        self.shared.log(format!(
+            "route_traffic {}:{}",
+            request.endpoint, request.port
+        ));
         *self.endpoint.lock().unwrap() = (request.endpoint.clone(), request.port);
         self.routes
             .lock()
@@ -1151,6 +1355,7 @@ impl PgWorld {
                 source_tags: tags,
                 engine_version: version,
                 events: vec![],
+                writer_events: vec![],
                 target: None,
                 parameter_groups: BTreeSet::new(),
                 snapshots: BTreeMap::new(),
@@ -1158,6 +1363,7 @@ impl PgWorld {
                 leaks: leaks.iter().map(|s| s.to_string()).collect(),
             }),
             wal_sample: Mutex::new(None),
+            skip_writer_reboot: Default::default(),
             root,
         });
         PgWorld {
@@ -1166,15 +1372,16 @@ impl PgWorld {
                 shared: shared.clone(),
                 heartbeats: Arc::default(),
             },
+            router: MemRouter {
+                shared: shared.clone(),
+                endpoint: Arc::new(Mutex::new(("127.0.0.1".to_string(), port))),
+                routes: Arc::default(),
+            },
             shared,
             network: MemNetwork::default(),
             notifier: MemNotifier::default(),
             queue: MemQueue::default(),
             store: MemStore::default(),
-            router: MemRouter {
-                endpoint: Arc::new(Mutex::new(("127.0.0.1".to_string(), port))),
-                routes: Arc::default(),
-            },
             clock: RealClock,
         }
     }
