@@ -2,6 +2,9 @@
 //! client, and the loop that delivers the agent's own ticks.
 #![allow(dead_code)]
 
+pub mod fakes;
+pub mod metrics;
+pub mod rds;
 pub mod server;
 pub mod world;
 pub mod writer;
