@@ -361,3 +361,45 @@ fn declaring_cdc_consumers_needs_the_owners_acknowledgement() {
     assert_eq!(outcome(&report, "cdc-consumers"), (Outcome::Fail, true));
     assert_eq!(plan.unwrap().cdc_consumers, vec!["sg-cdc".to_string()]);
 }
+
+#[test]
+fn a_reboot_that_never_started_is_asked_again_long_before_the_budget_runs_out() {
+    let p = policy();
+    let mut model = Model::new();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &p, Phase::Quiescing);
+    // The agent dies between persisting Draining and sending the reboot: the request is lost.
+    for _ in 0..20 {
+        if m.phase == Phase::Draining {
+            break;
+        }
+        let obs = model.observe(&m, &p);
+        let d = aurora_migrator::core::step(&m, &obs, model.now, &p);
+        m = d.next.clone();
+        for a in d
+            .actions
+            .iter()
+            .filter(|a| !matches!(a, Action::RebootSource { .. }))
+        {
+            if let Some(r) = model.apply(a, None) {
+                model.pending.push(r);
+            }
+        }
+        model.now += SignedDuration::from_secs(5);
+    }
+    assert_eq!(m.phase, Phase::Draining);
+    assert_eq!(model.reboots, 0, "the reboot was lost");
+    let lost_at = m.progress.reboot_requested_at.unwrap();
+    // Not asked again while RDS could still be starting it.
+    model.now = lost_at + SignedDuration::from_secs(30);
+    let d = round(&mut model, &mut m, &p, &mut |_| None);
+    assert!(!keys(&d.actions).contains(&ActionKey::RebootSource));
+    // Then asked again: no shutdown or restart event, the instance still `available`.
+    model.now = lost_at + p.reboot_unconfirmed_after + SignedDuration::from_secs(5);
+    let d = round(&mut model, &mut m, &p, &mut |_| None);
+    assert!(keys(&d.actions).contains(&ActionKey::RebootSource));
+    assert!(p.reboot_unconfirmed_after < p.write_unavailability_budget / 4);
+    run_to_end(&mut model, &mut m, &p, 200);
+    assert_eq!(m.phase, Phase::Completed, "no budget rollback");
+    assert_eq!(model.reboots, 1);
+}

@@ -992,11 +992,24 @@ impl Stepper<'_> {
             // No restart seen yet: ask for the reboot when none is in flight (a failed request
             // is forgotten, see `take_action_results`), or again when one produced no restart
             // for far longer than a reboot takes.
-            let due = self
-                .m
-                .progress
-                .reboot_requested_at
-                .is_none_or(|r| self.since(r) > self.policy.reboot_reissue_after);
+            let requested = self.m.progress.reboot_requested_at;
+            let never_started = requested.is_some_and(|r| {
+                self.since(r) > self.policy.reboot_unconfirmed_after
+                    && self.source().is_some_and(|s| s.status == "available")
+                    && !self.obs.source_events.iter().any(|e| {
+                        e.at >= r
+                            && matches!(
+                                e.kind,
+                                InstanceEventKind::Shutdown | InstanceEventKind::Restarted
+                            )
+                    })
+            });
+            if never_started {
+                // Lost, not slow: nothing in flight to wait for.
+                self.m.requested.remove(&ActionKey::RebootSource);
+            }
+            let due = never_started
+                || requested.is_none_or(|r| self.since(r) > self.policy.reboot_reissue_after);
             if due
                 && let Some(source) = self.source().map(|s| s.identifier.clone())
                 && self.request(Action::RebootSource { instance: source })
@@ -1563,7 +1576,9 @@ impl Stepper<'_> {
         let Some(restarted) = self.target_fence_restart(&t) else {
             return;
         };
-        // No session after the restart: the quarantine keeps new ones out.
+        // No session after the restart: the quarantine keeps new ones out, so nobody can write.
+        // This, not WriteIOPS, is the gate: Aurora's storage reports writes of its own on an idle
+        // writer, so WriteIOPS serves to count what clients wrote, not to prove they stopped.
         let conns = self
             .obs
             .metric(MetricKey::TargetConnections)

@@ -71,6 +71,12 @@ pub struct Policy {
     /// A reboot whose restart event does not appear is requested again after this. 10 min:
     /// reboots take 1–3 min.
     pub reboot_reissue_after: SignedDuration,
+    /// A reboot that RDS never started (no "DB instance shutdown" or "restarted" event after
+    /// the request, and the instance still `available`) is requested again after this: the
+    /// request was lost (a crash between persisting and executing, a failure nobody heard).
+    /// 90 s: RDS shows `rebooting` and the shutdown event within seconds of accepting one, and
+    /// waiting for `reboot_reissue_after` would spend the whole write budget.
+    pub reboot_unconfirmed_after: SignedDuration,
     /// The CloudWatch period the agent reads metrics at. 60 s: RDS publishes every minute, and
     /// standard-resolution metrics cannot be read finer (emulators may use 1–30 s).
     pub metric_period: SignedDuration,
@@ -144,6 +150,7 @@ impl Default for Policy {
             reissue_after: SignedDuration::from_mins(3),
             cutover_reissue_after: SignedDuration::from_secs(30),
             reboot_reissue_after: SignedDuration::from_mins(10),
+            reboot_unconfirmed_after: SignedDuration::from_secs(90),
             metric_period: SignedDuration::from_secs(60),
             slow_poll: SignedDuration::from_secs(60),
             fast_poll: SignedDuration::from_secs(5),
