@@ -120,14 +120,23 @@ impl PgMetrics {
 
 impl PgMetrics {
     /// WriteIOPS of the Aurora writer over `[q.start, q.end)`, one datapoint per `q.period_s`
-    /// starting at `q.start` (periods without a write are 0, as CloudWatch reports an idle
-    /// writer): the rows of the writes table the writer itself committed (`server_port` is the
-    /// port a client's insert came in on: the writer's own; replicated rows carry the source's), bucketed by their `at` (`clock_timestamp()`
-    /// of the insert), averaged per second. The writer's only writes are these inserts, so one
-    /// committed row stands for one write operation: a real WriteIOPS counts storage
-    /// operations instead, which makes this a lower bound of the real figure, never an
-    /// invention. Read over the local socket, which the quarantine does not close (CloudWatch
-    /// does not go through the security groups). While the writer restarts: no datapoints.
+    /// (periods without a write are 0, as CloudWatch reports an idle writer): the rows of the
+    /// writes table the writer itself committed (`server_port` is the port the client's insert
+    /// came in on, so the writer's own; replicated rows carry the source's), bucketed by their
+    /// `at` (`clock_timestamp()` of the insert), averaged per second.
+    ///
+    /// Why rows and not I/O: the writer's only writes are these inserts, and the agent's
+    /// `writes-on-target` alert means to say how many writes Aurora took, so one committed row
+    /// is one write. A real WriteIOPS counts storage operations, which is a different number
+    /// (group commit makes it smaller, page and index writes larger); the test can then compare
+    /// the alert's count with the rows exactly. Uncommitted inserts leave no row and are not
+    /// counted (nothing of them is on Aurora).
+    ///
+    /// Simplification: periods start at `q.start` (the agent asks from `routed_at`), where
+    /// CloudWatch aligns them to multiples of the period, so its first period would start
+    /// before `routed_at`. Read over the local socket, which the quarantine does not close
+    /// (CloudWatch does not go through security groups). While the writer restarts: no
+    /// datapoints (a gap).
     async fn target_writes(&self, q: &MetricQuery) -> Result<Vec<Datapoint>, String> {
         let Some(standby) = self.shared.standby() else {
             return Ok(vec![]);
