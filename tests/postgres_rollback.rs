@@ -402,7 +402,8 @@ async fn a_rollback_after_cutover_fences_and_reboots_aurora_before_routing_back(
 
     // The alert names the count and the time range; the count is the target's own writes from
     // the cutover (`routed_at`) on.
-    let routed = m.progress.routed_at.expect("routed");
+    // The count starts where Aurora could first take a write: the route request.
+    let routed = m.progress.route_requested_at.expect("route requested");
     let alert = agent
         .world
         .notifier
@@ -470,7 +471,7 @@ async fn a_rollback_after_cutover_fences_and_reboots_aurora_before_routing_back(
     eprintln!(
         "rollback after cutover: {all_on_target} writes committed on the target ({before_fence} before the fence, \
          {fence_to_restart} between the group change and the writer's restart, {after_fence} of them by the pinned session; \
-         {counted} counted in the alert from routed_at, {} between the route and routed_at not counted); \
+         {counted} counted in the alert from the route request, {} before it); \
          fence→restart {:.2} s, reboot request→restart {:.2} s, restart→routed back {:.2} s; \
          approval→RolledBack {:.1} s; run time {:.1} s",
         all_on_target - from_routed,

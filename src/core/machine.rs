@@ -1590,17 +1590,37 @@ impl Stepper<'_> {
             Some(p) if p.maximum <= self.policy.max_idle_connections => {}
             _ => return,
         }
-        // Counted at the end, over every published period from the cutover to the restart.
-        let routed = self.m.progress.routed_at.unwrap_or(self.m.phase_entered_at);
-        let writes: f64 = self
+        // Counted at the end, over the published periods from the route request (Aurora may
+        // take writes from then on) to the restart. CloudWatch publishes a period a minute or
+        // two late; the rollback does not wait for it (both sides are fenced meanwhile), it
+        // says plainly when the count is a lower bound and which span a person should read.
+        let from = self
+            .m
+            .progress
+            .route_requested_at
+            .or(self.m.progress.routed_at)
+            .unwrap_or(self.m.phase_entered_at);
+        let mut periods: Vec<Datapoint> = self
             .obs
             .metric(MetricKey::TargetWriteIops)
             .iter()
-            .filter(|p| p.start >= routed && p.start < restarted + SignedDuration::from_mins(1))
+            .filter(|p| period_end(p) > from && p.start < restarted)
+            .copied()
+            .collect();
+        periods.sort_by_key(|p| p.start);
+        let covered = covers(&periods, from, restarted);
+        let writes: f64 = periods
+            .iter()
             .map(|p| p.average * f64::from(p.period_s))
             .sum();
+        let bound = if covered { "about" } else { "at least" };
+        let gap = if covered {
+            ""
+        } else {
+            " (CloudWatch had not published every period of that span yet: read the writer's WriteIOPS for it, the true number may be higher)"
+        };
         let stays = format!(
-            "about {writes:.0} write operations were made on the Aurora cluster {} between {routed} (cutover) and {restarted} (its writer restarted behind the quarantine); they stay on Aurora and are not on the source: reconcile them by hand. The cluster is kept, fenced off, for that",
+            "{bound} {writes:.0} write operations were made on the Aurora cluster {} between {from} (cutover) and {restarted} (its writer restarted behind the quarantine){gap}; they stay on Aurora and are not on the source: reconcile them by hand. The cluster is kept, fenced off, for that",
             t.identifier
         );
         self.alert_once(
@@ -1669,6 +1689,29 @@ impl Stepper<'_> {
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
+/// The end of a CloudWatch period.
+fn period_end(p: &Datapoint) -> Timestamp {
+    p.start + SignedDuration::from_secs(i64::from(p.period_s))
+}
+
+/// Whether `periods` (sorted by start) cover `[from, to]` without a gap.
+fn covers(periods: &[Datapoint], from: Timestamp, to: Timestamp) -> bool {
+    let Some(first) = periods.first() else {
+        return false;
+    };
+    if first.start > from {
+        return false;
+    }
+    let mut reached = period_end(first);
+    for p in &periods[1..] {
+        if p.start > reached {
+            return false;
+        }
+        reached = reached.max(period_end(p));
+    }
+    reached >= to
+}
+
 /// How far back the source's WAL generation must be idle before it is deleted with its groups
 /// given back: several CloudWatch periods, so one quiet minute is not mistaken for no writer.
 const DELETE_IDLE_WINDOW: SignedDuration = SignedDuration::from_mins(5);
@@ -1697,5 +1740,37 @@ pub fn human(d: SignedDuration) -> String {
         (0, m, s) => format!("{m}m {s}s"),
         (h, 0, _) if h % 24 == 0 => format!("{}d", h / 24),
         (h, m, _) => format!("{h}h {m}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn period(start_s: i64) -> Datapoint {
+        Datapoint {
+            start: Timestamp::from_second(start_s).unwrap(),
+            period_s: 60,
+            minimum: 0.0,
+            maximum: 0.0,
+            average: 1.0,
+        }
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn covers_needs_periods_from_before_the_start_to_past_the_end_without_a_gap() {
+        let all = [period(0), period(60), period(120)];
+        assert!(covers(&all, at(30), at(170)));
+        assert!(!covers(&all, at(30), at(190)), "ends before the restart");
+        assert!(
+            !covers(&all[1..], at(30), at(170)),
+            "starts after the cutover"
+        );
+        assert!(!covers(&[period(0), period(120)], at(30), at(170)), "a gap");
+        assert!(!covers(&[], at(30), at(170)));
     }
 }

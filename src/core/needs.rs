@@ -113,7 +113,10 @@ pub fn needs(m: &Migration, now: Timestamp, policy: &Policy) -> Needs {
             n.target = true;
             n.quarantine_group = true;
             if m.rollback.as_ref().is_some_and(|r| r.after_cutover) {
-                let since = p.routed_at.unwrap_or(now);
+                // From the period that holds the route request: Aurora may take writes from
+                // then on, and CloudWatch's periods start on the minute, before it.
+                let since =
+                    p.route_requested_at.or(p.routed_at).unwrap_or(now) - policy.metric_period;
                 n.metrics = vec![(TargetWriteIops, since)];
                 if let Some(r) = p.target_reboot_requested_at {
                     // A minute early: clocks differ between us and RDS.
