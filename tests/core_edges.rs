@@ -15,39 +15,11 @@ use aurora_migrator::core::{Migration, Phase};
 use common::*;
 use jiff::SignedDuration;
 
-fn keys(actions: &[Action]) -> Vec<ActionKey> {
-    actions
-        .iter()
-        .filter(|a| a.is_mutating())
-        .map(Action::key)
-        .collect()
-}
-
 fn alerted(model: &Model, event: &str) -> bool {
     model
         .notifications
         .iter()
         .any(|n| n.event == event && n.severity == Severity::Error)
-}
-
-/// Runs the model until `m` reaches `phase`.
-fn advance_to(model: &mut Model, m: &mut Migration, policy: &Policy, phase: Phase) {
-    for _ in 0..400 {
-        if m.phase == phase {
-            return;
-        }
-        let d = round(model, m, policy, &mut |_| None);
-        model.now += d
-            .wake_after
-            .unwrap_or(SignedDuration::from_secs(60))
-            .max(SignedDuration::from_secs(1));
-        assert!(
-            !m.phase.is_terminal(),
-            "ended in {} before {phase}",
-            m.phase
-        );
-    }
-    panic!("did not reach {phase}; stuck in {}", m.phase);
 }
 
 /// What an IaC apply does: the source's original groups are back next to (or instead of) the

@@ -11,39 +11,6 @@ use aurora_migrator::core::{Phase, step};
 use common::*;
 use jiff::SignedDuration;
 
-fn keys(actions: &[Action]) -> Vec<ActionKey> {
-    actions
-        .iter()
-        .filter(|a| a.is_mutating())
-        .map(Action::key)
-        .collect()
-}
-
-/// Runs the model until `m` reaches `phase` (panics if it ends elsewhere).
-fn advance_to(
-    model: &mut Model,
-    m: &mut aurora_migrator::core::Migration,
-    policy: &Policy,
-    phase: Phase,
-) {
-    for _ in 0..400 {
-        if m.phase == phase {
-            return;
-        }
-        let d = round(model, m, policy, &mut |_| None);
-        model.now += d
-            .wake_after
-            .unwrap_or(SignedDuration::from_secs(60))
-            .max(SignedDuration::from_secs(1));
-        assert!(
-            !m.phase.is_terminal() || m.phase == phase,
-            "ended in {} before reaching {phase}",
-            m.phase
-        );
-    }
-    panic!("did not reach {phase}; stuck in {}", m.phase);
-}
-
 #[test]
 fn happy_path_visits_every_phase_in_order_and_completes() {
     let mut model = Model::new();

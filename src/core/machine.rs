@@ -24,8 +24,8 @@ use super::messages;
 use super::migration::{Baseline, Migration, PhaseChange, Plan, Rollback, RollbackCause, Wake};
 use super::notification::Severity;
 use super::observation::{
-    Datapoint, InstanceEventKind, MetricKey, Observation, Observed, SecurityGroup, Snapshot,
-    SourceInstance, TargetCluster, latest,
+    Datapoint, InstanceEvent, InstanceEventKind, MetricKey, Observation, Observed, SecurityGroup,
+    Snapshot, SourceInstance, TargetCluster, latest,
 };
 use super::phase::Phase;
 use super::policy::{CutoverPolicy, Policy};
@@ -908,16 +908,9 @@ impl Stepper<'_> {
         if source.status != "available" {
             missing.push(format!("the source is `{}`", source.status));
         }
-        let requested = self.m.progress.reboot_requested_at;
-        let restart = self
-            .obs
-            .source_events
-            .iter()
-            .filter(|e| e.kind == InstanceEventKind::Restarted)
-            .filter(|e| requested.is_some_and(|r| e.at >= r))
-            .map(|e| e.at)
-            .min();
-        if let Some(at) = restart {
+        if let Some(at) =
+            first_restart(&self.obs.source_events, self.m.progress.reboot_requested_at)
+        {
             self.m.progress.restarted_at.get_or_insert(at);
         }
         let Some(restarted) = self.m.progress.restarted_at else {
@@ -1662,15 +1655,7 @@ impl Stepper<'_> {
             return Some(at);
         }
         let requested = self.m.progress.target_reboot_requested_at;
-        let restart = self
-            .obs
-            .writer_events
-            .iter()
-            .filter(|e| e.kind == InstanceEventKind::Restarted)
-            .filter(|e| requested.is_some_and(|r| e.at >= r))
-            .map(|e| e.at)
-            .min();
-        if let Some(at) = restart {
+        if let Some(at) = first_restart(&self.obs.writer_events, requested) {
             self.m.progress.target_restarted_at = Some(at);
             return Some(at);
         }
@@ -1688,6 +1673,17 @@ impl Stepper<'_> {
 }
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// The first "DB instance restarted" event at or after a reboot request: only a restart after
+/// our request ends the sessions that were open when we asked.
+fn first_restart(events: &[InstanceEvent], requested: Option<Timestamp>) -> Option<Timestamp> {
+    let requested = requested?;
+    events
+        .iter()
+        .filter(|e| e.kind == InstanceEventKind::Restarted && e.at >= requested)
+        .map(|e| e.at)
+        .min()
+}
 
 /// The end of a CloudWatch period.
 fn period_end(p: &Datapoint) -> Timestamp {

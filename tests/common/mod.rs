@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use aurora_migrator::core::action::{Action, ActionError, ActionResult, ErrorKind};
+use aurora_migrator::core::action::{Action, ActionError, ActionKey, ActionResult, ErrorKind};
 use aurora_migrator::core::machine::Decision;
 use aurora_migrator::core::migration::{Migration, MigrationId};
 use aurora_migrator::core::needs::needs;
@@ -575,4 +575,33 @@ pub fn run_to_end(
         }
     }
     m.history.iter().map(|h| h.phase).collect()
+}
+
+/// The kinds of the mutating actions of a decision, in order.
+pub fn keys(actions: &[Action]) -> Vec<ActionKey> {
+    actions
+        .iter()
+        .filter(|a| a.is_mutating())
+        .map(Action::key)
+        .collect()
+}
+
+/// Runs the model until `m` reaches `phase` (panics if it ends elsewhere).
+pub fn advance_to(model: &mut Model, m: &mut Migration, policy: &Policy, phase: Phase) {
+    for _ in 0..400 {
+        if m.phase == phase {
+            return;
+        }
+        let d = round(model, m, policy, &mut |_| None);
+        model.now += d
+            .wake_after
+            .unwrap_or(SignedDuration::from_secs(60))
+            .max(SignedDuration::from_secs(1));
+        assert!(
+            !m.phase.is_terminal() || m.phase == phase,
+            "ended in {} before reaching {phase}",
+            m.phase
+        );
+    }
+    panic!("did not reach {phase}; stuck in {}", m.phase);
 }
