@@ -1,0 +1,311 @@
+//! The cutover: Quiescing (the quarantine, the reboot), Draining (the catch-up proof), Promoting
+//! and Routing. The fence the proof established is re-checked right before promotion and before
+//! routing (`fence_intact`): a drift before promotion sends the migration back to Draining, a
+//! drift after it holds routing with an alert.
+
+use super::*;
+
+impl Stepper<'_> {
+    /// The fence as the Draining proof established it, re-checked before each step that relies
+    /// on it (promotion, routing): the source's groups are exactly the quarantine group, active,
+    /// and the group, described again, has no rules beyond the CDC exception. An IaC apply can
+    /// put the old groups back at any moment, so a proof a minute old is not enough.
+    pub(super) fn fence_intact(&self) -> Result<(), String> {
+        let Some(q) = self.quarantine_id() else {
+            return Err("no quarantine group was recorded".to_string());
+        };
+        let Some(source) = self.source() else {
+            return Err("the source was not observed".to_string());
+        };
+        if !source.groups_exactly_active(std::slice::from_ref(&q)) {
+            return Err(format!(
+                "the source's security groups are {:?}, not exactly the quarantine group {q}, active",
+                source.group_ids()
+            ));
+        }
+        match self.obs.quarantine_group.present() {
+            Some(g) if self.quarantine_exact(g) => Ok(()),
+            Some(_) => Err("the quarantine group has rules beyond the CDC exception".to_string()),
+            None => Err("the quarantine group was not described".to_string()),
+        }
+    }
+
+    pub(super) fn quiescing(&mut self) {
+        let (Some(source), Some(q)) = (self.source().cloned(), self.quarantine_id()) else {
+            if self.quarantine_id().is_none() {
+                self.failure("no quarantine group was recorded".to_string());
+            }
+            return;
+        };
+        if self.m.progress.original_groups.is_none() {
+            let original: Vec<String> =
+                source.group_ids().into_iter().filter(|g| *g != q).collect();
+            self.m.progress.original_groups = Some(original);
+        }
+        self.request(Action::EnsureHeartbeatAlarm {
+            alarm: self.m.names.heartbeat_alarm.clone(),
+            migration: self.m.id.to_string(),
+        });
+        if !source.groups_exactly_active(std::slice::from_ref(&q)) {
+            let only_q = source.group_ids() == [q.clone()];
+            if !only_q {
+                self.m.progress.quarantined_at.get_or_insert(self.now);
+                self.request(Action::QuarantineSource {
+                    instance: source.identifier.clone(),
+                    group_id: q,
+                });
+            }
+            return;
+        }
+        self.m.progress.quarantine_active_at.get_or_insert(self.now);
+        if source.status != "available" {
+            return;
+        }
+        if self.request(Action::RebootSource {
+            instance: source.identifier.clone(),
+        }) {
+            self.m.progress.reboot_requested_at = Some(self.now);
+            self.m.progress.restarted_at = None;
+            self.enter(Phase::Draining, "");
+        }
+    }
+
+    /// What the Draining proof still lacks (empty: proven). Records the restart when seen.
+    pub(super) fn drain_proof_missing(&mut self) -> Vec<String> {
+        let mut missing = Vec::new();
+        let Some(q) = self.quarantine_id() else {
+            return vec!["no quarantine group recorded".to_string()];
+        };
+        let Some(source) = self.source().cloned() else {
+            return vec!["source not observed".to_string()];
+        };
+        if !source.groups_exactly_active(std::slice::from_ref(&q)) {
+            missing.push(
+                "the source's security groups are not exactly the quarantine group, active"
+                    .to_string(),
+            );
+        }
+        match self.obs.quarantine_group.present() {
+            Some(g) if self.quarantine_exact(g) => {}
+            Some(_) => {
+                missing.push("the quarantine group has rules beyond the CDC exception".to_string())
+            }
+            None => missing.push("the quarantine group was not described".to_string()),
+        }
+        if source.status != "available" {
+            missing.push(format!("the source is `{}`", source.status));
+        }
+        if let Some(at) =
+            first_restart(&self.obs.source_events, self.m.progress.reboot_requested_at)
+        {
+            self.m.progress.restarted_at.get_or_insert(at);
+        }
+        let Some(restarted) = self.m.progress.restarted_at else {
+            missing.push(
+                "no \"DB instance restarted\" event after the reboot request yet".to_string(),
+            );
+            return missing;
+        };
+        let after = |key: MetricKey| -> Vec<Datapoint> {
+            self.obs
+                .metric(key)
+                .iter()
+                .filter(|p| p.start >= restarted)
+                .copied()
+                .collect()
+        };
+        if !after(MetricKey::SourceSlotLag)
+            .iter()
+            .any(|p| p.minimum == 0.0)
+        {
+            missing.push(
+                "no OldestReplicationSlotLag period after the restart with Minimum 0".to_string(),
+            );
+        }
+        let consumers = self.plan().map_or(0, |p| p.cdc_consumers.len()) as f64;
+        match latest(&after(MetricKey::SourceConnections)) {
+            Some(p) if p.maximum <= self.policy.max_idle_connections + consumers => {}
+            Some(p) => missing.push(format!(
+                "{} connections on the quarantined source",
+                p.maximum
+            )),
+            None => missing.push("no DatabaseConnections period after the restart".to_string()),
+        }
+        match latest(&after(MetricKey::TargetReplicaLag)) {
+            Some(p) if p.maximum <= self.policy.drained_replica_lag_s => {}
+            Some(p) => missing.push(format!("replica lag {} s", p.maximum)),
+            None => missing
+                .push("no RDSToAuroraPostgreSQLReplicaLag period after the restart".to_string()),
+        }
+        if consumers > 0.0 && !self.tags.cdc_drained {
+            missing.push(format!(
+                "waiting for the CDC consumers to drain their slots and tag {}:cdc-drained=true",
+                self.policy.tag_prefix
+            ));
+        }
+        missing
+    }
+
+    pub(super) fn draining(&mut self) {
+        let missing = self.drain_proof_missing();
+        if missing.is_empty() {
+            self.m.progress.drain_proven_at = Some(self.now);
+            self.enter(Phase::Promoting, "");
+            return;
+        }
+        // Back from Promoting after a drift, or changed under us: put the quarantine back. The
+        // reboot below waits for it, or sessions could reconnect through the old groups.
+        let fenced = match (self.source().cloned(), self.quarantine_id()) {
+            (Some(source), Some(q)) => {
+                let exact = source.groups_exactly_active(std::slice::from_ref(&q));
+                if !exact && source.group_ids() != [q.clone()] {
+                    self.request(Action::QuarantineSource {
+                        instance: source.identifier.clone(),
+                        group_id: q,
+                    });
+                }
+                exact
+            }
+            _ => false,
+        };
+        if fenced && self.m.progress.restarted_at.is_none() {
+            // No restart seen yet: ask for the reboot when none is in flight (a failed request
+            // is forgotten, see `take_action_results`), or again when one produced no restart
+            // for far longer than a reboot takes.
+            let requested = self.m.progress.reboot_requested_at;
+            let never_started = requested.is_some_and(|r| {
+                self.since(r) > self.policy.reboot_unconfirmed_after
+                    && self.source().is_some_and(|s| s.status == "available")
+                    && !self.obs.source_events.iter().any(|e| {
+                        e.at >= r
+                            && matches!(
+                                e.kind,
+                                InstanceEventKind::Shutdown | InstanceEventKind::Restarted
+                            )
+                    })
+            });
+            if never_started {
+                // Lost, not slow: nothing in flight to wait for.
+                self.m.requested.remove(&ActionKey::RebootSource);
+            }
+            let due = never_started
+                || requested.is_none_or(|r| self.since(r) > self.policy.reboot_reissue_after);
+            if due
+                && let Some(source) = self.source().map(|s| s.identifier.clone())
+                && self.request(Action::RebootSource { instance: source })
+            {
+                self.m.progress.reboot_requested_at = Some(self.now);
+            }
+        }
+        if let Some(q) = self.m.progress.quarantined_at
+            && self.since(q) > self.policy.write_unavailability_budget / 2
+        {
+            self.alert_once(
+                "draining-slow",
+                Severity::Warning,
+                "the catch-up proof is taking long",
+                &format!(
+                    "still missing: {}; the agent rolls back by itself when the budget runs out",
+                    missing.join("; ")
+                ),
+            );
+        }
+    }
+
+    pub(super) fn promoting(&mut self) {
+        let t = match &self.obs.target {
+            Observed::Unknown => return,
+            Observed::Absent => {
+                self.failure("the replica cluster disappeared before promotion".to_string());
+                return;
+            }
+            Observed::Present(t) => t.clone(),
+        };
+        if t.replication_source.is_none() && t.status == "available" {
+            self.m.progress.promoted_at.get_or_insert(self.now);
+            let detail = if self.plan().is_some_and(|p| !p.cdc_consumers.is_empty()) {
+                format!(
+                    "CDC consumers: create your replication slots on {} now, then tag the source {}:cdc-slots-created=true; nothing has been written to Aurora yet, so no change is missed",
+                    t.writer_endpoint
+                        .as_ref()
+                        .map_or(t.identifier.as_str(), |e| e.address.as_str()),
+                    self.policy.tag_prefix
+                )
+            } else {
+                String::new()
+            };
+            self.enter(Phase::Routing, &detail);
+            return;
+        }
+        if t.replication_source.is_some()
+            && self.m.progress.promote_requested_at.is_none()
+            && let Err(why) = self.fence_intact()
+        {
+            // The proof no longer holds: someone may have written since. Nothing is promoted;
+            // the proof starts over (a new reboot after the quarantine is back).
+            self.m.progress.drain_proven_at = None;
+            self.m.progress.restarted_at = None;
+            self.m.progress.reboot_requested_at = None;
+            self.enter(
+                Phase::Draining,
+                &format!(
+                    "the fence broke before promotion ({why}); the catch-up proof starts over"
+                ),
+            );
+            return;
+        }
+        if t.replication_source.is_some()
+            && self.request(Action::PromoteTarget {
+                cluster: t.identifier.clone(),
+            })
+        {
+            self.m.progress.promote_requested_at.get_or_insert(self.now);
+        }
+    }
+
+    pub(super) fn routing(&mut self) {
+        let Some(t) = self.obs.target.present().cloned() else {
+            return;
+        };
+        if self.m.progress.routed_at.is_some() {
+            let endpoint = t
+                .writer_endpoint
+                .as_ref()
+                .map(|e| format!("{}:{}", e.address, e.port))
+                .unwrap_or_default();
+            self.enter_with(
+                Phase::Verifying,
+                &format!("traffic now goes to the Aurora writer {endpoint}"),
+                "cutover",
+            );
+            return;
+        }
+        let cdc = self.plan().is_some_and(|p| !p.cdc_consumers.is_empty());
+        if cdc && !self.tags.cdc_slots_created {
+            return;
+        }
+        let Some(endpoint) = t.writer_endpoint.clone() else {
+            return;
+        };
+        if self.m.progress.route_requested_at.is_none()
+            && let Err(why) = self.fence_intact()
+        {
+            // Aurora is promoted but has taken no write; the source must not take one either
+            // once traffic moves, or the two diverge. Hold until the fence holds again.
+            self.alert_once(
+                "fence-broken-before-routing",
+                Severity::Error,
+                "routing is on hold: the old primary is not fenced",
+                &format!(
+                    "{why}; clients could write to both sides after the cutover. Put the quarantine group back (only it) and the agent routes; or tag {}:abort=true to roll back losslessly",
+                    self.policy.tag_prefix
+                ),
+            );
+            return;
+        }
+        let route = self.route_to(&endpoint);
+        if self.request(Action::RouteTraffic(route)) {
+            self.m.progress.route_requested_at.get_or_insert(self.now);
+        }
+    }
+}

@@ -1,0 +1,617 @@
+//! The phase machine: `step(record, observation, now, policy) -> Decision`.
+//!
+//! # Expected flow
+//! Each call looks at one observation of the world and moves the record at most one phase
+//! forward, returning the actions that bring the world closer to what the phase wants. The shell
+//! persists `next` before it runs any action, then schedules a wake-up after `wake_after`.
+//!
+//! # Layout
+//! This file holds `step`, `Decision` and the stepper's shared rules (phase changes, requests
+//! and their reissue, backoff, alerts, the guards that preempt every phase, terminal phases).
+//! Each group of phases has its rules in one file: `preparation.rs` (preflight … paused),
+//! `cutover.rs` (quiescing … routing, with the fence re-checks), `soak.rs` (verifying,
+//! decommissioning) and `rollback.rs` (both rollbacks).
+//!
+//! # Guarantees
+//! - Pure: no clock, no I/O, no randomness. Same inputs, same decision.
+//! - Level-triggered: nothing depends on which message caused the call.
+//! - The invariants in `invariants.rs` hold for every decision (checked in debug builds).
+//! - A mutating action is asked for once; while it is in flight (`Migration::requested`) the
+//!   same observation does not ask again. After `Policy::reissue_after` without confirmation it
+//!   is asked again (a crash between persisting and executing loses nothing).
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::action::{
+    Action, ActionKey, ErrorKind, ParameterGroupsSpec, QuarantineGroupSpec, ReplicaClusterSpec,
+    RouteRequest, WriterInstanceSpec,
+};
+use super::invariants;
+use super::messages;
+use super::migration::{Baseline, Migration, PhaseChange, Plan, Rollback, RollbackCause, Wake};
+use super::notification::Severity;
+use super::observation::{
+    Datapoint, InstanceEvent, InstanceEventKind, MetricKey, Observation, Observed, SecurityGroup,
+    Snapshot, SourceInstance, TargetCluster, latest,
+};
+use super::phase::Phase;
+use super::policy::{CutoverPolicy, Policy};
+use super::preflight;
+use super::tags::{self, ControlTags};
+
+// One file per group of phases, each holding everything about its phases (see their docs).
+mod cutover;
+mod preparation;
+mod rollback;
+mod soak;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub next: Migration,
+    pub actions: Vec<Action>,
+    /// When to look again; `None` for a terminal phase.
+    pub wake_after: Option<SignedDuration>,
+}
+
+impl Decision {
+    pub fn mutating(&self) -> impl Iterator<Item = &Action> {
+        self.actions.iter().filter(|a| a.is_mutating())
+    }
+}
+
+/// Advances one migration by one observation. See the module documentation.
+pub fn step(m: &Migration, obs: &Observation, now: Timestamp, policy: &Policy) -> Decision {
+    let mut s = Stepper {
+        tags: obs
+            .source
+            .present()
+            .map(|src| ControlTags::read(&policy.tag_prefix, &src.tags))
+            .unwrap_or_default(),
+        m: m.clone(),
+        obs,
+        now,
+        policy,
+        actions: Vec::new(),
+        wake: None,
+        entered: false,
+    };
+    s.run();
+    let decision = s.finish();
+    if cfg!(debug_assertions)
+        && let Err(violation) = invariants::check(m, obs, &decision)
+    {
+        panic!("invariant violated by step in {}: {violation}", m.phase);
+    }
+    decision
+}
+
+struct Stepper<'a> {
+    m: Migration,
+    obs: &'a Observation,
+    now: Timestamp,
+    policy: &'a Policy,
+    tags: ControlTags,
+    actions: Vec<Action>,
+    wake: Option<SignedDuration>,
+    /// A phase change happened in this step: observe again at once.
+    entered: bool,
+}
+
+impl Stepper<'_> {
+    fn run(&mut self) {
+        self.take_action_results();
+        if self.entered {
+            return;
+        }
+        if self.m.phase.is_terminal() {
+            self.terminal();
+            return;
+        }
+        if self.guards() {
+            return;
+        }
+        if self.m.source_quarantined() {
+            self.actions.push(Action::PutHeartbeat {
+                migration: self.m.id.to_string(),
+            });
+        }
+        match self.m.phase {
+            Phase::Requested => self.enter(Phase::Preflight, ""),
+            Phase::Preflight => self.preflight(),
+            Phase::Preparing => self.preparing(),
+            Phase::CreatingReplica => self.creating_replica(),
+            Phase::Replicating => self.replicating(),
+            Phase::AwaitingCutover => self.awaiting_cutover(),
+            Phase::Paused => self.paused(),
+            Phase::Quiescing => self.quiescing(),
+            Phase::Draining => self.draining(),
+            Phase::Promoting => self.promoting(),
+            Phase::Routing => self.routing(),
+            Phase::Verifying => self.verifying(),
+            Phase::Decommissioning => self.decommissioning(),
+            Phase::RollingBack => self.rolling_back(),
+            Phase::Completed | Phase::Failed | Phase::RolledBack | Phase::Aborted => {}
+        }
+    }
+
+    fn finish(mut self) -> Decision {
+        for note in &self.m.outbox {
+            self.actions.push(Action::Notify(note.clone()));
+        }
+        let wake = if self.m.phase.is_terminal() && !self.terminal_needs_attention() {
+            None
+        } else if self.entered {
+            Some(SignedDuration::ZERO)
+        } else {
+            Some(
+                self.wake
+                    .unwrap_or_else(|| self.policy.poll_interval(self.m.phase)),
+            )
+        };
+        match wake {
+            Some(after) => {
+                self.m.wake_seq += 1;
+                self.m.next_wake = Some(Wake {
+                    at: self.now + after,
+                    token: self.m.wake_seq,
+                });
+            }
+            None => self.m.next_wake = None,
+        }
+        Decision {
+            next: self.m,
+            actions: self.actions,
+            wake_after: wake,
+        }
+    }
+
+    /// Failed after cutover stays observable: the owners may still approve a rollback.
+    fn entered_rollback_possible(&self) -> bool {
+        self.m.phase == Phase::Failed && self.cutover_started() && self.m.rollback.is_none()
+    }
+
+    /// A terminal record is still looked at while a rollback may be approved, while the
+    /// trigger tag still says `start`, while notifications wait, and for a while after a
+    /// rollback released the source.
+    fn terminal_needs_attention(&self) -> bool {
+        self.entered_rollback_possible()
+            || self.trigger_needs_reset()
+            || !self.m.outbox.is_empty()
+            || self.release_watch()
+    }
+
+    /// After a rollback the source is watched for `RELEASE_WATCH`: a quarantine request still
+    /// in flight when the rollback began, or a stale describe that showed the groups restored,
+    /// would otherwise leave it fenced off with nobody looking.
+    fn release_watch(&self) -> bool {
+        matches!(self.m.phase, Phase::RolledBack | Phase::Aborted)
+            && self.m.progress.quarantined_at.is_some()
+            && self.since(self.m.phase_entered_at) < RELEASE_WATCH
+    }
+
+    /// The source still carries the quarantine group after the rollback: restore it again and
+    /// say so.
+    fn recheck_release(&mut self) {
+        let (Some(source), Some(q), Some(original)) = (
+            self.source().cloned(),
+            self.quarantine_id(),
+            self.m.progress.original_groups.clone(),
+        ) else {
+            return;
+        };
+        if source.group_ids().contains(&q) && !source.groups_exactly_active(&original) {
+            self.alert_once(
+                "source-still-quarantined",
+                Severity::Error,
+                "the source was still fenced off after the rollback",
+                "a late quarantine change or a stale describe; the agent restores its security groups again",
+            );
+            self.request(Action::RestoreSourceGroups {
+                instance: source.identifier.clone(),
+                group_ids: original,
+            });
+        }
+    }
+
+    fn trigger_needs_reset(&self) -> bool {
+        self.m.phase.is_terminal()
+            && self.m.phase != Phase::Completed
+            && self.m.trigger_reset_at.is_none()
+            && !self.obs.source.is_absent()
+    }
+
+    // ----- building blocks -------------------------------------------------------------------
+
+    fn plan(&self) -> Option<&Plan> {
+        self.m.plan.as_ref()
+    }
+
+    fn source(&self) -> Option<&SourceInstance> {
+        self.obs.source.present()
+    }
+
+    fn cutover_started(&self) -> bool {
+        self.m.progress.route_requested_at.is_some()
+    }
+
+    fn since(&self, t: Timestamp) -> SignedDuration {
+        self.now.duration_since(t)
+    }
+
+    /// Moves to `phase`, tells people, mirrors the tag, and asks to be stepped again at once.
+    fn enter(&mut self, phase: Phase, detail: &str) {
+        self.enter_with(phase, detail, "phase-change");
+    }
+
+    fn enter_with(&mut self, phase: Phase, detail: &str, event: &str) {
+        let from = self.m.phase;
+        self.m.phase = phase;
+        self.m.phase_entered_at = self.now;
+        self.m.history.push(PhaseChange {
+            phase,
+            at: self.now,
+        });
+        self.m.requested.clear();
+        self.m.action_failures = 0;
+        self.entered = true;
+        let note = messages::phase_change(&self.m, from, detail, event, self.policy);
+        self.m.outbox.push(note);
+        let mut arns = vec![self.m.source_arn.clone()];
+        if let Some(t) = self.obs.target.present() {
+            arns.push(t.arn.clone());
+        }
+        self.actions.push(Action::MirrorPhaseTag { arns, phase });
+        if self.trigger_needs_reset() {
+            self.reset_trigger();
+        }
+    }
+
+    /// Sets the trigger to `stopped`, so that only a new `start` begins another attempt.
+    fn reset_trigger(&mut self) {
+        self.request(Action::SetTriggerTag {
+            arn: self.m.source_arn.clone(),
+            value: tags::STOPPED.to_string(),
+        });
+    }
+
+    /// Asks for a mutating action unless the same kind is already in flight. Returns whether it
+    /// was asked for.
+    fn request(&mut self, action: Action) -> bool {
+        let key = action.key();
+        let reissue = match key {
+            ActionKey::RebootSource => self.policy.reboot_reissue_after,
+            _ if self.m.phase.is_cutover() => self.policy.cutover_reissue_after,
+            _ => self.policy.reissue_after,
+        };
+        if let Some(until) = self.m.requested.get(&key)
+            && self.now < *until
+        {
+            let wait = until.duration_since(self.now);
+            self.wake_within(wait);
+            return false;
+        }
+        self.m.requested.insert(key, self.now + reissue);
+        self.actions.push(action);
+        true
+    }
+
+    /// Delay before a failed action is asked for again: short in the cutover (every second is
+    /// downtime), longer otherwise, doubling with each failure in the phase, at most 5 minutes.
+    fn backoff(&self, kind: ErrorKind) -> SignedDuration {
+        let base = match (self.m.phase.is_cutover(), kind) {
+            (true, _) => SignedDuration::from_secs(2),
+            (false, ErrorKind::Throttled) => SignedDuration::from_secs(30),
+            (false, _) => SignedDuration::from_secs(10),
+        };
+        let doublings = self.m.action_failures.min(8);
+        (base * (1i32 << doublings)).min(SignedDuration::from_mins(5))
+    }
+
+    fn alert_once(&mut self, name: &str, severity: Severity, title: &str, detail: &str) {
+        if self.m.alerts_sent.insert(name.to_string()) {
+            let note = messages::alert(&self.m, name, severity, title, detail, self.policy);
+            self.m.outbox.push(note);
+        }
+    }
+
+    fn wake_within(&mut self, after: SignedDuration) {
+        let after = after.max(SignedDuration::from_secs(1));
+        self.wake = Some(match self.wake {
+            Some(w) => w.min(after),
+            None => after.min(self.policy.poll_interval(self.m.phase)),
+        });
+    }
+
+    /// Something went wrong that the agent cannot fix by waiting. Before cutover: the lossless
+    /// rollback. After it: stop and ask a person.
+    fn failure(&mut self, reason: String) {
+        self.m.last_error = Some(reason.clone());
+        match self.m.phase {
+            Phase::Requested | Phase::Preflight => self.enter(Phase::Failed, &reason),
+            // A rollback is never abandoned: the source must get its groups back. Tell people
+            // once and keep trying (the failed action backs off).
+            Phase::RollingBack => self.alert_once(
+                "rollback-error",
+                Severity::Error,
+                "the rollback hit an error; the agent keeps trying",
+                &reason,
+            ),
+            _ if self.cutover_started() => self.enter(Phase::Failed, &reason),
+            _ => self.start_rollback(RollbackCause::Failure(reason)),
+        }
+    }
+
+    fn start_rollback(&mut self, cause: RollbackCause) {
+        let after_cutover = self.cutover_started();
+        let detail = match &cause {
+            RollbackCause::Aborted => "aborted by the owners' tag".to_string(),
+            RollbackCause::Approved => "rollback approved by the owners' tag".to_string(),
+            RollbackCause::Failure(why) => why.clone(),
+        };
+        self.m.rollback = Some(Rollback {
+            cause,
+            started_at: self.now,
+            after_cutover,
+        });
+        self.enter(Phase::RollingBack, &detail);
+    }
+
+    // ----- what applies in every phase -------------------------------------------------------
+
+    fn take_action_results(&mut self) {
+        for result in &self.obs.action_results {
+            let Err(err) = &result.outcome else {
+                match result.key {
+                    ActionKey::RouteTraffic if self.m.phase == Phase::Routing => {
+                        self.m.progress.routed_at.get_or_insert(self.now);
+                    }
+                    ActionKey::RunSmokeTest => self.m.progress.smoke_test_passed = Some(true),
+                    ActionKey::SetTriggerTag => {
+                        self.m.trigger_reset_at.get_or_insert(self.now);
+                    }
+                    ActionKey::Notify => {
+                        if let Some(id) = &result.id {
+                            self.m.outbox.retain(|n| n.id() != *id);
+                        }
+                    }
+                    _ => {}
+                }
+                continue;
+            };
+            if result.key == ActionKey::Notify {
+                continue; // stays in the outbox: offered again on the next step
+            }
+            let deletion = matches!(
+                result.key,
+                ActionKey::DeleteTarget
+                    | ActionKey::DeleteSource
+                    | ActionKey::DeleteQuarantineGroup
+                    | ActionKey::DeleteHeartbeatAlarm
+            );
+            if deletion && err.kind == ErrorKind::NotFound {
+                continue; // already gone is what we wanted
+            }
+            // Ask again after a backoff, not at once: the next observation decides.
+            let backoff = self.backoff(err.kind);
+            self.m.requested.insert(result.key, self.now + backoff);
+            let what = format!(
+                "{} failed ({}): {}",
+                result.key,
+                err.kind.as_str(),
+                err.message
+            );
+            if self.m.phase.is_terminal() {
+                continue; // clean-up after the end: keep the reason the attempt ended with
+            }
+            self.m.last_error = Some(what.clone());
+            if result.key == ActionKey::RebootSource {
+                // No reboot happened (or we cannot know): ask again after the backoff rather
+                // than waiting for a restart that will not come.
+                self.m.progress.reboot_requested_at = None;
+            }
+            if result.key == ActionKey::RunSmokeTest && err.kind == ErrorKind::Fatal {
+                self.m.progress.smoke_test_passed = Some(false);
+                continue;
+            }
+            let creates = matches!(
+                result.key,
+                ActionKey::CreateReplicaCluster | ActionKey::CreateWriterInstance
+            );
+            let give_up =
+                err.kind == ErrorKind::Fatal || (creates && err.kind == ErrorKind::Conflict) || {
+                    self.m.action_failures += 1;
+                    self.m.action_failures > self.policy.max_action_retries
+                };
+            if give_up && !self.m.phase.is_terminal() && !self.entered {
+                self.failure(what);
+            }
+        }
+    }
+
+    fn terminal(&mut self) {
+        if self.release_watch() {
+            self.recheck_release();
+        }
+        if self.entered_rollback_possible() && self.tags.rollback {
+            self.start_rollback(RollbackCause::Approved);
+        } else if self.trigger_needs_reset() {
+            if self.obs.source.present().is_some_and(|_| !self.tags.start) {
+                // Someone already changed the trigger: nothing to reset.
+                self.m.trigger_reset_at = Some(self.now);
+            } else if self.obs.source.present().is_some() {
+                self.reset_trigger();
+            }
+        }
+    }
+
+    /// Checks that preempt the phase's own logic. Returns true when one acted.
+    fn guards(&mut self) -> bool {
+        let phase = self.m.phase;
+        if self.obs.source.is_absent() && !matches!(phase, Phase::Decommissioning) {
+            if phase == Phase::RollingBack && !self.m.source_quarantined() {
+                return false; // nothing left to restore on the source; let the rollback finish
+            }
+            if phase < Phase::Routing || phase == Phase::Paused || phase == Phase::RollingBack {
+                self.m.last_error = Some("the source instance no longer exists".to_string());
+                self.enter(
+                    Phase::Failed,
+                    "the source instance was deleted outside the agent; anything created for it is left in place for inspection",
+                );
+                return true;
+            }
+            self.alert_once(
+                "source-deleted",
+                Severity::Warning,
+                "the source was deleted outside the agent",
+                "the old primary no longer exists: no final snapshot was taken by the agent",
+            );
+        }
+
+        if self.tags.abort && self.m.rollback.is_none() {
+            if self.cutover_started() {
+                self.alert_once(
+                    "abort-ignored",
+                    Severity::Warning,
+                    "abort ignored: traffic was already routed to Aurora",
+                    &format!(
+                        "a lossless abort is only possible before routing; to go back anyway tag {}:rollback=approve",
+                        self.policy.tag_prefix
+                    ),
+                );
+            } else if matches!(phase, Phase::Requested | Phase::Preflight) {
+                self.enter(Phase::Aborted, "aborted before anything was created");
+                return true;
+            } else {
+                self.start_rollback(RollbackCause::Aborted);
+                return true;
+            }
+        }
+
+        if self.tags.rollback
+            && self.m.rollback.is_none()
+            && self.cutover_started()
+            && matches!(
+                phase,
+                Phase::Routing | Phase::Verifying | Phase::Decommissioning
+            )
+            && self.m.progress.source_delete_requested_at.is_none()
+        {
+            self.start_rollback(RollbackCause::Approved);
+            return true;
+        }
+
+        if matches!(phase, Phase::Quiescing | Phase::Draining)
+            && let Some(q) = self.m.progress.quarantined_at
+        {
+            let budget = self.policy.write_unavailability_budget;
+            // At the boundary a holding proof wins: promoting ends the outage sooner than
+            // rolling back does.
+            let proven = phase == Phase::Draining && self.drain_proof_missing().is_empty();
+            if self.since(q) > budget && !proven {
+                let missing = if phase == Phase::Draining {
+                    self.drain_proof_missing().join("; ")
+                } else {
+                    "the quarantine never became active".to_string()
+                };
+                self.failure(format!(
+                        "the write-unavailability budget of {} ran out before promotion ({missing}); rolled back without loss",
+                        human(budget)
+                    ));
+                return true;
+            }
+            self.wake_within(budget - self.since(q));
+        }
+
+        if let Some(limit) = self.policy.timeout(phase) {
+            if self.since(self.m.phase_entered_at) > limit && phase == Phase::RollingBack {
+                // A rollback is never abandoned: the source must get its groups back.
+                self.alert_once(
+                    "rollback-slow",
+                    Severity::Error,
+                    "the rollback is taking long",
+                    &format!(
+                        "rolling back for over {}; the agent keeps trying: check the source's security groups and the replica",
+                        human(limit)
+                    ),
+                );
+            } else if self.since(self.m.phase_entered_at) > limit {
+                let reason = format!("{} did not finish within {}", phase, human(limit));
+                self.failure(reason);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn quarantine_exact(&self, group: &SecurityGroup) -> bool {
+        let Some(plan) = self.plan() else {
+            return false;
+        };
+        let mut have = group.ingress_sources.clone();
+        let mut want = plan.cdc_consumers.clone();
+        have.sort();
+        want.sort();
+        group.egress_rules == 0 && have == want
+    }
+
+    /// The cluster is ours: it replicates from our source, or (after promotion) carries our tag.
+    fn owned(&self, t: &TargetCluster) -> bool {
+        t.replication_source.as_deref() == Some(self.m.source_arn.as_str())
+            || t.tags.get(&tags::key(&self.policy.tag_prefix, "migration"))
+                == Some(&self.m.id.to_string())
+    }
+
+    fn quarantine_id(&self) -> Option<String> {
+        self.m.progress.quarantine_group_id.clone()
+    }
+
+    fn route_to(&self, endpoint: &super::observation::Endpoint) -> RouteRequest {
+        RouteRequest {
+            migration: self.m.id.to_string(),
+            source: self.m.source_identifier.clone(),
+            endpoint: endpoint.address.clone(),
+            port: endpoint.port,
+            phase: self.m.phase,
+        }
+    }
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// The first "DB instance restarted" event at or after a reboot request: only a restart after
+/// our request ends the sessions that were open when we asked.
+fn first_restart(events: &[InstanceEvent], requested: Option<Timestamp>) -> Option<Timestamp> {
+    let requested = requested?;
+    events
+        .iter()
+        .filter(|e| e.kind == InstanceEventKind::Restarted && e.at >= requested)
+        .map(|e| e.at)
+        .min()
+}
+
+/// How long a rolled-back source is watched for a late quarantine. 15 min: far longer than RDS
+/// takes to apply and show a security group change.
+const RELEASE_WATCH: SignedDuration = SignedDuration::from_mins(15);
+
+/// Mean of the period averages, optionally only periods starting at or after `from`.
+fn average(points: &[Datapoint], from: Option<Timestamp>) -> Option<f64> {
+    let vals: Vec<f64> = points
+        .iter()
+        .filter(|p| from.is_none_or(|f| p.start >= f))
+        .map(|p| p.average)
+        .collect();
+    (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
+}
+
+/// `1h 30m`-style text for notifications.
+pub fn human(d: SignedDuration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    match (h, m, s) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m {s}s"),
+        (h, 0, _) if h % 24 == 0 => format!("{}d", h / 24),
+        (h, m, _) => format!("{h}h {m}m"),
+    }
+}

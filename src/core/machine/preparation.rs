@@ -1,0 +1,275 @@
+//! Preflight through the cutover gate: preflight, Preparing (parameter groups, quarantine
+//! group, the agent's marker), CreatingReplica, Replicating (lag sustained, baseline, storage
+//! guard), AwaitingCutover and Paused. Nothing here stops a write: every failure is a lossless
+//! rollback.
+
+use super::*;
+
+impl Stepper<'_> {
+    /// Replica health that matters in every phase that waits with a replica attached.
+    pub(super) fn replica_guards(&mut self) -> bool {
+        if let Some(free) = latest(self.obs.metric(MetricKey::SourceFreeStorage))
+            && free.minimum < self.policy.min_free_storage_bytes
+        {
+            self.failure(format!(
+                    "the source's free storage fell to {:.1} GiB, below the floor of {:.1} GiB; the replica was deleted to release the WAL it held",
+                    free.minimum / GIB,
+                    self.policy.min_free_storage_bytes / GIB
+                ));
+            return true;
+        }
+        if let Some(t) = self.obs.target.present()
+            && t.replication_source.is_none()
+        {
+            self.failure(
+                    "the Aurora replica stopped replicating from the source (it has no replication source)"
+                        .to_string(),
+                );
+            return true;
+        }
+        false
+    }
+
+    pub(super) fn lag_ok(&self) -> bool {
+        let slot = latest(self.obs.metric(MetricKey::SourceSlotLag));
+        let replica = latest(self.obs.metric(MetricKey::TargetReplicaLag));
+        matches!((slot, replica), (Some(s), Some(r))
+            if s.maximum <= self.policy.max_slot_lag_bytes && r.maximum <= self.policy.max_replica_lag_s)
+    }
+
+    // ----- phases ----------------------------------------------------------------------------
+
+    pub(super) fn preflight(&mut self) {
+        let (Some(source), Some(inputs)) = (self.source(), self.obs.preflight.as_ref()) else {
+            return;
+        };
+        let (report, plan) = preflight::run(source, inputs, self.policy);
+        let text = report.render(&self.policy.tag_prefix);
+        self.m.preflight = Some(report);
+        match plan {
+            Some(plan) => {
+                self.m.plan = Some(plan);
+                self.enter(Phase::Preparing, &text);
+            }
+            None => {
+                self.m.last_error = Some("preflight blocked the migration".to_string());
+                self.enter(Phase::Failed, &text);
+            }
+        }
+    }
+
+    pub(super) fn preparing(&mut self) {
+        let Some(plan) = self.plan().cloned() else {
+            self.failure("no plan was recorded by preflight".to_string());
+            return;
+        };
+        let groups_ready = match &self.obs.parameter_groups {
+            Some(p) if p.cluster && p.instance => true,
+            Some(_) => {
+                self.request(Action::EnsureParameterGroups(ParameterGroupsSpec {
+                    family: plan.family.clone(),
+                    cluster_group: plan.cluster_parameter_group.clone(),
+                    instance_group: plan.instance_parameter_group.clone(),
+                    cluster_parameters: plan.cluster_parameters.clone(),
+                    instance_parameters: plan.instance_parameters.clone(),
+                    description: format!("aurora-migrator translation for {}", plan.family),
+                }));
+                false
+            }
+            None => false,
+        };
+        let quarantine_ready = match &self.obs.quarantine_group {
+            Observed::Present(g) if self.quarantine_exact(g) => {
+                self.m.progress.quarantine_group_id = Some(g.id.clone());
+                true
+            }
+            Observed::Present(_) | Observed::Absent => {
+                let mut tags = std::collections::BTreeMap::new();
+                tags.insert(
+                    tags::key(&self.policy.tag_prefix, "migration"),
+                    self.m.id.to_string(),
+                );
+                tags.insert(
+                    tags::key(&self.policy.tag_prefix, "source"),
+                    self.m.source_identifier.clone(),
+                );
+                self.request(Action::EnsureQuarantineGroup(QuarantineGroupSpec {
+                    name: self.m.names.quarantine_group.clone(),
+                    vpc_id: plan.vpc_id.clone(),
+                    allow_from: plan.cdc_consumers.clone(),
+                    port: plan.port,
+                    tags,
+                }));
+                false
+            }
+            Observed::Unknown => false,
+        };
+        // Before anything is done to the source, the agent takes hold of it with its own
+        // marker: from here on its permissions on the source do not depend on the trigger tag,
+        // which a person or an IaC apply may remove while the source is quarantined.
+        let marked = match self.source() {
+            Some(s) => {
+                let key = tags::marker_key(&self.policy.tag_prefix);
+                let value = self.m.id.resource_id.clone();
+                if s.tags.get(&key) == Some(&value) {
+                    true
+                } else {
+                    let arn = s.arn.clone();
+                    self.request(Action::MarkSource { arn, value });
+                    false
+                }
+            }
+            None => false,
+        };
+        if groups_ready && quarantine_ready && marked {
+            self.enter(Phase::CreatingReplica, "");
+        }
+    }
+
+    pub(super) fn target_tags(&self) -> std::collections::BTreeMap<String, String> {
+        let p = &self.policy.tag_prefix;
+        let mut t = std::collections::BTreeMap::new();
+        t.insert(tags::key(p, "migration"), self.m.id.to_string());
+        t.insert(tags::key(p, "source"), self.m.source_identifier.clone());
+        t
+    }
+
+    pub(super) fn creating_replica(&mut self) {
+        let Some(plan) = self.plan().cloned() else {
+            self.failure("no plan was recorded by preflight".to_string());
+            return;
+        };
+        match &self.obs.target {
+            Observed::Unknown => {}
+            Observed::Absent => {
+                let others = self
+                    .source()
+                    .map(|s| s.aurora_replica_clusters.clone())
+                    .unwrap_or_default();
+                if !others.is_empty() {
+                    self.failure(format!(
+                        "the source already has another Aurora replica ({})",
+                        others.join(", ")
+                    ));
+                    return;
+                }
+                if self.source().is_none() {
+                    return;
+                }
+                self.request(Action::CreateReplicaCluster(ReplicaClusterSpec {
+                    cluster: self.m.names.cluster.clone(),
+                    source_arn: self.m.source_arn.clone(),
+                    engine_version: plan.engine_version.clone(),
+                    cluster_parameter_group: plan.cluster_parameter_group.clone(),
+                    subnet_group: plan.subnet_group.clone(),
+                    security_groups: plan.source_groups.clone(),
+                    storage_encrypted: plan.storage_encrypted,
+                    kms_key_id: plan.kms_key_id.clone(),
+                    tags: self.target_tags(),
+                }));
+            }
+            Observed::Present(t) => {
+                if !self.owned(t) {
+                    self.m.last_error = Some(format!(
+                        "a cluster named {} exists and is not this migration's replica",
+                        t.identifier
+                    ));
+                    self.enter(
+                        Phase::Failed,
+                        &format!(
+                            "a cluster named {} already exists and is not this source's replica; it was left untouched",
+                            t.identifier
+                        ),
+                    );
+                    return;
+                }
+                if FAILED_CLUSTER_STATES.contains(&t.status.as_str()) {
+                    self.failure(format!("the replica cluster is `{}`", t.status));
+                    return;
+                }
+                if t.status != "available" {
+                    return;
+                }
+                match t.writer(&self.m.names.writer) {
+                    None => {
+                        self.request(Action::CreateWriterInstance(WriterInstanceSpec {
+                            instance: self.m.names.writer.clone(),
+                            cluster: self.m.names.cluster.clone(),
+                            instance_class: plan.instance_class.clone(),
+                            parameter_group: plan.instance_parameter_group.clone(),
+                            tags: self.target_tags(),
+                        }));
+                    }
+                    Some(w) if w.status == "available" => {
+                        self.m.progress.replica_ready_at.get_or_insert(self.now);
+                        self.enter(Phase::Replicating, "");
+                    }
+                    Some(w) if w.status == "failed" => {
+                        self.failure("the replica's writer instance failed".to_string());
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
+    pub(super) fn replicating(&mut self) {
+        if self.replica_guards() {
+            return;
+        }
+        if !self.lag_ok() {
+            self.m.progress.lag_ok_since = None;
+            return;
+        }
+        let since = *self.m.progress.lag_ok_since.get_or_insert(self.now);
+        if self.since(since) >= self.policy.lag_sustain {
+            self.m.progress.baseline = Some(Baseline {
+                cpu_percent: average(self.obs.metric(MetricKey::SourceCpu), None),
+                write_latency_s: average(self.obs.metric(MetricKey::SourceWriteLatency), None),
+                read_latency_s: average(self.obs.metric(MetricKey::SourceReadLatency), None),
+            });
+            self.enter(Phase::AwaitingCutover, "");
+        } else {
+            self.wake_within(self.policy.lag_sustain - self.since(since));
+        }
+    }
+
+    pub(super) fn cutover_allowed(&self) -> bool {
+        match &self.policy.cutover {
+            CutoverPolicy::Automatic => true,
+            CutoverPolicy::ManualApproval => self.tags.approve,
+            CutoverPolicy::Window(w) => w.contains(self.now),
+        }
+    }
+
+    pub(super) fn awaiting_cutover(&mut self) {
+        if self.replica_guards() {
+            return;
+        }
+        if self.obs.fleet_paused {
+            self.enter(Phase::Paused, "the fleet-wide pause is on");
+            return;
+        }
+        if self.cutover_allowed() && self.lag_ok() {
+            self.enter(Phase::Quiescing, "");
+        }
+    }
+
+    pub(super) fn paused(&mut self) {
+        if self.replica_guards() {
+            return;
+        }
+        if !self.obs.fleet_paused {
+            self.enter(Phase::AwaitingCutover, "the fleet-wide pause was lifted");
+        }
+    }
+}
+
+/// Failed cluster states from which a replica will not recover.
+const FAILED_CLUSTER_STATES: [&str; 5] = [
+    "failed",
+    "inaccessible-encryption-credentials",
+    "incompatible-parameters",
+    "incompatible-network",
+    "incompatible-restore",
+];

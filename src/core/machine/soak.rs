@@ -1,0 +1,355 @@
+//! After the cutover: Verifying (the soak against the baseline, the smoke test, writes on the old
+//! primary) and Decommissioning (retention, the fence re-checked, the source deleted with its
+//! final snapshot in the same call and its automated backups kept).
+
+use super::*;
+
+impl Stepper<'_> {
+    pub(super) fn verifying(&mut self) {
+        let Some(routed) = self.m.progress.routed_at else {
+            self.failure("verification started without a confirmed route".to_string());
+            return;
+        };
+        if self.m.progress.smoke_test_passed == Some(false) {
+            let why = self.m.last_error.clone().unwrap_or_default();
+            self.failure(format!("the smoke test failed: {why}"));
+            return;
+        }
+        if self.policy.smoke_test
+            && self.m.progress.smoke_test_passed.is_none()
+            && let Some(e) = self
+                .obs
+                .target
+                .present()
+                .and_then(|t| t.writer_endpoint.clone())
+        {
+            let route = self.route_to(&e);
+            self.request(Action::RunSmokeTest(route));
+        }
+        let settle = self.policy.slow_poll * 2;
+        if self.since(routed) > settle {
+            let wal = self
+                .obs
+                .metric(MetricKey::SourceWalGeneration)
+                .iter()
+                .filter(|p| p.start >= routed + settle)
+                .map(|p| p.average)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+            if wal.is_some_and(|w| w > self.policy.idle_wal_bytes_per_s) {
+                self.alert_once(
+                    "source-writes",
+                    Severity::Error,
+                    "someone is writing to the old primary",
+                    "the source's TransactionLogsGeneration is above idle after cutover: a client outside the data access layer still writes there, and those writes are not on Aurora",
+                );
+            }
+        }
+        self.source_release_after_cutover();
+        if self.since(routed) < self.policy.soak {
+            self.wake_within(self.policy.soak - self.since(routed));
+            return;
+        }
+        let regressions = self.kpi_regressions(routed);
+        if !regressions.is_empty() {
+            self.failure(format!("verification failed: {}", regressions.join("; ")));
+            return;
+        }
+        if self.policy.smoke_test && self.m.progress.smoke_test_passed != Some(true) {
+            return;
+        }
+        self.m.progress.verification_passed_at = Some(self.now);
+        self.enter(Phase::Decommissioning, "");
+    }
+
+    /// After cutover the source stays quarantined unless the policy gives its groups back; a
+    /// drift (IaC re-applying the groups) is reported.
+    pub(super) fn source_release_after_cutover(&mut self) {
+        let (Some(source), Some(original), Some(q)) = (
+            self.source().cloned(),
+            self.m.progress.original_groups.clone(),
+            self.quarantine_id(),
+        ) else {
+            return;
+        };
+        if self.policy.restore_source_groups_after_cutover {
+            if source.groups_exactly_active(&original) {
+                self.m.progress.source_released_at.get_or_insert(self.now);
+            } else if self.m.progress.source_released_at.is_none() {
+                self.request(Action::RestoreSourceGroups {
+                    instance: source.identifier.clone(),
+                    group_ids: original,
+                });
+            }
+        } else if !source.groups_exactly_active(std::slice::from_ref(&q))
+            && source.group_ids() != [q]
+        {
+            self.alert_once(
+                "quarantine-drift",
+                Severity::Error,
+                "the old primary is reachable again",
+                "the source's security groups were changed after cutover (an IaC apply?); clients could write to it: fix the groups",
+            );
+        }
+    }
+
+    pub(super) fn kpi_regressions(&self, routed: Timestamp) -> Vec<String> {
+        let Some(base) = self.m.progress.baseline.clone() else {
+            return Vec::new();
+        };
+        let ratio = self.policy.kpi_tolerance_ratio;
+        let checks = [
+            ("CPU", base.cpu_percent, MetricKey::TargetCpu, 20.0, "%"),
+            (
+                "write latency",
+                base.write_latency_s,
+                MetricKey::TargetWriteLatency,
+                0.005,
+                " s",
+            ),
+            (
+                "read latency",
+                base.read_latency_s,
+                MetricKey::TargetReadLatency,
+                0.005,
+                " s",
+            ),
+        ];
+        checks
+            .into_iter()
+            .filter_map(|(name, baseline, key, floor, unit)| {
+                let b = baseline?;
+                let t = average(self.obs.metric(key), Some(routed))?;
+                (t > b * ratio && t > floor).then(|| {
+                    format!(
+                        "{name} {t:.3}{unit} against a baseline of {b:.3}{unit} (limit ×{ratio})"
+                    )
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn decommissioning(&mut self) {
+        let Some(passed) = self.m.progress.verification_passed_at else {
+            self.failure("decommissioning without a passed verification".to_string());
+            return;
+        };
+        match self.obs.source.clone() {
+            Observed::Unknown => {}
+            Observed::Absent => self.source_gone(),
+            Observed::Present(source) => {
+                let due = passed + self.policy.retention;
+                if self.now < due {
+                    self.wake = Some(due.duration_since(self.now));
+                    return;
+                }
+                if source.status == "deleting" {
+                    // Our DeleteDBInstance was accepted (or someone else's): RDS is taking the
+                    // final snapshot and then removes the instance.
+                    return;
+                }
+                if !self.final_snapshot_name_free(&source) {
+                    return;
+                }
+                let full = self.obs.quotas.as_ref().is_some_and(|qs| {
+                    qs.iter()
+                        .any(|q| q.name == "ManualSnapshots" && q.used >= q.max)
+                });
+                if full {
+                    self.alert_once(
+                        "snapshot-quota",
+                        Severity::Error,
+                        "no room for the final snapshot",
+                        "the account's manual snapshot quota is reached; delete old snapshots or raise the quota, the agent waits",
+                    );
+                    return;
+                }
+                if source.deletion_protection {
+                    if self.policy.allow_disable_deletion_protection {
+                        self.request(Action::DisableDeletionProtection {
+                            instance: source.identifier.clone(),
+                        });
+                    } else {
+                        self.alert_once(
+                            "deletion-protection",
+                            Severity::Warning,
+                            "waiting for DeletionProtection to be turned off",
+                            &format!(
+                                "turn DeletionProtection off on {} to let the agent delete it (with a final snapshot {}, automated backups kept)",
+                                source.identifier, self.m.names.final_snapshot
+                            ),
+                        );
+                    }
+                    return;
+                }
+                if let Err(why) = self.fence_holds_for_deletion(&source) {
+                    self.alert_once(
+                        "fence-broken-before-delete",
+                        Severity::Error,
+                        "the old primary is not fenced: deletion is on hold",
+                        &format!(
+                            "{why}; it may have taken writes that are not on Aurora, so the agent does not delete it. Check who changed it, fence it again (or finish by hand), and the agent goes on"
+                        ),
+                    );
+                    return;
+                }
+                if !source.read_replicas.is_empty() {
+                    self.alert_once(
+                        "read-replicas-promoted",
+                        Severity::Warning,
+                        "the source's read replicas become standalone instances",
+                        &format!(
+                            "deleting the source promotes {}: they were acknowledged in preflight",
+                            source.read_replicas.join(", ")
+                        ),
+                    );
+                }
+                if self.request(Action::DeleteSource {
+                    instance: source.identifier.clone(),
+                    final_snapshot: self.m.names.final_snapshot.clone(),
+                }) {
+                    self.m
+                        .progress
+                        .source_delete_requested_at
+                        .get_or_insert(self.now);
+                }
+            }
+        }
+    }
+
+    /// The final snapshot's name must be free before the deletion asks for it: a snapshot of
+    /// that name that is not the product of our own DeleteDBInstance (another instance's, or one
+    /// taken before our request, e.g. by an earlier version of the agent that snapshotted
+    /// separately) does not hold the source's last state, and RDS would refuse the deletion.
+    pub(super) fn final_snapshot_name_free(&mut self, source: &SourceInstance) -> bool {
+        match &self.obs.final_snapshot {
+            Observed::Unknown => false,
+            Observed::Absent => true,
+            Observed::Present(s) => {
+                let ours = self.final_snapshot_is_ours(s);
+                if !ours {
+                    self.alert_once(
+                        "final-snapshot-name-taken",
+                        Severity::Error,
+                        "the final snapshot's name is taken",
+                        &format!(
+                            "a snapshot named {} exists (of {}, created {}) that is not the last state of {}; delete or rename it and the agent deletes the source with a final snapshot of that name",
+                            s.identifier,
+                            s.instance,
+                            s.created_at.map_or("at an unknown time".to_string(), |t| t.to_string()),
+                            source.identifier
+                        ),
+                    );
+                }
+                // Ours: the deletion was accepted and the describe lags; wait for it.
+                false
+            }
+        }
+    }
+
+    /// A snapshot carrying the final snapshot's name is ours only when it is of the source and
+    /// was created after we asked for the deletion (RDS clocks and ours differ by seconds, so a
+    /// minute of slack; an older snapshot cannot hold the last state).
+    pub(super) fn final_snapshot_is_ours(&self, s: &Snapshot) -> bool {
+        let Some(requested) = self.m.progress.source_delete_requested_at else {
+            return false;
+        };
+        s.instance.eq_ignore_ascii_case(&self.m.source_identifier)
+            && s.created_at
+                .is_none_or(|t| t >= requested - SignedDuration::from_mins(1))
+    }
+
+    /// The last check before the source is deleted: nobody can have written to it since the
+    /// cutover. Either its groups are still exactly the quarantine group, or (when the policy
+    /// gave its groups back) it generated no more WAL than an idle instance in every period of
+    /// the last few minutes.
+    pub(super) fn fence_holds_for_deletion(&self, source: &SourceInstance) -> Result<(), String> {
+        if !self.policy.restore_source_groups_after_cutover {
+            let Some(q) = self.quarantine_id() else {
+                return Err("no quarantine group was recorded".to_string());
+            };
+            return if source.groups_exactly_active(std::slice::from_ref(&q)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "its security groups are {:?}, not exactly the quarantine group {q}",
+                    source.group_ids()
+                ))
+            };
+        }
+        let recent: Vec<&Datapoint> = self
+            .obs
+            .metric(MetricKey::SourceWalGeneration)
+            .iter()
+            .filter(|p| p.start >= self.now - DELETE_IDLE_WINDOW)
+            .collect();
+        if recent.is_empty() {
+            return Err("no TransactionLogsGeneration period of the last minutes to show it takes no writes".to_string());
+        }
+        match recent
+            .iter()
+            .find(|p| p.maximum > self.policy.idle_wal_bytes_per_s)
+        {
+            Some(p) => Err(format!(
+                "its groups were given back and it generated {:.0} bytes/s of WAL in the period from {}, above idle",
+                p.maximum, p.start
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The source is gone: by our deletion (its final snapshot holds the last state) or by
+    /// someone else's. Clean up what the agent made for it, then complete.
+    pub(super) fn source_gone(&mut self) {
+        self.m.progress.source_released_at.get_or_insert(self.now);
+        let ours = self.m.progress.source_delete_requested_at.is_some();
+        if !ours {
+            self.alert_once(
+                "source-deleted",
+                Severity::Warning,
+                "the source was deleted outside the agent",
+                "no final snapshot was taken by the agent",
+            );
+        } else {
+            match &self.obs.final_snapshot {
+                Observed::Unknown => return,
+                Observed::Present(s) if self.final_snapshot_is_ours(s) => {
+                    self.m.progress.final_snapshot_at.get_or_insert(self.now);
+                }
+                _ => self.alert_once(
+                    "final-snapshot-missing",
+                    Severity::Error,
+                    "the source is deleted but its final snapshot is not there",
+                    &format!(
+                        "the snapshot {} of {} is missing or not of its last state; its automated backups were kept (DeleteAutomatedBackups=false): restore from them if needed",
+                        self.m.names.final_snapshot, self.m.source_identifier
+                    ),
+                ),
+            }
+        }
+        self.request(Action::DeleteHeartbeatAlarm {
+            alarm: self.m.names.heartbeat_alarm.clone(),
+        });
+        match (&self.obs.quarantine_group, self.quarantine_id()) {
+            (Observed::Present(g), _) => {
+                let id = g.id.clone();
+                self.request(Action::DeleteQuarantineGroup { group_id: id });
+            }
+            (Observed::Absent, _) | (_, None) => {
+                let detail = if ours {
+                    format!(
+                        "the source is deleted; its final snapshot is {}, and its automated backups are kept until their retention ends",
+                        self.m.names.final_snapshot
+                    )
+                } else {
+                    "the source was deleted outside the agent".to_string()
+                };
+                self.enter(Phase::Completed, &detail);
+            }
+            (Observed::Unknown, Some(_)) => {}
+        }
+    }
+}
+
+/// How far back the source's WAL generation must be idle before it is deleted with its groups
+/// given back: several CloudWatch periods, so one quiet minute is not mistaken for no writer.
+const DELETE_IDLE_WINDOW: SignedDuration = SignedDuration::from_mins(5);
