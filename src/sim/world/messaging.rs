@@ -1,0 +1,134 @@
+//! SNS, SQS and the data access layer: notifications, the queue, and routing (the `Notifier`,
+//! `Queue` and `Router` ports).
+
+use super::*;
+
+impl State {
+    pub(super) fn route(&mut self, request: &RouteRequest) -> PortResult<()> {
+        let now = self.now;
+        let Some(id) = self.find_source_id(&request.source) else {
+            return Ok(());
+        };
+        self.sync(&id);
+        let target = self
+            .clusters
+            .iter()
+            .find(|(_, c)| {
+                c.view
+                    .writer_endpoint
+                    .as_ref()
+                    .is_some_and(|e| e.address == request.endpoint)
+            })
+            .map(|(n, c)| {
+                (
+                    n.clone(),
+                    c.view.replication_source.is_some() || c.view.status != "available",
+                    c.took_writes_at.is_some(),
+                )
+            });
+        match target {
+            Some((name, unpromoted, took_writes)) => {
+                if unpromoted {
+                    self.violation(format!(
+                        "traffic of {id} routed to {name}, which is not a promoted cluster"
+                    ));
+                }
+                // Every write the source acknowledged must be on the target that now takes the
+                // traffic (a promoted target that is rolled back instead loses nothing).
+                let acked = self.sources[&id].acked;
+                if let Some(p) = self.sources[&id].promoted_seq
+                    && acked > p
+                    && !took_writes
+                {
+                    self.violation(format!(
+                            "acknowledged write lost: {id} acknowledged writes up to #{acked}, the promoted target {name} that now takes its traffic holds only up to #{p}"
+                        ));
+                }
+                let c = self.clusters.get_mut(&name).expect("found");
+                c.took_writes_at.get_or_insert(now);
+                let s = self.sources.get_mut(&id).expect("found");
+                s.route_called_at.get_or_insert(now);
+                s.routed_at.get_or_insert(now);
+                self.log(|| format!("{id}: traffic routed to {name}"));
+            }
+            None => self.log(|| format!("{id}: traffic routed to {}", request.endpoint)),
+        }
+        Ok(())
+    }
+}
+
+impl Notifier for SimPort {
+    async fn publish(&self, note: &Notification) -> PortResult<()> {
+        // The execution guard refused an irreversible action: the machine asked for something
+        // unsafe. Nothing happened in the world, but it is a bug all the same.
+        if note.event == "safety-refusal" {
+            self.lock().violation(format!(
+                "{}: refused at execution: {}",
+                note.db_instance, note.description
+            ));
+        }
+        self.call("sns:Publish", true, |s| {
+            let now = s.now;
+            if note.severity >= Severity::Warning || note.event != "phase-change" {
+                let (sev, db, title) =
+                    (note.severity, note.db_instance.clone(), note.title.clone());
+                s.log(|| format!("{db}: notification [{}] {title}", sev.as_str()));
+            }
+            if note.severity == Severity::Error {
+                s.error_notified.insert(note.db_instance.clone());
+            }
+            s.notes.push((now, note.clone()));
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl Queue for SimPort {
+    async fn receive(
+        &self,
+        _max: u32,
+        _wait_s: u32,
+        _visibility_s: u32,
+    ) -> PortResult<Vec<QueueMessage>> {
+        // The executor plays the agent's receive loop; the agent itself never receives.
+        Ok(Vec::new())
+    }
+
+    async fn delete(&self, receipt: &str) -> PortResult<()> {
+        self.call("sqs:DeleteMessage", true, |s| {
+            s.queue.delete(receipt);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn extend_visibility(&self, receipt: &str, seconds: u32) -> PortResult<()> {
+        self.call("sqs:ChangeMessageVisibility", true, |s| {
+            let now = s.now;
+            s.queue.extend(receipt, now, seconds);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn send(&self, body: &str, delay_s: u32) -> PortResult<()> {
+        self.call("sqs:SendMessage", true, |s| {
+            let now = s.now;
+            s.queue.send(body, now, i64::from(delay_s.min(900)) * SEC);
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl Router for SimPort {
+    async fn route(&self, request: &RouteRequest) -> PortResult<()> {
+        self.call("router:Webhook", true, |s| s.route(request))
+            .await
+    }
+
+    async fn smoke_test(&self, _request: &RouteRequest) -> PortResult<()> {
+        self.call("router:SmokeTest", false, |_| Ok(())).await
+    }
+}

@@ -1,0 +1,426 @@
+//! The fake AWS: RDS instances and Aurora clusters, EC2 security groups, CloudWatch, SNS, SQS,
+//! DynamoDB and the data access layer, in virtual time, behind the same port traits the real
+//! adapters implement.
+//!
+//! Virtual time is in milliseconds since the run's epoch. Every call takes a seeded latency
+//! (the calling task really waits for it, so concurrent messages interleave), and long AWS
+//! operations finish through scheduled world events. Writes are sequence numbers: a source
+//! acknowledges writes at its write rate while clients can reach it, and its Aurora replica
+//! applies them after a replication delay.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::core::action::{
+    ParameterGroupsSpec, QuarantineGroupSpec, ReplicaClusterSpec, RouteRequest, WriterInstanceSpec,
+};
+use crate::core::invariants::transition_allowed;
+use crate::core::migration::{Migration, MigrationId};
+use crate::core::notification::{Notification, Severity};
+use crate::core::observation::{
+    ClusterMember, Datapoint, Endpoint, EngineVersion, GroupLocation, GroupMembership,
+    InstanceEvent, InstanceEventKind, KeyCheck, MetricKey, Observed, Parameter,
+    ParameterGroupMembership, ParameterGroupsPresent, PreflightInputs, Quota, SecurityGroup,
+    Snapshot, SourceInstance, TargetCluster,
+};
+use crate::core::{ErrorKind, Phase};
+use crate::ports::{
+    Clock, MetricQuery, Metrics, Network, Notifier, PortError, PortResult, Queue, QueueMessage,
+    Rds, Router, StateStore, StoreError, World,
+};
+
+use super::faults::{CallFault, FaultPlan, PermanentFault};
+use super::queue::{Ms, SqsQueue};
+use super::rng::Rng;
+
+// One file per service (and the port plumbing), each with its half of `State` and its port.
+mod cloudwatch;
+mod ec2;
+mod messaging;
+mod port;
+mod rds;
+mod store;
+mod time;
+
+pub use port::{SimPort, SimWorld};
+
+pub const SEC: Ms = 1000;
+pub const MIN: Ms = 60 * SEC;
+const MIB: u64 = 1024 * 1024;
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+const ACCOUNT: &str = "111122223333";
+const REGION: &str = "us-east-1";
+/// Datapoints kept per series: enough for every window the agent reads (≤ 20 min).
+/// The AWS adapter's defaults (`AwsSettings`): RDS rate limiter and describe cache.
+const RDS_REQUESTS_PER_SECOND: Ms = 5;
+const RDS_BURST: Ms = 5;
+const DESCRIBE_TTL: Ms = 5 * SEC;
+const DESCRIBE_INSTANCES: &str = "rds:DescribeDBInstances";
+const DESCRIBE_CLUSTERS: &str = "rds:DescribeDBClusters";
+const SERIES_KEPT: usize = 40;
+
+/// Which store the world offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreMode {
+    /// DynamoDB with a condition on the version and consistent reads.
+    Conditional,
+    /// Broken on purpose: reads may return the previous version and writes ignore the condition.
+    IgnoresVersion,
+}
+
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub index: usize,
+    pub view: SourceInstance,
+    /// The groups its clients (the application) reach it through.
+    pub client_groups: Vec<String>,
+    pub write_rate: u64,
+    pub repl_delay_ms: Ms,
+    pub apply_rate: u64,
+    pub clients: u32,
+    pub bytes_per_write: u64,
+    pub permanent: Option<PermanentFault>,
+    pub tagged_at: Ms,
+
+    // Write model.
+    pub acked: u64,
+    writable_ms: u64,
+    was_writable: bool,
+    changed_at: Ms,
+    sessions_open: bool,
+    last_sync: Ms,
+    pending_groups: Option<Vec<String>>,
+    pub deleted_at: Option<Ms>,
+    /// The promoted target's last write: the source must never acknowledge past it.
+    pub promoted_seq: Option<u64>,
+
+    // This CloudWatch period.
+    period_acked_start: u64,
+    period_sessions_any: bool,
+
+    // Figures (first occurrence).
+    pub quarantine_requested_at: Option<Ms>,
+    pub quarantine_applied_at: Option<Ms>,
+    pub reboot_requested_at: Option<Ms>,
+    pub restarted_at: Option<Ms>,
+    pub first_metric_after_restart: Option<Ms>,
+    pub promote_called_at: Option<Ms>,
+    pub promoted_at: Option<Ms>,
+    pub route_called_at: Option<Ms>,
+    pub routed_at: Option<Ms>,
+}
+
+impl Source {
+    fn up(&self) -> bool {
+        self.deleted_at.is_none() && matches!(self.view.status.as_str(), "available" | "modifying")
+    }
+
+    /// A client can open a connection: one of its groups is still attached.
+    fn reachable(&self) -> bool {
+        self.up()
+            && self
+                .view
+                .security_groups
+                .iter()
+                .any(|g| self.client_groups.contains(&g.id) && g.status != "adding")
+    }
+
+    fn writable(&self) -> bool {
+        self.write_rate > 0 && self.up() && (self.reachable() || self.sessions_open)
+    }
+
+    /// Writes acknowledged by the source that the replica has not received yet.
+    fn backlog(&self, now: Ms) -> u64 {
+        let d = self.repl_delay_ms;
+        let since = now - self.changed_at;
+        let ms = if self.was_writable {
+            since.min(d)
+        } else {
+            (d - since).max(0)
+        };
+        self.write_rate * ms as u64 / 1000
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub view: TargetCluster,
+    pub source: String,
+    /// Receiving WAL from the source.
+    pub replicating: bool,
+    pub applied: u64,
+    pub snapshot_seq: u64,
+    pub took_writes_at: Option<Ms>,
+    pub fails: bool,
+    pub stuck: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    GroupsApplied(String),
+    RebootDone(String),
+    ClusterCreated(String),
+    WriterCreated(String),
+    PromoteDone(String),
+    ClusterDeleted(String),
+    SnapshotDone(String),
+    SourceDeleted(String),
+    Minute,
+    TagSet(String),
+    Resync,
+}
+
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub view: SecurityGroup,
+    pub vpc: String,
+}
+
+/// One row of the verbose timeline.
+pub type Line = (Ms, String);
+
+pub struct State {
+    pub now: Ms,
+    pub epoch: Timestamp,
+    pub seed: u64,
+    fault_rng: Rng,
+    latency_rng: Rng,
+    world_rng: Rng,
+    pub plan: FaultPlan,
+    op_counts: BTreeMap<&'static str, u32>,
+    pub crashed: bool,
+    pub current_task: usize,
+    pub task_wakes: BTreeMap<usize, Ms>,
+    pub sources: BTreeMap<String, Source>,
+    pub clusters: BTreeMap<String, Cluster>,
+    pub groups: BTreeMap<String, Group>,
+    next_group: u64,
+    pub parameter_groups: BTreeSet<String>,
+    /// Snapshots by name: (instance id, status, created at).
+    pub snapshots: BTreeMap<String, (String, String, Ms)>,
+    /// DescribeEvents: (visible at, happened at, instance, message).
+    pub events: Vec<(Ms, Ms, String, String)>,
+    pub queue: SqsQueue,
+    pub store: BTreeMap<MigrationId, Migration>,
+    store_previous: BTreeMap<MigrationId, Migration>,
+    pub store_mode: StoreMode,
+    pub fleet_paused: bool,
+    pub notes: Vec<(Ms, Notification)>,
+    pub alarms: BTreeSet<String>,
+    /// Instances for which an error-severity notification was published.
+    pub error_notified: BTreeSet<String>,
+    scheduled: BTreeMap<(Ms, u64), Ev>,
+    seq: u64,
+    pub metrics: BTreeMap<(String, MetricKey), VecDeque<(Ms, Datapoint)>>,
+    pub calls: BTreeMap<&'static str, u64>,
+    /// RDS requests per second of virtual time.
+    pub rds_per_second: BTreeMap<i64, u32>,
+    /// The AWS adapter's RDS rate limiter (a token bucket): the theoretical arrival time of
+    /// the next call.
+    rds_tat: Ms,
+    /// The adapter's fleet describe snapshots (`FleetCache`): when each operation's last
+    /// snapshot was fetched. Answers are read at the time of the describe (a real snapshot
+    /// can be up to its TTL older; the property tests cover stale observations).
+    fleet_snapshot_at: BTreeMap<&'static str, Ms>,
+    /// (describe operation, identifier in lower case) the agent changed, and when: described
+    /// directly until a snapshot started after the change, as the adapter does.
+    touched: BTreeMap<(&'static str, String), Ms>,
+    /// Snapshots being fetched: one refresh at a time, the others wait for it.
+    fleet_refreshing: BTreeSet<&'static str>,
+    pub violations: Vec<String>,
+    pub timeline: Option<Vec<Line>>,
+    pub resync_every_ms: Ms,
+    pub event_id: u64,
+}
+
+impl State {
+    pub fn new(seed: u64, plan: FaultPlan, store_mode: StoreMode, verbose: bool) -> Self {
+        let epoch: Timestamp = "2026-01-05T00:00:00Z".parse().expect("a valid timestamp");
+        let mut s = State {
+            now: 0,
+            epoch,
+            seed,
+            fault_rng: Rng::fork(seed, 1),
+            latency_rng: Rng::fork(seed, 2),
+            world_rng: Rng::fork(seed, 3),
+            plan,
+            op_counts: BTreeMap::new(),
+            crashed: false,
+            current_task: 0,
+            task_wakes: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            next_group: 1,
+            parameter_groups: BTreeSet::new(),
+            snapshots: BTreeMap::new(),
+            events: Vec::new(),
+            queue: SqsQueue::new(60 * SEC, 8),
+            store: BTreeMap::new(),
+            store_previous: BTreeMap::new(),
+            store_mode,
+            fleet_paused: false,
+            notes: Vec::new(),
+            alarms: BTreeSet::new(),
+            error_notified: BTreeSet::new(),
+            scheduled: BTreeMap::new(),
+            seq: 0,
+            metrics: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            rds_per_second: BTreeMap::new(),
+            rds_tat: 0,
+            fleet_snapshot_at: BTreeMap::new(),
+            touched: BTreeMap::new(),
+            fleet_refreshing: BTreeSet::new(),
+            violations: Vec::new(),
+            timeline: verbose.then(Vec::new),
+            resync_every_ms: 5 * MIN,
+            event_id: 0,
+        };
+        s.schedule(MIN, Ev::Minute);
+        s.schedule(s.resync_every_ms, Ev::Resync);
+        s
+    }
+
+    pub fn ts(&self, ms: Ms) -> Timestamp {
+        self.epoch + SignedDuration::from_millis(ms)
+    }
+
+    fn ms(&self, t: Timestamp) -> Ms {
+        t.as_millisecond() - self.epoch.as_millisecond()
+    }
+
+    pub fn log(&mut self, text: impl FnOnce() -> String) {
+        let now = self.now;
+        if let Some(t) = &mut self.timeline {
+            t.push((now, text()));
+        }
+    }
+
+    pub fn violation(&mut self, what: String) {
+        let now = self.now;
+        self.log(|| format!("VIOLATION {what}"));
+        self.violations
+            .push(format!("{what} (at +{})", crate::sim::fmt_ms(now)));
+    }
+
+    fn schedule(&mut self, after: Ms, ev: Ev) {
+        self.seq += 1;
+        self.scheduled
+            .insert((self.now + after.max(0), self.seq), ev);
+    }
+
+    pub fn next_event_at(&self) -> Option<Ms> {
+        self.scheduled.keys().next().map(|(t, _)| *t)
+    }
+
+    // ----- population --------------------------------------------------------------------
+
+    /// Adds one tagged source. `size_gib`, write rate and the rest come from the world stream.
+    pub fn add_source(&mut self, index: usize, permanent: Option<PermanentFault>) {
+        let r = &mut self.world_rng;
+        let id = format!("orders-db-{index:04}");
+        let resource_id = format!("db-{:026X}", r.next_u64() as u128 * 7919 + index as u128);
+        let size_gib = match r.range(0, 9) {
+            0..=5 => r.range(20, 200),
+            6..=8 => r.range(200, 800),
+            _ => r.range(800, 2000),
+        } as u32;
+        let write_rate = if r.chance(0.1) {
+            0
+        } else {
+            r.range(1, 200) as u64
+        };
+        let client_group = format!("sg-app{index:04}");
+        let mut tags = BTreeMap::new();
+        tags.insert("aurora-migration".to_string(), "start".to_string());
+        tags.insert(
+            "aurora-migration:ack-unlogged-tables".to_string(),
+            "true".to_string(),
+        );
+        tags.insert("team".to_string(), "payments".to_string());
+        let arn = format!("arn:aws:rds:{REGION}:{ACCOUNT}:db:{id}");
+        let view = SourceInstance {
+            identifier: id.clone(),
+            arn,
+            resource_id,
+            engine: "postgres".to_string(),
+            engine_version: format!("15.{}", r.range(4, 8)),
+            status: "available".to_string(),
+            instance_class: if r.chance(0.5) {
+                "db.m6g.large".to_string()
+            } else {
+                "db.r6g.xlarge".to_string()
+            },
+            allocated_storage_gib: size_gib,
+            has_pending_modifications: false,
+            parameter_group: ParameterGroupMembership {
+                name: "orders-pg15".to_string(),
+                apply_status: "in-sync".to_string(),
+            },
+            backup_retention_days: 7,
+            read_replicas: Vec::new(),
+            aurora_replica_clusters: Vec::new(),
+            storage_encrypted: true,
+            kms_key_id: Some(format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/k{index}")),
+            iam_auth_enabled: false,
+            deletion_protection: false,
+            auto_minor_version_upgrade: false,
+            security_groups: vec![GroupMembership {
+                id: client_group.clone(),
+                status: "active".to_string(),
+            }],
+            vpc_id: "vpc-1".to_string(),
+            subnet_group: "db-subnets".to_string(),
+            endpoint: Some(Endpoint {
+                address: format!("{id}.abc.{REGION}.rds.amazonaws.com"),
+                port: 5432,
+            }),
+            multi_az: r.chance(0.5),
+            tags,
+        };
+        let tagged_at = r.range(0, 10 * MIN);
+        let source = Source {
+            index,
+            view,
+            client_groups: vec![client_group],
+            write_rate,
+            repl_delay_ms: r.range(200, 3000),
+            apply_rate: write_rate * 3 + 500,
+            clients: r.range(5, 60) as u32,
+            bytes_per_write: r.range(200, 4000) as u64,
+            permanent,
+            tagged_at,
+            acked: 0,
+            writable_ms: 0,
+            was_writable: write_rate > 0,
+            changed_at: -(10 * MIN),
+            sessions_open: true,
+            last_sync: 0,
+            pending_groups: None,
+            deleted_at: None,
+            promoted_seq: None,
+            period_acked_start: 0,
+            period_sessions_any: true,
+            quarantine_requested_at: None,
+            quarantine_applied_at: None,
+            reboot_requested_at: None,
+            restarted_at: None,
+            first_metric_after_restart: None,
+            promote_called_at: None,
+            promoted_at: None,
+            route_called_at: None,
+            routed_at: None,
+        };
+        self.sources.insert(id.clone(), source);
+        let now = self.now;
+        self.seq += 1;
+        self.scheduled
+            .insert((now + tagged_at, self.seq), Ev::TagSet(id));
+    }
+}

@@ -1,0 +1,681 @@
+//! RDS as the world sees it: describes, the replica, the quarantine's group change, reboots,
+//! promotion, deletions with their final snapshot, tags; and the `Rds` port over them.
+
+use super::*;
+
+impl State {
+    pub(super) fn find_source_id(&self, id_or_arn: &str) -> Option<String> {
+        let id = id_or_arn.rsplit(':').next().unwrap_or(id_or_arn);
+        self.sources
+            .get(id)
+            .filter(|s| s.deleted_at.is_none())
+            .map(|_| id.to_string())
+    }
+
+    pub(super) fn source_view(&mut self, id: &str) -> SourceInstance {
+        self.sync(id);
+        let s = &self.sources[id];
+        let mut v = s.view.clone();
+        v.aurora_replica_clusters = self
+            .clusters
+            .values()
+            .filter(|c| c.view.replication_source.as_deref() == Some(v.arn.as_str()))
+            .map(|c| c.view.identifier.clone())
+            .collect();
+        v
+    }
+
+    pub(super) fn describe_source(
+        &mut self,
+        instance: &str,
+    ) -> PortResult<Observed<SourceInstance>> {
+        Ok(match self.find_source_id(instance) {
+            Some(id) => Observed::Present(self.source_view(&id)),
+            None => Observed::Absent,
+        })
+    }
+
+    pub(super) fn list_tagged(&mut self, key: &str) -> Vec<SourceInstance> {
+        let ids: Vec<String> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| s.deleted_at.is_none() && s.view.tags.contains_key(key))
+            .map(|(k, _)| k.clone())
+            .collect();
+        ids.iter().map(|id| self.source_view(id)).collect()
+    }
+
+    pub(super) fn preflight_inputs(&mut self, source: &SourceInstance) -> PreflightInputs {
+        let versions = ["15.4", "15.5", "15.6", "15.7", "15.8", "16.1", "16.2"];
+        let free = self
+            .sources
+            .get(&source.identifier)
+            .map(|s| f64::from(s.view.allocated_storage_gib) * GIB * 0.6);
+        PreflightInputs {
+            aurora_versions: versions
+                .iter()
+                .map(|v| EngineVersion {
+                    version: v.to_string(),
+                    family: format!("aurora-postgresql{}", &v[..2]),
+                })
+                .collect(),
+            source_parameters: vec![
+                Parameter {
+                    name: "work_mem".to_string(),
+                    value: "65536".to_string(),
+                },
+                Parameter {
+                    name: "log_min_duration_statement".to_string(),
+                    value: "500".to_string(),
+                },
+            ],
+            aurora_cluster_parameters: vec!["log_min_duration_statement".to_string()],
+            aurora_instance_parameters: vec!["work_mem".to_string()],
+            aurora_static_parameters: vec!["shared_preload_libraries".to_string()],
+            pending_maintenance: Vec::new(),
+            quotas: self.quotas(),
+            kms_key: KeyCheck::Usable,
+            free_storage_bytes: free,
+            cdc_consumer_groups: None,
+        }
+    }
+
+    pub(super) fn quotas(&self) -> Vec<Quota> {
+        let q = |name: &str, used: usize, max: u64| Quota {
+            name: name.to_string(),
+            used: used as u64,
+            max,
+        };
+        vec![
+            q("DBClusters", self.clusters.len(), 40_000),
+            q(
+                "DBInstances",
+                self.sources.len() + self.clusters.len(),
+                40_000,
+            ),
+            q("DBClusterParameterGroups", self.parameter_groups.len(), 50),
+            q("DBParameterGroups", self.parameter_groups.len(), 100),
+            q("ManualSnapshots", self.snapshots.len(), 100_000),
+        ]
+    }
+
+    pub(super) fn describe_target(&mut self, name: &str) -> Observed<TargetCluster> {
+        let name = name.rsplit(':').next().unwrap_or(name);
+        if let Some(src) = self.clusters.get(name).map(|c| c.source.clone()) {
+            self.sync(&src);
+        }
+        match self.clusters.get(name) {
+            Some(c) => Observed::Present(c.view.clone()),
+            None => Observed::Absent,
+        }
+    }
+
+    pub(super) fn create_replica_cluster(&mut self, spec: &ReplicaClusterSpec) -> PortResult<()> {
+        let op = "rds:CreateDBCluster";
+        if let Some(c) = self.clusters.get(&spec.cluster) {
+            let ours = c.view.replication_source.as_deref() == Some(spec.source_arn.as_str())
+                || c.view.tags.get("aurora-migration:migration")
+                    == spec.tags.get("aurora-migration:migration");
+            return if ours {
+                Ok(())
+            } else {
+                Err(PortError::new(
+                    ErrorKind::Conflict,
+                    op,
+                    "DBClusterAlreadyExistsFault",
+                ))
+            };
+        }
+        let Some(id) = self.find_source_id(&spec.source_arn) else {
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                op,
+                "DBInstanceNotFound",
+            ));
+        };
+        self.sync(&id);
+        let others: Vec<String> = self
+            .clusters
+            .values()
+            .filter(|c| c.source == id && c.view.replication_source.is_some())
+            .map(|c| c.view.identifier.clone())
+            .collect();
+        if !others.is_empty() {
+            self.violation(format!(
+                "two replica clusters for one source: {} asked for while {} replicates from {id}",
+                spec.cluster,
+                others.join(", ")
+            ));
+            return Err(PortError::new(
+                ErrorKind::Conflict,
+                op,
+                "InvalidDBInstanceState: the instance already has an Aurora read replica",
+            ));
+        }
+        let s = &self.sources[&id];
+        let size = i64::from(s.view.allocated_storage_gib);
+        let fails = s.permanent == Some(PermanentFault::ReplicaCreationFails);
+        let stuck = s.permanent == Some(PermanentFault::PromotionStuck);
+        let snapshot_seq = s.acked;
+        // "Several hours per TiB": ~6–12 s per GiB, plus setup.
+        let per_gib = self.world_rng.range(6, 12);
+        let took = 8 * MIN + size * per_gib * SEC;
+        let cluster = Cluster {
+            view: TargetCluster {
+                identifier: spec.cluster.clone(),
+                arn: format!("arn:aws:rds:{REGION}:{ACCOUNT}:cluster:{}", spec.cluster),
+                status: "creating".to_string(),
+                replication_source: Some(spec.source_arn.clone()),
+                tags: spec.tags.clone(),
+                writer_endpoint: None,
+                security_groups: spec
+                    .security_groups
+                    .iter()
+                    .map(|g| GroupMembership {
+                        id: g.clone(),
+                        status: "active".to_string(),
+                    })
+                    .collect(),
+                members: Vec::new(),
+            },
+            source: id.clone(),
+            replicating: true,
+            applied: 0,
+            snapshot_seq,
+            took_writes_at: None,
+            fails,
+            stuck,
+        };
+        self.clusters.insert(spec.cluster.clone(), cluster);
+        self.log(|| {
+            format!(
+                "{}: replica cluster creating ({size} GiB, {})",
+                spec.cluster,
+                crate::sim::fmt_ms(took)
+            )
+        });
+        self.schedule(took, Ev::ClusterCreated(spec.cluster.clone()));
+        Ok(())
+    }
+
+    pub(super) fn create_writer(&mut self, spec: &WriterInstanceSpec) -> PortResult<()> {
+        let took = self.world_rng.range(5 * MIN, 15 * MIN);
+        let Some(c) = self.clusters.get_mut(&spec.cluster) else {
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                "rds:CreateDBInstance",
+                "DBClusterNotFoundFault",
+            ));
+        };
+        if c.view.members.iter().any(|m| m.identifier == spec.instance) {
+            return Ok(());
+        }
+        c.view.members.push(ClusterMember {
+            identifier: spec.instance.clone(),
+            status: "creating".to_string(),
+        });
+        self.schedule(took, Ev::WriterCreated(spec.cluster.clone()));
+        Ok(())
+    }
+
+    pub(super) fn set_source_groups(&mut self, instance: &str, ids: &[String]) -> PortResult<()> {
+        let op = "rds:ModifyDBInstance";
+        let Some(id) = self.find_source_id(instance) else {
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                op,
+                "DBInstanceNotFound",
+            ));
+        };
+        self.sync(&id);
+        let now = self.now;
+        let quarantine = self.quarantine_ids();
+        let took = self.world_rng.range(5 * SEC, 40 * SEC);
+        let s = self.sources.get_mut(&id).expect("found");
+        if !matches!(s.view.status.as_str(), "available" | "modifying") {
+            return Err(PortError::new(
+                ErrorKind::Conflict,
+                op,
+                format!("InvalidDBInstanceState: {}", s.view.status),
+            ));
+        }
+        let mut have = s.view.group_ids();
+        let mut want = ids.to_vec();
+        have.sort();
+        want.sort();
+        if have == want && s.pending_groups.is_none() {
+            return Ok(());
+        }
+        if ids.iter().all(|g| quarantine.contains(g)) {
+            s.quarantine_requested_at.get_or_insert(now);
+        }
+        let mut memberships: Vec<GroupMembership> = s
+            .view
+            .security_groups
+            .iter()
+            .filter(|g| !ids.contains(&g.id))
+            .map(|g| GroupMembership {
+                id: g.id.clone(),
+                status: "removing".to_string(),
+            })
+            .collect();
+        for g in ids {
+            let status = if have.contains(g) { "active" } else { "adding" };
+            memberships.push(GroupMembership {
+                id: g.clone(),
+                status: status.to_string(),
+            });
+        }
+        s.view.security_groups = memberships;
+        s.view.status = "modifying".to_string();
+        s.pending_groups = Some(ids.to_vec());
+        self.refresh(&id);
+        self.schedule(took, Ev::GroupsApplied(id));
+        Ok(())
+    }
+
+    pub(super) fn reboot(&mut self, instance: &str) -> PortResult<()> {
+        let op = "rds:RebootDBInstance";
+        if let Some(c) = self
+            .clusters
+            .values()
+            .find(|c| c.view.writer(instance).is_some())
+        {
+            // An Aurora writer (the rollback's fence): its sessions end; restarted at once
+            // (the simulated faults live on the source's reboot).
+            let arn = c.view.arn.clone();
+            self.rds_event(
+                instance,
+                &arn,
+                "DB instance restarted",
+                "RDS-EVENT-0006",
+                true,
+            );
+            return Ok(());
+        }
+        let Some(id) = self.find_source_id(instance) else {
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                op,
+                "DBInstanceNotFound",
+            ));
+        };
+        self.sync(&id);
+        let now = self.now;
+        let took = self.world_rng.range(MIN, 3 * MIN);
+        let s = self.sources.get_mut(&id).expect("found");
+        if s.view.status != "available" {
+            return Err(PortError::new(
+                ErrorKind::Conflict,
+                op,
+                format!("InvalidDBInstanceState: {}", s.view.status),
+            ));
+        }
+        s.view.status = "rebooting".to_string();
+        s.sessions_open = false;
+        s.reboot_requested_at.get_or_insert(now);
+        let arn = s.view.arn.clone();
+        self.refresh(&id);
+        self.rds_event(&id, &arn, "DB instance shutdown", "RDS-EVENT-0006", true);
+        self.schedule(took, Ev::RebootDone(id));
+        Ok(())
+    }
+
+    pub(super) fn promote(&mut self, cluster: &str) -> PortResult<()> {
+        let op = "rds:PromoteReadReplicaDBCluster";
+        let Some(src) = self.clusters.get(cluster).map(|c| c.source.clone()) else {
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                op,
+                "DBClusterNotFoundFault",
+            ));
+        };
+        self.sync(&src);
+        let now = self.now;
+        let took = self.world_rng.range(MIN, 5 * MIN);
+        let c = self.clusters.get_mut(cluster).expect("found");
+        if !c.replicating || c.view.status == "promoting" {
+            return Ok(());
+        }
+        if c.view.status != "available" {
+            return Err(PortError::new(
+                ErrorKind::Conflict,
+                op,
+                format!("InvalidDBClusterStateFault: {}", c.view.status),
+            ));
+        }
+        c.view.status = "promoting".to_string();
+        c.replicating = false; // replication stops here: later source writes never arrive
+        if let Some(s) = self.sources.get_mut(&src) {
+            s.promote_called_at.get_or_insert(now);
+        }
+        self.schedule(took, Ev::PromoteDone(cluster.to_string()));
+        Ok(())
+    }
+
+    pub(super) fn delete_target(&mut self, cluster: &str) -> PortResult<()> {
+        let took = self.world_rng.range(3 * MIN, 10 * MIN);
+        let Some(c) = self.clusters.get_mut(cluster) else {
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                "rds:DeleteDBCluster",
+                "DBClusterNotFoundFault",
+            ));
+        };
+        if c.view.status == "deleting" {
+            return Ok(());
+        }
+        let took_writes = c.took_writes_at.is_some();
+        c.view.status = "deleting".to_string();
+        c.replicating = false;
+        c.view.replication_source = None;
+        for m in &mut c.view.members {
+            m.status = "deleting".to_string();
+        }
+        if took_writes {
+            self.violation(format!(
+                "the target {cluster} was deleted after it took writes"
+            ));
+        }
+        self.schedule(took, Ev::ClusterDeleted(cluster.to_string()));
+        Ok(())
+    }
+
+    /// DeleteDBInstance with a final snapshot: RDS snapshots the last state, then removes the
+    /// instance; a snapshot name that is taken refuses the whole call, as AWS does.
+    pub(super) fn delete_source(&mut self, instance: &str, final_snapshot: &str) -> PortResult<()> {
+        let op = "rds:DeleteDBInstance";
+        let Some(id) = self.find_source_id(instance) else {
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                op,
+                "DBInstanceNotFound",
+            ));
+        };
+        let now = self.now;
+        let s = &self.sources[&id];
+        if s.view.status == "deleting" {
+            return Err(PortError::new(
+                ErrorKind::Conflict,
+                op,
+                "InvalidDBInstanceState: already being deleted",
+            ));
+        }
+        if s.view.deletion_protection {
+            return Err(PortError::new(
+                ErrorKind::Fatal,
+                op,
+                "DeletionProtection is on",
+            ));
+        }
+        if self.snapshots.contains_key(final_snapshot) {
+            return Err(PortError::new(
+                ErrorKind::Conflict,
+                op,
+                "DBSnapshotAlreadyExists",
+            ));
+        }
+        // The world's own view of "safe to delete": a target that took the traffic and passed
+        // the agent's verification.
+        let resource = s.view.resource_id.clone();
+        let verified = self
+            .store
+            .iter()
+            .filter(|(k, _)| k.resource_id == resource)
+            .any(|(_, m)| m.progress.verification_passed_at.is_some());
+        let routed = s.routed_at;
+        let size = i64::from(s.view.allocated_storage_gib);
+        if final_snapshot.is_empty() {
+            self.violation(format!("{id} deleted without a final snapshot"));
+        }
+        if !verified || routed.is_none() {
+            self.violation(format!(
+                "{id} deleted without a passed verification of a target that took its traffic"
+            ));
+        }
+        let snapshot_took = 2 * MIN + size * self.world_rng.range(200, 900);
+        self.snapshots.insert(
+            final_snapshot.to_string(),
+            (id.clone(), "creating".to_string(), now),
+        );
+        self.schedule(snapshot_took, Ev::SnapshotDone(final_snapshot.to_string()));
+        self.sync(&id);
+        let s = self.sources.get_mut(&id).expect("found");
+        s.view.status = "deleting".to_string();
+        self.refresh(&id);
+        let took = snapshot_took + self.world_rng.range(MIN, 3 * MIN);
+        self.schedule(took, Ev::SourceDeleted(id));
+        Ok(())
+    }
+
+    pub(super) fn set_tags(
+        &mut self,
+        arn: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> PortResult<()> {
+        let name = arn.rsplit(':').next().unwrap_or(arn).to_string();
+        if arn.contains(":cluster:") {
+            if let Some(c) = self.clusters.get_mut(&name) {
+                c.view.tags.extend(tags.clone());
+                return Ok(());
+            }
+        } else if let Some(s) = self
+            .sources
+            .get_mut(&name)
+            .filter(|s| s.deleted_at.is_none())
+        {
+            s.view.tags.extend(tags.clone());
+            return Ok(());
+        }
+        Err(PortError::new(
+            ErrorKind::NotFound,
+            "rds:AddTagsToResource",
+            "no such resource",
+        ))
+    }
+}
+
+impl Rds for SimPort {
+    async fn describe_source(&self, instance: &str) -> PortResult<Observed<SourceInstance>> {
+        if self
+            .served_by_snapshot(DESCRIBE_INSTANCES, instance)
+            .await?
+        {
+            let r = self.lock().describe_source(instance)?;
+            // Not in the snapshot: the adapter asks for it by name.
+            if !matches!(r, Observed::Absent) {
+                return Ok(r);
+            }
+        }
+        self.call(DESCRIBE_INSTANCES, false, |s| s.describe_source(instance))
+            .await
+    }
+
+    async fn list_tagged_sources(&self, tag_key: &str) -> PortResult<Vec<SourceInstance>> {
+        self.served_by_snapshot(DESCRIBE_INSTANCES, "").await?;
+        Ok(self.lock().list_tagged(tag_key))
+    }
+
+    async fn describe_target(&self, cluster: &str) -> PortResult<Observed<TargetCluster>> {
+        if self.served_by_snapshot(DESCRIBE_CLUSTERS, cluster).await? {
+            let r = self.lock().describe_target(cluster);
+            if !matches!(r, Observed::Absent) {
+                return Ok(r);
+            }
+        }
+        self.call(DESCRIBE_CLUSTERS, false, |s| Ok(s.describe_target(cluster)))
+            .await
+    }
+
+    async fn parameter_groups_present(
+        &self,
+        cluster_group: &str,
+        instance_group: &str,
+    ) -> PortResult<ParameterGroupsPresent> {
+        self.call("rds:DescribeDBClusterParameterGroups", false, |s| {
+            Ok(ParameterGroupsPresent {
+                cluster: s.parameter_groups.contains(cluster_group),
+                instance: s.parameter_groups.contains(instance_group),
+            })
+        })
+        .await
+    }
+
+    async fn preflight_inputs(&self, source: &SourceInstance) -> PortResult<PreflightInputs> {
+        for op in [
+            "rds:DescribeDBEngineVersions",
+            "rds:DescribeDBParameters",
+            "rds:DescribeEngineDefaultClusterParameters",
+            "rds:DescribeEngineDefaultParameters",
+            "rds:DescribePendingMaintenanceActions",
+            "kms:DescribeKey",
+            "cloudwatch:GetMetricData",
+        ] {
+            self.call(op, false, |_| Ok(())).await?;
+        }
+        self.call("rds:DescribeAccountAttributes", false, |s| {
+            Ok(s.preflight_inputs(source))
+        })
+        .await
+    }
+
+    async fn account_quotas(&self) -> PortResult<Vec<Quota>> {
+        self.call("rds:DescribeAccountAttributes", false, |s| Ok(s.quotas()))
+            .await
+    }
+
+    async fn describe_snapshot(&self, snapshot: &str) -> PortResult<Observed<Snapshot>> {
+        self.call("rds:DescribeDBSnapshots", false, |s| {
+            Ok(match s.snapshots.get(snapshot) {
+                Some((instance, status, at)) => Observed::Present(Snapshot {
+                    identifier: snapshot.to_string(),
+                    status: status.clone(),
+                    instance: instance.clone(),
+                    created_at: Some(s.ts(*at)),
+                }),
+                None => Observed::Absent,
+            })
+        })
+        .await
+    }
+
+    async fn instance_events(
+        &self,
+        instance: &str,
+        since: Timestamp,
+    ) -> PortResult<Vec<InstanceEvent>> {
+        self.call("rds:DescribeEvents", false, |s| {
+            let since = s.ms(since);
+            let now = s.now;
+            Ok(s.events
+                .iter()
+                .filter(|(vis, at, id, _)| id == instance && *at >= since && *vis <= now)
+                .map(|(_, at, _, msg)| InstanceEvent {
+                    at: s.ts(*at),
+                    kind: InstanceEventKind::from_message(msg),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn ensure_parameter_groups(&self, spec: &ParameterGroupsSpec) -> PortResult<()> {
+        self.call("rds:CreateDBClusterParameterGroup", true, |s| {
+            s.parameter_groups.insert(spec.cluster_group.clone());
+            Ok(())
+        })
+        .await?;
+        self.call("rds:CreateDBParameterGroup", true, |s| {
+            s.parameter_groups.insert(spec.instance_group.clone());
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_replica_cluster(&self, spec: &ReplicaClusterSpec) -> PortResult<()> {
+        self.mutate("rds:CreateDBCluster", &[&spec.cluster], |s| {
+            s.create_replica_cluster(spec)
+        })
+        .await
+    }
+
+    async fn create_writer_instance(&self, spec: &WriterInstanceSpec) -> PortResult<()> {
+        self.mutate(
+            "rds:CreateDBInstance",
+            &[&spec.instance, &spec.cluster],
+            |s| s.create_writer(spec),
+        )
+        .await
+    }
+
+    async fn set_source_groups(&self, instance: &str, group_ids: &[String]) -> PortResult<()> {
+        self.mutate("rds:ModifyDBInstance", &[instance], |s| {
+            s.set_source_groups(instance, group_ids)
+        })
+        .await
+    }
+
+    async fn reboot_instance(&self, instance: &str) -> PortResult<()> {
+        self.mutate("rds:RebootDBInstance", &[instance], |s| s.reboot(instance))
+            .await
+    }
+
+    async fn promote_target(&self, cluster: &str) -> PortResult<()> {
+        self.mutate("rds:PromoteReadReplicaDBCluster", &[cluster], |s| {
+            s.promote(cluster)
+        })
+        .await
+    }
+
+    async fn set_target_groups(&self, cluster: &str, group_ids: &[String]) -> PortResult<()> {
+        self.mutate("rds:ModifyDBCluster", &[cluster], |s| {
+            match s.clusters.get_mut(cluster) {
+                Some(c) => {
+                    c.view.security_groups = group_ids
+                        .iter()
+                        .map(|g| GroupMembership {
+                            id: g.clone(),
+                            status: "active".to_string(),
+                        })
+                        .collect();
+                    Ok(())
+                }
+                None => Err(PortError::new(
+                    ErrorKind::NotFound,
+                    "rds:ModifyDBCluster",
+                    "DBClusterNotFoundFault",
+                )),
+            }
+        })
+        .await
+    }
+
+    async fn delete_target(&self, cluster: &str, _writer: &str) -> PortResult<()> {
+        self.mutate("rds:DeleteDBCluster", &[cluster], |s| {
+            s.delete_target(cluster)
+        })
+        .await
+    }
+
+    async fn disable_deletion_protection(&self, instance: &str) -> PortResult<()> {
+        self.mutate("rds:ModifyDBInstance", &[instance], |s| {
+            if let Some(src) = s.sources.get_mut(instance) {
+                src.view.deletion_protection = false;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_source(&self, instance: &str, final_snapshot: &str) -> PortResult<()> {
+        self.mutate("rds:DeleteDBInstance", &[instance], |s| {
+            s.delete_source(instance, final_snapshot)
+        })
+        .await
+    }
+
+    async fn set_tags(&self, arn: &str, tags: &BTreeMap<String, String>) -> PortResult<()> {
+        self.mutate("rds:AddTagsToResource", &[arn], |s| s.set_tags(arn, tags))
+            .await
+    }
+}
