@@ -8,33 +8,13 @@ use std::collections::BTreeMap;
 
 use tracing::Instrument;
 
-use crate::core::action::{Action, ActionError, ActionKey, ActionResult};
+use crate::core::action::{Action, ActionError, ActionResult};
 use crate::core::invariants;
+use crate::core::machine::results;
 use crate::core::notification::Severity;
 use crate::core::{Migration, Policy};
 use crate::core::{messages, tags};
 use crate::ports::{Metrics, Network, Notifier, PortResult, Rds, Router, World};
-
-/// Outcomes the phase machine wants to hear about: every failure of a mutating action, and the
-/// successes that no describe call can show.
-fn feeds_back(key: ActionKey, ok: bool) -> bool {
-    if ok {
-        // A published notification leaves the record's outbox only when the machine hears it.
-        matches!(
-            key,
-            ActionKey::RouteTraffic
-                | ActionKey::RunSmokeTest
-                | ActionKey::SetTriggerTag
-                | ActionKey::Notify
-        )
-    } else {
-        // A failed notification stays in the outbox and is offered again on the next step.
-        !matches!(
-            key,
-            ActionKey::Notify | ActionKey::PutHeartbeat | ActionKey::MirrorPhaseTag
-        )
-    }
-}
 
 pub async fn execute<W: World>(world: &W, policy: &Policy, action: &Action) -> PortResult<()> {
     let rds = world.rds();
@@ -147,7 +127,7 @@ pub async fn execute_all<W: World>(
         }
         .instrument(span)
         .await;
-        if feeds_back(key, outcome.is_ok()) {
+        if results::feeds_back(key, outcome.is_ok()) {
             results.push(ActionResult {
                 key,
                 id: match action {

@@ -12,10 +12,11 @@ pub struct AwsNotifier {
     client: Client,
     calls: CallCounter,
     topic_arn: String,
-    /// Ids of notifications this process already published. The driver does not report a
-    /// successful publish back to the phase machine (agent/execute.rs `feeds_back` leaves out
-    /// `Notify`), so the record's outbox never drains and every step offers the same
-    /// notifications again; this keeps it to one message per notification per process.
+    /// Ids of notifications this process already published. A successful publish is reported
+    /// back (`core::machine::results::feeds_back`) and the outbox lets go of it on the next
+    /// step, but a step that ends before it hears the outcome (an observe error, the step
+    /// limit, a crash of the step's task) offers the same notification again: this keeps it to
+    /// one message per notification per process.
     sent: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use aurora_migrator::core::action::{Action, ActionError, ActionKey, ActionResult, ErrorKind};
 use aurora_migrator::core::machine::Decision;
+use aurora_migrator::core::machine::results::feeds_back;
 use aurora_migrator::core::migration::{Migration, MigrationId};
 use aurora_migrator::core::needs::needs;
 use aurora_migrator::core::observation::*;
@@ -343,7 +344,7 @@ impl Model {
             _ => None,
         };
         if let Some(kind) = fail {
-            return Some(ActionResult {
+            return feeds_back(key, false).then(|| ActionResult {
                 key,
                 id,
                 outcome: Err(ActionError {
@@ -513,14 +514,7 @@ impl Model {
             | Action::DeleteHeartbeatAlarm { .. }
             | Action::PutHeartbeat { .. } => {}
         }
-        let feeds = matches!(
-            action,
-            Action::RouteTraffic(_)
-                | Action::RunSmokeTest(_)
-                | Action::SetTriggerTag { .. }
-                | Action::Notify(_)
-        );
-        feeds.then_some(ActionResult {
+        feeds_back(key, true).then_some(ActionResult {
             key,
             id,
             outcome: Ok(()),

@@ -42,6 +42,7 @@ use super::tags::{self, ControlTags};
 // One file per group of phases, each holding everything about its phases (see their docs).
 mod cutover;
 mod preparation;
+pub mod results;
 mod rollback;
 mod soak;
 
@@ -357,76 +358,6 @@ impl Stepper<'_> {
     }
 
     // ----- what applies in every phase -------------------------------------------------------
-
-    fn take_action_results(&mut self) {
-        for result in &self.obs.action_results {
-            let Err(err) = &result.outcome else {
-                match result.key {
-                    ActionKey::RouteTraffic if self.m.phase == Phase::Routing => {
-                        self.m.progress.routed_at.get_or_insert(self.now);
-                    }
-                    ActionKey::RunSmokeTest => self.m.progress.smoke_test_passed = Some(true),
-                    ActionKey::SetTriggerTag => {
-                        self.m.trigger_reset_at.get_or_insert(self.now);
-                    }
-                    ActionKey::Notify => {
-                        if let Some(id) = &result.id {
-                            self.m.outbox.retain(|n| n.id() != *id);
-                        }
-                    }
-                    _ => {}
-                }
-                continue;
-            };
-            if result.key == ActionKey::Notify {
-                continue; // stays in the outbox: offered again on the next step
-            }
-            let deletion = matches!(
-                result.key,
-                ActionKey::DeleteTarget
-                    | ActionKey::DeleteSource
-                    | ActionKey::DeleteQuarantineGroup
-                    | ActionKey::DeleteHeartbeatAlarm
-            );
-            if deletion && err.kind == ErrorKind::NotFound {
-                continue; // already gone is what we wanted
-            }
-            // Ask again after a backoff, not at once: the next observation decides.
-            let backoff = self.backoff(err.kind);
-            self.m.requested.insert(result.key, self.now + backoff);
-            let what = format!(
-                "{} failed ({}): {}",
-                result.key,
-                err.kind.as_str(),
-                err.message
-            );
-            if self.m.phase.is_terminal() {
-                continue; // clean-up after the end: keep the reason the attempt ended with
-            }
-            self.m.last_error = Some(what.clone());
-            if result.key == ActionKey::RebootSource {
-                // No reboot happened (or we cannot know): ask again after the backoff rather
-                // than waiting for a restart that will not come.
-                self.m.progress.reboot_requested_at = None;
-            }
-            if result.key == ActionKey::RunSmokeTest && err.kind == ErrorKind::Fatal {
-                self.m.progress.smoke_test_passed = Some(false);
-                continue;
-            }
-            let creates = matches!(
-                result.key,
-                ActionKey::CreateReplicaCluster | ActionKey::CreateWriterInstance
-            );
-            let give_up =
-                err.kind == ErrorKind::Fatal || (creates && err.kind == ErrorKind::Conflict) || {
-                    self.m.action_failures += 1;
-                    self.m.action_failures > self.policy.max_action_retries
-                };
-            if give_up && !self.m.phase.is_terminal() && !self.entered {
-                self.failure(what);
-            }
-        }
-    }
 
     fn terminal(&mut self) {
         if self.release_watch() {
