@@ -1,9 +1,10 @@
 //! The real world: the ports implemented with the AWS SDK for Rust.
 //!
-//! One file per service; [`classify`] turns every SDK error into a classified
-//! [`crate::ports::PortError`]; RDS calls go through a [`limit::RateLimiter`] and a short-lived
-//! fleet-wide describe cache ([`rds`]); every call is counted per operation in a
-//! [`CallCounter`] (the run summary, and the OTel `aurora_migrator.aws.*` counters).
+//! One file per service (RDS a folder: [`rds`] says what each of its files holds); [`classify`]
+//! turns every SDK error into a classified [`crate::ports::PortError`]; RDS calls go through a
+//! [`limit::RateLimiter`] and a short-lived fleet-wide describe cache ([`rds`]); every call is
+//! counted per operation in a [`CallCounter`] (the run summary, and the OTel
+//! `aurora_migrator.aws.*` counters).
 
 pub mod classify;
 pub mod cloudwatch;

@@ -1,0 +1,119 @@
+//! Conversions from the SDK's RDS types to the core's: the source instance, the target cluster,
+//! tags, and whether an SDK resource is the one a name (identifier or ARN) designates.
+//!
+//! Pure functions, no I/O: a missing SDK field becomes the empty string (`opt`), zero or `false`,
+//! never an error, so a partial answer is still observed (the core decides what a missing field
+//! means); identifiers match case-insensitively (RDS ignores their case), ARNs exactly.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_rds::types::{DbCluster, DbInstance, Tag};
+
+use crate::core::observation::{
+    ClusterMember, Endpoint, GroupMembership, ParameterGroupMembership, SourceInstance,
+    TargetCluster,
+};
+
+pub(super) fn opt(s: Option<&str>) -> String {
+    s.unwrap_or_default().to_string()
+}
+
+pub(super) fn tags_of(list: &[Tag]) -> BTreeMap<String, String> {
+    list.iter()
+        .filter_map(|t| Some((t.key()?.to_string(), opt(t.value()))))
+        .collect()
+}
+
+pub(super) fn sdk_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
+    tags.iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+/// The SDK's instance as the core's source.
+pub fn source_of(i: &DbInstance) -> SourceInstance {
+    let pending = i
+        .pending_modified_values()
+        .is_some_and(|p| *p != aws_sdk_rds::types::PendingModifiedValues::builder().build());
+    let pg = i.db_parameter_groups().first();
+    SourceInstance {
+        identifier: opt(i.db_instance_identifier()),
+        arn: opt(i.db_instance_arn()),
+        resource_id: opt(i.dbi_resource_id()),
+        engine: opt(i.engine()),
+        engine_version: opt(i.engine_version()),
+        status: opt(i.db_instance_status()),
+        instance_class: opt(i.db_instance_class()),
+        allocated_storage_gib: i.allocated_storage().unwrap_or(0).max(0) as u32,
+        has_pending_modifications: pending,
+        parameter_group: ParameterGroupMembership {
+            name: opt(pg.and_then(|g| g.db_parameter_group_name())),
+            apply_status: opt(pg.and_then(|g| g.parameter_apply_status())),
+        },
+        backup_retention_days: i.backup_retention_period().unwrap_or(0).max(0) as u32,
+        read_replicas: i.read_replica_db_instance_identifiers().to_vec(),
+        aurora_replica_clusters: i.read_replica_db_cluster_identifiers().to_vec(),
+        storage_encrypted: i.storage_encrypted().unwrap_or(false),
+        kms_key_id: i.kms_key_id().map(str::to_string),
+        iam_auth_enabled: i.iam_database_authentication_enabled().unwrap_or(false),
+        deletion_protection: i.deletion_protection().unwrap_or(false),
+        auto_minor_version_upgrade: i.auto_minor_version_upgrade().unwrap_or(false),
+        security_groups: i
+            .vpc_security_groups()
+            .iter()
+            .map(|g| GroupMembership {
+                id: opt(g.vpc_security_group_id()),
+                status: opt(g.status()),
+            })
+            .collect(),
+        vpc_id: opt(i.db_subnet_group().and_then(|g| g.vpc_id())),
+        subnet_group: opt(i.db_subnet_group().and_then(|g| g.db_subnet_group_name())),
+        endpoint: i.endpoint().and_then(|e| {
+            Some(Endpoint {
+                address: e.address()?.to_string(),
+                port: e.port().unwrap_or(5432) as u16,
+            })
+        }),
+        multi_az: i.multi_az().unwrap_or(false),
+        tags: tags_of(i.tag_list()),
+    }
+}
+
+pub(super) fn matches_instance(i: &DbInstance, name: &str) -> bool {
+    i.db_instance_identifier()
+        .is_some_and(|id| id.eq_ignore_ascii_case(name))
+        || i.db_instance_arn() == Some(name)
+}
+
+pub(super) fn matches_cluster(c: &DbCluster, name: &str) -> bool {
+    c.db_cluster_identifier()
+        .is_some_and(|id| id.eq_ignore_ascii_case(name))
+        || c.db_cluster_arn() == Some(name)
+}
+
+/// The SDK's cluster as the core's target, with its members' statuses as described.
+pub(super) fn target_from(c: &DbCluster, members: Vec<ClusterMember>) -> TargetCluster {
+    TargetCluster {
+        identifier: opt(c.db_cluster_identifier()),
+        arn: opt(c.db_cluster_arn()),
+        status: opt(c.status()),
+        replication_source: c
+            .replication_source_identifier()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        tags: tags_of(c.tag_list()),
+        writer_endpoint: c.endpoint().map(|a| Endpoint {
+            address: a.to_string(),
+            port: c.port().unwrap_or(5432) as u16,
+        }),
+        security_groups: c
+            .vpc_security_groups()
+            .iter()
+            .map(|g| GroupMembership {
+                id: opt(g.vpc_security_group_id()),
+                status: opt(g.status()),
+            })
+            .collect(),
+        members,
+    }
+}

@@ -1,0 +1,248 @@
+//! The preflight reads: what the core's preflight checks judge the source and the Region by
+//! (Aurora engine versions, the source's user parameters, Aurora's default and static parameters,
+//! pending maintenance, account quotas, the KMS key, free storage).
+//!
+//! Reads only; every paginated answer is read to its end. A default parameter group nobody changed
+//! has no user parameters (not an error); free storage is `None` when CloudWatch fails or has no
+//! point in the last 15 minutes: it never fails the read.
+
+use aws_sdk_rds::types::Parameter as SdkParameter;
+use jiff::Timestamp;
+
+use super::AwsRds;
+use super::convert::opt;
+use crate::aws::classify::classify;
+use crate::core::observation::{
+    EngineVersion, KeyCheck, MetricKey, Parameter, PreflightInputs, Quota, SourceInstance,
+};
+use crate::ports::{ErrorKind, MetricQuery, Metrics, PortResult, Rds};
+
+impl AwsRds {
+    /// [`Rds::preflight_inputs`].
+    pub(super) async fn read_preflight_inputs(
+        &self,
+        source: &SourceInstance,
+    ) -> PortResult<PreflightInputs> {
+        // Aurora PostgreSQL versions of the Region.
+        let mut aurora_versions = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            const OP: &str = "rds:DescribeDBEngineVersions";
+            let r = self
+                .call(
+                    OP,
+                    self.client
+                        .describe_db_engine_versions()
+                        .engine("aurora-postgresql")
+                        .set_marker(marker.clone())
+                        .send(),
+                )
+                .await
+                .map_err(|e| classify(OP, &e))?;
+            aurora_versions.extend(r.db_engine_versions().iter().filter_map(|v| {
+                Some(EngineVersion {
+                    version: v.engine_version()?.to_string(),
+                    family: opt(v.db_parameter_group_family()),
+                })
+            }));
+            marker = r.marker().map(str::to_string);
+            if marker.is_none() {
+                break;
+            }
+        }
+        let source_parameters = self
+            .source_user_parameters(&source.parameter_group.name)
+            .await?;
+        let major = source.engine_version.split('.').next().unwrap_or_default();
+        let family = aurora_versions
+            .iter()
+            .find(|v| v.version.split('.').next() == Some(major))
+            .map(|v| v.family.clone())
+            .unwrap_or_else(|| format!("aurora-postgresql{major}"));
+        let cluster_defaults = self.parameters_of_family(&family, true).await?;
+        let instance_defaults = self.parameters_of_family(&family, false).await?;
+        let names = |ps: &[SdkParameter]| -> Vec<String> {
+            ps.iter()
+                .filter_map(|p| p.parameter_name().map(str::to_string))
+                .collect()
+        };
+        let mut aurora_static_parameters: Vec<String> = cluster_defaults
+            .iter()
+            .chain(instance_defaults.iter())
+            .filter(|p| p.apply_type() == Some("static"))
+            .filter_map(|p| p.parameter_name().map(str::to_string))
+            .collect();
+        aurora_static_parameters.sort();
+        aurora_static_parameters.dedup();
+
+        const PM: &str = "rds:DescribePendingMaintenanceActions";
+        let pending = self
+            .call(
+                PM,
+                self.client
+                    .describe_pending_maintenance_actions()
+                    .resource_identifier(&source.arn)
+                    .send(),
+            )
+            .await
+            .map_err(|e| classify(PM, &e))?;
+        let pending_maintenance = pending
+            .pending_maintenance_actions()
+            .iter()
+            .flat_map(|r| r.pending_maintenance_action_details())
+            .map(|d| match d.description() {
+                Some(desc) => format!("{}: {desc}", opt(d.action())),
+                None => opt(d.action()),
+            })
+            .collect();
+        let quotas = self.account_quotas().await?;
+        let kms_key = match (&source.storage_encrypted, &source.kms_key_id) {
+            (true, Some(key)) => self.keys.check(key).await?,
+            _ => KeyCheck::Unchecked,
+        };
+        Ok(PreflightInputs {
+            aurora_versions,
+            source_parameters,
+            aurora_cluster_parameters: names(&cluster_defaults),
+            aurora_instance_parameters: names(&instance_defaults),
+            aurora_static_parameters,
+            pending_maintenance,
+            quotas,
+            kms_key,
+            free_storage_bytes: self.latest_free_storage(&source.identifier).await,
+            // Filled by the driver from EC2 when consumers are declared.
+            cdc_consumer_groups: None,
+        })
+    }
+
+    /// [`Rds::account_quotas`].
+    pub(super) async fn read_account_quotas(&self) -> PortResult<Vec<Quota>> {
+        const OP: &str = "rds:DescribeAccountAttributes";
+        let r = self
+            .call(OP, self.client.describe_account_attributes().send())
+            .await
+            .map_err(|e| classify(OP, &e))?;
+        Ok(r.account_quotas()
+            .iter()
+            .filter_map(|q| {
+                Some(Quota {
+                    name: q.account_quota_name()?.to_string(),
+                    used: q.used().unwrap_or(0).max(0) as u64,
+                    max: q.max().unwrap_or(0).max(0) as u64,
+                })
+            })
+            .collect())
+    }
+
+    async fn parameters_of_family(
+        &self,
+        family: &str,
+        cluster: bool,
+    ) -> PortResult<Vec<SdkParameter>> {
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let (params, next) = if cluster {
+                const OP: &str = "rds:DescribeEngineDefaultClusterParameters";
+                let r = self
+                    .call(
+                        OP,
+                        self.client
+                            .describe_engine_default_cluster_parameters()
+                            .db_parameter_group_family(family)
+                            .set_marker(marker.clone())
+                            .send(),
+                    )
+                    .await
+                    .map_err(|e| classify(OP, &e))?;
+                let d = r.engine_defaults();
+                (
+                    d.map(|d| d.parameters().to_vec()).unwrap_or_default(),
+                    d.and_then(|d| d.marker()).map(str::to_string),
+                )
+            } else {
+                const OP: &str = "rds:DescribeEngineDefaultParameters";
+                let r = self
+                    .call(
+                        OP,
+                        self.client
+                            .describe_engine_default_parameters()
+                            .db_parameter_group_family(family)
+                            .set_marker(marker.clone())
+                            .send(),
+                    )
+                    .await
+                    .map_err(|e| classify(OP, &e))?;
+                let d = r.engine_defaults();
+                (
+                    d.map(|d| d.parameters().to_vec()).unwrap_or_default(),
+                    d.and_then(|d| d.marker()).map(str::to_string),
+                )
+            };
+            out.extend(params);
+            marker = next;
+            if marker.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn source_user_parameters(&self, group: &str) -> PortResult<Vec<Parameter>> {
+        let mut out = Vec::new();
+        if group.is_empty() {
+            return Ok(out);
+        }
+        let mut marker: Option<String> = None;
+        loop {
+            const OP: &str = "rds:DescribeDBParameters";
+            let r = match self
+                .call(
+                    OP,
+                    self.client
+                        .describe_db_parameters()
+                        .db_parameter_group_name(group)
+                        .source("user")
+                        .set_marker(marker.clone())
+                        .send(),
+                )
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let err = classify(OP, &e);
+                    // A default group nobody changed has no user parameters.
+                    if err.kind == ErrorKind::NotFound && group.starts_with("default.") {
+                        return Ok(out);
+                    }
+                    return Err(err);
+                }
+            };
+            out.extend(r.parameters().iter().filter_map(|p| {
+                Some(Parameter {
+                    name: p.parameter_name()?.to_string(),
+                    value: p.parameter_value()?.to_string(),
+                })
+            }));
+            marker = r.marker().map(str::to_string);
+            if marker.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Metrics reader used by preflight (FreeStorageSpace).
+    async fn latest_free_storage(&self, instance: &str) -> Option<f64> {
+        let now = Timestamp::now();
+        let q = MetricQuery {
+            key: MetricKey::SourceFreeStorage,
+            instance: instance.to_string(),
+            start: now - jiff::SignedDuration::from_mins(15),
+            end: now,
+            period_s: 60,
+        };
+        let series = self.metrics.fetch(std::slice::from_ref(&q)).await.ok()?;
+        crate::core::observation::latest(series.first()?).map(|p| p.minimum)
+    }
+}
