@@ -1,0 +1,184 @@
+//! Faults the agent rolls back from or retries through: an abort and a spent write budget during
+//! Draining roll back without promoting; throttling and 5xx on RDS, CloudWatch and DynamoDB are
+//! retried and the migration completes with one cluster.
+
+use std::time::Duration;
+
+use aurora_migrator::ports::ErrorKind;
+use serde_json::json;
+
+use super::*;
+
+/// The source's slot lag never reaches 0 (a stale logical slot): replicating is fine (64 MiB →
+/// 128 MiB, under the threshold), but the Draining proof never holds.
+async fn stale_slot_rollback(abort: bool) {
+    let env = Env::new().await;
+    let Source { arn, rid, names } = env.migration_source("orders-pg", true).await;
+    let player = Player::one(&env, "orders-pg", &names, true);
+    let mut policy = policy();
+    if !abort {
+        policy.write_unavailability_budget = jiff::SignedDuration::from_secs(20);
+    }
+    let agent = env
+        .run_agent_with(&env.settings, policy, runtime_settings())
+        .await;
+    env.send_tag_event(&arn, &["aurora-migration"]).await;
+    env.wait_past("orders-pg", "draining", Duration::from_secs(120), &[])
+        .await;
+    // The agent took hold of the source with its own marker before it changed anything: the
+    // task role's permissions hold through it (infra/tests/test_iam_policy.py).
+    let marker = env
+        .instance("orders-pg")
+        .await
+        .unwrap()
+        .tag_list()
+        .iter()
+        .find(|t| t.key() == Some("aurora-migration:marker"))
+        .and_then(|t| t.value().map(str::to_string));
+    assert_eq!(marker.as_deref(), Some(rid.as_str()));
+    if abort {
+        // An IaC apply removes the trigger while the source is quarantined: the abort still
+        // rolls back (the agent's permissions hold through the marker, not the trigger).
+        env.aws
+            .rds
+            .remove_tags_from_resource()
+            .resource_name(&arn)
+            .tag_keys("aurora-migration")
+            .send()
+            .await
+            .unwrap();
+        env.aws
+            .rds
+            .add_tags_to_resource()
+            .resource_name(&arn)
+            .tags(tag("aurora-migration:abort", "true"))
+            .send()
+            .await
+            .unwrap();
+        env.send_tag_event(&arn, &["aurora-migration:abort"]).await;
+    }
+    // An abort ends in `aborted`, a failure (the budget) in `rolledback`; both roll back.
+    let end = if abort { "aborted" } else { "rolledback" };
+    env.wait_past("orders-pg", end, Duration::from_secs(120), &[])
+        .await;
+    agent.finish().await;
+    player.stop();
+    let rds = env.shim.actions("rds").await;
+    assert!(
+        !rds.iter().any(|(a, _)| a == "PromoteReadReplicaDBCluster"),
+        "never promoted"
+    );
+    // The original groups are back, the replica is gone, the source is intact.
+    let src = env.instance("orders-pg").await.expect("the source is kept");
+    let groups: Vec<_> = src
+        .vpc_security_groups()
+        .iter()
+        .filter_map(|g| g.vpc_security_group_id())
+        .collect();
+    assert_eq!(groups, vec![env.app_sg.as_str()]);
+    let clusters = env.aws.rds.describe_db_clusters().send().await.unwrap();
+    assert!(
+        clusters
+            .db_clusters()
+            .iter()
+            .all(|c| c.db_cluster_identifier() != Some(names.cluster.as_str()))
+    );
+    assert!(
+        rds.iter()
+            .any(|(a, p)| a == "DeleteDBCluster"
+                && p["DBClusterIdentifier"] == names.cluster.as_str())
+    );
+    let mut notes = Vec::new();
+    env.notifications(&mut notes).await;
+    let rolled: Vec<_> = notes
+        .iter()
+        .filter(|(_, _, a)| {
+            a["phase"] == "rolledback" || a["phase"] == "rollingback" || a["phase"] == "aborted"
+        })
+        .collect();
+    assert!(!rolled.is_empty(), "a rollback was notified");
+    if !abort {
+        assert!(
+            notes
+                .iter()
+                .any(|(_, _, a)| a["severity"] == "error" || a["severity"] == "warning"),
+            "an alert was sent"
+        );
+    }
+    // `status` (the binary, reading the table) lists the finished migration and why it ended.
+    let status = AgentProcess::status(&env);
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("orders-pg"))
+        .unwrap_or_else(|| panic!("status lists the migration:\n{status}"));
+    assert!(row.contains(end), "{row}");
+    if !abort {
+        assert!(row.contains("write-unavailability budget"), "{row}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_during_draining_with_a_stale_slot_rolls_back_losslessly_without_promoting() {
+    stale_slot_rollback(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_budget_running_out_with_a_stale_slot_rolls_back_by_itself() {
+    stale_slot_rollback(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_5xx_on_describe_create_modify_promote_are_retried_and_it_completes() {
+    let env = Env::new().await;
+    let Source { arn, names, .. } = env.migration_source("orders-pg", true).await;
+    env.shim
+        .faults(json!([
+            {"service": "rds", "action": "DescribeDBInstances", "status": 400, "code": "Throttling", "message": "Rate exceeded", "count": 2},
+            {"service": "rds", "action": "CreateDBCluster", "status": 500, "code": "InternalFailure", "count": 1, "after_success": true},
+            {"service": "rds", "action": "ModifyDBInstance", "status": 400, "code": "Throttling", "message": "Rate exceeded", "count": 3},
+            {"service": "rds", "action": "PromoteReadReplicaDBCluster", "status": 503, "code": "ServiceUnavailable", "count": 5},
+            {"service": "monitoring", "action": "GetMetricData", "status": 400, "code": "Throttling", "count": 2},
+            {"service": "dynamodb", "action": "PutItem", "status": 500, "code": "InternalServerError", "count": 2}
+        ]))
+        .await;
+    let player = Player::one(&env, "orders-pg", &names, false);
+    let agent = env.run_agent().await;
+    let calls = agent.calls.clone();
+    env.send_tag_event(&arn, &["aurora-migration"]).await;
+    let never = ["failed", "rolledback"];
+    env.wait_past("orders-pg", "completed", Duration::from_secs(300), &never)
+        .await;
+    agent.finish().await;
+    player.stop();
+    let all = env.shim.calls().await;
+    let faulted = |action: &str| {
+        all.iter()
+            .filter(|c| c["action"] == action && c.get("fault").is_some_and(|f| !f.is_null()))
+            .count()
+    };
+    assert_eq!(faulted("DescribeDBInstances"), 2);
+    assert_eq!(faulted("CreateDBCluster"), 1);
+    assert_eq!(faulted("ModifyDBInstance"), 3);
+    assert_eq!(faulted("PromoteReadReplicaDBCluster"), 5);
+    // The lost CreateDBCluster answer was retried, found "already exists" and ours: one cluster.
+    let clusters = env.aws.rds.describe_db_clusters().send().await.unwrap();
+    assert_eq!(clusters.db_clusters().len(), 1);
+    // 5 × 503 outlasted the SDK's 4 attempts: surfaced once as retryable, then the phase machine
+    // asked again after its backoff.
+    let errors = calls.errors();
+    assert_eq!(
+        errors.get(&(
+            "rds:PromoteReadReplicaDBCluster".to_string(),
+            ErrorKind::Retryable
+        )),
+        Some(&1),
+        "{errors:?}"
+    );
+    let rds = env.shim.actions("rds").await;
+    assert_eq!(
+        rds.iter()
+            .filter(|(a, _)| a == "PromoteReadReplicaDBCluster")
+            .count(),
+        6
+    );
+}
