@@ -11,7 +11,7 @@ use aurora_migrator::core::notification::Severity;
 use aurora_migrator::core::observation::*;
 use aurora_migrator::core::policy::Policy;
 use aurora_migrator::core::preflight::{self, Outcome, PreflightReport};
-use aurora_migrator::core::{Migration, Phase};
+use aurora_migrator::core::{Migration, Phase, step};
 use common::*;
 use jiff::SignedDuration;
 
@@ -374,4 +374,71 @@ fn a_reboot_that_never_started_is_asked_again_long_before_the_budget_runs_out() 
     run_to_end(&mut model, &mut m, &p, 200);
     assert_eq!(m.phase, Phase::Completed, "no budget rollback");
     assert_eq!(model.reboots, 1);
+}
+
+#[test]
+fn decommission_waits_for_the_retention_then_deletes_with_a_final_snapshot() {
+    let mut model = Model::new();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy(), Phase::Decommissioning);
+    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    assert!(keys(&d.actions).is_empty(), "nothing before the retention");
+    assert!(d.wake_after.unwrap() > SignedDuration::from_hours(24));
+    model.now += policy().retention;
+    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    let deletes: Vec<&Action> = d.actions.iter().filter(|a| a.is_mutating()).collect();
+    assert_eq!(
+        deletes,
+        vec![&Action::DeleteSource {
+            instance: "orders-pg".into(),
+            final_snapshot: m.names.final_snapshot.clone(),
+        }],
+        "one call: the deletion carries the final snapshot, no separate CreateDBSnapshot"
+    );
+}
+
+#[test]
+fn deletion_protection_is_left_to_a_person_unless_the_policy_allows() {
+    let mut model = Model::new();
+    model.source.as_mut().unwrap().deletion_protection = true;
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy(), Phase::Decommissioning);
+    model.now += policy().retention;
+    for _ in 0..5 {
+        round(&mut model, &mut m, &policy(), &mut |_| None);
+    }
+    assert!(model.source.is_some(), "not deleted");
+    assert!(
+        model
+            .notifications
+            .iter()
+            .any(|n| n.event == "deletion-protection")
+    );
+    let allow = Policy {
+        allow_disable_deletion_protection: true,
+        ..policy()
+    };
+    run_to_end(&mut model, &mut m, &allow, 20);
+    assert_eq!(m.phase, Phase::Completed);
+}
+
+#[test]
+fn the_snapshot_quota_blocks_decommission_with_an_alert() {
+    let mut model = Model::new();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy(), Phase::Decommissioning);
+    model.now += policy().retention;
+    let mut obs = model.observe(&m, &policy());
+    obs.quotas = Some(vec![Quota {
+        name: "ManualSnapshots".into(),
+        used: 100,
+        max: 100,
+    }]);
+    let d = step(&m, &obs, model.now, &policy());
+    assert!(keys(&d.actions).is_empty());
+    assert!(
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::Notify(n) if n.event == "snapshot-quota"))
+    );
 }

@@ -17,8 +17,11 @@
 pub mod checks;
 pub mod faults;
 pub mod queue;
+mod report;
 pub mod rng;
 pub mod world;
+
+pub use report::{FleetFigures, SimReport};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -414,45 +417,6 @@ fn settled(s: &State) -> bool {
     })
 }
 
-/// The fleet figures: measured on this machine, so not part of the deterministic report.
-#[derive(Clone, Debug)]
-pub struct FleetFigures {
-    pub migrations: usize,
-    pub wall_ms: u128,
-    pub peak_memory_kib: Option<u64>,
-    pub outcome: SeedOutcome,
-}
-
-#[derive(Clone, Debug)]
-pub struct SimReport {
-    pub options: SimOptions,
-    pub seeds_run: u64,
-    pub migrations: u64,
-    /// (seed, what).
-    pub violations: Vec<(u64, String)>,
-    pub phases: BTreeMap<String, u64>,
-    pub permanent_faults: u64,
-    /// Transient faults only, rolled back because the write-unavailability budget ran out.
-    pub budget_rollbacks: Vec<(u64, String)>,
-    pub windows_ms: Vec<Ms>,
-    pub agent_ms: Vec<Ms>,
-    pub calls: BTreeMap<&'static str, u64>,
-    pub rds_peak_1s: u32,
-    pub rds_peak_60s: f64,
-    pub crashes: u64,
-    pub decisions: u64,
-    pub dlq: u64,
-    pub virtual_ms: i128,
-    pub timeline: Vec<String>,
-    pub fleet: Option<FleetFigures>,
-}
-
-impl SimReport {
-    pub fn count(&self, phase: Phase) -> u64 {
-        self.phases.get(phase.as_str()).copied().unwrap_or(0)
-    }
-}
-
 /// The number of migrations a seed runs (drawn from the seed).
 pub fn migrations_for(seed: u64, o: &SimOptions) -> usize {
     let mut r = Rng::fork(seed, 6);
@@ -524,39 +488,6 @@ pub fn run(o: &SimOptions) -> SimReport {
     report
 }
 
-impl SimReport {
-    fn absorb(&mut self, out: &SeedOutcome) {
-        self.seeds_run += 1;
-        self.migrations += out.endings.len() as u64;
-        for v in &out.violations {
-            self.violations.push((out.seed, v.clone()));
-        }
-        for e in &out.endings {
-            let phase = e.phase.map_or("never started", |p| p.as_str());
-            *self.phases.entry(phase.to_string()).or_default() += 1;
-            if e.permanent.is_some() {
-                self.permanent_faults += 1;
-            }
-            if e.budget_rollback {
-                self.budget_rollbacks.push((out.seed, e.source.clone()));
-            }
-            if let (Some(w), Some(a)) = (e.window_ms, e.aws_ms) {
-                self.windows_ms.push(w);
-                self.agent_ms.push(w - a);
-            }
-        }
-        for (op, n) in &out.calls {
-            *self.calls.entry(op).or_default() += n;
-        }
-        self.rds_peak_1s = self.rds_peak_1s.max(out.rds_peak_1s);
-        self.rds_peak_60s = self.rds_peak_60s.max(out.rds_peak_60s);
-        self.crashes += u64::from(out.crashes);
-        self.decisions += out.decisions;
-        self.dlq += out.dlq as u64;
-        self.virtual_ms += i128::from(out.end_ms);
-    }
-}
-
 /// VmHWM of this process, from /proc (Linux only).
 fn peak_memory_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -567,164 +498,4 @@ fn peak_memory_kib() -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
-}
-
-fn percentile(values: &[Ms], p: f64) -> Option<Ms> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_unstable();
-    let i = ((v.len() - 1) as f64 * p).round() as usize;
-    Some(v[i])
-}
-
-fn secs(ms: Option<Ms>) -> String {
-    ms.map_or("-".to_string(), |m| format!("{:.1} s", m as f64 / 1000.0))
-}
-
-impl fmt::Display for SimReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let o = &self.options;
-        writeln!(
-            f,
-            "simulation: seeds {}..={} ({} run), {}–{} migrations per seed, fault intensity {}, variant {:?}, {} workers",
-            o.start_seed,
-            o.start_seed + o.seeds.saturating_sub(1),
-            self.seeds_run,
-            o.migrations_min,
-            o.migrations_max,
-            o.fault_intensity,
-            o.variant,
-            o.workers
-        )?;
-        writeln!(
-            f,
-            "migrations: {} ({} with a permanent fault); completed {}, rolled back {}, failed {}, other {}",
-            self.migrations,
-            self.permanent_faults,
-            self.count(Phase::Completed),
-            self.count(Phase::RolledBack),
-            self.count(Phase::Failed),
-            self.migrations
-                - self.count(Phase::Completed)
-                - self.count(Phase::RolledBack)
-                - self.count(Phase::Failed)
-        )?;
-        writeln!(
-            f,
-            "agent: {} decisions checked, {} crashes and restarts, {} messages redriven to the DLQ, {:.1} h of virtual time",
-            self.decisions,
-            self.crashes,
-            self.dlq,
-            self.virtual_ms as f64 / 3_600_000.0
-        )?;
-        writeln!(
-            f,
-            "budget rollbacks (transient faults only; lossless, by the design's write-unavailability budget): {}{}",
-            self.budget_rollbacks.len(),
-            self.budget_rollbacks
-                .iter()
-                .take(8)
-                .map(|(seed, src)| format!(" [seed {seed} {src}]"))
-                .collect::<String>()
-        )?;
-        writeln!(f, "violations: {}", self.violations.len())?;
-        for (seed, v) in self.violations.iter().take(20) {
-            writeln!(f, "  seed {seed}: {v}")?;
-        }
-        if self.violations.len() > 20 {
-            writeln!(f, "  … {} more", self.violations.len() - 20)?;
-        }
-        writeln!(
-            f,
-            "write unavailability (quarantine request → traffic on the target), {} cutovers: p50 {}, p99 {}, max {}",
-            self.windows_ms.len(),
-            secs(percentile(&self.windows_ms, 0.5)),
-            secs(percentile(&self.windows_ms, 0.99)),
-            secs(self.windows_ms.iter().max().copied())
-        )?;
-        writeln!(
-            f,
-            "  the agent's share (minus AWS's group change, reboot, metric delay and promotion): p50 {}, p99 {}",
-            secs(percentile(&self.agent_ms, 0.5)),
-            secs(percentile(&self.agent_ms, 0.99))
-        )?;
-        let per = self.migrations.max(1) as f64;
-        writeln!(f, "API calls per migration (mean):")?;
-        let mut total_rds = 0.0;
-        for (op, n) in &self.calls {
-            let mean = *n as f64 / per;
-            if op.starts_with("rds:") {
-                total_rds += mean;
-            }
-            writeln!(f, "  {op:<44} {mean:>8.1}")?;
-        }
-        writeln!(f, "  {:<44} {total_rds:>8.1}", "all rds:*")?;
-        writeln!(
-            f,
-            "RDS request rate: peak {} req in one second, peak {:.2} req/s over 60 s (budget 12 req/s)",
-            self.rds_peak_1s, self.rds_peak_60s
-        )?;
-        if let Some(fl) = &self.fleet {
-            let out = &fl.outcome;
-            let done = out
-                .endings
-                .iter()
-                .filter(|e| e.phase == Some(Phase::Completed))
-                .count();
-            let windows: Vec<Ms> = out.endings.iter().filter_map(|e| e.window_ms).collect();
-            let rds: u64 = out
-                .calls
-                .iter()
-                .filter(|(k, _)| k.starts_with("rds:"))
-                .map(|(_, n)| n)
-                .sum();
-            writeln!(
-                f,
-                "fleet: {} concurrent migrations in one agent (seed {}): {} completed, {} violations, {} of virtual time",
-                fl.migrations,
-                out.seed,
-                done,
-                out.violations.len(),
-                fmt_ms(out.end_ms)
-            )?;
-            writeln!(
-                f,
-                "  write unavailability p50 {}, p99 {}; {:.0} RDS calls per migration; RDS peak {} req in one second, {:.2} req/s over 60 s (budget 12)",
-                secs(percentile(&windows, 0.5)),
-                secs(percentile(&windows, 0.99)),
-                rds as f64 / fl.migrations.max(1) as f64,
-                out.rds_peak_1s,
-                out.rds_peak_60s
-            )?;
-            let mut busiest: Vec<(&str, u64)> = out.calls.iter().map(|(op, n)| (*op, *n)).collect();
-            busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-            writeln!(f, "  API calls per migration, busiest first:")?;
-            for (op, n) in busiest.iter().take(12) {
-                writeln!(
-                    f,
-                    "    {op:<42} {:>8.1}",
-                    *n as f64 / fl.migrations.max(1) as f64
-                )?;
-            }
-            writeln!(
-                f,
-                "  simulator: {:.2} s wall-clock, peak memory (VmHWM) {}",
-                fl.wall_ms as f64 / 1000.0,
-                fl.peak_memory_kib
-                    .map_or("unknown".to_string(), |k| format!(
-                        "{:.1} MiB",
-                        k as f64 / 1024.0
-                    ))
-            )?;
-        }
-        if !self.timeline.is_empty() {
-            writeln!(f, "timeline of seed {}:", o.start_seed)?;
-            for line in &self.timeline {
-                writeln!(f, "  {line}")?;
-            }
-        }
-        Ok(())
-    }
 }
