@@ -83,7 +83,7 @@ impl AwsSettings {
             endpoint_url: None,
             region: None,
             static_credentials: None,
-            tag_prefix: "aurora-migration".to_string(),
+            tag_prefix: crate::core::tags::DEFAULT_PREFIX.to_string(),
             rds_requests_per_second: 5.0,
             rds_burst: 5.0,
             describe_cache_ttl: Duration::from_secs(5),

@@ -111,7 +111,7 @@ pub struct PolicyArgs {
     #[arg(
         long,
         env = "MIGRATOR_TAG_PREFIX",
-        default_value = "aurora-migration",
+        default_value = crate::core::tags::DEFAULT_PREFIX,
         global = true
     )]
     pub tag_prefix: String,
@@ -206,7 +206,7 @@ pub struct PolicyArgs {
 impl Default for PolicyArgs {
     fn default() -> Self {
         PolicyArgs {
-            tag_prefix: "aurora-migration".into(),
+            tag_prefix: crate::core::tags::DEFAULT_PREFIX.into(),
             cutover: "manual".into(),
             max_slot_lag_mib: 1024.0,
             max_replica_lag_seconds: 30.0,

@@ -130,7 +130,7 @@ impl Default for Timeouts {
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            tag_prefix: "aurora-migration".to_string(),
+            tag_prefix: super::tags::DEFAULT_PREFIX.to_string(),
             cutover: CutoverPolicy::ManualApproval,
             max_slot_lag_bytes: 1024.0 * 1024.0 * 1024.0,
             max_replica_lag_s: 30.0,

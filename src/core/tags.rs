@@ -5,6 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// The tag prefix when `MIGRATOR_TAG_PREFIX` is unset: the contract's tag names
+/// (`aurora-migration`, `aurora-migration:phase`, …). The one place it is written.
+pub const DEFAULT_PREFIX: &str = "aurora-migration";
+
 /// The trigger's value that starts an attempt.
 pub const START: &str = "start";
 /// The value the agent writes to the trigger when an attempt ends without completing.
