@@ -6,6 +6,10 @@
 //! tests of the pure core.
 #![allow(dead_code)]
 
+#[path = "source_fixture.rs"]
+mod source_fixture;
+pub use source_fixture::healthy_source;
+
 use std::collections::BTreeMap;
 
 use aurora_migrator::core::action::{Action, ActionError, ActionKey, ActionResult, ErrorKind};
@@ -34,39 +38,10 @@ pub fn source() -> SourceInstance {
     );
     tags.insert("team".to_string(), "orders".to_string());
     SourceInstance {
-        identifier: "orders-pg".into(),
-        arn: ARN.into(),
-        resource_id: RESOURCE_ID.into(),
-        engine: "postgres".into(),
-        engine_version: "15.4".into(),
-        status: "available".into(),
-        instance_class: "db.r6g.large".into(),
-        allocated_storage_gib: 200,
-        has_pending_modifications: false,
-        parameter_group: ParameterGroupMembership {
-            name: "orders-pg15".into(),
-            apply_status: "in-sync".into(),
-        },
-        backup_retention_days: 7,
-        read_replicas: vec![],
-        aurora_replica_clusters: vec![],
         storage_encrypted: true,
         kms_key_id: Some("arn:aws:kms:us-east-1:123456789012:key/abcd".into()),
-        iam_auth_enabled: false,
-        deletion_protection: false,
-        auto_minor_version_upgrade: false,
-        security_groups: vec![GroupMembership {
-            id: "sg-app".into(),
-            status: "active".into(),
-        }],
-        vpc_id: "vpc-1".into(),
-        subnet_group: "db-subnets".into(),
-        endpoint: Some(Endpoint {
-            address: "orders-pg.abc.us-east-1.rds.amazonaws.com".into(),
-            port: 5432,
-        }),
-        multi_az: false,
         tags,
+        ..healthy_source("orders-pg", ARN, RESOURCE_ID)
     }
 }
 

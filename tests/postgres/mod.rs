@@ -6,6 +6,8 @@ pub mod fakes;
 pub mod metrics;
 pub mod rds;
 pub mod server;
+#[path = "../common/source_fixture.rs"]
+pub mod source_fixture;
 pub mod world;
 pub mod writer;
 

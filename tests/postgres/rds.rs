@@ -11,6 +11,7 @@ use aurora_migrator::ports::{ErrorKind, PortResult, Rds};
 use jiff::Timestamp;
 
 use super::server::{HbaMode, PgServer, connect};
+use super::source_fixture::healthy_source;
 use super::world::{
     GIB, RESOURCE_ID, SOURCE_ARN, SOURCE_ID, Shared, TargetState, blocking, err, query_f64,
 };
@@ -31,27 +32,9 @@ impl PgRds {
             .map(|t| vec![t.spec.cluster.clone()])
             .unwrap_or_default();
         Some(SourceInstance {
-            identifier: SOURCE_ID.into(),
-            arn: SOURCE_ARN.into(),
-            resource_id: RESOURCE_ID.into(),
-            engine: "postgres".into(),
             engine_version: s.engine_version.clone(),
             status: s.source_status.clone(),
-            instance_class: "db.r6g.large".into(),
-            allocated_storage_gib: 200,
-            has_pending_modifications: false,
-            parameter_group: ParameterGroupMembership {
-                name: "orders-pg15".into(),
-                apply_status: "in-sync".into(),
-            },
-            backup_retention_days: 7,
-            read_replicas: vec![],
             aurora_replica_clusters: aurora,
-            storage_encrypted: false,
-            kms_key_id: None,
-            iam_auth_enabled: false,
-            deletion_protection: false,
-            auto_minor_version_upgrade: false,
             security_groups: s
                 .source_groups
                 .iter()
@@ -61,13 +44,12 @@ impl PgRds {
                 })
                 .collect(),
             vpc_id: "vpc-test".into(),
-            subnet_group: "db-subnets".into(),
             endpoint: Some(Endpoint {
                 address: "127.0.0.1".into(),
                 port: self.0.primary.port,
             }),
-            multi_az: false,
             tags: s.source_tags.clone(),
+            ..healthy_source(SOURCE_ID, SOURCE_ARN, RESOURCE_ID)
         })
     }
 }
