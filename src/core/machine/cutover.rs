@@ -31,6 +31,17 @@ impl Stepper<'_> {
     }
 
     pub(super) fn quiescing(&mut self) {
+        debug_assert_eq!(
+            self.m.phase,
+            Phase::Quiescing,
+            "quiescing called in another phase"
+        );
+        // What the code below assumes; the release-build guard on the irreversible actions
+        // (invariants::irreversible_allowed) holds even where this does not.
+        debug_assert!(
+            self.m.progress.replica_ready_at.is_some(),
+            "a cutover starts only from a caught-up replica"
+        );
         let (Some(source), Some(q)) = (self.source().cloned(), self.quarantine_id()) else {
             if self.quarantine_id().is_none() {
                 self.failure("no quarantine group was recorded".to_string());
@@ -46,10 +57,12 @@ impl Stepper<'_> {
             alarm: self.m.names.heartbeat_alarm.clone(),
             migration: self.m.id.to_string(),
         });
+        // From here on writes may stop: the write budget runs from the first step that asks
+        // for the quarantine or sees it (a request whose answer was lost still took effect).
+        self.m.progress.quarantined_at.get_or_insert(self.now);
         if !source.groups_exactly_active(std::slice::from_ref(&q)) {
             let only_q = source.group_ids() == [q.clone()];
             if !only_q {
-                self.m.progress.quarantined_at.get_or_insert(self.now);
                 self.request(Action::QuarantineSource {
                     instance: source.identifier.clone(),
                     group_id: q,
@@ -147,6 +160,17 @@ impl Stepper<'_> {
     }
 
     pub(super) fn draining(&mut self) {
+        debug_assert_eq!(
+            self.m.phase,
+            Phase::Draining,
+            "draining called in another phase"
+        );
+        // What the code below assumes; the release-build guard on the irreversible actions
+        // (invariants::irreversible_allowed) holds even where this does not.
+        debug_assert!(
+            self.m.progress.quarantined_at.is_some(),
+            "Draining follows the quarantine request"
+        );
         let missing = self.drain_proof_missing();
         if missing.is_empty() {
             self.m.progress.drain_proven_at = Some(self.now);
@@ -213,6 +237,17 @@ impl Stepper<'_> {
     }
 
     pub(super) fn promoting(&mut self) {
+        debug_assert_eq!(
+            self.m.phase,
+            Phase::Promoting,
+            "promoting called in another phase"
+        );
+        // What the code below assumes; the release-build guard on the irreversible actions
+        // (invariants::irreversible_allowed) holds even where this does not.
+        debug_assert!(
+            self.m.progress.drain_proven_at.is_some() && self.m.progress.restarted_at.is_some(),
+            "Promoting follows a held Draining proof"
+        );
         let t = match &self.obs.target {
             Observed::Unknown => return,
             Observed::Absent => {
@@ -264,6 +299,17 @@ impl Stepper<'_> {
     }
 
     pub(super) fn routing(&mut self) {
+        debug_assert_eq!(
+            self.m.phase,
+            Phase::Routing,
+            "routing called in another phase"
+        );
+        // What the code below assumes; the release-build guard on the irreversible actions
+        // (invariants::irreversible_allowed) holds even where this does not.
+        debug_assert!(
+            self.m.progress.drain_proven_at.is_some() && self.m.progress.promoted_at.is_some(),
+            "nothing is routed to a replica that was not promoted"
+        );
         let Some(t) = self.obs.target.present().cloned() else {
             return;
         };

@@ -40,6 +40,11 @@ impl Stepper<'_> {
     // ----- phases ----------------------------------------------------------------------------
 
     pub(super) fn preflight(&mut self) {
+        debug_assert_eq!(
+            self.m.phase,
+            Phase::Preflight,
+            "preflight called in another phase"
+        );
         let (Some(source), Some(inputs)) = (self.source(), self.obs.preflight.as_ref()) else {
             return;
         };
@@ -59,6 +64,11 @@ impl Stepper<'_> {
     }
 
     pub(super) fn preparing(&mut self) {
+        debug_assert_eq!(
+            self.m.phase,
+            Phase::Preparing,
+            "preparing called in another phase"
+        );
         let Some(plan) = self.plan().cloned() else {
             self.failure("no plan was recorded by preflight".to_string());
             return;
@@ -135,6 +145,11 @@ impl Stepper<'_> {
     }
 
     pub(super) fn creating_replica(&mut self) {
+        debug_assert_eq!(
+            self.m.phase,
+            Phase::CreatingReplica,
+            "creating_replica called in another phase"
+        );
         let Some(plan) = self.plan().cloned() else {
             self.failure("no plan was recorded by preflight".to_string());
             return;
@@ -214,6 +229,11 @@ impl Stepper<'_> {
     }
 
     pub(super) fn replicating(&mut self) {
+        debug_assert_eq!(
+            self.m.phase,
+            Phase::Replicating,
+            "replicating called in another phase"
+        );
         if self.replica_guards() {
             return;
         }
@@ -243,6 +263,11 @@ impl Stepper<'_> {
     }
 
     pub(super) fn awaiting_cutover(&mut self) {
+        debug_assert_eq!(
+            self.m.phase,
+            Phase::AwaitingCutover,
+            "awaiting_cutover called in another phase"
+        );
         if self.replica_guards() {
             return;
         }
@@ -256,6 +281,11 @@ impl Stepper<'_> {
     }
 
     pub(super) fn paused(&mut self) {
+        debug_assert_eq!(
+            self.m.phase,
+            Phase::Paused,
+            "paused called in another phase"
+        );
         if self.replica_guards() {
             return;
         }

@@ -6,6 +6,11 @@ use super::*;
 
 impl Stepper<'_> {
     pub(super) fn verifying(&mut self) {
+        debug_assert_eq!(
+            self.m.phase,
+            Phase::Verifying,
+            "verifying called in another phase"
+        );
         let Some(routed) = self.m.progress.routed_at else {
             self.failure("verification started without a confirmed route".to_string());
             return;
@@ -129,6 +134,17 @@ impl Stepper<'_> {
     }
 
     pub(super) fn decommissioning(&mut self) {
+        debug_assert_eq!(
+            self.m.phase,
+            Phase::Decommissioning,
+            "decommissioning called in another phase"
+        );
+        // What the code below assumes; the release-build guard on the irreversible actions
+        // (invariants::irreversible_allowed) holds even where this does not.
+        debug_assert!(
+            self.m.progress.routed_at.is_some(),
+            "decommissioning follows a confirmed route"
+        );
         let Some(passed) = self.m.progress.verification_passed_at else {
             self.failure("decommissioning without a passed verification".to_string());
             return;
