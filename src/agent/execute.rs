@@ -61,29 +61,28 @@ pub async fn execute<W: World>(world: &W, policy: &Policy, action: &Action) -> P
         }
         Action::DeleteHeartbeatAlarm { alarm } => world.metrics().delete_alarm(alarm).await,
         Action::MirrorPhaseTag { arns, phase } => {
-            let mut t = BTreeMap::new();
-            t.insert(
-                tags::phase_key(&policy.tag_prefix),
-                phase.as_str().to_string(),
-            );
+            let t = one_tag(tags::phase_key(&policy.tag_prefix), phase.as_str());
             for arn in arns {
                 rds.set_tags(arn, &t).await?;
             }
             Ok(())
         }
         Action::SetTriggerTag { arn, value } => {
-            let mut t = BTreeMap::new();
-            t.insert(policy.tag_prefix.clone(), value.clone());
-            rds.set_tags(arn, &t).await
+            rds.set_tags(arn, &one_tag(policy.tag_prefix.clone(), value))
+                .await
         }
         Action::MarkSource { arn, value } => {
-            let mut t = BTreeMap::new();
-            t.insert(tags::marker_key(&policy.tag_prefix), value.clone());
-            rds.set_tags(arn, &t).await
+            rds.set_tags(arn, &one_tag(tags::marker_key(&policy.tag_prefix), value))
+                .await
         }
         Action::PutHeartbeat { migration } => world.metrics().put_heartbeat(migration).await,
         Action::Notify(note) => world.notifier().publish(note).await,
     }
+}
+
+/// The one tag an agent-written key gets (the phase mirror, the trigger, the marker).
+fn one_tag(key: String, value: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(key, value.to_string())])
 }
 
 /// Runs the actions in order and returns the results the machine must see.

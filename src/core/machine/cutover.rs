@@ -60,14 +60,7 @@ impl Stepper<'_> {
         // From here on writes may stop: the write budget runs from the first step that asks
         // for the quarantine or sees it (a request whose answer was lost still took effect).
         self.m.progress.quarantined_at.get_or_insert(self.now);
-        if !source.groups_exactly_active(std::slice::from_ref(&q)) {
-            let only_q = source.group_ids() == [q.clone()];
-            if !only_q {
-                self.request(Action::QuarantineSource {
-                    instance: source.identifier.clone(),
-                    group_id: q,
-                });
-            }
+        if !self.quarantine_source(&source, &q) {
             return;
         }
         self.m.progress.quarantine_active_at.get_or_insert(self.now);
@@ -84,6 +77,21 @@ impl Stepper<'_> {
     }
 
     /// What the Draining proof still lacks (empty: proven). Records the restart when seen.
+    /// True when the source has exactly the quarantine group, active. Otherwise asks for it,
+    /// unless the change is already under way (the group is there, not yet `active`).
+    fn quarantine_source(&mut self, source: &SourceInstance, q: &str) -> bool {
+        if source.groups_exactly_active(&[q.to_string()]) {
+            return true;
+        }
+        if source.group_ids() != [q] {
+            self.request(Action::QuarantineSource {
+                instance: source.identifier.clone(),
+                group_id: q.to_string(),
+            });
+        }
+        false
+    }
+
     pub(super) fn drain_proof_missing(&mut self) -> Vec<String> {
         let mut missing = Vec::new();
         let Some(q) = self.quarantine_id() else {
@@ -180,16 +188,7 @@ impl Stepper<'_> {
         // Back from Promoting after a drift, or changed under us: put the quarantine back. The
         // reboot below waits for it, or sessions could reconnect through the old groups.
         let fenced = match (self.source().cloned(), self.quarantine_id()) {
-            (Some(source), Some(q)) => {
-                let exact = source.groups_exactly_active(std::slice::from_ref(&q));
-                if !exact && source.group_ids() != [q.clone()] {
-                    self.request(Action::QuarantineSource {
-                        instance: source.identifier.clone(),
-                        group_id: q,
-                    });
-                }
-                exact
-            }
+            (Some(source), Some(q)) => self.quarantine_source(&source, &q),
             _ => false,
         };
         if fenced && self.m.progress.restarted_at.is_none() {
