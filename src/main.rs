@@ -15,7 +15,7 @@ use aurora_migrator::inbound::Home;
 use aurora_migrator::ports::{Clock, World};
 use aurora_migrator::runtime::{self, RuntimeSettings};
 use aurora_migrator::sim::{self, SimOptions};
-use aurora_migrator::telemetry::{self, LogFormat, Metrics};
+use aurora_migrator::telemetry::{self, Instruments, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -125,7 +125,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match run(cli, telemetry.metrics()) {
+    match run(cli, telemetry.instruments()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("aurora-migrator: {e:#}");
@@ -134,7 +134,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli, metrics: Metrics) -> anyhow::Result<()> {
+fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
     let policy = cli.policy.policy()?;
     cli.aws.validate()?;
     match cli.command {
@@ -165,7 +165,7 @@ fn run(cli: Cli, metrics: Metrics) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(with_aws(command, &cli.aws, policy, metrics))
+            runtime.block_on(with_aws(command, &cli.aws, policy, instruments))
         }
     }
 }
@@ -175,7 +175,7 @@ async fn with_aws(
     command: Command,
     args: &AwsArgs,
     policy: Policy,
-    metrics: Metrics,
+    instruments: Instruments,
 ) -> anyhow::Result<()> {
     let settings = |require_all: bool| -> anyhow::Result<AwsSettings> {
         let (queue, topic, table) = if require_all {
@@ -195,7 +195,7 @@ async fn with_aws(
         s.webhook_url = args.webhook_url.clone();
         s.smoke_test_url = args.smoke_test_url.clone();
         s.webhook_secret = args.webhook_secret.clone();
-        s.metrics = metrics.clone();
+        s.instruments = instruments.clone();
         Ok(s)
     };
     // Commands that only touch RDS tags or read the instance need no queue, topic or table.
@@ -221,7 +221,7 @@ async fn with_aws(
             if create_table {
                 aws::create_table(&s).await?;
             }
-            let agent = with_table(&s).await?.with_metrics(metrics.clone());
+            let agent = with_table(&s).await?.with_instruments(instruments.clone());
             let home = Home {
                 account: aws::sqs::account_from_queue_url(&s.queue_url),
                 region: agent.world.region.clone(),

@@ -296,7 +296,7 @@ pub async fn run_queue<W: World + 'static>(
             );
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
-            agent.metrics.messages(MessageOutcome::Abandoned, n);
+            agent.instruments.messages(MessageOutcome::Abandoned, n);
             n
         }
     };
@@ -343,7 +343,7 @@ async fn handle_one<W: World>(
         d = work => d,
         _ = keep_hidden => unreachable!("the visibility loop never ends"),
     };
-    agent.metrics.message(disposition.outcome());
+    agent.instruments.message(disposition.outcome());
     match disposition {
         Disposition::Delete
         | Disposition::DeleteUnknown(_)

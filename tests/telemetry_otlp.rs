@@ -218,7 +218,7 @@ fn spans_and_metrics_reach_an_otlp_http_collector() {
         let _in_reconcile = reconcile.enter();
         tracing::info!("phase changed");
     });
-    let metrics = otlp.metrics();
+    let metrics = otlp.instruments();
     let calls = CallCounter::new(metrics.clone());
     calls.count("rds:DescribeDBInstances");
     calls.count("rds:DescribeDBInstances");
@@ -320,7 +320,7 @@ fn the_flush_gives_up_within_the_export_timeout_when_the_collector_hangs() {
     tracing::subscriber::with_default(subscriber, || {
         tracing::info_span!("message", message_id = "m-1").in_scope(|| {});
     });
-    CallCounter::new(otlp.metrics()).count("sqs:ReceiveMessage");
+    CallCounter::new(otlp.instruments()).count("sqs:ReceiveMessage");
     let started = std::time::Instant::now();
     let flushed = otlp.shutdown();
     let took = started.elapsed();
@@ -360,10 +360,10 @@ fn child_process_emits_through_init() {
         let _in_reconcile = reconcile.enter();
         tracing::info!("phase changed");
     }
-    CallCounter::new(guard.metrics()).count("rds:DescribeDBInstances");
+    CallCounter::new(guard.instruments()).count("rds:DescribeDBInstances");
     let global_span = opentelemetry::global::tracer("probe").start("probe");
     println!("exporting={}", guard.is_exporting());
-    println!("metrics_on={}", guard.metrics().is_on());
+    println!("metrics_on={}", guard.instruments().is_on());
     println!(
         "global_tracer_records={}",
         global_span.span_context().is_valid()

@@ -17,7 +17,7 @@ use crate::core::observation::Observed;
 use crate::core::{ErrorKind, Migration, MigrationId, Policy, step};
 use crate::inbound::{self, Home, Inbound, ParseError, Received, Tick};
 use crate::ports::{Clock, PortError, Queue, QueueMessage, Rds, StateStore, StoreError, World};
-use crate::telemetry::{MessageOutcome, Metrics};
+use crate::telemetry::{Instruments, MessageOutcome};
 
 /// Longest SQS delay: a longer wait is re-ticked.
 pub const MAX_DELAY_S: u32 = 900;
@@ -87,7 +87,7 @@ pub struct Agent<W: World> {
     pub step: StepFn,
     /// OTel instruments (step durations, migrations by phase, message outcomes); off unless
     /// given.
-    pub metrics: Metrics,
+    pub instruments: Instruments,
     /// The agent's own account and Region: events from elsewhere are dropped. Unknown (no
     /// filter) unless given.
     pub home: Home,
@@ -99,7 +99,7 @@ impl<W: World> Agent<W> {
             world,
             policy,
             step,
-            metrics: Metrics::default(),
+            instruments: Instruments::default(),
             home: Home::default(),
         }
     }
@@ -110,9 +110,9 @@ impl<W: World> Agent<W> {
         self
     }
 
-    /// Records into `metrics`.
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = metrics;
+    /// Records into `instruments`.
+    pub fn with_instruments(mut self, instruments: Instruments) -> Self {
+        self.instruments = instruments;
         self
     }
 
@@ -290,7 +290,7 @@ impl<W: World> Agent<W> {
         }
         let now = self.world.clock().now();
         let all = self.world.store().list().await?;
-        self.metrics
+        self.instruments
             .migrations_listed(all.iter().map(|m| (&m.id, m.phase)));
         for m in all {
             let overdue = m
@@ -323,7 +323,7 @@ impl<W: World> Agent<W> {
         let mut last_look: Option<crate::core::Observation> = None;
         let mut contended = 0;
         for _ in 0..MAX_STEPS_PER_MESSAGE {
-            let started = self.metrics.step_started();
+            let started = self.instruments.step_started();
             let mut obs = match last_look.take() {
                 Some(o) => o,
                 None => match observe::observe(world, &m, &self.policy).await {
@@ -354,9 +354,9 @@ impl<W: World> Agent<W> {
             if m.phase != before {
                 tracing::info!(migration = %m.id, from = %before, phase = %m.phase, "phase changed");
             }
-            self.metrics.migration_in(&m.id, m.phase);
+            self.instruments.migration_in(&m.id, m.phase);
             pending = execute::execute_all(world, &m, &self.policy, &decision.actions).await;
-            self.metrics.step_done(started, before);
+            self.instruments.step_done(started, before);
             let look_again = decision.wake_after == Some(SignedDuration::ZERO);
             if !look_again && pending.is_empty() {
                 break;

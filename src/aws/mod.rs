@@ -28,7 +28,7 @@ use jiff::Timestamp;
 
 use crate::config::Secret;
 use crate::ports::{Clock, ErrorKind, World};
-use crate::telemetry::Metrics;
+use crate::telemetry::Instruments;
 
 /// Where the agent's AWS resources are and how hard it may call AWS.
 #[derive(Clone, Debug)]
@@ -71,7 +71,7 @@ pub struct AwsSettings {
     /// Longest single attempt of an SDK call (the SQS long poll of 20 s must fit).
     pub sdk_attempt_timeout: Duration,
     /// Where the call counts also go (OTel); off by default.
-    pub metrics: Metrics,
+    pub instruments: Instruments,
 }
 
 impl AwsSettings {
@@ -96,7 +96,7 @@ impl AwsSettings {
             sdk_max_attempts: 4,
             sdk_initial_backoff: Duration::from_secs(1),
             sdk_attempt_timeout: Duration::from_secs(30),
-            metrics: Metrics::default(),
+            instruments: Instruments::default(),
         }
     }
 }
@@ -106,7 +106,7 @@ impl AwsSettings {
 #[derive(Clone, Debug, Default)]
 pub struct CallCounter {
     inner: Arc<Mutex<Counts>>,
-    metrics: Metrics,
+    instruments: Instruments,
 }
 
 #[derive(Debug, Default)]
@@ -116,11 +116,11 @@ struct Counts {
 }
 
 impl CallCounter {
-    /// A counter that also records into `metrics`.
-    pub fn new(metrics: Metrics) -> CallCounter {
+    /// A counter that also records into `instruments`.
+    pub fn new(instruments: Instruments) -> CallCounter {
         CallCounter {
             inner: Arc::default(),
-            metrics,
+            instruments,
         }
     }
 
@@ -129,7 +129,7 @@ impl CallCounter {
             let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             *c.calls.entry(operation.to_string()).or_default() += 1;
         }
-        self.metrics.aws_call(operation);
+        self.instruments.aws_call(operation);
     }
 
     pub fn error(&self, operation: &str, kind: ErrorKind) {
@@ -137,7 +137,7 @@ impl CallCounter {
             let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             *c.errors.entry((operation.to_string(), kind)).or_default() += 1;
         }
-        self.metrics.aws_error(operation, kind);
+        self.instruments.aws_error(operation, kind);
     }
 
     /// Calls per operation so far.
@@ -268,7 +268,7 @@ impl AwsWorld {
 
     /// Builds the clients from a ready SDK configuration, without any call.
     pub fn from_config(s: &AwsSettings, config: &SdkConfig) -> Result<AwsWorld, ConnectError> {
-        let calls = CallCounter::new(s.metrics.clone());
+        let calls = CallCounter::new(s.instruments.clone());
         let cw = aws_sdk_cloudwatch::Client::new(config);
         let metrics = cloudwatch::AwsMetrics::new(cw.clone(), calls.clone(), s);
         Ok(AwsWorld {

@@ -140,7 +140,7 @@ fn agent(port: &SimPort) -> Arc<Agent<SimWorld>> {
         world: SimWorld { port: port.clone() },
         policy: sim_policy(),
         step: checks::checked_step,
-        metrics: crate::telemetry::Metrics::default(),
+        instruments: crate::telemetry::Instruments::default(),
         home: crate::inbound::Home::default(),
     })
 }

@@ -1,8 +1,8 @@
 //! The agent's OpenTelemetry instruments, behind one cheap handle.
 //!
-//! [`Metrics::default`] is "off": every method is one branch on `None`, with no clock read, no
-//! attribute built and no lock taken. [`Metrics::new`] creates the instruments on a meter of the
-//! OTLP pipeline ([`super::otlp::Otlp::metrics`]). The handle is passed explicitly (to
+//! [`Instruments::default`] is "off": every method is one branch on `None`, with no clock read, no
+//! attribute built and no lock taken. [`Instruments::new`] creates the instruments on a meter of the
+//! OTLP pipeline ([`super::otlp::Otlp::instruments`]). The handle is passed explicitly (to
 //! [`crate::aws::CallCounter`], the [`crate::agent::Agent`] and through it the runtime) rather
 //! than read from a global meter provider, so tests build and read their own.
 //!
@@ -59,11 +59,12 @@ impl MessageOutcome {
 
 /// The instruments, or nothing. Cloning shares them.
 #[derive(Clone, Default)]
-pub struct Metrics {
-    inner: Option<Arc<Instruments>>,
+pub struct Instruments {
+    inner: Option<Arc<Meters>>,
 }
 
-struct Instruments {
+/// The OTel instruments themselves, created once per meter.
+struct Meters {
     messages: Counter<u64>,
     step_duration: Histogram<f64>,
     aws_calls: Counter<u64>,
@@ -80,9 +81,9 @@ const STEP_BOUNDS_S: [f64; 12] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-impl Metrics {
+impl Instruments {
     /// The instruments, on `meter`.
-    pub fn new(meter: &Meter) -> Metrics {
+    pub fn new(meter: &Meter) -> Instruments {
         let phases: Arc<Mutex<HashMap<MigrationId, Phase>>> = Arc::default();
         let seen = phases.clone();
         let migrations = meter
@@ -103,8 +104,8 @@ impl Metrics {
                 }
             })
             .build();
-        Metrics {
-            inner: Some(Arc::new(Instruments {
+        Instruments {
+            inner: Some(Arc::new(Meters {
                 messages: meter
                     .u64_counter("aurora_migrator.messages")
                     .with_description("Queue messages handled, by outcome")
@@ -149,7 +150,7 @@ impl Metrics {
         }
     }
 
-    /// The start of a step, for [`Metrics::step_done`]; `None` (no clock read) when off.
+    /// The start of a step, for [`Instruments::step_done`]; `None` (no clock read) when off.
     pub fn step_started(&self) -> Option<Instant> {
         self.inner.as_ref().map(|_| Instant::now())
     }
@@ -203,9 +204,9 @@ impl Metrics {
     }
 }
 
-impl fmt::Debug for Metrics {
+impl fmt::Debug for Instruments {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Metrics")
+        f.debug_struct("Instruments")
             .field("on", &self.is_on())
             .finish()
     }

@@ -3,7 +3,7 @@
 //!
 //! Traces and metrics: OpenTelemetry over OTLP/HTTP ([`otlp`]), only when an endpoint is set.
 //! Off, there is no exporter, no provider (global or not), no OTel layer and no instrument:
-//! [`Metrics`] is a `None` and the subscriber is the log layer alone.
+//! [`Instruments`] is a `None` and the subscriber is the log layer alone.
 
 pub mod metrics;
 pub mod otlp;
@@ -12,7 +12,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-pub use metrics::{MessageOutcome, Metrics};
+pub use metrics::{Instruments, MessageOutcome};
 pub use otlp::{Otlp, OtlpError, OtlpProtocol, OtlpSettings};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -51,8 +51,8 @@ pub fn init(
         .with(logs)
         .with(traces)
         .try_init();
-    let metrics = otlp.as_ref().map(Otlp::metrics).unwrap_or_default();
-    Ok(TelemetryGuard { otlp, metrics })
+    let instruments = otlp.as_ref().map(Otlp::instruments).unwrap_or_default();
+    Ok(TelemetryGuard { otlp, instruments })
 }
 
 /// Holds the OTLP pipelines, if any, and flushes them when dropped (bounded by
@@ -60,7 +60,7 @@ pub fn init(
 #[derive(Debug)]
 pub struct TelemetryGuard {
     otlp: Option<Otlp>,
-    metrics: Metrics,
+    instruments: Instruments,
 }
 
 impl TelemetryGuard {
@@ -70,8 +70,8 @@ impl TelemetryGuard {
     }
 
     /// The instruments (off when not exporting).
-    pub fn metrics(&self) -> Metrics {
-        self.metrics.clone()
+    pub fn instruments(&self) -> Instruments {
+        self.instruments.clone()
     }
 }
 

@@ -4,7 +4,7 @@
 //! and a meter provider with its periodic reader. Both export from their own threads, outside
 //! tokio, with the reqwest 0.12 blocking client (the one reqwest of the project, rustls with
 //! ring; opentelemetry-otlp's own clients are reqwest 0.13). Nothing here sets a global
-//! provider: the tracing layer holds the tracer, and [`Metrics`] holds the instruments.
+//! provider: the tracing layer holds the tracer, and [`Instruments`] holds the instruments.
 //!
 //! Export is bounded: one request times out after [`EXPORT_TIMEOUT`], and [`Otlp::shutdown`]
 //! gives both pipelines that long in all to flush, so an unreachable collector adds at most that
@@ -31,7 +31,7 @@ use tracing::Subscriber;
 use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
-use super::metrics::Metrics;
+use super::metrics::Instruments;
 
 /// `service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` names the service.
 pub const SERVICE_NAME: &str = "aurora-migrator";
@@ -187,8 +187,8 @@ impl Otlp {
     }
 
     /// The agent's instruments, on this pipeline's meter.
-    pub fn metrics(&self) -> Metrics {
-        Metrics::new(&self.meter.meter(SERVICE_NAME))
+    pub fn instruments(&self) -> Instruments {
+        Instruments::new(&self.meter.meter(SERVICE_NAME))
     }
 
     /// Flushes and stops both pipelines, in parallel, within [`EXPORT_TIMEOUT`]. Blocking: call
