@@ -131,6 +131,21 @@ fn deletion_holds_and_alerts_when_the_fence_broke_before_it() {
 }
 
 #[test]
+fn deletion_holds_when_the_quarantine_group_gained_a_rule() {
+    // The group alone admitting someone is a broken fence too: a client in that group could
+    // have written since the cutover.
+    let (mut model, mut m) = decommission_due(&policy());
+    model.quarantine.as_mut().unwrap().ingress_sources = vec!["sg-someone".into()];
+    for _ in 0..3 {
+        let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+        assert!(!keys(&d.actions).contains(&ActionKey::DeleteSource));
+        model.now += SignedDuration::from_mins(5);
+    }
+    assert!(model.source.is_some());
+    assert!(alerted(&model, "fence-broken-before-delete"));
+}
+
+#[test]
 fn with_groups_restored_deletion_needs_an_idle_source() {
     let mut p = policy();
     p.restore_source_groups_after_cutover = true;

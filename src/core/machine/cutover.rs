@@ -1,33 +1,64 @@
 //! The cutover: Quiescing (the quarantine, the reboot), Draining (the catch-up proof), Promoting
-//! and Routing. The fence the proof established is re-checked right before promotion and before
-//! routing (`fence_intact`): a drift before promotion sends the migration back to Draining, a
-//! drift after it holds routing with an alert.
+//! and Routing. The fence the proof established (`fence.rs`) is re-checked right before
+//! promotion and before routing: a drift before promotion sends the migration back to Draining,
+//! a drift after it holds routing with an alert.
 
 use super::*;
 
+/// What Quiescing … Routing read.
+pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
+    use MetricKey::*;
+    let p = &m.progress;
+    match m.phase {
+        Phase::Quiescing => n.quarantine_group = true,
+        Phase::Draining => {
+            n.target = true;
+            n.quarantine_group = true;
+            // Events from a little before the request: clocks differ between us and RDS.
+            let since = p.reboot_requested_at.unwrap_or(now) - SignedDuration::from_mins(1);
+            n.events_since = Some(since);
+            n.metrics = [SourceSlotLag, SourceConnections, TargetReplicaLag]
+                .into_iter()
+                .map(|k| (k, since))
+                .collect();
+        }
+        Phase::Promoting | Phase::Routing => {
+            n.target = true;
+            // The fence is re-checked right before promotion and before routing.
+            n.quarantine_group = p.promote_requested_at.is_none() || p.route_requested_at.is_none();
+        }
+        _ => {}
+    }
+}
+
 impl Stepper<'_> {
-    /// The fence as the Draining proof established it, re-checked before each step that relies
-    /// on it (promotion, routing): the source's groups are exactly the quarantine group, active,
-    /// and the group, described again, has no rules beyond the CDC exception. An IaC apply can
-    /// put the old groups back at any moment, so a proof a minute old is not enough.
-    pub(super) fn fence_intact(&self) -> Result<(), String> {
-        let Some(q) = self.quarantine_id() else {
-            return Err("no quarantine group was recorded".to_string());
-        };
-        let Some(source) = self.source() else {
-            return Err("the source was not observed".to_string());
-        };
-        if !source.groups_exactly_active(std::slice::from_ref(&q)) {
-            return Err(format!(
-                "the source's security groups are {:?}, not exactly the quarantine group {q}, active",
-                source.group_ids()
-            ));
+    /// Quiescing and Draining run on the write-unavailability budget, from the first step that
+    /// asked for the quarantine: when it runs out without a held proof, roll back (lossless:
+    /// nothing was promoted). True when it acted.
+    pub(super) fn write_budget_spent(&mut self) -> bool {
+        let phase = self.m.phase;
+        if matches!(phase, Phase::Quiescing | Phase::Draining)
+            && let Some(q) = self.m.progress.quarantined_at
+        {
+            let budget = self.policy.write_unavailability_budget;
+            // At the boundary a holding proof wins: promoting ends the outage sooner than
+            // rolling back does.
+            let proven = phase == Phase::Draining && self.drain_proof_missing().is_empty();
+            if self.since(q) > budget && !proven {
+                let missing = if phase == Phase::Draining {
+                    self.drain_proof_missing().join("; ")
+                } else {
+                    "the quarantine never became active".to_string()
+                };
+                self.failure(format!(
+                    "the write-unavailability budget of {} ran out before promotion ({missing}); rolled back without loss",
+                    human(budget)
+                ));
+                return true;
+            }
+            self.wake_within(budget - self.since(q));
         }
-        match self.obs.quarantine_group.present() {
-            Some(g) if self.quarantine_exact(g) => Ok(()),
-            Some(_) => Err("the quarantine group has rules beyond the CDC exception".to_string()),
-            None => Err("the quarantine group was not described".to_string()),
-        }
+        false
     }
 
     pub(super) fn quiescing(&mut self) {
@@ -77,42 +108,15 @@ impl Stepper<'_> {
     }
 
     /// What the Draining proof still lacks (empty: proven). Records the restart when seen.
-    /// True when the source has exactly the quarantine group, active. Otherwise asks for it,
-    /// unless the change is already under way (the group is there, not yet `active`).
-    fn quarantine_source(&mut self, source: &SourceInstance, q: &str) -> bool {
-        if source.groups_exactly_active(&[q.to_string()]) {
-            return true;
-        }
-        if source.group_ids() != [q] {
-            self.request(Action::QuarantineSource {
-                instance: source.identifier.clone(),
-                group_id: q.to_string(),
-            });
-        }
-        false
-    }
-
     pub(super) fn drain_proof_missing(&mut self) -> Vec<String> {
         let mut missing = Vec::new();
         let Some(q) = self.quarantine_id() else {
-            return vec!["no quarantine group recorded".to_string()];
+            return vec!["no quarantine group was recorded".to_string()];
         };
         let Some(source) = self.source().cloned() else {
-            return vec!["source not observed".to_string()];
+            return vec!["the source was not observed".to_string()];
         };
-        if !source.groups_exactly_active(std::slice::from_ref(&q)) {
-            missing.push(
-                "the source's security groups are not exactly the quarantine group, active"
-                    .to_string(),
-            );
-        }
-        match self.obs.quarantine_group.present() {
-            Some(g) if self.quarantine_exact(g) => {}
-            Some(_) => {
-                missing.push("the quarantine group has rules beyond the CDC exception".to_string())
-            }
-            None => missing.push("the quarantine group was not described".to_string()),
-        }
+        missing.extend(self.fence_breaks(&source, &q));
         if source.status != "available" {
             missing.push(format!("the source is `{}`", source.status));
         }

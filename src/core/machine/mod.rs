@@ -8,9 +8,13 @@
 //! # Layout
 //! This file holds `step`, `Decision` and the stepper's shared rules (phase changes, requests
 //! and their reissue, backoff, alerts, the guards that preempt every phase, terminal phases).
-//! Each group of phases has its rules in one file: `preparation.rs` (preflight … paused),
-//! `cutover.rs` (quiescing … routing, with the fence re-checks), `soak.rs` (verifying,
-//! decommissioning) and `rollback.rs` (both rollbacks).
+//! Each group of phases has all its rules in one file — what it needs observed (`needs`), its
+//! guards, its proof and its actions: `preparation.rs` (preflight … paused), `cutover.rs`
+//! (quiescing … routing, with the write-unavailability budget and the drain proof), `soak.rs`
+//! (verifying, decommissioning) and `rollback.rs` (both rollbacks). `fence.rs` is the one check
+//! of the quarantine the cutover, the re-checks and the deletion rely on; `results.rs` is the
+//! one rule for which action results feed back into the record. Phase timeouts and poll
+//! intervals are settings (`Policy::timeout`, `Policy::poll_interval`).
 //!
 //! # Guarantees
 //! - Pure: no clock, no I/O, no randomness. Same inputs, same decision.
@@ -29,6 +33,7 @@ use super::action::{
 use super::invariants;
 use super::messages;
 use super::migration::{Baseline, Migration, PhaseChange, Plan, Rollback, RollbackCause, Wake};
+use super::needs::Needs;
 use super::notification::Severity;
 use super::observation::{
     Datapoint, InstanceEvent, InstanceEventKind, MetricKey, Observation, Observed, SecurityGroup,
@@ -41,6 +46,7 @@ use super::tags::{self, ControlTags};
 
 // One file per group of phases, each holding everything about its phases (see their docs).
 mod cutover;
+mod fence;
 mod preparation;
 pub mod results;
 mod rollback;
@@ -431,26 +437,9 @@ impl Stepper<'_> {
             return true;
         }
 
-        if matches!(phase, Phase::Quiescing | Phase::Draining)
-            && let Some(q) = self.m.progress.quarantined_at
-        {
-            let budget = self.policy.write_unavailability_budget;
-            // At the boundary a holding proof wins: promoting ends the outage sooner than
-            // rolling back does.
-            let proven = phase == Phase::Draining && self.drain_proof_missing().is_empty();
-            if self.since(q) > budget && !proven {
-                let missing = if phase == Phase::Draining {
-                    self.drain_proof_missing().join("; ")
-                } else {
-                    "the quarantine never became active".to_string()
-                };
-                self.failure(format!(
-                        "the write-unavailability budget of {} ran out before promotion ({missing}); rolled back without loss",
-                        human(budget)
-                    ));
-                return true;
-            }
-            self.wake_within(budget - self.since(q));
+        // The cutover's write-unavailability budget (its rule is in cutover.rs).
+        if self.write_budget_spent() {
+            return true;
         }
 
         if let Some(limit) = self.policy.timeout(phase) {
@@ -474,26 +463,11 @@ impl Stepper<'_> {
         false
     }
 
-    fn quarantine_exact(&self, group: &SecurityGroup) -> bool {
-        let Some(plan) = self.plan() else {
-            return false;
-        };
-        let mut have = group.ingress_sources.clone();
-        let mut want = plan.cdc_consumers.clone();
-        have.sort();
-        want.sort();
-        group.egress_rules == 0 && have == want
-    }
-
     /// The cluster is ours: it replicates from our source, or (after promotion) carries our tag.
     fn owned(&self, t: &TargetCluster) -> bool {
         t.replication_source.as_deref() == Some(self.m.source_arn.as_str())
             || t.tags.get(&tags::key(&self.policy.tag_prefix, "migration"))
                 == Some(&self.m.id.to_string())
-    }
-
-    fn quarantine_id(&self) -> Option<String> {
-        self.m.progress.quarantine_group_id.clone()
     }
 
     fn route_to(&self, endpoint: &super::observation::Endpoint) -> RouteRequest {
@@ -504,6 +478,25 @@ impl Stepper<'_> {
             port: endpoint.port,
             phase: self.m.phase,
         }
+    }
+}
+
+/// What `m`'s phase reads, from the file that holds the phase's rules.
+pub(crate) fn phase_needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Needs) {
+    match m.phase {
+        Phase::Requested
+        | Phase::Preflight
+        | Phase::Preparing
+        | Phase::CreatingReplica
+        | Phase::Replicating
+        | Phase::AwaitingCutover
+        | Phase::Paused => preparation::needs(m, now, n),
+        Phase::Quiescing | Phase::Draining | Phase::Promoting | Phase::Routing => {
+            cutover::needs(m, now, n)
+        }
+        Phase::Verifying | Phase::Decommissioning => soak::needs(m, now, policy, n),
+        Phase::RollingBack => rollback::needs(m, now, policy, n),
+        Phase::Failed | Phase::Completed | Phase::RolledBack | Phase::Aborted => {}
     }
 }
 

@@ -5,6 +5,38 @@
 
 use super::*;
 
+/// How far back replication health is read: enough periods to see a trend.
+const HEALTH_WINDOW: SignedDuration = SignedDuration::from_mins(10);
+
+/// What Preflight … Paused read.
+pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
+    use MetricKey::*;
+    match m.phase {
+        Phase::Preflight => n.preflight = true,
+        Phase::Preparing => {
+            n.parameter_groups = true;
+            n.quarantine_group = true;
+        }
+        Phase::CreatingReplica => n.target = true,
+        Phase::Replicating | Phase::AwaitingCutover | Phase::Paused => {
+            n.target = true;
+            n.fleet_pause = m.phase != Phase::Replicating;
+            n.metrics = [
+                SourceSlotLag,
+                TargetReplicaLag,
+                SourceFreeStorage,
+                SourceCpu,
+                SourceWriteLatency,
+                SourceReadLatency,
+            ]
+            .into_iter()
+            .map(|k| (k, now - HEALTH_WINDOW))
+            .collect();
+        }
+        _ => {}
+    }
+}
+
 impl Stepper<'_> {
     /// Replica health that matters in every phase that waits with a replica attached.
     pub(super) fn replica_guards(&mut self) -> bool {

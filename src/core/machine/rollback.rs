@@ -4,6 +4,26 @@
 
 use super::*;
 
+/// What RollingBack reads.
+pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Needs) {
+    use MetricKey::*;
+    let p = &m.progress;
+    n.target = true;
+    n.quarantine_group = true;
+    if m.rollback.as_ref().is_some_and(|r| r.after_cutover) {
+        // From the period that holds the route request: Aurora may take writes from then on,
+        // and CloudWatch's periods start on the minute, before it.
+        let since = p.route_requested_at.or(p.routed_at).unwrap_or(now) - policy.metric_period;
+        n.metrics = vec![(TargetWriteIops, since)];
+        if let Some(r) = p.target_reboot_requested_at {
+            // A minute early: clocks differ between us and RDS.
+            let since = r - SignedDuration::from_mins(1);
+            n.writer_events_since = Some(since);
+            n.metrics.push((TargetConnections, since));
+        }
+    }
+}
+
 impl Stepper<'_> {
     pub(super) fn rolling_back(&mut self) {
         debug_assert_eq!(

@@ -4,6 +4,43 @@
 
 use super::*;
 
+/// What Verifying and Decommissioning read.
+pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Needs) {
+    use MetricKey::*;
+    let p = &m.progress;
+    match m.phase {
+        Phase::Verifying => {
+            n.target = true;
+            let since = p.routed_at.unwrap_or(now);
+            n.metrics = [
+                TargetCpu,
+                TargetWriteLatency,
+                TargetReadLatency,
+                SourceWalGeneration,
+            ]
+            .into_iter()
+            .map(|k| (k, since))
+            .collect();
+        }
+        Phase::Decommissioning => {
+            // The cluster is looked at so that entering Completed mirrors the phase to its tag.
+            n.target = true;
+            let due = p.verification_passed_at.map(|t| t + policy.retention);
+            if due.is_some_and(|d| now >= d) {
+                n.final_snapshot = true;
+                n.quotas = p.source_delete_requested_at.is_none();
+                n.quarantine_group = true;
+                if policy.restore_source_groups_after_cutover {
+                    // With its groups given back, only its WAL can show the source takes no
+                    // writes before it is deleted.
+                    n.metrics = vec![(SourceWalGeneration, now - DELETE_IDLE_WINDOW)];
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 impl Stepper<'_> {
     pub(super) fn verifying(&mut self) {
         debug_assert_eq!(
@@ -275,21 +312,20 @@ impl Stepper<'_> {
     }
 
     /// The last check before the source is deleted: nobody can have written to it since the
-    /// cutover. Either its groups are still exactly the quarantine group, or (when the policy
-    /// gave its groups back) it generated no more WAL than an idle instance in every period of
-    /// the last few minutes.
+    /// cutover. Either the fence still holds (`fence.rs`: its groups exactly the quarantine
+    /// group, the group without rules beyond the CDC exception), or (when the policy gave its
+    /// groups back) it generated no more WAL than an idle instance in every period of the last
+    /// few minutes.
     pub(super) fn fence_holds_for_deletion(&self, source: &SourceInstance) -> Result<(), String> {
         if !self.policy.restore_source_groups_after_cutover {
             let Some(q) = self.quarantine_id() else {
                 return Err("no quarantine group was recorded".to_string());
             };
-            return if source.groups_exactly_active(std::slice::from_ref(&q)) {
+            let breaks = self.fence_breaks(source, &q);
+            return if breaks.is_empty() {
                 Ok(())
             } else {
-                Err(format!(
-                    "its security groups are {:?}, not exactly the quarantine group {q}",
-                    source.group_ids()
-                ))
+                Err(breaks.join("; "))
             };
         }
         let recent: Vec<&Datapoint> = self
