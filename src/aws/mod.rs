@@ -6,6 +6,7 @@
 //! counted per operation in a [`CallCounter`] (the run summary, and the OTel
 //! `aurora_migrator.aws.*` counters).
 
+pub mod call;
 pub mod classify;
 pub mod cloudwatch;
 pub mod dynamodb;
@@ -18,6 +19,7 @@ pub mod sns;
 pub mod sqs;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -180,7 +182,7 @@ impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         Timestamp::now()
     }
-    fn sleep(&self, d: Duration) -> impl std::future::Future<Output = ()> + Send {
+    fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send {
         tokio::time::sleep(d)
     }
 }
