@@ -54,6 +54,24 @@ const NOT_FOUND: &[&str] = &[
     "ResourceNotFound",
 ];
 
+/// Endings of "not found" codes (`DBInstanceNotFound`, `DBClusterNotFoundFault`,
+/// `InvalidGroup.NotFound`, …).
+const NOT_FOUND_SUFFIXES: &[&str] = &[
+    "NotFound",
+    "NotFoundFault",
+    ".NotFound",
+    "NotFoundException",
+];
+
+/// Beginnings of RDS's "in a state that refuses the call" codes.
+const CONFLICT_PREFIXES: &[&str] = &[
+    "InvalidDBInstanceState",
+    "InvalidDBClusterState",
+    "InvalidDBSnapshotState",
+    "InvalidDBParameterGroupState",
+    "InvalidDBSubnetGroupState",
+];
+
 /// Codes of "already exists" or "in a state that refuses the call".
 const CONFLICT: &[&str] = &[
     "InvalidGroup.Duplicate",
@@ -75,21 +93,12 @@ pub fn kind_of(code: Option<&str>, status: Option<u16>) -> ErrorKind {
         if TRANSIENT.contains(&code) {
             return ErrorKind::Retryable;
         }
-        if NOT_FOUND.contains(&code)
-            || code.ends_with("NotFound")
-            || code.ends_with("NotFoundFault")
-            || code.ends_with(".NotFound")
-            || code.ends_with("NotFoundException")
-        {
+        if NOT_FOUND.contains(&code) || NOT_FOUND_SUFFIXES.iter().any(|s| code.ends_with(s)) {
             return ErrorKind::NotFound;
         }
         if CONFLICT.contains(&code)
             || code.contains("AlreadyExists")
-            || code.starts_with("InvalidDBInstanceState")
-            || code.starts_with("InvalidDBClusterState")
-            || code.starts_with("InvalidDBSnapshotState")
-            || code.starts_with("InvalidDBParameterGroupState")
-            || code.starts_with("InvalidDBSubnetGroupState")
+            || CONFLICT_PREFIXES.iter().any(|p| code.starts_with(p))
             || code.ends_with(".InUse")
         {
             return ErrorKind::Conflict;
@@ -113,11 +122,11 @@ pub fn code<E: ProvideErrorMetadata>(err: &SdkError<E, Response>) -> Option<&str
 
 /// "Not found" is an answer, not a failure: a describe by name finds nothing (`None`), a
 /// delete finds the thing already gone. Any other error stays one.
-pub fn absent_if_not_found<T>(err: PortError) -> PortResult<Option<T>> {
-    if err.kind == ErrorKind::NotFound {
-        Ok(None)
-    } else {
-        Err(err)
+pub fn found<T>(answer: PortResult<T>) -> PortResult<Option<T>> {
+    match answer {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

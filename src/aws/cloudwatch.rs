@@ -12,7 +12,7 @@ use aws_sdk_cloudwatch::types::{
 use jiff::Timestamp;
 
 use super::call::{all_pages, boxed, call};
-use super::classify::absent_if_not_found;
+use super::classify::found;
 use super::{AwsSettings, CallCounter, sdk_ts, ts};
 use crate::core::observation::Datapoint;
 use crate::ports::{MetricQuery, Metrics, PortResult};
@@ -71,13 +71,14 @@ impl AwsMetrics {
 
     /// Puts one count of 1 in the agent's namespace.
     async fn put_count(&self, datum: MetricDatumBuilder) -> PortResult<()> {
-        const OP: &str = "monitoring:PutMetricData";
         let request = self
             .client
             .put_metric_data()
             .namespace(&self.namespace)
             .metric_data(datum.value(1.0).unit(StandardUnit::Count).build());
-        call(&self.calls, OP, request.send()).await.map(drop)
+        call(&self.calls, "monitoring:PutMetricData", request.send())
+            .await
+            .map(drop)
     }
 
     /// Reads one window of many series: queries sharing the window go in calls of up to 500.
@@ -88,7 +89,6 @@ impl AwsMetrics {
         queries: &[(usize, &MetricQuery)],
         out: &mut [Vec<Datapoint>],
     ) -> PortResult<()> {
-        const OP: &str = "monitoring:GetMetricData";
         let per_call = MAX_QUERIES_PER_CALL / STATS.len();
         for chunk in queries.chunks(per_call) {
             let mut data_queries = Vec::new();
@@ -129,7 +129,7 @@ impl AwsMetrics {
                     .set_metric_data_queries(Some(data_queries.clone()))
                     .set_next_token(token);
                 async move {
-                    let r = call(&self.calls, OP, request.send()).await?;
+                    let r = call(&self.calls, "monitoring:GetMetricData", request.send()).await?;
                     let next = r.next_token().map(str::to_string);
                     Ok((r.metric_data_results.unwrap_or_default(), next))
                 }
@@ -217,7 +217,6 @@ impl Metrics for AwsMetrics {
         migration: &str,
     ) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const OP: &str = "monitoring:PutMetricAlarm";
             // PutMetricAlarm creates or overwrites: idempotent by name.
             let request = self.client
             .put_metric_alarm()
@@ -237,19 +236,17 @@ impl Metrics for AwsMetrics {
             .treat_missing_data("breaching")
             .alarm_actions(&self.topic_arn)
             .ok_actions(&self.topic_arn);
-            call(&self.calls, OP, request.send()).await.map(drop)
+            call(&self.calls, "monitoring:PutMetricAlarm", request.send())
+                .await
+                .map(drop)
         })
     }
 
     fn delete_alarm(&self, alarm: &str) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const OP: &str = "monitoring:DeleteAlarms";
             let request = self.client.delete_alarms().alarm_names(alarm);
-            match call(&self.calls, OP, request.send()).await {
-                Ok(_) => Ok(()),
-                // Already gone: deleted.
-                Err(e) => absent_if_not_found::<()>(e).map(drop),
-            }
+            // Already gone: deleted.
+            found(call(&self.calls, "monitoring:DeleteAlarms", request.send()).await).map(drop)
         })
     }
 }

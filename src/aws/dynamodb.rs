@@ -80,7 +80,6 @@ impl AwsStore {
         pk: AttributeValue,
         sk: AttributeValue,
     ) -> PortResult<Option<HashMap<String, AttributeValue>>> {
-        const OP: &str = "dynamodb:GetItem";
         let request = self
             .client
             .get_item()
@@ -88,14 +87,22 @@ impl AwsStore {
             .key("pk", pk)
             .key("sk", sk)
             .consistent_read(true);
-        Ok(call(&self.calls, OP, request.send()).await?.item)
+        Ok(call(&self.calls, "dynamodb:GetItem", request.send())
+            .await?
+            .item)
     }
 
     /// Start-up check: the table exists and can be read.
     pub async fn check_table(&self) -> Result<(), ConnectError> {
-        const OP: &str = "dynamodb:DescribeTable";
         let request = self.client.describe_table().table_name(&self.table);
-        match call_unless(&self.calls, OP, "ResourceNotFoundException", request.send()).await {
+        match call_unless(
+            &self.calls,
+            "dynamodb:DescribeTable",
+            "ResourceNotFoundException",
+            request.send(),
+        )
+        .await
+        {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(ConnectError::NoTable(self.table.clone())),
             Err(error) => Err(ConnectError::Table {
@@ -140,9 +147,10 @@ impl AwsStore {
             .await
             .map_err(failed)?;
         for _ in 0..60 {
-            const D: &str = "dynamodb:DescribeTable";
             let request = self.client.describe_table().table_name(&self.table);
-            let r = call(&self.calls, D, request.send()).await.map_err(failed)?;
+            let r = call(&self.calls, "dynamodb:DescribeTable", request.send())
+                .await
+                .map_err(failed)?;
             if r.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
                 return Ok(());
             }
@@ -171,7 +179,6 @@ impl StateStore for AwsStore {
         resource_id: &str,
     ) -> impl Future<Output = PortResult<Option<Migration>>> + Send {
         boxed(async move {
-            const OP: &str = "dynamodb:Query";
             let request = self
                 .client
                 .query()
@@ -182,7 +189,7 @@ impl StateStore for AwsStore {
                 .scan_index_forward(false)
                 .limit(1)
                 .consistent_read(true);
-            let r = call(&self.calls, OP, request.send()).await?;
+            let r = call(&self.calls, "dynamodb:Query", request.send()).await?;
             r.items().first().map(|i| self.decode(i)).transpose()
         })
     }
@@ -231,7 +238,6 @@ impl StateStore for AwsStore {
 
     fn list(&self) -> impl Future<Output = PortResult<Vec<Migration>>> + Send {
         boxed(async move {
-            const OP: &str = "dynamodb:Scan";
             // Each page decoded as it comes: an unreadable record stops the scan.
             all_pages(|start| {
                 let request = self
@@ -243,7 +249,7 @@ impl StateStore for AwsStore {
                     .consistent_read(true)
                     .set_exclusive_start_key(start);
                 async move {
-                    let r = call(&self.calls, OP, request.send()).await?;
+                    let r = call(&self.calls, "dynamodb:Scan", request.send()).await?;
                     let records = r.items().iter().map(|i| self.decode(i));
                     let records = records.collect::<PortResult<Vec<_>>>()?;
                     let next = r.last_evaluated_key.filter(|k| !k.is_empty());
@@ -268,7 +274,6 @@ impl StateStore for AwsStore {
 
     fn set_fleet_paused(&self, paused: bool) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const OP: &str = "dynamodb:PutItem";
             let request = self
                 .client
                 .put_item()
@@ -277,7 +282,9 @@ impl StateStore for AwsStore {
                 .item("sk", s(PAUSE_SK))
                 .item("paused", AttributeValue::Bool(paused))
                 .item("updated_at", s(jiff::Timestamp::now().to_string()));
-            call(&self.calls, OP, request.send()).await.map(drop)
+            call(&self.calls, "dynamodb:PutItem", request.send())
+                .await
+                .map(drop)
         })
     }
 }

@@ -10,7 +10,7 @@ use aws_sdk_ec2::types::{
 
 use super::CallCounter;
 use super::call::{boxed, call, call_unless};
-use super::classify::absent_if_not_found;
+use super::classify::found;
 use crate::core::action::QuarantineGroupSpec;
 use crate::core::observation::{GroupLocation, Observed, SecurityGroup};
 use crate::ports::{ErrorKind, Network, PortError, PortResult};
@@ -73,12 +73,11 @@ impl AwsNetwork {
 
     /// DescribeSecurityGroups with these filters.
     async fn describe_groups(&self, filters: Vec<Filter>) -> PortResult<Vec<Ec2Group>> {
-        const OP: &str = "ec2:DescribeSecurityGroups";
         let request = self
             .client
             .describe_security_groups()
             .set_filters(Some(filters));
-        let r = call(&self.calls, OP, request.send()).await?;
+        let r = call(&self.calls, "ec2:DescribeSecurityGroups", request.send()).await?;
         Ok(r.security_groups.unwrap_or_default())
     }
 }
@@ -178,15 +177,12 @@ impl Network for AwsNetwork {
             }
             // No egress at all.
             if !group.ip_permissions_egress().is_empty() {
-                const OP: &str = "ec2:RevokeSecurityGroupEgress";
                 let request = self
                     .client
                     .revoke_security_group_egress()
                     .group_id(&gid)
                     .set_ip_permissions(Some(group.ip_permissions_egress().to_vec()));
-                if let Err(e) = call(&self.calls, OP, request.send()).await {
-                    absent_if_not_found::<()>(e)?;
-                }
+                found(call(&self.calls, "ec2:RevokeSecurityGroupEgress", request.send()).await)?;
             }
             // Ingress exactly from the consumers, on the database port.
             let port = i32::from(spec.port);
@@ -210,13 +206,17 @@ impl Network for AwsNetwork {
                 }
             }
             if !unwanted.is_empty() {
-                const OP: &str = "ec2:RevokeSecurityGroupIngress";
                 let request = self
                     .client
                     .revoke_security_group_ingress()
                     .group_id(&gid)
                     .set_ip_permissions(Some(unwanted));
-                call(&self.calls, OP, request.send()).await?;
+                call(
+                    &self.calls,
+                    "ec2:RevokeSecurityGroupIngress",
+                    request.send(),
+                )
+                .await?;
             }
             let missing: Vec<UserIdGroupPair> = spec
                 .allow_from
@@ -225,7 +225,6 @@ impl Network for AwsNetwork {
                 .map(|g| UserIdGroupPair::builder().group_id(g).build())
                 .collect();
             if !missing.is_empty() {
-                const OP: &str = "ec2:AuthorizeSecurityGroupIngress";
                 let request = self
                     .client
                     .authorize_security_group_ingress()
@@ -241,7 +240,7 @@ impl Network for AwsNetwork {
                 // Already allowed (a repeat): what we asked for.
                 call_unless(
                     &self.calls,
-                    OP,
+                    "ec2:AuthorizeSecurityGroupIngress",
                     "InvalidPermission.Duplicate",
                     request.send(),
                 )
@@ -253,13 +252,9 @@ impl Network for AwsNetwork {
 
     fn delete_group(&self, group_id: &str) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const OP: &str = "ec2:DeleteSecurityGroup";
             let request = self.client.delete_security_group().group_id(group_id);
-            match call(&self.calls, OP, request.send()).await {
-                Ok(_) => Ok(()),
-                // Already gone: deleted.
-                Err(e) => absent_if_not_found::<()>(e).map(drop),
-            }
+            // Already gone: deleted.
+            found(call(&self.calls, "ec2:DeleteSecurityGroup", request.send()).await).map(drop)
         })
     }
 }

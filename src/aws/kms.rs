@@ -25,9 +25,8 @@ impl AwsKeys {
 
     /// DescribeKey on the source's key (its ARN, as RDS reports it).
     pub async fn check(&self, key_id: &str) -> PortResult<KeyCheck> {
-        const OP: &str = "kms:DescribeKey";
         let request = self.client.describe_key().key_id(key_id);
-        let r = match call(&self.calls, OP, request.send()).await {
+        let r = match call(&self.calls, "kms:DescribeKey", request.send()).await {
             Ok(r) => r,
             Err(e) => {
                 return match e.kind {

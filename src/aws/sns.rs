@@ -36,7 +36,6 @@ impl AwsNotifier {
 impl Notifier for AwsNotifier {
     fn publish(&self, note: &Notification) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const OP: &str = "sns:Publish";
             let id = note.id();
             if self
                 .sent
@@ -62,7 +61,7 @@ impl Notifier for AwsNotifier {
                         .expect("data type is set"),
                 );
             }
-            call(&self.calls, OP, request.send()).await?;
+            call(&self.calls, "sns:Publish", request.send()).await?;
             let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
             if sent.len() > 100_000 {
                 sent.clear();

@@ -52,7 +52,6 @@ impl Queue for AwsQueue {
         visibility_s: u32,
     ) -> impl Future<Output = PortResult<Vec<QueueMessage>>> + Send {
         boxed(async move {
-            const OP: &str = "sqs:ReceiveMessage";
             let request = self
                 .client
                 .receive_message()
@@ -63,7 +62,7 @@ impl Queue for AwsQueue {
                 .message_system_attribute_names(
                     MessageSystemAttributeName::ApproximateReceiveCount,
                 );
-            let r = call(&self.calls, OP, request.send()).await?;
+            let r = call(&self.calls, "sqs:ReceiveMessage", request.send()).await?;
             Ok(r.messages()
                 .iter()
                 .filter_map(|m| {
@@ -86,13 +85,14 @@ impl Queue for AwsQueue {
 
     fn delete(&self, receipt: &str) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const OP: &str = "sqs:DeleteMessage";
             let request = self
                 .client
                 .delete_message()
                 .queue_url(&self.url)
                 .receipt_handle(receipt);
-            call(&self.calls, OP, request.send()).await.map(drop)
+            call(&self.calls, "sqs:DeleteMessage", request.send())
+                .await
+                .map(drop)
         })
     }
 
@@ -102,27 +102,29 @@ impl Queue for AwsQueue {
         seconds: u32,
     ) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const OP: &str = "sqs:ChangeMessageVisibility";
             let request = self
                 .client
                 .change_message_visibility()
                 .queue_url(&self.url)
                 .receipt_handle(receipt)
                 .visibility_timeout(seconds.min(43_200) as i32);
-            call(&self.calls, OP, request.send()).await.map(drop)
+            call(&self.calls, "sqs:ChangeMessageVisibility", request.send())
+                .await
+                .map(drop)
         })
     }
 
     fn send(&self, body: &str, delay_s: u32) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const OP: &str = "sqs:SendMessage";
             let request = self
                 .client
                 .send_message()
                 .queue_url(&self.url)
                 .message_body(body)
                 .delay_seconds(delay_s.min(crate::agent::MAX_DELAY_S) as i32);
-            call(&self.calls, OP, request.send()).await.map(drop)
+            call(&self.calls, "sqs:SendMessage", request.send())
+                .await
+                .map(drop)
         })
     }
 }

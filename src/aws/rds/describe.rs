@@ -13,19 +13,20 @@ use tokio::time::Instant;
 use super::AwsRds;
 use super::convert::{matches_instance, opt, target_from};
 use crate::aws::call::all_pages;
-use crate::aws::classify::absent_if_not_found;
+use crate::aws::classify::found;
 use crate::core::observation::{ClusterMember, TargetCluster};
 use crate::ports::PortResult;
 
 impl AwsRds {
     pub(super) async fn all_instances(&self) -> PortResult<(Instant, Arc<Vec<DbInstance>>)> {
-        const OP: &str = "rds:DescribeDBInstances";
         self.instances
             .get(|| {
                 all_pages(|marker| {
                     let request = self.client.describe_db_instances().max_records(100);
                     async move {
-                        let r = self.call(OP, request.set_marker(marker).send()).await?;
+                        let r = self
+                            .call("rds:DescribeDBInstances", request.set_marker(marker).send())
+                            .await?;
                         Ok((r.db_instances.unwrap_or_default(), r.marker))
                     }
                 })
@@ -34,13 +35,14 @@ impl AwsRds {
     }
 
     pub(super) async fn all_clusters(&self) -> PortResult<(Instant, Arc<Vec<DbCluster>>)> {
-        const OP: &str = "rds:DescribeDBClusters";
         self.clusters
             .get(|| {
                 all_pages(|marker| {
                     let request = self.client.describe_db_clusters().max_records(100);
                     async move {
-                        let r = self.call(OP, request.set_marker(marker).send()).await?;
+                        let r = self
+                            .call("rds:DescribeDBClusters", request.set_marker(marker).send())
+                            .await?;
                         Ok((r.db_clusters.unwrap_or_default(), r.marker))
                     }
                 })
@@ -50,27 +52,21 @@ impl AwsRds {
 
     /// One instance, bypassing the cache.
     pub(super) async fn instance_direct(&self, name: &str) -> PortResult<Option<DbInstance>> {
-        const OP: &str = "rds:DescribeDBInstances";
         let request = self
             .client
             .describe_db_instances()
             .db_instance_identifier(name);
-        match self.call(OP, request.send()).await {
-            Ok(out) => Ok(out.db_instances().first().cloned()),
-            Err(e) => absent_if_not_found(e),
-        }
+        let out = found(self.call("rds:DescribeDBInstances", request.send()).await)?;
+        Ok(out.and_then(|out| out.db_instances.unwrap_or_default().into_iter().next()))
     }
 
     pub(super) async fn cluster_direct(&self, name: &str) -> PortResult<Option<DbCluster>> {
-        const OP: &str = "rds:DescribeDBClusters";
         let request = self
             .client
             .describe_db_clusters()
             .db_cluster_identifier(name);
-        match self.call(OP, request.send()).await {
-            Ok(out) => Ok(out.db_clusters().first().cloned()),
-            Err(e) => absent_if_not_found(e),
-        }
+        let out = found(self.call("rds:DescribeDBClusters", request.send()).await)?;
+        Ok(out.and_then(|out| out.db_clusters.unwrap_or_default().into_iter().next()))
     }
 
     /// An instance from the fleet answer, or (not in it: created since?) asked for directly.

@@ -2,9 +2,10 @@
 //! through the account budget's rate limiter.
 //!
 //! This file is the adapter: [`AwsRds`], its `call`/`mutate` plumbing and the [`Rds`] port. Every
-//! RDS request goes through `call` (waits for the rate limiter, counts the call and its failure by
-//! kind); every request that changes a resource goes through `mutate`, which also marks the
-//! resource so its next describes go to RDS directly instead of the shared fleet snapshot.
+//! RDS request goes through `call` (or `call_unless`): it waits for the rate limiter, then makes
+//! the shared counted, classified call of [`super::call`]; every request that changes a resource
+//! is wrapped in `mutate` (`change`, when the port needs no answer but success), which also marks
+//! the resource so its next describes go to RDS directly instead of the shared fleet snapshot.
 //! Mutations are idempotent: a repeat after a lost answer does the same again or, for creates and
 //! promotion, meets a conflict that is checked against what exists (ours: success). The rest is
 //! by subject (those that call RDS as `impl AwsRds` blocks, used from here):
@@ -26,7 +27,7 @@ use aws_sdk_rds::types::{DbCluster, DbInstance, SourceType, Tag};
 use jiff::Timestamp;
 
 use super::call::{self, SdkResult, all_pages, boxed};
-use super::classify::{ServiceError, absent_if_not_found};
+use super::classify::{ServiceError, found};
 use super::cloudwatch::AwsMetrics;
 use super::kms::AwsKeys;
 use super::limit::RateLimiter;
@@ -118,6 +119,16 @@ impl AwsRds {
         }
     }
 
+    /// A mutation whose answer the port does not need: [`Self::mutate`] with [`Self::call`].
+    async fn change<T, E: ServiceError>(
+        &self,
+        op: &str,
+        names: &[&str],
+        request: impl Future<Output = SdkResult<T, E>>,
+    ) -> PortResult<()> {
+        self.mutate(names, self.call(op, request)).await.map(drop)
+    }
+
     /// A call (`self.call…`) that changes `names`: until the next fleet snapshot they are
     /// described by name (whether or not the call succeeded: a failed answer may hide a change
     /// that happened).
@@ -204,21 +215,20 @@ impl Rds for AwsRds {
         snapshot: &str,
     ) -> impl Future<Output = PortResult<Observed<Snapshot>>> + Send {
         boxed(async move {
-            const OP: &str = "rds:DescribeDBSnapshots";
             let request = self
                 .client
                 .describe_db_snapshots()
                 .db_snapshot_identifier(snapshot);
-            let found = match self.call(OP, request.send()).await {
-                Ok(r) => r.db_snapshots().first().map(|s| Snapshot {
+            let r = found(self.call("rds:DescribeDBSnapshots", request.send()).await)?;
+            let snapshot = r.as_ref().and_then(|r| r.db_snapshots().first());
+            Ok(snapshot
+                .map(|s| Snapshot {
                     identifier: opt(s.db_snapshot_identifier()),
                     status: opt(s.status()),
                     instance: opt(s.db_instance_identifier()),
                     created_at: s.snapshot_create_time().map(super::ts),
-                }),
-                Err(e) => absent_if_not_found(e)?,
-            };
-            Ok(found.into())
+                })
+                .into())
         })
     }
 
@@ -228,7 +238,6 @@ impl Rds for AwsRds {
         since: Timestamp,
     ) -> impl Future<Output = PortResult<Vec<InstanceEvent>>> + Send {
         boxed(all_pages(move |marker| {
-            const OP: &str = "rds:DescribeEvents";
             let request = self
                 .client
                 .describe_events()
@@ -237,7 +246,7 @@ impl Rds for AwsRds {
                 .start_time(sdk_ts(since))
                 .set_marker(marker);
             async move {
-                let r = self.call(OP, request.send()).await?;
+                let r = self.call("rds:DescribeEvents", request.send()).await?;
                 let events = r.events().iter().filter_map(|e| {
                     Some(InstanceEvent {
                         at: ts(e.date()?),
@@ -275,10 +284,7 @@ impl Rds for AwsRds {
                 .storage_encrypted(spec.storage_encrypted)
                 .set_kms_key_id(spec.kms_key_id.clone())
                 .set_tags(Some(sdk_tags(&spec.tags)));
-            match self
-                .mutate(&[&spec.cluster], self.call(OP, request.send()))
-                .await
-            {
+            match self.change(OP, &[&spec.cluster], request.send()).await {
                 Ok(_) => Ok(()),
                 // moto answers a repeat with DBClusterSnapshotAlreadyExistsFault, AWS with
                 // DBClusterAlreadyExistsFault: any conflict is checked the same way.
@@ -355,40 +361,42 @@ impl Rds for AwsRds {
         group_ids: &[String],
     ) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const OP: &str = "rds:ModifyDBInstance";
             let request = self
                 .client
                 .modify_db_instance()
                 .db_instance_identifier(instance)
                 .set_vpc_security_group_ids(Some(group_ids.to_vec()))
                 .apply_immediately(true);
-            self.mutate(&[instance], self.call(OP, request.send()))
+            self.change("rds:ModifyDBInstance", &[instance], request.send())
                 .await
-                .map(drop)
         })
     }
 
     fn reboot_instance(&self, instance: &str) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const OP: &str = "rds:RebootDBInstance";
             let request = self
                 .client
                 .reboot_db_instance()
                 .db_instance_identifier(instance);
-            self.mutate(&[instance], self.call(OP, request.send()))
+            self.change("rds:RebootDBInstance", &[instance], request.send())
                 .await
-                .map(drop)
         })
     }
 
     fn promote_target(&self, cluster: &str) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const OP: &str = "rds:PromoteReadReplicaDBCluster";
             let request = self
                 .client
                 .promote_read_replica_db_cluster()
                 .db_cluster_identifier(cluster);
-            let Err(err) = self.mutate(&[cluster], self.call(OP, request.send())).await else {
+            let Err(err) = self
+                .change(
+                    "rds:PromoteReadReplicaDBCluster",
+                    &[cluster],
+                    request.send(),
+                )
+                .await
+            else {
                 return Ok(());
             };
             // A repeat after a lost answer: already promoted is what we asked for.
@@ -408,16 +416,14 @@ impl Rds for AwsRds {
         group_ids: &[String],
     ) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const OP: &str = "rds:ModifyDBCluster";
             let request = self
                 .client
                 .modify_db_cluster()
                 .db_cluster_identifier(cluster)
                 .set_vpc_security_group_ids(Some(group_ids.to_vec()))
                 .apply_immediately(true);
-            self.mutate(&[cluster], self.call(OP, request.send()))
+            self.change("rds:ModifyDBCluster", &[cluster], request.send())
                 .await
-                .map(drop)
         })
     }
 
@@ -427,27 +433,26 @@ impl Rds for AwsRds {
         writer: &str,
     ) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const DI: &str = "rds:DeleteDBInstance";
             let request = self
                 .client
                 .delete_db_instance()
                 .db_instance_identifier(writer)
                 .skip_final_snapshot(true);
             // Gone already, or already being deleted: carry on with the cluster.
-            if let Err(err) = self.mutate(&[writer], self.call(DI, request.send())).await
+            if let Err(err) = self
+                .change("rds:DeleteDBInstance", &[writer], request.send())
+                .await
                 && !matches!(err.kind, ErrorKind::NotFound | ErrorKind::Conflict)
             {
                 return Err(err);
             }
-            const DC: &str = "rds:DeleteDBCluster";
             let request = self
                 .client
                 .delete_db_cluster()
                 .db_cluster_identifier(cluster)
                 .skip_final_snapshot(true);
-            self.mutate(&[cluster], self.call(DC, request.send()))
+            self.change("rds:DeleteDBCluster", &[cluster], request.send())
                 .await
-                .map(drop)
         })
     }
 
@@ -456,16 +461,14 @@ impl Rds for AwsRds {
         instance: &str,
     ) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const OP: &str = "rds:ModifyDBInstance";
             let request = self
                 .client
                 .modify_db_instance()
                 .db_instance_identifier(instance)
                 .deletion_protection(false)
                 .apply_immediately(true);
-            self.mutate(&[instance], self.call(OP, request.send()))
+            self.change("rds:ModifyDBInstance", &[instance], request.send())
                 .await
-                .map(drop)
         })
     }
 
@@ -475,7 +478,6 @@ impl Rds for AwsRds {
         final_snapshot: &str,
     ) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const OP: &str = "rds:DeleteDBInstance";
             // The final snapshot is part of the deletion, so it holds the instance's last
             // state; automated backups stay for their own retention (the API's default deletes
             // them, and with them point-in-time recovery).
@@ -488,9 +490,8 @@ impl Rds for AwsRds {
                 .delete_automated_backups(false);
             // A repeat after a lost answer finds the instance `deleting` (a conflict, retried
             // with backoff); the machine sees the status and stops asking.
-            self.mutate(&[instance], self.call(OP, request.send()))
+            self.change("rds:DeleteDBInstance", &[instance], request.send())
                 .await
-                .map(drop)
         })
     }
 
@@ -500,13 +501,15 @@ impl Rds for AwsRds {
         tags: &BTreeMap<String, String>,
     ) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
-            const OP: &str = "rds:AddTagsToResource";
             let request = self
                 .client
                 .add_tags_to_resource()
                 .resource_name(arn)
                 .set_tags(Some(sdk_tags(tags)));
-            match self.mutate(&[arn], self.call(OP, request.send())).await {
+            match self
+                .change("rds:AddTagsToResource", &[arn], request.send())
+                .await
+            {
                 Ok(_) => Ok(()),
                 // A resource that is gone (the deleted source) has nothing left to tag; the
                 // phase mirror goes on to the next ARN.

@@ -9,6 +9,7 @@
 use aws_sdk_rds::types::Parameter as SdkParameter;
 
 use super::AwsRds;
+use crate::aws::classify::found;
 use crate::core::action::{ParameterGroupsSpec, TranslatedParameter};
 use crate::core::observation::ParameterGroupsPresent;
 use crate::ports::{ErrorKind, PortResult};
@@ -20,26 +21,24 @@ impl AwsRds {
         cluster_group: &str,
         instance_group: &str,
     ) -> PortResult<ParameterGroupsPresent> {
-        const C: &str = "rds:DescribeDBClusterParameterGroups";
         let request = self
             .client
             .describe_db_cluster_parameter_groups()
             .db_cluster_parameter_group_name(cluster_group);
-        let cluster = match self.call(C, request.send()).await {
-            Ok(r) => !r.db_cluster_parameter_groups().is_empty(),
-            Err(e) if e.kind == ErrorKind::NotFound => false,
-            Err(e) => return Err(e),
-        };
-        const I: &str = "rds:DescribeDBParameterGroups";
+        let cluster = found(
+            self.call("rds:DescribeDBClusterParameterGroups", request.send())
+                .await,
+        )?
+        .is_some_and(|r| !r.db_cluster_parameter_groups().is_empty());
         let request = self
             .client
             .describe_db_parameter_groups()
             .db_parameter_group_name(instance_group);
-        let instance = match self.call(I, request.send()).await {
-            Ok(r) => !r.db_parameter_groups().is_empty(),
-            Err(e) if e.kind == ErrorKind::NotFound => false,
-            Err(e) => return Err(e),
-        };
+        let instance = found(
+            self.call("rds:DescribeDBParameterGroups", request.send())
+                .await,
+        )?
+        .is_some_and(|r| !r.db_parameter_groups().is_empty());
         Ok(ParameterGroupsPresent { cluster, instance })
     }
 
@@ -47,7 +46,6 @@ impl AwsRds {
     /// sets its parameters.
     pub(super) async fn ensure_groups(&self, spec: &ParameterGroupsSpec) -> PortResult<()> {
         // Groups are named by content hash: an existing group of that name has this content.
-        const CC: &str = "rds:CreateDBClusterParameterGroup";
         let request = self
             .client
             .create_db_cluster_parameter_group()
@@ -55,10 +53,12 @@ impl AwsRds {
             .db_parameter_group_family(&spec.family)
             .description(&spec.description)
             .set_tags(Some(self.source_tag("shared")));
-        existing_if_conflict(self.call(CC, request.send()).await)?;
+        existing_if_conflict(
+            self.call("rds:CreateDBClusterParameterGroup", request.send())
+                .await,
+        )?;
         self.modify_parameters(&spec.cluster_group, true, &spec.cluster_parameters)
             .await?;
-        const CI: &str = "rds:CreateDBParameterGroup";
         let request = self
             .client
             .create_db_parameter_group()
@@ -66,7 +66,10 @@ impl AwsRds {
             .db_parameter_group_family(&spec.family)
             .description(&spec.description)
             .set_tags(Some(self.source_tag("shared")));
-        existing_if_conflict(self.call(CI, request.send()).await)?;
+        existing_if_conflict(
+            self.call("rds:CreateDBParameterGroup", request.send())
+                .await,
+        )?;
         self.modify_parameters(&spec.instance_group, false, &spec.instance_parameters)
             .await
     }
@@ -92,21 +95,21 @@ impl AwsRds {
                 })
                 .collect();
             if cluster {
-                const OP: &str = "rds:ModifyDBClusterParameterGroup";
                 let request = self
                     .client
                     .modify_db_cluster_parameter_group()
                     .db_cluster_parameter_group_name(group)
                     .set_parameters(Some(list));
-                self.call(OP, request.send()).await?;
+                self.call("rds:ModifyDBClusterParameterGroup", request.send())
+                    .await?;
             } else {
-                const OP: &str = "rds:ModifyDBParameterGroup";
                 let request = self
                     .client
                     .modify_db_parameter_group()
                     .db_parameter_group_name(group)
                     .set_parameters(Some(list));
-                self.call(OP, request.send()).await?;
+                self.call("rds:ModifyDBParameterGroup", request.send())
+                    .await?;
             }
         }
         Ok(())

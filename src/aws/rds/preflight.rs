@@ -24,7 +24,6 @@ impl AwsRds {
         source: &SourceInstance,
     ) -> PortResult<PreflightInputs> {
         // Aurora PostgreSQL versions of the Region.
-        const EV: &str = "rds:DescribeDBEngineVersions";
         let aurora_versions = all_pages(|marker| {
             let request = self
                 .client
@@ -32,7 +31,9 @@ impl AwsRds {
                 .engine("aurora-postgresql")
                 .set_marker(marker);
             async move {
-                let r = self.call(EV, request.send()).await?;
+                let r = self
+                    .call("rds:DescribeDBEngineVersions", request.send())
+                    .await?;
                 let versions = r.db_engine_versions().iter().filter_map(|v| {
                     Some(EngineVersion {
                         version: v.engine_version()?.to_string(),
@@ -68,12 +69,13 @@ impl AwsRds {
         aurora_static_parameters.sort();
         aurora_static_parameters.dedup();
 
-        const PM: &str = "rds:DescribePendingMaintenanceActions";
         let request = self
             .client
             .describe_pending_maintenance_actions()
             .resource_identifier(&source.arn);
-        let pending = self.call(PM, request.send()).await?;
+        let pending = self
+            .call("rds:DescribePendingMaintenanceActions", request.send())
+            .await?;
         let pending_maintenance = pending
             .pending_maintenance_actions()
             .iter()
@@ -105,9 +107,10 @@ impl AwsRds {
 
     /// [`Rds::account_quotas`].
     pub(super) async fn read_account_quotas(&self) -> PortResult<Vec<Quota>> {
-        const OP: &str = "rds:DescribeAccountAttributes";
         let request = self.client.describe_account_attributes();
-        let r = self.call(OP, request.send()).await?;
+        let r = self
+            .call("rds:DescribeAccountAttributes", request.send())
+            .await?;
         Ok(r.account_quotas()
             .iter()
             .filter_map(|q| {
@@ -128,21 +131,23 @@ impl AwsRds {
     ) -> PortResult<Vec<SdkParameter>> {
         all_pages(|marker| async move {
             let defaults = if cluster {
-                const OP: &str = "rds:DescribeEngineDefaultClusterParameters";
                 let request = self
                     .client
                     .describe_engine_default_cluster_parameters()
                     .db_parameter_group_family(family)
                     .set_marker(marker);
-                self.call(OP, request.send()).await?.engine_defaults
+                self.call("rds:DescribeEngineDefaultClusterParameters", request.send())
+                    .await?
+                    .engine_defaults
             } else {
-                const OP: &str = "rds:DescribeEngineDefaultParameters";
                 let request = self
                     .client
                     .describe_engine_default_parameters()
                     .db_parameter_group_family(family)
                     .set_marker(marker);
-                self.call(OP, request.send()).await?.engine_defaults
+                self.call("rds:DescribeEngineDefaultParameters", request.send())
+                    .await?
+                    .engine_defaults
             };
             Ok(defaults.map_or_else(Default::default, |d| {
                 (d.parameters.unwrap_or_default(), d.marker)
@@ -155,7 +160,6 @@ impl AwsRds {
         if group.is_empty() {
             return Ok(Vec::new());
         }
-        const OP: &str = "rds:DescribeDBParameters";
         all_pages(|marker| {
             let request = self
                 .client
@@ -164,7 +168,7 @@ impl AwsRds {
                 .source("user")
                 .set_marker(marker);
             async move {
-                let r = match self.call(OP, request.send()).await {
+                let r = match self.call("rds:DescribeDBParameters", request.send()).await {
                     Ok(r) => r,
                     // A default group nobody changed has no user parameters.
                     Err(e) if e.kind == ErrorKind::NotFound && group.starts_with("default.") => {
