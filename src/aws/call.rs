@@ -16,12 +16,12 @@
 //! The driver's future (one inbound message: observe, step, persist, act) awaits the ports'
 //! futures, and an `async fn`'s state machine holds the state machines of everything it awaits:
 //! unboxed, the driver's future would nest every adapter's future, and each of those the SDK's
-//! request futures, which are large. In a debug build (no layout optimisation) the whole came
-//! to more than a worker thread's stack (tokio's 2 MiB) and the agent overflowed it (commit
-//! 3c88ab0). Boxing each port future keeps the driver's future to a
-//! pointer per port call, for the price of one allocation per call: nothing next to a network
-//! round trip. So every port method of every adapter returns `boxed(async move { … })`; the
-//! runtime boxes the driver's future too (`runtime.rs`).
+//! request futures, which are large. In a debug build (unoptimised) the whole came to more than
+//! a worker thread's stack (tokio's 2 MiB) and the agent overflowed it (commit 3c88ab0). Boxing
+//! each port future keeps it out of the driver's, which holds a pointer per port call instead,
+//! for the price of one allocation per call: nothing next to a network round trip. So every
+//! port method of every adapter returns `boxed(…)` of its future; the runtime boxes the
+//! driver's future too (`runtime.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
