@@ -5,6 +5,8 @@
 //! - [`inbound`]: parsing of every message the agent reads from its queue.
 //! - [`ports`]: the small per-capability traits the driver talks to AWS through.
 //! - [`agent`]: the driver: observe, step, persist, act, schedule, for one message at a time.
+//! - [`aws`]: the ports on the AWS SDK, one file per service; every request goes through the one
+//!   counted, classified call of [`aws::call`] (RDS's after its rate limiter, [`aws::rds`]).
 //! - [`config`]: settings from flags and environment variables, validated.
 
 pub mod agent;

@@ -54,6 +54,24 @@ const NOT_FOUND: &[&str] = &[
     "ResourceNotFound",
 ];
 
+/// Endings of "not found" codes (`DBInstanceNotFound`, `DBClusterNotFoundFault`,
+/// `InvalidGroup.NotFound`, …).
+const NOT_FOUND_SUFFIXES: &[&str] = &[
+    "NotFound",
+    "NotFoundFault",
+    ".NotFound",
+    "NotFoundException",
+];
+
+/// Beginnings of RDS's "in a state that refuses the call" codes.
+const CONFLICT_PREFIXES: &[&str] = &[
+    "InvalidDBInstanceState",
+    "InvalidDBClusterState",
+    "InvalidDBSnapshotState",
+    "InvalidDBParameterGroupState",
+    "InvalidDBSubnetGroupState",
+];
+
 /// Codes of "already exists" or "in a state that refuses the call".
 const CONFLICT: &[&str] = &[
     "InvalidGroup.Duplicate",
@@ -75,21 +93,12 @@ pub fn kind_of(code: Option<&str>, status: Option<u16>) -> ErrorKind {
         if TRANSIENT.contains(&code) {
             return ErrorKind::Retryable;
         }
-        if NOT_FOUND.contains(&code)
-            || code.ends_with("NotFound")
-            || code.ends_with("NotFoundFault")
-            || code.ends_with(".NotFound")
-            || code.ends_with("NotFoundException")
-        {
+        if NOT_FOUND.contains(&code) || NOT_FOUND_SUFFIXES.iter().any(|s| code.ends_with(s)) {
             return ErrorKind::NotFound;
         }
         if CONFLICT.contains(&code)
             || code.contains("AlreadyExists")
-            || code.starts_with("InvalidDBInstanceState")
-            || code.starts_with("InvalidDBClusterState")
-            || code.starts_with("InvalidDBSnapshotState")
-            || code.starts_with("InvalidDBParameterGroupState")
-            || code.starts_with("InvalidDBSubnetGroupState")
+            || CONFLICT_PREFIXES.iter().any(|p| code.starts_with(p))
             || code.ends_with(".InUse")
         {
             return ErrorKind::Conflict;
@@ -111,36 +120,24 @@ pub fn code<E: ProvideErrorMetadata>(err: &SdkError<E, Response>) -> Option<&str
     }
 }
 
-/// Turns any SDK error into a classified [`PortError`] for `operation` (e.g.
-/// `rds:CreateDBCluster`).
-/// [`classify`], and count the error by operation and kind for telemetry.
-pub fn classify_counted<E>(
-    calls: &super::CallCounter,
-    operation: &str,
-    err: &SdkError<E, Response>,
-) -> PortError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let e = classify(operation, err);
-    calls.error(operation, e.kind);
-    e
-}
-
 /// "Not found" is an answer, not a failure: a describe by name finds nothing (`None`), a
 /// delete finds the thing already gone. Any other error stays one.
-pub fn absent_if_not_found<T>(err: PortError) -> PortResult<Option<T>> {
-    if err.kind == ErrorKind::NotFound {
-        Ok(None)
-    } else {
-        Err(err)
+pub fn found<T>(answer: PortResult<T>) -> PortResult<Option<T>> {
+    match answer {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
-pub fn classify<E>(operation: &str, err: &SdkError<E, Response>) -> PortError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
+/// A service's error type, as the SDK declares it (what [`classify`] reads).
+pub trait ServiceError: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static {}
+
+impl<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static> ServiceError for E {}
+
+/// Turns any SDK error into a classified [`PortError`] for `operation` (e.g.
+/// `rds:CreateDBCluster`).
+pub fn classify<E: ServiceError>(operation: &str, err: &SdkError<E, Response>) -> PortError {
     let kind = match err {
         SdkError::ConstructionFailure(_) => ErrorKind::Fatal,
         // Connection refused, reset, DNS, a timed-out attempt: all worth another try later.
@@ -185,28 +182,29 @@ mod tests {
 
     #[test]
     fn codes_map_to_kinds() {
-        let k = |c: &str, s: u16| kind_of(Some(c), Some(s));
-        assert_eq!(k("Throttling", 400), ErrorKind::Throttled);
-        assert_eq!(k("RequestLimitExceeded", 503), ErrorKind::Throttled);
-        assert_eq!(
-            k("ProvisionedThroughputExceededException", 400),
-            ErrorKind::Throttled
-        );
-        assert_eq!(k("DBInstanceNotFound", 404), ErrorKind::NotFound);
-        assert_eq!(k("DBClusterNotFoundFault", 404), ErrorKind::NotFound);
-        assert_eq!(k("InvalidGroup.NotFound", 400), ErrorKind::NotFound);
-        assert_eq!(k("QueueDoesNotExist", 400), ErrorKind::NotFound);
-        assert_eq!(k("DBClusterAlreadyExistsFault", 400), ErrorKind::Conflict);
-        assert_eq!(k("InvalidDBClusterStateFault", 400), ErrorKind::Conflict);
-        assert_eq!(k("InvalidDBInstanceState", 400), ErrorKind::Conflict);
-        assert_eq!(
-            k("ConditionalCheckFailedException", 400),
-            ErrorKind::Conflict
-        );
-        assert_eq!(k("InternalFailure", 500), ErrorKind::Retryable);
-        assert_eq!(k("SomethingElse", 502), ErrorKind::Retryable);
-        assert_eq!(k("AccessDenied", 403), ErrorKind::Fatal);
-        assert_eq!(k("InvalidParameterValue", 400), ErrorKind::Fatal);
+        for (code, status, kind) in [
+            ("Throttling", 400, ErrorKind::Throttled),
+            ("RequestLimitExceeded", 503, ErrorKind::Throttled),
+            (
+                "ProvisionedThroughputExceededException",
+                400,
+                ErrorKind::Throttled,
+            ),
+            ("DBInstanceNotFound", 404, ErrorKind::NotFound),
+            ("DBClusterNotFoundFault", 404, ErrorKind::NotFound),
+            ("InvalidGroup.NotFound", 400, ErrorKind::NotFound),
+            ("QueueDoesNotExist", 400, ErrorKind::NotFound),
+            ("DBClusterAlreadyExistsFault", 400, ErrorKind::Conflict),
+            ("InvalidDBClusterStateFault", 400, ErrorKind::Conflict),
+            ("InvalidDBInstanceState", 400, ErrorKind::Conflict),
+            ("ConditionalCheckFailedException", 400, ErrorKind::Conflict),
+            ("InternalFailure", 500, ErrorKind::Retryable),
+            ("SomethingElse", 502, ErrorKind::Retryable),
+            ("AccessDenied", 403, ErrorKind::Fatal),
+            ("InvalidParameterValue", 400, ErrorKind::Fatal),
+        ] {
+            assert_eq!(kind_of(Some(code), Some(status)), kind, "{code} {status}");
+        }
         assert_eq!(kind_of(None, Some(429)), ErrorKind::Throttled);
         assert_eq!(kind_of(None, None), ErrorKind::Fatal);
     }

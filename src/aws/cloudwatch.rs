@@ -2,15 +2,17 @@
 //! heartbeat and its alarm, and the agent's own heartbeat.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use aws_sdk_cloudwatch::Client;
 use aws_sdk_cloudwatch::types::{
     ComparisonOperator, Dimension, Metric, MetricDataQuery, MetricDatum, MetricStat, StandardUnit,
-    Statistic,
+    Statistic, builders::MetricDatumBuilder,
 };
 use jiff::Timestamp;
 
-use super::classify::{absent_if_not_found, classify_counted};
+use super::call::{all_pages, boxed, call};
+use super::classify::found;
 use super::{AwsSettings, CallCounter, sdk_ts, ts};
 use crate::core::observation::Datapoint;
 use crate::ports::{MetricQuery, Metrics, PortResult};
@@ -29,6 +31,14 @@ pub struct AwsMetrics {
     calls: CallCounter,
     namespace: String,
     topic_arn: String,
+}
+
+/// The dimension of a migration's heartbeat and its alarm.
+fn migration_dimension(migration: &str) -> Dimension {
+    Dimension::builder()
+        .name("Migration")
+        .value(migration)
+        .build()
 }
 
 /// Rounds down to a multiple of `period_s` (CloudWatch aligns periods to the clock).
@@ -55,22 +65,20 @@ impl AwsMetrics {
 
     /// The agent-level heartbeat, put by the runtime every minute.
     pub async fn put_agent_heartbeat(&self) -> PortResult<()> {
-        const OP: &str = "monitoring:PutMetricData";
-        self.calls.count(OP);
-        self.client
+        self.put_count(MetricDatum::builder().metric_name(AGENT_HEARTBEAT_METRIC))
+            .await
+    }
+
+    /// Puts one count of 1 in the agent's namespace.
+    async fn put_count(&self, datum: MetricDatumBuilder) -> PortResult<()> {
+        let request = self
+            .client
             .put_metric_data()
             .namespace(&self.namespace)
-            .metric_data(
-                MetricDatum::builder()
-                    .metric_name(AGENT_HEARTBEAT_METRIC)
-                    .value(1.0)
-                    .unit(StandardUnit::Count)
-                    .build(),
-            )
-            .send()
+            .metric_data(datum.value(1.0).unit(StandardUnit::Count).build());
+        call(&self.calls, "monitoring:PutMetricData", request.send())
             .await
-            .map(|_| ())
-            .map_err(|e| classify_counted(&self.calls, OP, &e))
+            .map(drop)
     }
 
     /// Reads one window of many series: queries sharing the window go in calls of up to 500.
@@ -81,7 +89,6 @@ impl AwsMetrics {
         queries: &[(usize, &MetricQuery)],
         out: &mut [Vec<Datapoint>],
     ) -> PortResult<()> {
-        const OP: &str = "monitoring:GetMetricData";
         let per_call = MAX_QUERIES_PER_CALL / STATS.len();
         for chunk in queries.chunks(per_call) {
             let mut data_queries = Vec::new();
@@ -113,37 +120,34 @@ impl AwsMetrics {
                 }
             }
             // (series, stat) → timestamp → value
-            let mut values: BTreeMap<(usize, usize), BTreeMap<i64, f64>> = BTreeMap::new();
-            let mut token: Option<String> = None;
-            loop {
-                self.calls.count(OP);
-                let r = self
+            let results = all_pages(|token| {
+                let request = self
                     .client
                     .get_metric_data()
                     .start_time(sdk_ts(start))
                     .end_time(sdk_ts(end))
                     .set_metric_data_queries(Some(data_queries.clone()))
-                    .set_next_token(token.clone())
-                    .send()
-                    .await
-                    .map_err(|e| classify_counted(&self.calls, OP, &e))?;
-                for result in r.metric_data_results() {
-                    let Some(id) = result.id() else { continue };
-                    let Some((n, s)) = id
-                        .strip_prefix('q')
-                        .and_then(|rest| rest.split_once('s'))
-                        .and_then(|(n, s)| Some((n.parse().ok()?, s.parse().ok()?)))
-                    else {
-                        continue;
-                    };
-                    let series = values.entry((n, s)).or_default();
-                    for (t, v) in result.timestamps().iter().zip(result.values()) {
-                        series.insert(ts(t).as_second(), *v);
-                    }
+                    .set_next_token(token);
+                async move {
+                    let r = call(&self.calls, "monitoring:GetMetricData", request.send()).await?;
+                    let next = r.next_token().map(str::to_string);
+                    Ok((r.metric_data_results.unwrap_or_default(), next))
                 }
-                token = r.next_token().map(str::to_string);
-                if token.is_none() {
-                    break;
+            })
+            .await?;
+            let mut values: BTreeMap<(usize, usize), BTreeMap<i64, f64>> = BTreeMap::new();
+            for result in &results {
+                let Some(id) = result.id() else { continue };
+                let Some((n, s)) = id
+                    .strip_prefix('q')
+                    .and_then(|rest| rest.split_once('s'))
+                    .and_then(|(n, s)| Some((n.parse().ok()?, s.parse().ok()?)))
+                else {
+                    continue;
+                };
+                let series = values.entry((n, s)).or_default();
+                for (t, v) in result.timestamps().iter().zip(result.values()) {
+                    series.insert(ts(t).as_second(), *v);
                 }
             }
             for (n, (index, q)) in chunk.iter().enumerate() {
@@ -174,8 +178,8 @@ impl Metrics for AwsMetrics {
     fn fetch(
         &self,
         queries: &[MetricQuery],
-    ) -> impl std::future::Future<Output = PortResult<Vec<Vec<Datapoint>>>> + Send {
-        Box::pin(async move {
+    ) -> impl Future<Output = PortResult<Vec<Vec<Datapoint>>>> + Send {
+        boxed(async move {
             let mut out = vec![Vec::new(); queries.len()];
             // One window per period: from the earliest start to the latest end, aligned to the
             // period; each series then keeps only its own points.
@@ -196,33 +200,14 @@ impl Metrics for AwsMetrics {
         })
     }
 
-    fn put_heartbeat(
-        &self,
-        migration: &str,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "monitoring:PutMetricData";
-            self.calls.count(OP);
-            self.client
-                .put_metric_data()
-                .namespace(&self.namespace)
-                .metric_data(
-                    MetricDatum::builder()
-                        .metric_name(HEARTBEAT_METRIC)
-                        .dimensions(
-                            Dimension::builder()
-                                .name("Migration")
-                                .value(migration)
-                                .build(),
-                        )
-                        .value(1.0)
-                        .unit(StandardUnit::Count)
-                        .build(),
-                )
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| classify_counted(&self.calls, OP, &e))
+    fn put_heartbeat(&self, migration: &str) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
+            self.put_count(
+                MetricDatum::builder()
+                    .metric_name(HEARTBEAT_METRIC)
+                    .dimensions(migration_dimension(migration)),
+            )
+            .await
         })
     }
 
@@ -230,12 +215,10 @@ impl Metrics for AwsMetrics {
         &self,
         alarm: &str,
         migration: &str,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "monitoring:PutMetricAlarm";
-            self.calls.count(OP);
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
             // PutMetricAlarm creates or overwrites: idempotent by name.
-            self.client
+            let request = self.client
             .put_metric_alarm()
             .alarm_name(alarm)
             .alarm_description(format!(
@@ -243,7 +226,7 @@ impl Metrics for AwsMetrics {
             ))
             .namespace(&self.namespace)
             .metric_name(HEARTBEAT_METRIC)
-            .dimensions(Dimension::builder().name("Migration").value(migration).build())
+            .dimensions(migration_dimension(migration))
             .statistic(Statistic::SampleCount)
             .period(60)
             .evaluation_periods(5)
@@ -252,28 +235,18 @@ impl Metrics for AwsMetrics {
             .comparison_operator(ComparisonOperator::LessThanThreshold)
             .treat_missing_data("breaching")
             .alarm_actions(&self.topic_arn)
-            .ok_actions(&self.topic_arn)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| classify_counted(&self.calls, OP, &e))
+            .ok_actions(&self.topic_arn);
+            call(&self.calls, "monitoring:PutMetricAlarm", request.send())
+                .await
+                .map(drop)
         })
     }
 
-    fn delete_alarm(
-        &self,
-        alarm: &str,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "monitoring:DeleteAlarms";
-            self.calls.count(OP);
-            match self.client.delete_alarms().alarm_names(alarm).send().await {
-                Ok(_) => Ok(()),
-                // Already gone: deleted.
-                Err(e) => {
-                    absent_if_not_found::<()>(classify_counted(&self.calls, OP, &e)).map(drop)
-                }
-            }
+    fn delete_alarm(&self, alarm: &str) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
+            let request = self.client.delete_alarms().alarm_names(alarm);
+            // Already gone: deleted.
+            found(call(&self.calls, "monitoring:DeleteAlarms", request.send()).await).map(drop)
         })
     }
 }

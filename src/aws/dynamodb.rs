@@ -5,6 +5,7 @@
 //! `updated_at` for people and listings. The fleet-wide pause is the item (`#fleet`, `pause`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
@@ -13,7 +14,7 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TableStatus,
 };
 
-use super::classify::{classify_counted, code};
+use super::call::{all_pages, boxed, call, call_unless};
 use super::{CallCounter, ConnectError};
 use crate::core::migration::{Migration, MigrationId};
 use crate::ports::{ErrorKind, PortError, PortResult, StateStore, StoreError};
@@ -73,24 +74,40 @@ impl AwsStore {
         Ok(m)
     }
 
+    /// A consistent read of one item.
+    async fn get(
+        &self,
+        pk: AttributeValue,
+        sk: AttributeValue,
+    ) -> PortResult<Option<HashMap<String, AttributeValue>>> {
+        let request = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", pk)
+            .key("sk", sk)
+            .consistent_read(true);
+        Ok(call(&self.calls, "dynamodb:GetItem", request.send())
+            .await?
+            .item)
+    }
+
     /// Start-up check: the table exists and can be read.
     pub async fn check_table(&self) -> Result<(), ConnectError> {
-        const OP: &str = "dynamodb:DescribeTable";
-        self.calls.count(OP);
-        match self
-            .client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
+        let request = self.client.describe_table().table_name(&self.table);
+        match call_unless(
+            &self.calls,
+            "dynamodb:DescribeTable",
+            "ResourceNotFoundException",
+            request.send(),
+        )
+        .await
         {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("ResourceNotFoundException") => {
-                Err(ConnectError::NoTable(self.table.clone()))
-            }
-            Err(e) => Err(ConnectError::Table {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(ConnectError::NoTable(self.table.clone())),
+            Err(error) => Err(ConnectError::Table {
                 table: self.table.clone(),
-                error: classify_counted(&self.calls, OP, &e),
+                error,
             }),
         }
     }
@@ -112,8 +129,7 @@ impl AwsStore {
                 .build()
                 .expect("name and type are set")
         };
-        self.calls.count(OP);
-        let r = self
+        let request = self
             .client
             .create_table()
             .table_name(&self.table)
@@ -121,78 +137,49 @@ impl AwsStore {
             .attribute_definitions(attr("sk"))
             .key_schema(key("pk", KeyType::Hash))
             .key_schema(key("sk", KeyType::Range))
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await;
-        match r {
-            Ok(_) => {}
-            Err(e) if code(&e) == Some("ResourceInUseException") => {}
-            Err(e) => {
-                return Err(ConnectError::CreateTable {
-                    table: self.table.clone(),
-                    error: classify_counted(&self.calls, OP, &e),
-                });
-            }
-        }
+            .billing_mode(BillingMode::PayPerRequest);
+        let failed = |error| ConnectError::CreateTable {
+            table: self.table.clone(),
+            error,
+        };
+        // In use: it exists already.
+        call_unless(&self.calls, OP, "ResourceInUseException", request.send())
+            .await
+            .map_err(failed)?;
         for _ in 0..60 {
-            const D: &str = "dynamodb:DescribeTable";
-            self.calls.count(D);
-            let r = self
-                .client
-                .describe_table()
-                .table_name(&self.table)
-                .send()
+            let request = self.client.describe_table().table_name(&self.table);
+            let r = call(&self.calls, "dynamodb:DescribeTable", request.send())
                 .await
-                .map_err(|e| ConnectError::CreateTable {
-                    table: self.table.clone(),
-                    error: classify_counted(&self.calls, D, &e),
-                })?;
+                .map_err(failed)?;
             if r.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        Err(ConnectError::CreateTable {
-            table: self.table.clone(),
-            error: PortError::new(
-                ErrorKind::Retryable,
-                OP,
-                "the table did not become ACTIVE within 30 s",
-            ),
-        })
+        Err(failed(PortError::new(
+            ErrorKind::Retryable,
+            OP,
+            "the table did not become ACTIVE within 30 s",
+        )))
     }
 }
 
 impl StateStore for AwsStore {
-    fn load(
-        &self,
-        id: &MigrationId,
-    ) -> impl std::future::Future<Output = PortResult<Option<Migration>>> + Send {
-        Box::pin(async move {
-            const OP: &str = "dynamodb:GetItem";
-            self.calls.count(OP);
-            let r = self
-                .client
-                .get_item()
-                .table_name(&self.table)
-                .key("pk", s(&id.resource_id))
-                .key("sk", s(sort_key(id.attempt)))
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| classify_counted(&self.calls, OP, &e))?;
-            r.item().map(|i| self.decode(i)).transpose()
+    fn load(&self, id: &MigrationId) -> impl Future<Output = PortResult<Option<Migration>>> + Send {
+        boxed(async move {
+            let item = self
+                .get(s(&id.resource_id), s(sort_key(id.attempt)))
+                .await?;
+            item.map(|i| self.decode(&i)).transpose()
         })
     }
 
     fn latest(
         &self,
         resource_id: &str,
-    ) -> impl std::future::Future<Output = PortResult<Option<Migration>>> + Send {
-        Box::pin(async move {
-            const OP: &str = "dynamodb:Query";
-            self.calls.count(OP);
-            let r = self
+    ) -> impl Future<Output = PortResult<Option<Migration>>> + Send {
+        boxed(async move {
+            let request = self
                 .client
                 .query()
                 .table_name(&self.table)
@@ -201,19 +188,14 @@ impl StateStore for AwsStore {
                 .expression_attribute_values(":a", s(ATTEMPT_PREFIX))
                 .scan_index_forward(false)
                 .limit(1)
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| classify_counted(&self.calls, OP, &e))?;
+                .consistent_read(true);
+            let r = call(&self.calls, "dynamodb:Query", request.send()).await?;
             r.items().first().map(|i| self.decode(i)).transpose()
         })
     }
 
-    fn save(
-        &self,
-        m: &Migration,
-    ) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send {
-        Box::pin(async move {
+    fn save(&self, m: &Migration) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        boxed(async move {
             const OP: &str = "dynamodb:PutItem";
             let new_version = m.version + 1;
             let mut record = m.clone();
@@ -225,7 +207,7 @@ impl StateStore for AwsStore {
                     format!("record does not serialize: {e}"),
                 )
             })?;
-            let mut req = self
+            let mut request = self
                 .client
                 .put_item()
                 .table_name(&self.table)
@@ -236,72 +218,53 @@ impl StateStore for AwsStore {
                 .item("phase", s(m.phase.as_str()))
                 .item("source", s(&m.source_identifier))
                 .item("updated_at", s(jiff::Timestamp::now().to_string()));
-            req = if m.version == 0 {
-                req.condition_expression("attribute_not_exists(pk)")
+            request = if m.version == 0 {
+                request.condition_expression("attribute_not_exists(pk)")
             } else {
-                req.condition_expression("#v = :v")
+                request
+                    .condition_expression("#v = :v")
                     .expression_attribute_names("#v", "version")
                     .expression_attribute_values(":v", AttributeValue::N(m.version.to_string()))
             };
-            self.calls.count(OP);
-            match req.send().await {
-                Ok(_) => Ok(new_version),
-                Err(e) if code(&e) == Some("ConditionalCheckFailedException") => {
-                    self.calls.error(OP, ErrorKind::Conflict);
-                    Err(StoreError::VersionConflict {
-                        expected: m.version,
-                    })
-                }
-                Err(e) => Err(StoreError::Port(classify_counted(&self.calls, OP, &e))),
+            let answer = "ConditionalCheckFailedException";
+            match call_unless(&self.calls, OP, answer, request.send()).await? {
+                Some(_) => Ok(new_version),
+                None => Err(StoreError::VersionConflict {
+                    expected: m.version,
+                }),
             }
         })
     }
 
-    fn list(&self) -> impl std::future::Future<Output = PortResult<Vec<Migration>>> + Send {
-        Box::pin(async move {
-            const OP: &str = "dynamodb:Scan";
-            let mut out = Vec::new();
-            let mut start: Option<HashMap<String, AttributeValue>> = None;
-            loop {
-                self.calls.count(OP);
-                let r = self
+    fn list(&self) -> impl Future<Output = PortResult<Vec<Migration>>> + Send {
+        boxed(async move {
+            // Each page decoded as it comes: an unreadable record stops the scan.
+            all_pages(|start| {
+                let request = self
                     .client
                     .scan()
                     .table_name(&self.table)
                     .filter_expression("begins_with(sk, :a)")
                     .expression_attribute_values(":a", s(ATTEMPT_PREFIX))
                     .consistent_read(true)
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await
-                    .map_err(|e| classify_counted(&self.calls, OP, &e))?;
-                for item in r.items() {
-                    out.push(self.decode(item)?);
+                    .set_exclusive_start_key(start);
+                async move {
+                    let r = call(&self.calls, "dynamodb:Scan", request.send()).await?;
+                    let records = r.items().iter().map(|i| self.decode(i));
+                    let records = records.collect::<PortResult<Vec<_>>>()?;
+                    let next = r.last_evaluated_key.filter(|k| !k.is_empty());
+                    Ok((records, next))
                 }
-                match r.last_evaluated_key() {
-                    Some(k) if !k.is_empty() => start = Some(k.clone()),
-                    _ => break,
-                }
-            }
-            Ok(out)
+            })
+            .await
         })
     }
 
-    fn fleet_paused(&self) -> impl std::future::Future<Output = PortResult<bool>> + Send {
-        Box::pin(async move {
-            const OP: &str = "dynamodb:GetItem";
-            self.calls.count(OP);
-            let r = self
-                .client
-                .get_item()
-                .table_name(&self.table)
-                .key("pk", s(FLEET_PK))
-                .key("sk", s(PAUSE_SK))
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| classify_counted(&self.calls, OP, &e))?;
-            Ok(r.item()
+    fn fleet_paused(&self) -> impl Future<Output = PortResult<bool>> + Send {
+        boxed(async move {
+            let item = self.get(s(FLEET_PK), s(PAUSE_SK)).await?;
+            Ok(item
+                .as_ref()
                 .and_then(|i| i.get("paused"))
                 .and_then(|v| v.as_bool().ok())
                 .copied()
@@ -309,24 +272,19 @@ impl StateStore for AwsStore {
         })
     }
 
-    fn set_fleet_paused(
-        &self,
-        paused: bool,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "dynamodb:PutItem";
-            self.calls.count(OP);
-            self.client
+    fn set_fleet_paused(&self, paused: bool) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
+            let request = self
+                .client
                 .put_item()
                 .table_name(&self.table)
                 .item("pk", s(FLEET_PK))
                 .item("sk", s(PAUSE_SK))
                 .item("paused", AttributeValue::Bool(paused))
-                .item("updated_at", s(jiff::Timestamp::now().to_string()))
-                .send()
+                .item("updated_at", s(jiff::Timestamp::now().to_string()));
+            call(&self.calls, "dynamodb:PutItem", request.send())
                 .await
-                .map(|_| ())
-                .map_err(|e| classify_counted(&self.calls, OP, &e))
+                .map(drop)
         })
     }
 }

@@ -1,5 +1,7 @@
 //! EC2: the quarantine security group (no egress; ingress only from declared CDC consumers).
 
+use std::future::Future;
+
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::{
     Filter, IpPermission, ResourceType, SecurityGroup as Ec2Group, Tag, TagSpecification,
@@ -7,7 +9,8 @@ use aws_sdk_ec2::types::{
 };
 
 use super::CallCounter;
-use super::classify::{absent_if_not_found, classify_counted, code};
+use super::call::{boxed, call, call_unless};
+use super::classify::found;
 use crate::core::action::QuarantineGroupSpec;
 use crate::core::observation::{GroupLocation, Observed, SecurityGroup};
 use crate::ports::{ErrorKind, Network, PortError, PortResult};
@@ -61,17 +64,21 @@ impl AwsNetwork {
     }
 
     async fn find(&self, vpc_id: &str, name: &str) -> PortResult<Option<Ec2Group>> {
-        const OP: &str = "ec2:DescribeSecurityGroups";
-        self.calls.count(OP);
-        let r = self
+        let filters = vec![
+            Filter::builder().name("vpc-id").values(vpc_id).build(),
+            Filter::builder().name("group-name").values(name).build(),
+        ];
+        Ok(self.describe_groups(filters).await?.into_iter().next())
+    }
+
+    /// DescribeSecurityGroups with these filters.
+    async fn describe_groups(&self, filters: Vec<Filter>) -> PortResult<Vec<Ec2Group>> {
+        let request = self
             .client
             .describe_security_groups()
-            .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
-            .filters(Filter::builder().name("group-name").values(name).build())
-            .send()
-            .await
-            .map_err(|e| classify_counted(&self.calls, OP, &e))?;
-        Ok(r.security_groups().first().cloned())
+            .set_filters(Some(filters));
+        let r = call(&self.calls, "ec2:DescribeSecurityGroups", request.send()).await?;
+        Ok(r.security_groups.unwrap_or_default())
     }
 }
 
@@ -79,27 +86,19 @@ impl Network for AwsNetwork {
     fn locate_groups(
         &self,
         ids: &[String],
-    ) -> impl std::future::Future<Output = PortResult<Vec<GroupLocation>>> + Send {
-        Box::pin(async move {
-            const OP: &str = "ec2:DescribeSecurityGroups";
+    ) -> impl Future<Output = PortResult<Vec<GroupLocation>>> + Send {
+        boxed(async move {
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
-            self.calls.count(OP);
             // A `group-id` filter, not GroupIds: one missing id must not hide the others.
-            let r = self
-                .client
-                .describe_security_groups()
-                .filters(
-                    Filter::builder()
-                        .name("group-id")
-                        .set_values(Some(ids.to_vec()))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| classify_counted(&self.calls, OP, &e))?;
-            Ok(r.security_groups()
+            let filter = Filter::builder()
+                .name("group-id")
+                .set_values(Some(ids.to_vec()))
+                .build();
+            Ok(self
+                .describe_groups(vec![filter])
+                .await?
                 .iter()
                 .map(|g| GroupLocation {
                     id: g.group_id().unwrap_or_default().to_string(),
@@ -114,26 +113,25 @@ impl Network for AwsNetwork {
         &self,
         vpc_id: &str,
         name: &str,
-    ) -> impl std::future::Future<Output = PortResult<Observed<SecurityGroup>>> + Send {
-        Box::pin(async move { Ok(self.find(vpc_id, name).await?.as_ref().map(group_of).into()) })
+    ) -> impl Future<Output = PortResult<Observed<SecurityGroup>>> + Send {
+        boxed(async move { Ok(self.find(vpc_id, name).await?.as_ref().map(group_of).into()) })
     }
 
     fn ensure_quarantine_group(
         &self,
         spec: &QuarantineGroupSpec,
-    ) -> impl std::future::Future<Output = PortResult<String>> + Send {
-        Box::pin(async move {
+    ) -> impl Future<Output = PortResult<String>> + Send {
+        boxed(async move {
             let group = match self.find(&spec.vpc_id, &spec.name).await? {
                 Some(g) => g,
                 None => {
                     const OP: &str = "ec2:CreateSecurityGroup";
-                    self.calls.count(OP);
                     let tags: Vec<Tag> = spec
                         .tags
                         .iter()
                         .map(|(k, v)| Tag::builder().key(k).value(v).build())
                         .collect();
-                    let r = self
+                    let request = self
                     .client
                     .create_security_group()
                     .group_name(&spec.name)
@@ -144,14 +142,9 @@ impl Network for AwsNetwork {
                             .resource_type(ResourceType::SecurityGroup)
                             .set_tags(Some(tags))
                             .build(),
-                    )
-                    .send()
-                    .await;
-                    match r {
-                        Ok(_) => {}
-                        Err(e) if code(&e) == Some("InvalidGroup.Duplicate") => {}
-                        Err(e) => return Err(classify_counted(&self.calls, OP, &e)),
-                    }
+                    );
+                    // A duplicate: created by a repeat or a concurrent step; found below.
+                    call_unless(&self.calls, OP, "InvalidGroup.Duplicate", request.send()).await?;
                     self.find(&spec.vpc_id, &spec.name).await?.ok_or_else(|| {
                         PortError::new(
                             ErrorKind::Retryable,
@@ -184,21 +177,12 @@ impl Network for AwsNetwork {
             }
             // No egress at all.
             if !group.ip_permissions_egress().is_empty() {
-                const OP: &str = "ec2:RevokeSecurityGroupEgress";
-                self.calls.count(OP);
-                let r = self
+                let request = self
                     .client
                     .revoke_security_group_egress()
                     .group_id(&gid)
-                    .set_ip_permissions(Some(group.ip_permissions_egress().to_vec()))
-                    .send()
-                    .await;
-                if let Err(e) = r {
-                    let err = classify_counted(&self.calls, OP, &e);
-                    if err.kind != ErrorKind::NotFound {
-                        return Err(err);
-                    }
-                }
+                    .set_ip_permissions(Some(group.ip_permissions_egress().to_vec()));
+                found(call(&self.calls, "ec2:RevokeSecurityGroupEgress", request.send()).await)?;
             }
             // Ingress exactly from the consumers, on the database port.
             let port = i32::from(spec.port);
@@ -222,15 +206,17 @@ impl Network for AwsNetwork {
                 }
             }
             if !unwanted.is_empty() {
-                const OP: &str = "ec2:RevokeSecurityGroupIngress";
-                self.calls.count(OP);
-                self.client
+                let request = self
+                    .client
                     .revoke_security_group_ingress()
                     .group_id(&gid)
-                    .set_ip_permissions(Some(unwanted))
-                    .send()
-                    .await
-                    .map_err(|e| classify_counted(&self.calls, OP, &e))?;
+                    .set_ip_permissions(Some(unwanted));
+                call(
+                    &self.calls,
+                    "ec2:RevokeSecurityGroupIngress",
+                    request.send(),
+                )
+                .await?;
             }
             let missing: Vec<UserIdGroupPair> = spec
                 .allow_from
@@ -239,9 +225,7 @@ impl Network for AwsNetwork {
                 .map(|g| UserIdGroupPair::builder().group_id(g).build())
                 .collect();
             if !missing.is_empty() {
-                const OP: &str = "ec2:AuthorizeSecurityGroupIngress";
-                self.calls.count(OP);
-                let r = self
+                let request = self
                     .client
                     .authorize_security_group_ingress()
                     .group_id(&gid)
@@ -252,39 +236,25 @@ impl Network for AwsNetwork {
                             .to_port(port)
                             .set_user_id_group_pairs(Some(missing))
                             .build(),
-                    )
-                    .send()
-                    .await;
-                match r {
-                    Ok(_) => {}
-                    Err(e) if code(&e) == Some("InvalidPermission.Duplicate") => {}
-                    Err(e) => return Err(classify_counted(&self.calls, OP, &e)),
-                }
+                    );
+                // Already allowed (a repeat): what we asked for.
+                call_unless(
+                    &self.calls,
+                    "ec2:AuthorizeSecurityGroupIngress",
+                    "InvalidPermission.Duplicate",
+                    request.send(),
+                )
+                .await?;
             }
             Ok(gid)
         })
     }
 
-    fn delete_group(
-        &self,
-        group_id: &str,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "ec2:DeleteSecurityGroup";
-            self.calls.count(OP);
-            match self
-                .client
-                .delete_security_group()
-                .group_id(group_id)
-                .send()
-                .await
-            {
-                Ok(_) => Ok(()),
-                // Already gone: deleted.
-                Err(e) => {
-                    absent_if_not_found::<()>(classify_counted(&self.calls, OP, &e)).map(drop)
-                }
-            }
+    fn delete_group(&self, group_id: &str) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
+            let request = self.client.delete_security_group().group_id(group_id);
+            // Already gone: deleted.
+            found(call(&self.calls, "ec2:DeleteSecurityGroup", request.send()).await).map(drop)
         })
     }
 }

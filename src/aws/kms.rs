@@ -9,7 +9,7 @@ use aws_sdk_kms::Client;
 use aws_sdk_kms::types::{KeyState, KeyUsageType};
 
 use super::CallCounter;
-use super::classify::classify_counted;
+use super::call::call;
 use crate::core::observation::KeyCheck;
 use crate::ports::{ErrorKind, PortResult};
 
@@ -25,12 +25,10 @@ impl AwsKeys {
 
     /// DescribeKey on the source's key (its ARN, as RDS reports it).
     pub async fn check(&self, key_id: &str) -> PortResult<KeyCheck> {
-        const OP: &str = "kms:DescribeKey";
-        self.calls.count(OP);
-        let r = match self.client.describe_key().key_id(key_id).send().await {
+        let request = self.client.describe_key().key_id(key_id);
+        let r = match call(&self.calls, "kms:DescribeKey", request.send()).await {
             Ok(r) => r,
             Err(e) => {
-                let e = classify_counted(&self.calls, OP, &e);
                 return match e.kind {
                     ErrorKind::NotFound => Ok(KeyCheck::Unusable("the key does not exist".into())),
                     // AccessDenied: the role cannot see it, so RDS acting for it cannot use it.

@@ -1,11 +1,21 @@
 //! The real world: the ports implemented with the AWS SDK for Rust.
 //!
-//! One file per service (RDS a folder: [`rds`] says what each of its files holds); [`classify`]
-//! turns every SDK error into a classified [`crate::ports::PortError`]; RDS calls go through a
-//! [`limit::RateLimiter`] and a short-lived fleet-wide describe cache ([`rds`]); every call is
-//! counted per operation in a [`CallCounter`] (the run summary, and the OTel
-//! `aurora_migrator.aws.*` counters).
+//! One file per service (RDS a folder: [`rds`] says what each of its files holds), and beside
+//! them the plumbing every adapter shares:
+//!
+//! - [`call`]: the one counted, classified call every SDK request goes through, the pagination
+//!   loop, and `boxed`, with the reason every port future is boxed;
+//! - [`classify`]: every SDK error becomes a classified [`crate::ports::PortError`] there;
+//! - [`limit`]: the [`limit::RateLimiter`] RDS calls wait for (before their shared call), beside a
+//!   short-lived fleet-wide describe cache ([`rds`]);
+//! - here: [`CallCounter`], every call counted per operation and every failure by kind (the run
+//!   summary, and the OTel `aurora_migrator.aws.*` counters), the SDK configuration and
+//!   [`AwsWorld`], every port backed by AWS.
+//!
+//! [`router`] is the one adapter not on the SDK (HTTP webhooks); its port futures are boxed the
+//! same way.
 
+pub mod call;
 pub mod classify;
 pub mod cloudwatch;
 pub mod dynamodb;
@@ -18,6 +28,7 @@ pub mod sns;
 pub mod sqs;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -180,7 +191,7 @@ impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         Timestamp::now()
     }
-    fn sleep(&self, d: Duration) -> impl std::future::Future<Output = ()> + Send {
+    fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send {
         tokio::time::sleep(d)
     }
 }

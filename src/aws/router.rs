@@ -8,6 +8,7 @@
 //! `scheme://host[:port]`. Every request carries [`SIGNATURE_HEADER`]:
 //! `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` keyed with `MIGRATOR_WEBHOOK_SECRET`.
 
+use std::future::Future;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -16,6 +17,7 @@ use serde::Serialize;
 use sha2::Sha256;
 
 use super::AwsSettings;
+use super::call::boxed;
 use crate::config::{Secret, check_router, url_origin};
 use crate::core::action::RouteRequest;
 use crate::ports::{ErrorKind, PortError, PortResult, Router};
@@ -136,6 +138,19 @@ impl HttpRouter {
         }
     }
 
+    /// [`Self::post`] to `url`, if there is one.
+    async fn post_to(
+        &self,
+        operation: &str,
+        url: Option<&Secret>,
+        request: &RouteRequest,
+    ) -> PortResult<()> {
+        match url {
+            Some(url) => self.post(operation, url, request).await,
+            None => Ok(()),
+        }
+    }
+
     async fn post(&self, operation: &str, url: &Secret, request: &RouteRequest) -> PortResult<()> {
         let url = url.expose();
         let origin = url_origin(url);
@@ -209,31 +224,18 @@ impl HttpRouter {
 }
 
 impl Router for HttpRouter {
-    fn route(
-        &self,
-        request: &RouteRequest,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            match &self.webhook_url {
-                Some(url) => self.post("router:webhook", url, request).await,
-                None => {
-                    tracing::info!(migration = %request.migration, endpoint = %request.endpoint, "router mode none: the SNS cutover notification is the route");
-                    Ok(())
-                }
+    fn route(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
+            if self.webhook_url.is_none() {
+                tracing::info!(migration = %request.migration, endpoint = %request.endpoint, "router mode none: the SNS cutover notification is the route");
             }
+            self.post_to("router:webhook", self.webhook_url.as_ref(), request)
+                .await
         })
     }
 
-    fn smoke_test(
-        &self,
-        request: &RouteRequest,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            match &self.smoke_test_url {
-                Some(url) => self.post("router:smoke-test", url, request).await,
-                None => Ok(()),
-            }
-        })
+    fn smoke_test(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(self.post_to("router:smoke-test", self.smoke_test_url.as_ref(), request))
     }
 }
 

@@ -1,10 +1,12 @@
 //! SNS: one message per notification, in the AWS Chatbot custom-notification format.
 
+use std::future::Future;
+
 use aws_sdk_sns::Client;
 use aws_sdk_sns::types::MessageAttributeValue;
 
 use super::CallCounter;
-use super::classify::classify;
+use super::call::{boxed, call};
 use crate::core::notification::Notification;
 use crate::ports::{Notifier, PortResult};
 
@@ -32,12 +34,8 @@ impl AwsNotifier {
 }
 
 impl Notifier for AwsNotifier {
-    fn publish(
-        &self,
-        note: &Notification,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "sns:Publish";
+    fn publish(&self, note: &Notification) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
             let id = note.id();
             if self
                 .sent
@@ -47,15 +45,14 @@ impl Notifier for AwsNotifier {
             {
                 return Ok(());
             }
-            self.calls.count(OP);
-            let mut req = self
+            let mut request = self
                 .client
                 .publish()
                 .topic_arn(&self.topic_arn)
                 .subject(note.subject())
                 .message(note.chatbot_message().to_string());
             for (name, value) in note.attributes() {
-                req = req.message_attributes(
+                request = request.message_attributes(
                     name,
                     MessageAttributeValue::builder()
                         .data_type("String")
@@ -64,11 +61,7 @@ impl Notifier for AwsNotifier {
                         .expect("data type is set"),
                 );
             }
-            req.send().await.map_err(|e| {
-                let err = classify(OP, &e);
-                self.calls.error(OP, err.kind);
-                err
-            })?;
+            call(&self.calls, "sns:Publish", request.send()).await?;
             let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
             if sent.len() > 100_000 {
                 sent.clear();

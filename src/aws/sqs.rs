@@ -1,10 +1,12 @@
 //! SQS: the agent's inbound queue (EventBridge events and its own ticks).
 
+use std::future::Future;
+
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 
 use super::CallCounter;
-use super::classify::classify_counted;
+use super::call::{boxed, call};
 use crate::ports::{PortResult, Queue, QueueMessage};
 
 pub struct AwsQueue {
@@ -48,21 +50,19 @@ impl Queue for AwsQueue {
         max: u32,
         wait_s: u32,
         visibility_s: u32,
-    ) -> impl std::future::Future<Output = PortResult<Vec<QueueMessage>>> + Send {
-        Box::pin(async move {
-            const OP: &str = "sqs:ReceiveMessage";
-            self.calls.count(OP);
-            let r = self
+    ) -> impl Future<Output = PortResult<Vec<QueueMessage>>> + Send {
+        boxed(async move {
+            let request = self
                 .client
                 .receive_message()
                 .queue_url(&self.url)
                 .max_number_of_messages(max.clamp(1, 10) as i32)
                 .wait_time_seconds(wait_s.min(20) as i32)
                 .visibility_timeout(visibility_s.min(43_200) as i32)
-                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-                .send()
-                .await
-                .map_err(|e| classify_counted(&self.calls, OP, &e))?;
+                .message_system_attribute_names(
+                    MessageSystemAttributeName::ApproximateReceiveCount,
+                );
+            let r = call(&self.calls, "sqs:ReceiveMessage", request.send()).await?;
             Ok(r.messages()
                 .iter()
                 .filter_map(|m| {
@@ -83,18 +83,16 @@ impl Queue for AwsQueue {
         })
     }
 
-    fn delete(&self, receipt: &str) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "sqs:DeleteMessage";
-            self.calls.count(OP);
-            self.client
+    fn delete(&self, receipt: &str) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
+            let request = self
+                .client
                 .delete_message()
                 .queue_url(&self.url)
-                .receipt_handle(receipt)
-                .send()
+                .receipt_handle(receipt);
+            call(&self.calls, "sqs:DeleteMessage", request.send())
                 .await
-                .map(|_| ())
-                .map_err(|e| classify_counted(&self.calls, OP, &e))
+                .map(drop)
         })
     }
 
@@ -102,39 +100,31 @@ impl Queue for AwsQueue {
         &self,
         receipt: &str,
         seconds: u32,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "sqs:ChangeMessageVisibility";
-            self.calls.count(OP);
-            self.client
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
+            let request = self
+                .client
                 .change_message_visibility()
                 .queue_url(&self.url)
                 .receipt_handle(receipt)
-                .visibility_timeout(seconds.min(43_200) as i32)
-                .send()
+                .visibility_timeout(seconds.min(43_200) as i32);
+            call(&self.calls, "sqs:ChangeMessageVisibility", request.send())
                 .await
-                .map(|_| ())
-                .map_err(|e| classify_counted(&self.calls, OP, &e))
+                .map(drop)
         })
     }
 
-    fn send(
-        &self,
-        body: &str,
-        delay_s: u32,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "sqs:SendMessage";
-            self.calls.count(OP);
-            self.client
+    fn send(&self, body: &str, delay_s: u32) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
+            let request = self
+                .client
                 .send_message()
                 .queue_url(&self.url)
                 .message_body(body)
-                .delay_seconds(delay_s.min(crate::agent::MAX_DELAY_S) as i32)
-                .send()
+                .delay_seconds(delay_s.min(crate::agent::MAX_DELAY_S) as i32);
+            call(&self.calls, "sqs:SendMessage", request.send())
                 .await
-                .map(|_| ())
-                .map_err(|e| classify_counted(&self.calls, OP, &e))
+                .map(drop)
         })
     }
 }

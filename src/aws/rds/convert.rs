@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_rds::types::{DbCluster, DbInstance, Tag};
+use aws_sdk_rds::types::{DbCluster, DbInstance, Tag, VpcSecurityGroupMembership};
 
 use crate::core::observation::{
     ClusterMember, Endpoint, GroupMembership, ParameterGroupMembership, SourceInstance,
@@ -27,6 +27,17 @@ pub(super) fn tags_of(list: &[Tag]) -> BTreeMap<String, String> {
 pub(super) fn sdk_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
     tags.iter()
         .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+/// An instance's or a cluster's security groups.
+fn memberships(groups: &[VpcSecurityGroupMembership]) -> Vec<GroupMembership> {
+    groups
+        .iter()
+        .map(|g| GroupMembership {
+            id: opt(g.vpc_security_group_id()),
+            status: opt(g.status()),
+        })
         .collect()
 }
 
@@ -58,14 +69,7 @@ pub fn source_of(i: &DbInstance) -> SourceInstance {
         iam_auth_enabled: i.iam_database_authentication_enabled().unwrap_or(false),
         deletion_protection: i.deletion_protection().unwrap_or(false),
         auto_minor_version_upgrade: i.auto_minor_version_upgrade().unwrap_or(false),
-        security_groups: i
-            .vpc_security_groups()
-            .iter()
-            .map(|g| GroupMembership {
-                id: opt(g.vpc_security_group_id()),
-                status: opt(g.status()),
-            })
-            .collect(),
+        security_groups: memberships(i.vpc_security_groups()),
         vpc_id: opt(i.db_subnet_group().and_then(|g| g.vpc_id())),
         subnet_group: opt(i.db_subnet_group().and_then(|g| g.db_subnet_group_name())),
         endpoint: i.endpoint().and_then(|e| {
@@ -106,14 +110,7 @@ pub(super) fn target_from(c: &DbCluster, members: Vec<ClusterMember>) -> TargetC
             address: a.to_string(),
             port: c.port().unwrap_or(5432) as u16,
         }),
-        security_groups: c
-            .vpc_security_groups()
-            .iter()
-            .map(|g| GroupMembership {
-                id: opt(g.vpc_security_group_id()),
-                status: opt(g.status()),
-            })
-            .collect(),
+        security_groups: memberships(c.vpc_security_groups()),
         members,
     }
 }

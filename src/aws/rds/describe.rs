@@ -5,7 +5,6 @@
 //! it (created since), is described directly, so a migration always sees its own mutations; a
 //! direct describe answers `None` for a resource RDS does not know (NotFound), never an error.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use aws_sdk_rds::types::{DbCluster, DbInstance};
@@ -13,68 +12,39 @@ use tokio::time::Instant;
 
 use super::AwsRds;
 use super::convert::{matches_instance, opt, target_from};
-use crate::aws::classify::{absent_if_not_found, classify};
+use crate::aws::call::all_pages;
+use crate::aws::classify::found;
 use crate::core::observation::{ClusterMember, TargetCluster};
 use crate::ports::PortResult;
 
 impl AwsRds {
-    /// Every page of a describe (100 items each), following `Marker`: `page(marker)` asks for
-    /// one and answers its items and the next marker.
-    async fn all_pages<T, Fut>(&self, page: impl Fn(Option<String>) -> Fut) -> PortResult<Vec<T>>
-    where
-        Fut: Future<Output = PortResult<(Vec<T>, Option<String>)>>,
-    {
-        let mut out = Vec::new();
-        let mut marker = None;
-        loop {
-            let (items, next) = page(marker).await?;
-            out.extend(items);
-            match next {
-                Some(m) => marker = Some(m),
-                None => return Ok(out),
-            }
-        }
-    }
-
     pub(super) async fn all_instances(&self) -> PortResult<(Instant, Arc<Vec<DbInstance>>)> {
-        const OP: &str = "rds:DescribeDBInstances";
         self.instances
             .get(|| {
-                self.all_pages(|marker| async {
-                    let r = self
-                        .call(
-                            OP,
-                            self.client
-                                .describe_db_instances()
-                                .max_records(100)
-                                .set_marker(marker)
-                                .send(),
-                        )
-                        .await
-                        .map_err(|e| classify(OP, &e))?;
-                    Ok((r.db_instances().to_vec(), r.marker().map(str::to_string)))
+                all_pages(|marker| {
+                    let request = self.client.describe_db_instances().max_records(100);
+                    async move {
+                        let r = self
+                            .call("rds:DescribeDBInstances", request.set_marker(marker).send())
+                            .await?;
+                        Ok((r.db_instances.unwrap_or_default(), r.marker))
+                    }
                 })
             })
             .await
     }
 
     pub(super) async fn all_clusters(&self) -> PortResult<(Instant, Arc<Vec<DbCluster>>)> {
-        const OP: &str = "rds:DescribeDBClusters";
         self.clusters
             .get(|| {
-                self.all_pages(|marker| async {
-                    let r = self
-                        .call(
-                            OP,
-                            self.client
-                                .describe_db_clusters()
-                                .max_records(100)
-                                .set_marker(marker)
-                                .send(),
-                        )
-                        .await
-                        .map_err(|e| classify(OP, &e))?;
-                    Ok((r.db_clusters().to_vec(), r.marker().map(str::to_string)))
+                all_pages(|marker| {
+                    let request = self.client.describe_db_clusters().max_records(100);
+                    async move {
+                        let r = self
+                            .call("rds:DescribeDBClusters", request.set_marker(marker).send())
+                            .await?;
+                        Ok((r.db_clusters.unwrap_or_default(), r.marker))
+                    }
                 })
             })
             .await
@@ -82,37 +52,21 @@ impl AwsRds {
 
     /// One instance, bypassing the cache.
     pub(super) async fn instance_direct(&self, name: &str) -> PortResult<Option<DbInstance>> {
-        const OP: &str = "rds:DescribeDBInstances";
-        match self
-            .call(
-                OP,
-                self.client
-                    .describe_db_instances()
-                    .db_instance_identifier(name)
-                    .send(),
-            )
-            .await
-        {
-            Ok(out) => Ok(out.db_instances().first().cloned()),
-            Err(e) => absent_if_not_found(classify(OP, &e)),
-        }
+        let request = self
+            .client
+            .describe_db_instances()
+            .db_instance_identifier(name);
+        let out = found(self.call("rds:DescribeDBInstances", request.send()).await)?;
+        Ok(out.and_then(|out| out.db_instances.unwrap_or_default().into_iter().next()))
     }
 
     pub(super) async fn cluster_direct(&self, name: &str) -> PortResult<Option<DbCluster>> {
-        const OP: &str = "rds:DescribeDBClusters";
-        match self
-            .call(
-                OP,
-                self.client
-                    .describe_db_clusters()
-                    .db_cluster_identifier(name)
-                    .send(),
-            )
-            .await
-        {
-            Ok(out) => Ok(out.db_clusters().first().cloned()),
-            Err(e) => absent_if_not_found(classify(OP, &e)),
-        }
+        let request = self
+            .client
+            .describe_db_clusters()
+            .db_cluster_identifier(name);
+        let out = found(self.call("rds:DescribeDBClusters", request.send()).await)?;
+        Ok(out.and_then(|out| out.db_clusters.unwrap_or_default().into_iter().next()))
     }
 
     /// An instance from the fleet answer, or (not in it: created since?) asked for directly.

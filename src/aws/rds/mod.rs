@@ -2,9 +2,10 @@
 //! through the account budget's rate limiter.
 //!
 //! This file is the adapter: [`AwsRds`], its `call`/`mutate` plumbing and the [`Rds`] port. Every
-//! RDS request goes through `call` (waits for the rate limiter, counts the call and its failure by
-//! kind); every request that changes a resource goes through `mutate`, which also marks the
-//! resource so its next describes go to RDS directly instead of the shared fleet snapshot.
+//! RDS request goes through `call` (or `call_unless`): it waits for the rate limiter, then makes
+//! the shared counted, classified call of [`super::call`]; every request that changes a resource
+//! is wrapped in `mutate` (`change`, when the port needs no answer but success), which also marks
+//! the resource so its next describes go to RDS directly instead of the shared fleet snapshot.
 //! Mutations are idempotent: a repeat after a lost answer does the same again or, for creates and
 //! promotion, meets a conflict that is checked against what exists (ours: success). The rest is
 //! by subject (those that call RDS as `impl AwsRds` blocks, used from here):
@@ -23,11 +24,10 @@ use std::future::Future;
 
 use aws_sdk_rds::Client;
 use aws_sdk_rds::types::{DbCluster, DbInstance, SourceType, Tag};
-use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_runtime_api::http::Response;
 use jiff::Timestamp;
 
-use super::classify::{classify, code};
+use super::call::{self, SdkResult, all_pages, boxed};
+use super::classify::{ServiceError, found};
 use super::cloudwatch::AwsMetrics;
 use super::kms::AwsKeys;
 use super::limit::RateLimiter;
@@ -62,8 +62,6 @@ pub struct AwsRds {
     tag_prefix: String,
 }
 
-type RdsResult<T, E> = Result<T, SdkError<E, Response>>;
-
 impl AwsRds {
     pub fn new(
         client: Client,
@@ -91,23 +89,26 @@ impl AwsRds {
         sdk_tags(&t)
     }
 
-    /// Waits for the rate limiter, counts the call, and counts its failure by kind.
-    async fn call<T, E, Fut>(&self, op: &'static str, f: Fut) -> RdsResult<T, E>
-    where
-        Fut: Future<Output = RdsResult<T, E>>,
-        E: aws_smithy_types::error::metadata::ProvideErrorMetadata
-            + std::error::Error
-            + Send
-            + Sync
-            + 'static,
-    {
+    /// Waits for the rate limiter, then makes the counted, classified [`call::call`].
+    async fn call<T, E: ServiceError>(
+        &self,
+        op: &str,
+        request: impl Future<Output = SdkResult<T, E>>,
+    ) -> PortResult<T> {
         self.limiter.acquire().await;
-        self.calls.count(op);
-        let r = f.await;
-        if let Err(e) = &r {
-            self.calls.error(op, classify(op, e).kind);
-        }
-        r
+        call::call(&self.calls, op, request).await
+    }
+
+    /// Waits for the rate limiter, then makes the [`call::call_unless`] (`Ok(None)`: refused
+    /// with `answer`).
+    async fn call_unless<T, E: ServiceError>(
+        &self,
+        op: &str,
+        answer: &str,
+        request: impl Future<Output = SdkResult<T, E>>,
+    ) -> PortResult<Option<T>> {
+        self.limiter.acquire().await;
+        call::call_unless(&self.calls, op, answer, request).await
     }
 
     /// These resources were changed: their next describes go to RDS directly.
@@ -118,18 +119,25 @@ impl AwsRds {
         }
     }
 
-    /// A call that changes `names`: until the next fleet snapshot they are described by name
-    /// (whether or not the call succeeded: a failed answer may hide a change that happened).
-    async fn mutate<T, E, Fut>(&self, op: &'static str, names: &[&str], f: Fut) -> RdsResult<T, E>
-    where
-        Fut: Future<Output = RdsResult<T, E>>,
-        E: aws_smithy_types::error::metadata::ProvideErrorMetadata
-            + std::error::Error
-            + Send
-            + Sync
-            + 'static,
-    {
-        let r = self.call(op, f).await;
+    /// A mutation whose answer the port does not need: [`Self::mutate`] with [`Self::call`].
+    async fn change<T, E: ServiceError>(
+        &self,
+        op: &str,
+        names: &[&str],
+        request: impl Future<Output = SdkResult<T, E>>,
+    ) -> PortResult<()> {
+        self.mutate(names, self.call(op, request)).await.map(drop)
+    }
+
+    /// A call (`self.call…`) that changes `names`: until the next fleet snapshot they are
+    /// described by name (whether or not the call succeeded: a failed answer may hide a change
+    /// that happened).
+    async fn mutate<T>(
+        &self,
+        names: &[&str],
+        call: impl Future<Output = PortResult<T>>,
+    ) -> PortResult<T> {
+        let r = call.await;
         self.touch(names);
         r
     }
@@ -139,8 +147,8 @@ impl Rds for AwsRds {
     fn describe_source(
         &self,
         instance: &str,
-    ) -> impl std::future::Future<Output = PortResult<Observed<SourceInstance>>> + Send {
-        Box::pin(async move {
+    ) -> impl Future<Output = PortResult<Observed<SourceInstance>>> + Send {
+        boxed(async move {
             Ok(self
                 .instance(instance)
                 .await?
@@ -153,8 +161,8 @@ impl Rds for AwsRds {
     fn list_tagged_sources(
         &self,
         tag_key: &str,
-    ) -> impl std::future::Future<Output = PortResult<Vec<SourceInstance>>> + Send {
-        Box::pin(async move {
+    ) -> impl Future<Output = PortResult<Vec<SourceInstance>>> + Send {
+        boxed(async move {
             let (_, all) = self.all_instances().await?;
             Ok(all
                 .iter()
@@ -168,8 +176,8 @@ impl Rds for AwsRds {
     fn describe_target(
         &self,
         cluster: &str,
-    ) -> impl std::future::Future<Output = PortResult<Observed<TargetCluster>>> + Send {
-        Box::pin(async move {
+    ) -> impl Future<Output = PortResult<Observed<TargetCluster>>> + Send {
+        boxed(async move {
             let (at, all) = self.all_clusters().await?;
             let cached = all.iter().find(|c| matches_cluster(c, cluster));
             let found = match cached {
@@ -187,52 +195,40 @@ impl Rds for AwsRds {
         &self,
         cluster_group: &str,
         instance_group: &str,
-    ) -> impl std::future::Future<Output = PortResult<ParameterGroupsPresent>> + Send {
-        Box::pin(self.read_parameter_groups(cluster_group, instance_group))
+    ) -> impl Future<Output = PortResult<ParameterGroupsPresent>> + Send {
+        boxed(self.read_parameter_groups(cluster_group, instance_group))
     }
 
     fn preflight_inputs(
         &self,
         source: &SourceInstance,
-    ) -> impl std::future::Future<Output = PortResult<PreflightInputs>> + Send {
-        Box::pin(self.read_preflight_inputs(source))
+    ) -> impl Future<Output = PortResult<PreflightInputs>> + Send {
+        boxed(self.read_preflight_inputs(source))
     }
 
-    fn account_quotas(&self) -> impl std::future::Future<Output = PortResult<Vec<Quota>>> + Send {
-        Box::pin(self.read_account_quotas())
+    fn account_quotas(&self) -> impl Future<Output = PortResult<Vec<Quota>>> + Send {
+        boxed(self.read_account_quotas())
     }
 
     fn describe_snapshot(
         &self,
         snapshot: &str,
-    ) -> impl std::future::Future<Output = PortResult<Observed<Snapshot>>> + Send {
-        Box::pin(async move {
-            const OP: &str = "rds:DescribeDBSnapshots";
-            match self
-                .call(
-                    OP,
-                    self.client
-                        .describe_db_snapshots()
-                        .db_snapshot_identifier(snapshot)
-                        .send(),
-                )
-                .await
-            {
-                Ok(r) => Ok(r
-                    .db_snapshots()
-                    .first()
-                    .map(|s| Snapshot {
-                        identifier: opt(s.db_snapshot_identifier()),
-                        status: opt(s.status()),
-                        instance: opt(s.db_instance_identifier()),
-                        created_at: s.snapshot_create_time().map(super::ts),
-                    })
-                    .into()),
-                Err(e) => match classify(OP, &e) {
-                    err if err.kind == ErrorKind::NotFound => Ok(Observed::Absent),
-                    err => Err(err),
-                },
-            }
+    ) -> impl Future<Output = PortResult<Observed<Snapshot>>> + Send {
+        boxed(async move {
+            let request = self
+                .client
+                .describe_db_snapshots()
+                .db_snapshot_identifier(snapshot);
+            let r = found(self.call("rds:DescribeDBSnapshots", request.send()).await)?;
+            let snapshot = r.as_ref().and_then(|r| r.db_snapshots().first());
+            Ok(snapshot
+                .map(|s| Snapshot {
+                    identifier: opt(s.db_snapshot_identifier()),
+                    status: opt(s.status()),
+                    instance: opt(s.db_instance_identifier()),
+                    created_at: s.snapshot_create_time().map(super::ts),
+                })
+                .into())
         })
     }
 
@@ -240,79 +236,59 @@ impl Rds for AwsRds {
         &self,
         instance: &str,
         since: Timestamp,
-    ) -> impl std::future::Future<Output = PortResult<Vec<InstanceEvent>>> + Send {
-        Box::pin(async move {
-            let mut out = Vec::new();
-            let mut marker: Option<String> = None;
-            loop {
-                const OP: &str = "rds:DescribeEvents";
-                let r = self
-                    .call(
-                        OP,
-                        self.client
-                            .describe_events()
-                            .source_identifier(instance)
-                            .source_type(SourceType::DbInstance)
-                            .start_time(sdk_ts(since))
-                            .set_marker(marker.clone())
-                            .send(),
-                    )
-                    .await
-                    .map_err(|e| classify(OP, &e))?;
-                out.extend(r.events().iter().filter_map(|e| {
+    ) -> impl Future<Output = PortResult<Vec<InstanceEvent>>> + Send {
+        boxed(all_pages(move |marker| {
+            let request = self
+                .client
+                .describe_events()
+                .source_identifier(instance)
+                .source_type(SourceType::DbInstance)
+                .start_time(sdk_ts(since))
+                .set_marker(marker);
+            async move {
+                let r = self.call("rds:DescribeEvents", request.send()).await?;
+                let events = r.events().iter().filter_map(|e| {
                     Some(InstanceEvent {
                         at: ts(e.date()?),
                         kind: InstanceEventKind::from_message(e.message().unwrap_or_default()),
                     })
-                }));
-                marker = r.marker().map(str::to_string);
-                if marker.is_none() {
-                    break;
-                }
+                });
+                Ok((events.collect(), r.marker))
             }
-            Ok(out)
-        })
+        }))
     }
 
     fn ensure_parameter_groups(
         &self,
         spec: &ParameterGroupsSpec,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(self.ensure_groups(spec))
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(self.ensure_groups(spec))
     }
 
     fn create_replica_cluster(
         &self,
         spec: &ReplicaClusterSpec,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
             const OP: &str = "rds:CreateDBCluster";
-            let r = self
-                .mutate(
-                    OP,
-                    &[&spec.cluster],
-                    self.client
-                        .create_db_cluster()
-                        .db_cluster_identifier(&spec.cluster)
-                        .engine("aurora-postgresql")
-                        .engine_version(&spec.engine_version)
-                        .replication_source_identifier(&spec.source_arn)
-                        .db_cluster_parameter_group_name(&spec.cluster_parameter_group)
-                        .set_db_subnet_group_name(
-                            Some(spec.subnet_group.clone()).filter(|s| !s.is_empty()),
-                        )
-                        .set_vpc_security_group_ids(Some(spec.security_groups.clone()))
-                        .storage_encrypted(spec.storage_encrypted)
-                        .set_kms_key_id(spec.kms_key_id.clone())
-                        .set_tags(Some(sdk_tags(&spec.tags)))
-                        .send(),
-                )
-                .await;
-            match r {
+            let request = self
+                .client
+                .create_db_cluster()
+                .db_cluster_identifier(&spec.cluster)
+                .engine("aurora-postgresql")
+                .engine_version(&spec.engine_version)
+                .replication_source_identifier(&spec.source_arn)
+                .db_cluster_parameter_group_name(&spec.cluster_parameter_group)
+                .set_db_subnet_group_name(Some(spec.subnet_group.clone()).filter(|s| !s.is_empty()))
+                .set_vpc_security_group_ids(Some(spec.security_groups.clone()))
+                .storage_encrypted(spec.storage_encrypted)
+                .set_kms_key_id(spec.kms_key_id.clone())
+                .set_tags(Some(sdk_tags(&spec.tags)));
+            match self.change(OP, &[&spec.cluster], request.send()).await {
                 Ok(_) => Ok(()),
                 // moto answers a repeat with DBClusterSnapshotAlreadyExistsFault, AWS with
                 // DBClusterAlreadyExistsFault: any conflict is checked the same way.
-                Err(e) if classify(OP, &e).kind == ErrorKind::Conflict => {
+                Err(e) if e.kind == ErrorKind::Conflict => {
                     // Ours only if it replicates from our source or carries our migration tag.
                     let existing = self.cluster_direct(&spec.cluster).await?;
                     let ours = existing.is_some_and(|c| {
@@ -334,7 +310,7 @@ impl Rds for AwsRds {
                         ))
                     }
                 }
-                Err(e) => Err(classify(OP, &e)),
+                Err(e) => Err(e),
             }
         })
     }
@@ -342,42 +318,39 @@ impl Rds for AwsRds {
     fn create_writer_instance(
         &self,
         spec: &WriterInstanceSpec,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
             const OP: &str = "rds:CreateDBInstance";
-            let r = self
-                .mutate(
+            let request = self
+                .client
+                .create_db_instance()
+                .db_instance_identifier(&spec.instance)
+                .db_cluster_identifier(&spec.cluster)
+                .engine("aurora-postgresql")
+                .db_instance_class(&spec.instance_class)
+                .db_parameter_group_name(&spec.parameter_group)
+                .set_tags(Some(sdk_tags(&spec.tags)));
+            let exists = "DBInstanceAlreadyExists";
+            let created = self.call_unless(OP, exists, request.send());
+            if self
+                .mutate(&[&spec.instance, &spec.cluster], created)
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+            let existing = self.instance_direct(&spec.instance).await?;
+            if existing.is_some_and(|i| i.db_cluster_identifier() == Some(&spec.cluster)) {
+                Ok(())
+            } else {
+                Err(PortError::new(
+                    ErrorKind::Conflict,
                     OP,
-                    &[&spec.instance, &spec.cluster],
-                    self.client
-                        .create_db_instance()
-                        .db_instance_identifier(&spec.instance)
-                        .db_cluster_identifier(&spec.cluster)
-                        .engine("aurora-postgresql")
-                        .db_instance_class(&spec.instance_class)
-                        .db_parameter_group_name(&spec.parameter_group)
-                        .set_tags(Some(sdk_tags(&spec.tags)))
-                        .send(),
-                )
-                .await;
-            match r {
-                Ok(_) => Ok(()),
-                Err(e) if code(&e) == Some("DBInstanceAlreadyExists") => {
-                    let existing = self.instance_direct(&spec.instance).await?;
-                    if existing.is_some_and(|i| i.db_cluster_identifier() == Some(&spec.cluster)) {
-                        Ok(())
-                    } else {
-                        Err(PortError::new(
-                            ErrorKind::Conflict,
-                            OP,
-                            format!(
-                                "an instance named {} exists and is not a member of {}",
-                                spec.instance, spec.cluster
-                            ),
-                        ))
-                    }
-                }
-                Err(e) => Err(classify(OP, &e)),
+                    format!(
+                        "an instance named {} exists and is not a member of {}",
+                        spec.instance, spec.cluster
+                    ),
+                ))
             }
         })
     }
@@ -386,75 +359,54 @@ impl Rds for AwsRds {
         &self,
         instance: &str,
         group_ids: &[String],
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "rds:ModifyDBInstance";
-            let r = self
-                .mutate(
-                    OP,
-                    &[instance],
-                    self.client
-                        .modify_db_instance()
-                        .db_instance_identifier(instance)
-                        .set_vpc_security_group_ids(Some(group_ids.to_vec()))
-                        .apply_immediately(true)
-                        .send(),
-                )
-                .await;
-            r.map(|_| ()).map_err(|e| classify(OP, &e))
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
+            let request = self
+                .client
+                .modify_db_instance()
+                .db_instance_identifier(instance)
+                .set_vpc_security_group_ids(Some(group_ids.to_vec()))
+                .apply_immediately(true);
+            self.change("rds:ModifyDBInstance", &[instance], request.send())
+                .await
         })
     }
 
-    fn reboot_instance(
-        &self,
-        instance: &str,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "rds:RebootDBInstance";
-            let r = self
-                .mutate(
-                    OP,
-                    &[instance],
-                    self.client
-                        .reboot_db_instance()
-                        .db_instance_identifier(instance)
-                        .send(),
-                )
-                .await;
-            r.map(|_| ()).map_err(|e| classify(OP, &e))
+    fn reboot_instance(&self, instance: &str) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
+            let request = self
+                .client
+                .reboot_db_instance()
+                .db_instance_identifier(instance);
+            self.change("rds:RebootDBInstance", &[instance], request.send())
+                .await
         })
     }
 
-    fn promote_target(
-        &self,
-        cluster: &str,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "rds:PromoteReadReplicaDBCluster";
-            let r = self
-                .mutate(
-                    OP,
+    fn promote_target(&self, cluster: &str) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
+            let request = self
+                .client
+                .promote_read_replica_db_cluster()
+                .db_cluster_identifier(cluster);
+            let Err(err) = self
+                .change(
+                    "rds:PromoteReadReplicaDBCluster",
                     &[cluster],
-                    self.client
-                        .promote_read_replica_db_cluster()
-                        .db_cluster_identifier(cluster)
-                        .send(),
+                    request.send(),
                 )
-                .await;
-            match r {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    let err = classify(OP, &e);
-                    // A repeat after a lost answer: already promoted is what we asked for.
-                    if err.kind == ErrorKind::Conflict
-                        && let Some(c) = self.cluster_direct(cluster).await?
-                        && c.replication_source_identifier().is_none_or(str::is_empty)
-                    {
-                        return Ok(());
-                    }
-                    Err(err)
-                }
+                .await
+            else {
+                return Ok(());
+            };
+            // A repeat after a lost answer: already promoted is what we asked for.
+            if err.kind == ErrorKind::Conflict
+                && let Some(c) = self.cluster_direct(cluster).await?
+                && c.replication_source_identifier().is_none_or(str::is_empty)
+            {
+                return Ok(());
             }
+            Err(err)
         })
     }
 
@@ -462,22 +414,16 @@ impl Rds for AwsRds {
         &self,
         cluster: &str,
         group_ids: &[String],
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "rds:ModifyDBCluster";
-            let r = self
-                .mutate(
-                    OP,
-                    &[cluster],
-                    self.client
-                        .modify_db_cluster()
-                        .db_cluster_identifier(cluster)
-                        .set_vpc_security_group_ids(Some(group_ids.to_vec()))
-                        .apply_immediately(true)
-                        .send(),
-                )
-                .await;
-            r.map(|_| ()).map_err(|e| classify(OP, &e))
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
+            let request = self
+                .client
+                .modify_db_cluster()
+                .db_cluster_identifier(cluster)
+                .set_vpc_security_group_ids(Some(group_ids.to_vec()))
+                .apply_immediately(true);
+            self.change("rds:ModifyDBCluster", &[cluster], request.send())
+                .await
         })
     }
 
@@ -485,62 +431,44 @@ impl Rds for AwsRds {
         &self,
         cluster: &str,
         writer: &str,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const DI: &str = "rds:DeleteDBInstance";
-            let r = self
-                .mutate(
-                    DI,
-                    &[writer],
-                    self.client
-                        .delete_db_instance()
-                        .db_instance_identifier(writer)
-                        .skip_final_snapshot(true)
-                        .send(),
-                )
-                .await;
-            if let Err(e) = r {
-                let err = classify(DI, &e);
-                // Gone already, or already being deleted: carry on with the cluster.
-                if !matches!(err.kind, ErrorKind::NotFound | ErrorKind::Conflict) {
-                    return Err(err);
-                }
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
+            let request = self
+                .client
+                .delete_db_instance()
+                .db_instance_identifier(writer)
+                .skip_final_snapshot(true);
+            // Gone already, or already being deleted: carry on with the cluster.
+            if let Err(err) = self
+                .change("rds:DeleteDBInstance", &[writer], request.send())
+                .await
+                && !matches!(err.kind, ErrorKind::NotFound | ErrorKind::Conflict)
+            {
+                return Err(err);
             }
-            const DC: &str = "rds:DeleteDBCluster";
-            let r = self
-                .mutate(
-                    DC,
-                    &[cluster],
-                    self.client
-                        .delete_db_cluster()
-                        .db_cluster_identifier(cluster)
-                        .skip_final_snapshot(true)
-                        .send(),
-                )
-                .await;
-            r.map(|_| ()).map_err(|e| classify(DC, &e))
+            let request = self
+                .client
+                .delete_db_cluster()
+                .db_cluster_identifier(cluster)
+                .skip_final_snapshot(true);
+            self.change("rds:DeleteDBCluster", &[cluster], request.send())
+                .await
         })
     }
 
     fn disable_deletion_protection(
         &self,
         instance: &str,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "rds:ModifyDBInstance";
-            let r = self
-                .mutate(
-                    OP,
-                    &[instance],
-                    self.client
-                        .modify_db_instance()
-                        .db_instance_identifier(instance)
-                        .deletion_protection(false)
-                        .apply_immediately(true)
-                        .send(),
-                )
-                .await;
-            r.map(|_| ()).map_err(|e| classify(OP, &e))
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
+            let request = self
+                .client
+                .modify_db_instance()
+                .db_instance_identifier(instance)
+                .deletion_protection(false)
+                .apply_immediately(true);
+            self.change("rds:ModifyDBInstance", &[instance], request.send())
+                .await
         })
     }
 
@@ -548,28 +476,22 @@ impl Rds for AwsRds {
         &self,
         instance: &str,
         final_snapshot: &str,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "rds:DeleteDBInstance";
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
             // The final snapshot is part of the deletion, so it holds the instance's last
             // state; automated backups stay for their own retention (the API's default deletes
             // them, and with them point-in-time recovery).
-            let r = self
-                .mutate(
-                    OP,
-                    &[instance],
-                    self.client
-                        .delete_db_instance()
-                        .db_instance_identifier(instance)
-                        .skip_final_snapshot(false)
-                        .final_db_snapshot_identifier(final_snapshot)
-                        .delete_automated_backups(false)
-                        .send(),
-                )
-                .await;
+            let request = self
+                .client
+                .delete_db_instance()
+                .db_instance_identifier(instance)
+                .skip_final_snapshot(false)
+                .final_db_snapshot_identifier(final_snapshot)
+                .delete_automated_backups(false);
             // A repeat after a lost answer finds the instance `deleting` (a conflict, retried
             // with backoff); the machine sees the status and stops asking.
-            r.map(|_| ()).map_err(|e| classify(OP, &e))
+            self.change("rds:DeleteDBInstance", &[instance], request.send())
+                .await
         })
     }
 
@@ -577,33 +499,25 @@ impl Rds for AwsRds {
         &self,
         arn: &str,
         tags: &BTreeMap<String, String>,
-    ) -> impl std::future::Future<Output = PortResult<()>> + Send {
-        Box::pin(async move {
-            const OP: &str = "rds:AddTagsToResource";
-            let r = self
-                .mutate(
-                    OP,
-                    &[arn],
-                    self.client
-                        .add_tags_to_resource()
-                        .resource_name(arn)
-                        .set_tags(Some(sdk_tags(tags)))
-                        .send(),
-                )
-                .await;
-            match r {
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(async move {
+            let request = self
+                .client
+                .add_tags_to_resource()
+                .resource_name(arn)
+                .set_tags(Some(sdk_tags(tags)));
+            match self
+                .change("rds:AddTagsToResource", &[arn], request.send())
+                .await
+            {
                 Ok(_) => Ok(()),
-                Err(e) => {
-                    let err = classify(OP, &e);
-                    // A resource that is gone (the deleted source) has nothing left to tag; the
-                    // phase mirror goes on to the next ARN.
-                    if err.kind == ErrorKind::NotFound {
-                        tracing::debug!(arn, error = %err, "not tagged: the resource is gone");
-                        Ok(())
-                    } else {
-                        Err(err)
-                    }
+                // A resource that is gone (the deleted source) has nothing left to tag; the
+                // phase mirror goes on to the next ARN.
+                Err(err) if err.kind == ErrorKind::NotFound => {
+                    tracing::debug!(arn, error = %err, "not tagged: the resource is gone");
+                    Ok(())
                 }
+                Err(err) => Err(err),
             }
         })
     }

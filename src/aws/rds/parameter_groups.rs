@@ -9,7 +9,7 @@
 use aws_sdk_rds::types::Parameter as SdkParameter;
 
 use super::AwsRds;
-use crate::aws::classify::classify;
+use crate::aws::classify::found;
 use crate::core::action::{ParameterGroupsSpec, TranslatedParameter};
 use crate::core::observation::ParameterGroupsPresent;
 use crate::ports::{ErrorKind, PortResult};
@@ -21,40 +21,24 @@ impl AwsRds {
         cluster_group: &str,
         instance_group: &str,
     ) -> PortResult<ParameterGroupsPresent> {
-        const C: &str = "rds:DescribeDBClusterParameterGroups";
-        let cluster = match self
-            .call(
-                C,
-                self.client
-                    .describe_db_cluster_parameter_groups()
-                    .db_cluster_parameter_group_name(cluster_group)
-                    .send(),
-            )
-            .await
-        {
-            Ok(r) => !r.db_cluster_parameter_groups().is_empty(),
-            Err(e) => match classify(C, &e) {
-                err if err.kind == ErrorKind::NotFound => false,
-                err => return Err(err),
-            },
-        };
-        const I: &str = "rds:DescribeDBParameterGroups";
-        let instance = match self
-            .call(
-                I,
-                self.client
-                    .describe_db_parameter_groups()
-                    .db_parameter_group_name(instance_group)
-                    .send(),
-            )
-            .await
-        {
-            Ok(r) => !r.db_parameter_groups().is_empty(),
-            Err(e) => match classify(I, &e) {
-                err if err.kind == ErrorKind::NotFound => false,
-                err => return Err(err),
-            },
-        };
+        let request = self
+            .client
+            .describe_db_cluster_parameter_groups()
+            .db_cluster_parameter_group_name(cluster_group);
+        let cluster = found(
+            self.call("rds:DescribeDBClusterParameterGroups", request.send())
+                .await,
+        )?
+        .is_some_and(|r| !r.db_cluster_parameter_groups().is_empty());
+        let request = self
+            .client
+            .describe_db_parameter_groups()
+            .db_parameter_group_name(instance_group);
+        let instance = found(
+            self.call("rds:DescribeDBParameterGroups", request.send())
+                .await,
+        )?
+        .is_some_and(|r| !r.db_parameter_groups().is_empty());
         Ok(ParameterGroupsPresent { cluster, instance })
     }
 
@@ -62,46 +46,30 @@ impl AwsRds {
     /// sets its parameters.
     pub(super) async fn ensure_groups(&self, spec: &ParameterGroupsSpec) -> PortResult<()> {
         // Groups are named by content hash: an existing group of that name has this content.
-        const CC: &str = "rds:CreateDBClusterParameterGroup";
-        let created = self
-            .call(
-                CC,
-                self.client
-                    .create_db_cluster_parameter_group()
-                    .db_cluster_parameter_group_name(&spec.cluster_group)
-                    .db_parameter_group_family(&spec.family)
-                    .description(&spec.description)
-                    .set_tags(Some(self.source_tag("shared")))
-                    .send(),
-            )
-            .await;
-        if let Err(e) = created {
-            let err = classify(CC, &e);
-            if err.kind != ErrorKind::Conflict {
-                return Err(err);
-            }
-        }
+        let request = self
+            .client
+            .create_db_cluster_parameter_group()
+            .db_cluster_parameter_group_name(&spec.cluster_group)
+            .db_parameter_group_family(&spec.family)
+            .description(&spec.description)
+            .set_tags(Some(self.source_tag("shared")));
+        existing_if_conflict(
+            self.call("rds:CreateDBClusterParameterGroup", request.send())
+                .await,
+        )?;
         self.modify_parameters(&spec.cluster_group, true, &spec.cluster_parameters)
             .await?;
-        const CI: &str = "rds:CreateDBParameterGroup";
-        let created = self
-            .call(
-                CI,
-                self.client
-                    .create_db_parameter_group()
-                    .db_parameter_group_name(&spec.instance_group)
-                    .db_parameter_group_family(&spec.family)
-                    .description(&spec.description)
-                    .set_tags(Some(self.source_tag("shared")))
-                    .send(),
-            )
-            .await;
-        if let Err(e) = created {
-            let err = classify(CI, &e);
-            if err.kind != ErrorKind::Conflict {
-                return Err(err);
-            }
-        }
+        let request = self
+            .client
+            .create_db_parameter_group()
+            .db_parameter_group_name(&spec.instance_group)
+            .db_parameter_group_family(&spec.family)
+            .description(&spec.description)
+            .set_tags(Some(self.source_tag("shared")));
+        existing_if_conflict(
+            self.call("rds:CreateDBParameterGroup", request.send())
+                .await,
+        )?;
         self.modify_parameters(&spec.instance_group, false, &spec.instance_parameters)
             .await
     }
@@ -127,31 +95,31 @@ impl AwsRds {
                 })
                 .collect();
             if cluster {
-                const OP: &str = "rds:ModifyDBClusterParameterGroup";
-                self.call(
-                    OP,
-                    self.client
-                        .modify_db_cluster_parameter_group()
-                        .db_cluster_parameter_group_name(group)
-                        .set_parameters(Some(list))
-                        .send(),
-                )
-                .await
-                .map_err(|e| classify(OP, &e))?;
+                let request = self
+                    .client
+                    .modify_db_cluster_parameter_group()
+                    .db_cluster_parameter_group_name(group)
+                    .set_parameters(Some(list));
+                self.call("rds:ModifyDBClusterParameterGroup", request.send())
+                    .await?;
             } else {
-                const OP: &str = "rds:ModifyDBParameterGroup";
-                self.call(
-                    OP,
-                    self.client
-                        .modify_db_parameter_group()
-                        .db_parameter_group_name(group)
-                        .set_parameters(Some(list))
-                        .send(),
-                )
-                .await
-                .map_err(|e| classify(OP, &e))?;
+                let request = self
+                    .client
+                    .modify_db_parameter_group()
+                    .db_parameter_group_name(group)
+                    .set_parameters(Some(list));
+                self.call("rds:ModifyDBParameterGroup", request.send())
+                    .await?;
             }
         }
         Ok(())
+    }
+}
+
+/// A create whose conflict means the group exists (named by content: the same group).
+fn existing_if_conflict<T>(created: PortResult<T>) -> PortResult<()> {
+    match created {
+        Err(e) if e.kind != ErrorKind::Conflict => Err(e),
+        _ => Ok(()),
     }
 }

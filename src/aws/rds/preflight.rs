@@ -11,7 +11,7 @@ use jiff::Timestamp;
 
 use super::AwsRds;
 use super::convert::opt;
-use crate::aws::classify::classify;
+use crate::aws::call::all_pages;
 use crate::core::observation::{
     EngineVersion, KeyCheck, MetricKey, Parameter, PreflightInputs, Quota, SourceInstance,
 };
@@ -24,32 +24,26 @@ impl AwsRds {
         source: &SourceInstance,
     ) -> PortResult<PreflightInputs> {
         // Aurora PostgreSQL versions of the Region.
-        let mut aurora_versions = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
-            const OP: &str = "rds:DescribeDBEngineVersions";
-            let r = self
-                .call(
-                    OP,
-                    self.client
-                        .describe_db_engine_versions()
-                        .engine("aurora-postgresql")
-                        .set_marker(marker.clone())
-                        .send(),
-                )
-                .await
-                .map_err(|e| classify(OP, &e))?;
-            aurora_versions.extend(r.db_engine_versions().iter().filter_map(|v| {
-                Some(EngineVersion {
-                    version: v.engine_version()?.to_string(),
-                    family: opt(v.db_parameter_group_family()),
-                })
-            }));
-            marker = r.marker().map(str::to_string);
-            if marker.is_none() {
-                break;
+        let aurora_versions = all_pages(|marker| {
+            let request = self
+                .client
+                .describe_db_engine_versions()
+                .engine("aurora-postgresql")
+                .set_marker(marker);
+            async move {
+                let r = self
+                    .call("rds:DescribeDBEngineVersions", request.send())
+                    .await?;
+                let versions = r.db_engine_versions().iter().filter_map(|v| {
+                    Some(EngineVersion {
+                        version: v.engine_version()?.to_string(),
+                        family: opt(v.db_parameter_group_family()),
+                    })
+                });
+                Ok((versions.collect(), r.marker))
             }
-        }
+        })
+        .await?;
         let source_parameters = self
             .source_user_parameters(&source.parameter_group.name)
             .await?;
@@ -75,17 +69,13 @@ impl AwsRds {
         aurora_static_parameters.sort();
         aurora_static_parameters.dedup();
 
-        const PM: &str = "rds:DescribePendingMaintenanceActions";
+        let request = self
+            .client
+            .describe_pending_maintenance_actions()
+            .resource_identifier(&source.arn);
         let pending = self
-            .call(
-                PM,
-                self.client
-                    .describe_pending_maintenance_actions()
-                    .resource_identifier(&source.arn)
-                    .send(),
-            )
-            .await
-            .map_err(|e| classify(PM, &e))?;
+            .call("rds:DescribePendingMaintenanceActions", request.send())
+            .await?;
         let pending_maintenance = pending
             .pending_maintenance_actions()
             .iter()
@@ -117,11 +107,10 @@ impl AwsRds {
 
     /// [`Rds::account_quotas`].
     pub(super) async fn read_account_quotas(&self) -> PortResult<Vec<Quota>> {
-        const OP: &str = "rds:DescribeAccountAttributes";
+        let request = self.client.describe_account_attributes();
         let r = self
-            .call(OP, self.client.describe_account_attributes().send())
-            .await
-            .map_err(|e| classify(OP, &e))?;
+            .call("rds:DescribeAccountAttributes", request.send())
+            .await?;
         Ok(r.account_quotas()
             .iter()
             .filter_map(|q| {
@@ -134,102 +123,69 @@ impl AwsRds {
             .collect())
     }
 
+    /// The engine's default parameters of `family`, for clusters or for instances.
     async fn parameters_of_family(
         &self,
         family: &str,
         cluster: bool,
     ) -> PortResult<Vec<SdkParameter>> {
-        let mut out = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
-            let (params, next) = if cluster {
-                const OP: &str = "rds:DescribeEngineDefaultClusterParameters";
-                let r = self
-                    .call(
-                        OP,
-                        self.client
-                            .describe_engine_default_cluster_parameters()
-                            .db_parameter_group_family(family)
-                            .set_marker(marker.clone())
-                            .send(),
-                    )
-                    .await
-                    .map_err(|e| classify(OP, &e))?;
-                let d = r.engine_defaults();
-                (
-                    d.map(|d| d.parameters().to_vec()).unwrap_or_default(),
-                    d.and_then(|d| d.marker()).map(str::to_string),
-                )
+        all_pages(|marker| async move {
+            let defaults = if cluster {
+                let request = self
+                    .client
+                    .describe_engine_default_cluster_parameters()
+                    .db_parameter_group_family(family)
+                    .set_marker(marker);
+                self.call("rds:DescribeEngineDefaultClusterParameters", request.send())
+                    .await?
+                    .engine_defaults
             } else {
-                const OP: &str = "rds:DescribeEngineDefaultParameters";
-                let r = self
-                    .call(
-                        OP,
-                        self.client
-                            .describe_engine_default_parameters()
-                            .db_parameter_group_family(family)
-                            .set_marker(marker.clone())
-                            .send(),
-                    )
-                    .await
-                    .map_err(|e| classify(OP, &e))?;
-                let d = r.engine_defaults();
-                (
-                    d.map(|d| d.parameters().to_vec()).unwrap_or_default(),
-                    d.and_then(|d| d.marker()).map(str::to_string),
-                )
+                let request = self
+                    .client
+                    .describe_engine_default_parameters()
+                    .db_parameter_group_family(family)
+                    .set_marker(marker);
+                self.call("rds:DescribeEngineDefaultParameters", request.send())
+                    .await?
+                    .engine_defaults
             };
-            out.extend(params);
-            marker = next;
-            if marker.is_none() {
-                break;
-            }
-        }
-        Ok(out)
+            Ok(defaults.map_or_else(Default::default, |d| {
+                (d.parameters.unwrap_or_default(), d.marker)
+            }))
+        })
+        .await
     }
 
     async fn source_user_parameters(&self, group: &str) -> PortResult<Vec<Parameter>> {
-        let mut out = Vec::new();
         if group.is_empty() {
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        let mut marker: Option<String> = None;
-        loop {
-            const OP: &str = "rds:DescribeDBParameters";
-            let r = match self
-                .call(
-                    OP,
-                    self.client
-                        .describe_db_parameters()
-                        .db_parameter_group_name(group)
-                        .source("user")
-                        .set_marker(marker.clone())
-                        .send(),
-                )
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    let err = classify(OP, &e);
+        all_pages(|marker| {
+            let request = self
+                .client
+                .describe_db_parameters()
+                .db_parameter_group_name(group)
+                .source("user")
+                .set_marker(marker);
+            async move {
+                let r = match self.call("rds:DescribeDBParameters", request.send()).await {
+                    Ok(r) => r,
                     // A default group nobody changed has no user parameters.
-                    if err.kind == ErrorKind::NotFound && group.starts_with("default.") {
-                        return Ok(out);
+                    Err(e) if e.kind == ErrorKind::NotFound && group.starts_with("default.") => {
+                        return Ok((Vec::new(), None));
                     }
-                    return Err(err);
-                }
-            };
-            out.extend(r.parameters().iter().filter_map(|p| {
-                Some(Parameter {
-                    name: p.parameter_name()?.to_string(),
-                    value: p.parameter_value()?.to_string(),
-                })
-            }));
-            marker = r.marker().map(str::to_string);
-            if marker.is_none() {
-                break;
+                    Err(e) => return Err(e),
+                };
+                let parameters = r.parameters().iter().filter_map(|p| {
+                    Some(Parameter {
+                        name: p.parameter_name()?.to_string(),
+                        value: p.parameter_value()?.to_string(),
+                    })
+                });
+                Ok((parameters.collect(), r.marker))
             }
-        }
-        Ok(out)
+        })
+        .await
     }
 
     /// Metrics reader used by preflight (FreeStorageSpace).
