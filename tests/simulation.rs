@@ -28,15 +28,21 @@ fn replay_one_seed_verbose() {
     assert!(!report.timeline.is_empty());
 }
 
-/// CI's run: 500 seeds, 1–3 migrations each, the default fault mix on every run (throttling,
-/// 5xx, slow and lost answers, crashes, late/duplicate/lost events, ~15% permanent faults).
-#[test]
-fn many_seeds_with_faults() {
+/// `SIM_SEEDS` seeds (500) with the default options; the report is printed.
+fn many_seeds() -> SimReport {
     let report = sim::run(&SimOptions {
         seeds: env_u64("SIM_SEEDS", 500),
         ..SimOptions::default()
     });
     println!("{report}");
+    report
+}
+
+/// CI's run: 500 seeds, 1–3 migrations each, the default fault mix on every run (throttling,
+/// 5xx, slow and lost answers, crashes, late/duplicate/lost events, ~15% permanent faults).
+#[test]
+fn many_seeds_with_faults() {
+    let report = many_seeds();
     let safety: Vec<_> = report
         .violations
         .iter()
@@ -55,11 +61,7 @@ fn many_seeds_with_faults() {
 /// never retried. Fails until the core re-sends unsent notifications.
 #[test]
 fn many_seeds_liveness_strict() {
-    let report = sim::run(&SimOptions {
-        seeds: env_u64("SIM_SEEDS", 500),
-        ..SimOptions::default()
-    });
-    println!("{report}");
+    let report = many_seeds();
     assert!(report.violations.is_empty(), "{report}");
 }
 
