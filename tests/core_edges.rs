@@ -25,27 +25,20 @@ fn alerted(model: &Model, event: &str) -> bool {
 /// What an IaC apply does: the source's original groups are back next to (or instead of) the
 /// quarantine group.
 fn iac_puts_the_groups_back(model: &mut Model) {
-    model.source.as_mut().unwrap().security_groups = vec![GroupMembership {
-        id: "sg-app".into(),
-        status: "active".into(),
-    }];
+    model.source.as_mut().unwrap().security_groups = vec![active_group("sg-app")];
 }
 
 fn decommission_due(policy: &Policy) -> (Model, Migration) {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, policy, Phase::Decommissioning);
+    let (mut model, m) = advanced_to(policy, Phase::Decommissioning);
     model.now += policy.retention + SignedDuration::from_mins(1);
     (model, m)
 }
 
 #[test]
 fn promotion_is_not_asked_for_when_the_fence_broke_after_the_proof() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Promoting);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::Promoting);
     iac_puts_the_groups_back(&mut model);
-    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    let d = quiet_round(&mut model, &mut m, &policy());
     assert!(!keys(&d.actions).contains(&ActionKey::PromoteTarget));
     assert_eq!(
         m.phase,
@@ -55,7 +48,7 @@ fn promotion_is_not_asked_for_when_the_fence_broke_after_the_proof() {
     assert!(m.progress.drain_proven_at.is_none() && m.progress.restarted_at.is_none());
     assert_eq!(model.promotions, 0);
     // Draining puts the quarantine back, then reboots again before any new proof.
-    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    let d = quiet_round(&mut model, &mut m, &policy());
     assert_eq!(keys(&d.actions), vec![ActionKey::QuarantineSource]);
     let reboots = model.reboots;
     run_to_end(&mut model, &mut m, &policy(), 200);
@@ -69,23 +62,19 @@ fn promotion_is_not_asked_for_when_the_fence_broke_after_the_proof() {
 
 #[test]
 fn promotion_is_not_asked_for_when_the_quarantine_group_gained_a_rule() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Promoting);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::Promoting);
     model.quarantine.as_mut().unwrap().ingress_sources = vec!["sg-someone".into()];
-    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    let d = quiet_round(&mut model, &mut m, &policy());
     assert!(!keys(&d.actions).contains(&ActionKey::PromoteTarget));
     assert_eq!(m.phase, Phase::Draining);
 }
 
 #[test]
 fn routing_holds_and_alerts_when_the_fence_broke_after_promotion() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Routing);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::Routing);
     iac_puts_the_groups_back(&mut model);
     for _ in 0..3 {
-        let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+        let d = quiet_round(&mut model, &mut m, &policy());
         assert!(!keys(&d.actions).contains(&ActionKey::RouteTraffic));
         model.now += SignedDuration::from_secs(5);
     }
@@ -93,18 +82,15 @@ fn routing_holds_and_alerts_when_the_fence_broke_after_promotion() {
     assert!(model.routed_to.is_none(), "no traffic moved");
     assert!(alerted(&model, "fence-broken-before-routing"));
     // The fence is put back by a person: routing goes on.
-    model.source.as_mut().unwrap().security_groups = vec![GroupMembership {
-        id: "sg-q".into(),
-        status: "active".into(),
-    }];
-    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    model.source.as_mut().unwrap().security_groups = vec![active_group("sg-q")];
+    let d = quiet_round(&mut model, &mut m, &policy());
     assert!(keys(&d.actions).contains(&ActionKey::RouteTraffic));
 }
 
 #[test]
 fn the_source_is_deleted_with_its_final_snapshot_in_the_same_call() {
     let (mut model, mut m) = decommission_due(&policy());
-    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    let d = quiet_round(&mut model, &mut m, &policy());
     assert_eq!(
         keys(&d.actions),
         vec![ActionKey::DeleteSource],
@@ -122,7 +108,7 @@ fn deletion_holds_and_alerts_when_the_fence_broke_before_it() {
     let (mut model, mut m) = decommission_due(&policy());
     iac_puts_the_groups_back(&mut model);
     for _ in 0..3 {
-        let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+        let d = quiet_round(&mut model, &mut m, &policy());
         assert!(!keys(&d.actions).contains(&ActionKey::DeleteSource));
         model.now += SignedDuration::from_mins(5);
     }
@@ -152,13 +138,13 @@ fn with_groups_restored_deletion_needs_an_idle_source() {
     let (mut model, mut m) = decommission_due(&p);
     model.stray_writer = true;
     for _ in 0..3 {
-        let d = round(&mut model, &mut m, &p, &mut |_| None);
+        let d = quiet_round(&mut model, &mut m, &p);
         assert!(!keys(&d.actions).contains(&ActionKey::DeleteSource));
         model.now += SignedDuration::from_mins(5);
     }
     assert!(alerted(&model, "fence-broken-before-delete"));
     model.stray_writer = false;
-    let d = round(&mut model, &mut m, &p, &mut |_| None);
+    let d = quiet_round(&mut model, &mut m, &p);
     assert!(keys(&d.actions).contains(&ActionKey::DeleteSource));
 }
 
@@ -172,7 +158,7 @@ fn a_snapshot_with_the_final_name_taken_before_the_deletion_holds_it() {
         created_at: Some(model.now - SignedDuration::from_hours(48)),
     });
     for _ in 0..3 {
-        let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+        let d = quiet_round(&mut model, &mut m, &policy());
         assert!(!keys(&d.actions).contains(&ActionKey::DeleteSource));
         model.now += SignedDuration::from_mins(5);
     }
@@ -192,9 +178,7 @@ fn the_irreversible_actions_are_refused_on_a_record_that_does_not_allow_them() {
     };
     assert!(invariants::irreversible_allowed(&m, &promote).is_err());
 
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Decommissioning);
+    let (_, m) = advanced_to(&policy(), Phase::Decommissioning);
     assert!(invariants::irreversible_allowed(&m, &delete).is_ok());
     let other = Action::DeleteSource {
         instance: "someone-elses-db".into(),
@@ -258,9 +242,7 @@ fn a_preflight_that_passes_with_warnings_is_notified_as_a_warning_with_the_count
 
 #[test]
 fn the_source_is_marked_before_the_replica_is_created() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Preparing);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::Preparing);
     // The tag write keeps failing: Preparing does not move on without the marker.
     let mut refuse_marker =
         |a: &Action| matches!(a, Action::MarkSource { .. }).then_some(ErrorKind::Throttled);
@@ -352,9 +334,7 @@ fn declaring_cdc_consumers_needs_the_owners_acknowledgement() {
 #[test]
 fn a_reboot_that_never_started_is_asked_again_long_before_the_budget_runs_out() {
     let p = policy();
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &p, Phase::Quiescing);
+    let (mut model, mut m) = advanced_to(&p, Phase::Quiescing);
     // The agent dies between persisting Draining and sending the reboot: the request is lost.
     for _ in 0..20 {
         if m.phase == Phase::Draining {
@@ -379,11 +359,11 @@ fn a_reboot_that_never_started_is_asked_again_long_before_the_budget_runs_out() 
     let lost_at = m.progress.reboot_requested_at.unwrap();
     // Not asked again while RDS could still be starting it.
     model.now = lost_at + SignedDuration::from_secs(30);
-    let d = round(&mut model, &mut m, &p, &mut |_| None);
+    let d = quiet_round(&mut model, &mut m, &p);
     assert!(!keys(&d.actions).contains(&ActionKey::RebootSource));
     // Then asked again: no shutdown or restart event, the instance still `available`.
     model.now = lost_at + p.reboot_unconfirmed_after + SignedDuration::from_secs(5);
-    let d = round(&mut model, &mut m, &p, &mut |_| None);
+    let d = quiet_round(&mut model, &mut m, &p);
     assert!(keys(&d.actions).contains(&ActionKey::RebootSource));
     assert!(p.reboot_unconfirmed_after < p.write_unavailability_budget / 4);
     run_to_end(&mut model, &mut m, &p, 200);
@@ -393,14 +373,12 @@ fn a_reboot_that_never_started_is_asked_again_long_before_the_budget_runs_out() 
 
 #[test]
 fn decommission_waits_for_the_retention_then_deletes_with_a_final_snapshot() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Decommissioning);
-    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::Decommissioning);
+    let d = quiet_round(&mut model, &mut m, &policy());
     assert!(keys(&d.actions).is_empty(), "nothing before the retention");
     assert!(d.wake_after.unwrap() > SignedDuration::from_hours(24));
     model.now += policy().retention;
-    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    let d = quiet_round(&mut model, &mut m, &policy());
     let deletes: Vec<&Action> = d.actions.iter().filter(|a| a.is_mutating()).collect();
     assert_eq!(
         deletes,
@@ -420,7 +398,7 @@ fn deletion_protection_is_left_to_a_person_unless_the_policy_allows() {
     advance_to(&mut model, &mut m, &policy(), Phase::Decommissioning);
     model.now += policy().retention;
     for _ in 0..5 {
-        round(&mut model, &mut m, &policy(), &mut |_| None);
+        quiet_round(&mut model, &mut m, &policy());
     }
     assert!(model.source.is_some(), "not deleted");
     assert!(
@@ -439,9 +417,7 @@ fn deletion_protection_is_left_to_a_person_unless_the_policy_allows() {
 
 #[test]
 fn the_snapshot_quota_blocks_decommission_with_an_alert() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Decommissioning);
+    let (mut model, m) = advanced_to(&policy(), Phase::Decommissioning);
     model.now += policy().retention;
     let mut obs = model.observe(&m, &policy());
     obs.quotas = Some(vec![Quota {

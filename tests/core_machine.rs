@@ -16,24 +16,8 @@ fn happy_path_visits_every_phase_in_order_and_completes() {
     let mut model = Model::new();
     let mut m = migration();
     let phases = run_to_end(&mut model, &mut m, &policy(), 2000);
-    assert_eq!(
-        phases,
-        vec![
-            Phase::Requested,
-            Phase::Preflight,
-            Phase::Preparing,
-            Phase::CreatingReplica,
-            Phase::Replicating,
-            Phase::AwaitingCutover,
-            Phase::Quiescing,
-            Phase::Draining,
-            Phase::Promoting,
-            Phase::Routing,
-            Phase::Verifying,
-            Phase::Decommissioning,
-            Phase::Completed,
-        ]
-    );
+    let completed = Phase::ALL.iter().position(|p| *p == Phase::Completed);
+    assert_eq!(phases, Phase::ALL[..=completed.unwrap()]);
     assert_eq!(model.clusters_created, 1);
     assert_eq!(model.promotions, 1);
     assert_eq!(model.reboots, 1);
@@ -85,11 +69,9 @@ fn manual_cutover_waits_for_the_approve_tag() {
         cutover: CutoverPolicy::ManualApproval,
         ..policy()
     };
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy, Phase::AwaitingCutover);
+    let (mut model, mut m) = advanced_to(&policy, Phase::AwaitingCutover);
     for _ in 0..30 {
-        round(&mut model, &mut m, &policy, &mut |_| None);
+        quiet_round(&mut model, &mut m, &policy);
         model.now += SignedDuration::from_mins(10);
     }
     assert_eq!(
@@ -98,13 +80,8 @@ fn manual_cutover_waits_for_the_approve_tag() {
         "no cutover without approval"
     );
     assert!(!model.quarantined());
-    model
-        .source
-        .as_mut()
-        .unwrap()
-        .tags
-        .insert("aurora-migration:approve".into(), "true".into());
-    round(&mut model, &mut m, &policy, &mut |_| None);
+    model.tag_source("aurora-migration:approve", "true");
+    quiet_round(&mut model, &mut m, &policy);
     assert_eq!(m.phase, Phase::Quiescing);
 }
 
@@ -115,14 +92,12 @@ fn window_cutover_starts_only_inside_the_window() {
         cutover: CutoverPolicy::Window("wed:12:00-wed:13:00".parse().unwrap()),
         ..policy()
     };
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy, Phase::AwaitingCutover);
+    let (mut model, mut m) = advanced_to(&policy, Phase::AwaitingCutover);
     assert!(model.now < "2026-11-25T12:00:00Z".parse().unwrap());
-    round(&mut model, &mut m, &policy, &mut |_| None);
+    quiet_round(&mut model, &mut m, &policy);
     assert_eq!(m.phase, Phase::AwaitingCutover);
     model.now = "2026-11-25T12:00:30Z".parse().unwrap();
-    round(&mut model, &mut m, &policy, &mut |_| None);
+    quiet_round(&mut model, &mut m, &policy);
     assert_eq!(m.phase, Phase::Quiescing);
 }
 
@@ -133,21 +108,19 @@ fn fleet_pause_holds_at_the_cutover_gate_and_resume_releases() {
     let mut m = migration();
     advance_to(&mut model, &mut m, &policy(), Phase::Paused);
     for _ in 0..5 {
-        round(&mut model, &mut m, &policy(), &mut |_| None);
+        quiet_round(&mut model, &mut m, &policy());
         model.now += SignedDuration::from_mins(5);
     }
     assert_eq!(m.phase, Phase::Paused);
     assert!(!model.quarantined(), "a paused migration never quarantines");
     model.fleet_paused = false;
-    round(&mut model, &mut m, &policy(), &mut |_| None);
+    quiet_round(&mut model, &mut m, &policy());
     assert_eq!(m.phase, Phase::AwaitingCutover);
 }
 
 #[test]
 fn quiescing_records_original_groups_before_quarantining() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Quiescing);
+    let (model, m) = advanced_to(&policy(), Phase::Quiescing);
     let obs = model.observe(&m, &policy());
     let d = step(&m, &obs, model.now, &policy());
     assert_eq!(
@@ -167,10 +140,8 @@ fn quiescing_records_original_groups_before_quarantining() {
 
 #[test]
 fn reboot_waits_until_quarantine_group_is_active() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Quiescing);
-    round(&mut model, &mut m, &policy(), &mut |_| None);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::Quiescing);
+    quiet_round(&mut model, &mut m, &policy());
     model.source.as_mut().unwrap().security_groups[0].status = "adding".into();
     let d = step(&m, &model.observe(&m, &policy()), model.now, &policy());
     assert!(!keys(&d.actions).contains(&ActionKey::RebootSource));
@@ -182,10 +153,21 @@ fn reboot_waits_until_quarantine_group_is_active() {
 
 /// Brings a migration to Draining with the reboot done, and returns the observation there.
 fn draining() -> (Model, aurora_migrator::core::Migration) {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Draining);
+    advanced_to(&policy(), Phase::Draining)
+}
+
+/// Draining three minutes after the reboot: long enough for the drain proof when nothing is
+/// wrong (see `draining_needs_a_slot_lag_period_starting_after_the_restart`).
+fn draining_long_enough() -> (Model, aurora_migrator::core::Migration) {
+    let (mut model, m) = draining();
+    model.now += SignedDuration::from_mins(3);
     (model, m)
+}
+
+/// One step on `obs` leaves the migration in Draining: the drain is not proven.
+fn assert_drain_not_proven(model: &Model, m: &aurora_migrator::core::Migration, obs: &Observation) {
+    let d = step(m, obs, model.now, &policy());
+    assert_eq!(d.next.phase, Phase::Draining);
 }
 
 #[test]
@@ -206,56 +188,37 @@ fn draining_needs_a_slot_lag_period_starting_after_the_restart() {
 
 #[test]
 fn draining_is_not_proven_without_a_restart_event() {
-    let (mut model, m) = draining();
+    let (mut model, m) = draining_long_enough();
     model.events.clear();
-    model.now += SignedDuration::from_mins(3);
-    let d = step(&m, &model.observe(&m, &policy()), model.now, &policy());
-    assert_eq!(d.next.phase, Phase::Draining);
+    assert_drain_not_proven(&model, &m, &model.observe(&m, &policy()));
 }
 
 #[test]
 fn draining_is_not_proven_while_connections_remain() {
-    let (mut model, m) = draining();
-    model.now += SignedDuration::from_mins(3);
+    let (model, m) = draining_long_enough();
     let mut obs = model.observe(&m, &policy());
-    let start = obs.metric(MetricKey::SourceConnections)[0].start;
-    obs.metrics
-        .insert(MetricKey::SourceConnections, vec![point(start, 3.0)]);
-    let d = step(&m, &obs, model.now, &policy());
-    assert_eq!(d.next.phase, Phase::Draining);
+    set_reading(&mut obs, MetricKey::SourceConnections, 3.0);
+    assert_drain_not_proven(&model, &m, &obs);
 }
 
 #[test]
 fn draining_is_not_proven_when_the_quarantine_group_gained_a_rule() {
-    let (mut model, m) = draining();
-    model.now += SignedDuration::from_mins(3);
+    let (mut model, m) = draining_long_enough();
     model.quarantine.as_mut().unwrap().egress_rules = 1;
-    let d = step(&m, &model.observe(&m, &policy()), model.now, &policy());
-    assert_eq!(d.next.phase, Phase::Draining);
+    assert_drain_not_proven(&model, &m, &model.observe(&m, &policy()));
 }
 
 #[test]
 fn draining_is_not_proven_when_iac_put_the_groups_back() {
-    let (mut model, m) = draining();
-    model.now += SignedDuration::from_mins(3);
-    model
-        .source
-        .as_mut()
-        .unwrap()
-        .security_groups
-        .push(GroupMembership {
-            id: "sg-app".into(),
-            status: "active".into(),
-        });
-    let d = step(&m, &model.observe(&m, &policy()), model.now, &policy());
-    assert_eq!(d.next.phase, Phase::Draining);
+    let (mut model, m) = draining_long_enough();
+    let source = model.source.as_mut().unwrap();
+    source.security_groups.push(active_group("sg-app"));
+    assert_drain_not_proven(&model, &m, &model.observe(&m, &policy()));
 }
 
 #[test]
 fn stale_slot_never_promotes_and_rolls_back_losslessly_when_the_budget_runs_out() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Draining);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::Draining);
     model.stale_slot = true;
     let phases = run_to_end(&mut model, &mut m, &policy(), 2000);
     assert!(!phases.contains(&Phase::Promoting));
@@ -285,12 +248,7 @@ fn stale_slot_never_promotes_and_rolls_back_losslessly_when_the_budget_runs_out(
 #[test]
 fn abort_before_promotion_restores_groups_and_deletes_the_replica() {
     let (mut model, mut m) = draining();
-    model
-        .source
-        .as_mut()
-        .unwrap()
-        .tags
-        .insert("aurora-migration:abort".into(), "true".into());
+    model.tag_source("aurora-migration:abort", "true");
     run_to_end(&mut model, &mut m, &policy(), 200);
     assert_eq!(m.phase, Phase::Aborted);
     assert_eq!(model.promotions, 0);
@@ -302,12 +260,7 @@ fn abort_before_promotion_restores_groups_and_deletes_the_replica() {
 #[test]
 fn abort_in_preflight_ends_at_once_without_mutations() {
     let mut model = Model::new();
-    model
-        .source
-        .as_mut()
-        .unwrap()
-        .tags
-        .insert("aurora-migration:abort".into(), "true".into());
+    model.tag_source("aurora-migration:abort", "true");
     let mut m = migration();
     run_to_end(&mut model, &mut m, &policy(), 20);
     assert_eq!(m.phase, Phase::Aborted);
@@ -317,16 +270,9 @@ fn abort_in_preflight_ends_at_once_without_mutations() {
 
 #[test]
 fn abort_after_routing_is_ignored_with_a_warning() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Verifying);
-    model
-        .source
-        .as_mut()
-        .unwrap()
-        .tags
-        .insert("aurora-migration:abort".into(), "true".into());
-    round(&mut model, &mut m, &policy(), &mut |_| None);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::Verifying);
+    model.tag_source("aurora-migration:abort", "true");
+    quiet_round(&mut model, &mut m, &policy());
     assert_eq!(m.phase, Phase::Verifying);
     assert!(
         model
@@ -338,23 +284,16 @@ fn abort_after_routing_is_ignored_with_a_warning() {
 
 #[test]
 fn rollback_after_cutover_needs_the_approval_tag_and_fences_aurora_first() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Verifying);
-    model
-        .source
-        .as_mut()
-        .unwrap()
-        .tags
-        .insert("aurora-migration:rollback".into(), "approve".into());
-    let first = round(&mut model, &mut m, &policy(), &mut |_| None);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::Verifying);
+    model.tag_source("aurora-migration:rollback", "approve");
+    let first = quiet_round(&mut model, &mut m, &policy());
     assert_eq!(m.phase, Phase::RollingBack);
     assert!(m.rollback.as_ref().unwrap().after_cutover);
     assert!(
         keys(&first.actions).is_empty(),
         "entering the rollback changes nothing yet"
     );
-    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    let d = quiet_round(&mut model, &mut m, &policy());
     assert_eq!(
         keys(&d.actions),
         vec![ActionKey::QuarantineTarget],
@@ -381,13 +320,9 @@ fn rollback_after_cutover_needs_the_approval_tag_and_fences_aurora_first() {
 
 #[test]
 fn low_free_storage_deletes_the_replica_and_fails_with_an_alert() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Replicating);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::Replicating);
     let mut obs = model.observe(&m, &policy());
-    let start = obs.metric(MetricKey::SourceFreeStorage)[0].start;
-    obs.metrics
-        .insert(MetricKey::SourceFreeStorage, vec![point(start, 2.0 * GIB)]);
+    set_reading(&mut obs, MetricKey::SourceFreeStorage, 2.0 * GIB);
     let d = step(&m, &obs, model.now, &policy());
     assert_eq!(d.next.phase, Phase::RollingBack);
     m = d.next;
@@ -399,17 +334,13 @@ fn low_free_storage_deletes_the_replica_and_fails_with_an_alert() {
 
 #[test]
 fn replica_lag_must_stay_low_for_the_sustain_period() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Replicating);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::Replicating);
     let entered = model.now;
-    round(&mut model, &mut m, &policy(), &mut |_| None);
+    quiet_round(&mut model, &mut m, &policy());
     assert!(m.progress.lag_ok_since.is_some());
     // One bad reading resets the clock.
     let mut obs = model.observe(&m, &policy());
-    let start = obs.metric(MetricKey::TargetReplicaLag)[0].start;
-    obs.metrics
-        .insert(MetricKey::TargetReplicaLag, vec![point(start, 120.0)]);
+    set_reading(&mut obs, MetricKey::TargetReplicaLag, 120.0);
     let d = step(&m, &obs, model.now, &policy());
     assert!(d.next.progress.lag_ok_since.is_none());
     m = d.next;
@@ -419,9 +350,7 @@ fn replica_lag_must_stay_low_for_the_sustain_period() {
 
 #[test]
 fn transient_action_failures_are_retried_then_the_phase_fails() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::CreatingReplica);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::CreatingReplica);
     let mut tries = 0;
     for _ in 0..200 {
         let d = round(&mut model, &mut m, &policy(), &mut |a| {
@@ -449,21 +378,19 @@ fn transient_action_failures_are_retried_then_the_phase_fails() {
 fn a_fatal_action_error_before_cutover_rolls_back() {
     let (mut model, mut m) = draining();
     model.now += SignedDuration::from_mins(3);
-    round(&mut model, &mut m, &policy(), &mut |_| None);
+    quiet_round(&mut model, &mut m, &policy());
     assert_eq!(m.phase, Phase::Promoting);
     round(&mut model, &mut m, &policy(), &mut |a| {
         (a.key() == ActionKey::PromoteTarget).then_some(ErrorKind::Fatal)
     });
-    round(&mut model, &mut m, &policy(), &mut |_| None);
+    quiet_round(&mut model, &mut m, &policy());
     assert_eq!(m.phase, Phase::RollingBack);
     assert_eq!(model.promotions, 0);
 }
 
 #[test]
 fn a_cluster_with_our_name_that_is_not_ours_is_never_touched() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::CreatingReplica);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::CreatingReplica);
     model.target = Some(TargetCluster {
         identifier: m.names.cluster.clone(),
         arn: "arn:aws:rds:us-east-1:123456789012:cluster:someone".into(),
@@ -471,7 +398,7 @@ fn a_cluster_with_our_name_that_is_not_ours_is_never_touched() {
         replication_source: None,
         ..TargetCluster::default()
     });
-    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    let d = quiet_round(&mut model, &mut m, &policy());
     assert_eq!(m.phase, Phase::Failed);
     assert!(
         keys(&d.actions)
@@ -483,16 +410,8 @@ fn a_cluster_with_our_name_that_is_not_ours_is_never_touched() {
 #[test]
 fn routing_with_cdc_waits_for_the_slots_acknowledgement() {
     let mut model = Model::new();
-    model.source.as_mut().unwrap().tags.insert(
-        "aurora-migration:cdc-consumers".into(),
-        "sg-debezium".into(),
-    );
-    model
-        .source
-        .as_mut()
-        .unwrap()
-        .tags
-        .insert("aurora-migration:ack-cdc-consumers".into(), "true".into());
+    model.tag_source("aurora-migration:cdc-consumers", "sg-debezium");
+    model.tag_source("aurora-migration:ack-cdc-consumers", "true");
     let mut m = migration();
     advance_to(&mut model, &mut m, &policy(), Phase::Draining);
     assert_eq!(
@@ -501,29 +420,19 @@ fn routing_with_cdc_waits_for_the_slots_acknowledgement() {
         "the consumers' exception"
     );
     model.now += SignedDuration::from_mins(3);
-    round(&mut model, &mut m, &policy(), &mut |_| None);
+    quiet_round(&mut model, &mut m, &policy());
     assert_eq!(m.phase, Phase::Draining, "waits for the consumers to drain");
-    model
-        .source
-        .as_mut()
-        .unwrap()
-        .tags
-        .insert("aurora-migration:cdc-drained".into(), "true".into());
+    model.tag_source("aurora-migration:cdc-drained", "true");
     advance_to(&mut model, &mut m, &policy(), Phase::Routing);
     for _ in 0..5 {
-        round(&mut model, &mut m, &policy(), &mut |_| None);
+        quiet_round(&mut model, &mut m, &policy());
     }
     assert_eq!(m.phase, Phase::Routing);
     assert!(
         model.routed_to.is_none(),
         "no route before the slots exist on the target"
     );
-    model
-        .source
-        .as_mut()
-        .unwrap()
-        .tags
-        .insert("aurora-migration:cdc-slots-created".into(), "true".into());
+    model.tag_source("aurora-migration:cdc-slots-created", "true");
     advance_to(&mut model, &mut m, &policy(), Phase::Verifying);
     assert!(
         m.plan
@@ -541,29 +450,23 @@ fn smoke_test_failure_fails_verification() {
         smoke_test: true,
         ..policy()
     };
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy, Phase::Verifying);
+    let (mut model, mut m) = advanced_to(&policy, Phase::Verifying);
     round(&mut model, &mut m, &policy, &mut |a| {
         (a.key() == ActionKey::RunSmokeTest).then_some(ErrorKind::Fatal)
     });
     model.now += SignedDuration::from_secs(60);
-    round(&mut model, &mut m, &policy, &mut |_| None);
-    round(&mut model, &mut m, &policy, &mut |_| None);
+    quiet_round(&mut model, &mut m, &policy);
+    quiet_round(&mut model, &mut m, &policy);
     assert_eq!(m.phase, Phase::Failed);
     assert!(m.last_error.as_deref().unwrap().contains("smoke test"));
 }
 
 #[test]
 fn kpi_regression_fails_verification_and_offers_rollback() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Verifying);
+    let (mut model, m) = advanced_to(&policy(), Phase::Verifying);
     model.now += policy().soak + SignedDuration::from_mins(1);
     let mut obs = model.observe(&m, &policy());
-    let start = obs.metric(MetricKey::TargetCpu)[0].start;
-    obs.metrics
-        .insert(MetricKey::TargetCpu, vec![point(start, 95.0)]);
+    set_reading(&mut obs, MetricKey::TargetCpu, 95.0);
     let d = step(&m, &obs, model.now, &policy());
     assert_eq!(d.next.phase, Phase::Failed);
     let note = d
@@ -587,9 +490,7 @@ fn kpi_regression_fails_verification_and_offers_rollback() {
 
 #[test]
 fn writes_on_the_old_primary_after_cutover_raise_an_alert() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Verifying);
+    let (mut model, m) = advanced_to(&policy(), Phase::Verifying);
     model.now += SignedDuration::from_mins(5);
     let mut obs = model.observe(&m, &policy());
     obs.metrics.insert(
@@ -602,9 +503,7 @@ fn writes_on_the_old_primary_after_cutover_raise_an_alert() {
 
 #[test]
 fn a_repeated_observation_asks_for_nothing_twice() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Quiescing);
+    let (model, m) = advanced_to(&policy(), Phase::Quiescing);
     let obs = model.observe(&m, &policy());
     let first = step(&m, &obs, model.now, &policy());
     let second = step(&first.next, &obs, model.now, &policy());
@@ -614,9 +513,7 @@ fn a_repeated_observation_asks_for_nothing_twice() {
 
 #[test]
 fn an_unconfirmed_request_is_reissued_after_the_reissue_delay() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::CreatingReplica);
+    let (model, m) = advanced_to(&policy(), Phase::CreatingReplica);
     let obs = model.observe(&m, &policy());
     // The agent crashed after persisting: the request is recorded, never executed.
     let first = step(&m, &obs, model.now, &policy());
@@ -639,9 +536,7 @@ fn an_unconfirmed_request_is_reissued_after_the_reissue_delay() {
 
 #[test]
 fn a_failed_result_is_retried_after_a_backoff_not_at_once() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::CreatingReplica);
+    let (model, m) = advanced_to(&policy(), Phase::CreatingReplica);
     let mut obs = model.observe(&m, &policy());
     let first = step(&m, &obs, model.now, &policy());
     obs.action_results = vec![ActionResult {
@@ -670,14 +565,12 @@ fn a_failed_result_is_retried_after_a_backoff_not_at_once() {
 
 #[test]
 fn phase_timeouts_fail_with_a_clear_reason() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::CreatingReplica);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::CreatingReplica);
     // The cluster never becomes available.
-    round(&mut model, &mut m, &policy(), &mut |_| None);
+    quiet_round(&mut model, &mut m, &policy());
     model.target.as_mut().unwrap().status = "creating".into();
     model.now += policy().timeouts.creating_replica + SignedDuration::from_secs(1);
-    round(&mut model, &mut m, &policy(), &mut |_| None);
+    quiet_round(&mut model, &mut m, &policy());
     assert_eq!(m.phase, Phase::RollingBack);
     assert!(
         m.last_error
@@ -691,11 +584,9 @@ fn phase_timeouts_fail_with_a_clear_reason() {
 
 #[test]
 fn the_source_disappearing_mid_migration_fails_with_an_alert() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Replicating);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::Replicating);
     model.source = None;
-    let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+    let d = quiet_round(&mut model, &mut m, &policy());
     assert_eq!(m.phase, Phase::Failed);
     assert!(
         d.actions
@@ -718,18 +609,13 @@ fn terminal_records_reset_the_trigger_once_then_sleep() {
 #[test]
 fn a_fatal_error_while_rolling_back_alerts_and_keeps_trying() {
     let (mut model, mut m) = draining();
-    model
-        .source
-        .as_mut()
-        .unwrap()
-        .tags
-        .insert("aurora-migration:abort".into(), "true".into());
-    round(&mut model, &mut m, &policy(), &mut |_| None);
+    model.tag_source("aurora-migration:abort", "true");
+    quiet_round(&mut model, &mut m, &policy());
     assert_eq!(m.phase, Phase::RollingBack);
     round(&mut model, &mut m, &policy(), &mut |a| {
         (a.key() == ActionKey::RestoreSourceGroups).then_some(ErrorKind::Fatal)
     });
-    round(&mut model, &mut m, &policy(), &mut |_| None);
+    quiet_round(&mut model, &mut m, &policy());
     assert_eq!(m.phase, Phase::RollingBack, "a rollback is never abandoned");
     assert!(
         model
@@ -744,11 +630,9 @@ fn a_fatal_error_while_rolling_back_alerts_and_keeps_trying() {
 
 #[test]
 fn a_failed_reboot_is_asked_again_after_a_short_backoff() {
-    let mut model = Model::new();
-    let mut m = migration();
-    advance_to(&mut model, &mut m, &policy(), Phase::Quiescing);
+    let (mut model, mut m) = advanced_to(&policy(), Phase::Quiescing);
     // The quarantine, then the reboot request, which fails (throttled): no reboot happened.
-    round(&mut model, &mut m, &policy(), &mut |_| None);
+    quiet_round(&mut model, &mut m, &policy());
     round(&mut model, &mut m, &policy(), &mut |a| {
         (a.key() == ActionKey::RebootSource).then_some(ErrorKind::Throttled)
     });
@@ -756,7 +640,7 @@ fn a_failed_reboot_is_asked_again_after_a_short_backoff() {
     assert_eq!(model.reboots, 0);
     let mut waited = SignedDuration::ZERO;
     while model.reboots == 0 && waited < SignedDuration::from_mins(2) {
-        let d = round(&mut model, &mut m, &policy(), &mut |_| None);
+        let d = quiet_round(&mut model, &mut m, &policy());
         let step = d.wake_after.unwrap();
         model.now += step;
         waited += step;

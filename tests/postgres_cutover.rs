@@ -19,17 +19,19 @@ use aurora_migrator::core::policy::{CutoverPolicy, Policy};
 use jiff::{SignedDuration, Timestamp};
 
 use postgres::server::{SUPERUSER, TABLE, connect};
-use postgres::world::{APP_GROUP, PgWorld};
+use postgres::world::{APP_GROUP, PgWorld, Shared};
 use postgres::writer::{Ack, Writer};
-use postgres::{drive, seqs_in_dump};
+use postgres::{ENDS, assert_ended_in, drive, seqs_in_dump};
 
-const ENDS: [Phase; 5] = [
-    Phase::Completed,
-    Phase::Failed,
-    Phase::RolledBack,
-    Phase::Aborted,
-    Phase::Paused,
-];
+/// When the source restarted (its restart events).
+fn source_restarts(shared: &Shared) -> Vec<Timestamp> {
+    let s = shared.state.lock().unwrap();
+    let restarts = s
+        .events
+        .iter()
+        .filter(|e| e.kind == InstanceEventKind::Restarted);
+    restarts.map(|e| e.at).collect()
+}
 
 /// Second-scale timings so a whole migration takes seconds; a generous write budget so a
 /// loaded two-core machine does not make the happy path roll back.
@@ -86,13 +88,7 @@ async fn cutover_to_a_real_standby_loses_no_acknowledged_write() {
 
     let agent = Agent::new(world, policy(SignedDuration::from_mins(2)));
     let m = drive(&agent, &ENDS, Duration::from_secs(150)).await;
-    assert_eq!(
-        m.phase,
-        Phase::Completed,
-        "the migration ended in {} ({:?})",
-        m.phase,
-        m.last_error
-    );
+    assert_ended_in(&m, Phase::Completed, "the migration");
 
     let target_port = agent.world.router.endpoint.lock().unwrap().1;
     assert_ne!(target_port, source_port, "traffic was routed to the target");
@@ -166,14 +162,8 @@ async fn cutover_to_a_real_standby_loses_no_acknowledged_write() {
     assert_eq!(promotes.len(), 1, "promote requests: {promotes:?}");
     let reboots = shared.mutations("reboot_instance");
     assert_eq!(reboots.len(), 1, "reboot requests: {reboots:?}");
-    let restarted = shared
-        .state
-        .lock()
-        .unwrap()
-        .events
-        .iter()
-        .filter(|e| e.kind == InstanceEventKind::Restarted)
-        .map(|e| e.at)
+    let restarted = source_restarts(&shared)
+        .into_iter()
         .min()
         .expect("a restart event");
     assert!(reboots[0].at < restarted && restarted < promotes[0].at);
@@ -243,13 +233,7 @@ async fn a_writer_the_quarantine_misses_fails_the_proof_and_the_agent_rolls_back
     let budget = SignedDuration::from_secs(12);
     let agent = Agent::new(world, policy(budget));
     let m = drive(&agent, &ENDS, Duration::from_secs(120)).await;
-    assert_eq!(
-        m.phase,
-        Phase::RolledBack,
-        "the migration ended in {} ({:?})",
-        m.phase,
-        m.last_error
-    );
+    assert_ended_in(&m, Phase::RolledBack, "the migration");
     let why = m.last_error.clone().unwrap_or_default();
     assert!(
         why.contains("write-unavailability budget")
@@ -279,13 +263,7 @@ async fn a_writer_the_quarantine_misses_fails_the_proof_and_the_agent_rolls_back
         .expect("slots")
         .get(0);
     assert_eq!(slots, 0, "the replica's slot is left on the source");
-    let restarted = shared
-        .state
-        .lock()
-        .unwrap()
-        .events
-        .iter()
-        .any(|e| e.kind == InstanceEventKind::Restarted);
+    let restarted = !source_restarts(&shared).is_empty();
     assert!(restarted, "the source was rebooted");
     let quarantined = shared.mutations("set_source_groups")[0].at;
     // The leaking writer kept writing through the quarantine (that is what the proof caught).
@@ -322,17 +300,24 @@ async fn a_writer_the_quarantine_misses_fails_the_proof_and_the_agent_rolls_back
     );
 }
 
-/// A successful `Notify` is fed back to the phase machine, which then lets it go from the
-/// record's outbox: each notification is published once (this once published ~40,000 SNS
-/// messages for 13 phase changes).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_notification_is_published_once() {
-    let world = PgWorld::start("notify", &[]).await;
+/// An agent with a two-minute budget on a fresh world (`label`) that has started the migration:
+/// its first tick is queued.
+async fn started_agent(label: &str) -> Agent<PgWorld> {
+    let world = PgWorld::start(label, &[]).await;
     let agent = Agent::new(world, policy(SignedDuration::from_mins(2)));
     agent
         .on_source(postgres::world::SOURCE_ID)
         .await
         .expect("start");
+    agent
+}
+
+/// A successful `Notify` is fed back to the phase machine, which then lets it go from the
+/// record's outbox: each notification is published once (this once published ~40,000 SNS
+/// messages for 13 phase changes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_notification_is_published_once() {
+    let agent = started_agent("notify").await;
     for _ in 0..3 {
         let (message, _) = agent.world.queue.take_next().expect("a tick");
         agent.handle_message(&message).await;
@@ -358,12 +343,7 @@ async fn every_notification_is_published_once() {
 /// wake-up (rounded down, every sub-second remainder became a hot loop of observations).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticks_are_not_delivered_before_their_wake_up() {
-    let world = PgWorld::start("ticks", &[]).await;
-    let agent = Agent::new(world, policy(SignedDuration::from_mins(2)));
-    agent
-        .on_source(postgres::world::SOURCE_ID)
-        .await
-        .expect("start");
+    let agent = started_agent("ticks").await;
     let until = Instant::now() + Duration::from_secs(3);
     let (mut handled, mut early) = (0, Vec::new());
     while Instant::now() < until {

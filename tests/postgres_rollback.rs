@@ -9,7 +9,7 @@
 
 mod postgres;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,20 +18,11 @@ use aurora_migrator::core::Phase;
 use aurora_migrator::core::observation::InstanceEventKind;
 use aurora_migrator::core::policy::{CutoverPolicy, Policy};
 use jiff::{SignedDuration, Timestamp};
-use tokio::task::JoinHandle;
 
 use postgres::server::{SUPERUSER, TABLE, connect, tcp_config};
 use postgres::world::{APP_GROUP, Mutation, PgWorld, Shared};
-use postgres::writer::{Ack, Writer};
-use postgres::{drive, drive_until};
-
-const ENDS: [Phase; 5] = [
-    Phase::Completed,
-    Phase::Failed,
-    Phase::RolledBack,
-    Phase::Aborted,
-    Phase::Paused,
-];
+use postgres::writer::{Ack, Background, Writer};
+use postgres::{ENDS, assert_ended_in, drive, drive_until};
 
 const ROLLBACK_TAG: &str = "aurora-migration:rollback";
 
@@ -69,8 +60,7 @@ struct Session {
     acks: Arc<Mutex<Vec<Ack>>>,
     /// Each failed write: when, and the error.
     errors: Arc<Mutex<Vec<(Timestamp, String)>>>,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    task: Background,
 }
 
 impl Session {
@@ -80,9 +70,8 @@ impl Session {
             .expect("open a session on the target");
         let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
         let errors: Arc<Mutex<Vec<(Timestamp, String)>>> = Arc::default();
-        let stop: Arc<AtomicBool> = Arc::default();
-        let handle = tokio::spawn({
-            let (acks, errors, stop) = (acks.clone(), errors.clone(), stop.clone());
+        let task = Background::spawn(|stop| {
+            let (acks, errors) = (acks.clone(), errors.clone());
             async move {
                 let insert = format!("INSERT INTO {TABLE} (seq, writer) VALUES ($1, 'pinned')");
                 while !stop.load(Ordering::Relaxed) {
@@ -90,11 +79,7 @@ impl Session {
                     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&n];
                     let call = client.execute(insert.as_str(), &params);
                     match tokio::time::timeout(Duration::from_secs(5), call).await {
-                        Ok(Ok(_)) => acks.lock().unwrap().push(Ack {
-                            seq: n,
-                            port,
-                            at: Timestamp::now(),
-                        }),
+                        Ok(Ok(_)) => acks.lock().unwrap().push(Ack::now(n, port)),
                         Ok(Err(e)) => errors
                             .lock()
                             .unwrap()
@@ -109,12 +94,7 @@ impl Session {
                 }
             }
         });
-        Session {
-            acks,
-            errors,
-            stop,
-            handle: Some(handle),
-        }
+        Session { acks, errors, task }
     }
 
     fn acks(&self) -> Vec<Ack> {
@@ -126,19 +106,7 @@ impl Session {
     }
 
     async fn close(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
-        }
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            h.abort();
-        }
+        self.task.stop().await;
     }
 }
 
@@ -179,13 +147,7 @@ async fn migrate_to_aurora(label: &str, policy: Policy) -> OnTarget {
     let mut stops = ENDS.to_vec();
     stops.push(Phase::Verifying);
     let m = drive(&agent, &stops, Duration::from_secs(150)).await;
-    assert_eq!(
-        m.phase,
-        Phase::Verifying,
-        "the cutover ended in {} ({:?})",
-        m.phase,
-        m.last_error
-    );
+    assert_ended_in(&m, Phase::Verifying, "the cutover");
     let target_port = agent.world.router.endpoint.lock().unwrap().1;
     assert_ne!(target_port, source_port, "traffic was routed to the target");
     wait_until(Duration::from_secs(10), "20 writes on the target", || {
@@ -290,13 +252,7 @@ async fn a_rollback_after_cutover_fences_and_reboots_aurora_before_routing_back(
     let approved_clock = Instant::now();
     let m = drive(&agent, &ENDS, Duration::from_secs(90)).await;
     let approval_to_rolled_back = approved_clock.elapsed();
-    assert_eq!(
-        m.phase,
-        Phase::RolledBack,
-        "the rollback ended in {} ({:?})",
-        m.phase,
-        m.last_error
-    );
+    assert_ended_in(&m, Phase::RolledBack, "the rollback");
 
     // The order: the quarantine group on Aurora, the writer's reboot, the source's groups
     // back, traffic back to the source. Each once.

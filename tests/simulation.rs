@@ -4,7 +4,9 @@
 //! changes the number of seeds of `many_seeds_with_faults`.
 
 use aurora_migrator::core::Phase;
-use aurora_migrator::sim::{self, CallFault, FaultPlan, ScriptedFault, SimOptions, Variant};
+use aurora_migrator::sim::{
+    self, CallFault, FaultPlan, ScriptedFault, SimOptions, SimReport, Variant,
+};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -26,15 +28,21 @@ fn replay_one_seed_verbose() {
     assert!(!report.timeline.is_empty());
 }
 
-/// CI's run: 500 seeds, 1–3 migrations each, the default fault mix on every run (throttling,
-/// 5xx, slow and lost answers, crashes, late/duplicate/lost events, ~15% permanent faults).
-#[test]
-fn many_seeds_with_faults() {
+/// `SIM_SEEDS` seeds (500) with the default options; the report is printed.
+fn many_seeds() -> SimReport {
     let report = sim::run(&SimOptions {
         seeds: env_u64("SIM_SEEDS", 500),
         ..SimOptions::default()
     });
     println!("{report}");
+    report
+}
+
+/// CI's run: 500 seeds, 1–3 migrations each, the default fault mix on every run (throttling,
+/// 5xx, slow and lost answers, crashes, late/duplicate/lost events, ~15% permanent faults).
+#[test]
+fn many_seeds_with_faults() {
+    let report = many_seeds();
     let safety: Vec<_> = report
         .violations
         .iter()
@@ -53,11 +61,7 @@ fn many_seeds_with_faults() {
 /// never retried. Fails until the core re-sends unsent notifications.
 #[test]
 fn many_seeds_liveness_strict() {
-    let report = sim::run(&SimOptions {
-        seeds: env_u64("SIM_SEEDS", 500),
-        ..SimOptions::default()
-    });
-    println!("{report}");
+    let report = many_seeds();
     assert!(report.violations.is_empty(), "{report}");
 }
 
@@ -115,8 +119,15 @@ fn teeth_every_broken_variant_is_caught() {
     }
 }
 
-fn scripted(faults: Vec<ScriptedFault>) -> SimOptions {
-    SimOptions {
+/// One seed, verbose, one migration, with `fault` on the first call of `operation` (the default
+/// fault mix off); the report is printed.
+fn run_with_one_fault(operation: &str, fault: CallFault) -> SimReport {
+    let faults = vec![ScriptedFault {
+        operation: operation.to_string(),
+        nth: 1,
+        fault,
+    }];
+    let report = sim::run(&SimOptions {
         seeds: 1,
         start_seed: 7,
         verbose: true,
@@ -124,19 +135,16 @@ fn scripted(faults: Vec<ScriptedFault>) -> SimOptions {
         migrations_max: 1,
         plan: Some(FaultPlan::scripted(faults)),
         ..SimOptions::default()
-    }
+    });
+    println!("{report}");
+    report
 }
 
 /// The process dies right after PromoteReadReplicaDBCluster reached AWS: nothing the agent held
 /// survives; the redelivered message or the resync must see the promotion and carry on.
 #[test]
 fn crash_right_after_the_promote_call() {
-    let report = sim::run(&scripted(vec![ScriptedFault {
-        operation: "rds:PromoteReadReplicaDBCluster".to_string(),
-        nth: 1,
-        fault: CallFault::CrashAfter,
-    }]));
-    println!("{report}");
+    let report = run_with_one_fault("rds:PromoteReadReplicaDBCluster", CallFault::CrashAfter);
     assert!(report.violations.is_empty(), "{report}");
     assert_eq!(report.count(Phase::Completed), 1, "{report}");
     assert_eq!(report.crashes, 1, "{report}");
@@ -147,12 +155,7 @@ fn crash_right_after_the_promote_call() {
 /// The promote answer is lost (AWS promoted; the agent saw a timeout).
 #[test]
 fn lost_answer_of_the_promote_call() {
-    let report = sim::run(&scripted(vec![ScriptedFault {
-        operation: "rds:PromoteReadReplicaDBCluster".to_string(),
-        nth: 1,
-        fault: CallFault::LostAnswer,
-    }]));
-    println!("{report}");
+    let report = run_with_one_fault("rds:PromoteReadReplicaDBCluster", CallFault::LostAnswer);
     assert!(report.violations.is_empty(), "{report}");
     assert_eq!(report.count(Phase::Completed), 1, "{report}");
 }
@@ -163,12 +166,10 @@ fn lost_answer_of_the_promote_call() {
 /// failed (and so never happened) at the next poll.
 #[test]
 fn one_throttled_reboot_still_completes() {
-    let report = sim::run(&scripted(vec![ScriptedFault {
-        operation: "rds:RebootDBInstance".to_string(),
-        nth: 1,
-        fault: CallFault::Error(aurora_migrator::core::ErrorKind::Throttled),
-    }]));
-    println!("{report}");
+    let report = run_with_one_fault(
+        "rds:RebootDBInstance",
+        CallFault::Error(aurora_migrator::core::ErrorKind::Throttled),
+    );
     assert_eq!(report.count(Phase::Completed), 1, "{report}");
 }
 

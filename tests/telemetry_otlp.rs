@@ -43,6 +43,21 @@ impl std::fmt::Debug for Received {
     }
 }
 
+/// A one-thread runtime of its own (the tests' exporters block on theirs) with a listener on a
+/// free port of 127.0.0.1, and the listener's `http://` URL.
+fn loopback_server() -> (tokio::runtime::Runtime, tokio::net::TcpListener, String) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (runtime, listener, url)
+}
+
 /// An OTLP/HTTP collector on 127.0.0.1: records every request, answers 200 with no body.
 struct Collector {
     url: String,
@@ -53,15 +68,7 @@ struct Collector {
 impl Collector {
     fn start() -> Collector {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (runtime, listener, url) = loopback_server();
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let seen = received.clone();
         runtime.spawn(async move {
@@ -287,15 +294,7 @@ fn spans_and_metrics_reach_an_otlp_http_collector() {
 /// A collector that accepts connections and reads, but never answers.
 fn hanging_collector() -> (String, tokio::runtime::Runtime) {
     use tokio::io::AsyncReadExt;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (runtime, listener, url) = loopback_server();
     runtime.spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
             tokio::spawn(async move {

@@ -194,6 +194,17 @@ def _principal_matches(spec, req: Request) -> bool:
     return False
 
 
+def _element_matches(stmt: dict, name: str, matches, value: str) -> bool:
+    """`name` (Action, Resource) or its `Not` form, exactly one of them: true when `value`
+    matches one of the element's patterns, or, for the `Not` form, none of them."""
+    negated = "Not" + name
+    if (name in stmt) == (negated in stmt):
+        raise ValueError(f"exactly one of {name} and {negated}")
+    if name in stmt:
+        return any(matches(p, value) for p in _as_list(stmt[name]))
+    return not any(matches(p, value) for p in _as_list(stmt[negated]))
+
+
 def statement_applies(stmt: dict, req: Request, *, resource_policy: bool = False) -> bool:
     unknown = set(stmt) - _KNOWN
     if unknown:
@@ -212,20 +223,9 @@ def statement_applies(stmt: dict, req: Request, *, resource_policy: bool = False
     elif "Principal" in stmt or "NotPrincipal" in stmt:
         raise ValueError("an identity policy statement has no Principal")
 
-    if ("Action" in stmt) == ("NotAction" in stmt):
-        raise ValueError("exactly one of Action and NotAction")
-    if "Action" in stmt:
-        if not any(action_matches(a, req.action) for a in _as_list(stmt["Action"])):
-            return False
-    elif any(action_matches(a, req.action) for a in _as_list(stmt["NotAction"])):
+    if not _element_matches(stmt, "Action", action_matches, req.action):
         return False
-
-    if ("Resource" in stmt) == ("NotResource" in stmt):
-        raise ValueError("exactly one of Resource and NotResource")
-    if "Resource" in stmt:
-        if not any(arn_like(r, req.resource) for r in _as_list(stmt["Resource"])):
-            return False
-    elif any(arn_like(r, req.resource) for r in _as_list(stmt["NotResource"])):
+    if not _element_matches(stmt, "Resource", arn_like, req.resource):
         return False
 
     return conditions_hold(stmt.get("Condition"), req.context)

@@ -30,13 +30,13 @@ pub fn t0() -> Timestamp {
 }
 
 pub fn source() -> SourceInstance {
-    let mut tags = BTreeMap::new();
-    tags.insert("aurora-migration".to_string(), "start".to_string());
-    tags.insert(
-        "aurora-migration:ack-unlogged-tables".to_string(),
-        "true".to_string(),
-    );
-    tags.insert("team".to_string(), "orders".to_string());
+    let tags = [
+        ("aurora-migration", "start"),
+        ("aurora-migration:ack-unlogged-tables", "true"),
+        ("team", "orders"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .into();
     SourceInstance {
         storage_encrypted: true,
         kms_key_id: Some("arn:aws:kms:us-east-1:123456789012:key/abcd".into()),
@@ -143,6 +143,14 @@ pub fn point(start: Timestamp, value: f64) -> Datapoint {
     }
 }
 
+/// A membership in the group `id` that is in force.
+pub fn active_group(id: &str) -> GroupMembership {
+    GroupMembership {
+        id: id.into(),
+        status: "active".into(),
+    }
+}
+
 /// A synchronous model of AWS that applies the machine's actions at once.
 #[derive(Clone, Debug)]
 pub struct Model {
@@ -194,6 +202,15 @@ impl Model {
             tags: BTreeMap::new(),
             pending: vec![],
         }
+    }
+
+    /// Tags the source, as its owners would (`aurora-migration:abort` = `true`, …).
+    pub fn tag_source(&mut self, key: &str, value: &str) {
+        self.source
+            .as_mut()
+            .expect("the source exists")
+            .tags
+            .insert(key.into(), value.into());
     }
 
     pub fn quarantined(&self) -> bool {
@@ -251,21 +268,14 @@ impl Model {
         if n.final_snapshot {
             obs.final_snapshot = seen(&self.snapshot);
         }
-        if let Some(since) = n.writer_events_since {
-            obs.writer_events = self
-                .writer_events
-                .iter()
-                .filter(|e| e.at >= since)
-                .cloned()
-                .collect();
+        let since = |events: &[InstanceEvent], t: Timestamp| -> Vec<InstanceEvent> {
+            events.iter().filter(|e| e.at >= t).cloned().collect()
+        };
+        if let Some(t) = n.writer_events_since {
+            obs.writer_events = since(&self.writer_events, t);
         }
-        if let Some(since) = n.events_since {
-            obs.source_events = self
-                .events
-                .iter()
-                .filter(|e| e.at >= since)
-                .cloned()
-                .collect();
+        if let Some(t) = n.events_since {
+            obs.source_events = since(&self.events, t);
         }
         // One finished CloudWatch period, the one that ended a minute ago at the latest.
         let start = self.now - SignedDuration::from_secs(120);
@@ -364,10 +374,7 @@ impl Model {
                     security_groups: spec
                         .security_groups
                         .iter()
-                        .map(|g| GroupMembership {
-                            id: g.clone(),
-                            status: "active".into(),
-                        })
+                        .map(|g| active_group(g))
                         .collect(),
                     members: vec![],
                 });
@@ -385,10 +392,7 @@ impl Model {
             }
             Action::QuarantineSource { group_id, .. } => {
                 if let Some(s) = &mut self.source {
-                    s.security_groups = vec![GroupMembership {
-                        id: group_id.clone(),
-                        status: "active".into(),
-                    }];
+                    s.security_groups = vec![active_group(group_id)];
                 }
             }
             Action::RebootTargetWriter { .. } => {
@@ -399,13 +403,7 @@ impl Model {
             }
             Action::RestoreSourceGroups { group_ids, .. } => {
                 if let Some(s) = &mut self.source {
-                    s.security_groups = group_ids
-                        .iter()
-                        .map(|g| GroupMembership {
-                            id: g.clone(),
-                            status: "active".into(),
-                        })
-                        .collect();
+                    s.security_groups = group_ids.iter().map(|g| active_group(g)).collect();
                 }
                 self.restarted_at = None;
             }
@@ -430,10 +428,7 @@ impl Model {
             Action::RouteTraffic(r) => self.routed_to = Some(r.endpoint.clone()),
             Action::QuarantineTarget { group_id, .. } => {
                 if let Some(t) = &mut self.target {
-                    t.security_groups = vec![GroupMembership {
-                        id: group_id.clone(),
-                        status: "active".into(),
-                    }];
+                    t.security_groups = vec![active_group(group_id)];
                 }
             }
             Action::DeleteTarget { .. } => {
@@ -524,6 +519,11 @@ pub fn round(
     d
 }
 
+/// A [`round`] in which every action succeeds.
+pub fn quiet_round(model: &mut Model, m: &mut Migration, policy: &Policy) -> Decision {
+    round(model, m, policy, &mut |_| None)
+}
+
 /// Drives `m` with a cooperating world until it is terminal (or `max_rounds` pass).
 /// Returns the phases the migration went through.
 pub fn run_to_end(
@@ -533,7 +533,7 @@ pub fn run_to_end(
     max_rounds: usize,
 ) -> Vec<Phase> {
     for _ in 0..max_rounds {
-        let d = round(model, m, policy, &mut |_| None);
+        let d = quiet_round(model, m, policy);
         match d.wake_after {
             None if m.next_wake.is_none() => break,
             Some(w) => model.now += w.max(SignedDuration::from_secs(1)),
@@ -555,13 +555,27 @@ pub fn keys(actions: &[Action]) -> Vec<ActionKey> {
         .collect()
 }
 
+/// A fresh model and migration, run until the migration reaches `phase`.
+pub fn advanced_to(policy: &Policy, phase: Phase) -> (Model, Migration) {
+    let mut model = Model::new();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, policy, phase);
+    (model, m)
+}
+
+/// Replaces the observed reading of `key` with `value`, in the same period.
+pub fn set_reading(obs: &mut Observation, key: MetricKey, value: f64) {
+    let start = obs.metric(key)[0].start;
+    obs.metrics.insert(key, vec![point(start, value)]);
+}
+
 /// Runs the model until `m` reaches `phase` (panics if it ends elsewhere).
 pub fn advance_to(model: &mut Model, m: &mut Migration, policy: &Policy, phase: Phase) {
     for _ in 0..400 {
         if m.phase == phase {
             return;
         }
-        let d = round(model, m, policy, &mut |_| None);
+        let d = quiet_round(model, m, policy);
         model.now += d
             .wake_after
             .unwrap_or(SignedDuration::from_secs(60))

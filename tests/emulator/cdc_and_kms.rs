@@ -21,6 +21,13 @@ async fn tag_source(env: &Env, arn: &str, key: &str, value: &str) {
     env.send_tag_event(arn, &[key]).await;
 }
 
+/// Reads the notifications received since into `notes`; whether one of them asks the CDC
+/// consumers to set `tag` (`key=value`).
+async fn consumers_asked(env: &Env, notes: &mut Vec<Notification>, tag: &str) -> bool {
+    env.notifications(notes).await;
+    notes.iter().any(|(_, m, _)| mentions(m, tag))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdc_consumers_pass_the_quarantine_and_their_acknowledgements_gate_draining_and_routing() {
     let mut env = Env::new().await;
@@ -75,11 +82,8 @@ async fn cdc_consumers_pass_the_quarantine_and_their_acknowledgements_gate_drain
     assert!(rds.iter().any(|(a, _)| a == "RebootDBInstance"));
     assert!(!rds.iter().any(|(a, _)| a == "PromoteReadReplicaDBCluster"));
     let mut notes = Vec::new();
-    env.notifications(&mut notes).await;
     assert!(
-        notes
-            .iter()
-            .any(|(_, m, _)| mentions(m, "aurora-migration:cdc-drained=true")),
+        consumers_asked(&env, &mut notes, "aurora-migration:cdc-drained=true").await,
         "the consumers were asked to drain"
     );
     let calls_before_drained = env.shim.calls().await.len();
@@ -94,11 +98,8 @@ async fn cdc_consumers_pass_the_quarantine_and_their_acknowledgements_gate_drain
         webhook.bodies.lock().unwrap().is_empty(),
         "routed too early"
     );
-    env.notifications(&mut notes).await;
     assert!(
-        notes
-            .iter()
-            .any(|(_, m, _)| mentions(m, "aurora-migration:cdc-slots-created=true")),
+        consumers_asked(&env, &mut notes, "aurora-migration:cdc-slots-created=true").await,
         "the consumers were asked to create their slots"
     );
     tag_source(&env, &arn, "aurora-migration:cdc-slots-created", "true").await;

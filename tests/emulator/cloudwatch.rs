@@ -94,32 +94,31 @@ pub fn spawn_cloudwatch_player(
                         .value(v)
                         .build()
                 };
-                let data = vec![
-                    on(source, "OldestReplicationSlotLag", slot),
-                    on(
-                        source,
-                        "DatabaseConnections",
-                        if fenced { 0.0 } else { 12.0 },
-                    ),
-                    on(source, "FreeStorageSpace", 150.0 * 1024.0 * 1024.0 * 1024.0),
-                    on(
-                        source,
+                let of_source = [
+                    ("OldestReplicationSlotLag", slot),
+                    ("DatabaseConnections", if fenced { 0.0 } else { 12.0 }),
+                    ("FreeStorageSpace", 150.0 * 1024.0 * 1024.0 * 1024.0),
+                    (
                         "TransactionLogsGeneration",
                         if fenced { 500.0 } else { 2.0e6 },
                     ),
-                    on(source, "CPUUtilization", 30.0),
-                    on(source, "WriteLatency", 0.002),
-                    on(source, "ReadLatency", 0.001),
-                    on(
-                        writer,
+                    ("CPUUtilization", 30.0),
+                    ("WriteLatency", 0.002),
+                    ("ReadLatency", 0.001),
+                ];
+                let of_writer = [
+                    (
                         "RDSToAuroraPostgreSQLReplicaLag",
                         if fenced { 0.0 } else { 0.4 },
                     ),
-                    on(writer, "CPUUtilization", 25.0),
-                    on(writer, "WriteLatency", 0.002),
-                    on(writer, "ReadLatency", 0.001),
-                    on(writer, "WriteIOPS", 100.0),
+                    ("CPUUtilization", 25.0),
+                    ("WriteLatency", 0.002),
+                    ("ReadLatency", 0.001),
+                    ("WriteIOPS", 100.0),
                 ];
+                let data = (of_source.iter().map(|(name, v)| on(source, name, *v)))
+                    .chain(of_writer.iter().map(|(name, v)| on(writer, name, *v)))
+                    .collect();
                 let _ = cw
                     .put_metric_data()
                     .namespace("AWS/RDS")

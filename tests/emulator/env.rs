@@ -4,6 +4,7 @@
 
 use aurora_migrator::aws::{self, AwsSettings};
 use aurora_migrator::core::naming::{TargetNames, target_names};
+use aws_sdk_sqs::types::QueueAttributeName;
 use std::time::Duration;
 
 use super::shim::Shim;
@@ -78,36 +79,22 @@ impl Env {
             ddb: aws_sdk_dynamodb::Client::new(&conf),
         };
         // Queue + DLQ
-        let dlq_url = aws
-            .sqs
-            .create_queue()
-            .queue_name("agent-dlq")
-            .send()
-            .await
-            .unwrap()
-            .queue_url()
-            .unwrap()
-            .to_string();
+        let dlq_url = create_queue(&aws.sqs, "agent-dlq", &[]).await;
         let dlq_arn = queue_arn(&aws.sqs, &dlq_url).await;
-        let queue_url = aws
-            .sqs
-            .create_queue()
-            .queue_name("agent")
-            .attributes(
-                aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
-                visibility_s.to_string(),
-            )
-            .attributes(
-                aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
-                serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .unwrap()
-            .queue_url()
-            .unwrap()
-            .to_string();
+        let redrive =
+            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive});
+        let queue_url = create_queue(
+            &aws.sqs,
+            "agent",
+            &[
+                (
+                    QueueAttributeName::VisibilityTimeout,
+                    visibility_s.to_string(),
+                ),
+                (QueueAttributeName::RedrivePolicy, redrive.to_string()),
+            ],
+        )
+        .await;
         // Topic + subscribed queue
         let topic_arn = aws
             .sns
@@ -119,16 +106,7 @@ impl Env {
             .topic_arn()
             .unwrap()
             .to_string();
-        let notes_url = aws
-            .sqs
-            .create_queue()
-            .queue_name("notes")
-            .send()
-            .await
-            .unwrap()
-            .queue_url()
-            .unwrap()
-            .to_string();
+        let notes_url = create_queue(&aws.sqs, "notes", &[]).await;
         let notes_arn = queue_arn(&aws.sqs, &notes_url).await;
         aws.sns
             .subscribe()
@@ -142,31 +120,14 @@ impl Env {
         settings.topic_arn = topic_arn;
         aws::create_table(&settings).await.unwrap();
         // Network
-        let vpcs = aws
-            .ec2
-            .describe_vpcs()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("isDefault")
-                    .values("true")
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
+        let default_vpc = aws.ec2.describe_vpcs().filters(filter("isDefault", "true"));
+        let vpcs = default_vpc.send().await.unwrap();
         let vpc_id = vpcs.vpcs()[0].vpc_id().unwrap().to_string();
-        let subnets = aws
+        let in_vpc = aws
             .ec2
             .describe_subnets()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("vpc-id")
-                    .values(&vpc_id)
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
+            .filters(filter("vpc-id", &vpc_id));
+        let subnets = in_vpc.send().await.unwrap();
         let subnet_ids: Vec<String> = subnets
             .subnets()
             .iter()
@@ -298,16 +259,38 @@ pub fn tag(k: &str, v: &str) -> aws_sdk_rds::types::Tag {
     aws_sdk_rds::types::Tag::builder().key(k).value(v).build()
 }
 
+/// An EC2 filter on one value.
+pub fn filter(name: &str, value: &str) -> aws_sdk_ec2::types::Filter {
+    aws_sdk_ec2::types::Filter::builder()
+        .name(name)
+        .values(value)
+        .build()
+}
+
+/// A queue with these attributes; its URL.
+async fn create_queue(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    attributes: &[(QueueAttributeName, String)],
+) -> String {
+    let mut create = sqs.create_queue().queue_name(name);
+    for (k, v) in attributes {
+        create = create.attributes(k.clone(), v);
+    }
+    let created = create.send().await.unwrap();
+    created.queue_url().unwrap().to_string()
+}
+
 async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
     sqs.get_queue_attributes()
         .queue_url(url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .attribute_names(QueueAttributeName::QueueArn)
         .send()
         .await
         .unwrap()
         .attributes()
         .unwrap()
-        .get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .get(&QueueAttributeName::QueueArn)
         .unwrap()
         .clone()
 }

@@ -175,15 +175,10 @@ async fn whole_migration_completes_and_an_untagged_instance_named_in_messages_is
         !automated.db_snapshots().is_empty(),
         "the source's automated backups were deleted with it"
     );
-    let cluster = env
-        .aws
-        .rds
-        .describe_db_clusters()
-        .db_cluster_identifier(&names.cluster)
-        .send()
+    let c = env
+        .cluster(&names.cluster)
         .await
-        .unwrap();
-    let c = &cluster.db_clusters()[0];
+        .expect("the Aurora cluster");
     assert!(c.replication_source_identifier().is_none_or(str::is_empty));
     let tags: BTreeMap<_, _> = c
         .tag_list()

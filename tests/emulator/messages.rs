@@ -37,32 +37,16 @@ async fn malformed_goes_to_the_dlq_while_duplicate_stale_and_unknown_messages_do
         1,
         "only the malformed message is dead-lettered"
     );
-    let r = env
-        .aws
-        .sqs
-        .receive_message()
-        .queue_url(&env.dlq_url)
-        .visibility_timeout(0)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.messages()[0].body(), Some("{this is not json"));
+    let dead = env.dlq_messages().await;
+    assert_eq!(dead[0].body(), Some("{this is not json"));
     // One attempt, one cluster, whatever the duplicates.
     let rds = env.shim.actions("rds").await;
     assert_eq!(
         rds.iter().filter(|(a, _)| a == "CreateDBCluster").count(),
         1
     );
-    let items = env
-        .aws
-        .ddb
-        .scan()
-        .table_name(&env.settings.table)
-        .send()
-        .await
-        .unwrap();
+    let items = env.table_items().await;
     let attempts: Vec<_> = items
-        .items()
         .iter()
         .filter(|i| i["sk"].as_s().unwrap().starts_with("attempt#"))
         .collect();

@@ -6,7 +6,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::env::{Env, REGION};
+use super::env::{Env, REGION, filter};
+
+/// A notification as the tests read it: (Subject, Message JSON, message attributes).
+pub type Notification = (String, Value, BTreeMap<String, String>);
+
+/// An item of the agent's DynamoDB table.
+pub type Item = std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>;
 
 /// The phases of a migration that goes well, in order.
 pub const PHASES: [&str; 12] = [
@@ -59,22 +65,22 @@ impl Env {
         self.send(&body.to_string()).await;
     }
 
+    /// Up to ten messages of the queue at `url`; `peek` leaves them visible to the next read.
+    pub async fn receive(&self, url: &str, peek: bool) -> Vec<aws_sdk_sqs::types::Message> {
+        let r = self.aws.sqs.receive_message().queue_url(url);
+        let r = if peek { r.visibility_timeout(0) } else { r };
+        let r = r.max_number_of_messages(10).send().await.unwrap();
+        r.messages().to_vec()
+    }
+
     /// Notifications received on the subscribed queue so far: (Subject, Message JSON, attributes).
-    pub async fn notifications(&self, into: &mut Vec<(String, Value, BTreeMap<String, String>)>) {
+    pub async fn notifications(&self, into: &mut Vec<Notification>) {
         loop {
-            let r = self
-                .aws
-                .sqs
-                .receive_message()
-                .queue_url(&self.notes_url)
-                .max_number_of_messages(10)
-                .send()
-                .await
-                .unwrap();
-            if r.messages().is_empty() {
+            let messages = self.receive(&self.notes_url, false).await;
+            if messages.is_empty() {
                 break;
             }
-            for m in r.messages() {
+            for m in &messages {
                 let env: Value = serde_json::from_str(m.body().unwrap()).unwrap();
                 let attrs = env["MessageAttributes"]
                     .as_object()
@@ -105,31 +111,25 @@ impl Env {
         }
     }
 
+    /// The messages in the DLQ (up to ten), left there.
+    pub async fn dlq_messages(&self) -> Vec<aws_sdk_sqs::types::Message> {
+        self.receive(&self.dlq_url, true).await
+    }
+
     pub async fn dlq_count(&self) -> usize {
-        let r = self
-            .aws
-            .sqs
-            .receive_message()
-            .queue_url(&self.dlq_url)
-            .max_number_of_messages(10)
-            .visibility_timeout(0)
-            .send()
-            .await
-            .unwrap();
-        r.messages().len()
+        self.dlq_messages().await.len()
+    }
+
+    /// Every item of the agent's table (records and their attempts).
+    pub async fn table_items(&self) -> Vec<Item> {
+        let scan = self.aws.ddb.scan().table_name(&self.settings.table);
+        scan.send().await.unwrap().items().to_vec()
     }
 
     /// The phase of each record in the table (by source identifier).
     pub async fn phases(&self) -> BTreeMap<String, String> {
-        let r = self
-            .aws
-            .ddb
-            .scan()
-            .table_name(&self.settings.table)
-            .send()
+        self.table_items()
             .await
-            .unwrap();
-        r.items()
             .iter()
             .filter_map(|i| {
                 Some((
@@ -142,20 +142,9 @@ impl Env {
 
     /// The security group with this name, if it exists.
     pub async fn security_group(&self, name: &str) -> Option<aws_sdk_ec2::types::SecurityGroup> {
-        let r = self
-            .aws
-            .ec2
-            .describe_security_groups()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("group-name")
-                    .values(name)
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        r.security_groups().first().cloned()
+        let groups = self.aws.ec2.describe_security_groups();
+        let r = groups.filters(filter("group-name", name)).send().await;
+        r.unwrap().security_groups().first().cloned()
     }
 
     pub async fn instance(&self, id: &str) -> Option<aws_sdk_rds::types::DbInstance> {
@@ -167,6 +156,12 @@ impl Env {
             .await
             .ok()
             .and_then(|r| r.db_instances().first().cloned())
+    }
+
+    pub async fn cluster(&self, id: &str) -> Option<aws_sdk_rds::types::DbCluster> {
+        let describe = self.aws.rds.describe_db_clusters();
+        let r = describe.db_cluster_identifier(id).send().await.ok()?;
+        r.db_clusters().first().cloned()
     }
 
     /// The phase of `source`'s record ("" before it exists).

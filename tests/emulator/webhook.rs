@@ -35,14 +35,7 @@ impl Webhook {
                     buf.extend_from_slice(&chunk[..n]);
                     let text = String::from_utf8_lossy(&buf).to_string();
                     if let Some(head_end) = text.find("\r\n\r\n") {
-                        let len = text[..head_end]
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
+                        let len = content_length(&text[..head_end]);
                         if buf.len() >= head_end + 4 + len {
                             break Some(buf[head_end + 4..head_end + 4 + len].to_vec());
                         }
@@ -71,6 +64,13 @@ impl Webhook {
         });
         Webhook { url, bodies, task }
     }
+}
+
+/// The `Content-Length` of a request head (0 without one).
+fn content_length(head: &str) -> usize {
+    let head = head.to_ascii_lowercase();
+    let value = head.lines().find_map(|l| l.strip_prefix("content-length:"));
+    value.and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 impl Drop for Webhook {

@@ -21,6 +21,15 @@ use aurora_migrator::ports::QueueMessage;
 
 use world::{PgWorld, RESOURCE_ID, SOURCE_ID};
 
+/// The phases a drive stops at when nothing else is asked for: the ends, and Paused.
+pub const ENDS: [Phase; 5] = [
+    Phase::Completed,
+    Phase::Failed,
+    Phase::RolledBack,
+    Phase::Aborted,
+    Phase::Paused,
+];
+
 /// Starts the migration of the source, then handles the ticks the agent schedules (honouring
 /// their delay) until the record reaches one of `stop_at`. Panics with the record on timeout.
 pub async fn drive(agent: &Agent<PgWorld>, stop_at: &[Phase], timeout: Duration) -> Migration {
@@ -108,6 +117,16 @@ pub async fn drive_until(
             world.queue.put_back(&message, Duration::from_secs(1));
         }
     }
+}
+
+/// Checks that `what` (the migration, the cutover, …) ended in `phase`; otherwise says where it
+/// ended and why.
+pub fn assert_ended_in(m: &Migration, phase: Phase, what: &str) {
+    assert_eq!(
+        m.phase, phase,
+        "{what} ended in {} ({:?})",
+        m.phase, m.last_error
+    );
 }
 
 /// The sequence numbers in a `pg_dump --data-only` file of the writes table.

@@ -60,6 +60,27 @@ pub(super) fn is_quarantine_group(id: &str) -> bool {
 }
 
 impl PgRds {
+    /// The standby (the Aurora writer), for the call `op`: NotFound before it is laid out.
+    fn standby(&self, op: &str) -> PortResult<Arc<PgServer>> {
+        self.0
+            .standby()
+            .ok_or_else(|| err(ErrorKind::NotFound, op, "no standby"))
+    }
+
+    /// Runs `work` (a `pg_ctl` call) off the async threads in the background, as RDS answers
+    /// before the change is done, then `done` with the world and the outcome.
+    fn in_background(
+        &self,
+        work: impl FnOnce() -> Result<(), String> + Send + 'static,
+        done: impl FnOnce(&Arc<Shared>, Result<(), String>) + Send + 'static,
+    ) {
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            let result = blocking(work).await;
+            done(&shared, result);
+        });
+    }
+
     /// RebootDBInstance of the source: a fast restart of the primary.
     async fn reboot_source(&self) -> PortResult<()> {
         const OP: &str = "rds:RebootDBInstance";
@@ -134,26 +155,24 @@ impl PgRds {
                 kind: InstanceEventKind::Shutdown,
             });
         }
-        let standby = self
-            .0
-            .standby()
-            .ok_or_else(|| err(ErrorKind::NotFound, OP, "no standby"))?;
-        let shared = self.0.clone();
-        tokio::spawn(async move {
-            let result = blocking(move || standby.restart_fast()).await;
-            let mut s = shared.state.lock().unwrap();
-            let ok = result.is_ok();
-            match result {
-                Ok(()) => s.writer_events.push(InstanceEvent {
-                    at: Timestamp::now(),
-                    kind: InstanceEventKind::Restarted,
-                }),
-                Err(e) => eprintln!("writer restart failed: {e}"),
-            }
-            if let Some(w) = s.target.as_mut().and_then(|t| t.writer.as_mut()) {
-                w.1 = if ok { "available" } else { "failed" }.into();
-            }
-        });
+        let standby = self.standby(OP)?;
+        self.in_background(
+            move || standby.restart_fast(),
+            |shared, result| {
+                let mut s = shared.state.lock().unwrap();
+                let ok = result.is_ok();
+                match result {
+                    Ok(()) => s.writer_events.push(InstanceEvent {
+                        at: Timestamp::now(),
+                        kind: InstanceEventKind::Restarted,
+                    }),
+                    Err(e) => eprintln!("writer restart failed: {e}"),
+                }
+                if let Some(w) = s.target.as_mut().and_then(|t| t.writer.as_mut()) {
+                    w.1 = if ok { "available" } else { "failed" }.into();
+                }
+            },
+        );
         Ok(())
     }
 }
@@ -410,26 +429,24 @@ impl Rds for PgRds {
             }
             t.writer = Some((spec.instance.clone(), "creating".into()));
         }
-        let standby = self
-            .0
-            .standby()
-            .ok_or_else(|| err(ErrorKind::NotFound, OP, "no standby"))?;
-        let shared = self.0.clone();
-        tokio::spawn(async move {
-            let result = blocking(move || standby.start()).await;
-            let mut s = shared.state.lock().unwrap();
-            if let Some(t) = s.target.as_mut()
-                && let Some(w) = t.writer.as_mut()
-            {
-                w.1 = match &result {
-                    Ok(()) => "available".into(),
-                    Err(e) => {
-                        eprintln!("standby start failed: {e}");
-                        "failed".into()
-                    }
-                };
-            }
-        });
+        let standby = self.standby(OP)?;
+        self.in_background(
+            move || standby.start(),
+            |shared, result| {
+                let mut s = shared.state.lock().unwrap();
+                if let Some(t) = s.target.as_mut()
+                    && let Some(w) = t.writer.as_mut()
+                {
+                    w.1 = match &result {
+                        Ok(()) => "available".into(),
+                        Err(e) => {
+                            eprintln!("standby start failed: {e}");
+                            "failed".into()
+                        }
+                    };
+                }
+            },
+        );
         Ok(())
     }
 
@@ -481,28 +498,26 @@ impl Rds for PgRds {
             }
             t.status = "promoting".into();
         }
-        let standby = self
-            .0
-            .standby()
-            .ok_or_else(|| err(ErrorKind::NotFound, OP, "no standby"))?;
-        let shared = self.0.clone();
-        tokio::spawn(async move {
-            let result = blocking(move || standby.promote()).await;
-            shared.log("pg_ctl promote done");
-            let mut s = shared.state.lock().unwrap();
-            if let Some(t) = s.target.as_mut() {
-                match result {
-                    Ok(()) => {
-                        t.promoted = true;
-                        t.status = "available".into();
-                    }
-                    Err(e) => {
-                        eprintln!("promote failed: {e}");
-                        t.status = "failed".into();
+        let standby = self.standby(OP)?;
+        self.in_background(
+            move || standby.promote(),
+            |shared, result| {
+                shared.log("pg_ctl promote done");
+                let mut s = shared.state.lock().unwrap();
+                if let Some(t) = s.target.as_mut() {
+                    match result {
+                        Ok(()) => {
+                            t.promoted = true;
+                            t.status = "available".into();
+                        }
+                        Err(e) => {
+                            eprintln!("promote failed: {e}");
+                            t.status = "failed".into();
+                        }
                     }
                 }
-            }
-        });
+            },
+        );
         Ok(())
     }
 

@@ -349,45 +349,32 @@ impl PgServer {
         self.run_as.chown(&path);
     }
 
-    pub fn start(&self) -> Result<(), String> {
+    /// `pg_ctl <action> -D <data>`, with the server log (`-l`) when `logged`, and `args`.
+    fn pg_ctl(&self, action: &str, logged: bool, args: &[&str]) -> Result<(), String> {
         let mut c = self.cmd("pg_ctl");
-        c.arg("start")
-            .arg("-D")
-            .arg(&self.data)
-            .arg("-l")
-            .arg(&self.log)
-            .args(["-w", "-t", "120"]);
+        c.arg(action).arg("-D").arg(&self.data);
+        if logged {
+            c.arg("-l").arg(&self.log);
+        }
+        c.args(args);
         try_run(c).map(|_| ())
+    }
+
+    pub fn start(&self) -> Result<(), String> {
+        self.pg_ctl("start", true, &["-w", "-t", "120"])
     }
 
     /// `pg_ctl restart -m fast`: ends every session, like an RDS reboot.
     pub fn restart_fast(&self) -> Result<(), String> {
-        let mut c = self.cmd("pg_ctl");
-        c.arg("restart")
-            .arg("-D")
-            .arg(&self.data)
-            .arg("-l")
-            .arg(&self.log)
-            .args(["-m", "fast", "-w", "-t", "120"]);
-        try_run(c).map(|_| ())
+        self.pg_ctl("restart", true, &["-m", "fast", "-w", "-t", "120"])
     }
 
     pub fn promote(&self) -> Result<(), String> {
-        let mut c = self.cmd("pg_ctl");
-        c.arg("promote")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-w", "-t", "120"]);
-        try_run(c).map(|_| ())
+        self.pg_ctl("promote", false, &["-w", "-t", "120"])
     }
 
     pub fn stop_fast(&self) -> Result<(), String> {
-        let mut c = self.cmd("pg_ctl");
-        c.arg("stop")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "fast", "-w", "-t", "60"]);
-        try_run(c).map(|_| ())
+        self.pg_ctl("stop", false, &["-m", "fast", "-w", "-t", "60"])
     }
 
     /// `pg_dump --data-only` of the writes table, as a plain SQL file.

@@ -20,6 +20,17 @@ pub struct Ack {
     pub at: Timestamp,
 }
 
+impl Ack {
+    /// `seq` acknowledged by the server on `port`, now.
+    pub fn now(seq: i64, port: u16) -> Ack {
+        Ack {
+            seq,
+            port,
+            at: Timestamp::now(),
+        }
+    }
+}
+
 /// Where a writer connects: host and port, read again before each connection.
 pub type Endpoint = Arc<Mutex<(String, u16)>>;
 
@@ -29,8 +40,45 @@ pub struct Writer {
     /// Sequence numbers sent whose outcome is unknown (the connection broke during the call).
     pub in_doubt: Arc<Mutex<Vec<i64>>>,
     pub failed_connects: Arc<AtomicI64>,
+    task: Background,
+}
+
+/// A client's loop on a task of its own, told to stop by a flag: [`Background::stop`] lets the
+/// call in flight finish (for at most 10 s); dropping it aborts the task.
+pub struct Background {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Spawns the loop `run` makes, given the stop flag it must watch.
+    pub fn spawn<F>(run: impl FnOnce(Arc<AtomicBool>) -> F) -> Background
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stop: Arc<AtomicBool> = Arc::default();
+        let handle = tokio::spawn(run(stop.clone()));
+        Background {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
 }
 
 impl Writer {
@@ -40,14 +88,9 @@ impl Writer {
         let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
         let in_doubt: Arc<Mutex<Vec<i64>>> = Arc::default();
         let failed_connects: Arc<AtomicI64> = Arc::default();
-        let stop: Arc<AtomicBool> = Arc::default();
-        let handle = tokio::spawn({
-            let (acks, in_doubt, failed, stop) = (
-                acks.clone(),
-                in_doubt.clone(),
-                failed_connects.clone(),
-                stop.clone(),
-            );
+        let task = Background::spawn(|stop| {
+            let (acks, in_doubt, failed) =
+                (acks.clone(), in_doubt.clone(), failed_connects.clone());
             let (name, user) = (name.to_string(), user.to_string());
             async move {
                 let insert = format!("INSERT INTO {TABLE} (seq, writer) VALUES ($1, $2)");
@@ -71,11 +114,7 @@ impl Writer {
                         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&n, &name];
                         let call = client.execute(insert.as_str(), &params);
                         match tokio::time::timeout(Duration::from_secs(5), call).await {
-                            Ok(Ok(_)) => acks.lock().unwrap().push(Ack {
-                                seq: n,
-                                port,
-                                at: Timestamp::now(),
-                            }),
+                            Ok(Ok(_)) => acks.lock().unwrap().push(Ack::now(n, port)),
                             // Any failure: the outcome is unknown to this client (not
                             // acknowledged); reconnect wherever the endpoint says now.
                             _ => {
@@ -94,8 +133,7 @@ impl Writer {
             acks,
             in_doubt,
             failed_connects,
-            stop,
-            handle: Some(handle),
+            task,
         }
     }
 
@@ -104,18 +142,6 @@ impl Writer {
     }
 
     pub async fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            h.abort();
-        }
+        self.task.stop().await;
     }
 }

@@ -26,6 +26,20 @@ def _status_line(code):
         return f"{code} Error"
 
 
+def _list_endpoint(method, data, store, add, listing):
+    """A control endpoint over one collection of the shim's state: DELETE empties `store`,
+    POST passes each item of the body (one object or a list of them) to `add`, and any other
+    call answers `listing()`, all under the state's lock."""
+    with LOCK:
+        if method == "DELETE":
+            store.clear()
+            return 200, {"cleared": True}
+        if method == "POST":
+            for item in data if isinstance(data, list) else [data]:
+                add(item)
+        return 200, listing()
+
+
 class ShimApp:
     def __init__(self):
         rds.install()
@@ -167,32 +181,30 @@ class ShimApp:
             return 200, [dict(c) for c in STATE.calls]
 
     def _c_faults(self, method, data, environ):
-        with LOCK:
-            if method == "DELETE":
-                STATE.faults.clear()
-                return 200, {"cleared": True}
-            if method == "POST":
-                for rule in data if isinstance(data, list) else [data]:
-                    rule = dict(rule)
-                    rule["remaining"] = int(rule.get("count", 1))
-                    if not rule.get("code") and not rule.get("delay_ms") and not rule.get("hold_ms"):
-                        raise ValueError("a fault rule needs a code, a delay_ms or a hold_ms")
-                    STATE.faults.append(rule)
+        def add(rule):
+            rule = dict(rule)
+            rule["remaining"] = int(rule.get("count", 1))
+            if not rule.get("code") and not rule.get("delay_ms") and not rule.get("hold_ms"):
+                raise ValueError("a fault rule needs a code, a delay_ms or a hold_ms")
+            STATE.faults.append(rule)
+
+        def listing():
             STATE.faults[:] = [r for r in STATE.faults if r["remaining"] != 0]  # drop used-up rules
-            return 200, [dict(r) for r in STATE.faults]
+            return [dict(r) for r in STATE.faults]
+
+        return _list_endpoint(method, data, STATE.faults, add, listing)
 
     def _c_rds_status(self, method, data, environ):
-        with LOCK:
-            if method == "DELETE":
-                STATE.status_scripts.clear()
-                return 200, {"cleared": True}
-            if method == "POST":
-                for item in data if isinstance(data, list) else [data]:
-                    if item["kind"] not in ("instance", "cluster"):
-                        raise ValueError("kind must be instance or cluster")
-                    STATE.status_scripts[(item["kind"], item["id"].lower())] = {
-                        "status": item["status"], "reads": int(item.get("reads", 1))}
-            return 200, [{"kind": k, "id": i, **v} for (k, i), v in STATE.status_scripts.items()]
+        def add(item):
+            if item["kind"] not in ("instance", "cluster"):
+                raise ValueError("kind must be instance or cluster")
+            STATE.status_scripts[(item["kind"], item["id"].lower())] = {
+                "status": item["status"], "reads": int(item.get("reads", 1))}
+
+        def listing():
+            return [{"kind": k, "id": i, **v} for (k, i), v in STATE.status_scripts.items()]
+
+        return _list_endpoint(method, data, STATE.status_scripts, add, listing)
 
     def _c_config(self, method, data, environ):
         with LOCK:

@@ -8,6 +8,9 @@ storage/WAL parameters (and the cluster-level ones), so translation code has
 something to drop.
 """
 
+import csv
+import pathlib
+
 # (engine, versions); the last entry of each list is the default version.
 ENGINE_VERSIONS = {
     "postgres": ["14.12", "14.13", "14.15", "15.7", "15.8", "15.10",
@@ -74,105 +77,25 @@ def _describe(engine, v):
     return f"Aurora PostgreSQL (Compatible with PostgreSQL {v})"
 
 
-# Scopes: "rds" = RDS PostgreSQL instance group, "ai" = Aurora instance group,
-# "ac" = Aurora cluster group.
-# (name, value or None, apply_type, data_type, allowed_values, modifiable, scopes, description)
-_S, _D = "static", "dynamic"
-_PARAMS = [
-    ("shared_preload_libraries", "pg_stat_statements", _S, "list",
-     "auto_explain,orafce,pg_cron,pg_hint_plan,pg_similarity,pg_stat_statements,pg_tle,pg_transport,pglogical,plprofiler",
-     True, "rds ai ac", "Sets which shared libraries are preloaded at server start."),
-    ("rds.logical_replication", "0", _S, "boolean", "0,1", True, "rds ac",
-     "Enables logical decoding."),
-    ("rds.force_ssl", "{force_ssl}", _D, "boolean", "0,1", True, "rds ac",
-     "Force SSL connections."),
-    ("max_connections", "LEAST({{DBInstanceClassMemory/9531392}},5000)", _S, "integer", "6-262143",
-     True, "rds ai ac", "Sets the maximum number of concurrent connections."),
-    ("work_mem", "4096", _D, "integer", "64-2147483647", True, "rds ai ac",
-     "Sets the maximum memory to be used for query workspaces."),
-    ("maintenance_work_mem", "GREATEST({{DBInstanceClassMemory*1024/63963136}},65536)", _D, "integer",
-     "1024-2147483647", True, "rds ai ac", "Sets the maximum memory to be used for maintenance operations."),
-    ("shared_buffers", "{{DBInstanceClassMemory/32768}}", _S, "integer", "16-1073741823", True, "rds ai",
-     "Sets the number of shared memory buffers used by the server."),
-    ("effective_cache_size", "{{DBInstanceClassMemory/16384}}", _D, "integer", "1-2147483647", True, "rds ai",
-     "Sets the planner's assumption about the size of the disk cache."),
-    ("log_min_duration_statement", "-1", _D, "integer", "-1-2147483647", True, "rds ai ac",
-     "Sets the minimum execution time above which statements will be logged."),
-    ("log_statement", "none", _D, "string", "none,ddl,mod,all", True, "rds ai ac",
-     "Sets the type of statements logged."),
-    ("log_connections", "0", _D, "boolean", "0,1", True, "rds ai ac", "Logs each successful connection."),
-    ("log_disconnections", "0", _D, "boolean", "0,1", True, "rds ai ac", "Logs end of a session, including duration."),
-    ("log_temp_files", "-1", _D, "integer", "-1-2147483647", True, "rds ai ac",
-     "Log the use of temporary files larger than this number of kilobytes."),
-    ("log_autovacuum_min_duration", "10000", _D, "integer", "-1-2147483647", True, "rds ai ac",
-     "Sets the minimum execution time above which autovacuum actions will be logged."),
-    ("log_rotation_age", "60", _D, "integer", "1-1440", True, "rds ac",
-     "Automatic log file rotation will occur after N minutes."),
-    ("idle_in_transaction_session_timeout", "86400000", _D, "integer", "0-2147483647", True, "rds ai ac",
-     "Sets the maximum allowed duration of any idling transaction."),
-    ("statement_timeout", None, _D, "integer", "0-2147483647", True, "rds ai ac",
-     "Sets the maximum allowed duration of any statement."),
-    ("lock_timeout", None, _D, "integer", "0-2147483647", True, "rds ai ac",
-     "Sets the maximum allowed duration of any wait for a lock."),
-    ("deadlock_timeout", "1000", _D, "integer", "1-2147483647", True, "rds ai ac",
-     "Sets the time to wait on a lock before checking for deadlock."),
-    ("random_page_cost", None, _D, "real", "0-2147483647", True, "rds ai ac",
-     "Sets the planner's estimate of the cost of a nonsequentially fetched disk page."),
-    ("default_statistics_target", None, _D, "integer", "1-10000", True, "rds ai ac",
-     "Sets the default statistics target."),
-    ("max_parallel_workers_per_gather", "2", _D, "integer", "0-1024", True, "rds ai ac",
-     "Sets the maximum number of parallel processes per executor node."),
-    ("track_io_timing", "1", _D, "boolean", "0,1", True, "rds ai ac", "Collects timing statistics for database I/O activity."),
-    ("pg_stat_statements.track", None, _D, "string", "all,none,top", True, "rds ai ac",
-     "Selects which statements are tracked by pg_stat_statements."),
-    ("autovacuum", "1", _D, "boolean", "0,1", True, "rds ac", "Starts the autovacuum subprocess."),
-    ("autovacuum_max_workers", "GREATEST({{DBInstanceClassMemory/64371566592}},3)", _S, "integer", "1-262143",
-     True, "rds ac", "Sets the maximum number of simultaneously running autovacuum worker processes."),
-    ("autovacuum_naptime", "15", _D, "integer", "1-2147483", True, "rds ac", "Time to sleep between autovacuum runs."),
-    ("autovacuum_vacuum_cost_limit", "GREATEST({{log(DBInstanceClassMemory/21474836480)*600}},200)", _D,
-     "integer", "-1-10000", True, "rds ac", "Vacuum cost amount available before napping, for autovacuum."),
-    ("timezone", "UTC", _D, "string", None, True, "rds ac", "Sets the time zone for displaying and interpreting time stamps."),
-    ("password_encryption", "scram-sha-256", _D, "string", "md5,scram-sha-256", True, "rds ac",
-     "Chooses the algorithm for encrypting passwords."),
-    ("ssl_min_protocol_version", "TLSv1.2", _D, "string", "TLSv1,TLSv1.1,TLSv1.2,TLSv1.3", True, "rds ac",
-     "Sets the minimum SSL/TLS protocol version to use."),
-    ("max_replication_slots", "20", _S, "integer", "5-8388607", True, "rds ac",
-     "Sets the maximum number of simultaneously defined replication slots."),
-    ("max_wal_senders", "20", _S, "integer", "5-8388607", True, "rds ac",
-     "Sets the maximum number of simultaneously running WAL sender processes."),
-    ("max_logical_replication_workers", "4", _S, "integer", "0-262143", True, "rds ac",
-     "Maximum number of logical replication worker processes."),
-    ("wal_sender_timeout", "30000", _D, "integer", "0-3600000", True, "rds ac",
-     "Sets the maximum time to wait for WAL replication."),
-    ("tcp_keepalives_idle", "300", _D, "integer", "0-2147483647", True, "rds ai ac",
-     "Time between issuing TCP keepalives."),
-    ("temp_buffers", None, _D, "integer", "100-1073741823", True, "rds ai ac",
-     "Sets the maximum number of temporary buffers used by each session."),
-    # RDS-only: storage and WAL are managed by Aurora's storage layer.
-    ("checkpoint_timeout", "300", _D, "integer", "30-86400", True, "rds",
-     "Sets the maximum time between automatic WAL checkpoints, in seconds."),
-    ("max_wal_size", "2048", _D, "integer", "2-2147483647", True, "rds",
-     "Sets the WAL size that triggers a checkpoint."),
-    ("min_wal_size", "192", _D, "integer", "2-2147483647", True, "rds",
-     "Sets the minimum size to shrink the WAL to."),
-    ("wal_keep_size", "2048", _D, "integer", "0-2147483647", True, "rds",
-     "Sets the size of WAL files held for standby servers."),
-    ("wal_buffers", None, _S, "integer", "-1-262143", True, "rds",
-     "Sets the number of disk-page buffers in shared memory for WAL."),
-    ("archive_timeout", "300", _D, "integer", "0-1073741823", False, "rds",
-     "Forces a switch to the next xlog file if a new file has not been started within N seconds."),
-    ("full_page_writes", "1", _D, "boolean", "0,1", False, "rds",
-     "Writes full pages to WAL when first modified after a checkpoint."),
-    ("fsync", "1", _D, "boolean", "0,1", False, "rds",
-     "Forces synchronization of updates to disk."),
-    ("synchronous_commit", "on", _D, "string", "local,on,off,remote_write,remote_apply", True, "rds ac",
-     "Sets the current transaction's synchronization level."),
-    # Aurora-only.
-    ("apg_plan_mgmt.capture_plan_baselines", "off", _D, "string", "automatic,manual,off", True, "ai ac",
-     "Capture query plan baselines."),
-    ("aurora_compute_plan_id", "on", _D, "string", "on,off", True, "ai ac",
-     "Compute a plan identifier for each query."),
-]
+# The engine-default parameters are data: rds_parameters.csv, one row a parameter, with
+# name, value (empty: none), apply_type (static/dynamic), data_type, allowed_values (empty:
+# none), modifiable (true/false), scopes and description. Scopes: "rds" = RDS PostgreSQL
+# instance group, "ai" = Aurora instance group, "ac" = Aurora cluster group. The rows only in
+# "rds" are the storage and WAL parameters that Aurora's storage layer manages; the rows only
+# in "ai ac" are Aurora's own.
+_PARAMETERS_CSV = pathlib.Path(__file__).with_name("rds_parameters.csv")
+
+
+def _load_params():
+    with _PARAMETERS_CSV.open(newline="", encoding="utf-8") as f:
+        return [
+            (r["name"], r["value"] or None, r["apply_type"], r["data_type"], r["allowed_values"] or None,
+             r["modifiable"] == "true", r["scopes"], r["description"])
+            for r in csv.DictReader(f)
+        ]
+
+
+_PARAMS = _load_params()
 
 
 FAMILIES = {family(e, v) for e, vs in ENGINE_VERSIONS.items() for v in vs}
