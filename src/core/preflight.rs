@@ -120,6 +120,23 @@ struct Checks<'a> {
 }
 
 impl Checks<'_> {
+    /// `name` passes with `pass` when `ok`; otherwise it gets `outcome` with the problem, which
+    /// is only worded when there is one.
+    fn check(
+        &mut self,
+        name: &str,
+        ok: bool,
+        pass: impl Into<String>,
+        outcome: Outcome,
+        problem: impl FnOnce() -> String,
+    ) {
+        if ok {
+            self.add(name, Outcome::Pass, pass);
+        } else {
+            self.add(name, outcome, problem());
+        }
+    }
+
     fn add(&mut self, name: &str, outcome: Outcome, message: impl Into<String>) {
         let acknowledged = outcome == Outcome::Fail
             && ACKNOWLEDGEABLE.contains(&name)
@@ -245,89 +262,72 @@ pub fn run(
             ),
         );
     }
-    if source.has_pending_modifications {
-        c.add(
-            "pending-modifications",
-            Outcome::Fail,
-            "the instance has pending modifications; the cutover's reboot would apply them: apply or cancel them first",
-        );
-    } else {
-        c.add("pending-modifications", Outcome::Pass, "none");
-    }
-    if source.parameter_group.apply_status == "in-sync" {
-        c.add(
-            "parameter-group-in-sync",
-            Outcome::Pass,
-            format!("{} in-sync", source.parameter_group.name),
-        );
-    } else {
-        c.add(
-            "parameter-group-in-sync",
-            Outcome::Fail,
-            format!(
-                "parameter group {} is `{}`; the cutover's reboot would apply pending parameter changes: reboot in a maintenance window first",
-                source.parameter_group.name, source.parameter_group.apply_status
-            ),
-        );
-    }
-    if source.backup_retention_days > 0 {
-        c.add(
-            "automated-backups",
-            Outcome::Pass,
-            format!("retention {} days", source.backup_retention_days),
-        );
-    } else {
-        c.add(
-            "automated-backups",
-            Outcome::Fail,
-            format!(
-                "automated backups are off; turning them on causes an outage, so the agent will not do it: in a maintenance window run `aws rds modify-db-instance --db-instance-identifier {} --backup-retention-period 7`",
-                source.identifier
-            ),
-        );
-    }
+    c.check(
+        "pending-modifications",
+        !source.has_pending_modifications,
+        "none",
+        Outcome::Fail,
+        || "the instance has pending modifications; the cutover's reboot would apply them: apply or cancel them first".to_string(),
+    );
+    let pg = &source.parameter_group;
+    c.check(
+        "parameter-group-in-sync",
+        pg.apply_status == "in-sync",
+        format!("{} in-sync", pg.name),
+        Outcome::Fail,
+        || format!(
+            "parameter group {} is `{}`; the cutover's reboot would apply pending parameter changes: reboot in a maintenance window first",
+            pg.name, pg.apply_status
+        ),
+    );
+    c.check(
+        "automated-backups",
+        source.backup_retention_days > 0,
+        format!("retention {} days", source.backup_retention_days),
+        Outcome::Fail,
+        || format!(
+            "automated backups are off; turning them on causes an outage, so the agent will not do it: in a maintenance window run `aws rds modify-db-instance --db-instance-identifier {} --backup-retention-period 7`",
+            source.identifier
+        ),
+    );
 
-    if source.aurora_replica_clusters.is_empty() {
-        c.add("existing-aurora-replica", Outcome::Pass, "none");
-    } else {
-        c.add(
-            "existing-aurora-replica",
-            Outcome::Fail,
-            format!(
-                "the instance already has an Aurora read replica ({}); an instance can have only one: delete it or migrate by hand",
-                source.aurora_replica_clusters.join(", ")
-            ),
-        );
-    }
+    c.check(
+        "existing-aurora-replica",
+        source.aurora_replica_clusters.is_empty(),
+        "none",
+        Outcome::Fail,
+        || format!(
+            "the instance already has an Aurora read replica ({}); an instance can have only one: delete it or migrate by hand",
+            source.aurora_replica_clusters.join(", ")
+        ),
+    );
     let region = source.region();
     let (cross_region, in_region): (Vec<&String>, Vec<&String>) = source
         .read_replicas
         .iter()
         .partition(|r| r.starts_with("arn:") && r.split(':').nth(3) != Some(region));
-    if cross_region.is_empty() {
-        c.add("cross-region-replica", Outcome::Pass, "none");
-    } else {
-        c.add(
-            "cross-region-replica",
-            Outcome::Fail,
+    c.check(
+        "cross-region-replica",
+        cross_region.is_empty(),
+        "none",
+        Outcome::Fail,
+        || {
             format!(
                 "cross-Region read replicas ({}) cannot follow the move; remove them first",
                 join(&cross_region)
-            ),
-        );
-    }
-    if in_region.is_empty() {
-        c.add("read-replicas", Outcome::Pass, "none");
-    } else {
-        c.add(
-            "read-replicas",
-            Outcome::Fail,
-            format!(
-                "RDS read replicas ({}) would be promoted to standalone instances when the source is deleted; plan readers on Aurora, then acknowledge",
-                join(&in_region)
-            ),
-        );
-    }
+            )
+        },
+    );
+    c.check(
+        "read-replicas",
+        in_region.is_empty(),
+        "none",
+        Outcome::Fail,
+        || format!(
+            "RDS read replicas ({}) would be promoted to standalone instances when the source is deleted; plan readers on Aurora, then acknowledge",
+            join(&in_region)
+        ),
+    );
 
     match (source.storage_encrypted, &inputs.kms_key) {
         (false, _) => c.add("encryption", Outcome::Warn, "the source is not encrypted, so the replica cannot be either"),

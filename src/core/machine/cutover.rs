@@ -62,13 +62,8 @@ impl Stepper<'_> {
     }
 
     pub(super) fn quiescing(&mut self) {
-        debug_assert_eq!(
-            self.m.phase,
-            Phase::Quiescing,
-            "quiescing called in another phase"
-        );
-        // What the code below assumes; the release-build guard on the irreversible actions
-        // (invariants::irreversible_allowed) holds even where this does not.
+        self.assume_phase(Phase::Quiescing);
+        // What the code below assumes (debug builds, as `assume_phase`).
         debug_assert!(
             self.m.progress.replica_ready_at.is_some(),
             "a cutover starts only from a caught-up replica"
@@ -172,13 +167,8 @@ impl Stepper<'_> {
     }
 
     pub(super) fn draining(&mut self) {
-        debug_assert_eq!(
-            self.m.phase,
-            Phase::Draining,
-            "draining called in another phase"
-        );
-        // What the code below assumes; the release-build guard on the irreversible actions
-        // (invariants::irreversible_allowed) holds even where this does not.
+        self.assume_phase(Phase::Draining);
+        // What the code below assumes (debug builds, as `assume_phase`).
         debug_assert!(
             self.m.progress.quarantined_at.is_some(),
             "Draining follows the quarantine request"
@@ -240,13 +230,8 @@ impl Stepper<'_> {
     }
 
     pub(super) fn promoting(&mut self) {
-        debug_assert_eq!(
-            self.m.phase,
-            Phase::Promoting,
-            "promoting called in another phase"
-        );
-        // What the code below assumes; the release-build guard on the irreversible actions
-        // (invariants::irreversible_allowed) holds even where this does not.
+        self.assume_phase(Phase::Promoting);
+        // What the code below assumes (debug builds, as `assume_phase`).
         debug_assert!(
             self.m.progress.drain_proven_at.is_some() && self.m.progress.restarted_at.is_some(),
             "Promoting follows a held Draining proof"
@@ -302,13 +287,8 @@ impl Stepper<'_> {
     }
 
     pub(super) fn routing(&mut self) {
-        debug_assert_eq!(
-            self.m.phase,
-            Phase::Routing,
-            "routing called in another phase"
-        );
-        // What the code below assumes; the release-build guard on the irreversible actions
-        // (invariants::irreversible_allowed) holds even where this does not.
+        self.assume_phase(Phase::Routing);
+        // What the code below assumes (debug builds, as `assume_phase`).
         debug_assert!(
             self.m.progress.drain_proven_at.is_some() && self.m.progress.promoted_at.is_some(),
             "nothing is routed to a replica that was not promoted"

@@ -229,6 +229,25 @@ impl Stepper<'_> {
 
     // ----- building blocks -------------------------------------------------------------------
 
+    /// What a phase handler assumes first: `run` dispatched it for its own phase (debug builds;
+    /// the release-build guard is on the irreversible actions, `invariants::irreversible_allowed`).
+    fn assume_phase(&self, phase: Phase) {
+        debug_assert_eq!(
+            self.m.phase, phase,
+            "the {phase} handler was called in another phase"
+        );
+    }
+
+    /// The plan Preflight recorded; a phase after it without one fails the migration (the record
+    /// was damaged: nothing safe can be decided without the plan).
+    fn recorded_plan(&mut self) -> Option<Plan> {
+        let plan = self.plan().cloned();
+        if plan.is_none() {
+            self.failure("no plan was recorded by preflight".to_string());
+        }
+        plan
+    }
+
     fn plan(&self) -> Option<&Plan> {
         self.m.plan.as_ref()
     }

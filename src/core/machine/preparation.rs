@@ -72,11 +72,7 @@ impl Stepper<'_> {
     // ----- phases ----------------------------------------------------------------------------
 
     pub(super) fn preflight(&mut self) {
-        debug_assert_eq!(
-            self.m.phase,
-            Phase::Preflight,
-            "preflight called in another phase"
-        );
+        self.assume_phase(Phase::Preflight);
         let (Some(source), Some(inputs)) = (self.source(), self.obs.preflight.as_ref()) else {
             return;
         };
@@ -96,13 +92,8 @@ impl Stepper<'_> {
     }
 
     pub(super) fn preparing(&mut self) {
-        debug_assert_eq!(
-            self.m.phase,
-            Phase::Preparing,
-            "preparing called in another phase"
-        );
-        let Some(plan) = self.plan().cloned() else {
-            self.failure("no plan was recorded by preflight".to_string());
+        self.assume_phase(Phase::Preparing);
+        let Some(plan) = self.recorded_plan() else {
             return;
         };
         let groups_ready = match &self.obs.parameter_groups {
@@ -177,13 +168,8 @@ impl Stepper<'_> {
     }
 
     pub(super) fn creating_replica(&mut self) {
-        debug_assert_eq!(
-            self.m.phase,
-            Phase::CreatingReplica,
-            "creating_replica called in another phase"
-        );
-        let Some(plan) = self.plan().cloned() else {
-            self.failure("no plan was recorded by preflight".to_string());
+        self.assume_phase(Phase::CreatingReplica);
+        let Some(plan) = self.recorded_plan() else {
             return;
         };
         match &self.obs.target {
@@ -261,11 +247,7 @@ impl Stepper<'_> {
     }
 
     pub(super) fn replicating(&mut self) {
-        debug_assert_eq!(
-            self.m.phase,
-            Phase::Replicating,
-            "replicating called in another phase"
-        );
+        self.assume_phase(Phase::Replicating);
         if self.replica_guards() {
             return;
         }
@@ -295,11 +277,7 @@ impl Stepper<'_> {
     }
 
     pub(super) fn awaiting_cutover(&mut self) {
-        debug_assert_eq!(
-            self.m.phase,
-            Phase::AwaitingCutover,
-            "awaiting_cutover called in another phase"
-        );
+        self.assume_phase(Phase::AwaitingCutover);
         if self.replica_guards() {
             return;
         }
@@ -313,11 +291,7 @@ impl Stepper<'_> {
     }
 
     pub(super) fn paused(&mut self) {
-        debug_assert_eq!(
-            self.m.phase,
-            Phase::Paused,
-            "paused called in another phase"
-        );
+        self.assume_phase(Phase::Paused);
         if self.replica_guards() {
             return;
         }

@@ -26,13 +26,8 @@ pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Need
 
 impl Stepper<'_> {
     pub(super) fn rolling_back(&mut self) {
-        debug_assert_eq!(
-            self.m.phase,
-            Phase::RollingBack,
-            "rolling_back called in another phase"
-        );
-        // What the code below assumes; the release-build guard on the irreversible actions
-        // (invariants::irreversible_allowed) holds even where this does not.
+        self.assume_phase(Phase::RollingBack);
+        // What the code below assumes (debug builds, as `assume_phase`).
         debug_assert!(self.m.rollback.is_some(), "a rollback has a recorded cause");
         let Some(rollback) = self.m.rollback.clone() else {
             self.failure("rolling back without a recorded cause".to_string());

@@ -43,11 +43,7 @@ pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Need
 
 impl Stepper<'_> {
     pub(super) fn verifying(&mut self) {
-        debug_assert_eq!(
-            self.m.phase,
-            Phase::Verifying,
-            "verifying called in another phase"
-        );
+        self.assume_phase(Phase::Verifying);
         let Some(routed) = self.m.progress.routed_at else {
             self.failure("verification started without a confirmed route".to_string());
             return;
@@ -171,13 +167,8 @@ impl Stepper<'_> {
     }
 
     pub(super) fn decommissioning(&mut self) {
-        debug_assert_eq!(
-            self.m.phase,
-            Phase::Decommissioning,
-            "decommissioning called in another phase"
-        );
-        // What the code below assumes; the release-build guard on the irreversible actions
-        // (invariants::irreversible_allowed) holds even where this does not.
+        self.assume_phase(Phase::Decommissioning);
+        // What the code below assumes (debug builds, as `assume_phase`).
         debug_assert!(
             self.m.progress.routed_at.is_some(),
             "decommissioning follows a confirmed route"
