@@ -10,7 +10,9 @@
 //!
 //! # Layout
 //! - `world`: the fake AWS behind every port trait (RDS, EC2, CloudWatch, SNS, SQS, DynamoDB, the
-//!   router, the clock) and its data model (writes as sequence numbers, replication, metrics).
+//!   router, the clock) and its data model (writes as sequence numbers, replication, metrics);
+//!   RDS requests go through the AWS adapter's own rate limiter and fleet describe cache, run on
+//!   virtual time, one set per agent process (`world/adapter.rs`).
 //! - `queue`: SQS semantics (at-least-once, visibility timeout, delays, redrive to a DLQ).
 //! - `faults`: the seeded fault plan, or one written by hand.
 //! - `checks`: decision checks (the step wrapper), the quarantine rule, liveness.

@@ -6,7 +6,8 @@
 //! (the calling task really waits for it, so concurrent messages interleave), and long AWS
 //! operations finish through scheduled world events. Writes are sequence numbers: a source
 //! acknowledges writes at its write rate while clients can reach it, and its Aurora replica
-//! applies them after a replication delay.
+//! applies them after a replication delay. Above the fake RDS sit the AWS adapter's real rate
+//! limiter and fleet describe cache, as the agent process holds them (`adapter.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
