@@ -3,7 +3,9 @@
 //! for when a describe of one resource may be served from it ([`FleetCache::lookup`]).
 //!
 //! Guarantees: at most one refresh runs at a time (single flight: concurrent callers wait for it
-//! and take its answer); a snapshot is never served past its TTL; a resource this adapter changed
+//! and take its answer, even one that took longer than the TTL, since it started after they
+//! asked); past its TTL a snapshot is served to no caller that asked after its fetch started; a
+//! resource this adapter changed
 //! (`touch`) reports `changed_since` a snapshot that started before the change, so its migration
 //! describes it directly and sees its own mutation at once. Why: the account's RDS request
 //! budget (~12/s) is shared by the whole fleet, and per-migration describes would spend it. The
@@ -69,6 +71,14 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
         (self.clock.now().saturating_sub(c.at) < self.ttl).then(|| (c.at, c.items.clone()))
     }
 
+    /// The snapshot if it is within its TTL or its fetch started at or after `asked`.
+    fn fresh_or_started_since(&self, asked: Duration) -> Option<(Duration, Arc<Vec<T>>)> {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let c = current.as_ref()?;
+        (c.at >= asked || self.clock.now().saturating_sub(c.at) < self.ttl)
+            .then(|| (c.at, c.items.clone()))
+    }
+
     /// `name` was changed (or may have been: a failed mutation may hide a change) by this
     /// adapter: it is described directly until a snapshot started after now.
     pub(crate) fn touch(&self, name: &str) {
@@ -93,10 +103,14 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
         if let Some(fresh) = self.fresh() {
             return Ok(fresh);
         }
-        // One refresh at a time: the others wait and take its answer.
+        let asked = self.clock.now();
+        // One refresh at a time: the others wait and take its answer, even when it took longer
+        // than the TTL (a fetch of many pages behind a busy rate limiter can): it started after
+        // they asked. Refetching instead made every waiter fetch every page again, one after
+        // the other (a third of the fetches of the simulator's 500-migration fleet).
         let _one = self.refresh.lock().await;
-        if let Some(fresh) = self.fresh() {
-            return Ok(fresh);
+        if let Some(answer) = self.fresh_or_started_since(asked) {
+            return Ok(answer);
         }
         let at = self.clock.now();
         let items = Arc::new(fetch().await?);
@@ -199,5 +213,33 @@ mod tests {
             "a snapshot started after the change"
         );
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn callers_waiting_for_a_refresh_take_its_answer_even_when_it_outlasted_the_ttl() {
+        let clock = Manual::default();
+        let cache = FleetCache::with_clock(Duration::from_secs(5), clock.clone());
+        let fetches = AtomicUsize::new(0);
+        let get = || async {
+            cache
+                .get(|| async {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    // The other caller asks meanwhile; the pages take 6 s.
+                    tokio::task::yield_now().await;
+                    clock.sleep(Duration::from_secs(6)).await;
+                    Ok(vec!["a".to_string()])
+                })
+                .await
+                .unwrap()
+        };
+        let (a, b) = tokio::join!(get(), get());
+        assert_eq!((a.0, b.0), (Duration::ZERO, Duration::ZERO));
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch for both");
+        get().await;
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            2,
+            "a later caller gets a fresh snapshot"
+        );
     }
 }
