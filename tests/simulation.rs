@@ -173,7 +173,8 @@ fn one_throttled_reboot_still_completes() {
     assert_eq!(report.count(Phase::Completed), 1, "{report}");
 }
 
-/// A fleet in one agent, to show the simulator scales; the figures are printed, not asserted.
+/// A fleet in one agent, to show the simulator scales; the figures are printed, and the RDS rate
+/// is checked against the limiter's bound.
 #[test]
 fn fleet_of_concurrent_migrations() {
     let report = sim::run(&SimOptions {
@@ -189,6 +190,14 @@ fn fleet_of_concurrent_migrations() {
             .violations
             .iter()
             .all(|v| !v.contains("VIOLATION")),
+        "{report}"
+    );
+    // The adapter's own rate limiter (5 requests/s, burst 5) runs in the simulator: requests
+    // counted when they leave stay within a burst plus the rate in any second, and within the
+    // rate plus a burst per agent process (a restart starts with a full bucket) over 60 s.
+    assert!(fleet.outcome.rds_peak_1s <= 10, "{report}");
+    assert!(
+        fleet.outcome.rds_peak_60s <= 5.0 + 2.0 * 5.0 / 60.0,
         "{report}"
     );
 }

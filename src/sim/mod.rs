@@ -3,12 +3,16 @@
 //!
 //! In the spirit of FoundationDB's simulation and TigerBeetle's VOPR: one `u64` seed decides
 //! every latency, every fault and every delivery order, so a failing seed replays exactly.
-//! Futures are driven by a tiny executor of our own (`Waker::noop` and `poll`); a port call waits
-//! its latency in virtual time, and the executor jumps time to the next thing that happens.
+//! Futures are driven by a tiny executor of our own (`drive`): a port call waits its latency in
+//! virtual time (a timer the executor reads), a task blocked on the AWS adapter's real fleet cache
+//! or rate limiter (tokio mutexes) is woken through its `Waker`, and the executor polls what is
+//! due or woken, in task order, then jumps time to the next thing that happens.
 //!
 //! # Layout
 //! - `world`: the fake AWS behind every port trait (RDS, EC2, CloudWatch, SNS, SQS, DynamoDB, the
-//!   router, the clock) and its data model (writes as sequence numbers, replication, metrics).
+//!   router, the clock) and its data model (writes as sequence numbers, replication, metrics);
+//!   RDS requests go through the AWS adapter's own rate limiter and fleet describe cache, run on
+//!   virtual time, one set per agent process (`world/adapter.rs`).
 //! - `queue`: SQS semantics (at-least-once, visibility timeout, delays, redrive to a DLQ).
 //! - `faults`: the seeded fault plan, or one written by hand.
 //! - `checks`: decision checks (the step wrapper), the quarantine rule, liveness.
@@ -24,11 +28,12 @@ pub mod world;
 pub use report::{FleetFigures, SimReport};
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
 use jiff::SignedDuration;
 
@@ -130,14 +135,55 @@ struct Task {
     /// The SQS message it handles: the loop keeps it hidden while the handler runs.
     message_id: u64,
     receipt: String,
+    /// Its waker (and the `Arc` behind it, whose count shows whether anything holds a clone).
+    wake: Arc<TaskWake>,
+    waker: Waker,
+}
+
+/// Tasks woken through their `Waker` (a tokio mutex released), polled next at the same instant.
+type Woken = Arc<std::sync::Mutex<BTreeSet<usize>>>;
+
+/// A task's waker: waking it marks the task for polling.
+struct TaskWake {
+    id: usize,
+    woken: Woken,
+}
+
+impl Wake for TaskWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.id);
+    }
+}
+
+impl Task {
+    /// Something besides the task holds its waker (a tokio mutex's wait list): it will be woken.
+    fn waker_registered(&self) -> bool {
+        // The task's own two references: `wake` and the one inside `waker`.
+        Arc::strong_count(&self.wake) > 2
+    }
+}
+
+fn lock_woken(w: &Woken) -> std::sync::MutexGuard<'_, BTreeSet<usize>> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Extend a handled message's visibility this long before it would reappear.
 const VISIBILITY_MARGIN_MS: Ms = 20 * SEC;
 
+/// A new agent process on the world: its AWS adapter starts with empty caches and a full
+/// rate limiter.
 fn agent(port: &SimPort) -> Arc<Agent<SimWorld>> {
     Arc::new(Agent {
-        world: SimWorld { port: port.clone() },
+        world: SimWorld {
+            port: port.new_process(),
+        },
         policy: sim_policy(),
         step: checks::checked_step,
         instruments: crate::telemetry::Instruments::default(),
@@ -242,17 +288,17 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
     let mut up_at: Ms = 0;
     let mut crashes = 0u32;
     let mut last_check_minute = -1;
-    let waker = Waker::noop();
-    let mut cx = Context::from_waker(waker);
+    let woken: Woken = Arc::default();
     loop {
         let now = port.lock().now;
-        // Poll the handlers whose wait is over, in id order.
+        // Poll the handlers whose timer is due or that were woken (new ones are), in id order.
         let due: Vec<usize> = {
             let s = port.lock();
+            let woken = lock_woken(&woken);
             tasks
                 .keys()
                 .copied()
-                .filter(|id| s.task_wakes.get(id).is_none_or(|w| *w <= now))
+                .filter(|id| woken.contains(id) || s.task_wakes.get(id).is_some_and(|w| *w <= now))
                 .collect()
         };
         let mut crashed = false;
@@ -262,7 +308,9 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                 s.current_task = id;
                 s.task_wakes.remove(&id);
             }
+            lock_woken(&woken).remove(&id);
             let task = tasks.get_mut(&id).expect("listed");
+            let mut cx = Context::from_waker(&task.waker);
             let ready = matches!(task.fut.as_mut().poll(&mut cx), Poll::Ready(_));
             let s = port.lock();
             if s.crashed {
@@ -271,22 +319,28 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
             }
             if ready {
                 tasks.remove(&id);
+                lock_woken(&woken).remove(&id);
             } else {
+                // Pending must mean a wake-up is coming: a virtual-time timer, or a waker held
+                // by what it waits on (or already woken).
                 assert!(
-                    s.task_wakes.contains_key(&id),
-                    "a handler is pending without a wake-up (seed {seed})"
+                    s.task_wakes.contains_key(&id)
+                        || task.waker_registered()
+                        || lock_woken(&woken).contains(&id),
+                    "a handler is pending with neither a timer nor a waker registered (seed {seed})"
                 );
             }
         }
         if crashed {
-            // Everything the process held in memory is gone; in-flight messages come back after
-            // their visibility timeout.
+            // Everything the process held in memory is gone (its handlers, and its adapter's
+            // caches and limiter: the new agent is a new process); in-flight messages come back
+            // after their visibility timeout.
             tasks.clear();
+            lock_woken(&woken).clear();
             crashes += 1;
             let mut s = port.lock();
             s.crashed = false;
             s.task_wakes.clear();
-            s.agent_restarted();
             up_at = now + rng.range(20 * SEC, 90 * SEC);
             s.log(|| "agent restarting".to_string());
             drop(s);
@@ -311,6 +365,7 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                     body: m.body.clone(),
                     receive_count: m.receive_count,
                 };
+                let id = next_task;
                 let a = agent.clone();
                 let fut = async move {
                     let d = a.handle_message(&message).await;
@@ -319,23 +374,28 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                     }
                     d
                 };
+                let wake = Arc::new(TaskWake {
+                    id,
+                    woken: woken.clone(),
+                });
                 tasks.insert(
-                    next_task,
+                    id,
                     Task {
                         fut: Box::pin(fut),
                         message_id: m.id,
                         receipt: m.receipt.clone().unwrap_or_default(),
+                        waker: Waker::from(wake.clone()),
+                        wake,
                     },
                 );
+                // New handlers start at once (next iteration, same instant).
+                lock_woken(&woken).insert(id);
                 next_task += 1;
             }
-            if !tasks.is_empty() && tasks.len() <= o.workers {
-                // New handlers start at once (next iteration, same instant).
-                let s = port.lock();
-                if tasks.keys().any(|id| !s.task_wakes.contains_key(id)) {
-                    continue;
-                }
-            }
+        }
+        if !lock_woken(&woken).is_empty() {
+            // Woken and new handlers run at once, before time moves.
+            continue;
         }
         // The loop's visibility heartbeat: a handler that runs long keeps its message hidden
         // (ChangeMessageVisibility), as long as the process lives.

@@ -1,26 +1,30 @@
 //! The fleet describe cache: one describe-everything answer (`DescribeDBInstances`,
-//! `DescribeDBClusters`) shared by every migration the agent runs, for a TTL.
+//! `DescribeDBClusters`) shared by every migration the agent runs, for a TTL, and the one rule
+//! for when a describe of one resource may be served from it ([`FleetCache::lookup`]).
 //!
 //! Guarantees: at most one refresh runs at a time (single flight: concurrent callers wait for it
-//! and take its answer); a snapshot is never served past its TTL; a resource this adapter changed
+//! and take its answer, even one that took longer than the TTL, since it started after they
+//! asked); past its TTL a snapshot is served to no caller that asked after its fetch started; a
+//! resource this adapter changed
 //! (`touch`) reports `changed_since` a snapshot that started before the change, so its migration
 //! describes it directly and sees its own mutation at once. Why: the account's RDS request
 //! budget (~12/s) is shared by the whole fleet, and per-migration describes would spend it. The
-//! cache knows nothing of the SDK: it holds any `T` and is filled by the caller's `fetch`.
+//! cache knows nothing of the SDK: it holds any `T`, is filled by the caller's `fetch`, and runs
+//! on any [`MonotonicClock`] (tokio's in the agent, virtual time in the simulator, which runs
+//! this very cache over its fake RDS).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
+use crate::aws::limit::{MonotonicClock, TokioClock};
 use crate::ports::PortResult;
 
 /// One fleet-wide answer, valid for a TTL.
 struct Cached<T> {
     /// When the fetch started: a change after it may be missing from `items`.
-    at: Instant,
+    at: Duration,
     items: Arc<Vec<T>>,
 }
 
@@ -29,12 +33,13 @@ struct Cached<T> {
 /// snapshot started after the change, so its migration sees its own mutation at once while
 /// the others keep sharing the snapshot (invalidating the whole snapshot on every mutation
 /// would re-read every page after each of a fleet's many tag and state changes).
-pub(super) struct FleetCache<T> {
+pub(crate) struct FleetCache<T, C: MonotonicClock = TokioClock> {
     ttl: Duration,
+    clock: C,
     current: std::sync::Mutex<Option<Cached<T>>>,
     refresh: tokio::sync::Mutex<()>,
     /// Identifier (lower case, ARNs reduced to it) → when this adapter last changed it.
-    touched: std::sync::Mutex<HashMap<String, Instant>>,
+    touched: std::sync::Mutex<HashMap<String, Duration>>,
 }
 
 /// `arn:aws:rds:…:db:orders-pg` and `orders-pg` name the same thing; RDS ignores case.
@@ -43,34 +48,54 @@ fn resource_key(name: &str) -> String {
 }
 
 impl<T> FleetCache<T> {
-    pub(super) fn new(ttl: Duration) -> Self {
+    /// A cache on tokio's clock.
+    pub(crate) fn new(ttl: Duration) -> Self {
+        Self::with_clock(ttl, TokioClock::default())
+    }
+}
+
+impl<T, C: MonotonicClock> FleetCache<T, C> {
+    pub(crate) fn with_clock(ttl: Duration, clock: C) -> Self {
         FleetCache {
             ttl,
+            clock,
             current: std::sync::Mutex::new(None),
             refresh: tokio::sync::Mutex::new(()),
             touched: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    fn fresh(&self) -> Option<(Instant, Arc<Vec<T>>)> {
+    fn fresh(&self) -> Option<(Duration, Arc<Vec<T>>)> {
         let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let c = current.as_ref()?;
-        (c.at.elapsed() < self.ttl).then(|| (c.at, c.items.clone()))
+        (self.clock.now().saturating_sub(c.at) < self.ttl).then(|| (c.at, c.items.clone()))
     }
 
-    pub(super) fn touch(&self, name: &str) {
+    /// The snapshot if it is within its TTL or its fetch started at or after `asked`.
+    fn fresh_or_started_since(&self, asked: Duration) -> Option<(Duration, Arc<Vec<T>>)> {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let c = current.as_ref()?;
+        (c.at >= asked || self.clock.now().saturating_sub(c.at) < self.ttl)
+            .then(|| (c.at, c.items.clone()))
+    }
+
+    /// `name` was changed (or may have been: a failed mutation may hide a change) by this
+    /// adapter: it is described directly until a snapshot started after now.
+    pub(crate) fn touch(&self, name: &str) {
+        let now = self.clock.now();
         let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
-        touched.insert(resource_key(name), Instant::now());
+        touched.insert(resource_key(name), now);
     }
 
     /// Whether `name` changed after the snapshot taken at `at` started.
-    pub(super) fn changed_since(&self, name: &str, at: Instant) -> bool {
+    fn changed_since(&self, name: &str, at: Duration) -> bool {
         let touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
         touched.get(&resource_key(name)).is_some_and(|t| *t >= at)
     }
 
-    /// The snapshot and when its fetch started.
-    pub(super) async fn get<F, Fut>(&self, fetch: F) -> PortResult<(Instant, Arc<Vec<T>>)>
+    /// The snapshot (refreshed by `fetch` when it is older than the TTL), and when its fetch
+    /// started.
+    pub(crate) async fn get<F, Fut>(&self, fetch: F) -> PortResult<(Duration, Arc<Vec<T>>)>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = PortResult<Vec<T>>>,
@@ -78,12 +103,16 @@ impl<T> FleetCache<T> {
         if let Some(fresh) = self.fresh() {
             return Ok(fresh);
         }
-        // One refresh at a time: the others wait and take its answer.
+        let asked = self.clock.now();
+        // One refresh at a time: the others wait and take its answer, even when it took longer
+        // than the TTL (a fetch of many pages behind a busy rate limiter can): it started after
+        // they asked. Refetching instead made every waiter fetch every page again, one after
+        // the other (a third of the fetches of the simulator's 500-migration fleet).
         let _one = self.refresh.lock().await;
-        if let Some(fresh) = self.fresh() {
-            return Ok(fresh);
+        if let Some(answer) = self.fresh_or_started_since(asked) {
+            return Ok(answer);
         }
-        let at = Instant::now();
+        let at = self.clock.now();
         let items = Arc::new(fetch().await?);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Cached {
             at,
@@ -95,5 +124,122 @@ impl<T> FleetCache<T> {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, t| *t >= at);
         Ok((at, items))
+    }
+
+    /// One resource, `name`: from the fleet snapshot (`fetch` refreshes it; `is` picks the
+    /// resource out of it) unless this adapter changed it since the snapshot started or the
+    /// snapshot does not hold it (created since?); then `direct` describes it by name.
+    pub(crate) async fn lookup<F, Fut, D, DFut>(
+        &self,
+        name: &str,
+        fetch: F,
+        is: impl Fn(&T) -> bool,
+        direct: D,
+    ) -> PortResult<Option<T>>
+    where
+        T: Clone,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = PortResult<Vec<T>>>,
+        D: FnOnce() -> DFut,
+        DFut: Future<Output = PortResult<Option<T>>>,
+    {
+        let (at, all) = self.get(fetch).await?;
+        if !self.changed_since(name, at)
+            && let Some(found) = all.iter().find(|i| is(i))
+        {
+            return Ok(Some(found.clone()));
+        }
+        direct().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A clock the test moves by hand.
+    #[derive(Clone, Default)]
+    struct Manual(Arc<AtomicU64>);
+
+    impl MonotonicClock for Manual {
+        fn now(&self) -> Duration {
+            Duration::from_millis(self.0.load(Ordering::SeqCst))
+        }
+        async fn sleep(&self, d: Duration) {
+            self.0.fetch_add(d.as_millis() as u64, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_touched_or_missing_resource_is_described_directly_until_the_next_snapshot() {
+        let clock = Manual::default();
+        let cache = FleetCache::with_clock(Duration::from_secs(5), clock.clone());
+        let fetches = AtomicUsize::new(0);
+        let lookup = |name: &'static str| {
+            let (cache, fetches) = (&cache, &fetches);
+            async move {
+                cache
+                    .lookup(
+                        name,
+                        || async {
+                            fetches.fetch_add(1, Ordering::SeqCst);
+                            Ok(vec!["a".to_string(), "b".to_string()])
+                        },
+                        |n| n == name,
+                        || async { Ok(Some(format!("{name} direct"))) },
+                    )
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        assert_eq!(lookup("a").await, "a");
+        assert_eq!(lookup("c").await, "c direct", "absent from the snapshot");
+        clock.sleep(Duration::from_secs(1)).await;
+        cache.touch("arn:aws:rds:us-east-1:1:db:A");
+        assert_eq!(lookup("a").await, "a direct", "changed since the snapshot");
+        assert_eq!(lookup("b").await, "b");
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            1,
+            "one snapshot within the TTL"
+        );
+        clock.sleep(Duration::from_secs(4)).await;
+        assert_eq!(
+            lookup("a").await,
+            "a",
+            "a snapshot started after the change"
+        );
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn callers_waiting_for_a_refresh_take_its_answer_even_when_it_outlasted_the_ttl() {
+        let clock = Manual::default();
+        let cache = FleetCache::with_clock(Duration::from_secs(5), clock.clone());
+        let fetches = AtomicUsize::new(0);
+        let get = || async {
+            cache
+                .get(|| async {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    // The other caller asks meanwhile; the pages take 6 s.
+                    tokio::task::yield_now().await;
+                    clock.sleep(Duration::from_secs(6)).await;
+                    Ok(vec!["a".to_string()])
+                })
+                .await
+                .unwrap()
+        };
+        let (a, b) = tokio::join!(get(), get());
+        assert_eq!((a.0, b.0), (Duration::ZERO, Duration::ZERO));
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch for both");
+        get().await;
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            2,
+            "a later caller gets a fresh snapshot"
+        );
     }
 }

@@ -1,53 +1,55 @@
 //! Instance and cluster describes: the whole fleet through [`super::cache::FleetCache`] (every
 //! page, following `Marker`), or one resource directly by name.
 //!
-//! Guarantees: a resource changed by this adapter since the cached snapshot started, or absent from
-//! it (created since), is described directly, so a migration always sees its own mutations; a
-//! direct describe answers `None` for a resource RDS does not know (NotFound), never an error.
+//! Guarantees (the judgement is `FleetCache::lookup`'s, which the simulator runs too): a resource
+//! changed by this adapter since the cached snapshot started, or absent from it (created since),
+//! is described directly, so a migration always sees its own mutations; a direct describe answers
+//! `None` for a resource RDS does not know (NotFound), never an error.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_sdk_rds::types::{DbCluster, DbInstance};
-use tokio::time::Instant;
 
 use super::AwsRds;
-use super::convert::{matches_instance, opt, target_from};
+use super::convert::{matches_cluster, matches_instance, opt, target_from};
 use crate::aws::call::all_pages;
 use crate::aws::classify::found;
 use crate::core::observation::{ClusterMember, TargetCluster};
 use crate::ports::PortResult;
 
 impl AwsRds {
-    pub(super) async fn all_instances(&self) -> PortResult<(Instant, Arc<Vec<DbInstance>>)> {
-        self.instances
-            .get(|| {
-                all_pages(|marker| {
-                    let request = self.client.describe_db_instances().max_records(100);
-                    async move {
-                        let r = self
-                            .call("rds:DescribeDBInstances", request.set_marker(marker).send())
-                            .await?;
-                        Ok((r.db_instances.unwrap_or_default(), r.marker))
-                    }
-                })
-            })
-            .await
+    /// The fleet snapshot of instances (refreshed when older than its TTL).
+    pub(super) async fn all_instances(&self) -> PortResult<(Duration, Arc<Vec<DbInstance>>)> {
+        self.instances.get(|| self.fetch_instances()).await
     }
 
-    pub(super) async fn all_clusters(&self) -> PortResult<(Instant, Arc<Vec<DbCluster>>)> {
-        self.clusters
-            .get(|| {
-                all_pages(|marker| {
-                    let request = self.client.describe_db_clusters().max_records(100);
-                    async move {
-                        let r = self
-                            .call("rds:DescribeDBClusters", request.set_marker(marker).send())
-                            .await?;
-                        Ok((r.db_clusters.unwrap_or_default(), r.marker))
-                    }
-                })
-            })
-            .await
+    /// Every instance, every page: the instance cache's fetch.
+    async fn fetch_instances(&self) -> PortResult<Vec<DbInstance>> {
+        all_pages(|marker| {
+            let request = self.client.describe_db_instances().max_records(100);
+            async move {
+                let r = self
+                    .call("rds:DescribeDBInstances", request.set_marker(marker).send())
+                    .await?;
+                Ok((r.db_instances.unwrap_or_default(), r.marker))
+            }
+        })
+        .await
+    }
+
+    /// Every cluster, every page: the cluster cache's fetch.
+    async fn fetch_clusters(&self) -> PortResult<Vec<DbCluster>> {
+        all_pages(|marker| {
+            let request = self.client.describe_db_clusters().max_records(100);
+            async move {
+                let r = self
+                    .call("rds:DescribeDBClusters", request.set_marker(marker).send())
+                    .await?;
+                Ok((r.db_clusters.unwrap_or_default(), r.marker))
+            }
+        })
+        .await
     }
 
     /// One instance, bypassing the cache.
@@ -71,13 +73,26 @@ impl AwsRds {
 
     /// An instance from the fleet answer, or (not in it: created since?) asked for directly.
     pub(super) async fn instance(&self, name: &str) -> PortResult<Option<DbInstance>> {
-        let (at, all) = self.all_instances().await?;
-        if !self.instances.changed_since(name, at)
-            && let Some(i) = all.iter().find(|i| matches_instance(i, name))
-        {
-            return Ok(Some(i.clone()));
-        }
-        self.instance_direct(name).await
+        self.instances
+            .lookup(
+                name,
+                || self.fetch_instances(),
+                |i| matches_instance(i, name),
+                || self.instance_direct(name),
+            )
+            .await
+    }
+
+    /// A cluster from the fleet answer, or (changed since, or not in it) asked for directly.
+    pub(super) async fn cluster(&self, name: &str) -> PortResult<Option<DbCluster>> {
+        self.clusters
+            .lookup(
+                name,
+                || self.fetch_clusters(),
+                |c| matches_cluster(c, name),
+                || self.cluster_direct(name),
+            )
+            .await
     }
 
     pub(super) async fn target_of(&self, c: &DbCluster) -> PortResult<TargetCluster> {

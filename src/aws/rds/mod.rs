@@ -11,7 +11,8 @@
 //! by subject (those that call RDS as `impl AwsRds` blocks, used from here):
 //!
 //! - `cache.rs`: `FleetCache`, the fleet-wide describe snapshot (single-flight refresh, touched
-//!   resources);
+//!   resources) and the rule for serving one resource from it (`lookup`); the simulator runs it
+//!   too, on virtual time;
 //! - `describe.rs`: instance and cluster describes, through the cache or directly;
 //! - `convert.rs`: SDK types to the core's (`source_of`, `target_from`), tags, name matching;
 //! - `parameter_groups.rs`: whether the migration's parameter groups exist; creating and
@@ -39,7 +40,7 @@ use crate::core::observation::{
 };
 use crate::ports::{ErrorKind, PortError, PortResult, Rds};
 
-mod cache;
+pub(crate) mod cache;
 mod convert;
 mod describe;
 mod parameter_groups;
@@ -47,7 +48,7 @@ mod preflight;
 
 use cache::FleetCache;
 pub use convert::source_of;
-use convert::{matches_cluster, opt, sdk_tags, tags_of};
+use convert::{opt, sdk_tags, tags_of};
 
 pub struct AwsRds {
     client: Client,
@@ -178,13 +179,7 @@ impl Rds for AwsRds {
         cluster: &str,
     ) -> impl Future<Output = PortResult<Observed<TargetCluster>>> + Send {
         boxed(async move {
-            let (at, all) = self.all_clusters().await?;
-            let cached = all.iter().find(|c| matches_cluster(c, cluster));
-            let found = match cached {
-                Some(c) if !self.clusters.changed_since(cluster, at) => Some(c.clone()),
-                _ => self.cluster_direct(cluster).await?,
-            };
-            match found {
+            match self.cluster(cluster).await? {
                 Some(c) => Ok(Observed::Present(self.target_of(&c).await?)),
                 None => Ok(Observed::Absent),
             }

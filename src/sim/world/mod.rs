@@ -6,7 +6,8 @@
 //! (the calling task really waits for it, so concurrent messages interleave), and long AWS
 //! operations finish through scheduled world events. Writes are sequence numbers: a source
 //! acknowledges writes at its write rate while clients can reach it, and its Aurora replica
-//! applies them after a replication delay.
+//! applies them after a replication delay. Above the fake RDS sit the AWS adapter's real rate
+//! limiter and fleet describe cache, as the agent process holds them (`adapter.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
@@ -38,7 +39,9 @@ use super::faults::{CallFault, FaultPlan, PermanentFault};
 use super::queue::{Ms, SqsQueue};
 use super::rng::Rng;
 
-// One file per service (and the port plumbing), each with its half of `State` and its port.
+// One file per service (and the port plumbing), each with its half of `State` and its port;
+// `adapter.rs` is the RDS adapter's real limiter and caches the agent process holds.
+mod adapter;
 mod cloudwatch;
 mod ec2;
 mod messaging;
@@ -47,6 +50,7 @@ mod rds;
 mod store;
 mod time;
 
+use adapter::RdsAdapter;
 pub use port::{SimPort, SimWorld};
 
 pub const SEC: Ms = 1000;
@@ -55,13 +59,9 @@ const MIB: u64 = 1024 * 1024;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 const ACCOUNT: &str = "111122223333";
 const REGION: &str = "us-east-1";
-/// Datapoints kept per series: enough for every window the agent reads (≤ 20 min).
-/// The AWS adapter's defaults (`AwsSettings`): RDS rate limiter and describe cache.
-const RDS_REQUESTS_PER_SECOND: Ms = 5;
-const RDS_BURST: Ms = 5;
-const DESCRIBE_TTL: Ms = 5 * SEC;
 const DESCRIBE_INSTANCES: &str = "rds:DescribeDBInstances";
 const DESCRIBE_CLUSTERS: &str = "rds:DescribeDBClusters";
+/// Datapoints kept per series: enough for every window the agent reads (≤ 20 min).
 const SERIES_KEPT: usize = 40;
 
 /// Which store the world offers.
@@ -218,20 +218,9 @@ pub struct State {
     seq: u64,
     pub metrics: BTreeMap<(String, MetricKey), VecDeque<(Ms, Datapoint)>>,
     pub calls: BTreeMap<&'static str, u64>,
-    /// RDS requests per second of virtual time.
+    /// RDS requests per second of virtual time, counted when a request leaves (after the
+    /// agent process's rate limiter).
     pub rds_per_second: BTreeMap<i64, u32>,
-    /// The AWS adapter's RDS rate limiter (a token bucket): the theoretical arrival time of
-    /// the next call.
-    rds_tat: Ms,
-    /// The adapter's fleet describe snapshots (`FleetCache`): when each operation's last
-    /// snapshot was fetched. Answers are read at the time of the describe (a real snapshot
-    /// can be up to its TTL older; the property tests cover stale observations).
-    fleet_snapshot_at: BTreeMap<&'static str, Ms>,
-    /// (describe operation, identifier in lower case) the agent changed, and when: described
-    /// directly until a snapshot started after the change, as the adapter does.
-    touched: BTreeMap<(&'static str, String), Ms>,
-    /// Snapshots being fetched: one refresh at a time, the others wait for it.
-    fleet_refreshing: BTreeSet<&'static str>,
     pub violations: Vec<String>,
     pub timeline: Option<Vec<Line>>,
     pub resync_every_ms: Ms,
@@ -273,10 +262,6 @@ impl State {
             metrics: BTreeMap::new(),
             calls: BTreeMap::new(),
             rds_per_second: BTreeMap::new(),
-            rds_tat: 0,
-            fleet_snapshot_at: BTreeMap::new(),
-            touched: BTreeMap::new(),
-            fleet_refreshing: BTreeSet::new(),
             violations: Vec::new(),
             timeline: verbose.then(Vec::new),
             resync_every_ms: 5 * MIN,

@@ -1,25 +1,16 @@
 //! The handle the agent talks to (`SimPort`): every call counted, delayed and faulted as the
-//! seed says, RDS calls through the adapter's rate limiter and fleet describe cache, and the
-//! `World` bundle.
+//! seed says, RDS requests through the agent process's real rate limiter (`adapter.rs`), the
+//! virtual-time wait (`Delay`), and the `World` bundle.
 
 use super::*;
 
 impl State {
     // ----- calls -------------------------------------------------------------------------
 
-    /// Counts a call and draws its latency and fault.
+    /// Counts a call and draws its latency and fault (at the call, before any rate-limiter
+    /// wait).
     pub(super) fn begin_call(&mut self, op: &'static str, mutating: bool) -> (Ms, CallFault) {
         *self.calls.entry(op).or_default() += 1;
-        // RDS calls wait for the adapter's rate limiter before they leave.
-        let queued = if op.starts_with("rds:") {
-            let interval = SEC / RDS_REQUESTS_PER_SECOND;
-            let start = self.now.max(self.rds_tat - (RDS_BURST - 1) * interval);
-            self.rds_tat = self.rds_tat.max(start) + interval;
-            *self.rds_per_second.entry(start / SEC).or_default() += 1;
-            start - self.now
-        } else {
-            0
-        };
         let n = {
             let c = self.op_counts.entry(op).or_default();
             *c += 1;
@@ -60,27 +51,34 @@ impl State {
         if fault != CallFault::None {
             self.log(|| format!("fault: {op} → {fault:?}"));
         }
-        (queued + latency, fault)
-    }
-
-    /// The agent process restarted: what its AWS adapter held in memory is gone.
-    pub fn agent_restarted(&mut self) {
-        self.fleet_snapshot_at.clear();
-        self.touched.clear();
-        self.fleet_refreshing.clear();
+        (latency, fault)
     }
 }
 
-/// A handle on the shared world state; it implements every port trait.
+/// A handle on the shared world state and on one agent process's adapter memory; it implements
+/// every port trait.
 #[derive(Clone)]
 pub struct SimPort {
     pub state: Arc<Mutex<State>>,
+    /// What this agent process's RDS adapter holds in memory (rate limiter, describe caches).
+    pub(super) rds: Arc<RdsAdapter>,
 }
 
 impl SimPort {
     pub fn new(state: State) -> Self {
+        let state = Arc::new(Mutex::new(state));
         SimPort {
-            state: Arc::new(Mutex::new(state)),
+            rds: Arc::new(RdsAdapter::new(&state)),
+            state,
+        }
+    }
+
+    /// The same world seen by a new agent process: its adapter starts with an empty describe
+    /// cache and a full rate limiter, as a restarted process's would.
+    pub fn new_process(&self) -> Self {
+        SimPort {
+            rds: Arc::new(RdsAdapter::new(&self.state)),
+            state: self.state.clone(),
         }
     }
 
@@ -96,19 +94,20 @@ impl SimPort {
         mutating: bool,
         f: impl FnOnce(&mut State) -> PortResult<T>,
     ) -> PortResult<T> {
-        let (latency, fault, start) = {
-            let mut s = self.lock();
-            let (l, f) = s.begin_call(op, mutating);
-            (l, f, s.now)
-        };
+        let (latency, fault) = self.lock().begin_call(op, mutating);
         if fault == CallFault::CrashBefore {
             return self.crash(op).await;
         }
-        Delay {
-            port: self,
-            until: start + latency,
+        if op.starts_with("rds:") {
+            // The adapter's `call`: wait for the account budget's limiter, then the request
+            // leaves.
+            self.rds.limiter.acquire().await;
+            let mut s = self.lock();
+            let second = s.now / SEC;
+            *s.rds_per_second.entry(second).or_default() += 1;
         }
-        .await;
+        let until = self.lock().now + latency;
+        Delay::until(&self.state, until).await;
         let answer = {
             let mut s = self.lock();
             match fault {
@@ -148,14 +147,20 @@ impl SimPort {
 
 /// Waits until virtual time reaches `until`; registers the wake-up with the executor.
 pub(super) struct Delay<'a> {
-    pub(super) port: &'a SimPort,
-    pub(super) until: Ms,
+    state: &'a Mutex<State>,
+    until: Ms,
+}
+
+impl<'a> Delay<'a> {
+    pub(super) fn until(state: &'a Mutex<State>, until: Ms) -> Self {
+        Delay { state, until }
+    }
 }
 
 impl Future for Delay<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-        let mut s = self.port.lock();
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.now >= self.until {
             Poll::Ready(())
         } else {
@@ -165,87 +170,6 @@ impl Future for Delay<'_> {
             Poll::Pending
         }
     }
-}
-
-impl SimPort {
-    /// The adapter's shared describe (`FleetCache`): refreshes the fleet snapshot (every page
-    /// of 100) when it is older than its TTL, then says whether it can answer for `name`: not
-    /// when the agent changed `name` after the snapshot started.
-    pub(super) async fn served_by_snapshot(
-        &self,
-        op: &'static str,
-        name: &str,
-    ) -> PortResult<bool> {
-        loop {
-            let (expired, refreshing, pages, now) = {
-                let s = self.lock();
-                let expired = s
-                    .fleet_snapshot_at
-                    .get(op)
-                    .is_none_or(|at| s.now - at >= DESCRIBE_TTL);
-                let items = if op == DESCRIBE_INSTANCES {
-                    s.sources.len() + s.clusters.len()
-                } else {
-                    s.clusters.len()
-                };
-                let refreshing = s.fleet_refreshing.contains(op);
-                (expired, refreshing, items.div_ceil(100).max(1), s.now)
-            };
-            if !expired {
-                break;
-            }
-            if refreshing {
-                Delay {
-                    port: self,
-                    until: now + 100,
-                }
-                .await;
-                continue;
-            }
-            self.lock().fleet_refreshing.insert(op);
-            let mut fetched = Ok(());
-            for _ in 0..pages {
-                fetched = self.call(op, false, |_| Ok(())).await;
-                if fetched.is_err() {
-                    break;
-                }
-            }
-            let mut s = self.lock();
-            s.fleet_refreshing.remove(op);
-            fetched?;
-            s.fleet_snapshot_at.insert(op, now);
-            s.touched.retain(|(o, _), t| *o != op || *t >= now);
-            break;
-        }
-        let s = self.lock();
-        let at = s.fleet_snapshot_at.get(op).copied().unwrap_or(Ms::MAX);
-        Ok(s.touched
-            .get(&(op, resource_key(name)))
-            .is_none_or(|t| *t < at))
-    }
-
-    /// A mutating RDS call; its resources are then described directly until the next snapshot.
-    pub(super) async fn mutate<T>(
-        &self,
-        op: &'static str,
-        names: &[&str],
-        f: impl FnOnce(&mut State) -> PortResult<T>,
-    ) -> PortResult<T> {
-        let r = self.call(op, true, f).await;
-        let mut s = self.lock();
-        let now = s.now;
-        for name in names {
-            for describe in [DESCRIBE_INSTANCES, DESCRIBE_CLUSTERS] {
-                s.touched.insert((describe, resource_key(name)), now);
-            }
-        }
-        r
-    }
-}
-
-/// `arn:…:db:orders-pg` and `orders-pg` name the same resource; RDS ignores case.
-pub(super) fn resource_key(name: &str) -> String {
-    name.rsplit(':').next().unwrap_or(name).to_ascii_lowercase()
 }
 
 /// The bundle the agent is generic over.

@@ -35,16 +35,6 @@ impl State {
         })
     }
 
-    pub(super) fn list_tagged(&mut self, key: &str) -> Vec<SourceInstance> {
-        let ids: Vec<String> = self
-            .sources
-            .iter()
-            .filter(|(_, s)| s.deleted_at.is_none() && s.view.tags.contains_key(key))
-            .map(|(k, _)| k.clone())
-            .collect();
-        ids.iter().map(|id| self.source_view(id)).collect()
-    }
-
     pub(super) fn preflight_inputs(&mut self, source: &SourceInstance) -> PreflightInputs {
         let versions = ["15.4", "15.5", "15.6", "15.7", "15.8", "16.1", "16.2"];
         let free = self
@@ -477,34 +467,15 @@ impl State {
 
 impl Rds for SimPort {
     async fn describe_source(&self, instance: &str) -> PortResult<Observed<SourceInstance>> {
-        if self
-            .served_by_snapshot(DESCRIBE_INSTANCES, instance)
-            .await?
-        {
-            let r = self.lock().describe_source(instance)?;
-            // Not in the snapshot: the adapter asks for it by name.
-            if !matches!(r, Observed::Absent) {
-                return Ok(r);
-            }
-        }
-        self.call(DESCRIBE_INSTANCES, false, |s| s.describe_source(instance))
-            .await
+        Ok(self.source(instance).await?.into())
     }
 
     async fn list_tagged_sources(&self, tag_key: &str) -> PortResult<Vec<SourceInstance>> {
-        self.served_by_snapshot(DESCRIBE_INSTANCES, "").await?;
-        Ok(self.lock().list_tagged(tag_key))
+        self.tagged_sources(tag_key).await
     }
 
     async fn describe_target(&self, cluster: &str) -> PortResult<Observed<TargetCluster>> {
-        if self.served_by_snapshot(DESCRIBE_CLUSTERS, cluster).await? {
-            let r = self.lock().describe_target(cluster);
-            if !matches!(r, Observed::Absent) {
-                return Ok(r);
-            }
-        }
-        self.call(DESCRIBE_CLUSTERS, false, |s| Ok(s.describe_target(cluster)))
-            .await
+        Ok(self.target(cluster).await?.into())
     }
 
     async fn parameter_groups_present(

@@ -298,6 +298,6 @@ impl Clock for SimPort {
 
     async fn sleep(&self, d: std::time::Duration) {
         let until = self.lock().now + d.as_millis() as Ms;
-        Delay { port: self, until }.await;
+        Delay::until(&self.state, until).await;
     }
 }

@@ -1,0 +1,220 @@
+//! What the agent process's RDS adapter holds in memory, run for real on virtual time: the
+//! account budget's [`RateLimiter`] every `rds:` request waits for, and the fleet describe caches
+//! ([`FleetCache`]) with their rule for when one resource is served from the fleet snapshot
+//! (`FleetCache::lookup`) and their `touch` after a mutation. The simulator fakes only the I/O
+//! below them: a cache's fetch is the paged describe-all (one `rds:` call per page of 100, in
+//! identifier order after the marker, each page read when its request lands), so an answer served
+//! from a snapshot is up to the TTL old, as the real adapter's is.
+//!
+//! One `RdsAdapter` per agent process (`SimPort::new_process`): a crash loses the snapshots, the
+//! touched marks and the bucket's state, as a real restart does. The settings are the adapter's
+//! own defaults (`AwsSettings`: 5 requests/s, burst 5, TTL 5 s).
+
+use std::time::Duration;
+
+use super::port::Delay;
+use super::*;
+use crate::aws::AwsSettings;
+use crate::aws::limit::{MonotonicClock, RateLimiter};
+use crate::aws::rds::cache::FleetCache;
+
+/// Items per page of a describe-all (`MaxRecords`).
+const PAGE: usize = 100;
+
+/// The world's virtual time as the adapter's monotonic clock.
+pub(super) struct VirtualClock {
+    state: Arc<Mutex<State>>,
+}
+
+impl VirtualClock {
+    fn now_ms(&self) -> Ms {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).now
+    }
+}
+
+impl MonotonicClock for VirtualClock {
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.now_ms().max(0) as u64)
+    }
+
+    /// Rounds up to the next millisecond: a wait never ends early.
+    fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send {
+        let until = self.now_ms() + d.as_nanos().div_ceil(1_000_000) as Ms;
+        Delay::until(&self.state, until)
+    }
+}
+
+/// The RDS adapter's memory in one agent process.
+pub(crate) struct RdsAdapter {
+    pub(super) limiter: RateLimiter<VirtualClock>,
+    instances: FleetCache<SourceInstance, VirtualClock>,
+    clusters: FleetCache<TargetCluster, VirtualClock>,
+}
+
+impl RdsAdapter {
+    pub(super) fn new(state: &Arc<Mutex<State>>) -> Self {
+        let settings = AwsSettings::new("", "", "");
+        let clock = || VirtualClock {
+            state: state.clone(),
+        };
+        RdsAdapter {
+            limiter: RateLimiter::with_clock(
+                settings.rds_requests_per_second,
+                settings.rds_burst,
+                clock(),
+            ),
+            instances: FleetCache::with_clock(settings.describe_cache_ttl, clock()),
+            clusters: FleetCache::with_clock(settings.describe_cache_ttl, clock()),
+        }
+    }
+}
+
+/// `name` (identifier, any case, or ARN) names the resource `identifier`/`arn`.
+fn names(identifier: &str, arn: &str, name: &str) -> bool {
+    identifier.eq_ignore_ascii_case(name) || arn == name
+}
+
+/// The page after `marker` of the sorted identifiers `ids`, and the next marker.
+fn page_of(ids: &[String], marker: Option<&str>) -> (Vec<String>, Option<String>) {
+    let after: Vec<String> = ids
+        .iter()
+        .filter(|id| marker.is_none_or(|m| id.as_str() > m))
+        .take(PAGE + 1)
+        .cloned()
+        .collect();
+    let next = (after.len() > PAGE).then(|| after[PAGE - 1].clone());
+    (after.into_iter().take(PAGE).collect(), next)
+}
+
+impl State {
+    /// One page of DescribeDBInstances as RDS would answer it now: the sources' views (the
+    /// Aurora writer instances take room in the pages; the simulator describes them with their
+    /// cluster).
+    fn instance_page(&mut self, marker: Option<&str>) -> (Vec<SourceInstance>, Option<String>) {
+        let mut ids: Vec<String> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| s.deleted_at.is_none())
+            .map(|(id, _)| id.clone())
+            .chain(
+                self.clusters
+                    .values()
+                    .flat_map(|c| c.view.members.iter().map(|m| m.identifier.clone())),
+            )
+            .collect();
+        ids.sort();
+        let (mut page, next) = page_of(&ids, marker);
+        page.retain(|id| self.sources.contains_key(id));
+        let views = page.iter().map(|id| self.source_view(id)).collect();
+        (views, next)
+    }
+
+    /// One page of DescribeDBClusters as RDS would answer it now.
+    fn cluster_page(&mut self, marker: Option<&str>) -> (Vec<TargetCluster>, Option<String>) {
+        let ids: Vec<String> = self.clusters.keys().cloned().collect();
+        let (page, next) = page_of(&ids, marker);
+        let views = page
+            .iter()
+            .filter_map(|id| match self.describe_target(id) {
+                Observed::Present(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        (views, next)
+    }
+}
+
+impl SimPort {
+    /// A cache's fetch: every page of a describe-all, one `rds:` call each, following the marker.
+    async fn all_pages<T>(
+        &self,
+        op: &'static str,
+        page: impl Fn(&mut State, Option<&str>) -> (Vec<T>, Option<String>),
+    ) -> PortResult<Vec<T>> {
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let (items, next) = self
+                .call(op, false, |s| Ok(page(s, marker.as_deref())))
+                .await?;
+            out.extend(items);
+            match next {
+                Some(m) => marker = Some(m),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    async fn fetch_sources(&self) -> PortResult<Vec<SourceInstance>> {
+        self.all_pages(DESCRIBE_INSTANCES, State::instance_page)
+            .await
+    }
+
+    async fn fetch_clusters(&self) -> PortResult<Vec<TargetCluster>> {
+        self.all_pages(DESCRIBE_CLUSTERS, State::cluster_page).await
+    }
+
+    /// DescribeDBInstances of one source, through the process's fleet cache as the adapter's
+    /// `instance` does.
+    pub(super) async fn source(&self, name: &str) -> PortResult<Option<SourceInstance>> {
+        self.rds
+            .instances
+            .lookup(
+                name,
+                || self.fetch_sources(),
+                |v| names(&v.identifier, &v.arn, name),
+                || async {
+                    let found = self
+                        .call(DESCRIBE_INSTANCES, false, |s| s.describe_source(name))
+                        .await?;
+                    Ok(found.present().cloned())
+                },
+            )
+            .await
+    }
+
+    /// The tagged PostgreSQL sources in the fleet snapshot.
+    pub(super) async fn tagged_sources(&self, key: &str) -> PortResult<Vec<SourceInstance>> {
+        let (_, all) = self.rds.instances.get(|| self.fetch_sources()).await?;
+        Ok(all
+            .iter()
+            .filter(|v| v.engine == "postgres" && v.tags.contains_key(key))
+            .cloned()
+            .collect())
+    }
+
+    /// DescribeDBClusters of one cluster, through the process's fleet cache as the adapter's
+    /// `cluster` does.
+    pub(super) async fn target(&self, name: &str) -> PortResult<Option<TargetCluster>> {
+        self.rds
+            .clusters
+            .lookup(
+                name,
+                || self.fetch_clusters(),
+                |c| names(&c.identifier, &c.arn, name),
+                || async {
+                    let found = self
+                        .call(DESCRIBE_CLUSTERS, false, |s| Ok(s.describe_target(name)))
+                        .await?;
+                    Ok(found.present().cloned())
+                },
+            )
+            .await
+    }
+
+    /// A mutating RDS call; then, as the adapter's `mutate` does (whether or not it succeeded),
+    /// its resources are touched in both caches: described directly until the next snapshot.
+    pub(super) async fn mutate<T>(
+        &self,
+        op: &'static str,
+        names: &[&str],
+        f: impl FnOnce(&mut State) -> PortResult<T>,
+    ) -> PortResult<T> {
+        let r = self.call(op, true, f).await;
+        for name in names {
+            self.rds.instances.touch(name);
+            self.rds.clusters.touch(name);
+        }
+        r
+    }
+}
