@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use jiff::Timestamp;
 
-use crate::core::observation::Observed;
+use crate::core::observation::{Observed, SourceInstance};
 use crate::core::{Policy, preflight, tags};
 use crate::ports::{PortError, Rds, StateStore, World};
 
@@ -24,9 +24,7 @@ pub async fn plan<W: World>(
     policy: &Policy,
     instance: &str,
 ) -> Result<String, CommandError> {
-    let Observed::Present(source) = world.rds().describe_source(instance).await? else {
-        return Err(CommandError::NoInstance(instance.to_string()));
-    };
+    let source = existing_source(world, instance).await?;
     let inputs = world.rds().preflight_inputs(&source).await?;
     let (report, plan) = preflight::run(&source, &inputs, policy);
     let mut out = report.render(&policy.tag_prefix);
@@ -108,9 +106,7 @@ pub async fn set_control<W: World>(
     instance: &str,
     control: &Control,
 ) -> Result<String, CommandError> {
-    let Observed::Present(source) = world.rds().describe_source(instance).await? else {
-        return Err(CommandError::NoInstance(instance.to_string()));
-    };
+    let source = existing_source(world, instance).await?;
     let (key, value) = control.tag(&policy.tag_prefix);
     let mut t = BTreeMap::new();
     t.insert(key.clone(), value.clone());
@@ -126,4 +122,15 @@ pub async fn set_paused<W: World>(world: &W, paused: bool) -> Result<String, Com
     } else {
         "fleet resumed".to_string()
     })
+}
+
+/// The instance a command names, or the error that says RDS does not know it.
+async fn existing_source<W: World>(
+    world: &W,
+    instance: &str,
+) -> Result<SourceInstance, CommandError> {
+    match world.rds().describe_source(instance).await? {
+        Observed::Present(source) => Ok(source),
+        _ => Err(CommandError::NoInstance(instance.to_string())),
+    }
 }

@@ -171,10 +171,7 @@ pub fn phase_change(
             (Severity::Error, "migration failed".into(), String::new(), steps)
         }
         Phase::RollingBack => {
-            let severity = match m.rollback.as_ref().map(|r| &r.cause) {
-                Some(RollbackCause::Failure(_)) => Severity::Error,
-                _ => Severity::Warning,
-            };
+            let severity = rollback_severity(m);
             (
                 severity,
                 "rolling back".into(),
@@ -187,10 +184,7 @@ pub fn phase_change(
             )
         }
         Phase::RolledBack => {
-            let severity = match m.rollback.as_ref().map(|r| &r.cause) {
-                Some(RollbackCause::Failure(_)) => Severity::Error,
-                _ => Severity::Warning,
-            };
+            let severity = rollback_severity(m);
             (
                 severity,
                 "rolled back; the source takes writes again".into(),
@@ -240,4 +234,12 @@ pub fn alert(
     let mut n = base(m, name, severity, title.to_string());
     n.description = detail.to_string();
     n
+}
+
+/// A rollback after a failure is an error; one that was asked for (abort, approval) a warning.
+fn rollback_severity(m: &Migration) -> Severity {
+    match m.rollback.as_ref().map(|r| &r.cause) {
+        Some(RollbackCause::Failure(_)) => Severity::Error,
+        _ => Severity::Warning,
+    }
 }

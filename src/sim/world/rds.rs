@@ -4,6 +4,13 @@
 use super::*;
 
 impl State {
+    /// The live source `id_or_arn` names, for the request `op`: NotFound as RDS answers for an
+    /// instance it does not know (never created, or deleted).
+    fn live_source(&self, op: &str, id_or_arn: &str) -> PortResult<String> {
+        self.find_source_id(id_or_arn)
+            .ok_or_else(|| PortError::new(ErrorKind::NotFound, op, "DBInstanceNotFound"))
+    }
+
     pub(super) fn find_source_id(&self, id_or_arn: &str) -> Option<String> {
         let id = id_or_arn.rsplit(':').next().unwrap_or(id_or_arn);
         self.sources
@@ -116,13 +123,7 @@ impl State {
                 ))
             };
         }
-        let Some(id) = self.find_source_id(&spec.source_arn) else {
-            return Err(PortError::new(
-                ErrorKind::NotFound,
-                op,
-                "DBInstanceNotFound",
-            ));
-        };
+        let id = self.live_source(op, &spec.source_arn)?;
         self.sync(&id);
         let others: Vec<String> = self
             .clusters
@@ -210,24 +211,14 @@ impl State {
 
     pub(super) fn set_source_groups(&mut self, instance: &str, ids: &[String]) -> PortResult<()> {
         let op = "rds:ModifyDBInstance";
-        let Some(id) = self.find_source_id(instance) else {
-            return Err(PortError::new(
-                ErrorKind::NotFound,
-                op,
-                "DBInstanceNotFound",
-            ));
-        };
+        let id = self.live_source(op, instance)?;
         self.sync(&id);
         let now = self.now;
         let quarantine = self.quarantine_ids();
         let took = self.world_rng.range(5 * SEC, 40 * SEC);
         let s = self.sources.get_mut(&id).expect("found");
         if !matches!(s.view.status.as_str(), "available" | "modifying") {
-            return Err(PortError::new(
-                ErrorKind::Conflict,
-                op,
-                format!("InvalidDBInstanceState: {}", s.view.status),
-            ));
+            return Err(invalid_state(op, &s.view.status));
         }
         let mut have = s.view.group_ids();
         let mut want = ids.to_vec();
@@ -283,23 +274,13 @@ impl State {
             );
             return Ok(());
         }
-        let Some(id) = self.find_source_id(instance) else {
-            return Err(PortError::new(
-                ErrorKind::NotFound,
-                op,
-                "DBInstanceNotFound",
-            ));
-        };
+        let id = self.live_source(op, instance)?;
         self.sync(&id);
         let now = self.now;
         let took = self.world_rng.range(MIN, 3 * MIN);
         let s = self.sources.get_mut(&id).expect("found");
         if s.view.status != "available" {
-            return Err(PortError::new(
-                ErrorKind::Conflict,
-                op,
-                format!("InvalidDBInstanceState: {}", s.view.status),
-            ));
+            return Err(invalid_state(op, &s.view.status));
         }
         s.view.status = "rebooting".to_string();
         s.sessions_open = false;
@@ -375,13 +356,7 @@ impl State {
     /// instance; a snapshot name that is taken refuses the whole call, as AWS does.
     pub(super) fn delete_source(&mut self, instance: &str, final_snapshot: &str) -> PortResult<()> {
         let op = "rds:DeleteDBInstance";
-        let Some(id) = self.find_source_id(instance) else {
-            return Err(PortError::new(
-                ErrorKind::NotFound,
-                op,
-                "DBInstanceNotFound",
-            ));
-        };
+        let id = self.live_source(op, instance)?;
         let now = self.now;
         let s = &self.sources[&id];
         if s.view.status == "deleting" {
@@ -649,4 +624,13 @@ impl Rds for SimPort {
         self.mutate("rds:AddTagsToResource", &[arn], |s| s.set_tags(arn, tags))
             .await
     }
+}
+
+/// RDS's refusal of a request the instance's status does not allow.
+fn invalid_state(op: &str, status: &str) -> PortError {
+    PortError::new(
+        ErrorKind::Conflict,
+        op,
+        format!("InvalidDBInstanceState: {status}"),
+    )
 }
