@@ -125,24 +125,19 @@ impl State {
 }
 
 impl SimPort {
-    /// A cache's fetch: every page of a describe-all, one `rds:` call each, following the marker.
+    /// A cache's fetch: every page of a describe-all, one `rds:` call each, following the marker
+    /// (the adapter's own page loop, `aws::call::all_pages`).
     async fn all_pages<T>(
         &self,
         op: &'static str,
         page: impl Fn(&mut State, Option<&str>) -> (Vec<T>, Option<String>),
     ) -> PortResult<Vec<T>> {
-        let mut out = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
-            let (items, next) = self
-                .call(op, false, |s| Ok(page(s, marker.as_deref())))
-                .await?;
-            out.extend(items);
-            match next {
-                Some(m) => marker = Some(m),
-                None => return Ok(out),
-            }
-        }
+        let page = &page;
+        crate::aws::call::all_pages(|marker: Option<String>| async move {
+            self.call(op, false, |s| Ok(page(s, marker.as_deref())))
+                .await
+        })
+        .await
     }
 
     async fn fetch_sources(&self) -> PortResult<Vec<SourceInstance>> {
