@@ -41,20 +41,22 @@ impl Stepper<'_> {
             && let Some(q) = self.m.progress.quarantined_at
         {
             let budget = self.policy.write_unavailability_budget;
-            // At the boundary a holding proof wins: promoting ends the outage sooner than
-            // rolling back does.
-            let proven = phase == Phase::Draining && self.drain_proof_missing().is_empty();
-            if self.since(q) > budget && !proven {
+            if self.since(q) > budget {
+                // At the boundary a holding proof wins: promoting ends the outage sooner than
+                // rolling back does.
                 let missing = if phase == Phase::Draining {
-                    self.drain_proof_missing().join("; ")
+                    self.drain_proof_missing()
                 } else {
-                    "the quarantine never became active".to_string()
+                    vec!["the quarantine never became active".to_string()]
                 };
-                self.failure(format!(
-                    "the write-unavailability budget of {} ran out before promotion ({missing}); rolled back without loss",
-                    human(budget)
-                ));
-                return true;
+                if !missing.is_empty() {
+                    self.failure(format!(
+                        "the write-unavailability budget of {} ran out before promotion ({}); rolled back without loss",
+                        human(budget),
+                        missing.join("; ")
+                    ));
+                    return true;
+                }
             }
             self.wake_within(budget - self.since(q));
         }
