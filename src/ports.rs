@@ -12,6 +12,7 @@ use jiff::Timestamp;
 use crate::core::action::{
     ParameterGroupsSpec, QuarantineGroupSpec, ReplicaClusterSpec, RouteRequest, WriterInstanceSpec,
 };
+use crate::core::database::{ClientSession, DbTarget, Lsn, SqlPreflight};
 use crate::core::migration::{Migration, MigrationId};
 use crate::core::notification::Notification;
 use crate::core::observation::{
@@ -178,6 +179,41 @@ pub trait Metrics: Send + Sync {
 /// SNS.
 pub trait Notifier: Send + Sync {
     fn publish(&self, note: &Notification) -> impl Future<Output = PortResult<()>> + Send;
+}
+
+/// PostgreSQL, where an instance opted in to database access (the database-aware cutover).
+///
+/// Every call opens its own connection (TLS, verified against the configured RDS CA bundle) and
+/// closes it, so the agent's own session is never one it has to account for between calls. Apart
+/// from [`Database::end_client_sessions`] and [`Database::write_fence`] everything is read-only;
+/// the README lists the SQL. Errors: a refused or timed-out connection is `Retryable`, failed
+/// authentication or a missing privilege `Fatal`, a missing secret `NotFound`; the message never
+/// carries a credential.
+pub trait Database: Send + Sync {
+    /// Client sessions on the server, other than this call's own and RDS's (`rdsadmin`);
+    /// replication connections excluded.
+    fn client_sessions(
+        &self,
+        at: &DbTarget,
+    ) -> impl Future<Output = PortResult<Vec<ClientSession>>> + Send;
+    /// `pg_terminate_backend` on every client session (as [`Database::client_sessions`] counts
+    /// them); returns how many were ended.
+    fn end_client_sessions(&self, at: &DbTarget) -> impl Future<Output = PortResult<u32>> + Send;
+    /// The fence: a transaction that takes a transaction id and commits with
+    /// `synchronous_commit = on`, so that its commit record, and with it every WAL record
+    /// inserted before it (each acknowledged write, asynchronous commits included), is flushed;
+    /// then `pg_current_wal_flush_lsn()`. Every write acknowledged before the call is at or
+    /// before the returned position. Writes nothing to any table.
+    fn write_fence(&self, at: &DbTarget) -> impl Future<Output = PortResult<Lsn>> + Send;
+    /// `pg_last_wal_replay_lsn()` on a replica; `None` when the server is not in recovery.
+    fn replay_lsn(&self, at: &DbTarget) -> impl Future<Output = PortResult<Option<Lsn>>> + Send;
+    /// The SQL preflight (read-only); `old_after_s` is the age from which an open transaction is
+    /// reported as old.
+    fn preflight(
+        &self,
+        at: &DbTarget,
+        old_after_s: u64,
+    ) -> impl Future<Output = PortResult<SqlPreflight>> + Send;
 }
 
 /// A message received from the queue.

@@ -6,6 +6,7 @@
 
 pub mod action;
 pub mod admission;
+pub mod database;
 pub mod invariants;
 pub mod machine;
 pub mod messages;
