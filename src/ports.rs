@@ -216,6 +216,40 @@ pub trait Database: Send + Sync {
     ) -> impl Future<Output = PortResult<SqlPreflight>> + Send;
 }
 
+/// The database of a deployment that does not allow database access
+/// (`MIGRATOR_DATABASE_ACCESS` unset): the preflight never plans access there, so nothing calls
+/// it; if something did, every call refuses with `Fatal`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoDatabase;
+
+impl NoDatabase {
+    fn refuse<T>(op: &str) -> PortResult<T> {
+        Err(PortError::new(
+            ErrorKind::Fatal,
+            format!("postgres:{op}"),
+            "database access is not enabled in this deployment (MIGRATOR_DATABASE_ACCESS)",
+        ))
+    }
+}
+
+impl Database for NoDatabase {
+    async fn client_sessions(&self, _: &DbTarget) -> PortResult<Vec<ClientSession>> {
+        Self::refuse("client_sessions")
+    }
+    async fn end_client_sessions(&self, _: &DbTarget) -> PortResult<u32> {
+        Self::refuse("end_client_sessions")
+    }
+    async fn write_fence(&self, _: &DbTarget) -> PortResult<Lsn> {
+        Self::refuse("write_fence")
+    }
+    async fn replay_lsn(&self, _: &DbTarget) -> PortResult<Option<Lsn>> {
+        Self::refuse("replay_lsn")
+    }
+    async fn preflight(&self, _: &DbTarget, _: u64) -> PortResult<SqlPreflight> {
+        Self::refuse("preflight")
+    }
+}
+
 /// A message received from the queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueMessage {
@@ -291,6 +325,7 @@ pub trait World: Send + Sync {
     type Queue: Queue;
     type Store: StateStore;
     type Router: Router;
+    type Database: Database;
     type Clock: Clock;
     fn rds(&self) -> &Self::Rds;
     fn network(&self) -> &Self::Network;
@@ -299,5 +334,6 @@ pub trait World: Send + Sync {
     fn queue(&self) -> &Self::Queue;
     fn store(&self) -> &Self::Store;
     fn router(&self) -> &Self::Router;
+    fn database(&self) -> &Self::Database;
     fn clock(&self) -> &Self::Clock;
 }

@@ -546,6 +546,7 @@ fn a_failed_result_is_retried_after_a_backoff_not_at_once() {
             kind: ErrorKind::Retryable,
             message: "503".into(),
         }),
+        output: None,
     }];
     let heard = step(&first.next, &obs, model.now, &policy());
     assert!(keys(&heard.actions).is_empty(), "not retried at once");

@@ -8,17 +8,41 @@ use std::collections::BTreeMap;
 
 use tracing::Instrument;
 
-use crate::core::action::{Action, ActionError, ActionResult};
+use crate::core::action::{Action, ActionError, ActionOutput, ActionResult};
 use crate::core::invariants;
 use crate::core::machine::results;
 use crate::core::notification::Severity;
 use crate::core::{Migration, Policy};
 use crate::core::{messages, tags};
-use crate::ports::{Metrics, Network, Notifier, PortResult, Rds, Router, World};
+use crate::ports::{Database, Metrics, Network, Notifier, PortResult, Rds, Router, World};
 
-pub async fn execute<W: World>(world: &W, policy: &Policy, action: &Action) -> PortResult<()> {
+/// Carries out one action; `Some` for the actions that answer (see `ActionOutput`).
+pub async fn execute<W: World>(
+    world: &W,
+    policy: &Policy,
+    action: &Action,
+) -> PortResult<Option<ActionOutput>> {
+    match action {
+        Action::EndSourceSessions { on, .. } => world
+            .database()
+            .end_client_sessions(on)
+            .await
+            .map(|n| Some(ActionOutput::SessionsEnded(n))),
+        Action::WriteFence { on, .. } => world
+            .database()
+            .write_fence(on)
+            .await
+            .map(|lsn| Some(ActionOutput::Fence(lsn))),
+        other => execute_aws(world, policy, other).await.map(|()| None),
+    }
+}
+
+async fn execute_aws<W: World>(world: &W, policy: &Policy, action: &Action) -> PortResult<()> {
     let rds = world.rds();
     match action {
+        Action::EndSourceSessions { .. } | Action::WriteFence { .. } => {
+            unreachable!("database actions are carried out by `execute`")
+        }
         Action::EnsureParameterGroups(spec) => rds.ensure_parameter_groups(spec).await,
         Action::EnsureQuarantineGroup(spec) => world
             .network()
@@ -114,7 +138,7 @@ pub async fn execute_all<W: World>(
         let outcome = async {
             let outcome = execute(world, policy, action).await;
             match &outcome {
-                Ok(()) => tracing::info!(migration = %m.id, action = %key, "action done"),
+                Ok(_) => tracing::info!(migration = %m.id, action = %key, "action done"),
                 Err(e) => {
                     let span = tracing::Span::current();
                     span.record("otel.status_code", "ERROR");
@@ -126,6 +150,10 @@ pub async fn execute_all<W: World>(
         }
         .instrument(span)
         .await;
+        let (outcome, output) = match outcome {
+            Ok(output) => (Ok(()), output),
+            Err(e) => (Err(e), None),
+        };
         if results::feeds_back(key, outcome.is_ok()) {
             results.push(ActionResult {
                 key,
@@ -137,6 +165,7 @@ pub async fn execute_all<W: World>(
                     kind: e.kind,
                     message: e.to_string(),
                 }),
+                output,
             });
         }
     }

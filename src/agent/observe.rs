@@ -1,9 +1,12 @@
 //! Turns the phase's needs into calls and the answers into one `Observation`.
 
+use crate::core::database::{self, DbTarget};
 use crate::core::needs::{Needs, needs};
-use crate::core::observation::{Observation, Observed};
+use crate::core::observation::{DatabaseReadings, Observation, Observed};
 use crate::core::{Migration, Policy};
-use crate::ports::{Clock, MetricQuery, Metrics, Network, PortResult, Rds, StateStore, World};
+use crate::ports::{
+    Clock, Database, MetricQuery, Metrics, Network, PortResult, Rds, StateStore, World,
+};
 
 pub async fn observe<W: World>(
     world: &W,
@@ -56,6 +59,27 @@ pub async fn observe<W: World>(
                     .await?,
             );
         }
+        // The SQL preflight, where the instance grants access: a failure is an answer (the
+        // metric path, and the report says why), not a failed observation.
+        if let Ok(Some(access)) = database::access_for(source, policy)
+            && let Some(e) = &source.endpoint
+        {
+            let at = DbTarget {
+                host: e.address.clone(),
+                port: e.port,
+                access,
+            };
+            // An open transaction older than the write budget is one the cutover would end
+            // long before it could finish by itself: worth a warning.
+            let old_after_s = policy.write_unavailability_budget.as_secs().max(0) as u64;
+            inputs.database = Some(
+                world
+                    .database()
+                    .preflight(&at, old_after_s)
+                    .await
+                    .map_err(|e| e.to_string()),
+            );
+        }
         obs.preflight = Some(inputs);
     }
     if need.quotas {
@@ -91,8 +115,63 @@ pub async fn observe<W: World>(
             obs.metrics.insert(q.key, points);
         }
     }
+    if need.source_sessions || need.target_replay {
+        obs.database = read_databases(world, m, &obs, &need).await;
+    }
     if need.fleet_pause {
         obs.fleet_paused = world.store().fleet_paused().await?;
     }
     Ok(obs)
+}
+
+/// The SQL readings of the database-aware cutover: the source's client sessions, then the Aurora
+/// writer's replay position (in that order: a session that appears between the two reads is
+/// seen by the next look, before any promotion). Read failures are answers, with their reason.
+async fn read_databases<W: World>(
+    world: &W,
+    m: &Migration,
+    obs: &Observation,
+    need: &Needs,
+) -> DatabaseReadings {
+    let mut r = DatabaseReadings {
+        read_at: Some(world.clock().now()),
+        ..DatabaseReadings::default()
+    };
+    let Some(access) = m.plan.as_ref().and_then(|p| p.database.clone()) else {
+        return r;
+    };
+    let db = world.database();
+    if need.source_sessions {
+        r.source_sessions = Some(
+            match obs.source.present().and_then(|s| s.endpoint.as_ref()) {
+                Some(e) => db
+                    .client_sessions(&DbTarget {
+                        host: e.address.clone(),
+                        port: e.port,
+                        access: access.clone(),
+                    })
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("the source has no endpoint".to_string()),
+            },
+        );
+    }
+    if need.target_replay {
+        let writer = obs
+            .target
+            .present()
+            .and_then(|t| t.writer_endpoint.as_ref());
+        r.target_replay = Some(match writer {
+            Some(e) => db
+                .replay_lsn(&DbTarget {
+                    host: e.address.clone(),
+                    port: e.port,
+                    access,
+                })
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("the Aurora cluster has no writer endpoint yet".to_string()),
+        });
+    }
+    r
 }

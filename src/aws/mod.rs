@@ -334,6 +334,7 @@ impl World for AwsWorld {
     type Queue = sqs::AwsQueue;
     type Store = dynamodb::AwsStore;
     type Router = router::HttpRouter;
+    type Database = crate::ports::NoDatabase;
     type Clock = SystemClock;
     fn rds(&self) -> &Self::Rds {
         &self.rds
@@ -355,6 +356,9 @@ impl World for AwsWorld {
     }
     fn router(&self) -> &Self::Router {
         &self.router
+    }
+    fn database(&self) -> &Self::Database {
+        &crate::ports::NoDatabase
     }
     fn clock(&self) -> &Self::Clock {
         &self.clock

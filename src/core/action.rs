@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::database::{DbTarget, Lsn};
 use super::notification::Notification;
 use super::phase::Phase;
 
@@ -31,6 +32,18 @@ pub enum Action {
     },
     RebootSource {
         instance: String,
+    },
+    /// Database-aware Quiescing, once the quarantine is active: end every client session on
+    /// the source (the quarantine keeps new ones out; existing ones survive a group change).
+    EndSourceSessions {
+        instance: String,
+        on: DbTarget,
+    },
+    /// Database-aware Draining, once no client session is left: the durable barrier whose WAL
+    /// position the replica must replay before promotion (see `ports::Database::write_fence`).
+    WriteFence {
+        instance: String,
+        on: DbTarget,
     },
     PromoteTarget {
         cluster: String,
@@ -113,6 +126,8 @@ pub enum ActionKey {
     CreateWriterInstance,
     QuarantineSource,
     RebootSource,
+    EndSourceSessions,
+    WriteFence,
     PromoteTarget,
     RouteTraffic,
     RunSmokeTest,
@@ -150,6 +165,8 @@ impl Action {
             Action::CreateWriterInstance(_) => ActionKey::CreateWriterInstance,
             Action::QuarantineSource { .. } => ActionKey::QuarantineSource,
             Action::RebootSource { .. } => ActionKey::RebootSource,
+            Action::EndSourceSessions { .. } => ActionKey::EndSourceSessions,
+            Action::WriteFence { .. } => ActionKey::WriteFence,
             Action::PromoteTarget { .. } => ActionKey::PromoteTarget,
             Action::RouteTraffic(_) => ActionKey::RouteTraffic,
             Action::RunSmokeTest(_) => ActionKey::RunSmokeTest,
@@ -277,6 +294,18 @@ pub struct ActionResult {
     /// For `Notify`: the notification's id, so the outbox can let go of it.
     pub id: Option<String>,
     pub outcome: Result<(), ActionError>,
+    /// What a successful action answered, where the machine needs it.
+    #[serde(default)]
+    pub output: Option<ActionOutput>,
+}
+
+/// The answers of the actions that return one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActionOutput {
+    /// `WriteFence`: the barrier's WAL position.
+    Fence(Lsn),
+    /// `EndSourceSessions`: how many sessions were ended.
+    SessionsEnded(u32),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

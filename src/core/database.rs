@@ -83,6 +83,74 @@ pub struct DatabaseAccess {
     pub database: String,
 }
 
+/// The tag suffix through which an instance's owners grant database access:
+/// `<prefix>:database-access` = `master-secret` (the RDS-managed master secret,
+/// `MasterUserSecret`), `secret:<name or ARN>` (a Secrets Manager secret with `username` and
+/// `password`), or `iam:<database user>` (IAM database authentication).
+pub const ACCESS_TAG: &str = "database-access";
+
+/// The access an instance's tags grant, if the deployment allows database access at all
+/// (`MIGRATOR_DATABASE_ACCESS`). `Ok(None)`: not asked for (the metric path, silently);
+/// `Err`: asked for but unusable, with the reason (the metric path, and the preflight says why).
+pub fn access_for(
+    source: &super::observation::SourceInstance,
+    policy: &super::policy::Policy,
+) -> Result<Option<DatabaseAccess>, String> {
+    let key = super::tags::key(&policy.tag_prefix, ACCESS_TAG);
+    let Some(value) = source.tags.get(&key).map(|v| v.trim()) else {
+        return Ok(None);
+    };
+    if !policy.database_access {
+        return Err(format!(
+            "{key} is set but this deployment does not allow database access (MIGRATOR_DATABASE_ACCESS)"
+        ));
+    }
+    if policy.agent_security_group.is_none() {
+        return Err(
+            "MIGRATOR_AGENT_SECURITY_GROUP is not set: the quarantine could not admit the agent"
+                .to_string(),
+        );
+    }
+    let credentials = match value.split_once(':') {
+        None if value == "master-secret" => match &source.master_user_secret_arn {
+            Some(arn) => Credentials::Secret {
+                secret_id: arn.clone(),
+            },
+            None => {
+                return Err(format!(
+                    "{key} = master-secret, but the instance has no RDS-managed master secret (MasterUserSecret)"
+                ));
+            }
+        },
+        Some(("secret", id)) if !id.trim().is_empty() => Credentials::Secret {
+            secret_id: id.trim().to_string(),
+        },
+        Some(("iam", user)) if !user.trim().is_empty() => {
+            if !source.iam_auth_enabled {
+                return Err(format!(
+                    "{key} = iam:{user}, but IAM database authentication is not enabled on the instance"
+                ));
+            }
+            Credentials::IamUser {
+                user: user.trim().to_string(),
+            }
+        }
+        _ => {
+            return Err(format!(
+                "{key} = `{value}` is not one of `master-secret`, `secret:<name or ARN>`, `iam:<user>`"
+            ));
+        }
+    };
+    Ok(Some(DatabaseAccess {
+        credentials,
+        database: source
+            .db_name
+            .clone()
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| "postgres".to_string()),
+    }))
+}
+
 /// One server to connect to: an endpoint and the access that opens it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DbTarget {

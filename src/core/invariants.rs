@@ -69,12 +69,19 @@ pub fn irreversible_allowed(m: &Migration, action: &Action) -> Result<(), Violat
     let p = &m.progress;
     match action {
         Action::PromoteTarget { cluster } => {
+            // The sessions that were open at the quarantine ended one of two ways: the reboot
+            // (a restart seen after the request), or terminated with a fence written after the
+            // last one and replayed by Aurora.
+            let rebooted = p.reboot_requested_at.is_some() && p.restarted_at.is_some();
+            let fenced_by_wal = p.sessions_end_requested_at.is_some()
+                && p.fence_written_at.is_some()
+                && p.fence_lsn.is_some()
+                && p.fence_replayed_lsn >= p.fence_lsn;
             ensure!(
                 m.phase == Phase::Promoting
                     && p.quarantined_at.is_some()
                     && p.quarantine_active_at.is_some()
-                    && p.reboot_requested_at.is_some()
-                    && p.restarted_at.is_some()
+                    && (rebooted || fenced_by_wal)
                     && p.drain_proven_at.is_some(),
                 "promotion asked for without Quiescing and Draining completed for this attempt"
             );

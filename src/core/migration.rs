@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::action::{ActionKey, TranslatedParameter};
+use super::database::{DatabaseAccess, Lsn};
 use super::naming::TargetNames;
 use super::notification::Notification;
 use super::phase::Phase;
@@ -100,6 +101,28 @@ pub struct Plan {
     pub kms_key_id: Option<String>,
     /// Security groups of the declared CDC consumers (empty: no CDC).
     pub cdc_consumers: Vec<String>,
+    /// The database access the preflight proved (it connected and read): the cutover ends
+    /// sessions and proves catch-up by WAL position. `None`: the metric path.
+    #[serde(default)]
+    pub database: Option<DatabaseAccess>,
+    /// The agent's own security group, admitted through the quarantine on the database port
+    /// (only with `database`).
+    #[serde(default)]
+    pub agent_group: Option<String>,
+}
+
+impl Plan {
+    /// The groups the quarantine admits on the database port: the declared CDC consumers' and,
+    /// with database access, the agent's own. Nothing else, and no egress.
+    pub fn quarantine_admits(&self) -> Vec<String> {
+        let mut groups = self.cdc_consumers.clone();
+        if self.database.is_some() {
+            groups.extend(self.agent_group.iter().cloned());
+        }
+        groups.sort();
+        groups.dedup();
+        groups
+    }
 }
 
 /// Facts established along the way. Each is set once, when first observed or first requested.
@@ -138,6 +161,31 @@ pub struct Progress {
     pub target_restarted_at: Option<Timestamp>,
     /// The source got its groups back (rollback), or is gone: the quarantine is over.
     pub source_released_at: Option<Timestamp>,
+    /// Database-aware cutover: why this attempt uses the metric path after all (the Aurora
+    /// cluster is unreachable, the source's sessions would not end, access was lost). Set once.
+    #[serde(default)]
+    pub database_fallback: Option<String>,
+    /// The Aurora writer answered by SQL (Replicating checks the route before the cutover).
+    #[serde(default)]
+    pub target_reached_at: Option<Timestamp>,
+    /// The source's client sessions were first asked to end in this cutover.
+    #[serde(default)]
+    pub sessions_end_requested_at: Option<Timestamp>,
+    /// Since when the source has shown no client session (reset when one appears).
+    #[serde(default)]
+    pub sessions_clear_since: Option<Timestamp>,
+    /// The fence: the WAL position of the durable barrier written with no client session left,
+    /// and when the agent heard it. Reset when a client session appears after it.
+    #[serde(default)]
+    pub fence_lsn: Option<Lsn>,
+    #[serde(default)]
+    pub fence_written_at: Option<Timestamp>,
+    /// The Aurora writer's replay position that passed the fence.
+    #[serde(default)]
+    pub fence_replayed_lsn: Option<Lsn>,
+    /// Since when the agent has failed to read the databases during the cutover.
+    #[serde(default)]
+    pub database_unreachable_since: Option<Timestamp>,
 }
 
 /// The source's KPIs while replicating, to judge the target by.

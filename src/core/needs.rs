@@ -26,6 +26,10 @@ pub struct Needs {
     /// CloudWatch series and the start of the window to read.
     pub metrics: Vec<(MetricKey, Timestamp)>,
     pub fleet_pause: bool,
+    /// Client sessions on the source, by SQL (database-aware cutover).
+    pub source_sessions: bool,
+    /// The Aurora writer's replay position, by SQL (database-aware cutover).
+    pub target_replay: bool,
 }
 
 /// What to observe for `m` now: the source always (every phase's guards read it), and what its

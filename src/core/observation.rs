@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::action::ActionResult;
+use super::database::{ClientSession, Lsn, SqlPreflight};
 
 /// A resource as seen by one describe call.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -62,8 +63,23 @@ pub struct Observation {
     pub metrics: BTreeMap<MetricKey, Vec<Datapoint>>,
     /// The fleet-wide pause switch.
     pub fleet_paused: bool,
+    /// What the agent read inside the databases (database-aware cutover only).
+    pub database: DatabaseReadings,
     /// Outcomes of the actions the driver just executed for this migration.
     pub action_results: Vec<ActionResult>,
+}
+
+/// Readings taken by SQL. A failed read is an `Err` with the reason, not a failed observation:
+/// losing database access sends the cutover to the metric path, it does not stop it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseReadings {
+    /// When these readings were taken (the driver's clock, before the first read). The catch-up
+    /// proof only counts readings taken after its fence was written.
+    pub read_at: Option<Timestamp>,
+    /// Client sessions on the source.
+    pub source_sessions: Option<Result<Vec<ClientSession>, String>>,
+    /// `pg_last_wal_replay_lsn()` on the Aurora writer (`None` inside: not in recovery).
+    pub target_replay: Option<Result<Option<Lsn>, String>>,
 }
 
 impl Observation {
@@ -93,6 +109,12 @@ pub struct SourceInstance {
     pub storage_encrypted: bool,
     pub kms_key_id: Option<String>,
     pub iam_auth_enabled: bool,
+    /// The RDS-managed master secret (`MasterUserSecret.SecretArn`), when RDS manages it.
+    #[serde(default)]
+    pub master_user_secret_arn: Option<String>,
+    /// `DBName`: the database created with the instance, if any.
+    #[serde(default)]
+    pub db_name: Option<String>,
     pub deletion_protection: bool,
     pub auto_minor_version_upgrade: bool,
     pub security_groups: Vec<GroupMembership>,
@@ -204,6 +226,10 @@ pub struct PreflightInputs {
     /// The declared CDC consumers' security groups that exist (EC2), where they live; `None`
     /// when none are declared or they were not looked up.
     pub cdc_consumer_groups: Option<Vec<GroupLocation>>,
+    /// What the database said (the SQL preflight), where the instance grants access: `Err` with
+    /// the reason when the agent could not connect or read. `None`: access not granted.
+    #[serde(default)]
+    pub database: Option<Result<SqlPreflight, String>>,
 }
 
 /// Where a security group lives: a consumer admitted through the quarantine must be in the

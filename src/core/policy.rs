@@ -86,6 +86,25 @@ pub struct Policy {
     pub fast_poll: SignedDuration,
     /// Per-phase limits (see `timeout`).
     pub timeouts: Timeouts,
+    /// The deployment allows database access (`MIGRATOR_DATABASE_ACCESS`); each instance still
+    /// opts in by tag (`<prefix>:database-access`). Off by default: connecting to production
+    /// databases is a decision the platform team takes once, knowingly.
+    pub database_access: bool,
+    /// The agent's own security group (`MIGRATOR_AGENT_SECURITY_GROUP`), admitted through the
+    /// quarantine on the database port while database access is in use.
+    pub agent_security_group: Option<String>,
+    /// With database access: how long the source must show no client session before the fence
+    /// is written. 2 s: a pooler or a retry loop that reconnects at once shows up within it.
+    pub sessions_quiet_for: SignedDuration,
+    /// With database access: a session that was asked to end and is still there after this is
+    /// stuck (a backend in an uninterruptible wait, one the role may not end), and the cutover
+    /// falls back to the reboot. 30 s: `pg_terminate_backend` takes effect in milliseconds.
+    pub sessions_stuck_after: SignedDuration,
+    /// With database access, losing the connection for this long falls back to the reboot and
+    /// the metric proof. 30 s: a reconnect through a brief network fault is cheaper.
+    pub database_unreachable_after: SignedDuration,
+    /// Poll interval of the database-aware Draining. 1 s: the proof is one query on each side.
+    pub database_poll: SignedDuration,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,6 +174,12 @@ impl Default for Policy {
             slow_poll: SignedDuration::from_secs(60),
             fast_poll: SignedDuration::from_secs(5),
             timeouts: Timeouts::default(),
+            database_access: false,
+            agent_security_group: None,
+            sessions_quiet_for: SignedDuration::from_secs(2),
+            sessions_stuck_after: SignedDuration::from_secs(30),
+            database_unreachable_after: SignedDuration::from_secs(30),
+            database_poll: SignedDuration::from_secs(1),
         }
     }
 }

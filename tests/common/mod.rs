@@ -12,7 +12,10 @@ pub use source_fixture::healthy_source;
 
 use std::collections::BTreeMap;
 
-use aurora_migrator::core::action::{Action, ActionError, ActionKey, ActionResult, ErrorKind};
+use aurora_migrator::core::action::{
+    Action, ActionError, ActionKey, ActionOutput, ActionResult, ErrorKind,
+};
+use aurora_migrator::core::database::{ClientSession, Lsn, SqlPreflight};
 use aurora_migrator::core::machine::Decision;
 use aurora_migrator::core::machine::results::feeds_back;
 use aurora_migrator::core::migration::{Migration, MigrationId};
@@ -109,6 +112,7 @@ pub fn preflight_inputs() -> PreflightInputs {
         kms_key: aurora_migrator::core::observation::KeyCheck::Usable,
         free_storage_bytes: Some(150.0 * GIB),
         cdc_consumer_groups: None,
+        database: None,
     }
 }
 
@@ -177,6 +181,49 @@ pub struct Model {
     pub tags: BTreeMap<String, BTreeMap<String, String>>,
     /// Outcomes of the last round's actions, heard with the next observation.
     pub pending: Vec<ActionResult>,
+    /// Inside the databases, where the agent has access (`Model::with_database`).
+    pub db: Option<ModelDb>,
+}
+
+/// The source and replica as SQL shows them (database-aware cutover).
+#[derive(Clone, Debug, Default)]
+pub struct ModelDb {
+    /// Client sessions on the source.
+    pub sessions: Vec<ClientSession>,
+    /// A client reconnects at once after its session is ended (a hole in the quarantine).
+    pub reconnects: bool,
+    /// Terminating does not end the sessions.
+    pub stuck: bool,
+    /// Reads fail (the route or the credentials are gone).
+    pub unreachable: bool,
+    /// The source's WAL position.
+    pub wal: u64,
+    /// The replica stops replaying at this position (`None`: it keeps up with `wal`).
+    pub replay_stuck_at: Option<u64>,
+    /// What the SQL preflight answers (`None`: as if nothing could be read).
+    pub preflight: Option<Result<SqlPreflight, String>>,
+    pub fences: u32,
+    pub ended: u32,
+}
+
+/// A client session of the application, connected since `at`.
+pub fn app_session(pid: i32, at: Timestamp) -> ClientSession {
+    ClientSession {
+        pid,
+        user: "app".into(),
+        application: "orders".into(),
+        client_addr: Some("10.0.1.7".into()),
+        backend_start: Some(at),
+    }
+}
+
+/// The deployment-wide opt-in to database access, with the agent's group.
+pub fn database_policy() -> Policy {
+    Policy {
+        database_access: true,
+        agent_security_group: Some("sg-agent".into()),
+        ..policy()
+    }
 }
 
 impl Model {
@@ -201,7 +248,33 @@ impl Model {
             notifications: vec![],
             tags: BTreeMap::new(),
             pending: vec![],
+            db: None,
         }
+    }
+
+    /// The source grants database access through its RDS-managed master secret, and has two
+    /// application sessions open.
+    pub fn with_database() -> Self {
+        let mut model = Model::new();
+        let s = model.source.as_mut().unwrap();
+        s.master_user_secret_arn =
+            Some("arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!db-1".into());
+        s.tags.remove("aurora-migration:ack-unlogged-tables");
+        s.tags.insert(
+            "aurora-migration:database-access".into(),
+            "master-secret".into(),
+        );
+        model.db = Some(ModelDb {
+            sessions: vec![app_session(101, t0()), app_session(102, t0())],
+            wal: 0x1000,
+            preflight: Some(Ok(SqlPreflight::default())),
+            ..ModelDb::default()
+        });
+        model
+    }
+
+    pub fn db(&mut self) -> &mut ModelDb {
+        self.db.as_mut().expect("the model has a database")
     }
 
     /// Tags the source, as its owners would (`aurora-migration:abort` = `true`, …).
@@ -318,6 +391,42 @@ impl Model {
             }
         }
         obs.fleet_paused = n.fleet_pause && self.fleet_paused;
+        if let Some(db) = &self.db {
+            if n.preflight
+                && let (Some(inputs), Some(source)) = (obs.preflight.as_mut(), &self.source)
+                && matches!(
+                    aurora_migrator::core::database::access_for(source, policy),
+                    Ok(Some(_))
+                )
+            {
+                inputs.database = db.preflight.clone();
+            }
+            if n.source_sessions || n.target_replay {
+                obs.database.read_at = Some(self.now);
+            }
+            fn unreachable<T>() -> Result<T, String> {
+                Err("connection refused".to_string())
+            }
+            if n.source_sessions {
+                obs.database.source_sessions = Some(if db.unreachable {
+                    unreachable()
+                } else {
+                    Ok(db.sessions.clone())
+                });
+            }
+            if n.target_replay {
+                let replica = self
+                    .target
+                    .as_ref()
+                    .is_some_and(|t| t.replication_source.is_some());
+                let replayed = db.replay_stuck_at.map_or(db.wal, |at| at.min(db.wal));
+                obs.database.target_replay = Some(if db.unreachable {
+                    unreachable()
+                } else {
+                    Ok(replica.then_some(Lsn(replayed)))
+                });
+            }
+        }
         obs
     }
 
@@ -336,9 +445,33 @@ impl Model {
                     kind,
                     message: "injected".into(),
                 }),
+                output: None,
             });
         }
+        let mut output = None;
         match action {
+            Action::EndSourceSessions { .. } => {
+                let now = self.now;
+                let db = self.db();
+                if !db.stuck {
+                    db.ended += db.sessions.len() as u32;
+                    output = Some(ActionOutput::SessionsEnded(db.sessions.len() as u32));
+                    db.sessions.clear();
+                    if db.reconnects {
+                        db.sessions.push(app_session(900 + db.ended as i32, now));
+                    }
+                }
+            }
+            Action::WriteFence { .. } => {
+                let db = self.db();
+                assert!(
+                    db.sessions.is_empty(),
+                    "a fence written with client sessions open"
+                );
+                db.wal += 0x100;
+                db.fences += 1;
+                output = Some(ActionOutput::Fence(Lsn(db.wal)));
+            }
             Action::EnsureParameterGroups(_) => self.parameter_groups = true,
             Action::EnsureQuarantineGroup(spec) => {
                 self.quarantine = Some(SecurityGroup {
@@ -408,6 +541,14 @@ impl Model {
                 self.restarted_at = None;
             }
             Action::RebootSource { .. } => {
+                let now = self.now;
+                if let Some(db) = &mut self.db {
+                    // A restart ends every session; a client with a way in comes back.
+                    db.sessions.clear();
+                    if db.reconnects {
+                        db.sessions.push(app_session(800, now));
+                    }
+                }
                 self.reboots += 1;
                 self.restarted_at = Some(self.now);
                 self.events.push(InstanceEvent {
@@ -488,6 +629,7 @@ impl Model {
             key,
             id,
             outcome: Ok(()),
+            output,
         })
     }
 }

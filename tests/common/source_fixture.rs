@@ -29,6 +29,8 @@ pub fn healthy_source(identifier: &str, arn: &str, resource_id: &str) -> SourceI
         storage_encrypted: false,
         kms_key_id: None,
         iam_auth_enabled: false,
+        master_user_secret_arn: None,
+        db_name: None,
         deletion_protection: false,
         auto_minor_version_upgrade: false,
         security_groups: vec![GroupMembership {

@@ -284,6 +284,7 @@ impl Rds for PgRds {
         .map_err(|e| err(ErrorKind::Retryable, "rds:DescribeDBParameters", e))?;
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         Ok(PreflightInputs {
+            database: None,
             aurora_versions: vec![EngineVersion {
                 version: version.clone(),
                 family: format!("aurora-postgresql{major}"),

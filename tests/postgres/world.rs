@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use aurora_migrator::core::action::ReplicaClusterSpec;
 use aurora_migrator::core::observation::InstanceEvent;
-use aurora_migrator::ports::{ErrorKind, PortError, PortResult, World};
+use aurora_migrator::ports::{ErrorKind, NoDatabase, PortError, PortResult, World};
 use jiff::Timestamp;
 
 use super::server::{Bins, HbaMode, PgServer, RunAs, TempRoot, connect};
@@ -291,6 +291,7 @@ impl World for PgWorld {
     type Queue = MemQueue;
     type Store = MemStore;
     type Router = MemRouter;
+    type Database = NoDatabase;
     type Clock = RealClock;
     fn rds(&self) -> &PgRds {
         &self.rds
@@ -312,6 +313,9 @@ impl World for PgWorld {
     }
     fn router(&self) -> &MemRouter {
         &self.router
+    }
+    fn database(&self) -> &NoDatabase {
+        &NoDatabase
     }
     fn clock(&self) -> &RealClock {
         &self.clock

@@ -67,6 +67,11 @@ pub fn source_of(i: &DbInstance) -> SourceInstance {
         storage_encrypted: i.storage_encrypted().unwrap_or(false),
         kms_key_id: i.kms_key_id().map(str::to_string),
         iam_auth_enabled: i.iam_database_authentication_enabled().unwrap_or(false),
+        master_user_secret_arn: i
+            .master_user_secret()
+            .and_then(|s| s.secret_arn())
+            .map(str::to_string),
+        db_name: i.db_name().map(str::to_string),
         deletion_protection: i.deletion_protection().unwrap_or(false),
         auto_minor_version_upgrade: i.auto_minor_version_upgrade().unwrap_or(false),
         security_groups: memberships(i.vpc_security_groups()),

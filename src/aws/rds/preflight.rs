@@ -91,6 +91,8 @@ impl AwsRds {
             _ => KeyCheck::Unchecked,
         };
         Ok(PreflightInputs {
+            // The SQL preflight is the driver's (`agent::observe`), through the database port.
+            database: None,
             aurora_versions,
             source_parameters,
             aurora_cluster_parameters: names(&cluster_defaults),

@@ -11,6 +11,12 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
     let p = &m.progress;
     match m.phase {
         Phase::Quiescing => n.quarantine_group = true,
+        Phase::Draining if wal_fence::database_path(m) => {
+            n.target = true;
+            n.quarantine_group = true;
+            n.source_sessions = true;
+            n.target_replay = true;
+        }
         Phase::Draining => {
             n.target = true;
             n.quarantine_group = true;
@@ -26,6 +32,10 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             n.target = true;
             // The fence is re-checked right before promotion and before routing.
             n.quarantine_group = p.promote_requested_at.is_none() || p.route_requested_at.is_none();
+            // No client session may have got in since the fence, up to the promotion request.
+            n.source_sessions = m.phase == Phase::Promoting
+                && p.promote_requested_at.is_none()
+                && wal_fence::database_path(m);
         }
         _ => {}
     }
@@ -95,6 +105,10 @@ impl Stepper<'_> {
         if source.status != "available" {
             return;
         }
+        if self.database_path() {
+            self.end_sessions_and_drain(&source);
+            return;
+        }
         if self.request(Action::RebootSource {
             instance: source.identifier.clone(),
         }) {
@@ -104,8 +118,18 @@ impl Stepper<'_> {
         }
     }
 
-    /// What the Draining proof still lacks (empty: proven). Records the restart when seen.
+    /// What the Draining proof still lacks (empty: proven), on this attempt's path.
     pub(super) fn drain_proof_missing(&mut self) -> Vec<String> {
+        if self.database_path() {
+            self.database_proof_missing()
+        } else {
+            self.metric_proof_missing()
+        }
+    }
+
+    /// The metric path's proof: a restart after the reboot request, then CloudWatch periods
+    /// after it. Records the restart when seen.
+    fn metric_proof_missing(&mut self) -> Vec<String> {
         let mut missing = Vec::new();
         let Some(q) = self.quarantine_id() else {
             return vec!["no quarantine group was recorded".to_string()];
@@ -175,10 +199,22 @@ impl Stepper<'_> {
             self.m.progress.quarantined_at.is_some(),
             "Draining follows the quarantine request"
         );
+        if self.database_path() {
+            self.database_draining();
+        }
         let missing = self.drain_proof_missing();
         if missing.is_empty() {
             self.m.progress.drain_proven_at = Some(self.now);
-            self.enter(Phase::Promoting, "");
+            let how = match (
+                self.m.progress.fence_lsn,
+                self.m.progress.fence_replayed_lsn,
+            ) {
+                (Some(fence), Some(replayed)) if self.database_path() => format!(
+                    "no client session on the source; Aurora replayed {replayed}, past the fence {fence}"
+                ),
+                _ => String::new(),
+            };
+            self.enter(Phase::Promoting, &how);
             return;
         }
         // Back from Promoting after a drift, or changed under us: put the quarantine back. The
@@ -187,7 +223,7 @@ impl Stepper<'_> {
             (Some(source), Some(q)) => self.quarantine_source(&source, &q),
             _ => false,
         };
-        if fenced && self.m.progress.restarted_at.is_none() {
+        if fenced && self.m.progress.restarted_at.is_none() && !self.database_path() {
             // No restart seen yet: ask for the reboot when none is in flight (a failed request
             // is forgotten, see `take_action_results`), or again when one produced no restart
             // for far longer than a reboot takes.
@@ -235,7 +271,10 @@ impl Stepper<'_> {
         self.assume_phase(Phase::Promoting);
         // What the code below assumes (debug builds, as `assume_phase`).
         debug_assert!(
-            self.m.progress.drain_proven_at.is_some() && self.m.progress.restarted_at.is_some(),
+            self.m.progress.drain_proven_at.is_some()
+                && (self.m.progress.restarted_at.is_some()
+                    || self.m.progress.fence_replayed_lsn >= self.m.progress.fence_lsn
+                        && self.m.progress.fence_lsn.is_some()),
             "Promoting follows a held Draining proof"
         );
         let t = match &self.obs.target {
@@ -264,13 +303,19 @@ impl Stepper<'_> {
         }
         if t.replication_source.is_some()
             && self.m.progress.promote_requested_at.is_none()
-            && let Err(why) = self.fence_intact()
+            && let Err(why) = self
+                .fence_intact()
+                .and_then(|()| self.no_session_since_fence())
         {
             // The proof no longer holds: someone may have written since. Nothing is promoted;
             // the proof starts over (a new reboot after the quarantine is back).
             self.m.progress.drain_proven_at = None;
             self.m.progress.restarted_at = None;
             self.m.progress.reboot_requested_at = None;
+            self.m.progress.fence_lsn = None;
+            self.m.progress.fence_written_at = None;
+            self.m.progress.fence_replayed_lsn = None;
+            self.m.progress.sessions_clear_since = None;
             self.enter(
                 Phase::Draining,
                 &format!(

@@ -23,9 +23,10 @@ impl Stepper<'_> {
         }
         match self.obs.quarantine_group.present() {
             Some(g) if self.quarantine_exact(g) => {}
-            Some(_) => {
-                breaks.push("the quarantine group has rules beyond the CDC exception".to_string())
-            }
+            Some(_) => breaks.push(
+                "the quarantine group has rules beyond its exceptions (CDC consumers, the agent)"
+                    .to_string(),
+            ),
             None => breaks.push("the quarantine group was not described".to_string()),
         }
         breaks
@@ -47,16 +48,16 @@ impl Stepper<'_> {
         }
     }
 
-    /// The quarantine group has no egress rule and admits exactly the CDC consumers' groups.
+    /// The quarantine group has no egress rule and admits exactly the CDC consumers' groups and,
+    /// with database access, the agent's own.
     pub(super) fn quarantine_exact(&self, group: &SecurityGroup) -> bool {
         let Some(plan) = self.plan() else {
             return false;
         };
         let mut have = group.ingress_sources.clone();
-        let mut want = plan.cdc_consumers.clone();
         have.sort();
-        want.sort();
-        group.egress_rules == 0 && have == want
+        have.dedup();
+        group.egress_rules == 0 && have == plan.quarantine_admits()
     }
 
     /// The group the agent made for this migration (recorded in Preparing).

@@ -51,6 +51,7 @@ mod preparation;
 pub mod results;
 mod rollback;
 mod soak;
+mod wal_fence;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
@@ -81,6 +82,7 @@ pub fn step(m: &Migration, obs: &Observation, now: Timestamp, policy: &Policy) -
         actions: Vec::new(),
         wake: None,
         entered: false,
+        look_again: false,
     };
     s.run();
     let decision = s.finish();
@@ -102,6 +104,8 @@ struct Stepper<'a> {
     wake: Option<SignedDuration>,
     /// A phase change happened in this step: observe again at once.
     entered: bool,
+    /// Something this step heard needs a fresh look at once (the fence was written).
+    look_again: bool,
 }
 
 impl Stepper<'_> {
@@ -147,7 +151,7 @@ impl Stepper<'_> {
         }
         let wake = if self.m.phase.is_terminal() && !self.terminal_needs_attention() {
             None
-        } else if self.entered {
+        } else if self.entered || self.look_again {
             Some(SignedDuration::ZERO)
         } else {
             Some(

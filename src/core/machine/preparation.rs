@@ -129,7 +129,7 @@ impl Stepper<'_> {
                 self.request(Action::EnsureQuarantineGroup(QuarantineGroupSpec {
                     name: self.m.names.quarantine_group.clone(),
                     vpc_id: plan.vpc_id.clone(),
-                    allow_from: plan.cdc_consumers.clone(),
+                    allow_from: plan.quarantine_admits(),
                     port: plan.port,
                     tags,
                 }));

@@ -17,6 +17,8 @@ pub fn feeds_back(key: ActionKey, ok: bool) -> bool {
                 | ActionKey::RunSmokeTest
                 | ActionKey::SetTriggerTag
                 | ActionKey::Notify
+                | ActionKey::EndSourceSessions
+                | ActionKey::WriteFence
         )
     } else {
         // A failed notification stays in the outbox and is offered again on the next step.
@@ -29,7 +31,11 @@ pub fn feeds_back(key: ActionKey, ok: bool) -> bool {
 
 impl Stepper<'_> {
     pub(super) fn take_action_results(&mut self) {
-        for result in &self.obs.action_results {
+        let results = self.obs.action_results.clone();
+        for result in &results {
+            if self.take_database_result(result) {
+                continue;
+            }
             let Err(err) = &result.outcome else {
                 match result.key {
                     ActionKey::RouteTraffic if self.m.phase == Phase::Routing => {

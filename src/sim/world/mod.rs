@@ -354,6 +354,8 @@ impl State {
             storage_encrypted: true,
             kms_key_id: Some(format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/k{index}")),
             iam_auth_enabled: false,
+            master_user_secret_arn: None,
+            db_name: None,
             deletion_protection: false,
             auto_minor_version_upgrade: false,
             security_groups: vec![GroupMembership {

@@ -3,6 +3,7 @@
 //! virtual-time wait (`Delay`), and the `World` bundle.
 
 use super::*;
+use crate::ports::NoDatabase;
 
 impl State {
     // ----- calls -------------------------------------------------------------------------
@@ -185,6 +186,7 @@ impl World for SimWorld {
     type Queue = SimPort;
     type Store = SimPort;
     type Router = SimPort;
+    type Database = NoDatabase;
     type Clock = SimPort;
     fn rds(&self) -> &SimPort {
         &self.port
@@ -206,6 +208,9 @@ impl World for SimWorld {
     }
     fn router(&self) -> &SimPort {
         &self.port
+    }
+    fn database(&self) -> &NoDatabase {
+        &NoDatabase
     }
     fn clock(&self) -> &SimPort {
         &self.port

@@ -49,6 +49,7 @@ impl State {
             .get(&source.identifier)
             .map(|s| f64::from(s.view.allocated_storage_gib) * GIB * 0.6);
         PreflightInputs {
+            database: None,
             aurora_versions: versions
                 .iter()
                 .map(|v| EngineVersion {

@@ -4,6 +4,8 @@
 //! the migration unless it is one the owners may acknowledge (`<prefix>:ack-<check>` = `true`)
 //! and they did. `aurora-migrator plan <instance>` prints the same report.
 
+mod database;
+
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
@@ -93,8 +95,9 @@ impl PreflightReport {
 }
 
 /// Failures the owners may accept knowingly. Everything else must be fixed.
-pub const ACKNOWLEDGEABLE: [&str; 5] = [
+pub const ACKNOWLEDGEABLE: [&str; 6] = [
     "cdc-consumers",
+    "database-writers",
     "read-replicas",
     "in-database-writers",
     "logical-replication",
@@ -545,11 +548,7 @@ pub fn run(
         );
     }
 
-    c.add(
-        "unlogged-tables",
-        Outcome::Fail,
-        "unlogged tables are not replicated and the agent has no database access to look: confirm there are none (or that losing their content is fine), then acknowledge",
-    );
+    let database = database::database_checks(&mut c, source, inputs, policy);
 
     let iac: Vec<&String> = source
         .tags
@@ -601,6 +600,8 @@ pub fn run(
             storage_encrypted: source.storage_encrypted,
             kms_key_id: source.kms_key_id.clone(),
             cdc_consumers: tags.cdc_consumers.clone(),
+            agent_group: database.as_ref().and(policy.agent_security_group.clone()),
+            database,
         }),
         _ => None,
     };

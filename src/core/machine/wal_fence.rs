@@ -1,0 +1,327 @@
+//! The database-aware cutover: Quiescing ends sessions instead of rebooting, and Draining's proof
+//! is a WAL position instead of CloudWatch's view.
+//!
+//! The order, each step on what the agent read after the previous one took effect:
+//! 1. The quarantine is active (Quiescing): new connections cannot reach the source, except the
+//!    agent's own group on the database port (and declared CDC consumers).
+//! 2. `EndSourceSessions`: every client session is terminated. Sessions survive a security group
+//!    change (connection tracking), which is why the metric path reboots.
+//! 3. No client session for `sessions_quiet_for`: then `WriteFence`, a durable barrier commit;
+//!    its WAL position is at or after every write any client had acknowledged.
+//! 4. Read after the fence was heard: still no client session (one that got in through a hole
+//!    could have written past the fence: the fence is void, back to 2), and the Aurora writer's
+//!    `pg_last_wal_replay_lsn()` at or past the fence. With the fence of the groups (`fence.rs`)
+//!    and, with CDC, the consumers' drained slots: proven.
+//!
+//! Fallback to the reboot and the metric proof (`cutover.rs`), recorded once per attempt in
+//! `Progress::database_fallback` and told to people: sessions that do not end within
+//! `sessions_stuck_after`, the database unreachable for `database_unreachable_after`, an action
+//! refused for good (a missing privilege). A client that keeps reconnecting is not a reason to
+//! fall back (a reboot would not keep it out either): it is named in an alert and the write
+//! budget decides, losslessly.
+
+use super::*;
+use crate::core::action::{ActionOutput, ActionResult};
+use crate::core::database::{ClientSession, DbTarget};
+
+impl Stepper<'_> {
+    /// This attempt's cutover runs on database access (planned, and not fallen back from).
+    pub(super) fn database_path(&self) -> bool {
+        database_path(&self.m)
+    }
+
+    /// The source, as the agent connects to it.
+    pub(super) fn source_db(&self) -> Option<DbTarget> {
+        source_db(&self.m, self.source())
+    }
+
+    /// Gives up the database-aware path for this attempt: the reboot and the metric proof take
+    /// over, from a clean slate.
+    pub(super) fn fall_back_to_reboot(&mut self, why: String) {
+        if self.m.progress.database_fallback.is_some() {
+            return;
+        }
+        let p = &mut self.m.progress;
+        p.database_fallback = Some(why.clone());
+        p.fence_lsn = None;
+        p.fence_written_at = None;
+        p.fence_replayed_lsn = None;
+        p.sessions_clear_since = None;
+        p.database_unreachable_since = None;
+        p.reboot_requested_at = None;
+        p.restarted_at = None;
+        self.alert_once(
+            "database-fallback",
+            Severity::Warning,
+            "the cutover falls back to a reboot",
+            &format!(
+                "{why}; the agent reboots the source and proves catch-up from CloudWatch instead (slower, just as safe)"
+            ),
+        );
+    }
+
+    /// Database-aware Quiescing, once the quarantine is active and the source available.
+    pub(super) fn end_sessions_and_drain(&mut self, source: &SourceInstance) {
+        let Some(on) = self.source_db() else {
+            return;
+        };
+        if self.request(Action::EndSourceSessions {
+            instance: source.identifier.clone(),
+            on,
+        }) {
+            self.m.progress.sessions_end_requested_at = Some(self.now);
+            self.enter(Phase::Draining, "");
+        }
+    }
+
+    /// Takes this step's SQL readings into the record and asks for what comes next (end the
+    /// sessions again, write the fence). Falls back to the reboot where the path cannot hold.
+    pub(super) fn database_draining(&mut self) {
+        let readings = self.obs.database.clone();
+        let Some(read_at) = readings.read_at else {
+            return; // stepped with results against an earlier look: nothing new was read
+        };
+        let reachable = matches!(readings.source_sessions, Some(Ok(_)))
+            && !matches!(readings.target_replay, Some(Err(_)));
+        if reachable {
+            self.m.progress.database_unreachable_since = None;
+        } else {
+            let why = match (&readings.source_sessions, &readings.target_replay) {
+                (Some(Err(e)), _) | (_, Some(Err(e))) => e.clone(),
+                _ => "no reading".to_string(),
+            };
+            let since = *self
+                .m
+                .progress
+                .database_unreachable_since
+                .get_or_insert(self.now);
+            if self.since(since) > self.policy.database_unreachable_after {
+                self.fall_back_to_reboot(format!(
+                    "the agent could not read the databases for {}: {why}",
+                    human(self.since(since))
+                ));
+            }
+            return;
+        }
+        if let Some(Ok(sessions)) = &readings.source_sessions {
+            if sessions.is_empty() {
+                self.m.progress.sessions_clear_since.get_or_insert(read_at);
+            } else {
+                self.sessions_remain(sessions);
+                return;
+            }
+        }
+        let p = &self.m.progress;
+        let quiet = p
+            .sessions_clear_since
+            .is_some_and(|t| self.since(t) >= self.policy.sessions_quiet_for);
+        match (p.fence_lsn, p.fence_written_at) {
+            (None, _) if quiet => {
+                if let Some(on) = self.source_db()
+                    && let Some(source) = self.source().map(|s| s.identifier.clone())
+                {
+                    self.request(Action::WriteFence {
+                        instance: source,
+                        on,
+                    });
+                }
+            }
+            (None, _) => {
+                let waited = p
+                    .sessions_clear_since
+                    .map_or(SignedDuration::ZERO, |t| self.since(t));
+                self.wake_within(self.policy.sessions_quiet_for - waited);
+            }
+            (Some(fence), Some(written)) if read_at > written => {
+                if let Some(Ok(Some(replayed))) = readings.target_replay
+                    && replayed >= fence
+                {
+                    self.m.progress.fence_replayed_lsn = Some(replayed);
+                }
+            }
+            _ => {}
+        }
+        self.wake_within(self.policy.database_poll);
+    }
+
+    /// Client sessions are on the fenced source: end them (again); a fence written before they
+    /// appeared no longer bounds what was written. Sessions that outlive their termination are
+    /// stuck: fall back to the reboot.
+    fn sessions_remain(&mut self, sessions: &[ClientSession]) {
+        let p = &mut self.m.progress;
+        p.sessions_clear_since = None;
+        let voided = p.fence_lsn.take();
+        p.fence_written_at = None;
+        p.fence_replayed_lsn = None;
+        let asked = p.sessions_end_requested_at;
+        // A session that started before our last request to end them, and is still there long
+        // after: terminating it does not work.
+        let stuck: Vec<String> = sessions
+            .iter()
+            .filter(|s| {
+                asked.is_some_and(|a| {
+                    s.backend_start.is_some_and(|b| b < a)
+                        && self.since(a) > self.policy.sessions_stuck_after
+                })
+            })
+            .map(ToString::to_string)
+            .collect();
+        if !stuck.is_empty() {
+            self.fall_back_to_reboot(format!(
+                "client sessions did not end when terminated: {}",
+                stuck.join(", ")
+            ));
+            return;
+        }
+        let arrived: Vec<String> = sessions
+            .iter()
+            .filter(|s| asked.is_some_and(|a| s.backend_start.is_none_or(|b| b >= a)))
+            .map(ToString::to_string)
+            .collect();
+        if !arrived.is_empty() {
+            // Something reaches the source past the quarantine: another group on the instance
+            // (the fence check says), a client on the server itself, or the agent's group used
+            // by someone else. The write budget rolls back losslessly if it keeps happening.
+            self.alert_once(
+                "client-reconnected",
+                Severity::Warning,
+                "a client reconnected to the fenced source",
+                &format!(
+                    "{}{}; the agent ends such sessions and writes a new fence; if they keep coming the write budget runs out and the migration rolls back without loss",
+                    arrived.join(", "),
+                    if voided.is_some() {
+                        " after the fence was written"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        if let (Some(on), Some(source)) = (
+            self.source_db(),
+            self.source().map(|s| s.identifier.clone()),
+        ) && self.request(Action::EndSourceSessions {
+            instance: source,
+            on,
+        }) {
+            // The first request stays the reference: sessions older than it that outlive
+            // `sessions_stuck_after` are stuck; younger ones came in past the quarantine.
+            self.m
+                .progress
+                .sessions_end_requested_at
+                .get_or_insert(self.now);
+        }
+        self.wake_within(self.policy.database_poll);
+    }
+
+    /// What the database-aware proof still lacks (empty: proven). Reads only.
+    pub(super) fn database_proof_missing(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        let (Some(q), Some(source)) = (self.quarantine_id(), self.source()) else {
+            return vec!["the source or its quarantine group was not observed".to_string()];
+        };
+        missing.extend(self.fence_breaks(source, &q));
+        if source.status != "available" {
+            missing.push(format!("the source is `{}`", source.status));
+        }
+        let p = &self.m.progress;
+        let r = &self.obs.database;
+        match (p.fence_lsn, p.fence_written_at, p.fence_replayed_lsn) {
+            (None, ..) => {
+                missing.push("no fence written with every client session ended yet".into())
+            }
+            (Some(fence), Some(written), replayed) => {
+                let fresh = r.read_at.is_some_and(|t| t > written);
+                if !fresh {
+                    missing.push("nothing read since the fence was written".into());
+                } else if !matches!(&r.source_sessions, Some(Ok(s)) if s.is_empty()) {
+                    missing.push("a client session is on the source after the fence".into());
+                }
+                if replayed.is_none_or(|l| l < fence) {
+                    missing.push(format!("Aurora has not replayed the fence {fence} yet"));
+                }
+            }
+            (Some(_), None, _) => missing.push("the fence has no time".into()),
+        }
+        let consumers = self.plan().map_or(0, |p| p.cdc_consumers.len());
+        if consumers > 0 && !self.tags.cdc_drained {
+            missing.push(format!(
+                "waiting for the CDC consumers to drain their slots and tag {}:cdc-drained=true",
+                self.policy.tag_prefix
+            ));
+        }
+        missing
+    }
+
+    /// Right before promotion on the database path: the source still shows no client session
+    /// (read in this step, after the proof).
+    pub(super) fn no_session_since_fence(&self) -> Result<(), String> {
+        if !self.database_path() {
+            return Ok(());
+        }
+        match &self.obs.database.source_sessions {
+            Some(Ok(s)) if s.is_empty() => Ok(()),
+            Some(Ok(s)) => Err(format!(
+                "client sessions reached the source after the fence: {}",
+                s.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Some(Err(e)) => Err(format!("the source's sessions could not be read: {e}")),
+            None => Err("the source's sessions were not read".to_string()),
+        }
+    }
+
+    /// Results of the two database actions: the fence's position is recorded (and looked at
+    /// again at once: the proof needs a reading taken after it); a success lets the action be
+    /// asked again at once; a refusal for good leaves the database path.
+    pub(super) fn take_database_result(&mut self, result: &ActionResult) -> bool {
+        if !matches!(
+            result.key,
+            ActionKey::EndSourceSessions | ActionKey::WriteFence
+        ) {
+            return false;
+        }
+        match &result.outcome {
+            Ok(()) => {
+                self.m.requested.remove(&result.key);
+                if let Some(ActionOutput::Fence(lsn)) = result.output
+                    && self.m.phase == Phase::Draining
+                    && self.database_path()
+                {
+                    self.m.progress.fence_lsn = Some(lsn);
+                    self.m.progress.fence_written_at = Some(self.now);
+                    self.m.progress.fence_replayed_lsn = None;
+                }
+                self.look_again = true;
+            }
+            Err(err) if err.kind == ErrorKind::Fatal && self.m.phase.is_cutover() => {
+                self.fall_back_to_reboot(format!("{} was refused: {}", result.key, err.message));
+            }
+            Err(err) => {
+                // Asked again after the cutover's backoff; the unreachable timer decides.
+                self.m
+                    .requested
+                    .insert(result.key, self.now + self.backoff(err.kind));
+            }
+        }
+        true
+    }
+}
+
+/// See [`Stepper::database_path`].
+pub(super) fn database_path(m: &Migration) -> bool {
+    m.plan.as_ref().is_some_and(|p| p.database.is_some()) && m.progress.database_fallback.is_none()
+}
+
+/// The source's endpoint with the planned access.
+pub(super) fn source_db(m: &Migration, source: Option<&SourceInstance>) -> Option<DbTarget> {
+    let access = m.plan.as_ref()?.database.clone()?;
+    let e = source?.endpoint.as_ref()?;
+    Some(DbTarget {
+        host: e.address.clone(),
+        port: e.port,
+        access,
+    })
+}

@@ -1,0 +1,296 @@
+//! The database-aware cutover in the pure core: sessions ended instead of a reboot, a fence by
+//! WAL position instead of CloudWatch, and every way it falls back or holds (see
+//! `core::machine::wal_fence`). The model (`tests/common`) answers SQL the way the adapter does.
+
+mod common;
+
+use aurora_migrator::core::Phase;
+use aurora_migrator::core::action::{Action, ActionKey};
+use aurora_migrator::core::database::{Credentials, Lsn, SqlPreflight};
+use aurora_migrator::core::invariants::irreversible_allowed;
+use aurora_migrator::core::preflight::Outcome;
+use common::*;
+use jiff::SignedDuration;
+
+/// A model with database access, run until `phase`.
+fn with_database_at(phase: Phase) -> (Model, aurora_migrator::core::Migration) {
+    let mut model = Model::with_database();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &database_policy(), phase);
+    (model, m)
+}
+
+fn check<'a>(
+    m: &'a aurora_migrator::core::Migration,
+    name: &str,
+) -> &'a aurora_migrator::core::preflight::CheckResult {
+    let report = m.preflight.as_ref().expect("a preflight report");
+    report
+        .checks
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no `{name}` check in {report:?}"))
+}
+
+#[test]
+fn with_access_the_cutover_ends_sessions_and_promotes_on_the_replayed_fence_without_a_reboot() {
+    let policy = database_policy();
+    let mut model = Model::with_database();
+    let mut m = migration();
+    let phases = run_to_end(&mut model, &mut m, &policy, 2_000);
+    assert_eq!(m.phase, Phase::Completed, "{phases:?} {:?}", m.last_error);
+    assert_eq!(model.reboots, 0, "no reboot on the database path");
+    assert_eq!(model.promotions, 1);
+    let db = model.db.as_ref().unwrap();
+    assert_eq!(db.ended, 2, "both application sessions were ended");
+    assert_eq!(db.fences, 1, "one fence");
+    let plan = m.plan.as_ref().unwrap();
+    assert!(matches!(
+        &plan.database.as_ref().unwrap().credentials,
+        Credentials::Secret { secret_id } if secret_id.contains("rds!db-1")
+    ));
+    assert_eq!(
+        plan.quarantine_admits(),
+        vec!["sg-agent".to_string()],
+        "the quarantine admits the agent's group and nothing else"
+    );
+    let p = &m.progress;
+    assert!(p.fence_replayed_lsn >= p.fence_lsn && p.fence_lsn.is_some());
+    assert!(p.restarted_at.is_none() && p.reboot_requested_at.is_none());
+    assert_eq!(check(&m, "database-access").outcome, Outcome::Pass);
+    assert_eq!(
+        check(&m, "unlogged-tables").outcome,
+        Outcome::Pass,
+        "answered by SQL: no acknowledgement tag needed"
+    );
+    // The outage the core itself adds: quarantine active → proof, in the model's 1 s steps.
+    let proof = p.drain_proven_at.unwrap() - p.quarantine_active_at.unwrap();
+    assert!(
+        proof <= SignedDuration::from_secs(5),
+        "the proof took {proof:?} after the quarantine"
+    );
+}
+
+#[test]
+fn promotion_waits_until_aurora_has_replayed_the_fence() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::Draining);
+    model.db().replay_stuck_at = Some(model.db().wal);
+    for _ in 0..20 {
+        let d = quiet_round(&mut model, &mut m, &policy);
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| a.key() == ActionKey::PromoteTarget),
+            "promotion asked for before the fence was replayed"
+        );
+        model.now += SignedDuration::from_secs(1);
+    }
+    assert_eq!(m.phase, Phase::Draining);
+    assert!(m.progress.fence_lsn.is_some(), "the fence was written");
+    model.db().replay_stuck_at = None;
+    advance_to(&mut model, &mut m, &policy, Phase::Routing);
+    assert_eq!(model.promotions, 1);
+}
+
+#[test]
+fn a_client_that_keeps_reconnecting_is_named_and_the_budget_rolls_back_without_promoting() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::AwaitingCutover);
+    model.db().reconnects = true;
+    let phases = run_to_end(&mut model, &mut m, &policy, 3_000);
+    assert_eq!(m.phase, Phase::RolledBack, "{phases:?}");
+    assert_eq!(model.promotions, 0);
+    assert_eq!(model.db().fences, 0, "no fence while sessions keep coming");
+    assert!(
+        m.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("write-unavailability budget")),
+        "{:?}",
+        m.last_error
+    );
+    assert!(
+        model
+            .notifications
+            .iter()
+            .any(|n| n.event == "client-reconnected" && n.description.contains("10.0.1.7")),
+        "people are told a client got in"
+    );
+    assert!(!model.quarantined(), "the source got its groups back");
+}
+
+#[test]
+fn a_session_that_appears_after_the_fence_voids_it_and_a_new_one_is_written() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::Draining);
+    model.db().replay_stuck_at = Some(model.db().wal);
+    // Rounds until the fence is written (replay held back, so it cannot be proven yet).
+    for _ in 0..20 {
+        if m.progress.fence_lsn.is_some() {
+            break;
+        }
+        quiet_round(&mut model, &mut m, &policy);
+        model.now += SignedDuration::from_secs(1);
+    }
+    let first = m.progress.fence_lsn.expect("a fence");
+    let now = model.now;
+    model.db().sessions.push(app_session(777, now));
+    model.db().replay_stuck_at = None;
+    quiet_round(&mut model, &mut m, &policy);
+    assert!(m.progress.fence_lsn.is_none(), "the fence was voided");
+    assert_eq!(m.phase, Phase::Draining);
+    advance_to(&mut model, &mut m, &policy, Phase::Routing);
+    assert!(m.progress.fence_lsn.unwrap() > first, "a newer fence");
+    assert_eq!(model.db().fences, 2);
+}
+
+#[test]
+fn a_session_that_appears_after_the_proof_sends_promotion_back_to_draining() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::Promoting);
+    let now = model.now;
+    model.db().sessions.push(app_session(555, now));
+    let d = quiet_round(&mut model, &mut m, &policy);
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| a.key() == ActionKey::PromoteTarget)
+    );
+    assert_eq!(m.phase, Phase::Draining);
+    assert!(m.progress.fence_lsn.is_none() && m.progress.drain_proven_at.is_none());
+    advance_to(&mut model, &mut m, &policy, Phase::Routing);
+    assert_eq!(model.promotions, 1);
+}
+
+#[test]
+fn sessions_that_do_not_end_fall_back_to_the_reboot_and_the_metric_proof() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::AwaitingCutover);
+    model.db().stuck = true;
+    let phases = run_to_end(&mut model, &mut m, &policy, 3_000);
+    assert_eq!(m.phase, Phase::Completed, "{phases:?} {:?}", m.last_error);
+    assert_eq!(model.reboots, 1, "the fallback rebooted the source");
+    assert!(
+        m.progress
+            .database_fallback
+            .as_deref()
+            .is_some_and(|w| w.contains("did not end")),
+        "{:?}",
+        m.progress.database_fallback
+    );
+    assert!(m.alerts_sent.contains("database-fallback"));
+}
+
+#[test]
+fn losing_the_database_mid_cutover_falls_back_after_the_grace_period() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::Draining);
+    model.db().unreachable = true;
+    let entered = model.now;
+    while m.progress.database_fallback.is_none() {
+        quiet_round(&mut model, &mut m, &policy);
+        model.now += SignedDuration::from_secs(1);
+        assert!(model.now - entered < SignedDuration::from_mins(2));
+    }
+    assert!(model.now - entered >= policy.database_unreachable_after);
+    let phases = run_to_end(&mut model, &mut m, &policy, 3_000);
+    assert_eq!(m.phase, Phase::Completed, "{phases:?}");
+    assert_eq!(model.reboots, 1);
+}
+
+#[test]
+fn without_the_deployment_opt_in_the_tag_is_a_warning_and_the_metric_path_runs() {
+    let policy = policy(); // MIGRATOR_DATABASE_ACCESS unset
+    let mut model = Model::with_database();
+    model.tag_source("aurora-migration:ack-unlogged-tables", "true");
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Preparing);
+    let c = check(&m, "database-access");
+    assert_eq!(c.outcome, Outcome::Warn);
+    assert!(
+        c.message.contains("MIGRATOR_DATABASE_ACCESS"),
+        "{}",
+        c.message
+    );
+    assert!(m.plan.as_ref().unwrap().database.is_none());
+    run_to_end(&mut model, &mut m, &policy, 2_000);
+    assert_eq!(m.phase, Phase::Completed);
+    assert_eq!(model.reboots, 1);
+    assert_eq!(model.db().ended, 0, "no SQL without the opt-in");
+}
+
+#[test]
+fn a_database_the_agent_cannot_read_in_preflight_means_the_metric_path_and_says_why() {
+    let policy = database_policy();
+    let mut model = Model::with_database();
+    model.tag_source("aurora-migration:ack-unlogged-tables", "true");
+    model.db().preflight = Some(Err(
+        "postgres:preflight failed (fatal): password authentication failed".into(),
+    ));
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Preparing);
+    let c = check(&m, "database-access");
+    assert_eq!(c.outcome, Outcome::Warn);
+    assert!(c.message.contains("password authentication failed"));
+    assert!(c.message.contains("reboots the source"));
+    let plan = m.plan.as_ref().unwrap();
+    assert!(plan.database.is_none());
+    assert!(
+        plan.quarantine_admits().is_empty(),
+        "no hole for the agent without access"
+    );
+}
+
+#[test]
+fn master_secret_access_needs_an_rds_managed_secret() {
+    let policy = database_policy();
+    let mut model = Model::with_database();
+    model.source.as_mut().unwrap().master_user_secret_arn = None;
+    model.tag_source("aurora-migration:ack-unlogged-tables", "true");
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Preparing);
+    let c = check(&m, "database-access");
+    assert_eq!(c.outcome, Outcome::Warn);
+    assert!(c.message.contains("MasterUserSecret"), "{}", c.message);
+}
+
+#[test]
+fn the_sql_preflight_names_unlogged_tables_writers_and_prepared_transactions() {
+    let policy = database_policy();
+    let mut model = Model::with_database();
+    model.db().preflight = Some(Ok(SqlPreflight {
+        unlogged_tables: vec!["public.sessions_cache".into()],
+        cron_jobs: vec!["3: */5 * * * * CALL refresh()".into()],
+        prepared_transactions: vec!["tx-42".into()],
+        old_transactions: vec![(4242, 7_200)],
+        ..SqlPreflight::default()
+    }));
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Failed);
+    let unlogged = check(&m, "unlogged-tables");
+    assert_eq!(unlogged.outcome, Outcome::Fail);
+    assert!(unlogged.message.contains("public.sessions_cache"));
+    let writers = check(&m, "database-writers");
+    assert_eq!(writers.outcome, Outcome::Fail);
+    assert!(writers.message.contains("refresh()"));
+    assert_eq!(check(&m, "prepared-transactions").outcome, Outcome::Fail);
+    let old = check(&m, "old-transactions");
+    assert_eq!(old.outcome, Outcome::Warn);
+    assert!(old.message.contains("pid 4242"));
+}
+
+#[test]
+fn promotion_is_refused_at_execution_when_the_fence_was_not_replayed() {
+    let (_model, mut m) = with_database_at(Phase::Promoting);
+    let promote = Action::PromoteTarget {
+        cluster: m.names.cluster.clone(),
+    };
+    assert!(irreversible_allowed(&m, &promote).is_ok());
+    m.progress.fence_replayed_lsn = Some(Lsn(m.progress.fence_lsn.unwrap().0 - 1));
+    assert!(
+        irreversible_allowed(&m, &promote).is_err(),
+        "a replay position short of the fence must not promote"
+    );
+    m.progress.fence_replayed_lsn = None;
+    assert!(irreversible_allowed(&m, &promote).is_err());
+}
