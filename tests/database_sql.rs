@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aurora_migrator::core::database::{Credentials, DatabaseAccess, DbTarget, Lsn};
-use aurora_migrator::database::{DatabaseSettings, PgDatabase, RdsTls, SecretSource, Sensitive};
+use aurora_migrator::database::{
+    DatabaseSettings, PgDatabase, RdsTls, SecretSource, Sensitive, sql,
+};
 use aurora_migrator::ports::{Database, ErrorKind, PortError, PortResult};
 use server::{Bins, PgServer, RunAs, TempRoot, connect, run};
 
@@ -445,6 +447,17 @@ async fn sessions_end_and_the_fence_covers_an_async_commit_the_standby_then_repl
     );
     let flushed_after = lsn_of(&writer, "SELECT pg_current_wal_flush_lsn()::text").await;
     assert!(flushed_after >= fence);
+    // The fence's statements alone, on an open connection: its round trip and flush.
+    let mut round_trips = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        writer.simple_query(sql::WRITE_FENCE).await.unwrap();
+        round_trips.push(t.elapsed());
+    }
+    eprintln!(
+        "the fence's round trip alone: median {:?} of 5",
+        median(round_trips)
+    );
 
     assert_eq!(
         db.replay_lsn(&at).await.unwrap(),
