@@ -18,6 +18,8 @@
 //!   fleet describe cache serves the fleet's describes).
 //! - [`runtime`]: the SQS loop: long polling, concurrency, per-migration locks, visibility,
 //!   SIGTERM.
+//! - [`database`]: the [`ports::Database`] port on PostgreSQL (TLS verified against the RDS CA
+//!   bundle, credentials from Secrets Manager, every statement in `database::sql`).
 //! - [`sim`]: the deterministic simulator: the real agent against a fake AWS in virtual time,
 //!   seeded faults, checks, report.
 //! - [`telemetry`]: logs, and the optional OpenTelemetry export and its instruments.
@@ -29,6 +31,7 @@ pub mod aws;
 pub mod commands;
 pub mod config;
 pub mod core;
+pub mod database;
 pub mod inbound;
 pub mod ports;
 pub mod runtime;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use aurora_migrator::agent::Agent;
 use aurora_migrator::aws::{self, AwsSettings, AwsWorld};
 use aurora_migrator::commands::{self, Control};
-use aurora_migrator::config::{AwsArgs, PolicyArgs, TelemetryArgs};
+use aurora_migrator::config::{AwsArgs, DatabaseArgs, PolicyArgs, TelemetryArgs};
 use aurora_migrator::core::Policy;
 use aurora_migrator::inbound::Home;
 use aurora_migrator::ports::{Clock, World};
@@ -34,6 +34,8 @@ struct Cli {
     policy: PolicyArgs,
     #[command(flatten)]
     telemetry: TelemetryArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
     /// Log format.
     #[arg(
         long,
@@ -137,6 +139,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
     let policy = cli.policy.policy()?;
     cli.aws.validate()?;
+    // Checked at start-up (the bundle read) though nothing connects yet.
+    cli.database.settings()?;
     match cli.command {
         Command::Healthcheck { max_age_s } => healthcheck(&cli.aws.heartbeat_file, max_age_s),
         Command::Simulate {

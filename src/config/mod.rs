@@ -312,6 +312,57 @@ impl TelemetryArgs {
     }
 }
 
+/// Whether the agent may connect to databases (the database-aware cutover), and how it trusts
+/// them. Off by default: connecting needs credentials and network paths a deployment opts in to.
+#[derive(Args, Clone, Debug)]
+pub struct DatabaseArgs {
+    /// Let the agent connect to the PostgreSQL databases of the instances it migrates (to end
+    /// client sessions, fence writes and read WAL positions at cutover, and for the SQL
+    /// preflight). Each instance still opts in with its own credentials.
+    #[arg(
+        long,
+        env = "MIGRATOR_DATABASE_ACCESS",
+        default_value_t = false,
+        global = true
+    )]
+    pub database_access: bool,
+    /// PEM bundle of the certificate authorities a database's certificate must chain to (the
+    /// RDS CA bundle); read at start-up when database access is on.
+    #[arg(
+        long,
+        env = "MIGRATOR_RDS_CA_BUNDLE",
+        default_value = DEFAULT_RDS_CA_BUNDLE,
+        global = true
+    )]
+    pub rds_ca_bundle: String,
+}
+
+/// Where the Dockerfile puts the RDS CA bundle.
+pub const DEFAULT_RDS_CA_BUNDLE: &str = "/etc/aurora-migrator/rds-ca-bundle.pem";
+
+impl Default for DatabaseArgs {
+    fn default() -> Self {
+        DatabaseArgs {
+            database_access: false,
+            rds_ca_bundle: DEFAULT_RDS_CA_BUNDLE.into(),
+        }
+    }
+}
+
+impl DatabaseArgs {
+    /// The connection settings, or `None` when database access is off (the bundle is then not
+    /// read). A bundle that cannot be read or holds no certificate stops start-up.
+    pub fn settings(&self) -> Result<Option<crate::database::DatabaseSettings>, ConfigError> {
+        if !self.database_access {
+            return Ok(None);
+        }
+        let tls =
+            crate::database::RdsTls::from_bundle_file(std::path::Path::new(&self.rds_ca_bundle))
+                .map_err(|e| bad("MIGRATOR_RDS_CA_BUNDLE (--rds-ca-bundle)", e))?;
+        Ok(Some(crate::database::DatabaseSettings::new(tls)))
+    }
+}
+
 /// A setting that cannot be used, named as the operator set it.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{setting}: {problem}")]

@@ -238,3 +238,39 @@ fn secrets_never_show_in_debug_output_or_help() {
         assert!(arg.is_hide_env_values_set(), "{id}");
     }
 }
+
+#[test]
+fn the_ca_bundle_is_read_only_when_database_access_is_on() {
+    let off = DatabaseArgs {
+        rds_ca_bundle: "/nonexistent/rds-ca-bundle.pem".into(),
+        ..DatabaseArgs::default()
+    };
+    assert!(!DatabaseArgs::default().database_access);
+    assert!(off.settings().unwrap().is_none());
+
+    let missing = DatabaseArgs {
+        database_access: true,
+        ..off
+    };
+    let e = missing.settings().unwrap_err().to_string();
+    assert!(
+        e.starts_with(
+            "MIGRATOR_RDS_CA_BUNDLE (--rds-ca-bundle): cannot read `/nonexistent/rds-ca-bundle.pem`"
+        ),
+        "{e}"
+    );
+
+    let empty = std::env::temp_dir().join(format!("empty-bundle-{}.pem", std::process::id()));
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let no_cert = DatabaseArgs {
+        database_access: true,
+        rds_ca_bundle: empty.display().to_string(),
+    };
+    let e = no_cert.settings().unwrap_err().to_string();
+    let _ = std::fs::remove_file(&empty);
+    assert!(
+        e.starts_with("MIGRATOR_RDS_CA_BUNDLE (--rds-ca-bundle): ")
+            && e.ends_with("holds no certificate"),
+        "{e}"
+    );
+}
