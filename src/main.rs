@@ -137,10 +137,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
-    let policy = cli.policy.policy()?;
+    let mut policy = cli.policy.policy()?;
     cli.aws.validate()?;
-    // Checked at start-up (the bundle read) though nothing connects yet.
-    cli.database.settings()?;
+    // Checked at start-up (the bundle read, the agent's group) before anything connects.
+    let database = cli.database.settings()?;
+    cli.database.apply_to(&mut policy);
     match cli.command {
         Command::Healthcheck { max_age_s } => healthcheck(&cli.aws.heartbeat_file, max_age_s),
         Command::Simulate {
@@ -169,7 +170,7 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(with_aws(command, &cli.aws, policy, instruments))
+            runtime.block_on(with_aws(command, &cli.aws, policy, database, instruments))
         }
     }
 }
@@ -179,6 +180,7 @@ async fn with_aws(
     command: Command,
     args: &AwsArgs,
     policy: Policy,
+    database: Option<aurora_migrator::database::DatabaseSettings>,
     instruments: Instruments,
 ) -> anyhow::Result<()> {
     let settings = |require_all: bool| -> anyhow::Result<AwsSettings> {
@@ -200,6 +202,7 @@ async fn with_aws(
         s.smoke_test_url = args.smoke_test_url.clone();
         s.webhook_secret = args.webhook_secret.clone();
         s.instruments = instruments.clone();
+        s.database = database.clone();
         Ok(s)
     };
     // Commands that only touch RDS tags or read the instance need no queue, topic or table.

@@ -199,11 +199,14 @@ pub trait Database: Send + Sync {
     /// `pg_terminate_backend` on every client session (as [`Database::client_sessions`] counts
     /// them); returns how many were ended.
     fn end_client_sessions(&self, at: &DbTarget) -> impl Future<Output = PortResult<u32>> + Send;
-    /// The fence: a transaction that takes a transaction id and commits with
-    /// `synchronous_commit = on`, so that its commit record, and with it every WAL record
-    /// inserted before it (each acknowledged write, asynchronous commits included), is flushed;
-    /// then `pg_current_wal_flush_lsn()`. Every write acknowledged before the call is at or
-    /// before the returned position. Writes nothing to any table.
+    /// The fence: a transaction that writes one WAL record
+    /// (`pg_logical_emit_message(true, …)`) and commits with `synchronous_commit = on`, so that
+    /// its commit record, and with it every WAL record inserted before it (each acknowledged
+    /// write, asynchronous commits included), is flushed; then `pg_current_wal_flush_lsn()`.
+    /// Every write acknowledged before the call is at or before the returned position. Writes
+    /// nothing to any table. (A transaction that only took an xid, `txid_current()`, writes no
+    /// WAL, so PostgreSQL commits it asynchronously whatever `synchronous_commit` says: measured,
+    /// such a fence fell short of an acknowledged asynchronous commit.)
     fn write_fence(&self, at: &DbTarget) -> impl Future<Output = PortResult<Lsn>> + Send;
     /// `pg_last_wal_replay_lsn()` on a replica; `None` when the server is not in recovery.
     fn replay_lsn(&self, at: &DbTarget) -> impl Future<Output = PortResult<Option<Lsn>>> + Send;

@@ -83,6 +83,8 @@ pub struct AwsSettings {
     pub sdk_attempt_timeout: Duration,
     /// Where the call counts also go (OTel); off by default.
     pub instruments: Instruments,
+    /// Database access (`MIGRATOR_DATABASE_ACCESS`): how to connect; `None`: never connect.
+    pub database: Option<crate::database::DatabaseSettings>,
 }
 
 impl AwsSettings {
@@ -108,6 +110,7 @@ impl AwsSettings {
             sdk_initial_backoff: Duration::from_secs(1),
             sdk_attempt_timeout: Duration::from_secs(30),
             instruments: Instruments::default(),
+            database: None,
         }
     }
 }
@@ -261,6 +264,7 @@ pub struct AwsWorld {
     pub queue: sqs::AwsQueue,
     pub store: dynamodb::AwsStore,
     pub router: router::HttpRouter,
+    pub database: crate::database::AgentDatabase,
     pub clock: SystemClock,
     pub calls: CallCounter,
     /// The Region the clients call (the SDK configuration's: `AWS_REGION` or its default chain).
@@ -308,6 +312,16 @@ impl AwsWorld {
                 &s.table,
             ),
             router: router::HttpRouter::new(s).map_err(ConnectError::Setting)?,
+            database: match &s.database {
+                Some(settings) => {
+                    crate::database::AgentDatabase::On(Box::new(crate::database::PgDatabase::new(
+                        settings.clone(),
+                        aws_sdk_secretsmanager::Client::new(config),
+                        calls.clone(),
+                    )))
+                }
+                None => crate::database::AgentDatabase::Off,
+            },
             clock: SystemClock,
             calls,
             region: config.region().map(|r| r.to_string()),
@@ -334,7 +348,7 @@ impl World for AwsWorld {
     type Queue = sqs::AwsQueue;
     type Store = dynamodb::AwsStore;
     type Router = router::HttpRouter;
-    type Database = crate::ports::NoDatabase;
+    type Database = crate::database::AgentDatabase;
     type Clock = SystemClock;
     fn rds(&self) -> &Self::Rds {
         &self.rds
@@ -358,7 +372,7 @@ impl World for AwsWorld {
         &self.router
     }
     fn database(&self) -> &Self::Database {
-        &crate::ports::NoDatabase
+        &self.database
     }
     fn clock(&self) -> &Self::Clock {
         &self.clock

@@ -335,6 +335,10 @@ pub struct DatabaseArgs {
         global = true
     )]
     pub rds_ca_bundle: String,
+    /// The agent's own security group (the ECS task's), admitted through the quarantine on the
+    /// database port while database access is in use. Required with database access.
+    #[arg(long, env = "MIGRATOR_AGENT_SECURITY_GROUP", global = true)]
+    pub agent_security_group: Option<String>,
 }
 
 /// Where the Dockerfile puts the RDS CA bundle.
@@ -345,16 +349,43 @@ impl Default for DatabaseArgs {
         DatabaseArgs {
             database_access: false,
             rds_ca_bundle: DEFAULT_RDS_CA_BUNDLE.into(),
+            agent_security_group: None,
         }
     }
 }
 
 impl DatabaseArgs {
+    /// The deployment's opt-in and the agent's group, into the phase machine's policy.
+    pub fn apply_to(&self, policy: &mut Policy) {
+        policy.database_access = self.database_access;
+        policy.agent_security_group = self
+            .agent_security_group
+            .as_deref()
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(str::to_string);
+    }
+
     /// The connection settings, or `None` when database access is off (the bundle is then not
     /// read). A bundle that cannot be read or holds no certificate stops start-up.
     pub fn settings(&self) -> Result<Option<crate::database::DatabaseSettings>, ConfigError> {
         if !self.database_access {
             return Ok(None);
+        }
+        match self.agent_security_group.as_deref().map(str::trim) {
+            Some(g) if g.starts_with("sg-") => {}
+            Some(g) => {
+                return Err(bad(
+                    "MIGRATOR_AGENT_SECURITY_GROUP (--agent-security-group)",
+                    format!("`{g}` is not a security group id (sg-…)"),
+                ));
+            }
+            None => {
+                return Err(bad(
+                    "MIGRATOR_AGENT_SECURITY_GROUP (--agent-security-group)",
+                    "is required with MIGRATOR_DATABASE_ACCESS=true: the quarantine admits the agent by its group",
+                ));
+            }
         }
         let tls =
             crate::database::RdsTls::from_bundle_file(std::path::Path::new(&self.rds_ca_bundle))

@@ -243,6 +243,7 @@ fn secrets_never_show_in_debug_output_or_help() {
 fn the_ca_bundle_is_read_only_when_database_access_is_on() {
     let off = DatabaseArgs {
         rds_ca_bundle: "/nonexistent/rds-ca-bundle.pem".into(),
+        agent_security_group: Some("sg-0agent".into()),
         ..DatabaseArgs::default()
     };
     assert!(!DatabaseArgs::default().database_access);
@@ -265,6 +266,7 @@ fn the_ca_bundle_is_read_only_when_database_access_is_on() {
     let no_cert = DatabaseArgs {
         database_access: true,
         rds_ca_bundle: empty.display().to_string(),
+        agent_security_group: Some("sg-0agent".into()),
     };
     let e = no_cert.settings().unwrap_err().to_string();
     let _ = std::fs::remove_file(&empty);
@@ -273,4 +275,32 @@ fn the_ca_bundle_is_read_only_when_database_access_is_on() {
             && e.ends_with("holds no certificate"),
         "{e}"
     );
+}
+
+#[test]
+fn database_access_needs_the_agents_security_group_and_names_the_setting() {
+    let without = DatabaseArgs {
+        database_access: true,
+        ..DatabaseArgs::default()
+    };
+    let e = without.settings().unwrap_err().to_string();
+    assert!(
+        e.starts_with("MIGRATOR_AGENT_SECURITY_GROUP (--agent-security-group): is required"),
+        "{e}"
+    );
+    let wrong = DatabaseArgs {
+        agent_security_group: Some("agent".into()),
+        ..without
+    };
+    let e = wrong.settings().unwrap_err().to_string();
+    assert!(e.contains("not a security group id"), "{e}");
+    let mut policy = crate::core::Policy::default();
+    DatabaseArgs {
+        database_access: true,
+        agent_security_group: Some(" sg-0agent ".into()),
+        ..DatabaseArgs::default()
+    }
+    .apply_to(&mut policy);
+    assert!(policy.database_access);
+    assert_eq!(policy.agent_security_group.as_deref(), Some("sg-0agent"));
 }

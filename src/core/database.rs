@@ -193,7 +193,7 @@ impl fmt::Display for ClientSession {
 pub struct SqlPreflight {
     /// The server's `server_version_num` (e.g. 150007).
     pub server_version_num: u32,
-    /// Unlogged tables (`schema.table`), in every database the agent can connect to: their
+    /// Unlogged tables (`database.schema.table`), in every database the agent can connect to: their
     /// rows are not in the WAL, so the replica has them empty.
     pub unlogged_tables: Vec<String>,
     /// Installed extensions (name, version), from every database.

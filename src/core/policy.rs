@@ -94,7 +94,8 @@ pub struct Policy {
     /// quarantine on the database port while database access is in use.
     pub agent_security_group: Option<String>,
     /// With database access: how long the source must show no client session before the fence
-    /// is written. 2 s: a pooler or a retry loop that reconnects at once shows up within it.
+    /// is written. 1 s: a pooler or a retry loop that reconnects at once shows up within it,
+    /// and one that comes later voids the fence anyway (the proof reads sessions after it).
     pub sessions_quiet_for: SignedDuration,
     /// With database access: a session that was asked to end and is still there after this is
     /// stuck (a backend in an uninterruptible wait, one the role may not end), and the cutover
@@ -176,7 +177,7 @@ impl Default for Policy {
             timeouts: Timeouts::default(),
             database_access: false,
             agent_security_group: None,
-            sessions_quiet_for: SignedDuration::from_secs(2),
+            sessions_quiet_for: SignedDuration::from_secs(1),
             sessions_stuck_after: SignedDuration::from_secs(30),
             database_unreachable_after: SignedDuration::from_secs(30),
             database_poll: SignedDuration::from_secs(1),

@@ -348,3 +348,43 @@ impl<S: SecretSource> Database for PgDatabase<S> {
         boxed(preflight::read(self, at, old_after_s))
     }
 }
+
+/// The agent's database port: the adapter where the deployment allows database access
+/// (`MIGRATOR_DATABASE_ACCESS`), refusals otherwise (the preflight never plans access then).
+pub enum AgentDatabase {
+    Off,
+    On(Box<PgDatabase>),
+}
+
+impl Database for AgentDatabase {
+    async fn client_sessions(&self, at: &DbTarget) -> PortResult<Vec<ClientSession>> {
+        match self {
+            AgentDatabase::Off => crate::ports::NoDatabase.client_sessions(at).await,
+            AgentDatabase::On(db) => db.client_sessions(at).await,
+        }
+    }
+    async fn end_client_sessions(&self, at: &DbTarget) -> PortResult<u32> {
+        match self {
+            AgentDatabase::Off => crate::ports::NoDatabase.end_client_sessions(at).await,
+            AgentDatabase::On(db) => db.end_client_sessions(at).await,
+        }
+    }
+    async fn write_fence(&self, at: &DbTarget) -> PortResult<Lsn> {
+        match self {
+            AgentDatabase::Off => crate::ports::NoDatabase.write_fence(at).await,
+            AgentDatabase::On(db) => db.write_fence(at).await,
+        }
+    }
+    async fn replay_lsn(&self, at: &DbTarget) -> PortResult<Option<Lsn>> {
+        match self {
+            AgentDatabase::Off => crate::ports::NoDatabase.replay_lsn(at).await,
+            AgentDatabase::On(db) => db.replay_lsn(at).await,
+        }
+    }
+    async fn preflight(&self, at: &DbTarget, old_after_s: u64) -> PortResult<SqlPreflight> {
+        match self {
+            AgentDatabase::Off => crate::ports::NoDatabase.preflight(at, old_after_s).await,
+            AgentDatabase::On(db) => db.preflight(at, old_after_s).await,
+        }
+    }
+}
