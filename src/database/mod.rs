@@ -351,12 +351,12 @@ impl<S: SecretSource> Database for PgDatabase<S> {
 
 /// The agent's database port: the adapter where the deployment allows database access
 /// (`MIGRATOR_DATABASE_ACCESS`), refusals otherwise (the preflight never plans access then).
-pub enum AgentDatabase {
+pub enum AgentDatabase<S = SecretsManagerSource> {
     Off,
-    On(Box<PgDatabase>),
+    On(Box<PgDatabase<S>>),
 }
 
-impl Database for AgentDatabase {
+impl<S: SecretSource> Database for AgentDatabase<S> {
     async fn client_sessions(&self, at: &DbTarget) -> PortResult<Vec<ClientSession>> {
         match self {
             AgentDatabase::Off => crate::ports::NoDatabase.client_sessions(at).await,

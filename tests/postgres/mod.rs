@@ -2,6 +2,7 @@
 //! client, and the loop that delivers the agent's own ticks.
 #![allow(dead_code)]
 
+pub mod access;
 pub mod fakes;
 pub mod metrics;
 pub mod rds;

@@ -465,7 +465,10 @@ impl Rds for PgRds {
             s.leaks.clone()
         };
         let mode = if quarantined {
-            HbaMode::Quarantined { leaks }
+            HbaMode::Quarantined {
+                leaks,
+                admitted: self.0.admitted_by(group_ids),
+            }
         } else {
             HbaMode::Open
         };
@@ -539,7 +542,10 @@ impl Rds for PgRds {
         }
         let quarantined = !group_ids.is_empty() && group_ids.iter().all(|g| is_quarantine_group(g));
         let mode = if quarantined {
-            HbaMode::Quarantined { leaks: vec![] }
+            HbaMode::Quarantined {
+                leaks: vec![],
+                admitted: self.0.admitted_by(group_ids),
+            }
         } else {
             HbaMode::Open
         };

@@ -309,7 +309,7 @@ impl PgServer {
     }
 
     /// Appends settings (and always this server's own port and socket dir) to postgresql.conf.
-    fn append_conf(&self, lines: &[&str]) {
+    pub fn append_conf(&self, lines: &[&str]) {
         let path = self.data.join("postgresql.conf");
         let mut text = fs::read_to_string(&path).expect("read postgresql.conf");
         text.push_str("\n# aurora-migrator test\n");
@@ -335,10 +335,15 @@ impl PgServer {
         );
         match mode {
             HbaMode::Open => text.push_str("host all all 127.0.0.1/32 trust\n"),
-            HbaMode::Quarantined { leaks } => {
+            HbaMode::Quarantined { leaks, admitted } => {
                 for role in leaks {
                     text.push_str(&format!(
                         "# a path the security groups do not show\nhost all {role} 127.0.0.1/32 trust\n"
+                    ));
+                }
+                for role in admitted {
+                    text.push_str(&format!(
+                        "# the agent's group, admitted by the quarantine group (TLS, password)\nhostssl all {role} 127.0.0.1/32 scram-sha-256\n"
                     ));
                 }
                 text.push_str("host all all 127.0.0.1/32 reject\n");
@@ -467,8 +472,12 @@ pub enum HbaMode {
     /// The original security groups: applications connect over TCP.
     Open,
     /// Only the quarantine group: TCP clients are rejected, except `leaks` (roles on a path the
-    /// security groups do not show, for the negative test).
-    Quarantined { leaks: Vec<String> },
+    /// security groups do not show, for the negative test) and `admitted` (the roles of the
+    /// groups the quarantine group admits: the agent's, with database access).
+    Quarantined {
+        leaks: Vec<String>,
+        admitted: Vec<String>,
+    },
 }
 
 /// Connects and runs the connection on the runtime; returns the client.

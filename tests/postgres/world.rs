@@ -31,10 +31,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use aurora_migrator::core::action::ReplicaClusterSpec;
-use aurora_migrator::core::observation::InstanceEvent;
-use aurora_migrator::ports::{ErrorKind, NoDatabase, PortError, PortResult, World};
+use aurora_migrator::core::observation::{InstanceEvent, SecurityGroup};
+use aurora_migrator::database::{AgentDatabase, DatabaseSettings, PgDatabase, RdsTls};
+use aurora_migrator::ports::{ErrorKind, PortError, PortResult, World};
 use jiff::Timestamp;
 
+use super::access::{FixedSecrets, make_certs};
 use super::server::{Bins, HbaMode, PgServer, RunAs, TempRoot, connect};
 
 pub use super::fakes::{MemNetwork, MemNotifier, MemQueue, MemRouter, MemStore, RealClock};
@@ -46,6 +48,22 @@ pub const SOURCE_ARN: &str = "arn:aws:rds:us-east-1:123456789012:db:orders-pg";
 pub const RESOURCE_ID: &str = "db-ORDERSPG0123456789";
 pub const APP_GROUP: &str = "sg-app";
 pub(super) const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// The agent's way in with database access: its security group and the database role its
+/// secret logs in as.
+#[derive(Clone, Debug)]
+pub struct AgentLogin {
+    pub group: String,
+    pub role: String,
+}
+
+/// The database role, password and secret of the agent in a world with database access.
+pub const AGENT_ROLE: &str = "agent";
+pub const AGENT_PASSWORD: &str = "agent-Pw-3c1e9";
+pub const AGENT_SECRET: &str = "orders-pg-agent";
+pub const AGENT_GROUP: &str = "sg-agent";
+/// The application's role (not a superuser, so the agent may end its sessions).
+pub const APP_ROLE: &str = "app";
 
 /// What the agent did, in order, for the assertions.
 #[derive(Clone, Debug, PartialEq)]
@@ -96,6 +114,11 @@ pub struct Shared {
     /// A broken world for the negative test: RebootDBInstance of the Aurora writer answers
     /// success but does nothing (no restart, no event).
     pub skip_writer_reboot: std::sync::atomic::AtomicBool,
+    /// The security groups as the fake EC2 holds them (shared with `MemNetwork`): the
+    /// quarantine lets in the roles of the groups it admits.
+    pub network_groups: Arc<Mutex<BTreeMap<String, SecurityGroup>>>,
+    /// With database access: the agent's group and its database role.
+    pub agent: Option<AgentLogin>,
     // Declared last: dropped after the servers, so their directories still exist when killed.
     pub root: TempRoot,
 }
@@ -151,6 +174,24 @@ impl Shared {
         Ok(())
     }
 
+    /// The database roles a quarantine of `group_ids` lets in: the agent's, when one of the
+    /// groups admits the agent's group (the quarantine group with database access).
+    pub(super) fn admitted_by(&self, group_ids: &[String]) -> Vec<String> {
+        let Some(agent) = &self.agent else {
+            return vec![];
+        };
+        let groups = self.network_groups.lock().unwrap();
+        let admits = groups
+            .values()
+            .filter(|g| group_ids.contains(&g.id))
+            .any(|g| g.ingress_sources.contains(&agent.group));
+        if admits {
+            vec![agent.role.clone()]
+        } else {
+            vec![]
+        }
+    }
+
     pub(super) fn target_arn(cluster: &str) -> String {
         format!("arn:aws:rds:us-east-1:123456789012:cluster:{cluster}")
     }
@@ -185,6 +226,7 @@ pub struct PgWorld {
     pub queue: MemQueue,
     pub store: MemStore,
     pub router: MemRouter,
+    pub database: AgentDatabase<FixedSecrets>,
     pub clock: RealClock,
 }
 
@@ -192,13 +234,40 @@ impl PgWorld {
     /// Starts a primary with the writes table, tagged for migration. `leaks` are roles that the
     /// quarantine will not stop (created on the primary).
     pub async fn start(label: &str, leaks: &[&str]) -> PgWorld {
+        PgWorld::start_with(label, leaks, false).await
+    }
+
+    /// As [`PgWorld::start`], and the source grants the agent database access: TLS on the
+    /// servers (a test CA the agent's bundle trusts), the agent's role with `pg_signal_backend`
+    /// and `pg_read_all_stats` (what RDS's master user has for the agent's SQL) and its password
+    /// in a secret, the instance tagged `database-access=secret:<id>`, and the quarantine
+    /// letting in the agent's role when the quarantine group admits the agent's group. The
+    /// `leaks` roles and the application's role `app` are ordinary roles the agent may end.
+    pub async fn start_with_database(label: &str, leaks: &[&str]) -> PgWorld {
+        PgWorld::start_with(label, leaks, true).await
+    }
+
+    async fn start_with(label: &str, leaks: &[&str], database: bool) -> PgWorld {
         let bins = Bins::locate();
         let run_as = RunAs::get();
         let root = TempRoot::new(label, run_as);
+        let certs = database.then(|| make_certs(&root.path, run_as));
+        let tls_conf: Vec<String> = certs
+            .iter()
+            .map(|c| {
+                format!(
+                    "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\npassword_encryption = 'scram-sha-256'",
+                    c.cert.display(),
+                    c.key.display()
+                )
+            })
+            .collect();
         let primary = blocking({
             let (dir, bins) = (root.path.clone(), bins.clone());
             move || {
                 let primary = PgServer::init_primary(&dir, "primary", &bins, run_as);
+                let lines: Vec<&str> = tls_conf.iter().map(String::as_str).collect();
+                primary.append_conf(&lines);
                 if let Err(e) = primary.start() {
                     panic!("the primary did not start: {e}\n{}", primary.log_tail());
                 }
@@ -226,19 +295,43 @@ impl PgWorld {
             ))
             .await
             .expect("create table");
+        // With database access the agent ends client sessions, which it may do only for roles
+        // that are not superusers (as on RDS, where only `rdsadmin` is one).
+        let grant = format!("GRANT INSERT, SELECT ON {} TO", super::server::TABLE);
         for role in leaks {
-            client
-                .batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER"))
-                .await
-                .expect("create role");
+            let sql = if database {
+                format!("CREATE ROLE {role} LOGIN; {grant} {role}")
+            } else {
+                format!("CREATE ROLE {role} LOGIN SUPERUSER")
+            };
+            client.batch_execute(&sql).await.expect("create role");
         }
         let mut tags = BTreeMap::new();
         tags.insert("aurora-migration".to_string(), "start".to_string());
-        tags.insert(
-            "aurora-migration:ack-unlogged-tables".to_string(),
-            "true".to_string(),
-        );
+        let secrets = FixedSecrets::default();
+        if database {
+            client
+                .batch_execute(&format!(
+                    "CREATE ROLE {AGENT_ROLE} LOGIN PASSWORD '{AGENT_PASSWORD}'; \
+                     GRANT pg_signal_backend, pg_read_all_stats TO {AGENT_ROLE}; \
+                     CREATE ROLE {APP_ROLE} LOGIN; {grant} {APP_ROLE}"
+                ))
+                .await
+                .expect("create the agent's and the application's roles");
+            secrets.set(AGENT_SECRET, AGENT_ROLE, AGENT_PASSWORD);
+            tags.insert(
+                "aurora-migration:database-access".to_string(),
+                format!("secret:{AGENT_SECRET}"),
+            );
+        } else {
+            // Without access nobody can look: the owners acknowledge.
+            tags.insert(
+                "aurora-migration:ack-unlogged-tables".to_string(),
+                "true".to_string(),
+            );
+        }
         let port = primary.port;
+        let network = MemNetwork::default();
         let shared = Arc::new(Shared {
             bins,
             run_as,
@@ -260,8 +353,23 @@ impl PgWorld {
             }),
             wal_sample: Mutex::new(None),
             skip_writer_reboot: Default::default(),
+            network_groups: network.groups.clone(),
+            agent: database.then(|| AgentLogin {
+                group: AGENT_GROUP.to_string(),
+                role: AGENT_ROLE.to_string(),
+            }),
             root,
         });
+        let database = match &certs {
+            Some(c) => {
+                let tls = RdsTls::from_bundle_file(&c.ca).expect("the test CA bundle");
+                AgentDatabase::On(Box::new(PgDatabase::with_source(
+                    DatabaseSettings::new(tls),
+                    secrets,
+                )))
+            }
+            None => AgentDatabase::Off,
+        };
         PgWorld {
             rds: PgRds(shared.clone()),
             metrics: PgMetrics {
@@ -274,7 +382,8 @@ impl PgWorld {
                 routes: Arc::default(),
             },
             shared,
-            network: MemNetwork::default(),
+            network,
+            database,
             notifier: MemNotifier::default(),
             queue: MemQueue::default(),
             store: MemStore::default(),
@@ -291,7 +400,7 @@ impl World for PgWorld {
     type Queue = MemQueue;
     type Store = MemStore;
     type Router = MemRouter;
-    type Database = NoDatabase;
+    type Database = AgentDatabase<FixedSecrets>;
     type Clock = RealClock;
     fn rds(&self) -> &PgRds {
         &self.rds
@@ -314,8 +423,8 @@ impl World for PgWorld {
     fn router(&self) -> &MemRouter {
         &self.router
     }
-    fn database(&self) -> &NoDatabase {
-        &NoDatabase
+    fn database(&self) -> &AgentDatabase<FixedSecrets> {
+        &self.database
     }
     fn clock(&self) -> &RealClock {
         &self.clock

@@ -85,6 +85,19 @@ impl Writer {
     /// Starts writing as `user` to `endpoint`; `seq` is shared between writers so every row is
     /// unique.
     pub fn spawn(name: &str, user: &str, endpoint: Endpoint, seq: Arc<AtomicI64>) -> Writer {
+        Writer::spawn_with(name, user, endpoint, seq, false)
+    }
+
+    /// As [`Writer::spawn`]; with `async_commit` its session runs with
+    /// `synchronous_commit = off`: a COMMIT returns before its WAL record is flushed, which is
+    /// what a fence read from `pg_current_wal_lsn()` alone would miss.
+    pub fn spawn_with(
+        name: &str,
+        user: &str,
+        endpoint: Endpoint,
+        seq: Arc<AtomicI64>,
+        async_commit: bool,
+    ) -> Writer {
         let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
         let in_doubt: Arc<Mutex<Vec<i64>>> = Arc::default();
         let failed_connects: Arc<AtomicI64> = Arc::default();
@@ -98,6 +111,9 @@ impl Writer {
                     let (host, port) = endpoint.lock().unwrap().clone();
                     let mut config = tcp_config(port, &user);
                     config.host(&host);
+                    if async_commit {
+                        config.options("-c synchronous_commit=off");
+                    }
                     let client = match connect(&config).await {
                         Ok(c) => c,
                         Err(_) => {
