@@ -178,6 +178,9 @@ pub struct Ending {
     /// AWS's share of the window, part by part: the group change and the promotion.
     pub group_change_ms: Option<i64>,
     pub promotion_ms: Option<i64>,
+    /// Where the agent's share of a database-aware cutover goes: quarantine active → first
+    /// `pg_terminate_backend`, → promote call (the drain proof), promoted → traffic moved.
+    pub db_parts: Option<[i64; 3]>,
 }
 
 /// Which cutover the latest attempt ran.
@@ -308,12 +311,21 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
             window_ms: window,
             aws_ms: aws,
             budget_rollback,
-            path: record.map_or(CutoverPath::Metric, |m| CutoverPath::of(m)),
+            path: record.map_or(CutoverPath::Metric, CutoverPath::of),
             fallback: record.and_then(|m| m.progress.database_fallback.clone()),
             rebooted: s.reboot_requested_at.is_some(),
             group_change_ms: window
                 .map(|_| part(s.quarantine_requested_at, s.quarantine_applied_at)),
             promotion_ms: window.map(|_| part(s.promote_called_at, s.promoted_at)),
+            db_parts: window
+                .filter(|_| s.sessions_end_called_at.is_some() && s.reboot_requested_at.is_none())
+                .map(|_| {
+                    [
+                        part(s.quarantine_applied_at, s.sessions_end_called_at),
+                        part(s.sessions_end_called_at, s.promote_called_at),
+                        part(s.promoted_at, s.routed_at),
+                    ]
+                }),
         });
     }
     if !settled {

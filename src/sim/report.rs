@@ -60,6 +60,8 @@ pub struct PathFigures {
     pub beyond_aws_group_and_promotion_ms: Vec<Ms>,
     /// The window minus every part AWS took (group change, reboot, metric delay, promotion).
     pub agent_ms: Vec<Ms>,
+    /// Database-aware cutovers: the parts of the agent's share (see `Ending::db_parts`).
+    pub db_parts_ms: [Vec<Ms>; 3],
 }
 
 /// The reason a fallback happened, in a few words.
@@ -116,6 +118,11 @@ impl SimReport {
                 p.beyond_promotion_ms.push(w - promotion);
                 p.beyond_aws_group_and_promotion_ms
                     .push(w - promotion - group);
+                if let Some(parts) = e.db_parts {
+                    for (k, v) in parts.iter().enumerate() {
+                        p.db_parts_ms[k].push(*v);
+                    }
+                }
             }
             if let Some(why) = &e.fallback {
                 *self.fallbacks.entry(fallback_kind(why)).or_default() += 1;
@@ -254,6 +261,19 @@ impl fmt::Display for SimReport {
                 secs(percentile(&p.agent_ms, 0.5)),
                 secs(percentile(&p.agent_ms, 0.99))
             )?;
+            if !p.db_parts_ms[0].is_empty() {
+                let [a, b, c] = &p.db_parts_ms;
+                writeln!(
+                    f,
+                    "    of which: quarantine active → sessions ended p50 {}, p99 {}; → promote call (the fence proof) p50 {}, p99 {}; promoted → traffic moved p50 {}, p99 {}",
+                    secs(percentile(a, 0.5)),
+                    secs(percentile(a, 0.99)),
+                    secs(percentile(b, 0.5)),
+                    secs(percentile(b, 0.99)),
+                    secs(percentile(c, 0.5)),
+                    secs(percentile(c, 0.99)),
+                )?;
+            }
         }
         writeln!(
             f,

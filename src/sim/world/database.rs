@@ -246,7 +246,9 @@ impl State {
 
     fn end_client_sessions(&mut self, host: &str) -> PortResult<u32> {
         let id = self.db_source("postgres:end_client_sessions", host)?;
+        let now = self.now;
         let s = self.sources.get_mut(&id).expect("found");
+        s.sessions_end_called_at.get_or_insert(now);
         if !s.sessions_open {
             return Ok(0);
         }

@@ -118,6 +118,8 @@ pub struct Source {
     pub restarted_at: Option<Ms>,
     pub first_metric_after_restart: Option<Ms>,
     pub promote_called_at: Option<Ms>,
+    /// The first `pg_terminate_backend` of the cutover (database-aware path).
+    pub sessions_end_called_at: Option<Ms>,
     pub promoted_at: Option<Ms>,
     pub route_called_at: Option<Ms>,
     pub routed_at: Option<Ms>,
@@ -418,6 +420,7 @@ impl State {
             restarted_at: None,
             first_metric_after_restart: None,
             promote_called_at: None,
+            sessions_end_called_at: None,
             promoted_at: None,
             route_called_at: None,
             routed_at: None,
