@@ -91,6 +91,10 @@ enum Command {
         /// Scale of the fault mix (0: no faults).
         #[arg(long, default_value_t = 1.0)]
         faults: f64,
+        /// Share of sources granting database access (the database-aware cutover), 0..=1; 0:
+        /// every source takes the reboot and metric path.
+        #[arg(long, default_value_t = 0.5)]
+        database_share: f64,
     },
     /// Exit 0 if the running agent touched its heartbeat file recently (container health check).
     Healthcheck {
@@ -150,13 +154,19 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
             verbose,
             fleet,
             faults,
+            database_share,
         } => {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&database_share),
+                "--database-share is a share between 0 and 1"
+            );
             let report = sim::run(&SimOptions {
                 seeds,
                 start_seed: seed,
                 verbose,
                 fleet,
                 fault_intensity: faults,
+                database_share,
                 ..SimOptions::default()
             });
             println!("{report}");

@@ -4,8 +4,9 @@
 //! changes the number of seeds of `many_seeds_with_faults`.
 
 use aurora_migrator::core::Phase;
+use aurora_migrator::sim::checks::CutoverPath;
 use aurora_migrator::sim::{
-    self, CallFault, FaultPlan, ScriptedFault, SimOptions, SimReport, Variant,
+    self, CallFault, DbFault, FaultPlan, ScriptedFault, SimOptions, SimReport, Variant,
 };
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -200,4 +201,139 @@ fn fleet_of_concurrent_migrations() {
         fleet.outcome.rds_peak_60s <= 5.0 + 2.0 * 5.0 / 60.0,
         "{report}"
     );
+}
+
+/// The default run (half the sources grant database access, the default fault mix): both
+/// cutover paths occur, with no violation.
+#[test]
+fn both_cutover_paths_occur_in_a_default_run_without_violations() {
+    let report = sim::run(&SimOptions {
+        seeds: env_u64("SIM_SEEDS", 500).min(100),
+        ..SimOptions::default()
+    });
+    println!("{report}");
+    assert!(report.violations.is_empty(), "{report}");
+    let db = report.path(CutoverPath::Database);
+    let metric = report.path(CutoverPath::Metric);
+    assert!(db.completed > 0 && !db.windows_ms.is_empty(), "{report}");
+    assert!(
+        metric.completed > 0 && !metric.windows_ms.is_empty(),
+        "{report}"
+    );
+    // On the database path nothing reboots unless it fell back (then it is counted apart).
+    assert_eq!(db.reboots, 0, "{report}");
+    let fell_back = report.path(CutoverPath::FellBack);
+    assert_eq!(
+        fell_back.migrations,
+        report.fallbacks.values().sum::<u64>(),
+        "{report}"
+    );
+}
+
+/// Every database-aware source, every database fault scripted in turn: no reboot unless the
+/// path fell back, and stuck sessions fall back to it.
+#[test]
+fn the_database_path_reboots_only_when_it_fell_back() {
+    for (fault, falls_back) in [
+        (None, false),
+        (Some(DbFault::ReconnectOnce), false),
+        (Some(DbFault::StuckSessions), true),
+    ] {
+        let mut plan = FaultPlan::scripted(Vec::new());
+        plan.database = Some(fault.into_iter().map(|f| (0, f)).collect());
+        let report = sim::run(&SimOptions {
+            seeds: 3,
+            start_seed: 11,
+            migrations_min: 1,
+            migrations_max: 1,
+            plan: Some(plan),
+            database_share: 1.0,
+            ..SimOptions::default()
+        });
+        println!("{fault:?}\n{report}");
+        assert!(report.violations.is_empty(), "{report}");
+        assert_eq!(report.count(Phase::Completed), 3, "{report}");
+        let db = report.path(CutoverPath::Database);
+        let fell_back = report.path(CutoverPath::FellBack);
+        assert_eq!(db.reboots, 0, "{report}");
+        if falls_back {
+            assert_eq!(fell_back.migrations, 3, "{report}");
+            assert_eq!(fell_back.reboots, 3, "{report}");
+            assert_eq!(report.fallbacks.get("sessions did not end"), Some(&3));
+        } else {
+            assert_eq!(db.migrations, 3, "{report}");
+            assert_eq!(fell_back.migrations, 0, "{report}");
+        }
+    }
+}
+
+/// A hole in the quarantine: a client reconnects every time its session is ended. Nothing is
+/// promoted; the write budget rolls the migration back without loss.
+#[test]
+fn a_client_that_keeps_reconnecting_ends_rolled_back_without_promotion() {
+    let mut plan = FaultPlan::scripted(Vec::new());
+    plan.database = Some(vec![(0, DbFault::PersistentHole)]);
+    let report = sim::run(&SimOptions {
+        seeds: 1,
+        start_seed: 5,
+        verbose: true,
+        migrations_min: 1,
+        migrations_max: 1,
+        plan: Some(plan),
+        database_share: 1.0,
+        ..SimOptions::default()
+    });
+    println!("{report}");
+    assert!(report.violations.is_empty(), "{report}");
+    assert_eq!(report.count(Phase::RolledBack), 1, "{report}");
+    assert_eq!(report.budget_rollbacks.len(), 1, "{report}");
+    assert_eq!(
+        report.calls.get("rds:PromoteReadReplicaDBCluster"),
+        None,
+        "{report}"
+    );
+    assert!(
+        report
+            .timeline
+            .iter()
+            .any(|l| l.contains("a client reconnected to the fenced source")),
+        "people are told: {report}"
+    );
+}
+
+/// Fault-free, the database-aware cutover's write unavailability is shorter than the metric
+/// path's (no reboot, no CloudWatch period to wait for).
+#[test]
+fn fault_free_the_database_path_outage_is_shorter_than_the_metric_path() {
+    let report = sim::run(&SimOptions {
+        seeds: 40,
+        fault_intensity: 0.0,
+        ..SimOptions::default()
+    });
+    println!("{report}");
+    assert!(report.violations.is_empty(), "{report}");
+    let p50 = |v: &[i64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v[(v.len() - 1) / 2]
+    };
+    let db = report.path(CutoverPath::Database);
+    let metric = report.path(CutoverPath::Metric);
+    assert!(!db.windows_ms.is_empty() && !metric.windows_ms.is_empty());
+    assert!(p50(&db.windows_ms) < p50(&metric.windows_ms), "{report}");
+}
+
+/// With no source granting database access the run is the metric path alone, as before the
+/// database-aware path existed.
+#[test]
+fn database_share_zero_is_the_metric_path_alone() {
+    let report = sim::run(&SimOptions {
+        seeds: 20,
+        database_share: 0.0,
+        ..SimOptions::default()
+    });
+    assert!(report.violations.is_empty(), "{report}");
+    assert_eq!(report.path(CutoverPath::Database).migrations, 0);
+    assert_eq!(report.path(CutoverPath::FellBack).migrations, 0);
+    assert!(!report.calls.keys().any(|op| op.starts_with("postgres:")));
 }

@@ -9,6 +9,8 @@
 //! Here: every decision of the phase machine against `core::invariants` (through a wrapper
 //! installed as the agent's `step`), the quarantine rule, and the end-of-run liveness rules.
 
+pub mod replayed_before_promotion;
+
 use std::cell::RefCell;
 
 use jiff::Timestamp;
@@ -168,6 +170,55 @@ pub struct Ending {
     /// Only transient faults, and rolled back (losslessly) because the write-unavailability
     /// budget ran out: the design's safety valve, counted apart from the violations.
     pub budget_rollback: bool,
+    pub path: CutoverPath,
+    /// Why the database-aware path fell back to the reboot.
+    pub fallback: Option<String>,
+    /// The source was rebooted (by this run's cutover or its fallback).
+    pub rebooted: bool,
+    /// AWS's share of the window, part by part: the group change and the promotion.
+    pub group_change_ms: Option<i64>,
+    pub promotion_ms: Option<i64>,
+    /// Where the agent's share of a database-aware cutover goes: quarantine active → first
+    /// `pg_terminate_backend`, → promote call (the drain proof), promoted → traffic moved.
+    pub db_parts: Option<[i64; 3]>,
+}
+
+/// Which cutover the latest attempt ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CutoverPath {
+    /// Sessions ended, a fence replayed by Aurora, no reboot.
+    Database,
+    /// The reboot and CloudWatch's view (no database access).
+    Metric,
+    /// Planned on database access, then fell back to the reboot.
+    FellBack,
+}
+
+impl CutoverPath {
+    pub const ALL: [CutoverPath; 3] = [
+        CutoverPath::Database,
+        CutoverPath::Metric,
+        CutoverPath::FellBack,
+    ];
+
+    pub fn of(m: &Migration) -> Self {
+        match (
+            m.plan.as_ref().is_some_and(|p| p.database.is_some()),
+            &m.progress.database_fallback,
+        ) {
+            (true, None) => CutoverPath::Database,
+            (true, Some(_)) => CutoverPath::FellBack,
+            (false, _) => CutoverPath::Metric,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CutoverPath::Database => "database-aware",
+            CutoverPath::Metric => "metric (reboot)",
+            CutoverPath::FellBack => "database-aware, fell back to the reboot",
+        }
+    }
 }
 
 /// The end-of-run rules: every source's latest attempt ended as its faults allow, the source
@@ -197,11 +248,11 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
             (Some(q), Some(r)) => Some(r - q),
             _ => None,
         };
+        let part = |a: Option<i64>, b: Option<i64>| match (a, b) {
+            (Some(a), Some(b)) if b >= a => b - a,
+            _ => 0,
+        };
         let aws = window.map(|_| {
-            let part = |a: Option<i64>, b: Option<i64>| match (a, b) {
-                (Some(a), Some(b)) if b >= a => b - a,
-                _ => 0,
-            };
             part(s.quarantine_requested_at, s.quarantine_applied_at)
                 + part(s.reboot_requested_at, s.restarted_at)
                 + part(s.restarted_at, s.first_metric_after_restart)
@@ -260,6 +311,21 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
             window_ms: window,
             aws_ms: aws,
             budget_rollback,
+            path: record.map_or(CutoverPath::Metric, CutoverPath::of),
+            fallback: record.and_then(|m| m.progress.database_fallback.clone()),
+            rebooted: s.reboot_requested_at.is_some(),
+            group_change_ms: window
+                .map(|_| part(s.quarantine_requested_at, s.quarantine_applied_at)),
+            promotion_ms: window.map(|_| part(s.promote_called_at, s.promoted_at)),
+            db_parts: window
+                .filter(|_| s.sessions_end_called_at.is_some() && s.reboot_requested_at.is_none())
+                .map(|_| {
+                    [
+                        part(s.quarantine_applied_at, s.sessions_end_called_at),
+                        part(s.sessions_end_called_at, s.promote_called_at),
+                        part(s.promoted_at, s.routed_at),
+                    ]
+                }),
         });
     }
     if !settled {

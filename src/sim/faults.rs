@@ -28,6 +28,18 @@ pub struct FaultIntensity {
     /// Per migration: an RDS operation fails for good (replica creation error, promotion stuck,
     /// a stale logical slot that keeps the lag high).
     pub permanent: f64,
+    /// Database-aware sources (`world/database.rs`): a SQL connection dropped mid-call, per
+    /// call (Retryable).
+    pub db_connection_drop: f64,
+    /// Per database-aware source: the master secret cannot be read (Fatal on every SQL call:
+    /// the preflight plans the metric path).
+    pub db_secret_unreadable: f64,
+    /// Per database-aware source: one client reconnects once after its session was ended.
+    pub db_reconnect_once: f64,
+    /// Per database-aware source: a hole in the quarantine; a client keeps reconnecting.
+    pub db_persistent_hole: f64,
+    /// Per database-aware source: terminated sessions do not end.
+    pub db_stuck_sessions: f64,
 }
 
 impl FaultIntensity {
@@ -42,6 +54,11 @@ impl FaultIntensity {
             event_duplicated: 0.0,
             event_late: 0.0,
             permanent: 0.0,
+            db_connection_drop: 0.0,
+            db_secret_unreadable: 0.0,
+            db_reconnect_once: 0.0,
+            db_persistent_hole: 0.0,
+            db_stuck_sessions: 0.0,
         }
     }
 
@@ -58,6 +75,11 @@ impl FaultIntensity {
             event_duplicated: cap(0.15),
             event_late: cap(0.3),
             permanent: cap(0.15),
+            db_connection_drop: cap(0.02),
+            db_secret_unreadable: cap(0.05),
+            db_reconnect_once: cap(0.1),
+            db_persistent_hole: cap(0.02),
+            db_stuck_sessions: cap(0.05),
         }
     }
 }
@@ -110,6 +132,19 @@ impl PermanentFault {
     ];
 }
 
+/// What goes wrong inside one database-aware source (see `world/database.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DbFault {
+    /// The master secret cannot be read: every SQL call is refused (Fatal).
+    SecretUnreadable,
+    /// One client reconnects once, a moment after its session was ended.
+    ReconnectOnce,
+    /// A hole in the quarantine: a client reconnects every time its session is ended.
+    PersistentHole,
+    /// `pg_terminate_backend` answers, but the sessions do not end.
+    StuckSessions,
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FaultPlan {
     pub intensity: FaultIntensity,
@@ -118,6 +153,9 @@ pub struct FaultPlan {
     pub scripted: Vec<ScriptedFault>,
     /// Permanent faults by source index; when `Some`, replaces the random choice.
     pub permanent: Option<Vec<(usize, PermanentFault)>>,
+    /// Database faults by source index (database-aware sources only); when `Some`, replaces
+    /// the random choice.
+    pub database: Option<Vec<(usize, DbFault)>>,
 }
 
 impl FaultPlan {
@@ -126,6 +164,7 @@ impl FaultPlan {
             intensity,
             scripted: Vec::new(),
             permanent: None,
+            database: None,
         }
     }
 
@@ -135,6 +174,7 @@ impl FaultPlan {
             intensity: FaultIntensity::none(),
             scripted,
             permanent: Some(Vec::new()),
+            database: Some(Vec::new()),
         }
     }
 }

@@ -25,7 +25,7 @@ mod report;
 pub mod rng;
 pub mod world;
 
-pub use report::{FleetFigures, SimReport};
+pub use report::{FleetFigures, PathFigures, SimReport};
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -43,7 +43,7 @@ use crate::core::{Phase, Policy};
 use crate::ports::{Queue, QueueMessage, World};
 
 pub use checks::Variant;
-pub use faults::{CallFault, FaultIntensity, FaultPlan, PermanentFault, ScriptedFault};
+pub use faults::{CallFault, DbFault, FaultIntensity, FaultPlan, PermanentFault, ScriptedFault};
 use queue::Ms;
 use rng::Rng;
 use world::{MIN, SEC, SimPort, SimWorld, State, StoreMode};
@@ -72,6 +72,10 @@ pub struct SimOptions {
     pub check_decisions: bool,
     /// Virtual time after which an unsettled migration is a liveness violation.
     pub bound_hours: i64,
+    /// The share of sources whose owners grant database access (tag
+    /// `aurora-migration:database-access=master-secret`): the database-aware cutover. 0: every
+    /// source takes the metric path (the reboot), as before the database-aware path existed.
+    pub database_share: f64,
 }
 
 impl Default for SimOptions {
@@ -89,14 +93,19 @@ impl Default for SimOptions {
             variant: Variant::Correct,
             check_decisions: true,
             bound_hours: 30,
+            database_share: 0.5,
         }
     }
 }
 
 /// The policy every simulated agent runs: automatic cutover, short soak and retention so a run
-/// ends in bounded virtual time, and a replicating limit that a stale slot reaches.
+/// ends in bounded virtual time, and a replicating limit that a stale slot reaches. Database
+/// access is allowed (each source still opts in by tag), with the agent's own group admitted
+/// by the quarantine.
 pub fn sim_policy() -> Policy {
     Policy {
+        database_access: true,
+        agent_security_group: Some(AGENT_GROUP.to_string()),
         cutover: CutoverPolicy::Automatic,
         soak: SignedDuration::from_mins(10),
         retention: SignedDuration::from_hours(1),
@@ -108,6 +117,9 @@ pub fn sim_policy() -> Policy {
         ..Policy::default()
     }
 }
+
+/// The simulated agent's security group.
+pub const AGENT_GROUP: &str = "sg-agent";
 
 pub fn fmt_ms(ms: Ms) -> String {
     let s = ms / SEC;
@@ -128,6 +140,7 @@ pub struct SeedOutcome {
     pub decisions: u64,
     pub crashes: u32,
     pub dlq: usize,
+    pub db_faults: BTreeMap<&'static str, u64>,
 }
 
 struct Task {
@@ -214,6 +227,30 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
         };
         state.add_source(i, permanent);
     }
+    // Database access, from a stream of its own: with a share of 0 the rest of the run is
+    // drawn exactly as before the database-aware path existed.
+    let mut db_pick = Rng::fork(seed, 7);
+    let ids: Vec<(usize, String)> = state
+        .sources
+        .iter()
+        .map(|(id, s)| (s.index, id.clone()))
+        .collect();
+    for (i, id) in &ids {
+        let i = *i;
+        if !db_pick.chance(o.database_share) {
+            continue;
+        }
+        let i_ = &plan.intensity;
+        let fault = match &plan.database {
+            Some(list) => list.iter().find(|(k, _)| *k == i).map(|(_, f)| *f),
+            None if db_pick.chance(i_.db_secret_unreadable) => Some(DbFault::SecretUnreadable),
+            None if db_pick.chance(i_.db_persistent_hole) => Some(DbFault::PersistentHole),
+            None if db_pick.chance(i_.db_stuck_sessions) => Some(DbFault::StuckSessions),
+            None if db_pick.chance(i_.db_reconnect_once) => Some(DbFault::ReconnectOnce),
+            None => None,
+        };
+        state.grant_database_access(id, fault);
+    }
     let port = SimPort::new(state);
     checks::arm(o.variant, o.check_decisions);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drive(seed, &port, o)));
@@ -257,6 +294,7 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
         decisions,
         crashes,
         dlq: s.queue.dlq.len(),
+        db_faults: s.db_faults.clone(),
     }
 }
 
@@ -497,6 +535,9 @@ pub fn run(o: &SimOptions) -> SimReport {
         budget_rollbacks: Vec::new(),
         windows_ms: Vec::new(),
         agent_ms: Vec::new(),
+        by_path: BTreeMap::new(),
+        fallbacks: BTreeMap::new(),
+        db_faults: BTreeMap::new(),
         calls: BTreeMap::new(),
         rds_peak_1s: 0,
         rds_peak_60s: 0.0,

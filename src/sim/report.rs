@@ -27,6 +27,12 @@ pub struct SimReport {
     pub budget_rollbacks: Vec<(u64, String)>,
     pub windows_ms: Vec<Ms>,
     pub agent_ms: Vec<Ms>,
+    /// The same figures per cutover path (of each source's latest attempt).
+    pub by_path: BTreeMap<checks::CutoverPath, PathFigures>,
+    /// Fallbacks of the database-aware path to the reboot, by reason.
+    pub fallbacks: BTreeMap<&'static str, u64>,
+    /// Database faults injected, by kind.
+    pub db_faults: BTreeMap<&'static str, u64>,
     pub calls: BTreeMap<&'static str, u64>,
     pub rds_peak_1s: u32,
     pub rds_peak_60s: f64,
@@ -38,7 +44,44 @@ pub struct SimReport {
     pub fleet: Option<FleetFigures>,
 }
 
+/// One cutover path's figures.
+#[derive(Clone, Debug, Default)]
+pub struct PathFigures {
+    pub migrations: u64,
+    pub completed: u64,
+    pub rolled_back: u64,
+    /// Sources rebooted.
+    pub reboots: u64,
+    /// Quarantine request → traffic on the target, per cutover.
+    pub windows_ms: Vec<Ms>,
+    /// The same minus the promotion (AWS's PromoteReadReplicaDBCluster).
+    pub beyond_promotion_ms: Vec<Ms>,
+    /// The same minus the promotion and the security group change.
+    pub beyond_aws_group_and_promotion_ms: Vec<Ms>,
+    /// The window minus every part AWS took (group change, reboot, metric delay, promotion).
+    pub agent_ms: Vec<Ms>,
+    /// Database-aware cutovers: the parts of the agent's share (see `Ending::db_parts`).
+    pub db_parts_ms: [Vec<Ms>; 3],
+}
+
+/// The reason a fallback happened, in a few words.
+fn fallback_kind(why: &str) -> &'static str {
+    if why.contains("did not end") {
+        "sessions did not end"
+    } else if why.contains("could not read") {
+        "database unreachable"
+    } else if why.contains("was refused") {
+        "an SQL action refused"
+    } else {
+        "other"
+    }
+}
+
 impl SimReport {
+    pub fn path(&self, path: checks::CutoverPath) -> PathFigures {
+        self.by_path.get(&path).cloned().unwrap_or_default()
+    }
+
     pub fn count(&self, phase: Phase) -> u64 {
         self.phases.get(phase.as_str()).copied().unwrap_or(0)
     }
@@ -60,13 +103,36 @@ impl SimReport {
             if e.budget_rollback {
                 self.budget_rollbacks.push((out.seed, e.source.clone()));
             }
+            let p = self.by_path.entry(e.path).or_default();
+            p.migrations += 1;
+            p.completed += u64::from(e.phase == Some(Phase::Completed));
+            p.rolled_back += u64::from(e.phase == Some(Phase::RolledBack));
+            p.reboots += u64::from(e.rebooted);
             if let (Some(w), Some(a)) = (e.window_ms, e.aws_ms) {
                 self.windows_ms.push(w);
                 self.agent_ms.push(w - a);
+                let promotion = e.promotion_ms.unwrap_or(0);
+                let group = e.group_change_ms.unwrap_or(0);
+                p.windows_ms.push(w);
+                p.agent_ms.push(w - a);
+                p.beyond_promotion_ms.push(w - promotion);
+                p.beyond_aws_group_and_promotion_ms
+                    .push(w - promotion - group);
+                if let Some(parts) = e.db_parts {
+                    for (k, v) in parts.iter().enumerate() {
+                        p.db_parts_ms[k].push(*v);
+                    }
+                }
+            }
+            if let Some(why) = &e.fallback {
+                *self.fallbacks.entry(fallback_kind(why)).or_default() += 1;
             }
         }
         for (op, n) in &out.calls {
             *self.calls.entry(op).or_default() += n;
+        }
+        for (kind, n) in &out.db_faults {
+            *self.db_faults.entry(kind).or_default() += n;
         }
         self.rds_peak_1s = self.rds_peak_1s.max(out.rds_peak_1s);
         self.rds_peak_60s = self.rds_peak_60s.max(out.rds_peak_60s);
@@ -157,6 +223,75 @@ impl fmt::Display for SimReport {
             "  the agent's share (minus AWS's group change, reboot, metric delay and promotion): p50 {}, p99 {}",
             secs(percentile(&self.agent_ms, 0.5)),
             secs(percentile(&self.agent_ms, 0.99))
+        )?;
+        writeln!(
+            f,
+            "per cutover path (each source's latest attempt; database share {}):",
+            o.database_share
+        )?;
+        for path in checks::CutoverPath::ALL {
+            let p = self.path(path);
+            writeln!(
+                f,
+                "  {}: {} migrations ({} completed, {} rolled back, {} sources rebooted), {} cutovers",
+                path.as_str(),
+                p.migrations,
+                p.completed,
+                p.rolled_back,
+                p.reboots,
+                p.windows_ms.len()
+            )?;
+            if p.windows_ms.is_empty() {
+                continue;
+            }
+            writeln!(
+                f,
+                "    write unavailability p50 {}, p99 {}, max {}; minus the promotion p50 {}, p99 {}; minus the promotion and the group change p50 {}, p99 {}",
+                secs(percentile(&p.windows_ms, 0.5)),
+                secs(percentile(&p.windows_ms, 0.99)),
+                secs(p.windows_ms.iter().max().copied()),
+                secs(percentile(&p.beyond_promotion_ms, 0.5)),
+                secs(percentile(&p.beyond_promotion_ms, 0.99)),
+                secs(percentile(&p.beyond_aws_group_and_promotion_ms, 0.5)),
+                secs(percentile(&p.beyond_aws_group_and_promotion_ms, 0.99)),
+            )?;
+            writeln!(
+                f,
+                "    the agent's share p50 {}, p99 {}",
+                secs(percentile(&p.agent_ms, 0.5)),
+                secs(percentile(&p.agent_ms, 0.99))
+            )?;
+            if !p.db_parts_ms[0].is_empty() {
+                let [a, b, c] = &p.db_parts_ms;
+                writeln!(
+                    f,
+                    "    of which: quarantine active → sessions ended p50 {}, p99 {}; → promote call (the fence proof) p50 {}, p99 {}; promoted → traffic moved p50 {}, p99 {}",
+                    secs(percentile(a, 0.5)),
+                    secs(percentile(a, 0.99)),
+                    secs(percentile(b, 0.5)),
+                    secs(percentile(b, 0.99)),
+                    secs(percentile(c, 0.5)),
+                    secs(percentile(c, 0.99)),
+                )?;
+            }
+        }
+        writeln!(
+            f,
+            "fallbacks to the reboot: {}{}",
+            self.fallbacks.values().sum::<u64>(),
+            self.fallbacks
+                .iter()
+                .map(|(k, n)| format!(" [{k}: {n}]"))
+                .collect::<String>()
+        )?;
+        writeln!(
+            f,
+            "database faults injected: {}{}",
+            self.db_faults.values().sum::<u64>(),
+            self.db_faults
+                .iter()
+                .map(|(k, n)| format!(" [{k}: {n}]"))
+                .collect::<String>()
         )?;
         let per = self.migrations.max(1) as f64;
         writeln!(f, "API calls per migration (mean):")?;

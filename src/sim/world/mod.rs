@@ -43,6 +43,7 @@ use super::rng::Rng;
 // `adapter.rs` is the RDS adapter's real limiter and caches the agent process holds.
 mod adapter;
 mod cloudwatch;
+mod database;
 mod ec2;
 mod messaging;
 mod port;
@@ -51,6 +52,7 @@ mod store;
 mod time;
 
 use adapter::RdsAdapter;
+pub use database::SourceDb;
 pub use port::{SimPort, SimWorld};
 
 pub const SEC: Ms = 1000;
@@ -98,6 +100,12 @@ pub struct Source {
     pub deleted_at: Option<Ms>,
     /// The promoted target's last write: the source must never acknowledge past it.
     pub promoted_seq: Option<u64>,
+    /// When the sessions open now were opened (`backend_start`), and whether they are one
+    /// client that got back in after its session was ended (`database.rs`).
+    sessions_since: Ms,
+    lone_client: bool,
+    /// Database access granted by tag, and what goes wrong inside (`database.rs`).
+    pub db: Option<SourceDb>,
 
     // This CloudWatch period.
     period_acked_start: u64,
@@ -110,6 +118,8 @@ pub struct Source {
     pub restarted_at: Option<Ms>,
     pub first_metric_after_restart: Option<Ms>,
     pub promote_called_at: Option<Ms>,
+    /// The first `pg_terminate_backend` of the cutover (database-aware path).
+    pub sessions_end_called_at: Option<Ms>,
     pub promoted_at: Option<Ms>,
     pub route_called_at: Option<Ms>,
     pub routed_at: Option<Ms>,
@@ -173,6 +183,10 @@ enum Ev {
     Minute,
     TagSet(String),
     Resync,
+    /// Terminated sessions exit (`database.rs`).
+    SessionsEnded(String),
+    /// A client gets back in through a hole in the quarantine (`database.rs`).
+    ClientReconnects(String),
 }
 
 #[derive(Clone, Debug)]
@@ -222,6 +236,8 @@ pub struct State {
     /// agent process's rate limiter).
     pub rds_per_second: BTreeMap<i64, u32>,
     pub violations: Vec<String>,
+    /// Database faults injected, by kind (`database.rs`).
+    pub db_faults: BTreeMap<&'static str, u64>,
     pub timeline: Option<Vec<Line>>,
     pub resync_every_ms: Ms,
     pub event_id: u64,
@@ -263,6 +279,7 @@ impl State {
             calls: BTreeMap::new(),
             rds_per_second: BTreeMap::new(),
             violations: Vec::new(),
+            db_faults: BTreeMap::new(),
             timeline: verbose.then(Vec::new),
             resync_every_ms: 5 * MIN,
             event_id: 0,
@@ -392,6 +409,9 @@ impl State {
             pending_groups: None,
             deleted_at: None,
             promoted_seq: None,
+            sessions_since: -(10 * MIN),
+            lone_client: false,
+            db: None,
             period_acked_start: 0,
             period_sessions_any: true,
             quarantine_requested_at: None,
@@ -400,6 +420,7 @@ impl State {
             restarted_at: None,
             first_metric_after_restart: None,
             promote_called_at: None,
+            sessions_end_called_at: None,
             promoted_at: None,
             route_called_at: None,
             routed_at: None,

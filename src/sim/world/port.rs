@@ -3,7 +3,6 @@
 //! virtual-time wait (`Delay`), and the `World` bundle.
 
 use super::*;
-use crate::ports::NoDatabase;
 
 impl State {
     // ----- calls -------------------------------------------------------------------------
@@ -11,18 +10,7 @@ impl State {
     /// Counts a call and draws its latency and fault (at the call, before any rate-limiter
     /// wait).
     pub(super) fn begin_call(&mut self, op: &'static str, mutating: bool) -> (Ms, CallFault) {
-        *self.calls.entry(op).or_default() += 1;
-        let n = {
-            let c = self.op_counts.entry(op).or_default();
-            *c += 1;
-            *c
-        };
-        let scripted = self
-            .plan
-            .scripted
-            .iter()
-            .find(|f| f.operation == op && f.nth == n)
-            .map(|f| f.fault.clone());
+        let scripted = self.count_call(op);
         let i = &self.plan.intensity;
         let r = &mut self.fault_rng;
         let fault = if let Some(f) = scripted {
@@ -53,6 +41,21 @@ impl State {
             self.log(|| format!("fault: {op} → {fault:?}"));
         }
         (latency, fault)
+    }
+
+    /// Counts a call of `op`; the fault scripted for this call, if any.
+    pub(super) fn count_call(&mut self, op: &'static str) -> Option<CallFault> {
+        *self.calls.entry(op).or_default() += 1;
+        let n = {
+            let c = self.op_counts.entry(op).or_default();
+            *c += 1;
+            *c
+        };
+        self.plan
+            .scripted
+            .iter()
+            .find(|f| f.operation == op && f.nth == n)
+            .map(|f| f.fault.clone())
     }
 }
 
@@ -186,7 +189,7 @@ impl World for SimWorld {
     type Queue = SimPort;
     type Store = SimPort;
     type Router = SimPort;
-    type Database = NoDatabase;
+    type Database = SimPort;
     type Clock = SimPort;
     fn rds(&self) -> &SimPort {
         &self.port
@@ -209,8 +212,8 @@ impl World for SimWorld {
     fn router(&self) -> &SimPort {
         &self.port
     }
-    fn database(&self) -> &NoDatabase {
-        &NoDatabase
+    fn database(&self) -> &SimPort {
+        &self.port
     }
     fn clock(&self) -> &SimPort {
         &self.port

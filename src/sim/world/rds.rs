@@ -316,6 +316,10 @@ impl State {
                 format!("InvalidDBClusterStateFault: {}", c.view.status),
             ));
         }
+        if let Some(v) = crate::sim::checks::replayed_before_promotion::check(self, cluster) {
+            self.violation(v);
+        }
+        let c = self.clusters.get_mut(cluster).expect("found");
         c.view.status = "promoting".to_string();
         c.replicating = false; // replication stops here: later source writes never arrive
         if let Some(s) = self.sources.get_mut(&src) {

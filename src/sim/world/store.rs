@@ -63,7 +63,13 @@ impl State {
             // Backwards along the happy path (exits to RollingBack, Paused and the terminal
             // phases aside): the write was decided from an older record.
             let on_path = |p: Phase| p <= Phase::Completed;
-            let regress = on_path(prev.phase) && on_path(m.phase) && m.phase < prev.phase
+            // A step back the machine itself may take (Promoting → Draining when the proof
+            // broke before the promotion request) is not a lost update; the fields above catch
+            // a stale write that would undo the request itself.
+            let regress = on_path(prev.phase)
+                && on_path(m.phase)
+                && m.phase < prev.phase
+                && !transition_allowed(prev.phase, m.phase)
                 || (prev.phase.is_terminal() && !transition_allowed(prev.phase, m.phase));
             if let Some((field, _)) = lost.iter().find(|(_, l)| *l) {
                 self.violation(format!(

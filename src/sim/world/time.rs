@@ -71,6 +71,11 @@ impl State {
             return;
         };
         if s.reachable() {
+            // The application's pool connects (again): new sessions from now on.
+            if !s.sessions_open || s.lone_client {
+                s.sessions_since = now;
+                s.lone_client = false;
+            }
             s.sessions_open = true;
         }
         s.period_sessions_any |= s.sessions_open && s.up();
@@ -218,6 +223,8 @@ impl State {
                 }
                 self.log(|| format!("{name}: snapshot available"));
             }
+            Ev::SessionsEnded(id) => self.sessions_ended(&id),
+            Ev::ClientReconnects(id) => self.client_reconnects(&id),
             Ev::SourceDeleted(id) => {
                 self.sync(&id);
                 let now = self.now;
