@@ -123,6 +123,23 @@ def test_hadolint_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_dockerfile_ships_the_rds_ca_bundle():
+    """The bundle lands where MIGRATOR_RDS_CA_BUNDLE points by default, from AWS's trust store,
+    checked against a pinned SHA-256, readable by the agent's uid."""
+    text = (ROOT / "Dockerfile").read_text()
+    default = re.search(r'DEFAULT_RDS_CA_BUNDLE: &str = "([^"]+)"', (ROOT / "src/config/mod.rs").read_text())
+    assert default and default.group(1) == "/etc/aurora-migrator/rds-ca-bundle.pem"
+    assert f"COPY --from=rds-ca /rds-ca-bundle.pem {default.group(1)}\n" in text
+    assert "ADD https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem /rds-ca-bundle.pem" in text
+    assert re.search(r"^ARG RDS_CA_BUNDLE_SHA256=", text, re.M)
+    assert "sha256sum --check --strict" in text
+    assert "chmod 0444 /rds-ca-bundle.pem" in text
+    # Fetched in its own stage, before the final image: the runtime has no shell or curl.
+    stages = re.split(r"^FROM ", text, flags=re.M)
+    final = stages[-1]
+    assert final.startswith("gcr.io/distroless/cc") and not re.search(r"^ADD ", final, re.M)
+
+
 def test_dockerfile_shape():
     text = (ROOT / "Dockerfile").read_text()
     assert "cargo chef cook --release --locked" in text
