@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
 # aurora-migrator for ECS Fargate. Build: docker build -t aurora-migrator .
+# (needs the RDS CA bundle's pin, RDS_CA_BUNDLE_SHA256 below: infra/BUILDING-IMAGE.md).
 # Pin the base images by digest in CI (FROM image:tag@sha256:...); tags are kept here so the
 # file stays readable and the bookworm builder matches the distroless debian12 glibc.
 ARG RUST_VERSION=1.95
@@ -9,6 +10,25 @@ FROM rust:${RUST_VERSION}-slim-bookworm AS chef
 # and a source-only change does not rebuild the AWS SDK (most of the build time).
 RUN cargo install --locked cargo-chef@0.1.78
 WORKDIR /app
+
+# The RDS CA bundle, which database connections are verified against (MIGRATOR_RDS_CA_BUNDLE's
+# default path), fetched from AWS's trust store and pinned by its SHA-256: the build fails
+# rather than ship a bundle nobody checked, and with the pin set every build ships the same
+# bytes. AWS adds certificates to the bundle (new Regions, new CAs), so the pin is updated by
+# hand (infra/BUILDING-IMAGE.md): download it, review the certificates
+# (openssl storeutl -noout -text -certs global-bundle.pem), then set the default below (or
+# pass --build-arg RDS_CA_BUNDLE_SHA256=<hex>) to
+#   curl -fsSL https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem | sha256sum
+# The rust image is the builder's base already, so this stage pulls nothing more.
+FROM rust:${RUST_VERSION}-slim-bookworm AS rds-ca
+ARG RDS_CA_BUNDLE_SHA256=""
+ADD https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem /rds-ca-bundle.pem
+RUN test -n "${RDS_CA_BUNDLE_SHA256}" \
+      || { echo "RDS_CA_BUNDLE_SHA256 is not set: see infra/BUILDING-IMAGE.md" >&2; exit 1; } \
+ && printf '%s  %s\n' "${RDS_CA_BUNDLE_SHA256}" /rds-ca-bundle.pem > /tmp/rds-ca-bundle.sha256 \
+ && sha256sum --check --strict /tmp/rds-ca-bundle.sha256 \
+ && grep -q -- '-----BEGIN CERTIFICATE-----' /rds-ca-bundle.pem \
+ && chmod 0444 /rds-ca-bundle.pem
 
 FROM chef AS planner
 COPY . .
@@ -29,6 +49,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # shell, no package manager; the nonroot tag runs as uid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=builder /aurora-migrator /aurora-migrator
+# World-readable (0444 above; ADD gives a downloaded file 0600), so uid 65532 can read it.
+COPY --from=rds-ca /rds-ca-bundle.pem /etc/aurora-migrator/rds-ca-bundle.pem
 USER 65532:65532
 # Exec form everywhere: no shell exists, and the binary must be PID 1 to get SIGTERM.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

@@ -6,6 +6,7 @@ with_policy_strings_rendered: a copy checkov can read)."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -227,6 +228,11 @@ class Deployment:
                     self.names.setdefault(key, arn)
                 else:
                     self.names.setdefault(key, name)
+            elif kind == "AWS::EC2::SecurityGroup":
+                # Ref and GroupId: the group's id (a group in a VPC).
+                group_id = "sg-" + hashlib.sha256(key.encode()).hexdigest()[:17]
+                self.attrs[f"{key}.GroupId"] = group_id
+                self.names.setdefault(key, group_id)
             else:
                 self.names.setdefault(key, name)
         self.conditions = {k: self._condition(v) for k, v in self.template.get("Conditions", {}).items()}
@@ -311,13 +317,20 @@ class Deployment:
         doc = props["Policies"][index]["PolicyDocument"] if "Policies" in props else props["PolicyDocument"]
         return json.loads(doc) if isinstance(doc, str) else doc
 
+    def deployed(self, logical_id: str) -> bool:
+        """Whether the resource exists under these parameters (its Condition, if any)."""
+        cond = self.template["Resources"][logical_id].get("Condition")
+        return cond is None or self.conditions[cond]
+
     def role_policies(self, role_logical_id: str) -> list[dict]:
-        """Every inline and stack-defined policy document attached to a role."""
+        """Every inline and stack-defined policy document attached to a role, as deployed
+        (a policy whose Condition is false under these parameters is not there)."""
         docs = []
         role = self.resource(role_logical_id)
         docs += [p["PolicyDocument"] for p in role.get("Policies", [])]
         for key, res in self.template["Resources"].items():
-            if res["Type"] == "AWS::IAM::Policy" and {"Ref": role_logical_id} in res["Properties"]["Roles"]:
+            if (res["Type"] == "AWS::IAM::Policy" and {"Ref": role_logical_id} in res["Properties"]["Roles"]
+                    and self.deployed(key)):
                 docs.append(self.policy_document(key))
         return docs
 

@@ -227,3 +227,61 @@ def test_webhook_secrets_reach_the_task_through_secrets_only(aws, stack):
         doc = ast.literal_eval(doc) if doc.startswith("{'") else json.loads(doc)
     (read,) = [s for s in doc["Statement"] if s["Sid"] == "ReadWebhookSecrets"]
     assert read["Action"] == "secretsmanager:GetSecretValue" and sorted(read["Resource"]) == sorted([url, key])
+
+
+def _inline_policy(iam, role, name):
+    doc = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+    if isinstance(doc, str):
+        # See above: moto 5.2.5 may store the repr of the document.
+        doc = ast.literal_eval(doc) if doc.startswith("{'") else json.loads(doc)
+    return doc
+
+
+def test_default_deployment_has_no_database_access(aws, stack):
+    td = aws("ecs").describe_task_definition(taskDefinition="aurora-migrator")["taskDefinition"]
+    (c,) = td["containerDefinitions"]
+    env = {e["name"] for e in c["environment"] if e}
+    assert not {"MIGRATOR_DATABASE_ACCESS", "MIGRATOR_AGENT_SECURITY_GROUP"} & env
+    assert "TaskDatabaseSecretsPolicy" not in stack["physical"]
+    names = aws("iam").list_role_policies(RoleName=f"aurora-migrator-task-{REGION}")["PolicyNames"]
+    assert "aurora-migrator-database-secrets" not in names
+
+
+def test_database_access_deployment(aws, stack):
+    """A deployment with DatabaseAccess=true (in its own Region: the task role's name is per
+    Region): the agent is told to connect and which group is its own (the service's), and the
+    task role reads agent-readable secrets only and may not tag them."""
+    region = "eu-west-1"
+    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region)
+    endpoint = aws("sts").meta.endpoint_url
+    regional = lambda service: session.client(service, endpoint_url=endpoint)
+    deployed = _deploy(regional, "aurora-migrator-database",
+                       [("DatabaseAccess", "true"), ("DatabaseEgressCidr", "10.20.0.0/16")])
+    group_id = deployed["physical"]["TaskSecurityGroup"]
+    assert group_id.startswith("sg-")
+    td = regional("ecs").describe_task_definition(taskDefinition="aurora-migrator")["taskDefinition"]
+    (c,) = td["containerDefinitions"]
+    env = {e["name"]: e["value"] for e in c["environment"] if e}
+    assert env["MIGRATOR_DATABASE_ACCESS"] == "true"
+    assert env["MIGRATOR_AGENT_SECURITY_GROUP"] == group_id
+    assert "MIGRATOR_RDS_CA_BUNDLE" not in env  # the image's default path
+    # The group is a real one of the deployment's VPC. Its egress rules cannot be read back:
+    # moto 5.2.5's AWS::EC2::SecurityGroup applies SecurityGroupIngress only and leaves the
+    # default allow-all egress (the HTTPS-only rule of every deployment is not there either),
+    # and it has no AWS::EC2::SecurityGroupEgress. The rules are asserted on the rendered
+    # template instead (test_lint.py::test_database_access_sets_the_agent_and_one_egress_rule).
+    (group,) = regional("ec2").describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+    assert group["Description"] == "aurora-migrator task, outbound HTTPS only (AWS APIs, webhook)"
+    # In the deployment's VPC (the one _deploy made; moto 5.2.5 does not keep the service's
+    # networkConfiguration, so the service's groups are checked in the template only).
+    (vpc,) = regional("ec2").describe_vpcs(VpcIds=[group["VpcId"]])["Vpcs"]
+    assert vpc["CidrBlock"] == "10.20.0.0/16"
+    doc = _inline_policy(regional("iam"), f"aurora-migrator-task-{region}", "aurora-migrator-database-secrets")
+    (read,) = [s for s in doc["Statement"] if s["Sid"] == "ReadAgentReadableSecrets"]
+    account = deployed["outputs"]["TaskRoleArn"].split(":")[4]
+    assert read["Action"] == "secretsmanager:GetSecretValue"
+    assert read["Resource"] == f"arn:aws:secretsmanager:{region}:{account}:secret:*"
+    assert read["Condition"] == {"StringEquals": {"secretsmanager:ResourceTag/aurora-migration:agent-readable": "true"}}
+    scoped = _inline_policy(regional("iam"), f"aurora-migrator-task-{region}", "aurora-migrator-tag-scoped")
+    (deny,) = [s for s in scoped["Statement"] if s["Sid"] == "DenyMakingSecretsAgentReadable"]
+    assert deny["Effect"] == "Deny" and "secretsmanager:TagResource" in deny["Action"]

@@ -14,6 +14,8 @@ from cfn import Deployment
 from iam_eval import ALLOW, DENY, IMPLICIT_DENY, evaluate, request
 
 D = Deployment()
+# The same stack with database access on (DatabaseAccess=true and its egress CIDR).
+D_DB = Deployment(parameters={"DatabaseAccess": "true", "DatabaseEgressCidr": "10.20.0.0/16"})
 P = D.names["TagPrefix"]
 ACCOUNT = D.names["AWS::AccountId"]
 REGION = D.names["AWS::Region"]
@@ -39,6 +41,9 @@ POLICIES = {
     ADMIN: [RDS_ANYTHING, D.policy_document("TagOperatorPolicy")],
     STRANGER: [ANYTHING],
 }
+# The task role's policies when the stack allows database access; every other principal's
+# are the same in both.
+POLICIES_DB = {**POLICIES, TASK: D_DB.role_policies("TaskRole")}
 
 SOURCE_ID = "db-ABCDEFGHIJKLMNOPQRSTUVWXY1"
 ORDERS = f"{RDS}:db:orders"                      # never opted in
@@ -61,15 +66,102 @@ BACKUP_DELETES = ["rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot",
                   "rds:DeleteDBInstanceAutomatedBackup", "rds:DeleteDBClusterAutomatedBackup"]
 
 
-def decide(principal, action, resource, resource_tags=None, request_tags=None, tag_keys=None, context=None):
+def decide(principal, action, resource, resource_tags=None, request_tags=None, tag_keys=None, context=None,
+           database_access=False):
     req = request(action, resource, principal, resource_tags=resource_tags,
                   request_tags=request_tags, tag_keys=tag_keys, context=context)
-    return evaluate(req, POLICIES[principal], resource_account=ACCOUNT)
+    policies = POLICIES_DB if database_access else POLICIES
+    return evaluate(req, policies[principal], resource_account=ACCOUNT)
 
 
-def row(principal, action, resource, tags, expected, *, request_tags=None, tag_keys=None, context=None, id):
-    return pytest.param(principal, action, resource, tags, request_tags, tag_keys, context, expected, id=id)
+def row(principal, action, resource, tags, expected, *, request_tags=None, tag_keys=None, context=None,
+        database_access=False, id):
+    return pytest.param(principal, action, resource, tags, request_tags, tag_keys, context, database_access,
+                        expected, id=id)
 
+
+# ---- database credentials (Secrets Manager)
+SM = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret"
+# An RDS-managed master secret (MasterUserSecret.SecretArn) and an owner's own secret.
+MASTER_SECRET = f"{SM}:rds!db-0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d-AbCdEf"
+OWN_SECRET = f"{SM}:billing/aurora-migrator-login-GhIjKl"
+WEBHOOK_SIGNING = f"{SM}:aurora-migrator/webhook-signing-MnOpQr"
+READABLE = {f"{P}:agent-readable": "true"}
+OTHER_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def secret_ctx(tags):
+    """Secrets Manager puts a secret's tags in the context twice: aws:ResourceTag/<key> (from
+    resource_tags) and secretsmanager:ResourceTag/<key>."""
+    return {f"secretsmanager:ResourceTag/{k}": v for k, v in (tags or {}).items()}
+
+
+def get_secret(arn, tags, expected, *, access, id):
+    return row(TASK, "secretsmanager:GetSecretValue", arn, tags, expected, context=secret_ctx(tags),
+               database_access=access, id=id)
+
+
+def decrypt(context, expected, *, access=True, id):
+    return row(TASK, "kms:Decrypt", OTHER_KEY, None, expected, context=context, database_access=access, id=id)
+
+
+VIA_SM = {"kms:ViaService": f"secretsmanager.{REGION}.amazonaws.com"}
+
+
+DATABASE_ROWS = [
+    # Readable only with DatabaseAccess=true, and only what carries <prefix>:agent-readable = true.
+    *[get_secret(arn, READABLE, ALLOW, access=True, id=f"task reads {what} tagged agent-readable, access on")
+      for what, arn in (("the master secret", MASTER_SECRET), ("an owner's secret", OWN_SECRET))],
+    *[get_secret(arn, READABLE, IMPLICIT_DENY, access=False, id=f"task reads {what} tagged agent-readable, access off")
+      for what, arn in (("the master secret", MASTER_SECRET), ("an owner's secret", OWN_SECRET))],
+    get_secret(MASTER_SECRET, None, IMPLICIT_DENY, access=True, id="task reads an untagged master secret"),
+    get_secret(MASTER_SECRET, {"owner": "payments"}, IMPLICIT_DENY, access=True, id="task reads a master secret tagged otherwise"),
+    *[get_secret(OWN_SECRET, {f"{P}:agent-readable": v}, IMPLICIT_DENY, access=True,
+                 id=f"task reads a secret tagged agent-readable={v}") for v in ("false", "True", "yes", "")],
+    get_secret(OWN_SECRET, {f"{P}:database-access": "true"}, IMPLICIT_DENY, access=True,
+               id="task reads a secret tagged with the instance's key"),
+    get_secret(WEBHOOK_SIGNING, None, IMPLICIT_DENY, access=True, id="task reads the webhook signing secret"),
+    get_secret(f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:billing-AbCdEf", READABLE, IMPLICIT_DENY,
+               access=True, id="task reads a readable secret of another Region"),
+    get_secret("arn:aws:secretsmanager:us-east-1:210987654321:secret:billing-AbCdEf", READABLE, IMPLICIT_DENY,
+               access=True, id="task reads a readable secret of another account"),
+    row(TASK, "secretsmanager:ListSecrets", "*", None, IMPLICIT_DENY, database_access=True, id="task lists secrets"),
+    row(TASK, "secretsmanager:PutSecretValue", OWN_SECRET, READABLE, IMPLICIT_DENY, context=secret_ctx(READABLE),
+        database_access=True, id="task writes a readable secret"),
+    # Decrypt: through Secrets Manager only, for a secret of this account and Region.
+    decrypt({**VIA_SM, "kms:EncryptionContext:SecretARN": MASTER_SECRET}, ALLOW, id="task decrypts via Secrets Manager"),
+    decrypt({**VIA_SM, "kms:EncryptionContext:SecretARN": MASTER_SECRET}, IMPLICIT_DENY, access=False,
+            id="task decrypts via Secrets Manager, access off"),
+    decrypt({"kms:EncryptionContext:SecretARN": MASTER_SECRET}, IMPLICIT_DENY, id="task decrypts directly"),
+    decrypt({"kms:ViaService": f"ssm.{REGION}.amazonaws.com"}, IMPLICIT_DENY, id="task decrypts via SSM"),
+    decrypt({**VIA_SM, "kms:EncryptionContext:SecretARN": "arn:aws:secretsmanager:us-east-1:210987654321:secret:x-AbCdEf"},
+            IMPLICIT_DENY, id="task decrypts another account's secret"),
+    # The agent cannot grant itself a secret, with access on or off, whatever the spelling.
+    *[row(TASK, action, OWN_SECRET, None, DENY, request_tags=tags, database_access=access,
+          id=f"task {action} {'+'.join(tags)} access={'on' if access else 'off'}")
+      for action in ("secretsmanager:TagResource", "secretsmanager:CreateSecret")
+      for tags in (READABLE, {f"{P}:AGENT-READABLE": "true"}, {**READABLE, "owner": "x"})
+      for access in (True, False)],
+    *[row(TASK, "secretsmanager:UntagResource", OWN_SECRET, READABLE, DENY, tag_keys=[f"{P}:agent-readable"],
+          database_access=access, id=f"task untags agent-readable access={'on' if access else 'off'}")
+      for access in (True, False)],
+    row(TASK, "secretsmanager:TagResource", OWN_SECRET, None, IMPLICIT_DENY, request_tags={"owner": "x"},
+        database_access=True, id="task tags a secret otherwise"),
+    # Who may make a secret agent-readable: not a guarded principal, not by the operator policy.
+    row(DEVELOPER, "secretsmanager:TagResource", OWN_SECRET, None, DENY, request_tags=READABLE,
+        id="guarded makes a secret agent-readable"),
+    row(OPERATOR, "secretsmanager:TagResource", OWN_SECRET, None, IMPLICIT_DENY, request_tags=READABLE,
+        id="operator makes a secret agent-readable"),
+    # The instance's database-access key is a control key.
+    *[row(OPERATOR, "rds:AddTagsToResource", BILLING, STARTED, ALLOW, request_tags={f"{P}:database-access": v},
+          id=f"operator sets database-access={v}") for v in ("master-secret", f"secret:{OWN_SECRET}")],
+    row(OPERATOR, "rds:RemoveTagsFromResource", BILLING, STARTED, ALLOW, tag_keys=[f"{P}:database-access"],
+        id="operator clears database-access"),
+    row(DEVELOPER, "rds:AddTagsToResource", BILLING, STARTED, DENY, request_tags={f"{P}:database-access": "master-secret"},
+        id="guarded sets database-access"),
+    row(TASK, "rds:AddTagsToResource", BILLING, STARTED, IMPLICIT_DENY,
+        request_tags={f"{P}:database-access": "master-secret"}, database_access=True, id="task sets database-access"),
+]
 
 TABLE = [
     # ---- an instance that never opted in: nothing destructive, none of the agent's keys
@@ -172,12 +264,62 @@ TABLE = [
     row(DEVELOPER, "rds:AddTagsToResource", ORDERS, NEVER, DENY, request_tags={P: "start"}, id="guarded starts"),
     row(DEVELOPER, "rds:RemoveTagsFromResource", BILLING, STARTED, DENY, tag_keys=[f"{P}:abort"], id="guarded clears"),
     row(DEVELOPER, "rds:AddTagsToResource", ORDERS, NEVER, ALLOW, request_tags={"owner": "x"}, id="guarded own tags"),
+    *DATABASE_ROWS,
 ]
 
 
-@pytest.mark.parametrize("principal,action,resource,tags,request_tags,tag_keys,context,expected", TABLE)
-def test_request_table(principal, action, resource, tags, request_tags, tag_keys, context, expected):
-    assert decide(principal, action, resource, tags, request_tags, tag_keys, context) == expected
+@pytest.mark.parametrize("principal,action,resource,tags,request_tags,tag_keys,context,database_access,expected",
+                         TABLE)
+def test_request_table(principal, action, resource, tags, request_tags, tag_keys, context, database_access, expected):
+    assert decide(principal, action, resource, tags, request_tags, tag_keys, context, database_access) == expected
+
+
+def test_database_access_adds_only_the_secrets_policy():
+    """With DatabaseAccess=true the task role gains exactly one document, and every request of
+    the table outside Secrets Manager and KMS is decided as without it."""
+    assert len(POLICIES_DB[TASK]) == len(POLICIES[TASK]) + 1
+    (extra,) = [d for d in POLICIES_DB[TASK] if d not in POLICIES[TASK]]
+    assert {s["Sid"] for s in extra["Statement"]} == {"ReadAgentReadableSecrets", "DecryptThemThroughSecretsManager"}
+    for p in TABLE:
+        principal, action, resource, tags, request_tags, tag_keys, context, _, _ = p.values
+        if not action.startswith(("secretsmanager:", "kms:")):
+            assert (decide(principal, action, resource, tags, request_tags, tag_keys, context, False)
+                    == decide(principal, action, resource, tags, request_tags, tag_keys, context, True)), p.id
+
+
+class Secret:
+    """A secret's tags, changed only by the tag calls the policies allow."""
+
+    def __init__(self, arn, tags=None):
+        self.arn, self.tags = arn, dict(tags or {})
+
+    def tag(self, principal, tags) -> str:
+        decision = decide(principal, "secretsmanager:TagResource", self.arn, self.tags, tags,
+                          context=secret_ctx(self.tags), database_access=True)
+        if decision == ALLOW:
+            self.tags.update(tags)
+        return decision
+
+    def readable_by_the_agent(self) -> bool:
+        return decide(TASK, "secretsmanager:GetSecretValue", self.arn, self.tags, context=secret_ctx(self.tags),
+                      database_access=True) == ALLOW
+
+
+def test_the_agent_cannot_make_a_master_secret_readable():
+    master = Secret(MASTER_SECRET, {"aws:rds:primaryDBInstanceArn": BILLING})
+    assert not master.readable_by_the_agent()
+    for tags in (READABLE, {f"{P}:Agent-Readable": "true"}):
+        assert master.tag(TASK, tags) == DENY
+    assert master.tag(DEVELOPER, READABLE) == DENY
+    assert not master.readable_by_the_agent()
+    # Its owners tag it (here: someone with secretsmanager:TagResource from their own policies).
+    POLICIES_DB[ADMIN] = [*POLICIES[ADMIN], {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "secretsmanager:TagResource", "Resource": f"{SM}:*"}]}]
+    try:
+        assert master.tag(ADMIN, READABLE) == ALLOW
+    finally:
+        POLICIES_DB[ADMIN] = POLICIES[ADMIN]
+    assert master.readable_by_the_agent()
 
 
 class Instance:
@@ -229,6 +371,17 @@ def test_removing_the_trigger_mid_migration_keeps_the_agents_hold():
     assert billing.can(TASK, "rds:ModifyDBInstance")                  # restore its groups
     assert billing.add(TASK, {P: "stopped"}) == ALLOW
     assert billing.add(TASK, {f"{P}:phase": "rolledback"}) == ALLOW
+
+
+def test_every_secrets_action_of_the_agent_is_in_the_table():
+    in_table = {p.values[1] for p in TABLE if p.values[0] == TASK and p.values[7]}
+    granted = set()
+    for doc in POLICIES_DB[TASK]:
+        for stmt in doc["Statement"]:
+            if stmt["Effect"] == "Allow":
+                actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
+                granted |= {a for a in actions if a.startswith("secretsmanager:")}
+    assert granted == {"secretsmanager:GetSecretValue"} and granted <= in_table
 
 
 def test_every_agent_action_on_rds_is_in_the_table():
@@ -294,3 +447,21 @@ def test_execution_role_reads_exactly_the_webhook_secrets():
     assert decrypt({"kms:EncryptionContext:SecretARN": SIGNING_SECRET}) == IMPLICIT_DENY
     # Without a webhook the role has no inline policy at all.
     assert Deployment().role_policies("ExecutionRole") == []
+
+
+def test_webhook_and_database_secrets_stay_apart():
+    """With both on, the execution role reads only the webhook's two secrets (never by tag),
+    and the task role reads no webhook secret it has not been given by tag."""
+    dep = Deployment(parameters={"WebhookUrlSecretArn": URL_SECRET, "WebhookSigningSecretArn": SIGNING_SECRET,
+                                 "DatabaseAccess": "true", "DatabaseEgressCidr": "10.20.0.0/16"})
+    exec_role, task_role = dep.attrs["ExecutionRole.Arn"], dep.attrs["TaskRole.Arn"]
+    exec_docs, task_docs = dep.role_policies("ExecutionRole"), dep.role_policies("TaskRole")
+    readable = {"secretsmanager:ResourceTag/aurora-migration:agent-readable": "true"}
+    get = lambda role, docs, arn, ctx=None: evaluate(
+        request("secretsmanager:GetSecretValue", arn, role, context=ctx), docs)
+    assert get(exec_role, exec_docs, MASTER_SECRET, readable) == IMPLICIT_DENY
+    assert get(exec_role, exec_docs, SIGNING_SECRET) == ALLOW
+    assert get(task_role, task_docs, SIGNING_SECRET) == IMPLICIT_DENY
+    assert get(task_role, task_docs, URL_SECRET) == IMPLICIT_DENY
+    assert get(task_role, task_docs, MASTER_SECRET, readable) == ALLOW
+    assert "agent-readable" not in str(exec_docs)

@@ -23,15 +23,16 @@ def run(*cmd, cwd=ROOT):
 
 
 def _variant_with_every_option(tmp_path: Path) -> Path:
-    """The template with the trail, Slack and webhook switched on by default, so the
-    resources behind those conditions are scanned too (checkov skips a resource whose
-    condition is false under the defaults)."""
+    """The template with the trail, Slack, webhook and database access switched on by
+    default, so the resources behind those conditions are scanned too (checkov skips a
+    resource whose condition is false under the defaults)."""
     text = TEMPLATE.read_text()
     secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:aurora-migrator/webhook-{}-AbCdEf"
     for param, value in (("CreateTrail", '"true"'), ("SlackWorkspaceId", '"T0123ABCD"'),
                          ("SlackChannelId", '"C0123ABCD"'),
                          ("WebhookUrlSecretArn", f'"{secret.format("url")}"'),
-                         ("WebhookSigningSecretArn", f'"{secret.format("signing")}"')):
+                         ("WebhookSigningSecretArn", f'"{secret.format("signing")}"'),
+                         ("DatabaseAccess", '"true"'), ("DatabaseEgressCidr", '"10.20.0.0/16"')):
         text, n = re.subn(rf"(\n  {param}:\n(?:    .*\n)*?    Default: )[^\n]*", rf"\g<1>{value}", text)
         assert n == 1, param
     path = tmp_path / "template-all-options.yaml"
@@ -75,6 +76,10 @@ def test_checkov_has_no_findings(variant, tmp_path):
     ran_on_scoped = {c["check_id"] for c in report["results"]["passed_checks"]
                      if c["resource"] == "AWS::IAM::Policy.TaskTagScopedPolicy"}
     assert IAM_POLICY_CHECKS <= ran_on_scoped, IAM_POLICY_CHECKS - ran_on_scoped
+    if variant == "all-options":
+        ran_on_secrets = {c["check_id"] for c in report["results"]["passed_checks"]
+                          if c["resource"] == "AWS::IAM::Policy.TaskDatabaseSecretsPolicy"}
+        assert IAM_POLICY_CHECKS <= ran_on_secrets, IAM_POLICY_CHECKS - ran_on_secrets
 
 
 def test_checkov_reads_the_rendered_policy(tmp_path):
@@ -118,6 +123,23 @@ def test_hadolint_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_dockerfile_ships_the_rds_ca_bundle():
+    """The bundle lands where MIGRATOR_RDS_CA_BUNDLE points by default, from AWS's trust store,
+    checked against a pinned SHA-256, readable by the agent's uid."""
+    text = (ROOT / "Dockerfile").read_text()
+    default = re.search(r'DEFAULT_RDS_CA_BUNDLE: &str = "([^"]+)"', (ROOT / "src/config/mod.rs").read_text())
+    assert default and default.group(1) == "/etc/aurora-migrator/rds-ca-bundle.pem"
+    assert f"COPY --from=rds-ca /rds-ca-bundle.pem {default.group(1)}\n" in text
+    assert "ADD https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem /rds-ca-bundle.pem" in text
+    assert re.search(r"^ARG RDS_CA_BUNDLE_SHA256=", text, re.M)
+    assert "sha256sum --check --strict" in text
+    assert "chmod 0444 /rds-ca-bundle.pem" in text
+    # Fetched in its own stage, before the final image: the runtime has no shell or curl.
+    stages = re.split(r"^FROM ", text, flags=re.M)
+    final = stages[-1]
+    assert final.startswith("gcr.io/distroless/cc") and not re.search(r"^ADD ", final, re.M)
+
+
 def test_dockerfile_shape():
     text = (ROOT / "Dockerfile").read_text()
     assert "cargo chef cook --release --locked" in text
@@ -137,10 +159,13 @@ def test_fargate_service_never_runs_two_agents():
     (c,) = RES["TaskDefinition"]["Properties"]["ContainerDefinitions"]
     assert c["StopTimeout"] == 30  # the agent drains for 25 s
     assert c["HealthCheck"]["Command"] == ["CMD", "/aurora-migrator", "healthcheck"]
-    assert all("Name" in e for e in c["Environment"])  # nothing conditional, nothing secret
-    names = {e["Name"] for e in c["Environment"]}
-    assert names == {"MIGRATOR_QUEUE_URL", "MIGRATOR_TOPIC_ARN", "MIGRATOR_TABLE", "MIGRATOR_TAG_PREFIX",
-                     "MIGRATOR_CUTOVER", "AWS_REGION", "RUST_LOG"}
+    # Nothing secret; the only conditional entries are database access's two.
+    always = {"MIGRATOR_QUEUE_URL", "MIGRATOR_TOPIC_ARN", "MIGRATOR_TABLE", "MIGRATOR_TAG_PREFIX",
+              "MIGRATOR_CUTOVER", "AWS_REGION", "RUST_LOG"}
+    assert {e["Name"] for e in c["Environment"] if "Name" in e} == always
+    conditional = [e["Fn::If"] for e in c["Environment"] if "Name" not in e]
+    assert [(cond, otherwise) for cond, _, otherwise in conditional] == [
+        ("AllowDatabaseAccess", {"Ref": "AWS::NoValue"})] * 2
 
 
 def test_webhook_url_and_key_come_from_secrets_manager():
@@ -152,7 +177,7 @@ def test_webhook_url_and_key_come_from_secrets_manager():
     assert secrets == [{"Name": "MIGRATOR_WEBHOOK_URL", "ValueFrom": {"Ref": "WebhookUrlSecretArn"}},
                        {"Name": "MIGRATOR_WEBHOOK_SECRET", "ValueFrom": {"Ref": "WebhookSigningSecretArn"}}]
     # The URL needs the signing key (a template rule), and both are needed for the condition.
-    (rule,) = T["Rules"].values()
+    rule = T["Rules"]["WebhookIsSigned"]
     assert rule["RuleCondition"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "WebhookUrlSecretArn"}, ""]}]}
     assert rule["Assertions"][0]["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "WebhookSigningSecretArn"}, ""]}]}
     on = Deployment(parameters={
@@ -162,6 +187,59 @@ def test_webhook_url_and_key_come_from_secrets_manager():
     assert [s["Name"] for s in c_on["Secrets"]] == ["MIGRATOR_WEBHOOK_URL", "MIGRATOR_WEBHOOK_SECRET"]
     (c_off,) = Deployment().resource("TaskDefinition")["ContainerDefinitions"]
     assert "Secrets" not in c_off
+
+
+def _env(dep: Deployment) -> dict:
+    (c,) = dep.resource("TaskDefinition")["ContainerDefinitions"]
+    return {e["Name"]: e["Value"] for e in c["Environment"]}
+
+
+DB_ON = {"DatabaseAccess": "true", "DatabaseEgressCidr": "10.20.0.0/16"}
+
+
+def test_database_access_is_off_by_default():
+    off = Deployment()
+    assert T["Parameters"]["DatabaseAccess"]["Default"] == "false"
+    assert not off.conditions["AllowDatabaseAccess"]
+    assert not {"MIGRATOR_DATABASE_ACCESS", "MIGRATOR_AGENT_SECURITY_GROUP"} & set(_env(off))
+    assert [(r["FromPort"], r["CidrIp"]) for r in off.resource("TaskSecurityGroup")["SecurityGroupEgress"]] == [
+        (443, "0.0.0.0/0")]
+    assert not off.deployed("TaskDatabaseSecretsPolicy")
+    # Without a CIDR the condition is false too (and the rule refuses the stack).
+    assert not Deployment(parameters={"DatabaseAccess": "true"}).conditions["AllowDatabaseAccess"]
+
+
+def test_database_access_sets_the_agent_and_one_egress_rule():
+    on = Deployment(parameters=DB_ON)
+    env = _env(on)
+    assert env["MIGRATOR_DATABASE_ACCESS"] == "true"
+    assert env["MIGRATOR_AGENT_SECURITY_GROUP"] == on.attrs["TaskSecurityGroup.GroupId"]
+    assert "MIGRATOR_RDS_CA_BUNDLE" not in env  # the image's default path (test_dockerfile_ships_the_rds_ca_bundle)
+    egress = on.resource("TaskSecurityGroup")["SecurityGroupEgress"]
+    assert [(r["IpProtocol"], r["FromPort"], r["ToPort"], r["CidrIp"]) for r in egress] == [
+        ("tcp", 443, 443, "0.0.0.0/0"), ("tcp", "5432", "5432", "10.20.0.0/16")]
+    assert all(r["Description"] for r in egress)
+    # The group keeps its description (a change would replace it under in-flight quarantines).
+    assert on.resource("TaskSecurityGroup")["GroupDescription"] == Deployment().resource("TaskSecurityGroup")[
+        "GroupDescription"]
+    rule = T["Rules"]["DatabaseAccessHasAPath"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "DatabaseAccess"}, "true"]}
+    assert rule["Assertions"][0]["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "DatabaseEgressCidr"}, ""]}]}
+    assert T["Parameters"]["DatabasePort"]["Default"] == 5432
+    # The group the agent names is the one the service runs in.
+    assert env["MIGRATOR_AGENT_SECURITY_GROUP"] == on.names["TaskSecurityGroup"]
+    awsvpc = on.resource("Service")["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert awsvpc["SecurityGroups"] == [on.names["TaskSecurityGroup"]]
+
+
+@pytest.mark.parametrize("cidr,ok", [
+    ("", True), ("10.20.0.0/16", True), ("10.0.0.0/8", True), ("192.168.4.0/24", True), ("10.20.30.40/32", True),
+    ("0.0.0.0/0", False), ("10.0.0.0/7", False), ("10.20.0.0", False), ("256.0.0.0/16", False),
+    ("10.20.0.0/33", False), ("fd00::/8", False), ("10.20.0.0/16,10.30.0.0/16", False),
+])
+def test_database_egress_cidr_pattern(cidr, ok):
+    pattern = T["Parameters"]["DatabaseEgressCidr"]["AllowedPattern"]
+    assert (re.fullmatch(pattern, cidr) is not None) == ok
 
 
 def test_state_table_and_queue():
@@ -229,6 +307,8 @@ AGENT_ACTIONS = {
     # directly, read-only, for preflight); Decrypt and
     # GenerateDataKey on the stack's own key (through SQS, SNS and DynamoDB only).
     "kms": "CreateGrant DescribeKey Decrypt GenerateDataKey",
+    # Database access only (TaskDatabaseSecretsPolicy): secrets tagged <prefix>:agent-readable.
+    "secretsmanager": "GetSecretValue",
 }
 
 
@@ -247,7 +327,8 @@ def test_task_role_denies_backup_deletion_and_tag_removal():
     for stmt in _task_role_statements("Deny"):
         denied |= set(stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]])
     assert denied == {"rds:DeleteDBSnapshot", "rds:DeleteDBClusterSnapshot", "rds:DeleteDBInstanceAutomatedBackup",
-                      "rds:DeleteDBClusterAutomatedBackup", "rds:RemoveTagsFromResource", "rds:AddTagsToResource"}
+                      "rds:DeleteDBClusterAutomatedBackup", "rds:RemoveTagsFromResource", "rds:AddTagsToResource",
+                      "secretsmanager:TagResource", "secretsmanager:UntagResource", "secretsmanager:CreateSecret"}
     assert not denied & {f"rds:{a}" for a in AGENT_ACTIONS["rds"].split()} - {"rds:AddTagsToResource"}
 
 
@@ -258,6 +339,8 @@ def test_task_role_mutations_are_conditioned():
         resource = json.dumps(stmt["Resource"])
         if mutating and resource == '"*"':
             assert "Condition" in stmt, stmt.get("Sid")
+        if any(a.startswith("secretsmanager:") for a in actions):
+            assert "ResourceTag" in json.dumps(stmt["Condition"]) and "agent-readable" in json.dumps(stmt["Condition"])
         if any(a.startswith("kms:") for a in actions) and actions != ["kms:DescribeKey"]:
             assert "kms:ViaService" in json.dumps(stmt["Condition"])
         if any(a in ("cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms") for a in actions):
