@@ -101,7 +101,12 @@ pub fn phase_change(
             Severity::Warning,
             "cutover started: writes to the source stop now".into(),
             format!(
-                "The source gets a security group with no rules and is rebooted, so no session survives. If promotion has not started within {}, the agent rolls back by itself.",
+                "The source gets a security group with no rules and {}, so no session survives. If promotion has not started within {}, the agent rolls back by itself.",
+                if m.database_path() {
+                    "its client sessions are ended (database access)"
+                } else {
+                    "is rebooted"
+                },
                 super::machine::human(policy.write_unavailability_budget)
             ),
             vec![],
@@ -114,12 +119,21 @@ pub fn phase_change(
                     "CDC consumers: read your slots to the end, then tag the source {p}:cdc-drained=true and stop"
                 ));
             }
-            (
-                Severity::Warning,
-                "source rebooted; proving the replica has every write".into(),
-                "Waiting for the restart event, a replication-slot lag of 0 after it, no connections and a replica lag of 0.".into(),
-                steps,
-            )
+            if m.database_path() {
+                (
+                    Severity::Warning,
+                    "sessions ended; proving the replica has every write".into(),
+                    "Waiting for no client session on the source, a fence written after the last one, and Aurora's replay position at or past it.".into(),
+                    steps,
+                )
+            } else {
+                (
+                    Severity::Warning,
+                    "source rebooted; proving the replica has every write".into(),
+                    "Waiting for the restart event, a replication-slot lag of 0 after it, no connections and a replica lag of 0.".into(),
+                    steps,
+                )
+            }
         }
         Phase::Promoting => (
             Severity::Warning,

@@ -215,6 +215,13 @@ pub enum RollbackCause {
 }
 
 impl Migration {
+    /// This attempt's cutover runs on database access: planned in Preflight, and not fallen
+    /// back from (`Progress::database_fallback`).
+    pub fn database_path(&self) -> bool {
+        self.plan.as_ref().is_some_and(|p| p.database.is_some())
+            && self.progress.database_fallback.is_none()
+    }
+
     /// A new attempt, in Requested.
     pub fn new(id: MigrationId, source_identifier: &str, source_arn: &str, now: Timestamp) -> Self {
         let names = super::naming::target_names(source_identifier, &id.resource_id, id.attempt);

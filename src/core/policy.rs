@@ -104,7 +104,8 @@ pub struct Policy {
     /// With database access, losing the connection for this long falls back to the reboot and
     /// the metric proof. 30 s: a reconnect through a brief network fault is cheaper.
     pub database_unreachable_after: SignedDuration,
-    /// Poll interval of the database-aware Draining. 1 s: the proof is one query on each side.
+    /// Poll interval of the database-aware Quiescing and Draining. 1 s: the proof is one query
+    /// on each side, and the quarantine's end is one describe of the instance.
     pub database_poll: SignedDuration,
 }
 

@@ -11,7 +11,7 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
     let p = &m.progress;
     match m.phase {
         Phase::Quiescing => n.quarantine_group = true,
-        Phase::Draining if wal_fence::database_path(m) => {
+        Phase::Draining if m.database_path() => {
             n.target = true;
             n.quarantine_group = true;
             n.source_sessions = true;
@@ -35,7 +35,7 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             // No client session may have got in since the fence, up to the promotion request.
             n.source_sessions = m.phase == Phase::Promoting
                 && p.promote_requested_at.is_none()
-                && wal_fence::database_path(m);
+                && m.database_path();
         }
         _ => {}
     }
@@ -80,6 +80,11 @@ impl Stepper<'_> {
             self.m.progress.replica_ready_at.is_some(),
             "a cutover starts only from a caught-up replica"
         );
+        if self.database_path() {
+            // RDS applies the group change in seconds to tens of seconds; on the database path
+            // nothing slower follows it, so its end is looked for every `database_poll`.
+            self.wake_within(self.policy.database_poll);
+        }
         let (Some(source), Some(q)) = (self.source().cloned(), self.quarantine_id()) else {
             if self.quarantine_id().is_none() {
                 self.failure("no quarantine group was recorded".to_string());

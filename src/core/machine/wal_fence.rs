@@ -27,7 +27,7 @@ use crate::core::database::{ClientSession, DbTarget};
 impl Stepper<'_> {
     /// This attempt's cutover runs on database access (planned, and not fallen back from).
     pub(super) fn database_path(&self) -> bool {
-        database_path(&self.m)
+        self.m.database_path()
     }
 
     /// The source, as the agent connects to it.
@@ -308,11 +308,6 @@ impl Stepper<'_> {
         }
         true
     }
-}
-
-/// See [`Stepper::database_path`].
-pub(super) fn database_path(m: &Migration) -> bool {
-    m.plan.as_ref().is_some_and(|p| p.database.is_some()) && m.progress.database_fallback.is_none()
 }
 
 /// The source's endpoint with the planned access.
