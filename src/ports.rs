@@ -6,13 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::time::Duration;
 
 use jiff::Timestamp;
 
 use crate::core::action::{
     ParameterGroupsSpec, QuarantineGroupSpec, ReplicaClusterSpec, RouteRequest, WriterInstanceSpec,
 };
-use crate::core::database::{ClientSession, DbTarget, Lsn, SqlPreflight};
+use crate::core::database::{ClientSession, DbTarget, Fingerprint, Lsn, SqlPreflight};
 use crate::core::migration::{Migration, MigrationId};
 use crate::core::notification::Notification;
 use crate::core::observation::{
@@ -217,6 +218,16 @@ pub trait Database: Send + Sync {
         at: &DbTarget,
         old_after_s: u64,
     ) -> impl Future<Output = PortResult<SqlPreflight>> + Send;
+    /// The consistency check's facts of the connected database (`at.access.database`): every
+    /// sequence's last value, exact row counts of small tables, a digest of the newest rows by
+    /// primary key of large ones (see [`Fingerprint`]). Read-only, and done within `budget`
+    /// (connecting included): each statement is bounded by it, and what it leaves unread is
+    /// counted in [`Fingerprint::unread`], not an error.
+    fn fingerprint(
+        &self,
+        at: &DbTarget,
+        budget: Duration,
+    ) -> impl Future<Output = PortResult<Fingerprint>> + Send;
 }
 
 /// The database of a deployment that does not allow database access
@@ -250,6 +261,9 @@ impl Database for NoDatabase {
     }
     async fn preflight(&self, _: &DbTarget, _: u64) -> PortResult<SqlPreflight> {
         Self::refuse("preflight")
+    }
+    async fn fingerprint(&self, _: &DbTarget, _: Duration) -> PortResult<Fingerprint> {
+        Self::refuse("fingerprint")
     }
 }
 

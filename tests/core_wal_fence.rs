@@ -6,8 +6,9 @@ mod common;
 
 use aurora_migrator::core::Phase;
 use aurora_migrator::core::action::{Action, ActionKey};
-use aurora_migrator::core::database::{Credentials, Lsn, SqlPreflight};
+use aurora_migrator::core::database::{Credentials, Lsn, SqlPreflight, TableFacts};
 use aurora_migrator::core::invariants::irreversible_allowed;
+use aurora_migrator::core::migration::{Consistency, RollbackCause};
 use aurora_migrator::core::preflight::Outcome;
 use common::*;
 use jiff::SignedDuration;
@@ -293,4 +294,189 @@ fn promotion_is_refused_at_execution_when_the_fence_was_not_replayed() {
     );
     m.progress.fence_replayed_lsn = None;
     assert!(irreversible_allowed(&m, &promote).is_err());
+}
+
+// ----- the consistency check before routing ----------------------------------------------------
+
+/// Runs the model to the end, step by step, and returns every action asked for.
+fn run_collecting(
+    model: &mut Model,
+    m: &mut aurora_migrator::core::Migration,
+    policy: &aurora_migrator::core::Policy,
+) -> Vec<Action> {
+    let mut all = Vec::new();
+    for _ in 0..3_000 {
+        let d = quiet_round(model, m, policy);
+        all.extend(d.actions.iter().cloned());
+        match d.wake_after {
+            Some(w) => model.now += w.max(SignedDuration::from_secs(1)),
+            None => break,
+        }
+    }
+    all
+}
+
+#[test]
+fn a_difference_before_routing_rolls_back_without_loss_and_nothing_is_ever_routed() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::Promoting);
+    // Aurora misses the source's last order (and its sequence value).
+    let mut aurora = fingerprint();
+    aurora
+        .tables
+        .insert("public.orders".into(), TableFacts::Rows(4241));
+    aurora
+        .sequences
+        .get_mut("public.orders_id_seq")
+        .unwrap()
+        .last_value = Some(4200);
+    model.db().target_fingerprint = Some(Ok(aurora));
+    let actions = run_collecting(&mut model, &mut m, &policy);
+    assert_eq!(m.phase, Phase::RolledBack, "{:?}", m.last_error);
+    assert_eq!(model.promotions, 1, "it was promoted before the check");
+    assert!(
+        !actions.iter().any(|a| a.key() == ActionKey::RouteTraffic),
+        "traffic was routed to an Aurora that differs from the source"
+    );
+    assert_eq!(model.routed_to, None);
+    assert!(!model.quarantined(), "the source got its groups back");
+    let why = m.last_error.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("table public.orders: 4242 rows on the source, 4241 on Aurora")
+            && why.contains("sequence public.orders_id_seq")
+            && why.contains("without loss"),
+        "{why}"
+    );
+    assert!(matches!(
+        &m.progress.consistency,
+        Some(Consistency::Differs(d)) if d.len() == 2
+    ));
+    assert!(matches!(
+        &m.rollback,
+        Some(r) if !r.after_cutover && matches!(r.cause, RollbackCause::Failure(_))
+    ));
+    // The rule of every rollback before routing: the cluster took no write, it is deleted.
+    assert!(model.target.is_none());
+    assert!(
+        model
+            .notifications
+            .iter()
+            .any(|n| n.description.contains("public.orders")),
+        "people are told what differed"
+    );
+}
+
+#[test]
+fn equal_fingerprints_route_and_the_cutover_notification_says_what_was_compared() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::Promoting);
+    let phases = run_to_end(&mut model, &mut m, &policy, 2_000);
+    assert_eq!(m.phase, Phase::Completed, "{phases:?} {:?}", m.last_error);
+    assert_eq!(
+        m.progress.consistency,
+        Some(Consistency::Equal {
+            compared: 3,
+            not_compared: 0
+        })
+    );
+    let cutover = model
+        .notifications
+        .iter()
+        .find(|n| n.event == "cutover")
+        .expect("a cutover notification");
+    assert!(
+        cutover
+            .description
+            .contains("the consistency check found Aurora equal to the source (3 sequences and tables compared)"),
+        "{}",
+        cutover.description
+    );
+}
+
+#[test]
+fn a_check_that_cannot_read_routes_after_the_grace_with_a_warning() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::Promoting);
+    model.db().target_fingerprint = Some(Err("postgres:fingerprint timed out".into()));
+    advance_to(&mut model, &mut m, &policy, Phase::Routing);
+    let entered = model.now;
+    advance_to(&mut model, &mut m, &policy, Phase::Verifying);
+    assert!(
+        model.now - entered >= policy.database_unreachable_after,
+        "a side unreadable right after promotion is read again for a while"
+    );
+    assert!(matches!(
+        &m.progress.consistency,
+        Some(Consistency::Unreadable(why)) if why.contains("timed out")
+    ));
+    assert!(m.alerts_sent.contains("consistency-unreadable"));
+}
+
+// ----- Aurora's fence in a rollback after cutover ----------------------------------------------
+
+#[test]
+fn rollback_after_cutover_ends_auroras_sessions_and_does_not_reboot_its_writer() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::Verifying);
+    assert_eq!(
+        model.db().target_sessions.len(),
+        1,
+        "the application is on Aurora"
+    );
+    model.tag_source("aurora-migration:rollback", "approve");
+    let actions = run_collecting(&mut model, &mut m, &policy);
+    assert_eq!(m.phase, Phase::RolledBack, "{:?}", m.last_error);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| a.key() == ActionKey::RebootTargetWriter),
+        "Aurora's writer was rebooted although its sessions could be ended"
+    );
+    assert!(model.writer_events.is_empty());
+    assert_eq!(model.db().target_ended, 1);
+    let p = &m.progress;
+    assert!(p.target_sessions_ended_at > p.target_sessions_end_requested_at);
+    assert!(p.target_fence_fallback.is_none());
+    // The quarantine came first: sessions are ended only once no new one can come in.
+    let quarantine = actions
+        .iter()
+        .position(|a| a.key() == ActionKey::QuarantineTarget)
+        .unwrap();
+    let end = actions
+        .iter()
+        .position(|a| a.key() == ActionKey::EndTargetSessions)
+        .unwrap();
+    assert!(quarantine < end);
+    assert!(
+        model
+            .notifications
+            .iter()
+            .any(|n| n.event == "writes-on-target"
+                && n.description
+                    .contains("its client sessions were ended behind the quarantine")),
+        "the writes made on Aurora are counted and reported"
+    );
+    let source = model.source.as_ref().unwrap().endpoint.clone().unwrap();
+    assert_eq!(model.routed_to, Some(source.address), "traffic went back");
+}
+
+#[test]
+fn with_auroras_sessions_stuck_the_rollback_falls_back_to_rebooting_its_writer() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::Verifying);
+    model.db().target_stuck = true;
+    model.tag_source("aurora-migration:rollback", "approve");
+    let phases = run_to_end(&mut model, &mut m, &policy, 3_000);
+    assert_eq!(m.phase, Phase::RolledBack, "{phases:?} {:?}", m.last_error);
+    assert_eq!(model.writer_events.len(), 1, "the writer was rebooted once");
+    assert!(
+        m.progress
+            .target_fence_fallback
+            .as_deref()
+            .is_some_and(|w| w.contains("did not end") && w.contains("pid 201")),
+        "{:?}",
+        m.progress.target_fence_fallback
+    );
+    assert!(m.alerts_sent.contains("target-fence-fallback"));
+    assert!(m.progress.target_sessions_ended_at.is_none());
 }

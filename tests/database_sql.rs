@@ -533,3 +533,145 @@ async fn tls_is_verified_never_skipped_and_credential_failures_are_classified() 
     assert_eq!(e.kind, ErrorKind::Fatal);
     assert!(e.message.contains("not supported yet"), "{e}");
 }
+
+/// Waits until `standby` has replayed everything `primary` has written so far.
+async fn caught_up(
+    db: &PgDatabase<FixedSecrets>,
+    primary: &tokio_postgres::Client,
+    standby: &DbTarget,
+) {
+    let written = lsn_of(primary, "SELECT pg_current_wal_lsn()::text").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let replayed = db.replay_lsn(standby).await.unwrap().unwrap();
+        if replayed >= written {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby is stuck at {replayed}, short of {written}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The consistency check's fingerprint: a primary and its caught-up standby match (sequences
+/// logged ahead on the standby included); with replay paused, a row inserted on the primary
+/// names its table (a small one by its count, a large one by its newest rows) and a sequence
+/// advanced names the sequence; resumed, they match again. Each read stays within the budget,
+/// and a budget too short to connect fails fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fingerprints_of_a_primary_and_its_standby_match_and_a_missed_write_is_named() {
+    use aurora_migrator::core::database::{TableFacts, compare};
+    let run_as = RunAs::get();
+    let root = TempRoot::new("db-fingerprint", run_as);
+    let certs = make_certs(&root.path, run_as);
+    let primary = tls_primary(&root.path, "primary", &certs, &[]);
+    create_roles(&primary).await;
+    let su = connect(&primary.local()).await.unwrap();
+    // The agent reads every table as RDS's master user would read the application's.
+    su.batch_execute(
+        "GRANT pg_read_all_data TO agent; \
+         SELECT pg_create_physical_replication_slot('standby'); \
+         CREATE TABLE small_t (id serial PRIMARY KEY, v text, at timestamptz DEFAULT now()); \
+         INSERT INTO small_t (v) SELECT 'row ' || i FROM generate_series(1, 3000) i; \
+         CREATE TABLE big_t (id bigint PRIMARY KEY, payload text, at timestamptz DEFAULT now()); \
+         INSERT INTO big_t (id, payload) SELECT i, md5(i::text) FROM generate_series(1, 120000) i; \
+         CREATE TABLE nokey (x int); \
+         INSERT INTO nokey SELECT generate_series(1, 120000); \
+         CREATE TABLE \"Odd, name\" (\"key, part\" text, n int, PRIMARY KEY (\"key, part\", n)); \
+         INSERT INTO \"Odd, name\" VALUES ('a', 1), ('b', 2); \
+         CREATE SEQUENCE standalone_seq; SELECT nextval('standalone_seq'); \
+         ANALYZE;",
+    )
+    .await
+    .unwrap();
+    let standby = PgServer::standby_layout(&root.path, "standby", &Bins::locate(), run_as);
+    standby
+        .base_backup_from(&primary, "standby")
+        .unwrap_or_else(|e| panic!("base backup: {e}"));
+    if let Err(e) = standby.start() {
+        panic!("the standby did not start: {e}\n{}", standby.log_tail());
+    }
+    let secrets = FixedSecrets::default();
+    secrets.set(SECRET_ID, "agent", AGENT_PASSWORD);
+    let db = database(&certs.ca, &secrets);
+    let (at_primary, at_standby) = (target(&primary, SECRET_ID), target(&standby, SECRET_ID));
+    let budget = Duration::from_secs(5);
+    caught_up(&db, &su, &at_standby).await;
+
+    let timed = |at: DbTarget| {
+        let db = &db;
+        async move {
+            let t = Instant::now();
+            let f = db.fingerprint(&at, budget).await.expect("fingerprint");
+            (f, t.elapsed())
+        }
+    };
+    let (source, t_source) = timed(at_primary.clone()).await;
+    let (replica, t_replica) = timed(at_standby.clone()).await;
+    eprintln!(
+        "fingerprint of {} sequences and {} tables (3 000 + 120 000 + 120 000 rows): primary {t_source:?}, standby {t_replica:?}",
+        source.sequences.len(),
+        source.tables.len()
+    );
+    eprintln!("{source:#?}\n{replica:#?}");
+    assert!(t_source < budget && t_replica < budget);
+    assert_eq!(source.unread, 0);
+    assert_eq!(source.tables["public.small_t"], TableFacts::Rows(3000));
+    assert!(matches!(&source.tables["public.big_t"], TableFacts::Newest(d) if d.len() == 32));
+    assert!(matches!(
+        &source.tables["public.nokey"],
+        TableFacts::Skipped(_)
+    ));
+    assert_eq!(source.tables["public.\"Odd, name\""], TableFacts::Rows(2));
+    let c = compare(&source, &replica);
+    assert_eq!(c.differences, Vec::<String>::new());
+    assert_eq!(c.not_compared, 1, "the large table without a key");
+    assert!(c.compared >= 7, "{c:?}");
+
+    // Replay paused: the primary takes a row in each table and advances a sequence.
+    let standby_su = connect(&standby.local()).await.unwrap();
+    standby_su
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    su.batch_execute(
+        "INSERT INTO small_t (v) VALUES ('missed'); \
+         INSERT INTO big_t (id, payload) VALUES (120001, 'missed'); \
+         SELECT nextval('standalone_seq') FROM generate_series(1, 100);",
+    )
+    .await
+    .unwrap();
+    let (source, _) = timed(at_primary.clone()).await;
+    let (replica, _) = timed(at_standby.clone()).await;
+    let c = compare(&source, &replica);
+    let all = c.differences.join("\n");
+    eprintln!("with replay paused:\n{all}");
+    for name in [
+        "table public.small_t: 3001 rows on the source, 3000 on Aurora",
+        "table public.big_t: its newest 10 rows by primary key differ",
+        "sequence public.standalone_seq",
+    ] {
+        assert!(all.contains(name), "`{name}` not in:\n{all}");
+    }
+
+    // Resumed and caught up: the same again.
+    standby_su
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .await
+        .unwrap();
+    caught_up(&db, &su, &at_standby).await;
+    let (source, _) = timed(at_primary.clone()).await;
+    let (replica, _) = timed(at_standby.clone()).await;
+    assert_eq!(compare(&source, &replica).differences, Vec::<String>::new());
+
+    // A budget too short to even connect: an error, at once.
+    let t = Instant::now();
+    let e = db
+        .fingerprint(&at_primary, Duration::from_millis(1))
+        .await
+        .expect_err("read within 1 ms");
+    eprintln!("1 ms budget: {e} after {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_millis(500));
+}

@@ -23,7 +23,7 @@ pub async fn execute<W: World>(
     action: &Action,
 ) -> PortResult<Option<ActionOutput>> {
     match action {
-        Action::EndSourceSessions { on, .. } => world
+        Action::EndSourceSessions { on, .. } | Action::EndTargetSessions { on, .. } => world
             .database()
             .end_client_sessions(on)
             .await
@@ -40,7 +40,9 @@ pub async fn execute<W: World>(
 async fn execute_aws<W: World>(world: &W, policy: &Policy, action: &Action) -> PortResult<()> {
     let rds = world.rds();
     match action {
-        Action::EndSourceSessions { .. } | Action::WriteFence { .. } => {
+        Action::EndSourceSessions { .. }
+        | Action::EndTargetSessions { .. }
+        | Action::WriteFence { .. } => {
             unreachable!("database actions are carried out by `execute`")
         }
         Action::EnsureParameterGroups(spec) => rds.ensure_parameter_groups(spec).await,

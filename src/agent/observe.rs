@@ -115,8 +115,8 @@ pub async fn observe<W: World>(
             obs.metrics.insert(q.key, points);
         }
     }
-    if need.source_sessions || need.target_replay {
-        obs.database = read_databases(world, m, &obs, &need).await;
+    if need.source_sessions || need.target_replay || need.consistency || need.target_sessions {
+        obs.database = read_databases(world, m, policy, &obs, &need).await;
     }
     if need.fleet_pause {
         obs.fleet_paused = world.store().fleet_paused().await?;
@@ -126,10 +126,13 @@ pub async fn observe<W: World>(
 
 /// The SQL readings of the database-aware cutover: the source's client sessions, then the Aurora
 /// writer's replay position (in that order: a session that appears between the two reads is
-/// seen by the next look, before any promotion). Read failures are answers, with their reason.
+/// seen by the next look, before any promotion); the fingerprints of both sides, read at once
+/// within the consistency check's budget; the Aurora writer's client sessions. Read failures
+/// are answers, with their reason.
 async fn read_databases<W: World>(
     world: &W,
     m: &Migration,
+    policy: &Policy,
     obs: &Observation,
     need: &Needs,
 ) -> DatabaseReadings {
@@ -141,6 +144,53 @@ async fn read_databases<W: World>(
         return r;
     };
     let db = world.database();
+    let source_at = obs
+        .source
+        .present()
+        .and_then(|s| s.endpoint.as_ref())
+        .map(|e| DbTarget {
+            host: e.address.clone(),
+            port: e.port,
+            access: access.clone(),
+        });
+    let writer_at = obs
+        .target
+        .present()
+        .and_then(|t| t.writer_endpoint.as_ref())
+        .map(|e| DbTarget {
+            host: e.address.clone(),
+            port: e.port,
+            access: access.clone(),
+        });
+    if need.consistency {
+        let budget = std::time::Duration::try_from(policy.consistency_check_budget)
+            .unwrap_or(std::time::Duration::from_secs(5));
+        let read = |at: Option<&DbTarget>, missing: &'static str| {
+            let at = at.cloned();
+            async move {
+                match at {
+                    Some(at) => db.fingerprint(&at, budget).await.map_err(|e| e.to_string()),
+                    None => Err(missing.to_string()),
+                }
+            }
+        };
+        // Both sides at once: the check's time is one budget, not two.
+        let (source, target) = tokio::join!(
+            read(source_at.as_ref(), "the source has no endpoint"),
+            read(
+                writer_at.as_ref(),
+                "the Aurora cluster has no writer endpoint"
+            ),
+        );
+        r.source_fingerprint = Some(source);
+        r.target_fingerprint = Some(target);
+    }
+    if need.target_sessions {
+        r.target_sessions = Some(match &writer_at {
+            Some(at) => db.client_sessions(at).await.map_err(|e| e.to_string()),
+            None => Err("the Aurora cluster has no writer endpoint".to_string()),
+        });
+    }
     if need.source_sessions {
         r.source_sessions = Some(
             match obs.source.present().and_then(|s| s.endpoint.as_ref()) {

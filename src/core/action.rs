@@ -60,6 +60,13 @@ pub enum Action {
     RebootTargetWriter {
         writer: String,
     },
+    /// After cutover, on an approved rollback with database access, once Aurora has exactly the
+    /// quarantine group: end every client session on its writer (`on`, the writer endpoint),
+    /// instead of rebooting it; the reboot stays the fallback.
+    EndTargetSessions {
+        writer: String,
+        on: DbTarget,
+    },
     RestoreSourceGroups {
         instance: String,
         group_ids: Vec<String>,
@@ -148,6 +155,7 @@ pub enum ActionKey {
     PutHeartbeat,
     MarkSource,
     Notify,
+    EndTargetSessions,
 }
 
 impl fmt::Display for ActionKey {
@@ -172,6 +180,7 @@ impl Action {
             Action::RunSmokeTest(_) => ActionKey::RunSmokeTest,
             Action::QuarantineTarget { .. } => ActionKey::QuarantineTarget,
             Action::RebootTargetWriter { .. } => ActionKey::RebootTargetWriter,
+            Action::EndTargetSessions { .. } => ActionKey::EndTargetSessions,
             Action::RestoreSourceGroups { .. } => ActionKey::RestoreSourceGroups,
             Action::DeleteTarget { .. } => ActionKey::DeleteTarget,
             Action::DisableDeletionProtection { .. } => ActionKey::DisableDeletionProtection,
@@ -304,7 +313,7 @@ pub struct ActionResult {
 pub enum ActionOutput {
     /// `WriteFence`: the barrier's WAL position.
     Fence(Lsn),
-    /// `EndSourceSessions`: how many sessions were ended.
+    /// `EndSourceSessions`, `EndTargetSessions`: how many sessions were ended.
     SessionsEnded(u32),
 }
 

@@ -12,6 +12,7 @@
 //! WAL *write* position, and an asynchronous commit (`synchronous_commit=off`) is acknowledged to
 //! its client before its record is written, so it can lie past that position.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -221,6 +222,173 @@ pub struct LogicalSlot {
     pub retained_bytes: u64,
 }
 
+/// Tables estimated (`pg_class.reltuples`) below this many rows, and small on disk, are counted
+/// exactly (`count(*)`): a full scan of a small table takes milliseconds. 100 000 rows.
+pub const SMALL_TABLE_ROWS: u64 = 100_000;
+
+/// ... and below this size (`pg_relation_size`), bytes: `reltuples` may be stale or unknown
+/// (`-1` before the first ANALYZE); the size keeps a full scan cheap anyway. 64 MiB.
+pub const SMALL_TABLE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How many of a large table's newest rows (by primary key, descending) are digested. 10: one
+/// backward scan of the primary key's index, a few pages, whatever the table's size; the rows
+/// written last are the ones a replication gap at the cutover would miss.
+pub const NEWEST_ROWS: u32 = 10;
+
+/// How far ahead of the primary a replica's sequence may be: PostgreSQL WAL-logs a sequence
+/// `SEQ_LOG_VALS` (32) values, plus the sequence's cache, ahead of what `nextval` handed out,
+/// so a replica (and a promoted one) shows the logged value, up to that many increments past
+/// the primary's `last_value`. Never behind it.
+pub const SEQUENCE_LOG_AHEAD: i64 = 32;
+
+/// A few cheap and telling facts of one database, read to cross-check a promoted Aurora cluster
+/// against its fenced source before any traffic reaches it (`core::machine::consistency`).
+/// Read within a time budget: what the budget did not allow is in neither map and counted in
+/// `unread`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// The database read (`DatabaseAccess::database`); other databases are not read.
+    pub database: String,
+    /// Sequences by `schema.name` (quoted where PostgreSQL would quote them).
+    pub sequences: BTreeMap<String, SequenceState>,
+    /// Tables (plain and partitions; not views, not foreign tables) by `schema.name`.
+    pub tables: BTreeMap<String, TableFacts>,
+    /// Tables and sequences listed but not read before the budget ran out.
+    pub unread: u32,
+}
+
+/// A sequence as `pg_sequences` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceState {
+    /// `last_value`; `None` when never used (or, with `readable` false, not readable).
+    pub last_value: Option<i64>,
+    pub increment_by: i64,
+    pub cache_size: i64,
+    /// The agent may read it (`USAGE` or `SELECT`); an unreadable one is not compared.
+    pub readable: bool,
+}
+
+/// What was read of one table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TableFacts {
+    /// A small table's exact row count.
+    Rows(i64),
+    /// A large table's newest rows by primary key: `md5` of their text forms in key order
+    /// (empty: no row), read with fixed output settings (UTC, ISO dates).
+    Newest(String),
+    /// Not compared, and why (no primary key, no privilege).
+    Skipped(String),
+}
+
+/// What [`compare`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// Each difference, naming the table or sequence. Any one means the two databases do not
+    /// hold the same data.
+    pub differences: Vec<String>,
+    /// How many sequences and tables were compared.
+    pub compared: u32,
+    /// How many were not (skipped, unread within the budget, or read differently on each side
+    /// because their statistics differ).
+    pub not_compared: u32,
+}
+
+/// Compares a fenced source's fingerprint with its promoted replica's (read after the source's
+/// last write, before the replica took any). Pure.
+///
+/// - Sequences: the replica's `last_value` must be at or past the source's, and at most
+///   `(SEQUENCE_LOG_AHEAD + cache) × increment` past it (see [`SEQUENCE_LOG_AHEAD`]); behind
+///   means the replica missed WAL, and promoted it would hand out values already used.
+/// - Tables read the same way on both sides: equal counts, equal digests.
+/// - A table or sequence present on one side only, when the other side read everything of its
+///   kind it listed, is a difference too (created or dropped after the fence).
+pub fn compare(source: &Fingerprint, target: &Fingerprint) -> Comparison {
+    let mut c = Comparison::default();
+    let complete = source.unread == 0 && target.unread == 0;
+    for (name, s) in &source.sequences {
+        match target.sequences.get(name) {
+            None if complete => c
+                .differences
+                .push(format!("sequence {name} exists on the source only")),
+            None => c.not_compared += 1,
+            Some(t) if !(s.readable && t.readable) => c.not_compared += 1,
+            Some(t) => {
+                c.compared += 1;
+                if let Some(why) = sequence_differs(s, t) {
+                    c.differences.push(format!("sequence {name}: {why}"));
+                }
+            }
+        }
+    }
+    for name in target.sequences.keys() {
+        if !source.sequences.contains_key(name) {
+            if complete {
+                c.differences
+                    .push(format!("sequence {name} exists on Aurora only"));
+            } else {
+                c.not_compared += 1;
+            }
+        }
+    }
+    for (name, s) in &source.tables {
+        match (s, target.tables.get(name)) {
+            (_, None) if complete => c
+                .differences
+                .push(format!("table {name} exists on the source only")),
+            (TableFacts::Rows(a), Some(TableFacts::Rows(b))) => {
+                c.compared += 1;
+                if a != b {
+                    c.differences.push(format!(
+                        "table {name}: {a} rows on the source, {b} on Aurora"
+                    ));
+                }
+            }
+            (TableFacts::Newest(a), Some(TableFacts::Newest(b))) => {
+                c.compared += 1;
+                if a != b {
+                    c.differences.push(format!(
+                        "table {name}: its newest {NEWEST_ROWS} rows by primary key differ"
+                    ));
+                }
+            }
+            _ => c.not_compared += 1,
+        }
+    }
+    for name in target.tables.keys() {
+        if !source.tables.contains_key(name) {
+            if complete {
+                c.differences
+                    .push(format!("table {name} exists on Aurora only"));
+            } else {
+                c.not_compared += 1;
+            }
+        }
+    }
+    c.not_compared += source.unread.max(target.unread);
+    c
+}
+
+/// Why a replica's sequence does not match its source's, if it does not.
+fn sequence_differs(s: &SequenceState, t: &SequenceState) -> Option<String> {
+    let (a, b) = match (s.last_value, t.last_value) {
+        (None, None) => return None,
+        (Some(a), Some(b)) => (a, b),
+        (a, b) => {
+            let show = |v: Option<i64>| v.map_or("never used".to_string(), |v| v.to_string());
+            return Some(format!("{} on the source, {} on Aurora", show(a), show(b)));
+        }
+    };
+    // In the sequence's direction: how far the replica is past the source.
+    let ahead = (i128::from(b) - i128::from(a)) * i128::from(s.increment_by.signum());
+    let allowed = (i128::from(SEQUENCE_LOG_AHEAD) + i128::from(s.cache_size.max(1)))
+        * i128::from(s.increment_by).abs();
+    if (0..=allowed).contains(&ahead) {
+        None
+    } else {
+        Some(format!("last value {a} on the source, {b} on Aurora"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +407,89 @@ mod tests {
         let json = serde_json::to_string(&a).unwrap();
         assert_eq!(json, "\"0/16B3748\"");
         assert_eq!(serde_json::from_str::<Lsn>(&json).unwrap(), a);
+    }
+
+    fn seq(last: Option<i64>) -> SequenceState {
+        SequenceState {
+            last_value: last,
+            increment_by: 1,
+            cache_size: 1,
+            readable: true,
+        }
+    }
+
+    fn fp(seqs: &[(&str, Option<i64>)], tables: &[(&str, TableFacts)]) -> Fingerprint {
+        Fingerprint {
+            database: "app".into(),
+            sequences: seqs.iter().map(|(n, v)| (n.to_string(), seq(*v))).collect(),
+            tables: tables
+                .iter()
+                .map(|(n, f)| (n.to_string(), f.clone()))
+                .collect(),
+            unread: 0,
+        }
+    }
+
+    #[test]
+    fn compare_names_each_difference_and_allows_a_replica_sequence_logged_ahead() {
+        let source = fp(
+            &[("public.a_seq", Some(100)), ("public.b_seq", Some(7))],
+            &[
+                ("public.a", TableFacts::Rows(3)),
+                ("public.big", TableFacts::Newest("x".into())),
+                ("public.nokey", TableFacts::Skipped("no primary key".into())),
+            ],
+        );
+        // A replica shows a sequence up to 32 + cache values ahead: not a difference (33 here);
+        // 34 ahead is.
+        let same = fp(
+            &[("public.a_seq", Some(132)), ("public.b_seq", Some(7))],
+            &[
+                ("public.a", TableFacts::Rows(3)),
+                ("public.big", TableFacts::Newest("x".into())),
+                ("public.nokey", TableFacts::Skipped("no primary key".into())),
+            ],
+        );
+        let c = compare(&source, &same);
+        assert_eq!(c.differences, Vec::<String>::new());
+        assert_eq!((c.compared, c.not_compared), (4, 1));
+
+        let other = fp(
+            &[("public.a_seq", Some(99)), ("public.b_seq", Some(41))],
+            &[
+                ("public.a", TableFacts::Rows(4)),
+                ("public.big", TableFacts::Newest("y".into())),
+                ("public.nokey", TableFacts::Skipped("no primary key".into())),
+                ("public.new", TableFacts::Rows(0)),
+            ],
+        );
+        let c = compare(&source, &other);
+        let all = c.differences.join("\n");
+        for name in [
+            "public.a_seq",
+            "public.b_seq",
+            "public.a",
+            "public.big",
+            "public.new",
+        ] {
+            assert!(all.contains(name), "{name} not named in:\n{all}");
+        }
+        assert_eq!(c.differences.len(), 5, "{all}");
+    }
+
+    #[test]
+    fn compare_does_not_call_unread_or_differently_read_tables_differences() {
+        let source = fp(&[], &[("public.a", TableFacts::Rows(3))]);
+        let mut target = fp(&[], &[("public.a", TableFacts::Newest("x".into()))]);
+        let c = compare(&source, &target);
+        assert!(c.differences.is_empty());
+        assert_eq!(c.not_compared, 1);
+        // Cut short by the budget: a table missing on one side is not a difference.
+        target.tables.clear();
+        target.unread = 1;
+        let c = compare(&source, &target);
+        assert!(c.differences.is_empty(), "{:?}", c.differences);
+        target.unread = 0;
+        assert_eq!(compare(&source, &target).differences.len(), 1);
     }
 }

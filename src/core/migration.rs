@@ -186,6 +186,63 @@ pub struct Progress {
     /// Since when the agent has failed to read the databases during the cutover.
     #[serde(default)]
     pub database_unreachable_since: Option<Timestamp>,
+    /// The consistency check before routing (database-aware cutover): what it found.
+    #[serde(default)]
+    pub consistency: Option<Consistency>,
+    /// Rollback after cutover with database access: Aurora's client sessions were first asked
+    /// to end ...
+    #[serde(default)]
+    pub target_sessions_end_requested_at: Option<Timestamp>,
+    /// ... and none was left in a reading taken at this time: Aurora's fence holds without a
+    /// reboot.
+    #[serde(default)]
+    pub target_sessions_ended_at: Option<Timestamp>,
+    /// Why Aurora's fence fell back to the writer's reboot (no access, sessions stuck, errors).
+    #[serde(default)]
+    pub target_fence_fallback: Option<String>,
+}
+
+/// The outcome of the consistency check before routing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Nothing differed in what both sides read.
+    Equal { compared: u32, not_compared: u32 },
+    /// These differed: the migration rolled back without routing.
+    Differs(Vec<String>),
+    /// The check could not read a side: routed anyway (the WAL proof held), with a warning.
+    Unreadable(String),
+}
+
+impl fmt::Display for Consistency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Consistency::Equal {
+                compared,
+                not_compared: 0,
+            } => write!(
+                f,
+                "the consistency check found Aurora equal to the source ({compared} sequences and tables compared)"
+            ),
+            Consistency::Equal {
+                compared,
+                not_compared,
+            } => write!(
+                f,
+                "the consistency check found Aurora equal to the source ({compared} sequences and tables compared, {not_compared} not compared)"
+            ),
+            Consistency::Differs(d) => write!(
+                f,
+                "the consistency check found Aurora different from the source: {}",
+                d.join("; ")
+            ),
+            Consistency::Unreadable(why) => {
+                write!(
+                    f,
+                    "the consistency check could not read the databases: {why}"
+                )
+            }
+        }
+    }
 }
 
 /// The source's KPIs while replicating, to judge the target by.

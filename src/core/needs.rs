@@ -30,6 +30,11 @@ pub struct Needs {
     pub source_sessions: bool,
     /// The Aurora writer's replay position, by SQL (database-aware cutover).
     pub target_replay: bool,
+    /// Fingerprints of the source and the promoted Aurora cluster, by SQL, within the policy's
+    /// `consistency_check_budget` (the consistency check before routing).
+    pub consistency: bool,
+    /// Client sessions on the Aurora writer, by SQL (rollback after cutover: its fence).
+    pub target_sessions: bool,
 }
 
 /// What to observe for `m` now: the source always (every phase's guards read it), and what its

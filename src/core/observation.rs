@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::action::ActionResult;
-use super::database::{ClientSession, Lsn, SqlPreflight};
+use super::database::{ClientSession, Fingerprint, Lsn, SqlPreflight};
 
 /// A resource as seen by one describe call.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -80,6 +80,14 @@ pub struct DatabaseReadings {
     pub source_sessions: Option<Result<Vec<ClientSession>, String>>,
     /// `pg_last_wal_replay_lsn()` on the Aurora writer (`None` inside: not in recovery).
     pub target_replay: Option<Result<Option<Lsn>, String>>,
+    /// The consistency check's facts of the source and of the Aurora writer, read at once.
+    #[serde(default)]
+    pub source_fingerprint: Option<Result<Fingerprint, String>>,
+    #[serde(default)]
+    pub target_fingerprint: Option<Result<Fingerprint, String>>,
+    /// Client sessions on the Aurora writer (rollback after cutover).
+    #[serde(default)]
+    pub target_sessions: Option<Result<Vec<ClientSession>, String>>,
 }
 
 impl Observation {

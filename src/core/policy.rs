@@ -107,6 +107,12 @@ pub struct Policy {
     /// Poll interval of the database-aware Quiescing and Draining. 1 s: the proof is one query
     /// on each side, and the quarantine's end is one describe of the instance.
     pub database_poll: SignedDuration,
+    /// With database access: the time the consistency check before routing may take, each side
+    /// read at once, connecting included (`core::machine::consistency`). 5 s: the check runs
+    /// inside the write outage (the source is fenced, Aurora takes no traffic yet), so it must
+    /// cost seconds, not minutes; a few thousand small tables and every sequence fit in it, and
+    /// what does not fit is left uncompared (the WAL proof already held), not waited for.
+    pub consistency_check_budget: SignedDuration,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -182,6 +188,7 @@ impl Default for Policy {
             sessions_stuck_after: SignedDuration::from_secs(30),
             database_unreachable_after: SignedDuration::from_secs(30),
             database_poll: SignedDuration::from_secs(1),
+            consistency_check_budget: SignedDuration::from_secs(5),
         }
     }
 }

@@ -11,6 +11,8 @@
 //!   rotation), the connection is tried once more.
 //! - Every statement is in [`sql`], with why it is safe; the two that write are
 //!   [`Database::end_client_sessions`] (signals) and [`Database::write_fence`] (one WAL record).
+//! - [`Database::fingerprint`] runs within the budget it is given, connecting included
+//!   ([`fingerprint`]), in a `READ ONLY` transaction.
 //! - Every failure is classified in [`errors`]; operations are named `postgres:<method>`
 //!   (and `secretsmanager:GetSecretValue`). No message carries a password.
 //! - [`Database::preflight`] connects to every connectable database of the server for the
@@ -23,6 +25,7 @@
 
 pub mod credentials;
 pub mod errors;
+mod fingerprint;
 mod preflight;
 pub mod sql;
 pub mod tls;
@@ -38,7 +41,7 @@ use tokio_postgres::{Client, Row, SimpleQueryMessage};
 
 use crate::aws::CallCounter;
 use crate::aws::call::boxed;
-use crate::core::database::{ClientSession, DbTarget, Lsn, SqlPreflight};
+use crate::core::database::{ClientSession, DbTarget, Fingerprint, Lsn, SqlPreflight};
 use crate::ports::{Database, ErrorKind, PortError, PortResult};
 
 pub use credentials::{
@@ -347,6 +350,14 @@ impl<S: SecretSource> Database for PgDatabase<S> {
     ) -> impl Future<Output = PortResult<SqlPreflight>> + Send {
         boxed(preflight::read(self, at, old_after_s))
     }
+
+    fn fingerprint(
+        &self,
+        at: &DbTarget,
+        budget: Duration,
+    ) -> impl Future<Output = PortResult<Fingerprint>> + Send {
+        boxed(fingerprint::read(self, at, budget))
+    }
 }
 
 /// The agent's database port: the adapter where the deployment allows database access
@@ -385,6 +396,12 @@ impl<S: SecretSource> Database for AgentDatabase<S> {
         match self {
             AgentDatabase::Off => crate::ports::NoDatabase.preflight(at, old_after_s).await,
             AgentDatabase::On(db) => db.preflight(at, old_after_s).await,
+        }
+    }
+    async fn fingerprint(&self, at: &DbTarget, budget: Duration) -> PortResult<Fingerprint> {
+        match self {
+            AgentDatabase::Off => crate::ports::NoDatabase.fingerprint(at, budget).await,
+            AgentDatabase::On(db) => db.fingerprint(at, budget).await,
         }
     }
 }

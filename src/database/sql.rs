@@ -1,7 +1,9 @@
 //! Every SQL statement the agent runs, and why each is safe to run on a production database.
 //!
 //! Two write: [`END_CLIENT_SESSIONS`] (signals backends) and [`WRITE_FENCE`] (one WAL record,
-//! no table). Everything else reads catalogs and statistics views. None takes a lock stronger
+//! no table). Everything else reads catalogs and statistics views, and the consistency check's
+//! reads of tables ([`count_rows`], [`newest_rows`]) run inside a `READ ONLY` transaction
+//! ([`FINGERPRINT_BEGIN`]) where PostgreSQL itself refuses any write. None takes a lock stronger
 //! than a catalog read's `AccessShareLock`, and every session runs with `statement_timeout`.
 //!
 //! "The agent's own session" is `pg_backend_pid()`; RDS's own sessions are the `rdsadmin`
@@ -126,3 +128,92 @@ ORDER BY xact_start";
 pub const DATABASE_BYTES: &str = "\
 SELECT coalesce(sum(pg_database_size(oid)), 0)::int8 FROM pg_database \
 WHERE datname <> 'rdsadmin' AND has_database_privilege(oid, 'CONNECT')";
+
+/// Opens the consistency check's transaction: `READ ONLY` (PostgreSQL refuses every write in
+/// it), `REPEATABLE READ` (every read sees one snapshot), and output settings fixed so that a
+/// row's text form does not depend on a server's defaults (Aurora's parameter group may set
+/// another `TimeZone` or `DateStyle` than the source's). `statement_timeout` is set after it,
+/// to what is left of the check's budget ([`FINGERPRINT_TIMEOUT`]).
+pub const FINGERPRINT_BEGIN: &str = "\
+BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+SET LOCAL TimeZone = 'UTC'; \
+SET LOCAL DateStyle = 'ISO, YMD'; \
+SET LOCAL IntervalStyle = 'postgres'; \
+SET LOCAL extra_float_digits = 1; \
+SET LOCAL bytea_output = 'hex'";
+
+/// Bounds every following statement of the check's transaction to what is left of its budget,
+/// milliseconds (`$1`, text). Reads nothing, writes nothing.
+pub const FINGERPRINT_TIMEOUT: &str = "SELECT set_config('statement_timeout', $1, true)";
+
+/// Every sequence of the connected database outside the system schemas: `schema.name` (quoted
+/// as needed), whether the agent may read it, `last_value` (`NULL`: never used, or not
+/// readable), `increment_by`, `cache_size`. Read-only (`pg_sequences`, no lock on the
+/// sequences: `pg_sequence_last_value` reads the sequence's page).
+pub const SEQUENCES: &str = "\
+SELECT format('%I.%I', schemaname, sequencename), \
+       has_sequence_privilege(format('%I.%I', schemaname, sequencename), 'USAGE, SELECT'), \
+       last_value, increment_by, cache_size \
+FROM pg_sequences \
+WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND schemaname NOT LIKE 'pg\\_%' \
+ORDER BY 1";
+
+/// The tables the check reads: permanent plain tables and partitions (a partitioned parent
+/// holds no rows of its own; unlogged ones are not replicated and the preflight named them)
+/// outside the system schemas. `schema.name` and the primary key's columns, each quoted as
+/// needed (`NULL`: no primary key); whether it is small (`reltuples` known and below `$1`
+/// (`float8`), and under `$2` bytes (`int8`): stale statistics cannot make a big table look
+/// small); whether the agent may read it. Read-only (`pg_class`, `pg_index`, `pg_attribute`).
+pub const TABLES: &str = "\
+SELECT format('%I.%I', n.nspname, c.relname), \
+       (SELECT array_agg(quote_ident(a.attname::text) ORDER BY k.i) \
+          FROM pg_index x \
+          CROSS JOIN unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, i) \
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum \
+          WHERE x.indrelid = c.oid AND x.indisprimary), \
+       c.reltuples >= 0 AND c.reltuples < $1::float8 AND pg_relation_size(c.oid) < $2::int8, \
+       has_table_privilege(c.oid, 'SELECT') \
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+WHERE c.relkind = 'r' AND c.relpersistence = 'p' \
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' \
+ORDER BY 1";
+
+/// Exact row counts of small tables, one statement for a batch: `(i, count)` for the `i`th
+/// table. `tables` are `schema.name` as [`TABLES`] quoted them (catalog names, never input).
+/// Read-only: a sequential scan under `AccessShareLock`, inside the `READ ONLY` transaction.
+pub fn count_rows(tables: &[&str]) -> String {
+    tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("SELECT {i}::int4, count(*)::int8 FROM {t}"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
+/// Digests of the newest `limit` rows by primary key of large tables, one statement for a
+/// batch: `(i, md5)` for the `i`th `(table, key columns)`, `''` for an empty table. The rows'
+/// text forms (`ROW(r.*)`: a column named like the alias cannot stand in), newest first, joined
+/// by newlines. Names as [`TABLES`] quoted them. Read-only: a
+/// backward scan of the primary key's index that stops after `limit` rows, inside the
+/// `READ ONLY` transaction.
+pub fn newest_rows(tables: &[(&str, &[String])], limit: u32) -> String {
+    tables
+        .iter()
+        .enumerate()
+        .map(|(i, (t, key))| {
+            let desc = |prefix: &str| {
+                key.iter()
+                    .map(|c| format!("{prefix}{c} DESC"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            format!(
+                "(SELECT {i}::int4, coalesce(md5(string_agg(ROW(r.*)::text, E'\\n' ORDER BY {})), '') \
+                 FROM (SELECT * FROM {t} ORDER BY {} LIMIT {limit}) r)",
+                desc("r."),
+                desc("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}

@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use aurora_migrator::core::action::{
     Action, ActionError, ActionKey, ActionOutput, ActionResult, ErrorKind,
 };
-use aurora_migrator::core::database::{ClientSession, Lsn, SqlPreflight};
+use aurora_migrator::core::database::{
+    ClientSession, Fingerprint, Lsn, SequenceState, SqlPreflight, TableFacts,
+};
 use aurora_migrator::core::machine::Decision;
 use aurora_migrator::core::machine::results::feeds_back;
 use aurora_migrator::core::migration::{Migration, MigrationId};
@@ -204,6 +206,41 @@ pub struct ModelDb {
     pub preflight: Option<Result<SqlPreflight, String>>,
     pub fences: u32,
     pub ended: u32,
+    /// The source's fingerprint (`None`: an empty database's).
+    pub fingerprint: Option<Result<Fingerprint, String>>,
+    /// Aurora's fingerprint (`None`: the same as the source's).
+    pub target_fingerprint: Option<Result<Fingerprint, String>>,
+    /// Client sessions on the Aurora writer (the application's, once routed there).
+    pub target_sessions: Vec<ClientSession>,
+    /// Terminating does not end Aurora's sessions.
+    pub target_stuck: bool,
+    pub target_ended: u32,
+}
+
+/// A fingerprint of a small database: one sequence, one small and one large table.
+pub fn fingerprint() -> Fingerprint {
+    Fingerprint {
+        database: "app".into(),
+        sequences: [(
+            "public.orders_id_seq".to_string(),
+            SequenceState {
+                last_value: Some(4242),
+                increment_by: 1,
+                cache_size: 1,
+                readable: true,
+            },
+        )]
+        .into(),
+        tables: [
+            ("public.orders".to_string(), TableFacts::Rows(4242)),
+            (
+                "public.events".to_string(),
+                TableFacts::Newest("9b2f0c1e".into()),
+            ),
+        ]
+        .into(),
+        unread: 0,
+    }
 }
 
 /// A client session of the application, connected since `at`.
@@ -401,8 +438,21 @@ impl Model {
             {
                 inputs.database = db.preflight.clone();
             }
-            if n.source_sessions || n.target_replay {
+            if n.source_sessions || n.target_replay || n.consistency || n.target_sessions {
                 obs.database.read_at = Some(self.now);
+            }
+            if n.consistency {
+                let source = db.fingerprint.clone().unwrap_or_else(|| Ok(fingerprint()));
+                let target = db.target_fingerprint.clone().unwrap_or(source.clone());
+                obs.database.source_fingerprint = Some(source);
+                obs.database.target_fingerprint = Some(target);
+            }
+            if n.target_sessions {
+                obs.database.target_sessions = Some(if db.unreachable {
+                    Err("connection refused".to_string())
+                } else {
+                    Ok(db.target_sessions.clone())
+                });
             }
             fn unreachable<T>() -> Result<T, String> {
                 Err("connection refused".to_string())
@@ -460,6 +510,14 @@ impl Model {
                     if db.reconnects {
                         db.sessions.push(app_session(900 + db.ended as i32, now));
                     }
+                }
+            }
+            Action::EndTargetSessions { .. } => {
+                let db = self.db();
+                if !db.target_stuck {
+                    db.target_ended += db.target_sessions.len() as u32;
+                    output = Some(ActionOutput::SessionsEnded(db.target_sessions.len() as u32));
+                    db.target_sessions.clear();
                 }
             }
             Action::WriteFence { .. } => {
@@ -529,6 +587,9 @@ impl Model {
                 }
             }
             Action::RebootTargetWriter { .. } => {
+                if let Some(db) = &mut self.db {
+                    db.target_sessions.clear(); // a restart ends every session
+                }
                 self.writer_events.push(InstanceEvent {
                     at: self.now,
                     kind: InstanceEventKind::Restarted,
@@ -566,7 +627,21 @@ impl Model {
                     s.aurora_replica_clusters.clear();
                 }
             }
-            Action::RouteTraffic(r) => self.routed_to = Some(r.endpoint.clone()),
+            Action::RouteTraffic(r) => {
+                let now = self.now;
+                let to_aurora = self
+                    .target
+                    .as_ref()
+                    .and_then(|t| t.writer_endpoint.as_ref())
+                    .is_some_and(|e| e.address == r.endpoint);
+                if let Some(db) = &mut self.db {
+                    // The application follows the route.
+                    if to_aurora {
+                        db.target_sessions = vec![app_session(201, now)];
+                    }
+                }
+                self.routed_to = Some(r.endpoint.clone());
+            }
             Action::QuarantineTarget { group_id, .. } => {
                 if let Some(t) = &mut self.target {
                     t.security_groups = vec![active_group(group_id)];

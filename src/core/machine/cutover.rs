@@ -36,6 +36,7 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             n.source_sessions = m.phase == Phase::Promoting
                 && p.promote_requested_at.is_none()
                 && m.database_path();
+            n.consistency = consistency::needs_check(m);
         }
         _ => {}
     }
@@ -354,11 +355,22 @@ impl Stepper<'_> {
                 .as_ref()
                 .map(|e| format!("{}:{}", e.address, e.port))
                 .unwrap_or_default();
+            let checked = self
+                .m
+                .progress
+                .consistency
+                .as_ref()
+                .map(|c| format!("; {c}"))
+                .unwrap_or_default();
             self.enter_with(
                 Phase::Verifying,
-                &format!("traffic now goes to the Aurora writer {endpoint}"),
+                &format!("traffic now goes to the Aurora writer {endpoint}{checked}"),
                 "cutover",
             );
+            return;
+        }
+        // Before anything else can reach Aurora: the source and it hold the same data.
+        if !self.consistency_holds() {
             return;
         }
         let cdc = self.plan().is_some_and(|p| !p.cdc_consumers.is_empty());

@@ -13,7 +13,9 @@
 //! (quiescing … routing, with the write-unavailability budget and the drain proof), `soak.rs`
 //! (verifying, decommissioning) and `rollback.rs` (both rollbacks). `fence.rs` is the one check
 //! of the quarantine the cutover, the re-checks and the deletion rely on; `results.rs` is the
-//! one rule for which action results feed back into the record. Phase timeouts and poll
+//! one rule for which action results feed back into the record. `wal_fence.rs` and
+//! `consistency.rs` hold the database-aware cutover's rules (the WAL proof, the check before
+//! routing). Phase timeouts and poll
 //! intervals are settings (`Policy::timeout`, `Policy::poll_interval`).
 //!
 //! # Guarantees
@@ -45,6 +47,7 @@ use super::preflight;
 use super::tags::{self, ControlTags};
 
 // One file per group of phases, each holding everything about its phases (see their docs).
+mod consistency;
 mod cutover;
 mod fence;
 mod preparation;

@@ -18,6 +18,7 @@ pub fn feeds_back(key: ActionKey, ok: bool) -> bool {
                 | ActionKey::SetTriggerTag
                 | ActionKey::Notify
                 | ActionKey::EndSourceSessions
+                | ActionKey::EndTargetSessions
                 | ActionKey::WriteFence
         )
     } else {

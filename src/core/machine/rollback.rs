@@ -1,8 +1,15 @@
-//! Both rollbacks. Before cutover: restore the source's groups, delete the replica, lossless.
-//! After cutover (approved): fence Aurora the way the source was fenced (groups, writer reboot,
-//! no session after the restart), count what it took, restore the source, route back.
+//! Both rollbacks. Before cutover (before the route was requested, promoted or not): restore the
+//! source's groups, delete the replica (it took no write), lossless.
+//! After cutover (approved): fence Aurora the way the source was fenced, then count what it
+//! took, restore the source, route back. The fence is exactly the quarantine group, then no
+//! client session left: with database access its sessions are ended by SQL and read until none
+//! remains (`EndTargetSessions`); without it, or when that fails (sessions that outlive their
+//! termination by `sessions_stuck_after`, the writer unreadable for
+//! `database_unreachable_after`, the action refused for good), its writer is rebooted and
+//! DatabaseConnections must show none after the restart.
 
 use super::*;
+use crate::core::database::DbTarget;
 
 /// What RollingBack reads.
 pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Needs) {
@@ -15,6 +22,9 @@ pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Need
         // and CloudWatch's periods start on the minute, before it.
         let since = p.route_requested_at.or(p.routed_at).unwrap_or(now) - policy.metric_period;
         n.metrics = vec![(TargetWriteIops, since)];
+        n.target_sessions = target_sessions_path(m)
+            && p.target_sessions_end_requested_at.is_some()
+            && p.target_sessions_ended_at.is_none();
         if let Some(r) = p.target_reboot_requested_at {
             // A minute early: clocks differ between us and RDS.
             let since = r - SignedDuration::from_mins(1);
@@ -118,23 +128,35 @@ impl Stepper<'_> {
             });
             return;
         }
-        let Some(restarted) = self.target_fence_restart(&t) else {
-            return;
+        let (restarted, how) = if target_sessions_path(&self.m) {
+            let Some(ended) = self.end_target_sessions(&t) else {
+                return;
+            };
+            (
+                ended,
+                "its client sessions were ended behind the quarantine",
+            )
+        } else {
+            let Some(restarted) = self.target_fence_restart(&t) else {
+                return;
+            };
+            // No session after the restart: the quarantine keeps new ones out, so nobody can
+            // write. This, not WriteIOPS, is the gate: Aurora's storage reports writes of its
+            // own on an idle writer, so WriteIOPS serves to count what clients wrote, not to
+            // prove they stopped.
+            let conns = self
+                .obs
+                .metric(MetricKey::TargetConnections)
+                .iter()
+                .filter(|p| p.start >= restarted)
+                .copied()
+                .collect::<Vec<_>>();
+            match latest(&conns) {
+                Some(p) if p.maximum <= self.policy.max_idle_connections => {}
+                _ => return,
+            }
+            (restarted, "its writer restarted behind the quarantine")
         };
-        // No session after the restart: the quarantine keeps new ones out, so nobody can write.
-        // This, not WriteIOPS, is the gate: Aurora's storage reports writes of its own on an idle
-        // writer, so WriteIOPS serves to count what clients wrote, not to prove they stopped.
-        let conns = self
-            .obs
-            .metric(MetricKey::TargetConnections)
-            .iter()
-            .filter(|p| p.start >= restarted)
-            .copied()
-            .collect::<Vec<_>>();
-        match latest(&conns) {
-            Some(p) if p.maximum <= self.policy.max_idle_connections => {}
-            _ => return,
-        }
         // Counted at the end, over the published periods from the route request (Aurora may
         // take writes from then on) to the restart. CloudWatch publishes a period a minute or
         // two late; the rollback does not wait for it (both sides are fenced meanwhile), it
@@ -165,7 +187,7 @@ impl Stepper<'_> {
             " (CloudWatch had not published every period of that span yet: read the writer's WriteIOPS for it, the true number may be higher)"
         };
         let stays = format!(
-            "{bound} {writes:.0} write operations were made on the Aurora cluster {} between {from} (cutover) and {restarted} (its writer restarted behind the quarantine){gap}; they stay on Aurora and are not on the source: reconcile them by hand. The cluster is kept, fenced off, for that",
+            "{bound} {writes:.0} write operations were made on the Aurora cluster {} between {from} (cutover) and {restarted} ({how}){gap}; they stay on Aurora and are not on the source: reconcile them by hand. The cluster is kept, fenced off, for that",
             t.identifier
         );
         self.alert_once(
@@ -199,6 +221,90 @@ impl Stepper<'_> {
         }
     }
 
+    /// Ends Aurora's client sessions by SQL once it has exactly the quarantine group, and
+    /// returns when a reading taken after the request showed none left. Falls back to the
+    /// reboot (`Progress::target_fence_fallback`) where that does not work.
+    fn end_target_sessions(&mut self, t: &TargetCluster) -> Option<Timestamp> {
+        if let Some(at) = self.m.progress.target_sessions_ended_at {
+            return Some(at);
+        }
+        let on = match (
+            self.plan().and_then(|p| p.database.clone()),
+            &t.writer_endpoint,
+        ) {
+            (Some(access), Some(e)) => DbTarget {
+                host: e.address.clone(),
+                port: e.port,
+                access,
+            },
+            _ => {
+                self.target_fence_falls_back("the Aurora cluster has no writer endpoint".into());
+                return None;
+            }
+        };
+        let writer = self.m.names.writer.clone();
+        let Some(asked) = self.m.progress.target_sessions_end_requested_at else {
+            if self.request(Action::EndTargetSessions { writer, on }) {
+                self.m.progress.target_sessions_end_requested_at = Some(self.now);
+            }
+            return None;
+        };
+        self.wake_within(self.policy.database_poll);
+        let r = &self.obs.database;
+        let Some(read_at) = r.read_at.filter(|at| *at > asked) else {
+            return None; // nothing read since the request
+        };
+        match r.target_sessions.clone() {
+            Some(Ok(sessions)) if sessions.is_empty() => {
+                self.m.progress.target_sessions_ended_at = Some(read_at);
+                Some(read_at)
+            }
+            Some(Ok(sessions)) => {
+                // Older than the request and still there long after: terminating does not work.
+                let stuck: Vec<String> = sessions
+                    .iter()
+                    .filter(|s| {
+                        s.backend_start.is_none_or(|b| b < asked)
+                            && self.since(asked) > self.policy.sessions_stuck_after
+                    })
+                    .map(ToString::to_string)
+                    .collect();
+                if stuck.is_empty() {
+                    // Slow to end, or new ones through the quarantine: end them (again).
+                    self.request(Action::EndTargetSessions { writer, on });
+                } else {
+                    self.target_fence_falls_back(format!(
+                        "client sessions on Aurora did not end when terminated: {}",
+                        stuck.join(", ")
+                    ));
+                }
+                None
+            }
+            Some(Err(why)) if self.since(asked) > self.policy.database_unreachable_after => {
+                self.target_fence_falls_back(format!(
+                    "the agent could not read Aurora's sessions for {}: {why}",
+                    human(self.since(asked))
+                ));
+                None
+            }
+            Some(Err(_)) | None => None,
+        }
+    }
+
+    /// Aurora's fence falls back to the writer's reboot, once, and people are told why.
+    pub(super) fn target_fence_falls_back(&mut self, why: String) {
+        if self.m.progress.target_fence_fallback.is_some() {
+            return;
+        }
+        self.m.progress.target_fence_fallback = Some(why.clone());
+        self.alert_once(
+            "target-fence-fallback",
+            Severity::Warning,
+            "Aurora's fence falls back to a reboot of its writer",
+            &format!("{why}; the agent reboots Aurora's writer instead (slower, just as safe)"),
+        );
+    }
+
     /// Reboots Aurora's writer once it has exactly the quarantine group, and returns when it
     /// restarted (a "DB instance restarted" event of the writer after the request), asking
     /// again when a reboot produced no restart for far longer than one takes.
@@ -222,6 +328,15 @@ impl Stepper<'_> {
         }
         None
     }
+}
+
+/// Aurora's fence in a rollback after cutover ends its sessions by SQL: database access is
+/// planned, the cutover did not fall back from it, and neither did this fence.
+fn target_sessions_path(m: &Migration) -> bool {
+    m.rollback.as_ref().is_some_and(|r| r.after_cutover)
+        && m.database_path()
+        && m.progress.target_fence_fallback.is_none()
+        && m.progress.target_reboot_requested_at.is_none()
 }
 
 /// The end of a CloudWatch period.

@@ -273,13 +273,13 @@ impl Stepper<'_> {
         }
     }
 
-    /// Results of the two database actions: the fence's position is recorded (and looked at
+    /// Results of the database actions: the fence's position is recorded (and looked at
     /// again at once: the proof needs a reading taken after it); a success lets the action be
     /// asked again at once; a refusal for good leaves the database path.
     pub(super) fn take_database_result(&mut self, result: &ActionResult) -> bool {
         if !matches!(
             result.key,
-            ActionKey::EndSourceSessions | ActionKey::WriteFence
+            ActionKey::EndSourceSessions | ActionKey::WriteFence | ActionKey::EndTargetSessions
         ) {
             return false;
         }
@@ -295,6 +295,14 @@ impl Stepper<'_> {
                     self.m.progress.fence_replayed_lsn = None;
                 }
                 self.look_again = true;
+            }
+            Err(err)
+                if err.kind == ErrorKind::Fatal && result.key == ActionKey::EndTargetSessions =>
+            {
+                self.target_fence_falls_back(format!(
+                    "{} was refused: {}",
+                    result.key, err.message
+                ));
             }
             Err(err) if err.kind == ErrorKind::Fatal && self.m.phase.is_cutover() => {
                 self.fall_back_to_reboot(format!("{} was refused: {}", result.key, err.message));

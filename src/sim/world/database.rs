@@ -44,7 +44,11 @@
 
 use super::port::Delay;
 use super::*;
-use crate::core::database::{ClientSession, DbTarget, Lsn, SqlPreflight};
+use std::time::Duration;
+
+use crate::core::database::{
+    ClientSession, DbTarget, Fingerprint, Lsn, SequenceState, SqlPreflight, TableFacts,
+};
 use crate::ports::Database;
 use crate::sim::faults::DbFault;
 
@@ -360,6 +364,42 @@ impl State {
             .then(|| lsn(c.applied, bytes_per_write)))
     }
 
+    /// The consistency check's view: one table of the application's writes and its sequence,
+    /// as many rows as the side has (acknowledged on the source, applied on Aurora).
+    fn fingerprint(&mut self, host: &str) -> PortResult<Fingerprint> {
+        let op = "postgres:fingerprint";
+        let rows = match self.db_source(op, host) {
+            Ok(id) => self.sources[&id].acked,
+            Err(e) => {
+                let cluster = self.clusters.values().find(|c| {
+                    c.view
+                        .writer_endpoint
+                        .as_ref()
+                        .is_some_and(|e| e.address == host)
+                });
+                match cluster {
+                    Some(c) if c.view.status != "deleting" => c.applied,
+                    _ => return Err(e),
+                }
+            }
+        };
+        let n = i64::try_from(rows).unwrap_or(i64::MAX);
+        Ok(Fingerprint {
+            database: "postgres".to_string(),
+            sequences: BTreeMap::from([(
+                "public.orders_id_seq".to_string(),
+                SequenceState {
+                    last_value: (n > 0).then_some(n),
+                    increment_by: 1,
+                    cache_size: 1,
+                    readable: true,
+                },
+            )]),
+            tables: BTreeMap::from([("public.orders".to_string(), TableFacts::Rows(n))]),
+            unread: 0,
+        })
+    }
+
     fn sql_preflight(&mut self, host: &str) -> PortResult<SqlPreflight> {
         let id = self.db_source("postgres:preflight", host)?;
         let s = &self.sources[&id];
@@ -449,6 +489,13 @@ impl Database for SimPort {
     async fn replay_lsn(&self, at: &DbTarget) -> PortResult<Option<Lsn>> {
         self.db_call("postgres:replay_lsn", false, (1, 5), |s| {
             s.replay_lsn(&at.host)
+        })
+        .await
+    }
+
+    async fn fingerprint(&self, at: &DbTarget, _budget: Duration) -> PortResult<Fingerprint> {
+        self.db_call("postgres:fingerprint", false, (60, 200), |s| {
+            s.fingerprint(&at.host)
         })
         .await
     }
