@@ -104,8 +104,8 @@ pub struct Policy {
     /// With database access, losing the connection for this long falls back to the reboot and
     /// the metric proof. 30 s: a reconnect through a brief network fault is cheaper.
     pub database_unreachable_after: SignedDuration,
-    /// Poll interval of the database-aware Quiescing and Draining. 1 s: the proof is one query
-    /// on each side, and the quarantine's end is one describe of the instance.
+    /// Poll interval of the database-aware Quiescing, Draining and Promoting. 1 s: the proof is
+    /// one query on each side, the quarantine's and the promotion's ends one describe each.
     pub database_poll: SignedDuration,
     /// With database access: the time the consistency check before routing may take, each side
     /// read at once, connecting included (`core::machine::consistency`). 5 s: the check runs

@@ -49,6 +49,9 @@ pub use credentials::{
 };
 pub use tls::RdsTls;
 
+/// How long ending sessions waits for the signalled backends to exit.
+const TERMINATION_WAIT: Duration = Duration::from_secs(1);
+
 /// `application_name` of every session the agent opens.
 pub const APPLICATION_NAME: &str = "aurora-migrator";
 
@@ -297,14 +300,25 @@ impl<S: SecretSource> Database for PgDatabase<S> {
             let s = self
                 .open(at, &at.access.database, "postgres:end_client_sessions")
                 .await?;
-            let mut ended = 0;
+            let mut signalled: Vec<i32> = Vec::new();
             for row in s.query(sql::END_CLIENT_SESSIONS, &[]).await? {
                 if s.get::<bool>(&row, 1)? {
-                    ended += 1;
+                    signalled.push(s.get(&row, 0)?);
                 }
             }
+            // A backend exits within milliseconds of SIGTERM; wait for that (at most
+            // `TERMINATION_WAIT`), so the next look sees the sessions gone rather than leaving.
+            // One still there afterwards is the Draining rules' business (stuck, or back).
+            let deadline = std::time::Instant::now() + TERMINATION_WAIT;
+            while !signalled.is_empty() && std::time::Instant::now() < deadline {
+                let live: i64 = s.get(&s.one(sql::LIVE_BACKENDS, &[&signalled]).await?, 0)?;
+                if live == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             s.close().await;
-            Ok(ended)
+            Ok(signalled.len() as u32)
         })
     }
 

@@ -31,6 +31,12 @@ WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
   AND usename IS DISTINCT FROM 'rdsadmin' \
 ORDER BY pid";
 
+/// How many of the given backends still exist: after [`END_CLIENT_SESSIONS`] the agent waits
+/// (briefly) until the signalled backends have exited, so that its next look does not see
+/// sessions that are already on their way out. Read-only. (`pg_terminate_backend(pid, timeout)`
+/// would wait by itself, but only from PostgreSQL 14; RDS still runs 11–13.)
+pub const LIVE_BACKENDS: &str = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)";
+
 /// The write fence, one simple-query round trip: a transaction that writes one WAL record and
 /// commits with `synchronous_commit = on`, then the WAL flush position.
 ///

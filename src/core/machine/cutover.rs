@@ -275,6 +275,12 @@ impl Stepper<'_> {
 
     pub(super) fn promoting(&mut self) {
         self.assume_phase(Phase::Promoting);
+        if self.database_path() && self.m.progress.promote_requested_at.is_some() {
+            // Writes are down until the promotion is seen and routed: on the database path
+            // nothing else is slow any more, so AWS's promotion is looked for every
+            // `database_poll` (one cluster describe each; the metric path keeps `fast_poll`).
+            self.wake_within(self.policy.database_poll);
+        }
         // What the code below assumes (debug builds, as `assume_phase`).
         debug_assert!(
             self.m.progress.drain_proven_at.is_some()

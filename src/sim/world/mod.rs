@@ -183,8 +183,6 @@ enum Ev {
     Minute,
     TagSet(String),
     Resync,
-    /// Terminated sessions exit (`database.rs`).
-    SessionsEnded(String),
     /// A client gets back in through a hole in the quarantine (`database.rs`).
     ClientReconnects(String),
 }

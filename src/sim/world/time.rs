@@ -223,7 +223,6 @@ impl State {
                 }
                 self.log(|| format!("{name}: snapshot available"));
             }
-            Ev::SessionsEnded(id) => self.sessions_ended(&id),
             Ev::ClientReconnects(id) => self.client_reconnects(&id),
             Ev::SourceDeleted(id) => {
                 self.sync(&id);
