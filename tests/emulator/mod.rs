@@ -19,6 +19,7 @@ pub use webhook::*;
 
 mod cdc_and_kms;
 mod crashes;
+mod database;
 mod faults;
 mod fleet;
 mod happy_path;

@@ -72,6 +72,18 @@ impl Shim {
         r.json().await.unwrap_or(Value::Null)
     }
 
+    /// `GET /_shim/<path>`.
+    pub async fn get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}/_shim/{path}", self.endpoint))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "shim {path}: {}", r.status());
+        r.json().await.unwrap_or(Value::Null)
+    }
+
     pub async fn faults(&self, rules: Value) {
         self.post("faults", rules).await;
     }

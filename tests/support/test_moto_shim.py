@@ -599,3 +599,188 @@ def test_creating_an_existing_cluster_again_fails_and_changes_nothing(endpoint):
     rds.create_db_cluster(**kw)
     assert error_of(lambda: rds.create_db_cluster(**kw))["Error"]["Code"] == "DBClusterAlreadyExistsFault"
     assert rds.describe_db_clusters(DBClusterIdentifier="tgt")["DBClusters"][0]["ReplicationSourceIdentifier"] == arn
+
+
+# --- a real PostgreSQL behind an emulated instance (postgres_backend.py) ------------------
+
+def _pg_bin_dir():
+    """Like tests/postgres/server.rs Bins::locate: pg_ctl on PATH (symlinks resolved), else the
+    newest /usr/lib/postgresql/*/bin. CI has them: a missing one fails, it does not skip."""
+    import glob
+    import shutil
+    found = shutil.which("pg_ctl")
+    if found:
+        d = os.path.dirname(os.path.realpath(found))
+        if all(os.path.isfile(os.path.join(d, t)) for t in ("initdb", "postgres", "pg_basebackup", "psql")):
+            return d
+    dirs = [d for d in glob.glob("/usr/lib/postgresql/*/bin")
+            if all(os.path.isfile(os.path.join(d, t)) for t in ("initdb", "pg_ctl", "pg_basebackup", "psql"))]
+    dirs.sort(key=lambda d: int(d.split("/")[-2]) if d.split("/")[-2].isdigit() else 0)
+    if not dirs:
+        pytest.fail("PostgreSQL server binaries not found (initdb, pg_ctl, pg_basebackup, psql on PATH or "
+                    "under /usr/lib/postgresql/<version>/bin; Debian: apt-get install postgresql)")
+    return dirs[-1]
+
+
+def _pg_run_as():
+    """None when not root; else (uid, gid) of `pgtest` (created if missing) or `nobody`."""
+    import pwd
+    if os.geteuid() != 0:
+        return None
+    for user in ("pgtest", "nobody"):
+        try:
+            p = pwd.getpwnam(user)
+            return p.pw_uid, p.pw_gid
+        except KeyError:
+            if user == "pgtest":
+                subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
+                               capture_output=True)
+                try:
+                    p = pwd.getpwnam(user)
+                    return p.pw_uid, p.pw_gid
+                except KeyError:
+                    pass
+    pytest.fail("running as root, and neither a `pgtest` user nor `nobody` exists to run PostgreSQL as")
+
+
+class Primary:
+    """A PostgreSQL primary on loopback, run as an unprivileged user, in a /tmp dir."""
+
+    def __init__(self):
+        import tempfile
+        self.bin = _pg_bin_dir()
+        self.run_as = _pg_run_as()
+        self.root = tempfile.mkdtemp(prefix="shim-pg-", dir="/tmp")
+        self.data = os.path.join(self.root, "primary")
+        self.sock = os.path.join(self.root, "sock")
+        os.makedirs(self.sock)
+        for p in (self.root, self.sock):
+            self._chown(p)
+        self.port = _free_port()
+        self.run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C",
+                 "--no-sync")
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
+            f.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.sock}'\n"
+                    "wal_level = replica\nmax_wal_senders = 4\nmax_replication_slots = 4\n"
+                    "wal_receiver_status_interval = 1\nshared_buffers = 16MB\nmax_connections = 20\n")
+        with open(os.path.join(self.data, "pg_hba.conf"), "w") as f:
+            f.write("local all all trust\nlocal replication all trust\n"
+                    "host replication all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 trust\n")
+        self.run("pg_ctl", "start", "-D", self.data, "-l", os.path.join(self.root, "primary.log"), "-w")
+
+    def _chown(self, path):
+        if self.run_as:
+            os.chown(path, *self.run_as)
+
+    def run(self, tool, *args, check=True):
+        kw = {"user": self.run_as[0], "group": self.run_as[1], "extra_groups": []} if self.run_as else {}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        p = subprocess.run([os.path.join(self.bin, tool), *args], cwd=self.root, env=env, capture_output=True,
+                           text=True, timeout=120, **kw)
+        assert not check or p.returncode == 0, f"{tool} {args}: {p.stdout}{p.stderr}"
+        return p
+
+    def sql(self, sql, sock=None, port=None):
+        p = self.run("psql", "-h", sock or self.sock, "-p", str(port or self.port), "-U", "postgres", "-X",
+                     "-At", "-v", "ON_ERROR_STOP=1", "-c", sql)
+        return p.stdout.strip()
+
+    def tcp(self, user, port=None):
+        """psql over TCP as `user` (what an application does); the completed process."""
+        return self.run("psql", "-h", "127.0.0.1", "-p", str(port or self.port), "-U", user, "-d", "postgres",
+                        "-X", "-At", "-c", "SELECT 1", check=False)
+
+    def pid(self, data=None):
+        with open(os.path.join(data or self.data, "postmaster.pid")) as f:
+            return int(f.readline())
+
+    def stop(self):
+        self.run("pg_ctl", "stop", "-D", self.data, "-m", "immediate", check=False)
+        import shutil
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _wait(what, f, limit=30):
+    t = time.monotonic()
+    while not f():
+        assert time.monotonic() - t < limit, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_real_postgres_behind_an_instance_standby_promote_quarantine_reboot_delete(endpoint):
+    primary = Primary()
+    try:
+        rds, ec2 = client(endpoint, "rds"), client(endpoint, "ec2")
+        vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+        app = ec2.create_security_group(GroupName="app", Description="app", VpcId=vpc)["GroupId"]
+        agent = ec2.create_security_group(GroupName="agent", Description="agent", VpcId=vpc)["GroupId"]
+        quarantine = ec2.create_security_group(GroupName="q", Description="q", VpcId=vpc)["GroupId"]
+        ec2.authorize_security_group_ingress(GroupId=quarantine, IpPermissions=[{
+            "IpProtocol": "tcp", "FromPort": primary.port, "ToPort": primary.port,
+            "UserIdGroupPairs": [{"GroupId": agent}]}])
+        arn = make_source(rds, "src", sgs=[app])["DBInstanceArn"]
+        primary.sql("CREATE ROLE agent LOGIN PASSWORD 'pw'; CREATE ROLE app LOGIN; "
+                    "CREATE TABLE t (n int); INSERT INTO t VALUES (1)")
+        spec = {"instance": "src", "port": primary.port, "data": primary.data, "socket_dir": primary.sock,
+                "bin_dir": primary.bin, "root": primary.root, "run_as": primary.run_as, "roles": {agent: "agent"}}
+        assert ctl(endpoint, "POST", "/_shim/postgres", spec)["open_groups"] == [app]
+
+        # the instance's endpoint is the primary
+        [src] = rds.describe_db_instances(DBInstanceIdentifier="src")["DBInstances"]
+        assert src["Endpoint"] == {"Address": "127.0.0.1", "Port": primary.port}
+
+        # the Aurora replica is a streaming standby on a slot, started with the writer
+        rds.create_db_cluster(DBClusterIdentifier="tgt", Engine="aurora-postgresql", EngineVersion="15.7",
+                              ReplicationSourceIdentifier=arn)
+        [sb] = ctl(endpoint, "GET", "/_shim/postgres")[0]["standbys"]
+        assert sb["cluster"] == "tgt" and not sb["running"]
+        [cluster] = rds.describe_db_clusters(DBClusterIdentifier="tgt")["DBClusters"]
+        assert (cluster["Endpoint"], cluster["Port"]) == ("127.0.0.1", sb["port"])
+        assert primary.sql(f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{sb['slot']}'") == "1"
+        rds.create_db_instance(DBInstanceIdentifier="tgt-1", DBClusterIdentifier="tgt",
+                               Engine="aurora-postgresql", DBInstanceClass="db.r6g.large")
+        primary.sql("INSERT INTO t VALUES (2)")
+        standby_sql = lambda q: primary.sql(q, sock=sb["socket_dir"], port=sb["port"])  # noqa: E731
+        _wait("the standby to replay the second row", lambda: standby_sql("SELECT count(*) FROM t") == "2")
+        assert standby_sql("SELECT pg_is_in_recovery()") == "t"
+
+        # quarantine: TCP refused except the roles of groups the quarantine group admits
+        assert primary.tcp("app").returncode == 0
+        rds.modify_db_instance(DBInstanceIdentifier="src", VpcSecurityGroupIds=[quarantine], ApplyImmediately=True)
+        with open(os.path.join(primary.data, "pg_hba.conf")) as f:
+            hba = f.read()
+        assert "hostssl all agent 127.0.0.1/32 scram-sha-256" in hba and "host all all 127.0.0.1/32 reject" in hba
+        refused = primary.tcp("app")
+        assert refused.returncode != 0 and "rejects connection" in refused.stderr, refused.stderr
+        # a quarantine group that admits nobody admits no role
+        rds.modify_db_instance(DBInstanceIdentifier="src", VpcSecurityGroupIds=[agent], ApplyImmediately=True)
+        assert ctl(endpoint, "GET", "/_shim/postgres")[0]["hba"] == []
+        rds.modify_db_instance(DBInstanceIdentifier="src", VpcSecurityGroupIds=[app], ApplyImmediately=True)
+        assert ctl(endpoint, "GET", "/_shim/postgres")[0]["hba"] == "open"
+        assert primary.tcp("app").returncode == 0
+
+        # reboot restarts the primary; the shim's events are still added
+        before = primary.pid()
+        rds.reboot_db_instance(DBInstanceIdentifier="src")
+        assert primary.pid() != before
+        assert primary.sql("SELECT count(*) FROM t") == "2"
+        events = [e["Message"] for e in rds.describe_events(SourceIdentifier="src", SourceType="db-instance")["Events"]]
+        assert "DB instance restarted" in events
+
+        # promote: the standby leaves recovery with every row
+        rds.promote_read_replica_db_cluster(DBClusterIdentifier="tgt")
+        assert standby_sql("SELECT pg_is_in_recovery()") == "f"
+        assert standby_sql("SELECT count(*) FROM t") == "2"
+
+        # delete: the standby stops and its slot is dropped
+        rds.delete_db_instance(DBInstanceIdentifier="tgt-1", SkipFinalSnapshot=True)
+        rds.delete_db_cluster(DBClusterIdentifier="tgt", SkipFinalSnapshot=True)
+        backend = ctl(endpoint, "GET", "/_shim/postgres")[0]
+        assert backend["standbys"] == []
+        assert primary.sql("SELECT count(*) FROM pg_replication_slots") == "0"
+        assert not os.path.exists(os.path.join(sb["data"], "postmaster.pid"))
+        assert [line.split()[0] for line in backend["log"]] == [
+            "basebackup", "start", "hba", "hba", "hba", "restart", "promote", "delete"]
+    finally:
+        ctl(endpoint, "DELETE", "/_shim/postgres")
+        primary.stop()

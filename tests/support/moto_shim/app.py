@@ -13,7 +13,7 @@ import traceback
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-from . import cloudwatch_cbor, rds, wire
+from . import cloudwatch_cbor, postgres_backend, rds, wire
 from .state import LOCK, STATE
 
 JSON = [("Content-Type", "application/json")]
@@ -234,8 +234,19 @@ class ShimApp:
                 STATE.pending_maintenance = list(data if isinstance(data, list) else [data])
             return 200, STATE.pending_maintenance
 
+    def _c_postgres(self, method, data, environ):
+        """A real PostgreSQL behind one emulated instance (postgres_backend.py): POST registers
+        one, GET lists them with their standbys and what was done, DELETE stops the standbys."""
+        if method == "POST":
+            return 200, postgres_backend.register(data)
+        if method == "DELETE":
+            postgres_backend.reset()
+            return 200, {"cleared": True}
+        return 200, postgres_backend.listing()
+
     def _c_reset(self, method, data, environ):
         status, _, out = self._moto(environ, b"", {"PATH_INFO": "/moto-api/reset", "REQUEST_METHOD": "POST",
                                                   "QUERY_STRING": ""})
+        postgres_backend.reset()
         STATE.reset()
         return 200, {"moto_status": status}

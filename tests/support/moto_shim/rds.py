@@ -25,6 +25,7 @@ from moto.rds.exceptions import (
     RDSClientError,
 )
 
+from . import postgres_backend as pg
 from . import rds_catalog
 from .state import LOCK, STATE
 
@@ -75,6 +76,34 @@ def create_db_cluster(self, kwargs):
         kwargs["master_user_password"] = "replica-of-instance"  # moto insists; never returned
     cluster = _orig_create_db_cluster(self, kwargs)
     cluster.replication_source_identifier = instance.arn
+    backend = pg.backend(instance.db_instance_identifier)
+    if backend:  # a real PostgreSQL behind the source: a real standby behind the replica
+        backend.create_standby(cluster.db_cluster_identifier)
+    return cluster
+
+
+_orig_create_db_instance = m.RDSBackend.create_db_instance
+
+
+def create_db_instance(self, db_kwargs):
+    """The writer of a replica cluster with a real standby starts that standby."""
+    cluster_id = db_kwargs.get("db_cluster_identifier")
+    db = _orig_create_db_instance(self, db_kwargs)
+    standby = pg.standby(cluster_id)
+    if standby:
+        standby.backend.start_standby(standby)
+    return db
+
+
+_orig_delete_db_cluster = m.RDSBackend.delete_db_cluster
+
+
+def delete_db_cluster(self, cluster_identifier, snapshot_name=None):
+    """A real standby behind the cluster is stopped and its slot dropped."""
+    cluster = _orig_delete_db_cluster(self, cluster_identifier, snapshot_name)
+    standby = pg.standby(cluster_identifier)
+    if standby:
+        standby.backend.delete_standby(standby)
     return cluster
 
 
@@ -102,6 +131,9 @@ def promote_read_replica_db_cluster(self, db_cluster_identifier):
             f"DB cluster {db_cluster_identifier} is not a read replica."
         )
     if ":db:" in source:  # instance-sourced: detaching is all there is to do
+        standby = pg.standby(db_cluster_identifier)
+        if standby:  # a real standby behind it is promoted first
+            standby.backend.promote(standby)
         cluster.replication_source_identifier = None
         return cluster
     return _orig_promote(self, db_cluster_identifier)
@@ -131,12 +163,22 @@ def _instance_view(db, count):
         values["vpc_security_group_membership_list"] = [
             {"VpcSecurityGroupId": g, "Status": "active" if g in old else "adding"} for g in new
         ] + [{"VpcSecurityGroupId": g, "Status": "removing"} for g in old if g not in new]
+    real = pg.instance_endpoint(db)
+    if real:  # a real PostgreSQL behind it: its address and port
+        values["endpoint"] = {"Address": real[0], "Port": real[1]}
+        values["port"] = real[1]
     return _overlay(db, **values) if values else db
 
 
 def _cluster_view(cluster, count):
+    values = {}
     status = STATE.take_status("cluster", cluster.db_cluster_identifier.lower(), count)
-    return _overlay(cluster, status=status) if status else cluster
+    if status:
+        values["status"] = status
+    real = pg.cluster_endpoint(cluster)
+    if real:  # a real standby behind it: the writer endpoint is the standby
+        values["endpoint"], values["port"] = real
+    return _overlay(cluster, **values) if values else cluster
 
 
 _orig_describe_instances = r.RDSResponse.describe_db_instances
@@ -169,6 +211,9 @@ def modify_db_instance(self):
         with LOCK:
             STATE.sg_transitions[db.db_instance_identifier] = {
                 "old": old, "new": list(db.vpc_security_group_ids), "reads": reads}
+    backend = pg.backend(db.db_instance_identifier)
+    if backend and "VpcSecurityGroupIds" in self.params:
+        backend.set_groups(list(db.vpc_security_group_ids))
     res._result["DBInstance"] = _instance_view(db, False)
     return res
 
@@ -178,6 +223,9 @@ def reboot_db_instance(self):
     if configured, a `rebooting` status for some reads."""
     res = _orig_reboot_instance(self)
     db = res._result["DBInstance"]
+    backend = pg.backend(db.db_instance_identifier)
+    if backend:
+        backend.reboot()
     now = utcnow()
     for msg in ("DB instance shutdown", "DB instance restarted"):
         self.backend.events.append(ShimEvent(db.db_instance_identifier, "db-instance", msg,
@@ -349,6 +397,8 @@ def _instance_init(self, *args, **kwargs):
 def install():
     m.DBInstance.__init__ = _instance_init
     m.RDSBackend.create_db_cluster = create_db_cluster
+    m.RDSBackend.create_db_instance = create_db_instance
+    m.RDSBackend.delete_db_cluster = delete_db_cluster
     m.RDSBackend.promote_read_replica_db_cluster = promote_read_replica_db_cluster
     m.RDSBackend.describe_events = describe_events
     m.DBInstance.read_replica_db_cluster_identifiers = property(_read_replica_db_cluster_identifiers)
