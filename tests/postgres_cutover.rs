@@ -18,10 +18,10 @@ use aurora_migrator::core::observation::InstanceEventKind;
 use aurora_migrator::core::policy::{CutoverPolicy, Policy};
 use jiff::{SignedDuration, Timestamp};
 
-use postgres::server::{SUPERUSER, TABLE, connect};
+use postgres::server::{SUPERUSER, connect};
 use postgres::world::{APP_GROUP, PgWorld, Shared};
 use postgres::writer::{Ack, Writer};
-use postgres::{ENDS, assert_ended_in, drive, seqs_in_dump};
+use postgres::{ENDS, assert_ended_in, drive, rows, seqs_in_dump};
 
 /// When the source restarted (its restart events).
 fn source_restarts(shared: &Shared) -> Vec<Timestamp> {
@@ -46,18 +46,6 @@ fn policy(budget: SignedDuration) -> Policy {
         write_unavailability_budget: budget,
         ..Policy::default()
     }
-}
-
-/// Every row of the writes table on a server: seq → the port of the server that committed it.
-async fn rows(config: &tokio_postgres::Config) -> BTreeMap<i64, Option<i32>> {
-    let client = connect(config).await.expect("connect to read the table");
-    client
-        .query(&format!("SELECT seq, server_port FROM {TABLE}"), &[])
-        .await
-        .expect("read the table")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
 }
 
 /// Waits until `pred` holds on a writer's acknowledgements (or panics after `within`).

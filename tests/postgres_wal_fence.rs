@@ -10,52 +10,32 @@
 
 mod postgres;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::{Duration, Instant};
 
 use aurora_migrator::agent::Agent;
 use aurora_migrator::core::Phase;
-use aurora_migrator::core::policy::{CutoverPolicy, Policy};
+use aurora_migrator::core::policy::Policy;
 use jiff::SignedDuration;
 
-use postgres::server::{SUPERUSER, TABLE, connect};
+use postgres::server::SUPERUSER;
 use postgres::world::{AGENT_GROUP, APP_GROUP, APP_ROLE, PgWorld, Shared};
 use postgres::writer::{Ack, Writer};
-use postgres::{ENDS, assert_ended_in, drive};
+use postgres::{ENDS, assert_ended_in, drive, rows};
 
 /// Whole cutovers in the zero-loss test (`AURORA_MIGRATOR_PG_RUNS` to change).
 const RUNS: usize = 20;
 /// Concurrent clients; every other one commits asynchronously.
 const WRITERS: usize = 8;
 
-/// Second-scale timings (as `postgres_cutover.rs`) and database access.
+/// The real-PostgreSQL world's timings (`postgres::fast_policy`) and database access.
 fn policy(budget: SignedDuration) -> Policy {
     Policy {
-        cutover: CutoverPolicy::Automatic,
-        lag_sustain: SignedDuration::from_secs(2),
-        soak: SignedDuration::from_secs(3),
-        retention: SignedDuration::from_secs(1),
-        fast_poll: SignedDuration::from_secs(1),
-        slow_poll: SignedDuration::from_secs(1),
-        write_unavailability_budget: budget,
         database_access: true,
         agent_security_group: Some(AGENT_GROUP.to_string()),
-        ..Policy::default()
+        ..postgres::fast_policy(budget)
     }
-}
-
-/// Every row of the writes table on a server: seq → the port of the server that committed it.
-async fn rows(config: &tokio_postgres::Config) -> BTreeMap<i64, Option<i32>> {
-    let client = connect(config).await.expect("connect to read the table");
-    client
-        .query(&format!("SELECT seq, server_port FROM {TABLE}"), &[])
-        .await
-        .expect("read the table")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
 }
 
 fn writers(world: &PgWorld, seq: &Arc<AtomicI64>) -> Vec<Writer> {

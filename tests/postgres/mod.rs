@@ -149,3 +149,37 @@ pub fn seqs_in_dump(file: &Path) -> BTreeSet<i64> {
     }
     out
 }
+
+/// Second-scale timings so a whole migration takes seconds in the real-PostgreSQL world, and a
+/// generous write budget so a loaded two-core machine does not make the happy path roll back.
+pub fn fast_policy(budget: jiff::SignedDuration) -> aurora_migrator::core::Policy {
+    use aurora_migrator::core::policy::CutoverPolicy;
+    use jiff::SignedDuration;
+    aurora_migrator::core::Policy {
+        cutover: CutoverPolicy::Automatic,
+        lag_sustain: SignedDuration::from_secs(2),
+        soak: SignedDuration::from_secs(3),
+        retention: SignedDuration::from_secs(1),
+        fast_poll: SignedDuration::from_secs(1),
+        slow_poll: SignedDuration::from_secs(1),
+        write_unavailability_budget: budget,
+        ..aurora_migrator::core::Policy::default()
+    }
+}
+
+/// Every row of the writes table on a server: seq → the port of the server that committed it.
+pub async fn rows(config: &tokio_postgres::Config) -> std::collections::BTreeMap<i64, Option<i32>> {
+    let client = server::connect(config)
+        .await
+        .expect("connect to read the table");
+    client
+        .query(
+            &format!("SELECT seq, server_port FROM {}", server::TABLE),
+            &[],
+        )
+        .await
+        .expect("read the table")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}

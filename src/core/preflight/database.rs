@@ -19,35 +19,29 @@ pub(super) fn database_checks(
     policy: &Policy,
 ) -> Option<DatabaseAccess> {
     let metric_path = "the cutover reboots the source and proves catch-up from CloudWatch";
-    let (access, answer) = match (access_for(source, policy), &inputs.database) {
-        (Ok(None), _) => {
-            unlogged_by_acknowledgement(c);
-            return None;
+    let unusable = match (access_for(source, policy), &inputs.database) {
+        (Ok(None), _) => None,
+        (Err(why), _) => Some(why),
+        (Ok(Some(_)), Some(Err(e))) => Some(format!("the agent could not read the database: {e}")),
+        (Ok(Some(_)), None) => Some("the database was not asked".to_string()),
+        (Ok(Some(access)), Some(Ok(answer))) => {
+            database_path_checks(c, &access, answer);
+            return Some(access);
         }
-        (Err(why), _) => {
-            c.add(
-                "database-access",
-                Outcome::Warn,
-                format!("{why}; {metric_path}"),
-            );
-            unlogged_by_acknowledgement(c);
-            return None;
-        }
-        (Ok(Some(_)), None | Some(Err(_))) => {
-            let why = match &inputs.database {
-                Some(Err(e)) => format!("the agent could not read the database: {e}"),
-                _ => "the database was not asked".to_string(),
-            };
-            c.add(
-                "database-access",
-                Outcome::Warn,
-                format!("{why}; {metric_path}"),
-            );
-            unlogged_by_acknowledgement(c);
-            return None;
-        }
-        (Ok(Some(access)), Some(Ok(answer))) => (access, answer),
     };
+    if let Some(why) = unusable {
+        c.add(
+            "database-access",
+            Outcome::Warn,
+            format!("{why}; {metric_path}"),
+        );
+    }
+    unlogged_by_acknowledgement(c);
+    None
+}
+
+/// Access works: say so, and let the database answer.
+fn database_path_checks(c: &mut Checks, access: &DatabaseAccess, answer: &SqlPreflight) {
     c.add(
         "database-access",
         Outcome::Pass,
@@ -57,7 +51,6 @@ pub(super) fn database_checks(
         ),
     );
     sql_checks(c, answer);
-    Some(access)
 }
 
 fn unlogged_by_acknowledgement(c: &mut Checks) {
