@@ -115,6 +115,7 @@ pub fn preflight_inputs() -> PreflightInputs {
         free_storage_bytes: Some(150.0 * GIB),
         cdc_consumer_groups: None,
         database: None,
+        aurora_extension_data: None,
     }
 }
 
@@ -204,6 +205,8 @@ pub struct ModelDb {
     pub replay_stuck_at: Option<u64>,
     /// What the SQL preflight answers (`None`: as if nothing could be read).
     pub preflight: Option<Result<SqlPreflight, String>>,
+    /// The table of the extensions Aurora offers that preflight reads (`None`: the shipped one).
+    pub aurora_extension_data: Option<String>,
     pub fences: u32,
     pub ended: u32,
     /// The source's fingerprint (`None`: an empty database's).
@@ -437,6 +440,7 @@ impl Model {
                 )
             {
                 inputs.database = db.preflight.clone();
+                inputs.aurora_extension_data = db.aurora_extension_data.clone();
             }
             if n.source_sessions || n.target_replay || n.consistency || n.target_sessions {
                 obs.database.read_at = Some(self.now);

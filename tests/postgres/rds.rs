@@ -305,6 +305,7 @@ impl Rds for PgRds {
             kms_key: Default::default(),
             free_storage_bytes: Some(FREE_STORAGE),
             cdc_consumer_groups: None,
+            aurora_extension_data: None,
         })
     }
 

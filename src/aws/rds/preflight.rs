@@ -104,6 +104,7 @@ impl AwsRds {
             free_storage_bytes: self.latest_free_storage(&source.identifier).await,
             // Filled by the driver from EC2 when consumers are declared.
             cdc_consumer_groups: None,
+            aurora_extension_data: None,
         })
     }
 

@@ -7,8 +7,10 @@
 //! connection that fails is not a failed preflight: the migration takes the metric path, and the
 //! `database-access` check says why.
 
+use super::aurora_extensions::{self, Completeness, Tables, Verdict};
 use super::*;
 use crate::core::database::{DatabaseAccess, SqlPreflight, access_for};
+use crate::core::observation::EngineVersion;
 
 /// Adds `database-access` and the SQL-answered checks; returns the access to plan with (`None`:
 /// the metric path).
@@ -17,6 +19,7 @@ pub(super) fn database_checks(
     source: &SourceInstance,
     inputs: &PreflightInputs,
     policy: &Policy,
+    aurora_version: Option<&EngineVersion>,
 ) -> Option<DatabaseAccess> {
     let metric_path = "the cutover reboots the source and proves catch-up from CloudWatch";
     let (access, answer) = match (access_for(source, policy), &inputs.database) {
@@ -57,6 +60,20 @@ pub(super) fn database_checks(
         ),
     );
     sql_checks(c, answer);
+    let given = inputs
+        .aurora_extension_data
+        .as_deref()
+        .map(aurora_extensions::parse);
+    let tables = match &given {
+        Some(parsed) => parsed.as_ref(),
+        None => aurora_extensions::SHIPPED.as_ref(),
+    };
+    extensions_check(
+        c,
+        &answer.extensions,
+        aurora_version,
+        tables.map_err(String::as_str),
+    );
     Some(access)
 }
 
@@ -157,6 +174,100 @@ fn sql_checks(c: &mut Checks, a: &SqlPreflight) {
             )
         },
     );
+}
+
+/// Every installed extension (but `plpgsql`) must be one the chosen Aurora version offers, as
+/// AWS's published table says (`aurora_extensions.csv`). Only a table the data holds whole can
+/// fail the check; where it holds part of it, or none, what it does not list is a warning.
+fn extensions_check(
+    c: &mut Checks,
+    installed: &[(String, String)],
+    aurora_version: Option<&EngineVersion>,
+    tables: Result<&Tables, &str>,
+) {
+    let listed = |names: &[String]| {
+        names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let others: Vec<String> = installed
+        .iter()
+        .filter(|(name, _)| !aurora_extensions::ALWAYS_PRESENT.contains(&name.as_str()))
+        .map(|(name, version)| format!("{name} {version}"))
+        .collect();
+    if others.is_empty() {
+        c.add(
+            "extensions",
+            Outcome::Pass,
+            "none installed besides plpgsql",
+        );
+        return;
+    }
+    let Some((version, major)) =
+        aurora_version.and_then(|v| parse_version(&v.version).map(|(major, _)| (v, major)))
+    else {
+        c.add(
+            "extensions",
+            Outcome::Warn,
+            format!(
+                "no Aurora version was chosen (see `aurora-version`), so {} could not be compared with what Aurora offers",
+                listed(&others)
+            ),
+        );
+        return;
+    };
+    let tables = match tables {
+        Ok(t) => t,
+        Err(why) => {
+            c.add(
+                "extensions",
+                Outcome::Warn,
+                format!(
+                    "the agent's table of the extensions Aurora offers could not be read ({why}): check {} for Aurora PostgreSQL {major} on AWS's page yourself",
+                    listed(&others)
+                ),
+            );
+            return;
+        }
+    };
+    let data = format!("AWS's table ({}, read {})", tables.source, tables.read);
+    match aurora_extensions::judge(tables, major, installed) {
+        Verdict::NothingToCheck => {
+            c.add("extensions", Outcome::Pass, "none installed besides plpgsql")
+        }
+        Verdict::AllOffered(n) => c.add(
+            "extensions",
+            Outcome::Pass,
+            format!(
+                "{n} installed, all offered by Aurora PostgreSQL {major} according to {data}"
+            ),
+        ),
+        Verdict::Missing(missing) => c.add(
+            "extensions",
+            Outcome::Fail,
+            format!(
+                "{} installed on the source, not offered by Aurora PostgreSQL {} according to {data}: the replica cannot have them, and what uses them would fail on Aurora. Drop them from every database (DROP EXTENSION), or acknowledge if the table is out of date",
+                listed(&missing),
+                version.version
+            ),
+        ),
+        Verdict::Unconfirmed(completeness, unconfirmed) => {
+            let held = match completeness {
+                Some(Completeness::Partial) => "only part of",
+                _ => "none of",
+            };
+            c.add(
+                "extensions",
+                Outcome::Warn,
+                format!(
+                    "{} not confirmed for Aurora PostgreSQL {major}: the agent's copy of {data} holds {held} that version's table; check them on the page before the cutover",
+                    listed(&unconfirmed)
+                ),
+            );
+        }
+    }
 }
 
 /// Up to five names, then how many more.

@@ -4,6 +4,7 @@
 //! the migration unless it is one the owners may acknowledge (`<prefix>:ack-<check>` = `true`)
 //! and they did. `aurora-migrator plan <instance>` prints the same report.
 
+mod aurora_extensions;
 mod database;
 
 use std::fmt::Write as _;
@@ -95,9 +96,10 @@ impl PreflightReport {
 }
 
 /// Failures the owners may accept knowingly. Everything else must be fixed.
-pub const ACKNOWLEDGEABLE: [&str; 6] = [
+pub const ACKNOWLEDGEABLE: [&str; 7] = [
     "cdc-consumers",
     "database-writers",
+    "extensions",
     "read-replicas",
     "in-database-writers",
     "logical-replication",
@@ -548,7 +550,7 @@ pub fn run(
         );
     }
 
-    let database = database::database_checks(&mut c, source, inputs, policy);
+    let database = database::database_checks(&mut c, source, inputs, policy, version);
 
     let iac: Vec<&String> = source
         .tags

@@ -75,6 +75,7 @@ impl State {
             kms_key: KeyCheck::Usable,
             free_storage_bytes: free,
             cdc_consumer_groups: None,
+            aurora_extension_data: None,
         }
     }
 
