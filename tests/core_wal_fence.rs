@@ -280,6 +280,112 @@ fn the_sql_preflight_names_unlogged_tables_writers_and_prepared_transactions() {
     assert!(old.message.contains("pid 4242"));
 }
 
+// ----- extensions the chosen Aurora version does not offer ---------------------------------
+
+/// A complete table for Aurora PostgreSQL 15 (the model's source is 15.4) offering PostGIS.
+const AURORA_15_OFFERS_POSTGIS: &str = "source,https://example.com/aurora-extensions\nread,2026-12-04\ntable,15,complete\noffers,15,postgis,3.4.2\n";
+
+/// A model whose source has `extensions` installed, judged against `data`.
+fn with_extensions(extensions: &[(&str, &str)], data: Option<&str>) -> Model {
+    let mut model = Model::with_database();
+    model.db().preflight = Some(Ok(SqlPreflight {
+        extensions: extensions
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        ..SqlPreflight::default()
+    }));
+    model.db().aurora_extension_data = data.map(str::to_string);
+    model
+}
+
+#[test]
+fn an_extension_the_aurora_version_does_not_offer_is_named_and_blocks_the_migration() {
+    let policy = database_policy();
+    let mut model = with_extensions(
+        &[
+            ("plpgsql", "1.0"),
+            ("postgis", "3.4.2"),
+            ("timescaledb", "2.14.2"),
+        ],
+        Some(AURORA_15_OFFERS_POSTGIS),
+    );
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Failed);
+    let ext = check(&m, "extensions");
+    assert_eq!(ext.outcome, Outcome::Fail);
+    assert!(!ext.acknowledged);
+    assert!(
+        ext.message.contains("`timescaledb 2.14.2`"),
+        "{}",
+        ext.message
+    );
+    assert!(!ext.message.contains("postgis"), "{}", ext.message);
+    assert!(
+        ext.message
+            .contains("https://example.com/aurora-extensions")
+            && ext.message.contains("read 2026-12-04"),
+        "the message says where the data comes from and when it was read: {}",
+        ext.message
+    );
+    assert!(model.clusters_created == 0, "no replica was created");
+    let report = m.preflight.as_ref().unwrap().render("aurora-migration");
+    assert!(
+        report.contains("aurora-migration:ack-extensions=true"),
+        "{report}"
+    );
+}
+
+#[test]
+fn extensions_the_aurora_version_offers_pass() {
+    let policy = database_policy();
+    let mut model = with_extensions(
+        &[("plpgsql", "1.0"), ("postgis", "3.4.2")],
+        Some(AURORA_15_OFFERS_POSTGIS),
+    );
+    let mut m = migration();
+    let phases = run_to_end(&mut model, &mut m, &policy, 2_000);
+    assert_eq!(m.phase, Phase::Completed, "{phases:?} {:?}", m.last_error);
+    let ext = check(&m, "extensions");
+    assert_eq!(ext.outcome, Outcome::Pass, "{}", ext.message);
+    assert!(ext.message.contains("1 installed"), "{}", ext.message);
+}
+
+#[test]
+fn acknowledging_an_extension_aurora_does_not_offer_lets_the_migration_proceed() {
+    let policy = database_policy();
+    let mut model = with_extensions(
+        &[("plpgsql", "1.0"), ("timescaledb", "2.14.2")],
+        Some(AURORA_15_OFFERS_POSTGIS),
+    );
+    model.tag_source("aurora-migration:ack-extensions", "true");
+    let mut m = migration();
+    let phases = run_to_end(&mut model, &mut m, &policy, 2_000);
+    assert_eq!(m.phase, Phase::Completed, "{phases:?} {:?}", m.last_error);
+    let ext = check(&m, "extensions");
+    assert_eq!(ext.outcome, Outcome::Fail);
+    assert!(ext.acknowledged, "the owners accepted it");
+}
+
+#[test]
+fn with_the_shipped_data_an_extension_of_an_unread_table_is_a_warning_not_a_failure() {
+    // The shipped data does not hold Aurora PostgreSQL 15's table: nothing fails for want of it.
+    let policy = database_policy();
+    let mut model = with_extensions(&[("plpgsql", "1.0"), ("postgis", "3.4.2")], None);
+    let mut m = migration();
+    let phases = run_to_end(&mut model, &mut m, &policy, 2_000);
+    assert_eq!(m.phase, Phase::Completed, "{phases:?} {:?}", m.last_error);
+    let ext = check(&m, "extensions");
+    assert_eq!(ext.outcome, Outcome::Warn);
+    assert!(
+        ext.message
+            .contains("`postgis 3.4.2` not confirmed for Aurora PostgreSQL 15")
+            && ext.message.contains("AuroraPostgreSQL.Extensions.html"),
+        "{}",
+        ext.message
+    );
+}
+
 #[test]
 fn promotion_is_refused_at_execution_when_the_fence_was_not_replayed() {
     let (_model, mut m) = with_database_at(Phase::Promoting);
