@@ -280,13 +280,19 @@ fn the_sql_preflight_names_unlogged_tables_writers_and_prepared_transactions() {
     assert!(old.message.contains("pid 4242"));
 }
 
-// ----- extensions the chosen Aurora version does not offer ---------------------------------
+// ----- extensions the Aurora family does not offer ---------------------------------------------
 
-/// A complete table for Aurora PostgreSQL 15 (the model's source is 15.4) offering PostGIS.
-const AURORA_15_OFFERS_POSTGIS: &str = "source,https://example.com/aurora-extensions\nread,2026-12-04\ntable,15,complete\noffers,15,postgis,3.4.2\n";
+/// What `rds.allowed_extensions` of aurora-postgresql15 allows in these tests.
+fn aurora_15_allows() -> Option<Vec<String>> {
+    Some(vec![
+        "plpgsql".into(),
+        "pg_stat_statements".into(),
+        "postgis".into(),
+    ])
+}
 
-/// A model whose source has `extensions` installed, judged against `data`.
-fn with_extensions(extensions: &[(&str, &str)], data: Option<&str>) -> Model {
+/// A model whose source has `extensions` installed, and RDS allows `allowed` for the family.
+fn with_extensions(extensions: &[(&str, &str)], allowed: Option<Vec<String>>) -> Model {
     let mut model = Model::with_database();
     model.db().preflight = Some(Ok(SqlPreflight {
         extensions: extensions
@@ -295,20 +301,21 @@ fn with_extensions(extensions: &[(&str, &str)], data: Option<&str>) -> Model {
             .collect(),
         ..SqlPreflight::default()
     }));
-    model.db().aurora_extension_data = data.map(str::to_string);
+    model.aurora_extensions = allowed;
     model
 }
 
 #[test]
-fn an_extension_the_aurora_version_does_not_offer_is_named_and_blocks_the_migration() {
+fn an_extension_the_aurora_family_does_not_offer_is_named_and_blocks_the_migration() {
     let policy = database_policy();
     let mut model = with_extensions(
         &[
             ("plpgsql", "1.0"),
             ("postgis", "3.4.2"),
             ("timescaledb", "2.14.2"),
+            ("pg_partman", "5.0.1"),
         ],
-        Some(AURORA_15_OFFERS_POSTGIS),
+        aurora_15_allows(),
     );
     let mut m = migration();
     advance_to(&mut model, &mut m, &policy, Phase::Failed);
@@ -316,16 +323,15 @@ fn an_extension_the_aurora_version_does_not_offer_is_named_and_blocks_the_migrat
     assert_eq!(ext.outcome, Outcome::Fail);
     assert!(!ext.acknowledged);
     assert!(
-        ext.message.contains("`timescaledb 2.14.2`"),
-        "{}",
+        ext.message.contains("`timescaledb 2.14.2`") && ext.message.contains("`pg_partman 5.0.1`"),
+        "each is named: {}",
         ext.message
     );
     assert!(!ext.message.contains("postgis"), "{}", ext.message);
     assert!(
-        ext.message
-            .contains("https://example.com/aurora-extensions")
-            && ext.message.contains("read 2026-12-04"),
-        "the message says where the data comes from and when it was read: {}",
+        ext.message.contains("`rds.allowed_extensions`")
+            && ext.message.contains("aurora-postgresql15"),
+        "the message says the list is RDS's for the family: {}",
         ext.message
     );
     assert!(model.clusters_created == 0, "no replica was created");
@@ -337,11 +343,11 @@ fn an_extension_the_aurora_version_does_not_offer_is_named_and_blocks_the_migrat
 }
 
 #[test]
-fn extensions_the_aurora_version_offers_pass() {
+fn extensions_the_aurora_family_offers_pass() {
     let policy = database_policy();
     let mut model = with_extensions(
         &[("plpgsql", "1.0"), ("postgis", "3.4.2")],
-        Some(AURORA_15_OFFERS_POSTGIS),
+        aurora_15_allows(),
     );
     let mut m = migration();
     let phases = run_to_end(&mut model, &mut m, &policy, 2_000);
@@ -352,11 +358,21 @@ fn extensions_the_aurora_version_offers_pass() {
 }
 
 #[test]
+fn plpgsql_needs_no_allowance() {
+    let policy = database_policy();
+    let mut model = with_extensions(&[("plpgsql", "1.0")], Some(vec!["postgis".into()]));
+    let mut m = migration();
+    let phases = run_to_end(&mut model, &mut m, &policy, 2_000);
+    assert_eq!(m.phase, Phase::Completed, "{phases:?} {:?}", m.last_error);
+    assert_eq!(check(&m, "extensions").outcome, Outcome::Pass);
+}
+
+#[test]
 fn acknowledging_an_extension_aurora_does_not_offer_lets_the_migration_proceed() {
     let policy = database_policy();
     let mut model = with_extensions(
         &[("plpgsql", "1.0"), ("timescaledb", "2.14.2")],
-        Some(AURORA_15_OFFERS_POSTGIS),
+        aurora_15_allows(),
     );
     model.tag_source("aurora-migration:ack-extensions", "true");
     let mut m = migration();
@@ -368,10 +384,9 @@ fn acknowledging_an_extension_aurora_does_not_offer_lets_the_migration_proceed()
 }
 
 #[test]
-fn with_the_shipped_data_an_extension_of_an_unread_table_is_a_warning_not_a_failure() {
-    // The shipped data does not hold Aurora PostgreSQL 15's table: nothing fails for want of it.
+fn without_the_family_s_allowed_extensions_the_check_warns() {
     let policy = database_policy();
-    let mut model = with_extensions(&[("plpgsql", "1.0"), ("postgis", "3.4.2")], None);
+    let mut model = with_extensions(&[("plpgsql", "1.0"), ("timescaledb", "2.14.2")], None);
     let mut m = migration();
     let phases = run_to_end(&mut model, &mut m, &policy, 2_000);
     assert_eq!(m.phase, Phase::Completed, "{phases:?} {:?}", m.last_error);
@@ -379,8 +394,8 @@ fn with_the_shipped_data_an_extension_of_an_unread_table_is_a_warning_not_a_fail
     assert_eq!(ext.outcome, Outcome::Warn);
     assert!(
         ext.message
-            .contains("`postgis 3.4.2` not confirmed for Aurora PostgreSQL 15")
-            && ext.message.contains("AuroraPostgreSQL.Extensions.html"),
+            .contains("could not read the Aurora family's allowed extensions")
+            && ext.message.contains("`timescaledb 2.14.2`"),
         "{}",
         ext.message
     );

@@ -115,7 +115,15 @@ pub fn preflight_inputs() -> PreflightInputs {
         free_storage_bytes: Some(150.0 * GIB),
         cdc_consumer_groups: None,
         database: None,
-        aurora_extension_data: None,
+        aurora_extensions: Some(names(&[
+            "plpgsql",
+            "pg_stat_statements",
+            "pg_cron",
+            "pgcrypto",
+            "citext",
+            "postgis",
+            "vector",
+        ])),
     }
 }
 
@@ -186,6 +194,9 @@ pub struct Model {
     pub pending: Vec<ActionResult>,
     /// Inside the databases, where the agent has access (`Model::with_database`).
     pub db: Option<ModelDb>,
+    /// What RDS's `rds.allowed_extensions` of the Aurora family allows, as preflight reads it
+    /// (`None`: RDS gave no list).
+    pub aurora_extensions: Option<Vec<String>>,
 }
 
 /// The source and replica as SQL shows them (database-aware cutover).
@@ -205,8 +216,6 @@ pub struct ModelDb {
     pub replay_stuck_at: Option<u64>,
     /// What the SQL preflight answers (`None`: as if nothing could be read).
     pub preflight: Option<Result<SqlPreflight, String>>,
-    /// The table of the extensions Aurora offers that preflight reads (`None`: the shipped one).
-    pub aurora_extension_data: Option<String>,
     pub fences: u32,
     pub ended: u32,
     /// The source's fingerprint (`None`: an empty database's).
@@ -289,6 +298,7 @@ impl Model {
             tags: BTreeMap::new(),
             pending: vec![],
             db: None,
+            aurora_extensions: preflight_inputs().aurora_extensions,
         }
     }
 
@@ -373,6 +383,7 @@ impl Model {
                         .collect(),
                 );
             }
+            inputs.aurora_extensions = self.aurora_extensions.clone();
             obs.preflight = Some(inputs);
         }
         if n.quotas {
@@ -440,7 +451,6 @@ impl Model {
                 )
             {
                 inputs.database = db.preflight.clone();
-                inputs.aurora_extension_data = db.aurora_extension_data.clone();
             }
             if n.source_sessions || n.target_replay || n.consistency || n.target_sessions {
                 obs.database.read_at = Some(self.now);

@@ -7,7 +7,6 @@
 //! connection that fails is not a failed preflight: the migration takes the metric path, and the
 //! `database-access` check says why.
 
-use super::aurora_extensions::{self, Completeness, Tables, Verdict};
 use super::*;
 use crate::core::database::{DatabaseAccess, SqlPreflight, access_for};
 use crate::core::observation::EngineVersion;
@@ -60,19 +59,11 @@ pub(super) fn database_checks(
         ),
     );
     sql_checks(c, answer);
-    let given = inputs
-        .aurora_extension_data
-        .as_deref()
-        .map(aurora_extensions::parse);
-    let tables = match &given {
-        Some(parsed) => parsed.as_ref(),
-        None => aurora_extensions::SHIPPED.as_ref(),
-    };
     extensions_check(
         c,
         &answer.extensions,
         aurora_version,
-        tables.map_err(String::as_str),
+        inputs.aurora_extensions.as_deref(),
     );
     Some(access)
 }
@@ -176,26 +167,21 @@ fn sql_checks(c: &mut Checks, a: &SqlPreflight) {
     );
 }
 
-/// Every installed extension (but `plpgsql`) must be one the chosen Aurora version offers, as
-/// AWS's published table says (`aurora_extensions.csv`). Only a table the data holds whole can
-/// fail the check; where it holds part of it, or none, what it does not list is a warning.
+/// Extensions every database has from its creation: nothing to move, nothing to check.
+const ALWAYS_PRESENT: [&str; 1] = ["plpgsql"];
+
+/// Every installed extension (but `plpgsql`) must be one the Aurora family offers, as RDS says
+/// in the family's `rds.allowed_extensions` (its `AllowedValues`). Without that list the
+/// extensions cannot be compared: a warning, never a failure made of missing data.
 fn extensions_check(
     c: &mut Checks,
     installed: &[(String, String)],
     aurora_version: Option<&EngineVersion>,
-    tables: Result<&Tables, &str>,
+    offered: Option<&[String]>,
 ) {
-    let listed = |names: &[String]| {
-        names
-            .iter()
-            .map(|n| format!("`{n}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let others: Vec<String> = installed
+    let others: Vec<&(String, String)> = installed
         .iter()
-        .filter(|(name, _)| !aurora_extensions::ALWAYS_PRESENT.contains(&name.as_str()))
-        .map(|(name, version)| format!("{name} {version}"))
+        .filter(|(name, _)| !ALWAYS_PRESENT.contains(&name.as_str()))
         .collect();
     if others.is_empty() {
         c.add(
@@ -205,69 +191,50 @@ fn extensions_check(
         );
         return;
     }
-    let Some((version, major)) =
-        aurora_version.and_then(|v| parse_version(&v.version).map(|(major, _)| (v, major)))
-    else {
+    let family = aurora_version
+        .map(|v| v.family.as_str())
+        .filter(|f| !f.is_empty())
+        .map_or_else(|| "the Aurora family".to_string(), |f| format!("`{f}`"));
+    let Some(offered) = offered else {
+        let list: Vec<String> = others.iter().map(|(n, v)| format!("{n} {v}")).collect();
         c.add(
             "extensions",
             Outcome::Warn,
             format!(
-                "no Aurora version was chosen (see `aurora-version`), so {} could not be compared with what Aurora offers",
-                listed(&others)
+                "could not read the Aurora family's allowed extensions (RDS's `rds.allowed_extensions` for {family} gave no AllowedValues): check {} yourself before the cutover",
+                names(&list)
             ),
         );
         return;
     };
-    let tables = match tables {
-        Ok(t) => t,
-        Err(why) => {
-            c.add(
-                "extensions",
-                Outcome::Warn,
-                format!(
-                    "the agent's table of the extensions Aurora offers could not be read ({why}): check {} for Aurora PostgreSQL {major} on AWS's page yourself",
-                    listed(&others)
-                ),
-            );
-            return;
-        }
-    };
-    let data = format!("AWS's table ({}, read {})", tables.source, tables.read);
-    match aurora_extensions::judge(tables, major, installed) {
-        Verdict::NothingToCheck => {
-            c.add("extensions", Outcome::Pass, "none installed besides plpgsql")
-        }
-        Verdict::AllOffered(n) => c.add(
+    let missing: Vec<String> = others
+        .iter()
+        .filter(|(name, _)| !offered.iter().any(|o| o.eq_ignore_ascii_case(name)))
+        .map(|(name, version)| format!("{name} {version}"))
+        .collect();
+    if missing.is_empty() {
+        c.add(
             "extensions",
             Outcome::Pass,
             format!(
-                "{n} installed, all offered by Aurora PostgreSQL {major} according to {data}"
+                "{} installed, all in RDS's `rds.allowed_extensions` for {family}",
+                others.len()
             ),
-        ),
-        Verdict::Missing(missing) => c.add(
-            "extensions",
-            Outcome::Fail,
-            format!(
-                "{} installed on the source, not offered by Aurora PostgreSQL {} according to {data}: the replica cannot have them, and what uses them would fail on Aurora. Drop them from every database (DROP EXTENSION), or acknowledge if the table is out of date",
-                listed(&missing),
-                version.version
-            ),
-        ),
-        Verdict::Unconfirmed(completeness, unconfirmed) => {
-            let held = match completeness {
-                Some(Completeness::Partial) => "only part of",
-                _ => "none of",
-            };
-            c.add(
-                "extensions",
-                Outcome::Warn,
-                format!(
-                    "{} not confirmed for Aurora PostgreSQL {major}: the agent's copy of {data} holds {held} that version's table; check them on the page before the cutover",
-                    listed(&unconfirmed)
-                ),
-            );
-        }
+        );
+        return;
     }
+    let listed = missing
+        .iter()
+        .map(|m| format!("`{m}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    c.add(
+        "extensions",
+        Outcome::Fail,
+        format!(
+            "{listed} installed on the source, not offered by Aurora: not in the extensions RDS allows for {family} (the AllowedValues of its `rds.allowed_extensions`). The replica cannot have them, and what uses them would fail on Aurora. Drop them from every database (DROP EXTENSION), or acknowledge"
+        ),
+    );
 }
 
 /// Up to five names, then how many more.

@@ -4,7 +4,6 @@
 //! the migration unless it is one the owners may acknowledge (`<prefix>:ack-<check>` = `true`)
 //! and they did. `aurora-migrator plan <instance>` prints the same report.
 
-mod aurora_extensions;
 mod database;
 
 use std::fmt::Write as _;
