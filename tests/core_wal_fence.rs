@@ -280,6 +280,127 @@ fn the_sql_preflight_names_unlogged_tables_writers_and_prepared_transactions() {
     assert!(old.message.contains("pid 4242"));
 }
 
+// ----- extensions the Aurora family does not offer ---------------------------------------------
+
+/// What `rds.allowed_extensions` of aurora-postgresql15 allows in these tests.
+fn aurora_15_allows() -> Option<Vec<String>> {
+    Some(vec![
+        "plpgsql".into(),
+        "pg_stat_statements".into(),
+        "postgis".into(),
+    ])
+}
+
+/// A model whose source has `extensions` installed, and RDS allows `allowed` for the family.
+fn with_extensions(extensions: &[(&str, &str)], allowed: Option<Vec<String>>) -> Model {
+    let mut model = Model::with_database();
+    model.db().preflight = Some(Ok(SqlPreflight {
+        extensions: extensions
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        ..SqlPreflight::default()
+    }));
+    model.aurora_extensions = allowed;
+    model
+}
+
+#[test]
+fn an_extension_the_aurora_family_does_not_offer_is_named_and_blocks_the_migration() {
+    let policy = database_policy();
+    let mut model = with_extensions(
+        &[
+            ("plpgsql", "1.0"),
+            ("postgis", "3.4.2"),
+            ("timescaledb", "2.14.2"),
+            ("pg_partman", "5.0.1"),
+        ],
+        aurora_15_allows(),
+    );
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Failed);
+    let ext = check(&m, "extensions");
+    assert_eq!(ext.outcome, Outcome::Fail);
+    assert!(!ext.acknowledged);
+    assert!(
+        ext.message.contains("`timescaledb 2.14.2`") && ext.message.contains("`pg_partman 5.0.1`"),
+        "each is named: {}",
+        ext.message
+    );
+    assert!(!ext.message.contains("postgis"), "{}", ext.message);
+    assert!(
+        ext.message.contains("`rds.allowed_extensions`")
+            && ext.message.contains("aurora-postgresql15"),
+        "the message says the list is RDS's for the family: {}",
+        ext.message
+    );
+    assert!(model.clusters_created == 0, "no replica was created");
+    let report = m.preflight.as_ref().unwrap().render("aurora-migration");
+    assert!(
+        report.contains("aurora-migration:ack-extensions=true"),
+        "{report}"
+    );
+}
+
+#[test]
+fn extensions_the_aurora_family_offers_pass() {
+    let policy = database_policy();
+    let mut model = with_extensions(
+        &[("plpgsql", "1.0"), ("postgis", "3.4.2")],
+        aurora_15_allows(),
+    );
+    let mut m = migration();
+    let phases = run_to_end(&mut model, &mut m, &policy, 2_000);
+    assert_eq!(m.phase, Phase::Completed, "{phases:?} {:?}", m.last_error);
+    let ext = check(&m, "extensions");
+    assert_eq!(ext.outcome, Outcome::Pass, "{}", ext.message);
+    assert!(ext.message.contains("1 installed"), "{}", ext.message);
+}
+
+#[test]
+fn plpgsql_needs_no_allowance() {
+    let policy = database_policy();
+    let mut model = with_extensions(&[("plpgsql", "1.0")], Some(vec!["postgis".into()]));
+    let mut m = migration();
+    let phases = run_to_end(&mut model, &mut m, &policy, 2_000);
+    assert_eq!(m.phase, Phase::Completed, "{phases:?} {:?}", m.last_error);
+    assert_eq!(check(&m, "extensions").outcome, Outcome::Pass);
+}
+
+#[test]
+fn acknowledging_an_extension_aurora_does_not_offer_lets_the_migration_proceed() {
+    let policy = database_policy();
+    let mut model = with_extensions(
+        &[("plpgsql", "1.0"), ("timescaledb", "2.14.2")],
+        aurora_15_allows(),
+    );
+    model.tag_source("aurora-migration:ack-extensions", "true");
+    let mut m = migration();
+    let phases = run_to_end(&mut model, &mut m, &policy, 2_000);
+    assert_eq!(m.phase, Phase::Completed, "{phases:?} {:?}", m.last_error);
+    let ext = check(&m, "extensions");
+    assert_eq!(ext.outcome, Outcome::Fail);
+    assert!(ext.acknowledged, "the owners accepted it");
+}
+
+#[test]
+fn without_the_family_s_allowed_extensions_the_check_warns() {
+    let policy = database_policy();
+    let mut model = with_extensions(&[("plpgsql", "1.0"), ("timescaledb", "2.14.2")], None);
+    let mut m = migration();
+    let phases = run_to_end(&mut model, &mut m, &policy, 2_000);
+    assert_eq!(m.phase, Phase::Completed, "{phases:?} {:?}", m.last_error);
+    let ext = check(&m, "extensions");
+    assert_eq!(ext.outcome, Outcome::Warn);
+    assert!(
+        ext.message
+            .contains("could not read the Aurora family's allowed extensions")
+            && ext.message.contains("`timescaledb 2.14.2`"),
+        "{}",
+        ext.message
+    );
+}
+
 #[test]
 fn promotion_is_refused_at_execution_when_the_fence_was_not_replayed() {
     let (_model, mut m) = with_database_at(Phase::Promoting);

@@ -238,6 +238,11 @@ pub struct PreflightInputs {
     /// the reason when the agent could not connect or read. `None`: access not granted.
     #[serde(default)]
     pub database: Option<Result<SqlPreflight, String>>,
+    /// The extensions the Aurora family offers: the `AllowedValues` of `rds.allowed_extensions`
+    /// in the family's engine-default cluster parameters. `None` when RDS does not give them
+    /// (the parameter or its `AllowedValues` is absent).
+    #[serde(default)]
+    pub aurora_extensions: Option<Vec<String>>,
 }
 
 /// Where a security group lives: a consumer admitted through the quarantine must be in the

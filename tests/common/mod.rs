@@ -115,6 +115,15 @@ pub fn preflight_inputs() -> PreflightInputs {
         free_storage_bytes: Some(150.0 * GIB),
         cdc_consumer_groups: None,
         database: None,
+        aurora_extensions: Some(names(&[
+            "plpgsql",
+            "pg_stat_statements",
+            "pg_cron",
+            "pgcrypto",
+            "citext",
+            "postgis",
+            "vector",
+        ])),
     }
 }
 
@@ -185,6 +194,9 @@ pub struct Model {
     pub pending: Vec<ActionResult>,
     /// Inside the databases, where the agent has access (`Model::with_database`).
     pub db: Option<ModelDb>,
+    /// What RDS's `rds.allowed_extensions` of the Aurora family allows, as preflight reads it
+    /// (`None`: RDS gave no list).
+    pub aurora_extensions: Option<Vec<String>>,
 }
 
 /// The source and replica as SQL shows them (database-aware cutover).
@@ -286,6 +298,7 @@ impl Model {
             tags: BTreeMap::new(),
             pending: vec![],
             db: None,
+            aurora_extensions: preflight_inputs().aurora_extensions,
         }
     }
 
@@ -370,6 +383,7 @@ impl Model {
                         .collect(),
                 );
             }
+            inputs.aurora_extensions = self.aurora_extensions.clone();
             obs.preflight = Some(inputs);
         }
         if n.quotas {

@@ -305,6 +305,16 @@ impl Rds for PgRds {
             kms_key: Default::default(),
             free_storage_bytes: Some(FREE_STORAGE),
             cdc_consumer_groups: None,
+            aurora_extensions: Some(names(&[
+                "plpgsql",
+                "pg_stat_statements",
+                "pg_cron",
+                "pgcrypto",
+                "citext",
+                "hstore",
+                "postgis",
+                "vector",
+            ])),
         })
     }
 

@@ -304,6 +304,11 @@ def test_engine_default_parameters(endpoint):
     ac_names = {p["ParameterName"] for p in ac["EngineDefaults"]["Parameters"]}
     assert {"rds.logical_replication", "rds.force_ssl", "shared_preload_libraries"} <= ac_names
     assert "max_wal_size" not in ac_names
+    # rds.allowed_extensions: its AllowedValues is every extension the family offers
+    ac_by_name = {p["ParameterName"]: p for p in ac["EngineDefaults"]["Parameters"]}
+    allowed = [e.strip() for e in ac_by_name["rds.allowed_extensions"]["AllowedValues"].split(",")]
+    assert {"plpgsql", "pg_stat_statements", "pg_cron", "postgis", "vector"} <= set(allowed)
+    assert "rds.allowed_extensions" not in ai_names
 
     # MaxRecords/Marker paging, as the Rust SDK's paginator drives it
     pages = rds.get_paginator("describe_engine_default_parameters").paginate(

@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use aws_sdk_rds::types::{DbCluster, DbInstance, Tag, VpcSecurityGroupMembership};
+use aws_sdk_rds::types::{
+    DbCluster, DbInstance, Parameter as SdkParameter, Tag, VpcSecurityGroupMembership,
+};
 
 use crate::core::observation::{
     ClusterMember, Endpoint, GroupMembership, ParameterGroupMembership, SourceInstance,
@@ -117,5 +119,67 @@ pub(super) fn target_from(c: &DbCluster, members: Vec<ClusterMember>) -> TargetC
         }),
         security_groups: memberships(c.vpc_security_groups()),
         members,
+    }
+}
+
+/// The extensions a parameter group family offers: the `AllowedValues` of its
+/// `rds.allowed_extensions` parameter, comma-separated (spaces around a name ignored, empty
+/// items dropped). `None` when the parameter or its `AllowedValues` is absent.
+pub(super) fn allowed_extensions(parameters: &[SdkParameter]) -> Option<Vec<String>> {
+    let allowed = parameters
+        .iter()
+        .find(|p| p.parameter_name() == Some("rds.allowed_extensions"))?
+        .allowed_values()?;
+    Some(
+        allowed
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parameter(name: &str, allowed: Option<&str>) -> SdkParameter {
+        SdkParameter::builder()
+            .parameter_name(name)
+            .set_allowed_values(allowed.map(str::to_string))
+            .build()
+    }
+
+    #[test]
+    fn allowed_extensions_are_the_comma_separated_allowed_values() {
+        let ps = [
+            parameter("work_mem", Some("64-2147483647")),
+            parameter(
+                "rds.allowed_extensions",
+                Some("plpgsql, pg_stat_statements,postgis ,  pgvector,,"),
+            ),
+        ];
+        assert_eq!(
+            allowed_extensions(&ps),
+            Some(vec![
+                "plpgsql".to_string(),
+                "pg_stat_statements".to_string(),
+                "postgis".to_string(),
+                "pgvector".to_string(),
+            ])
+        );
+    }
+
+    #[test]
+    fn no_parameter_or_no_allowed_values_is_none() {
+        assert_eq!(
+            allowed_extensions(&[parameter("work_mem", Some("1-2"))]),
+            None
+        );
+        assert_eq!(
+            allowed_extensions(&[parameter("rds.allowed_extensions", None)]),
+            None
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The preflight reads: what the core's preflight checks judge the source and the Region by
-//! (Aurora engine versions, the source's user parameters, Aurora's default and static parameters,
-//! pending maintenance, account quotas, the KMS key, free storage).
+//! (Aurora engine versions, the source's user parameters, Aurora's default and static parameters
+//! and the extensions its family allows, pending maintenance, account quotas, the KMS key, free
+//! storage).
 //!
 //! Reads only; every paginated answer is read to its end. A default parameter group nobody changed
 //! has no user parameters (not an error); free storage is `None` when CloudWatch fails or has no
@@ -10,7 +11,7 @@ use aws_sdk_rds::types::Parameter as SdkParameter;
 use jiff::Timestamp;
 
 use super::AwsRds;
-use super::convert::opt;
+use super::convert::{allowed_extensions, opt};
 use crate::aws::call::all_pages;
 use crate::core::observation::{
     EngineVersion, KeyCheck, MetricKey, Parameter, PreflightInputs, Quota, SourceInstance,
@@ -104,6 +105,7 @@ impl AwsRds {
             free_storage_bytes: self.latest_free_storage(&source.identifier).await,
             // Filled by the driver from EC2 when consumers are declared.
             cdc_consumer_groups: None,
+            aurora_extensions: allowed_extensions(&cluster_defaults),
         })
     }
 

@@ -9,6 +9,7 @@
 
 use super::*;
 use crate::core::database::{DatabaseAccess, SqlPreflight, access_for};
+use crate::core::observation::EngineVersion;
 
 /// Adds `database-access` and the SQL-answered checks; returns the access to plan with (`None`:
 /// the metric path).
@@ -17,6 +18,7 @@ pub(super) fn database_checks(
     source: &SourceInstance,
     inputs: &PreflightInputs,
     policy: &Policy,
+    aurora_version: Option<&EngineVersion>,
 ) -> Option<DatabaseAccess> {
     let metric_path = "the cutover reboots the source and proves catch-up from CloudWatch";
     let unusable = match (access_for(source, policy), &inputs.database) {
@@ -25,7 +27,13 @@ pub(super) fn database_checks(
         (Ok(Some(_)), Some(Err(e))) => Some(format!("the agent could not read the database: {e}")),
         (Ok(Some(_)), None) => Some("the database was not asked".to_string()),
         (Ok(Some(access)), Some(Ok(answer))) => {
-            database_path_checks(c, &access, answer);
+            database_path_checks(
+                c,
+                &access,
+                answer,
+                aurora_version,
+                inputs.aurora_extensions.as_deref(),
+            );
             return Some(access);
         }
     };
@@ -41,7 +49,13 @@ pub(super) fn database_checks(
 }
 
 /// Access works: say so, and let the database answer.
-fn database_path_checks(c: &mut Checks, access: &DatabaseAccess, answer: &SqlPreflight) {
+fn database_path_checks(
+    c: &mut Checks,
+    access: &DatabaseAccess,
+    answer: &SqlPreflight,
+    aurora_version: Option<&EngineVersion>,
+    aurora_extensions: Option<&[String]>,
+) {
     c.add(
         "database-access",
         Outcome::Pass,
@@ -51,6 +65,7 @@ fn database_path_checks(c: &mut Checks, access: &DatabaseAccess, answer: &SqlPre
         ),
     );
     sql_checks(c, answer);
+    extensions_check(c, &answer.extensions, aurora_version, aurora_extensions);
 }
 
 fn unlogged_by_acknowledgement(c: &mut Checks) {
@@ -149,6 +164,76 @@ fn sql_checks(c: &mut Checks, a: &SqlPreflight) {
                 names(&list)
             )
         },
+    );
+}
+
+/// Extensions every database has from its creation: nothing to move, nothing to check.
+const ALWAYS_PRESENT: [&str; 1] = ["plpgsql"];
+
+/// Every installed extension (but `plpgsql`) must be one the Aurora family offers, as RDS says
+/// in the family's `rds.allowed_extensions` (its `AllowedValues`). Without that list the
+/// extensions cannot be compared: a warning, never a failure made of missing data.
+fn extensions_check(
+    c: &mut Checks,
+    installed: &[(String, String)],
+    aurora_version: Option<&EngineVersion>,
+    offered: Option<&[String]>,
+) {
+    let others: Vec<&(String, String)> = installed
+        .iter()
+        .filter(|(name, _)| !ALWAYS_PRESENT.contains(&name.as_str()))
+        .collect();
+    if others.is_empty() {
+        c.add(
+            "extensions",
+            Outcome::Pass,
+            "none installed besides plpgsql",
+        );
+        return;
+    }
+    let family = aurora_version
+        .map(|v| v.family.as_str())
+        .filter(|f| !f.is_empty())
+        .map_or_else(|| "the Aurora family".to_string(), |f| format!("`{f}`"));
+    let Some(offered) = offered else {
+        let list: Vec<String> = others.iter().map(|(n, v)| format!("{n} {v}")).collect();
+        c.add(
+            "extensions",
+            Outcome::Warn,
+            format!(
+                "could not read the Aurora family's allowed extensions (RDS's `rds.allowed_extensions` for {family} gave no AllowedValues): check {} yourself before the cutover",
+                names(&list)
+            ),
+        );
+        return;
+    };
+    let missing: Vec<String> = others
+        .iter()
+        .filter(|(name, _)| !offered.iter().any(|o| o.eq_ignore_ascii_case(name)))
+        .map(|(name, version)| format!("{name} {version}"))
+        .collect();
+    if missing.is_empty() {
+        c.add(
+            "extensions",
+            Outcome::Pass,
+            format!(
+                "{} installed, all in RDS's `rds.allowed_extensions` for {family}",
+                others.len()
+            ),
+        );
+        return;
+    }
+    let listed = missing
+        .iter()
+        .map(|m| format!("`{m}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    c.add(
+        "extensions",
+        Outcome::Fail,
+        format!(
+            "{listed} installed on the source, not offered by Aurora: not in the extensions RDS allows for {family} (the AllowedValues of its `rds.allowed_extensions`). The replica cannot have them, and what uses them would fail on Aurora. Drop them from every database (DROP EXTENSION), or acknowledge"
+        ),
     );
 }
 

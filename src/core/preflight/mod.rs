@@ -95,9 +95,10 @@ impl PreflightReport {
 }
 
 /// Failures the owners may accept knowingly. Everything else must be fixed.
-pub const ACKNOWLEDGEABLE: [&str; 6] = [
+pub const ACKNOWLEDGEABLE: [&str; 7] = [
     "cdc-consumers",
     "database-writers",
+    "extensions",
     "read-replicas",
     "in-database-writers",
     "logical-replication",
@@ -548,7 +549,7 @@ pub fn run(
         );
     }
 
-    let database = database::database_checks(&mut c, source, inputs, policy);
+    let database = database::database_checks(&mut c, source, inputs, policy, version);
 
     let iac: Vec<&String> = source
         .tags

@@ -75,6 +75,29 @@ impl State {
             kms_key: KeyCheck::Usable,
             free_storage_bytes: free,
             cdc_consumer_groups: None,
+            // What `rds.allowed_extensions` of aurora-postgresql15/16 allows (a plausible part).
+            aurora_extensions: Some(
+                [
+                    "plpgsql",
+                    "pg_stat_statements",
+                    "pg_cron",
+                    "pg_hint_plan",
+                    "pg_partman",
+                    "pg_trgm",
+                    "pgcrypto",
+                    "hstore",
+                    "citext",
+                    "postgis",
+                    "postgis_topology",
+                    "vector",
+                    "uuid-ossp",
+                    "pglogical",
+                    "aws_s3",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ),
         }
     }
 
