@@ -601,3 +601,41 @@ fn with_auroras_sessions_stuck_the_rollback_falls_back_to_rebooting_its_writer()
     assert!(m.alerts_sent.contains("target-fence-fallback"));
     assert!(m.progress.target_sessions_ended_at.is_none());
 }
+
+#[test]
+fn an_aurora_writer_the_agent_cannot_reach_before_the_cutover_means_the_metric_path_from_the_start()
+{
+    let policy = database_policy();
+    let mut model = Model::with_database();
+    model.db().target_unreachable = true;
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Quiescing);
+    assert!(
+        m.progress
+            .database_fallback
+            .as_deref()
+            .is_some_and(|w| w.contains("never reached the Aurora writer")),
+        "{:?}",
+        m.progress.database_fallback
+    );
+    assert!(m.alerts_sent.contains("database-fallback"));
+    let phases = run_to_end(&mut model, &mut m, &policy, 3_000);
+    assert_eq!(m.phase, Phase::Completed, "{phases:?}");
+    assert_eq!(model.reboots, 1, "the metric path from the start");
+    assert_eq!(model.db().ended, 0, "no session was ended by SQL");
+}
+
+#[test]
+fn an_aurora_writer_reached_once_before_the_cutover_keeps_the_database_path() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::AwaitingCutover);
+    let reached = m
+        .progress
+        .target_reached_at
+        .expect("the route to Aurora was tried");
+    assert!(reached <= model.now);
+    run_to_end(&mut model, &mut m, &policy, 3_000);
+    assert_eq!(m.phase, Phase::Completed);
+    assert_eq!(m.progress.database_fallback, None);
+    assert_eq!(model.reboots, 0);
+}

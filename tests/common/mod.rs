@@ -210,6 +210,8 @@ pub struct ModelDb {
     pub stuck: bool,
     /// Reads fail (the route or the credentials are gone).
     pub unreachable: bool,
+    /// Reads of the Aurora writer fail (no route from the agent to the cluster).
+    pub target_unreachable: bool,
     /// The source's WAL position.
     pub wal: u64,
     /// The replica stops replaying at this position (`None`: it keeps up with `wal`).
@@ -484,7 +486,7 @@ impl Model {
                     .as_ref()
                     .is_some_and(|t| t.replication_source.is_some());
                 let replayed = db.replay_stuck_at.map_or(db.wal, |at| at.min(db.wal));
-                obs.database.target_replay = Some(if db.unreachable {
+                obs.database.target_replay = Some(if db.unreachable || db.target_unreachable {
                     unreachable()
                 } else {
                     Ok(replica.then_some(Lsn(replayed)))

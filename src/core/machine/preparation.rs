@@ -32,6 +32,9 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             .into_iter()
             .map(|k| (k, now - HEALTH_WINDOW))
             .collect();
+            // The database path needs the Aurora writer too: its route is tried before the
+            // cutover, until it answered once.
+            n.target_replay = m.database_path() && m.progress.target_reached_at.is_none();
         }
         _ => {}
     }
@@ -251,6 +254,7 @@ impl Stepper<'_> {
         if self.replica_guards() {
             return;
         }
+        self.note_aurora_route();
         if !self.lag_ok() {
             self.m.progress.lag_ok_since = None;
             return;
@@ -281,11 +285,13 @@ impl Stepper<'_> {
         if self.replica_guards() {
             return;
         }
+        self.note_aurora_route();
         if self.obs.fleet_paused {
             self.enter(Phase::Paused, "the fleet-wide pause is on");
             return;
         }
         if self.cutover_allowed() && self.lag_ok() {
+            self.aurora_route_or_fall_back();
             self.enter(Phase::Quiescing, "");
         }
     }

@@ -60,6 +60,35 @@ impl Stepper<'_> {
         );
     }
 
+    /// Before the cutover, on the database path: the agent must reach the Aurora writer too
+    /// (preflight could only try the source; the cluster did not exist yet). Records the first
+    /// answer; until then every look tries again.
+    pub(super) fn note_aurora_route(&mut self) {
+        if !self.database_path() || self.m.progress.target_reached_at.is_some() {
+            return;
+        }
+        if let Some(Ok(Some(_))) = &self.obs.database.target_replay {
+            self.m.progress.target_reached_at = Some(self.now);
+        }
+    }
+
+    /// At the start of the cutover: without an answer from the Aurora writer, the proof by WAL
+    /// position could not be read, so this attempt takes the metric path from the start rather
+    /// than find out with writes stopped.
+    pub(super) fn aurora_route_or_fall_back(&mut self) {
+        if !self.database_path() || self.m.progress.target_reached_at.is_some() {
+            return;
+        }
+        let why = match &self.obs.database.target_replay {
+            Some(Err(e)) => e.clone(),
+            Some(Ok(None)) => "the Aurora writer is not replicating".to_string(),
+            _ => "no answer yet".to_string(),
+        };
+        self.fall_back_to_reboot(format!(
+            "the agent never reached the Aurora writer by SQL before the cutover ({why})"
+        ));
+    }
+
     /// Database-aware Quiescing, once the quarantine is active and the source available.
     pub(super) fn end_sessions_and_drain(&mut self, source: &SourceInstance) {
         let Some(on) = self.source_db() else {
