@@ -531,7 +531,7 @@ async fn tls_is_verified_never_skipped_and_credential_failures_are_classified() 
     };
     let e = db.client_sessions(&iam).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Fatal);
-    assert!(e.message.contains("not supported yet"), "{e}");
+    assert!(e.message.contains("needs AWS credentials"), "{e}");
 }
 
 /// Waits until `standby` has replayed everything `primary` has written so far.

@@ -313,13 +313,9 @@ impl AwsWorld {
             ),
             router: router::HttpRouter::new(s).map_err(ConnectError::Setting)?,
             database: match &s.database {
-                Some(settings) => {
-                    crate::database::AgentDatabase::On(Box::new(crate::database::PgDatabase::new(
-                        settings.clone(),
-                        aws_sdk_secretsmanager::Client::new(config),
-                        calls.clone(),
-                    )))
-                }
+                Some(settings) => crate::database::AgentDatabase::On(Box::new(
+                    crate::database::PgDatabase::new(settings.clone(), config, calls.clone()),
+                )),
                 None => crate::database::AgentDatabase::Off,
             },
             clock: SystemClock,

@@ -5,7 +5,9 @@
 //!   `username` and `password` (what RDS-managed master secrets hold; other keys are ignored).
 //!   An answer is kept [`SECRET_TTL`] per secret id, so a cutover's many calls cost one request;
 //!   [`CredentialCache::forget`] drops it when the server refuses the password (a rotation).
-//! - [`Credentials::IamUser`]: not built yet, a `Fatal` error saying so.
+//! - [`Credentials::IamUser`]: IAM database authentication: a token signed with the task role's
+//!   credentials (`rds-db:connect`, valid 15 minutes) is the password, made afresh for each
+//!   connection (signing is local; the SDK caches the role's credentials).
 //! - A password never appears in an error, a log line or a `Debug` output: it is held in a
 //!   [`Sensitive`], and the JSON's parse errors are reworded (serde's would quote values).
 //!
@@ -84,7 +86,28 @@ pub fn parse_login(secret: &Sensitive) -> Result<Login, String> {
 pub trait SecretSource: Send + Sync {
     /// The secret's current text (`SecretString`); errors are classified `PortError`s.
     fn secret_string(&self, secret_id: &str) -> impl Future<Output = PortResult<Sensitive>> + Send;
+
+    /// An IAM database authentication token for `user` at `host:port`, to be sent as the
+    /// password. Sources without AWS credentials refuse.
+    fn iam_token(
+        &self,
+        host: &str,
+        port: u16,
+        user: &str,
+    ) -> impl Future<Output = PortResult<Sensitive>> + Send {
+        let _ = (host, port);
+        std::future::ready(Err(PortError::new(
+            ErrorKind::Fatal,
+            IAM_CONNECT,
+            format!(
+                "IAM database authentication (as {user}) needs AWS credentials this source does not have"
+            ),
+        )))
+    }
 }
+
+/// The operation name of an IAM database authentication token.
+const IAM_CONNECT: &str = "rds-db:connect";
 
 /// Secrets Manager, through the counted, classified call every AWS request takes
 /// (`ResourceNotFoundException` → NotFound, `AccessDeniedException` → Fatal, throttling →
@@ -92,15 +115,46 @@ pub trait SecretSource: Send + Sync {
 pub struct SecretsManagerSource {
     client: aws_sdk_secretsmanager::Client,
     calls: CallCounter,
+    /// The SDK configuration whose credentials and Region sign IAM authentication tokens.
+    sdk: aws_config::SdkConfig,
 }
 
 impl SecretsManagerSource {
-    pub fn new(client: aws_sdk_secretsmanager::Client, calls: CallCounter) -> Self {
-        SecretsManagerSource { client, calls }
+    pub fn new(sdk: &aws_config::SdkConfig, calls: CallCounter) -> Self {
+        SecretsManagerSource {
+            client: aws_sdk_secretsmanager::Client::new(sdk),
+            calls,
+            sdk: sdk.clone(),
+        }
     }
 }
 
 impl SecretSource for SecretsManagerSource {
+    fn iam_token(
+        &self,
+        host: &str,
+        port: u16,
+        user: &str,
+    ) -> impl Future<Output = PortResult<Sensitive>> + Send {
+        let config = aws_sdk_rds::auth_token::Config::builder()
+            .hostname(host)
+            .port(u64::from(port))
+            .username(user)
+            .build();
+        async move {
+            let fatal = |e: String| PortError::new(ErrorKind::Fatal, IAM_CONNECT, e);
+            let generator = aws_sdk_rds::auth_token::AuthTokenGenerator::new(
+                config.map_err(|e| fatal(e.to_string()))?,
+            );
+            // Signing fails only without credentials or a clock: nothing a retry mends.
+            let token = generator
+                .auth_token(&self.sdk)
+                .await
+                .map_err(|e| fatal(format!("could not sign an IAM authentication token: {e}")))?;
+            Ok(Sensitive::new(token.as_str()))
+        }
+    }
+
     fn secret_string(&self, secret_id: &str) -> impl Future<Output = PortResult<Sensitive>> + Send {
         let request = self.client.get_secret_value().secret_id(secret_id);
         let secret_id = secret_id.to_string();
@@ -138,19 +192,22 @@ impl<S: SecretSource> CredentialCache<S> {
         }
     }
 
-    /// The login for `credentials`: a cached one while fresh, else a fetched one.
-    pub async fn login(&self, credentials: &Credentials) -> PortResult<Arc<Login>> {
+    /// The login for `credentials` at `host:port`: for a secret, a cached one while fresh, else
+    /// a fetched one; for IAM authentication, a token made now.
+    pub async fn login(
+        &self,
+        credentials: &Credentials,
+        host: &str,
+        port: u16,
+    ) -> PortResult<Arc<Login>> {
         let secret_id = match credentials {
             Credentials::Secret { secret_id } => secret_id,
             Credentials::IamUser { user } => {
-                return Err(PortError::new(
-                    ErrorKind::Fatal,
-                    "postgres:connect",
-                    format!(
-                        "IAM database authentication (as {user}) is not supported yet: \
-                         give the agent a Secrets Manager secret for this database"
-                    ),
-                ));
+                let token = self.source.iam_token(host, port, user).await?;
+                return Ok(Arc::new(Login {
+                    username: user.clone(),
+                    password: token,
+                }));
             }
         };
         if let Some((at, login)) = self.lock().get(secret_id)
@@ -254,7 +311,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn secrets_are_cached_until_forgotten_and_iam_is_refused() {
+    async fn secrets_are_cached_until_forgotten_and_iam_needs_aws_credentials() {
         let cache = CredentialCache::new(Counting {
             fetches: AtomicU32::new(0),
             text: r#"{"username":"agent","password":"pw"}"#,
@@ -262,21 +319,81 @@ mod tests {
         let secret = Credentials::Secret {
             secret_id: "arn:aws:secretsmanager:eu-west-1:1:secret:db".into(),
         };
-        cache.login(&secret).await.unwrap();
-        cache.login(&secret).await.unwrap();
+        cache.login(&secret, "db.example", 5432).await.unwrap();
+        cache.login(&secret, "db.example", 5432).await.unwrap();
         assert_eq!(cache.source.fetches.load(Ordering::SeqCst), 1);
         cache.forget(&secret);
-        assert_eq!(cache.login(&secret).await.unwrap().username, "agent");
+        assert_eq!(
+            cache
+                .login(&secret, "db.example", 5432)
+                .await
+                .unwrap()
+                .username,
+            "agent"
+        );
         assert_eq!(cache.source.fetches.load(Ordering::SeqCst), 2);
 
+        // A source without AWS credentials cannot sign an IAM token.
         let e = cache
-            .login(&Credentials::IamUser {
-                user: "migrator".into(),
-            })
+            .login(
+                &Credentials::IamUser {
+                    user: "migrator".into(),
+                },
+                "db.example",
+                5432,
+            )
             .await
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Fatal);
-        assert!(e.message.contains("not supported yet"), "{e}");
+        assert!(e.message.contains("needs AWS credentials"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn iam_authentication_signs_a_connect_token_for_the_host_port_and_user() {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .credentials_provider(aws_credential_types::Credentials::new(
+                "AKIDEXAMPLE",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                None,
+                None,
+                "test",
+            ))
+            .load()
+            .await;
+        let cache = CredentialCache::new(SecretsManagerSource::new(&sdk, CallCounter::default()));
+        let login = cache
+            .login(
+                &Credentials::IamUser {
+                    user: "migrator".into(),
+                },
+                "orders.abc.eu-west-1.rds.amazonaws.com",
+                5432,
+            )
+            .await
+            .unwrap();
+        assert_eq!(login.username, "migrator");
+        let token = login.password.expose();
+        // The form RDS expects as the password: host:port/?Action=connect&DBUser=… signed for
+        // rds-db in the Region, valid 15 minutes, the signature in the query.
+        assert!(
+            token.starts_with(
+                "orders.abc.eu-west-1.rds.amazonaws.com:5432/?Action=connect&DBUser=migrator&"
+            ),
+            "{token}"
+        );
+        for part in [
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256",
+            "%2Feu-west-1%2Frds-db%2Faws4_request",
+            "X-Amz-Expires=900",
+            "X-Amz-Signature=",
+        ] {
+            assert!(token.contains(part), "{part} missing in {token}");
+        }
+        assert!(
+            !format!("{login:?}").contains("X-Amz-Signature"),
+            "the token is redacted"
+        );
     }
 
     #[tokio::test]
@@ -291,8 +408,8 @@ mod tests {
         let secret = Credentials::Secret {
             secret_id: "db".into(),
         };
-        cache.login(&secret).await.unwrap();
-        cache.login(&secret).await.unwrap();
+        cache.login(&secret, "db.example", 5432).await.unwrap();
+        cache.login(&secret, "db.example", 5432).await.unwrap();
         assert_eq!(cache.source.fetches.load(Ordering::SeqCst), 2);
     }
 }

@@ -87,13 +87,14 @@ pub struct PgDatabase<S = SecretsManagerSource> {
 }
 
 impl PgDatabase<SecretsManagerSource> {
-    /// The agent's: secrets from Secrets Manager, counted with the other AWS calls.
+    /// The agent's: secrets from Secrets Manager, counted with the other AWS calls, and IAM
+    /// authentication tokens signed with the same SDK configuration's credentials.
     pub fn new(
         settings: DatabaseSettings,
-        secrets: aws_sdk_secretsmanager::Client,
+        sdk: &aws_config::SdkConfig,
         calls: CallCounter,
     ) -> Self {
-        PgDatabase::with_source(settings, SecretsManagerSource::new(secrets, calls))
+        PgDatabase::with_source(settings, SecretsManagerSource::new(sdk, calls))
     }
 }
 
@@ -115,14 +116,20 @@ impl<S: SecretSource> PgDatabase<S> {
         operation: &'static str,
     ) -> PortResult<Session> {
         let target = format!("{}:{}/{}", at.host, at.port, database);
-        let login = self.credentials.login(&at.access.credentials).await?;
+        let login = self
+            .credentials
+            .login(&at.access.credentials, &at.host, at.port)
+            .await?;
         let (client, connection) = match self.connect(at, database, &login).await {
             Ok(c) => c,
             Err(Failed::Postgres(e)) if errors::is_auth_failure(&e) => {
                 // Perhaps rotated since it was cached: once more with the secret's current
                 // value, if it has another.
                 self.credentials.forget(&at.access.credentials);
-                let fresh = self.credentials.login(&at.access.credentials).await?;
+                let fresh = self
+                    .credentials
+                    .login(&at.access.credentials, &at.host, at.port)
+                    .await?;
                 if *fresh == *login {
                     return Err(errors::classify(operation, &target, &e));
                 }
