@@ -180,6 +180,9 @@ class Primary:
         return self.run("psql", "-h", "127.0.0.1", "-p", str(port or self.port), "-U", user, "-d", "postgres",
                         "-X", "-At", "-c", "SELECT 1", check=False)
 
+    def version(self):
+        return self.sql("SHOW server_version").split()[0]
+
     def pid(self, data=None):
         with open(os.path.join(data or self.data, "postmaster.pid")) as f:
             return int(f.readline())
