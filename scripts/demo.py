@@ -9,7 +9,17 @@ replica would (replication-slot lag, connections, replica lag...) and the tag-ch
 EventBridge would deliver. It prints every phase notification as the agent sends it and a summary
 at the end: phase durations, the write-unavailability window, AWS calls by operation.
 
-Usage: scripts/demo [--binary PATH] [--timeout SECONDS]
+The database-aware path, when the PostgreSQL server binaries and the `openssl` CLI are here
+(tests/support/moto_shim/local_postgres.py finds them): a real PostgreSQL primary (TLS, a
+throwaway CA) stands behind the emulated instance's endpoint, the Aurora replica is a real
+streaming standby the shim makes of it, the agent's login is a secret in the emulator's Secrets
+Manager, and the agent runs with database access. A writer (the `app` role) inserts numbered
+rows throughout and follows the route to Aurora; the summary adds the outage as that writer saw
+it and how many of its acknowledged writes are missing on Aurora (any: exit 1). Without the
+binaries, or with --no-postgres, the metric path runs (CloudWatch values and the reboot) and one
+line says why.
+
+Usage: scripts/demo [--binary PATH] [--timeout SECONDS] [--no-postgres]
 """
 
 import argparse
@@ -20,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
@@ -28,8 +39,14 @@ from pathlib import Path
 import boto3
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+from moto_shim import local_postgres  # noqa: E402  (standard library only)
+
 REGION = "us-east-1"
 SOURCE = "orders-pg"
+AGENT_ROLE = "agent"
+AGENT_PASSWORD = "agent-Pw-demo-5c1"
+APP_ROLE = "app"
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
@@ -60,11 +77,145 @@ def now():
     return datetime.now(timezone.utc)
 
 
+def database_path_missing(args):
+    """Why the database-aware path cannot be shown here, or None when it can."""
+    if args.no_postgres:
+        return "--no-postgres given"
+    try:
+        local_postgres.bin_dir()
+        local_postgres.run_as()
+    except local_postgres.Missing as e:
+        return str(e)
+    if not local_postgres.openssl_available():
+        return "the `openssl` CLI is not on PATH (it makes the test CA the agent verifies the database against)"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "the Python package psycopg is not installed in .venv (tests/support/requirements.txt)"
+    return None
+
+
+class Writer(threading.Thread):
+    """An application: the `app` role inserting sequence numbers, one autocommit INSERT at a time,
+    to wherever `route` points. Each acknowledged write is kept as (seq, time, server port). On any
+    error it drops the connection and tries again; a write whose answer was lost counts as not
+    acknowledged and its number is not reused."""
+
+    def __init__(self, host, port):
+        super().__init__(name="writer", daemon=True)
+        self.route = (host, port)
+        self.acks = []
+        self.errors = collections.Counter()
+        self.stopping = threading.Event()
+
+    def run(self):
+        import psycopg
+        seq, conn, conn_route = 1, None, None
+        while not self.stopping.is_set():
+            route = self.route
+            try:
+                if conn is None or conn.closed or conn_route != route:
+                    if conn is not None:
+                        conn.close()
+                    conn, conn_route = None, route
+                    conn = psycopg.connect(host=route[0], port=route[1], user=APP_ROLE, dbname="postgres",
+                                           autocommit=True, connect_timeout=2, application_name="demo-writer")
+                n, seq = seq, seq + 1
+                port = conn.execute("INSERT INTO writes (seq, writer) VALUES (%s, 'demo') RETURNING server_port",
+                                    (n,)).fetchone()[0]
+                self.acks.append((n, time.time(), port))
+                time.sleep(0.02)
+            except Exception as e:  # refused, terminated, reset: reconnect
+                self.errors[type(e).__name__] += 1
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:
+                        pass
+                conn = None
+                time.sleep(0.1)
+        if conn is not None:
+            conn.close()
+
+    def stop(self):
+        self.stopping.set()
+        self.join(timeout=10)
+
+
+def shim_post(endpoint, path, body):
+    req = urllib.request.Request(endpoint + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=60).read() or b"null")
+
+
+def latest_record(ddb, source):
+    """The agent's migration record of `source` (the newest attempt), or None."""
+    records = []
+    for item in ddb.scan(TableName="aurora-migrator")["Items"]:
+        if item.get("source", {}).get("S") == source and "record" in item:
+            records.append(json.loads(item["record"]["S"]))
+    return max(records, key=lambda m: m.get("id", {}).get("attempt", 0), default=None)
+
+
+def path_taken(database, why_not, record):
+    if not database:
+        return f"metric (the database-aware path was not shown: {why_not})"
+    if record is None:
+        return "unknown (no migration record)"
+    fallback = (record.get("progress") or {}).get("database_fallback")
+    if fallback:
+        return f"metric (the agent fell back from the database path: {fallback})"
+    if not (record.get("plan") or {}).get("database"):
+        checks = (record.get("preflight") or {}).get("checks", [])
+        why = next((c.get("message") for c in checks if c.get("name") == "database-access"), "not planned")
+        return f"metric (database access not planned: {why})"
+    progress = record["progress"]
+    extra = ""
+    if progress.get("fence_lsn"):
+        extra = f"; fence {progress['fence_lsn']}, replayed by Aurora to {progress.get('fence_replayed_lsn')}"
+    return f"database-aware (sessions ended, WAL fence, no reboot{extra})"
+
+
+def writer_summary(endpoint, writer, primary):
+    """Prints what the writer saw and checks its acknowledged writes on Aurora; the failures."""
+    import psycopg
+    backend = shim(endpoint, "/_shim/postgres")[0]
+    standby = next((s for s in backend["standbys"] if s.get("promoted")), None)
+    acks = writer.acks
+    on_source = [a for a in acks if a[2] == primary.port]
+    on_aurora = [a for a in acks if standby and a[2] == standby["port"]]
+    print(f"  writer: {len(acks)} writes acknowledged ({len(on_source)} by the source, {len(on_aurora)} by Aurora); "
+          f"errors while cut off: {sum(writer.errors.values())} ({', '.join(f'{k} {v}' for k, v in writer.errors.most_common())})")
+    if not standby:
+        return ["no promoted standby behind the Aurora cluster"]
+    if on_source and on_aurora:
+        gap = on_aurora[0][1] - on_source[-1][1]
+        print(f"  outage as the writer saw it (last acknowledgement by the source → first by Aurora): {gap:.1f}s")
+    with psycopg.connect(host="127.0.0.1", port=standby["port"], user="postgres", dbname="postgres",
+                         autocommit=True, connect_timeout=5) as conn:
+        present = {r[0] for r in conn.execute("SELECT seq FROM writes")}
+    lost = sorted(a[0] for a in acks if a[0] not in present)
+    print(f"  acknowledged writes missing on Aurora: {len(lost)}" + (f" {lost[:20]}" if lost else ""))
+    failures = []
+    if lost:
+        failures.append(f"{len(lost)} acknowledged writes are missing on Aurora")
+    if not on_aurora:
+        failures.append("the writer never wrote to Aurora")
+    return failures
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--binary", default=str(ROOT / "target" / "debug" / "aurora-migrator"))
     ap.add_argument("--timeout", type=float, default=180)
+    ap.add_argument("--no-postgres", action="store_true",
+                    help="run the metric path even where the PostgreSQL server binaries are installed")
     args = ap.parse_args()
+    # Ctrl-C and SIGTERM stop the servers and remove the temp dirs (the finally below).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    why_not = database_path_missing(args)
+    database = why_not is None
 
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
@@ -73,7 +224,17 @@ def main():
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     agent = None
+    primary = None
+    writer = None
     try:
+        if database:
+            primary = local_postgres.Primary(tls=True, prefix="aurora-demo-")
+            primary.sql(
+                "CREATE TABLE writes (seq bigint PRIMARY KEY, writer text NOT NULL, "
+                "server_port int DEFAULT inet_server_port(), at timestamptz DEFAULT clock_timestamp()); "
+                f"CREATE ROLE {AGENT_ROLE} LOGIN PASSWORD '{AGENT_PASSWORD}'; "
+                f"GRANT pg_signal_backend, pg_read_all_stats, pg_read_all_data TO {AGENT_ROLE}; "
+                f"CREATE ROLE {APP_ROLE} LOGIN; GRANT INSERT, SELECT ON writes TO {APP_ROLE}")
         wait_for(endpoint + "/_shim/health")
         env_creds = dict(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION, endpoint_url=endpoint)
         sqs = boto3.client("sqs", **env_creds)
@@ -81,10 +242,12 @@ def main():
         rds = boto3.client("rds", **env_creds)
         ec2 = boto3.client("ec2", **env_creds)
         cw = boto3.client("cloudwatch", **env_creds)
+        sm = boto3.client("secretsmanager", **env_creds)
+        ddb = boto3.client("dynamodb", **env_creds)
         # This script's own calls, so that the summary counts only the agent's.
         ours = collections.Counter()
         signing = {"cloudwatch": "monitoring"}
-        for client in (sqs, sns, rds, ec2, cw):
+        for client in (sqs, sns, rds, ec2, cw, sm, ddb):
             name = client.meta.service_model.service_name
             client.meta.events.register(
                 "before-call", lambda model, name=name, **_: ours.update([f"{signing.get(name, name)}:{model.name}"])
@@ -115,10 +278,38 @@ def main():
             Tags=[{"Key": "team", "Value": "orders"}],
         )
         arn = rds.describe_db_instances(DBInstanceIdentifier=SOURCE)["DBInstances"][0]["DBInstanceArn"]
-        rds.add_tags_to_resource(ResourceName=arn, Tags=[
-            {"Key": "aurora-migration", "Value": "start"},
-            {"Key": "aurora-migration:ack-unlogged-tables", "Value": "true"},
-        ])
+        agent_env = {}
+        if database:
+            # The agent's login, in Secrets Manager, readable by the agent by tag.
+            secret = sm.create_secret(
+                Name=f"{SOURCE}-agent",
+                SecretString=json.dumps({"username": AGENT_ROLE, "password": AGENT_PASSWORD}),
+                Tags=[{"Key": "aurora-migration:agent-readable", "Value": "true"}],
+            )["ARN"]
+            # The agent's own security group (the ECS task's); the shim lets its role through
+            # pg_hba.conf when the quarantine group admits it.
+            agent_sg = ec2.create_security_group(GroupName="aurora-migrator-agent", Description="the agent's task",
+                                                 VpcId=vpc)["GroupId"]
+            shim_post(endpoint, "/_shim/postgres", {
+                "instance": SOURCE, "host": "127.0.0.1", "port": primary.port, "data": primary.data,
+                "socket_dir": primary.sock, "bin_dir": primary.bin, "root": primary.root,
+                "run_as": primary.run_as, "roles": {agent_sg: AGENT_ROLE},
+            })
+            # The SQL preflight answers what the metric path asks owners to acknowledge.
+            rds.add_tags_to_resource(ResourceName=arn, Tags=[
+                {"Key": "aurora-migration", "Value": "start"},
+                {"Key": "aurora-migration:database-access", "Value": f"secret:{secret}"},
+            ])
+            agent_env = {"MIGRATOR_DATABASE_ACCESS": "true", "MIGRATOR_RDS_CA_BUNDLE": primary.certs["ca"],
+                         "MIGRATOR_AGENT_SECURITY_GROUP": agent_sg}
+            src = rds.describe_db_instances(DBInstanceIdentifier=SOURCE)["DBInstances"][0]["Endpoint"]
+            writer = Writer(src["Address"], src["Port"])
+            writer.start()
+        else:
+            rds.add_tags_to_resource(ResourceName=arn, Tags=[
+                {"Key": "aurora-migration", "Value": "start"},
+                {"Key": "aurora-migration:ack-unlogged-tables", "Value": "true"},
+            ])
         # EventBridge would deliver the tag change; the resync scan would find it too.
         sample = json.loads((ROOT / "events/samples/tag-change/start.json").read_text())
         sample["resources"] = [arn]
@@ -137,17 +328,25 @@ def main():
             "MIGRATOR_METRIC_PERIOD": "1s", "MIGRATOR_WRITE_BUDGET": "3m",
             "MIGRATOR_HEARTBEAT_FILE": str(ROOT / "target" / "demo.heartbeat"),
             "MIGRATOR_LOG_FORMAT": "json", "RUST_LOG": env.get("RUST_LOG", "warn"),
+            **agent_env,
         })
         (ROOT / "target").mkdir(exist_ok=True)
         log = open(ROOT / "target" / "demo-agent.log", "w")
         agent = subprocess.Popen([args.binary, "run", "--create-table"], env=env, stdout=log, stderr=log)
         print(f"emulator on {endpoint}; agent pid {agent.pid} (log: target/demo-agent.log)")
-        print(f"tagged {SOURCE} aurora-migration=start\n")
+        if database:
+            print(f"database-aware path: PostgreSQL {primary.version()} primary (TLS, test CA) on 127.0.0.1:"
+                  f"{primary.port} behind {SOURCE}'s endpoint; a writer inserts as `{APP_ROLE}` throughout")
+            print(f"tagged {SOURCE} aurora-migration=start, aurora-migration:database-access=secret:…\n")
+        else:
+            print(f"metric path: the database-aware path is not shown: {why_not}")
+            print(f"tagged {SOURCE} aurora-migration=start\n")
 
         started = time.time()
         phases = []  # (phase, seconds since start)
         restarted_at = None
         done = None
+        routed = False  # the agent said traffic goes to Aurora: the writer follows
         while time.time() - started < args.timeout and done is None:
             if agent.poll() is not None:
                 raise SystemExit(f"the agent exited with {agent.returncode}; see target/demo-agent.log")
@@ -156,7 +355,15 @@ def main():
                 for e in rds.describe_events(SourceIdentifier=SOURCE, SourceType="db-instance", Duration=60)["Events"]:
                     if e["Message"].rstrip(".").lower() == "db instance restarted":
                         restarted_at = e["Date"]
+            # Quiet once the source restarted (the metric path) or, on the database path, once it
+            # is fenced (no application security group left: the agent ended its sessions, no reboot).
             quiet = restarted_at is not None
+            if database and not quiet:
+                try:
+                    groups = rds.describe_db_instances(DBInstanceIdentifier=SOURCE)["DBInstances"][0]["VpcSecurityGroups"]
+                    quiet = app_sg not in [g["VpcSecurityGroupId"] for g in groups]
+                except rds.exceptions.DBInstanceNotFoundFault:
+                    quiet = True  # deleted at the end
             data = [
                 ("OldestReplicationSlotLag", SOURCE, 0 if quiet else 64 * MIB, "Bytes"),
                 ("DatabaseConnections", SOURCE, 0 if quiet else 42, "Count"),
@@ -167,6 +374,10 @@ def main():
                 ("ReadLatency", SOURCE, 0.001, "Seconds"),
             ]
             for c in rds.describe_db_clusters()["DBClusters"]:
+                if writer is not None and routed and c.get("Endpoint") and writer.route != (c["Endpoint"], c["Port"]):
+                    writer.route = (c["Endpoint"], c["Port"])
+                    print(f"[{time.time() - started:6.1f}s] writer  now writes to Aurora's writer "
+                          f"{c['Endpoint']}:{c['Port']}")
                 for member in c.get("DBClusterMembers", []):
                     w = member["DBInstanceIdentifier"]
                     data += [
@@ -190,20 +401,38 @@ def main():
                 print(f"[{t:6.1f}s] {ctx['severity']:<7} {ctx['phase']:<16} {note['content']['title']}")
                 if ctx["event"] == "phase-change" or ctx["event"] == "cutover":
                     phases.append((ctx["phase"], t))
+                if ctx["event"] == "cutover" or ctx["phase"] == "verifying":
+                    routed = True
                 if ctx["phase"] in ("completed", "failed", "rolledback", "aborted"):
                     done = ctx["phase"]
         if done is None:
             raise SystemExit(f"no end within {args.timeout:.0f}s; see target/demo-agent.log")
+        total = time.time() - started
+        if writer is not None:
+            time.sleep(2)  # a few writes on Aurora after the migration completed
+            writer.stop()
 
         print("\nSummary")
-        print(f"  outcome: {done} in {time.time() - started:.1f}s")
+        print(f"  outcome: {done} in {total:.1f}s")
+        failures = []
+        record = latest_record(ddb, SOURCE)
+        print(f"  path: {path_taken(database, why_not, record)}")
+        for c in ((record or {}).get("preflight") or {}).get("checks", []):
+            if c.get("outcome") != "pass":
+                how = "fail, acknowledged by tag" if c.get("acknowledged") else c.get("outcome")
+                print(f"  preflight {how}: {c.get('name')}: {c.get('message')}")
         print("  phase durations:")
-        for (phase, t), nxt in zip(phases, phases[1:] + [(None, time.time() - started)]):
+        for (phase, t), nxt in zip(phases, phases[1:] + [(None, total)]):
             print(f"    {phase:<16} {nxt[1] - t:6.1f}s")
         at = dict(phases)
         if "quiescing" in at and "verifying" in at:
             print(f"  write-unavailability window (quarantine → traffic on Aurora): {at['verifying'] - at['quiescing']:.1f}s")
-        calls = collections.Counter(f"{c['service']}:{c['action']}" for c in shim(endpoint, "/_shim/calls"))
+        log = shim(endpoint, "/_shim/calls")
+        reboots = [c for c in log if c["action"] == "RebootDBInstance" and SOURCE in json.dumps(c.get("params"))]
+        print(f"  source rebooted: {'yes (%d RebootDBInstance)' % len(reboots) if reboots else 'no'}")
+        if writer is not None:
+            failures += writer_summary(endpoint, writer, primary)
+        calls = collections.Counter(f"{c['service']}:{c['action']}" for c in log)
         calls.subtract(ours)
         calls = +calls  # drop what only this script called
         print(f"  AWS calls by operation ({sum(calls.values())} in all):")
@@ -211,16 +440,30 @@ def main():
             print(f"    {op:<48} {n}")
         if done != "completed":
             raise SystemExit(1)
+        if failures:
+            raise SystemExit("; ".join(failures))
     finally:
+        if writer is not None:
+            writer.stop()
         if agent is not None and agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
             try:
                 agent.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 agent.kill()
+        if primary is not None:
+            try:  # the shim stops the standbys it made...
+                shim(endpoint, "/_shim/postgres", "DELETE")
+            except Exception:
+                pass
         emulator.terminate()
         emulator.wait(timeout=10)
+        if primary is not None:
+            primary.stop()  # ...and this stops the primary and any standby left, and removes the dir
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the agent, the emulator and the PostgreSQL servers were stopped")

@@ -28,6 +28,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from botocore.parsers import RpcV2CBORParser
 from botocore.serialize import RpcV2CBORSerializer
+from moto_shim import local_postgres
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UTC = datetime.timezone.utc
@@ -608,101 +609,13 @@ def test_creating_an_existing_cluster_again_fails_and_changes_nothing(endpoint):
 
 # --- a real PostgreSQL behind an emulated instance (postgres_backend.py) ------------------
 
-def _pg_bin_dir():
-    """Like tests/postgres/server.rs Bins::locate: pg_ctl on PATH (symlinks resolved), else the
-    newest /usr/lib/postgresql/*/bin. CI has them: a missing one fails, it does not skip."""
-    import glob
-    import shutil
-    found = shutil.which("pg_ctl")
-    if found:
-        d = os.path.dirname(os.path.realpath(found))
-        if all(os.path.isfile(os.path.join(d, t)) for t in ("initdb", "postgres", "pg_basebackup", "psql")):
-            return d
-    dirs = [d for d in glob.glob("/usr/lib/postgresql/*/bin")
-            if all(os.path.isfile(os.path.join(d, t)) for t in ("initdb", "pg_ctl", "pg_basebackup", "psql"))]
-    dirs.sort(key=lambda d: int(d.split("/")[-2]) if d.split("/")[-2].isdigit() else 0)
-    if not dirs:
-        pytest.fail("PostgreSQL server binaries not found (initdb, pg_ctl, pg_basebackup, psql on PATH or "
-                    "under /usr/lib/postgresql/<version>/bin; Debian: apt-get install postgresql)")
-    return dirs[-1]
-
-
-def _pg_run_as():
-    """None when not root; else (uid, gid) of `pgtest` (created if missing) or `nobody`."""
-    import pwd
-    if os.geteuid() != 0:
-        return None
-    for user in ("pgtest", "nobody"):
-        try:
-            p = pwd.getpwnam(user)
-            return p.pw_uid, p.pw_gid
-        except KeyError:
-            if user == "pgtest":
-                subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
-                               capture_output=True)
-                try:
-                    p = pwd.getpwnam(user)
-                    return p.pw_uid, p.pw_gid
-                except KeyError:
-                    pass
-    pytest.fail("running as root, and neither a `pgtest` user nor `nobody` exists to run PostgreSQL as")
-
-
-class Primary:
-    """A PostgreSQL primary on loopback, run as an unprivileged user, in a /tmp dir."""
-
-    def __init__(self):
-        import tempfile
-        self.bin = _pg_bin_dir()
-        self.run_as = _pg_run_as()
-        self.root = tempfile.mkdtemp(prefix="shim-pg-", dir="/tmp")
-        self.data = os.path.join(self.root, "primary")
-        self.sock = os.path.join(self.root, "sock")
-        os.makedirs(self.sock)
-        for p in (self.root, self.sock):
-            self._chown(p)
-        self.port = _free_port()
-        self.run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C",
-                 "--no-sync")
-        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
-            f.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.sock}'\n"
-                    "wal_level = replica\nmax_wal_senders = 4\nmax_replication_slots = 4\n"
-                    "wal_receiver_status_interval = 1\nshared_buffers = 16MB\nmax_connections = 20\n")
-        with open(os.path.join(self.data, "pg_hba.conf"), "w") as f:
-            f.write("local all all trust\nlocal replication all trust\n"
-                    "host replication all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 trust\n")
-        self.run("pg_ctl", "start", "-D", self.data, "-l", os.path.join(self.root, "primary.log"), "-w")
-
-    def _chown(self, path):
-        if self.run_as:
-            os.chown(path, *self.run_as)
-
-    def run(self, tool, *args, check=True):
-        kw = {"user": self.run_as[0], "group": self.run_as[1], "extra_groups": []} if self.run_as else {}
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        p = subprocess.run([os.path.join(self.bin, tool), *args], cwd=self.root, env=env, capture_output=True,
-                           text=True, timeout=120, **kw)
-        assert not check or p.returncode == 0, f"{tool} {args}: {p.stdout}{p.stderr}"
-        return p
-
-    def sql(self, sql, sock=None, port=None):
-        p = self.run("psql", "-h", sock or self.sock, "-p", str(port or self.port), "-U", "postgres", "-X",
-                     "-At", "-v", "ON_ERROR_STOP=1", "-c", sql)
-        return p.stdout.strip()
-
-    def tcp(self, user, port=None):
-        """psql over TCP as `user` (what an application does); the completed process."""
-        return self.run("psql", "-h", "127.0.0.1", "-p", str(port or self.port), "-U", user, "-d", "postgres",
-                        "-X", "-At", "-c", "SELECT 1", check=False)
-
-    def pid(self, data=None):
-        with open(os.path.join(data or self.data, "postmaster.pid")) as f:
-            return int(f.readline())
-
-    def stop(self):
-        self.run("pg_ctl", "stop", "-D", self.data, "-m", "immediate", check=False)
-        import shutil
-        shutil.rmtree(self.root, ignore_errors=True)
+def _primary():
+    """A primary from moto_shim/local_postgres.py. CI has the binaries: a missing one fails, it does
+    not skip."""
+    try:
+        return local_postgres.Primary()
+    except local_postgres.Missing as e:
+        pytest.fail(str(e))
 
 
 def _wait(what, f, limit=30):
@@ -713,7 +626,7 @@ def _wait(what, f, limit=30):
 
 
 def test_real_postgres_behind_an_instance_standby_promote_quarantine_reboot_delete(endpoint):
-    primary = Primary()
+    primary = _primary()
     try:
         rds, ec2 = client(endpoint, "rds"), client(endpoint, "ec2")
         vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
