@@ -639,3 +639,32 @@ fn an_aurora_writer_reached_once_before_the_cutover_keeps_the_database_path() {
     assert_eq!(m.progress.database_fallback, None);
     assert_eq!(model.reboots, 0);
 }
+
+#[test]
+fn the_database_size_is_weighed_against_free_storage() {
+    let policy = database_policy();
+    let mut model = Model::with_database();
+    model.db().preflight = Some(Ok(SqlPreflight {
+        // More data than the model's 150 GiB free.
+        database_bytes: 400 * 1024 * 1024 * 1024,
+        ..SqlPreflight::default()
+    }));
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Preparing);
+    let size = check(&m, "database-size");
+    assert_eq!(size.outcome, Outcome::Warn);
+    assert!(
+        size.message.contains("400.0 GiB") && size.message.contains("150.0 GiB"),
+        "{}",
+        size.message
+    );
+
+    let mut model = Model::with_database();
+    model.db().preflight = Some(Ok(SqlPreflight {
+        database_bytes: 20 * 1024 * 1024 * 1024,
+        ..SqlPreflight::default()
+    }));
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Preparing);
+    assert_eq!(check(&m, "database-size").outcome, Outcome::Pass);
+}

@@ -34,6 +34,7 @@ pub(super) fn database_checks(
                 aurora_version,
                 inputs.aurora_extensions.as_deref(),
             );
+            size_against_free_storage(c, answer.database_bytes, inputs.free_storage_bytes);
             return Some(access);
         }
     };
@@ -250,4 +251,43 @@ fn names(items: &[String]) -> String {
         s.push_str(&format!(" and {} more", items.len() - SHOWN));
     }
     s
+}
+
+/// AWS quotes "several hours per TiB" for the replica's initial copy, and the source keeps every
+/// WAL segment written meanwhile (its slot holds them). The WAL rate is not known here, so the
+/// rule is a coarse one, said as such: less free space than data is worth a warning (the agent
+/// still deletes the replica, releasing the WAL, if free space falls below its floor).
+fn size_against_free_storage(c: &mut Checks, database_bytes: u64, free_bytes: Option<f64>) {
+    let size = database_bytes as f64;
+    // Hours of copy at AWS's "several hours per TiB", read as 3 h per TiB.
+    const TIB: f64 = 1024.0 * 1024.0 * 1024.0 * 1024.0;
+    let hours = (size / TIB * 3.0).max(0.1);
+    match free_bytes {
+        Some(free) if free < size => c.add(
+            "database-size",
+            Outcome::Warn,
+            format!(
+                "{} of data, {} free: the initial copy takes about {hours:.1} h, and all WAL written meanwhile stays on the source; at a busy write rate the free space may not last (the agent deletes the replica below its floor, losslessly)",
+                gib(size),
+                gib(free)
+            ),
+        ),
+        Some(free) => c.add(
+            "database-size",
+            Outcome::Pass,
+            format!(
+                "{} of data, {} free; the initial copy takes about {hours:.1} h",
+                gib(size),
+                gib(free)
+            ),
+        ),
+        None => c.add(
+            "database-size",
+            Outcome::Warn,
+            format!(
+                "{} of data; free storage unknown (FreeStorageSpace has no recent datapoint)",
+                gib(size)
+            ),
+        ),
+    }
 }
