@@ -201,6 +201,15 @@ pub struct PolicyArgs {
     /// Poll interval of the cutover phases.
     #[arg(long, env = "MIGRATOR_FAST_POLL", default_value = "5s", global = true)]
     pub fast_poll: String,
+    /// Metric path only: `DatabaseConnections` the quarantined, rebooted source may still show
+    /// (beyond declared CDC consumers) for the catch-up proof to hold. 0 to 10.
+    #[arg(
+        long,
+        env = "MIGRATOR_MAX_IDLE_CONNECTIONS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub max_idle_connections: u32,
 }
 
 impl Default for PolicyArgs {
@@ -220,6 +229,7 @@ impl Default for PolicyArgs {
             metric_period: "60s".into(),
             slow_poll: "60s".into(),
             fast_poll: "5s".into(),
+            max_idle_connections: 0,
         }
     }
 }
@@ -470,6 +480,10 @@ fn positive(setting: &'static str, v: f64) -> Result<f64, ConfigError> {
     }
 }
 
+/// The largest `MIGRATOR_MAX_IDLE_CONNECTIONS` accepted: RDS's own sessions are a handful; more
+/// than that allowed would let client sessions through the proof.
+const MAX_IDLE_CONNECTIONS_LIMIT: u32 = 10;
+
 /// CloudWatch accepts 1, 5, 10, 30 s (high resolution) or a multiple of 60 s.
 fn metric_period(text: &str) -> Result<SignedDuration, ConfigError> {
     let setting = "MIGRATOR_METRIC_PERIOD (--metric-period)";
@@ -548,6 +562,17 @@ impl PolicyArgs {
             metric_period: metric_period(&self.metric_period)?,
             slow_poll: duration("MIGRATOR_SLOW_POLL (--slow-poll)", &self.slow_poll, second)?,
             fast_poll: duration("MIGRATOR_FAST_POLL (--fast-poll)", &self.fast_poll, second)?,
+            max_idle_connections: if self.max_idle_connections <= MAX_IDLE_CONNECTIONS_LIMIT {
+                f64::from(self.max_idle_connections)
+            } else {
+                return Err(bad(
+                    "MIGRATOR_MAX_IDLE_CONNECTIONS (--max-idle-connections)",
+                    format!(
+                        "{} is more than {MAX_IDLE_CONNECTIONS_LIMIT}: with that many sessions allowed the proof no longer says the source is fenced",
+                        self.max_idle_connections
+                    ),
+                ));
+            },
             ..defaults
         })
     }

@@ -304,3 +304,25 @@ fn database_access_needs_the_agents_security_group_and_names_the_setting() {
     assert!(policy.database_access);
     assert_eq!(policy.agent_security_group.as_deref(), Some("sg-0agent"));
 }
+
+#[test]
+fn the_idle_connection_allowance_is_a_setting_bounded_and_named() {
+    let ok = PolicyArgs {
+        max_idle_connections: 2,
+        ..PolicyArgs::default()
+    };
+    assert_eq!(ok.policy().unwrap().max_idle_connections, 2.0);
+    assert_eq!(
+        PolicyArgs::default().policy().unwrap().max_idle_connections,
+        0.0
+    );
+    let too_many = PolicyArgs {
+        max_idle_connections: 11,
+        ..PolicyArgs::default()
+    };
+    let e = too_many.policy().unwrap_err().to_string();
+    assert!(
+        e.starts_with("MIGRATOR_MAX_IDLE_CONNECTIONS (--max-idle-connections): 11 is more than 10"),
+        "{e}"
+    );
+}

@@ -33,8 +33,12 @@ pub struct Policy {
     /// 10 min: twice the typical reboot + drain, still a short outage (Blue/Green's switchover
     /// timeout defaults to 5 min for a simpler operation).
     pub write_unavailability_budget: SignedDuration,
-    /// DatabaseConnections allowed on the quarantined source beyond declared CDC consumers.
-    /// 0: anything else means the quarantine leaks.
+    /// DatabaseConnections allowed on the quarantined source beyond declared CDC consumers
+    /// (`MIGRATOR_MAX_IDLE_CONNECTIONS`, metric path only). 0: anything else may be a client the
+    /// quarantine missed. AWS does not document whether RDS's own `rdsadmin` sessions or the
+    /// Aurora replica's replication connection are counted; if they are on your instances the
+    /// proof never holds and every cutover rolls back at the budget (safe, useless): then raise
+    /// it by that many, or grant database access, which counts client backends exactly.
     pub max_idle_connections: f64,
     /// RDSToAuroraPostgreSQLReplicaLag that counts as "caught up" in Draining. 1 s: the metric's
     /// resolution.
