@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use aurora_migrator::agent::Agent;
 use aurora_migrator::core::Phase;
 use aurora_migrator::core::observation::InstanceEventKind;
-use aurora_migrator::core::policy::{CutoverPolicy, Policy};
+use aurora_migrator::core::policy::Policy;
 use jiff::{SignedDuration, Timestamp};
 
 use postgres::server::{SUPERUSER, connect};
 use postgres::world::{APP_GROUP, PgWorld, Shared};
 use postgres::writer::{Ack, Writer};
-use postgres::{ENDS, assert_ended_in, drive, rows, seqs_in_dump};
+use postgres::{ENDS, assert_ended_in, drive, missing, rows, seqs_in_dump};
 
 /// When the source restarted (its restart events).
 fn source_restarts(shared: &Shared) -> Vec<Timestamp> {
@@ -33,19 +33,9 @@ fn source_restarts(shared: &Shared) -> Vec<Timestamp> {
     restarts.map(|e| e.at).collect()
 }
 
-/// Second-scale timings so a whole migration takes seconds; a generous write budget so a
-/// loaded two-core machine does not make the happy path roll back.
+/// The real-PostgreSQL world's timings (`postgres::fast_policy`).
 fn policy(budget: SignedDuration) -> Policy {
-    Policy {
-        cutover: CutoverPolicy::Automatic,
-        lag_sustain: SignedDuration::from_secs(2),
-        soak: SignedDuration::from_secs(3),
-        retention: SignedDuration::from_secs(1),
-        fast_poll: SignedDuration::from_secs(1),
-        slow_poll: SignedDuration::from_secs(1),
-        write_unavailability_budget: budget,
-        ..Policy::default()
-    }
+    postgres::fast_policy(budget)
 }
 
 /// Waits until `pred` holds on a writer's acknowledgements (or panics after `within`).
@@ -97,11 +87,7 @@ async fn cutover_to_a_real_standby_loses_no_acknowledged_write() {
     assert!(!on_source_acks.is_empty() && !on_target_acks.is_empty());
 
     // Zero loss: every acknowledged write is on the promoted target.
-    let lost: Vec<i64> = acks
-        .iter()
-        .map(|a| a.seq)
-        .filter(|s| !on_target.contains_key(s))
-        .collect();
+    let lost = missing(&acks, &on_target);
     assert!(
         lost.is_empty(),
         "{} acknowledged writes are missing on the target: {:?}",

@@ -22,7 +22,7 @@ use jiff::SignedDuration;
 use postgres::server::SUPERUSER;
 use postgres::world::{AGENT_GROUP, APP_GROUP, APP_ROLE, PgWorld, Shared};
 use postgres::writer::{Ack, Writer};
-use postgres::{ENDS, assert_ended_in, drive, rows};
+use postgres::{ENDS, assert_ended_in, drive, missing, rows};
 
 /// Whole cutovers in the zero-loss test (`AURORA_MIGRATOR_PG_RUNS` to change).
 const RUNS: usize = 20;
@@ -115,11 +115,7 @@ async fn one_run(run: usize) -> (Duration, Duration) {
     let standby = shared.standby().expect("the promoted standby");
     let on_target = rows(&standby.tcp(SUPERUSER)).await;
     let acks = all_acks(&ws);
-    let lost: Vec<i64> = acks
-        .iter()
-        .map(|a| a.seq)
-        .filter(|s| !on_target.contains_key(s))
-        .collect();
+    let lost = missing(&acks, &on_target);
     assert!(
         lost.is_empty(),
         "run {run}: {} acknowledged writes missing on the target: {:?}",

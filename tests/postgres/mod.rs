@@ -183,3 +183,14 @@ pub async fn rows(config: &tokio_postgres::Config) -> std::collections::BTreeMap
         .map(|r| (r.get(0), r.get(1)))
         .collect()
 }
+
+/// The acknowledged sequence numbers missing from `rows` (a server's table), in order.
+pub fn missing(
+    acks: &[writer::Ack],
+    rows: &std::collections::BTreeMap<i64, Option<i32>>,
+) -> Vec<i64> {
+    acks.iter()
+        .map(|a| a.seq)
+        .filter(|s| !rows.contains_key(s))
+        .collect()
+}
