@@ -61,6 +61,31 @@ pub trait Rds: Send + Sync {
         &self,
         cluster: &str,
     ) -> impl Future<Output = PortResult<Observed<TargetCluster>>> + Send;
+    /// As [`Rds::describe_source`], asked of RDS now, never answered from a fleet snapshot
+    /// taken earlier: for a look that waits, with writes down, on a change RDS applies by
+    /// itself and announces with no event (the quarantine's group change). An adapter that
+    /// keeps no snapshot need not override it.
+    fn describe_source_now(
+        &self,
+        instance: &str,
+    ) -> impl Future<Output = PortResult<Observed<SourceInstance>>> + Send {
+        self.describe_source(instance)
+    }
+    /// As [`Rds::describe_target`], asked of RDS now (see [`Rds::describe_source_now`]).
+    fn describe_target_now(
+        &self,
+        cluster: &str,
+    ) -> impl Future<Output = PortResult<Observed<TargetCluster>>> + Send {
+        self.describe_target(cluster)
+    }
+    /// RDS announced a change to `name` (an event): its next describe must not come from a
+    /// snapshot taken before the change. Why: the event is what a waiting cutover reacts to
+    /// (the promotion's `RDS-EVENT-0172`); answered from an older snapshot, it would see the
+    /// old state and wait for the snapshot to expire. An adapter that keeps no snapshot need
+    /// not override it.
+    fn heard_of_change(&self, name: &str) {
+        let _ = name;
+    }
     fn parameter_groups_present(
         &self,
         cluster_group: &str,

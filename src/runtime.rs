@@ -266,10 +266,12 @@ pub async fn run_queue<W: World + 'static>(
             let stats = stats.clone();
             let visibility = settings.visibility_timeout_s.max(3);
             let span = tracing::info_span!("message", message_id = %message.id, receive_count = message.receive_count);
+            let shutdown = shutdown.clone();
             tasks.spawn(
                 async move {
                     handle_one(&agent, &locks, &resolver, &stats, message, visibility).await;
                     drop(permit);
+                    spawn_follow_ups(&agent, &locks, &resolver, &shutdown);
                 }
                 .instrument(span),
             );
@@ -305,6 +307,45 @@ pub async fn run_queue<W: World + 'static>(
         deleted: stats.deleted.load(Ordering::Relaxed),
         left: stats.left.load(Ordering::Relaxed),
         abandoned,
+    }
+}
+
+/// Runs the follow-ups the agent recorded (`agent::follow_up`): each waits for its wake-up,
+/// then is handled as its tick would be, under the migration's lock (so never beside a message
+/// about it), and may record the next. They take no worker slot (at most a few migrations are
+/// in a cutover at once, and each waits about a second); at shutdown they are dropped, and
+/// their ticks carry on in the next process.
+fn spawn_follow_ups<W: World + 'static>(
+    agent: &Arc<Agent<W>>,
+    locks: &Arc<KeyedLocks>,
+    resolver: &Arc<KeyResolver>,
+    shutdown: &CancellationToken,
+) {
+    for follow_up in agent.take_follow_ups() {
+        let (agent, locks, resolver, shutdown) = (
+            agent.clone(),
+            locks.clone(),
+            resolver.clone(),
+            shutdown.clone(),
+        );
+        let span = tracing::info_span!("follow-up", migration = %follow_up.tick.migration());
+        tokio::spawn(
+            async move {
+                let handled = async {
+                    agent.until_due(&follow_up).await;
+                    let inbound = Inbound::Tick(follow_up.tick.clone());
+                    let _guard = locks.lock(resolver.key(&agent, &inbound).await).await;
+                    // Boxed: the driver's future is large, and a worker thread's stack is not.
+                    Box::pin(agent.follow_up(&follow_up)).await
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = handled => {}
+                }
+                spawn_follow_ups(&agent, &locks, &resolver, &shutdown);
+            }
+            .instrument(span),
+        );
     }
 }
 

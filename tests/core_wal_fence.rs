@@ -4,12 +4,12 @@
 
 mod common;
 
-use aurora_migrator::core::Phase;
 use aurora_migrator::core::action::{Action, ActionKey};
 use aurora_migrator::core::database::{Credentials, Lsn, SqlPreflight, TableFacts};
 use aurora_migrator::core::invariants::irreversible_allowed;
 use aurora_migrator::core::migration::{Consistency, RollbackCause};
 use aurora_migrator::core::preflight::Outcome;
+use aurora_migrator::core::{ErrorKind, Phase};
 use common::*;
 use jiff::SignedDuration;
 
@@ -146,17 +146,42 @@ fn a_session_that_appears_after_the_fence_voids_it_and_a_new_one_is_written() {
 }
 
 #[test]
-fn a_session_that_appears_after_the_proof_sends_promotion_back_to_draining() {
+fn the_proof_look_asks_for_the_promotion_and_a_session_before_a_retry_sends_it_back_to_draining() {
     let policy = database_policy();
-    let (mut model, mut m) = with_database_at(Phase::Promoting);
+    let (mut model, mut m) = with_database_at(Phase::Draining);
+    // The look that proves catch-up asks for the promotion itself (it read the sessions after
+    // the replay position); here AWS refuses that request.
+    for _ in 0..40 {
+        if m.phase == Phase::Promoting {
+            break;
+        }
+        round(&mut model, &mut m, &policy, &mut |a| {
+            (a.key() == ActionKey::PromoteTarget).then_some(ErrorKind::Retryable)
+        });
+        model.now += SignedDuration::from_millis(500);
+    }
+    assert_eq!(m.phase, Phase::Promoting);
+    assert_eq!(
+        m.progress.drain_proven_at, m.progress.promote_requested_at,
+        "the promotion was asked for on the proof's own look"
+    );
+    assert_eq!(model.promotions, 0, "the request was refused");
+    // Before it is asked again, a client gets in: the proof no longer holds.
     let now = model.now;
     model.db().sessions.push(app_session(555, now));
-    let d = quiet_round(&mut model, &mut m, &policy);
-    assert!(
-        !d.actions
-            .iter()
-            .any(|a| a.key() == ActionKey::PromoteTarget)
-    );
+    for _ in 0..20 {
+        let d = quiet_round(&mut model, &mut m, &policy);
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| a.key() == ActionKey::PromoteTarget),
+            "no promotion with a client session on the source"
+        );
+        if m.phase == Phase::Draining {
+            break;
+        }
+        model.now += SignedDuration::from_secs(1);
+    }
     assert_eq!(m.phase, Phase::Draining);
     assert!(m.progress.fence_lsn.is_none() && m.progress.drain_proven_at.is_none());
     advance_to(&mut model, &mut m, &policy, Phase::Routing);

@@ -7,7 +7,10 @@
 //! idempotent, and the in-flight markers in the record stop a repeat from doubling a mutation.
 
 pub mod execute;
+pub mod follow_up;
 pub mod observe;
+
+pub use follow_up::FollowUp;
 
 use jiff::SignedDuration;
 use tracing::Instrument;
@@ -91,6 +94,8 @@ pub struct Agent<W: World> {
     /// The agent's own account and Region: events from elsewhere are dropped. Unknown (no
     /// filter) unless given.
     pub home: Home,
+    /// Short cutover waits this process takes itself (`follow_up.rs`); memory only.
+    follow_ups: std::sync::Mutex<Vec<FollowUp>>,
 }
 
 /// Seconds before a migration whose observation failed is looked at again. During the cutover
@@ -118,6 +123,7 @@ impl<W: World> Agent<W> {
             step,
             instruments: Instruments::default(),
             home: Home::default(),
+            follow_ups: std::sync::Mutex::default(),
         }
     }
 
@@ -191,7 +197,11 @@ impl<W: World> Agent<W> {
     ) -> Result<Disposition, DriverError> {
         match inbound {
             Inbound::Tick(tick) => self.on_tick(&tick, receive_count).await,
-            Inbound::InstanceEvent(e) => self.on_source(&e.source_identifier).await,
+            Inbound::InstanceEvent(e) => {
+                // News about this instance (a restart, a modification): described as it is now.
+                self.world.rds().heard_of_change(&e.source_identifier);
+                self.on_source(&e.source_identifier).await
+            }
             Inbound::TagChange(t) | Inbound::TagsAdded(t) => {
                 // The agent's own phase-mirror writes come back as tag events: not news.
                 let phase_key = crate::core::tags::phase_key(&self.policy.tag_prefix);
@@ -279,6 +289,9 @@ impl<W: World> Agent<W> {
 
     /// A cluster event: the cluster's tag names its migration.
     async fn on_cluster(&self, cluster: &str) -> Result<Disposition, DriverError> {
+        // The event is news about this cluster: describe it as it is now (a promotion's event
+        // answered from an older snapshot would read "promoting" for the snapshot's age).
+        self.world.rds().heard_of_change(cluster);
         let Observed::Present(t) = self.world.rds().describe_target(cluster).await? else {
             return Ok(Disposition::Delete);
         };
@@ -405,9 +418,18 @@ impl<W: World> Agent<W> {
         let Some(wake) = &m.next_wake else {
             return Ok(());
         };
-        let delay = whole_seconds_until(self.world.clock().now(), wake.at);
+        let mut delay = whole_seconds_until(self.world.clock().now(), wake.at);
+        let followed_up = self.follows_up(m);
+        if followed_up {
+            // Only a crash needs it: after the follow-up's look has saved, it is stale.
+            delay += follow_up::BACKSTOP_MARGIN_S;
+        }
         let tick = Tick::new(&m.id, wake.token);
         self.world.queue().send(&tick.to_json(), delay).await?;
+        // The tick is the backstop; a short cutover wait is taken in-process, on time.
+        if followed_up {
+            self.record_follow_up(m);
+        }
         Ok(())
     }
 }

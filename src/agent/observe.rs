@@ -17,24 +17,46 @@ pub async fn observe<W: World>(
     let need: Needs = needs(m, now, policy);
     let rds = world.rds();
     let mut obs = Observation::default();
-    if need.source {
-        obs.source = match rds.describe_source(&m.source_identifier).await? {
+    // The three describes at once: every look of the cutover waits for all of them, and none
+    // needs another's answer.
+    let source = async {
+        if !need.source {
+            return Ok(Observed::Unknown);
+        }
+        let found = if need.fresh {
+            rds.describe_source_now(&m.source_identifier).await?
+        } else {
+            rds.describe_source(&m.source_identifier).await?
+        };
+        Ok(match found {
             // An identifier can be reused by a new instance: only the resource id is ours.
             Observed::Present(s) if s.resource_id != m.id.resource_id => Observed::Absent,
             other => other,
-        };
-    }
-    if need.target {
-        obs.target = rds.describe_target(&m.names.cluster).await?;
-    }
-    if need.quarantine_group
-        && let Some(plan) = &m.plan
-    {
-        obs.quarantine_group = world
-            .network()
-            .describe_group(&plan.vpc_id, &m.names.quarantine_group)
-            .await?;
-    }
+        })
+    };
+    let target = async {
+        match (need.target, need.fresh) {
+            (false, _) => Ok(Observed::Unknown),
+            (true, true) => rds.describe_target_now(&m.names.cluster).await,
+            (true, false) => rds.describe_target(&m.names.cluster).await,
+        }
+    };
+    let group = async {
+        match &m.plan {
+            Some(plan) if need.quarantine_group => {
+                world
+                    .network()
+                    .describe_group(&plan.vpc_id, &m.names.quarantine_group)
+                    .await
+            }
+            _ => Ok(Observed::Unknown),
+        }
+    };
+    let (source, target, group): (PortResult<_>, PortResult<_>, PortResult<_>) =
+        tokio::join!(source, target, group);
+    obs.source = source?;
+    obs.target = target?;
+    obs.quarantine_group = group?;
     if need.parameter_groups
         && let Some(plan) = &m.plan
     {
@@ -124,11 +146,13 @@ pub async fn observe<W: World>(
     Ok(obs)
 }
 
-/// The SQL readings of the database-aware cutover: the source's client sessions, then the Aurora
-/// writer's replay position (in that order: a session that appears between the two reads is
-/// seen by the next look, before any promotion); the fingerprints of both sides, read at once
-/// within the consistency check's budget; the Aurora writer's client sessions. Read failures
-/// are answers, with their reason.
+/// The SQL readings of the database-aware cutover: the fingerprints of both sides, read at once
+/// within the consistency check's budget; the Aurora writer's client sessions; the Aurora
+/// writer's replay position, then the source's client sessions. That order is the proof's:
+/// the sessions are read after the replay position reached the fence, so a look that proves
+/// catch-up has also seen, after it, that no client got back in, and the promotion can be
+/// asked for on that same look (`machine::cutover::draining`). Read failures are answers,
+/// with their reason.
 async fn read_databases<W: World>(
     world: &W,
     m: &Migration,
@@ -191,21 +215,6 @@ async fn read_databases<W: World>(
             None => Err("the Aurora cluster has no writer endpoint".to_string()),
         });
     }
-    if need.source_sessions {
-        r.source_sessions = Some(
-            match obs.source.present().and_then(|s| s.endpoint.as_ref()) {
-                Some(e) => db
-                    .client_sessions(&DbTarget {
-                        host: e.address.clone(),
-                        port: e.port,
-                        access: access.clone(),
-                    })
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => Err("the source has no endpoint".to_string()),
-            },
-        );
-    }
     if need.target_replay {
         let writer = obs
             .target
@@ -216,12 +225,27 @@ async fn read_databases<W: World>(
                 .replay_lsn(&DbTarget {
                     host: e.address.clone(),
                     port: e.port,
-                    access,
+                    access: access.clone(),
                 })
                 .await
                 .map_err(|e| e.to_string()),
             None => Err("the Aurora cluster has no writer endpoint yet".to_string()),
         });
+    }
+    if need.source_sessions {
+        r.source_sessions = Some(
+            match obs.source.present().and_then(|s| s.endpoint.as_ref()) {
+                Some(e) => db
+                    .client_sessions(&DbTarget {
+                        host: e.address.clone(),
+                        port: e.port,
+                        access,
+                    })
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("the source has no endpoint".to_string()),
+            },
+        );
     }
     r
 }

@@ -183,6 +183,11 @@ pub struct Progress {
     /// The Aurora writer's replay position that passed the fence.
     #[serde(default)]
     pub fence_replayed_lsn: Option<Lsn>,
+    /// When a reading of the Aurora writer (database-aware path, promotion asked for) first
+    /// said it is out of recovery: the promotion has reached the database, and RDS's describe
+    /// is read directly from then on, not from a fleet snapshot taken before.
+    #[serde(default)]
+    pub writer_out_of_recovery_at: Option<Timestamp>,
     /// Since when the agent has failed to read the databases during the cutover.
     #[serde(default)]
     pub database_unreachable_since: Option<Timestamp>,

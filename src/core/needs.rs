@@ -19,6 +19,10 @@ pub struct Needs {
     pub preflight: bool,
     pub quotas: bool,
     pub final_snapshot: bool,
+    /// Describe the source and the target as RDS has them now, not from the fleet snapshot
+    /// (up to the describe cache's TTL old): the phase waits, with writes down, on a change
+    /// RDS applies by itself and announces with no event.
+    pub fresh: bool,
     /// DescribeEvents of the source since this time.
     pub events_since: Option<Timestamp>,
     /// DescribeEvents of the Aurora writer since this time.

@@ -188,10 +188,10 @@ impl Default for Policy {
             timeouts: Timeouts::default(),
             database_access: false,
             agent_security_group: None,
-            sessions_quiet_for: SignedDuration::from_secs(1),
+            sessions_quiet_for: SignedDuration::from_millis(500),
             sessions_stuck_after: SignedDuration::from_secs(30),
             database_unreachable_after: SignedDuration::from_secs(30),
-            database_poll: SignedDuration::from_secs(1),
+            database_poll: SignedDuration::from_millis(500),
             consistency_check_budget: SignedDuration::from_secs(5),
         }
     }

@@ -164,7 +164,8 @@ pub struct Ending {
     pub phase: Option<Phase>,
     pub permanent: Option<PermanentFault>,
     pub last_error: Option<String>,
-    /// Quarantine request → traffic on the target, and what AWS took of it.
+    /// Quarantine request → traffic on the target, and what AWS took of it (the group change,
+    /// the reboot, the metric delay, the promotion, the replica applying the fence).
     pub window_ms: Option<i64>,
     pub aws_ms: Option<i64>,
     /// Only transient faults, and rolled back (losslessly) because the write-unavailability
@@ -178,9 +179,11 @@ pub struct Ending {
     /// AWS's share of the window, part by part: the group change and the promotion.
     pub group_change_ms: Option<i64>,
     pub promotion_ms: Option<i64>,
-    /// Where the agent's share of a database-aware cutover goes: quarantine active → first
-    /// `pg_terminate_backend`, → promote call (the drain proof), promoted → traffic moved.
-    pub db_parts: Option<[i64; 3]>,
+    /// Where a database-aware cutover's time beyond AWS's group change and promotion goes:
+    /// quarantine active → first `pg_terminate_backend`; → promote call (the drain proof),
+    /// without the replica applying the fence; the replica applying the fence (AWS's, not in
+    /// the agent's share); promoted → traffic moved.
+    pub db_parts: Option<[i64; 4]>,
 }
 
 /// Which cutover the latest attempt ran.
@@ -252,11 +255,19 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
             (Some(a), Some(b)) if b >= a => b - a,
             _ => 0,
         };
+        // The replica applying the fence once it is written: the replication's time, not the
+        // agent's (only where no reboot was asked for: the database path's proof).
+        let replication = if s.reboot_requested_at.is_none() {
+            part(s.fence_written_at, s.fence_replayable_at)
+        } else {
+            0
+        };
         let aws = window.map(|_| {
             part(s.quarantine_requested_at, s.quarantine_applied_at)
                 + part(s.reboot_requested_at, s.restarted_at)
                 + part(s.restarted_at, s.first_metric_after_restart)
                 + part(s.promote_called_at, s.promoted_at)
+                + replication
         });
         let budget_rollback = s.permanent.is_none()
             && phase == Some(Phase::RolledBack)
@@ -322,7 +333,8 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
                 .map(|_| {
                     [
                         part(s.quarantine_applied_at, s.sessions_end_called_at),
-                        part(s.sessions_end_called_at, s.promote_called_at),
+                        part(s.sessions_end_called_at, s.promote_called_at) - replication,
+                        replication,
                         part(s.promoted_at, s.routed_at),
                     ]
                 }),

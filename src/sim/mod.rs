@@ -145,9 +145,9 @@ pub struct SeedOutcome {
 
 struct Task {
     fut: Pin<Box<dyn Future<Output = Disposition>>>,
-    /// The SQS message it handles: the loop keeps it hidden while the handler runs.
-    message_id: u64,
-    receipt: String,
+    /// The SQS message it handles (id, receipt): the loop keeps it hidden while the handler
+    /// runs. None for a follow-up, which holds no message.
+    message: Option<(u64, String)>,
     /// Its waker (and the `Arc` behind it, whose count shows whether anything holds a clone).
     wake: Arc<TaskWake>,
     waker: Waker,
@@ -193,15 +193,14 @@ const VISIBILITY_MARGIN_MS: Ms = 20 * SEC;
 /// A new agent process on the world: its AWS adapter starts with empty caches and a full
 /// rate limiter.
 fn agent(port: &SimPort) -> Arc<Agent<SimWorld>> {
-    Arc::new(Agent {
-        world: SimWorld {
+    let mut agent = Agent::new(
+        SimWorld {
             port: port.new_process(),
         },
-        policy: sim_policy(),
-        step: checks::checked_step,
-        instruments: crate::telemetry::Instruments::default(),
-        home: crate::inbound::Home::default(),
-    })
+        sim_policy(),
+    );
+    agent.step = checks::checked_step;
+    Arc::new(agent)
 }
 
 /// Runs one seed with `migrations` sources and returns what happened.
@@ -386,10 +385,12 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
             continue;
         }
         // Receive while there is room, as the agent's loop does.
-        if now >= up_at && tasks.len() < o.workers {
+        // Follow-ups take no worker's place (the runtime spawns them beside its workers).
+        let busy = tasks.values().filter(|t| t.message.is_some()).count();
+        if now >= up_at && busy < o.workers {
             let messages = {
                 let mut s = port.lock();
-                let room = o.workers - tasks.len();
+                let room = o.workers - busy;
                 let got = s.queue.receive(now, room, &mut rng);
                 if !got.is_empty() {
                     *s.calls.entry("sqs:ReceiveMessage").or_default() += 1;
@@ -420,8 +421,7 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                     id,
                     Task {
                         fut: Box::pin(fut),
-                        message_id: m.id,
-                        receipt: m.receipt.clone().unwrap_or_default(),
+                        message: Some((m.id, m.receipt.clone().unwrap_or_default())),
                         waker: Waker::from(wake.clone()),
                         wake,
                     },
@@ -431,6 +431,31 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                 next_task += 1;
             }
         }
+        // The follow-ups the handlers recorded: tasks of this process, as the runtime spawns
+        // them (a crash above dropped them with the process).
+        for f in agent.take_follow_ups() {
+            let id = next_task;
+            let a = agent.clone();
+            let fut = async move {
+                a.until_due(&f).await;
+                a.follow_up(&f).await
+            };
+            let wake = Arc::new(TaskWake {
+                id,
+                woken: woken.clone(),
+            });
+            tasks.insert(
+                id,
+                Task {
+                    fut: Box::pin(fut),
+                    message: None,
+                    waker: Waker::from(wake.clone()),
+                    wake,
+                },
+            );
+            lock_woken(&woken).insert(id);
+            next_task += 1;
+        }
         if !lock_woken(&woken).is_empty() {
             // Woken and new handlers run at once, before time moves.
             continue;
@@ -439,14 +464,14 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
         // (ChangeMessageVisibility), as long as the process lives.
         {
             let mut s = port.lock();
-            for t in tasks.values() {
+            for (message_id, receipt) in tasks.values().filter_map(|t| t.message.as_ref()) {
                 let due = s
                     .queue
                     .messages
-                    .get(&t.message_id)
+                    .get(message_id)
                     .is_some_and(|m| m.visible_at - now <= VISIBILITY_MARGIN_MS);
                 if due {
-                    s.queue.extend(&t.receipt, now, 60);
+                    s.queue.extend(receipt, now, 60);
                     *s.calls.entry("sqs:ChangeMessageVisibility").or_default() += 1;
                 }
             }
@@ -480,14 +505,14 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
             if let Some(w) = tasks.keys().filter_map(|id| s.task_wakes.get(id)).min() {
                 next = next.min(*w);
             }
-            for t in tasks.values() {
-                if let Some(m) = s.queue.messages.get(&t.message_id) {
+            for (message_id, _) in tasks.values().filter_map(|t| t.message.as_ref()) {
+                if let Some(m) = s.queue.messages.get(message_id) {
                     next = next.min((m.visible_at - VISIBILITY_MARGIN_MS).max(now + 1));
                 }
             }
             if now < up_at {
                 next = next.min(up_at);
-            } else if tasks.len() < o.workers
+            } else if tasks.values().filter(|t| t.message.is_some()).count() < o.workers
                 && let Some(v) = s.queue.next_visible()
             {
                 next = next.min(v.max(now));

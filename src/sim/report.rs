@@ -56,12 +56,18 @@ pub struct PathFigures {
     pub windows_ms: Vec<Ms>,
     /// The same minus the promotion (AWS's PromoteReadReplicaDBCluster).
     pub beyond_promotion_ms: Vec<Ms>,
-    /// The same minus the promotion and the security group change.
+    /// Writes refused: from the quarantine's taking effect (clients kept writing on their open
+    /// sessions, and new ones got in, while RDS applied the group change) to traffic on the
+    /// target. The outage, measured as clients see it.
+    pub refused_ms: Vec<Ms>,
+    /// The same minus the promotion: the outage's part that is not AWS's promotion.
     pub beyond_aws_group_and_promotion_ms: Vec<Ms>,
-    /// The window minus every part AWS took (group change, reboot, metric delay, promotion).
+    /// The window minus every part AWS took (group change, reboot, metric delay, promotion,
+    /// the replica applying the fence).
     pub agent_ms: Vec<Ms>,
-    /// Database-aware cutovers: the parts of the agent's share (see `Ending::db_parts`).
-    pub db_parts_ms: [Vec<Ms>; 3],
+    /// Database-aware cutovers: where the time beyond the group change and the promotion goes
+    /// (see `Ending::db_parts`).
+    pub db_parts_ms: [Vec<Ms>; 4],
 }
 
 /// The reason a fallback happened, in a few words.
@@ -116,6 +122,7 @@ impl SimReport {
                 p.windows_ms.push(w);
                 p.agent_ms.push(w - a);
                 p.beyond_promotion_ms.push(w - promotion);
+                p.refused_ms.push(w - group);
                 p.beyond_aws_group_and_promotion_ms
                     .push(w - promotion - group);
                 if let Some(parts) = e.db_parts {
@@ -220,7 +227,7 @@ impl fmt::Display for SimReport {
         )?;
         writeln!(
             f,
-            "  the agent's share (minus AWS's group change, reboot, metric delay and promotion): p50 {}, p99 {}",
+            "  the agent's share (minus AWS's group change, reboot, metric delay, promotion and the replica applying the fence): p50 {}, p99 {}",
             secs(percentile(&self.agent_ms, 0.5)),
             secs(percentile(&self.agent_ms, 0.99))
         )?;
@@ -246,12 +253,19 @@ impl fmt::Display for SimReport {
             }
             writeln!(
                 f,
-                "    write unavailability p50 {}, p99 {}, max {}; minus the promotion p50 {}, p99 {}; minus the promotion and the group change p50 {}, p99 {}",
+                "    write unavailability p50 {}, p99 {}, max {}; minus the promotion p50 {}, p99 {}",
                 secs(percentile(&p.windows_ms, 0.5)),
                 secs(percentile(&p.windows_ms, 0.99)),
                 secs(p.windows_ms.iter().max().copied()),
                 secs(percentile(&p.beyond_promotion_ms, 0.5)),
                 secs(percentile(&p.beyond_promotion_ms, 0.99)),
+            )?;
+            writeln!(
+                f,
+                "    writes refused (quarantine in effect → traffic on the target) p50 {}, p99 {}, max {}; beyond the promotion p50 {}, p99 {}",
+                secs(percentile(&p.refused_ms, 0.5)),
+                secs(percentile(&p.refused_ms, 0.99)),
+                secs(p.refused_ms.iter().max().copied()),
                 secs(percentile(&p.beyond_aws_group_and_promotion_ms, 0.5)),
                 secs(percentile(&p.beyond_aws_group_and_promotion_ms, 0.99)),
             )?;
@@ -262,14 +276,16 @@ impl fmt::Display for SimReport {
                 secs(percentile(&p.agent_ms, 0.99))
             )?;
             if !p.db_parts_ms[0].is_empty() {
-                let [a, b, c] = &p.db_parts_ms;
+                let [a, b, r, c] = &p.db_parts_ms;
                 writeln!(
                     f,
-                    "    of which: quarantine active → sessions ended p50 {}, p99 {}; → promote call (the fence proof) p50 {}, p99 {}; promoted → traffic moved p50 {}, p99 {}",
+                    "    beyond the group change and the promotion: quarantine active → sessions ended p50 {}, p99 {}; → promote call (the fence proof) p50 {}, p99 {}, plus the replica applying the fence (AWS's) p50 {}, p99 {}; promoted → traffic moved p50 {}, p99 {}",
                     secs(percentile(a, 0.5)),
                     secs(percentile(a, 0.99)),
                     secs(percentile(b, 0.5)),
                     secs(percentile(b, 0.99)),
+                    secs(percentile(r, 0.5)),
+                    secs(percentile(r, 0.99)),
                     secs(percentile(c, 0.5)),
                     secs(percentile(c, 0.99)),
                 )?;

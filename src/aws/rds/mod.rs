@@ -186,6 +186,36 @@ impl Rds for AwsRds {
         })
     }
 
+    fn describe_source_now(
+        &self,
+        instance: &str,
+    ) -> impl Future<Output = PortResult<Observed<SourceInstance>>> + Send {
+        boxed(async move {
+            Ok(self
+                .instance_direct(instance)
+                .await?
+                .as_ref()
+                .map(source_of)
+                .into())
+        })
+    }
+
+    fn describe_target_now(
+        &self,
+        cluster: &str,
+    ) -> impl Future<Output = PortResult<Observed<TargetCluster>>> + Send {
+        boxed(async move {
+            match self.cluster_direct(cluster).await? {
+                Some(c) => Ok(Observed::Present(self.target_of(&c).await?)),
+                None => Ok(Observed::Absent),
+            }
+        })
+    }
+
+    fn heard_of_change(&self, name: &str) {
+        self.touch(&[name]);
+    }
+
     fn parameter_groups_present(
         &self,
         cluster_group: &str,

@@ -23,8 +23,12 @@ use crate::core::database::compare;
 use crate::core::migration::Consistency;
 
 /// Whether this step must read the fingerprints (see [`Stepper::consistency_holds`]).
+/// Also read in Promoting once the writer has left recovery: the look that sees the promotion
+/// done then routes on the same readings (`cutover::promoting`).
 pub(super) fn needs_check(m: &Migration) -> bool {
-    m.phase == Phase::Routing
+    let promoted_by_sql =
+        m.phase == Phase::Promoting && m.progress.writer_out_of_recovery_at.is_some();
+    (m.phase == Phase::Routing || promoted_by_sql)
         && m.database_path()
         && m.progress.consistency.is_none()
         && m.progress.route_requested_at.is_none()

@@ -10,7 +10,13 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
     use MetricKey::*;
     let p = &m.progress;
     match m.phase {
-        Phase::Quiescing => n.quarantine_group = true,
+        Phase::Quiescing => {
+            n.quarantine_group = true;
+            // Once asked for, the group change is waited on with writes down, and RDS sends no
+            // event when it is applied: every look reads it from RDS, not from a snapshot up
+            // to the describe cache's TTL old.
+            n.fresh = p.quarantined_at.is_some();
+        }
         Phase::Draining if m.database_path() => {
             n.target = true;
             n.quarantine_group = true;
@@ -32,11 +38,21 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             n.target = true;
             // The fence is re-checked right before promotion and before routing.
             n.quarantine_group = p.promote_requested_at.is_none() || p.route_requested_at.is_none();
-            // No client session may have got in since the fence, up to the promotion request.
+            // No client session may have got in since the fence, up to every promotion request
+            // (one refused is asked again): read until the writer has left recovery.
             n.source_sessions = m.phase == Phase::Promoting
-                && p.promote_requested_at.is_none()
+                && p.writer_out_of_recovery_at.is_none()
                 && m.database_path();
             n.consistency = consistency::needs_check(m);
+            // Waiting for AWS's promotion on the database path: the writer says by SQL when
+            // it has left recovery (no RDS request spent), and then RDS is asked directly
+            // whether the promotion is done (its event may come seconds later, and a fleet
+            // snapshot up to the describe cache's TTL late).
+            let waiting = m.phase == Phase::Promoting
+                && p.promote_requested_at.is_some()
+                && m.database_path();
+            n.target_replay |= waiting && p.writer_out_of_recovery_at.is_none();
+            n.fresh |= waiting && p.writer_out_of_recovery_at.is_some();
         }
         _ => {}
     }
@@ -221,6 +237,14 @@ impl Stepper<'_> {
                 _ => String::new(),
             };
             self.enter(Phase::Promoting, &how);
+            if self.database_path() {
+                // This look read the sessions after the replay position reached the fence
+                // (`agent::observe::read_databases`) and the groups with them: it is the look
+                // Promoting's re-check would take, so the promotion is asked for on it. Every
+                // second here is write outage, and the last read before the promote call is
+                // the nearer for it.
+                self.promoting();
+            }
             return;
         }
         // Back from Promoting after a drift, or changed under us: put the quarantine back. The
@@ -278,8 +302,16 @@ impl Stepper<'_> {
         if self.database_path() && self.m.progress.promote_requested_at.is_some() {
             // Writes are down until the promotion is seen and routed: on the database path
             // nothing else is slow any more, so AWS's promotion is looked for every
-            // `database_poll` (one cluster describe each; the metric path keeps `fast_poll`).
+            // `database_poll` (the writer's recovery state by SQL, the cluster from the fleet
+            // snapshot; the metric path keeps `fast_poll`).
             self.wake_within(self.policy.database_poll);
+            if self.m.progress.writer_out_of_recovery_at.is_none()
+                && matches!(self.obs.database.target_replay, Some(Ok(None)))
+            {
+                // Out of recovery: the next look reads the cluster from RDS itself, at once.
+                self.m.progress.writer_out_of_recovery_at = Some(self.now);
+                self.look_again = true;
+            }
         }
         // What the code below assumes (debug builds, as `assume_phase`).
         debug_assert!(
@@ -311,10 +343,25 @@ impl Stepper<'_> {
                 String::new()
             };
             self.enter(Phase::Routing, &detail);
+            if self.database_path() && self.obs.database.source_fingerprint.is_some() {
+                // This look read both sides' fingerprints and the groups (the writer had left
+                // recovery): it is the look Routing would take first, so the route is asked
+                // for on it. The outage ends when traffic moves; a look saved here is a look
+                // clients do not wait for.
+                self.routing();
+            }
             return;
         }
+        // Before every promotion request (the first, or one asked again after a refusal), while
+        // RDS has not taken one up: the fence and the proof still hold.
+        let in_flight = self
+            .m
+            .requested
+            .get(&ActionKey::PromoteTarget)
+            .is_some_and(|until| self.now < *until);
         if t.replication_source.is_some()
-            && self.m.progress.promote_requested_at.is_none()
+            && t.status == "available"
+            && !in_flight
             && let Err(why) = self
                 .fence_intact()
                 .and_then(|()| self.no_session_since_fence())

@@ -56,6 +56,12 @@ mod rollback;
 mod soak;
 mod wal_fence;
 
+/// The shortest wait a step asks for (other than "look again at once"). Sub-second waits are
+/// the database-aware cutover's (what is left of the quiet period, the replay poll); the agent
+/// takes them in-process, on time, with a whole-second SQS tick as the backstop
+/// (`agent::follow_up`). A floor keeps a rounding remainder from turning into a busy loop.
+pub const MIN_WAKE: SignedDuration = SignedDuration::from_millis(100);
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub next: Migration,
@@ -348,7 +354,7 @@ impl Stepper<'_> {
     }
 
     fn wake_within(&mut self, after: SignedDuration) {
-        let after = after.max(SignedDuration::from_secs(1));
+        let after = after.max(MIN_WAKE);
         self.wake = Some(match self.wake {
             Some(w) => w.min(after),
             None => after.min(self.policy.poll_interval(self.m.phase)),

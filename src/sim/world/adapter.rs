@@ -158,14 +158,17 @@ impl SimPort {
                 name,
                 || self.fetch_sources(),
                 |v| names(&v.identifier, &v.arn, name),
-                || async {
-                    let found = self
-                        .call(DESCRIBE_INSTANCES, false, |s| s.describe_source(name))
-                        .await?;
-                    Ok(found.present().cloned())
-                },
+                || self.source_direct(name),
             )
             .await
+    }
+
+    /// DescribeDBInstances of one source by name, past the fleet cache.
+    pub(super) async fn source_direct(&self, name: &str) -> PortResult<Option<SourceInstance>> {
+        let found = self
+            .call(DESCRIBE_INSTANCES, false, |s| s.describe_source(name))
+            .await?;
+        Ok(found.present().cloned())
     }
 
     /// The tagged PostgreSQL sources in the fleet snapshot.
@@ -187,14 +190,23 @@ impl SimPort {
                 name,
                 || self.fetch_clusters(),
                 |c| names(&c.identifier, &c.arn, name),
-                || async {
-                    let found = self
-                        .call(DESCRIBE_CLUSTERS, false, |s| Ok(s.describe_target(name)))
-                        .await?;
-                    Ok(found.present().cloned())
-                },
+                || self.target_direct(name),
             )
             .await
+    }
+
+    /// DescribeDBClusters of one cluster by name, past the fleet cache.
+    pub(super) async fn target_direct(&self, name: &str) -> PortResult<Option<TargetCluster>> {
+        let found = self
+            .call(DESCRIBE_CLUSTERS, false, |s| Ok(s.describe_target(name)))
+            .await?;
+        Ok(found.present().cloned())
+    }
+
+    /// RDS announced a change to `name`: as the adapter's `heard_of_change`.
+    pub(super) fn heard_of_change(&self, name: &str) {
+        self.rds.instances.touch(name);
+        self.rds.clusters.touch(name);
     }
 
     /// A mutating RDS call; then, as the adapter's `mutate` does (whether or not it succeeded),
@@ -207,8 +219,7 @@ impl SimPort {
     ) -> PortResult<T> {
         let r = self.call(op, true, f).await;
         for name in names {
-            self.rds.instances.touch(name);
-            self.rds.clusters.touch(name);
+            self.heard_of_change(name);
         }
         r
     }

@@ -317,9 +317,18 @@ impl State {
 
     fn write_fence(&mut self, host: &str) -> PortResult<Lsn> {
         let id = self.db_source("postgres:write_fence", host)?;
+        let now = self.now;
         let s = self.sources.get_mut(&id).expect("found");
         s.db.as_mut().expect("checked by db_source").fences += 1;
         let at = lsn(s.acked, s.bytes_per_write);
+        // With no writes since `changed_at`, the replica holds every one `repl_delay_ms` later
+        // (`Source::backlog`); while writes go on, a fence is void anyway.
+        s.fence_written_at = Some(now);
+        s.fence_replayable_at = Some(if s.was_writable {
+            now + s.repl_delay_ms
+        } else {
+            now.max(s.changed_at + s.repl_delay_ms)
+        });
         self.log(|| format!("{id}: fence written at {at}"));
         Ok(at)
     }

@@ -120,6 +120,10 @@ pub struct Source {
     pub promote_called_at: Option<Ms>,
     /// The first `pg_terminate_backend` of the cutover (database-aware path).
     pub sessions_end_called_at: Option<Ms>,
+    /// The latest fence (database-aware path): when it was written, and when the replica had
+    /// applied it (the replication's share of the outage, AWS's and not the agent's).
+    pub fence_written_at: Option<Ms>,
+    pub fence_replayable_at: Option<Ms>,
     pub promoted_at: Option<Ms>,
     pub route_called_at: Option<Ms>,
     pub routed_at: Option<Ms>,
@@ -419,6 +423,8 @@ impl State {
             first_metric_after_restart: None,
             promote_called_at: None,
             sessions_end_called_at: None,
+            fence_written_at: None,
+            fence_replayable_at: None,
             promoted_at: None,
             route_called_at: None,
             routed_at: None,

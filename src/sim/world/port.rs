@@ -170,7 +170,11 @@ impl Future for Delay<'_> {
         } else {
             let task = s.current_task;
             let until = self.until;
-            s.task_wakes.insert(task, until);
+            // The earliest of the task's timers: futures joined inside one task (the agent's
+            // concurrent describes) each register theirs, and the executor clears the entry
+            // before it polls the task.
+            let wake = s.task_wakes.entry(task).or_insert(until);
+            *wake = (*wake).min(until);
             Poll::Pending
         }
     }

@@ -481,6 +481,18 @@ impl Rds for SimPort {
         Ok(self.target(cluster).await?.into())
     }
 
+    async fn describe_source_now(&self, instance: &str) -> PortResult<Observed<SourceInstance>> {
+        Ok(self.source_direct(instance).await?.into())
+    }
+
+    async fn describe_target_now(&self, cluster: &str) -> PortResult<Observed<TargetCluster>> {
+        Ok(self.target_direct(cluster).await?.into())
+    }
+
+    fn heard_of_change(&self, name: &str) {
+        SimPort::heard_of_change(self, name);
+    }
+
     async fn parameter_groups_present(
         &self,
         cluster_group: &str,
