@@ -98,8 +98,9 @@ pub struct Policy {
     /// quarantine on the database port while database access is in use.
     pub agent_security_group: Option<String>,
     /// With database access: how long the source must show no client session before the fence
-    /// is written. 1 s: a pooler or a retry loop that reconnects at once shows up within it,
-    /// and one that comes later voids the fence anyway (the proof reads sessions after it).
+    /// is written. 500 ms: a pooler or a retry loop that reconnects at once shows up within it,
+    /// and one that comes later voids the fence anyway (the proof reads sessions after it, and
+    /// again before every promotion request); every millisecond of it is write outage.
     pub sessions_quiet_for: SignedDuration,
     /// With database access: a session that was asked to end and is still there after this is
     /// stuck (a backend in an uninterruptible wait, one the role may not end), and the cutover
@@ -108,8 +109,10 @@ pub struct Policy {
     /// With database access, losing the connection for this long falls back to the reboot and
     /// the metric proof. 30 s: a reconnect through a brief network fault is cheaper.
     pub database_unreachable_after: SignedDuration,
-    /// Poll interval of the database-aware Quiescing, Draining and Promoting. 1 s: the proof is
-    /// one query on each side, the quarantine's and the promotion's ends one describe each.
+    /// Poll interval of the database-aware Quiescing, Draining and Promoting. 500 ms: the proof
+    /// is one query on each side, the promotion's end a query on the writer (then one direct
+    /// describe), the quarantine's end one direct describe; the agent takes these waits
+    /// in-process (`agent::follow_up`), so they are not rounded up to SQS's whole seconds.
     pub database_poll: SignedDuration,
     /// With database access: the time the consistency check before routing may take, each side
     /// read at once, connecting included (`core::machine::consistency`). 5 s: the check runs
