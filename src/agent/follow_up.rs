@@ -10,9 +10,11 @@
 //! - The tick for the same wake-up is always sent too ([`Agent::reconcile`] sends it before the
 //!   follow-up is recorded), [`BACKSTOP_MARGIN_S`] later than the wake-up: it is the backstop.
 //!   A crash loses the follow-ups, never the chain; the tick then steps it as before.
-//! - A follow-up is a tick delivered in-process: [`Agent::until_due`] waits for its wake-up,
-//!   then [`Agent::follow_up`] handles it as a tick received once. Whichever of the two comes second finds the
-//!   record's token changed and is dropped as stale without observing (one `GetItem`).
+//! - A follow-up steps the record as this process saved it ([`Agent::until_due`] waits for the
+//!   wake-up, then [`Agent::follow_up`] steps), without reading the table: it is dropped as
+//!   stale when this process saved a newer version since, and when another process did, the
+//!   save's version condition fails and the record is read afresh. The tick that comes later
+//!   finds the token changed and is dropped as stale without observing (one `GetItem`).
 //! - Only short waits in the cutover and the rollback are followed up (at most
 //!   [`FOLLOW_UP_WITHIN`], at most [`MAX_PENDING`] waiting): elsewhere a second more is nothing,
 //!   and an unbounded list would be memory held for work the ticks do anyway.
@@ -22,7 +24,7 @@
 use jiff::{SignedDuration, Timestamp};
 
 use super::{Agent, Disposition};
-use crate::core::Migration;
+use crate::core::{Migration, MigrationId};
 use crate::inbound::Tick;
 use crate::ports::{Clock, World};
 
@@ -37,10 +39,14 @@ pub const MAX_PENDING: usize = 256;
 pub const BACKSTOP_MARGIN_S: u32 = 2;
 
 /// A look this process takes at `at`: the tick it backs up, delivered without SQS.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct FollowUp {
     pub tick: Tick,
     pub at: Timestamp,
+    /// The record as this process saved it, so the look needs no read of the table: if this
+    /// process saved a newer version since, the follow-up is stale; if another process did,
+    /// the conditional save fails and the record is read afresh (`Agent::reconcile`).
+    pub record: Box<Migration>,
 }
 
 impl<W: World> Agent<W> {
@@ -65,6 +71,7 @@ impl<W: World> Agent<W> {
             pending.push(FollowUp {
                 tick: Tick::new(&m.id, wake.token),
                 at: wake.at,
+                record: Box::new(m.clone()),
             });
         }
     }
@@ -84,16 +91,36 @@ impl<W: World> Agent<W> {
         }
     }
 
-    /// Handles the follow-up's tick as one received once (a stale one, the record having moved
-    /// on, is dropped without observing). Call it when [`Agent::until_due`] returned.
+    /// Steps the migration from the follow-up's record, unless this process has saved it since
+    /// (then the follow-up is stale and dropped). Call it when [`Agent::until_due`] returned.
     pub async fn follow_up(&self, f: &FollowUp) -> Disposition {
-        match self.on_tick(&f.tick, 1).await {
-            Ok(d) => d,
+        if self.saved_version(&f.record.id) != Some(f.record.version) {
+            tracing::debug!(migration = %f.record.id, "stale follow-up dropped");
+            return Disposition::DeleteStale;
+        }
+        match self.reconcile((*f.record).clone()).await {
+            Ok(_) => Disposition::Delete,
             Err(e) => {
                 // The tick sent beside it carries on.
-                tracing::warn!(migration = %f.tick.migration(), error = %e, "follow-up failed; its tick carries on");
+                tracing::warn!(migration = %f.record.id, error = %e, "follow-up failed; its tick carries on");
                 Disposition::Leave(e.to_string())
             }
+        }
+    }
+
+    /// The version of `id`'s record this process saved last, if it saved one.
+    fn saved_version(&self, id: &MigrationId) -> Option<u64> {
+        let saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+        saved.get(id).copied()
+    }
+
+    /// Notes a version of a record this process saved (forgotten once the record is final).
+    pub(super) fn note_saved(&self, m: &Migration) {
+        let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+        if m.phase.is_terminal() {
+            saved.remove(&m.id);
+        } else {
+            saved.insert(m.id.clone(), m.version);
         }
     }
 }

@@ -96,6 +96,9 @@ pub struct Agent<W: World> {
     pub home: Home,
     /// Short cutover waits this process takes itself (`follow_up.rs`); memory only.
     follow_ups: std::sync::Mutex<Vec<FollowUp>>,
+    /// The version of each unfinished record this process saved last: a follow-up whose record
+    /// is older is stale.
+    saved: std::sync::Mutex<std::collections::HashMap<MigrationId, u64>>,
 }
 
 /// Seconds before a migration whose observation failed is looked at again. During the cutover
@@ -124,6 +127,7 @@ impl<W: World> Agent<W> {
             instruments: Instruments::default(),
             home: Home::default(),
             follow_ups: std::sync::Mutex::default(),
+            saved: std::sync::Mutex::default(),
         }
     }
 
@@ -369,6 +373,7 @@ impl<W: World> Agent<W> {
                 Ok(version) => {
                     m = decision.next;
                     m.version = version;
+                    self.note_saved(&m);
                 }
                 Err(StoreError::VersionConflict { .. }) if contended < 2 => {
                     // Someone else moved it: re-read and decide again from a fresh look.

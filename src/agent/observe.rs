@@ -2,7 +2,9 @@
 
 use crate::core::database::{self, DbTarget};
 use crate::core::needs::{Needs, needs};
-use crate::core::observation::{DatabaseReadings, Observation, Observed};
+use crate::core::observation::{
+    DatabaseReadings, Observation, Observed, SourceInstance, TargetCluster,
+};
 use crate::core::{Migration, Policy};
 use crate::ports::{
     Clock, Database, MetricQuery, Metrics, Network, PortResult, Rds, StateStore, World,
@@ -52,11 +54,28 @@ pub async fn observe<W: World>(
             _ => Ok(Observed::Unknown),
         }
     };
-    let (source, target, group): (PortResult<_>, PortResult<_>, PortResult<_>) =
-        tokio::join!(source, target, group);
-    obs.source = source?;
-    obs.target = target?;
+    // The SQL readings need the endpoints the describes give (from the fleet snapshot, at once,
+    // in the cutover's looks), not the group: they run while the group is described.
+    let instances = async {
+        let (source, target) = tokio::join!(source, target);
+        let (source, target): (Observed<_>, Observed<_>) = (source?, target?);
+        let sql =
+            need.source_sessions || need.target_replay || need.consistency || need.target_sessions;
+        let database = if sql {
+            Some(read_databases(world, m, policy, &source, &target, &need).await)
+        } else {
+            None
+        };
+        Ok::<_, crate::ports::PortError>((source, target, database))
+    };
+    let (instances, group) = tokio::join!(instances, group);
+    let (source, target, database) = instances?;
+    obs.source = source;
+    obs.target = target;
     obs.quarantine_group = group?;
+    if let Some(database) = database {
+        obs.database = database;
+    }
     if need.parameter_groups
         && let Some(plan) = &m.plan
     {
@@ -137,9 +156,6 @@ pub async fn observe<W: World>(
             obs.metrics.insert(q.key, points);
         }
     }
-    if need.source_sessions || need.target_replay || need.consistency || need.target_sessions {
-        obs.database = read_databases(world, m, policy, &obs, &need).await;
-    }
     if need.fleet_pause {
         obs.fleet_paused = world.store().fleet_paused().await?;
     }
@@ -157,7 +173,8 @@ async fn read_databases<W: World>(
     world: &W,
     m: &Migration,
     policy: &Policy,
-    obs: &Observation,
+    source: &Observed<SourceInstance>,
+    target: &Observed<TargetCluster>,
     need: &Needs,
 ) -> DatabaseReadings {
     let mut r = DatabaseReadings {
@@ -168,8 +185,7 @@ async fn read_databases<W: World>(
         return r;
     };
     let db = world.database();
-    let source_at = obs
-        .source
+    let source_at = source
         .present()
         .and_then(|s| s.endpoint.as_ref())
         .map(|e| DbTarget {
@@ -177,8 +193,7 @@ async fn read_databases<W: World>(
             port: e.port,
             access: access.clone(),
         });
-    let writer_at = obs
-        .target
+    let writer_at = target
         .present()
         .and_then(|t| t.writer_endpoint.as_ref())
         .map(|e| DbTarget {
@@ -216,36 +231,16 @@ async fn read_databases<W: World>(
         });
     }
     if need.target_replay {
-        let writer = obs
-            .target
-            .present()
-            .and_then(|t| t.writer_endpoint.as_ref());
-        r.target_replay = Some(match writer {
-            Some(e) => db
-                .replay_lsn(&DbTarget {
-                    host: e.address.clone(),
-                    port: e.port,
-                    access: access.clone(),
-                })
-                .await
-                .map_err(|e| e.to_string()),
+        r.target_replay = Some(match &writer_at {
+            Some(at) => db.replay_lsn(at).await.map_err(|e| e.to_string()),
             None => Err("the Aurora cluster has no writer endpoint yet".to_string()),
         });
     }
     if need.source_sessions {
-        r.source_sessions = Some(
-            match obs.source.present().and_then(|s| s.endpoint.as_ref()) {
-                Some(e) => db
-                    .client_sessions(&DbTarget {
-                        host: e.address.clone(),
-                        port: e.port,
-                        access,
-                    })
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => Err("the source has no endpoint".to_string()),
-            },
-        );
+        r.source_sessions = Some(match &source_at {
+            Some(at) => db.client_sessions(at).await.map_err(|e| e.to_string()),
+            None => Err("the source has no endpoint".to_string()),
+        });
     }
     r
 }

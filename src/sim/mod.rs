@@ -25,7 +25,7 @@ mod report;
 pub mod rng;
 pub mod world;
 
-pub use report::{FleetFigures, PathFigures, SimReport};
+pub use report::{FleetFigures, PathFigures, SimReport, percentile};
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;

@@ -150,7 +150,8 @@ impl SimReport {
     }
 }
 
-fn percentile(values: &[Ms], p: f64) -> Option<Ms> {
+/// The `p` quantile of `values` (nearest rank, as every figure of the report is taken).
+pub fn percentile(values: &[Ms], p: f64) -> Option<Ms> {
     if values.is_empty() {
         return None;
     }

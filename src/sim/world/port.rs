@@ -35,6 +35,14 @@ impl State {
         let latency = match fault {
             CallFault::Slow(ms) => ms,
             CallFault::LostAnswer => 30 * SEC,
+            // DynamoDB's single-item reads and writes: "for most atomic operations, such as
+            // GetItem and PutItem, you can expect an average latency in single-digit
+            // milliseconds" (AWS Knowledge Center, dynamodb-high-latency), plus the network
+            // inside the Region.
+            _ if matches!(op, "dynamodb:GetItem" | "dynamodb:PutItem") => {
+                self.latency_rng.range(3, 25)
+            }
+            // Every other API call: describes, mutations, queries, publishes.
             _ => self.latency_rng.range(15, 250),
         };
         if fault != CallFault::None {
