@@ -447,6 +447,7 @@ def _throttle(endpoint, service, action, code="Throttling", status=400, count=1,
     ("sns", "ListTopics", lambda c: c.list_topics(), "Throttling", 400),
     ("cloudwatch", "DescribeAlarms", lambda c: c.describe_alarms(), "Throttling", 400),
     ("dynamodb", "ListTables", lambda c: c.list_tables(), "ThrottlingException", 400),
+    ("route53", "ListHostedZones", lambda c: c.list_hosted_zones(), "Throttling", 400),
     ("rds", "DescribeDBInstances", lambda c: c.describe_db_instances(), "InternalFailure", 500),
 ])
 def test_fault_in_each_wire_format(endpoint, service, action, call, code, status):
@@ -702,3 +703,91 @@ def test_real_postgres_behind_an_instance_standby_promote_quarantine_reboot_dele
     finally:
         ctl(endpoint, "DELETE", "/_shim/postgres")
         primary.stop()
+
+
+# --- Route 53: changes that take time to reach INSYNC (route53.py) ----------------------------
+
+def _zone(r53, name="example.com"):
+    return r53.create_hosted_zone(Name=name, CallerReference=f"ref-{name}-{time.time()}")["HostedZone"]["Id"]
+
+
+def _upsert_cname(r53, zone, value, name="db.example.com", ttl=5):
+    return r53.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Comment": "cutover", "Changes": [
+        {"Action": "UPSERT", "ResourceRecordSet": {"Name": name, "Type": "CNAME", "TTL": ttl,
+                                                   "ResourceRecords": [{"Value": value}]}}]})["ChangeInfo"]
+
+
+def _cname(r53, zone, name="db.example.com."):
+    rrs = [r for r in r53.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+           if r["Name"] == name and r["Type"] == "CNAME"]
+    return [(r["ResourceRecords"][0]["Value"], r["TTL"]) for r in rrs]
+
+
+def test_route53_upsert_cname_is_pending_then_get_change_insync(endpoint):
+    r53 = client(endpoint, "route53", retries=False)
+    zone = _zone(r53)
+    first = _upsert_cname(r53, zone, "src.aaaaaaaaaa.us-east-1.rds.amazonaws.com")
+    # AWS answers a change PENDING with an id of its own (moto: INSYNC, one fixed id for all)
+    assert first["Status"] == "PENDING" and first["Id"].startswith("/change/C") and first["Comment"] == "cutover"
+    assert r53.get_change(Id=first["Id"])["ChangeInfo"]["Status"] == "INSYNC"  # default: no propagation time
+    assert _cname(r53, zone) == [("src.aaaaaaaaaa.us-east-1.rds.amazonaws.com", 5)]
+
+    second = _upsert_cname(r53, zone, "tgt.cluster-bbbbbbbbbb.us-east-1.rds.amazonaws.com")  # UPSERT replaces
+    assert second["Id"] != first["Id"]
+    assert r53.get_change(Id=second["Id"])["ChangeInfo"]["Status"] == "INSYNC"
+    assert _cname(r53, zone) == [("tgt.cluster-bbbbbbbbbb.us-east-1.rds.amazonaws.com", 5)]
+
+    err = error_of(lambda: r53.get_change(Id="C0000000000000NOSUCH"))
+    assert err["Error"]["Code"] == "NoSuchChange" and err["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+    # the call log names Route 53's REST operations, with the zone and the records changed
+    calls = [(c["action"], c["params"]) for c in ctl(endpoint, "GET", "/_shim/calls")]
+    bare = zone.rsplit("/", 1)[-1]
+    assert calls[:3] == [("CreateHostedZone", {}),
+                         ("ChangeResourceRecordSets", {"HostedZoneId": bare, "RecordNames": ["db.example.com"]}),
+                         ("GetChange", {"Id": first["Id"].rsplit("/", 1)[-1]})]
+    listed = ctl(endpoint, "GET", "/_shim/route53-changes")
+    assert [c["Changes"][0]["Values"] for c in listed] == [["src.aaaaaaaaaa.us-east-1.rds.amazonaws.com"],
+                                                          ["tgt.cluster-bbbbbbbbbb.us-east-1.rds.amazonaws.com"]]
+    assert {c["Status"] for c in listed} == {"INSYNC"}
+
+
+def test_route53_change_stays_pending_for_a_while_or_forever(endpoint):
+    r53 = client(endpoint, "route53", retries=False)
+    zone = _zone(r53)
+    # the next change stays PENDING for 0.6 s, then INSYNC
+    ctl(endpoint, "POST", "/_shim/route53-pending", {"pending_seconds": 0.6, "count": 1})
+    change = _upsert_cname(r53, zone, "a.example.net")
+    t = time.monotonic()
+    assert r53.get_change(Id=change["Id"])["ChangeInfo"]["Status"] == "PENDING"
+    _wait("the change to reach INSYNC", lambda: r53.get_change(Id=change["Id"])["ChangeInfo"]["Status"] == "INSYNC")
+    assert time.monotonic() - t >= 0.5
+    assert ctl(endpoint, "GET", "/_shim/route53-pending") == []  # used up
+
+    # accepted but never INSYNC (negative = forever); the record itself has changed
+    ctl(endpoint, "POST", "/_shim/route53-pending", {"pending_seconds": -1, "count": 1})
+    stuck = _upsert_cname(r53, zone, "b.example.net")
+    for _ in range(5):
+        assert r53.get_change(Id=stuck["Id"])["ChangeInfo"]["Status"] == "PENDING"
+        time.sleep(0.1)
+    assert _cname(r53, zone) == [("b.example.net", 5)]
+    # the next change (e.g. the rollback's) is not affected
+    back = _upsert_cname(r53, zone, "a.example.net")
+    assert r53.get_change(Id=back["Id"])["ChangeInfo"]["Status"] == "INSYNC"
+    assert r53.get_change(Id=stuck["Id"])["ChangeInfo"]["Status"] == "PENDING"
+    assert [c["Status"] for c in ctl(endpoint, "GET", "/_shim/route53-changes")] == ["INSYNC", "PENDING", "INSYNC"]
+
+    # rules can be scoped to a record (or a zone); without count they last until DELETE
+    ctl(endpoint, "POST", "/_shim/route53-pending", {"pending_seconds": -1, "record": "other.example.com."})
+    assert r53.get_change(Id=_upsert_cname(r53, zone, "x.example.net")["Id"])["ChangeInfo"]["Status"] == "INSYNC"
+    other = _upsert_cname(r53, zone, "x.example.net", name="other.example.com")
+    assert r53.get_change(Id=other["Id"])["ChangeInfo"]["Status"] == "PENDING"
+    ctl(endpoint, "DELETE", "/_shim/route53-pending")
+    again = _upsert_cname(r53, zone, "y.example.net", name="other.example.com")
+    assert r53.get_change(Id=again["Id"])["ChangeInfo"]["Status"] == "INSYNC"
+
+    # a failing Route 53 call answers in its restXml error format
+    _throttle(endpoint, "route53", "ChangeResourceRecordSets", code="PriorRequestNotComplete")
+    err = error_of(lambda: _upsert_cname(r53, zone, "z.example.net"))
+    assert err["Error"]["Code"] == "PriorRequestNotComplete" and err["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert _cname(r53, zone) == [("x.example.net", 5)]  # unchanged by the refused call

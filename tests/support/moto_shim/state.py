@@ -42,6 +42,10 @@ class ShimState:
             self.seq = 0
             # ResourcePendingMaintenanceActions dicts returned by DescribePendingMaintenanceActions
             self.pending_maintenance = []
+            # Route 53 (route53.py): rules giving new changes their PENDING time, and every change
+            # accepted, by id
+            self.route53_rules = []
+            self.route53_changes = {}
 
     # -- scripted statuses -------------------------------------------------
     def take_status(self, kind, ident, count=True):
