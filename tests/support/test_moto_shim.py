@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -522,7 +523,6 @@ def test_fault_after_success_loses_the_answer_not_the_effect(endpoint):
 
 
 def test_hold_answers_after_the_effect_and_matches_on_identifiers(endpoint):
-    import threading
     rds = client(endpoint, "rds", retries=False)
     make_source(rds)
     ctl(endpoint, "POST", "/_shim/faults", {"service": "rds", "action": "ModifyDBInstance",
@@ -791,3 +791,157 @@ def test_route53_change_stays_pending_for_a_while_or_forever(endpoint):
     err = error_of(lambda: _upsert_cname(r53, zone, "z.example.net"))
     assert err["Error"]["Code"] == "PriorRequestNotComplete" and err["ResponseMetadata"]["HTTPStatusCode"] == 400
     assert _cname(r53, zone) == [("x.example.net", 5)]  # unchanged by the refused call
+
+
+# --- RDS Proxy targets (rds_proxy.py) ---------------------------------------------------------
+
+def _proxy(rds, ec2, name="orders-proxy"):
+    subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
+    return rds.create_db_proxy(
+        DBProxyName=name, EngineFamily="POSTGRESQL", RoleArn="arn:aws:iam::123456789012:role/proxy",
+        Auth=[{"AuthScheme": "SECRETS", "IAMAuth": "DISABLED",
+               "SecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:orders"}],
+        VpcSubnetIds=subnets)["DBProxy"]
+
+
+def _aurora(rds, cluster="tgt", members=("tgt-1", "tgt-2")):
+    rds.create_db_cluster(DBClusterIdentifier=cluster, Engine="aurora-postgresql", MasterUsername="u",
+                          MasterUserPassword="password1")
+    for m in members:
+        rds.create_db_instance(DBInstanceIdentifier=m, DBClusterIdentifier=cluster, Engine="aurora-postgresql",
+                               DBInstanceClass="db.r6g.large")
+
+
+def _targets(rds, proxy="orders-proxy"):
+    return rds.describe_db_proxy_targets(DBProxyName=proxy)["Targets"]
+
+
+def _states(rds, proxy="orders-proxy"):
+    return [(t["Type"], t["RdsResourceId"], t["TargetHealth"]["State"]) for t in _targets(rds, proxy)]
+
+
+def test_rds_proxy_instance_target_registers_then_becomes_available(endpoint):
+    rds, ec2 = client(endpoint, "rds", retries=False), client(endpoint, "ec2")
+    proxy = _proxy(rds, ec2)
+    assert rds.describe_db_proxies(DBProxyName="orders-proxy")["DBProxies"][0]["EngineFamily"] == "POSTGRESQL"
+    assert proxy["Endpoint"].startswith("orders-proxy.db-proxy-")
+    [group] = rds.describe_db_proxy_target_groups(DBProxyName="orders-proxy")["TargetGroups"]
+    assert (group["TargetGroupName"], group["IsDefault"], group["Status"]) == ("default", True, "available")
+    src = make_source(rds, "src")
+    assert _targets(rds) == []
+
+    t0 = time.monotonic()
+    [reg] = rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["src"])["DBProxyTargets"]
+    assert reg == {"TargetArn": src["DBInstanceArn"], "Endpoint": src["Endpoint"]["Address"], "RdsResourceId": "src",
+                   "Port": src["Endpoint"]["Port"], "Type": "RDS_INSTANCE", "Role": "READ_WRITE",
+                   "TargetHealth": {"State": "REGISTERING"}}
+    assert _states(rds) == [("RDS_INSTANCE", "src", "REGISTERING")]  # default: 0.5 s REGISTERING
+    _wait("the target to become AVAILABLE", lambda: _states(rds) == [("RDS_INSTANCE", "src", "AVAILABLE")], 5)
+    assert 0.4 <= time.monotonic() - t0 < 3
+    [target] = _targets(rds)
+    assert target["TargetHealth"] == {"State": "AVAILABLE"} and "TrackedClusterId" not in target
+
+    rds.deregister_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["src"])
+    assert _targets(rds) == []
+
+
+def test_rds_proxy_moves_from_instance_to_aurora_cluster(endpoint):
+    rds, ec2 = client(endpoint, "rds", retries=False), client(endpoint, "ec2")
+    _proxy(rds, ec2)
+    make_source(rds, "src")
+    _aurora(rds)
+    ctl(endpoint, "POST", "/_shim/config", {"proxy_target_registering_s": 0.2})
+    rds.register_db_proxy_targets(DBProxyName="orders-proxy", TargetGroupName="default", DBInstanceIdentifiers=["src"])
+
+    # a target group holds one database: the cluster is refused while the instance is registered
+    code = lambda f: error_of(f)["Error"]["Code"]  # noqa: E731
+    assert code(lambda: rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBClusterIdentifiers=["tgt"])) \
+        == "InvalidDBProxyStateFault"
+    assert code(lambda: rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["src"])) \
+        == "DBProxyTargetAlreadyRegisteredFault"
+
+    rds.deregister_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["src"])
+    reg = rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBClusterIdentifiers=["tgt"])["DBProxyTargets"]
+    # AWS: one TRACKED_CLUSTER target (no Endpoint) plus an RDS_INSTANCE target per member
+    assert [(t["Type"], t["RdsResourceId"], t.get("Role"), t["TargetHealth"]["State"]) for t in reg] == [
+        ("TRACKED_CLUSTER", "tgt", None, "REGISTERING"),
+        ("RDS_INSTANCE", "tgt-1", "READ_WRITE", "REGISTERING"),
+        ("RDS_INSTANCE", "tgt-2", "READ_ONLY", "REGISTERING")]
+    [cluster] = rds.describe_db_clusters(DBClusterIdentifier="tgt")["DBClusters"]
+    writer = rds.describe_db_instances(DBInstanceIdentifier="tgt-1")["DBInstances"][0]
+    assert "Endpoint" not in reg[0] and reg[0]["TargetArn"] == cluster["DBClusterArn"]
+    assert {t["TrackedClusterId"] for t in reg} == {"tgt"}
+    assert (reg[1]["Endpoint"], reg[1]["Port"], reg[1]["TargetArn"]) == (
+        writer["Endpoint"]["Address"], writer["Endpoint"]["Port"], writer["DBInstanceArn"])
+    _wait("the cluster's targets to become AVAILABLE",
+          lambda: {s for _, _, s in _states(rds)} == {"AVAILABLE"}, 5)
+
+    # the cluster is tracked: a member added later shows up, REGISTERING first
+    rds.create_db_instance(DBInstanceIdentifier="tgt-3", DBClusterIdentifier="tgt", Engine="aurora-postgresql",
+                           DBInstanceClass="db.r6g.large")
+    assert ("RDS_INSTANCE", "tgt-3", "REGISTERING") in _states(rds)
+    _wait("the new member to become AVAILABLE", lambda: ("RDS_INSTANCE", "tgt-3", "AVAILABLE") in _states(rds), 5)
+
+    # paging, and errors AWS has instead of moto's HTTP 500s
+    page = rds.describe_db_proxy_targets(DBProxyName="orders-proxy", MaxRecords=20)  # AWS's minimum
+    assert len(page["Targets"]) == 4 and "Marker" not in page
+    for call, want, status in [
+        (lambda: rds.describe_db_proxy_targets(DBProxyName="nope"), "DBProxyNotFoundFault", 404),
+        (lambda: rds.describe_db_proxy_targets(DBProxyName="orders-proxy", TargetGroupName="x"),
+         "DBProxyTargetGroupNotFoundFault", 404),
+        (lambda: rds.deregister_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["src"]),
+         "DBProxyTargetNotFoundFault", 404),
+        (lambda: rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBClusterIdentifiers=["nope"]),
+         "DBClusterNotFoundFault", 404),
+        (lambda: rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["nope"]),
+         "DBInstanceNotFound", 404),
+        (lambda: rds.describe_db_proxy_target_groups(DBProxyName="nope"), "DBProxyNotFoundFault", 404),
+        (lambda: rds.delete_db_proxy(DBProxyName="nope"), "DBProxyNotFoundFault", 404),
+    ]:
+        err = error_of(call)
+        assert (err["Error"]["Code"], err["ResponseMetadata"]["HTTPStatusCode"]) == (want, status)
+
+    # rollback: back to the instance
+    rds.deregister_db_proxy_targets(DBProxyName="orders-proxy", DBClusterIdentifiers=["tgt"])
+    rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["src"])
+    assert _states(rds) == [("RDS_INSTANCE", "src", "REGISTERING")]
+    moves = [(c["action"], c["params"].get("DBInstanceIdentifiers") or c["params"].get("DBClusterIdentifiers"))
+             for c in ctl(endpoint, "GET", "/_shim/calls")
+             if c["action"] in ("RegisterDBProxyTargets", "DeregisterDBProxyTargets") and c["status"] == 200]
+    assert moves == [("RegisterDBProxyTargets", ["src"]), ("DeregisterDBProxyTargets", ["src"]),
+                     ("RegisterDBProxyTargets", ["tgt"]), ("DeregisterDBProxyTargets", ["tgt"]),
+                     ("RegisterDBProxyTargets", ["src"])]
+
+
+def test_rds_proxy_target_never_becomes_healthy(endpoint):
+    rds, ec2 = client(endpoint, "rds", retries=False), client(endpoint, "ec2")
+    _proxy(rds, ec2)
+    _aurora(rds, members=("tgt-1",))
+    ctl(endpoint, "POST", "/_shim/config", {"proxy_target_registering_s": 0.05})
+    # set before registration; target = RdsResourceId or TrackedClusterId; no reads = until DELETE
+    ctl(endpoint, "POST", "/_shim/proxy-target-health",
+        {"proxy": "orders-proxy", "target": "tgt", "state": "UNAVAILABLE", "reason": "CONNECTION_FAILED"})
+    rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBClusterIdentifiers=["tgt"])
+    for _ in range(5):
+        time.sleep(0.1)
+        targets = _targets(rds)
+        assert [t["TargetHealth"]["State"] for t in targets] == ["UNAVAILABLE", "UNAVAILABLE"]
+    health = targets[1]["TargetHealth"]
+    assert health["Reason"] == "CONNECTION_FAILED" and health["Description"]
+    assert ctl(endpoint, "GET", "/_shim/proxy-target-health")[0]["remaining"] == -1
+
+    ctl(endpoint, "DELETE", "/_shim/proxy-target-health")
+    assert {s for _, _, s in _states(rds)} == {"AVAILABLE"}
+
+    # for a number of describes only; other proxies and targets unaffected
+    ctl(endpoint, "POST", "/_shim/proxy-target-health",
+        [{"target": "tgt-1", "state": "UNAVAILABLE", "reason": "PENDING_PROXY_CAPACITY", "reads": 2}])
+    assert _states(rds) == [("TRACKED_CLUSTER", "tgt", "AVAILABLE"), ("RDS_INSTANCE", "tgt-1", "UNAVAILABLE")]
+    assert _targets(rds)[1]["TargetHealth"]["Description"] == \
+        "DBProxy Target is waiting for proxy to scale to desired capacity"
+    assert {s for _, _, s in _states(rds)} == {"AVAILABLE"}
+    assert ctl(endpoint, "GET", "/_shim/proxy-target-health") == []
+
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        ctl(endpoint, "POST", "/_shim/proxy-target-health", {"state": "BROKEN"})
+    assert bad.value.code == 400

@@ -13,7 +13,7 @@ import traceback
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-from . import cloudwatch_cbor, postgres_backend, rds, route53, wire
+from . import cloudwatch_cbor, postgres_backend, rds, rds_proxy, route53, wire
 from .state import LOCK, STATE
 
 JSON = [("Content-Type", "application/json")]
@@ -43,6 +43,7 @@ def _list_endpoint(method, data, store, add, listing):
 class ShimApp:
     def __init__(self):
         rds.install()
+        rds_proxy.install()
         route53.install()
         self.moto = DomainDispatcherApplication(create_backend_app)
 
@@ -230,6 +231,11 @@ class ShimApp:
                 STATE.route53_changes.clear()
             return 200, {"cleared": True}
         return 200, route53.listing()
+
+    def _c_proxy_target_health(self, method, data, environ):
+        """Rules overriding the TargetHealth of RDS Proxy targets (rds_proxy.py)."""
+        return _list_endpoint(method, data, STATE.proxy_health, rds_proxy.add_health_rule,
+                              lambda: [dict(r) for r in STATE.proxy_health])
 
     def _c_config(self, method, data, environ):
         with LOCK:
