@@ -29,7 +29,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from botocore.parsers import RpcV2CBORParser
 from botocore.serialize import RpcV2CBORSerializer
-from moto_shim import local_postgres
+from moto_shim import local_pgbouncer, local_postgres
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UTC = datetime.timezone.utc
@@ -945,3 +945,140 @@ def test_rds_proxy_target_never_becomes_healthy(endpoint):
     with pytest.raises(urllib.error.HTTPError) as bad:
         ctl(endpoint, "POST", "/_shim/proxy-target-health", {"state": "BROKEN"})
     assert bad.value.code == 400
+
+
+# --- PgBouncer in front of real PostgreSQL servers (local_pgbouncer.py) -------------------------
+
+@pytest.fixture(scope="module")
+def two_primaries():
+    """Primaries A and B, each with the role `app` (password `app-pw`). Shared by the PgBouncer tests."""
+    a = _primary()
+    b = None
+    try:
+        b = _primary()
+        for p in (a, b):
+            p.sql("CREATE ROLE app LOGIN PASSWORD 'app-pw'; CREATE TABLE t (n int); GRANT ALL ON t TO app")
+        yield a, b
+    finally:
+        a.stop()
+        if b:
+            b.stop()
+
+
+def _bouncer(a, **kw):
+    """A PgBouncer whose database `app` is primary A. CI installs pgbouncer (scripts/install-pgbouncer): a
+    missing one fails, it does not skip."""
+    try:
+        return local_pgbouncer.Bouncer({"app": ("127.0.0.1", a.port, "postgres")}, **kw)
+    except local_postgres.Missing as e:
+        pytest.fail(str(e))
+
+
+def _connect(bouncer, password="app-pw"):
+    import psycopg
+
+    return psycopg.connect(bouncer.dsn("app", password, "app"), autocommit=True, connect_timeout=10)
+
+
+def _port_of(conn):
+    return conn.execute("SELECT inet_server_port()").fetchone()[0]
+
+
+def _in_thread(fn):
+    """Runs fn in a thread; returns (thread, result dict with "value" or "error", and "seconds")."""
+    out = {}
+
+    def run():
+        t = time.monotonic()
+        try:
+            out["value"] = fn()
+        except Exception as e:  # the test asserts there is none
+            out["error"] = e
+        out["done_at"] = time.monotonic()
+        out["seconds"] = out["done_at"] - t
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th, out
+
+
+def test_pgbouncer_pause_repoint_reload_resume_holds_open_clients_then_runs_them_on_the_new_primary(two_primaries):
+    a, b = two_primaries
+    bouncer = _bouncer(a)  # pool_mode = transaction
+    try:
+        import psycopg
+
+        with pytest.raises(psycopg.OperationalError, match="authentication failed"):
+            _connect(bouncer, "wrong")  # passwords are PostgreSQL's (auth_user + auth_query)
+        open_client = _connect(bouncer)
+        assert _port_of(open_client) == a.port
+        open_client.execute("INSERT INTO t VALUES (1)")
+
+        t = time.monotonic()
+        bouncer.pause("app")  # returns once no server connection is in use (transaction mode)
+        pause_s = time.monotonic() - t
+        held, held_out = _in_thread(lambda: (_port_of(open_client), open_client.execute("INSERT INTO t VALUES (2)")))
+        late, late_out = _in_thread(lambda: _port_of(_connect(bouncer)))  # a new client during the pause
+        time.sleep(1.0)
+        assert held.is_alive() and late.is_alive(), (held_out, late_out)  # held, not failed
+        waiting = [c for c in bouncer.show("CLIENTS") if c["database"] == "app"]
+        assert {c["state"] for c in waiting} == {"waiting"}, waiting
+
+        t = time.monotonic()
+        bouncer.set_database("app", "127.0.0.1", b.port)
+        bouncer.reload()
+        bouncer.resume("app")
+        resumed_at = time.monotonic()
+        switch_s = resumed_at - t
+        held.join(10)
+        late.join(10)
+        assert "error" not in held_out and "error" not in late_out, (held_out, late_out)
+        assert held_out["value"][0] == b.port and late_out["value"] == b.port
+        assert _port_of(open_client) == b.port and _port_of(_connect(bouncer)) == b.port
+        assert a.sql("SELECT array_agg(n) FROM t") == "{1}" and b.sql("SELECT array_agg(n) FROM t") == "{2}"
+        assert {s["port"] for s in bouncer.show("SERVERS")} == {str(b.port)}
+        print(f"\npgbouncer {local_pgbouncer.version()} (transaction pooling): PAUSE took {pause_s:.3f} s; the open "
+              f"client's query was held {held_out['seconds']:.3f} s (the test waited 1 s, then the rewrite, RELOAD "
+              f"and RESUME took {switch_s:.3f} s; the query ran on the new primary "
+              f"{held_out['done_at'] - resumed_at:.3f} s after RESUME returned); a new connection made during "
+              f"the pause waited {late_out['seconds']:.3f} s", file=sys.stderr)
+        assert 0.9 <= held_out["seconds"] < 10
+    finally:
+        bouncer.stop()
+        b.sql("TRUNCATE t")
+        a.sql("TRUNCATE t")
+
+
+def test_pgbouncer_session_mode_pause_waits_for_clients_and_reload_keeps_them_on_the_old_server(two_primaries):
+    a, b = two_primaries
+    bouncer = _bouncer(a, pool_mode="session")
+    try:
+        client_ = _connect(bouncer)
+        assert _port_of(client_) == a.port
+        # session pooling: PAUSE waits for the client to disconnect, so it does not return
+        with pytest.raises(subprocess.TimeoutExpired):
+            bouncer.pause("app", timeout=1.0)
+        bouncer.resume("app")
+        # and a RELOAD that moves the database leaves the open client on the old server
+        bouncer.set_database("app", "127.0.0.1", b.port)
+        bouncer.reload()
+        assert _port_of(client_) == a.port
+        assert _port_of(_connect(bouncer)) == b.port
+    finally:
+        bouncer.stop()
+
+
+def test_pgbouncer_query_wait_timeout_fails_a_client_held_too_long(two_primaries):
+    a, _ = two_primaries
+    bouncer = _bouncer(a, settings={"query_wait_timeout": 1})  # default 120 s
+    try:
+        import psycopg
+
+        client_ = _connect(bouncer)
+        bouncer.pause("app")
+        t = time.monotonic()
+        with pytest.raises(psycopg.OperationalError, match="query_wait_timeout"):
+            _port_of(client_)
+        assert 1.0 <= time.monotonic() - t < 5
+    finally:
+        bouncer.stop()
