@@ -644,9 +644,13 @@ def test_real_postgres_behind_an_instance_standby_promote_quarantine_reboot_dele
                 "bin_dir": primary.bin, "root": primary.root, "run_as": primary.run_as, "roles": {agent: "agent"}}
         assert ctl(endpoint, "POST", "/_shim/postgres", spec)["open_groups"] == [app]
 
-        # the instance's endpoint is the primary
+        # the instance's endpoint is the primary (also as an RDS Proxy target)
         [src] = rds.describe_db_instances(DBInstanceIdentifier="src")["DBInstances"]
         assert src["Endpoint"] == {"Address": "127.0.0.1", "Port": primary.port}
+        _proxy(rds, ec2)
+        [target] = rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["src"])[
+            "DBProxyTargets"]
+        assert (target["Endpoint"], target["Port"]) == ("127.0.0.1", primary.port)
 
         # the Aurora replica is a streaming standby on a slot, started with the writer
         rds.create_db_cluster(DBClusterIdentifier="tgt", Engine="aurora-postgresql", EngineVersion="15.7",
@@ -841,6 +845,11 @@ def test_rds_proxy_instance_target_registers_then_becomes_available(endpoint):
     [target] = _targets(rds)
     assert target["TargetHealth"] == {"State": "AVAILABLE"} and "TrackedClusterId" not in target
 
+    # a registered database deleted since is unreachable
+    rds.delete_db_instance(DBInstanceIdentifier="src", SkipFinalSnapshot=True)
+    [gone] = _targets(rds)
+    assert (gone["RdsResourceId"], gone["TargetHealth"]["State"], gone["TargetHealth"]["Reason"]) == (
+        "src", "UNAVAILABLE", "UNREACHABLE")
     rds.deregister_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["src"])
     assert _targets(rds) == []
 
