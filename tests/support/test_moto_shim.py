@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +29,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from botocore.parsers import RpcV2CBORParser
 from botocore.serialize import RpcV2CBORSerializer
-from moto_shim import local_postgres
+from moto_shim import local_pgbouncer, local_postgres
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UTC = datetime.timezone.utc
@@ -447,6 +448,7 @@ def _throttle(endpoint, service, action, code="Throttling", status=400, count=1,
     ("sns", "ListTopics", lambda c: c.list_topics(), "Throttling", 400),
     ("cloudwatch", "DescribeAlarms", lambda c: c.describe_alarms(), "Throttling", 400),
     ("dynamodb", "ListTables", lambda c: c.list_tables(), "ThrottlingException", 400),
+    ("route53", "ListHostedZones", lambda c: c.list_hosted_zones(), "Throttling", 400),
     ("rds", "DescribeDBInstances", lambda c: c.describe_db_instances(), "InternalFailure", 500),
 ])
 def test_fault_in_each_wire_format(endpoint, service, action, call, code, status):
@@ -521,7 +523,6 @@ def test_fault_after_success_loses_the_answer_not_the_effect(endpoint):
 
 
 def test_hold_answers_after_the_effect_and_matches_on_identifiers(endpoint):
-    import threading
     rds = client(endpoint, "rds", retries=False)
     make_source(rds)
     ctl(endpoint, "POST", "/_shim/faults", {"service": "rds", "action": "ModifyDBInstance",
@@ -643,9 +644,13 @@ def test_real_postgres_behind_an_instance_standby_promote_quarantine_reboot_dele
                 "bin_dir": primary.bin, "root": primary.root, "run_as": primary.run_as, "roles": {agent: "agent"}}
         assert ctl(endpoint, "POST", "/_shim/postgres", spec)["open_groups"] == [app]
 
-        # the instance's endpoint is the primary
+        # the instance's endpoint is the primary (also as an RDS Proxy target)
         [src] = rds.describe_db_instances(DBInstanceIdentifier="src")["DBInstances"]
         assert src["Endpoint"] == {"Address": "127.0.0.1", "Port": primary.port}
+        _proxy(rds, ec2)
+        [target] = rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["src"])[
+            "DBProxyTargets"]
+        assert (target["Endpoint"], target["Port"]) == ("127.0.0.1", primary.port)
 
         # the Aurora replica is a streaming standby on a slot, started with the writer
         rds.create_db_cluster(DBClusterIdentifier="tgt", Engine="aurora-postgresql", EngineVersion="15.7",
@@ -702,3 +707,387 @@ def test_real_postgres_behind_an_instance_standby_promote_quarantine_reboot_dele
     finally:
         ctl(endpoint, "DELETE", "/_shim/postgres")
         primary.stop()
+
+
+# --- Route 53: changes that take time to reach INSYNC (route53.py) ----------------------------
+
+def _zone(r53, name="example.com"):
+    return r53.create_hosted_zone(Name=name, CallerReference=f"ref-{name}-{time.time()}")["HostedZone"]["Id"]
+
+
+def _upsert_cname(r53, zone, value, name="db.example.com", ttl=5):
+    return r53.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Comment": "cutover", "Changes": [
+        {"Action": "UPSERT", "ResourceRecordSet": {"Name": name, "Type": "CNAME", "TTL": ttl,
+                                                   "ResourceRecords": [{"Value": value}]}}]})["ChangeInfo"]
+
+
+def _cname(r53, zone, name="db.example.com."):
+    rrs = [r for r in r53.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+           if r["Name"] == name and r["Type"] == "CNAME"]
+    return [(r["ResourceRecords"][0]["Value"], r["TTL"]) for r in rrs]
+
+
+def test_route53_upsert_cname_is_pending_then_get_change_insync(endpoint):
+    r53 = client(endpoint, "route53", retries=False)
+    zone = _zone(r53)
+    first = _upsert_cname(r53, zone, "src.aaaaaaaaaa.us-east-1.rds.amazonaws.com")
+    # AWS answers a change PENDING with an id of its own (moto: INSYNC, one fixed id for all)
+    assert first["Status"] == "PENDING" and first["Id"].startswith("/change/C") and first["Comment"] == "cutover"
+    assert r53.get_change(Id=first["Id"])["ChangeInfo"]["Status"] == "INSYNC"  # default: no propagation time
+    assert _cname(r53, zone) == [("src.aaaaaaaaaa.us-east-1.rds.amazonaws.com", 5)]
+
+    second = _upsert_cname(r53, zone, "tgt.cluster-bbbbbbbbbb.us-east-1.rds.amazonaws.com")  # UPSERT replaces
+    assert second["Id"] != first["Id"]
+    assert r53.get_change(Id=second["Id"])["ChangeInfo"]["Status"] == "INSYNC"
+    assert _cname(r53, zone) == [("tgt.cluster-bbbbbbbbbb.us-east-1.rds.amazonaws.com", 5)]
+
+    err = error_of(lambda: r53.get_change(Id="C0000000000000NOSUCH"))
+    assert err["Error"]["Code"] == "NoSuchChange" and err["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+    # the call log names Route 53's REST operations, with the zone and the records changed
+    calls = [(c["action"], c["params"]) for c in ctl(endpoint, "GET", "/_shim/calls")]
+    bare = zone.rsplit("/", 1)[-1]
+    assert calls[:3] == [("CreateHostedZone", {}),
+                         ("ChangeResourceRecordSets", {"HostedZoneId": bare, "RecordNames": ["db.example.com"]}),
+                         ("GetChange", {"Id": first["Id"].rsplit("/", 1)[-1]})]
+    listed = ctl(endpoint, "GET", "/_shim/route53-changes")
+    assert [c["Changes"][0]["Values"] for c in listed] == [["src.aaaaaaaaaa.us-east-1.rds.amazonaws.com"],
+                                                          ["tgt.cluster-bbbbbbbbbb.us-east-1.rds.amazonaws.com"]]
+    assert {c["Status"] for c in listed} == {"INSYNC"}
+
+
+def test_route53_change_stays_pending_for_a_while_or_forever(endpoint):
+    r53 = client(endpoint, "route53", retries=False)
+    zone = _zone(r53)
+    # the next change stays PENDING for 0.6 s, then INSYNC
+    ctl(endpoint, "POST", "/_shim/route53-pending", {"pending_seconds": 0.6, "count": 1})
+    change = _upsert_cname(r53, zone, "a.example.net")
+    t = time.monotonic()
+    assert r53.get_change(Id=change["Id"])["ChangeInfo"]["Status"] == "PENDING"
+    _wait("the change to reach INSYNC", lambda: r53.get_change(Id=change["Id"])["ChangeInfo"]["Status"] == "INSYNC")
+    assert time.monotonic() - t >= 0.5
+    assert ctl(endpoint, "GET", "/_shim/route53-pending") == []  # used up
+
+    # accepted but never INSYNC (negative = forever); the record itself has changed
+    ctl(endpoint, "POST", "/_shim/route53-pending", {"pending_seconds": -1, "count": 1})
+    stuck = _upsert_cname(r53, zone, "b.example.net")
+    for _ in range(5):
+        assert r53.get_change(Id=stuck["Id"])["ChangeInfo"]["Status"] == "PENDING"
+        time.sleep(0.1)
+    assert _cname(r53, zone) == [("b.example.net", 5)]
+    # the next change (e.g. the rollback's) is not affected
+    back = _upsert_cname(r53, zone, "a.example.net")
+    assert r53.get_change(Id=back["Id"])["ChangeInfo"]["Status"] == "INSYNC"
+    assert r53.get_change(Id=stuck["Id"])["ChangeInfo"]["Status"] == "PENDING"
+    assert [c["Status"] for c in ctl(endpoint, "GET", "/_shim/route53-changes")] == ["INSYNC", "PENDING", "INSYNC"]
+
+    # rules can be scoped to a record (or a zone); without count they last until DELETE
+    ctl(endpoint, "POST", "/_shim/route53-pending", {"pending_seconds": -1, "record": "other.example.com."})
+    assert r53.get_change(Id=_upsert_cname(r53, zone, "x.example.net")["Id"])["ChangeInfo"]["Status"] == "INSYNC"
+    other = _upsert_cname(r53, zone, "x.example.net", name="other.example.com")
+    assert r53.get_change(Id=other["Id"])["ChangeInfo"]["Status"] == "PENDING"
+    ctl(endpoint, "DELETE", "/_shim/route53-pending")
+    again = _upsert_cname(r53, zone, "y.example.net", name="other.example.com")
+    assert r53.get_change(Id=again["Id"])["ChangeInfo"]["Status"] == "INSYNC"
+
+    # a failing Route 53 call answers in its restXml error format
+    _throttle(endpoint, "route53", "ChangeResourceRecordSets", code="PriorRequestNotComplete")
+    err = error_of(lambda: _upsert_cname(r53, zone, "z.example.net"))
+    assert err["Error"]["Code"] == "PriorRequestNotComplete" and err["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert _cname(r53, zone) == [("x.example.net", 5)]  # unchanged by the refused call
+
+
+# --- RDS Proxy targets (rds_proxy.py) ---------------------------------------------------------
+
+def _proxy(rds, ec2, name="orders-proxy"):
+    subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
+    return rds.create_db_proxy(
+        DBProxyName=name, EngineFamily="POSTGRESQL", RoleArn="arn:aws:iam::123456789012:role/proxy",
+        Auth=[{"AuthScheme": "SECRETS", "IAMAuth": "DISABLED",
+               "SecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:orders"}],
+        VpcSubnetIds=subnets)["DBProxy"]
+
+
+def _aurora(rds, cluster="tgt", members=("tgt-1", "tgt-2")):
+    rds.create_db_cluster(DBClusterIdentifier=cluster, Engine="aurora-postgresql", MasterUsername="u",
+                          MasterUserPassword="password1")
+    for m in members:
+        rds.create_db_instance(DBInstanceIdentifier=m, DBClusterIdentifier=cluster, Engine="aurora-postgresql",
+                               DBInstanceClass="db.r6g.large")
+
+
+def _targets(rds, proxy="orders-proxy"):
+    return rds.describe_db_proxy_targets(DBProxyName=proxy)["Targets"]
+
+
+def _states(rds, proxy="orders-proxy"):
+    return [(t["Type"], t["RdsResourceId"], t["TargetHealth"]["State"]) for t in _targets(rds, proxy)]
+
+
+def test_rds_proxy_instance_target_registers_then_becomes_available(endpoint):
+    rds, ec2 = client(endpoint, "rds", retries=False), client(endpoint, "ec2")
+    proxy = _proxy(rds, ec2)
+    assert rds.describe_db_proxies(DBProxyName="orders-proxy")["DBProxies"][0]["EngineFamily"] == "POSTGRESQL"
+    assert proxy["Endpoint"].startswith("orders-proxy.db-proxy-")
+    [group] = rds.describe_db_proxy_target_groups(DBProxyName="orders-proxy")["TargetGroups"]
+    assert (group["TargetGroupName"], group["IsDefault"], group["Status"]) == ("default", True, "available")
+    src = make_source(rds, "src")
+    assert _targets(rds) == []
+
+    t0 = time.monotonic()
+    [reg] = rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["src"])["DBProxyTargets"]
+    assert reg == {"TargetArn": src["DBInstanceArn"], "Endpoint": src["Endpoint"]["Address"], "RdsResourceId": "src",
+                   "Port": src["Endpoint"]["Port"], "Type": "RDS_INSTANCE", "Role": "READ_WRITE",
+                   "TargetHealth": {"State": "REGISTERING"}}
+    assert _states(rds) == [("RDS_INSTANCE", "src", "REGISTERING")]  # default: 0.5 s REGISTERING
+    _wait("the target to become AVAILABLE", lambda: _states(rds) == [("RDS_INSTANCE", "src", "AVAILABLE")], 5)
+    assert 0.4 <= time.monotonic() - t0 < 3
+    [target] = _targets(rds)
+    assert target["TargetHealth"] == {"State": "AVAILABLE"} and "TrackedClusterId" not in target
+
+    # a registered database deleted since is unreachable
+    rds.delete_db_instance(DBInstanceIdentifier="src", SkipFinalSnapshot=True)
+    [gone] = _targets(rds)
+    assert (gone["RdsResourceId"], gone["TargetHealth"]["State"], gone["TargetHealth"]["Reason"]) == (
+        "src", "UNAVAILABLE", "UNREACHABLE")
+    rds.deregister_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["src"])
+    assert _targets(rds) == []
+
+
+def test_rds_proxy_moves_from_instance_to_aurora_cluster(endpoint):
+    rds, ec2 = client(endpoint, "rds", retries=False), client(endpoint, "ec2")
+    _proxy(rds, ec2)
+    make_source(rds, "src")
+    _aurora(rds)
+    ctl(endpoint, "POST", "/_shim/config", {"proxy_target_registering_s": 0.2})
+    rds.register_db_proxy_targets(DBProxyName="orders-proxy", TargetGroupName="default", DBInstanceIdentifiers=["src"])
+
+    # a target group holds one database: the cluster is refused while the instance is registered
+    code = lambda f: error_of(f)["Error"]["Code"]  # noqa: E731
+    assert code(lambda: rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBClusterIdentifiers=["tgt"])) \
+        == "InvalidDBProxyStateFault"
+    assert code(lambda: rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["src"])) \
+        == "DBProxyTargetAlreadyRegisteredFault"
+
+    rds.deregister_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["src"])
+    reg = rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBClusterIdentifiers=["tgt"])["DBProxyTargets"]
+    # AWS: one TRACKED_CLUSTER target (no Endpoint) plus an RDS_INSTANCE target per member
+    assert [(t["Type"], t["RdsResourceId"], t.get("Role"), t["TargetHealth"]["State"]) for t in reg] == [
+        ("TRACKED_CLUSTER", "tgt", None, "REGISTERING"),
+        ("RDS_INSTANCE", "tgt-1", "READ_WRITE", "REGISTERING"),
+        ("RDS_INSTANCE", "tgt-2", "READ_ONLY", "REGISTERING")]
+    [cluster] = rds.describe_db_clusters(DBClusterIdentifier="tgt")["DBClusters"]
+    writer = rds.describe_db_instances(DBInstanceIdentifier="tgt-1")["DBInstances"][0]
+    assert "Endpoint" not in reg[0] and reg[0]["TargetArn"] == cluster["DBClusterArn"]
+    assert {t["TrackedClusterId"] for t in reg} == {"tgt"}
+    assert (reg[1]["Endpoint"], reg[1]["Port"], reg[1]["TargetArn"]) == (
+        writer["Endpoint"]["Address"], writer["Endpoint"]["Port"], writer["DBInstanceArn"])
+    _wait("the cluster's targets to become AVAILABLE",
+          lambda: {s for _, _, s in _states(rds)} == {"AVAILABLE"}, 5)
+
+    # the cluster is tracked: a member added later shows up, REGISTERING first
+    rds.create_db_instance(DBInstanceIdentifier="tgt-3", DBClusterIdentifier="tgt", Engine="aurora-postgresql",
+                           DBInstanceClass="db.r6g.large")
+    assert ("RDS_INSTANCE", "tgt-3", "REGISTERING") in _states(rds)
+    _wait("the new member to become AVAILABLE", lambda: ("RDS_INSTANCE", "tgt-3", "AVAILABLE") in _states(rds), 5)
+
+    # paging, and errors AWS has instead of moto's HTTP 500s
+    page = rds.describe_db_proxy_targets(DBProxyName="orders-proxy", MaxRecords=20)  # AWS's minimum
+    assert len(page["Targets"]) == 4 and "Marker" not in page
+    for call, want, status in [
+        (lambda: rds.describe_db_proxy_targets(DBProxyName="nope"), "DBProxyNotFoundFault", 404),
+        (lambda: rds.describe_db_proxy_targets(DBProxyName="orders-proxy", TargetGroupName="x"),
+         "DBProxyTargetGroupNotFoundFault", 404),
+        (lambda: rds.deregister_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["src"]),
+         "DBProxyTargetNotFoundFault", 404),
+        (lambda: rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBClusterIdentifiers=["nope"]),
+         "DBClusterNotFoundFault", 404),
+        (lambda: rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["nope"]),
+         "DBInstanceNotFound", 404),
+        (lambda: rds.describe_db_proxy_target_groups(DBProxyName="nope"), "DBProxyNotFoundFault", 404),
+        (lambda: rds.delete_db_proxy(DBProxyName="nope"), "DBProxyNotFoundFault", 404),
+    ]:
+        err = error_of(call)
+        assert (err["Error"]["Code"], err["ResponseMetadata"]["HTTPStatusCode"]) == (want, status)
+
+    # rollback: back to the instance
+    rds.deregister_db_proxy_targets(DBProxyName="orders-proxy", DBClusterIdentifiers=["tgt"])
+    rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBInstanceIdentifiers=["src"])
+    assert _states(rds) == [("RDS_INSTANCE", "src", "REGISTERING")]
+    moves = [(c["action"], c["params"].get("DBInstanceIdentifiers") or c["params"].get("DBClusterIdentifiers"))
+             for c in ctl(endpoint, "GET", "/_shim/calls")
+             if c["action"] in ("RegisterDBProxyTargets", "DeregisterDBProxyTargets") and c["status"] == 200]
+    assert moves == [("RegisterDBProxyTargets", ["src"]), ("DeregisterDBProxyTargets", ["src"]),
+                     ("RegisterDBProxyTargets", ["tgt"]), ("DeregisterDBProxyTargets", ["tgt"]),
+                     ("RegisterDBProxyTargets", ["src"])]
+
+
+def test_rds_proxy_target_never_becomes_healthy(endpoint):
+    rds, ec2 = client(endpoint, "rds", retries=False), client(endpoint, "ec2")
+    _proxy(rds, ec2)
+    _aurora(rds, members=("tgt-1",))
+    ctl(endpoint, "POST", "/_shim/config", {"proxy_target_registering_s": 0.05})
+    # set before registration; target = RdsResourceId or TrackedClusterId; no reads = until DELETE
+    ctl(endpoint, "POST", "/_shim/proxy-target-health",
+        {"proxy": "orders-proxy", "target": "tgt", "state": "UNAVAILABLE", "reason": "CONNECTION_FAILED"})
+    rds.register_db_proxy_targets(DBProxyName="orders-proxy", DBClusterIdentifiers=["tgt"])
+    for _ in range(5):
+        time.sleep(0.1)
+        targets = _targets(rds)
+        assert [t["TargetHealth"]["State"] for t in targets] == ["UNAVAILABLE", "UNAVAILABLE"]
+    health = targets[1]["TargetHealth"]
+    assert health["Reason"] == "CONNECTION_FAILED" and health["Description"]
+    assert ctl(endpoint, "GET", "/_shim/proxy-target-health")[0]["remaining"] == -1
+
+    ctl(endpoint, "DELETE", "/_shim/proxy-target-health")
+    assert {s for _, _, s in _states(rds)} == {"AVAILABLE"}
+
+    # for a number of describes only; other proxies and targets unaffected
+    ctl(endpoint, "POST", "/_shim/proxy-target-health",
+        [{"target": "tgt-1", "state": "UNAVAILABLE", "reason": "PENDING_PROXY_CAPACITY", "reads": 2}])
+    assert _states(rds) == [("TRACKED_CLUSTER", "tgt", "AVAILABLE"), ("RDS_INSTANCE", "tgt-1", "UNAVAILABLE")]
+    assert _targets(rds)[1]["TargetHealth"]["Description"] == \
+        "DBProxy Target is waiting for proxy to scale to desired capacity"
+    assert {s for _, _, s in _states(rds)} == {"AVAILABLE"}
+    assert ctl(endpoint, "GET", "/_shim/proxy-target-health") == []
+
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        ctl(endpoint, "POST", "/_shim/proxy-target-health", {"state": "BROKEN"})
+    assert bad.value.code == 400
+
+
+# --- PgBouncer in front of real PostgreSQL servers (local_pgbouncer.py) -------------------------
+
+@pytest.fixture(scope="module")
+def two_primaries():
+    """Primaries A and B, each with the role `app` (password `app-pw`). Shared by the PgBouncer tests."""
+    a = _primary()
+    b = None
+    try:
+        b = _primary()
+        for p in (a, b):
+            p.sql("CREATE ROLE app LOGIN PASSWORD 'app-pw'; CREATE TABLE t (n int); GRANT ALL ON t TO app")
+        yield a, b
+    finally:
+        a.stop()
+        if b:
+            b.stop()
+
+
+def _bouncer(a, **kw):
+    """A PgBouncer whose database `app` is primary A. CI installs pgbouncer (scripts/install-pgbouncer): a
+    missing one fails, it does not skip."""
+    try:
+        return local_pgbouncer.Bouncer({"app": ("127.0.0.1", a.port, "postgres")}, **kw)
+    except local_postgres.Missing as e:
+        pytest.fail(str(e))
+
+
+def _connect(bouncer, password="app-pw"):
+    import psycopg
+
+    return psycopg.connect(bouncer.dsn("app", password, "app"), autocommit=True, connect_timeout=10)
+
+
+def _port_of(conn):
+    return conn.execute("SELECT inet_server_port()").fetchone()[0]
+
+
+def _in_thread(fn):
+    """Runs fn in a thread; returns (thread, result dict with "value" or "error", and "seconds")."""
+    out = {}
+
+    def run():
+        t = time.monotonic()
+        try:
+            out["value"] = fn()
+        except Exception as e:  # the test asserts there is none
+            out["error"] = e
+        out["done_at"] = time.monotonic()
+        out["seconds"] = out["done_at"] - t
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th, out
+
+
+def test_pgbouncer_pause_repoint_reload_resume_holds_open_clients_then_runs_them_on_the_new_primary(two_primaries):
+    a, b = two_primaries
+    bouncer = _bouncer(a)  # pool_mode = transaction
+    try:
+        import psycopg
+
+        with pytest.raises(psycopg.OperationalError, match="authentication failed"):
+            _connect(bouncer, "wrong")  # passwords are PostgreSQL's (auth_user + auth_query)
+        open_client = _connect(bouncer)
+        assert _port_of(open_client) == a.port
+        open_client.execute("INSERT INTO t VALUES (1)")
+
+        t = time.monotonic()
+        bouncer.pause("app")  # returns once no server connection is in use (transaction mode)
+        pause_s = time.monotonic() - t
+        held, held_out = _in_thread(lambda: (_port_of(open_client), open_client.execute("INSERT INTO t VALUES (2)")))
+        late, late_out = _in_thread(lambda: _port_of(_connect(bouncer)))  # a new client during the pause
+        time.sleep(1.0)
+        assert held.is_alive() and late.is_alive(), (held_out, late_out)  # held, not failed
+        waiting = [c for c in bouncer.show("CLIENTS") if c["database"] == "app"]
+        assert {c["state"] for c in waiting} == {"waiting"}, waiting
+
+        t = time.monotonic()
+        bouncer.set_database("app", "127.0.0.1", b.port)
+        bouncer.reload()
+        bouncer.resume("app")
+        resumed_at = time.monotonic()
+        switch_s = resumed_at - t
+        held.join(10)
+        late.join(10)
+        assert "error" not in held_out and "error" not in late_out, (held_out, late_out)
+        assert held_out["value"][0] == b.port and late_out["value"] == b.port
+        assert _port_of(open_client) == b.port and _port_of(_connect(bouncer)) == b.port
+        assert a.sql("SELECT array_agg(n) FROM t") == "{1}" and b.sql("SELECT array_agg(n) FROM t") == "{2}"
+        assert {s["port"] for s in bouncer.show("SERVERS")} == {str(b.port)}
+        print(f"\npgbouncer {local_pgbouncer.version()} (transaction pooling): PAUSE took {pause_s:.3f} s; the open "
+              f"client's query was held {held_out['seconds']:.3f} s (the test waited 1 s, then the rewrite, RELOAD "
+              f"and RESUME took {switch_s:.3f} s; the query ran on the new primary "
+              f"{held_out['done_at'] - resumed_at:.3f} s after RESUME returned); a new connection made during "
+              f"the pause waited {late_out['seconds']:.3f} s", file=sys.stderr)
+        assert 0.9 <= held_out["seconds"] < 10
+    finally:
+        bouncer.stop()
+        b.sql("TRUNCATE t")
+        a.sql("TRUNCATE t")
+
+
+def test_pgbouncer_session_mode_pause_waits_for_clients_and_reload_keeps_them_on_the_old_server(two_primaries):
+    a, b = two_primaries
+    bouncer = _bouncer(a, pool_mode="session")
+    try:
+        client_ = _connect(bouncer)
+        assert _port_of(client_) == a.port
+        # session pooling: PAUSE waits for the client to disconnect, so it does not return
+        with pytest.raises(subprocess.TimeoutExpired):
+            bouncer.pause("app", timeout=1.0)
+        bouncer.resume("app")
+        # and a RELOAD that moves the database leaves the open client on the old server
+        bouncer.set_database("app", "127.0.0.1", b.port)
+        bouncer.reload()
+        assert _port_of(client_) == a.port
+        assert _port_of(_connect(bouncer)) == b.port
+    finally:
+        bouncer.stop()
+
+
+def test_pgbouncer_query_wait_timeout_fails_a_client_held_too_long(two_primaries):
+    a, _ = two_primaries
+    bouncer = _bouncer(a, settings={"query_wait_timeout": 1})  # default 120 s
+    try:
+        import psycopg
+
+        client_ = _connect(bouncer)
+        bouncer.pause("app")
+        t = time.monotonic()
+        with pytest.raises(psycopg.OperationalError, match="query_wait_timeout"):
+            _port_of(client_)
+        assert 1.0 <= time.monotonic() - t < 5
+    finally:
+        bouncer.stop()

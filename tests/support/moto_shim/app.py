@@ -13,7 +13,7 @@ import traceback
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-from . import cloudwatch_cbor, postgres_backend, rds, wire
+from . import cloudwatch_cbor, postgres_backend, rds, rds_proxy, route53, wire
 from .state import LOCK, STATE
 
 JSON = [("Content-Type", "application/json")]
@@ -43,6 +43,8 @@ def _list_endpoint(method, data, store, add, listing):
 class ShimApp:
     def __init__(self):
         rds.install()
+        rds_proxy.install()
+        route53.install()
         self.moto = DomainDispatcherApplication(create_backend_app)
 
     # -- plumbing -------------------------------------------------------------
@@ -205,6 +207,35 @@ class ShimApp:
             return [{"kind": k, "id": i, **v} for (k, i), v in STATE.status_scripts.items()]
 
         return _list_endpoint(method, data, STATE.status_scripts, add, listing)
+
+    def _c_route53_pending(self, method, data, environ):
+        """Rules that keep Route 53 changes PENDING (route53.py): pending_seconds (negative =
+        forever), count (changes it applies to; default -1 = until DELETE), zone, record."""
+        def add(rule):
+            rule = dict(rule)
+            rule["pending_seconds"] = float(rule["pending_seconds"])
+            rule["remaining"] = int(rule.get("count", -1))
+            STATE.route53_rules.append(rule)
+
+        def listing():
+            STATE.route53_rules[:] = [r for r in STATE.route53_rules if r["remaining"] != 0]
+            return [dict(r) for r in STATE.route53_rules]
+
+        return _list_endpoint(method, data, STATE.route53_rules, add, listing)
+
+    def _c_route53_changes(self, method, data, environ):
+        """Every change ChangeResourceRecordSets accepted, with its status now; DELETE forgets
+        them (GetChange then answers NoSuchChange)."""
+        if method == "DELETE":
+            with LOCK:
+                STATE.route53_changes.clear()
+            return 200, {"cleared": True}
+        return 200, route53.listing()
+
+    def _c_proxy_target_health(self, method, data, environ):
+        """Rules overriding the TargetHealth of RDS Proxy targets (rds_proxy.py)."""
+        return _list_endpoint(method, data, STATE.proxy_health, rds_proxy.add_health_rule,
+                              lambda: [dict(r) for r in STATE.proxy_health])
 
     def _c_config(self, method, data, environ):
         with LOCK:

@@ -13,6 +13,10 @@ DEFAULT_CONFIG = {
     "sg_adding_reads": 0,
     # reads that show "rebooting" after RebootDBInstance (0 = moto's "available")
     "reboot_rebooting_reads": 0,
+    # seconds a target registered with an RDS Proxy shows TargetHealth.State REGISTERING before
+    # AVAILABLE (rds_proxy.py; counted from its registration, or from when a tracked cluster's
+    # new member was first described)
+    "proxy_target_registering_s": 0.5,
     # Max values reported by DescribeAccountAttributes
     "quotas": {
         "DBClusters": 40,
@@ -42,6 +46,12 @@ class ShimState:
             self.seq = 0
             # ResourcePendingMaintenanceActions dicts returned by DescribePendingMaintenanceActions
             self.pending_maintenance = []
+            # Route 53 (route53.py): rules giving new changes their PENDING time, and every change
+            # accepted, by id
+            self.route53_rules = []
+            self.route53_changes = {}
+            # RDS Proxy (rds_proxy.py): rules overriding proxy targets' TargetHealth
+            self.proxy_health = []
 
     # -- scripted statuses -------------------------------------------------
     def take_status(self, kind, ident, count=True):

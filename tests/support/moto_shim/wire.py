@@ -1,10 +1,12 @@
 """Recognising AWS requests and writing errors in each service's own wire format."""
 
+import functools
 import gzip
 import json
 import re
 import uuid
-from urllib.parse import parse_qs
+import xml.etree.ElementTree as ET
+from urllib.parse import parse_qs, unquote
 from xml.sax.saxutils import escape
 
 from . import cloudwatch_cbor
@@ -22,7 +24,12 @@ QUERY_NAMESPACES = {
     "rds": "http://rds.amazonaws.com/doc/2014-10-31/",
     "sns": "http://sns.amazonaws.com/doc/2010-03-31/",
     "monitoring": "http://monitoring.amazonaws.com/doc/2010-08-01/",
+    "route53": "https://route53.amazonaws.com/doc/2013-04-01/",  # restXml, same error envelope
 }
+
+# REST services whose operation is found from (method, path) with botocore's own model:
+# SigV4 signing name -> botocore service name.
+REST_SERVICES = {"route53": "route53"}
 
 # JSON services whose SDKs read the awsQuery error code from x-amzn-query-error
 QUERY_COMPATIBLE = {"sqs", "monitoring"}
@@ -82,6 +89,25 @@ class Call:
             self.action = (form.get("Action") or [None])[0]
             self.protocol = "query" if self.action else "rest"
             self.params = _collapse_form(form)
+            if not self.action and self.service in REST_SERVICES:
+                self._rest_operation(environ.get("REQUEST_METHOD", "GET"))
+
+    def _rest_operation(self, method):
+        """Action and path labels of a REST request (Route 53), from botocore's model."""
+        for op, rx, labels in _rest_routes(REST_SERVICES[self.service]).get(method, []):
+            mt = rx.match(self.path.rstrip("/"))
+            if mt:
+                self.action = op
+                self.params.update({labels[k]: unquote(v) for k, v in mt.groupdict().items()})
+                break
+        if self.action == "ChangeResourceRecordSets":
+            # the names of the records changed (for the call log and `params_contains`)
+            try:
+                root = ET.fromstring(self.body)
+                self.params["RecordNames"] = [e.text for e in root.iter() if e.tag.endswith("}Name")
+                                              or e.tag == "Name"]
+            except ET.ParseError:
+                pass
 
     def id_params(self):
         """The identifier-like parameters of this call, for the call log."""
@@ -94,6 +120,34 @@ class Call:
             if isinstance(v, (str, int, float)) or (isinstance(v, list) and all(isinstance(x, str) for x in v)):
                 out[k] = v
         return out
+
+
+@functools.lru_cache(maxsize=None)
+def _rest_routes(service_name):
+    """{method: [(operation, path regex, {group: member name})]}, most literal path first."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model(service_name)
+    routes = {}
+    for op in model.operation_names:
+        om = model.operation_model(op)
+        uri = om.http["requestUri"].split("?")[0].rstrip("/")
+        members = om.input_shape.members if om.input_shape else {}
+        by_location = {(m.serialization.get("name") or n): n for n, m in members.items()
+                       if m.serialization.get("location") == "uri"}
+        labels, parts = {}, []
+        for i, piece in enumerate(re.split(r"(\{[^}]+\})", uri)):
+            if piece.startswith("{"):
+                name = piece[1:-1].rstrip("+")
+                group = f"g{i}"
+                labels[group] = by_location.get(name, name)
+                parts.append(f"(?P<{group}>.+)" if piece.endswith("+}") else f"(?P<{group}>[^/]+)")
+            else:
+                parts.append(re.escape(piece))
+        literal = len(re.sub(r"\{[^}]+\}", "", uri))
+        routes.setdefault(om.http["method"], []).append((literal, op, re.compile("".join(parts) + "$"), labels))
+    return {m: [(op, rx, labels) for _, op, rx, labels in sorted(v, key=lambda r: -r[0])]
+            for m, v in routes.items()}
 
 
 def _collapse_form(form):
