@@ -191,6 +191,9 @@ pub struct Progress {
     /// Since when the agent has failed to read the databases during the cutover.
     #[serde(default)]
     pub database_unreachable_since: Option<Timestamp>,
+    /// When the last heartbeat was asked for (`machine::HEARTBEAT_EVERY`).
+    #[serde(default)]
+    pub heartbeat_at: Option<Timestamp>,
     /// The consistency check before routing (database-aware cutover): what it found.
     #[serde(default)]
     pub consistency: Option<Consistency>,

@@ -98,9 +98,11 @@ pub struct Policy {
     /// quarantine on the database port while database access is in use.
     pub agent_security_group: Option<String>,
     /// With database access: how long the source must show no client session before the fence
-    /// is written. 500 ms: a pooler or a retry loop that reconnects at once shows up within it,
+    /// is written. 1 s: a pooler or a retry loop that reconnects at once shows up within it,
     /// and one that comes later voids the fence anyway (the proof reads sessions after it, and
-    /// again before every promotion request); every millisecond of it is write outage.
+    /// again before every promotion request). 500 ms was tried: with the faster looks, the
+    /// simulator's client behind a hole (back up to 1.5 s after its session ended) then got in
+    /// after the last read and a promotion came before the replica had its write.
     pub sessions_quiet_for: SignedDuration,
     /// With database access: a session that was asked to end and is still there after this is
     /// stuck (a backend in an uninterruptible wait, one the role may not end), and the cutover
@@ -191,7 +193,7 @@ impl Default for Policy {
             timeouts: Timeouts::default(),
             database_access: false,
             agent_security_group: None,
-            sessions_quiet_for: SignedDuration::from_millis(500),
+            sessions_quiet_for: SignedDuration::from_secs(1),
             sessions_stuck_after: SignedDuration::from_secs(30),
             database_unreachable_after: SignedDuration::from_secs(30),
             database_poll: SignedDuration::from_millis(500),

@@ -39,9 +39,14 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             // The fence is re-checked right before promotion and before routing.
             n.quarantine_group = p.promote_requested_at.is_none() || p.route_requested_at.is_none();
             // No client session may have got in since the fence, up to every promotion request
-            // (one refused is asked again): read until the writer has left recovery.
+            // (one refused is asked again): read whenever a request is due.
+            let request_due = m
+                .requested
+                .get(&ActionKey::PromoteTarget)
+                .is_none_or(|until| now >= *until);
             n.source_sessions = m.phase == Phase::Promoting
                 && p.writer_out_of_recovery_at.is_none()
+                && request_due
                 && m.database_path();
             n.consistency = consistency::needs_check(m);
             // Waiting for AWS's promotion on the database path: the writer says by SQL when
@@ -356,9 +361,13 @@ impl Stepper<'_> {
             .requested
             .get(&ActionKey::PromoteTarget)
             .is_some_and(|until| self.now < *until);
-        if t.replication_source.is_some()
-            && t.status == "available"
-            && !in_flight
+        let request_due = t.replication_source.is_some() && t.status == "available" && !in_flight;
+        if request_due && self.database_path() && self.obs.database.source_sessions.is_none() {
+            // The request came due after this look was planned: the sessions were not read.
+            self.look_again = true;
+            return;
+        }
+        if request_due
             && let Err(why) = self
                 .fence_intact()
                 .and_then(|()| self.no_session_since_fence())

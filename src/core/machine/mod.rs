@@ -62,6 +62,10 @@ mod wal_fence;
 /// (`agent::follow_up`). A floor keeps a rounding remainder from turning into a busy loop.
 pub const MIN_WAKE: SignedDuration = SignedDuration::from_millis(100);
 
+/// How often a migration with a quarantined source puts its heartbeat: three times in each of
+/// the heartbeat alarm's 60 s periods, so one lost put never breaches it.
+pub const HEARTBEAT_EVERY: SignedDuration = SignedDuration::from_secs(20);
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub next: Migration,
@@ -130,7 +134,15 @@ impl Stepper<'_> {
         if self.guards() {
             return;
         }
-        if self.m.source_quarantined() {
+        // The heartbeat alarm wants a datapoint in each of its 60 s periods: one every
+        // `HEARTBEAT_EVERY`, not one a step (a cutover steps twice a second).
+        let due = self
+            .m
+            .progress
+            .heartbeat_at
+            .is_none_or(|at| self.since(at) >= HEARTBEAT_EVERY);
+        if self.m.source_quarantined() && due {
+            self.m.progress.heartbeat_at = Some(self.now);
             self.actions.push(Action::PutHeartbeat {
                 migration: self.m.id.to_string(),
             });
