@@ -267,15 +267,23 @@ fn the_database_path_reboots_only_when_it_fell_back() {
     }
 }
 
-/// A hole in the quarantine: a client reconnects every time its session is ended. Nothing is
-/// promoted; the write budget rolls the migration back without loss.
+/// A hole in the quarantine: a client reconnects every time its session is ended (50 ms–1.5 s
+/// later). Nothing is promoted; the write budget rolls the migration back without loss. Over
+/// many seeds, because whether the client's return lands before the agent's last session read
+/// depends on both timings (seed 5 caught a promotion when the quiet period was 500 ms).
 #[test]
 fn a_client_that_keeps_reconnecting_ends_rolled_back_without_promotion() {
+    for seed in 1..=40 {
+        a_client_keeps_reconnecting(seed);
+    }
+}
+
+fn a_client_keeps_reconnecting(seed: u64) {
     let mut plan = FaultPlan::scripted(Vec::new());
     plan.database = Some(vec![(0, DbFault::PersistentHole)]);
     let report = sim::run(&SimOptions {
         seeds: 1,
-        start_seed: 5,
+        start_seed: seed,
         verbose: true,
         migrations_min: 1,
         migrations_max: 1,
@@ -326,11 +334,9 @@ fn fault_free_the_database_path_outage_is_shorter_than_the_metric_path() {
 /// Issue #15's targets, fault-free, every source granting access: the writes refused (from the
 /// quarantine in effect to traffic on Aurora) beyond AWS's promotion at most 20 s at p50, and
 /// the agent's share (beyond the group change, the promotion and the replica applying the fence)
-/// at most 5 s at p99, which is not met (5.2 s at 100 seeds: the 1 s quiet period the
-/// reconnecting-client test needs), so this guards the measured 6 s. Virtual time, so the
-/// figures are the same on any machine.
+/// at most 5 s at p99. Virtual time, so the figures are the same on any machine.
 #[test]
-fn fault_free_the_database_path_outage_is_promotion_plus_20_s_and_the_agents_share_within_6_s() {
+fn fault_free_the_database_path_outage_is_promotion_plus_20_s_and_the_agents_share_within_5_s() {
     let report = sim::run(&SimOptions {
         seeds: 100,
         fault_intensity: 0.0,
@@ -346,7 +352,7 @@ fn fault_free_the_database_path_outage_is_promotion_plus_20_s_and_the_agents_sha
         beyond_promotion_p50.is_some_and(|ms| ms <= 20_000),
         "{report}"
     );
-    assert!(agent_p99.is_some_and(|ms| ms <= 6_000), "{report}");
+    assert!(agent_p99.is_some_and(|ms| ms <= 5_000), "{report}");
 }
 
 /// With no source granting database access the run is the metric path alone, as before the
@@ -362,4 +368,26 @@ fn database_share_zero_is_the_metric_path_alone() {
     assert_eq!(report.path(CutoverPath::Database).migrations, 0);
     assert_eq!(report.path(CutoverPath::FellBack).migrations, 0);
     assert!(!report.calls.keys().any(|op| op.starts_with("postgres:")));
+}
+
+/// Fault-free, each cutover asks its router once: a route that was made is recorded even when
+/// another step of the same migration saved in between (an RDS event's step beside a
+/// follow-up: the save's version condition fails and the step is taken again on the fresh
+/// record, with the outcomes of the actions that ran). Before, those outcomes were dropped and
+/// the route was asked again when its request expired, 30 s into Routing.
+#[test]
+fn fault_free_each_cutover_routes_once() {
+    let report = sim::run(&SimOptions {
+        seeds: 30,
+        fault_intensity: 0.0,
+        ..SimOptions::default()
+    });
+    assert!(report.violations.is_empty(), "{report}");
+    let completed = report.count(Phase::Completed);
+    assert!(completed > 0, "{report}");
+    assert_eq!(
+        report.calls.get("router:Webhook").copied(),
+        Some(completed),
+        "{report}"
+    );
 }

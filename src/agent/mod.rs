@@ -376,7 +376,13 @@ impl<W: World> Agent<W> {
                     self.note_saved(&m);
                 }
                 Err(StoreError::VersionConflict { .. }) if contended < 2 => {
-                    // Someone else moved it: re-read and decide again from a fresh look.
+                    // Someone else moved it: re-read and decide again from a fresh look. The
+                    // outcomes of the actions this process ran are facts whatever the record
+                    // says now: they go into that step too. Dropped, a route that was made is
+                    // never recorded and is asked for again when its request expires (the
+                    // simulator saw every third webhook sent twice, 30 s apart, when an RDS
+                    // event's step and a follow-up met).
+                    pending = std::mem::take(&mut obs.action_results);
                     contended += 1;
                     match world.store().load(&m.id).await? {
                         Some(fresh) => m = fresh,

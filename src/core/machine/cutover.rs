@@ -36,14 +36,22 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
         }
         Phase::Promoting | Phase::Routing => {
             n.target = true;
-            // The fence is re-checked right before promotion and before routing.
-            n.quarantine_group = p.promote_requested_at.is_none() || p.route_requested_at.is_none();
             // No client session may have got in since the fence, up to every promotion request
             // (one refused is asked again): read whenever a request is due.
             let request_due = m
                 .requested
                 .get(&ActionKey::PromoteTarget)
                 .is_none_or(|until| now >= *until);
+            // The fence is re-checked right before every promotion request and before routing
+            // (on the database path the route is asked on the look that sees the writer out of
+            // recovery), not on every look while AWS promotes: that was one EC2 describe every
+            // `promotion_poll` for minutes.
+            n.quarantine_group = match m.phase {
+                Phase::Promoting => {
+                    request_due || (m.database_path() && p.writer_out_of_recovery_at.is_some())
+                }
+                _ => p.route_requested_at.is_none(),
+            };
             n.source_sessions = m.phase == Phase::Promoting
                 && p.writer_out_of_recovery_at.is_none()
                 && request_due
@@ -304,9 +312,9 @@ impl Stepper<'_> {
         if self.database_path() && self.m.progress.promote_requested_at.is_some() {
             // Writes are down until the promotion is seen and routed: on the database path
             // nothing else is slow any more, so AWS's promotion is looked for every
-            // `database_poll` (the writer's recovery state by SQL, the cluster from the fleet
+            // `promotion_poll` (the writer's recovery state by SQL, the cluster from the fleet
             // snapshot; the metric path keeps `fast_poll`).
-            self.wake_within(self.policy.database_poll);
+            self.wake_within(self.policy.promotion_poll);
             if self.m.progress.writer_out_of_recovery_at.is_none()
                 && matches!(self.obs.database.target_replay, Some(Ok(None)))
             {
@@ -362,8 +370,11 @@ impl Stepper<'_> {
             .get(&ActionKey::PromoteTarget)
             .is_some_and(|until| self.now < *until);
         let request_due = t.replication_source.is_some() && t.status == "available" && !in_flight;
-        if request_due && self.database_path() && self.obs.database.source_sessions.is_none() {
-            // The request came due after this look was planned: the sessions were not read.
+        let unread = matches!(self.obs.quarantine_group, Observed::Unknown)
+            || (self.database_path() && self.obs.database.source_sessions.is_none());
+        if request_due && unread {
+            // The request came due after this look was planned: the fence (and the sessions)
+            // were not read.
             self.look_again = true;
             return;
         }

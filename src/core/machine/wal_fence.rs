@@ -170,6 +170,12 @@ impl Stepper<'_> {
             }
             _ => {}
         }
+        if self.m.progress.fence_written_at.is_some() {
+            // The fence is written: the replica usually has it within a second, and every
+            // poll from here is time clients wait (the quiet period before the fence is what
+            // keeps a reconnecting client from slipping past the last session read).
+            self.wake_within(self.policy.promotion_poll);
+        }
         self.wake_within(self.policy.database_poll);
     }
 

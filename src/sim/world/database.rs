@@ -292,7 +292,7 @@ impl State {
         self.log(|| format!("{id}: client sessions ended"));
         if comes_back {
             // A pool retries at once or after a short backoff (50 ms–1.5 s): often within the
-            // agent's quiet period (`sessions_quiet_for`, 500 ms), otherwise after the fence,
+            // agent's quiet period (`sessions_quiet_for`, 1 s), otherwise after the fence,
             // which the proof's and the promotion's session reads then void.
             let after = self.world_rng.range(50, 1500);
             self.schedule(after, Ev::ClientReconnects(id.to_string()));
