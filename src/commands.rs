@@ -32,7 +32,7 @@ pub async fn plan<W: World>(
         let names = crate::core::naming::target_names(&source.identifier, &source.resource_id, 1);
         let _ = writeln!(
             out,
-            "\nPlan: cluster {} (Aurora PostgreSQL {}, {}), writer {} ({}), cluster parameter group {} ({} parameters), instance parameter group {} ({} parameters), quarantine group {}",
+            "\nPlan: cluster {} (Aurora PostgreSQL {}, {}), writer {} ({}), cluster parameter group {} ({} parameters), instance parameter group {} ({} parameters), quarantine group {}, router {}",
             names.cluster,
             plan.engine_version,
             plan.family,
@@ -43,6 +43,7 @@ pub async fn plan<W: World>(
             plan.instance_parameter_group,
             plan.instance_parameters.len(),
             names.quarantine_group,
+            plan.router,
         );
     }
     Ok(out)
@@ -53,18 +54,19 @@ pub async fn status<W: World>(world: &W, now: Timestamp) -> Result<String, Comma
     let mut records = world.store().list().await?;
     records.sort_by_key(|a| a.created_at);
     let mut out = format!(
-        "{:<32} {:>7} {:<16} {:>10} {:>10}  {}\n",
-        "SOURCE", "ATTEMPT", "PHASE", "AGE", "IN PHASE", "LAST ERROR"
+        "{:<32} {:>7} {:<16} {:>10} {:>10}  {:<40}  {}\n",
+        "SOURCE", "ATTEMPT", "PHASE", "AGE", "IN PHASE", "TRAFFIC", "LAST ERROR"
     );
     for m in &records {
         let _ = writeln!(
             out,
-            "{:<32} {:>7} {:<16} {:>10} {:>10}  {}",
+            "{:<32} {:>7} {:<16} {:>10} {:>10}  {:<40}  {}",
             m.source_identifier,
             m.id.attempt,
             m.phase.as_str(),
             crate::core::machine::human(now.duration_since(m.created_at)),
             crate::core::machine::human(now.duration_since(m.phase_entered_at)),
+            traffic(m),
             m.last_error.as_deref().unwrap_or("-"),
         );
     }
@@ -72,6 +74,30 @@ pub async fn status<W: World>(world: &W, now: Timestamp) -> Result<String, Comma
         out.push_str("(no migrations)\n");
     }
     Ok(out)
+}
+
+/// Where the migration's traffic points, as far as the agent has routed it, and through which
+/// router.
+pub fn traffic(m: &crate::core::Migration) -> String {
+    let p = &m.progress;
+    let router = m
+        .plan
+        .as_ref()
+        .map_or_else(|| "webhook".to_string(), |p| p.router.to_string());
+    let after_cutover = m.rollback.as_ref().is_some_and(|r| r.after_cutover);
+    if after_cutover {
+        if p.routed_back_at.is_some() {
+            format!("source (routed back, {router})")
+        } else {
+            format!("Aurora, routing back ({router})")
+        }
+    } else if p.routed_at.is_some() {
+        format!("Aurora ({router})")
+    } else if p.route_requested_at.is_some() {
+        format!("moving to Aurora ({router})")
+    } else {
+        "source".to_string()
+    }
 }
 
 /// The control tags an operator can set from the command line.

@@ -346,9 +346,26 @@ pub trait StateStore: Send + Sync {
     fn set_fleet_paused(&self, paused: bool) -> impl Future<Output = PortResult<()>> + Send;
 }
 
-/// The data access layer and the optional smoke test.
+/// The routers (`core::router`) and the optional smoke test.
 pub trait Router: Send + Sync {
-    fn route(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send;
+    /// Sends traffic to `request.endpoint` through `request.router`: in effect at once, or
+    /// accepted and propagating with a change to ask after.
+    fn route(
+        &self,
+        request: &RouteRequest,
+    ) -> impl Future<Output = PortResult<crate::core::router::RouteProgress>> + Send;
+    /// The record `router` re-points (preflight checks it); `None` for routers without one, or
+    /// when the zone has no record by that name.
+    fn record(
+        &self,
+        router: &crate::core::router::RouterChoice,
+    ) -> impl Future<Output = PortResult<Option<crate::core::router::DnsRecord>>> + Send;
+    /// How far the propagating `change` of `router` has got.
+    fn route_status(
+        &self,
+        router: &crate::core::router::RouterChoice,
+        change: &str,
+    ) -> impl Future<Output = PortResult<crate::core::router::RouteProgress>> + Send;
     fn smoke_test(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send;
 }
 

@@ -32,7 +32,12 @@ from dataclasses import dataclass, field
 ALLOW, DENY, IMPLICIT_DENY = "Allow", "Deny", "ImplicitDeny"
 
 # Keys whose value is a set in the request context.
-MULTIVALUED = {"aws:TagKeys"}
+MULTIVALUED = {
+    "aws:TagKeys",
+    "route53:ChangeResourceRecordSetsActions",
+    "route53:ChangeResourceRecordSetsRecordTypes",
+    "route53:ChangeResourceRecordSetsNormalizedRecordNames",
+}
 
 
 def _glob(pattern: str, value: str, ignore_case: bool = False) -> bool:

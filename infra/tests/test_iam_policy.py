@@ -465,3 +465,58 @@ def test_webhook_and_database_secrets_stay_apart():
     assert get(task_role, task_docs, URL_SECRET) == IMPLICIT_DENY
     assert get(task_role, task_docs, MASTER_SECRET, readable) == ALLOW
     assert "agent-readable" not in str(exec_docs)
+
+
+# ---- the Route 53 router
+ZONE = "Z0123456789ABC"
+D_R53 = Deployment(parameters={"Route53HostedZoneId": ZONE, "Route53RecordNames": "*.db.internal.example.com"})
+TASK_R53 = D_R53.role_policies("TaskRole")
+
+
+def change(zone, *, actions=("UPSERT",), types=("CNAME",), names=("orders.db.internal.example.com",)):
+    """A ChangeResourceRecordSets request as Route 53 builds its context: every change's action,
+    type and normalized name (lower case, no trailing dot)."""
+    return request("route53:ChangeResourceRecordSets", f"arn:aws:route53:::hostedzone/{zone}", TASK,
+                   context={"route53:ChangeResourceRecordSetsActions": list(actions),
+                            "route53:ChangeResourceRecordSetsRecordTypes": list(types),
+                            "route53:ChangeResourceRecordSetsNormalizedRecordNames": list(names)})
+
+
+@pytest.mark.parametrize("req,expected", [
+    pytest.param(change(ZONE), ALLOW, id="UPSERT of a CNAME named by the pattern"),
+    pytest.param(change(ZONE, names=("orders.db.internal.example.com", "billing.db.internal.example.com")),
+                 ALLOW, id="two CNAMEs named by the pattern"),
+    pytest.param(change(ZONE, actions=("DELETE",)), IMPLICIT_DENY, id="DELETE"),
+    pytest.param(change(ZONE, actions=("CREATE",)), IMPLICIT_DENY, id="CREATE"),
+    pytest.param(change(ZONE, actions=("UPSERT", "DELETE")), IMPLICIT_DENY, id="an UPSERT beside a DELETE"),
+    pytest.param(change(ZONE, types=("A",)), IMPLICIT_DENY, id="an A record"),
+    pytest.param(change(ZONE, types=("NS",), names=("db.internal.example.com",)), IMPLICIT_DENY,
+                 id="the zone's NS"),
+    pytest.param(change(ZONE, names=("www.internal.example.com",)), IMPLICIT_DENY, id="a name outside the pattern"),
+    pytest.param(change(ZONE, names=("orders.db.internal.example.com", "www.internal.example.com")),
+                 IMPLICIT_DENY, id="one name of two outside the pattern"),
+    pytest.param(change("Z999OTHERZONE"), IMPLICIT_DENY, id="another zone"),
+    pytest.param(request("route53:ListResourceRecordSets", f"arn:aws:route53:::hostedzone/{ZONE}", TASK),
+                 ALLOW, id="read the zone's records"),
+    pytest.param(request("route53:ListResourceRecordSets", "arn:aws:route53:::hostedzone/Z999OTHERZONE", TASK),
+                 IMPLICIT_DENY, id="read another zone's records"),
+    pytest.param(request("route53:GetChange", "arn:aws:route53:::change/C0123456789", TASK), ALLOW,
+                 id="ask after a change"),
+    pytest.param(request("route53:DeleteHostedZone", f"arn:aws:route53:::hostedzone/{ZONE}", TASK),
+                 IMPLICIT_DENY, id="delete the zone"),
+    pytest.param(request("route53:ChangeResourceRecordSets", f"arn:aws:route53:::hostedzone/{ZONE}", TASK,
+                         context={"route53:ChangeResourceRecordSetsActions": ["UPSERT"],
+                                  "route53:ChangeResourceRecordSetsRecordTypes": ["CNAME"],
+                                  "route53:ChangeResourceRecordSetsNormalizedRecordNames":
+                                      ["orders.db.internal.example.com.evil.example"]}),
+                 IMPLICIT_DENY, id="a name that only starts like the pattern"),
+])
+def test_the_route53_router_may_upsert_only_its_cnames(req, expected):
+    assert evaluate(req, TASK_R53, resource_account=ACCOUNT) == expected
+
+
+def test_without_a_zone_the_task_role_has_no_route53_permission():
+    assert evaluate(change(ZONE), POLICIES[TASK], resource_account=ACCOUNT) == IMPLICIT_DENY
+    assert evaluate(request("route53:GetChange", "arn:aws:route53:::change/C1", TASK), POLICIES[TASK],
+                    resource_account=ACCOUNT) == IMPLICIT_DENY
+    assert len(TASK_R53) == len(POLICIES[TASK]) + 1

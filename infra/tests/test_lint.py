@@ -161,7 +161,7 @@ def test_fargate_service_never_runs_two_agents():
     assert c["HealthCheck"]["Command"] == ["CMD", "/aurora-migrator", "healthcheck"]
     # Nothing secret; the only conditional entries are database access's two.
     always = {"MIGRATOR_QUEUE_URL", "MIGRATOR_TOPIC_ARN", "MIGRATOR_TABLE", "MIGRATOR_TAG_PREFIX",
-              "MIGRATOR_CUTOVER", "AWS_REGION", "RUST_LOG"}
+              "MIGRATOR_CUTOVER", "MIGRATOR_ROUTER", "AWS_REGION", "RUST_LOG"}
     assert {e["Name"] for e in c["Environment"] if "Name" in e} == always
     conditional = [e["Fn::If"] for e in c["Environment"] if "Name" not in e]
     assert [(cond, otherwise) for cond, _, otherwise in conditional] == [
@@ -309,6 +309,8 @@ AGENT_ACTIONS = {
     "kms": "CreateGrant DescribeKey Decrypt GenerateDataKey",
     # Database access only (TaskDatabaseSecretsPolicy): secrets tagged <prefix>:agent-readable.
     "secretsmanager": "GetSecretValue",
+    # The Route 53 router only (TaskRoute53Policy): UPSERT of CNAMEs in the one zone.
+    "route53": "ChangeResourceRecordSets ListResourceRecordSets GetChange",
 }
 
 

@@ -33,6 +33,11 @@ pub async fn execute<W: World>(
             .write_fence(on)
             .await
             .map(|lsn| Some(ActionOutput::Fence(lsn))),
+        Action::RouteTraffic(request) => world
+            .router()
+            .route(request)
+            .await
+            .map(|p| Some(ActionOutput::Route(p))),
         other => execute_aws(world, policy, other).await.map(|()| None),
     }
 }
@@ -42,8 +47,9 @@ async fn execute_aws<W: World>(world: &W, policy: &Policy, action: &Action) -> P
     match action {
         Action::EndSourceSessions { .. }
         | Action::EndTargetSessions { .. }
-        | Action::WriteFence { .. } => {
-            unreachable!("database actions are carried out by `execute`")
+        | Action::WriteFence { .. }
+        | Action::RouteTraffic(_) => {
+            unreachable!("actions that answer are carried out by `execute`")
         }
         Action::EnsureParameterGroups(spec) => rds.ensure_parameter_groups(spec).await,
         Action::EnsureQuarantineGroup(spec) => world
@@ -60,7 +66,6 @@ async fn execute_aws<W: World>(world: &W, policy: &Policy, action: &Action) -> P
         Action::RebootSource { instance } => rds.reboot_instance(instance).await,
         Action::RebootTargetWriter { writer } => rds.reboot_instance(writer).await,
         Action::PromoteTarget { cluster } => rds.promote_target(cluster).await,
-        Action::RouteTraffic(request) => world.router().route(request).await,
         Action::RunSmokeTest(request) => world.router().smoke_test(request).await,
         Action::QuarantineTarget { cluster, group_id } => {
             rds.set_target_groups(cluster, std::slice::from_ref(group_id))

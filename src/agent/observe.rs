@@ -5,9 +5,10 @@ use crate::core::needs::{Needs, needs};
 use crate::core::observation::{
     DatabaseReadings, Observation, Observed, SourceInstance, TargetCluster,
 };
+use crate::core::router::RouterChoice;
 use crate::core::{Migration, Policy};
 use crate::ports::{
-    Clock, Database, MetricQuery, Metrics, Network, PortResult, Rds, StateStore, World,
+    Clock, Database, MetricQuery, Metrics, Network, PortResult, Rds, Router, StateStore, World,
 };
 
 pub async fn observe<W: World>(
@@ -121,7 +122,32 @@ pub async fn observe<W: World>(
                     .map_err(|e| e.to_string()),
             );
         }
+        // The Route 53 router's record, where the instance routes through one: preflight checks
+        // it before writes ever stop (a typo found mid-cutover is outage).
+        if let Ok(router) =
+            RouterChoice::for_instance(&policy.tag_prefix, &source.tags, &policy.router)
+            && router != RouterChoice::Webhook
+        {
+            inputs.router_record = Some(
+                world
+                    .router()
+                    .record(&router)
+                    .await
+                    .map_err(|e| e.to_string()),
+            );
+        }
         obs.preflight = Some(inputs);
+    }
+    if let Some((router, change)) = &need.route_change {
+        // A failed read is an answer (reported, asked again), not a failed look: the phase's
+        // other readings still count.
+        obs.route_status = Some(
+            world
+                .router()
+                .route_status(router, change)
+                .await
+                .map_err(|e| e.to_string()),
+        );
     }
     if need.quotas {
         obs.quotas = Some(rds.account_quotas().await?);

@@ -52,6 +52,8 @@ const NOT_FOUND: &[&str] = &[
     "NotFound",
     "NotFoundException",
     "ResourceNotFound",
+    "NoSuchHostedZone",
+    "NoSuchChange",
 ];
 
 /// Endings of "not found" codes (`DBInstanceNotFound`, `DBClusterNotFoundFault`,

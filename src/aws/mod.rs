@@ -23,6 +23,7 @@ pub mod ec2;
 pub mod kms;
 pub mod limit;
 pub mod rds;
+pub mod route53;
 pub mod router;
 pub mod sns;
 pub mod sqs;
@@ -263,7 +264,7 @@ pub struct AwsWorld {
     pub notifier: sns::AwsNotifier,
     pub queue: sqs::AwsQueue,
     pub store: dynamodb::AwsStore,
-    pub router: router::HttpRouter,
+    pub router: router::AwsRouter,
     pub database: crate::database::AgentDatabase,
     pub clock: SystemClock,
     pub calls: CallCounter,
@@ -311,7 +312,10 @@ impl AwsWorld {
                 calls.clone(),
                 &s.table,
             ),
-            router: router::HttpRouter::new(s).map_err(ConnectError::Setting)?,
+            router: router::AwsRouter {
+                webhook: router::HttpRouter::new(s).map_err(ConnectError::Setting)?,
+                route53: route53::Route53::new(aws_sdk_route53::Client::new(config), calls.clone()),
+            },
             database: match &s.database {
                 Some(settings) => crate::database::AgentDatabase::On(Box::new(
                     crate::database::PgDatabase::new(settings.clone(), config, calls.clone()),
@@ -343,7 +347,7 @@ impl World for AwsWorld {
     type Notifier = sns::AwsNotifier;
     type Queue = sqs::AwsQueue;
     type Store = dynamodb::AwsStore;
-    type Router = router::HttpRouter;
+    type Router = router::AwsRouter;
     type Database = crate::database::AgentDatabase;
     type Clock = SystemClock;
     fn rds(&self) -> &Self::Rds {

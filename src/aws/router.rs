@@ -1,7 +1,10 @@
-//! The cutover router: tells the data access layer where the database is now (a webhook), and
-//! the optional smoke test of Verifying. Both POST the same JSON, signed, and need a 2xx answer.
+//! The routers (`core::router`): [`AwsRouter`] carries each route through the router the
+//! migration chose, the webhook here or Route 53 (`route53.rs`).
 //!
-//! Without a webhook URL the mode is `none`: the SNS "cutover" notification is the route.
+//! The webhook tells the data access layer where the database is now, and the optional smoke
+//! test of Verifying is asked the same way. Both POST the same JSON, signed, and need a 2xx
+//! answer: a webhook's route is in effect when it answers. Without a webhook URL the mode is
+//! `none`: the SNS "cutover" notification is the route.
 //!
 //! Both URLs are secrets (they may embed a token): every error this module produces, and so
 //! every log line, record `last_error` and notification made of it, names only
@@ -20,6 +23,7 @@ use super::AwsSettings;
 use super::call::boxed;
 use crate::config::{Secret, check_router, url_origin};
 use crate::core::action::RouteRequest;
+use crate::core::router::{DnsRecord, RouteProgress, RouterChoice};
 use crate::ports::{ErrorKind, PortError, PortResult, Router};
 
 /// The request signature's header.
@@ -223,8 +227,72 @@ impl HttpRouter {
     }
 }
 
-impl Router for HttpRouter {
-    fn route(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send {
+/// Every router the agent can route through; each request names the one its migration chose.
+pub struct AwsRouter {
+    pub webhook: HttpRouter,
+    pub route53: super::route53::Route53,
+}
+
+impl Router for AwsRouter {
+    fn route(
+        &self,
+        request: &RouteRequest,
+    ) -> impl Future<Output = PortResult<RouteProgress>> + Send {
+        boxed(async move {
+            match &request.router {
+                RouterChoice::Webhook => {
+                    self.webhook.route(request).await?;
+                    Ok(RouteProgress::InEffect)
+                }
+                RouterChoice::Route53 {
+                    hosted_zone,
+                    record,
+                } => {
+                    tracing::info!(migration = %request.migration, record = %record, endpoint = %request.endpoint, "route53: pointing the record at the endpoint");
+                    self.route53
+                        .point(hosted_zone, record, &request.endpoint)
+                        .await
+                }
+            }
+        })
+    }
+
+    fn record(
+        &self,
+        router: &RouterChoice,
+    ) -> impl Future<Output = PortResult<Option<DnsRecord>>> + Send {
+        boxed(async move {
+            match router {
+                RouterChoice::Webhook => Ok(None),
+                RouterChoice::Route53 {
+                    hosted_zone,
+                    record,
+                } => self.route53.record(hosted_zone, record).await,
+            }
+        })
+    }
+
+    fn route_status(
+        &self,
+        router: &RouterChoice,
+        change: &str,
+    ) -> impl Future<Output = PortResult<RouteProgress>> + Send {
+        boxed(async move {
+            match router {
+                RouterChoice::Webhook => Ok(RouteProgress::InEffect),
+                RouterChoice::Route53 { .. } => self.route53.change(change).await,
+            }
+        })
+    }
+
+    fn smoke_test(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send {
+        self.webhook.smoke_test(request)
+    }
+}
+
+impl HttpRouter {
+    /// POSTs the route to the webhook (nothing without one: the SNS message is the route).
+    pub fn route(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send {
         boxed(async move {
             if self.webhook_url.is_none() {
                 tracing::info!(migration = %request.migration, endpoint = %request.endpoint, "router mode none: the SNS cutover notification is the route");
@@ -234,7 +302,11 @@ impl Router for HttpRouter {
         })
     }
 
-    fn smoke_test(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send {
+    /// POSTs the same request to the smoke test (nothing without one).
+    pub fn smoke_test(
+        &self,
+        request: &RouteRequest,
+    ) -> impl Future<Output = PortResult<()>> + Send {
         boxed(self.post_to("router:smoke-test", self.smoke_test_url.as_ref(), request))
     }
 }
@@ -268,6 +340,7 @@ mod tests {
             endpoint: "orders-pg-aurora.cluster-c1.us-east-1.rds.amazonaws.com".into(),
             port: 5432,
             phase: Phase::Routing,
+            router: RouterChoice::Webhook,
         }
     }
 

@@ -123,6 +123,17 @@ pub struct PolicyArgs {
         global = true
     )]
     pub cutover: String,
+    /// The router for instances without a `<prefix>:router` tag: `webhook` (the signed
+    /// webhook, or only the SNS "cutover" message without --webhook-url) or
+    /// `route53:<hosted zone id>:<record name>` (the CNAME the applications connect to). A
+    /// deployment of one database team sets its record here; a fleet tags each instance.
+    #[arg(
+        long,
+        env = "MIGRATOR_ROUTER",
+        default_value = "webhook",
+        global = true
+    )]
+    pub router: String,
     /// Most OldestReplicationSlotLag (MiB) that counts as caught up before the cutover.
     #[arg(
         long,
@@ -217,6 +228,7 @@ impl Default for PolicyArgs {
         PolicyArgs {
             tag_prefix: crate::core::tags::DEFAULT_PREFIX.into(),
             cutover: "manual".into(),
+            router: "webhook".into(),
             max_slot_lag_mib: 1024.0,
             max_replica_lag_seconds: 30.0,
             lag_sustain: "15m".into(),
@@ -521,11 +533,16 @@ impl PolicyArgs {
             .cutover
             .parse()
             .map_err(|e| bad("MIGRATOR_CUTOVER (--cutover)", e))?;
+        let router = self
+            .router
+            .parse()
+            .map_err(|e| bad("MIGRATOR_ROUTER (--router)", e))?;
         let second = SignedDuration::from_secs(1);
         let defaults = Policy::default();
         Ok(Policy {
             tag_prefix: self.tag_prefix.clone(),
             cutover,
+            router,
             max_slot_lag_bytes: positive(
                 "MIGRATOR_MAX_SLOT_LAG_MIB (--max-slot-lag-mib)",
                 self.max_slot_lag_mib,

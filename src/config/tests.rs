@@ -25,6 +25,29 @@ fn a_bad_cutover_names_the_setting() {
 }
 
 #[test]
+fn a_bad_router_names_the_setting_and_a_good_one_is_the_default_choice() {
+    let args = PolicyArgs {
+        router: "route53:Z1".into(),
+        ..PolicyArgs::default()
+    };
+    let e = args.policy().unwrap_err();
+    assert!(
+        e.to_string().starts_with("MIGRATOR_ROUTER (--router): ")
+            && e.to_string()
+                .contains("route53:<hosted zone id>:<record name>"),
+        "{e}"
+    );
+    let args = PolicyArgs {
+        router: "route53:Z1:db.example.com".into(),
+        ..PolicyArgs::default()
+    };
+    assert_eq!(
+        args.policy().unwrap().router.to_string(),
+        "route53:Z1:db.example.com"
+    );
+}
+
+#[test]
 fn defaults_match_the_core_policy() {
     let p = PolicyArgs::default().policy().unwrap();
     let d = Policy::default();

@@ -269,6 +269,9 @@ pub struct RouteRequest {
     pub endpoint: String,
     pub port: u16,
     pub phase: Phase,
+    /// Which router carries it (`core::router`; records from before routers: the webhook).
+    #[serde(default)]
+    pub router: crate::core::router::RouterChoice,
 }
 
 /// How the shell classifies any failure of an action (and of an AWS call in general).
@@ -315,6 +318,8 @@ pub enum ActionOutput {
     Fence(Lsn),
     /// `EndSourceSessions`, `EndTargetSessions`: how many sessions were ended.
     SessionsEnded(u32),
+    /// `RouteTraffic`: in effect, or accepted and propagating.
+    Route(crate::core::router::RouteProgress),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

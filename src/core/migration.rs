@@ -109,6 +109,10 @@ pub struct Plan {
     /// (only with `database`).
     #[serde(default)]
     pub agent_group: Option<String>,
+    /// The router chosen at preflight (`core::router`): the cutover and a rollback after it
+    /// route through it.
+    #[serde(default)]
+    pub router: crate::core::router::RouterChoice,
 }
 
 impl Plan {
@@ -208,6 +212,13 @@ pub struct Progress {
     /// Why Aurora's fence fell back to the writer's reboot (no access, sessions stuck, errors).
     #[serde(default)]
     pub target_fence_fallback: Option<String>,
+    /// The route this phase asked for was accepted and is propagating: the router's change,
+    /// asked after until it is in effect (`core::router`). Cleared when a new route is asked.
+    #[serde(default)]
+    pub route_change: Option<String>,
+    /// Rollback after cutover: the route back to the source is in effect.
+    #[serde(default)]
+    pub routed_back_at: Option<Timestamp>,
 }
 
 /// The outcome of the consistency check before routing.

@@ -39,6 +39,9 @@ pub struct Needs {
     pub consistency: bool,
     /// Client sessions on the Aurora writer, by SQL (rollback after cutover: its fence).
     pub target_sessions: bool,
+    /// A route accepted and propagating: its router and change, asked after
+    /// (`machine::route`).
+    pub route_change: Option<(crate::core::router::RouterChoice, String)>,
 }
 
 /// What to observe for `m` now: the source always (every phase's guards read it), and what its

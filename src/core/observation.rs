@@ -67,6 +67,10 @@ pub struct Observation {
     pub database: DatabaseReadings,
     /// Outcomes of the actions the driver just executed for this migration.
     pub action_results: Vec<ActionResult>,
+    /// The progress of a propagating route (`Needs::route_change`); a failed read is an `Err`
+    /// with the reason, reported and asked again, not a failed route.
+    #[serde(default)]
+    pub route_status: Option<Result<crate::core::router::RouteProgress, String>>,
 }
 
 /// Readings taken by SQL. A failed read is an `Err` with the reason, not a failed observation:
@@ -243,6 +247,10 @@ pub struct PreflightInputs {
     /// (the parameter or its `AllowedValues` is absent).
     #[serde(default)]
     pub aurora_extensions: Option<Vec<String>>,
+    /// The Route 53 router's record, where the instance routes through one: `Ok(None)` when the
+    /// zone has no record by that name, `Err` when it could not be read. `None`: not that router.
+    #[serde(default)]
+    pub router_record: Option<Result<Option<crate::core::router::DnsRecord>, String>>,
 }
 
 /// Where a security group lives: a consumer admitted through the quarantine must be in the

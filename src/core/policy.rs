@@ -132,6 +132,10 @@ pub struct Policy {
     /// cost seconds, not minutes; a few thousand small tables and every sequence fit in it, and
     /// what does not fit is left uncompared (the WAL proof already held), not waited for.
     pub consistency_check_budget: SignedDuration,
+    /// The router of instances without a `<prefix>:router` tag (`core::router`). Default
+    /// `webhook`: what the agent did before routers were chosen.
+    #[serde(default)]
+    pub router: crate::core::router::RouterChoice,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -209,6 +213,7 @@ impl Default for Policy {
             database_poll: SignedDuration::from_millis(500),
             promotion_poll: SignedDuration::from_millis(200),
             consistency_check_budget: SignedDuration::from_secs(5),
+            router: crate::core::router::RouterChoice::Webhook,
         }
     }
 }

@@ -24,6 +24,7 @@ use aurora_migrator::core::migration::{Migration, MigrationId};
 use aurora_migrator::core::needs::needs;
 use aurora_migrator::core::observation::*;
 use aurora_migrator::core::policy::{CutoverPolicy, Policy};
+use aurora_migrator::core::router::{DnsRecord, RouteProgress, RouterChoice};
 use aurora_migrator::core::{Phase, invariants, step};
 use jiff::{SignedDuration, Timestamp};
 
@@ -124,6 +125,7 @@ pub fn preflight_inputs() -> PreflightInputs {
             "postgis",
             "vector",
         ])),
+        router_record: None,
     }
 }
 
@@ -197,6 +199,21 @@ pub struct Model {
     /// What RDS's `rds.allowed_extensions` of the Aurora family allows, as preflight reads it
     /// (`None`: RDS gave no list).
     pub aurora_extensions: Option<Vec<String>>,
+    /// A Route 53 record the applications connect to (routes of the `route53` router).
+    pub route53: Option<ModelRoute53>,
+}
+
+/// Route 53 as the router sees it: every UPSERT is a change `PENDING` for `propagation` (`None`:
+/// forever), then `INSYNC`; the record's value changes at once.
+#[derive(Clone, Debug, Default)]
+pub struct ModelRoute53 {
+    pub propagation: Option<SignedDuration>,
+    /// The record as preflight reads it (its value follows the routes).
+    pub record: Option<DnsRecord>,
+    /// The record's value.
+    pub value: String,
+    /// Every change: its id, when it is in sync (`None`: never), the value it set.
+    pub changes: Vec<(String, Option<Timestamp>, String)>,
 }
 
 /// The source and replica as SQL shows them (database-aware cutover).
@@ -301,6 +318,7 @@ impl Model {
             pending: vec![],
             db: None,
             aurora_extensions: preflight_inputs().aurora_extensions,
+            route53: None,
         }
     }
 
@@ -386,6 +404,9 @@ impl Model {
                 );
             }
             inputs.aurora_extensions = self.aurora_extensions.clone();
+            if let Some(r53) = &self.route53 {
+                inputs.router_record = Some(Ok(r53.record.clone()));
+            }
             obs.preflight = Some(inputs);
         }
         if n.quotas {
@@ -444,6 +465,23 @@ impl Model {
             }
         }
         obs.fleet_paused = n.fleet_pause && self.fleet_paused;
+        if let Some((_, change)) = &n.route_change {
+            let r53 = self
+                .route53
+                .as_ref()
+                .expect("only the route53 router propagates");
+            let (_, in_sync, _) = r53
+                .changes
+                .iter()
+                .find(|(id, ..)| id == change)
+                .expect("a change Route 53 issued");
+            obs.route_status = Some(Ok(match in_sync {
+                Some(t) if self.now >= *t => RouteProgress::InEffect,
+                _ => RouteProgress::Propagating {
+                    change: change.clone(),
+                },
+            }));
+        }
         if let Some(db) = &self.db {
             if n.preflight
                 && let (Some(inputs), Some(source)) = (obs.preflight.as_mut(), &self.source)
@@ -657,6 +695,14 @@ impl Model {
                     }
                 }
                 self.routed_to = Some(r.endpoint.clone());
+                if let (RouterChoice::Route53 { .. }, Some(r53)) = (&r.router, &mut self.route53) {
+                    let change = format!("C{}", r53.changes.len() + 1);
+                    let in_sync = r53.propagation.map(|p| now + p);
+                    r53.value = r.endpoint.clone();
+                    r53.changes
+                        .push((change.clone(), in_sync, r.endpoint.clone()));
+                    output = Some(ActionOutput::Route(RouteProgress::Propagating { change }));
+                }
             }
             Action::QuarantineTarget { group_id, .. } => {
                 if let Some(t) = &mut self.target {

@@ -19,6 +19,7 @@ pub struct Clients {
     pub sns: aws_sdk_sns::Client,
     pub cw: aws_sdk_cloudwatch::Client,
     pub ddb: aws_sdk_dynamodb::Client,
+    pub r53: aws_sdk_route53::Client,
 }
 
 pub struct Env {
@@ -77,6 +78,7 @@ impl Env {
             sns: aws_sdk_sns::Client::new(&conf),
             cw: aws_sdk_cloudwatch::Client::new(&conf),
             ddb: aws_sdk_dynamodb::Client::new(&conf),
+            r53: aws_sdk_route53::Client::new(&conf),
         };
         // Queue + DLQ
         let dlq_url = create_queue(&aws.sqs, "agent-dlq", &[]).await;

@@ -24,4 +24,5 @@ mod faults;
 mod fleet;
 mod happy_path;
 mod messages;
+mod routers;
 mod telemetry;

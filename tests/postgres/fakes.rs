@@ -9,6 +9,7 @@ use aurora_migrator::core::action::{QuarantineGroupSpec, RouteRequest};
 use aurora_migrator::core::migration::{Migration, MigrationId};
 use aurora_migrator::core::notification::Notification;
 use aurora_migrator::core::observation::{GroupLocation, Observed, SecurityGroup};
+use aurora_migrator::core::router::{DnsRecord, RouteProgress, RouterChoice};
 use aurora_migrator::ports::{
     Clock, Network, Notifier, PortResult, Queue, QueueMessage, Router, StateStore, StoreError,
 };
@@ -220,7 +221,7 @@ pub struct MemRouter {
 }
 
 impl Router for MemRouter {
-    async fn route(&self, request: &RouteRequest) -> PortResult<()> {
+    async fn route(&self, request: &RouteRequest) -> PortResult<RouteProgress> {
         eprintln!("[router] {}:{}", request.endpoint, request.port);
         self.shared.log(format!(
             "route_traffic {}:{}",
@@ -231,7 +232,19 @@ impl Router for MemRouter {
             .lock()
             .unwrap()
             .push((Timestamp::now(), request.clone()));
-        Ok(())
+        Ok(RouteProgress::InEffect)
+    }
+
+    async fn record(&self, _router: &RouterChoice) -> PortResult<Option<DnsRecord>> {
+        Ok(None)
+    }
+
+    async fn route_status(
+        &self,
+        _router: &RouterChoice,
+        _change: &str,
+    ) -> PortResult<RouteProgress> {
+        Ok(RouteProgress::InEffect)
     }
 
     async fn smoke_test(&self, _request: &RouteRequest) -> PortResult<()> {

@@ -315,6 +315,7 @@ impl Rds for PgRds {
                 "postgis",
                 "vector",
             ])),
+            router_record: None,
         })
     }
 

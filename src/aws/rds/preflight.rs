@@ -106,6 +106,8 @@ impl AwsRds {
             // Filled by the driver from EC2 when consumers are declared.
             cdc_consumer_groups: None,
             aurora_extensions: allowed_extensions(&cluster_defaults),
+            // The router's record is read beside, by the router (`agent::observe`).
+            router_record: None,
         })
     }
 

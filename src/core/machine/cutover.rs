@@ -416,6 +416,9 @@ impl Stepper<'_> {
             self.m.progress.drain_proven_at.is_some() && self.m.progress.promoted_at.is_some(),
             "nothing is routed to a replica that was not promoted"
         );
+        if self.m.progress.routed_at.is_none() && self.route_in_effect() {
+            self.m.progress.routed_at = Some(self.now);
+        }
         let Some(t) = self.obs.target.present().cloned() else {
             return;
         };
@@ -465,6 +468,9 @@ impl Stepper<'_> {
                 ),
             );
             return;
+        }
+        if self.m.progress.route_change.is_some() {
+            return; // accepted and propagating: asked after, not asked again (`route.rs`)
         }
         let route = self.route_to(&endpoint);
         if self.request(Action::RouteTraffic(route)) {

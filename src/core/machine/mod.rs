@@ -53,6 +53,7 @@ mod fence;
 mod preparation;
 pub mod results;
 mod rollback;
+mod route;
 mod soak;
 mod wal_fence;
 
@@ -404,6 +405,10 @@ impl Stepper<'_> {
             started_at: self.now,
             after_cutover,
         });
+        // The route back is a new route: a change of the cutover's still propagating is not
+        // its progress, and the cutover's request does not hold it back.
+        self.m.progress.route_change = None;
+        self.m.requested.remove(&ActionKey::RouteTraffic);
         self.enter(Phase::RollingBack, &detail);
     }
 
@@ -521,6 +526,7 @@ impl Stepper<'_> {
             endpoint: endpoint.address.clone(),
             port: endpoint.port,
             phase: self.m.phase,
+            router: self.plan().map(|p| p.router.clone()).unwrap_or_default(),
         }
     }
 }
@@ -535,11 +541,16 @@ pub(crate) fn phase_needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mu
         | Phase::Replicating
         | Phase::AwaitingCutover
         | Phase::Paused => preparation::needs(m, now, n),
-        Phase::Quiescing | Phase::Draining | Phase::Promoting | Phase::Routing => {
-            cutover::needs(m, now, n)
+        Phase::Quiescing | Phase::Draining | Phase::Promoting => cutover::needs(m, now, n),
+        Phase::Routing => {
+            cutover::needs(m, now, n);
+            route::needs(m, n);
         }
         Phase::Verifying | Phase::Decommissioning => soak::needs(m, now, policy, n),
-        Phase::RollingBack => rollback::needs(m, now, policy, n),
+        Phase::RollingBack => {
+            rollback::needs(m, now, policy, n);
+            route::needs(m, n);
+        }
         Phase::Failed | Phase::Completed | Phase::RolledBack | Phase::Aborted => {}
     }
 }

@@ -1,8 +1,8 @@
 //! Action results: the one rule for which outcomes of the shell's actions the phase machine
 //! hears (`feeds_back`, used by the agent's driver and by every test world), and how the
 //! machine takes them (`take_action_results`): a failure is asked again after a backoff or ends
-//! the phase, a success that no describe can show (a route, a smoke test, a published
-//! notification, the reset trigger) is recorded.
+//! the phase, a success that no describe can show (a smoke test, a published notification, the
+//! reset trigger) is recorded; a route's answer is read by the phase that asked (`route.rs`).
 
 use super::*;
 
@@ -39,9 +39,8 @@ impl Stepper<'_> {
             }
             let Err(err) = &result.outcome else {
                 match result.key {
-                    ActionKey::RouteTraffic if self.m.phase == Phase::Routing => {
-                        self.m.progress.routed_at.get_or_insert(self.now);
-                    }
+                    // A route's answer (in effect, or propagating) is the phase's to read
+                    // (`route.rs`): a request accepted is not yet traffic moved.
                     ActionKey::RunSmokeTest => self.m.progress.smoke_test_passed = Some(true),
                     ActionKey::SetTriggerTag => {
                         self.m.trigger_reset_at.get_or_insert(self.now);

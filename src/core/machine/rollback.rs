@@ -202,20 +202,20 @@ impl Stepper<'_> {
         let Some(endpoint) = self.source().and_then(|s| s.endpoint.clone()) else {
             return;
         };
-        let back = self
-            .obs
-            .action_results
-            .iter()
-            .any(|r| r.key == ActionKey::RouteTraffic && r.outcome.is_ok());
-        if back {
+        if self.m.progress.routed_back_at.is_none() && self.route_in_effect() {
+            self.m.progress.routed_back_at = Some(self.now);
+        }
+        if self.m.progress.routed_back_at.is_some() {
             self.enter(
                 Phase::RolledBack,
                 &format!(
-                    "traffic is routed back to the source {}:{}; {stays}",
-                    endpoint.address, endpoint.port
+                    "traffic is routed back to the source {}:{} (router {}); {stays}",
+                    endpoint.address,
+                    endpoint.port,
+                    self.plan().map(|p| p.router.clone()).unwrap_or_default()
                 ),
             );
-        } else {
+        } else if self.m.progress.route_change.is_none() {
             let route = self.route_to(&endpoint);
             self.request(Action::RouteTraffic(route));
         }

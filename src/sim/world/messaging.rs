@@ -123,9 +123,23 @@ impl Queue for SimPort {
 }
 
 impl Router for SimPort {
-    async fn route(&self, request: &RouteRequest) -> PortResult<()> {
+    /// The simulated data access layer takes a route at once (the webhook's model).
+    async fn route(&self, request: &RouteRequest) -> PortResult<RouteProgress> {
         self.call("router:Webhook", true, |s| s.route(request))
             .await
+            .map(|()| RouteProgress::InEffect)
+    }
+
+    async fn record(&self, _router: &RouterChoice) -> PortResult<Option<DnsRecord>> {
+        Ok(None)
+    }
+
+    async fn route_status(
+        &self,
+        _router: &RouterChoice,
+        _change: &str,
+    ) -> PortResult<RouteProgress> {
+        Ok(RouteProgress::InEffect)
     }
 
     async fn smoke_test(&self, _request: &RouteRequest) -> PortResult<()> {

@@ -29,6 +29,7 @@ use crate::core::observation::{
     ParameterGroupMembership, ParameterGroupsPresent, PreflightInputs, Quota, SecurityGroup,
     Snapshot, SourceInstance, TargetCluster,
 };
+use crate::core::router::{DnsRecord, RouteProgress, RouterChoice};
 use crate::core::{ErrorKind, Phase};
 use crate::ports::{
     Clock, MetricQuery, Metrics, Network, Notifier, PortError, PortResult, Queue, QueueMessage,

@@ -1,0 +1,334 @@
+//! Table tests of observed routing (issue 16): a route counts as moved only when its router
+//! says it is in effect, a route that never takes effect leaves the source fenced, and a
+//! rollback after cutover routes back through the same router and waits for it too.
+
+mod common;
+
+use aurora_migrator::core::Phase;
+use aurora_migrator::core::action::{Action, ActionKey};
+use aurora_migrator::core::notification::Severity;
+use aurora_migrator::core::observation::PreflightInputs;
+use aurora_migrator::core::policy::Policy;
+use aurora_migrator::core::preflight::{self, Outcome};
+use aurora_migrator::core::router::{DnsRecord, RouterChoice};
+use common::*;
+use jiff::SignedDuration;
+
+/// What preflight read of the record: not read, unreadable, missing, or the record.
+type RecordRead = Option<Result<Option<DnsRecord>, String>>;
+
+const RECORD: &str = "orders-db.internal.example.com";
+
+fn route53_policy() -> Policy {
+    Policy {
+        router: RouterChoice::Route53 {
+            hosted_zone: "Z0123ABC".into(),
+            record: RECORD.into(),
+        },
+        ..policy()
+    }
+}
+
+const SOURCE_ENDPOINT: &str = "orders-pg.abc.us-east-1.rds.amazonaws.com";
+
+/// The team's record as Route 53 shows it: a CNAME to the source's endpoint, TTL 5 s.
+fn team_record() -> DnsRecord {
+    DnsRecord {
+        name: RECORD.into(),
+        kind: "CNAME".into(),
+        values: vec![SOURCE_ENDPOINT.into()],
+        ttl: Some(5),
+        special: None,
+    }
+}
+
+fn route53_model(propagation: Option<SignedDuration>) -> Model {
+    let mut model = Model::new();
+    model.route53 = Some(ModelRoute53 {
+        propagation,
+        record: Some(team_record()),
+        value: SOURCE_ENDPOINT.into(),
+        changes: vec![],
+    });
+    model
+}
+
+fn routes(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .filter(|a| a.key() == ActionKey::RouteTraffic)
+        .count()
+}
+
+/// Rounds one second apart (a propagating route is asked after every second) until `phase`
+/// is left or `limit` rounds pass; returns the routes asked for on the way.
+fn rounds_while(
+    model: &mut Model,
+    m: &mut aurora_migrator::core::Migration,
+    policy: &Policy,
+    phase: Phase,
+    limit: usize,
+) -> usize {
+    let mut asked = 0;
+    for _ in 0..limit {
+        if m.phase != phase {
+            break;
+        }
+        let d = quiet_round(model, m, policy);
+        asked += routes(&d.actions);
+        model.now += d
+            .wake_after
+            .unwrap_or(SignedDuration::from_secs(1))
+            .max(SignedDuration::from_secs(1));
+    }
+    asked
+}
+
+#[test]
+fn a_route53_route_counts_as_moved_only_when_route53_reports_it_insync() {
+    let policy = route53_policy();
+    // 90 s of PENDING: longer than a route request's reissue window (30 s), so a route asked
+    // again while it propagates would show.
+    let mut model = route53_model(Some(SignedDuration::from_secs(90)));
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Routing);
+    let routed_from = model.now;
+    let asked = rounds_while(&mut model, &mut m, &policy, Phase::Routing, 200);
+    assert_eq!(m.phase, Phase::Verifying);
+    assert_eq!(
+        asked, 1,
+        "asked after while it propagated, never asked again"
+    );
+    let r53 = model.route53.as_ref().unwrap();
+    assert_eq!(r53.changes.len(), 1);
+    assert!(
+        r53.value.contains("aurora"),
+        "the record points at Aurora: {}",
+        r53.value
+    );
+    let routed = m.progress.routed_at.expect("routed");
+    assert!(
+        routed >= routed_from + SignedDuration::from_secs(90),
+        "moved only at INSYNC: {routed} vs the request at {routed_from}"
+    );
+    assert!(
+        routed <= routed_from + SignedDuration::from_secs(93),
+        "seen within a poll or two of INSYNC: {routed}"
+    );
+}
+
+#[test]
+fn a_route_that_never_takes_effect_leaves_the_source_fenced_and_alerts() {
+    let policy = route53_policy();
+    let mut model = route53_model(None);
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Routing);
+    let limit = policy.timeouts.routing.as_secs() as usize + 120;
+    let asked = rounds_while(&mut model, &mut m, &policy, Phase::Routing, limit);
+    assert_eq!(asked, 1);
+    assert_eq!(m.phase, Phase::Failed, "the routing timeout ends it");
+    assert!(m.progress.routed_at.is_none(), "never counted as moved");
+    assert!(
+        model.quarantined(),
+        "the source stays fenced: nothing may write to it"
+    );
+    assert!(
+        model
+            .notifications
+            .iter()
+            .any(|n| n.severity == Severity::Error),
+        "people are told"
+    );
+}
+
+#[test]
+fn a_rollback_after_cutover_routes_back_through_route53_and_waits_for_insync() {
+    let policy = route53_policy();
+    let mut model = route53_model(Some(SignedDuration::from_secs(20)));
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Verifying);
+    let source_endpoint = model
+        .source
+        .as_ref()
+        .and_then(|s| s.endpoint.clone())
+        .unwrap()
+        .address;
+    model.tag_source("aurora-migration:rollback", "approve");
+    let mut asked = 0;
+    let mut back_asked_at = None;
+    for _ in 0..2_000 {
+        if m.phase.is_terminal() {
+            break;
+        }
+        let d = quiet_round(&mut model, &mut m, &policy);
+        if routes(&d.actions) > 0 {
+            asked += routes(&d.actions);
+            back_asked_at.get_or_insert(model.now);
+        }
+        model.now += d
+            .wake_after
+            .unwrap_or(SignedDuration::from_secs(1))
+            .max(SignedDuration::from_secs(1));
+    }
+    assert_eq!(m.phase, Phase::RolledBack);
+    assert_eq!(asked, 1, "one route back");
+    let r53 = model.route53.as_ref().unwrap();
+    assert_eq!(
+        r53.value, source_endpoint,
+        "the record points at the source again"
+    );
+    assert_eq!(
+        r53.changes.len(),
+        2,
+        "the cutover's change and the one back"
+    );
+    let back = m.progress.routed_back_at.expect("routed back");
+    assert!(back >= back_asked_at.unwrap() + SignedDuration::from_secs(20));
+    let told = model
+        .notifications
+        .iter()
+        .rev()
+        .find(|n| n.phase == Phase::RolledBack)
+        .expect("the rollback's end is told");
+    assert!(
+        told.description.contains("routed back to the source") && told.description.contains(RECORD),
+        "the rollback says where traffic points and through what: {}",
+        told.description
+    );
+}
+
+#[test]
+fn a_router_tag_that_does_not_parse_fails_preflight_naming_the_forms() {
+    let mut s = source();
+    s.tags
+        .insert("aurora-migration:router".into(), "route53:Z1".into());
+    let inputs = PreflightInputs {
+        router_record: Some(Ok(Some(team_record()))),
+        ..preflight_inputs()
+    };
+    let (report, plan) = preflight::run(&s, &inputs, &policy());
+    let check = report
+        .checks
+        .iter()
+        .find(|c| c.name == "router")
+        .expect("a router check");
+    assert_eq!(check.outcome, Outcome::Fail);
+    assert!(
+        check
+            .message
+            .contains("route53:<hosted zone id>:<record name>"),
+        "{}",
+        check.message
+    );
+    assert!(plan.is_none());
+
+    s.tags.insert(
+        "aurora-migration:router".into(),
+        format!("route53:Z1:{RECORD}"),
+    );
+    let (report, plan) = preflight::run(&s, &inputs, &policy());
+    let check = report.checks.iter().find(|c| c.name == "router").unwrap();
+    assert_eq!(check.outcome, Outcome::Pass, "{}", check.message);
+    assert_eq!(
+        plan.expect("planned").router.to_string(),
+        format!("route53:Z1:{RECORD}"),
+        "the tag wins over the deployment's default"
+    );
+}
+
+/// A record written before routers were chosen has no router in its plan, its route requests
+/// and its progress: it loads, and routes through the webhook as before.
+#[test]
+fn a_record_from_before_routers_loads_and_routes_through_the_webhook() {
+    let policy = policy();
+    let mut model = Model::new();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Promoting);
+    let json = serde_json::to_string(&m).unwrap();
+    let old = json
+        .replace(r#","router":{"kind":"webhook"}"#, "")
+        .replace(r#","route_change":null"#, "")
+        .replace(r#","routed_back_at":null"#, "");
+    assert!(
+        !old.contains(r#""router":{"#)
+            && !old.contains("route_change")
+            && !old.contains("routed_back_at"),
+        "{old}"
+    );
+    let loaded: aurora_migrator::core::Migration = serde_json::from_str(&old).unwrap();
+    assert_eq!(loaded, m);
+    let mut m = loaded;
+    rounds_while(&mut model, &mut m, &policy, Phase::Promoting, 50);
+    let asked = rounds_while(&mut model, &mut m, &policy, Phase::Routing, 50);
+    assert_eq!(asked, 1);
+    assert_eq!(m.phase, Phase::Verifying);
+    assert_eq!(model.route53.map(|r| r.changes.len()), None);
+}
+
+/// Route 53's record is checked before writes stop: it must exist, be a simple CNAME to this
+/// instance, and a long TTL is warned about.
+#[test]
+fn preflight_checks_the_route53_record_before_writes_stop() {
+    let policy = route53_policy();
+    let check = |record: RecordRead| {
+        let inputs = PreflightInputs {
+            router_record: record,
+            ..preflight_inputs()
+        };
+        let (report, plan) = preflight::run(&source(), &inputs, &policy);
+        let c = report
+            .checks
+            .into_iter()
+            .find(|c| c.name == "router")
+            .unwrap();
+        (c.outcome, c.message, plan.is_some())
+    };
+    let (outcome, message, planned) = check(Some(Ok(Some(team_record()))));
+    assert_eq!((outcome, planned), (Outcome::Pass, true), "{message}");
+
+    let cases: Vec<(&str, RecordRead, &str)> = vec![
+        ("missing", Some(Ok(None)), "has no record"),
+        (
+            "unreadable",
+            Some(Err("AccessDenied".into())),
+            "route53:ListResourceRecordSets",
+        ),
+        (
+            "an A record",
+            Some(Ok(Some(DnsRecord {
+                kind: "A".into(),
+                values: vec!["10.0.0.1".into()],
+                ..team_record()
+            }))),
+            "not a CNAME",
+        ),
+        (
+            "weighted",
+            Some(Ok(Some(DnsRecord {
+                special: Some("a routing policy (set identifier \"blue\")".into()),
+                ..team_record()
+            }))),
+            "simple CNAMEs only",
+        ),
+        (
+            "pointing elsewhere",
+            Some(Ok(Some(DnsRecord {
+                values: vec!["billing-pg.abc.us-east-1.rds.amazonaws.com".into()],
+                ..team_record()
+            }))),
+            "not at this instance's endpoint",
+        ),
+    ];
+    for (what, record, says) in cases {
+        let (outcome, message, planned) = check(record);
+        assert_eq!(outcome, Outcome::Fail, "{what}: {message}");
+        assert!(!planned, "{what}: a failed router check stops the plan");
+        assert!(message.contains(says), "{what}: {message}");
+    }
+    let (outcome, message, planned) = check(Some(Ok(Some(DnsRecord {
+        ttl: Some(300),
+        ..team_record()
+    }))));
+    assert_eq!((outcome, planned), (Outcome::Warn, true), "{message}");
+    assert!(message.contains("TTL 300 s"), "{message}");
+}
