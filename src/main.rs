@@ -95,6 +95,10 @@ enum Command {
         /// every source takes the reboot and metric path.
         #[arg(long, default_value_t = 0.5)]
         database_share: f64,
+        /// Share of sources that route through Route 53 (the rest use the webhook), 0..=1, with
+        /// its faults (changes that take 2–60 s to sync, some that never do).
+        #[arg(long, default_value_t = 0.0)]
+        route53_share: f64,
     },
     /// Exit 0 if the running agent touched its heartbeat file recently (container health check).
     Healthcheck {
@@ -155,10 +159,15 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
             fleet,
             faults,
             database_share,
+            route53_share,
         } => {
             anyhow::ensure!(
                 (0.0..=1.0).contains(&database_share),
                 "--database-share is a share between 0 and 1"
+            );
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&route53_share),
+                "--route53-share is a share between 0 and 1"
             );
             let report = sim::run(&SimOptions {
                 seeds,
@@ -167,6 +176,7 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
                 fleet,
                 fault_intensity: faults,
                 database_share,
+                route53_share,
                 ..SimOptions::default()
             });
             println!("{report}");

@@ -6,7 +6,8 @@
 use aurora_migrator::core::Phase;
 use aurora_migrator::sim::checks::CutoverPath;
 use aurora_migrator::sim::{
-    self, CallFault, DbFault, FaultPlan, ScriptedFault, SimOptions, SimReport, Variant,
+    self, CallFault, DbFault, FaultPlan, PermanentFault, ScriptedFault, SimOptions, SimReport,
+    Variant,
 };
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -388,6 +389,67 @@ fn fault_free_each_cutover_routes_once() {
     assert_eq!(
         report.calls.get("router:Webhook").copied(),
         Some(completed),
+        "{report}"
+    );
+}
+
+/// Routers in the fault mix: half the sources route through Route 53 (changes that take 2–60 s
+/// to sync, some that never do, the usual call faults on its calls), and every rule holds; a
+/// source whose change never syncs ends failed with its source still fenced and people told
+/// (the checker's rule for `RouteNeverInSync`), and no cutover counts traffic as moved before
+/// Route 53 is in sync.
+#[test]
+fn routers_in_the_fault_mix_hold_every_rule() {
+    let report = sim::run(&SimOptions {
+        seeds: 60,
+        route53_share: 0.5,
+        ..SimOptions::default()
+    });
+    assert!(report.violations.is_empty(), "{report}");
+    let [webhook, route53] = &report.refused_by_router_ms;
+    assert!(!webhook.is_empty() && !route53.is_empty(), "{report}");
+    assert_eq!(route53.len(), report.route53_propagation_ms.len());
+    assert!(
+        report.route53_propagation_ms.iter().all(|ms| *ms >= 2_000),
+        "traffic moved only at INSYNC, 2 s or more after the UPSERT: {report}"
+    );
+    assert!(report.calls.contains_key("route53:GetChange"), "{report}");
+}
+
+/// A Route 53 change that never syncs: the cutover promotes, asks for the route, waits for
+/// Routing's timeout, and fails with the source still fenced and an error notification.
+#[test]
+fn a_route53_change_that_never_syncs_ends_failed_with_the_source_fenced() {
+    let mut plan = FaultPlan::scripted(Vec::new());
+    plan.permanent = Some(vec![(0, PermanentFault::RouteNeverInSync)]);
+    let report = sim::run(&SimOptions {
+        seeds: 1,
+        start_seed: 3,
+        verbose: true,
+        migrations_min: 1,
+        migrations_max: 1,
+        plan: Some(plan),
+        ..SimOptions::default()
+    });
+    println!("{report}");
+    assert!(report.violations.is_empty(), "{report}");
+    assert_eq!(report.count(Phase::Failed), 1, "{report}");
+    assert!(
+        report
+            .calls
+            .get("rds:PromoteReadReplicaDBCluster")
+            .is_some_and(|n| *n >= 1),
+        "promoted: {report}"
+    );
+    assert!(
+        report.windows_ms.is_empty(),
+        "never counted as routed: {report}"
+    );
+    assert!(
+        report
+            .timeline
+            .iter()
+            .any(|l| l.contains("routing did not finish")),
         "{report}"
     );
 }

@@ -1,5 +1,6 @@
 //! Turns the phase's needs into calls and the answers into one `Observation`.
 
+use crate::core::ErrorKind;
 use crate::core::database::{self, DbTarget};
 use crate::core::needs::{Needs, needs};
 use crate::core::observation::{
@@ -128,13 +129,15 @@ pub async fn observe<W: World>(
             RouterChoice::for_instance(&policy.tag_prefix, &source.tags, &policy.router)
             && router != RouterChoice::Webhook
         {
-            inputs.router_record = Some(
-                world
-                    .router()
-                    .record(&router)
-                    .await
-                    .map_err(|e| e.to_string()),
-            );
+            // A transient failure is a failed look (asked again); one that will not pass by
+            // itself (no permission, no such zone) is the check's answer.
+            inputs.router_record = Some(match world.router().record(&router).await {
+                Ok(record) => Ok(record),
+                Err(e) if matches!(e.kind, ErrorKind::Retryable | ErrorKind::Throttled) => {
+                    return Err(e);
+                }
+                Err(e) => Err(e.to_string()),
+            });
         }
         obs.preflight = Some(inputs);
     }

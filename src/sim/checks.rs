@@ -184,6 +184,10 @@ pub struct Ending {
     /// without the replica applying the fence; the replica applying the fence (AWS's, not in
     /// the agent's share); promoted → traffic moved.
     pub db_parts: Option<[i64; 4]>,
+    /// The source routes through Route 53, and how long its change took to reach every server
+    /// (UPSERT accepted → INSYNC; AWS's share).
+    pub route53: bool,
+    pub propagation_ms: Option<i64>,
 }
 
 /// Which cutover the latest attempt ran.
@@ -262,12 +266,15 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
         } else {
             0
         };
+        // Route 53 taking the change to every server (UPSERT accepted → INSYNC): AWS's.
+        let propagation = part(s.route53_upserted_at, s.routed_at);
         let aws = window.map(|_| {
             part(s.quarantine_requested_at, s.quarantine_applied_at)
                 + part(s.reboot_requested_at, s.restarted_at)
                 + part(s.restarted_at, s.first_metric_after_restart)
                 + part(s.promote_called_at, s.promoted_at)
                 + replication
+                + propagation
         });
         let budget_rollback = s.permanent.is_none()
             && phase == Some(Phase::RolledBack)
@@ -290,6 +297,23 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
                     .and_then(|m| m.last_error.clone())
                     .unwrap_or_default()
             )),
+            // A route that never takes effect: Aurora is promoted and the route was asked for,
+            // so nothing is undone by itself; the source must stay fenced (or clients would
+            // write to both sides) and people must be told.
+            (Some(PermanentFault::RouteNeverInSync), Some(Phase::Failed))
+                if record.is_some_and(|m| m.progress.route_requested_at.is_some()) =>
+            {
+                if !quarantined {
+                    violations.push(format!(
+                        "{label}: its route never took effect and the source was unfenced: clients may write to both sides"
+                    ));
+                }
+                if !error_sent {
+                    violations.push(format!(
+                        "liveness: {label} ended failed without an error notification"
+                    ));
+                }
+            }
             (Some(_), Some(Phase::Failed | Phase::RolledBack)) => {
                 if quarantined || s.deleted_at.is_some() {
                     violations.push(format!(
@@ -328,6 +352,10 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
             group_change_ms: window
                 .map(|_| part(s.quarantine_requested_at, s.quarantine_applied_at)),
             promotion_ms: window.map(|_| part(s.promote_called_at, s.promoted_at)),
+            route53: s.route53_record.is_some(),
+            propagation_ms: window
+                .filter(|_| s.route53_upserted_at.is_some())
+                .map(|_| propagation),
             db_parts: window
                 .filter(|_| s.sessions_end_called_at.is_some() && s.reboot_requested_at.is_none())
                 .map(|_| {

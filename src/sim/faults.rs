@@ -40,6 +40,9 @@ pub struct FaultIntensity {
     pub db_persistent_hole: f64,
     /// Per database-aware source: terminated sessions do not end.
     pub db_stuck_sessions: f64,
+    /// Per source routed through Route 53: its changes never reach `INSYNC` (a permanent fault,
+    /// `PermanentFault::RouteNeverInSync`; `world/route53.rs`).
+    pub route53_never_in_sync: f64,
 }
 
 impl FaultIntensity {
@@ -59,6 +62,7 @@ impl FaultIntensity {
             db_reconnect_once: 0.0,
             db_persistent_hole: 0.0,
             db_stuck_sessions: 0.0,
+            route53_never_in_sync: 0.0,
         }
     }
 
@@ -80,6 +84,7 @@ impl FaultIntensity {
             db_reconnect_once: cap(0.1),
             db_persistent_hole: cap(0.02),
             db_stuck_sessions: cap(0.05),
+            route53_never_in_sync: cap(0.03),
         }
     }
 }
@@ -122,6 +127,11 @@ pub enum PermanentFault {
     PromotionStuck,
     /// A forgotten logical slot keeps OldestReplicationSlotLag high: the lag never settles.
     StaleLogicalSlot,
+    /// The source routes through Route 53 and its changes never reach `INSYNC`: the migration
+    /// must end failed after Routing's timeout with the source still fenced and people told
+    /// (Aurora is promoted; nothing is undone by itself). Drawn only for Route 53 sources,
+    /// never from `ALL`.
+    RouteNeverInSync,
 }
 
 impl PermanentFault {

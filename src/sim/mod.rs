@@ -76,6 +76,10 @@ pub struct SimOptions {
     /// `aurora-migration:database-access=master-secret`): the database-aware cutover. 0: every
     /// source takes the metric path (the reboot), as before the database-aware path existed.
     pub database_share: f64,
+    /// The share of sources that route through Route 53 (tag `aurora-migration:router`; the
+    /// rest use the webhook), with its faults (`world/route53.rs`). 0: every source uses the
+    /// webhook, and the run is drawn exactly as before routers existed.
+    pub route53_share: f64,
 }
 
 impl Default for SimOptions {
@@ -94,6 +98,7 @@ impl Default for SimOptions {
             check_decisions: true,
             bound_hours: 30,
             database_share: 0.5,
+            route53_share: 0.0,
         }
     }
 }
@@ -249,6 +254,23 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
             None => None,
         };
         state.grant_database_access(id, fault);
+    }
+    // Routers, from a stream of their own (a share of 0 draws nothing): a share of the sources
+    // route through Route 53, and some of those changes never sync (a permanent fault). A
+    // scripted `RouteNeverInSync` routes through Route 53 whatever the share.
+    let mut route_pick = Rng::fork(seed, 8);
+    for (_, id) in &ids {
+        let scripted = state.sources[id].permanent == Some(PermanentFault::RouteNeverInSync);
+        if !scripted && !route_pick.chance(o.route53_share) {
+            continue;
+        }
+        state.route_through_route53(id);
+        if state.sources[id].permanent.is_none()
+            && plan.permanent.is_none()
+            && route_pick.chance(plan.intensity.route53_never_in_sync)
+        {
+            state.make_permanent(id, PermanentFault::RouteNeverInSync);
+        }
     }
     let port = SimPort::new(state);
     checks::arm(o.variant, o.check_decisions);
@@ -524,7 +546,9 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
     }
 }
 
-/// Every source's latest attempt is terminal and asks for no more wake-ups.
+/// Every source's latest attempt is terminal and asks for no more wake-ups, or failed after
+/// its route was asked for (a route that never took effect): such a record stays looked at,
+/// waiting for a person's rollback approval, and nothing else will happen to it.
 fn settled(s: &State) -> bool {
     let mut latest: BTreeMap<&str, &crate::core::Migration> = BTreeMap::new();
     for m in s.store.values() {
@@ -534,9 +558,13 @@ fn settled(s: &State) -> bool {
         }
     }
     s.sources.values().all(|src| {
-        latest
-            .get(src.view.resource_id.as_str())
-            .is_some_and(|m| m.phase.is_terminal() && m.next_wake.is_none())
+        latest.get(src.view.resource_id.as_str()).is_some_and(|m| {
+            let awaits_a_person = m.phase == crate::core::Phase::Failed
+                && m.progress.route_requested_at.is_some()
+                && m.rollback.is_none()
+                && m.outbox.is_empty();
+            m.phase.is_terminal() && (m.next_wake.is_none() || awaits_a_person)
+        })
     })
 }
 
@@ -562,6 +590,8 @@ pub fn run(o: &SimOptions) -> SimReport {
         agent_ms: Vec::new(),
         by_path: BTreeMap::new(),
         fallbacks: BTreeMap::new(),
+        refused_by_router_ms: Default::default(),
+        route53_propagation_ms: Vec::new(),
         db_faults: BTreeMap::new(),
         calls: BTreeMap::new(),
         rds_peak_1s: 0,

@@ -29,6 +29,10 @@ pub struct SimReport {
     pub agent_ms: Vec<Ms>,
     /// The same figures per cutover path (of each source's latest attempt).
     pub by_path: BTreeMap<checks::CutoverPath, PathFigures>,
+    /// Writes refused per router: `[webhook, route53]`.
+    pub refused_by_router_ms: [Vec<Ms>; 2],
+    /// Route 53 taking the cutover's change to every server (UPSERT accepted → INSYNC).
+    pub route53_propagation_ms: Vec<Ms>,
     /// Fallbacks of the database-aware path to the reboot, by reason.
     pub fallbacks: BTreeMap<&'static str, u64>,
     /// Database faults injected, by kind.
@@ -123,6 +127,10 @@ impl SimReport {
                 p.agent_ms.push(w - a);
                 p.beyond_promotion_ms.push(w - promotion);
                 p.refused_ms.push(w - group);
+                self.refused_by_router_ms[usize::from(e.route53)].push(w - group);
+                if let Some(ms) = e.propagation_ms {
+                    self.route53_propagation_ms.push(ms);
+                }
                 p.beyond_aws_group_and_promotion_ms
                     .push(w - promotion - group);
                 if let Some(parts) = e.db_parts {
@@ -234,8 +242,8 @@ impl fmt::Display for SimReport {
         )?;
         writeln!(
             f,
-            "per cutover path (each source's latest attempt; database share {}):",
-            o.database_share
+            "per cutover path (each source's latest attempt; database share {}, Route 53 share {}):",
+            o.database_share, o.route53_share
         )?;
         for path in checks::CutoverPath::ALL {
             let p = self.path(path);
@@ -291,6 +299,21 @@ impl fmt::Display for SimReport {
                     secs(percentile(c, 0.99)),
                 )?;
             }
+        }
+        if !self.refused_by_router_ms[1].is_empty() {
+            let [webhook, route53] = &self.refused_by_router_ms;
+            writeln!(
+                f,
+                "per router: webhook {} cutovers, writes refused p50 {}, p99 {}; route53 {} cutovers, writes refused p50 {}, p99 {}, of which Route 53 taking the change to every server p50 {}, p99 {}",
+                webhook.len(),
+                secs(percentile(webhook, 0.5)),
+                secs(percentile(webhook, 0.99)),
+                route53.len(),
+                secs(percentile(route53, 0.5)),
+                secs(percentile(route53, 0.99)),
+                secs(percentile(&self.route53_propagation_ms, 0.5)),
+                secs(percentile(&self.route53_propagation_ms, 0.99)),
+            )?;
         }
         writeln!(
             f,

@@ -123,23 +123,43 @@ impl Queue for SimPort {
 }
 
 impl Router for SimPort {
-    /// The simulated data access layer takes a route at once (the webhook's model).
+    /// The webhook's data access layer takes a route at once; Route 53 accepts a change that
+    /// traffic follows when it is in sync (`route53.rs`).
     async fn route(&self, request: &RouteRequest) -> PortResult<RouteProgress> {
-        self.call("router:Webhook", true, |s| s.route(request))
-            .await
-            .map(|()| RouteProgress::InEffect)
+        match &request.router {
+            RouterChoice::Webhook => self
+                .call("router:Webhook", true, |s| s.route(request))
+                .await
+                .map(|()| RouteProgress::InEffect),
+            RouterChoice::Route53 { .. } => {
+                self.call("route53:ChangeResourceRecordSets", true, |s| {
+                    s.route53_upsert(request)
+                })
+                .await
+            }
+        }
     }
 
-    async fn record(&self, _router: &RouterChoice) -> PortResult<Option<DnsRecord>> {
-        Ok(None)
+    async fn record(&self, router: &RouterChoice) -> PortResult<Option<DnsRecord>> {
+        match router {
+            RouterChoice::Webhook => Ok(None),
+            RouterChoice::Route53 { record, .. } => {
+                self.call("route53:ListResourceRecordSets", false, |s| {
+                    Ok(s.route53_record(record))
+                })
+                .await
+            }
+        }
     }
 
-    async fn route_status(
-        &self,
-        _router: &RouterChoice,
-        _change: &str,
-    ) -> PortResult<RouteProgress> {
-        Ok(RouteProgress::InEffect)
+    async fn route_status(&self, router: &RouterChoice, change: &str) -> PortResult<RouteProgress> {
+        match router {
+            RouterChoice::Webhook => Ok(RouteProgress::InEffect),
+            RouterChoice::Route53 { .. } => {
+                self.call("route53:GetChange", false, |s| s.route53_status(change))
+                    .await
+            }
+        }
     }
 
     async fn smoke_test(&self, _request: &RouteRequest) -> PortResult<()> {

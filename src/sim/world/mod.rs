@@ -49,6 +49,7 @@ mod ec2;
 mod messaging;
 mod port;
 mod rds;
+mod route53;
 mod store;
 mod time;
 
@@ -128,6 +129,11 @@ pub struct Source {
     pub promoted_at: Option<Ms>,
     pub route_called_at: Option<Ms>,
     pub routed_at: Option<Ms>,
+    /// Routes through Route 53 (`route53.rs`): the record's name.
+    pub route53_record: Option<String>,
+    /// The cutover's UPSERT was accepted (Route 53's share of the outage runs from here to
+    /// `INSYNC`, when traffic moves).
+    pub route53_upserted_at: Option<Ms>,
 }
 
 impl Source {
@@ -190,6 +196,8 @@ enum Ev {
     Resync,
     /// A client gets back in through a hole in the quarantine (`database.rs`).
     ClientReconnects(String),
+    /// A Route 53 change reaches every server: traffic follows it (`route53.rs`).
+    Route53InSync(String),
 }
 
 #[derive(Clone, Debug)]
@@ -239,6 +247,8 @@ pub struct State {
     /// agent process's rate limiter).
     pub rds_per_second: BTreeMap<i64, u32>,
     pub violations: Vec<String>,
+    /// Route 53 changes by id (`route53.rs`).
+    pub route53_changes: BTreeMap<String, route53::Change>,
     /// Database faults injected, by kind (`database.rs`).
     pub db_faults: BTreeMap<&'static str, u64>,
     pub timeline: Option<Vec<Line>>,
@@ -282,6 +292,7 @@ impl State {
             calls: BTreeMap::new(),
             rds_per_second: BTreeMap::new(),
             violations: Vec::new(),
+            route53_changes: BTreeMap::new(),
             db_faults: BTreeMap::new(),
             timeline: verbose.then(Vec::new),
             resync_every_ms: 5 * MIN,
@@ -327,6 +338,13 @@ impl State {
     // ----- population --------------------------------------------------------------------
 
     /// Adds one tagged source. `size_gib`, write rate and the rest come from the world stream.
+    /// Gives `id` a permanent fault drawn after it was added (a router's).
+    pub fn make_permanent(&mut self, id: &str, fault: PermanentFault) {
+        if let Some(s) = self.sources.get_mut(id) {
+            s.permanent = Some(fault);
+        }
+    }
+
     pub fn add_source(&mut self, index: usize, permanent: Option<PermanentFault>) {
         let r = &mut self.world_rng;
         let id = format!("orders-db-{index:04}");
@@ -429,6 +447,8 @@ impl State {
             promoted_at: None,
             route_called_at: None,
             routed_at: None,
+            route53_record: None,
+            route53_upserted_at: None,
         };
         self.sources.insert(id.clone(), source);
         let now = self.now;

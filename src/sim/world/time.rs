@@ -224,6 +224,7 @@ impl State {
                 self.log(|| format!("{name}: snapshot available"));
             }
             Ev::ClientReconnects(id) => self.client_reconnects(&id),
+            Ev::Route53InSync(change) => self.route53_in_sync(&change),
             Ev::SourceDeleted(id) => {
                 self.sync(&id);
                 let now = self.now;
