@@ -4,6 +4,7 @@
 
 mod common;
 
+use aurora_migrator::commands::traffic;
 use aurora_migrator::core::Phase;
 use aurora_migrator::core::action::{Action, ActionKey};
 use aurora_migrator::core::notification::Severity;
@@ -93,8 +94,13 @@ fn a_route53_route_counts_as_moved_only_when_route53_reports_it_insync() {
     let mut m = migration();
     advance_to(&mut model, &mut m, &policy, Phase::Routing);
     let routed_from = model.now;
-    let asked = rounds_while(&mut model, &mut m, &policy, Phase::Routing, 200);
+    // `status` says where traffic points, through which router.
+    let router = format!("route53:Z0123ABC:{RECORD}");
+    let mut asked = rounds_while(&mut model, &mut m, &policy, Phase::Routing, 3);
+    assert_eq!(traffic(&m), format!("moving to Aurora ({router})"));
+    asked += rounds_while(&mut model, &mut m, &policy, Phase::Routing, 200);
     assert_eq!(m.phase, Phase::Verifying);
+    assert_eq!(traffic(&m), format!("Aurora ({router})"));
     assert_eq!(
         asked, 1,
         "asked after while it propagated, never asked again"
@@ -172,6 +178,10 @@ fn a_rollback_after_cutover_routes_back_through_route53_and_waits_for_insync() {
     }
     assert_eq!(m.phase, Phase::RolledBack);
     assert_eq!(asked, 1, "one route back");
+    assert_eq!(
+        traffic(&m),
+        format!("source (routed back, route53:Z0123ABC:{RECORD})")
+    );
     let r53 = model.route53.as_ref().unwrap();
     assert_eq!(
         r53.value, source_endpoint,

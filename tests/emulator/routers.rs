@@ -183,6 +183,28 @@ async fn route53_routes_at_insync_and_a_change_that_never_syncs_leaves_the_sourc
         &["verifying", "rolledback"],
     )
     .await;
+    // The failure is told: the phase is in the table before the step's notification has gone
+    // out, so wait for it (while the agent still runs).
+    let told = |notes: &[Notification]| {
+        notes.iter().any(|(_, _, attrs)| {
+            attrs.get("db_instance").map(String::as_str) == Some("billing-pg")
+                && attrs.get("phase").map(String::as_str) == Some("failed")
+                && attrs.get("severity").map(String::as_str) == Some("error")
+        })
+    };
+    let mut notes = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        env.notifications(&mut notes).await;
+        if told(&notes) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failure is told: {notes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let summary = agent.finish().await;
     player.stop();
     eprintln!("{summary:?}");
@@ -283,15 +305,21 @@ async fn route53_routes_at_insync_and_a_change_that_never_syncs_leaves_the_sourc
         !groups.contains(&env.app_sg.as_str()),
         "still fenced: {groups:?}"
     );
-    let mut notes = Vec::new();
-    env.notifications(&mut notes).await;
+    // `status` (the binary, reading the table) says where each one's traffic points.
+    let status = AgentProcess::status(&env);
+    let row = |source: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(source))
+            .unwrap_or_else(|| panic!("status lists {source}:\n{status}"))
+            .to_string()
+    };
     assert!(
-        notes
-            .iter()
-            .any(|(_, _, attrs)| attrs.get("db_instance").map(String::as_str)
-                == Some("billing-pg")
-                && attrs.get("phase").map(String::as_str) == Some("failed")
-                && attrs.get("severity").map(String::as_str) == Some("error")),
-        "the failure is told"
+        row("orders-pg").contains(&format!("Aurora (route53:{zone}:{ok_record})")),
+        "{status}"
+    );
+    assert!(
+        row("billing-pg").contains(&format!("moving to Aurora (route53:{zone}:{stuck_record})")),
+        "{status}"
     );
 }
