@@ -83,7 +83,8 @@ pub fn traffic(m: &crate::core::Migration) -> String {
     let router = m
         .plan
         .as_ref()
-        .map_or_else(|| "webhook".to_string(), |p| p.router.to_string());
+        .map(|p| p.router.clone())
+        .unwrap_or_default();
     let after_cutover = m.rollback.as_ref().is_some_and(|r| r.after_cutover);
     if after_cutover {
         if p.routed_back_at.is_some() {

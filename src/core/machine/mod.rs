@@ -526,8 +526,13 @@ impl Stepper<'_> {
             endpoint: endpoint.address.clone(),
             port: endpoint.port,
             phase: self.m.phase,
-            router: self.plan().map(|p| p.router.clone()).unwrap_or_default(),
+            router: self.router(),
         }
+    }
+
+    /// The router the plan chose (records planned before routers: the webhook).
+    fn router(&self) -> super::router::RouterChoice {
+        self.plan().map(|p| p.router.clone()).unwrap_or_default()
     }
 }
 

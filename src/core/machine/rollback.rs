@@ -212,7 +212,7 @@ impl Stepper<'_> {
                     "traffic is routed back to the source {}:{} (router {}); {stays}",
                     endpoint.address,
                     endpoint.port,
-                    self.plan().map(|p| p.router.clone()).unwrap_or_default()
+                    self.router()
                 ),
             );
         } else if self.m.progress.route_change.is_none() {
