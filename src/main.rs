@@ -99,6 +99,10 @@ enum Command {
         /// its faults (changes that take 2–60 s to sync, some that never do).
         #[arg(long, default_value_t = 0.0)]
         route53_share: f64,
+        /// Share of the other sources that route through an RDS Proxy, 0..=1, with its faults
+        /// (new targets REGISTERING 5–90 s, some never available).
+        #[arg(long, default_value_t = 0.0)]
+        rds_proxy_share: f64,
     },
     /// Exit 0 if the running agent touched its heartbeat file recently (container health check).
     Healthcheck {
@@ -160,6 +164,7 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
             faults,
             database_share,
             route53_share,
+            rds_proxy_share,
         } => {
             anyhow::ensure!(
                 (0.0..=1.0).contains(&database_share),
@@ -169,6 +174,10 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
                 (0.0..=1.0).contains(&route53_share),
                 "--route53-share is a share between 0 and 1"
             );
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&rds_proxy_share),
+                "--rds-proxy-share is a share between 0 and 1"
+            );
             let report = sim::run(&SimOptions {
                 seeds,
                 start_seed: seed,
@@ -177,6 +186,7 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
                 fault_intensity: faults,
                 database_share,
                 route53_share,
+                rds_proxy_share,
                 ..SimOptions::default()
             });
             println!("{report}");

@@ -354,12 +354,13 @@ pub trait Router: Send + Sync {
         &self,
         request: &RouteRequest,
     ) -> impl Future<Output = PortResult<crate::core::router::RouteProgress>> + Send;
-    /// The record `router` re-points (preflight checks it); `None` for routers without one, or
-    /// when the zone has no record by that name.
-    fn record(
+    /// What `router` sends where now (preflight checks it before writes stop): Route 53's
+    /// record, the RDS Proxy with its targets, the PgBouncer entry. `None` for the webhook, or
+    /// when there is no such record, proxy or entry.
+    fn view(
         &self,
         router: &crate::core::router::RouterChoice,
-    ) -> impl Future<Output = PortResult<Option<crate::core::router::DnsRecord>>> + Send;
+    ) -> impl Future<Output = PortResult<Option<crate::core::router::RouterView>>> + Send;
     /// How far the propagating `change` of `router` has got.
     fn route_status(
         &self,

@@ -11,7 +11,9 @@ use aurora_migrator::core::notification::Severity;
 use aurora_migrator::core::observation::PreflightInputs;
 use aurora_migrator::core::policy::Policy;
 use aurora_migrator::core::preflight::{self, Outcome};
-use aurora_migrator::core::router::{DnsRecord, RouterChoice};
+use aurora_migrator::core::router::{
+    DnsRecord, PoolerEntry, ProxyTarget, ProxyView, RouterChoice, RouterView,
+};
 use common::*;
 use jiff::SignedDuration;
 
@@ -213,7 +215,7 @@ fn a_router_tag_that_does_not_parse_fails_preflight_naming_the_forms() {
     s.tags
         .insert("aurora-migration:router".into(), "route53:Z1".into());
     let inputs = PreflightInputs {
-        router_record: Some(Ok(Some(team_record()))),
+        router_view: Some(Ok(Some(RouterView::Dns(team_record())))),
         ..preflight_inputs()
     };
     let (report, plan) = preflight::run(&s, &inputs, &policy());
@@ -282,7 +284,7 @@ fn preflight_checks_the_route53_record_before_writes_stop() {
     let policy = route53_policy();
     let check = |record: RecordRead| {
         let inputs = PreflightInputs {
-            router_record: record,
+            router_view: record.map(|r| r.map(|r| r.map(RouterView::Dns))),
             ..preflight_inputs()
         };
         let (report, plan) = preflight::run(&source(), &inputs, &policy);
@@ -341,4 +343,198 @@ fn preflight_checks_the_route53_record_before_writes_stop() {
     }))));
     assert_eq!((outcome, planned), (Outcome::Warn, true), "{message}");
     assert!(message.contains("TTL 300 s"), "{message}");
+}
+
+/// What preflight read of a router: not read, unreadable, missing, or the view.
+type ViewRead = Option<Result<Option<RouterView>, String>>;
+
+/// The router check's outcome, message and whether a plan came out, for `router` with `view`.
+fn router_check(router: RouterChoice, view: ViewRead) -> (Outcome, String, bool) {
+    let policy = Policy { router, ..policy() };
+    let inputs = PreflightInputs {
+        router_view: view,
+        ..preflight_inputs()
+    };
+    let (report, plan) = preflight::run(&source(), &inputs, &policy);
+    let c = report
+        .checks
+        .into_iter()
+        .find(|c| c.name == "router")
+        .unwrap();
+    (c.outcome, c.message, plan.is_some())
+}
+
+/// The team's proxy in front of the source: PostgreSQL, available, in the source's VPC, one
+/// secret, the source its only target and reachable.
+fn team_proxy() -> ProxyView {
+    ProxyView {
+        name: "orders-proxy".into(),
+        engine_family: "POSTGRESQL".into(),
+        status: "available".into(),
+        vpc_id: Some(source().vpc_id),
+        auth_secrets: 1,
+        targets: vec![ProxyTarget {
+            kind: "RDS_INSTANCE".into(),
+            id: source().identifier,
+            cluster: None,
+            role: Some("READ_WRITE".into()),
+            health: "AVAILABLE".into(),
+            reason: None,
+        }],
+    }
+}
+
+/// An RDS Proxy is checked before writes stop: it must exist, be a PostgreSQL proxy that is
+/// available, in the source's VPC, with secrets, and hold this instance alone, reachable today.
+#[test]
+fn preflight_checks_the_rds_proxy_before_writes_stop() {
+    let router = RouterChoice::RdsProxy {
+        proxy: "orders-proxy".into(),
+    };
+    let read = |p: ProxyView| Some(Ok(Some(RouterView::Proxy(p))));
+    let (outcome, message, planned) = router_check(router.clone(), read(team_proxy()));
+    assert_eq!((outcome, planned), (Outcome::Pass, true), "{message}");
+    assert!(message.contains("AVAILABLE"), "{message}");
+
+    let mut other_target = team_proxy();
+    other_target.targets[0].id = "billing-pg".into();
+    let mut two_targets = team_proxy();
+    two_targets.targets.push(ProxyTarget {
+        id: "billing-pg".into(),
+        ..team_proxy().targets[0].clone()
+    });
+    let mut unreachable = team_proxy();
+    unreachable.targets[0].health = "UNAVAILABLE".into();
+    unreachable.targets[0].reason = Some("CONNECTION_FAILED".into());
+    let cases: Vec<(&str, ViewRead, &str)> = vec![
+        ("missing", Some(Ok(None)), "no RDS Proxy named orders-proxy"),
+        (
+            "unreadable",
+            Some(Err("AccessDenied".into())),
+            "rds:DescribeDBProxies",
+        ),
+        (
+            "a MySQL proxy",
+            read(ProxyView {
+                engine_family: "MYSQL".into(),
+                ..team_proxy()
+            }),
+            "not POSTGRESQL",
+        ),
+        (
+            "being modified",
+            read(ProxyView {
+                status: "modifying".into(),
+                ..team_proxy()
+            }),
+            "not available",
+        ),
+        (
+            "in another VPC",
+            read(ProxyView {
+                vpc_id: Some("vpc-other".into()),
+                ..team_proxy()
+            }),
+            "could not reach the cluster",
+        ),
+        (
+            "without secrets",
+            read(ProxyView {
+                auth_secrets: 0,
+                ..team_proxy()
+            }),
+            "no authentication secrets",
+        ),
+        (
+            "in front of another instance",
+            read(other_target),
+            "billing-pg",
+        ),
+        (
+            "in front of two",
+            read(two_targets),
+            "not this instance alone",
+        ),
+        (
+            "that cannot reach the source",
+            read(unreachable),
+            "CONNECTION_FAILED",
+        ),
+    ];
+    for (what, view, says) in cases {
+        let (outcome, message, planned) = router_check(router.clone(), view);
+        assert_eq!(outcome, Outcome::Fail, "{what}: {message}");
+        assert!(!planned, "{what}: a failed router check stops the plan");
+        assert!(message.contains(says), "{what}: {message}");
+    }
+}
+
+/// A PgBouncer entry is checked before writes stop: the companion must answer, the entry must
+/// point at this instance and not be paused; a query_wait_timeout shorter than the write
+/// budget warns (a client held longer gets an error).
+#[test]
+fn preflight_checks_the_pgbouncer_entry_before_writes_stop() {
+    let router = RouterChoice::PgBouncer {
+        companion: "pgbouncer-1.internal:6480".into(),
+        database: "orders".into(),
+    };
+    let endpoint = source().endpoint.unwrap();
+    let entry = PoolerEntry {
+        database: "orders".into(),
+        host: endpoint.address.clone(),
+        port: endpoint.port,
+        paused: false,
+        query_wait_timeout_s: Some(0),
+    };
+    let read = |e: PoolerEntry| Some(Ok(Some(RouterView::Pooler(e))));
+    let (outcome, message, planned) = router_check(router.clone(), read(entry.clone()));
+    assert_eq!((outcome, planned), (Outcome::Pass, true), "{message}");
+
+    let cases: Vec<(&str, ViewRead, &str)> = vec![
+        ("missing", Some(Ok(None)), "no database entry orders"),
+        (
+            "companion unreachable",
+            Some(Err("connection refused".into())),
+            "could not be read (connection refused)",
+        ),
+        (
+            "pointing elsewhere",
+            read(PoolerEntry {
+                host: "billing-pg.abc.us-east-1.rds.amazonaws.com".into(),
+                ..entry.clone()
+            }),
+            "not at this instance's endpoint",
+        ),
+        (
+            "another port",
+            read(PoolerEntry {
+                port: 6543,
+                ..entry.clone()
+            }),
+            "not at this instance's endpoint",
+        ),
+        (
+            "paused",
+            read(PoolerEntry {
+                paused: true,
+                ..entry.clone()
+            }),
+            "paused now",
+        ),
+    ];
+    for (what, view, says) in cases {
+        let (outcome, message, planned) = router_check(router.clone(), view);
+        assert_eq!(outcome, Outcome::Fail, "{what}: {message}");
+        assert!(!planned, "{what}: a failed router check stops the plan");
+        assert!(message.contains(says), "{what}: {message}");
+    }
+    let (outcome, message, planned) = router_check(
+        router,
+        read(PoolerEntry {
+            query_wait_timeout_s: Some(120),
+            ..entry
+        }),
+    );
+    assert_eq!((outcome, planned), (Outcome::Warn, true), "{message}");
+    assert!(message.contains("query_wait_timeout (120 s)"), "{message}");
 }

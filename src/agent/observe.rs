@@ -123,15 +123,16 @@ pub async fn observe<W: World>(
                     .map_err(|e| e.to_string()),
             );
         }
-        // The Route 53 router's record, where the instance routes through one: preflight checks
-        // it before writes ever stop (a typo found mid-cutover is outage).
+        // What the instance's router sends where (Route 53's record, the proxy, the PgBouncer
+        // entry): preflight checks it before writes ever stop (a typo found mid-cutover is
+        // outage).
         if let Ok(router) =
             RouterChoice::for_instance(&policy.tag_prefix, &source.tags, &policy.router)
             && router != RouterChoice::Webhook
         {
             // A transient failure is a failed look (asked again); one that will not pass by
             // itself (no permission, no such zone) is the check's answer.
-            inputs.router_record = Some(match world.router().record(&router).await {
+            inputs.router_view = Some(match world.router().view(&router).await {
                 Ok(record) => Ok(record),
                 Err(e) if matches!(e.kind, ErrorKind::Retryable | ErrorKind::Throttled) => {
                     return Err(e);

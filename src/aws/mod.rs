@@ -23,6 +23,7 @@ pub mod ec2;
 pub mod kms;
 pub mod limit;
 pub mod rds;
+pub mod rds_proxy;
 pub mod route53;
 pub mod router;
 pub mod sns;
@@ -287,14 +288,20 @@ impl AwsWorld {
         let calls = CallCounter::new(s.instruments.clone());
         let cw = aws_sdk_cloudwatch::Client::new(config);
         let metrics = cloudwatch::AwsMetrics::new(cw.clone(), calls.clone(), s);
+        let rds = rds::AwsRds::new(
+            aws_sdk_rds::Client::new(config),
+            kms::AwsKeys::new(aws_sdk_kms::Client::new(config), calls.clone()),
+            metrics.clone(),
+            calls.clone(),
+            s,
+        );
+        let rds_proxy = rds_proxy::RdsProxy::new(
+            aws_sdk_rds::Client::new(config),
+            calls.clone(),
+            rds.limiter(),
+        );
         Ok(AwsWorld {
-            rds: rds::AwsRds::new(
-                aws_sdk_rds::Client::new(config),
-                kms::AwsKeys::new(aws_sdk_kms::Client::new(config), calls.clone()),
-                metrics.clone(),
-                calls.clone(),
-                s,
-            ),
+            rds,
             network: ec2::AwsNetwork::new(aws_sdk_ec2::Client::new(config), calls.clone()),
             metrics,
             notifier: sns::AwsNotifier::new(
@@ -315,6 +322,7 @@ impl AwsWorld {
             router: router::AwsRouter {
                 webhook: router::HttpRouter::new(s).map_err(ConnectError::Setting)?,
                 route53: route53::Route53::new(aws_sdk_route53::Client::new(config), calls.clone()),
+                rds_proxy,
             },
             database: match &s.database {
                 Some(settings) => crate::database::AgentDatabase::On(Box::new(

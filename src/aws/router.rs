@@ -23,7 +23,7 @@ use super::AwsSettings;
 use super::call::boxed;
 use crate::config::{Secret, check_router, url_origin};
 use crate::core::action::RouteRequest;
-use crate::core::router::{DnsRecord, RouteProgress, RouterChoice};
+use crate::core::router::{RouteProgress, RouterChoice, RouterView};
 use crate::ports::{ErrorKind, PortError, PortResult, Router};
 
 /// The request signature's header.
@@ -231,6 +231,7 @@ impl HttpRouter {
 pub struct AwsRouter {
     pub webhook: HttpRouter,
     pub route53: super::route53::Route53,
+    pub rds_proxy: super::rds_proxy::RdsProxy,
 }
 
 impl Router for AwsRouter {
@@ -253,21 +254,34 @@ impl Router for AwsRouter {
                         .point(hosted_zone, record, &request.endpoint)
                         .await
                 }
+                RouterChoice::RdsProxy { proxy } => {
+                    tracing::info!(migration = %request.migration, proxy = %proxy, to_source = request.back_to_source, "rds proxy: moving the default target group");
+                    self.rds_proxy.point(proxy, request).await
+                }
+                RouterChoice::PgBouncer { .. } => Err(pgbouncer_missing("router:pgbouncer")),
             }
         })
     }
 
-    fn record(
+    fn view(
         &self,
         router: &RouterChoice,
-    ) -> impl Future<Output = PortResult<Option<DnsRecord>>> + Send {
+    ) -> impl Future<Output = PortResult<Option<RouterView>>> + Send {
         boxed(async move {
             match router {
                 RouterChoice::Webhook => Ok(None),
                 RouterChoice::Route53 {
                     hosted_zone,
                     record,
-                } => self.route53.record(hosted_zone, record).await,
+                } => Ok(self
+                    .route53
+                    .record(hosted_zone, record)
+                    .await?
+                    .map(RouterView::Dns)),
+                RouterChoice::RdsProxy { proxy } => {
+                    Ok(self.rds_proxy.view(proxy).await?.map(RouterView::Proxy))
+                }
+                RouterChoice::PgBouncer { .. } => Err(pgbouncer_missing("router:pgbouncer")),
             }
         })
     }
@@ -281,6 +295,8 @@ impl Router for AwsRouter {
             match router {
                 RouterChoice::Webhook => Ok(RouteProgress::InEffect),
                 RouterChoice::Route53 { .. } => self.route53.change(change).await,
+                RouterChoice::RdsProxy { proxy } => self.rds_proxy.status(proxy, change).await,
+                RouterChoice::PgBouncer { .. } => Ok(RouteProgress::InEffect),
             }
         })
     }
@@ -288,6 +304,15 @@ impl Router for AwsRouter {
     fn smoke_test(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send {
         self.webhook.smoke_test(request)
     }
+}
+
+/// Until the PgBouncer companion's client is wired in.
+fn pgbouncer_missing(op: &str) -> PortError {
+    PortError::new(
+        ErrorKind::Fatal,
+        op,
+        "the PgBouncer router is not available in this build",
+    )
 }
 
 impl HttpRouter {
@@ -341,6 +366,8 @@ mod tests {
             port: 5432,
             phase: Phase::Routing,
             router: RouterChoice::Webhook,
+            cluster: "orders-pg-aurora".into(),
+            back_to_source: false,
         }
     }
 

@@ -272,6 +272,12 @@ pub struct RouteRequest {
     /// Which router carries it (`core::router`; records from before routers: the webhook).
     #[serde(default)]
     pub router: crate::core::router::RouterChoice,
+    /// The Aurora cluster (RDS Proxy registers it as the target).
+    #[serde(default)]
+    pub cluster: String,
+    /// Traffic goes back to the source (a rollback after cutover), not to Aurora.
+    #[serde(default)]
+    pub back_to_source: bool,
 }
 
 /// How the shell classifies any failure of an action (and of an AWS call in general).

@@ -247,10 +247,11 @@ pub struct PreflightInputs {
     /// (the parameter or its `AllowedValues` is absent).
     #[serde(default)]
     pub aurora_extensions: Option<Vec<String>>,
-    /// The Route 53 router's record, where the instance routes through one: `Ok(None)` when the
-    /// zone has no record by that name, `Err` when it could not be read. `None`: not that router.
+    /// What the instance's router sends where (Route 53's record, the RDS Proxy and its
+    /// targets, the PgBouncer entry): `Ok(None)` when there is no such record, proxy or entry,
+    /// `Err` when it could not be read. `None`: the webhook, which has nothing to read.
     #[serde(default)]
-    pub router_record: Option<Result<Option<crate::core::router::DnsRecord>, String>>,
+    pub router_view: Option<Result<Option<crate::core::router::RouterView>, String>>,
 }
 
 /// Where a security group lives: a consumer admitted through the quarantine must be in the

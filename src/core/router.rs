@@ -8,7 +8,9 @@
 //!   not parse fails the preflight's `router` check, naming the forms below.
 //! - Forms: `webhook` (the signed webhook, or with none configured only the SNS "cutover"
 //!   message, which is sent whatever the router); `route53:<hosted zone id>:<record name>` (a
-//!   CNAME the applications connect to).
+//!   CNAME the applications connect to); `rds-proxy:<proxy name>` (an RDS Proxy whose default
+//!   target group holds the source); `pgbouncer:<companion host>:<port>:<database>` (a PgBouncer
+//!   database entry, re-pointed by the companion that runs next to PgBouncer, `crate::pgbouncer`).
 //! - A route is observed, not assumed: the router answers a request with [`RouteProgress`], and
 //!   a route still propagating is asked after (`Router::route_status`) until it is in effect.
 //!   Only then does the cutover count traffic as moved (Verifying starts) or a rollback as done.
@@ -34,6 +36,22 @@ pub enum RouterChoice {
         hosted_zone: String,
         /// The record's name, without the trailing dot.
         record: String,
+    },
+    /// An RDS Proxy the applications connect to: its default target group moves from the
+    /// source instance to the Aurora cluster (deregister, register), in effect when the
+    /// cluster's writer target reports `AVAILABLE`.
+    RdsProxy {
+        /// The proxy's name (`DBProxyName`).
+        proxy: String,
+    },
+    /// A PgBouncer the applications connect to: the companion next to it holds the clients
+    /// (`PAUSE`) before the source is fenced, and at routing rewrites the database entry's
+    /// host, `RELOAD`s and `RESUME`s; in effect when it answers.
+    PgBouncer {
+        /// `host:port` of the companion (`https://` unless the host is loopback).
+        companion: String,
+        /// The PgBouncer database entry the applications connect to.
+        database: String,
     },
 }
 
@@ -86,8 +104,57 @@ impl FromStr for RouterChoice {
                 "expected route53:<hosted zone id>:<record name>, e.g. route53:Z0123456789ABC:db.example.com, not {s:?}"
             ));
         }
+        if let Some(proxy) = s.strip_prefix("rds-proxy:") {
+            let proxy = proxy.trim();
+            // RDS's rule for a proxy's name: a letter, then letters, digits and single hyphens,
+            // at most 63 characters, not ending in a hyphen.
+            let ok = proxy.len() <= 63
+                && proxy.starts_with(|c: char| c.is_ascii_alphabetic())
+                && !proxy.ends_with('-')
+                && !proxy.contains("--")
+                && proxy.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            if ok {
+                return Ok(RouterChoice::RdsProxy {
+                    proxy: proxy.to_ascii_lowercase(),
+                });
+            }
+            return Err(format!(
+                "expected rds-proxy:<proxy name>, e.g. rds-proxy:orders-proxy, not {s:?}"
+            ));
+        }
+        if let Some(rest) = s.strip_prefix("pgbouncer:") {
+            let mut parts = rest.rsplitn(3, ':');
+            let (database, port, host) = (parts.next(), parts.next(), parts.next());
+            if let (Some(database), Some(port), Some(host)) = (database, port, host) {
+                let host = host.trim().to_ascii_lowercase();
+                let database = database.trim();
+                let host_ok = !host.is_empty()
+                    && host.len() <= 253
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+                // A PgBouncer database name as the applications type it: no spaces, quotes or
+                // `=` (the ini's separator).
+                let database_ok = !database.is_empty()
+                    && database.len() <= 63
+                    && database
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+                if let (true, true, Ok(port)) = (host_ok, database_ok, port.trim().parse::<u16>())
+                    && port != 0
+                {
+                    return Ok(RouterChoice::PgBouncer {
+                        companion: format!("{host}:{port}"),
+                        database: database.to_string(),
+                    });
+                }
+            }
+            return Err(format!(
+                "expected pgbouncer:<companion host>:<companion port>:<database>, e.g. pgbouncer:pgbouncer-1.internal:6480:orders, not {s:?}"
+            ));
+        }
         Err(format!(
-            "unknown router {s:?}: expected `webhook` or `route53:<hosted zone id>:<record name>`"
+            "unknown router {s:?}: expected `webhook`, `route53:<hosted zone id>:<record name>`, `rds-proxy:<proxy name>` or `pgbouncer:<companion host>:<companion port>:<database>`"
         ))
     }
 }
@@ -100,6 +167,11 @@ impl fmt::Display for RouterChoice {
                 hosted_zone,
                 record,
             } => write!(f, "route53:{hosted_zone}:{record}"),
+            RouterChoice::RdsProxy { proxy } => write!(f, "rds-proxy:{proxy}"),
+            RouterChoice::PgBouncer {
+                companion,
+                database,
+            } => write!(f, "pgbouncer:{companion}:{database}"),
         }
     }
 }
@@ -116,6 +188,100 @@ pub struct DnsRecord {
     pub ttl: Option<i64>,
     /// An alias target or a routing policy (set identifier): not a simple record.
     pub special: Option<String>,
+}
+
+/// What a router currently sends where, as preflight reads it before writes stop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RouterView {
+    /// Route 53: the team's record.
+    Dns(DnsRecord),
+    /// RDS Proxy: the proxy and its default target group's targets.
+    Proxy(ProxyView),
+    /// PgBouncer: the database entry, as its companion reads it.
+    Pooler(PoolerEntry),
+}
+
+/// An RDS Proxy as `DescribeDBProxies` and `DescribeDBProxyTargets` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyView {
+    pub name: String,
+    /// `POSTGRESQL`, `MYSQL`, `SQLSERVER`.
+    pub engine_family: String,
+    /// `available`, `modifying`, …
+    pub status: String,
+    pub vpc_id: Option<String>,
+    /// How many secrets the proxy authenticates with (`Auth`).
+    pub auth_secrets: usize,
+    /// The default target group's targets.
+    pub targets: Vec<ProxyTarget>,
+}
+
+/// One target of a proxy's target group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyTarget {
+    /// `RDS_INSTANCE`, `TRACKED_CLUSTER` (a cluster registered as a whole; its members are
+    /// `RDS_INSTANCE` targets with `cluster` set).
+    pub kind: String,
+    /// `RdsResourceId`: the instance's or the cluster's identifier.
+    pub id: String,
+    /// `TrackedClusterId`, for a cluster and its members.
+    pub cluster: Option<String>,
+    /// `READ_WRITE`, `READ_ONLY`.
+    pub role: Option<String>,
+    /// `TargetHealth.State`: `REGISTERING`, `AVAILABLE`, `UNAVAILABLE`, `UNUSED`.
+    pub health: String,
+    /// `TargetHealth.Reason` and `Description`, when not available.
+    pub reason: Option<String>,
+}
+
+impl ProxyView {
+    /// The proxy sends traffic to `cluster`'s writer: the cluster is registered and its
+    /// `READ_WRITE` member target is `AVAILABLE`.
+    pub fn serves_cluster(&self, cluster: &str) -> bool {
+        self.targets.iter().any(|t| {
+            t.kind == "RDS_INSTANCE"
+                && t.cluster.as_deref() == Some(cluster)
+                && t.role.as_deref() == Some("READ_WRITE")
+                && t.health == "AVAILABLE"
+        })
+    }
+
+    /// The proxy sends traffic to the instance `id`: it is registered and `AVAILABLE`.
+    pub fn serves_instance(&self, id: &str) -> bool {
+        self.targets.iter().any(|t| {
+            t.kind == "RDS_INSTANCE" && t.cluster.is_none() && t.id == id && t.health == "AVAILABLE"
+        })
+    }
+
+    /// Why the proxy is not (yet) serving what was asked, for the record's `last_error`.
+    pub fn health_text(&self) -> String {
+        let parts: Vec<String> = self
+            .targets
+            .iter()
+            .map(|t| match &t.reason {
+                Some(r) => format!("{} {} {} ({r})", t.kind, t.id, t.health),
+                None => format!("{} {} {}", t.kind, t.id, t.health),
+            })
+            .collect();
+        if parts.is_empty() {
+            "no target registered".to_string()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+/// A PgBouncer database entry, as the companion reads it from PgBouncer's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolerEntry {
+    pub database: String,
+    pub host: String,
+    pub port: u16,
+    /// PgBouncer holds this database's clients (`PAUSE`) now.
+    pub paused: bool,
+    /// PgBouncer's `query_wait_timeout`: a client held longer than this gets an error.
+    pub query_wait_timeout_s: Option<u64>,
 }
 
 /// Above this TTL preflight warns: clients that cached the source's address before `INSYNC`
@@ -154,6 +320,43 @@ mod tests {
             );
         }
         assert_eq!("webhook".parse(), Ok(RouterChoice::Webhook));
+    }
+
+    #[test]
+    fn rds_proxy_and_pgbouncer_parse_and_print_back() {
+        for (s, want) in [
+            (
+                "rds-proxy:Orders-Proxy",
+                RouterChoice::RdsProxy {
+                    proxy: "orders-proxy".into(),
+                },
+            ),
+            (
+                "pgbouncer:PgBouncer-1.internal:6480:orders_app",
+                RouterChoice::PgBouncer {
+                    companion: "pgbouncer-1.internal:6480".into(),
+                    database: "orders_app".into(),
+                },
+            ),
+        ] {
+            let got: RouterChoice = s.parse().unwrap();
+            assert_eq!(got, want, "{s}");
+            assert_eq!(got.to_string().parse::<RouterChoice>(), Ok(got), "{s}");
+        }
+        for (s, form) in [
+            ("rds-proxy:", "rds-proxy:<proxy name>"),
+            ("rds-proxy:1proxy", "rds-proxy:<proxy name>"),
+            ("rds-proxy:a--b", "rds-proxy:<proxy name>"),
+            ("rds-proxy:orders-", "rds-proxy:<proxy name>"),
+            ("pgbouncer:host:6480", "pgbouncer:<companion host>"),
+            ("pgbouncer:host:0:orders", "pgbouncer:<companion host>"),
+            ("pgbouncer:host:port:orders", "pgbouncer:<companion host>"),
+            ("pgbouncer:ho st:6480:orders", "pgbouncer:<companion host>"),
+            ("pgbouncer:host:6480:or=ders", "pgbouncer:<companion host>"),
+        ] {
+            let e = s.parse::<RouterChoice>().unwrap_err();
+            assert!(e.contains(form), "{s}: {e}");
+        }
     }
 
     #[test]

@@ -184,9 +184,9 @@ pub struct Ending {
     /// without the replica applying the fence; the replica applying the fence (AWS's, not in
     /// the agent's share); promoted → traffic moved.
     pub db_parts: Option<[i64; 4]>,
-    /// The source routes through Route 53, and how long its change took to reach every server
-    /// (UPSERT accepted → INSYNC; AWS's share).
-    pub route53: bool,
+    /// The router the source routes through (0 webhook, 1 Route 53, 2 RDS Proxy), and how long
+    /// its route took to take effect (accepted → INSYNC or the target AVAILABLE; AWS's share).
+    pub router: usize,
     pub propagation_ms: Option<i64>,
 }
 
@@ -267,7 +267,7 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
             0
         };
         // Route 53 taking the change to every server (UPSERT accepted → INSYNC): AWS's.
-        let propagation = part(s.route53_upserted_at, s.routed_at);
+        let propagation = part(s.route_accepted_at, s.routed_at);
         let aws = window.map(|_| {
             part(s.quarantine_requested_at, s.quarantine_applied_at)
                 + part(s.reboot_requested_at, s.restarted_at)
@@ -352,9 +352,15 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
             group_change_ms: window
                 .map(|_| part(s.quarantine_requested_at, s.quarantine_applied_at)),
             promotion_ms: window.map(|_| part(s.promote_called_at, s.promoted_at)),
-            route53: s.route53_record.is_some(),
+            router: if s.route53_record.is_some() {
+                1
+            } else if s.rds_proxy.is_some() {
+                2
+            } else {
+                0
+            },
             propagation_ms: window
-                .filter(|_| s.route53_upserted_at.is_some())
+                .filter(|_| s.route_accepted_at.is_some())
                 .map(|_| propagation),
             db_parts: window
                 .filter(|_| s.sessions_end_called_at.is_some() && s.reboot_requested_at.is_none())

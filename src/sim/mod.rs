@@ -80,6 +80,9 @@ pub struct SimOptions {
     /// rest use the webhook), with its faults (`world/route53.rs`). 0: every source uses the
     /// webhook, and the run is drawn exactly as before routers existed.
     pub route53_share: f64,
+    /// The share of sources routing through an RDS Proxy (of those not on Route 53), with its
+    /// faults (`world/rds_proxy.rs`). 0: none, and nothing is drawn for it.
+    pub rds_proxy_share: f64,
 }
 
 impl Default for SimOptions {
@@ -99,6 +102,7 @@ impl Default for SimOptions {
             bound_hours: 30,
             database_share: 0.5,
             route53_share: 0.0,
+            rds_proxy_share: 0.0,
         }
     }
 }
@@ -259,12 +263,16 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
     // route through Route 53, and some of those changes never sync (a permanent fault). A
     // scripted `RouteNeverInSync` routes through Route 53 whatever the share.
     let mut route_pick = Rng::fork(seed, 8);
+    let mut proxy_pick = Rng::fork(seed, 9);
     for (_, id) in &ids {
         let scripted = state.sources[id].permanent == Some(PermanentFault::RouteNeverInSync);
-        if !scripted && !route_pick.chance(o.route53_share) {
+        if scripted || route_pick.chance(o.route53_share) {
+            state.route_through_route53(id);
+        } else if proxy_pick.chance(o.rds_proxy_share) {
+            state.route_through_rds_proxy(id);
+        } else {
             continue;
         }
-        state.route_through_route53(id);
         if state.sources[id].permanent.is_none()
             && plan.permanent.is_none()
             && route_pick.chance(plan.intensity.route53_never_in_sync)
@@ -591,7 +599,7 @@ pub fn run(o: &SimOptions) -> SimReport {
         by_path: BTreeMap::new(),
         fallbacks: BTreeMap::new(),
         refused_by_router_ms: Default::default(),
-        route53_propagation_ms: Vec::new(),
+        propagation_by_router_ms: Default::default(),
         db_faults: BTreeMap::new(),
         calls: BTreeMap::new(),
         rds_peak_1s: 0,

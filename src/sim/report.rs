@@ -29,10 +29,11 @@ pub struct SimReport {
     pub agent_ms: Vec<Ms>,
     /// The same figures per cutover path (of each source's latest attempt).
     pub by_path: BTreeMap<checks::CutoverPath, PathFigures>,
-    /// Writes refused per router: `[webhook, route53]`.
-    pub refused_by_router_ms: [Vec<Ms>; 2],
-    /// Route 53 taking the cutover's change to every server (UPSERT accepted → INSYNC).
-    pub route53_propagation_ms: Vec<Ms>,
+    /// Writes refused per router: `[webhook, route53, rds proxy]`.
+    pub refused_by_router_ms: [Vec<Ms>; 3],
+    /// The router taking the cutover's route into effect, per router as above (Route 53: UPSERT
+    /// accepted → INSYNC; RDS Proxy: cluster registered → its writer target AVAILABLE).
+    pub propagation_by_router_ms: [Vec<Ms>; 3],
     /// Fallbacks of the database-aware path to the reboot, by reason.
     pub fallbacks: BTreeMap<&'static str, u64>,
     /// Database faults injected, by kind.
@@ -127,9 +128,9 @@ impl SimReport {
                 p.agent_ms.push(w - a);
                 p.beyond_promotion_ms.push(w - promotion);
                 p.refused_ms.push(w - group);
-                self.refused_by_router_ms[usize::from(e.route53)].push(w - group);
+                self.refused_by_router_ms[e.router].push(w - group);
                 if let Some(ms) = e.propagation_ms {
-                    self.route53_propagation_ms.push(ms);
+                    self.propagation_by_router_ms[e.router].push(ms);
                 }
                 p.beyond_aws_group_and_promotion_ms
                     .push(w - promotion - group);
@@ -242,8 +243,8 @@ impl fmt::Display for SimReport {
         )?;
         writeln!(
             f,
-            "per cutover path (each source's latest attempt; database share {}, Route 53 share {}):",
-            o.database_share, o.route53_share
+            "per cutover path (each source's latest attempt; database share {}, Route 53 share {}, RDS Proxy share {}):",
+            o.database_share, o.route53_share, o.rds_proxy_share
         )?;
         for path in checks::CutoverPath::ALL {
             let p = self.path(path);
@@ -300,20 +301,39 @@ impl fmt::Display for SimReport {
                 )?;
             }
         }
-        if !self.refused_by_router_ms[1].is_empty() {
-            let [webhook, route53] = &self.refused_by_router_ms;
-            writeln!(
+        if self.refused_by_router_ms[1..].iter().any(|r| !r.is_empty()) {
+            let [webhook, route53, proxy] = &self.refused_by_router_ms;
+            let [_, route53_effect, proxy_effect] = &self.propagation_by_router_ms;
+            write!(
                 f,
-                "per router: webhook {} cutovers, writes refused p50 {}, p99 {}; route53 {} cutovers, writes refused p50 {}, p99 {}, of which Route 53 taking the change to every server p50 {}, p99 {}",
+                "per router: webhook {} cutovers, writes refused p50 {}, p99 {}",
                 webhook.len(),
                 secs(percentile(webhook, 0.5)),
                 secs(percentile(webhook, 0.99)),
-                route53.len(),
-                secs(percentile(route53, 0.5)),
-                secs(percentile(route53, 0.99)),
-                secs(percentile(&self.route53_propagation_ms, 0.5)),
-                secs(percentile(&self.route53_propagation_ms, 0.99)),
             )?;
+            if !route53.is_empty() {
+                write!(
+                    f,
+                    "; route53 {} cutovers, writes refused p50 {}, p99 {}, of which Route 53 taking the change to every server p50 {}, p99 {}",
+                    route53.len(),
+                    secs(percentile(route53, 0.5)),
+                    secs(percentile(route53, 0.99)),
+                    secs(percentile(route53_effect, 0.5)),
+                    secs(percentile(route53_effect, 0.99)),
+                )?;
+            }
+            if !proxy.is_empty() {
+                write!(
+                    f,
+                    "; rds-proxy {} cutovers, writes refused p50 {}, p99 {}, of which the proxy's new target becoming available p50 {}, p99 {}",
+                    proxy.len(),
+                    secs(percentile(proxy, 0.5)),
+                    secs(percentile(proxy, 0.99)),
+                    secs(percentile(proxy_effect, 0.5)),
+                    secs(percentile(proxy_effect, 0.99)),
+                )?;
+            }
+            writeln!(f)?;
         }
         writeln!(
             f,

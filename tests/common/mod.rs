@@ -24,7 +24,7 @@ use aurora_migrator::core::migration::{Migration, MigrationId};
 use aurora_migrator::core::needs::needs;
 use aurora_migrator::core::observation::*;
 use aurora_migrator::core::policy::{CutoverPolicy, Policy};
-use aurora_migrator::core::router::{DnsRecord, RouteProgress, RouterChoice};
+use aurora_migrator::core::router::{DnsRecord, RouteProgress, RouterChoice, RouterView};
 use aurora_migrator::core::{Phase, invariants, step};
 use jiff::{SignedDuration, Timestamp};
 
@@ -125,7 +125,7 @@ pub fn preflight_inputs() -> PreflightInputs {
             "postgis",
             "vector",
         ])),
-        router_record: None,
+        router_view: None,
     }
 }
 
@@ -405,7 +405,7 @@ impl Model {
             }
             inputs.aurora_extensions = self.aurora_extensions.clone();
             if let Some(r53) = &self.route53 {
-                inputs.router_record = Some(Ok(r53.record.clone()));
+                inputs.router_view = Some(Ok(r53.record.clone().map(RouterView::Dns)));
             }
             obs.preflight = Some(inputs);
         }

@@ -24,5 +24,6 @@ mod faults;
 mod fleet;
 mod happy_path;
 mod messages;
+mod rds_proxy;
 mod routers;
 mod telemetry;

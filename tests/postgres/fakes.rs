@@ -9,7 +9,7 @@ use aurora_migrator::core::action::{QuarantineGroupSpec, RouteRequest};
 use aurora_migrator::core::migration::{Migration, MigrationId};
 use aurora_migrator::core::notification::Notification;
 use aurora_migrator::core::observation::{GroupLocation, Observed, SecurityGroup};
-use aurora_migrator::core::router::{DnsRecord, RouteProgress, RouterChoice};
+use aurora_migrator::core::router::{RouteProgress, RouterChoice, RouterView};
 use aurora_migrator::ports::{
     Clock, Network, Notifier, PortResult, Queue, QueueMessage, Router, StateStore, StoreError,
 };
@@ -235,7 +235,7 @@ impl Router for MemRouter {
         Ok(RouteProgress::InEffect)
     }
 
-    async fn record(&self, _router: &RouterChoice) -> PortResult<Option<DnsRecord>> {
+    async fn view(&self, _router: &RouterChoice) -> PortResult<Option<RouterView>> {
         Ok(None)
     }
 

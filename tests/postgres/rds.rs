@@ -315,7 +315,7 @@ impl Rds for PgRds {
                 "postgis",
                 "vector",
             ])),
-            router_record: None,
+            router_view: None,
         })
     }
 

@@ -54,7 +54,8 @@ pub struct AwsRds {
     client: Client,
     metrics: AwsMetrics,
     calls: CallCounter,
-    limiter: RateLimiter,
+    /// Shared with the RDS Proxy router (`aws::rds_proxy`): one budget for every RDS call.
+    limiter: std::sync::Arc<RateLimiter>,
     keys: AwsKeys,
     instances: FleetCache<DbInstance>,
     clusters: FleetCache<DbCluster>,
@@ -76,11 +77,16 @@ impl AwsRds {
             keys,
             metrics,
             calls,
-            limiter: RateLimiter::new(s.rds_requests_per_second, s.rds_burst),
+            limiter: std::sync::Arc::new(RateLimiter::new(s.rds_requests_per_second, s.rds_burst)),
             instances: FleetCache::new(s.describe_cache_ttl),
             clusters: FleetCache::new(s.describe_cache_ttl),
             tag_prefix: s.tag_prefix.clone(),
         }
+    }
+
+    /// The RDS budget's rate limiter, for the other RDS callers (`aws::rds_proxy`).
+    pub fn limiter(&self) -> std::sync::Arc<RateLimiter> {
+        self.limiter.clone()
     }
 
     /// The creation tag for a resource made for `source` (shared groups: `shared`).

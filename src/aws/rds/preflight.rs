@@ -107,7 +107,7 @@ impl AwsRds {
             cdc_consumer_groups: None,
             aurora_extensions: allowed_extensions(&cluster_defaults),
             // The router's record is read beside, by the router (`agent::observe`).
-            router_record: None,
+            router_view: None,
         })
     }
 

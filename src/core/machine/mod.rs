@@ -527,6 +527,8 @@ impl Stepper<'_> {
             port: endpoint.port,
             phase: self.m.phase,
             router: self.router(),
+            cluster: self.m.names.cluster.clone(),
+            back_to_source: self.m.phase == Phase::RollingBack,
         }
     }
 

@@ -5,6 +5,7 @@
 //! and they did. `aurora-migrator plan <instance>` prints the same report.
 
 mod database;
+mod router;
 
 use std::fmt::Write as _;
 
@@ -16,7 +17,7 @@ use super::observation::{KeyCheck, PreflightInputs, SourceInstance};
 
 use super::parameters::{AuroraFamily, translate};
 use super::policy::Policy;
-use super::router::{ROUTE53_TTL_WARN_S, RouterChoice};
+use super::router::RouterChoice;
 use super::tags::ControlTags;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -579,7 +580,8 @@ pub fn run(
     let router = match RouterChoice::for_instance(&policy.tag_prefix, &source.tags, &policy.router)
     {
         Ok(r) => {
-            let (outcome, what) = router_check(&r, source, inputs);
+            let budget_s = policy.write_unavailability_budget.as_secs();
+            let (outcome, what) = router::check(&r, source, inputs, budget_s);
             c.add("router", outcome, format!("{r}: {what}"));
             r
         }
@@ -624,96 +626,6 @@ pub fn run(
         _ => None,
     };
     (report, plan)
-}
-
-/// The router's own preflight: the webhook needs nothing here (its settings are checked at
-/// start-up); Route 53's record must exist, be a simple CNAME to this instance's endpoint (or
-/// re-pointing it would move someone else's traffic), and should have a short TTL.
-fn router_check(
-    router: &RouterChoice,
-    source: &SourceInstance,
-    inputs: &PreflightInputs,
-) -> (Outcome, String) {
-    let (zone, name) = match router {
-        RouterChoice::Webhook => {
-            return (
-                Outcome::Pass,
-                "the signed webhook (when configured) and the SNS cutover message".to_string(),
-            );
-        }
-        RouterChoice::Route53 {
-            hosted_zone,
-            record,
-        } => (hosted_zone, record),
-    };
-    let endpoint = source
-        .endpoint
-        .as_ref()
-        .map(|e| e.address.trim_end_matches('.').to_ascii_lowercase());
-    let record = match &inputs.router_record {
-        None => return (Outcome::Fail, format!("the record {name} was not read")),
-        Some(Err(e)) => {
-            return (
-                Outcome::Fail,
-                format!(
-                    "the record {name} in zone {zone} could not be read ({e}): the task role needs route53:ListResourceRecordSets on the zone (infra: Route53HostedZoneId, Route53RecordNames)"
-                ),
-            );
-        }
-        Some(Ok(None)) => {
-            return (
-                Outcome::Fail,
-                format!(
-                    "zone {zone} has no record {name}: create it as a CNAME to the source's endpoint{}; the agent re-points it, never creates it",
-                    endpoint
-                        .as_deref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
-                ),
-            );
-        }
-        Some(Ok(Some(r))) => r,
-    };
-    if record.kind != "CNAME" {
-        return (
-            Outcome::Fail,
-            format!(
-                "{name} is a {} record, not a CNAME: the agent re-points CNAMEs only",
-                record.kind
-            ),
-        );
-    }
-    if let Some(what) = &record.special {
-        return (
-            Outcome::Fail,
-            format!("{name} is {what}: the agent re-points simple CNAMEs only"),
-        );
-    }
-    if endpoint.is_none() || record.values.first() != endpoint.as_ref() {
-        return (
-            Outcome::Fail,
-            format!(
-                "{name} points at {}, not at this instance's endpoint {}: re-pointing it would move traffic that does not reach this instance",
-                record.values.join(", "),
-                endpoint.as_deref().unwrap_or("(none)")
-            ),
-        );
-    }
-    match record.ttl {
-        Some(ttl) if ttl > ROUTE53_TTL_WARN_S => (
-            Outcome::Warn,
-            format!(
-                "{name} is a CNAME to the source with TTL {ttl} s: clients that cached it keep connecting to the fenced source for up to {ttl} s after Route 53 is in sync; lower it to {ROUTE53_TTL_WARN_S} s or less, at least {ttl} s before the cutover"
-            ),
-        ),
-        ttl => (
-            Outcome::Pass,
-            format!(
-                "Route 53: {name} (a CNAME to the source, TTL {} s) becomes a CNAME to the Aurora writer endpoint; traffic counts as moved when Route 53 reports INSYNC",
-                ttl.unwrap_or_default()
-            ),
-        ),
-    }
 }
 
 /// Declared CDC consumers get database-port ingress into the quarantined source, the one hole

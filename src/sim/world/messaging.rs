@@ -124,10 +124,12 @@ impl Queue for SimPort {
 
 impl Router for SimPort {
     /// The webhook's data access layer takes a route at once; Route 53 accepts a change that
-    /// traffic follows when it is in sync (`route53.rs`).
+    /// traffic follows when it is in sync (`route53.rs`); an RDS Proxy's new target takes
+    /// traffic when it is available (`rds_proxy.rs`). The simulator has no PgBouncer (its
+    /// behaviour is proven against a real one, `tests/pgbouncer_*`): it routes like the webhook.
     async fn route(&self, request: &RouteRequest) -> PortResult<RouteProgress> {
         match &request.router {
-            RouterChoice::Webhook => self
+            RouterChoice::Webhook | RouterChoice::PgBouncer { .. } => self
                 .call("router:Webhook", true, |s| s.route(request))
                 .await
                 .map(|()| RouteProgress::InEffect),
@@ -137,15 +139,27 @@ impl Router for SimPort {
                 })
                 .await
             }
+            RouterChoice::RdsProxy { .. } => {
+                self.call("rds:RegisterDBProxyTargets", true, |s| {
+                    s.proxy_point(request)
+                })
+                .await
+            }
         }
     }
 
-    async fn record(&self, router: &RouterChoice) -> PortResult<Option<DnsRecord>> {
+    async fn view(&self, router: &RouterChoice) -> PortResult<Option<RouterView>> {
         match router {
-            RouterChoice::Webhook => Ok(None),
+            RouterChoice::Webhook | RouterChoice::PgBouncer { .. } => Ok(None),
             RouterChoice::Route53 { record, .. } => {
                 self.call("route53:ListResourceRecordSets", false, |s| {
-                    Ok(s.route53_record(record))
+                    Ok(s.route53_record(record).map(RouterView::Dns))
+                })
+                .await
+            }
+            RouterChoice::RdsProxy { proxy } => {
+                self.call("rds:DescribeDBProxies", false, |s| {
+                    Ok(s.proxy_view(proxy).map(RouterView::Proxy))
                 })
                 .await
             }
@@ -154,10 +168,16 @@ impl Router for SimPort {
 
     async fn route_status(&self, router: &RouterChoice, change: &str) -> PortResult<RouteProgress> {
         match router {
-            RouterChoice::Webhook => Ok(RouteProgress::InEffect),
+            RouterChoice::Webhook | RouterChoice::PgBouncer { .. } => Ok(RouteProgress::InEffect),
             RouterChoice::Route53 { .. } => {
                 self.call("route53:GetChange", false, |s| s.route53_status(change))
                     .await
+            }
+            RouterChoice::RdsProxy { proxy } => {
+                self.call("rds:DescribeDBProxyTargets", false, |s| {
+                    s.proxy_status(proxy, change)
+                })
+                .await
             }
         }
     }

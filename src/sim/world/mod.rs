@@ -29,7 +29,7 @@ use crate::core::observation::{
     ParameterGroupMembership, ParameterGroupsPresent, PreflightInputs, Quota, SecurityGroup,
     Snapshot, SourceInstance, TargetCluster,
 };
-use crate::core::router::{DnsRecord, RouteProgress, RouterChoice};
+use crate::core::router::{DnsRecord, RouteProgress, RouterChoice, RouterView};
 use crate::core::{ErrorKind, Phase};
 use crate::ports::{
     Clock, MetricQuery, Metrics, Network, Notifier, PortError, PortResult, Queue, QueueMessage,
@@ -49,6 +49,7 @@ mod ec2;
 mod messaging;
 mod port;
 mod rds;
+mod rds_proxy;
 mod route53;
 mod store;
 mod time;
@@ -131,9 +132,12 @@ pub struct Source {
     pub routed_at: Option<Ms>,
     /// Routes through Route 53 (`route53.rs`): the record's name.
     pub route53_record: Option<String>,
-    /// The cutover's UPSERT was accepted (Route 53's share of the outage runs from here to
-    /// `INSYNC`, when traffic moves).
-    pub route53_upserted_at: Option<Ms>,
+    /// Routes through an RDS Proxy (`rds_proxy.rs`).
+    pub rds_proxy: Option<rds_proxy::Proxy>,
+    /// The cutover's route was accepted by a router that propagates (Route 53's UPSERT, the
+    /// proxy's new target): the router's share of the outage runs from here to when traffic
+    /// moves (`INSYNC`, the target `AVAILABLE`).
+    pub route_accepted_at: Option<Ms>,
 }
 
 impl Source {
@@ -198,6 +202,8 @@ enum Ev {
     ClientReconnects(String),
     /// A Route 53 change reaches every server: traffic follows it (`route53.rs`).
     Route53InSync(String),
+    /// The proxy's new target is available: traffic follows it (`rds_proxy.rs`).
+    ProxyTargetAvailable(String),
 }
 
 #[derive(Clone, Debug)]
@@ -448,7 +454,8 @@ impl State {
             route_called_at: None,
             routed_at: None,
             route53_record: None,
-            route53_upserted_at: None,
+            route_accepted_at: None,
+            rds_proxy: None,
         };
         self.sources.insert(id.clone(), source);
         let now = self.now;

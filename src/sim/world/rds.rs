@@ -98,7 +98,7 @@ impl State {
                 .map(|s| s.to_string())
                 .collect(),
             ),
-            router_record: None,
+            router_view: None,
         }
     }
 

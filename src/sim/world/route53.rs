@@ -73,7 +73,7 @@ impl State {
         let pending = self.world_rng.range(2 * SEC, 60 * SEC);
         let change = format!("C{:06}", self.route53_changes.len() + 1);
         if let Some(s) = self.sources.get_mut(&id) {
-            s.route53_upserted_at.get_or_insert(now);
+            s.route_accepted_at.get_or_insert(now);
         }
         self.route53_changes.insert(
             change.clone(),

@@ -225,6 +225,7 @@ impl State {
             }
             Ev::ClientReconnects(id) => self.client_reconnects(&id),
             Ev::Route53InSync(change) => self.route53_in_sync(&change),
+            Ev::ProxyTargetAvailable(source) => self.proxy_target_available(&source),
             Ev::SourceDeleted(id) => {
                 self.sync(&id);
                 let now = self.now;
