@@ -373,6 +373,7 @@ fn team_proxy() -> ProxyView {
         status: "available".into(),
         vpc_id: Some(source().vpc_id),
         auth_secrets: 1,
+        tags: [("aurora-migration:router".into(), "allow".into())].into(),
         targets: vec![ProxyTarget {
             kind: "RDS_INSTANCE".into(),
             id: source().identifier,
@@ -384,7 +385,8 @@ fn team_proxy() -> ProxyView {
     }
 }
 
-/// An RDS Proxy is checked before writes stop: it must exist, be a PostgreSQL proxy that is
+/// An RDS Proxy is checked before writes stop: it must exist, be opted in by its owners' tag
+/// (the task role may move tagged proxies only), be a PostgreSQL proxy that is
 /// available, in the source's VPC, with secrets, and hold this instance alone, reachable today.
 #[test]
 fn preflight_checks_the_rds_proxy_before_writes_stop() {
@@ -408,6 +410,14 @@ fn preflight_checks_the_rds_proxy_before_writes_stop() {
     unreachable.targets[0].reason = Some("CONNECTION_FAILED".into());
     let cases: Vec<(&str, ViewRead, &str)> = vec![
         ("missing", Some(Ok(None)), "no RDS Proxy named orders-proxy"),
+        (
+            "not opted in",
+            read(ProxyView {
+                tags: Default::default(),
+                ..team_proxy()
+            }),
+            "not tagged aurora-migration:router=allow",
+        ),
         (
             "unreadable",
             Some(Err("AccessDenied".into())),

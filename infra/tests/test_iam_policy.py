@@ -520,3 +520,43 @@ def test_without_a_zone_the_task_role_has_no_route53_permission():
     assert evaluate(request("route53:GetChange", "arn:aws:route53:::change/C1", TASK), POLICIES[TASK],
                     resource_account=ACCOUNT) == IMPLICIT_DENY
     assert len(TASK_R53) == len(POLICIES[TASK]) + 1
+
+
+# ---- the RDS Proxy router
+D_PROXY = Deployment(parameters={"RdsProxyRouter": "true"})
+TASK_PROXY = D_PROXY.role_policies("TaskRole")
+PROXY_ARN = f"arn:aws:rds:us-east-1:{ACCOUNT}:db-proxy:prx-0123456789abcdef0"
+OPTED_IN = {"aurora-migration:router": "allow"}
+
+
+@pytest.mark.parametrize("req,expected", [
+    pytest.param(request("rds:RegisterDBProxyTargets", PROXY_ARN, TASK, resource_tags=OPTED_IN), ALLOW,
+                 id="register on a proxy its owners opted in"),
+    pytest.param(request("rds:DeregisterDBProxyTargets", PROXY_ARN, TASK, resource_tags=OPTED_IN), ALLOW,
+                 id="deregister on a proxy its owners opted in"),
+    pytest.param(request("rds:ModifyDBProxyTargetGroup",
+                         f"arn:aws:rds:us-east-1:{ACCOUNT}:target-group:prx-tg-0123456789abcdef0", TASK),
+                 IMPLICIT_DENY, id="change the target group's settings"),
+    pytest.param(request("rds:CreateDBProxy", PROXY_ARN, TASK), IMPLICIT_DENY, id="create a proxy"),
+    pytest.param(request("rds:RegisterDBProxyTargets",
+                         f"arn:aws:rds:us-east-1:{ACCOUNT}:target-group:prx-tg-0123456789abcdef0", TASK), ALLOW,
+                 id="the proxy's target group"),
+    pytest.param(request("rds:DescribeDBProxyTargets", PROXY_ARN, TASK), ALLOW, id="read a proxy's targets"),
+    pytest.param(request("rds:ModifyDBProxy", PROXY_ARN, TASK, resource_tags=OPTED_IN), IMPLICIT_DENY,
+                 id="modify the proxy itself"),
+    pytest.param(request("rds:DeleteDBProxy", PROXY_ARN, TASK, resource_tags=OPTED_IN), IMPLICIT_DENY,
+                 id="delete the proxy"),
+    pytest.param(request("rds:RegisterDBProxyTargets",
+                         f"arn:aws:rds:us-east-1:999999999999:db-proxy:prx-0123456789abcdef0", TASK,
+                         resource_tags=OPTED_IN), IMPLICIT_DENY, id="another account's proxy"),
+])
+def test_the_rds_proxy_router_may_only_move_proxy_targets(req, expected):
+    assert evaluate(req, TASK_PROXY, resource_account=ACCOUNT) == expected
+
+
+def test_without_the_parameter_the_task_role_has_no_rds_proxy_permission():
+    req = request("rds:RegisterDBProxyTargets", PROXY_ARN, TASK, resource_tags=OPTED_IN)
+    assert evaluate(req, POLICIES[TASK], resource_account=ACCOUNT) == IMPLICIT_DENY
+    assert evaluate(request("rds:DescribeDBProxies", PROXY_ARN, TASK), POLICIES[TASK],
+                    resource_account=ACCOUNT) == IMPLICIT_DENY
+    assert len(TASK_PROXY) == len(POLICIES[TASK]) + 1

@@ -296,7 +296,9 @@ AGENT_ACTIONS = {
         ListTagsForResource AddTagsToResource CreateDBCluster CreateDBInstance
         CreateDBClusterParameterGroup CreateDBParameterGroup ModifyDBClusterParameterGroup
         ModifyDBParameterGroup ModifyDBInstance ModifyDBCluster RebootDBInstance
-        PromoteReadReplicaDBCluster CreateDBSnapshot DeleteDBInstance DeleteDBCluster""",
+        PromoteReadReplicaDBCluster CreateDBSnapshot DeleteDBInstance DeleteDBCluster
+        DescribeDBProxies DescribeDBProxyTargets DescribeDBProxyTargetGroups
+        RegisterDBProxyTargets DeregisterDBProxyTargets""",
     "ec2": """DescribeSecurityGroups DescribeVpcs CreateSecurityGroup AuthorizeSecurityGroupIngress
         RevokeSecurityGroupEgress RevokeSecurityGroupIngress DeleteSecurityGroup CreateTags""",
     "cloudwatch": "GetMetricData PutMetricData PutMetricAlarm DeleteAlarms DescribeAlarms",

@@ -72,6 +72,24 @@ impl RdsProxy {
                 return Ok(None);
             };
             let targets = self.targets(&name).await?;
+            let mut tags = std::collections::BTreeMap::new();
+            if let Some(arn) = proxy.db_proxy_arn() {
+                self.limiter.acquire().await;
+                let listed = call(
+                    &self.calls,
+                    "rds:ListTagsForResource",
+                    self.client
+                        .list_tags_for_resource()
+                        .resource_name(arn)
+                        .send(),
+                )
+                .await?;
+                for t in listed.tag_list() {
+                    if let (Some(k), Some(v)) = (t.key(), t.value()) {
+                        tags.insert(k.to_string(), v.to_string());
+                    }
+                }
+            }
             Ok(Some(ProxyView {
                 name: name.clone(),
                 engine_family: proxy.engine_family().unwrap_or_default().to_string(),
@@ -81,6 +99,7 @@ impl RdsProxy {
                     .unwrap_or_default(),
                 vpc_id: proxy.vpc_id().map(str::to_string),
                 auth_secrets: proxy.auth().len(),
+                tags,
                 targets,
             }))
         })
@@ -220,6 +239,7 @@ impl RdsProxy {
                 status: String::new(),
                 vpc_id: None,
                 auth_secrets: 0,
+                tags: Default::default(),
                 targets,
             };
             let serving = match change.split_once(':') {

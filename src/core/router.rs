@@ -213,6 +213,10 @@ pub struct ProxyView {
     pub vpc_id: Option<String>,
     /// How many secrets the proxy authenticates with (`Auth`).
     pub auth_secrets: usize,
+    /// The proxy's tags: its owners opt it in with `<prefix>:router` = `allow` (the task role
+    /// may move the targets of tagged proxies only).
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
     /// The default target group's targets.
     pub targets: Vec<ProxyTarget>,
 }
@@ -288,6 +292,9 @@ pub struct PoolerEntry {
 /// keep connecting to the fenced source for up to the TTL more, and that is outage. AWS's
 /// advice for a record re-pointed at cutover is a short TTL (60 s or less, set well before).
 pub const ROUTE53_TTL_WARN_S: i64 = 60;
+
+/// The value of the `<prefix>:router` tag by which a proxy's owners let the agent move it.
+pub const PROXY_OPT_IN: &str = "allow";
 
 /// How far a route has got.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,8 +18,8 @@ use aurora_migrator::ports::{Router, World};
 
 use super::*;
 
-/// A PostgreSQL proxy in the environment's VPC with the source `target` as its default target
-/// group's one target.
+/// A PostgreSQL proxy in the environment's VPC, opted in by its owners' tag, with the source
+/// `target` as its default target group's one target.
 async fn proxy_in_front_of(env: &Env, name: &str, target: &str) {
     let subnets = env
         .aws
@@ -50,6 +50,7 @@ async fn proxy_in_front_of(env: &Env, name: &str, target: &str) {
                 .build(),
         )
         .set_vpc_subnet_ids(Some(ids))
+        .tags(tag("aurora-migration:router", "allow"))
         .send()
         .await
         .unwrap();

@@ -581,7 +581,7 @@ pub fn run(
     {
         Ok(r) => {
             let budget_s = policy.write_unavailability_budget.as_secs();
-            let (outcome, what) = router::check(&r, source, inputs, budget_s);
+            let (outcome, what) = router::check(&r, source, inputs, budget_s, &policy.tag_prefix);
             c.add("router", outcome, format!("{r}: {what}"));
             r
         }

@@ -4,7 +4,7 @@
 
 use super::Outcome;
 use crate::core::observation::{PreflightInputs, SourceInstance};
-use crate::core::router::{ROUTE53_TTL_WARN_S, RouterChoice, RouterView};
+use crate::core::router::{PROXY_OPT_IN, ROUTE53_TTL_WARN_S, RouterChoice, RouterView};
 
 /// The `router` check's outcome and text for `router`.
 pub(super) fn check(
@@ -12,6 +12,7 @@ pub(super) fn check(
     source: &SourceInstance,
     inputs: &PreflightInputs,
     budget_s: i64,
+    prefix: &str,
 ) -> (Outcome, String) {
     match router {
         RouterChoice::Webhook => (
@@ -22,7 +23,7 @@ pub(super) fn check(
             hosted_zone,
             record,
         } => route53(hosted_zone, record, source, inputs),
-        RouterChoice::RdsProxy { proxy } => rds_proxy(proxy, source, inputs),
+        RouterChoice::RdsProxy { proxy } => rds_proxy(proxy, source, inputs, prefix),
         RouterChoice::PgBouncer {
             companion,
             database,
@@ -135,7 +136,12 @@ fn read<'a>(
 /// that reaches the source reaches the cluster by the same path), with its secrets (the cluster
 /// has the source's roles and passwords: the same secrets log in), and its default target group
 /// must hold this instance and nothing else, reachable today.
-fn rds_proxy(proxy: &str, source: &SourceInstance, inputs: &PreflightInputs) -> (Outcome, String) {
+fn rds_proxy(
+    proxy: &str,
+    source: &SourceInstance,
+    inputs: &PreflightInputs,
+    prefix: &str,
+) -> (Outcome, String) {
     let what = format!("the RDS Proxy {proxy}");
     let view = match read(
         inputs,
@@ -152,6 +158,16 @@ fn rds_proxy(proxy: &str, source: &SourceInstance, inputs: &PreflightInputs) -> 
         Ok(Some(other)) => return (Outcome::Fail, format!("expected a proxy, read {other:?}")),
         Err(failed) => return failed,
     };
+    // The owners' consent, and what the task role's policy requires to move its targets.
+    let opt_in = crate::core::tags::key(prefix, "router");
+    if view.tags.get(&opt_in).map(String::as_str) != Some(PROXY_OPT_IN) {
+        return (
+            Outcome::Fail,
+            format!(
+                "{what} is not tagged {opt_in}={PROXY_OPT_IN}: its owners opt it in with that tag, and the agent may move the targets of tagged proxies only"
+            ),
+        );
+    }
     if view.engine_family != "POSTGRESQL" {
         return (
             Outcome::Fail,

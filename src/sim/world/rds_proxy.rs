@@ -103,6 +103,11 @@ impl State {
             status: "available".to_string(),
             vpc_id: Some(s.view.vpc_id.clone()),
             auth_secrets: 1,
+            tags: [(
+                "aurora-migration:router".to_string(),
+                crate::core::router::PROXY_OPT_IN.to_string(),
+            )]
+            .into(),
             targets,
         })
     }
