@@ -355,6 +355,12 @@ async fn route_under_writes_loses_no_acknowledged_insert_and_clients_see_no_erro
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let client = w.client();
+    let owner = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(p).unwrap();
+        (m.uid(), m.gid(), m.mode())
+    };
+    let owner_before = owner(&w.bouncer.ini);
     let t0 = Instant::now();
     assert!(client.hold("app", "db-TEST/1").await.unwrap().held);
     let hold_ms = t0.elapsed().as_millis();
@@ -415,6 +421,17 @@ async fn route_under_writes_loses_no_acknowledged_insert_and_clients_see_no_erro
         (Some("127.0.0.1"), b_port, false)
     );
     let ini = w.ini();
+    assert_eq!(
+        owner(&w.bouncer.ini),
+        owner_before,
+        "the rewrite keeps owner and mode"
+    );
+    let leftovers: Vec<_> = fs::read_dir(w.bouncer.ini.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains("companion"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     assert!(ini.contains(&format!(
         "app = host=127.0.0.1 port={b_port} dbname=postgres\n"
     )));
@@ -621,4 +638,54 @@ async fn entry_reports_host_port_and_paused() {
     assert_eq!((other.port, other.paused), (1, false), "only app is held");
     client.release("app").await.unwrap();
     assert!(!client.entry("app").await.unwrap().paused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_a_hold_pauses_by_itself_and_changes_only_its_entry() {
+    let w = World::start(Options::default()).await;
+    let before = w.ini();
+    let port = free_port();
+    let routed = w
+        .client()
+        .route("app", "localhost", port, "m")
+        .await
+        .unwrap();
+    assert_eq!((routed.host.as_str(), routed.port), ("localhost", port));
+    let shown = w.shown().await;
+    assert_eq!(
+        (shown.host.as_deref(), shown.port, shown.paused),
+        (Some("localhost"), port, false)
+    );
+    let expected = before.replace(
+        &format!("app = host=127.0.0.1 port={}", w.app_port),
+        &format!("app = host=localhost port={port}"),
+    );
+    assert_ne!(expected, before);
+    assert_eq!(w.ini(), expected, "every other byte is kept");
+    // A host that is not a plain name is refused before anything happens.
+    let (status, answer) = w
+        .post(
+            "/v1/route",
+            &json!({"database": "app", "host": "x dbname=evil", "port": 5432, "migration": "m"}),
+            Some((SECRET, 0)),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(w.ini(), expected);
+}
+
+#[tokio::test]
+async fn the_companion_refuses_to_listen_beyond_loopback_without_tls() {
+    let ini = std::env::temp_dir().join(format!("companion-refusal-{}.ini", std::process::id()));
+    fs::write(&ini, "[databases]\napp = host=h\n").unwrap();
+    let mut s = CompanionSettings::new(ini.clone(), "pw".into(), SECRET.into());
+    s.listen = "0.0.0.0:0".parse().unwrap();
+    let e = Companion::bind(s.clone()).await.err().expect("refused");
+    assert!(e.to_string().contains("MIGRATOR_COMPANION_LISTEN"), "{e}");
+    assert!(e.to_string().contains("MIGRATOR_COMPANION_TLS_CERT"), "{e}");
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.secret = Secret::default();
+    let e = Companion::bind(s).await.err().expect("refused");
+    assert!(e.to_string().contains("MIGRATOR_WEBHOOK_SECRET"), "{e}");
+    let _ = fs::remove_file(&ini);
 }

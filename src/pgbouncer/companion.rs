@@ -324,10 +324,24 @@ impl Shared {
         self.ini_entry(&r.database).await?;
         let console = self.console().await?;
         let started = Instant::now();
-        console
+        if let Err(e) = console
             .pause(&r.database, self.settings.pause_timeout)
             .await
-            .inspect_err(|e| tracing::warn!(database = %r.database, migration = r.migration.as_deref().unwrap_or(""), error = %e, "hold failed"))?;
+        {
+            tracing::warn!(database = %r.database, migration = r.migration.as_deref().unwrap_or(""), error = %e, "hold failed");
+            if matches!(
+                e,
+                ConsoleError::PauseTimeout {
+                    resume_error: None,
+                    ..
+                }
+            ) {
+                // The console resumed the database: whatever this companion held is released.
+                st.cancel_auto_resume();
+                st.held_since = None;
+            }
+            return Err(e.into());
+        }
         st.held_since.get_or_insert(started);
         st.migration = r.migration.clone();
         // A new hold restarts the maximum hold: the agent is alive.
