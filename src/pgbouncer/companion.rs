@@ -117,9 +117,9 @@ impl Companion {
             !settings.pause_timeout.is_zero() && !settings.max_hold.is_zero(),
             "MIGRATOR_COMPANION_PAUSE_TIMEOUT_S and MIGRATOR_COMPANION_MAX_HOLD_S: must be positive"
         );
-        let text = std::fs::read_to_string(&settings.ini)
+        std::fs::read_to_string(&settings.ini)
+            .map(drop)
             .with_context(|| format!("PGBOUNCER_INI: cannot read {}", settings.ini.display()))?;
-        drop(text);
         let target = settings.admin_target()?;
         let tls = match &settings.tls {
             Some((cert, key)) => Some(acceptor(cert, key)?),
@@ -434,13 +434,28 @@ impl Shared {
             tracing::info!(database = %r.database, migration, host, port, "route: the entry already points there; resumed");
             return Ok(answer(held_ms));
         }
-        if st.held_since.is_none() {
-            let started = Instant::now();
-            console
-                .pause(&r.database, self.settings.pause_timeout)
-                .await?;
-            st.held_since = Some(started);
+        // PAUSE even when this companion holds the database: someone may have resumed it since,
+        // and re-pointing under live transactions would let writes reach the old server.
+        // PgBouncer answers at once when the pause is in place ("already suspended/paused").
+        let started = Instant::now();
+        if let Err(e) = console
+            .pause(&r.database, self.settings.pause_timeout)
+            .await
+        {
+            if matches!(
+                e,
+                ConsoleError::PauseTimeout {
+                    resume_error: None,
+                    ..
+                }
+            ) {
+                st.cancel_auto_resume();
+                st.held_since = None;
+            }
+            tracing::warn!(database = %r.database, migration, error = %e, "route: PAUSE failed");
+            return Err(e.into());
         }
+        st.held_since.get_or_insert(started);
         let since = st.held_since.expect("held");
         let switched = self.switch(&console, &r.database, &old, host, port).await;
         // Whatever happened, the clients go on (to the new server, or the old one).

@@ -20,7 +20,7 @@
 //!   `{"held":true}`. A RESUME follows by itself after the maximum hold unless the database is
 //!   routed or released first: a dead agent never leaves clients held. Idempotent (a new hold
 //!   restarts the maximum hold).
-//! - `POST /v1/route` `{"database","host","port","migration"}` → PAUSE unless held → rewrite the
+//! - `POST /v1/route` `{"database","host","port","migration"}` → PAUSE (at once when held) → rewrite the
 //!   entry's `host`/`port` atomically → RELOAD → check SHOW DATABASES shows the new address
 //!   (else restore the file, RELOAD) → RESUME → [`Routed`]. Idempotent: an entry already there
 //!   is only resumed. Whatever fails after the PAUSE, RESUME comes before the answer.
