@@ -33,6 +33,7 @@ pub mod config;
 pub mod core;
 pub mod database;
 pub mod inbound;
+pub mod pgbouncer;
 pub mod ports;
 pub mod runtime;
 pub mod sim;

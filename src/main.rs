@@ -104,12 +104,84 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         rds_proxy_share: f64,
     },
+    /// Run the PgBouncer companion beside a PgBouncer until SIGTERM: the agent asks it, signed
+    /// with MIGRATOR_WEBHOOK_SECRET, to hold a database's clients (PAUSE) and re-point its
+    /// pgbouncer.ini entry at the Aurora writer (rewrite, RELOAD, RESUME). Needs no AWS.
+    PgbouncerCompanion(CompanionArgs),
     /// Exit 0 if the running agent touched its heartbeat file recently (container health check).
     Healthcheck {
         /// Oldest acceptable heartbeat, in seconds.
         #[arg(long, default_value_t = 120)]
         max_age_s: u64,
     },
+}
+
+/// The PgBouncer companion's settings (`pgbouncer::companion::CompanionSettings`).
+#[derive(clap::Args, Debug)]
+struct CompanionArgs {
+    /// Address to listen on; beyond loopback only with TLS.
+    #[arg(
+        long,
+        env = "MIGRATOR_COMPANION_LISTEN",
+        default_value = "127.0.0.1:6480"
+    )]
+    listen: std::net::SocketAddr,
+    /// PgBouncer's configuration file (its directory must be writable: the rewrite is a rename).
+    #[arg(long, env = "PGBOUNCER_INI")]
+    pgbouncer_ini: std::path::PathBuf,
+    /// PgBouncer's admin console, host:port.
+    #[arg(long, env = "PGBOUNCER_ADMIN_ADDR", default_value = "127.0.0.1:6432")]
+    admin_addr: String,
+    /// A user in PgBouncer's admin_users.
+    #[arg(long, env = "PGBOUNCER_ADMIN_USER", default_value = "pgbouncer")]
+    admin_user: String,
+    /// The admin user's password.
+    #[arg(long, env = "PGBOUNCER_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: aurora_migrator::config::Secret,
+    /// TLS certificate chain (PEM); with --tls-key.
+    #[arg(long, env = "MIGRATOR_COMPANION_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM); with --tls-cert.
+    #[arg(long, env = "MIGRATOR_COMPANION_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// How long PAUSE may wait for open transactions to end, seconds.
+    #[arg(long, env = "MIGRATOR_COMPANION_PAUSE_TIMEOUT_S", default_value_t = 10)]
+    pause_timeout_s: u64,
+    /// The longest hold before the companion resumes by itself, seconds.
+    #[arg(long, env = "MIGRATOR_COMPANION_MAX_HOLD_S", default_value_t = 900)]
+    max_hold_s: u64,
+}
+
+/// Runs the companion until SIGTERM or Ctrl-C.
+fn companion(
+    args: CompanionArgs,
+    secret: Option<aurora_migrator::config::Secret>,
+) -> anyhow::Result<()> {
+    use aurora_migrator::pgbouncer::companion::{self, CompanionSettings};
+    let mut settings = CompanionSettings::new(
+        args.pgbouncer_ini,
+        args.admin_password,
+        secret.unwrap_or_default(),
+    );
+    settings.listen = args.listen;
+    settings.admin_addr = args.admin_addr;
+    settings.admin_user = args.admin_user;
+    settings.pause_timeout = std::time::Duration::from_secs(args.pause_timeout_s);
+    settings.max_hold = std::time::Duration::from_secs(args.max_hold_s);
+    settings.tls = args.tls_cert.zip(args.tls_key);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("SIGTERM: stopping");
+            on_signal.cancel();
+        });
+        companion::serve(settings, shutdown).await
+    })
 }
 
 fn main() -> ExitCode {
@@ -149,6 +221,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
+    // The companion runs beside PgBouncer: no AWS, policy or database settings apply to it.
+    if let Command::PgbouncerCompanion(args) = cli.command {
+        return companion(args, cli.aws.webhook_secret);
+    }
     let mut policy = cli.policy.policy()?;
     cli.aws.validate()?;
     // Checked at start-up (the bundle read, the agent's group) before anything connects.
@@ -320,7 +396,7 @@ async fn with_aws(
         Command::Abort { instance } => control(instance, Control::Abort),
         Command::Rollback { instance } => control(instance, Control::Rollback),
         Command::Ack { instance, check } => control(instance, Control::Acknowledge(check)),
-        Command::Healthcheck { .. } | Command::Simulate { .. } => {
+        Command::Healthcheck { .. } | Command::Simulate { .. } | Command::PgbouncerCompanion(_) => {
             unreachable!("handled without AWS")
         }
     };

@@ -49,7 +49,7 @@ pub fn signature(secret: &[u8], t: i64, body: &[u8]) -> String {
 /// Text safe to log and store about a request to `url`: the URL itself becomes its
 /// `scheme://host[:port]`, and its path, long path segments, query and userinfo are replaced
 /// wherever they appear (a receiver's error page may echo them).
-fn scrub(text: &str, url: &str) -> String {
+pub(crate) fn scrub(text: &str, url: &str) -> String {
     let mut out = text.replace(url, &url_origin(url));
     let Ok(u) = reqwest::Url::parse(url) else {
         return out;
@@ -79,7 +79,7 @@ fn scrub(text: &str, url: &str) -> String {
 }
 
 /// A reqwest error without its URL (which it embeds in full), with its causes.
-fn describe(e: reqwest::Error) -> String {
+pub(crate) fn describe(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut text = e.to_string();
     let mut cause = std::error::Error::source(&e);
