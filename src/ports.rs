@@ -368,6 +368,11 @@ pub trait Router: Send + Sync {
         change: &str,
     ) -> impl Future<Output = PortResult<crate::core::router::RouteProgress>> + Send;
     fn smoke_test(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send;
+    /// Holds the clients of `request.router` (PgBouncer: `PAUSE`), for routers that can; the
+    /// others are never asked.
+    fn hold(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send;
+    /// Releases held clients where they were (PgBouncer: `RESUME`).
+    fn release(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send;
 }
 
 /// Time, so that the simulator can run the driver in virtual time.

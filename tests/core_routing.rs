@@ -548,3 +548,136 @@ fn preflight_checks_the_pgbouncer_entry_before_writes_stop() {
     assert_eq!((outcome, planned), (Outcome::Warn, true), "{message}");
     assert!(message.contains("query_wait_timeout (120 s)"), "{message}");
 }
+
+fn pgbouncer_policy() -> Policy {
+    Policy {
+        router: RouterChoice::PgBouncer {
+            companion: "pgbouncer-1.internal:6480".into(),
+            database: "orders".into(),
+        },
+        ..policy()
+    }
+}
+
+/// A PgBouncer in front of the source, as its companion reads it.
+fn pgbouncer_model() -> Model {
+    let mut model = Model::new();
+    let e = source().endpoint.unwrap();
+    model.pooler = Some(PoolerEntry {
+        database: "orders".into(),
+        host: e.address,
+        port: e.port,
+        paused: false,
+        query_wait_timeout_s: Some(0),
+    });
+    model
+}
+
+/// Rounds (one second apart at least) until `m` leaves `phase` or `limit` rounds pass, with
+/// the actions `fail` names failing.
+fn rounds_failing(
+    model: &mut Model,
+    m: &mut aurora_migrator::core::Migration,
+    policy: &Policy,
+    limit: usize,
+    fail: &mut dyn FnMut(&Action) -> Option<aurora_migrator::core::action::ErrorKind>,
+) {
+    for _ in 0..limit {
+        if m.phase.is_terminal() {
+            break;
+        }
+        let d = round(model, m, policy, fail);
+        model.now += d
+            .wake_after
+            .unwrap_or(SignedDuration::from_secs(60))
+            .max(SignedDuration::from_secs(1));
+    }
+}
+
+/// PgBouncer holds the clients before the source is fenced (so ending its sessions meets no
+/// transaction and nothing a client sends is refused), and the route re-points and resumes them.
+#[test]
+fn pgbouncer_holds_the_clients_before_the_quarantine_and_the_route_resumes_them() {
+    let policy = pgbouncer_policy();
+    let mut model = pgbouncer_model();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Verifying);
+    assert_eq!(
+        model.pooler_log,
+        vec![
+            (ActionKey::HoldClients, false),
+            (ActionKey::RouteTraffic, true),
+        ],
+        "held while the source still had its groups, routed (and resumed) once, fenced"
+    );
+    assert!(!model.clients_held, "the route resumed them");
+    let held = m.progress.clients_held_at.expect("the hold was confirmed");
+    let quarantined = m.progress.quarantine_active_at.expect("quarantined");
+    assert!(held <= quarantined, "{held} vs {quarantined}");
+    let entry = model.pooler.as_ref().unwrap();
+    assert!(entry.host.contains("aurora"), "{entry:?}");
+    let asked = m.progress.clients_hold_requested_at.expect("asked");
+    assert!(
+        m.progress.quarantined_at.is_some_and(|q| q <= asked),
+        "the write budget counts from the hold's request"
+    );
+}
+
+/// A hold that keeps failing (a transaction longer than the companion's pause timeout, the
+/// console unreachable) never lets the quarantine happen: the cutover rolls back with the
+/// source untouched, and releases (to be sure: an answer may have been lost).
+#[test]
+fn a_hold_that_keeps_failing_rolls_back_without_fencing_the_source() {
+    let policy = pgbouncer_policy();
+    let mut model = pgbouncer_model();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Quiescing);
+    rounds_failing(&mut model, &mut m, &policy, 3000, &mut |a| {
+        (a.key() == ActionKey::HoldClients)
+            .then_some(aurora_migrator::core::action::ErrorKind::Retryable)
+    });
+    assert_eq!(m.phase, Phase::RolledBack, "{:?}", m.last_error);
+    assert_eq!(
+        model.pooler_log,
+        vec![(ActionKey::ReleaseClients, false)],
+        "a hold asked for is released (a release of what is not held changes nothing)"
+    );
+    assert!(!model.quarantined());
+    assert_eq!(model.promotions, 0);
+    assert!(m.progress.quarantine_active_at.is_none());
+}
+
+/// A rollback before cutover (here an abort after the hold) releases the held clients to the
+/// source, after the source has its groups back, and only then ends.
+#[test]
+fn an_abort_after_the_hold_releases_the_clients_to_the_source() {
+    let policy = pgbouncer_policy();
+    let mut model = pgbouncer_model();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Quiescing);
+    for _ in 0..5 {
+        if model.clients_held {
+            break;
+        }
+        let d = quiet_round(&mut model, &mut m, &policy);
+        model.now += d.wake_after.unwrap_or(SignedDuration::from_secs(1));
+    }
+    assert!(model.clients_held, "held in Quiescing");
+    model
+        .source
+        .as_mut()
+        .unwrap()
+        .tags
+        .insert("aurora-migration:abort".into(), "true".into());
+    run_to_end(&mut model, &mut m, &policy, 400);
+    assert_eq!(m.phase, Phase::Aborted, "{:?}", m.last_error);
+    assert!(!model.clients_held, "released");
+    assert_eq!(
+        model.pooler_log.last(),
+        Some(&(ActionKey::ReleaseClients, false)),
+        "released once the source had its groups back: {:?}",
+        model.pooler_log
+    );
+    assert!(m.progress.clients_released_at.is_some());
+    assert_eq!(model.promotions, 0);
+}

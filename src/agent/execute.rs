@@ -38,6 +38,8 @@ pub async fn execute<W: World>(
             .route(request)
             .await
             .map(|p| Some(ActionOutput::Route(p))),
+        Action::HoldClients(request) => world.router().hold(request).await.map(|()| None),
+        Action::ReleaseClients(request) => world.router().release(request).await.map(|()| None),
         other => execute_aws(world, policy, other).await.map(|()| None),
     }
 }
@@ -48,7 +50,9 @@ async fn execute_aws<W: World>(world: &W, policy: &Policy, action: &Action) -> P
         Action::EndSourceSessions { .. }
         | Action::EndTargetSessions { .. }
         | Action::WriteFence { .. }
-        | Action::RouteTraffic(_) => {
+        | Action::RouteTraffic(_)
+        | Action::HoldClients(_)
+        | Action::ReleaseClients(_) => {
             unreachable!("actions that answer are carried out by `execute`")
         }
         Action::EnsureParameterGroups(spec) => rds.ensure_parameter_groups(spec).await,

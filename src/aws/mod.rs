@@ -323,8 +323,10 @@ impl AwsWorld {
                 webhook: router::HttpRouter::new(s).map_err(ConnectError::Setting)?,
                 route53: route53::Route53::new(aws_sdk_route53::Client::new(config), calls.clone()),
                 rds_proxy,
-                companion_secret: s.webhook_secret.clone(),
-                companion_timeout: s.http_timeout.max(std::time::Duration::from_secs(30)),
+                pgbouncer: crate::pgbouncer::router::PgBouncerRouter::new(
+                    s.webhook_secret.clone(),
+                    s.http_timeout.max(std::time::Duration::from_secs(30)),
+                ),
             },
             database: match &s.database {
                 Some(settings) => crate::database::AgentDatabase::On(Box::new(

@@ -23,7 +23,7 @@ use super::AwsSettings;
 use super::call::boxed;
 use crate::config::{Secret, check_router, url_origin};
 use crate::core::action::RouteRequest;
-use crate::core::router::{PoolerEntry, RouteProgress, RouterChoice, RouterView};
+use crate::core::router::{RouteProgress, RouterChoice, RouterView};
 use crate::ports::{ErrorKind, PortError, PortResult, Router};
 
 /// The request signature's header.
@@ -232,36 +232,8 @@ pub struct AwsRouter {
     pub webhook: HttpRouter,
     pub route53: super::route53::Route53,
     pub rds_proxy: super::rds_proxy::RdsProxy,
-    /// The PgBouncer companions' signing key (`MIGRATOR_WEBHOOK_SECRET`; none: the PgBouncer
-    /// router is refused at preflight) and how long one request may take (a PAUSE waits for
-    /// the pool's transactions, up to the companion's pause timeout, 10 s by default).
-    pub companion_secret: Option<Secret>,
-    pub companion_timeout: Duration,
-}
-
-impl AwsRouter {
-    /// The client of the companion at `host:port`: `https://`, or `http://` on loopback (a
-    /// companion beside an agent run locally), as for the webhook.
-    fn companion(&self, host_port: &str) -> PortResult<crate::pgbouncer::client::CompanionClient> {
-        let secret = self.companion_secret.clone().ok_or_else(|| {
-            PortError::new(
-                ErrorKind::Fatal,
-                "router:pgbouncer",
-                "MIGRATOR_WEBHOOK_SECRET is not set: the PgBouncer companion accepts signed requests only",
-            )
-        })?;
-        let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
-        let scheme = if matches!(host, "127.0.0.1" | "localhost" | "::1") {
-            "http"
-        } else {
-            "https"
-        };
-        crate::pgbouncer::client::CompanionClient::new(
-            &format!("{scheme}://{host_port}"),
-            secret,
-            self.companion_timeout,
-        )
-    }
+    /// The PgBouncer router: requests to the companion beside each PgBouncer.
+    pub pgbouncer: crate::pgbouncer::router::PgBouncerRouter,
 }
 
 impl Router for AwsRouter {
@@ -288,21 +260,10 @@ impl Router for AwsRouter {
                     tracing::info!(migration = %request.migration, proxy = %proxy, to_source = request.back_to_source, "rds proxy: moving the default target group");
                     self.rds_proxy.point(proxy, request).await
                 }
-                RouterChoice::PgBouncer {
-                    companion,
-                    database,
-                } => {
-                    tracing::info!(migration = %request.migration, companion = %companion, database = %database, endpoint = %request.endpoint, "pgbouncer: re-pointing the database entry");
-                    self.companion(companion)?
-                        .route(
-                            database,
-                            &request.endpoint,
-                            request.port,
-                            &request.migration,
-                        )
-                        .await?;
+                RouterChoice::PgBouncer { .. } => {
                     // The companion answers once PgBouncer shows the new address and has
                     // resumed: new server connections go there.
+                    self.pgbouncer.route(request).await?;
                     Ok(RouteProgress::InEffect)
                 }
             }
@@ -327,20 +288,9 @@ impl Router for AwsRouter {
                 RouterChoice::RdsProxy { proxy } => {
                     Ok(self.rds_proxy.view(proxy).await?.map(RouterView::Proxy))
                 }
-                RouterChoice::PgBouncer {
-                    companion,
-                    database,
-                } => match self.companion(companion)?.entry(database).await {
-                    Ok(e) => Ok(Some(RouterView::Pooler(PoolerEntry {
-                        database: e.database,
-                        host: e.host.unwrap_or_default(),
-                        port: e.port,
-                        paused: e.paused,
-                        query_wait_timeout_s: e.query_wait_timeout_s,
-                    }))),
-                    Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(e),
-                },
+                RouterChoice::PgBouncer { .. } => {
+                    Ok(self.pgbouncer.view(router).await?.map(RouterView::Pooler))
+                }
             }
         })
     }
@@ -362,6 +312,14 @@ impl Router for AwsRouter {
 
     fn smoke_test(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send {
         self.webhook.smoke_test(request)
+    }
+
+    fn hold(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(self.pgbouncer.hold(request))
+    }
+
+    fn release(&self, request: &RouteRequest) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(self.pgbouncer.release(request))
     }
 }
 

@@ -49,6 +49,11 @@ pub enum Action {
         cluster: String,
     },
     RouteTraffic(RouteRequest),
+    /// Before the quarantine, for routers that can (PgBouncer): hold the clients (`PAUSE`).
+    HoldClients(RouteRequest),
+    /// A rollback before cutover, once the source has its groups back: release held clients to
+    /// the source (`RESUME`).
+    ReleaseClients(RouteRequest),
     RunSmokeTest(RouteRequest),
     /// After cutover, on an approved rollback: fence the Aurora cluster with the quarantine group.
     QuarantineTarget {
@@ -137,6 +142,8 @@ pub enum ActionKey {
     WriteFence,
     PromoteTarget,
     RouteTraffic,
+    HoldClients,
+    ReleaseClients,
     RunSmokeTest,
     QuarantineTarget,
     RebootTargetWriter,
@@ -177,6 +184,8 @@ impl Action {
             Action::WriteFence { .. } => ActionKey::WriteFence,
             Action::PromoteTarget { .. } => ActionKey::PromoteTarget,
             Action::RouteTraffic(_) => ActionKey::RouteTraffic,
+            Action::HoldClients(_) => ActionKey::HoldClients,
+            Action::ReleaseClients(_) => ActionKey::ReleaseClients,
             Action::RunSmokeTest(_) => ActionKey::RunSmokeTest,
             Action::QuarantineTarget { .. } => ActionKey::QuarantineTarget,
             Action::RebootTargetWriter { .. } => ActionKey::RebootTargetWriter,

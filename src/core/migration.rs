@@ -219,6 +219,16 @@ pub struct Progress {
     /// Rollback after cutover: the route back to the source is in effect.
     #[serde(default)]
     pub routed_back_at: Option<Timestamp>,
+    /// The hold was asked for: from here a rollback releases, whether or not the answer was
+    /// heard (a hold whose answer was lost may have taken effect).
+    #[serde(default)]
+    pub clients_hold_requested_at: Option<Timestamp>,
+    /// The router holds the clients (PgBouncer paused) from here (`machine/hold.rs`).
+    #[serde(default)]
+    pub clients_held_at: Option<Timestamp>,
+    /// A rollback before cutover released the held clients to the source.
+    #[serde(default)]
+    pub clients_released_at: Option<Timestamp>,
 }
 
 /// The outcome of the consistency check before routing.

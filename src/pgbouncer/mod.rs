@@ -34,6 +34,7 @@ pub mod client;
 pub mod companion;
 pub mod console;
 pub mod ini;
+pub mod router;
 
 use serde::{Deserialize, Serialize};
 

@@ -24,7 +24,9 @@ use aurora_migrator::core::migration::{Migration, MigrationId};
 use aurora_migrator::core::needs::needs;
 use aurora_migrator::core::observation::*;
 use aurora_migrator::core::policy::{CutoverPolicy, Policy};
-use aurora_migrator::core::router::{DnsRecord, RouteProgress, RouterChoice, RouterView};
+use aurora_migrator::core::router::{
+    DnsRecord, PoolerEntry, RouteProgress, RouterChoice, RouterView,
+};
 use aurora_migrator::core::{Phase, invariants, step};
 use jiff::{SignedDuration, Timestamp};
 
@@ -201,6 +203,12 @@ pub struct Model {
     pub aurora_extensions: Option<Vec<String>>,
     /// A Route 53 record the applications connect to (routes of the `route53` router).
     pub route53: Option<ModelRoute53>,
+    /// A PgBouncer entry the applications connect to (routes of the `pgbouncer` router), as
+    /// its companion reads it; whether its clients are held (paused) now; and each hold,
+    /// release and route through it with whether the source was quarantined then.
+    pub pooler: Option<PoolerEntry>,
+    pub clients_held: bool,
+    pub pooler_log: Vec<(ActionKey, bool)>,
 }
 
 /// Route 53 as the router sees it: every UPSERT is a change `PENDING` for `propagation` (`None`:
@@ -319,6 +327,9 @@ impl Model {
             db: None,
             aurora_extensions: preflight_inputs().aurora_extensions,
             route53: None,
+            pooler: None,
+            clients_held: false,
+            pooler_log: Vec::new(),
         }
     }
 
@@ -406,6 +417,9 @@ impl Model {
             inputs.aurora_extensions = self.aurora_extensions.clone();
             if let Some(r53) = &self.route53 {
                 inputs.router_view = Some(Ok(r53.record.clone().map(RouterView::Dns)));
+            }
+            if let Some(entry) = &self.pooler {
+                inputs.router_view = Some(Ok(Some(RouterView::Pooler(entry.clone()))));
             }
             obs.preflight = Some(inputs);
         }
@@ -681,8 +695,27 @@ impl Model {
                     s.aurora_replica_clusters.clear();
                 }
             }
+            Action::HoldClients(_) => {
+                self.clients_held = true;
+                let q = self.quarantined();
+                self.pooler_log.push((ActionKey::HoldClients, q));
+            }
+            Action::ReleaseClients(_) => {
+                self.clients_held = false;
+                let q = self.quarantined();
+                self.pooler_log.push((ActionKey::ReleaseClients, q));
+            }
             Action::RouteTraffic(r) => {
                 let now = self.now;
+                if let (RouterChoice::PgBouncer { .. }, Some(entry)) = (&r.router, &mut self.pooler)
+                {
+                    // The companion re-points the entry and resumes.
+                    entry.host = r.endpoint.clone();
+                    entry.port = r.port;
+                    self.clients_held = false;
+                    let q = self.quarantined();
+                    self.pooler_log.push((ActionKey::RouteTraffic, q));
+                }
                 let to_aurora = self
                     .target
                     .as_ref()

@@ -10,6 +10,7 @@ use aurora_migrator::core::migration::{Migration, MigrationId};
 use aurora_migrator::core::notification::Notification;
 use aurora_migrator::core::observation::{GroupLocation, Observed, SecurityGroup};
 use aurora_migrator::core::router::{RouteProgress, RouterChoice, RouterView};
+use aurora_migrator::pgbouncer::router::PgBouncerRouter;
 use aurora_migrator::ports::{
     Clock, Network, Notifier, PortResult, Queue, QueueMessage, Router, StateStore, StoreError,
 };
@@ -218,11 +219,26 @@ pub struct MemRouter {
     pub shared: Arc<Shared>,
     pub endpoint: Arc<Mutex<(String, u16)>>,
     pub routes: Arc<Mutex<Vec<(Timestamp, RouteRequest)>>>,
+    /// The agent's own PgBouncer router (to a real companion), for migrations that route
+    /// through PgBouncer; every other route is the data access layer above.
+    pub pgbouncer: Option<Arc<PgBouncerRouter>>,
+}
+
+impl MemRouter {
+    /// The PgBouncer router, when `router` is one and the world has it.
+    fn pgbouncer_for(&self, router: &RouterChoice) -> Option<&PgBouncerRouter> {
+        matches!(router, RouterChoice::PgBouncer { .. })
+            .then_some(())
+            .and(self.pgbouncer.as_deref())
+    }
 }
 
 impl Router for MemRouter {
     async fn route(&self, request: &RouteRequest) -> PortResult<RouteProgress> {
         eprintln!("[router] {}:{}", request.endpoint, request.port);
+        if let Some(p) = self.pgbouncer_for(&request.router) {
+            p.route(request).await?;
+        }
         self.shared.log(format!(
             "route_traffic {}:{}",
             request.endpoint, request.port
@@ -235,8 +251,11 @@ impl Router for MemRouter {
         Ok(RouteProgress::InEffect)
     }
 
-    async fn view(&self, _router: &RouterChoice) -> PortResult<Option<RouterView>> {
-        Ok(None)
+    async fn view(&self, router: &RouterChoice) -> PortResult<Option<RouterView>> {
+        match self.pgbouncer_for(router) {
+            Some(p) => Ok(p.view(router).await?.map(RouterView::Pooler)),
+            None => Ok(None),
+        }
     }
 
     async fn route_status(
@@ -249,6 +268,22 @@ impl Router for MemRouter {
 
     async fn smoke_test(&self, _request: &RouteRequest) -> PortResult<()> {
         Ok(())
+    }
+
+    async fn hold(&self, request: &RouteRequest) -> PortResult<()> {
+        self.shared.log("hold_clients".to_string());
+        match self.pgbouncer_for(&request.router) {
+            Some(p) => p.hold(request).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn release(&self, request: &RouteRequest) -> PortResult<()> {
+        self.shared.log("release_clients".to_string());
+        match self.pgbouncer_for(&request.router) {
+            Some(p) => p.release(request).await,
+            None => Ok(()),
+        }
     }
 }
 

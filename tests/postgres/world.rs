@@ -380,6 +380,7 @@ impl PgWorld {
                 shared: shared.clone(),
                 endpoint: Arc::new(Mutex::new(("127.0.0.1".to_string(), port))),
                 routes: Arc::default(),
+                pgbouncer: None,
             },
             shared,
             network,

@@ -131,8 +131,13 @@ impl Stepper<'_> {
             migration: self.m.id.to_string(),
         });
         // From here on writes may stop: the write budget runs from the first step that asks
-        // for the quarantine or sees it (a request whose answer was lost still took effect).
+        // for the hold or the quarantine or sees it (a request whose answer was lost still
+        // took effect).
         self.m.progress.quarantined_at.get_or_insert(self.now);
+        // Clients held first (PgBouncer), so that the fence meets no transaction in flight.
+        if !self.clients_held(&source) {
+            return;
+        }
         if !self.quarantine_source(&source, &q) {
             return;
         }

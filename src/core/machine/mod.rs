@@ -11,7 +11,8 @@
 //! Each group of phases has all its rules in one file — what it needs observed (`needs`), its
 //! guards, its proof and its actions: `preparation.rs` (preflight … paused), `cutover.rs`
 //! (quiescing … routing, with the write-unavailability budget and the drain proof), `soak.rs`
-//! (verifying, decommissioning) and `rollback.rs` (both rollbacks). `fence.rs` is the one check
+//! (verifying, decommissioning) and `rollback.rs` (both rollbacks). `route.rs` and `hold.rs` are
+//! the rules of routes in effect and of clients held around the cutover. `fence.rs` is the one check
 //! of the quarantine the cutover, the re-checks and the deletion rely on; `results.rs` is the
 //! one rule for which action results feed back into the record. `wal_fence.rs` and
 //! `consistency.rs` hold the database-aware cutover's rules (the WAL proof, the check before
@@ -50,6 +51,7 @@ use super::tags::{self, ControlTags};
 mod consistency;
 mod cutover;
 mod fence;
+mod hold;
 mod preparation;
 pub mod results;
 mod rollback;

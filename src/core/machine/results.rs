@@ -14,6 +14,8 @@ pub fn feeds_back(key: ActionKey, ok: bool) -> bool {
         matches!(
             key,
             ActionKey::RouteTraffic
+                | ActionKey::HoldClients
+                | ActionKey::ReleaseClients
                 | ActionKey::RunSmokeTest
                 | ActionKey::SetTriggerTag
                 | ActionKey::Notify

@@ -74,7 +74,8 @@ impl Stepper<'_> {
     }
 
     pub(super) fn rolling_back_before_cutover(&mut self, rollback: &Rollback) {
-        let released = self.restore_source();
+        // Held clients go back to the source once it takes writes again.
+        let released = self.restore_source() && self.clients_released();
         let target_gone = match &self.obs.target {
             Observed::Unknown => false,
             Observed::Absent => true,

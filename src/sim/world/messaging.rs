@@ -182,6 +182,16 @@ impl Router for SimPort {
         }
     }
 
+    /// No simulated source routes through PgBouncer (its hold is proven against a real one,
+    /// `tests/postgres_pgbouncer.rs`): never asked.
+    async fn hold(&self, _request: &RouteRequest) -> PortResult<()> {
+        Ok(())
+    }
+
+    async fn release(&self, _request: &RouteRequest) -> PortResult<()> {
+        Ok(())
+    }
+
     async fn smoke_test(&self, _request: &RouteRequest) -> PortResult<()> {
         self.call("router:SmokeTest", false, |_| Ok(())).await
     }

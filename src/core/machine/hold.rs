@@ -1,0 +1,88 @@
+//! Holding the clients (routers that can, today PgBouncer): the one rule for when a router's
+//! clients are held and released around the cutover.
+//!
+//! A PgBouncer can hold its clients instead of failing them: `PAUSE` waits for the pool's
+//! transactions to finish and then keeps new queries waiting. The cutover asks for that before
+//! the quarantine (`Action::HoldClients`), so that when the source is fenced and its sessions are
+//! ended no client transaction is in flight, and nothing a client sent is refused: it waits. The
+//! route then re-points PgBouncer and resumes it (one request to the companion), so the held
+//! clients continue on Aurora. A rollback before cutover releases them to the source once it
+//! has its groups back (`Action::ReleaseClients`).
+//!
+//! Contract:
+//! - Nothing is quarantined until the hold is confirmed (`Progress::clients_held_at`): a hold
+//!   that fails (a transaction longer than the companion's pause timeout, the console
+//!   unreachable) is retried with the cutover's backoff and, after `max_action_retries`, rolls
+//!   back: no write was stopped by the agent that a release does not give back.
+//! - The write budget counts from the hold's request: held clients cannot write.
+//! - A release is confirmed before a rollback before cutover ends, once a hold was asked for
+//!   (confirmed or not: its answer may be lost, and releasing what is not held changes
+//!   nothing); after promotion the route
+//!   itself resumes (and the companion resumes by itself after its maximum hold, should the
+//!   agent be gone).
+
+use super::*;
+
+impl Stepper<'_> {
+    /// Whether this cutover's router holds clients.
+    fn holds_clients(&self) -> bool {
+        matches!(
+            self.router(),
+            super::super::router::RouterChoice::PgBouncer { .. }
+        )
+    }
+
+    /// True when the clients are held (or the router holds none); asks for the hold otherwise.
+    pub(super) fn clients_held(&mut self, source: &SourceInstance) -> bool {
+        if !self.holds_clients() || self.m.progress.clients_held_at.is_some() {
+            return true;
+        }
+        if self.answered_ok(ActionKey::HoldClients) {
+            self.m.progress.clients_held_at = Some(self.now);
+            return true;
+        }
+        if let Some(endpoint) = source.endpoint.clone()
+            && self.request(Action::HoldClients(self.route_to(&endpoint)))
+        {
+            self.m
+                .progress
+                .clients_hold_requested_at
+                .get_or_insert(self.now);
+        }
+        self.wake_within(HOLD_POLL);
+        false
+    }
+
+    /// True when held clients were released (or no hold was ever asked for); asks for the
+    /// release otherwise. A hold asked for but not confirmed is released too: its answer may
+    /// have been lost, or the rollback may have begun before it was heard, and a release of
+    /// clients that are not held changes nothing.
+    pub(super) fn clients_released(&mut self) -> bool {
+        if self.m.progress.clients_hold_requested_at.is_none()
+            || self.m.progress.clients_released_at.is_some()
+        {
+            return true;
+        }
+        if self.answered_ok(ActionKey::ReleaseClients) {
+            self.m.progress.clients_released_at = Some(self.now);
+            return true;
+        }
+        if let Some(endpoint) = self.source().and_then(|s| s.endpoint.clone()) {
+            self.request(Action::ReleaseClients(self.route_to(&endpoint)));
+        }
+        self.wake_within(HOLD_POLL);
+        false
+    }
+
+    /// This step's results include a success of `key`.
+    fn answered_ok(&self, key: ActionKey) -> bool {
+        self.obs
+            .action_results
+            .iter()
+            .any(|r| r.key == key && r.outcome.is_ok())
+    }
+}
+
+/// How soon a hold or release is looked for again: the companion answers within its pause
+/// timeout (10 s by default), and the clients wait meanwhile.
+const HOLD_POLL: SignedDuration = SignedDuration::from_secs(1);
