@@ -681,3 +681,28 @@ fn an_abort_after_the_hold_releases_the_clients_to_the_source() {
     assert!(m.progress.clients_released_at.is_some());
     assert_eq!(model.promotions, 0);
 }
+
+/// PgBouncer unreachable after promotion (the companion or its admin console down, every route
+/// request failing): the source stays fenced, Routing's timeout fails the migration, and people
+/// are told; the clients stay held until the companion's maximum hold resumes them.
+#[test]
+fn a_pgbouncer_that_cannot_be_routed_leaves_the_source_fenced_and_alerts() {
+    let policy = pgbouncer_policy();
+    let mut model = pgbouncer_model();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Routing);
+    rounds_failing(&mut model, &mut m, &policy, 3000, &mut |a| {
+        (a.key() == ActionKey::RouteTraffic)
+            .then_some(aurora_migrator::core::action::ErrorKind::Retryable)
+    });
+    assert_eq!(m.phase, Phase::Failed, "{:?}", m.last_error);
+    assert!(m.progress.routed_at.is_none(), "never counted as moved");
+    assert!(model.quarantined(), "the source is still fenced");
+    assert!(
+        model
+            .notifications
+            .iter()
+            .any(|n| n.severity == Severity::Error && n.phase == Phase::Failed),
+        "people are told"
+    );
+}

@@ -12,6 +12,11 @@ use aws_sdk_route53::types::{
 use jiff::SignedDuration;
 use serde_json::{Value, json};
 
+use aurora_migrator::aws::AwsWorld;
+use aurora_migrator::core::action::RouteRequest;
+use aurora_migrator::core::router::{RouteProgress, RouterChoice};
+use aurora_migrator::ports::{Router, World};
+
 use super::*;
 
 const ZONE_NAME: &str = "internal.example.com";
@@ -218,6 +223,41 @@ async fn route53_routes_at_insync_and_a_change_that_never_syncs_leaves_the_sourc
         .unwrap()
         .to_string();
     assert_eq!(record(&env, &zone, &ok_record).await, (writer.clone(), 5));
+
+    // Routing back (what a rollback after cutover asks of the router; the core's side is
+    // `core_routing::a_rollback_after_cutover_routes_back…`): the agent's Route 53 router points
+    // the record at the source again, its TTL kept, in effect at INSYNC.
+    let world = AwsWorld::connect(&env.settings).await.unwrap();
+    let source_endpoint = endpoint_of(&env, "orders-pg").await;
+    let back = RouteRequest {
+        migration: "m".into(),
+        source: "orders-pg".into(),
+        endpoint: source_endpoint.clone(),
+        port: 5432,
+        phase: aurora_migrator::core::Phase::RollingBack,
+        router: RouterChoice::Route53 {
+            hosted_zone: zone.clone(),
+            record: ok_record.clone(),
+        },
+        cluster: ok.names.cluster.clone(),
+        back_to_source: true,
+    };
+    let mut progress = world.router().route(&back).await.unwrap();
+    let asked = std::time::Instant::now();
+    while let RouteProgress::Propagating { change } = &progress {
+        assert!(asked.elapsed() < Duration::from_secs(30), "INSYNC");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        progress = world
+            .router()
+            .route_status(&back.router, change)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        record(&env, &zone, &ok_record).await,
+        (source_endpoint.to_ascii_lowercase(), 5),
+        "the record points at the source again, its TTL kept"
+    );
     // The calls, in order: the record read, the UPSERT, then GetChange until INSYNC, and only
     // then Verifying (the phase tag's mirror comes after the last GetChange of the change).
     let changes = env.shim.get("route53-changes").await;
@@ -227,7 +267,17 @@ async fn route53_routes_at_insync_and_a_change_that_never_syncs_leaves_the_sourc
         .iter()
         .filter(|c| c["Comment"] == "aurora-migrator: route")
         .collect();
-    assert_eq!(ours.len(), 2, "one route per migration: {changes}");
+    assert_eq!(
+        ours.len(),
+        3,
+        "one route per migration, and the route back: {changes}"
+    );
+    assert!(
+        mentions(&ours[2]["Changes"], &ok_record)
+            && ours[2]["Changes"][0]["Action"] == "UPSERT"
+            && ours[2]["Changes"][0]["TTL"] == 5,
+        "the route back re-points the same record: {changes}"
+    );
     let orders_change = ours
         .iter()
         .find(|c| mentions(&c["Changes"], &ok_record))
