@@ -103,6 +103,10 @@ enum Command {
         /// (new targets REGISTERING 5–90 s, some never available).
         #[arg(long, default_value_t = 0.0)]
         rds_proxy_share: f64,
+        /// Share of the remaining sources that route through PgBouncer, 0..=1, with its faults
+        /// (a companion lost once the clients are held).
+        #[arg(long, default_value_t = 0.0)]
+        pgbouncer_share: f64,
     },
     /// Run the PgBouncer companion beside a PgBouncer until SIGTERM: the agent asks it, signed
     /// with MIGRATOR_WEBHOOK_SECRET, to hold a database's clients (PAUSE) and re-point its
@@ -241,6 +245,7 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
             database_share,
             route53_share,
             rds_proxy_share,
+            pgbouncer_share,
         } => {
             anyhow::ensure!(
                 (0.0..=1.0).contains(&database_share),
@@ -254,6 +259,10 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
                 (0.0..=1.0).contains(&rds_proxy_share),
                 "--rds-proxy-share is a share between 0 and 1"
             );
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&pgbouncer_share),
+                "--pgbouncer-share is a share between 0 and 1"
+            );
             let report = sim::run(&SimOptions {
                 seeds,
                 start_seed: seed,
@@ -263,6 +272,7 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
                 database_share,
                 route53_share,
                 rds_proxy_share,
+                pgbouncer_share,
                 ..SimOptions::default()
             });
             println!("{report}");

@@ -706,3 +706,43 @@ fn a_pgbouncer_that_cannot_be_routed_leaves_the_source_fenced_and_alerts() {
         "people are told"
     );
 }
+
+/// A rollback whose release the companion never answers does not wait for ever: the source
+/// has its groups back, and after 15 minutes (the companion's default maximum hold) the
+/// rollback ends with an error saying what a person must do.
+#[test]
+fn a_release_the_companion_never_answers_ends_the_rollback_with_an_error() {
+    let policy = pgbouncer_policy();
+    let mut model = pgbouncer_model();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Quiescing);
+    for _ in 0..5 {
+        let d = quiet_round(&mut model, &mut m, &policy);
+        model.now += d.wake_after.unwrap_or(SignedDuration::from_secs(1));
+    }
+    assert!(m.progress.clients_held_at.is_some(), "held");
+    model
+        .source
+        .as_mut()
+        .unwrap()
+        .tags
+        .insert("aurora-migration:abort".into(), "true".into());
+    rounds_failing(&mut model, &mut m, &policy, 5000, &mut |a| {
+        (a.key() == ActionKey::ReleaseClients)
+            .then_some(aurora_migrator::core::action::ErrorKind::Retryable)
+    });
+    assert_eq!(m.phase, Phase::Aborted, "{:?}", m.last_error);
+    assert!(!model.quarantined(), "the source takes writes again");
+    let told = model
+        .notifications
+        .iter()
+        .find(|n| n.severity == Severity::Error && n.title.contains("could not be released"))
+        .expect("people are told");
+    assert!(told.description.contains("RESUME"), "{}", told.description);
+    let released = m.history.last().unwrap().at;
+    let asked = m.progress.clients_release_requested_at.unwrap();
+    assert!(
+        released.duration_since(asked) >= SignedDuration::from_mins(15),
+        "kept asking for 15 minutes"
+    );
+}

@@ -393,27 +393,29 @@ fn fault_free_each_cutover_routes_once() {
     );
 }
 
-/// Routers in the fault mix: 40% of the sources route through Route 53 (changes that take
-/// 2–60 s to sync, some that never do), half of the rest through an RDS Proxy (new targets
-/// REGISTERING 5–90 s, some never available), with the usual call faults on their calls, and
-/// every rule holds; a source whose route never takes effect ends failed with its source still
+/// Routers in the fault mix: 30% of the sources route through Route 53 (changes that take
+/// 2–60 s to sync, some that never do), 40% of the rest through an RDS Proxy (new targets
+/// REGISTERING 5–90 s, some never available), half of the rest through PgBouncer (clients
+/// held before the fence, which the world checks; some companions lost once the clients are
+/// held), with the usual call faults on their calls, and every rule holds; a source whose route never takes effect ends failed with its source still
 /// fenced and people told (the checker's rule for `RouteNeverInSync`), and no cutover counts
 /// traffic as moved before Route 53 is in sync or the proxy's new target is available.
 #[test]
 fn routers_in_the_fault_mix_hold_every_rule() {
     let report = sim::run(&SimOptions {
         seeds: 60,
-        route53_share: 0.4,
-        rds_proxy_share: 0.5,
+        route53_share: 0.3,
+        rds_proxy_share: 0.4,
+        pgbouncer_share: 0.5,
         ..SimOptions::default()
     });
     assert!(report.violations.is_empty(), "{report}");
-    let [webhook, route53, proxy] = &report.refused_by_router_ms;
+    let [webhook, route53, proxy, pooler] = &report.refused_by_router_ms;
     assert!(
-        !webhook.is_empty() && !route53.is_empty() && !proxy.is_empty(),
+        !webhook.is_empty() && !route53.is_empty() && !proxy.is_empty() && !pooler.is_empty(),
         "{report}"
     );
-    let [_, route53_effect, proxy_effect] = &report.propagation_by_router_ms;
+    let [_, route53_effect, proxy_effect, _] = &report.propagation_by_router_ms;
     assert_eq!(route53.len(), route53_effect.len());
     assert_eq!(proxy.len(), proxy_effect.len());
     assert!(
@@ -429,6 +431,7 @@ fn routers_in_the_fault_mix_hold_every_rule() {
         report.calls.contains_key("rds:DescribeDBProxyTargets"),
         "{report}"
     );
+    assert!(report.calls.contains_key("pgbouncer:hold"), "{report}");
 }
 
 /// A Route 53 change that never syncs: the cutover promotes, asks for the route, waits for

@@ -229,6 +229,9 @@ pub struct Progress {
     /// A rollback before cutover released the held clients to the source.
     #[serde(default)]
     pub clients_released_at: Option<Timestamp>,
+    /// The rollback first asked for the release (bounds how long it keeps asking).
+    #[serde(default)]
+    pub clients_release_requested_at: Option<Timestamp>,
 }
 
 /// The outcome of the consistency check before routing.

@@ -184,7 +184,7 @@ pub struct Ending {
     /// without the replica applying the fence; the replica applying the fence (AWS's, not in
     /// the agent's share); promoted → traffic moved.
     pub db_parts: Option<[i64; 4]>,
-    /// The router the source routes through (0 webhook, 1 Route 53, 2 RDS Proxy), and how long
+    /// The router the source routes through (0 webhook, 1 Route 53, 2 RDS Proxy, 3 PgBouncer), and how long
     /// its route took to take effect (accepted → INSYNC or the target AVAILABLE; AWS's share).
     pub router: usize,
     pub propagation_ms: Option<i64>,
@@ -356,6 +356,8 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
                 1
             } else if s.rds_proxy.is_some() {
                 2
+            } else if s.pooler.is_some() {
+                3
             } else {
                 0
             },

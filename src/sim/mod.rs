@@ -83,6 +83,9 @@ pub struct SimOptions {
     /// The share of sources routing through an RDS Proxy (of those not on Route 53), with its
     /// faults (`world/rds_proxy.rs`). 0: none, and nothing is drawn for it.
     pub rds_proxy_share: f64,
+    /// The share of the remaining sources routing through PgBouncer (`world/pgbouncer.rs`).
+    /// 0: none, and nothing is drawn for it.
+    pub pgbouncer_share: f64,
 }
 
 impl Default for SimOptions {
@@ -103,6 +106,7 @@ impl Default for SimOptions {
             database_share: 0.5,
             route53_share: 0.0,
             rds_proxy_share: 0.0,
+            pgbouncer_share: 0.0,
         }
     }
 }
@@ -264,12 +268,15 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
     // scripted `RouteNeverInSync` routes through Route 53 whatever the share.
     let mut route_pick = Rng::fork(seed, 8);
     let mut proxy_pick = Rng::fork(seed, 9);
+    let mut pooler_pick = Rng::fork(seed, 10);
     for (_, id) in &ids {
         let scripted = state.sources[id].permanent == Some(PermanentFault::RouteNeverInSync);
         if scripted || route_pick.chance(o.route53_share) {
             state.route_through_route53(id);
         } else if proxy_pick.chance(o.rds_proxy_share) {
             state.route_through_rds_proxy(id);
+        } else if pooler_pick.chance(o.pgbouncer_share) {
+            state.route_through_pgbouncer(id);
         } else {
             continue;
         }

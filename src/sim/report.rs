@@ -29,11 +29,12 @@ pub struct SimReport {
     pub agent_ms: Vec<Ms>,
     /// The same figures per cutover path (of each source's latest attempt).
     pub by_path: BTreeMap<checks::CutoverPath, PathFigures>,
-    /// Writes refused per router: `[webhook, route53, rds proxy]`.
-    pub refused_by_router_ms: [Vec<Ms>; 3],
+    /// Writes refused (held, for PgBouncer) per router: `[webhook, route53, rds proxy,
+    /// pgbouncer]`.
+    pub refused_by_router_ms: [Vec<Ms>; 4],
     /// The router taking the cutover's route into effect, per router as above (Route 53: UPSERT
     /// accepted → INSYNC; RDS Proxy: cluster registered → its writer target AVAILABLE).
-    pub propagation_by_router_ms: [Vec<Ms>; 3],
+    pub propagation_by_router_ms: [Vec<Ms>; 4],
     /// Fallbacks of the database-aware path to the reboot, by reason.
     pub fallbacks: BTreeMap<&'static str, u64>,
     /// Database faults injected, by kind.
@@ -243,8 +244,8 @@ impl fmt::Display for SimReport {
         )?;
         writeln!(
             f,
-            "per cutover path (each source's latest attempt; database share {}, Route 53 share {}, RDS Proxy share {}):",
-            o.database_share, o.route53_share, o.rds_proxy_share
+            "per cutover path (each source's latest attempt; database share {}, Route 53 share {}, RDS Proxy share {}, PgBouncer share {}):",
+            o.database_share, o.route53_share, o.rds_proxy_share, o.pgbouncer_share
         )?;
         for path in checks::CutoverPath::ALL {
             let p = self.path(path);
@@ -302,8 +303,8 @@ impl fmt::Display for SimReport {
             }
         }
         if self.refused_by_router_ms[1..].iter().any(|r| !r.is_empty()) {
-            let [webhook, route53, proxy] = &self.refused_by_router_ms;
-            let [_, route53_effect, proxy_effect] = &self.propagation_by_router_ms;
+            let [webhook, route53, proxy, pooler] = &self.refused_by_router_ms;
+            let [_, route53_effect, proxy_effect, _] = &self.propagation_by_router_ms;
             write!(
                 f,
                 "per router: webhook {} cutovers, writes refused p50 {}, p99 {}",
@@ -331,6 +332,15 @@ impl fmt::Display for SimReport {
                     secs(percentile(proxy, 0.99)),
                     secs(percentile(proxy_effect, 0.5)),
                     secs(percentile(proxy_effect, 0.99)),
+                )?;
+            }
+            if !pooler.is_empty() {
+                write!(
+                    f,
+                    "; pgbouncer {} cutovers, writes held p50 {}, p99 {}",
+                    pooler.len(),
+                    secs(percentile(pooler, 0.5)),
+                    secs(percentile(pooler, 0.99)),
                 )?;
             }
             writeln!(f)?;

@@ -17,7 +17,9 @@
 //! - The write budget counts from the hold's request: held clients cannot write.
 //! - A release is confirmed before a rollback before cutover ends, once a hold was asked for
 //!   (confirmed or not: its answer may be lost, and releasing what is not held changes
-//!   nothing); after promotion the route
+//!   nothing); a companion that does not answer for 15 minutes (its default maximum hold) is
+//!   given up on with an error notification saying what a person must do; after promotion the
+//!   route
 //!   itself resumes (and the companion resumes by itself after its maximum hold, should the
 //!   agent be gone).
 
@@ -67,6 +69,26 @@ impl Stepper<'_> {
             self.m.progress.clients_released_at = Some(self.now);
             return true;
         }
+        let asked = *self
+            .m
+            .progress
+            .clients_release_requested_at
+            .get_or_insert(self.now);
+        if self.since(asked) > RELEASE_GIVE_UP {
+            // The source takes writes again; only PgBouncer's pause is left, and the companion
+            // that could lift it does not answer. Say what a person must do, and end.
+            let router = self.router();
+            self.alert_once(
+                "clients-not-released",
+                Severity::Error,
+                "PgBouncer's clients could not be released",
+                &format!(
+                    "the rollback could not reach the PgBouncer companion ({router}) for {}: its clients stay held until the companion resumes them by itself (its maximum hold) or a person runs RESUME on PgBouncer's admin console; the source takes writes again",
+                    human(RELEASE_GIVE_UP)
+                ),
+            );
+            return true;
+        }
         if let Some(endpoint) = self.source().and_then(|s| s.endpoint.clone()) {
             self.request(Action::ReleaseClients(self.route_to(&endpoint)));
         }
@@ -82,6 +104,11 @@ impl Stepper<'_> {
             .any(|r| r.key == key && r.outcome.is_ok())
     }
 }
+
+/// How long a rollback keeps asking a companion that does not answer to release the clients:
+/// the companion's default maximum hold (`MIGRATOR_COMPANION_MAX_HOLD_S`, 900 s), after which a
+/// companion that is alive has resumed them by itself.
+const RELEASE_GIVE_UP: SignedDuration = SignedDuration::from_mins(15);
 
 /// How soon a hold or release is looked for again: the companion answers within its pause
 /// timeout (10 s by default), and the clients wait meanwhile.

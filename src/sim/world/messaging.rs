@@ -125,12 +125,16 @@ impl Queue for SimPort {
 impl Router for SimPort {
     /// The webhook's data access layer takes a route at once; Route 53 accepts a change that
     /// traffic follows when it is in sync (`route53.rs`); an RDS Proxy's new target takes
-    /// traffic when it is available (`rds_proxy.rs`). The simulator has no PgBouncer (its
-    /// behaviour is proven against a real one, `tests/pgbouncer_*`): it routes like the webhook.
+    /// traffic when it is available (`rds_proxy.rs`); PgBouncer's companion re-points and
+    /// resumes, and traffic follows at once (`pgbouncer.rs`).
     async fn route(&self, request: &RouteRequest) -> PortResult<RouteProgress> {
         match &request.router {
-            RouterChoice::Webhook | RouterChoice::PgBouncer { .. } => self
+            RouterChoice::Webhook => self
                 .call("router:Webhook", true, |s| s.route(request))
+                .await
+                .map(|()| RouteProgress::InEffect),
+            RouterChoice::PgBouncer { .. } => self
+                .call("pgbouncer:route", true, |s| s.pooler_route(request))
                 .await
                 .map(|()| RouteProgress::InEffect),
             RouterChoice::Route53 { .. } => {
@@ -150,7 +154,13 @@ impl Router for SimPort {
 
     async fn view(&self, router: &RouterChoice) -> PortResult<Option<RouterView>> {
         match router {
-            RouterChoice::Webhook | RouterChoice::PgBouncer { .. } => Ok(None),
+            RouterChoice::Webhook => Ok(None),
+            RouterChoice::PgBouncer { .. } => {
+                self.call("pgbouncer:entry", false, |s| {
+                    Ok(s.pooler_view(router).map(RouterView::Pooler))
+                })
+                .await
+            }
             RouterChoice::Route53 { record, .. } => {
                 self.call("route53:ListResourceRecordSets", false, |s| {
                     Ok(s.route53_record(record).map(RouterView::Dns))
@@ -182,14 +192,16 @@ impl Router for SimPort {
         }
     }
 
-    /// No simulated source routes through PgBouncer (its hold is proven against a real one,
-    /// `tests/postgres_pgbouncer.rs`): never asked.
-    async fn hold(&self, _request: &RouteRequest) -> PortResult<()> {
-        Ok(())
+    /// PgBouncer's PAUSE (`pgbouncer.rs`; also proven against a real one,
+    /// `tests/postgres_pgbouncer.rs`).
+    async fn hold(&self, request: &RouteRequest) -> PortResult<()> {
+        self.call("pgbouncer:hold", true, |s| s.pooler_hold(request))
+            .await
     }
 
-    async fn release(&self, _request: &RouteRequest) -> PortResult<()> {
-        Ok(())
+    async fn release(&self, request: &RouteRequest) -> PortResult<()> {
+        self.call("pgbouncer:release", true, |s| s.pooler_release(request))
+            .await
     }
 
     async fn smoke_test(&self, _request: &RouteRequest) -> PortResult<()> {

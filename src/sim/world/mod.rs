@@ -47,6 +47,7 @@ mod cloudwatch;
 mod database;
 mod ec2;
 mod messaging;
+mod pgbouncer;
 mod port;
 mod rds;
 mod rds_proxy;
@@ -134,6 +135,8 @@ pub struct Source {
     pub route53_record: Option<String>,
     /// Routes through an RDS Proxy (`rds_proxy.rs`).
     pub rds_proxy: Option<rds_proxy::Proxy>,
+    /// Routes through PgBouncer (`pgbouncer.rs`).
+    pub pooler: Option<pgbouncer::Pooler>,
     /// The cutover's route was accepted by a router that propagates (Route 53's UPSERT, the
     /// proxy's new target): the router's share of the outage runs from here to when traffic
     /// moves (`INSYNC`, the target `AVAILABLE`).
@@ -456,6 +459,7 @@ impl State {
             route53_record: None,
             route_accepted_at: None,
             rds_proxy: None,
+            pooler: None,
         };
         self.sources.insert(id.clone(), source);
         let now = self.now;

@@ -252,7 +252,8 @@ impl State {
         if have == want && s.pending_groups.is_none() {
             return Ok(());
         }
-        if ids.iter().all(|g| quarantine.contains(g)) {
+        let fencing = ids.iter().all(|g| quarantine.contains(g));
+        if fencing {
             s.quarantine_requested_at.get_or_insert(now);
         }
         let mut memberships: Vec<GroupMembership> = s
@@ -276,6 +277,9 @@ impl State {
         s.view.status = "modifying".to_string();
         s.pending_groups = Some(ids.to_vec());
         self.refresh(&id);
+        if fencing {
+            self.check_pooler_held(&id);
+        }
         self.schedule(took, Ev::GroupsApplied(id));
         Ok(())
     }
