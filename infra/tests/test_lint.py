@@ -173,9 +173,14 @@ def test_webhook_url_and_key_come_from_secrets_manager():
     (c,) = RES["TaskDefinition"]["Properties"]["ContainerDefinitions"]
     assert "MIGRATOR_WEBHOOK" not in json.dumps(c["Environment"])
     cond, secrets, otherwise = c["Secrets"]["Fn::If"]
-    assert cond == "HasWebhook" and otherwise == {"Ref": "AWS::NoValue"}
+    assert cond == "HasWebhook"
     assert secrets == [{"Name": "MIGRATOR_WEBHOOK_URL", "ValueFrom": {"Ref": "WebhookUrlSecretArn"}},
                        {"Name": "MIGRATOR_WEBHOOK_SECRET", "ValueFrom": {"Ref": "WebhookSigningSecretArn"}}]
+    # The signing key alone (the PgBouncer companions' requests), or nothing.
+    assert otherwise == {"Fn::If": ["HasSigningSecret",
+                                    [{"Name": "MIGRATOR_WEBHOOK_SECRET",
+                                      "ValueFrom": {"Ref": "WebhookSigningSecretArn"}}],
+                                    {"Ref": "AWS::NoValue"}]}
     # The URL needs the signing key (a template rule), and both are needed for the condition.
     rule = T["Rules"]["WebhookIsSigned"]
     assert rule["RuleCondition"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "WebhookUrlSecretArn"}, ""]}]}
