@@ -746,3 +746,41 @@ fn a_release_the_companion_never_answers_ends_the_rollback_with_an_error() {
         "kept asking for 15 minutes"
     );
 }
+
+/// A rollback after cutover through PgBouncer holds the clients (now on Aurora) before Aurora
+/// is fenced, and the route back re-points and resumes them on the source.
+#[test]
+fn a_rollback_after_cutover_holds_pgbouncers_clients_before_fencing_aurora() {
+    let policy = pgbouncer_policy();
+    let mut model = pgbouncer_model();
+    let mut m = migration();
+    advance_to(&mut model, &mut m, &policy, Phase::Verifying);
+    model.tag_source("aurora-migration:rollback", "approve");
+    run_to_end(&mut model, &mut m, &policy, 2_000);
+    assert_eq!(m.phase, Phase::RolledBack, "{:?}", m.last_error);
+    let keys: Vec<ActionKey> = model.pooler_log.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        keys,
+        vec![
+            ActionKey::HoldClients,
+            ActionKey::RouteTraffic,
+            ActionKey::HoldClients,
+            ActionKey::RouteTraffic,
+        ],
+        "held and routed at the cutover, held and routed back at the rollback"
+    );
+    let held = m.progress.rollback_clients_held_at.expect("held again");
+    let fenced = m
+        .progress
+        .target_sessions_end_requested_at
+        .or(m.progress.target_reboot_requested_at)
+        .expect("Aurora fenced");
+    assert!(held <= fenced, "held before Aurora was fenced");
+    assert!(!model.clients_held, "the route back resumed them");
+    let e = source().endpoint.unwrap();
+    let entry = model.pooler.as_ref().unwrap();
+    assert_eq!(
+        (entry.host.as_str(), entry.port),
+        (e.address.as_str(), e.port)
+    );
+}

@@ -7,8 +7,9 @@
 //!
 //! Proven: no acknowledged write is lost, no client sees an error (they are held by `PAUSE` from
 //! before the quarantine until PgBouncer points at the standby and resumes), the rows written
-//! after the cutover are on the standby, and the outage as clients see it (the longest gap
-//! between two acknowledgements) is reported.
+//! after the cutover are on the standby; then the owners roll back: the clients are held again
+//! before Aurora is fenced, PgBouncer goes back to the source, still without a client error;
+//! the outage as clients see it (the longest gap between two acknowledgements) is reported.
 
 mod postgres;
 
@@ -218,7 +219,7 @@ fn policy() -> Policy {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cutover_through_pgbouncer_loses_no_write_and_no_client_sees_an_error() {
+async fn a_cutover_and_a_rollback_through_pgbouncer_lose_no_write_and_no_client_sees_an_error() {
     let mut world = PgWorld::start_with_database("pgbouncer", &[]).await;
     let shared = world.shared.clone();
     let source_port = shared.primary.port;
@@ -265,8 +266,64 @@ async fn a_cutover_through_pgbouncer_loses_no_write_and_no_client_sees_an_error(
     stop_at.push(Phase::Verifying);
     let m = drive(&agent, &stop_at, Duration::from_secs(150)).await;
     assert_ended_in(&m, Phase::Verifying, "the cutover through PgBouncer");
+    let standby = shared.standby().expect("the promoted standby");
+    let target_port = i32::from(standby.port);
     // Writes go on through PgBouncer, now to the standby.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = seq.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seq.load(Ordering::SeqCst) < before + 100 {
+        assert!(Instant::now() < deadline, "writes go on after the cutover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let p = &m.progress;
+    assert_eq!(
+        p.database_fallback, None,
+        "the database path, not the reboot"
+    );
+    let held = p.clients_held_at.expect("the clients were held");
+    let quarantined = p.quarantine_active_at.expect("quarantined");
+    assert!(
+        held <= quarantined,
+        "held before the fence: {held} vs {quarantined}"
+    );
+    let cutover_s = p.routed_at.unwrap().duration_since(held).as_secs_f64();
+    let ini_now = fs::read_to_string(&ini).unwrap();
+    assert!(
+        ini_now.contains(&format!("port={}", standby.port)),
+        "{ini_now}"
+    );
+    let on_target_after_cutover = rows(&standby.tcp(SUPERUSER)).await;
+    let last_on_target = *on_target_after_cutover.keys().max().unwrap();
+    assert_eq!(
+        on_target_after_cutover
+            .get(&last_on_target)
+            .copied()
+            .flatten(),
+        Some(target_port),
+        "the writes after the cutover are written on the standby"
+    );
+
+    // The owners roll back: PgBouncer's clients are held again before Aurora is fenced, and
+    // the route back re-points PgBouncer at the source and resumes them.
+    shared.state.lock().unwrap().source_tags.insert(
+        "aurora-migration:rollback".to_string(),
+        "approve".to_string(),
+    );
+    let m = drive(&agent, &ENDS, Duration::from_secs(120)).await;
+    assert_ended_in(&m, Phase::RolledBack, "the rollback through PgBouncer");
+    let p = &m.progress;
+    let held_again = p.rollback_clients_held_at.expect("held again");
+    let back_s = p
+        .routed_back_at
+        .unwrap()
+        .duration_since(held_again)
+        .as_secs_f64();
+    let before = seq.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seq.load(Ordering::SeqCst) < before + 100 {
+        assert!(Instant::now() < deadline, "writes go on after the rollback");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut acks = Vec::new();
     let mut errors = Vec::new();
     for c in clients {
@@ -282,41 +339,32 @@ async fn a_cutover_through_pgbouncer_loses_no_write_and_no_client_sees_an_error(
         "no client saw an error: {errors:?}\n{}",
         bouncer.log_tail()
     );
-    let p = &m.progress;
-    assert_eq!(
-        p.database_fallback, None,
-        "the database path, not the reboot"
-    );
-    let held = p.clients_held_at.expect("the clients were held");
-    let quarantined = p.quarantine_active_at.expect("quarantined");
-    assert!(
-        held <= quarantined,
-        "held before the fence: {held} vs {quarantined}"
-    );
-    // Zero loss: every acknowledged insert is on the promoted standby; the later ones were
-    // written there (its port), through the same PgBouncer address.
-    let standby = shared.standby().expect("the promoted standby");
-    let on_target = rows(&standby.tcp(SUPERUSER)).await;
+    // Zero loss: every acknowledged insert is on the source (before the cutover, and after the
+    // rollback) or on Aurora (in between: the rollback's notification counts those for a
+    // person to reconcile, and Aurora is kept).
+    let on_source = rows(&shared.primary.tcp(SUPERUSER)).await;
+    // Aurora is fenced now: read it over the local socket, which the quarantine does not close.
+    let on_target = rows(&standby.local()).await;
     let lost: Vec<i64> = acks
         .iter()
         .map(|(n, _)| *n)
-        .filter(|n| !on_target.contains_key(n))
+        .filter(|n| !on_source.contains_key(n) && !on_target.contains_key(n))
         .collect();
     assert!(
         lost.is_empty(),
-        "{} acknowledged inserts missing on the target: {:?}",
+        "{} acknowledged inserts on neither side: {:?}",
         lost.len(),
         &lost[..lost.len().min(20)]
     );
     let last = acks.iter().map(|(n, _)| *n).max().unwrap();
     assert_eq!(
-        on_target.get(&last).copied().flatten(),
-        Some(i32::from(standby.port)),
-        "the last insert was written on the standby"
+        on_source.get(&last).copied().flatten(),
+        Some(i32::from(source_port)),
+        "the last insert was written on the source again"
     );
     let ini_now = fs::read_to_string(&ini).unwrap();
     assert!(
-        ini_now.contains(&format!("port={}", standby.port)),
+        ini_now.contains(&format!("port={source_port}")),
         "{ini_now}"
     );
     // The outage as clients see it: the longest wait between two acknowledgements.
@@ -327,11 +375,9 @@ async fn a_cutover_through_pgbouncer_loses_no_write_and_no_client_sees_an_error(
         .map(|w| w[1].duration_since(w[0]))
         .max()
         .unwrap();
-    let routed = p.routed_at.unwrap().duration_since(held);
     eprintln!(
-        "pgbouncer cutover: {} inserts acknowledged by {CLIENTS} clients, 0 lost, 0 client errors; longest wait between acknowledgements {:.2} s; clients held → routed {:.2} s",
+        "pgbouncer cutover and rollback: {} inserts acknowledged by {CLIENTS} clients, 0 lost, 0 client errors; longest wait between acknowledgements {:.2} s; clients held → routed {cutover_s:.2} s at the cutover, held → routed back {back_s:.2} s at the rollback",
         acks.len(),
         gap.as_secs_f64(),
-        routed.as_secs_f64()
     );
 }

@@ -232,6 +232,14 @@ pub struct Progress {
     /// The rollback first asked for the release (bounds how long it keeps asking).
     #[serde(default)]
     pub clients_release_requested_at: Option<Timestamp>,
+    /// Rollback after cutover: the hold of the clients (now on Aurora) was asked for, and
+    /// confirmed, before Aurora is fenced; or given up on (`rollback_hold_skipped`).
+    #[serde(default)]
+    pub rollback_hold_requested_at: Option<Timestamp>,
+    #[serde(default)]
+    pub rollback_clients_held_at: Option<Timestamp>,
+    #[serde(default)]
+    pub rollback_hold_skipped: bool,
 }
 
 /// The outcome of the consistency check before routing.

@@ -15,6 +15,10 @@
 //!   unreachable) is retried with the cutover's backoff and, after `max_action_retries`, rolls
 //!   back: no write was stopped by the agent that a release does not give back.
 //! - The write budget counts from the hold's request: held clients cannot write.
+//! - A rollback after cutover holds the clients again before Aurora is fenced (its sessions
+//!   are ended next), and the route back resumes them on the source; a companion that does not
+//!   hold within 2 minutes is gone without (an approved rollback does not wait on it), with a
+//!   warning.
 //! - A release is confirmed before a rollback before cutover ends, once a hold was asked for
 //!   (confirmed or not: its answer may be lost, and releasing what is not held changes
 //!   nothing); a companion that does not answer for 15 minutes (its default maximum hold) is
@@ -96,6 +100,49 @@ impl Stepper<'_> {
         false
     }
 
+    /// Rollback after cutover: true when the clients (now on Aurora) are held before Aurora is
+    /// fenced, or the router holds none, or the hold was given up on; asks for it otherwise.
+    /// The rollback was approved by a person and must not wait on a companion that does not
+    /// answer: after `ROLLBACK_HOLD_GIVE_UP` it goes on without the hold (clients then see
+    /// errors when Aurora's sessions end), and says so.
+    pub(super) fn clients_held_on_target(&mut self, t: &TargetCluster) -> bool {
+        let p = &self.m.progress;
+        if !self.holds_clients() || p.rollback_clients_held_at.is_some() || p.rollback_hold_skipped
+        {
+            return true;
+        }
+        if self.answered_ok(ActionKey::HoldClients) {
+            self.m.progress.rollback_clients_held_at = Some(self.now);
+            return true;
+        }
+        if let Some(asked) = self.m.progress.rollback_hold_requested_at
+            && self.since(asked) > ROLLBACK_HOLD_GIVE_UP
+        {
+            self.m.progress.rollback_hold_skipped = true;
+            let router = self.router();
+            self.alert_once(
+                "rollback-without-hold",
+                Severity::Warning,
+                "rolling back without holding PgBouncer's clients",
+                &format!(
+                    "the PgBouncer companion ({router}) did not hold the clients within {}: the rollback fences Aurora without it, and clients in a transaction then see an error",
+                    human(ROLLBACK_HOLD_GIVE_UP)
+                ),
+            );
+            return true;
+        }
+        if let Some(endpoint) = t.writer_endpoint.clone()
+            && self.request(Action::HoldClients(self.route_to(&endpoint)))
+        {
+            self.m
+                .progress
+                .rollback_hold_requested_at
+                .get_or_insert(self.now);
+        }
+        self.wake_within(HOLD_POLL);
+        false
+    }
+
     /// This step's results include a success of `key`.
     fn answered_ok(&self, key: ActionKey) -> bool {
         self.obs
@@ -109,6 +156,9 @@ impl Stepper<'_> {
 /// the companion's default maximum hold (`MIGRATOR_COMPANION_MAX_HOLD_S`, 900 s), after which a
 /// companion that is alive has resumed them by itself.
 const RELEASE_GIVE_UP: SignedDuration = SignedDuration::from_mins(15);
+
+/// How long a rollback after cutover waits for a hold before it fences Aurora without one.
+const ROLLBACK_HOLD_GIVE_UP: SignedDuration = SignedDuration::from_mins(2);
 
 /// How soon a hold or release is looked for again: the companion answers within its pause
 /// timeout (10 s by default), and the clients wait meanwhile.

@@ -117,6 +117,11 @@ impl Stepper<'_> {
         let (Some(t), Some(q)) = (self.obs.target.present().cloned(), self.quarantine_id()) else {
             return;
         };
+        // PgBouncer's clients held first, so that fencing Aurora and ending its sessions
+        // meets no transaction (`hold.rs`).
+        if !self.clients_held_on_target(&t) {
+            return;
+        }
         if !t
             .security_groups
             .iter()
