@@ -317,6 +317,7 @@ async fn with_aws(
         s.webhook_url = args.webhook_url.clone();
         s.smoke_test_url = args.smoke_test_url.clone();
         s.webhook_secret = args.webhook_secret.clone();
+        s.companion_ca = args.companion_ca()?;
         s.instruments = instruments.clone();
         s.database = database.clone();
         Ok(s)

@@ -7,6 +7,9 @@
 //! TCP only (`unix_socket_dir` empty), `server_login_retry = 1`, and the startup parameters
 //! drivers send ignored.
 
+#[path = "postgres/access.rs"]
+#[allow(dead_code)]
+mod access;
 #[path = "postgres/server.rs"]
 #[allow(dead_code)]
 mod server;
@@ -163,6 +166,8 @@ struct Options {
     max_hold: Duration,
     /// The companion's admin port instead of PgBouncer's (unreachable console).
     admin_port: Option<u16>,
+    /// The companion serves TLS with a certificate of a test CA (`access::make_certs`).
+    tls: bool,
 }
 
 impl Default for Options {
@@ -172,6 +177,7 @@ impl Default for Options {
             pause_timeout: Duration::from_secs(5),
             max_hold: Duration::from_secs(60),
             admin_port: None,
+            tls: false,
         }
     }
 }
@@ -185,6 +191,8 @@ struct World {
     /// Where `app` points at first (A's port, or a closed port without servers).
     app_port: u16,
     addr: SocketAddr,
+    /// The test CA, a CA that did not sign the companion's certificate, and that certificate.
+    certs: Option<access::Certs>,
     _root: TempRoot,
 }
 
@@ -232,6 +240,8 @@ impl World {
         s.admin_user = ADMIN.0.into();
         s.pause_timeout = o.pause_timeout;
         s.max_hold = o.max_hold;
+        let certs = o.tls.then(|| access::make_certs(&root.path, run_as));
+        s.tls = certs.as_ref().map(|c| (c.cert.clone(), c.key.clone()));
         let companion = Companion::bind(s).await.unwrap();
         let addr = companion.local_addr();
         let token = CancellationToken::new();
@@ -243,6 +253,7 @@ impl World {
             b,
             app_port,
             addr,
+            certs,
             _root: root,
         }
     }
@@ -688,4 +699,46 @@ async fn the_companion_refuses_to_listen_beyond_loopback_without_tls() {
     let e = Companion::bind(s).await.err().expect("refused");
     assert!(e.to_string().contains("MIGRATOR_WEBHOOK_SECRET"), "{e}");
     let _ = fs::remove_file(&ini);
+}
+
+/// Over TLS (a companion beyond loopback must serve it), the agent's client trusts the
+/// companion's certificate only with the CA given to it (`MIGRATOR_COMPANION_CA_FILE`): not
+/// with the public roots alone, not with another CA, and plain HTTP gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_companion_is_trusted_only_with_its_ca() {
+    let w = World::start(Options {
+        tls: true,
+        ..Options::default()
+    })
+    .await;
+    let certs = w.certs.as_ref().unwrap();
+    let url = format!("https://{}", w.addr);
+    let client = |ca: Option<&std::path::Path>| {
+        let pem = ca.map(|p| fs::read(p).unwrap());
+        CompanionClient::with_roots(&url, SECRET.into(), Duration::from_secs(10), pem.as_deref())
+            .unwrap()
+    };
+    let e = client(Some(&certs.ca)).entry("app").await.unwrap();
+    assert_eq!((e.database.as_str(), e.port), ("app", w.app_port));
+    for (what, ca) in [
+        ("the public roots alone", None),
+        ("another CA", Some(certs.other_ca.as_path())),
+    ] {
+        let err = client(ca).entry("app").await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Retryable, "{what}: {err}");
+        assert!(
+            err.to_string().to_lowercase().contains("certificate"),
+            "{what}: {err}"
+        );
+    }
+    let plain = CompanionClient::new(
+        &format!("http://{}", w.addr),
+        SECRET.into(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(
+        plain.entry("app").await.is_err(),
+        "plain HTTP to the TLS port"
+    );
 }

@@ -72,6 +72,8 @@ pub struct AwsSettings {
     pub smoke_test_url: Option<Secret>,
     /// Key of the signature of every webhook and smoke-test request; required with either URL.
     pub webhook_secret: Option<Secret>,
+    /// `MIGRATOR_COMPANION_CA_FILE`'s certificates (PEM), trusted for the PgBouncer companions.
+    pub companion_ca: Option<Vec<u8>>,
     /// Timeout of one webhook or smoke-test request.
     pub http_timeout: Duration,
     /// Tries of one webhook or smoke-test call (with exponential backoff between them).
@@ -105,6 +107,7 @@ impl AwsSettings {
             webhook_url: None,
             smoke_test_url: None,
             webhook_secret: None,
+            companion_ca: None,
             http_timeout: Duration::from_secs(10),
             http_attempts: 4,
             heartbeat_namespace: "AuroraMigrator".to_string(),
@@ -326,7 +329,8 @@ impl AwsWorld {
                 pgbouncer: crate::pgbouncer::router::PgBouncerRouter::new(
                     s.webhook_secret.clone(),
                     s.http_timeout.max(std::time::Duration::from_secs(30)),
-                ),
+                )
+                .trusting(s.companion_ca.clone()),
             },
             database: match &s.database {
                 Some(settings) => crate::database::AgentDatabase::On(Box::new(

@@ -94,6 +94,11 @@ pub struct AwsArgs {
         hide_env_values = true
     )]
     pub webhook_secret: Option<Secret>,
+    /// PEM file of the CA certificate(s) that sign the PgBouncer companions' certificates,
+    /// trusted for requests to the companions besides the public roots (companions run on
+    /// private hosts, whose certificates a private CA usually signs). Unset: public roots only.
+    #[arg(long, env = "MIGRATOR_COMPANION_CA_FILE", global = true)]
+    pub companion_ca_file: Option<String>,
     /// File the agent touches while healthy; `healthcheck` reads its age.
     #[arg(
         long,
@@ -653,11 +658,27 @@ impl AwsArgs {
                 format!("`{u}` is not an http(s) URL"),
             ));
         }
+        self.companion_ca()?;
         check_router(
             self.webhook_url.as_ref(),
             self.smoke_test_url.as_ref(),
             self.webhook_secret.as_ref(),
         )
+    }
+
+    /// The companions' CA bundle (`MIGRATOR_COMPANION_CA_FILE`), read and checked to hold at
+    /// least one PEM certificate.
+    pub fn companion_ca(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        const SETTING: &str = "MIGRATOR_COMPANION_CA_FILE (--companion-ca-file)";
+        let Some(path) = &self.companion_ca_file else {
+            return Ok(None);
+        };
+        let pem =
+            std::fs::read(path).map_err(|e| bad(SETTING, format!("cannot read `{path}`: {e}")))?;
+        if reqwest::Certificate::from_pem_bundle(&pem).map_or(true, |c| c.is_empty()) {
+            return Err(bad(SETTING, format!("`{path}` holds no PEM certificate")));
+        }
+        Ok(Some(pem))
     }
 }
 

@@ -349,3 +349,29 @@ fn the_idle_connection_allowance_is_a_setting_bounded_and_named() {
         "{e}"
     );
 }
+
+#[test]
+fn a_companion_ca_file_that_is_missing_or_holds_no_certificate_names_the_setting() {
+    let dir = std::env::temp_dir().join(format!("am-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    for path in [dir.join("missing.pem"), empty] {
+        let args = AwsArgs {
+            companion_ca_file: Some(path.display().to_string()),
+            ..with_router(None, None, None)
+        };
+        let e = args.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("MIGRATOR_COMPANION_CA_FILE (--companion-ca-file): "),
+            "{e}"
+        );
+    }
+    let args = with_router(None, None, None);
+    assert_eq!(
+        args.companion_ca().unwrap(),
+        None,
+        "unset: public roots only"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

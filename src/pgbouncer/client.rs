@@ -26,18 +26,36 @@ impl CompanionClient {
     /// `base_url` is the companion's `scheme://host:port` (a path prefix is kept);
     /// `timeout` bounds each request, and should exceed the companion's pause timeout.
     pub fn new(base_url: &str, secret: Secret, timeout: Duration) -> Result<Self, PortError> {
-        let client = reqwest::Client::builder()
+        CompanionClient::with_roots(base_url, secret, timeout, None)
+    }
+
+    /// As [`CompanionClient::new`], also trusting the CA certificates in `ca_pem` (a private
+    /// CA that signs the companion's certificate).
+    pub fn with_roots(
+        base_url: &str,
+        secret: Secret,
+        timeout: Duration,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, PortError> {
+        let refuse = |what: String| PortError::new(ErrorKind::Fatal, "pgbouncer:client", what);
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("aurora-migrator/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                PortError::new(
-                    ErrorKind::Fatal,
-                    "pgbouncer:client",
-                    format!("HTTP client: {}", describe(e)),
-                )
-            })?;
+            .user_agent(concat!("aurora-migrator/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| refuse(format!("the companions' CA bundle: {}", describe(e))))?;
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let client = builder.build().map_err(|e| {
+            PortError::new(
+                ErrorKind::Fatal,
+                "pgbouncer:client",
+                format!("HTTP client: {}", describe(e)),
+            )
+        })?;
         Ok(CompanionClient {
             client,
             base_url: Secret::from(base_url.trim_end_matches('/')),

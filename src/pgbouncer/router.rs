@@ -20,11 +20,24 @@ pub struct PgBouncerRouter {
     /// How long one request may take: a PAUSE waits for the pool's transactions, up to the
     /// companion's pause timeout (10 s by default).
     timeout: Duration,
+    /// PEM certificates of the CA(s) that sign the companions' certificates
+    /// (`MIGRATOR_COMPANION_CA_FILE`), trusted besides the public roots.
+    ca: Option<Vec<u8>>,
 }
 
 impl PgBouncerRouter {
     pub fn new(secret: Option<Secret>, timeout: Duration) -> Self {
-        PgBouncerRouter { secret, timeout }
+        PgBouncerRouter {
+            secret,
+            timeout,
+            ca: None,
+        }
+    }
+
+    /// Also trusts the CA certificates in `pem` for the companions' TLS.
+    pub fn trusting(mut self, pem: Option<Vec<u8>>) -> Self {
+        self.ca = pem;
+        self
     }
 
     /// The companion and database of a PgBouncer choice, and its client.
@@ -55,8 +68,12 @@ impl PgBouncerRouter {
         } else {
             "https"
         };
-        let client =
-            CompanionClient::new(&format!("{scheme}://{companion}"), secret, self.timeout)?;
+        let client = CompanionClient::with_roots(
+            &format!("{scheme}://{companion}"),
+            secret,
+            self.timeout,
+            self.ca.as_deref(),
+        )?;
         Ok((client, database))
     }
 
