@@ -742,3 +742,26 @@ async fn over_tls_the_companion_is_trusted_only_with_its_ca() {
         "plain HTTP to the TLS port"
     );
 }
+
+/// Two routes of different entries of one ini file at the same time (two migrations behind one
+/// PgBouncer): each keeps the other's change; neither writes back a stale copy of the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_routes_of_two_entries_keep_both_changes() {
+    let w = World::start(Options::default()).await;
+    for round in 0..5u16 {
+        let (p1, p2) = (free_port(), free_port());
+        let (c1, c2) = (w.client(), w.client());
+        let (a, b) = tokio::join!(
+            c1.route("app", "localhost", p1, "m1"),
+            c2.route("other", "localhost", p2, "m2")
+        );
+        a.unwrap();
+        b.unwrap();
+        let ini = w.ini();
+        assert!(
+            ini.contains(&format!("app = host=localhost port={p1}"))
+                && ini.contains(&format!("other = host=localhost port={p2}")),
+            "round {round}: both changes kept:\n{ini}"
+        );
+    }
+}

@@ -302,6 +302,7 @@ impl AwsWorld {
             aws_sdk_rds::Client::new(config),
             calls.clone(),
             rds.limiter(),
+            &s.tag_prefix,
         );
         Ok(AwsWorld {
             rds,

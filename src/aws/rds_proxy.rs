@@ -20,7 +20,7 @@ use super::call::{boxed, call, call_unless};
 use super::limit::RateLimiter;
 use crate::core::action::RouteRequest;
 use crate::core::router::{ProxyTarget, ProxyView, RouteProgress};
-use crate::ports::PortResult;
+use crate::ports::{ErrorKind, PortError, PortResult};
 
 /// The target group the router moves: every proxy has one, named `default`.
 const GROUP: &str = "default";
@@ -29,6 +29,9 @@ pub struct RdsProxy {
     client: Client,
     calls: CallCounter,
     limiter: Arc<RateLimiter>,
+    /// `<prefix>:router`: the tag by which the proxy's owners let the agent move it, read again
+    /// before every move (preflight may be days earlier; IAM cannot tell proxies apart).
+    opt_in_tag: String,
 }
 
 /// What a move asks after (`RouteProgress::Propagating::change`): the target that must become
@@ -42,11 +45,17 @@ fn change_for(request: &RouteRequest) -> String {
 }
 
 impl RdsProxy {
-    pub fn new(client: Client, calls: CallCounter, limiter: Arc<RateLimiter>) -> Self {
+    pub fn new(
+        client: Client,
+        calls: CallCounter,
+        limiter: Arc<RateLimiter>,
+        tag_prefix: &str,
+    ) -> Self {
         RdsProxy {
             client,
             calls,
             limiter,
+            opt_in_tag: crate::core::tags::key(tag_prefix, "router"),
         }
     }
 
@@ -161,7 +170,40 @@ impl RdsProxy {
         let proxy = proxy.to_string();
         let request = request.clone();
         boxed(async move {
-            let targets = self.targets(&proxy).await?;
+            let op = "rds:RegisterDBProxyTargets";
+            let refuse = |why: String| Err(PortError::new(ErrorKind::Fatal, op, why));
+            // Consent and scope, again at the move: the owners' tag is still there, and the
+            // group holds only this migration's databases (the source, or the cluster and its
+            // members), so nothing else's traffic moves.
+            let Some(view) = self.view(&proxy).await? else {
+                return refuse(format!("there is no RDS Proxy named {proxy}"));
+            };
+            if view.tags.get(&self.opt_in_tag).map(String::as_str)
+                != Some(crate::core::router::PROXY_OPT_IN)
+            {
+                return refuse(format!(
+                    "the RDS Proxy {proxy} is no longer tagged {}={}: its owners withdrew their consent; nothing was changed",
+                    self.opt_in_tag,
+                    crate::core::router::PROXY_OPT_IN
+                ));
+            }
+            let foreign: Vec<String> = view
+                .targets
+                .iter()
+                .filter(|t| {
+                    t.id != request.source
+                        && t.id != request.cluster
+                        && t.cluster.as_deref() != Some(request.cluster.as_str())
+                })
+                .map(|t| format!("{} {}", t.kind, t.id))
+                .collect();
+            if !foreign.is_empty() {
+                return refuse(format!(
+                    "the RDS Proxy {proxy}'s default target group now holds {}: not this migration's; nothing was changed",
+                    foreign.join(", ")
+                ));
+            }
+            let targets = view.targets;
             let registered = |kind: &str, id: &str| {
                 targets.iter().any(|t| {
                     t.id == id

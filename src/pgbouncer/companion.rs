@@ -135,6 +135,7 @@ impl Companion {
                 settings,
                 target,
                 databases: std::sync::Mutex::new(HashMap::new()),
+                ini_file: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -263,6 +264,10 @@ struct Shared {
     settings: CompanionSettings,
     target: AdminTarget,
     databases: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<DbState>>>>,
+    /// Serializes every read-modify-write of the ini file (taken after a database's lock, in
+    /// that order everywhere): two routes of different entries in one file must not each write
+    /// back the text they read, undoing the other's change.
+    ini_file: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -409,6 +414,7 @@ impl Shared {
         let migration = r.migration.as_deref().unwrap_or("");
         let lock = self.database(&r.database);
         let mut st = lock.lock().await;
+        let _file = self.ini_file.lock().await;
         let (old, e) = self.ini_entry(&r.database).await?;
         let console = self.console().await?;
         let answer = |held_ms: u64| {
@@ -420,10 +426,37 @@ impl Shared {
             })
         };
         if e.host.as_deref() == Some(host) && e.port == port {
-            // Already routed (a retry): PgBouncer must have it too, and the clients go on.
-            let shown = console.database(&r.database).await?;
-            if !shown.is_some_and(|row| row.host.as_deref() == Some(host) && row.port == port) {
-                console.reload().await?;
+            // Already routed in the file (a retry): PgBouncer must serve it too before the
+            // clients go on. If it still serves the old address (an earlier RELOAD failed),
+            // the change happens now, paused as any route is, and is checked.
+            let live = |row: Option<super::console::DatabaseRow>| {
+                row.is_some_and(|row| row.host.as_deref() == Some(host) && row.port == port)
+            };
+            if !live(console.database(&r.database).await?) {
+                console
+                    .pause(&r.database, self.settings.pause_timeout)
+                    .await?;
+                st.held_since.get_or_insert_with(Instant::now);
+                let applied = async {
+                    console.reload().await?;
+                    Ok::<_, Failure>(live(console.database(&r.database).await?))
+                }
+                .await;
+                if !matches!(applied, Ok(true)) {
+                    let resumed = console.resume(&r.database).await;
+                    return Err(fail(
+                        502,
+                        format!(
+                            "the ini file points {} at {host}:{port} but PgBouncer does not serve it after RELOAD; the database {}",
+                            r.database,
+                            if resumed.is_ok() {
+                                "was resumed"
+                            } else {
+                                "could not be resumed"
+                            }
+                        ),
+                    ));
+                }
             }
             console.resume(&r.database).await?;
             st.cancel_auto_resume();

@@ -224,7 +224,11 @@ fn parse_connstring(s: &str, base: usize) -> Result<Vec<Pair>, String> {
             i += 1;
         }
         if i >= b.len() || b[i] != b'=' {
-            return Err(format!("connstring key {key:?} has no `=`"));
+            // The word itself is not repeated: it may be part of a password (`password=a b`),
+            // and this text reaches the agent's record and notifications.
+            return Err(format!(
+                "a connstring word at byte {k0} has no `=` (a value with spaces must be quoted)"
+            ));
         }
         i += 1;
         while i < b.len() && blank(b[i]) {

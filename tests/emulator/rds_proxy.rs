@@ -345,8 +345,48 @@ async fn rds_proxy_moves_to_the_cluster_when_available_back_when_routed_back_and
         .await
         .into_iter()
         .map(|(a, _)| a)
+        .filter(|a| a.contains("RegisterDBProxyTargets"))
         .collect();
-    assert_eq!(repeated, vec!["DescribeDBProxyTargets".to_string()]);
+    assert!(repeated.is_empty(), "{repeated:?}");
+
+    // Consent is read again at every move: with the owners' tag gone, a route is refused and
+    // nothing is deregistered or registered.
+    let proxy_arn = env
+        .aws
+        .rds
+        .describe_db_proxies()
+        .db_proxy_name("orders-proxy")
+        .send()
+        .await
+        .unwrap()
+        .db_proxies()[0]
+        .db_proxy_arn()
+        .unwrap()
+        .to_string();
+    env.aws
+        .rds
+        .remove_tags_from_resource()
+        .resource_name(&proxy_arn)
+        .tag_keys("aurora-migration:router")
+        .send()
+        .await
+        .unwrap();
+    let before = env.shim.actions("rds").await.len();
+    let forward = RouteRequest {
+        back_to_source: false,
+        phase: aurora_migrator::core::Phase::Routing,
+        ..back.clone()
+    };
+    let refused = world.router().route(&forward).await.unwrap_err();
+    assert_eq!(refused.kind, aurora_migrator::ports::ErrorKind::Fatal);
+    assert!(refused.message.contains("no longer tagged"), "{refused}");
+    let moved: Vec<String> = proxy_calls(&env, before)
+        .await
+        .into_iter()
+        .map(|(a, _)| a)
+        .filter(|a| a.contains("RegisterDBProxyTargets"))
+        .collect();
+    assert!(moved.is_empty(), "nothing moved without consent: {moved:?}");
     let status = AgentProcess::status(&env);
     let row = status
         .lines()

@@ -131,13 +131,19 @@ impl Stepper<'_> {
             );
             return true;
         }
-        if let Some(endpoint) = t.writer_endpoint.clone()
-            && self.request(Action::HoldClients(self.route_to(&endpoint)))
-        {
-            self.m
-                .progress
-                .rollback_hold_requested_at
-                .get_or_insert(self.now);
+        // The give-up counts from the first look, asked or not: a cluster without a writer
+        // endpoint must not keep Aurora unfenced (the companion needs only the database name,
+        // so the hold is asked with whatever endpoint is known).
+        self.m
+            .progress
+            .rollback_hold_requested_at
+            .get_or_insert(self.now);
+        let endpoint = t
+            .writer_endpoint
+            .clone()
+            .or_else(|| self.source().and_then(|s| s.endpoint.clone()));
+        if let Some(endpoint) = endpoint {
+            self.request(Action::HoldClients(self.route_to(&endpoint)));
         }
         self.wake_within(HOLD_POLL);
         false
