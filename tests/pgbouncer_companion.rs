@@ -295,6 +295,11 @@ impl World {
     /// A raw POST: the status and the JSON answer. `sign`: the signing key and the timestamp's
     /// age in seconds.
     async fn post(&self, path: &str, body: &Value, sign: Option<(&str, i64)>) -> (u16, Value) {
+        // Bound to its operation, as the agent's client binds it, unless the body names one.
+        let mut body = body.clone();
+        if body.get("op").is_none() {
+            body["op"] = json!(path);
+        }
         let body = body.to_string();
         let mut r = reqwest::Client::new()
             .post(format!("http://{}{path}", self.addr))
@@ -541,7 +546,7 @@ async fn an_unreachable_admin_console_answers_502_and_leaves_the_ini_unchanged()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsigned_and_stale_requests_get_401_and_an_unknown_database_404() {
+async fn unsigned_stale_and_replayed_requests_get_401_and_an_unknown_database_404() {
     let w = World::start(Options::default()).await;
     let before = w.ini();
     let route = json!({"database": "app", "host": "10.1.2.3", "port": 5432, "migration": "m"});
@@ -558,6 +563,13 @@ async fn unsigned_and_stale_requests_get_401_and_an_unknown_database_404() {
         }
     }
     assert_eq!(w.ini(), before);
+    // A request signed for one operation, replayed to another (an entry read as a release, a
+    // route as a hold): refused.
+    let entry = json!({"op": "/v1/entry", "database": "app"});
+    for path in ["/v1/release", "/v1/hold"] {
+        let (status, answer) = w.post(path, &entry, Some((SECRET, 0))).await;
+        assert_eq!(status, 401, "{path}: {answer}");
+    }
     assert!(!w.shown().await.paused);
     let unknown = json!({"database": "nope", "host": "10.1.2.3", "port": 5432, "migration": "m"});
     for path in ["/v1/route", "/v1/hold", "/v1/entry", "/v1/release"] {

@@ -65,13 +65,17 @@ impl CompanionClient {
 
     /// Where the entry points now, and whether PgBouncer holds it.
     pub async fn entry(&self, database: &str) -> PortResult<EntryInfo> {
-        self.post("pgbouncer:entry", "/v1/entry", &request(database))
-            .await
+        self.post(
+            "pgbouncer:entry",
+            "/v1/entry",
+            &request(database, "/v1/entry"),
+        )
+        .await
     }
 
     /// PAUSE the database's clients (until routed, released, or the companion's maximum hold).
     pub async fn hold(&self, database: &str, migration: &str) -> PortResult<Held> {
-        let mut r = request(database);
+        let mut r = request(database, "/v1/hold");
         r.migration = Some(migration.to_string());
         self.post("pgbouncer:hold", "/v1/hold", &r).await
     }
@@ -85,6 +89,7 @@ impl CompanionClient {
         migration: &str,
     ) -> PortResult<Routed> {
         let r = Request {
+            op: "/v1/route".to_string(),
             database: database.to_string(),
             migration: Some(migration.to_string()),
             host: Some(host.to_string()),
@@ -95,8 +100,12 @@ impl CompanionClient {
 
     /// Resume the database's clients (idempotent).
     pub async fn release(&self, database: &str) -> PortResult<Released> {
-        self.post("pgbouncer:release", "/v1/release", &request(database))
-            .await
+        self.post(
+            "pgbouncer:release",
+            "/v1/release",
+            &request(database, "/v1/release"),
+        )
+        .await
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(
@@ -164,8 +173,9 @@ impl CompanionClient {
     }
 }
 
-fn request(database: &str) -> Request {
+fn request(database: &str, op: &str) -> Request {
     Request {
+        op: op.to_string(),
         database: database.to_string(),
         ..Request::default()
     }

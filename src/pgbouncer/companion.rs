@@ -31,6 +31,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 const MAX_HEAD: usize = 16 * 1024;
 /// The largest distance between a signature's timestamp and now.
 pub const MAX_SKEW_S: i64 = 300;
+/// How soon a failed automatic RESUME (at the maximum hold) is tried again.
+const AUTO_RESUME_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct CompanionSettings {
@@ -357,18 +359,22 @@ impl Shared {
         let max_hold = self.settings.max_hold;
         st.auto_resume = Some(tokio::spawn(async move {
             tokio::time::sleep(max_hold).await;
-            shared.auto_resume(&database, generation).await;
+            // Until it is done: a console busy for a moment must not leave the clients held.
+            while !shared.auto_resume(&database, generation).await {
+                tokio::time::sleep(AUTO_RESUME_RETRY).await;
+            }
         }));
         tracing::info!(database = %r.database, migration = r.migration.as_deref().unwrap_or(""), pause_ms = started.elapsed().as_millis() as u64, max_hold_s = max_hold.as_secs(), "held: PgBouncer holds the database's clients");
         Ok(json!(super::Held { held: true }))
     }
 
-    /// The maximum hold is over and nobody routed or released: resume.
-    async fn auto_resume(&self, database: &str, generation: u64) {
+    /// The maximum hold is over and nobody routed or released: resume. False when RESUME
+    /// failed (asked again after `AUTO_RESUME_RETRY`).
+    async fn auto_resume(&self, database: &str, generation: u64) -> bool {
         let lock = self.database(database);
         let mut st = lock.lock().await;
         if st.generation != generation || st.held_since.is_none() {
-            return;
+            return true;
         }
         let result = match self.console().await {
             Ok(c) => c.resume(database).await.map_err(|e| e.to_string()),
@@ -384,9 +390,11 @@ impl Shared {
                 );
                 st.held_since = None;
                 st.auto_resume = None;
+                true
             }
             Err(e) => {
-                tracing::error!(database, error = %e, "maximum hold reached and RESUME failed: clients stay held")
+                tracing::error!(database, error = %e, retry_s = AUTO_RESUME_RETRY.as_secs(), "maximum hold reached and RESUME failed: asking again");
+                false
             }
         }
     }
@@ -831,6 +839,11 @@ async fn handle(shared: &Arc<Shared>, request: &HttpRequest) -> Result<Value, Fa
     })?;
     let r: Request = serde_json::from_slice(&request.body)
         .map_err(|e| fail(400, format!("the body is not the expected JSON: {e}")))?;
+    if r.op != request.path {
+        // Signed for another operation (or by a client that does not bind it): a replay.
+        tracing::warn!(path = %request.path, op = %r.op, "refused a request signed for another operation");
+        return Err(fail(401, "the request was signed for another operation"));
+    }
     if r.database.is_empty() {
         return Err(fail(400, "\"database\" is empty"));
     }

@@ -77,6 +77,10 @@ pub struct Released {
 /// A request's body (the fields each endpoint reads).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Request {
+    /// The endpoint the request is for (`/v1/route`, …), inside the signed body: a request
+    /// signed for one operation cannot be replayed to another (an entry read as a release).
+    #[serde(default)]
+    pub op: String,
     pub database: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<String>,
