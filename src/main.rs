@@ -154,6 +154,11 @@ struct CompanionArgs {
     /// The longest hold before the companion resumes by itself, seconds.
     #[arg(long, env = "MIGRATOR_COMPANION_MAX_HOLD_S", default_value_t = 900)]
     max_hold_s: u64,
+    /// The `<host>:<port>` the instances' `pgbouncer:` router tags name this companion by;
+    /// when set, a request addressed to another companion is refused (recommended: one signing
+    /// key reaches every companion).
+    #[arg(long, env = "MIGRATOR_COMPANION_NAME")]
+    name: Option<String>,
 }
 
 /// Runs the companion until SIGTERM or Ctrl-C.
@@ -173,6 +178,7 @@ fn companion(
     settings.pause_timeout = std::time::Duration::from_secs(args.pause_timeout_s);
     settings.max_hold = std::time::Duration::from_secs(args.max_hold_s);
     settings.tls = args.tls_cert.zip(args.tls_key);
+    settings.name = args.name.map(|n| n.trim().to_ascii_lowercase());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -168,6 +168,8 @@ struct Options {
     admin_port: Option<u16>,
     /// The companion serves TLS with a certificate of a test CA (`access::make_certs`).
     tls: bool,
+    /// `MIGRATOR_COMPANION_NAME`.
+    name: Option<String>,
 }
 
 impl Default for Options {
@@ -178,6 +180,7 @@ impl Default for Options {
             max_hold: Duration::from_secs(60),
             admin_port: None,
             tls: false,
+            name: None,
         }
     }
 }
@@ -242,6 +245,7 @@ impl World {
         s.max_hold = o.max_hold;
         let certs = o.tls.then(|| access::make_certs(&root.path, run_as));
         s.tls = certs.as_ref().map(|c| (c.cert.clone(), c.key.clone()));
+        s.name = o.name.clone();
         let companion = Companion::bind(s).await.unwrap();
         let addr = companion.local_addr();
         let token = CancellationToken::new();
@@ -776,4 +780,27 @@ async fn concurrent_routes_of_two_entries_keep_both_changes() {
             "round {round}: both changes kept:\n{ini}"
         );
     }
+}
+
+/// A companion that knows its name (`MIGRATOR_COMPANION_NAME`) refuses a request addressed to
+/// another companion (one signed for a companion an attacker named in their own router tag,
+/// replayed here), and one that names none; the agent's client names the companion it sends to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_companion_refuses_requests_addressed_to_another() {
+    let w = World::start(Options {
+        name: Some("pgb-1.internal:443".into()),
+        ..Options::default()
+    })
+    .await;
+    let named = |name: &str| w.client().for_companion(name);
+    named("pgb-1.internal:443").entry("app").await.unwrap();
+    for (what, client) in [
+        ("another companion", named("evil.example.com:443")),
+        ("no companion", w.client()),
+    ] {
+        let e = client.hold("app", "m").await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Fatal, "{what}: {e}");
+        assert!(e.message.contains("another companion"), "{what}: {e}");
+    }
+    assert!(!w.shown().await.paused, "nothing was held");
 }

@@ -235,11 +235,13 @@ async fn a_cutover_and_a_rollback_through_pgbouncer_lose_no_write_and_no_client_
         Secret::from(String::new()),
         Secret::from(SECRET.to_string()),
     );
-    settings.listen = "127.0.0.1:0".parse().unwrap();
+    // Named as the instance's tag names it: the agent's router addresses every request to it.
+    let companion_port = free_port();
+    settings.listen = format!("127.0.0.1:{companion_port}").parse().unwrap();
+    settings.name = Some(format!("127.0.0.1:{companion_port}"));
     settings.admin_addr = format!("127.0.0.1:{}", bouncer.port);
     settings.admin_user = ADMIN.to_string();
     let companion = Companion::bind(settings).await.expect("the companion");
-    let companion_port = companion.local_addr().port();
     let shutdown = CancellationToken::new();
     let served = tokio::spawn(companion.run(shutdown.clone()));
     world.router.pgbouncer = Some(Arc::new(PgBouncerRouter::new(

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{EntryInfo, Held, Released, Request, Routed};
@@ -20,6 +19,8 @@ pub struct CompanionClient {
     client: reqwest::Client,
     base_url: Secret,
     secret: Secret,
+    /// The companion's name, put in every request (`Request::companion`).
+    name: Option<String>,
 }
 
 impl CompanionClient {
@@ -60,7 +61,15 @@ impl CompanionClient {
             client,
             base_url: Secret::from(base_url.trim_end_matches('/')),
             secret,
+            name: None,
         })
+    }
+
+    /// Addresses every request to the companion named `name` (`<host>:<port>`, as the router
+    /// tag names it), inside the signed body.
+    pub fn for_companion(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
     }
 
     /// Where the entry points now, and whether PgBouncer holds it.
@@ -90,6 +99,7 @@ impl CompanionClient {
     ) -> PortResult<Routed> {
         let r = Request {
             op: "/v1/route".to_string(),
+            companion: None,
             database: database.to_string(),
             migration: Some(migration.to_string()),
             host: Some(host.to_string()),
@@ -108,17 +118,19 @@ impl CompanionClient {
         .await
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(
+    async fn post<T: DeserializeOwned>(
         &self,
         operation: &str,
         path: &str,
-        body: &B,
+        body: &Request,
     ) -> PortResult<T> {
         let base = self.base_url.expose();
         let url = format!("{base}{path}");
         let origin = url_origin(base);
         let fail = |kind, text: String| PortError::new(kind, operation, scrub(&text, base));
-        let body = serde_json::to_vec(body)
+        let mut body = body.clone();
+        body.companion = self.name.clone();
+        let body = serde_json::to_vec(&body)
             .map_err(|e| fail(ErrorKind::Fatal, format!("request body: {e}")))?;
         let t = jiff::Timestamp::now().as_second();
         let r = self

@@ -51,6 +51,10 @@ pub struct CompanionSettings {
     pub max_hold: Duration,
     /// Certificate chain and private key, PEM files.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The `<host>:<port>` the instances' router tags name this companion by
+    /// (`MIGRATOR_COMPANION_NAME`): when set, a request addressed to another companion is
+    /// refused, so one signed for another companion cannot be replayed here.
+    pub name: Option<String>,
 }
 
 impl CompanionSettings {
@@ -66,6 +70,7 @@ impl CompanionSettings {
             pause_timeout: Duration::from_secs(10),
             max_hold: Duration::from_secs(900),
             tls: None,
+            name: None,
         }
     }
 
@@ -839,6 +844,12 @@ async fn handle(shared: &Arc<Shared>, request: &HttpRequest) -> Result<Value, Fa
     })?;
     let r: Request = serde_json::from_slice(&request.body)
         .map_err(|e| fail(400, format!("the body is not the expected JSON: {e}")))?;
+    if let Some(name) = &shared.settings.name
+        && r.companion.as_deref() != Some(name.as_str())
+    {
+        tracing::warn!(path = %request.path, to = r.companion.as_deref().unwrap_or(""), "refused a request addressed to another companion");
+        return Err(fail(401, "the request was addressed to another companion"));
+    }
     if r.op != request.path {
         // Signed for another operation (or by a client that does not bind it): a replay.
         tracing::warn!(path = %request.path, op = %r.op, "refused a request signed for another operation");

@@ -81,6 +81,11 @@ pub struct Request {
     /// signed for one operation cannot be replayed to another (an entry read as a release).
     #[serde(default)]
     pub op: String,
+    /// The companion the request is addressed to, as the instance's router tag names it
+    /// (`<host>:<port>`), inside the signed body: a companion that knows its name
+    /// (`MIGRATOR_COMPANION_NAME`) refuses a request addressed to another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub companion: Option<String>,
     pub database: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<String>,

@@ -73,7 +73,8 @@ impl PgBouncerRouter {
             secret,
             self.timeout,
             self.ca.as_deref(),
-        )?;
+        )?
+        .for_companion(companion);
         Ok((client, database))
     }
 
