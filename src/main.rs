@@ -107,6 +107,13 @@ enum Command {
         /// (a companion lost once the clients are held).
         #[arg(long, default_value_t = 0.0)]
         pgbouncer_share: f64,
+        /// RDS requests per second the simulated agent allows itself (as
+        /// MIGRATOR_RDS_RATE_LIMIT); a large value is an unlimited budget.
+        #[arg(long, default_value_t = 5.0)]
+        rds_rate_limit: f64,
+        /// Most migrations in their cutover at once (as MIGRATOR_MAX_CUTOVERS).
+        #[arg(long, default_value_t = aurora_migrator::core::policy::DEFAULT_MAX_CUTOVERS)]
+        max_cutovers: usize,
     },
     /// Run the PgBouncer companion beside a PgBouncer until SIGTERM: the agent asks it, signed
     /// with MIGRATOR_WEBHOOK_SECRET, to hold a database's clients (PAUSE) and re-point its
@@ -252,7 +259,14 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
             route53_share,
             rds_proxy_share,
             pgbouncer_share,
+            rds_rate_limit,
+            max_cutovers,
         } => {
+            anyhow::ensure!(
+                rds_rate_limit.is_finite() && rds_rate_limit > 0.0,
+                "--rds-rate-limit is a positive number of requests per second"
+            );
+            anyhow::ensure!(max_cutovers >= 1, "--max-cutovers is at least 1");
             anyhow::ensure!(
                 (0.0..=1.0).contains(&database_share),
                 "--database-share is a share between 0 and 1"
@@ -279,6 +293,8 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
                 route53_share,
                 rds_proxy_share,
                 pgbouncer_share,
+                rds_rate_limit,
+                max_cutovers,
                 ..SimOptions::default()
             });
             println!("{report}");

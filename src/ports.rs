@@ -86,6 +86,12 @@ pub trait Rds: Send + Sync {
     fn heard_of_change(&self, name: &str) {
         let _ = name;
     }
+    /// How long a cutover's RDS call would wait for the account budget now (the rate
+    /// limiter's cutover lane, `aws::limit`): the agent admits no new cutover while it is
+    /// long (`agent::cutover_turns`). An adapter without a limiter never makes one wait.
+    fn cutover_backlog(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     fn parameter_groups_present(
         &self,
         cluster_group: &str,

@@ -119,6 +119,41 @@ fn fleet_pause_holds_at_the_cutover_gate_and_resume_releases() {
 }
 
 #[test]
+fn a_migration_without_a_cutover_turn_waits_with_writes_flowing_and_enters_when_given_one() {
+    let (mut model, mut m) = advanced_to(&policy(), Phase::AwaitingCutover);
+    model.no_cutover_turn = true;
+    let asked = model.now;
+    for _ in 0..6 {
+        let obs = model.observe(&m, &policy());
+        let d = step(&m, &obs, model.now, &policy());
+        assert_eq!(d.next.phase, Phase::AwaitingCutover, "no turn: no cutover");
+        assert!(
+            !keys(&d.actions).contains(&ActionKey::QuarantineSource),
+            "no quarantine while it waits: {:?}",
+            keys(&d.actions)
+        );
+        assert!(
+            d.wake_after
+                .is_some_and(|w| w <= SignedDuration::from_secs(10)),
+            "it looks again soon for a turn given back: {:?}",
+            d.wake_after
+        );
+        m = d.next;
+        model.now += SignedDuration::from_secs(10);
+    }
+    assert!(!model.quarantined(), "writes still flow");
+    assert_eq!(
+        m.progress.cutover_turn_asked_at,
+        Some(asked),
+        "its place in line is the time it first asked"
+    );
+    model.no_cutover_turn = false;
+    quiet_round(&mut model, &mut m, &policy());
+    assert_eq!(m.phase, Phase::Quiescing);
+    assert_eq!(m.progress.cutover_turn_asked_at, None);
+}
+
+#[test]
 fn quiescing_records_original_groups_before_quarantining() {
     let (model, m) = advanced_to(&policy(), Phase::Quiescing);
     let obs = model.observe(&m, &policy());

@@ -6,15 +6,18 @@
 //! next tick: the record is written before anything it asks for is done, every action is
 //! idempotent, and the in-flight markers in the record stop a repeat from doubling a mutation.
 
+pub mod cutover_turns;
 pub mod execute;
 pub mod follow_up;
 pub mod observe;
 
+pub use cutover_turns::CutoverTurns;
 pub use follow_up::FollowUp;
 
 use jiff::SignedDuration;
 use tracing::Instrument;
 
+use crate::aws::limit::in_lane;
 use crate::core::admission::{Admission, admit};
 use crate::core::observation::Observed;
 use crate::core::{ErrorKind, Migration, MigrationId, Policy, step};
@@ -99,6 +102,22 @@ pub struct Agent<W: World> {
     /// The version of each unfinished record this process saved last: a follow-up whose record
     /// is older is stale.
     saved: std::sync::Mutex<std::collections::HashMap<MigrationId, u64>>,
+    /// Admission to the cutover (`cutover_turns.rs`); memory only.
+    pub turns: CutoverTurns,
+}
+
+/// Whether `m`'s RDS calls go in the rate limiter's cutover lane (`aws::limit`), before the
+/// calls of migrations that can wait: its writes are down (Quiescing … Routing), or it is
+/// rolling back (bounded, and the source may be fenced until it is done).
+pub fn cutover_lane(m: &Migration) -> bool {
+    m.phase.is_cutover() || m.phase == crate::core::Phase::RollingBack
+}
+
+/// Whether `m` holds a cutover turn (`cutover_turns.rs`): its writes are stopped (Quiescing …
+/// Routing, or rolling back with the source still fenced). A rollback before the quarantine
+/// stops no write and needs no turn.
+pub fn holds_cutover_turn(m: &Migration) -> bool {
+    m.phase.is_cutover() || (m.phase == crate::core::Phase::RollingBack && m.source_quarantined())
 }
 
 /// Seconds before a migration whose observation failed is looked at again. During the cutover
@@ -122,12 +141,13 @@ impl<W: World> Agent<W> {
     pub fn new(world: W, policy: Policy) -> Self {
         Agent {
             world,
-            policy,
             step,
             instruments: Instruments::default(),
             home: Home::default(),
             follow_ups: std::sync::Mutex::default(),
             saved: std::sync::Mutex::default(),
+            turns: CutoverTurns::new(policy.max_cutovers),
+            policy,
         }
     }
 
@@ -360,13 +380,26 @@ impl<W: World> Agent<W> {
             let started = self.instruments.step_started();
             let mut obs = match last_look.take() {
                 Some(o) => o,
-                None => match observe::observe(world, &m, &self.policy).await {
+                None => match in_lane(cutover_lane(&m), observe::observe(world, &m, &self.policy))
+                    .await
+                {
                     Ok(o) => o,
                     Err(e) => return self.retry_later(m, e).await,
                 },
             };
             obs.action_results = std::mem::take(&mut pending);
             let now = world.clock().now();
+            if m.phase == crate::core::Phase::AwaitingCutover {
+                if !self.turns.seeded() {
+                    // Once per process: the cutovers under way count before a turn is given.
+                    match world.store().list().await {
+                        Ok(all) => self.turns.seed(&all, now),
+                        Err(e) => return self.retry_later(m, e).await,
+                    }
+                }
+                let backlog = world.rds().cutover_backlog();
+                obs.no_cutover_turn = !self.turns.has_turn(&m, now, backlog);
+            }
             let decision = (self.step)(&m, &obs, now, &self.policy);
             let before = m.phase;
             match world.store().save(&decision.next).await {
@@ -395,8 +428,13 @@ impl<W: World> Agent<W> {
             if m.phase != before {
                 tracing::info!(migration = %m.id, from = %before, phase = %m.phase, "phase changed");
             }
+            self.turns.settle(&m, now);
             self.instruments.migration_in(&m.id, m.phase);
-            pending = execute::execute_all(world, &m, &self.policy, &decision.actions).await;
+            pending = in_lane(
+                cutover_lane(&m),
+                execute::execute_all(world, &m, &self.policy, &decision.actions),
+            )
+            .await;
             self.instruments.step_done(started, before);
             let look_again = decision.wake_after == Some(SignedDuration::ZERO);
             if !look_again && pending.is_empty() {

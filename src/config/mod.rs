@@ -226,6 +226,15 @@ pub struct PolicyArgs {
         global = true
     )]
     pub max_idle_connections: u32,
+    /// Most migrations in their cutover (writes stopped) at once in one agent; the others wait,
+    /// writes flowing, for a turn the RDS budget can carry. 1 to 1000.
+    #[arg(
+        long,
+        env = "MIGRATOR_MAX_CUTOVERS",
+        default_value_t = crate::core::policy::DEFAULT_MAX_CUTOVERS,
+        global = true
+    )]
+    pub max_cutovers: usize,
 }
 
 impl Default for PolicyArgs {
@@ -247,6 +256,7 @@ impl Default for PolicyArgs {
             slow_poll: "60s".into(),
             fast_poll: "5s".into(),
             max_idle_connections: 0,
+            max_cutovers: crate::core::policy::DEFAULT_MAX_CUTOVERS,
         }
     }
 }
@@ -497,6 +507,10 @@ fn positive(setting: &'static str, v: f64) -> Result<f64, ConfigError> {
     }
 }
 
+/// The largest `MIGRATOR_MAX_CUTOVERS` accepted: more at once than the RDS budget can look
+/// after is the queue at the rate limiter that admission exists to avoid.
+const MAX_CUTOVERS_LIMIT: usize = 1000;
+
 /// The largest `MIGRATOR_MAX_IDLE_CONNECTIONS` accepted: RDS's own sessions are a handful; more
 /// than that allowed would let client sessions through the proof.
 const MAX_IDLE_CONNECTIONS_LIMIT: u32 = 10;
@@ -592,6 +606,17 @@ impl PolicyArgs {
                     format!(
                         "{} is more than {MAX_IDLE_CONNECTIONS_LIMIT}: with that many sessions allowed the proof no longer says the source is fenced",
                         self.max_idle_connections
+                    ),
+                ));
+            },
+            max_cutovers: if (1..=MAX_CUTOVERS_LIMIT).contains(&self.max_cutovers) {
+                self.max_cutovers
+            } else {
+                return Err(bad(
+                    "MIGRATOR_MAX_CUTOVERS (--max-cutovers)",
+                    format!(
+                        "{} is not between 1 and {MAX_CUTOVERS_LIMIT}",
+                        self.max_cutovers
                     ),
                 ));
             },

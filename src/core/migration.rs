@@ -198,6 +198,11 @@ pub struct Progress {
     /// When the last heartbeat was asked for (`machine::HEARTBEAT_EVERY`).
     #[serde(default)]
     pub heartbeat_at: Option<Timestamp>,
+    /// Ready for its cutover (allowed, lag within the policy) and waiting since then for a turn
+    /// the account's RDS budget can carry (`agent::cutover_turns`): writes still flow. Cleared
+    /// when it enters Quiescing; the agent serves turns in the order of this time.
+    #[serde(default)]
+    pub cutover_turn_asked_at: Option<Timestamp>,
     /// The consistency check before routing (database-aware cutover): what it found.
     #[serde(default)]
     pub consistency: Option<Consistency>,

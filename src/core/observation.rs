@@ -63,6 +63,11 @@ pub struct Observation {
     pub metrics: BTreeMap<MetricKey, Vec<Datapoint>>,
     /// The fleet-wide pause switch.
     pub fleet_paused: bool,
+    /// The agent has no cutover turn for this migration now: as many cutovers as the RDS
+    /// budget carries are under way (`agent::cutover_turns`). Read in AwaitingCutover only;
+    /// `false` (the default) is a turn.
+    #[serde(default)]
+    pub no_cutover_turn: bool,
     /// What the agent read inside the databases (database-aware cutover only).
     pub database: DatabaseReadings,
     /// Outcomes of the actions the driver just executed for this migration.

@@ -136,6 +136,10 @@ pub struct Policy {
     /// `webhook`: what the agent did before routers were chosen.
     #[serde(default)]
     pub router: crate::core::router::RouterChoice,
+    /// Most migrations in their cutover (writes stopped) at once in one agent
+    /// (`agent::cutover_turns`); the others wait in AwaitingCutover, writes flowing.
+    #[serde(default = "default_max_cutovers")]
+    pub max_cutovers: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -177,6 +181,15 @@ impl Default for Timeouts {
     }
 }
 
+/// Most migrations in their cutover at once in one agent, by default (`MIGRATOR_MAX_CUTOVERS`).
+/// Measured in the simulator's fleet runs at the default RDS rate (5 requests/s): see the
+/// README's *Fleet* figures.
+pub const DEFAULT_MAX_CUTOVERS: usize = 25;
+
+fn default_max_cutovers() -> usize {
+    DEFAULT_MAX_CUTOVERS
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {
@@ -214,6 +227,7 @@ impl Default for Policy {
             promotion_poll: SignedDuration::from_millis(200),
             consistency_check_budget: SignedDuration::from_secs(5),
             router: crate::core::router::RouterChoice::Webhook,
+            max_cutovers: DEFAULT_MAX_CUTOVERS,
         }
     }
 }

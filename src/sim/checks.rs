@@ -9,6 +9,7 @@
 //! Here: every decision of the phase machine against `core::invariants` (through a wrapper
 //! installed as the agent's `step`), the quarantine rule, and the end-of-run liveness rules.
 
+pub mod cutover_turns;
 pub mod replayed_before_promotion;
 
 use std::cell::RefCell;

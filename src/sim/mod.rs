@@ -86,6 +86,11 @@ pub struct SimOptions {
     /// The share of the remaining sources routing through PgBouncer (`world/pgbouncer.rs`).
     /// 0: none, and nothing is drawn for it.
     pub pgbouncer_share: f64,
+    /// RDS requests per second the agent allows itself (`MIGRATOR_RDS_RATE_LIMIT`, default 5);
+    /// a large value is the unlimited budget the fleet's figures are compared with.
+    pub rds_rate_limit: f64,
+    /// Most migrations in their cutover at once (`MIGRATOR_MAX_CUTOVERS`).
+    pub max_cutovers: usize,
 }
 
 impl Default for SimOptions {
@@ -107,6 +112,8 @@ impl Default for SimOptions {
             route53_share: 0.0,
             rds_proxy_share: 0.0,
             pgbouncer_share: 0.0,
+            rds_rate_limit: crate::aws::AwsSettings::new("", "", "").rds_requests_per_second,
+            max_cutovers: crate::core::policy::DEFAULT_MAX_CUTOVERS,
         }
     }
 }
@@ -148,6 +155,8 @@ pub struct SeedOutcome {
     pub calls: BTreeMap<&'static str, u64>,
     pub rds_peak_1s: u32,
     pub rds_peak_60s: f64,
+    /// RDS requests made in the rate limiter's cutover lane (`aws::limit`).
+    pub rds_in_cutover_lane: u64,
     pub timeline: Vec<String>,
     pub end_ms: Ms,
     pub decisions: u64,
@@ -205,12 +214,15 @@ const VISIBILITY_MARGIN_MS: Ms = 20 * SEC;
 
 /// A new agent process on the world: its AWS adapter starts with empty caches and a full
 /// rate limiter.
-fn agent(port: &SimPort) -> Arc<Agent<SimWorld>> {
+fn agent(port: &SimPort, o: &SimOptions) -> Arc<Agent<SimWorld>> {
     let mut agent = Agent::new(
         SimWorld {
             port: port.new_process(),
         },
-        sim_policy(),
+        Policy {
+            max_cutovers: o.max_cutovers,
+            ..sim_policy()
+        },
     );
     agent.step = checks::checked_step;
     Arc::new(agent)
@@ -228,6 +240,8 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
         StoreMode::Conditional
     };
     let mut state = State::new(seed, plan.clone(), store_mode, o.verbose);
+    state.rds_rate = o.rds_rate_limit;
+    state.max_cutovers = o.max_cutovers;
     let mut pick = Rng::fork(seed, 4);
     for i in 0..migrations {
         let permanent = match &plan.permanent {
@@ -308,6 +322,7 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
     violations.extend(decision_violations);
     violations.append(&mut extra);
     let rds_peak_1s = s.rds_per_second.values().copied().max().unwrap_or(0);
+    let rds_in_cutover_lane = s.rds_in_cutover_lane;
     let rds_peak_60s = peak_window(&s.rds_per_second, 60);
     let timeline = s
         .timeline
@@ -325,6 +340,7 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
         calls: s.calls.clone(),
         rds_peak_1s,
         rds_peak_60s,
+        rds_in_cutover_lane,
         timeline,
         end_ms: s.now,
         decisions,
@@ -356,7 +372,7 @@ fn peak_window(per_second: &BTreeMap<i64, u32>, window: i64) -> f64 {
 fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
     let bound = o.bound_hours * 60 * MIN;
     let mut rng = Rng::fork(seed, 5);
-    let mut agent = agent(port);
+    let mut agent = agent(port, o);
     let mut tasks: BTreeMap<usize, Task> = BTreeMap::new();
     let mut next_task = 0usize;
     let mut up_at: Ms = 0;
@@ -418,7 +434,7 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
             up_at = now + rng.range(20 * SEC, 90 * SEC);
             s.log(|| "agent restarting".to_string());
             drop(s);
-            agent = self::agent(port);
+            agent = self::agent(port, o);
             continue;
         }
         // Receive while there is room, as the agent's loop does.

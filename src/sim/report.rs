@@ -411,10 +411,75 @@ impl fmt::Display for SimReport {
                 out.rds_peak_1s,
                 out.rds_peak_60s
             )?;
-            let mut busiest: Vec<(&str, u64)> = out.calls.iter().map(|(op, n)| (*op, *n)).collect();
+            let rolled_back = |permanent: bool| {
+                out.endings
+                    .iter()
+                    .filter(|e| {
+                        e.phase == Some(Phase::RolledBack) && e.permanent.is_some() == permanent
+                    })
+                    .count()
+            };
+            let budget = out.endings.iter().filter(|e| e.budget_rollback).count();
+            writeln!(
+                f,
+                "  rolled back: {} with a permanent fault, {} with only transient faults ({} of them by the write budget); failed {}, other {}",
+                rolled_back(true),
+                rolled_back(false),
+                budget,
+                out.endings
+                    .iter()
+                    .filter(|e| e.phase == Some(Phase::Failed))
+                    .count(),
+                out.endings
+                    .iter()
+                    .filter(|e| !matches!(
+                        e.phase,
+                        Some(Phase::Completed | Phase::RolledBack | Phase::Failed)
+                    ))
+                    .count(),
+            )?;
+            let completed_cutovers: Vec<Ms> = out
+                .endings
+                .iter()
+                .filter(|e| e.phase == Some(Phase::Completed))
+                .filter_map(|e| e.window_ms)
+                .collect();
+            writeln!(
+                f,
+                "  completed migrations' write unavailability p50 {}, p99 {}, max {}; {:.1} RDS calls per completed migration",
+                secs(percentile(&completed_cutovers, 0.5)),
+                secs(percentile(&completed_cutovers, 0.99)),
+                secs(completed_cutovers.iter().max().copied()),
+                rds as f64 / done.max(1) as f64,
+            )?;
+            writeln!(
+                f,
+                "  RDS calls per migration, by operation ({:.1} of them in the cutover lane):",
+                out.rds_in_cutover_lane as f64 / fl.migrations.max(1) as f64
+            )?;
+            let mut rds_ops: Vec<(&str, u64)> = out
+                .calls
+                .iter()
+                .filter(|(op, _)| op.starts_with("rds:"))
+                .map(|(op, n)| (*op, *n))
+                .collect();
+            rds_ops.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            for (op, n) in &rds_ops {
+                writeln!(
+                    f,
+                    "    {op:<42} {:>8.1}",
+                    *n as f64 / fl.migrations.max(1) as f64
+                )?;
+            }
+            let mut busiest: Vec<(&str, u64)> = out
+                .calls
+                .iter()
+                .filter(|(op, _)| !op.starts_with("rds:"))
+                .map(|(op, n)| (*op, *n))
+                .collect();
             busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-            writeln!(f, "  API calls per migration, busiest first:")?;
-            for (op, n) in busiest.iter().take(12) {
+            writeln!(f, "  other API calls per migration, busiest first:")?;
+            for (op, n) in busiest.iter().take(8) {
                 writeln!(
                     f,
                     "    {op:<42} {:>8.1}",

@@ -185,6 +185,8 @@ pub struct Model {
     pub restarted_at: Option<Timestamp>,
     pub routed_to: Option<String>,
     pub fleet_paused: bool,
+    /// The agent has no cutover turn for the migration (`agent::cutover_turns`).
+    pub no_cutover_turn: bool,
     /// A stale logical slot keeps the slot lag high.
     pub stale_slot: bool,
     /// A client outside the data access layer writes to the source after cutover.
@@ -316,6 +318,7 @@ impl Model {
             restarted_at: None,
             routed_to: None,
             fleet_paused: false,
+            no_cutover_turn: false,
             stale_slot: false,
             stray_writer: false,
             clusters_created: 0,
@@ -479,6 +482,7 @@ impl Model {
             }
         }
         obs.fleet_paused = n.fleet_pause && self.fleet_paused;
+        obs.no_cutover_turn = m.phase == Phase::AwaitingCutover && self.no_cutover_turn;
         if let Some((_, change)) = &n.route_change {
             let r53 = self
                 .route53

@@ -25,7 +25,31 @@ use crate::ports::PortResult;
 struct Cached<T> {
     /// When the fetch started: a change after it may be missing from `items`.
     at: Duration,
+    /// How long it serves: longer for a larger fleet (`FleetCache::per_item`).
+    ttl: Duration,
     items: Arc<Vec<T>>,
+}
+
+/// Items a describe-all returns per page (`MaxRecords` 100).
+const ONE_PAGE: usize = 100;
+
+/// The share of the RDS budget the fleet snapshots may spend refreshing: the rest is the
+/// migrations' own (their mutations, the cutovers' direct describes).
+pub(crate) const SNAPSHOT_BUDGET_SHARE: f64 = 0.05;
+
+/// How much each item of a snapshot adds to its TTL so that refreshing it every TTL costs at
+/// most [`SNAPSHOT_BUDGET_SHARE`] of `requests_per_second` (pages of 100): at 5 requests/s a
+/// 1,000-instance Region's 10 pages serve for 40 s, not 5 s (at 5 s the two snapshots' refreshes
+/// took three requests a second in the simulator's 500-migration fleet, most of its RDS calls).
+/// The looks that can wait poll every minute or so; a cutover's look does not read a snapshot
+/// older than the base TTL (`FleetCache::lookup`).
+pub(crate) fn ttl_per_item(requests_per_second: f64) -> Duration {
+    let rate = if requests_per_second.is_finite() && requests_per_second > 0.0 {
+        requests_per_second
+    } else {
+        1.0
+    };
+    Duration::from_secs_f64(1.0 / (100.0 * SNAPSHOT_BUDGET_SHARE * rate))
 }
 
 /// A describe-everything answer shared by every migration within its TTL: one page of 100
@@ -34,7 +58,10 @@ struct Cached<T> {
 /// the others keep sharing the snapshot (invalidating the whole snapshot on every mutation
 /// would re-read every page after each of a fleet's many tag and state changes).
 pub(crate) struct FleetCache<T, C: MonotonicClock = TokioClock> {
+    /// The shortest TTL, whatever the snapshot's size.
     ttl: Duration,
+    /// Added to the TTL per item of the snapshot ([`ttl_per_item`]); zero: a fixed TTL.
+    per_item: Duration,
     clock: C,
     current: std::sync::Mutex<Option<Cached<T>>>,
     refresh: tokio::sync::Mutex<()>,
@@ -58,6 +85,7 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
     pub(crate) fn with_clock(ttl: Duration, clock: C) -> Self {
         FleetCache {
             ttl,
+            per_item: Duration::ZERO,
             clock,
             current: std::sync::Mutex::new(None),
             refresh: tokio::sync::Mutex::new(()),
@@ -65,17 +93,36 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
         }
     }
 
+    /// Whether a cutover's look may read the snapshot: it is younger than the base TTL, or
+    /// there is none yet or it holds one page at most (refreshing it costs one request, as the
+    /// look's own direct describe would).
+    fn young_or_small(&self) -> bool {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        match current.as_ref() {
+            None => true,
+            Some(c) => {
+                c.items.len() <= ONE_PAGE || self.clock.now().saturating_sub(c.at) < self.ttl
+            }
+        }
+    }
+
+    /// The TTL grows with the snapshot: each of its items adds `per_item` (see [`ttl_per_item`]).
+    pub(crate) fn scaled(mut self, per_item: Duration) -> Self {
+        self.per_item = per_item;
+        self
+    }
+
     fn fresh(&self) -> Option<(Duration, Arc<Vec<T>>)> {
         let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let c = current.as_ref()?;
-        (self.clock.now().saturating_sub(c.at) < self.ttl).then(|| (c.at, c.items.clone()))
+        (self.clock.now().saturating_sub(c.at) < c.ttl).then(|| (c.at, c.items.clone()))
     }
 
     /// The snapshot if it is within its TTL or its fetch started at or after `asked`.
     fn fresh_or_started_since(&self, asked: Duration) -> Option<(Duration, Arc<Vec<T>>)> {
         let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let c = current.as_ref()?;
-        (c.at >= asked || self.clock.now().saturating_sub(c.at) < self.ttl)
+        (c.at >= asked || self.clock.now().saturating_sub(c.at) < c.ttl)
             .then(|| (c.at, c.items.clone()))
     }
 
@@ -114,8 +161,13 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
         }
         let at = self.clock.now();
         let items = Arc::new(fetch().await?);
+        let ttl = self.ttl.max(
+            self.per_item
+                .saturating_mul(items.len().try_into().unwrap_or(u32::MAX)),
+        );
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Cached {
             at,
+            ttl,
             items: items.clone(),
         });
         // Changes older than this snapshot are in it.
@@ -128,7 +180,10 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
 
     /// One resource, `name`: from the fleet snapshot (`fetch` refreshes it; `is` picks the
     /// resource out of it) unless this adapter changed it since the snapshot started or the
-    /// snapshot does not hold it (created since?); then `direct` describes it by name.
+    /// snapshot does not hold it (created since?); then `direct` describes it by name. A
+    /// cutover's look (`aws::limit::cutover_lane`) reads no snapshot older than the base TTL
+    /// (a large fleet's is up to [`ttl_per_item`] older): it describes directly instead,
+    /// batched with the other cutovers' looks (`batch.rs`).
     pub(crate) async fn lookup<F, Fut, D, DFut>(
         &self,
         name: &str,
@@ -143,6 +198,12 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
         D: FnOnce() -> DFut,
         DFut: Future<Output = PortResult<Option<T>>>,
     {
+        if crate::aws::limit::cutover_lane() && !self.young_or_small() {
+            // A snapshot older than the base TTL, of more than a page: refreshing it for one
+            // cutover's look would cost every page; the direct describe is batched with the
+            // other cutovers' and costs one request for all of them.
+            return direct().await;
+        }
         let (at, all) = self.get(fetch).await?;
         if !self.changed_since(name, at)
             && let Some(found) = all.iter().find(|i| is(i))

@@ -9,12 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_rds::types::{DbCluster, DbInstance};
+use aws_sdk_rds::types::{DbCluster, DbInstance, Filter};
 
 use super::AwsRds;
 use super::convert::{matches_cluster, matches_instance, opt, target_from};
 use crate::aws::call::all_pages;
-use crate::aws::classify::found;
 use crate::core::observation::{ClusterMember, TargetCluster};
 use crate::ports::PortResult;
 
@@ -52,23 +51,58 @@ impl AwsRds {
         .await
     }
 
-    /// One instance, bypassing the cache.
+    /// One instance as RDS has it now, bypassing the cache: in one request with every other
+    /// migration's direct describe waiting for the same turn at the rate limiter (`batch.rs`).
     pub(super) async fn instance_direct(&self, name: &str) -> PortResult<Option<DbInstance>> {
-        let request = self
-            .client
-            .describe_db_instances()
-            .db_instance_identifier(name);
-        let out = found(self.call("rds:DescribeDBInstances", request.send()).await)?;
-        Ok(out.and_then(|out| out.db_instances.unwrap_or_default().into_iter().next()))
+        self.instance_batch
+            .here()
+            .describe(
+                name.to_string(),
+                self.limiter.acquire(),
+                |names| self.instances_named(names),
+                |i, name: &String| matches_instance(i, name),
+            )
+            .await
     }
 
+    /// One cluster as RDS has it now, batched as [`Self::instance_direct`].
     pub(super) async fn cluster_direct(&self, name: &str) -> PortResult<Option<DbCluster>> {
-        let request = self
-            .client
-            .describe_db_clusters()
-            .db_cluster_identifier(name);
-        let out = found(self.call("rds:DescribeDBClusters", request.send()).await)?;
-        Ok(out.and_then(|out| out.db_clusters.unwrap_or_default().into_iter().next()))
+        self.cluster_batch
+            .here()
+            .describe(
+                name.to_string(),
+                self.limiter.acquire(),
+                |names| self.clusters_named(names),
+                |c, name: &String| matches_cluster(c, name),
+            )
+            .await
+    }
+
+    /// The instances of `names` (identifiers or ARNs), in one request (`db-instance-id`
+    /// accepts both); one that RDS does not know is absent. The batch's leader had the turn.
+    async fn instances_named(&self, names: Vec<String>) -> PortResult<Vec<DbInstance>> {
+        let filter = Filter::builder()
+            .name("db-instance-id")
+            .set_values(Some(names))
+            .build();
+        let request = self.client.describe_db_instances().filters(filter);
+        let out = self
+            .call_past_limiter("rds:DescribeDBInstances", request.send())
+            .await?;
+        Ok(out.db_instances.unwrap_or_default())
+    }
+
+    /// The clusters of `names`, as [`Self::instances_named`].
+    async fn clusters_named(&self, names: Vec<String>) -> PortResult<Vec<DbCluster>> {
+        let filter = Filter::builder()
+            .name("db-cluster-id")
+            .set_values(Some(names))
+            .build();
+        let request = self.client.describe_db_clusters().filters(filter);
+        let out = self
+            .call_past_limiter("rds:DescribeDBClusters", request.send())
+            .await?;
+        Ok(out.db_clusters.unwrap_or_default())
     }
 
     /// An instance from the fleet answer, or (not in it: created since?) asked for directly.

@@ -40,12 +40,14 @@ use crate::core::observation::{
 };
 use crate::ports::{ErrorKind, PortError, PortResult, Rds};
 
+pub(crate) mod batch;
 pub(crate) mod cache;
 mod convert;
 mod describe;
 mod parameter_groups;
 mod preflight;
 
+use batch::LaneBatchers;
 use cache::FleetCache;
 pub use convert::source_of;
 use convert::{opt, sdk_tags, tags_of};
@@ -59,6 +61,13 @@ pub struct AwsRds {
     keys: AwsKeys,
     instances: FleetCache<DbInstance>,
     clusters: FleetCache<DbCluster>,
+    /// Direct describes (a resource as RDS has it now) batched across migrations: one request
+    /// a look for every cutover waiting on RDS, not one each.
+    instance_batch: LaneBatchers<String, DbInstance>,
+    cluster_batch: LaneBatchers<String, DbCluster>,
+    /// DescribeEvents batched across migrations: (instance, since) → the Region's instance
+    /// events since the earliest, by instance (lower case).
+    event_batch: LaneBatchers<(String, Timestamp), (String, InstanceEvent)>,
     /// Every resource the agent creates carries `<prefix>:source` in its create request: the
     /// task role's IAM policy allows creates only with it.
     tag_prefix: String,
@@ -78,8 +87,13 @@ impl AwsRds {
             metrics,
             calls,
             limiter: std::sync::Arc::new(RateLimiter::new(s.rds_requests_per_second, s.rds_burst)),
-            instances: FleetCache::new(s.describe_cache_ttl),
-            clusters: FleetCache::new(s.describe_cache_ttl),
+            instances: FleetCache::new(s.describe_cache_ttl)
+                .scaled(cache::ttl_per_item(s.rds_requests_per_second)),
+            clusters: FleetCache::new(s.describe_cache_ttl)
+                .scaled(cache::ttl_per_item(s.rds_requests_per_second)),
+            instance_batch: LaneBatchers::new("rds:DescribeDBInstances"),
+            cluster_batch: LaneBatchers::new("rds:DescribeDBClusters"),
+            event_batch: LaneBatchers::new("rds:DescribeEvents"),
             tag_prefix: s.tag_prefix.clone(),
         }
     }
@@ -106,6 +120,16 @@ impl AwsRds {
         call::call(&self.calls, op, request).await
     }
 
+    /// The counted, classified [`call::call`] of a request that already had its turn at the
+    /// rate limiter (a batch's leader waited for it: `batch.rs`).
+    async fn call_past_limiter<T, E: ServiceError>(
+        &self,
+        op: &str,
+        request: impl Future<Output = SdkResult<T, E>>,
+    ) -> PortResult<T> {
+        call::call(&self.calls, op, request).await
+    }
+
     /// Waits for the rate limiter, then makes the [`call::call_unless`] (`Ok(None)`: refused
     /// with `answer`).
     async fn call_unless<T, E: ServiceError>(
@@ -116,6 +140,42 @@ impl AwsRds {
     ) -> PortResult<Option<T>> {
         self.limiter.acquire().await;
         call::call_unless(&self.calls, op, answer, request).await
+    }
+
+    /// Every instance event of the Region since `since`, every page (DescribeEvents with no
+    /// identifier: the Region's events of that source type), for a batch whose leader had its
+    /// turn at the rate limiter; the first page's turn is the leader's, the next pages wait.
+    async fn region_events(&self, since: Timestamp) -> PortResult<Vec<(String, InstanceEvent)>> {
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let first = &first;
+        all_pages(move |marker| {
+            let request = self
+                .client
+                .describe_events()
+                .source_type(SourceType::DbInstance)
+                .start_time(sdk_ts(since))
+                .max_records(100)
+                .set_marker(marker);
+            async move {
+                const OP: &str = "rds:DescribeEvents";
+                let r = if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    self.call_past_limiter(OP, request.send()).await?
+                } else {
+                    self.call(OP, request.send()).await?
+                };
+                let events = r.events().iter().filter_map(|e| {
+                    Some((
+                        e.source_identifier()?.to_ascii_lowercase(),
+                        InstanceEvent {
+                            at: ts(e.date()?),
+                            kind: InstanceEventKind::from_message(e.message().unwrap_or_default()),
+                        },
+                    ))
+                });
+                Ok((events.collect(), r.marker))
+            }
+        })
+        .await
     }
 
     /// These resources were changed: their next describes go to RDS directly.
@@ -151,6 +211,10 @@ impl AwsRds {
 }
 
 impl Rds for AwsRds {
+    fn cutover_backlog(&self) -> std::time::Duration {
+        self.limiter.cutover_backlog()
+    }
+
     fn describe_source(
         &self,
         instance: &str,
@@ -268,25 +332,25 @@ impl Rds for AwsRds {
         instance: &str,
         since: Timestamp,
     ) -> impl Future<Output = PortResult<Vec<InstanceEvent>>> + Send {
-        boxed(all_pages(move |marker| {
-            let request = self
-                .client
-                .describe_events()
-                .source_identifier(instance)
-                .source_type(SourceType::DbInstance)
-                .start_time(sdk_ts(since))
-                .set_marker(marker);
-            async move {
-                let r = self.call("rds:DescribeEvents", request.send()).await?;
-                let events = r.events().iter().filter_map(|e| {
-                    Some(InstanceEvent {
-                        at: ts(e.date()?),
-                        kind: InstanceEventKind::from_message(e.message().unwrap_or_default()),
-                    })
-                });
-                Ok((events.collect(), r.marker))
-            }
-        }))
+        boxed(async move {
+            // One DescribeEvents for every migration waiting on events at this turn: the
+            // Region's instance events since the earliest of their times (`batch.rs`), each
+            // caller keeping its instance's from its own time on.
+            let key = (instance.to_ascii_lowercase(), since);
+            let all = self
+                .event_batch
+                .here()
+                .ask(key.clone(), self.limiter.acquire(), |keys| {
+                    let earliest = keys.iter().map(|(_, t)| *t).min().unwrap_or(since);
+                    self.region_events(earliest)
+                })
+                .await?;
+            Ok(all
+                .iter()
+                .filter(|(id, e)| *id == key.0 && e.at >= since)
+                .map(|(_, e)| e.clone())
+                .collect())
+        })
     }
 
     fn ensure_parameter_groups(

@@ -5,6 +5,10 @@
 
 use super::*;
 
+/// How often a migration waiting for its cutover turn looks again: a turn given back is taken
+/// within this (the looks read the fleet snapshot and CloudWatch, not the RDS budget).
+pub const CUTOVER_TURN_LOOK: SignedDuration = SignedDuration::from_secs(10);
+
 /// How far back replication health is read: enough periods to see a trend.
 const HEALTH_WINDOW: SignedDuration = SignedDuration::from_mins(10);
 
@@ -287,12 +291,28 @@ impl Stepper<'_> {
         }
         self.note_aurora_route();
         if self.obs.fleet_paused {
+            self.m.progress.cutover_turn_asked_at = None;
             self.enter(Phase::Paused, "the fleet-wide pause is on");
             return;
         }
         if self.cutover_allowed() && self.lag_ok() {
+            // Writes stop only when the agent can carry the cutover through at its pace: a
+            // migration without a turn waits here, writes flowing, never inside the
+            // quarantine with its write budget running.
+            if self.obs.no_cutover_turn {
+                self.m
+                    .progress
+                    .cutover_turn_asked_at
+                    .get_or_insert(self.now);
+                self.wake_within(CUTOVER_TURN_LOOK);
+                return;
+            }
+            self.m.progress.cutover_turn_asked_at = None;
             self.aurora_route_or_fall_back();
             self.enter(Phase::Quiescing, "");
+        } else {
+            // Not ready any more (lag, window, approval withdrawn): it gives its place up.
+            self.m.progress.cutover_turn_asked_at = None;
         }
     }
 

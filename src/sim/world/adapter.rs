@@ -8,7 +8,8 @@
 //!
 //! One `RdsAdapter` per agent process (`SimPort::new_process`): a crash loses the snapshots, the
 //! touched marks and the bucket's state, as a real restart does. The settings are the adapter's
-//! own defaults (`AwsSettings`: 5 requests/s, burst 5, TTL 5 s).
+//! own defaults (`AwsSettings`: 5 requests/s, burst 5, TTL 5 s, longer for a large fleet), the rate
+//! as the run sets it (`SimOptions::rds_rate_limit`).
 
 use std::time::Duration;
 
@@ -16,7 +17,8 @@ use super::port::Delay;
 use super::*;
 use crate::aws::AwsSettings;
 use crate::aws::limit::{MonotonicClock, RateLimiter};
-use crate::aws::rds::cache::FleetCache;
+use crate::aws::rds::batch::LaneBatchers;
+use crate::aws::rds::cache::{FleetCache, ttl_per_item};
 
 /// Items per page of a describe-all (`MaxRecords`).
 const PAGE: usize = 100;
@@ -49,11 +51,16 @@ pub(crate) struct RdsAdapter {
     pub(super) limiter: RateLimiter<VirtualClock>,
     instances: FleetCache<SourceInstance, VirtualClock>,
     clusters: FleetCache<TargetCluster, VirtualClock>,
+    /// Direct describes batched across migrations, as the adapter's (`aws::rds::batch`).
+    instance_batch: LaneBatchers<String, SourceInstance>,
+    cluster_batch: LaneBatchers<String, TargetCluster>,
+    event_batch: LaneBatchers<(String, Timestamp), (String, InstanceEvent)>,
 }
 
 impl RdsAdapter {
     pub(super) fn new(state: &Arc<Mutex<State>>) -> Self {
-        let settings = AwsSettings::new("", "", "");
+        let mut settings = AwsSettings::new("", "", "");
+        settings.rds_requests_per_second = state.lock().unwrap_or_else(|e| e.into_inner()).rds_rate;
         let clock = || VirtualClock {
             state: state.clone(),
         };
@@ -63,8 +70,13 @@ impl RdsAdapter {
                 settings.rds_burst,
                 clock(),
             ),
-            instances: FleetCache::with_clock(settings.describe_cache_ttl, clock()),
-            clusters: FleetCache::with_clock(settings.describe_cache_ttl, clock()),
+            instances: FleetCache::with_clock(settings.describe_cache_ttl, clock())
+                .scaled(ttl_per_item(settings.rds_requests_per_second)),
+            clusters: FleetCache::with_clock(settings.describe_cache_ttl, clock())
+                .scaled(ttl_per_item(settings.rds_requests_per_second)),
+            instance_batch: LaneBatchers::new(DESCRIBE_INSTANCES),
+            cluster_batch: LaneBatchers::new(DESCRIBE_CLUSTERS),
+            event_batch: LaneBatchers::new("rds:DescribeEvents"),
         }
     }
 }
@@ -163,12 +175,30 @@ impl SimPort {
             .await
     }
 
-    /// DescribeDBInstances of one source by name, past the fleet cache.
+    /// DescribeDBInstances of one source by name, past the fleet cache: batched with the other
+    /// migrations' direct describes waiting for the same turn, as the adapter's
+    /// `instance_direct` (one request with `Filters: db-instance-id`).
     pub(super) async fn source_direct(&self, name: &str) -> PortResult<Option<SourceInstance>> {
-        let found = self
-            .call(DESCRIBE_INSTANCES, false, |s| s.describe_source(name))
-            .await?;
-        Ok(found.present().cloned())
+        self.rds
+            .instance_batch
+            .here()
+            .describe(
+                name.to_string(),
+                self.rds.limiter.acquire(),
+                |names| {
+                    self.call_past_limiter(DESCRIBE_INSTANCES, move |s| {
+                        let mut found = Vec::new();
+                        for name in &names {
+                            if let Some(v) = s.describe_source(name)?.present() {
+                                found.push(v.clone());
+                            }
+                        }
+                        Ok(found)
+                    })
+                },
+                |v, name: &String| names(&v.identifier, &v.arn, name),
+            )
+            .await
     }
 
     /// The tagged PostgreSQL sources in the fleet snapshot.
@@ -195,12 +225,88 @@ impl SimPort {
             .await
     }
 
-    /// DescribeDBClusters of one cluster by name, past the fleet cache.
+    /// DescribeDBClusters of one cluster by name, past the fleet cache, batched as
+    /// [`Self::source_direct`].
     pub(super) async fn target_direct(&self, name: &str) -> PortResult<Option<TargetCluster>> {
-        let found = self
-            .call(DESCRIBE_CLUSTERS, false, |s| Ok(s.describe_target(name)))
+        self.rds
+            .cluster_batch
+            .here()
+            .describe(
+                name.to_string(),
+                self.rds.limiter.acquire(),
+                |names| {
+                    self.call_past_limiter(DESCRIBE_CLUSTERS, move |s| {
+                        Ok(names
+                            .iter()
+                            .filter_map(|name| s.describe_target(name).present().cloned())
+                            .collect())
+                    })
+                },
+                |c, name: &String| names(&c.identifier, &c.arn, name),
+            )
+            .await
+    }
+
+    /// DescribeEvents of one instance since `since`, as the adapter's `instance_events`: one
+    /// request of the Region's instance events since the earliest time of every migration
+    /// waiting for the same turn (pages of 100 events, the first on the leader's turn).
+    pub(super) async fn instance_events_batched(
+        &self,
+        instance: &str,
+        since: Timestamp,
+    ) -> PortResult<Vec<InstanceEvent>> {
+        let key = (instance.to_ascii_lowercase(), since);
+        let all = self
+            .rds
+            .event_batch
+            .here()
+            .ask(key.clone(), self.rds.limiter.acquire(), |keys| async move {
+                let earliest = keys.iter().map(|(_, t)| *t).min().unwrap_or(since);
+                let mut out = Vec::new();
+                let mut first = true;
+                let mut marker: Option<usize> = None;
+                loop {
+                    let page = move |s: &mut State| {
+                        let from = s.ms(earliest);
+                        let now = s.now;
+                        let all: Vec<(String, InstanceEvent)> = s
+                            .events
+                            .iter()
+                            .filter(|(vis, at, _, _)| *at >= from && *vis <= now)
+                            .map(|(_, at, id, msg)| {
+                                (
+                                    id.to_ascii_lowercase(),
+                                    InstanceEvent {
+                                        at: s.ts(*at),
+                                        kind: InstanceEventKind::from_message(msg),
+                                    },
+                                )
+                            })
+                            .collect();
+                        let start = marker.unwrap_or(0);
+                        let end = (start + PAGE).min(all.len());
+                        let next = (end < all.len()).then_some(end);
+                        Ok((all[start..end].to_vec(), next))
+                    };
+                    let (items, next) = if first {
+                        self.call_past_limiter("rds:DescribeEvents", page).await?
+                    } else {
+                        self.call("rds:DescribeEvents", false, page).await?
+                    };
+                    first = false;
+                    out.extend(items);
+                    match next {
+                        Some(n) => marker = Some(n),
+                        None => return Ok(out),
+                    }
+                }
+            })
             .await?;
-        Ok(found.present().cloned())
+        Ok(all
+            .iter()
+            .filter(|(id, e)| *id == key.0 && e.at >= since)
+            .map(|(_, e)| e.clone())
+            .collect())
     }
 
     /// RDS announced a change to `name`: as the adapter's `heard_of_change`.

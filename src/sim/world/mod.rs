@@ -220,6 +220,14 @@ pub type Line = (Ms, String);
 
 pub struct State {
     pub now: Ms,
+    /// RDS requests per second the agent's adapter allows itself (`MIGRATOR_RDS_RATE_LIMIT`):
+    /// each agent process's rate limiter and snapshot TTLs are built from it.
+    pub rds_rate: f64,
+    /// The agent's `MIGRATOR_MAX_CUTOVERS`, for the check that it keeps to it
+    /// (`checks::cutover_turns`).
+    pub max_cutovers: usize,
+    /// RDS requests made in the rate limiter's cutover lane (the rest: phases that can wait).
+    pub rds_in_cutover_lane: u64,
     pub epoch: Timestamp,
     pub seed: u64,
     fault_rng: Rng,
@@ -270,6 +278,9 @@ impl State {
         let epoch: Timestamp = "2026-01-05T00:00:00Z".parse().expect("a valid timestamp");
         let mut s = State {
             now: 0,
+            rds_rate: crate::aws::AwsSettings::new("", "", "").rds_requests_per_second,
+            max_cutovers: crate::core::policy::DEFAULT_MAX_CUTOVERS,
+            rds_in_cutover_lane: 0,
             epoch,
             seed,
             fault_rng: Rng::fork(seed, 1),

@@ -106,6 +106,26 @@ impl SimPort {
         mutating: bool,
         f: impl FnOnce(&mut State) -> PortResult<T>,
     ) -> PortResult<T> {
+        self.call_after(op, mutating, true, f).await
+    }
+
+    /// [`Self::call`] of an `rds:` request that already had its turn at the rate limiter (a
+    /// batched describe's leader waited for it: `aws::rds::batch`).
+    pub(super) async fn call_past_limiter<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut State) -> PortResult<T>,
+    ) -> PortResult<T> {
+        self.call_after(op, false, false, f).await
+    }
+
+    async fn call_after<T>(
+        &self,
+        op: &'static str,
+        mutating: bool,
+        wait_for_limiter: bool,
+        f: impl FnOnce(&mut State) -> PortResult<T>,
+    ) -> PortResult<T> {
         let (latency, fault) = self.lock().begin_call(op, mutating);
         if fault == CallFault::CrashBefore {
             return self.crash(op).await;
@@ -113,10 +133,15 @@ impl SimPort {
         if op.starts_with("rds:") {
             // The adapter's `call`: wait for the account budget's limiter, then the request
             // leaves.
-            self.rds.limiter.acquire().await;
+            if wait_for_limiter {
+                self.rds.limiter.acquire().await;
+            }
             let mut s = self.lock();
             let second = s.now / SEC;
             *s.rds_per_second.entry(second).or_default() += 1;
+            if crate::aws::limit::cutover_lane() {
+                s.rds_in_cutover_lane += 1;
+            }
         }
         let until = self.lock().now + latency;
         Delay::until(&self.state, until).await;

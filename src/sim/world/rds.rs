@@ -474,6 +474,10 @@ impl State {
 }
 
 impl Rds for SimPort {
+    fn cutover_backlog(&self) -> std::time::Duration {
+        self.rds.limiter.cutover_backlog()
+    }
+
     async fn describe_source(&self, instance: &str) -> PortResult<Observed<SourceInstance>> {
         Ok(self.source(instance).await?.into())
     }
@@ -555,19 +559,7 @@ impl Rds for SimPort {
         instance: &str,
         since: Timestamp,
     ) -> PortResult<Vec<InstanceEvent>> {
-        self.call("rds:DescribeEvents", false, |s| {
-            let since = s.ms(since);
-            let now = s.now;
-            Ok(s.events
-                .iter()
-                .filter(|(vis, at, id, _)| id == instance && *at >= since && *vis <= now)
-                .map(|(_, at, _, msg)| InstanceEvent {
-                    at: s.ts(*at),
-                    kind: InstanceEventKind::from_message(msg),
-                })
-                .collect())
-        })
-        .await
+        self.instance_events_batched(instance, since).await
     }
 
     async fn ensure_parameter_groups(&self, spec: &ParameterGroupsSpec) -> PortResult<()> {

@@ -1,0 +1,385 @@
+//! Direct describes batched across migrations: every migration that needs an instance (or a
+//! cluster) as RDS has it *now* joins the one request that is waiting for its turn at the rate
+//! limiter, and that request asks for all of them at once (`Filters: db-instance-id` /
+//! `db-cluster-id`), as a database's group commit does with its log writes.
+//!
+//! Why: the fleet snapshot (`cache.rs`) serves the looks that can be 5 s old, but the cutover's
+//! looks cannot (the phase waits, writes down, on a change RDS applies and announces with no
+//! event), and a resource a migration just changed is described directly until the next
+//! snapshot. Described one by one, N concurrent cutovers cost N requests a look, so the
+//! account's budget (the adapter allows itself 5 requests/s) carries two or three cutovers at
+//! once; batched, they cost one request a look whatever N (up to [`MAX_BATCH`]).
+//!
+//! Guarantees:
+//! - A batch closes when its request leaves (its leader has its turn at the limiter), so every
+//!   caller that asked before that is in it, and none that asked after: a caller never gets an
+//!   answer from a request that left before it asked (the answer is at least as fresh as a
+//!   direct describe made when it asked).
+//! - A resource RDS does not know is absent from the answer: `Ok(None)`, never an error.
+//! - A failed request fails every caller in its batch with the same classified error (each is
+//!   retried by its own migration, as a failed direct describe was).
+//! - A leader dropped before its request answered (its message handler cancelled) leaves no
+//!   caller waiting for ever: the others get a retryable error, and the next caller opens a
+//!   new batch.
+//!
+//! It knows nothing of the SDK: the caller gives the turn (`gate`, the rate limiter), the
+//! request for a list of names (`fetch`, which must not wait for the limiter again) and the
+//! match of an answer to a name. The simulator runs this very code over its fake RDS.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::core::ErrorKind;
+use crate::ports::{PortError, PortResult};
+
+/// Most names one request asks for: a page (`MaxRecords` defaults to 100), so one answer never
+/// needs a second page. A batch that is full is closed to newcomers, who open the next one.
+pub(crate) const MAX_BATCH: usize = 100;
+
+/// The answer of one batch's request, once it has one.
+type Answer<T> = Option<PortResult<Arc<Vec<T>>>>;
+
+/// The batch that is waiting for its turn: who is in it, and where its answer will be.
+struct Open<K, T> {
+    /// Tells a leader whether the open batch is still its own.
+    id: u64,
+    /// Shared with the leader, which takes them when its request leaves (`None` from then on:
+    /// closed). The slot may meanwhile hold the next batch (this one full), so the leader
+    /// reads its own keys here, not from the slot.
+    keys: Arc<Mutex<Option<Vec<K>>>>,
+    answer: watch::Receiver<Answer<T>>,
+}
+
+pub(crate) struct DescribeBatcher<K, T> {
+    /// The operation, for the error of an abandoned batch.
+    op: &'static str,
+    open: Mutex<Option<Open<K, T>>>,
+    next_id: Mutex<u64>,
+}
+
+/// Closes the leader's batch if it is still open when the leader goes away (dropped before its
+/// turn), so that nobody joins a batch whose request will never leave.
+struct CloseOnDrop<'a, K, T> {
+    batcher: &'a DescribeBatcher<K, T>,
+    id: u64,
+}
+
+impl<K, T> Drop for CloseOnDrop<'_, K, T> {
+    fn drop(&mut self) {
+        let mut open = self.batcher.lock();
+        if open.as_ref().is_some_and(|o| o.id == self.id) {
+            *open = None;
+        }
+    }
+}
+
+impl<K, T> DescribeBatcher<K, T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Open<K, T>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<K: Clone + PartialEq, T: Clone> DescribeBatcher<K, T> {
+    pub(crate) fn new(op: &'static str) -> Self {
+        DescribeBatcher {
+            op,
+            open: Mutex::new(None),
+            next_id: Mutex::new(0),
+        }
+    }
+
+    /// The resource named `name` as RDS has it now (`matches` tells it in the batch's answer).
+    pub(crate) async fn describe<G, F, Fut>(
+        &self,
+        name: K,
+        gate: G,
+        fetch: F,
+        matches: impl Fn(&T, &K) -> bool,
+    ) -> PortResult<Option<T>>
+    where
+        G: Future<Output = ()>,
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = PortResult<Vec<T>>>,
+    {
+        let answer = self.ask(name.clone(), gate, fetch).await?;
+        Ok(answer.iter().find(|item| matches(item, &name)).cloned())
+    }
+
+    /// The whole answer of the batch `key` is in: joins the open batch, or opens one, waits for
+    /// its `gate` and asks `fetch` for every key in it. The caller picks its part.
+    pub(crate) async fn ask<G, F, Fut>(&self, key: K, gate: G, fetch: F) -> PortResult<Arc<Vec<T>>>
+    where
+        G: Future<Output = ()>,
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = PortResult<Vec<T>>>,
+    {
+        let joined = {
+            let mut open = self.lock();
+            match open.as_mut() {
+                // A batch whose leader went away without closing it cannot happen (the guard
+                // closes it), but a sender dropped is checked anyway: joining it would wait
+                // for ever.
+                Some(o) if o.answer.has_changed().is_ok() => {
+                    let mut keys = o.keys.lock().unwrap_or_else(|p| p.into_inner());
+                    match keys.as_mut() {
+                        Some(keys) if keys.contains(&key) => Some(o.answer.clone()),
+                        Some(keys) if keys.len() < MAX_BATCH => {
+                            keys.push(key.clone());
+                            Some(o.answer.clone())
+                        }
+                        // Full, or closed (its leader's request is leaving).
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        };
+        match joined {
+            Some(mut answer) => match answer.wait_for(Option::is_some).await {
+                Ok(a) => a.clone().expect("waited for an answer"),
+                Err(_) => Err(PortError::new(
+                    ErrorKind::Retryable,
+                    self.op,
+                    "the batched describe this look joined was abandoned before it answered",
+                )),
+            },
+            None => self.lead(key, gate, fetch).await,
+        }
+    }
+
+    /// Opens a batch with `key`, waits for the turn, closes the batch and asks for it.
+    async fn lead<G, F, Fut>(&self, key: K, gate: G, fetch: F) -> PortResult<Arc<Vec<T>>>
+    where
+        G: Future<Output = ()>,
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = PortResult<Vec<T>>>,
+    {
+        let (tx, rx) = watch::channel(None);
+        let id = {
+            let mut next = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
+            *next += 1;
+            *next
+        };
+        let mine = Arc::new(Mutex::new(Some(vec![key.clone()])));
+        *self.lock() = Some(Open {
+            id,
+            keys: mine.clone(),
+            answer: rx,
+        });
+        let guard = CloseOnDrop { batcher: self, id };
+        gate.await;
+        // The request leaves now: whoever asked before is in it, whoever asks after opens the
+        // next batch.
+        drop(guard);
+        let keys = mine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .expect("only the leader closes its batch");
+        debug_assert!(keys.len() <= MAX_BATCH);
+        let answer = fetch(keys).await.map(Arc::new);
+        // Followers that went away have dropped their receivers: nobody to tell is fine.
+        tx.send_replace(Some(answer.clone()));
+        answer
+    }
+}
+
+/// One batcher per rate-limiter lane (`aws::limit`): a cutover's describe joins a batch that
+/// waits in the cutover lane, never one queued behind the calls that can wait.
+pub(crate) struct LaneBatchers<K, T> {
+    cutover: DescribeBatcher<K, T>,
+    other: DescribeBatcher<K, T>,
+}
+
+impl<K: Clone + PartialEq, T: Clone> LaneBatchers<K, T> {
+    pub(crate) fn new(op: &'static str) -> Self {
+        LaneBatchers {
+            cutover: DescribeBatcher::new(op),
+            other: DescribeBatcher::new(op),
+        }
+    }
+
+    /// The calling task's lane's batcher.
+    pub(crate) fn here(&self) -> &DescribeBatcher<K, T> {
+        if crate::aws::limit::cutover_lane() {
+            &self.cutover
+        } else {
+            &self.other
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[allow(clippy::ptr_arg)] // the batcher's `matches` takes its keys by reference
+    fn same(a: &String, b: &String) -> bool {
+        a.eq_ignore_ascii_case(b)
+    }
+
+    #[tokio::test]
+    async fn callers_waiting_for_the_turn_share_one_request() {
+        let b = DescribeBatcher::<String, String>::new("rds:DescribeDBInstances");
+        let requests = AtomicUsize::new(0);
+        let asked = Mutex::new(Vec::new());
+        let one = |name: &'static str| {
+            let (b, requests, asked) = (&b, &requests, &asked);
+            async move {
+                b.describe(
+                    name.to_string(),
+                    tokio::time::sleep(std::time::Duration::from_millis(50)),
+                    |names: Vec<String>| async move {
+                        requests.fetch_add(1, Ordering::SeqCst);
+                        asked.lock().unwrap().push(names.clone());
+                        // "gone" is not known to RDS: absent from the answer.
+                        Ok(names.into_iter().filter(|n| n != "gone").collect())
+                    },
+                    same,
+                )
+                .await
+            }
+        };
+        let (a, c, gone) = tokio::join!(one("a"), one("c"), one("gone"));
+        assert_eq!(a.unwrap().as_deref(), Some("a"));
+        assert_eq!(c.unwrap().as_deref(), Some("c"));
+        assert_eq!(
+            gone.unwrap(),
+            None,
+            "unknown to RDS is absent, not an error"
+        );
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        assert_eq!(asked.lock().unwrap()[0], vec!["a", "c", "gone"]);
+    }
+
+    #[tokio::test]
+    async fn a_caller_after_the_request_left_gets_a_request_of_its_own() {
+        let b = DescribeBatcher::<String, String>::new("rds:DescribeDBInstances");
+        let requests = AtomicUsize::new(0);
+        let fetch = |names: Vec<String>| {
+            let requests = &requests;
+            async move {
+                requests.fetch_add(1, Ordering::SeqCst);
+                // The request takes 100 ms on the wire: a caller asking meanwhile must not get
+                // this answer (it left before they asked).
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                Ok(names)
+            }
+        };
+        let first = b.describe("a".to_string(), async {}, fetch, same);
+        let later = async {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            b.describe("b".to_string(), async {}, fetch, same).await
+        };
+        let (first, later) = tokio::join!(first, later);
+        assert_eq!(first.unwrap().as_deref(), Some("a"));
+        assert_eq!(later.unwrap().as_deref(), Some("b"));
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_fails_each_caller_with_its_error() {
+        let b = DescribeBatcher::<String, String>::new("rds:DescribeDBInstances");
+        let one = |name: &'static str| {
+            b.describe(
+                name.to_string(),
+                tokio::time::sleep(std::time::Duration::from_millis(5)),
+                |_names: Vec<String>| async {
+                    Err(PortError::new(
+                        ErrorKind::Throttled,
+                        "rds:DescribeDBInstances",
+                        "Rate exceeded",
+                    ))
+                },
+                same,
+            )
+        };
+        let (a, c) = tokio::join!(one("a"), one("c"));
+        assert_eq!(a.unwrap_err().kind, ErrorKind::Throttled);
+        assert_eq!(c.unwrap_err().kind, ErrorKind::Throttled);
+    }
+
+    #[tokio::test]
+    async fn a_leader_dropped_before_its_turn_leaves_nobody_waiting() {
+        let b = DescribeBatcher::<String, String>::new("rds:DescribeDBInstances");
+        let fetch = |names: Vec<String>| async move { Ok(names) };
+        // The leader waits for a turn that never comes, and is dropped after 50 ms; a follower
+        // joined it meanwhile.
+        let leader = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            b.describe("a".to_string(), std::future::pending::<()>(), fetch, same),
+        );
+        let follower = async {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            b.describe("b".to_string(), async {}, fetch, same).await
+        };
+        let (leader, follower) = tokio::join!(leader, follower);
+        assert!(leader.is_err(), "the leader timed out");
+        assert_eq!(follower.unwrap_err().kind, ErrorKind::Retryable);
+        // The next caller is not stuck behind the abandoned batch.
+        assert_eq!(
+            b.describe("c".to_string(), async {}, fetch, same)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("c")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_is_closed_to_newcomers() {
+        let b = DescribeBatcher::<String, String>::new("rds:DescribeDBInstances");
+        let sizes = Mutex::new(Vec::new());
+        let names: Vec<String> = (0..MAX_BATCH + 1).map(|i| format!("db-{i:03}")).collect();
+        let calls = names.iter().map(|n| {
+            let (b, sizes) = (&b, &sizes);
+            async move {
+                b.describe(
+                    n.clone(),
+                    tokio::time::sleep(std::time::Duration::from_millis(100)),
+                    |names: Vec<String>| async move {
+                        sizes.lock().unwrap().push(names.len());
+                        Ok(names)
+                    },
+                    same,
+                )
+                .await
+            }
+        });
+        let answers = futures_join_all(calls).await;
+        assert!(answers.iter().all(|a| a.as_ref().unwrap().is_some()));
+        let mut sizes = sizes.lock().unwrap().clone();
+        sizes.sort();
+        assert_eq!(sizes, vec![1, MAX_BATCH]);
+    }
+
+    /// Polls every future to completion on this task (no `futures` crate here).
+    async fn futures_join_all<F: Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+        let mut set = Vec::new();
+        for f in fs {
+            set.push(Box::pin(f));
+        }
+        let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (i, f) in set.iter_mut().enumerate() {
+                if out[i].is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => out[i] = Some(v),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        out.into_iter().map(|o| o.expect("completed")).collect()
+    }
+}
