@@ -32,9 +32,13 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::core::{Migration, MigrationId, Phase};
 
-/// An entry whose migration has not been stepped here for this long is forgotten. The cutover
-/// looks every second or so and a waiting migration every 10 s (`CUTOVER_TURN_LOOK`).
-pub const FORGET_AFTER: SignedDuration = SignedDuration::from_mins(15);
+/// An entry whose migration has not been stepped here for this long is forgotten (its
+/// migration moved to another agent, or its record went). Longer than any phase that holds a
+/// turn may last (Rolling back: 1 h; Promoting: 30 min): a cutover can go many minutes without
+/// a step while AWS promotes or a router propagates, and forgetting it early gave its turn to a
+/// second migration (the simulator's 500-migration fleet saw 38 cutovers over the limit with
+/// 15 minutes).
+pub const FORGET_AFTER: SignedDuration = SignedDuration::from_hours(2);
 
 /// The longest a cutover's RDS call may be waiting for the budget when a new cutover is
 /// admitted: a second is a few looks' worth of the cutover lane's queue; beyond, another

@@ -106,6 +106,17 @@ pub struct Agent<W: World> {
     pub turns: CutoverTurns,
 }
 
+tokio::task_local! {
+    /// The phase of the migration whose step is running on this task: what its calls are
+    /// counted against (the simulator's report of RDS calls by phase).
+    static STEPPING: crate::core::Phase;
+}
+
+/// The phase of the migration this task is stepping, if it is stepping one.
+pub fn stepping_phase() -> Option<crate::core::Phase> {
+    STEPPING.try_with(|p| *p).ok()
+}
+
 /// Whether `m`'s RDS calls go in the rate limiter's cutover lane (`aws::limit`), before the
 /// calls of migrations that can wait: its writes are down (Quiescing … Routing), or it is
 /// rolling back (bounded, and the source may be fenced until it is done).
@@ -380,7 +391,11 @@ impl<W: World> Agent<W> {
             let started = self.instruments.step_started();
             let mut obs = match last_look.take() {
                 Some(o) => o,
-                None => match in_lane(cutover_lane(&m), observe::observe(world, &m, &self.policy))
+                None => match STEPPING
+                    .scope(
+                        m.phase,
+                        in_lane(cutover_lane(&m), observe::observe(world, &m, &self.policy)),
+                    )
                     .await
                 {
                     Ok(o) => o,
@@ -430,11 +445,15 @@ impl<W: World> Agent<W> {
             }
             self.turns.settle(&m, now);
             self.instruments.migration_in(&m.id, m.phase);
-            pending = in_lane(
-                cutover_lane(&m),
-                execute::execute_all(world, &m, &self.policy, &decision.actions),
-            )
-            .await;
+            pending = STEPPING
+                .scope(
+                    m.phase,
+                    in_lane(
+                        cutover_lane(&m),
+                        execute::execute_all(world, &m, &self.policy, &decision.actions),
+                    ),
+                )
+                .await;
             self.instruments.step_done(started, before);
             let look_again = decision.wake_after == Some(SignedDuration::ZERO);
             if !look_again && pending.is_empty() {

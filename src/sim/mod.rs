@@ -157,6 +157,8 @@ pub struct SeedOutcome {
     pub rds_peak_60s: f64,
     /// RDS requests made in the rate limiter's cutover lane (`aws::limit`).
     pub rds_in_cutover_lane: u64,
+    /// RDS requests by the phase of the migration that made them.
+    pub rds_by_phase: BTreeMap<&'static str, u64>,
     pub timeline: Vec<String>,
     pub end_ms: Ms,
     pub decisions: u64,
@@ -323,6 +325,7 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
     violations.append(&mut extra);
     let rds_peak_1s = s.rds_per_second.values().copied().max().unwrap_or(0);
     let rds_in_cutover_lane = s.rds_in_cutover_lane;
+    let rds_by_phase = s.rds_by_phase.clone();
     let rds_peak_60s = peak_window(&s.rds_per_second, 60);
     let timeline = s
         .timeline
@@ -341,6 +344,7 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
         rds_peak_1s,
         rds_peak_60s,
         rds_in_cutover_lane,
+        rds_by_phase,
         timeline,
         end_ms: s.now,
         decisions,

@@ -471,6 +471,18 @@ impl fmt::Display for SimReport {
                     *n as f64 / fl.migrations.max(1) as f64
                 )?;
             }
+            let mut by_phase: Vec<(&str, u64)> =
+                out.rds_by_phase.iter().map(|(p, n)| (*p, *n)).collect();
+            by_phase.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            writeln!(
+                f,
+                "  RDS calls per migration, by the phase that made them: {}",
+                by_phase
+                    .iter()
+                    .map(|(p, n)| format!("{p} {:.1}", *n as f64 / fl.migrations.max(1) as f64))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
             let mut busiest: Vec<(&str, u64)> = out
                 .calls
                 .iter()

@@ -228,6 +228,8 @@ pub struct State {
     pub max_cutovers: usize,
     /// RDS requests made in the rate limiter's cutover lane (the rest: phases that can wait).
     pub rds_in_cutover_lane: u64,
+    /// RDS requests by the phase of the migration that made them.
+    pub rds_by_phase: BTreeMap<&'static str, u64>,
     pub epoch: Timestamp,
     pub seed: u64,
     fault_rng: Rng,
@@ -281,6 +283,7 @@ impl State {
             rds_rate: crate::aws::AwsSettings::new("", "", "").rds_requests_per_second,
             max_cutovers: crate::core::policy::DEFAULT_MAX_CUTOVERS,
             rds_in_cutover_lane: 0,
+            rds_by_phase: BTreeMap::new(),
             epoch,
             seed,
             fault_rng: Rng::fork(seed, 1),
