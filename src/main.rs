@@ -65,11 +65,11 @@ enum Command {
         /// Every RDS for PostgreSQL instance of the Region, one row each.
         #[arg(long)]
         all: bool,
-        /// With --all: markdown, csv or json.
-        #[arg(long, requires = "all", default_value = "markdown")]
-        format: Format,
+        /// With --all: markdown (the default), csv or json.
+        #[arg(long, conflicts_with = "instance")]
+        format: Option<Format>,
         /// With --all: write the report to this file instead of standard output.
-        #[arg(long, requires = "all")]
+        #[arg(long, conflicts_with = "instance")]
         out: Option<std::path::PathBuf>,
     },
     /// List every migration in the table, finished ones included.
@@ -420,7 +420,7 @@ async fn with_aws(
         } => {
             let agent = rds_only(&settings(false)?).await?;
             let rows = commands::plan_all(&agent.world, &policy).await?;
-            let report = readiness::render(&rows, format);
+            let report = readiness::render(&rows, format.unwrap_or_default());
             match out {
                 Some(path) => std::fs::write(&path, report)
                     .map_err(|e| anyhow::anyhow!("--out {}: {e}", path.display()))?,

@@ -441,7 +441,8 @@ mod tests {
 
     #[test]
     fn csv_quotes_as_rfc_4180() {
-        let mut r = row("orders", Verdict::Error);
+        // RDS identifiers cannot hold a comma or a quote, but the error text and the format can.
+        let mut r = row(r#"orders, "eu""#, Verdict::Error);
         r.error = Some(r#"AccessDenied: "rds:DescribeDBParameters", for role x"#.into());
         let csv = csv(&[r]);
         let lines: Vec<&str> = csv.split("\r\n").collect();
@@ -453,7 +454,7 @@ mod tests {
         assert_eq!(lines[0], CSV_HEADER.join(","));
         assert_eq!(
             lines[1],
-            r#"orders,error,,,,encryption storage-headroom,15.7,15.7,db.r6g.large,100,1080,1680,"AccessDenied: ""rds:DescribeDBParameters"", for role x""#
+            r#""orders, ""eu""",error,,,,encryption storage-headroom,15.7,15.7,db.r6g.large,100,1080,1680,"AccessDenied: ""rds:DescribeDBParameters"", for role x""#
         );
         assert_eq!(lines[2], "");
         assert_eq!(quote("plain"), "plain");

@@ -201,4 +201,6 @@ async fn plan_all_reports_every_postgres_instance_read_only() {
     assert_eq!(neither.status.code(), Some(2), "clap's usage error");
     let err = String::from_utf8_lossy(&neither.stderr);
     assert!(err.contains("<INSTANCE|--all>"), "{err}");
+    let mixed = AgentProcess::plan(&env, &["orders-ready", "--format", "csv"]);
+    assert_eq!(mixed.status.code(), Some(2), "--format is for --all");
 }
