@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use jiff::Timestamp;
 
 use crate::core::observation::{Observed, SourceInstance};
+use crate::core::readiness::ReadinessRow;
 use crate::core::{Policy, preflight, tags};
 use crate::ports::{PortError, Rds, StateStore, World};
 
@@ -47,6 +48,32 @@ pub async fn plan<W: World>(
         );
     }
     Ok(out)
+}
+
+/// `plan --all`: the fleet readiness report (`core::readiness`), one row per RDS for PostgreSQL
+/// instance of the Region. Read-only, as `plan <instance>`: one paged DescribeDBInstances (the
+/// fleet snapshot), then each instance's preflight reads, every RDS request through the
+/// adapter's rate limiter. Instances are assessed one after another: the RDS budget, not
+/// latency, bounds the run (six RDS requests an instance when every answer fits a page; at the
+/// default 5 a second, 500 instances take about 10 minutes). An instance whose preflight inputs cannot be read gets an
+/// `error` row with the reason and the report goes on; only a failed listing fails the command.
+pub async fn plan_all<W: World>(
+    world: &W,
+    policy: &Policy,
+) -> Result<Vec<ReadinessRow>, CommandError> {
+    let sources = world.rds().list_sources().await?;
+    let mut rows = Vec::with_capacity(sources.len());
+    for source in &sources {
+        let row = match world.rds().preflight_inputs(source).await {
+            Ok(inputs) => ReadinessRow::assess(source, &inputs, policy),
+            Err(e) => {
+                tracing::warn!(instance = %source.identifier, error = %e, "preflight inputs unreadable: an error row");
+                ReadinessRow::error(source, e.to_string())
+            }
+        };
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 /// `status`: every migration in the table, finished ones included.

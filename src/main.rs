@@ -11,6 +11,7 @@ use aurora_migrator::aws::{self, AwsSettings, AwsWorld};
 use aurora_migrator::commands::{self, Control};
 use aurora_migrator::config::{AwsArgs, DatabaseArgs, PolicyArgs, TelemetryArgs};
 use aurora_migrator::core::Policy;
+use aurora_migrator::core::readiness::{self, Format};
 use aurora_migrator::inbound::Home;
 use aurora_migrator::ports::{Clock, World};
 use aurora_migrator::runtime::{self, RuntimeSettings};
@@ -55,8 +56,22 @@ enum Command {
         #[arg(long)]
         create_table: bool,
     },
-    /// Print the preflight report for an instance and what would be created. Changes nothing.
-    Plan { instance: String },
+    /// Print the preflight report for an instance and what would be created; with --all, the
+    /// fleet readiness report of every RDS for PostgreSQL instance of the Region. Changes nothing.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["instance", "all"])))]
+    Plan {
+        /// The instance (identifier or ARN).
+        instance: Option<String>,
+        /// Every RDS for PostgreSQL instance of the Region, one row each.
+        #[arg(long)]
+        all: bool,
+        /// With --all: markdown (the default), csv or json.
+        #[arg(long, conflicts_with = "instance")]
+        format: Option<Format>,
+        /// With --all: write the report to this file instead of standard output.
+        #[arg(long, conflicts_with = "instance")]
+        out: Option<std::path::PathBuf>,
+    },
     /// List every migration in the table, finished ones included.
     Status,
     /// Tag an instance to start a migration (`<prefix>=start`).
@@ -402,12 +417,31 @@ async fn with_aws(
             tracing::info!(?summary, calls = %agent.world.calls.render(), "agent stopped");
             return Ok(());
         }
-        Command::Plan { instance } => {
+        Command::Plan {
+            instance: Some(instance),
+            ..
+        } => {
             let agent = rds_only(&settings(false)?).await?;
             print!(
                 "{}",
                 commands::plan(&agent.world, &policy, &instance).await?
             );
+            return Ok(());
+        }
+        Command::Plan {
+            instance: None,
+            format,
+            out,
+            ..
+        } => {
+            let agent = rds_only(&settings(false)?).await?;
+            let rows = commands::plan_all(&agent.world, &policy).await?;
+            let report = readiness::render(&rows, format.unwrap_or_default());
+            match out {
+                Some(path) => std::fs::write(&path, report)
+                    .map_err(|e| anyhow::anyhow!("--out {}: {e}", path.display()))?,
+                None => print!("{report}"),
+            }
             return Ok(());
         }
         Command::Status => {

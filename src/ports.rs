@@ -57,6 +57,11 @@ pub trait Rds: Send + Sync {
         &self,
         tag_key: &str,
     ) -> impl Future<Output = PortResult<Vec<SourceInstance>>> + Send;
+    /// Every RDS for PostgreSQL instance of the Region (engine `postgres`, every page of
+    /// DescribeDBInstances; Aurora cluster members, engine `aurora-postgresql`, and other engines
+    /// are left out): the fleet readiness report (`plan --all`). Served from the same fleet
+    /// snapshot as [`Rds::list_tagged_sources`], so it costs the RDS budget one paged describe.
+    fn list_sources(&self) -> impl Future<Output = PortResult<Vec<SourceInstance>>> + Send;
     fn describe_target(
         &self,
         cluster: &str,

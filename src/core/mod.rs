@@ -19,6 +19,7 @@ pub mod parameters;
 pub mod phase;
 pub mod policy;
 pub mod preflight;
+pub mod readiness;
 pub mod router;
 pub mod tags;
 

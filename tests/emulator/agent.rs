@@ -172,6 +172,17 @@ impl AgentProcess {
         self.child.wait().unwrap()
     }
 
+    /// The binary's `plan` command with these arguments against the emulator (no queue, topic
+    /// or table needed), as an operator runs it: its whole output, exit status included.
+    pub fn plan(env: &Env, args: &[&str]) -> std::process::Output {
+        AgentProcess::command(env, "plan")
+            .args(args)
+            .env("MIGRATOR_LOG_FORMAT", "text")
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    }
+
     /// The binary's `status` command against the same table.
     pub fn status(env: &Env) -> String {
         let out = AgentProcess::command(env, "status")

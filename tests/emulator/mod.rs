@@ -24,6 +24,7 @@ mod faults;
 mod fleet;
 mod happy_path;
 mod messages;
+mod plan_all;
 mod rds_proxy;
 mod routers;
 mod telemetry;

@@ -193,6 +193,10 @@ impl Rds for PgRds {
             .collect())
     }
 
+    async fn list_sources(&self) -> PortResult<Vec<SourceInstance>> {
+        Ok(self.source().into_iter().collect())
+    }
+
     async fn describe_target(&self, cluster: &str) -> PortResult<Observed<TargetCluster>> {
         let (t, standby) = {
             let s = self.0.state.lock().unwrap();

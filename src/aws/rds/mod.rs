@@ -244,6 +244,17 @@ impl Rds for AwsRds {
         })
     }
 
+    fn list_sources(&self) -> impl Future<Output = PortResult<Vec<SourceInstance>>> + Send {
+        boxed(async move {
+            let (_, all) = self.all_instances().await?;
+            Ok(all
+                .iter()
+                .filter(|i| i.engine() == Some("postgres"))
+                .map(source_of)
+                .collect())
+        })
+    }
+
     fn describe_target(
         &self,
         cluster: &str,

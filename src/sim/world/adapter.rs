@@ -211,6 +211,16 @@ impl SimPort {
             .collect())
     }
 
+    /// Every PostgreSQL source in the fleet snapshot (the adapter's `list_sources`).
+    pub(super) async fn postgres_sources(&self) -> PortResult<Vec<SourceInstance>> {
+        let (_, all) = self.rds.instances.get(|| self.fetch_sources()).await?;
+        Ok(all
+            .iter()
+            .filter(|v| v.engine == "postgres")
+            .cloned()
+            .collect())
+    }
+
     /// DescribeDBClusters of one cluster, through the process's fleet cache as the adapter's
     /// `cluster` does.
     pub(super) async fn target(&self, name: &str) -> PortResult<Option<TargetCluster>> {

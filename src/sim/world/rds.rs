@@ -486,6 +486,10 @@ impl Rds for SimPort {
         self.tagged_sources(tag_key).await
     }
 
+    async fn list_sources(&self) -> PortResult<Vec<SourceInstance>> {
+        self.postgres_sources().await
+    }
+
     async fn describe_target(&self, cluster: &str) -> PortResult<Observed<TargetCluster>> {
         Ok(self.target(cluster).await?.into())
     }
