@@ -391,12 +391,14 @@ impl<W: World> Agent<W> {
             let started = self.instruments.step_started();
             let mut obs = match last_look.take() {
                 Some(o) => o,
-                None => match STEPPING
-                    .scope(
-                        m.phase,
-                        in_lane(cutover_lane(&m), observe::observe(world, &m, &self.policy)),
-                    )
-                    .await
+                // Boxed: the look's future (every describe, the batches and the lanes inside)
+                // is large, and moved inline through the scopes it overflowed a 2 MiB worker
+                // stack in debug builds.
+                None => match Box::pin(STEPPING.scope(
+                    m.phase,
+                    in_lane(cutover_lane(&m), observe::observe(world, &m, &self.policy)),
+                ))
+                .await
                 {
                     Ok(o) => o,
                     Err(e) => return self.retry_later(m, e).await,
@@ -445,15 +447,14 @@ impl<W: World> Agent<W> {
             }
             self.turns.settle(&m, now);
             self.instruments.migration_in(&m.id, m.phase);
-            pending = STEPPING
-                .scope(
-                    m.phase,
-                    in_lane(
-                        cutover_lane(&m),
-                        execute::execute_all(world, &m, &self.policy, &decision.actions),
-                    ),
-                )
-                .await;
+            pending = Box::pin(STEPPING.scope(
+                m.phase,
+                in_lane(
+                    cutover_lane(&m),
+                    execute::execute_all(world, &m, &self.policy, &decision.actions),
+                ),
+            ))
+            .await;
             self.instruments.step_done(started, before);
             let look_again = decision.wake_after == Some(SignedDuration::ZERO);
             if !look_again && pending.is_empty() {

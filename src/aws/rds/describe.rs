@@ -54,28 +54,25 @@ impl AwsRds {
     /// One instance as RDS has it now, bypassing the cache: in one request with every other
     /// migration's direct describe waiting for the same turn at the rate limiter (`batch.rs`).
     pub(super) async fn instance_direct(&self, name: &str) -> PortResult<Option<DbInstance>> {
-        self.instance_batch
-            .here()
-            .describe(
-                name.to_string(),
-                self.limiter.acquire(),
-                |names| self.instances_named(names),
-                |i, name: &String| matches_instance(i, name),
-            )
-            .await
+        // Boxed: a batch's future holds its leader's whole request.
+        Box::pin(self.instance_batch.here().describe(
+            name.to_string(),
+            self.limiter.acquire(),
+            |names| self.instances_named(names),
+            |i, name: &String| matches_instance(i, name),
+        ))
+        .await
     }
 
     /// One cluster as RDS has it now, batched as [`Self::instance_direct`].
     pub(super) async fn cluster_direct(&self, name: &str) -> PortResult<Option<DbCluster>> {
-        self.cluster_batch
-            .here()
-            .describe(
-                name.to_string(),
-                self.limiter.acquire(),
-                |names| self.clusters_named(names),
-                |c, name: &String| matches_cluster(c, name),
-            )
-            .await
+        Box::pin(self.cluster_batch.here().describe(
+            name.to_string(),
+            self.limiter.acquire(),
+            |names| self.clusters_named(names),
+            |c, name: &String| matches_cluster(c, name),
+        ))
+        .await
     }
 
     /// The instances of `names` (identifiers or ARNs), in one request (`db-instance-id`
