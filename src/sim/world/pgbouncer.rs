@@ -69,6 +69,26 @@ impl State {
             .map(|(id, _)| id.clone())
     }
 
+    /// The source whose companion `router` names, when the companion answers: NotFound for an
+    /// unknown entry, retryable when the companion is lost (`RouteNeverInSync`).
+    fn reachable_pooler(&mut self, op: &str, router: &RouterChoice) -> PortResult<String> {
+        let id = self
+            .pooler_source(router)
+            .ok_or_else(|| PortError::new(ErrorKind::NotFound, op, "no such entry"))?;
+        if self.sources[&id].pooler.as_ref().is_some_and(|p| p.lost) {
+            return Err(State::unreachable(op));
+        }
+        Ok(id)
+    }
+
+    /// The pooler of a source `reachable_pooler` found.
+    fn pooler_mut(&mut self, id: &str) -> &mut Pooler {
+        self.sources
+            .get_mut(id)
+            .and_then(|s| s.pooler.as_mut())
+            .expect("found by reachable_pooler")
+    }
+
     fn unreachable(op: &str) -> PortError {
         PortError::new(
             ErrorKind::Retryable,
@@ -92,18 +112,9 @@ impl State {
 
     /// `/v1/hold`: PAUSE.
     pub(super) fn pooler_hold(&mut self, request: &RouteRequest) -> PortResult<()> {
-        let op = "pgbouncer:hold";
-        let Some(id) = self.pooler_source(&request.router) else {
-            return Err(PortError::new(ErrorKind::NotFound, op, "no such entry"));
-        };
+        let id = self.reachable_pooler("pgbouncer:hold", &request.router)?;
         let never = self.sources[&id].permanent == Some(PermanentFault::RouteNeverInSync);
-        let p = self.sources.get_mut(&id).and_then(|s| s.pooler.as_mut());
-        let Some(p) = p else {
-            return Err(PortError::new(ErrorKind::NotFound, op, "no such entry"));
-        };
-        if p.lost {
-            return Err(State::unreachable(op));
-        }
+        let p = self.pooler_mut(&id);
         p.paused = true;
         p.lost = never;
         self.log(|| format!("{id}: PgBouncer PAUSE (clients held)"));
@@ -112,17 +123,8 @@ impl State {
 
     /// `/v1/release`: RESUME where it points.
     pub(super) fn pooler_release(&mut self, request: &RouteRequest) -> PortResult<()> {
-        let op = "pgbouncer:release";
-        let Some(id) = self.pooler_source(&request.router) else {
-            return Err(PortError::new(ErrorKind::NotFound, op, "no such entry"));
-        };
-        let p = self.sources.get_mut(&id).and_then(|s| s.pooler.as_mut());
-        let Some(p) = p else {
-            return Err(PortError::new(ErrorKind::NotFound, op, "no such entry"));
-        };
-        if p.lost {
-            return Err(State::unreachable(op));
-        }
+        let id = self.reachable_pooler("pgbouncer:release", &request.router)?;
+        let p = self.pooler_mut(&id);
         p.paused = false;
         self.log(|| format!("{id}: PgBouncer RESUME"));
         Ok(())
@@ -130,17 +132,8 @@ impl State {
 
     /// `/v1/route`: PAUSE, re-point, RELOAD, RESUME; traffic follows.
     pub(super) fn pooler_route(&mut self, request: &RouteRequest) -> PortResult<()> {
-        let op = "pgbouncer:route";
-        let Some(id) = self.pooler_source(&request.router) else {
-            return Err(PortError::new(ErrorKind::NotFound, op, "no such entry"));
-        };
-        let p = self.sources.get_mut(&id).and_then(|s| s.pooler.as_mut());
-        let Some(p) = p else {
-            return Err(PortError::new(ErrorKind::NotFound, op, "no such entry"));
-        };
-        if p.lost {
-            return Err(State::unreachable(op));
-        }
+        let id = self.reachable_pooler("pgbouncer:route", &request.router)?;
+        let p = self.pooler_mut(&id);
         p.host = request.endpoint.clone();
         p.port = request.port;
         p.paused = false;
