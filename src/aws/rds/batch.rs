@@ -29,9 +29,11 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use jiff::Timestamp;
 use tokio::sync::watch;
 
 use crate::core::ErrorKind;
+use crate::core::observation::InstanceEvent;
 use crate::ports::{PortError, PortResult};
 
 /// Most names one request asks for: a page (`MaxRecords` defaults to 100), so one answer never
@@ -208,6 +210,39 @@ impl<K: Clone + PartialEq, T: Clone> LaneBatchers<K, T> {
         } else {
             &self.other
         }
+    }
+}
+
+impl LaneBatchers<(String, Timestamp), (String, InstanceEvent)> {
+    /// DescribeEvents of `instance` since `since`, batched: one request (`region_events`, asked
+    /// from the earliest time of every migration in the batch, with no identifier: the Region's
+    /// instance events, by instance in lower case) serves every migration waiting for the same
+    /// turn, and each keeps its own instance's events from its own time on.
+    pub(crate) async fn instance_events<G, F, Fut>(
+        &self,
+        instance: &str,
+        since: Timestamp,
+        gate: G,
+        region_events: F,
+    ) -> PortResult<Vec<InstanceEvent>>
+    where
+        G: Future<Output = ()>,
+        F: FnOnce(Timestamp) -> Fut,
+        Fut: Future<Output = PortResult<Vec<(String, InstanceEvent)>>>,
+    {
+        let key = (instance.to_ascii_lowercase(), since);
+        let all = self
+            .here()
+            .ask(key.clone(), gate, |keys| {
+                let earliest = keys.iter().map(|(_, t)| *t).min().unwrap_or(since);
+                region_events(earliest)
+            })
+            .await?;
+        Ok(all
+            .iter()
+            .filter(|(id, e)| *id == key.0 && e.at >= since)
+            .map(|(_, e)| e.clone())
+            .collect())
     }
 }
 

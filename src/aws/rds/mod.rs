@@ -343,25 +343,12 @@ impl Rds for AwsRds {
         instance: &str,
         since: Timestamp,
     ) -> impl Future<Output = PortResult<Vec<InstanceEvent>>> + Send {
-        boxed(async move {
-            // One DescribeEvents for every migration waiting on events at this turn: the
-            // Region's instance events since the earliest of their times (`batch.rs`), each
-            // caller keeping its instance's from its own time on.
-            let key = (instance.to_ascii_lowercase(), since);
-            let all = self
-                .event_batch
-                .here()
-                .ask(key.clone(), self.limiter.acquire(), |keys| {
-                    let earliest = keys.iter().map(|(_, t)| *t).min().unwrap_or(since);
-                    self.region_events(earliest)
-                })
-                .await?;
-            Ok(all
-                .iter()
-                .filter(|(id, e)| *id == key.0 && e.at >= since)
-                .map(|(_, e)| e.clone())
-                .collect())
-        })
+        boxed(self.event_batch.instance_events(
+            instance,
+            since,
+            self.limiter.acquire(),
+            |earliest| self.region_events(earliest),
+        ))
     }
 
     fn ensure_parameter_groups(

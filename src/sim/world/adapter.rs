@@ -265,58 +265,51 @@ impl SimPort {
         instance: &str,
         since: Timestamp,
     ) -> PortResult<Vec<InstanceEvent>> {
-        let key = (instance.to_ascii_lowercase(), since);
-        let all = self
-            .rds
+        self.rds
             .event_batch
-            .here()
-            .ask(key.clone(), self.rds.limiter.acquire(), |keys| async move {
-                let earliest = keys.iter().map(|(_, t)| *t).min().unwrap_or(since);
-                let mut out = Vec::new();
-                let mut first = true;
-                let mut marker: Option<usize> = None;
-                loop {
-                    let page = move |s: &mut State| {
-                        let from = s.ms(earliest);
-                        let now = s.now;
-                        let all: Vec<(String, InstanceEvent)> = s
-                            .events
-                            .iter()
-                            .filter(|(vis, at, _, _)| *at >= from && *vis <= now)
-                            .map(|(_, at, id, msg)| {
-                                (
-                                    id.to_ascii_lowercase(),
-                                    InstanceEvent {
-                                        at: s.ts(*at),
-                                        kind: InstanceEventKind::from_message(msg),
-                                    },
-                                )
-                            })
-                            .collect();
-                        let start = marker.unwrap_or(0);
-                        let end = (start + PAGE).min(all.len());
-                        let next = (end < all.len()).then_some(end);
-                        Ok((all[start..end].to_vec(), next))
-                    };
-                    let (items, next) = if first {
-                        self.call_past_limiter("rds:DescribeEvents", page).await?
-                    } else {
-                        self.call("rds:DescribeEvents", false, page).await?
-                    };
-                    first = false;
-                    out.extend(items);
-                    match next {
-                        Some(n) => marker = Some(n),
-                        None => return Ok(out),
-                    }
-                }
+            .instance_events(instance, since, self.rds.limiter.acquire(), |earliest| {
+                self.region_events(earliest)
             })
-            .await?;
-        Ok(all
-            .iter()
-            .filter(|(id, e)| *id == key.0 && e.at >= since)
-            .map(|(_, e)| e.clone())
-            .collect())
+            .await
+    }
+
+    /// Every instance event of the Region since `since`, pages of 100 following the marker (the
+    /// adapter's page loop, `aws::call::all_pages`), as RDS would answer each page when its
+    /// request lands; the first page on the batch leader's turn, the next ones wait for theirs.
+    async fn region_events(&self, since: Timestamp) -> PortResult<Vec<(String, InstanceEvent)>> {
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let first = &first;
+        crate::aws::call::all_pages(|marker: Option<String>| async move {
+            let start: usize = marker.as_deref().map_or(0, |m| m.parse().unwrap_or(0));
+            let page = move |s: &mut State| {
+                let from = s.ms(since);
+                let now = s.now;
+                let all: Vec<(String, InstanceEvent)> = s
+                    .events
+                    .iter()
+                    .filter(|(vis, at, _, _)| *at >= from && *vis <= now)
+                    .map(|(_, at, id, msg)| {
+                        (
+                            id.to_ascii_lowercase(),
+                            InstanceEvent {
+                                at: s.ts(*at),
+                                kind: InstanceEventKind::from_message(msg),
+                            },
+                        )
+                    })
+                    .collect();
+                let start = start.min(all.len());
+                let end = (start + PAGE).min(all.len());
+                let next = (end < all.len()).then(|| end.to_string());
+                Ok((all[start..end].to_vec(), next))
+            };
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                self.call_past_limiter("rds:DescribeEvents", page).await
+            } else {
+                self.call("rds:DescribeEvents", false, page).await
+            }
+        })
+        .await
     }
 
     /// RDS announced a change to `name`: as the adapter's `heard_of_change`.
