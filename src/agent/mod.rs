@@ -117,6 +117,17 @@ pub fn stepping_phase() -> Option<crate::core::Phase> {
     STEPPING.try_with(|p| *p).ok()
 }
 
+/// `f`, a part of `m`'s step, with its calls counted against `m`'s phase and in `m`'s lane at
+/// the rate limiter. Boxed: the look's future (every describe, the batches and the lanes
+/// inside) is large, and moved inline through the scopes it overflowed a 2 MiB worker stack in
+/// debug builds.
+fn as_step_of<F: std::future::Future>(
+    m: &Migration,
+    f: F,
+) -> std::pin::Pin<Box<impl std::future::Future<Output = F::Output>>> {
+    Box::pin(STEPPING.scope(m.phase, in_lane(cutover_lane(m), f)))
+}
+
 /// Whether `m`'s RDS calls go in the rate limiter's cutover lane (`aws::limit`), before the
 /// calls of migrations that can wait: its writes are down (Quiescing … Routing), or it is
 /// rolling back (bounded, and the source may be fenced until it is done).
@@ -391,15 +402,7 @@ impl<W: World> Agent<W> {
             let started = self.instruments.step_started();
             let mut obs = match last_look.take() {
                 Some(o) => o,
-                // Boxed: the look's future (every describe, the batches and the lanes inside)
-                // is large, and moved inline through the scopes it overflowed a 2 MiB worker
-                // stack in debug builds.
-                None => match Box::pin(STEPPING.scope(
-                    m.phase,
-                    in_lane(cutover_lane(&m), observe::observe(world, &m, &self.policy)),
-                ))
-                .await
-                {
+                None => match as_step_of(&m, observe::observe(world, &m, &self.policy)).await {
                     Ok(o) => o,
                     Err(e) => return self.retry_later(m, e).await,
                 },
@@ -447,13 +450,10 @@ impl<W: World> Agent<W> {
             }
             self.turns.settle(&m, now);
             self.instruments.migration_in(&m.id, m.phase);
-            pending = Box::pin(STEPPING.scope(
-                m.phase,
-                in_lane(
-                    cutover_lane(&m),
-                    execute::execute_all(world, &m, &self.policy, &decision.actions),
-                ),
-            ))
+            pending = as_step_of(
+                &m,
+                execute::execute_all(world, &m, &self.policy, &decision.actions),
+            )
             .await;
             self.instruments.step_done(started, before);
             let look_again = decision.wake_after == Some(SignedDuration::ZERO);
