@@ -126,9 +126,13 @@ enum Command {
         /// MIGRATOR_RDS_RATE_LIMIT); a large value is an unlimited budget.
         #[arg(long, default_value_t = 5.0)]
         rds_rate_limit: f64,
-        /// Most migrations in their cutover at once (as MIGRATOR_MAX_CUTOVERS).
+        /// Most migrations in their cutover at once (as MIGRATOR_MAX_CUTOVERS), per agent.
         #[arg(long, default_value_t = aurora_migrator::core::policy::DEFAULT_MAX_CUTOVERS)]
         max_cutovers: usize,
+        /// Agent processes on the one table and queue, 1 or 2 (two: high availability, each
+        /// with half the RDS rate; crashes kill one at a time).
+        #[arg(long, default_value_t = 1)]
+        agents: usize,
     },
     /// Run the PgBouncer companion beside a PgBouncer until SIGTERM: the agent asks it, signed
     /// with MIGRATOR_WEBHOOK_SECRET, to hold a database's clients (PAUSE) and re-point its
@@ -276,7 +280,9 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
             pgbouncer_share,
             rds_rate_limit,
             max_cutovers,
+            agents,
         } => {
+            anyhow::ensure!((1..=2).contains(&agents), "--agents is 1 or 2");
             anyhow::ensure!(
                 rds_rate_limit.is_finite() && rds_rate_limit > 0.0,
                 "--rds-rate-limit is a positive number of requests per second"
@@ -310,6 +316,7 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
                 pgbouncer_share,
                 rds_rate_limit,
                 max_cutovers,
+                agents,
                 ..SimOptions::default()
             });
             println!("{report}");
@@ -382,7 +389,13 @@ async fn with_aws(
             if create_table {
                 aws::create_table(&s).await?;
             }
-            let agent = with_table(&s).await?.with_instruments(instruments.clone());
+            let agent = with_table(&s)
+                .await?
+                .with_instruments(instruments.clone())
+                .with_lease(
+                    aurora_migrator::agent::lease::process_holder(),
+                    args.lease()?,
+                );
             let home = Home {
                 account: aws::sqs::account_from_queue_url(&s.queue_url),
                 region: agent.world.region.clone(),

@@ -337,11 +337,45 @@ pub trait Queue: Send + Sync {
 pub enum StoreError {
     #[error("the record changed since it was read (expected version {expected})")]
     VersionConflict { expected: u64 },
+    /// The saving process no longer holds the record's lease: another agent steps it now.
+    #[error("another agent took the migration's lease")]
+    LeaseLost,
     #[error(transparent)]
     Port(#[from] PortError),
 }
 
-/// DynamoDB: migration records, written only with a condition on their version.
+/// The right to step one migration, held by one agent process at a time (`agent::lease`).
+///
+/// Stored on the migration's own record item, beside the record and outside it: `holder`,
+/// `token` and `expires_at`. Taking it (free, expired, or already this holder's) adds one to
+/// the token; renewing it moves `expires_at` on and keeps the token; a save is fenced by it (the
+/// holder and token must still be the item's). Nothing releases it: it expires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub id: MigrationId,
+    /// The agent process that holds it (`Agent::holder`).
+    pub holder: String,
+    /// The fencing token: one more at every taking, never reused.
+    pub token: u64,
+    /// When it lapses, as written in the table (the taker's clock).
+    pub expires_at: Timestamp,
+}
+
+/// Taking or renewing a lease failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    #[error("the migration is being stepped by {holder} until {until}")]
+    Held { holder: String, until: Timestamp },
+    #[error("the lease was taken by another agent")]
+    Lost,
+    #[error("the migration has no record")]
+    NoRecord,
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// DynamoDB: migration records, written only with a condition on their version and, once
+/// created, on the writer's lease.
 pub trait StateStore: Send + Sync {
     fn load(&self, id: &MigrationId) -> impl Future<Output = PortResult<Option<Migration>>> + Send;
     /// The newest attempt for a source, if any.
@@ -349,9 +383,33 @@ pub trait StateStore: Send + Sync {
         &self,
         resource_id: &str,
     ) -> impl Future<Output = PortResult<Option<Migration>>> + Send;
-    /// Writes `m` if the stored version is `m.version` (0: must not exist); returns the new
-    /// version.
-    fn save(&self, m: &Migration) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Writes the new record `m` (version 0) if there is none for its id; returns its version
+    /// (1).
+    fn create(&self, m: &Migration) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Writes `m` if the stored version is `m.version` and `lease` (this process's) is still
+    /// the item's (holder and token; lapsed but not taken is still the item's); returns the new
+    /// version. The lease's own attributes are left as they are.
+    fn save(
+        &self,
+        m: &Migration,
+        lease: &Lease,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Takes the lease on `id`'s record for `holder` until `now + ttl`, if it is free, lapsed
+    /// (`expires_at < now`) or `holder`'s already.
+    fn acquire_lease(
+        &self,
+        id: &MigrationId,
+        holder: &str,
+        now: Timestamp,
+        ttl: jiff::SignedDuration,
+    ) -> impl Future<Output = Result<Lease, LeaseError>> + Send;
+    /// Moves `lease` on to `now + ttl` if it is still the item's; the same token.
+    fn renew_lease(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: jiff::SignedDuration,
+    ) -> impl Future<Output = Result<Lease, LeaseError>> + Send;
     fn list(&self) -> impl Future<Output = PortResult<Vec<Migration>>> + Send;
     fn fleet_paused(&self) -> impl Future<Output = PortResult<bool>> + Send;
     fn set_fleet_paused(&self, paused: bool) -> impl Future<Output = PortResult<()>> + Send;

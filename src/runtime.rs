@@ -52,7 +52,7 @@ impl Default for RuntimeSettings {
             concurrency: 64,
             wait_s: 20,
             batch: 10,
-            visibility_timeout_s: 30,
+            visibility_timeout_s: 15,
             shutdown_budget: Duration::from_secs(25),
             heartbeat_interval: Duration::from_secs(60),
             heartbeat_file: None,

@@ -6,8 +6,8 @@
 use aurora_migrator::core::Phase;
 use aurora_migrator::sim::checks::CutoverPath;
 use aurora_migrator::sim::{
-    self, CallFault, DbFault, FaultPlan, PermanentFault, ScriptedFault, SimOptions, SimReport,
-    Variant,
+    self, CallFault, DbFault, FaultIntensity, FaultPlan, PermanentFault, ScriptedFault, SimOptions,
+    SimReport, Variant,
 };
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -470,4 +470,46 @@ fn a_route53_change_that_never_syncs_ends_failed_with_the_source_fenced() {
             .any(|l| l.contains("routing did not finish")),
         "{report}"
     );
+}
+
+/// Two agent processes on one table and queue (the template's desired count of 2), in the
+/// default fault mix with its crashes (one process at a time): no violation, including the
+/// lease check (`sim::checks::leases`: every call that changes AWS for a migration is made by
+/// the holder of its lease), and the crashed agents' cutovers are taken over.
+#[test]
+fn two_agents_step_each_migration_one_at_a_time_through_crashes() {
+    let report = sim::run(&SimOptions {
+        seeds: env_u64("SIM_SEEDS", 120),
+        agents: 2,
+        ..SimOptions::default()
+    });
+    println!("{report}");
+    assert!(report.violations.is_empty(), "{report}");
+    assert!(report.crashes > 100, "{report}");
+    assert!(!report.takeovers_ms.is_empty(), "{report}");
+    let completed = report.count(Phase::Completed);
+    assert!(completed * 10 >= report.migrations * 7, "{report}");
+}
+
+/// Killing either agent mid-cutover costs at most one lease (15 s) before the other goes on:
+/// crashes are the only fault, so the takeover is the lease's and the queue's doing alone.
+#[test]
+fn a_killed_agents_cutover_is_taken_over_within_one_lease() {
+    let crashes_only = FaultIntensity {
+        crash: 0.004,
+        ..FaultIntensity::none()
+    };
+    let report = sim::run(&SimOptions {
+        seeds: 150,
+        agents: 2,
+        plan: Some(FaultPlan::random(crashes_only)),
+        ..SimOptions::default()
+    });
+    println!("{report}");
+    assert!(report.violations.is_empty(), "{report}");
+    assert!(report.takeovers_ms.len() >= 20, "{report}");
+    let lease_ms = aurora_migrator::agent::lease::DEFAULT_LEASE_TTL.as_millis() as i64;
+    // One lease, plus SQS's whole-second delay rounded up and its delivery.
+    let worst = *report.takeovers_ms.iter().max().unwrap();
+    assert!(worst <= lease_ms + 3_000, "{worst} ms\n{report}");
 }

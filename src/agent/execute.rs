@@ -128,19 +128,24 @@ fn one_tag(key: String, value: &str) -> BTreeMap<String, String> {
 /// (a rate-limited RDS call) is a few hundred milliseconds of write outage that nothing needs
 /// to wait for. Nothing orders the two lanes: a notification tells of the record's new state,
 /// which is saved before either lane starts.
+///
+/// `leased`: whether this process still holds the migration's lease (`agent::lease`), asked
+/// before each action. An action is not run without it (as if the process had died after the
+/// save): the agent that holds it now looks afresh.
 pub async fn execute_all<W: World>(
     world: &W,
     m: &Migration,
     policy: &Policy,
     actions: &[Action],
+    leased: &(dyn Fn() -> bool + Sync),
 ) -> Vec<ActionResult> {
     let (bookkeeping, own): (Vec<_>, Vec<_>) = actions
         .iter()
         .enumerate()
         .partition(|(_, a)| is_bookkeeping(a));
     let (mut own, bookkeeping) = tokio::join!(
-        execute_in_order(world, m, policy, own),
-        execute_in_order(world, m, policy, bookkeeping),
+        execute_in_order(world, m, policy, own, leased),
+        execute_in_order(world, m, policy, bookkeeping, leased),
     );
     own.extend(bookkeeping);
     own.sort_by_key(|(i, _)| *i);
@@ -162,10 +167,15 @@ async fn execute_in_order<W: World>(
     m: &Migration,
     policy: &Policy,
     actions: Vec<(usize, &Action)>,
+    leased: &(dyn Fn() -> bool + Sync),
 ) -> Vec<(usize, ActionResult)> {
     let mut results = Vec::new();
     for (place, action) in actions {
         let key = action.key();
+        if !leased() {
+            tracing::warn!(migration = %m.id, action = %key, "not run: this agent's lease on the migration lapsed");
+            break;
+        }
         // The last line of defence before an irreversible call, in release builds too: the
         // record that asked for it must satisfy its preconditions. A refusal changes nothing:
         // no call, no result fed back (the record stays as it is), and people are told.

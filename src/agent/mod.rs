@@ -9,6 +9,7 @@
 pub mod cutover_turns;
 pub mod execute;
 pub mod follow_up;
+pub mod lease;
 pub mod observe;
 
 pub use cutover_turns::CutoverTurns;
@@ -22,7 +23,9 @@ use crate::core::admission::{Admission, admit};
 use crate::core::observation::Observed;
 use crate::core::{ErrorKind, Migration, MigrationId, Policy, step};
 use crate::inbound::{self, Home, Inbound, ParseError, Received, Tick};
-use crate::ports::{Clock, PortError, Queue, QueueMessage, Rds, StateStore, StoreError, World};
+use crate::ports::{
+    Clock, LeaseError, PortError, Queue, QueueMessage, Rds, StateStore, StoreError, World,
+};
 use crate::telemetry::{Instruments, MessageOutcome};
 
 /// Longest SQS delay: a longer wait is re-ticked.
@@ -71,12 +74,14 @@ pub enum DriverError {
     Port(#[from] PortError),
     #[error("the record kept changing under this agent (another worker is handling it)")]
     Contended,
+    #[error("the migration's record is gone")]
+    NoRecord,
 }
 
 impl From<StoreError> for DriverError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::VersionConflict { .. } => DriverError::Contended,
+            StoreError::VersionConflict { .. } | StoreError::LeaseLost => DriverError::Contended,
             StoreError::Port(p) => DriverError::Port(p),
         }
     }
@@ -104,17 +109,37 @@ pub struct Agent<W: World> {
     saved: std::sync::Mutex<std::collections::HashMap<MigrationId, u64>>,
     /// Admission to the cutover (`cutover_turns.rs`); memory only.
     pub turns: CutoverTurns,
+    /// This process's name on the leases it holds (`lease.rs`): unique per process.
+    pub holder: String,
+    /// How long a lease lasts unless renewed (`MIGRATOR_LEASE`).
+    pub lease_ttl: SignedDuration,
+    /// The leases this process holds; memory only.
+    leases: lease::Leases,
 }
 
 tokio::task_local! {
-    /// The phase of the migration whose step is running on this task: what its calls are
-    /// counted against (the simulator's report of RDS calls by phase).
-    static STEPPING: crate::core::Phase;
+    /// The migration whose step is running on this task, and its phase: what its calls are
+    /// counted against (the simulator's report of RDS calls by phase, its lease check).
+    static STEPPING: (MigrationId, crate::core::Phase);
 }
 
 /// The phase of the migration this task is stepping, if it is stepping one.
 pub fn stepping_phase() -> Option<crate::core::Phase> {
-    STEPPING.try_with(|p| *p).ok()
+    STEPPING.try_with(|(_, p)| *p).ok()
+}
+
+/// The migration this task is stepping, if it is stepping one.
+pub fn stepping_migration() -> Option<MigrationId> {
+    STEPPING.try_with(|(id, _)| id.clone()).ok()
+}
+
+/// `f` with `id` (in `phase`) as the migration this task is stepping.
+pub fn stepping_scope<F: std::future::Future>(
+    id: MigrationId,
+    phase: crate::core::Phase,
+    f: F,
+) -> impl std::future::Future<Output = F::Output> {
+    STEPPING.scope((id, phase), f)
 }
 
 /// `f`, a part of `m`'s step, with its calls counted against `m`'s phase and in `m`'s lane at
@@ -125,7 +150,11 @@ fn as_step_of<F: std::future::Future>(
     m: &Migration,
     f: F,
 ) -> std::pin::Pin<Box<impl std::future::Future<Output = F::Output>>> {
-    Box::pin(STEPPING.scope(m.phase, in_lane(cutover_lane(m), f)))
+    Box::pin(stepping_scope(
+        m.id.clone(),
+        m.phase,
+        in_lane(cutover_lane(m), f),
+    ))
 }
 
 /// Whether `m`'s RDS calls go in the rate limiter's cutover lane (`aws::limit`), before the
@@ -169,8 +198,18 @@ impl<W: World> Agent<W> {
             follow_ups: std::sync::Mutex::default(),
             saved: std::sync::Mutex::default(),
             turns: CutoverTurns::new(policy.max_cutovers),
+            holder: lease::process_holder(),
+            lease_ttl: lease::DEFAULT_LEASE_TTL,
+            leases: lease::Leases::default(),
             policy,
         }
+    }
+
+    /// Holds its leases as `holder` (the simulator names its agents), for `ttl`.
+    pub fn with_lease(mut self, holder: impl Into<String>, ttl: SignedDuration) -> Self {
+        self.holder = holder.into();
+        self.lease_ttl = ttl;
+        self
     }
 
     /// Drops events from other accounts and Regions than `home`'s.
@@ -318,14 +357,14 @@ impl<W: World> Agent<W> {
             }
             Admission::Start(m) => {
                 tracing::info!(migration = %m.id, instance = identifier, "migration requested");
-                match self.world.store().save(&m).await {
+                match self.world.store().create(&m).await {
                     Ok(version) => {
                         let mut m = *m;
                         m.version = version;
                         self.reconcile(m).await?;
                     }
                     // Another message (or agent) started it first: that one carries it.
-                    Err(StoreError::VersionConflict { .. }) => {}
+                    Err(StoreError::VersionConflict { .. } | StoreError::LeaseLost) => {}
                     Err(StoreError::Port(e)) => return Err(e.into()),
                 }
             }
@@ -390,10 +429,37 @@ impl<W: World> Agent<W> {
         // Every log line of this migration's steps carries its id (JSON logs: the span's field).
         let span =
             tracing::info_span!("reconcile", migration = %m.id, source = %m.source_identifier);
-        self.reconcile_in_span(m).instrument(span).await
+        self.reconcile_leased(m).instrument(span).await
     }
 
-    async fn reconcile_in_span(&self, mut m: Migration) -> Result<Migration, DriverError> {
+    /// [`Agent::reconcile`] under the record's lease (`lease.rs`), renewed while it runs.
+    async fn reconcile_leased(&self, m: Migration) -> Result<Migration, DriverError> {
+        let lease = match self.lease_for(&m).await {
+            Ok(lease) => lease,
+            Err(LeaseError::Held { holder, until }) => {
+                self.defer_to_holder(&m, &holder, until).await?;
+                return Ok(m);
+            }
+            // Lost between a renewal and the taking that followed it: someone else steps it.
+            Err(LeaseError::Lost) => return Err(DriverError::Contended),
+            Err(LeaseError::NoRecord) => return Err(DriverError::NoRecord),
+            Err(LeaseError::Port(e)) => return self.retry_later(m, e).await,
+        };
+        let id = m.id.clone();
+        // `biased`: the step is polled first, so a step that needs no wait ends before the
+        // renewal's timer is even set.
+        tokio::select! {
+            biased;
+            r = self.reconcile_in_span(m, &lease) => r,
+            never = self.keep_lease(&id) => match never {},
+        }
+    }
+
+    async fn reconcile_in_span(
+        &self,
+        mut m: Migration,
+        lease: &crate::ports::Lease,
+    ) -> Result<Migration, DriverError> {
         let world = &self.world;
         let mut pending = Vec::new();
         let mut last_look: Option<crate::core::Observation> = None;
@@ -422,7 +488,7 @@ impl<W: World> Agent<W> {
             }
             let decision = (self.step)(&m, &obs, now, &self.policy);
             let before = m.phase;
-            match world.store().save(&decision.next).await {
+            match world.store().save(&decision.next, lease).await {
                 Ok(version) => {
                     m = decision.next;
                     m.version = version;
@@ -443,6 +509,12 @@ impl<W: World> Agent<W> {
                     }
                     continue;
                 }
+                Err(StoreError::LeaseLost) => {
+                    // Another agent took the lease (this one's lapsed while it looked): the
+                    // migration is that agent's now, wake-ups included.
+                    tracing::info!(migration = %m.id, "lease taken by another agent; its step carries on there");
+                    return Ok(m);
+                }
                 Err(e) => return Err(e.into()),
             }
             if m.phase != before {
@@ -452,7 +524,9 @@ impl<W: World> Agent<W> {
             self.instruments.migration_in(&m.id, m.phase);
             pending = as_step_of(
                 &m,
-                execute::execute_all(world, &m, &self.policy, &decision.actions),
+                execute::execute_all(world, &m, &self.policy, &decision.actions, &|| {
+                    self.holds_lease(&m.id)
+                }),
             )
             .await;
             self.instruments.step_done(started, before);

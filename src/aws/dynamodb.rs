@@ -3,6 +3,12 @@
 //! Item layout: `pk` (S) = the source's `DbiResourceId`, `sk` (S) = `attempt#0001`, `version`
 //! (N) for the condition, `record` (S) = the [`Migration`] as JSON, plus `phase`, `source` and
 //! `updated_at` for people and listings. The fleet-wide pause is the item (`#fleet`, `pause`).
+//!
+//! The record's lease (`ports::Lease`) lives on the same item, outside the record: `lease_holder`
+//! (S), `lease_token` (N), `lease_expires` (N, Unix milliseconds). Taking and renewing it are
+//! `UpdateItem`s that touch only those; a save after the first is an `UpdateItem` of the record's
+//! attributes conditional on the version *and* on the lease (holder and token), so a process
+//! whose lease was taken cannot write, and no save undoes a renewal.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,11 +23,13 @@ use aws_sdk_dynamodb::types::{
 use super::call::{all_pages, boxed, call, call_unless};
 use super::{CallCounter, ConnectError};
 use crate::core::migration::{Migration, MigrationId};
-use crate::ports::{ErrorKind, PortError, PortResult, StateStore, StoreError};
+use crate::ports::{ErrorKind, Lease, LeaseError, PortError, PortResult, StateStore, StoreError};
 
 const FLEET_PK: &str = "#fleet";
 const PAUSE_SK: &str = "pause";
 const ATTEMPT_PREFIX: &str = "attempt#";
+/// The answer of a write whose condition did not hold.
+const CONDITION_FAILED: &str = "ConditionalCheckFailedException";
 
 pub struct AwsStore {
     client: Client,
@@ -35,6 +43,28 @@ pub fn sort_key(attempt: u32) -> String {
 
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn number<T: std::str::FromStr>(item: &HashMap<String, AttributeValue>, name: &str) -> Option<T> {
+    item.get(name)?.as_n().ok()?.parse().ok()
+}
+
+/// A lease as the item holds it, if it holds one.
+fn lease_on(id: &MigrationId, item: &HashMap<String, AttributeValue>) -> Option<Lease> {
+    Some(Lease {
+        id: id.clone(),
+        holder: item.get("lease_holder")?.as_s().ok()?.clone(),
+        token: number(item, "lease_token")?,
+        expires_at: jiff::Timestamp::from_millisecond(number(item, "lease_expires")?).ok()?,
+    })
+}
+
+fn millis(t: jiff::Timestamp) -> i64 {
+    t.as_millisecond()
 }
 
 impl AwsStore {
@@ -72,6 +102,17 @@ impl AwsStore {
             m.version = v;
         }
         Ok(m)
+    }
+
+    /// The record as the item's `record` attribute holds it.
+    fn encode(&self, record: &Migration, op: &str) -> PortResult<String> {
+        serde_json::to_string(record).map_err(|e| {
+            PortError::new(
+                ErrorKind::Fatal,
+                op,
+                format!("record does not serialize: {e}"),
+            )
+        })
     }
 
     /// A consistent read of one item.
@@ -194,44 +235,177 @@ impl StateStore for AwsStore {
         })
     }
 
-    fn save(&self, m: &Migration) -> impl Future<Output = Result<u64, StoreError>> + Send {
+    fn create(&self, m: &Migration) -> impl Future<Output = Result<u64, StoreError>> + Send {
         boxed(async move {
             const OP: &str = "dynamodb:PutItem";
-            let new_version = m.version + 1;
+            assert_eq!(m.version, 0, "create writes a new record only");
             let mut record = m.clone();
-            record.version = new_version;
-            let json = serde_json::to_string(&record).map_err(|e| {
-                PortError::new(
-                    ErrorKind::Fatal,
-                    OP,
-                    format!("record does not serialize: {e}"),
-                )
-            })?;
-            let mut request = self
+            record.version = 1;
+            let request = self
                 .client
                 .put_item()
                 .table_name(&self.table)
                 .item("pk", s(&m.id.resource_id))
                 .item("sk", s(sort_key(m.id.attempt)))
-                .item("version", AttributeValue::N(new_version.to_string()))
-                .item("record", s(json))
+                .item("version", n(1))
+                .item("record", s(self.encode(&record, OP)?))
                 .item("phase", s(m.phase.as_str()))
                 .item("source", s(&m.source_identifier))
-                .item("updated_at", s(jiff::Timestamp::now().to_string()));
-            request = if m.version == 0 {
-                request.condition_expression("attribute_not_exists(pk)")
-            } else {
-                request
-                    .condition_expression("#v = :v")
-                    .expression_attribute_names("#v", "version")
-                    .expression_attribute_values(":v", AttributeValue::N(m.version.to_string()))
-            };
-            let answer = "ConditionalCheckFailedException";
-            match call_unless(&self.calls, OP, answer, request.send()).await? {
-                Some(_) => Ok(new_version),
-                None => Err(StoreError::VersionConflict {
+                .item("updated_at", s(jiff::Timestamp::now().to_string()))
+                .condition_expression("attribute_not_exists(pk)");
+            match call_unless(&self.calls, OP, CONDITION_FAILED, request.send()).await? {
+                Some(_) => Ok(1),
+                None => Err(StoreError::VersionConflict { expected: 0 }),
+            }
+        })
+    }
+
+    fn save(
+        &self,
+        m: &Migration,
+        lease: &Lease,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        boxed(async move {
+            const OP: &str = "dynamodb:UpdateItem";
+            assert!(m.version > 0, "a new record is created, not saved");
+            assert_eq!(lease.id, m.id, "a save is fenced by its own record's lease");
+            let new_version = m.version + 1;
+            let mut record = m.clone();
+            record.version = new_version;
+            let request = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(&m.id.resource_id))
+                .key("sk", s(sort_key(m.id.attempt)))
+                .update_expression("SET #v = :nv, #r = :r, #p = :p, #s = :s, updated_at = :u")
+                .condition_expression("#v = :v AND lease_holder = :h AND lease_token = :t")
+                .expression_attribute_names("#v", "version")
+                .expression_attribute_names("#r", "record")
+                .expression_attribute_names("#p", "phase")
+                .expression_attribute_names("#s", "source")
+                .expression_attribute_values(":nv", n(new_version))
+                .expression_attribute_values(":v", n(m.version))
+                .expression_attribute_values(":r", s(self.encode(&record, OP)?))
+                .expression_attribute_values(":p", s(m.phase.as_str()))
+                .expression_attribute_values(":s", s(&m.source_identifier))
+                .expression_attribute_values(":u", s(jiff::Timestamp::now().to_string()))
+                .expression_attribute_values(":h", s(&lease.holder))
+                .expression_attribute_values(":t", n(lease.token));
+            if call_unless(&self.calls, OP, CONDITION_FAILED, request.send())
+                .await?
+                .is_some()
+            {
+                return Ok(new_version);
+            }
+            // Which condition failed: the lease's is the one that stops this process.
+            let item = self
+                .get(s(&m.id.resource_id), s(sort_key(m.id.attempt)))
+                .await?;
+            let ours = item
+                .as_ref()
+                .and_then(|i| lease_on(&m.id, i))
+                .is_some_and(|l| l.holder == lease.holder && l.token == lease.token);
+            if ours {
+                Err(StoreError::VersionConflict {
                     expected: m.version,
+                })
+            } else {
+                Err(StoreError::LeaseLost)
+            }
+        })
+    }
+
+    fn acquire_lease(
+        &self,
+        id: &MigrationId,
+        holder: &str,
+        now: jiff::Timestamp,
+        ttl: jiff::SignedDuration,
+    ) -> impl Future<Output = Result<Lease, LeaseError>> + Send {
+        boxed(async move {
+            const OP: &str = "dynamodb:UpdateItem";
+            let expires_at = now + ttl;
+            let request = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(&id.resource_id))
+                .key("sk", s(sort_key(id.attempt)))
+                .update_expression(
+                    "SET lease_holder = :h, lease_expires = :e, lease_token = if_not_exists(lease_token, :zero) + :one",
+                )
+                .condition_expression(
+                    "attribute_exists(pk) AND (attribute_not_exists(lease_holder) OR lease_expires < :now OR lease_holder = :h)",
+                )
+                .expression_attribute_values(":h", s(holder))
+                .expression_attribute_values(":e", n(millis(expires_at)))
+                .expression_attribute_values(":now", n(millis(now)))
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":one", n(1))
+                .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew);
+            if let Some(r) = call_unless(&self.calls, OP, CONDITION_FAILED, request.send()).await? {
+                let token = r
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| number(a, "lease_token"))
+                    .ok_or_else(|| {
+                        PortError::new(ErrorKind::Fatal, OP, "no lease_token in the answer")
+                    })?;
+                return Ok(Lease {
+                    id: id.clone(),
+                    holder: holder.to_string(),
+                    token,
+                    expires_at,
+                });
+            }
+            let item = self
+                .get(s(&id.resource_id), s(sort_key(id.attempt)))
+                .await?;
+            match item {
+                None => Err(LeaseError::NoRecord),
+                Some(i) => match lease_on(id, &i) {
+                    Some(l) => Err(LeaseError::Held {
+                        holder: l.holder,
+                        until: l.expires_at,
+                    }),
+                    // Taken and then gone between the two calls: a race; asked again later.
+                    None => Err(LeaseError::Port(PortError::new(
+                        ErrorKind::Retryable,
+                        OP,
+                        "the lease changed while it was taken",
+                    ))),
+                },
+            }
+        })
+    }
+
+    fn renew_lease(
+        &self,
+        lease: &Lease,
+        now: jiff::Timestamp,
+        ttl: jiff::SignedDuration,
+    ) -> impl Future<Output = Result<Lease, LeaseError>> + Send {
+        boxed(async move {
+            const OP: &str = "dynamodb:UpdateItem";
+            let expires_at = now + ttl;
+            let request = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(&lease.id.resource_id))
+                .key("sk", s(sort_key(lease.id.attempt)))
+                .update_expression("SET lease_expires = :e")
+                .condition_expression("lease_holder = :h AND lease_token = :t")
+                .expression_attribute_values(":h", s(&lease.holder))
+                .expression_attribute_values(":t", n(lease.token))
+                .expression_attribute_values(":e", n(millis(expires_at)));
+            match call_unless(&self.calls, OP, CONDITION_FAILED, request.send()).await? {
+                Some(_) => Ok(Lease {
+                    expires_at,
+                    ..lease.clone()
                 }),
+                None => Err(LeaseError::Lost),
             }
         })
     }

@@ -57,14 +57,21 @@ pub struct AwsArgs {
     pub shutdown_budget: String,
     /// How long a received message stays hidden from other receivers; extended every third of
     /// it while its step runs. Also how soon the message of an agent that died (SIGKILL, OOM,
-    /// lost task) is seen again: short, because during a cutover every second counts.
+    /// lost task) is seen again: short, because during a cutover every second counts. 15 s:
+    /// the lease time, so that a second agent picks up a dead one's cutover within one lease
+    /// either way (`agent::lease`).
     #[arg(
         long,
         env = "MIGRATOR_MESSAGE_VISIBILITY",
-        default_value = "30s",
+        default_value = "15s",
         global = true
     )]
     pub message_visibility: String,
+    /// How long a migration's lease lasts unless renewed (`agent::lease`): one agent steps a
+    /// migration at a time, and another takes over a dead one's migrations when their leases
+    /// lapse. Renewed every third of it while a step runs. 5s to 2m.
+    #[arg(long, env = "MIGRATOR_LEASE", default_value = "15s", global = true)]
+    pub lease: String,
     /// Data-access-layer webhook told about the new endpoint at cutover (POST JSON, 2xx
     /// required, signed with --webhook-secret). `https://` (`http://` only to a loopback host).
     /// A secret: it may embed a token, so only its scheme and host are ever shown. Unset: the
@@ -648,6 +655,20 @@ impl AwsArgs {
         )
     }
 
+    /// How long a lease lasts unless renewed, 5 s to 2 min.
+    pub fn lease(&self) -> Result<SignedDuration, ConfigError> {
+        let setting = "MIGRATOR_LEASE (--lease)";
+        let (min, max) = crate::agent::lease::LEASE_TTL_RANGE;
+        let d = duration(setting, &self.lease, min)?;
+        if d > max {
+            return Err(bad(
+                setting,
+                "is longer than 2m: a dead agent's cutover would wait that long",
+            ));
+        }
+        Ok(d)
+    }
+
     /// Whole seconds, 6 s (three extensions a step can count on) to SQS's 12 h maximum.
     pub fn message_visibility_s(&self) -> Result<u32, ConfigError> {
         let setting = "MIGRATOR_MESSAGE_VISIBILITY (--message-visibility)";
@@ -675,6 +696,7 @@ impl AwsArgs {
         }
         self.shutdown_budget()?;
         self.message_visibility_s()?;
+        self.lease()?;
         if let Some(u) = &self.endpoint_url
             && !(u.starts_with("https://") || u.starts_with("http://"))
         {

@@ -152,6 +152,7 @@ fn with_router(webhook: Option<&str>, smoke: Option<&str>, secret: Option<&str>)
         webhook_secret: secret.map(Secret::from),
         shutdown_budget: "25s".into(),
         message_visibility: "30s".into(),
+        lease: "15s".into(),
         rds_rate_limit: 5.0,
         concurrency: 64,
         ..AwsArgs::default()
@@ -374,4 +375,28 @@ fn a_companion_ca_file_that_is_missing_or_holds_no_certificate_names_the_setting
         "unset: public roots only"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_lease_outside_5s_to_2m_stops_start_up_naming_the_setting() {
+    for (text, ok) in [
+        ("15s", true),
+        ("5s", true),
+        ("2m", true),
+        ("4s", false),
+        ("3m", false),
+        ("soon", false),
+    ] {
+        let args = AwsArgs {
+            lease: text.into(),
+            ..with_router(None, None, None)
+        };
+        match args.validate() {
+            Ok(()) => assert!(ok, "{text} accepted"),
+            Err(e) => {
+                assert!(!ok, "{text} refused: {e}");
+                assert_eq!(e.setting, "MIGRATOR_LEASE (--lease)");
+            }
+        }
+    }
 }

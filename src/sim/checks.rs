@@ -10,6 +10,7 @@
 //! installed as the agent's `step`), the quarantine rule, and the end-of-run liveness rules.
 
 pub mod cutover_turns;
+pub mod leases;
 pub mod replayed_before_promotion;
 
 use std::cell::RefCell;

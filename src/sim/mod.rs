@@ -89,8 +89,12 @@ pub struct SimOptions {
     /// RDS requests per second the agent allows itself (`MIGRATOR_RDS_RATE_LIMIT`, default 5);
     /// a large value is the unlimited budget the fleet's figures are compared with.
     pub rds_rate_limit: f64,
-    /// Most migrations in their cutover at once (`MIGRATOR_MAX_CUTOVERS`).
+    /// Most migrations in their cutover at once (`MIGRATOR_MAX_CUTOVERS`), per agent.
     pub max_cutovers: usize,
+    /// Agent processes on the one table and queue (two: the deployment's high availability,
+    /// `agent::lease`); each gets its share of the RDS rate, as the template gives each task.
+    /// Crashes kill one process at a time.
+    pub agents: usize,
 }
 
 impl Default for SimOptions {
@@ -114,6 +118,7 @@ impl Default for SimOptions {
             pgbouncer_share: 0.0,
             rds_rate_limit: crate::aws::AwsSettings::new("", "", "").rds_requests_per_second,
             max_cutovers: crate::core::policy::DEFAULT_MAX_CUTOVERS,
+            agents: 1,
         }
     }
 }
@@ -164,11 +169,15 @@ pub struct SeedOutcome {
     pub decisions: u64,
     pub crashes: u32,
     pub dlq: usize,
+    /// Agent crash → another process took the lease, for migrations in their cutover.
+    pub takeovers_ms: Vec<Ms>,
     pub db_faults: BTreeMap<&'static str, u64>,
 }
 
 struct Task {
     fut: Pin<Box<dyn Future<Output = Disposition>>>,
+    /// The agent process it runs in (an index into the executor's agents).
+    agent: usize,
     /// The SQS message it handles (id, receipt): the loop keeps it hidden while the handler
     /// runs. None for a follow-up, which holds no message.
     message: Option<(u64, String)>,
@@ -212,22 +221,32 @@ fn lock_woken(w: &Woken) -> std::sync::MutexGuard<'_, BTreeSet<usize>> {
 }
 
 /// Extend a handled message's visibility this long before it would reappear.
-const VISIBILITY_MARGIN_MS: Ms = 20 * SEC;
+const VISIBILITY_MARGIN_MS: Ms = 10 * SEC;
 
 /// A new agent process on the world: its AWS adapter starts with empty caches and a full
-/// rate limiter.
-fn agent(port: &SimPort, o: &SimOptions) -> Arc<Agent<SimWorld>> {
+/// rate limiter; it holds leases as `holder` (`agent-<index>.<start>`).
+fn agent(port: &SimPort, o: &SimOptions, holder: String) -> Arc<Agent<SimWorld>> {
     let mut agent = Agent::new(
         SimWorld {
-            port: port.new_process(),
+            port: port.new_process(&holder),
         },
         Policy {
             max_cutovers: o.max_cutovers,
             ..sim_policy()
         },
-    );
+    )
+    .with_lease(holder, crate::agent::lease::DEFAULT_LEASE_TTL);
     agent.step = checks::checked_step;
     Arc::new(agent)
+}
+
+/// One agent process of the executor, and when it is up.
+struct Process {
+    agent: Arc<Agent<SimWorld>>,
+    /// Virtual time at which it (re)started: it receives nothing before.
+    up_at: Ms,
+    /// Starts so far (its holder name's second part).
+    starts: u32,
 }
 
 /// Runs one seed with `migrations` sources and returns what happened.
@@ -242,8 +261,9 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
         StoreMode::Conditional
     };
     let mut state = State::new(seed, plan.clone(), store_mode, o.verbose);
-    state.rds_rate = o.rds_rate_limit;
-    state.max_cutovers = o.max_cutovers;
+    let agents = o.agents.max(1);
+    state.rds_rate = o.rds_rate_limit / agents as f64;
+    state.max_cutovers = o.max_cutovers * agents;
     let mut pick = Rng::fork(seed, 4);
     for i in 0..migrations {
         let permanent = match &plan.permanent {
@@ -350,6 +370,7 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
         decisions,
         crashes,
         dlq: s.queue.dlq.len(),
+        takeovers_ms: s.takeovers_ms.clone(),
         db_faults: s.db_faults.clone(),
     }
 }
@@ -376,10 +397,15 @@ fn peak_window(per_second: &BTreeMap<i64, u32>, window: i64) -> f64 {
 fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
     let bound = o.bound_hours * 60 * MIN;
     let mut rng = Rng::fork(seed, 5);
-    let mut agent = agent(port, o);
+    let mut processes: Vec<Process> = (0..o.agents.max(1))
+        .map(|i| Process {
+            agent: agent(port, o, format!("agent-{i}.0")),
+            up_at: 0,
+            starts: 0,
+        })
+        .collect();
     let mut tasks: BTreeMap<usize, Task> = BTreeMap::new();
     let mut next_task = 0usize;
-    let mut up_at: Ms = 0;
     let mut crashes = 0u32;
     let mut last_check_minute = -1;
     let woken: Woken = Arc::default();
@@ -395,7 +421,7 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                 .filter(|id| woken.contains(id) || s.task_wakes.get(id).is_some_and(|w| *w <= now))
                 .collect()
         };
-        let mut crashed = false;
+        let mut crashed: Option<usize> = None;
         for id in due {
             {
                 let mut s = port.lock();
@@ -408,7 +434,7 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
             let ready = matches!(task.fut.as_mut().poll(&mut cx), Poll::Ready(_));
             let s = port.lock();
             if s.crashed {
-                crashed = true;
+                crashed = Some(task.agent);
                 break;
             }
             if ready {
@@ -425,50 +451,100 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                 );
             }
         }
-        if crashed {
+        if let Some(dead) = crashed {
             // Everything the process held in memory is gone (its handlers, and its adapter's
             // caches and limiter: the new agent is a new process); in-flight messages come back
-            // after their visibility timeout.
-            tasks.clear();
-            lock_woken(&woken).clear();
-            crashes += 1;
+            // after their visibility timeout. The other processes run on.
+            let gone: Vec<usize> = tasks
+                .iter()
+                .filter(|(_, t)| t.agent == dead)
+                .map(|(id, _)| *id)
+                .collect();
             let mut s = port.lock();
+            for id in &gone {
+                tasks.remove(id);
+                lock_woken(&woken).remove(id);
+                s.task_wakes.remove(id);
+            }
+            crashes += 1;
             s.crashed = false;
-            s.task_wakes.clear();
-            up_at = now + rng.range(20 * SEC, 90 * SEC);
-            s.log(|| "agent restarting".to_string());
+            // Measured only when another process is up to take over (or there is one process
+            // only: its restart takes over).
+            let others_up = (0..processes.len()).all(|i| i == dead || now >= processes[i].up_at);
+            let p = &mut processes[dead];
+            s.orphan_leases_of(&p.agent.holder, others_up);
+            p.up_at = now + rng.range(20 * SEC, 90 * SEC);
+            p.starts += 1;
+            if o.agents > 1 {
+                s.log(|| format!("agent-{dead} restarting"));
+            } else {
+                s.log(|| "agent restarting".to_string());
+            }
             drop(s);
-            agent = self::agent(port, o);
+            p.agent = self::agent(port, o, format!("agent-{dead}.{}", p.starts));
             continue;
         }
-        // Receive while there is room, as the agent's loop does.
-        // Follow-ups take no worker's place (the runtime spawns them beside its workers).
-        let busy = tasks.values().filter(|t| t.message.is_some()).count();
-        if now >= up_at && busy < o.workers {
-            let messages = {
-                let mut s = port.lock();
-                let room = o.workers - busy;
-                let got = s.queue.receive(now, room, &mut rng);
-                if !got.is_empty() {
-                    *s.calls.entry("sqs:ReceiveMessage").or_default() += 1;
-                }
-                got
-            };
-            for m in messages {
-                let message = QueueMessage {
-                    id: m.id.to_string(),
-                    receipt: m.receipt.clone().unwrap_or_default(),
-                    body: m.body.clone(),
-                    receive_count: m.receive_count,
+        for (index, process) in processes.iter().enumerate() {
+            // Receive while there is room, as the agent's loop does.
+            // Follow-ups take no worker's place (the runtime spawns them beside its workers).
+            let busy = tasks
+                .values()
+                .filter(|t| t.agent == index && t.message.is_some())
+                .count();
+            let agent = &process.agent;
+            if now >= process.up_at && busy < o.workers {
+                let messages = {
+                    let mut s = port.lock();
+                    let room = o.workers - busy;
+                    let got = s.queue.receive(now, room, &mut rng);
+                    if !got.is_empty() {
+                        *s.calls.entry("sqs:ReceiveMessage").or_default() += 1;
+                    }
+                    got
                 };
+                for m in messages {
+                    let message = QueueMessage {
+                        id: m.id.to_string(),
+                        receipt: m.receipt.clone().unwrap_or_default(),
+                        body: m.body.clone(),
+                        receive_count: m.receive_count,
+                    };
+                    let id = next_task;
+                    let a = agent.clone();
+                    let fut = async move {
+                        let d = a.handle_message(&message).await;
+                        if !matches!(d, Disposition::Leave(_)) {
+                            let _ = a.world.queue().delete(&message.receipt).await;
+                        }
+                        d
+                    };
+                    let wake = Arc::new(TaskWake {
+                        id,
+                        woken: woken.clone(),
+                    });
+                    tasks.insert(
+                        id,
+                        Task {
+                            fut: Box::pin(fut),
+                            agent: index,
+                            message: Some((m.id, m.receipt.clone().unwrap_or_default())),
+                            waker: Waker::from(wake.clone()),
+                            wake,
+                        },
+                    );
+                    // New handlers start at once (next iteration, same instant).
+                    lock_woken(&woken).insert(id);
+                    next_task += 1;
+                }
+            }
+            // The follow-ups the handlers recorded: tasks of this process, as the runtime spawns
+            // them (a crash above dropped them with the process).
+            for f in agent.take_follow_ups() {
                 let id = next_task;
                 let a = agent.clone();
                 let fut = async move {
-                    let d = a.handle_message(&message).await;
-                    if !matches!(d, Disposition::Leave(_)) {
-                        let _ = a.world.queue().delete(&message.receipt).await;
-                    }
-                    d
+                    a.until_due(&f).await;
+                    a.follow_up(&f).await
                 };
                 let wake = Arc::new(TaskWake {
                     id,
@@ -478,40 +554,15 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                     id,
                     Task {
                         fut: Box::pin(fut),
-                        message: Some((m.id, m.receipt.clone().unwrap_or_default())),
+                        agent: index,
+                        message: None,
                         waker: Waker::from(wake.clone()),
                         wake,
                     },
                 );
-                // New handlers start at once (next iteration, same instant).
                 lock_woken(&woken).insert(id);
                 next_task += 1;
             }
-        }
-        // The follow-ups the handlers recorded: tasks of this process, as the runtime spawns
-        // them (a crash above dropped them with the process).
-        for f in agent.take_follow_ups() {
-            let id = next_task;
-            let a = agent.clone();
-            let fut = async move {
-                a.until_due(&f).await;
-                a.follow_up(&f).await
-            };
-            let wake = Arc::new(TaskWake {
-                id,
-                woken: woken.clone(),
-            });
-            tasks.insert(
-                id,
-                Task {
-                    fut: Box::pin(fut),
-                    message: None,
-                    waker: Waker::from(wake.clone()),
-                    wake,
-                },
-            );
-            lock_woken(&woken).insert(id);
-            next_task += 1;
         }
         if !lock_woken(&woken).is_empty() {
             // Woken and new handlers run at once, before time moves.
@@ -528,7 +579,7 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                     .get(message_id)
                     .is_some_and(|m| m.visible_at - now <= VISIBILITY_MARGIN_MS);
                 if due {
-                    s.queue.extend(receipt, now, 60);
+                    s.queue.extend(receipt, now, 15);
                     *s.calls.entry("sqs:ChangeMessageVisibility").or_default() += 1;
                 }
             }
@@ -567,12 +618,18 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                     next = next.min((m.visible_at - VISIBILITY_MARGIN_MS).max(now + 1));
                 }
             }
-            if now < up_at {
-                next = next.min(up_at);
-            } else if tasks.values().filter(|t| t.message.is_some()).count() < o.workers
-                && let Some(v) = s.queue.next_visible()
-            {
-                next = next.min(v.max(now));
+            for (index, p) in processes.iter().enumerate() {
+                let busy = tasks
+                    .values()
+                    .filter(|t| t.agent == index && t.message.is_some())
+                    .count();
+                if now < p.up_at {
+                    next = next.min(p.up_at);
+                } else if busy < o.workers
+                    && let Some(v) = s.queue.next_visible()
+                {
+                    next = next.min(v.max(now));
+                }
             }
             next
         };
@@ -634,6 +691,7 @@ pub fn run(o: &SimOptions) -> SimReport {
         crashes: 0,
         decisions: 0,
         dlq: 0,
+        takeovers_ms: Vec::new(),
         virtual_ms: 0,
         timeline: Vec::new(),
         fleet: None,

@@ -45,6 +45,9 @@ pub struct SimReport {
     pub crashes: u64,
     pub decisions: u64,
     pub dlq: u64,
+    /// Agent crash → another process took the lease (migrations in their cutover past
+    /// Quiescing).
+    pub takeovers_ms: Vec<Ms>,
     pub virtual_ms: i128,
     pub timeline: Vec<String>,
     pub fleet: Option<FleetFigures>,
@@ -156,6 +159,7 @@ impl SimReport {
         self.crashes += u64::from(out.crashes);
         self.decisions += out.decisions;
         self.dlq += out.dlq as u64;
+        self.takeovers_ms.extend(&out.takeovers_ms);
         self.virtual_ms += i128::from(out.end_ms);
     }
 }
@@ -211,6 +215,17 @@ impl fmt::Display for SimReport {
             self.dlq,
             self.virtual_ms as f64 / 3_600_000.0
         )?;
+        if !self.takeovers_ms.is_empty() {
+            let p = |q| secs(percentile(&self.takeovers_ms, q));
+            writeln!(
+                f,
+                "lease takeovers (an agent died holding the lease of a migration in its cutover → another process took it): {}, p50 {}, p99 {}, max {}",
+                self.takeovers_ms.len(),
+                p(0.5),
+                p(0.99),
+                p(1.0)
+            )?;
+        }
         writeln!(
             f,
             "budget rollbacks (transient faults only; lossless, by the design's write-unavailability budget): {}{}",

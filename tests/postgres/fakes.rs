@@ -12,9 +12,10 @@ use aurora_migrator::core::observation::{GroupLocation, Observed, SecurityGroup}
 use aurora_migrator::core::router::{RouteProgress, RouterChoice, RouterView};
 use aurora_migrator::pgbouncer::router::PgBouncerRouter;
 use aurora_migrator::ports::{
-    Clock, Network, Notifier, PortResult, Queue, QueueMessage, Router, StateStore, StoreError,
+    Clock, Lease, LeaseError, Network, Notifier, PortResult, Queue, QueueMessage, Router,
+    StateStore, StoreError,
 };
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
 use super::world::Shared;
 
@@ -162,6 +163,8 @@ impl Queue for MemQueue {
 #[derive(Clone, Default)]
 pub struct MemStore {
     pub records: Arc<Mutex<HashMap<MigrationId, Migration>>>,
+    /// Each record's lease, as DynamoDB's item would hold it.
+    pub leases: Arc<Mutex<HashMap<MigrationId, Lease>>>,
 }
 
 impl MemStore {
@@ -185,18 +188,64 @@ impl StateStore for MemStore {
         Ok(self.latest_now(resource_id))
     }
 
-    async fn save(&self, m: &Migration) -> Result<u64, StoreError> {
-        let mut r = self.records.lock().unwrap();
-        let stored = r.get(&m.id).map_or(0, |x| x.version);
-        if stored != m.version {
-            return Err(StoreError::VersionConflict {
-                expected: m.version,
-            });
+    async fn create(&self, m: &Migration) -> Result<u64, StoreError> {
+        self.write(m)
+    }
+
+    async fn save(&self, m: &Migration, lease: &Lease) -> Result<u64, StoreError> {
+        let ours = self
+            .leases
+            .lock()
+            .unwrap()
+            .get(&m.id)
+            .is_some_and(|l| l.holder == lease.holder && l.token == lease.token);
+        if !ours {
+            return Err(StoreError::LeaseLost);
         }
-        let mut next = m.clone();
-        next.version = m.version + 1;
-        r.insert(m.id.clone(), next);
-        Ok(m.version + 1)
+        self.write(m)
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &MigrationId,
+        holder: &str,
+        now: Timestamp,
+        ttl: SignedDuration,
+    ) -> Result<Lease, LeaseError> {
+        let mut leases = self.leases.lock().unwrap();
+        let token = match leases.get(id) {
+            Some(l) if l.holder != holder && l.expires_at >= now => {
+                return Err(LeaseError::Held {
+                    holder: l.holder.clone(),
+                    until: l.expires_at,
+                });
+            }
+            Some(l) => l.token + 1,
+            None => 1,
+        };
+        let lease = Lease {
+            id: id.clone(),
+            holder: holder.into(),
+            token,
+            expires_at: now + ttl,
+        };
+        leases.insert(id.clone(), lease.clone());
+        Ok(lease)
+    }
+
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: SignedDuration,
+    ) -> Result<Lease, LeaseError> {
+        match self.leases.lock().unwrap().get_mut(&lease.id) {
+            Some(l) if l.holder == lease.holder && l.token == lease.token => {
+                l.expires_at = now + ttl;
+                Ok(l.clone())
+            }
+            _ => Err(LeaseError::Lost),
+        }
     }
 
     async fn list(&self) -> PortResult<Vec<Migration>> {
@@ -209,6 +258,23 @@ impl StateStore for MemStore {
 
     async fn set_fleet_paused(&self, _paused: bool) -> PortResult<()> {
         Ok(())
+    }
+}
+
+impl MemStore {
+    /// The conditional write on the version.
+    fn write(&self, m: &Migration) -> Result<u64, StoreError> {
+        let mut r = self.records.lock().unwrap();
+        let stored = r.get(&m.id).map_or(0, |x| x.version);
+        if stored != m.version {
+            return Err(StoreError::VersionConflict {
+                expected: m.version,
+            });
+        }
+        let mut next = m.clone();
+        next.version = m.version + 1;
+        r.insert(m.id.clone(), next);
+        Ok(m.version + 1)
     }
 }
 

@@ -32,8 +32,8 @@ use crate::core::observation::{
 use crate::core::router::{DnsRecord, RouteProgress, RouterChoice, RouterView};
 use crate::core::{ErrorKind, Phase};
 use crate::ports::{
-    Clock, MetricQuery, Metrics, Network, Notifier, PortError, PortResult, Queue, QueueMessage,
-    Rds, Router, StateStore, StoreError, World,
+    Clock, Lease, LeaseError, MetricQuery, Metrics, Network, Notifier, PortError, PortResult,
+    Queue, QueueMessage, Rds, Router, StateStore, StoreError, World,
 };
 
 use super::faults::{CallFault, FaultPlan, PermanentFault};
@@ -252,6 +252,14 @@ pub struct State {
     pub queue: SqsQueue,
     pub store: BTreeMap<MigrationId, Migration>,
     store_previous: BTreeMap<MigrationId, Migration>,
+    /// Each record's lease, as the item's lease attributes hold it (`store.rs`).
+    pub leases: BTreeMap<MigrationId, Lease>,
+    /// The migrations in their cutover whose lease holder died, with when and who: the next
+    /// process to take the lease is the takeover `takeovers_ms` measures.
+    pub orphans: BTreeMap<MigrationId, (Ms, String)>,
+    /// Crash → lease taken by another process, for migrations in their cutover (a second
+    /// crash before the takeover leaves its orphans unmeasured).
+    pub takeovers_ms: Vec<Ms>,
     pub store_mode: StoreMode,
     pub fleet_paused: bool,
     pub notes: Vec<(Ms, Notification)>,
@@ -301,9 +309,14 @@ impl State {
             parameter_groups: BTreeSet::new(),
             snapshots: BTreeMap::new(),
             events: Vec::new(),
-            queue: SqsQueue::new(60 * SEC, 8),
+            // MIGRATOR_MESSAGE_VISIBILITY's default, extended as the runtime does (a third of
+            // it before it runs out: `VISIBILITY_MARGIN_MS`).
+            queue: SqsQueue::new(15 * SEC, 8),
             store: BTreeMap::new(),
             store_previous: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            orphans: BTreeMap::new(),
+            takeovers_ms: Vec::new(),
             store_mode,
             fleet_paused: false,
             notes: Vec::new(),

@@ -39,7 +39,11 @@ impl State {
             // GetItem and PutItem, you can expect an average latency in single-digit
             // milliseconds" (AWS Knowledge Center, dynamodb-high-latency), plus the network
             // inside the Region.
-            _ if matches!(op, "dynamodb:GetItem" | "dynamodb:PutItem") => {
+            _ if matches!(
+                op,
+                "dynamodb:GetItem" | "dynamodb:PutItem" | "dynamodb:UpdateItem"
+            ) =>
+            {
                 self.latency_rng.range(3, 25)
             }
             // Every other API call: describes, mutations, queries, publishes.
@@ -74,6 +78,8 @@ pub struct SimPort {
     pub state: Arc<Mutex<State>>,
     /// What this agent process's RDS adapter holds in memory (rate limiter, describe caches).
     pub(super) rds: Arc<RdsAdapter>,
+    /// The process's name on its leases (`Agent::holder`): whose calls these are.
+    pub(super) process: Arc<str>,
 }
 
 impl SimPort {
@@ -82,15 +88,18 @@ impl SimPort {
         SimPort {
             rds: Arc::new(RdsAdapter::new(&state)),
             state,
+            process: Arc::from("agent-0.0"),
         }
     }
 
-    /// The same world seen by a new agent process: its adapter starts with an empty describe
-    /// cache and a full rate limiter, as a restarted process's would.
-    pub fn new_process(&self) -> Self {
+    /// The same world seen by a new agent process named `process` (its lease holder name): its
+    /// adapter starts with an empty describe cache and a full rate limiter, as a restarted
+    /// process's would.
+    pub fn new_process(&self, process: &str) -> Self {
         SimPort {
             rds: Arc::new(RdsAdapter::new(&self.state)),
             state: self.state.clone(),
+            process: Arc::from(process),
         }
     }
 
@@ -126,7 +135,13 @@ impl SimPort {
         wait_for_limiter: bool,
         f: impl FnOnce(&mut State) -> PortResult<T>,
     ) -> PortResult<T> {
-        let (latency, fault) = self.lock().begin_call(op, mutating);
+        let (latency, fault) = {
+            let mut s = self.lock();
+            if mutating && let Some(v) = crate::sim::checks::leases::check(&s, &self.process, op) {
+                s.violation(v);
+            }
+            s.begin_call(op, mutating)
+        };
         if fault == CallFault::CrashBefore {
             return self.crash(op).await;
         }

@@ -25,6 +25,97 @@ impl State {
         self.load(&newest)
     }
 
+    /// The lease fence of a save (`ports::StateStore::save`): the item's lease must still be
+    /// `lease`'s holder and token. A store that ignores versions (a teeth variant) ignores it
+    /// too.
+    pub(super) fn fenced(&self, m: &Migration, lease: &Lease) -> Result<(), StoreError> {
+        assert_eq!(lease.id, m.id, "a save is fenced by its own record's lease");
+        let ours = self
+            .leases
+            .get(&m.id)
+            .is_some_and(|l| l.holder == lease.holder && l.token == lease.token);
+        if ours || self.store_mode == StoreMode::IgnoresVersion {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost)
+        }
+    }
+
+    /// Takes `id`'s lease for `holder` if it is free, lapsed or `holder`'s (the adapter's
+    /// conditional `UpdateItem`).
+    pub(super) fn acquire_lease(
+        &mut self,
+        id: &MigrationId,
+        holder: &str,
+        now: Timestamp,
+        ttl: SignedDuration,
+    ) -> Result<Lease, LeaseError> {
+        if !self.store.contains_key(id) {
+            return Err(LeaseError::NoRecord);
+        }
+        let token = match self.leases.get(id) {
+            Some(l) if l.holder != holder && l.expires_at >= now => {
+                return Err(LeaseError::Held {
+                    holder: l.holder.clone(),
+                    until: l.expires_at,
+                });
+            }
+            Some(l) => l.token + 1,
+            None => 1,
+        };
+        let lease = Lease {
+            id: id.clone(),
+            holder: holder.to_string(),
+            token,
+            expires_at: now + ttl,
+        };
+        self.leases.insert(id.clone(), lease.clone());
+        if let Some((died_at, dead)) = self.orphans.get(id)
+            && dead != holder
+        {
+            let took = self.now - died_at;
+            self.takeovers_ms.push(took);
+            self.orphans.remove(id);
+        }
+        Ok(lease)
+    }
+
+    /// `holder` died at `now`: the migrations in their cutover whose lease it held are
+    /// orphans until another process takes their lease. Earlier orphans are dropped unmeasured
+    /// (their takeover now waits on this crash too).
+    pub fn orphan_leases_of(&mut self, holder: &str, measured: bool) {
+        self.orphans.clear();
+        if !measured {
+            return;
+        }
+        let now = self.now;
+        let held: Vec<MigrationId> = self
+            .leases
+            .values()
+            .filter(|l| l.holder == holder)
+            .filter(|l| self.store.get(&l.id).is_some_and(|m| m.phase.is_cutover()))
+            .map(|l| l.id.clone())
+            .collect();
+        for id in held {
+            self.orphans.insert(id, (now, holder.to_string()));
+        }
+    }
+
+    pub(super) fn renew_lease(
+        &mut self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: SignedDuration,
+    ) -> Result<Lease, LeaseError> {
+        match self.leases.get_mut(&lease.id) {
+            Some(l) if l.holder == lease.holder && l.token == lease.token => {
+                l.expires_at = now + ttl;
+                Ok(l.clone())
+            }
+            _ => Err(LeaseError::Lost),
+        }
+    }
+
     pub(super) fn save(&mut self, m: &Migration) -> Result<u64, StoreError> {
         let stored = self.store.get(&m.id).cloned();
         let current = stored.as_ref().map_or(0, |s| s.version);
@@ -119,7 +210,8 @@ impl StateStore for SimPort {
             .await
     }
 
-    async fn save(&self, m: &Migration) -> Result<u64, StoreError> {
+    async fn create(&self, m: &Migration) -> Result<u64, StoreError> {
+        assert_eq!(m.version, 0, "create writes a new record only");
         let mut outcome = None;
         let r = self
             .call("dynamodb:PutItem", true, |s| {
@@ -130,6 +222,63 @@ impl StateStore for SimPort {
         match (r, outcome) {
             (Ok(()), Some(o)) => o,
             (Err(e), _) => Err(StoreError::Port(e)),
+            (Ok(()), None) => unreachable!("the call ran its closure"),
+        }
+    }
+
+    async fn save(&self, m: &Migration, lease: &Lease) -> Result<u64, StoreError> {
+        assert!(m.version > 0, "a new record is created, not saved");
+        let mut outcome = None;
+        let r = self
+            .call("dynamodb:UpdateItem", true, |s| {
+                outcome = Some(s.fenced(m, lease).and_then(|()| s.save(m)));
+                Ok(())
+            })
+            .await;
+        match (r, outcome) {
+            (Ok(()), Some(o)) => o,
+            (Err(e), _) => Err(StoreError::Port(e)),
+            (Ok(()), None) => unreachable!("the call ran its closure"),
+        }
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &MigrationId,
+        holder: &str,
+        now: Timestamp,
+        ttl: SignedDuration,
+    ) -> Result<Lease, LeaseError> {
+        let mut outcome = None;
+        let r = self
+            .call("dynamodb:UpdateItem", true, |s| {
+                outcome = Some(s.acquire_lease(id, holder, now, ttl));
+                Ok(())
+            })
+            .await;
+        match (r, outcome) {
+            (Ok(()), Some(o)) => o,
+            (Err(e), _) => Err(LeaseError::Port(e)),
+            (Ok(()), None) => unreachable!("the call ran its closure"),
+        }
+    }
+
+    async fn renew_lease(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: SignedDuration,
+    ) -> Result<Lease, LeaseError> {
+        let mut outcome = None;
+        let r = self
+            .call("dynamodb:UpdateItem", true, |s| {
+                outcome = Some(s.renew_lease(lease, now, ttl));
+                Ok(())
+            })
+            .await;
+        match (r, outcome) {
+            (Ok(()), Some(o)) => o,
+            (Err(e), _) => Err(LeaseError::Port(e)),
             (Ok(()), None) => unreachable!("the call ran its closure"),
         }
     }
