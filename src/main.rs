@@ -133,6 +133,10 @@ enum Command {
         /// with half the RDS rate; crashes kill one at a time).
         #[arg(long, default_value_t = 1)]
         agents: usize,
+        /// The only fault is the agent process dying (in 0.4 % of its calls, before or after
+        /// AWS saw the call): what a second agent's takeover costs, alone.
+        #[arg(long)]
+        crashes_only: bool,
     },
     /// Run the PgBouncer companion beside a PgBouncer until SIGTERM: the agent asks it, signed
     /// with MIGRATOR_WEBHOOK_SECRET, to hold a database's clients (PAUSE) and re-point its
@@ -281,6 +285,7 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
             rds_rate_limit,
             max_cutovers,
             agents,
+            crashes_only,
         } => {
             anyhow::ensure!((1..=2).contains(&agents), "--agents is 1 or 2");
             anyhow::ensure!(
@@ -317,6 +322,8 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
                 rds_rate_limit,
                 max_cutovers,
                 agents,
+                plan: crashes_only
+                    .then(|| sim::FaultPlan::random(sim::FaultIntensity::crashes_only())),
                 ..SimOptions::default()
             });
             println!("{report}");

@@ -493,23 +493,24 @@ fn two_agents_step_each_migration_one_at_a_time_through_crashes() {
 
 /// Killing either agent mid-cutover costs at most one lease (15 s) before the other goes on:
 /// crashes are the only fault, so the takeover is the lease's and the queue's doing alone.
+/// Measured from when the dead agent's migration was due a step (its wake-up, or the crash if
+/// later). Not all: a death between a followed-up step's save and its tick leaves no message
+/// and no tick, and the resync finds the migration (README, *Two agents*); p99 is the bound.
 #[test]
 fn a_killed_agents_cutover_is_taken_over_within_one_lease() {
-    let crashes_only = FaultIntensity {
-        crash: 0.004,
-        ..FaultIntensity::none()
-    };
     let report = sim::run(&SimOptions {
         seeds: 150,
         agents: 2,
-        plan: Some(FaultPlan::random(crashes_only)),
+        plan: Some(FaultPlan::random(FaultIntensity::crashes_only())),
         ..SimOptions::default()
     });
     println!("{report}");
     assert!(report.violations.is_empty(), "{report}");
-    assert!(report.takeovers_ms.len() >= 20, "{report}");
+    assert!(report.takeovers_ms.len() >= 100, "{report}");
     let lease_ms = aurora_migrator::agent::lease::DEFAULT_LEASE_TTL.as_millis() as i64;
     // One lease, plus SQS's whole-second delay rounded up and its delivery.
-    let worst = *report.takeovers_ms.iter().max().unwrap();
-    assert!(worst <= lease_ms + 3_000, "{worst} ms\n{report}");
+    let p99 = sim::percentile(&report.takeovers_ms, 0.99).unwrap();
+    assert!(p99 <= lease_ms + 3_000, "p99 {p99} ms\n{report}");
+    let p50 = sim::percentile(&report.takeovers_ms, 0.5).unwrap();
+    assert!(p50 <= lease_ms, "p50 {p50} ms\n{report}");
 }

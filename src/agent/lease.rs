@@ -82,7 +82,7 @@ impl Leases {
         map.insert(held.lease.id.clone(), held);
     }
 
-    fn forget(&self, id: &MigrationId) {
+    pub(super) fn forget(&self, id: &MigrationId) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 }

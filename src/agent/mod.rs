@@ -324,7 +324,18 @@ impl<W: World> Agent<W> {
         // - the message was received before and not deleted: whoever had it died or failed, and
         //   may have saved the record (a new token) without sending its tick. This is the dead
         //   agent's own message, back after its visibility timeout, well before any overdue.
-        let overdue = wake.at + TICK_ADOPT_GRACE < self.world.clock().now();
+        // In the cutover and the rollback a late wake-up is adopted at once: their short waits
+        // are followed up in-process (`follow_up.rs`) with no message of their own, so a process
+        // that died in a followed-up step after saving the record left no tick and no message
+        // to come back; the previous wake-up's backstop tick, arriving after the new wake-up,
+        // is the only news of it. An agent that is alive and stepping holds the lease, and the
+        // adopting step then waits for its lapse instead (`lease.rs`).
+        let grace = if m.phase.is_cutover() || m.phase == crate::core::Phase::RollingBack {
+            SignedDuration::ZERO
+        } else {
+            TICK_ADOPT_GRACE
+        };
+        let overdue = wake.at + grace < self.world.clock().now();
         let redelivered = receive_count > 1;
         if !current {
             if !overdue && !redelivered {
@@ -513,6 +524,7 @@ impl<W: World> Agent<W> {
                     // Another agent took the lease (this one's lapsed while it looked): the
                     // migration is that agent's now, wake-ups included.
                     tracing::info!(migration = %m.id, "lease taken by another agent; its step carries on there");
+                    self.leases.forget(&m.id);
                     return Ok(m);
                 }
                 Err(e) => return Err(e.into()),

@@ -66,6 +66,14 @@ impl FaultIntensity {
         }
     }
 
+    /// Agent crashes only, twice the default mix's rate (`simulate --crashes-only`).
+    pub fn crashes_only() -> Self {
+        FaultIntensity {
+            crash: 0.004,
+            ..FaultIntensity::none()
+        }
+    }
+
     /// The default mix, scaled by `x` (0: no faults; 1: the default; probabilities are capped).
     pub fn scaled(x: f64) -> Self {
         let cap = |p: f64| (p * x).clamp(0.0, 0.5);

@@ -219,7 +219,7 @@ impl fmt::Display for SimReport {
             let p = |q| secs(percentile(&self.takeovers_ms, q));
             writeln!(
                 f,
-                "lease takeovers (an agent died holding the lease of a migration in its cutover → another process took it): {}, p50 {}, p99 {}, max {}",
+                "lease takeovers (an agent died holding the lease of a migration in its cutover: its step due → another process took the lease): {}, p50 {}, p99 {}, max {}",
                 self.takeovers_ms.len(),
                 p(0.5),
                 p(0.99),

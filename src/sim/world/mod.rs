@@ -254,11 +254,13 @@ pub struct State {
     store_previous: BTreeMap<MigrationId, Migration>,
     /// Each record's lease, as the item's lease attributes hold it (`store.rs`).
     pub leases: BTreeMap<MigrationId, Lease>,
-    /// The migrations in their cutover whose lease holder died, with when and who: the next
-    /// process to take the lease is the takeover `takeovers_ms` measures.
+    /// The migrations in their cutover whose lease holder died: from when their step was due
+    /// (the crash, or their wake-up if it was later), and who died. The next process to take the
+    /// lease is the takeover `takeovers_ms` measures.
     pub orphans: BTreeMap<MigrationId, (Ms, String)>,
-    /// Crash → lease taken by another process, for migrations in their cutover (a second
-    /// crash before the takeover leaves its orphans unmeasured).
+    /// Step due after the crash → lease taken by another process, for migrations in their
+    /// cutover: what the death cost them (a second crash before the takeover leaves its orphans
+    /// unmeasured).
     pub takeovers_ms: Vec<Ms>,
     pub store_mode: StoreMode,
     pub fleet_paused: bool,
@@ -343,7 +345,7 @@ impl State {
         self.epoch + SignedDuration::from_millis(ms)
     }
 
-    fn ms(&self, t: Timestamp) -> Ms {
+    pub(super) fn ms(&self, t: Timestamp) -> Ms {
         t.as_millisecond() - self.epoch.as_millisecond()
     }
 

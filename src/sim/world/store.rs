@@ -70,10 +70,10 @@ impl State {
             expires_at: now + ttl,
         };
         self.leases.insert(id.clone(), lease.clone());
-        if let Some((died_at, dead)) = self.orphans.get(id)
+        if let Some((due, dead)) = self.orphans.get(id)
             && dead != holder
         {
-            let took = self.now - died_at;
+            let took = (self.now - due).max(0);
             self.takeovers_ms.push(took);
             self.orphans.remove(id);
         }
@@ -81,23 +81,27 @@ impl State {
     }
 
     /// `holder` died at `now`: the migrations in their cutover whose lease it held are
-    /// orphans until another process takes their lease. Earlier orphans are dropped unmeasured
-    /// (their takeover now waits on this crash too).
+    /// orphans until another process takes their lease, counted from when their next step was
+    /// due (a migration waiting for a wake-up a minute away loses nothing to the death before
+    /// it). Earlier orphans are dropped unmeasured (their takeover now waits on this crash too).
     pub fn orphan_leases_of(&mut self, holder: &str, measured: bool) {
         self.orphans.clear();
         if !measured {
             return;
         }
         let now = self.now;
-        let held: Vec<MigrationId> = self
+        let held: Vec<(MigrationId, Ms)> = self
             .leases
             .values()
             .filter(|l| l.holder == holder)
-            .filter(|l| self.store.get(&l.id).is_some_and(|m| m.phase.is_cutover()))
-            .map(|l| l.id.clone())
+            .filter_map(|l| {
+                let m = self.store.get(&l.id).filter(|m| m.phase.is_cutover())?;
+                let due = m.next_wake.as_ref().map_or(now, |w| self.ms(w.at).max(now));
+                Some((l.id.clone(), due))
+            })
             .collect();
-        for id in held {
-            self.orphans.insert(id, (now, holder.to_string()));
+        for (id, due) in held {
+            self.orphans.insert(id, (due, holder.to_string()));
         }
     }
 
