@@ -410,6 +410,9 @@ pub trait StateStore: Send + Sync {
         now: Timestamp,
         ttl: jiff::SignedDuration,
     ) -> impl Future<Output = Result<Lease, LeaseError>> + Send;
+    /// Lets `lease` lapse now (its expiry set to the Unix epoch) if it is still the item's;
+    /// holder and token stay, so the next taking still counts on from them.
+    fn release_lease(&self, lease: &Lease) -> impl Future<Output = Result<(), LeaseError>> + Send;
     fn list(&self) -> impl Future<Output = PortResult<Vec<Migration>>> + Send;
     fn fleet_paused(&self) -> impl Future<Output = PortResult<bool>> + Send;
     fn set_fleet_paused(&self, paused: bool) -> impl Future<Output = PortResult<()>> + Send;

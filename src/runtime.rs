@@ -80,11 +80,11 @@ struct Stats {
 
 /// Per-key async locks; an entry lives while someone holds or waits for it.
 #[derive(Default)]
-struct KeyedLocks {
+pub(crate) struct KeyedLocks {
     map: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-struct KeyGuard {
+pub(crate) struct KeyGuard {
     locks: Arc<KeyedLocks>,
     key: String,
     mutex: Arc<tokio::sync::Mutex<()>>,
@@ -92,7 +92,7 @@ struct KeyGuard {
 }
 
 impl KeyedLocks {
-    async fn lock(self: &Arc<Self>, key: String) -> KeyGuard {
+    pub(crate) async fn lock(self: &Arc<Self>, key: String) -> KeyGuard {
         let mutex = {
             let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(key.clone()).or_default().clone()

@@ -18,17 +18,20 @@
 //!   when the request that took or renewed it was sent, less [`CLOCK_MARGIN`] for the two
 //!   tasks' clocks and the call's own time ([`Agent::holds_lease`]). A lease lost mid-step stops
 //!   the step's remaining actions; what ran is idempotent and the next holder looks afresh.
-//! - Nothing releases a lease: it lapses. A look this process asks for within the lease (the
-//!   cutover's follow-ups, every 200 ms to 3 s) needs no call for it; another agent waits until
-//!   it lapses.
+//! - A step whose next look this process takes itself (the cutover's follow-ups, every 200 ms
+//!   to 3 s) keeps its lease, and that look needs no call for it. Any other step releases it at
+//!   its end ([`Agent::release_lease`]): its next tick goes to whichever agent receives it, and
+//!   that agent should not wait for a lapse (a two-agent measurement saw cutover polls wait
+//!   ~5 s each for it when leases were only left to lapse).
 //! - A step that finds the lease held by another agent does not step: it sends the record's
 //!   current tick to arrive when the lease lapses ([`Agent::defer_to_holder`]). If the holder
 //!   is alive it will have stepped by then (a new wake-up token), and the tick is dropped as
 //!   stale; if it died, this agent takes the lease and goes on. So killing an agent mid-cutover
-//!   costs at most one lease time (plus SQS's delivery second).
+//!   costs at most one lease time (plus SQS's delivery second). A record with no wake-up yet
+//!   (its first step) has no tick to send: the message is left for redelivery instead.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use jiff::{SignedDuration, Timestamp};
 
@@ -62,7 +65,31 @@ pub(super) struct Held {
 
 /// The leases this process holds, by migration; memory only (a restarted process holds none).
 #[derive(Debug, Default)]
-pub(super) struct Leases(Mutex<HashMap<MigrationId, Held>>);
+pub struct Leases(Mutex<HashMap<MigrationId, Held>>);
+
+tokio::task_local! {
+    /// The lease a step's actions run under: every request they send checks it first
+    /// ([`lapsed_for_this_step`]), after any wait at the rate limiter or between retries.
+    static ACTING_UNDER: (Arc<Leases>, MigrationId);
+}
+
+/// `f` (a step's actions) under this process's lease on `id`.
+pub(super) async fn acting_under<F: std::future::Future>(
+    leases: Arc<Leases>,
+    id: MigrationId,
+    f: F,
+) -> F::Output {
+    ACTING_UNDER.scope((leases, id), f).await
+}
+
+/// Whether the calling task runs a step's actions whose lease is no longer valid at `now` by
+/// this process's clock: a request that changes something must then not be sent (the adapters'
+/// one call path asks, `aws::call` and the simulator's port). False outside a step's actions.
+pub fn lapsed_for_this_step(now: Timestamp) -> bool {
+    ACTING_UNDER
+        .try_with(|(leases, id)| leases.get(id).is_none_or(|h| h.valid_until <= now))
+        .unwrap_or(false)
+}
 
 impl Leases {
     fn get(&self, id: &MigrationId) -> Option<Held> {
@@ -114,6 +141,18 @@ impl<W: World> Agent<W> {
             .acquire_lease(&m.id, &self.holder, sent, self.lease_ttl)
             .await?;
         Ok(self.hold(lease, sent))
+    }
+
+    /// Lets this process's lease on `id` lapse now (at the end of a step whose next look is not
+    /// taken in-process). Best effort: a failed release lapses by itself.
+    pub(super) async fn release_lease(&self, id: &MigrationId) {
+        let Some(held) = self.leases.get(id) else {
+            return;
+        };
+        self.leases.forget(id);
+        if let Err(e) = self.world.store().release_lease(&held.lease).await {
+            tracing::debug!(migration = %id, error = %e, "lease not released; it lapses by itself");
+        }
     }
 
     fn hold(&self, lease: Lease, sent: Timestamp) -> Lease {

@@ -76,6 +76,11 @@ pub enum DriverError {
     Contended,
     #[error("the migration's record is gone")]
     NoRecord,
+    /// Another agent holds the lease of a record that has no wake-up yet (its first step is
+    /// under way there, or its creator died): the message is left to come back after its
+    /// visibility timeout, by when the lease has been used or has lapsed.
+    #[error("another agent is stepping the migration (lease held by {holder})")]
+    Held { holder: String },
 }
 
 impl From<StoreError> for DriverError {
@@ -114,7 +119,11 @@ pub struct Agent<W: World> {
     /// How long a lease lasts unless renewed (`MIGRATOR_LEASE`).
     pub lease_ttl: SignedDuration,
     /// The leases this process holds; memory only.
-    leases: lease::Leases,
+    leases: std::sync::Arc<lease::Leases>,
+    /// One step of a migration at a time in this process, whoever asked for it (the runtime
+    /// also locks per message; the simulator's executor does not): a lease is the process's,
+    /// so two of its own steps would renew it out of order.
+    stepping: std::sync::Arc<crate::runtime::KeyedLocks>,
 }
 
 tokio::task_local! {
@@ -200,7 +209,8 @@ impl<W: World> Agent<W> {
             turns: CutoverTurns::new(policy.max_cutovers),
             holder: lease::process_holder(),
             lease_ttl: lease::DEFAULT_LEASE_TTL,
-            leases: lease::Leases::default(),
+            leases: std::sync::Arc::default(),
+            stepping: std::sync::Arc::default(),
             policy,
         }
     }
@@ -445,9 +455,13 @@ impl<W: World> Agent<W> {
 
     /// [`Agent::reconcile`] under the record's lease (`lease.rs`), renewed while it runs.
     async fn reconcile_leased(&self, m: Migration) -> Result<Migration, DriverError> {
+        let _one_step = self.stepping.lock(m.id.to_string()).await;
         let lease = match self.lease_for(&m).await {
             Ok(lease) => lease,
             Err(LeaseError::Held { holder, until }) => {
+                if m.next_wake.is_none() {
+                    return Err(DriverError::Held { holder });
+                }
                 self.defer_to_holder(&m, &holder, until).await?;
                 return Ok(m);
             }
@@ -459,9 +473,11 @@ impl<W: World> Agent<W> {
         let id = m.id.clone();
         // `biased`: the step is polled first, so a step that needs no wait ends before the
         // renewal's timer is even set.
+        // Boxed: the step's future inside `select!` overflowed a 2 MiB worker stack in debug
+        // builds on the resync path (a resync that admits and steps a migration).
         tokio::select! {
             biased;
-            r = self.reconcile_in_span(m, &lease) => r,
+            r = Box::pin(self.reconcile_in_span(m, &lease)) => r,
             never = self.keep_lease(&id) => match never {},
         }
     }
@@ -534,11 +550,11 @@ impl<W: World> Agent<W> {
             }
             self.turns.settle(&m, now);
             self.instruments.migration_in(&m.id, m.phase);
+            let leased = || self.holds_lease(&m.id);
+            let actions = execute::execute_all(world, &m, &self.policy, &decision.actions, &leased);
             pending = as_step_of(
                 &m,
-                execute::execute_all(world, &m, &self.policy, &decision.actions, &|| {
-                    self.holds_lease(&m.id)
-                }),
+                lease::acting_under(self.leases.clone(), m.id.clone(), actions),
             )
             .await;
             self.instruments.step_done(started, before);
@@ -584,6 +600,10 @@ impl<W: World> Agent<W> {
         // The tick is the backstop; a short cutover wait is taken in-process, on time.
         if followed_up {
             self.record_follow_up(m);
+        } else {
+            // The next step may be the other agent's (its tick goes to whichever receives it):
+            // it should not wait for this lease to lapse.
+            self.release_lease(&m.id).await;
         }
         Ok(())
     }

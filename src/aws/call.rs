@@ -43,6 +43,7 @@ pub async fn call<T, E: ServiceError>(
     operation: &str,
     request: impl Future<Output = SdkResult<T, E>>,
 ) -> PortResult<T> {
+    not_past_the_lease(operation, jiff::Timestamp::now())?;
     calls.count(operation);
     request.await.map_err(|e| failed(calls, operation, &e))
 }
@@ -55,6 +56,7 @@ pub async fn call_unless<T, E: ServiceError>(
     answer: &str,
     request: impl Future<Output = SdkResult<T, E>>,
 ) -> PortResult<Option<T>> {
+    not_past_the_lease(operation, jiff::Timestamp::now())?;
     calls.count(operation);
     match request.await {
         Ok(r) => Ok(Some(r)),
@@ -67,6 +69,26 @@ pub async fn call_unless<T, E: ServiceError>(
             }
         }
     }
+}
+
+/// Refuses to send a request that changes something from a step's actions whose lease lapsed
+/// (`agent::lease`): another agent may be stepping the migration now. Reads, and the agent's
+/// own table and queue (whose writes are fenced or harmless), are always sent.
+pub fn not_past_the_lease(operation: &str, now: jiff::Timestamp) -> PortResult<()> {
+    let own = operation.starts_with("dynamodb:") || operation.starts_with("sqs:");
+    let read = operation.split_once(':').is_some_and(|(_, op)| {
+        ["Describe", "List", "Get"]
+            .iter()
+            .any(|r| op.starts_with(r))
+    });
+    if own || read || !crate::agent::lease::lapsed_for_this_step(now) {
+        return Ok(());
+    }
+    Err(PortError::new(
+        crate::ports::ErrorKind::Retryable,
+        operation,
+        "not sent: this agent's lease on the migration lapsed (another agent may step it now)",
+    ))
 }
 
 /// Classifies a failed call and counts it by kind.

@@ -380,6 +380,27 @@ impl StateStore for AwsStore {
         })
     }
 
+    fn release_lease(&self, lease: &Lease) -> impl Future<Output = Result<(), LeaseError>> + Send {
+        boxed(async move {
+            const OP: &str = "dynamodb:UpdateItem";
+            let request = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(&lease.id.resource_id))
+                .key("sk", s(sort_key(lease.id.attempt)))
+                .update_expression("SET lease_expires = :e")
+                .condition_expression("lease_holder = :h AND lease_token = :t")
+                .expression_attribute_values(":h", s(&lease.holder))
+                .expression_attribute_values(":t", n(lease.token))
+                .expression_attribute_values(":e", n(0));
+            match call_unless(&self.calls, OP, CONDITION_FAILED, request.send()).await? {
+                Some(_) => Ok(()),
+                None => Err(LeaseError::Lost),
+            }
+        })
+    }
+
     fn renew_lease(
         &self,
         lease: &Lease,

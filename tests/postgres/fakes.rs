@@ -248,6 +248,16 @@ impl StateStore for MemStore {
         }
     }
 
+    async fn release_lease(&self, lease: &Lease) -> Result<(), LeaseError> {
+        match self.leases.lock().unwrap().get_mut(&lease.id) {
+            Some(l) if l.holder == lease.holder && l.token == lease.token => {
+                l.expires_at = Timestamp::UNIX_EPOCH;
+                Ok(())
+            }
+            _ => Err(LeaseError::Lost),
+        }
+    }
+
     async fn list(&self) -> PortResult<Vec<Migration>> {
         Ok(self.records.lock().unwrap().values().cloned().collect())
     }

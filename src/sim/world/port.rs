@@ -135,6 +135,14 @@ impl SimPort {
         wait_for_limiter: bool,
         f: impl FnOnce(&mut State) -> PortResult<T>,
     ) -> PortResult<T> {
+        if mutating {
+            // The adapters' refusal (`aws::call::not_past_the_lease`), on virtual time.
+            let now = {
+                let s = self.lock();
+                s.ts(s.now)
+            };
+            crate::aws::call::not_past_the_lease(op, now)?;
+        }
         let (latency, fault) = {
             let mut s = self.lock();
             if mutating && let Some(v) = crate::sim::checks::leases::check(&s, &self.process, op) {

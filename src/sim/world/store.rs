@@ -105,6 +105,16 @@ impl State {
         }
     }
 
+    pub(super) fn release_lease(&mut self, lease: &Lease) -> Result<(), LeaseError> {
+        match self.leases.get_mut(&lease.id) {
+            Some(l) if l.holder == lease.holder && l.token == lease.token => {
+                l.expires_at = Timestamp::UNIX_EPOCH;
+                Ok(())
+            }
+            _ => Err(LeaseError::Lost),
+        }
+    }
+
     pub(super) fn renew_lease(
         &mut self,
         lease: &Lease,
@@ -257,6 +267,21 @@ impl StateStore for SimPort {
         let r = self
             .call("dynamodb:UpdateItem", true, |s| {
                 outcome = Some(s.acquire_lease(id, holder, now, ttl));
+                Ok(())
+            })
+            .await;
+        match (r, outcome) {
+            (Ok(()), Some(o)) => o,
+            (Err(e), _) => Err(LeaseError::Port(e)),
+            (Ok(()), None) => unreachable!("the call ran its closure"),
+        }
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), LeaseError> {
+        let mut outcome = None;
+        let r = self
+            .call("dynamodb:UpdateItem", true, |s| {
+                outcome = Some(s.release_lease(lease));
                 Ok(())
             })
             .await;
