@@ -284,10 +284,17 @@ async fn two_agents_one_killed_mid_cutover_the_survivor_takes_its_lease_over_and
         "the survivor took a live lease: taken at {taken_ms} ms, the dead one's lapsed at {} ms",
         left.expires_ms
     );
-    // Killing an agent mid-cutover costs at most one lease time (plus SQS's delivery and the
-    // deferred tick's whole seconds).
+    // The binaries hold leases of MIGRATOR_LEASE: the dead one's lapsed within it of the kill.
     assert!(
-        seen_after <= LEASE + Duration::from_secs(5),
+        left.expires_ms <= killed_ms + LEASE.as_millis() as i64,
+        "the dead agent's lease ran past {LEASE:?} from the kill: {left:?}"
+    );
+    // Killing an agent mid-cutover costs one lease time, plus the delivery of the message that
+    // wakes the survivor (the dead agent's own message after its visibility, or a deferred
+    // tick, whole seconds): 1–2 s alone, up to 6 s when the whole emulator suite loads the
+    // machine (11.0 s from the kill in one such run).
+    assert!(
+        seen_after <= LEASE + Duration::from_secs(10),
         "takeover took {seen_after:?} (lease {LEASE:?})"
     );
 
