@@ -293,6 +293,9 @@ class Deployment:
             if set(node) == {"Fn::Join"}:
                 sep, parts = node["Fn::Join"]
                 return sep.join(self._render(parts))
+            if set(node) == {"Fn::FindInMap"}:
+                mapping, top, second = (self._render(x) for x in node["Fn::FindInMap"])
+                return self.template["Mappings"][mapping][top][second]
             if any(k.startswith("Fn::") for k in node):
                 raise ValueError(f"intrinsic not modelled: {node}")
             out = {}

@@ -100,6 +100,14 @@ def _deploy(aws, name, extra=()):
     return {"status": status, "outputs": outputs, "physical": physical}
 
 
+def _regional(aws, region):
+    """Clients of the same emulator in another Region (a second deployment's task role, named
+    per Region, does not clash with the first's)."""
+    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region)
+    endpoint = aws("sts").meta.endpoint_url
+    return lambda service: session.client(service, endpoint_url=endpoint)
+
+
 @pytest.fixture(scope="module")
 def stack(aws):
     return _deploy(aws, STACK)
@@ -182,15 +190,34 @@ def test_task_definition_runs_the_agent_as_designed(aws, stack):
     assert env["MIGRATOR_TABLE"] == stack["outputs"]["TableName"]
     assert env["MIGRATOR_TAG_PREFIX"] == "aurora-migration"
     assert env["MIGRATOR_CUTOVER"] == "manual"
+    # Two tasks by default, each with half of the stack's 5 RDS requests/s.
+    assert env["MIGRATOR_RDS_RATE_LIMIT"] == "2.5"
     assert not any(k.startswith("MIGRATOR_WEBHOOK") for k in env)
     assert not [s for s in c.get("secrets") or [] if s]  # no webhook given
     services = ecs.describe_services(cluster=stack["outputs"]["ClusterName"],
                                      services=[stack["outputs"]["ServiceName"]])["services"]
     (svc,) = services
-    assert svc["desiredCount"] == 1
+    assert svc["desiredCount"] == 2
     # moto 5.2.5 does not model a service's deploymentConfiguration, reports the Fargate
     # launch type as EC2 and runs no task: none of those is asserted here (see test_lint's
     # template checks for MaximumPercent/MinimumHealthyPercent).
+
+
+def test_one_task_deployment_gets_the_whole_rds_rate(aws, stack):
+    """A deployment with AgentTasks=1 (in its own Region: the task role's name is per Region):
+    one task, with all of RdsRequestsPerSecond."""
+    region = "ap-southeast-2"
+    regional = _regional(aws, region)
+    deployed = _deploy(regional, "aurora-migrator-one-task",
+                       [("AgentTasks", "1"), ("RdsRequestsPerSecond", "4")])
+    ecs = regional("ecs")
+    td = ecs.describe_task_definition(taskDefinition="aurora-migrator")["taskDefinition"]
+    (c,) = td["containerDefinitions"]
+    env = {e["name"]: e["value"] for e in c["environment"] if e}
+    assert env["MIGRATOR_RDS_RATE_LIMIT"] == "4"
+    (svc,) = ecs.describe_services(cluster=deployed["outputs"]["ClusterName"],
+                                   services=[deployed["outputs"]["ServiceName"]])["services"]
+    assert svc["desiredCount"] == 1
 
 
 def test_task_role_exists(aws, stack):
@@ -204,9 +231,7 @@ def test_webhook_secrets_reach_the_task_through_secrets_only(aws, stack):
     """A second deployment (in another Region: the task role's name is per Region) with both
     webhook secrets: the container gets them as secrets, the execution role may read them."""
     region = "us-west-2"
-    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region)
-    endpoint = aws("sts").meta.endpoint_url
-    regional = lambda service: session.client(service, endpoint_url=endpoint)
+    regional = _regional(aws, region)
     sm = regional("secretsmanager")
     url = sm.create_secret(Name="aurora-migrator/webhook-url", SecretString="https://example.invalid/route")["ARN"]
     key = sm.create_secret(Name="aurora-migrator/webhook-signing", SecretString="0" * 64)["ARN"]
@@ -252,9 +277,7 @@ def test_database_access_deployment(aws, stack):
     Region): the agent is told to connect and which group is its own (the service's), and the
     task role reads agent-readable secrets only and may not tag them."""
     region = "eu-west-1"
-    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region)
-    endpoint = aws("sts").meta.endpoint_url
-    regional = lambda service: session.client(service, endpoint_url=endpoint)
+    regional = _regional(aws, region)
     deployed = _deploy(regional, "aurora-migrator-database",
                        [("DatabaseAccess", "true"), ("DatabaseEgressCidr", "10.20.0.0/16")])
     group_id = deployed["physical"]["TaskSecurityGroup"]

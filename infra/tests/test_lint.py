@@ -151,21 +151,58 @@ def test_dockerfile_shape():
     assert 'CMD ["/aurora-migrator", "healthcheck"]' in text
 
 
-def test_fargate_service_never_runs_two_agents():
+def test_fargate_service_runs_two_agent_tasks_by_default_one_allowed():
+    p = T["Parameters"]["AgentTasks"]
+    # A String, not a Number: CloudFormation's Ref gives a Number's value as a string too, but
+    # moto (test_deploy_moto) gives an integer, which would not equal the condition's "2".
+    assert p["Type"] == "String" and p["Default"] == "2" and p["AllowedValues"] == ["1", "2"]
+    assert T["Conditions"]["TwoTasks"] == {"Fn::Equals": [{"Ref": "AgentTasks"}, "2"]}
     svc = RES["Service"]["Properties"]
-    assert svc["DesiredCount"] == 1 and svc["LaunchType"] == "FARGATE"
-    assert svc["DeploymentConfiguration"]["MaximumPercent"] == 100
-    assert svc["DeploymentConfiguration"]["MinimumHealthyPercent"] == 0
+    assert svc["DesiredCount"] == {"Fn::If": ["TwoTasks", 2, 1]} and svc["LaunchType"] == "FARGATE"
+    # Never more tasks than AgentTasks (their RDS shares never add up past the stack's rate);
+    # with two, one is replaced at a time (50 % of 2 rounds up to one running), with one, the
+    # old task stops first (50 % of 1 would round up to 1 and stall the deployment).
+    deployment = svc["DeploymentConfiguration"]
+    assert deployment["MaximumPercent"] == 100
+    assert deployment["MinimumHealthyPercent"] == {"Fn::If": ["TwoTasks", 50, 0]}
+    _, two_min, one_min = deployment["MinimumHealthyPercent"]["Fn::If"]
+    _, two, one = svc["DesiredCount"]["Fn::If"]
+    for tasks, minimum in ((two, two_min), (one, one_min)):
+        running_at_least = -(-tasks * minimum // 100)  # ECS rounds the minimum up
+        running_at_most = tasks * deployment["MaximumPercent"] // 100  # and the maximum down
+        assert running_at_most == tasks, "never more tasks than AgentTasks"
+        assert running_at_least == tasks - 1, "one task replaced at a time"
     (c,) = RES["TaskDefinition"]["Properties"]["ContainerDefinitions"]
     assert c["StopTimeout"] == 30  # the agent drains for 25 s
     assert c["HealthCheck"]["Command"] == ["CMD", "/aurora-migrator", "healthcheck"]
     # Nothing secret; the only conditional entries are database access's two.
     always = {"MIGRATOR_QUEUE_URL", "MIGRATOR_TOPIC_ARN", "MIGRATOR_TABLE", "MIGRATOR_TAG_PREFIX",
-              "MIGRATOR_CUTOVER", "MIGRATOR_ROUTER", "AWS_REGION", "RUST_LOG"}
+              "MIGRATOR_CUTOVER", "MIGRATOR_ROUTER", "MIGRATOR_RDS_RATE_LIMIT", "AWS_REGION",
+              "RUST_LOG"}
     assert {e["Name"] for e in c["Environment"] if "Name" in e} == always
     conditional = [e["Fn::If"] for e in c["Environment"] if "Name" not in e]
     assert [(cond, otherwise) for cond, _, otherwise in conditional] == [
         ("AllowDatabaseAccess", {"Ref": "AWS::NoValue"})] * 2
+
+
+def test_each_task_gets_its_share_of_the_rds_rate():
+    p = T["Parameters"]["RdsRequestsPerSecond"]
+    assert p["Type"] == "String" and p["Default"] == "5"
+    # Every allowed rate has its half in the mapping (CloudFormation cannot divide), exactly.
+    half = T["Mappings"]["RdsRateHalf"]
+    assert set(half) == set(p["AllowedValues"])
+    for rate, row in half.items():
+        assert float(row["PerTask"]) * 2 == float(rate), (rate, row)
+    (c,) = RES["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    (limit,) = [e["Value"] for e in c["Environment"] if e.get("Name") == "MIGRATOR_RDS_RATE_LIMIT"]
+    assert limit == {"Fn::If": ["TwoTasks",
+                                {"Fn::FindInMap": ["RdsRateHalf", {"Ref": "RdsRequestsPerSecond"}, "PerTask"]},
+                                {"Ref": "RdsRequestsPerSecond"}]}
+    # The agent's own default is the parameter's: one task at the default rate gets what an
+    # agent started without the setting allows itself.
+    default = re.search(r'env = "MIGRATOR_RDS_RATE_LIMIT",\s*default_value_t = ([0-9.]+)',
+                        (ROOT / "src/config/mod.rs").read_text())
+    assert default and float(default.group(1)) == float(p["Default"])
 
 
 def test_webhook_url_and_key_come_from_secrets_manager():

@@ -54,9 +54,6 @@ async fn sigterm_during_work_exits_within_the_budget_and_loses_no_migration() {
     );
 }
 
-/// An RDS call naming a resource: `(action, identifier parameter, identifier)`.
-type NamedCall<'a> = (&'a str, &'a str, &'a str);
-
 /// Whether the call log holds the call that took effect while its answer is still held back by
 /// the shim (`hold_ms`): the caller has not seen it yet.
 fn held(calls: &[Value], (action, key, id): NamedCall) -> bool {
@@ -66,18 +63,6 @@ fn held(calls: &[Value], (action, key, id): NamedCall) -> bool {
             && c["real_status"] == 200
             && c["status"].is_null()
     })
-}
-
-/// How many times the call took effect (answered 200, or 200 held back).
-fn effective(calls: &[Value], (action, key, id): NamedCall) -> usize {
-    calls
-        .iter()
-        .filter(|c| {
-            c["action"] == action
-                && c["params"][key] == id
-                && (c["status"] == 200 || c["real_status"] == 200)
-        })
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

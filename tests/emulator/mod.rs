@@ -28,3 +28,4 @@ mod plan_all;
 mod rds_proxy;
 mod routers;
 mod telemetry;
+mod two_agents;

@@ -137,6 +137,21 @@ pub fn position(calls: &[(String, Value)], action: &str, pred: impl Fn(&Value) -
         .unwrap_or_else(|| panic!("no {action} in the call log"))
 }
 
+/// An RDS call naming a resource: `(action, identifier parameter, identifier)`.
+pub type NamedCall<'a> = (&'a str, &'a str, &'a str);
+
+/// How many times the call took effect in the shim's call log (answered 200, or 200 held back).
+pub fn effective(calls: &[Value], (action, key, id): NamedCall) -> usize {
+    calls
+        .iter()
+        .filter(|c| {
+            c["action"] == action
+                && c["params"][key] == id
+                && (c["status"] == 200 || c["real_status"] == 200)
+        })
+        .count()
+}
+
 /// Whether a call's parameters (or any JSON) mention `s`.
 pub fn mentions(p: &Value, s: &str) -> bool {
     p.to_string().contains(s)
