@@ -5,7 +5,9 @@ Starts the emulator as scripts/demo.py does (scripts/localrun.py), raises its qu
 fleet, creates N RDS PostgreSQL sources tagged `aurora-migration=start`, and runs the real
 `aurora-migrator run` binary against them with the production rate limit (5 RDS requests/s),
 concurrency (64) and cutover admission (25), and the demo's short policy (seconds where
-production waits minutes). One scheduled-resync message admits them all. The script plays
+production waits minutes). One scheduled-resync message admits them all (the agent admits a
+resync's sources one after another), or with --start events one tag-change event per source, as
+EventBridge delivers when each is tagged (admitted concurrently). The script plays
 CloudWatch for every source and replica (a replicating source until AWS's "DB instance restarted"
 event, then a quiet one) until every migration has ended. The metric (reboot) cutover path: the
 database-aware one needs a PostgreSQL server per source.
@@ -15,10 +17,11 @@ It reports migrations completed / rolled back / failed, wall-clock, the agent's 
 exits), its CPU time (utime + stime, from wait4's rusage), its AWS calls by operation (the shim's
 call log less this script's own calls), and per-migration phase latencies (p50/p99/max of the
 time in each phase, from the phase history of the records in the DynamoDB table). As a table,
-and as JSON with --out. Exits 1 unless every migration completed.
+and as JSON with --out. Exits 1 unless every migration completed. Ctrl-C stops the agent and
+the emulator without a report; `kill -USR1 <pid>` ends the run early with one (as --timeout does).
 
 Usage: scripts/bench [--migrations N] [--binary PATH] [--out FILE] [--timeout SECONDS]
-                     [--period SECONDS] [--rds-rate-limit N]
+                     [--period SECONDS] [--rds-rate-limit N] [--start resync|events] [--log FILE]
 """
 
 import argparse
@@ -32,12 +35,14 @@ import sys
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 
 from localrun import (ROOT, TABLE, Clients, agent_calls, agent_environment, create_deployment, create_network,
-                      create_source, metric_start_tags, now, put_metrics, replica_metrics, shim, shim_post,
+                      create_source, event, metric_start_tags, put_metrics, replica_metrics, shim, shim_post,
                       source_metrics, start_emulator, stop_emulator, wait_for)
 
 TERMINAL = ("completed", "failed", "rolledback", "aborted")
+CUT_SHORT = threading.Event()  # SIGUSR1: end the run now, with a report of what ended
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -100,6 +105,23 @@ def outcomes(records):
     for r in records:
         counts[r["phase"]] = counts.get(r["phase"], 0) + 1
     return counts
+
+
+def max_in_flight(records):
+    """Most migrations under way at once: between a record's first history entry and its terminal
+    phase (or the end of the run, for one not ended)."""
+    edges = []
+    for r in records:
+        history = [parse_time(h["at"]) for h in r.get("history", [])]
+        if history:
+            edges.append((history[0], 1))
+            if r["phase"] in TERMINAL:
+                edges.append((history[-1], -1))
+    best = current = 0
+    for _, delta in sorted(edges):  # an end before a start at the same instant
+        current += delta
+        best = max(best, current)
+    return best
 
 
 def rate_peaks(times, window):
@@ -231,10 +253,13 @@ def latest_records(ddb):
     return latest
 
 
-def play_cloudwatch(aws, sources, ended):
-    """One round of what CloudWatch would show for every migration not yet ended: a replicating
-    source until RDS reports it restarted (the metric path's reboot), then a quiet one, and its
-    Aurora replica's instances likewise."""
+def play_cloudwatch(aws, active):
+    """One round of what CloudWatch would show for every migration under way (`active`: a record
+    not in a terminal phase): a replicating source until RDS reports it restarted (the metric
+    path's reboot), then a quiet one, and its Aurora replica's instances likewise. Only those:
+    moto keeps every value and scans them all on each GetMetricData (for each query), so values
+    for 200 sources every round made its answers take longer than the agent's 30 s timeout within
+    minutes."""
     restarted = set()
     for e in aws.rds.describe_events(SourceType="db-instance", Duration=120)["Events"]:
         if e["Message"].rstrip(".").lower() == "db instance restarted":
@@ -243,13 +268,12 @@ def play_cloudwatch(aws, sources, ended):
     for page in aws.rds.get_paginator("describe_db_instances").paginate():
         live.update(i["DBInstanceIdentifier"] for i in page["DBInstances"])
     data = []
-    for s in sources:
-        if s not in ended and s in live:
-            data += source_metrics(s, s in restarted)
+    for s in sorted(active & live):
+        data += source_metrics(s, s in restarted)
     for page in aws.rds.get_paginator("describe_db_clusters").paginate():
         for c in page["DBClusters"]:
             source = c["DBClusterIdentifier"].split("-aurora-")[0]
-            if source in sources and source not in ended:
+            if source in active:
                 for m in c.get("DBClusterMembers", []):
                     data += replica_metrics(m["DBInstanceIdentifier"], source in restarted)
     put_metrics(aws.cw, data)
@@ -258,7 +282,7 @@ def play_cloudwatch(aws, sources, ended):
 def run(args):
     emulator, endpoint = start_emulator()
     agent = watched = None
-    log_path = ROOT / "target" / "bench-agent.log"
+    log_path = Path(args.log).resolve()
     try:
         wait_for(endpoint + "/_shim/health")
         n = args.migrations
@@ -270,10 +294,10 @@ def run(args):
         queue, topic, _ = create_deployment(aws, watch=False)
         _, app_sg, subnet_group = create_network(aws)
         sources = [f"bench-{i:03d}" for i in range(n)]
-        t0 = time.time()
+        t0, arns = time.time(), {}
         for s in sources:
-            arn = create_source(aws, s, app_sg, subnet_group)
-            aws.rds.add_tags_to_resource(ResourceName=arn, Tags=metric_start_tags())
+            arns[s] = create_source(aws, s, app_sg, subnet_group)
+            aws.rds.add_tags_to_resource(ResourceName=arns[s], Tags=metric_start_tags())
         print(f"emulator on {endpoint}; {n} sources created and tagged in {time.time() - t0:.1f}s")
         shim(endpoint, "/_shim/calls", "DELETE")
         aws.ours.clear()
@@ -281,17 +305,20 @@ def run(args):
         extra = {}
         if args.rds_rate_limit:
             extra["MIGRATOR_RDS_RATE_LIMIT"] = str(args.rds_rate_limit)
-        env = agent_environment(endpoint, queue, topic, ROOT / "target" / "bench.heartbeat", **extra)
-        (ROOT / "target").mkdir(exist_ok=True)
+        env = agent_environment(endpoint, queue, topic, log_path.with_suffix(".heartbeat"), **extra)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "w")
-        # One scheduled resync admits every tagged source.
-        resync = json.loads((ROOT / "events/samples/resync-schedule/scheduled-event.json").read_text())
-        resync["time"] = now().strftime("%Y-%m-%dT%H:%M:%SZ")
-        aws.sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(resync))
+        if args.start == "resync":  # one scheduled resync admits every tagged source
+            aws.sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(event("resync-schedule/scheduled-event")))
+        else:  # what EventBridge delivers when each source is tagged
+            for i in range(0, n, 10):
+                aws.sqs.send_message_batch(QueueUrl=queue, Entries=[
+                    {"Id": str(j), "MessageBody": json.dumps(event("tag-change/start", [arns[s]]))}
+                    for j, s in enumerate(sources[i:i + 10])])
         started = time.time()
         agent = subprocess.Popen([args.binary, "run", "--create-table"], env=env, stdout=log, stderr=log)
         watched = Watched(agent)
-        print(f"agent pid {agent.pid} ({args.binary}; log: {log_path.relative_to(ROOT)}); "
+        print(f"agent pid {agent.pid} ({args.binary}; log: {log_path}); "
               f"RDS rate limit {env.get('MIGRATOR_RDS_RATE_LIMIT', '5 (default)')}")
 
         ended, records, last_print, last_scan = set(), {}, 0.0, 0.0
@@ -299,9 +326,11 @@ def run(args):
             if watched.exited():
                 raise SystemExit(f"the agent exited with {watched.status}; see {log_path}")
             elapsed = time.time() - started
-            if elapsed > args.timeout:
+            if elapsed > args.timeout or CUT_SHORT.is_set():
                 break
-            play_cloudwatch(aws, set(sources), ended)
+            round_started = time.time()
+            play_cloudwatch(aws, {s for s, r in records.items() if r["phase"] not in TERMINAL})
+            round_s = time.time() - round_started
             if time.time() - last_scan >= 5:
                 last_scan = time.time()
                 try:
@@ -314,7 +343,8 @@ def run(args):
                     counts = outcomes(records.values())
                     print(f"[{elapsed:7.1f}s] {len(ended)}/{n} ended; phases: "
                           + (", ".join(f"{p} {c}" for p, c in sorted(counts.items(), key=lambda kv: -kv[1])) or "none yet")
-                          + f"; RSS peak {watched.hwm_kib / 1024:.1f} MiB, CPU {watched.cpu_s:.1f}s", flush=True)
+                          + f"; RSS peak {watched.hwm_kib / 1024:.1f} MiB, CPU {watched.cpu_s:.1f}s; CloudWatch round {round_s:.1f}s",
+                          flush=True)
                 if len(ended) == n:
                     break
             time.sleep(args.period)
@@ -337,9 +367,11 @@ def run(args):
             "failed": counts.get("failed", 0),
             "aborted": counts.get("aborted", 0),
             "not_ended": n - len(ended),
+            "max_in_flight": max_in_flight(records.values()),
+            "started_by": args.start,
             "phases_at_end": counts,
             "wall_clock_s": wall,
-            "timed_out": len(ended) < n,
+            "timed_out": len(ended) < n,  # by --timeout or SIGUSR1
             "agent": {**watched.figures(), "vmhwm_before_sigterm_mib": hwm_before_stop},
             "agent_smaps_rollup": watched.smaps,
             "aws_calls": {"total": sum(calls.values()), "per_migration": sum(calls.values()) / n,
@@ -350,7 +382,7 @@ def run(args):
                     "peak_in_60s_with_script": rate_peaks(rds_times, 60.0)},
             "phase_latencies_s": phase_latencies([records[s] for s in sources if s in records]),
             "agent_log": log_summary(open(log_path, errors="replace")),
-            "settings": {"binary": args.binary, "rds_rate_limit": args.rds_rate_limit or 5,
+            "settings": {"binary": args.binary, "start": args.start, "rds_rate_limit": args.rds_rate_limit or 5,
                          "policy": {k: v for k, v in env.items() if k.startswith("MIGRATOR_")
                                     and k not in ("MIGRATOR_QUEUE_URL", "MIGRATOR_TOPIC_ARN", "MIGRATOR_HEARTBEAT_FILE")},
                          "cloudwatch_period_s": args.period},
@@ -372,7 +404,8 @@ def render(report):
     lines = [
         f"migrations: {report['migrations']}  completed {report['completed']}  rolled back {report['rolled_back']}"
         f"  failed {report['failed']}  aborted {report['aborted']}  not ended {report['not_ended']}",
-        f"wall-clock: {report['wall_clock_s']:.0f} s" + ("  (timed out)" if report["timed_out"] else ""),
+        f"wall-clock: {report['wall_clock_s']:.0f} s" + ("  (timed out)" if report["timed_out"] else "")
+        + f"; started by {report['started_by']}; at most {report['max_in_flight']} under way at once",
         f"agent peak RSS: VmHWM {a['vmhwm_mib']:.1f} MiB (sampled peak VmRSS {a['peak_vmrss_sampled_mib']:.1f} MiB"
         + f"; before SIGTERM {a['vmhwm_before_sigterm_mib']:.1f} MiB); target 64 MiB: "
         + ("met" if a["vmhwm_mib"] <= 64 else "NOT met"),
@@ -406,10 +439,14 @@ def main():
     ap.add_argument("--period", type=float, default=2.0, help="seconds between the CloudWatch rounds")
     ap.add_argument("--rds-rate-limit", type=float,
                     help="MIGRATOR_RDS_RATE_LIMIT for the agent (default: unset, the production 5/s)")
+    ap.add_argument("--start", choices=("resync", "events"), default="resync",
+                    help="how the migrations are started: one scheduled resync (default) or a tag-change event each")
+    ap.add_argument("--log", default=str(ROOT / "target" / "bench-agent.log"), help="the agent's log (JSON lines)")
     ap.add_argument("--out", help="also write the report as JSON to this file")
     args = ap.parse_args()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGUSR1, lambda *_: CUT_SHORT.set())
     report = run(args)
     print()
     print(render(report))

@@ -32,7 +32,7 @@ import threading
 import time
 
 from localrun import (ROOT, TABLE, Clients, agent_calls, agent_environment, create_deployment, create_network,
-                      create_source, metric_start_tags, now, put_metrics, replica_metrics, shim, shim_post,
+                      create_source, event, metric_start_tags, put_metrics, replica_metrics, shim, shim_post,
                       source_metrics, start_emulator, stop_agent, stop_emulator, wait_for)
 
 sys.path.insert(0, str(ROOT / "tests" / "support"))
@@ -226,10 +226,7 @@ def main():
         else:
             rds.add_tags_to_resource(ResourceName=arn, Tags=metric_start_tags())
         # EventBridge would deliver the tag change; the resync scan would find it too.
-        sample = json.loads((ROOT / "events/samples/tag-change/start.json").read_text())
-        sample["resources"] = [arn]
-        sample["time"] = now().strftime("%Y-%m-%dT%H:%M:%SZ")
-        sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(sample))
+        sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(event("tag-change/start", [arn])))
         shim(endpoint, "/_shim/calls", "DELETE")
         aws.ours.clear()
 

@@ -142,6 +142,15 @@ def metric_start_tags():
             {"Key": "aurora-migration:ack-unlogged-tables", "Value": "true"}]
 
 
+def event(sample, resources=None):
+    """An EventBridge event from events/samples/<sample>.json, sent now, about `resources`."""
+    e = json.loads((ROOT / "events/samples" / f"{sample}.json").read_text())
+    if resources is not None:
+        e["resources"] = resources
+    e["time"] = now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    return e
+
+
 def source_metrics(ident, quiet):
     """What CloudWatch shows of a replicating source, or (`quiet`) of one fenced or rebooted."""
     return [

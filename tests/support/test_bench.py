@@ -97,3 +97,12 @@ def test_watched_samples_a_process_and_reaps_it_with_its_cpu_time():
     assert f["cpu_s"] >= 0.3
     assert f["max_threads"] >= 1
     assert w.smaps is None or "Rss:" in w.smaps
+
+
+def test_max_in_flight_counts_migrations_under_way_at_once():
+    rs = [record(("preflight", 0), ("completed", 10)),
+          record(("preflight", 5), ("completed", 12)),
+          record(("preflight", 10), ("completed", 20)),   # starts as the first ends
+          record(("preflight", 11), ("replicating", 15))]  # not ended: under way to the end
+    assert bench.max_in_flight(rs) == 3
+    assert bench.max_in_flight([]) == 0
