@@ -146,8 +146,9 @@ def log_summary(lines):
         level = entry.get("level", "?")
         levels[level] = levels.get(level, 0) + 1
         if level in ("WARN", "ERROR"):
-            fields = entry.get("fields", {})
-            text = fields.get("message", "")
+            # The agent flattens the event's fields into the line; tracing's default nests them.
+            fields = {**entry.get("fields", {}), **entry}
+            text = fields.get("message", "") + (f": {fields['error']}" if fields.get("error") else "")
             text = re.sub(r"\d+", "N", text)[:160]  # group messages that differ only in ids
             messages[f"{level} {text}"] = messages.get(f"{level} {text}", 0) + 1
     top = sorted(messages.items(), key=lambda kv: (-kv[1], kv[0]))[:10]

@@ -70,10 +70,13 @@ def test_rate_peaks_is_the_most_calls_in_a_sliding_window():
 def test_log_summary_counts_levels_and_groups_messages_by_shape():
     lines = [json.dumps({"level": "WARN", "fields": {"message": f"step of bench-{i:03d} failed"}}) for i in range(3)]
     lines += [json.dumps({"level": "INFO", "fields": {"message": "hi"}}), "not json",
-              json.dumps({"level": "ERROR", "fields": {"message": "boom"}})]
+              json.dumps({"level": "ERROR", "fields": {"message": "boom"}}),
+              # the agent's own format: the fields flattened into the line
+              json.dumps({"level": "WARN", "message": "observation failed", "error": "GetMetricData timed out after 30s"})]
     s = bench.log_summary(lines)
-    assert s["levels"] == {"WARN": 3, "INFO": 1, "ERROR": 1}
-    assert s["top"] == [("WARN step of bench-N failed", 3), ("ERROR boom", 1)]
+    assert s["levels"] == {"WARN": 4, "INFO": 1, "ERROR": 1}
+    assert s["top"] == [("WARN step of bench-N failed", 3), ("ERROR boom", 1),
+                        ("WARN observation failed: GetMetricData timed out after Ns", 1)]
 
 
 def test_watched_samples_a_process_and_reaps_it_with_its_cpu_time():
