@@ -25,58 +25,23 @@ Usage: scripts/demo [--binary PATH] [--timeout SECONDS] [--no-postgres]
 import argparse
 import collections
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-import boto3
+from localrun import (ROOT, TABLE, Clients, agent_calls, agent_environment, create_deployment, create_network,
+                      create_source, event, metric_start_tags, put_metrics, replica_metrics, shim, shim_post,
+                      source_metrics, start_emulator, stop_agent, stop_emulator, wait_for)
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 from moto_shim import local_postgres  # noqa: E402  (standard library only)
 
-REGION = "us-east-1"
 SOURCE = "orders-pg"
 AGENT_ROLE = "agent"
 AGENT_PASSWORD = "agent-Pw-demo-5c1"
 APP_ROLE = "app"
-MIB = 1024 * 1024
-GIB = 1024 * MIB
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except Exception:
-            time.sleep(0.1)
-    raise SystemExit(f"the emulator did not answer at {url}")
-
-
-def shim(endpoint, path, method="GET"):
-    req = urllib.request.Request(endpoint + path, method=method)
-    return json.loads(urllib.request.urlopen(req, timeout=5).read() or b"null")
-
-
-def now():
-    return datetime.now(timezone.utc)
-
-
 def database_path_missing(args):
     """Why the database-aware path cannot be shown here, or None when it can."""
     if args.no_postgres:
@@ -142,16 +107,10 @@ class Writer(threading.Thread):
         self.join(timeout=10)
 
 
-def shim_post(endpoint, path, body):
-    req = urllib.request.Request(endpoint + path, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    return json.loads(urllib.request.urlopen(req, timeout=60).read() or b"null")
-
-
 def latest_record(ddb, source):
     """The agent's migration record of `source` (the newest attempt), or None."""
     records = []
-    for item in ddb.scan(TableName="aurora-migrator")["Items"]:
+    for item in ddb.scan(TableName=TABLE)["Items"]:
         if item.get("source", {}).get("S") == source and "record" in item:
             records.append(json.loads(item["record"]["S"]))
     return max(records, key=lambda m: m.get("id", {}).get("attempt", 0), default=None)
@@ -217,12 +176,7 @@ def main():
     why_not = database_path_missing(args)
     database = why_not is None
 
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    emulator = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "tests/support/moto_shim.py"), "-H", "127.0.0.1", "-p", str(port), "-q"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    emulator, endpoint = start_emulator()
     agent = None
     primary = None
     writer = None
@@ -236,48 +190,12 @@ def main():
                 f"GRANT pg_signal_backend, pg_read_all_stats, pg_read_all_data TO {AGENT_ROLE}; "
                 f"CREATE ROLE {APP_ROLE} LOGIN; GRANT INSERT, SELECT ON writes TO {APP_ROLE}")
         wait_for(endpoint + "/_shim/health")
-        env_creds = dict(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION, endpoint_url=endpoint)
-        sqs = boto3.client("sqs", **env_creds)
-        sns = boto3.client("sns", **env_creds)
-        rds = boto3.client("rds", **env_creds)
-        ec2 = boto3.client("ec2", **env_creds)
-        cw = boto3.client("cloudwatch", **env_creds)
-        sm = boto3.client("secretsmanager", **env_creds)
-        ddb = boto3.client("dynamodb", **env_creds)
-        # This script's own calls, so that the summary counts only the agent's.
-        ours = collections.Counter()
-        signing = {"cloudwatch": "monitoring"}
-        for client in (sqs, sns, rds, ec2, cw, sm, ddb):
-            name = client.meta.service_model.service_name
-            client.meta.events.register(
-                "before-call", lambda model, name=name, **_: ours.update([f"{signing.get(name, name)}:{model.name}"])
-            )
-
-        # What the CloudFormation template would create.
-        dlq = sqs.create_queue(QueueName="aurora-migrator-dlq")["QueueUrl"]
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        queue = sqs.create_queue(QueueName="aurora-migrator", Attributes={
-            "VisibilityTimeout": "60",
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}),
-        })["QueueUrl"]
-        topic = sns.create_topic(Name="aurora-migrator")["TopicArn"]
-        watch = sqs.create_queue(QueueName="slack-stand-in")["QueueUrl"]
-        watch_arn = sqs.get_queue_attributes(QueueUrl=watch, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=watch_arn, Attributes={"RawMessageDelivery": "true"})
-
+        aws = Clients(endpoint)  # aws.ours: this script's own calls, so that the summary counts only the agent's
+        sqs, rds, ec2, cw, sm, ddb = aws.sqs, aws.rds, aws.ec2, aws.cw, aws.sm, aws.ddb
+        queue, topic, watch = create_deployment(aws)  # what the CloudFormation template would create
         # The source: an RDS PostgreSQL instance in its application security group.
-        vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
-        app_sg = ec2.create_security_group(GroupName="orders-app", Description="orders clients", VpcId=vpc)["GroupId"]
-        subnets = [s["SubnetId"] for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]]
-        rds.create_db_subnet_group(DBSubnetGroupName="orders-db", DBSubnetGroupDescription="orders", SubnetIds=subnets)
-        rds.create_db_instance(
-            DBSubnetGroupName="orders-db",
-            DBInstanceIdentifier=SOURCE, Engine="postgres", EngineVersion="15.4", DBInstanceClass="db.r6g.large",
-            AllocatedStorage=100, MasterUsername="postgres", MasterUserPassword="not-a-secret-1",
-            BackupRetentionPeriod=7, VpcSecurityGroupIds=[app_sg], AutoMinorVersionUpgrade=False,
-            Tags=[{"Key": "team", "Value": "orders"}],
-        )
-        arn = rds.describe_db_instances(DBInstanceIdentifier=SOURCE)["DBInstances"][0]["DBInstanceArn"]
+        vpc, app_sg, subnet_group = create_network(aws)
+        arn = create_source(aws, SOURCE, app_sg, subnet_group)
         agent_env = {}
         if database:
             # The agent's login, in Secrets Manager, readable by the agent by tag.
@@ -306,30 +224,13 @@ def main():
             writer = Writer(src["Address"], src["Port"])
             writer.start()
         else:
-            rds.add_tags_to_resource(ResourceName=arn, Tags=[
-                {"Key": "aurora-migration", "Value": "start"},
-                {"Key": "aurora-migration:ack-unlogged-tables", "Value": "true"},
-            ])
+            rds.add_tags_to_resource(ResourceName=arn, Tags=metric_start_tags())
         # EventBridge would deliver the tag change; the resync scan would find it too.
-        sample = json.loads((ROOT / "events/samples/tag-change/start.json").read_text())
-        sample["resources"] = [arn]
-        sample["time"] = now().strftime("%Y-%m-%dT%H:%M:%SZ")
-        sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(sample))
+        sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(event("tag-change/start", [arn])))
         shim(endpoint, "/_shim/calls", "DELETE")
-        ours.clear()
+        aws.ours.clear()
 
-        env = dict(os.environ)
-        env.update({
-            "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-            "MIGRATOR_QUEUE_URL": queue, "MIGRATOR_TOPIC_ARN": topic, "MIGRATOR_TABLE": "aurora-migrator",
-            "MIGRATOR_CUTOVER": "automatic", "MIGRATOR_LAG_SUSTAIN": "3s", "MIGRATOR_SOAK": "3s",
-            "MIGRATOR_RETENTION": "2s", "MIGRATOR_SLOW_POLL": "1s", "MIGRATOR_FAST_POLL": "1s",
-            "MIGRATOR_METRIC_PERIOD": "1s", "MIGRATOR_WRITE_BUDGET": "3m",
-            "MIGRATOR_HEARTBEAT_FILE": str(ROOT / "target" / "demo.heartbeat"),
-            "MIGRATOR_LOG_FORMAT": "json", "RUST_LOG": env.get("RUST_LOG", "warn"),
-            **agent_env,
-        })
+        env = agent_environment(endpoint, queue, topic, ROOT / "target" / "demo.heartbeat", **agent_env)
         (ROOT / "target").mkdir(exist_ok=True)
         log = open(ROOT / "target" / "demo-agent.log", "w")
         agent = subprocess.Popen([args.binary, "run", "--create-table"], env=env, stdout=log, stderr=log)
@@ -364,34 +265,15 @@ def main():
                     quiet = app_sg not in [g["VpcSecurityGroupId"] for g in groups]
                 except rds.exceptions.DBInstanceNotFoundFault:
                     quiet = True  # deleted at the end
-            data = [
-                ("OldestReplicationSlotLag", SOURCE, 0 if quiet else 64 * MIB, "Bytes"),
-                ("DatabaseConnections", SOURCE, 0 if quiet else 42, "Count"),
-                ("FreeStorageSpace", SOURCE, 80 * GIB, "Bytes"),
-                ("TransactionLogsGeneration", SOURCE, 200 if quiet else 3 * MIB, "Bytes/Second"),
-                ("CPUUtilization", SOURCE, 35, "Percent"),
-                ("WriteLatency", SOURCE, 0.002, "Seconds"),
-                ("ReadLatency", SOURCE, 0.001, "Seconds"),
-            ]
+            data = source_metrics(SOURCE, quiet)
             for c in rds.describe_db_clusters()["DBClusters"]:
                 if writer is not None and routed and c.get("Endpoint") and writer.route != (c["Endpoint"], c["Port"]):
                     writer.route = (c["Endpoint"], c["Port"])
                     print(f"[{time.time() - started:6.1f}s] writer  now writes to Aurora's writer "
                           f"{c['Endpoint']}:{c['Port']}")
                 for member in c.get("DBClusterMembers", []):
-                    w = member["DBInstanceIdentifier"]
-                    data += [
-                        ("RDSToAuroraPostgreSQLReplicaLag", w, 0 if quiet else 1.5, "Seconds"),
-                        ("CPUUtilization", w, 30, "Percent"),
-                        ("WriteLatency", w, 0.002, "Seconds"),
-                        ("ReadLatency", w, 0.001, "Seconds"),
-                        ("WriteIOPS", w, 50, "Count/Second"),
-                    ]
-            cw.put_metric_data(Namespace="AWS/RDS", MetricData=[
-                {"MetricName": name, "Dimensions": [{"Name": "DBInstanceIdentifier", "Value": ident}],
-                 "Timestamp": now(), "Value": value, "Unit": unit, "StorageResolution": 1}
-                for name, ident, value, unit in data
-            ])
+                    data += replica_metrics(member["DBInstanceIdentifier"], quiet)
+            put_metrics(cw, data)
             # The Slack channel: every notification the agent sends.
             for m in sqs.receive_message(QueueUrl=watch, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
                 sqs.delete_message(QueueUrl=watch, ReceiptHandle=m["ReceiptHandle"])
@@ -427,14 +309,11 @@ def main():
         at = dict(phases)
         if "quiescing" in at and "verifying" in at:
             print(f"  write-unavailability window (quarantine → traffic on Aurora): {at['verifying'] - at['quiescing']:.1f}s")
-        log = shim(endpoint, "/_shim/calls")
+        calls, log = agent_calls(endpoint, aws.ours)
         reboots = [c for c in log if c["action"] == "RebootDBInstance" and SOURCE in json.dumps(c.get("params"))]
         print(f"  source rebooted: {'yes (%d RebootDBInstance)' % len(reboots) if reboots else 'no'}")
         if writer is not None:
             failures += writer_summary(endpoint, writer, primary)
-        calls = collections.Counter(f"{c['service']}:{c['action']}" for c in log)
-        calls.subtract(ours)
-        calls = +calls  # drop what only this script called
         print(f"  AWS calls by operation ({sum(calls.values())} in all):")
         for op, n in sorted(calls.items(), key=lambda kv: (-kv[1], kv[0])):
             print(f"    {op:<48} {n}")
@@ -445,19 +324,13 @@ def main():
     finally:
         if writer is not None:
             writer.stop()
-        if agent is not None and agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                agent.kill()
+        stop_agent(agent)
         if primary is not None:
             try:  # the shim stops the standbys it made...
                 shim(endpoint, "/_shim/postgres", "DELETE")
             except Exception:
                 pass
-        emulator.terminate()
-        emulator.wait(timeout=10)
+        stop_emulator(emulator)
         if primary is not None:
             primary.stop()  # ...and this stops the primary and any standby left, and removes the dir
 
