@@ -359,6 +359,9 @@ pub struct Lease {
     pub token: u64,
     /// When it lapses, as written in the table (the taker's clock).
     pub expires_at: Timestamp,
+    /// Taken (not renewed) from another holder than this one: the process it names died or
+    /// lost it. `None` when renewed, or taken when free or this holder's.
+    pub taken_from: Option<String>,
 }
 
 /// Taking or renewing a lease failed.

@@ -173,6 +173,30 @@ fn quiescing_records_original_groups_before_quarantining() {
     );
 }
 
+/// An agent that took the lease from another (dead) agent process asks at once for what that
+/// process recorded as in flight but may never have sent: the quarantine here, which would
+/// otherwise wait for its 30 s reissue with the cutover under way.
+#[test]
+fn a_step_that_took_the_lease_from_another_agent_asks_again_at_once_for_what_was_in_flight() {
+    let (model, m) = advanced_to(&policy(), Phase::Quiescing);
+    let obs = model.observe(&m, &policy());
+    let first = step(&m, &obs, model.now, &policy());
+    assert!(keys(&first.actions).contains(&ActionKey::QuarantineSource));
+    // The process that decided it died before sending it: AWS saw nothing.
+    let m = first.next;
+    let again = step(&m, &obs, model.now, &policy());
+    assert!(
+        !keys(&again.actions).contains(&ActionKey::QuarantineSource),
+        "in flight: not asked again before its reissue period by the same agent"
+    );
+    let taken_over = Observation {
+        taken_over: true,
+        ..obs.clone()
+    };
+    let d = step(&m, &taken_over, model.now, &policy());
+    assert!(keys(&d.actions).contains(&ActionKey::QuarantineSource));
+}
+
 #[test]
 fn reboot_waits_until_quarantine_group_is_active() {
     let (mut model, mut m) = advanced_to(&policy(), Phase::Quiescing);

@@ -155,9 +155,14 @@ impl<W: World> Agent<W> {
         }
     }
 
+    /// Keeps `lease` (taken or renewed by a request sent at `sent`) and returns it. The kept
+    /// copy forgets whom it was taken from: that is news for the step that took it only.
     fn hold(&self, lease: Lease, sent: Timestamp) -> Lease {
         self.leases.put(Held {
-            lease: lease.clone(),
+            lease: Lease {
+                taken_from: None,
+                ..lease.clone()
+            },
             valid_until: sent + self.lease_ttl - CLOCK_MARGIN,
         });
         lease

@@ -456,7 +456,22 @@ impl<W: World> Agent<W> {
     /// [`Agent::reconcile`] under the record's lease (`lease.rs`), renewed while it runs.
     async fn reconcile_leased(&self, m: Migration) -> Result<Migration, DriverError> {
         let _one_step = self.stepping.lock(m.id.to_string()).await;
-        let lease = match self.lease_for(&m).await {
+        let mut lease = self.lease_for(&m).await;
+        if let Err(LeaseError::Held { until, .. }) = &lease
+            && m.next_wake.is_none()
+        {
+            // A record with no wake-up yet has no tick to send for the lapse: its first step is
+            // under way in the holder, or the holder died (or stopped) before it saved one.
+            // Wait for the lapse here (at most one lease) and ask once more.
+            let ahead = until.duration_since(self.world.clock().now());
+            if let Ok(d) = std::time::Duration::try_from(ahead + SignedDuration::from_millis(100))
+                && d <= std::time::Duration::try_from(self.lease_ttl).unwrap_or_default() * 2
+            {
+                self.world.clock().sleep(d).await;
+                lease = self.lease_for(&m).await;
+            }
+        }
+        let lease = match lease {
             Ok(lease) => lease,
             Err(LeaseError::Held { holder, until }) => {
                 if m.next_wake.is_none() {
@@ -491,6 +506,12 @@ impl<W: World> Agent<W> {
         let mut pending = Vec::new();
         let mut last_look: Option<crate::core::Observation> = None;
         let mut contended = 0;
+        // The first look after taking the lease from another process asks again at once for
+        // what that process recorded as in flight (`Observation::taken_over`).
+        let mut taken_over = lease.taken_from.is_some();
+        if let Some(from) = &lease.taken_from {
+            tracing::info!(migration = %m.id, from = %from, token = lease.token, "lease taken over from another agent process");
+        }
         for _ in 0..MAX_STEPS_PER_MESSAGE {
             let started = self.instruments.step_started();
             let mut obs = match last_look.take() {
@@ -501,6 +522,7 @@ impl<W: World> Agent<W> {
                 },
             };
             obs.action_results = std::mem::take(&mut pending);
+            obs.taken_over = std::mem::take(&mut taken_over);
             let now = world.clock().now();
             if m.phase == crate::core::Phase::AwaitingCutover {
                 if !self.turns.seeded() {

@@ -60,6 +60,7 @@ fn lease_on(id: &MigrationId, item: &HashMap<String, AttributeValue>) -> Option<
         holder: item.get("lease_holder")?.as_s().ok()?.clone(),
         token: number(item, "lease_token")?,
         expires_at: jiff::Timestamp::from_millisecond(number(item, "lease_expires")?).ok()?,
+        taken_from: None,
     })
 }
 
@@ -343,20 +344,22 @@ impl StateStore for AwsStore {
                 .expression_attribute_values(":now", n(millis(now)))
                 .expression_attribute_values(":zero", n(0))
                 .expression_attribute_values(":one", n(1))
-                .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew);
+                // The item as it was: its token (ours is one more) and whom it is taken from.
+                .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld);
             if let Some(r) = call_unless(&self.calls, OP, CONDITION_FAILED, request.send()).await? {
-                let token = r
-                    .attributes
-                    .as_ref()
-                    .and_then(|a| number(a, "lease_token"))
-                    .ok_or_else(|| {
-                        PortError::new(ErrorKind::Fatal, OP, "no lease_token in the answer")
-                    })?;
+                let old = r.attributes.unwrap_or_default();
+                let token = number::<u64>(&old, "lease_token").unwrap_or(0) + 1;
+                let taken_from = old
+                    .get("lease_holder")
+                    .and_then(|v| v.as_s().ok())
+                    .filter(|h| *h != holder)
+                    .cloned();
                 return Ok(Lease {
                     id: id.clone(),
                     holder: holder.to_string(),
                     token,
                     expires_at,
+                    taken_from,
                 });
             }
             let item = self
@@ -424,6 +427,7 @@ impl StateStore for AwsStore {
             match call_unless(&self.calls, OP, CONDITION_FAILED, request.send()).await? {
                 Some(_) => Ok(Lease {
                     expires_at,
+                    taken_from: None,
                     ..lease.clone()
                 }),
                 None => Err(LeaseError::Lost),

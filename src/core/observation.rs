@@ -68,6 +68,12 @@ pub struct Observation {
     /// `false` (the default) is a turn.
     #[serde(default)]
     pub no_cutover_turn: bool,
+    /// This step's agent has just taken the migration's lease from another agent process
+    /// (`agent::lease`), which died or lost it: what that process recorded as in flight
+    /// (`Migration::requested`) may never have been sent, so it is asked for again now rather
+    /// than after its reissue period (a reboot's aside: a second reboot is more outage).
+    #[serde(default)]
+    pub taken_over: bool,
     /// What the agent read inside the databases (database-aware cutover only).
     pub database: DatabaseReadings,
     /// Outcomes of the actions the driver just executed for this migration.

@@ -228,6 +228,7 @@ impl StateStore for MemStore {
             holder: holder.into(),
             token,
             expires_at: now + ttl,
+            taken_from: None,
         };
         leases.insert(id.clone(), lease.clone());
         Ok(lease)

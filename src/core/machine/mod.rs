@@ -337,8 +337,10 @@ impl Stepper<'_> {
             _ if self.m.phase.is_cutover() => self.policy.cutover_reissue_after,
             _ => self.policy.reissue_after,
         };
+        let lost_with_its_agent = self.obs.taken_over && key != ActionKey::RebootSource;
         if let Some(until) = self.m.requested.get(&key)
             && self.now < *until
+            && !lost_with_its_agent
         {
             let wait = until.duration_since(self.now);
             self.wake_within(wait);

@@ -60,6 +60,7 @@ mod tests {
                 holder: holder.into(),
                 token: 3,
                 expires_at: jiff::Timestamp::UNIX_EPOCH,
+                taken_from: None,
             },
         );
         s

@@ -53,21 +53,22 @@ impl State {
         if !self.store.contains_key(id) {
             return Err(LeaseError::NoRecord);
         }
-        let token = match self.leases.get(id) {
+        let (token, taken_from) = match self.leases.get(id) {
             Some(l) if l.holder != holder && l.expires_at >= now => {
                 return Err(LeaseError::Held {
                     holder: l.holder.clone(),
                     until: l.expires_at,
                 });
             }
-            Some(l) => l.token + 1,
-            None => 1,
+            Some(l) => (l.token + 1, (l.holder != holder).then(|| l.holder.clone())),
+            None => (1, None),
         };
         let lease = Lease {
             id: id.clone(),
             holder: holder.to_string(),
             token,
             expires_at: now + ttl,
+            taken_from,
         };
         self.leases.insert(id.clone(), lease.clone());
         if let Some((due, dead)) = self.orphans.get(id)
@@ -124,6 +125,7 @@ impl State {
         match self.leases.get_mut(&lease.id) {
             Some(l) if l.holder == lease.holder && l.token == lease.token => {
                 l.expires_at = now + ttl;
+                l.taken_from = None;
                 Ok(l.clone())
             }
             _ => Err(LeaseError::Lost),
