@@ -156,7 +156,7 @@ pub async fn observe<W: World>(
     if need.quotas {
         obs.quotas = Some(rds.account_quotas().await?);
     }
-    if need.final_snapshot {
+    if need.reads_final_snapshot(&obs.source) {
         obs.final_snapshot = rds.describe_snapshot(&m.names.final_snapshot).await?;
     }
     if let Some(since) = need.events_since {
