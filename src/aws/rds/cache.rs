@@ -215,14 +215,14 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
     use super::*;
 
-    /// A clock the test moves by hand.
+    /// A clock the test moves by hand (the Region cache's tests use it too).
     #[derive(Clone, Default)]
-    struct Manual(Arc<AtomicU64>);
+    pub(crate) struct Manual(Arc<AtomicU64>);
 
     impl MonotonicClock for Manual {
         fn now(&self) -> Duration {
