@@ -25,6 +25,11 @@ pub struct Needs {
     /// (up to the describe cache's TTL old): the phase waits, with writes down, on a change
     /// RDS applies by itself and announces with no event.
     pub fresh: bool,
+    /// The source and the target may come from the fleet snapshot up to a minute old, in the
+    /// cutover too (unless the agent changed them since): the look waits on something else and
+    /// reads from them only what does not change meanwhile (the writer's endpoint, the guards'
+    /// tags). Promoting on the database path while AWS promotes (`machine::cutover`).
+    pub snapshot_will_do: bool,
     /// DescribeEvents of the source since this time.
     pub events_since: Option<Timestamp>,
     /// DescribeEvents of the Aurora writer since this time.

@@ -65,6 +65,12 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
                 && p.promote_requested_at.is_some()
                 && m.database_path();
             n.target_replay |= waiting && p.writer_out_of_recovery_at.is_none();
+            // Until then the look's describes carry only the writer's endpoint and the guards'
+            // tags, which a snapshot up to a minute old has too: a direct describe of both every
+            // `promotion_poll` was most of the 39 RDS requests a migration spent promoting in the
+            // simulator's 500-migration fleet. Not when a request is due (the fence re-check
+            // reads the source as RDS has it now).
+            n.snapshot_will_do = waiting && p.writer_out_of_recovery_at.is_none() && !request_due;
             n.fresh |= waiting && p.writer_out_of_recovery_at.is_some();
         }
         _ => {}
