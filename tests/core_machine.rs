@@ -712,3 +712,35 @@ fn a_failed_reboot_is_asked_again_after_a_short_backoff() {
     run_to_end(&mut model, &mut m, &policy(), 500);
     assert_eq!(m.phase, Phase::Completed);
 }
+
+#[test]
+fn a_cluster_reported_promoting_is_not_asked_to_promote_again() {
+    let policy = policy();
+    let (mut model, mut m) = advanced_to(&policy, Phase::Promoting);
+    let d = quiet_round(&mut model, &mut m, &policy);
+    assert!(keys(&d.actions).contains(&ActionKey::PromoteTarget));
+    // AWS took the request up and promotes for minutes: still a replica, `promoting`.
+    let t = model.target.as_mut().unwrap();
+    t.replication_source = Some(m.source_arn.clone());
+    t.status = "promoting".into();
+    for _ in 0..10 {
+        model.now += policy.cutover_reissue_after + SignedDuration::from_secs(1);
+        let d = quiet_round(&mut model, &mut m, &policy);
+        assert!(
+            !keys(&d.actions).contains(&ActionKey::PromoteTarget),
+            "asked again while RDS reports the promotion under way"
+        );
+        assert_eq!(m.phase, Phase::Promoting);
+        let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+        assert!(
+            !need.quarantine_group,
+            "the fence is re-read for a request that is not due"
+        );
+    }
+    assert_eq!(model.promotions, 1);
+    let t = model.target.as_mut().unwrap();
+    t.replication_source = None;
+    t.status = "available".into();
+    quiet_round(&mut model, &mut m, &policy);
+    assert_eq!(m.phase, Phase::Routing);
+}

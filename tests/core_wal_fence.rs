@@ -691,3 +691,50 @@ fn the_database_size_is_weighed_against_free_storage() {
     advance_to(&mut model, &mut m, &policy, Phase::Preparing);
     assert_eq!(check(&m, "database-size").outcome, Outcome::Pass);
 }
+
+#[test]
+fn while_aws_promotes_the_database_path_reads_the_describes_from_the_snapshot_and_then_rds_itself()
+{
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::Promoting);
+    let need = |m: &aurora_migrator::core::Migration, model: &Model| {
+        aurora_migrator::core::needs::needs(m, model.now, &policy)
+    };
+    assert!(
+        !need(&m, &model).snapshot_will_do,
+        "the request is due: the fence is read from RDS"
+    );
+    for _ in 0..20 {
+        if m.progress.promote_requested_at.is_some() {
+            break;
+        }
+        quiet_round(&mut model, &mut m, &policy);
+        model.now += SignedDuration::from_millis(200);
+    }
+    assert_eq!(model.promotions, 1);
+    // AWS promotes for minutes: a replica, `promoting`, its writer still in recovery.
+    let t = model.target.as_mut().unwrap();
+    t.replication_source = Some(m.source_arn.clone());
+    t.status = "promoting".into();
+    for _ in 0..300 {
+        let n = need(&m, &model);
+        assert!(n.snapshot_will_do && n.target_replay && !n.fresh);
+        assert!(
+            !n.quarantine_group,
+            "no fence re-check for a request in flight"
+        );
+        quiet_round(&mut model, &mut m, &policy);
+        assert_eq!(m.phase, Phase::Promoting);
+        model.now += SignedDuration::from_millis(200);
+    }
+    // Once the writer has left recovery, the next look asks RDS itself.
+    let mut out = m.clone();
+    out.progress.writer_out_of_recovery_at = Some(model.now);
+    let n = need(&out, &model);
+    assert!(n.fresh && !n.snapshot_will_do);
+    let t = model.target.as_mut().unwrap();
+    t.replication_source = None;
+    t.status = "available".into();
+    advance_to(&mut model, &mut m, &policy, Phase::Verifying);
+    assert_eq!(model.promotions, 1);
+}

@@ -23,6 +23,14 @@ pub async fn observe<W: World>(
     let mut obs = Observation::default();
     // The three describes at once: every look of the cutover waits for all of them, and none
     // needs another's answer.
+    // A look that can wait on a snapshot reads it (no request), even in the cutover lane.
+    let maybe_snapshot = |f| async move {
+        if need.snapshot_will_do {
+            crate::aws::rds::cache::snapshot_will_do(f).await
+        } else {
+            f.await
+        }
+    };
     let source = async {
         if !need.source {
             return Ok(Observed::Unknown);
@@ -70,7 +78,7 @@ pub async fn observe<W: World>(
         };
         Ok::<_, crate::ports::PortError>((source, target, database))
     };
-    let (instances, group) = tokio::join!(instances, group);
+    let (instances, group) = tokio::join!(maybe_snapshot(instances), group);
     let (source, target, database) = instances?;
     obs.source = source;
     obs.target = target;
@@ -156,7 +164,7 @@ pub async fn observe<W: World>(
     if need.quotas {
         obs.quotas = Some(rds.account_quotas().await?);
     }
-    if need.final_snapshot {
+    if need.reads_final_snapshot(&obs.source) {
         obs.final_snapshot = rds.describe_snapshot(&m.names.final_snapshot).await?;
     }
     if let Some(since) = need.events_since {

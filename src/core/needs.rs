@@ -7,7 +7,7 @@
 use jiff::Timestamp;
 
 use super::migration::Migration;
-use super::observation::MetricKey;
+use super::observation::{MetricKey, Observed, SourceInstance};
 use super::policy::Policy;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -18,11 +18,18 @@ pub struct Needs {
     pub parameter_groups: bool,
     pub preflight: bool,
     pub quotas: bool,
+    /// The final snapshot's describe, unless the source is `deleting` (see
+    /// [`Needs::reads_final_snapshot`]).
     pub final_snapshot: bool,
     /// Describe the source and the target as RDS has them now, not from the fleet snapshot
     /// (up to the describe cache's TTL old): the phase waits, with writes down, on a change
     /// RDS applies by itself and announces with no event.
     pub fresh: bool,
+    /// The source and the target may come from the fleet snapshot up to a minute old, in the
+    /// cutover too (unless the agent changed them since): the look waits on something else and
+    /// reads from them only what does not change meanwhile (the writer's endpoint, the guards'
+    /// tags). Promoting on the database path while AWS promotes (`machine::cutover`).
+    pub snapshot_will_do: bool,
     /// DescribeEvents of the source since this time.
     pub events_since: Option<Timestamp>,
     /// DescribeEvents of the Aurora writer since this time.
@@ -44,6 +51,18 @@ pub struct Needs {
     pub route_change: Option<(crate::core::router::RouterChoice, String)>,
 }
 
+impl Needs {
+    /// Whether this look describes the final snapshot, given the source it observed: not while
+    /// RDS is deleting the source. Decommissioning waits then and reads nothing but the source
+    /// (`machine::soak`); the snapshot is read before the deletion is asked for (its name must
+    /// be free) and once the source is gone (it must be ours). A look every minute for the
+    /// snapshot's minutes was the phase's most frequent RDS call (12 a migration in the
+    /// simulator's 500-migration fleet).
+    pub fn reads_final_snapshot(&self, source: &Observed<SourceInstance>) -> bool {
+        self.final_snapshot && !matches!(source, Observed::Present(s) if s.status == "deleting")
+    }
+}
+
 /// What to observe for `m` now: the source always (every phase's guards read it), and what its
 /// phase's rules read, as the phase's own file says (`machine::{preparation, cutover, soak,
 /// rollback}`).
@@ -54,4 +73,34 @@ pub fn needs(m: &Migration, now: Timestamp, policy: &Policy) -> Needs {
     };
     super::machine::phase_needs(m, now, policy, &mut n);
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_final_snapshot_is_not_described_while_the_source_is_being_deleted() {
+        let need = Needs {
+            final_snapshot: true,
+            ..Needs::default()
+        };
+        let source = |status: &str| {
+            Observed::Present(SourceInstance {
+                status: status.to_string(),
+                ..SourceInstance::default()
+            })
+        };
+        assert!(!need.reads_final_snapshot(&source("deleting")));
+        assert!(
+            need.reads_final_snapshot(&source("available")),
+            "before the request: is the name free"
+        );
+        assert!(
+            need.reads_final_snapshot(&Observed::Absent),
+            "gone: is the snapshot ours"
+        );
+        assert!(need.reads_final_snapshot(&Observed::Unknown));
+        assert!(!Needs::default().reads_final_snapshot(&source("available")));
+    }
 }

@@ -35,8 +35,8 @@ use super::limit::RateLimiter;
 use super::{AwsSettings, CallCounter, sdk_ts, ts};
 use crate::core::action::{ParameterGroupsSpec, ReplicaClusterSpec, WriterInstanceSpec};
 use crate::core::observation::{
-    InstanceEvent, InstanceEventKind, Observed, ParameterGroupsPresent, PreflightInputs, Quota,
-    Snapshot, SourceInstance, TargetCluster,
+    EngineVersion, InstanceEvent, InstanceEventKind, Observed, ParameterGroupsPresent,
+    PreflightInputs, Quota, Snapshot, SourceInstance, TargetCluster,
 };
 use crate::ports::{ErrorKind, PortError, PortResult, Rds};
 
@@ -46,6 +46,7 @@ mod convert;
 mod describe;
 mod parameter_groups;
 mod preflight;
+pub(crate) mod region;
 
 use batch::LaneBatchers;
 use cache::FleetCache;
@@ -68,6 +69,10 @@ pub struct AwsRds {
     /// DescribeEvents batched across migrations: (instance, since) → the Region's instance
     /// events since the earliest, by instance (lower case).
     event_batch: LaneBatchers<(String, Timestamp), (String, InstanceEvent)>,
+    /// The Region's Aurora PostgreSQL versions, and each family's engine defaults (cluster:
+    /// `true`), read once an hour for every preflight (`region.rs`).
+    engine_versions: region::RegionCache<(), Vec<EngineVersion>>,
+    family_defaults: region::RegionCache<(String, bool), Vec<aws_sdk_rds::types::Parameter>>,
     /// Every resource the agent creates carries `<prefix>:source` in its create request: the
     /// task role's IAM policy allows creates only with it.
     tag_prefix: String,
@@ -94,6 +99,8 @@ impl AwsRds {
             instance_batch: LaneBatchers::new("rds:DescribeDBInstances"),
             cluster_batch: LaneBatchers::new("rds:DescribeDBClusters"),
             event_batch: LaneBatchers::new("rds:DescribeEvents"),
+            engine_versions: region::RegionCache::new(),
+            family_defaults: region::RegionCache::new(),
             tag_prefix: s.tag_prefix.clone(),
         }
     }

@@ -24,27 +24,9 @@ impl AwsRds {
         &self,
         source: &SourceInstance,
     ) -> PortResult<PreflightInputs> {
-        // Aurora PostgreSQL versions of the Region.
-        let aurora_versions = all_pages(|marker| {
-            let request = self
-                .client
-                .describe_db_engine_versions()
-                .engine("aurora-postgresql")
-                .set_marker(marker);
-            async move {
-                let r = self
-                    .call("rds:DescribeDBEngineVersions", request.send())
-                    .await?;
-                let versions = r.db_engine_versions().iter().filter_map(|v| {
-                    Some(EngineVersion {
-                        version: v.engine_version()?.to_string(),
-                        family: opt(v.db_parameter_group_family()),
-                    })
-                });
-                Ok((versions.collect(), r.marker))
-            }
-        })
-        .await?;
+        // Aurora PostgreSQL versions of the Region (the Region's, read once an hour).
+        let aurora_versions = self.aurora_versions().await?;
+        let aurora_versions = aurora_versions.as_ref().clone();
         let source_parameters = self
             .source_user_parameters(&source.parameter_group.name)
             .await?;
@@ -111,6 +93,34 @@ impl AwsRds {
         })
     }
 
+    /// Aurora PostgreSQL's versions in the Region, every page, read once an hour for every
+    /// preflight (`region.rs`).
+    async fn aurora_versions(&self) -> PortResult<std::sync::Arc<Vec<EngineVersion>>> {
+        self.engine_versions
+            .get((), || {
+                all_pages(|marker| {
+                    let request = self
+                        .client
+                        .describe_db_engine_versions()
+                        .engine("aurora-postgresql")
+                        .set_marker(marker);
+                    async move {
+                        let r = self
+                            .call("rds:DescribeDBEngineVersions", request.send())
+                            .await?;
+                        let versions = r.db_engine_versions().iter().filter_map(|v| {
+                            Some(EngineVersion {
+                                version: v.engine_version()?.to_string(),
+                                family: opt(v.db_parameter_group_family()),
+                            })
+                        });
+                        Ok((versions.collect(), r.marker))
+                    }
+                })
+            })
+            .await
+    }
+
     /// [`Rds::account_quotas`].
     pub(super) async fn read_account_quotas(&self) -> PortResult<Vec<Quota>> {
         let request = self.client.describe_account_attributes();
@@ -129,8 +139,21 @@ impl AwsRds {
             .collect())
     }
 
-    /// The engine's default parameters of `family`, for clusters or for instances.
+    /// The engine's default parameters of `family`, for clusters or for instances: the Region's,
+    /// read once an hour for every preflight (`region.rs`).
     async fn parameters_of_family(
+        &self,
+        family: &str,
+        cluster: bool,
+    ) -> PortResult<std::sync::Arc<Vec<SdkParameter>>> {
+        self.family_defaults
+            .get((family.to_string(), cluster), || {
+                self.read_parameters_of_family(family, cluster)
+            })
+            .await
+    }
+
+    async fn read_parameters_of_family(
         &self,
         family: &str,
         cluster: bool,

@@ -65,6 +65,12 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
                 && p.promote_requested_at.is_some()
                 && m.database_path();
             n.target_replay |= waiting && p.writer_out_of_recovery_at.is_none();
+            // Until then the look's describes carry only the writer's endpoint and the guards'
+            // tags, which a snapshot up to a minute old has too: a direct describe of both every
+            // `promotion_poll` was most of the 39 RDS requests a migration spent promoting in the
+            // simulator's 500-migration fleet. Not when a request is due (the fence re-check
+            // reads the source as RDS has it now).
+            n.snapshot_will_do = waiting && p.writer_out_of_recovery_at.is_none() && !request_due;
             n.fresh |= waiting && p.writer_out_of_recovery_at.is_some();
         }
         _ => {}
@@ -367,6 +373,13 @@ impl Stepper<'_> {
             }
             return;
         }
+        if t.replication_source.is_some() && t.status == "promoting" {
+            // RDS has taken a request up: it stays in flight while RDS says so, so the looks
+            // while AWS promotes (minutes) neither ask again nor read the fence and the
+            // sessions again for a request that is not due (`needs`).
+            let until = self.now + self.policy.cutover_reissue_after;
+            self.m.requested.insert(ActionKey::PromoteTarget, until);
+        }
         // Before every promotion request (the first, or one asked again after a refusal), while
         // RDS has not taken one up: the fence and the proof still hold.
         let in_flight = self
@@ -405,7 +418,12 @@ impl Stepper<'_> {
             );
             return;
         }
-        if t.replication_source.is_some()
+        // Only a replica RDS reports `available` is asked (again): one it reports `promoting`
+        // has taken a request up, and asking again every `cutover_reissue_after` while AWS
+        // promotes (minutes) was five PromoteReadReplicaDBCluster a migration, each one sending
+        // the cluster's next describes past the fleet snapshot. A lost or refused request leaves
+        // it `available`, so it is asked again.
+        if request_due
             && self.request(Action::PromoteTarget {
                 cluster: t.identifier.clone(),
             })

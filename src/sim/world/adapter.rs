@@ -19,6 +19,7 @@ use crate::aws::AwsSettings;
 use crate::aws::limit::{MonotonicClock, RateLimiter};
 use crate::aws::rds::batch::LaneBatchers;
 use crate::aws::rds::cache::{FleetCache, ttl_per_item};
+use crate::aws::rds::region::{REGION_TTL, RegionCache};
 
 /// Items per page of a describe-all (`MaxRecords`).
 const PAGE: usize = 100;
@@ -55,6 +56,12 @@ pub(crate) struct RdsAdapter {
     instance_batch: LaneBatchers<String, SourceInstance>,
     cluster_batch: LaneBatchers<String, TargetCluster>,
     event_batch: LaneBatchers<(String, Timestamp), (String, InstanceEvent)>,
+    /// The Region's answers every preflight reads, once an hour, as the adapter's
+    /// (`aws::rds::region`): Aurora's engine versions, and each family's engine defaults
+    /// (cluster: `true`). The simulator's preflight answer is the world's; these hold when the
+    /// calls were made.
+    pub(super) engine_versions: RegionCache<(), (), VirtualClock>,
+    pub(super) family_defaults: RegionCache<(String, bool), (), VirtualClock>,
 }
 
 impl RdsAdapter {
@@ -77,6 +84,8 @@ impl RdsAdapter {
             instance_batch: LaneBatchers::new(DESCRIBE_INSTANCES),
             cluster_batch: LaneBatchers::new(DESCRIBE_CLUSTERS),
             event_batch: LaneBatchers::new("rds:DescribeEvents"),
+            engine_versions: RegionCache::with_clock(REGION_TTL, clock()),
+            family_defaults: RegionCache::with_clock(REGION_TTL, clock()),
         }
     }
 }

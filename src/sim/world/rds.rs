@@ -521,16 +521,30 @@ impl Rds for SimPort {
     }
 
     async fn preflight_inputs(&self, source: &SourceInstance) -> PortResult<PreflightInputs> {
+        // The Region's answers, once an hour through the adapter's cache (`aws::rds::region`).
+        let call = |op: &'static str| self.call(op, false, |_| Ok(()));
+        self.rds
+            .engine_versions
+            .get((), || call("rds:DescribeDBEngineVersions"))
+            .await?;
+        call("rds:DescribeDBParameters").await?;
+        let major = source.engine_version.split('.').next().unwrap_or_default();
+        let family = format!("aurora-postgresql{major}");
+        for (cluster, op) in [
+            (true, "rds:DescribeEngineDefaultClusterParameters"),
+            (false, "rds:DescribeEngineDefaultParameters"),
+        ] {
+            self.rds
+                .family_defaults
+                .get((family.clone(), cluster), || call(op))
+                .await?;
+        }
         for op in [
-            "rds:DescribeDBEngineVersions",
-            "rds:DescribeDBParameters",
-            "rds:DescribeEngineDefaultClusterParameters",
-            "rds:DescribeEngineDefaultParameters",
             "rds:DescribePendingMaintenanceActions",
             "kms:DescribeKey",
             "cloudwatch:GetMetricData",
         ] {
-            self.call(op, false, |_| Ok(())).await?;
+            call(op).await?;
         }
         self.call("rds:DescribeAccountAttributes", false, |s| {
             Ok(s.preflight_inputs(source))
