@@ -138,9 +138,12 @@ pub fn checked_step(m: &Migration, obs: &Observation, now: Timestamp, policy: &P
             found.push(format!("decision in {} for {}: {v}", m.phase, m.label()));
         }
         if variant == Variant::Correct {
-            // The same look again, right after: no mutation of a kind already asked for.
+            // The same look again, right after: no mutation of a kind already asked for. (The
+            // lease's takeover is news for the first look after it only: the agent gives it to
+            // that one.)
             let mut again = obs.clone();
             again.action_results.clear();
+            again.taken_over = false;
             let second = crate::core::step(&d.next, &again, now, policy);
             if let Err(v) = invariants::check_repeat(&d, &second) {
                 found.push(format!(
