@@ -340,7 +340,11 @@ impl<W: World> Agent<W> {
         // to come back; the previous wake-up's backstop tick, arriving after the new wake-up,
         // is the only news of it. An agent that is alive and stepping holds the lease, and the
         // adopting step then waits for its lapse instead (`lease.rs`).
-        let grace = if m.phase.is_cutover() || m.phase == crate::core::Phase::RollingBack {
+        // Not when this process holds the lease: it is alive and stepping the migration (a
+        // look waiting at the rate limiter makes a wake-up late in a busy fleet, and adopting
+        // then would only add looks to the cutover lane).
+        let urgent = m.phase.is_cutover() || m.phase == crate::core::Phase::RollingBack;
+        let grace = if urgent && !self.holds_lease(&m.id) {
             SignedDuration::ZERO
         } else {
             TICK_ADOPT_GRACE
