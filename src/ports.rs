@@ -164,6 +164,18 @@ pub trait Rds: Send + Sync {
         arn: &str,
         tags: &BTreeMap<String, String>,
     ) -> impl Future<Output = PortResult<()>> + Send;
+    /// [`Rds::set_tags`] for tags the agent writes for people and never reads back (the phase
+    /// mirror): the resource's next describe may still come from the fleet snapshot. A
+    /// `set_tags` makes it be described directly until the next snapshot, so that the agent
+    /// sees its own change; after every phase change that was a direct describe of the source
+    /// and of the cluster for nothing the machine reads.
+    fn mirror_tags(
+        &self,
+        arn: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        self.set_tags(arn, tags)
+    }
 }
 
 /// EC2: the quarantine security group.

@@ -98,7 +98,7 @@ async fn execute_aws<W: World>(world: &W, policy: &Policy, action: &Action) -> P
         Action::MirrorPhaseTag { arns, phase } => {
             let t = one_tag(tags::phase_key(&policy.tag_prefix), phase.as_str());
             for arn in arns {
-                rds.set_tags(arn, &t).await?;
+                rds.mirror_tags(arn, &t).await?;
             }
             Ok(())
         }

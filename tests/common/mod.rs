@@ -196,6 +196,8 @@ pub struct Model {
     pub reboots: u32,
     pub notifications: Vec<aurora_migrator::core::notification::Notification>,
     pub tags: BTreeMap<String, BTreeMap<String, String>>,
+    /// Every phase mirrored to each ARN, in order.
+    pub mirrored: BTreeMap<String, Vec<Phase>>,
     /// Outcomes of the last round's actions, heard with the next observation.
     pub pending: Vec<ActionResult>,
     /// Inside the databases, where the agent has access (`Model::with_database`).
@@ -326,6 +328,7 @@ impl Model {
             reboots: 0,
             notifications: vec![],
             tags: BTreeMap::new(),
+            mirrored: BTreeMap::new(),
             pending: vec![],
             db: None,
             aurora_extensions: preflight_inputs().aurora_extensions,
@@ -776,6 +779,7 @@ impl Model {
             Action::DeleteQuarantineGroup { .. } => self.quarantine = None,
             Action::MirrorPhaseTag { arns, phase } => {
                 for arn in arns {
+                    self.mirrored.entry(arn.clone()).or_default().push(*phase);
                     self.tags
                         .entry(arn.clone())
                         .or_default()

@@ -600,25 +600,49 @@ impl Rds for AwsRds {
         arn: &str,
         tags: &BTreeMap<String, String>,
     ) -> impl Future<Output = PortResult<()>> + Send {
-        boxed(async move {
-            let request = self
-                .client
-                .add_tags_to_resource()
-                .resource_name(arn)
-                .set_tags(Some(sdk_tags(tags)));
-            match self
-                .change("rds:AddTagsToResource", &[arn], request.send())
+        boxed(self.add_tags(arn, tags, true))
+    }
+
+    fn mirror_tags(
+        &self,
+        arn: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> impl Future<Output = PortResult<()>> + Send {
+        boxed(self.add_tags(arn, tags, false))
+    }
+}
+
+impl AwsRds {
+    /// AddTagsToResource; `read_back`: the agent reads these tags (the trigger, the marker), so
+    /// the resource is described directly until the next snapshot ([`Self::mutate`]).
+    async fn add_tags(
+        &self,
+        arn: &str,
+        tags: &BTreeMap<String, String>,
+        read_back: bool,
+    ) -> PortResult<()> {
+        let request = self
+            .client
+            .add_tags_to_resource()
+            .resource_name(arn)
+            .set_tags(Some(sdk_tags(tags)));
+        let r = if read_back {
+            self.change("rds:AddTagsToResource", &[arn], request.send())
                 .await
-            {
-                Ok(_) => Ok(()),
-                // A resource that is gone (the deleted source) has nothing left to tag; the
-                // phase mirror goes on to the next ARN.
-                Err(err) if err.kind == ErrorKind::NotFound => {
-                    tracing::debug!(arn, error = %err, "not tagged: the resource is gone");
-                    Ok(())
-                }
-                Err(err) => Err(err),
+        } else {
+            self.call("rds:AddTagsToResource", request.send())
+                .await
+                .map(drop)
+        };
+        match r {
+            Ok(()) => Ok(()),
+            // A resource that is gone (the deleted source) has nothing left to tag; the
+            // phase mirror goes on to the next ARN.
+            Err(err) if err.kind == ErrorKind::NotFound => {
+                tracing::debug!(arn, error = %err, "not tagged: the resource is gone");
+                Ok(())
             }
-        })
+            Err(err) => Err(err),
+        }
     }
 }

@@ -679,6 +679,13 @@ impl Rds for SimPort {
         self.mutate("rds:AddTagsToResource", &[arn], |s| s.set_tags(arn, tags))
             .await
     }
+
+    /// As the adapter's: the resource is not touched in the caches (the agent never reads
+    /// these tags back).
+    async fn mirror_tags(&self, arn: &str, tags: &BTreeMap<String, String>) -> PortResult<()> {
+        self.call("rds:AddTagsToResource", true, |s| s.set_tags(arn, tags))
+            .await
+    }
 }
 
 /// RDS's refusal of a request the instance's status does not allow.
