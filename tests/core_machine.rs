@@ -732,6 +732,11 @@ fn a_failed_reboot_is_asked_again_after_a_short_backoff() {
 fn a_cluster_reported_promoting_is_not_asked_to_promote_again() {
     let policy = policy();
     let (mut model, mut m) = advanced_to(&policy, Phase::Promoting);
+    let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+    assert!(
+        !need.source_from_snapshot,
+        "the look that asks for the promotion re-reads the fence from RDS"
+    );
     let d = quiet_round(&mut model, &mut m, &policy);
     assert!(keys(&d.actions).contains(&ActionKey::PromoteTarget));
     // AWS took the request up and promotes for minutes: still a replica, `promoting`.
@@ -751,6 +756,11 @@ fn a_cluster_reported_promoting_is_not_asked_to_promote_again() {
             !need.quarantine_group,
             "the fence is re-read for a request that is not due"
         );
+        // The metric path waits on the cluster's status as RDS has it now; the source (fenced,
+        // restarted) may come from the fleet snapshot.
+        assert!(!m.database_path());
+        assert!(need.target && !need.snapshot_will_do);
+        assert!(need.source_from_snapshot);
     }
     assert_eq!(model.promotions, 1);
     let t = model.target.as_mut().unwrap();
@@ -758,4 +768,21 @@ fn a_cluster_reported_promoting_is_not_asked_to_promote_again() {
     t.status = "available".into();
     quiet_round(&mut model, &mut m, &policy);
     assert_eq!(m.phase, Phase::Routing);
+}
+
+#[test]
+fn draining_on_the_metric_path_proves_catch_up_without_describing_the_cluster() {
+    let policy = policy();
+    let (mut model, mut m) = advanced_to(&policy, Phase::Draining);
+    assert!(!m.database_path());
+    let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+    assert!(
+        !need.target,
+        "the metric path's proof reads events and CloudWatch"
+    );
+    assert!(need.events_since.is_some() && !need.metrics.is_empty());
+    // The model answers only what is asked for: the proof holds without the cluster.
+    let phases = run_to_end(&mut model, &mut m, &policy, 200);
+    assert!(phases.contains(&Phase::Promoting));
+    assert_eq!(m.phase, Phase::Completed);
 }

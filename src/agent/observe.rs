@@ -1,6 +1,5 @@
 //! Turns the phase's needs into calls and the answers into one `Observation`.
 
-use crate::core::ErrorKind;
 use crate::core::database::{self, DbTarget};
 use crate::core::needs::{Needs, needs};
 use crate::core::observation::{
@@ -45,6 +44,13 @@ pub async fn observe<W: World>(
             Observed::Present(s) if s.resource_id != m.id.resource_id => Observed::Absent,
             other => other,
         })
+    };
+    let source = async {
+        if need.source_from_snapshot {
+            crate::aws::rds::cache::snapshot_will_do(source).await
+        } else {
+            source.await
+        }
     };
     let target = async {
         match (need.target, need.fresh) {
@@ -142,7 +148,7 @@ pub async fn observe<W: World>(
             // itself (no permission, no such zone) is the check's answer.
             inputs.router_view = Some(match world.router().view(&router).await {
                 Ok(record) => Ok(record),
-                Err(e) if matches!(e.kind, ErrorKind::Retryable | ErrorKind::Throttled) => {
+                Err(e) if e.kind.is_transient() => {
                     return Err(e);
                 }
                 Err(e) => Err(e.to_string()),

@@ -219,7 +219,7 @@ impl HttpRouter {
                 .with_max_times(self.attempts - 1)
                 .with_jitter(),
         )
-        .when(|e: &PortError| matches!(e.kind, ErrorKind::Retryable | ErrorKind::Throttled))
+        .when(|e: &PortError| e.kind.is_transient())
         .notify(|e: &PortError, after: Duration| {
             tracing::warn!(error = %e, retry_in_ms = after.as_millis() as u64, "router call failed, retrying");
         })

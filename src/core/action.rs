@@ -313,6 +313,11 @@ impl ErrorKind {
             ErrorKind::Fatal => "fatal",
         }
     }
+
+    /// A failure that passes by itself (a 5xx, a timeout, throttling): asking again may work.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorKind::Retryable | ErrorKind::Throttled)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,9 @@ pub struct Needs {
     /// reads from them only what does not change meanwhile (the writer's endpoint, the guards'
     /// tags). Promoting on the database path while AWS promotes (`machine::cutover`).
     pub snapshot_will_do: bool,
+    /// As `snapshot_will_do`, for the source alone: the target is described as it is now.
+    /// Promoting on the metric path while AWS promotes (`machine::cutover`).
+    pub source_from_snapshot: bool,
     /// DescribeEvents of the source since this time.
     pub events_since: Option<Timestamp>,
     /// DescribeEvents of the Aurora writer since this time.

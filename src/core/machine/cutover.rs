@@ -24,7 +24,9 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             n.target_replay = true;
         }
         Phase::Draining => {
-            n.target = true;
+            // The metric path's proof reads the source's events and CloudWatch (the replica's
+            // lag among them), not the cluster: its describe was 6 RDS requests a migration in
+            // the simulator's 500-migration fleet. Promoting describes it before asking.
             n.quarantine_group = true;
             // Events from a little before the request: clocks differ between us and RDS.
             let since = p.reboot_requested_at.unwrap_or(now) - SignedDuration::from_mins(1);
@@ -71,6 +73,14 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             // simulator's 500-migration fleet. Not when a request is due (the fence re-check
             // reads the source as RDS has it now).
             n.snapshot_will_do = waiting && p.writer_out_of_recovery_at.is_none() && !request_due;
+            // The metric path waits on the cluster's status, described directly every
+            // `fast_poll`; the source, fenced and restarted, is read only for the guards' tags,
+            // which the snapshot has too (half of the 22 describes a migration made promoting
+            // in the 500-migration fleet). Not when a request is due (the fence re-check).
+            n.source_from_snapshot = m.phase == Phase::Promoting
+                && p.promote_requested_at.is_some()
+                && !m.database_path()
+                && !request_due;
             n.fresh |= waiting && p.writer_out_of_recovery_at.is_some();
         }
         _ => {}
