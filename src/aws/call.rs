@@ -115,7 +115,9 @@ pub const PAGE_ATTEMPTS: u32 = 3;
 /// Every page of a paginated read: `page(marker)` asks for one (the first with `None`) and
 /// answers its items and the next page's marker, `None` after the last. A page that fails
 /// with a passing fault is asked again ([`PAGE_ATTEMPTS`]); any other failure ends the read.
-pub async fn all_pages<K: Clone, T, Fut>(mut page: impl FnMut(Option<K>) -> Fut) -> PortResult<Vec<T>>
+pub async fn all_pages<K: Clone, T, Fut>(
+    mut page: impl FnMut(Option<K>) -> Fut,
+) -> PortResult<Vec<T>>
 where
     Fut: Future<Output = PortResult<(Vec<T>, Option<K>)>>,
 {
@@ -164,7 +166,10 @@ mod tests {
                     return Err(PortError::new(kind, "rds:DescribeDBInstances", "injected"));
                 }
                 let page = marker.unwrap_or(0);
-                Ok((vec![page * 10, page * 10 + 1], (page < 2).then_some(page + 1)))
+                Ok((
+                    vec![page * 10, page * 10 + 1],
+                    (page < 2).then_some(page + 1),
+                ))
             }
         })
         .await;
