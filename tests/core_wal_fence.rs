@@ -95,20 +95,33 @@ fn promotion_waits_until_aurora_has_replayed_the_fence() {
 }
 
 #[test]
-fn a_client_that_keeps_reconnecting_is_named_and_the_budget_rolls_back_without_promoting() {
+fn a_client_that_reconnects_past_the_quarantine_is_named_and_the_attempt_rolls_back_at_once() {
     let policy = database_policy();
     let (mut model, mut m) = with_database_at(Phase::AwaitingCutover);
     model.db().reconnects = true;
     let phases = run_to_end(&mut model, &mut m, &policy, 3_000);
     assert_eq!(m.phase, Phase::RolledBack, "{phases:?}");
     assert_eq!(model.promotions, 0);
-    assert_eq!(model.db().fences, 0, "no fence while sessions keep coming");
+    assert_eq!(
+        model.db().fences,
+        0,
+        "no fence once a client got past the quarantine"
+    );
     assert!(
         m.last_error
             .as_deref()
-            .is_some_and(|e| e.contains("write-unavailability budget")),
+            .is_some_and(|e| e.contains("got past the quarantine")),
         "{:?}",
         m.last_error
+    );
+    let rolled_back = m.history.iter().find(|c| c.phase == Phase::RollingBack);
+    let quarantined = m.progress.quarantined_at.expect("quarantined");
+    assert!(
+        rolled_back.is_some_and(
+            |c| c.at.duration_since(quarantined) < policy.write_unavailability_budget / 4
+        ),
+        "at the first reconnection, not when the write budget runs out: {:?}",
+        m.history
     );
     assert!(
         model
@@ -121,7 +134,7 @@ fn a_client_that_keeps_reconnecting_is_named_and_the_budget_rolls_back_without_p
 }
 
 #[test]
-fn a_session_that_appears_after_the_fence_voids_it_and_a_new_one_is_written() {
+fn a_session_that_appears_after_the_fence_voids_it_and_the_attempt_rolls_back_without_promoting() {
     let policy = database_policy();
     let (mut model, mut m) = with_database_at(Phase::Draining);
     model.db().replay_stuck_at = Some(model.db().wal);
@@ -133,20 +146,53 @@ fn a_session_that_appears_after_the_fence_voids_it_and_a_new_one_is_written() {
         quiet_round(&mut model, &mut m, &policy);
         model.now += SignedDuration::from_secs(1);
     }
-    let first = m.progress.fence_lsn.expect("a fence");
+    assert!(m.progress.fence_lsn.is_some(), "a fence");
     let now = model.now;
     model.db().sessions.push(app_session(777, now));
     model.db().replay_stuck_at = None;
     quiet_round(&mut model, &mut m, &policy);
     assert!(m.progress.fence_lsn.is_none(), "the fence was voided");
-    assert_eq!(m.phase, Phase::Draining);
-    advance_to(&mut model, &mut m, &policy, Phase::Routing);
-    assert!(m.progress.fence_lsn.unwrap() > first, "a newer fence");
-    assert_eq!(model.db().fences, 2);
+    assert_eq!(
+        m.phase,
+        Phase::RollingBack,
+        "a client got past the quarantine"
+    );
+    run_to_end(&mut model, &mut m, &policy, 500);
+    assert_eq!(m.phase, Phase::RolledBack);
+    assert_eq!(model.promotions, 0);
+    assert_eq!(model.db().fences, 1, "no new fence is written");
+    assert!(!model.quarantined(), "the source got its groups back");
+}
+
+/// The promotion's own look reads the sessions once more: one that got in after the proof
+/// (the quiet period and the fence behind it) rolls the attempt back instead of being ended
+/// and proven again, because another could get in after that read too.
+#[test]
+fn a_session_seen_on_the_promotions_look_rolls_back_without_promoting() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::Promoting);
+    assert!(m.progress.drain_proven_at.is_some());
+    let now = model.now;
+    model.db().sessions.push(app_session(778, now));
+    quiet_round(&mut model, &mut m, &policy);
+    assert_eq!(m.phase, Phase::RollingBack);
+    assert_eq!(model.promotions, 0);
+    assert!(
+        model
+            .notifications
+            .iter()
+            .any(|n| n.event == "client-reconnected" && n.description.contains("778")),
+        "people are told who got in: {:?}",
+        model
+            .notifications
+            .iter()
+            .map(|n| &n.description)
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]
-fn a_refused_promotion_is_asked_again_only_after_the_sessions_are_read_again() {
+fn a_client_that_gets_in_before_a_refused_promotion_is_asked_again_rolls_the_attempt_back() {
     let policy = database_policy();
     let (mut model, mut m) = with_database_at(Phase::Promoting);
     // AWS refuses the first promotion request.
@@ -164,7 +210,7 @@ fn a_refused_promotion_is_asked_again_only_after_the_sessions_are_read_again() {
         "the promotion was asked for"
     );
     assert_eq!(model.promotions, 0, "the request was refused");
-    // Before it is asked again, a client gets in: the proof no longer holds.
+    // Before it is asked again, a client gets in past the quarantine.
     let now = model.now;
     model.db().sessions.push(app_session(555, now));
     for _ in 0..20 {
@@ -175,15 +221,16 @@ fn a_refused_promotion_is_asked_again_only_after_the_sessions_are_read_again() {
                 .any(|a| a.key() == ActionKey::PromoteTarget),
             "no promotion with a client session on the source"
         );
-        if m.phase == Phase::Draining {
+        if m.phase != Phase::Promoting {
             break;
         }
         model.now += SignedDuration::from_secs(1);
     }
-    assert_eq!(m.phase, Phase::Draining);
-    assert!(m.progress.fence_lsn.is_none() && m.progress.drain_proven_at.is_none());
-    advance_to(&mut model, &mut m, &policy, Phase::Routing);
-    assert_eq!(model.promotions, 1);
+    assert_eq!(m.phase, Phase::RollingBack);
+    run_to_end(&mut model, &mut m, &policy, 500);
+    assert_eq!(m.phase, Phase::RolledBack);
+    assert_eq!(model.promotions, 0);
+    assert!(!model.quarantined(), "the source got its groups back");
 }
 
 #[test]

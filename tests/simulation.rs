@@ -232,7 +232,8 @@ fn both_cutover_paths_occur_in_a_default_run_without_violations() {
 }
 
 /// Every database-aware source, every database fault scripted in turn: no reboot unless the
-/// path fell back, and stuck sessions fall back to it.
+/// path fell back, and stuck sessions fall back to it. A client that reconnects once past the
+/// quarantine rolls the attempt back (without a reboot), the others complete.
 #[test]
 fn the_database_path_reboots_only_when_it_fell_back() {
     for (fault, falls_back) in [
@@ -240,6 +241,11 @@ fn the_database_path_reboots_only_when_it_fell_back() {
         (Some(DbFault::ReconnectOnce), false),
         (Some(DbFault::StuckSessions), true),
     ] {
+        let ends = if fault == Some(DbFault::ReconnectOnce) {
+            Phase::RolledBack
+        } else {
+            Phase::Completed
+        };
         let mut plan = FaultPlan::scripted(Vec::new());
         plan.database = Some(fault.into_iter().map(|f| (0, f)).collect());
         let report = sim::run(&SimOptions {
@@ -253,7 +259,7 @@ fn the_database_path_reboots_only_when_it_fell_back() {
         });
         println!("{fault:?}\n{report}");
         assert!(report.violations.is_empty(), "{report}");
-        assert_eq!(report.count(Phase::Completed), 3, "{report}");
+        assert_eq!(report.count(ends), 3, "{report}");
         let db = report.path(CutoverPath::Database);
         let fell_back = report.path(CutoverPath::FellBack);
         assert_eq!(db.reboots, 0, "{report}");
@@ -269,9 +275,11 @@ fn the_database_path_reboots_only_when_it_fell_back() {
 }
 
 /// A hole in the quarantine: a client reconnects every time its session is ended (50 ms–1.5 s
-/// later). Nothing is promoted; the write budget rolls the migration back without loss. Over
-/// many seeds, because whether the client's return lands before the agent's last session read
-/// depends on both timings (seed 5 caught a promotion when the quiet period was 500 ms).
+/// later). Nothing is promoted; the migration rolls back without loss at the first return and
+/// says who got in. Over many seeds, because when the client returns (before the fence, after
+/// it, or on the promotion's own look) depends on both timings: when a return only voided the
+/// fence and the proof started over, seed 1 caught a promotion asked between the last session
+/// read and the client's next write.
 #[test]
 fn a_client_that_keeps_reconnecting_ends_rolled_back_without_promotion() {
     for seed in 1..=40 {
@@ -295,7 +303,6 @@ fn a_client_keeps_reconnecting(seed: u64) {
     println!("{report}");
     assert!(report.violations.is_empty(), "{report}");
     assert_eq!(report.count(Phase::RolledBack), 1, "{report}");
-    assert_eq!(report.budget_rollbacks.len(), 1, "{report}");
     assert_eq!(
         report.calls.get("rds:PromoteReadReplicaDBCluster"),
         None,
@@ -305,7 +312,7 @@ fn a_client_keeps_reconnecting(seed: u64) {
         report
             .timeline
             .iter()
-            .any(|l| l.contains("a client reconnected to the fenced source")),
+            .any(|l| l.contains("a client got past the quarantine")),
         "people are told: {report}"
     );
 }

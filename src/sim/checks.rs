@@ -23,7 +23,7 @@ use crate::core::migration::RollbackCause;
 use crate::core::notification::Severity;
 use crate::core::{Decision, Migration, Observation, Phase, Policy};
 
-use super::faults::PermanentFault;
+use super::faults::{DbFault, PermanentFault};
 use super::world::State;
 
 /// A deliberately broken agent, to prove the simulator catches it.
@@ -286,10 +286,25 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
             && record.and_then(|m| m.rollback.as_ref()).is_some_and(|r| {
                 matches!(&r.cause, RollbackCause::Failure(why) if why.contains("write-unavailability budget"))
             });
+        // A client behind a hole in the quarantine (`DbFault::PersistentHole`, `ReconnectOnce`)
+        // that got back in after its session was ended: the attempt rolls back at once
+        // (`machine::wal_fence`), as losslessly as on the budget.
+        let behind_a_hole = s.db.as_ref().is_some_and(|db| {
+            matches!(
+                db.fault,
+                Some(DbFault::PersistentHole | DbFault::ReconnectOnce)
+            )
+        });
+        let breach_rollback = behind_a_hole
+            && s.permanent.is_none()
+            && phase == Some(Phase::RolledBack)
+            && record.and_then(|m| m.rollback.as_ref()).is_some_and(|r| {
+                matches!(&r.cause, RollbackCause::Failure(why) if why.contains("got past the quarantine"))
+            });
         match (s.permanent, phase) {
             (_, None) => violations.push(format!("liveness: {id} was never admitted")),
             (None, Some(Phase::Completed)) => {}
-            (None, Some(Phase::RolledBack)) if budget_rollback => {
+            (None, Some(Phase::RolledBack)) if budget_rollback || breach_rollback => {
                 if quarantined || !error_sent {
                     violations.push(format!(
                         "liveness: {label} rolled back on the budget but its source is not writable or nobody was told"

@@ -407,6 +407,17 @@ impl Stepper<'_> {
             return;
         }
         if request_due
+            && self.database_path()
+            && let Some(Ok(sessions)) = &self.obs.database.source_sessions
+            && !sessions.is_empty()
+        {
+            // Sessions were ended and stayed away for the quiet period before the fence: these
+            // came in since, past the quarantine.
+            let arrived: Vec<String> = sessions.iter().map(ToString::to_string).collect();
+            self.quarantine_breached(&arrived, true);
+            return;
+        }
+        if request_due
             && let Err(why) = self
                 .fence_intact()
                 .and_then(|()| self.no_session_since_fence())

@@ -16,9 +16,15 @@
 //! Fallback to the reboot and the metric proof (`cutover.rs`), recorded once per attempt in
 //! `Progress::database_fallback` and told to people: sessions that do not end within
 //! `sessions_stuck_after`, the database unreachable for `database_unreachable_after`, an action
-//! refused for good (a missing privilege). A client that keeps reconnecting is not a reason to
-//! fall back (a reboot would not keep it out either): it is named in an alert and the write
-//! budget decides, losslessly.
+//! refused for good (a missing privilege).
+//!
+//! A client session that starts after the agent ended the sessions, with the quarantine active,
+//! proves a hole in it (another group on the instance, a service sharing the agent's group):
+//! the attempt rolls back at once, losslessly, naming the client ([`Stepper::quarantine_breached`]).
+//! No reading can prove such a client stays out until the promotion: it can get in between the
+//! last session read and the request, and what it writes then never reaches Aurora (the
+//! simulator's client behind a hole did, on one seed in forty, when such sessions were only
+//! ended again and the write budget decided). A reboot would not keep it out either.
 
 use super::*;
 use crate::core::action::{ActionOutput, ActionResult};
@@ -214,23 +220,8 @@ impl Stepper<'_> {
             .map(ToString::to_string)
             .collect();
         if !arrived.is_empty() {
-            // Something reaches the source past the quarantine: another group on the instance
-            // (the fence check says), a client on the server itself, or the agent's group used
-            // by someone else. The write budget rolls back losslessly if it keeps happening.
-            self.alert_once(
-                "client-reconnected",
-                Severity::Warning,
-                "a client reconnected to the fenced source",
-                &format!(
-                    "{}{}; the agent ends such sessions and writes a new fence; if they keep coming the write budget runs out and the migration rolls back without loss",
-                    arrived.join(", "),
-                    if voided.is_some() {
-                        " after the fence was written"
-                    } else {
-                        ""
-                    }
-                ),
-            );
+            self.quarantine_breached(&arrived, voided.is_some());
+            return;
         }
         if let (Some(on), Some(source)) = (
             self.source_db(),
@@ -247,6 +238,31 @@ impl Stepper<'_> {
                 .get_or_insert(self.now);
         }
         self.wake_within(self.policy.database_poll);
+    }
+
+    /// Client sessions started after the agent ended the sessions, with the quarantine active:
+    /// something reaches the source past it. This attempt cannot promote without risking what
+    /// such a client writes after the last read (module doc): it rolls back now, losslessly
+    /// (nothing was promoted), and people are told who got in.
+    pub(super) fn quarantine_breached(&mut self, arrived: &[String], after_fence: bool) {
+        self.alert_once(
+            "client-reconnected",
+            Severity::Error,
+            "a client got past the quarantine",
+            &format!(
+                "{}{}: something reaches the source past the quarantine (another security group on it, a service sharing the agent's group); the migration rolls back without loss",
+                arrived.join(", "),
+                if after_fence {
+                    " after the fence was written"
+                } else {
+                    ""
+                }
+            ),
+        );
+        self.failure(format!(
+            "a client got past the quarantine after its session was ended ({}); nothing was promoted, so the migration rolls back without loss. Find how it reaches the source before the next attempt",
+            arrived.join(", ")
+        ));
     }
 
     /// What the database-aware proof still lacks (empty: proven). Reads only.
