@@ -786,3 +786,19 @@ fn draining_on_the_metric_path_proves_catch_up_without_describing_the_cluster() 
     assert!(phases.contains(&Phase::Promoting));
     assert_eq!(m.phase, Phase::Completed);
 }
+
+/// A fleet tagged at once waits for the agent's own handlers and rate limiter before each
+/// migration's first step: that wait is not the migration's failure.
+#[test]
+fn a_migration_first_stepped_long_after_it_was_requested_goes_on_to_preflight() {
+    let policy = policy();
+    let mut model = Model::new();
+    let mut m = migration();
+    assert_eq!(m.phase, Phase::Requested);
+    model.now = m.phase_entered_at + policy.timeouts.preflight * 3;
+    quiet_round(&mut model, &mut m, &policy);
+    assert_eq!(m.phase, Phase::Preflight, "{:?}", m.last_error);
+    // Preflight's own limit counts from here.
+    let phases = run_to_end(&mut model, &mut m, &policy, 500);
+    assert_eq!(m.phase, Phase::Completed, "{phases:?}");
+}

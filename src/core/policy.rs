@@ -239,7 +239,13 @@ impl Policy {
     pub fn timeout(&self, phase: Phase) -> Option<SignedDuration> {
         let t = &self.timeouts;
         match phase {
-            Phase::Requested | Phase::Preflight => Some(t.preflight),
+            // Requested ends at the migration's first step, which only moves it to Preflight:
+            // a record still in it waits for the agent itself (its handlers, its rate limiter
+            // behind a fleet's start), never for AWS. Timed, it failed migrations the agent had
+            // not yet looked at (the simulator's 500-migration fleet, seed 1: "requested did not
+            // finish within 30m").
+            Phase::Requested => None,
+            Phase::Preflight => Some(t.preflight),
             Phase::Preparing => Some(t.preparing),
             Phase::CreatingReplica => Some(t.creating_replica),
             Phase::Replicating => Some(t.replicating),
