@@ -215,6 +215,31 @@ impl State {
     }
 }
 
+impl SimPort {
+    /// A write with a condition (`create`, `save`, the lease's): one mutating call whose
+    /// answer is the store's own verdict `f` (`Err` when the condition failed), or the call's
+    /// failure as `E`'s port error. A call that fails after its write landed (a reply lost)
+    /// answers with the failure, as DynamoDB's client would.
+    async fn conditional_write<T, E: From<PortError>>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut State) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut verdict = None;
+        let r = self
+            .call(op, true, |s| {
+                verdict = Some(f(s));
+                Ok(())
+            })
+            .await;
+        match (r, verdict) {
+            (Ok(()), Some(v)) => v,
+            (Err(e), _) => Err(E::from(e)),
+            (Ok(()), None) => unreachable!("the call ran its closure"),
+        }
+    }
+}
+
 impl StateStore for SimPort {
     async fn load(&self, id: &MigrationId) -> PortResult<Option<Migration>> {
         self.call("dynamodb:GetItem", false, |s| Ok(s.load(id)))
@@ -228,34 +253,16 @@ impl StateStore for SimPort {
 
     async fn create(&self, m: &Migration) -> Result<u64, StoreError> {
         assert_eq!(m.version, 0, "create writes a new record only");
-        let mut outcome = None;
-        let r = self
-            .call("dynamodb:PutItem", true, |s| {
-                outcome = Some(s.save(m));
-                Ok(())
-            })
-            .await;
-        match (r, outcome) {
-            (Ok(()), Some(o)) => o,
-            (Err(e), _) => Err(StoreError::Port(e)),
-            (Ok(()), None) => unreachable!("the call ran its closure"),
-        }
+        self.conditional_write("dynamodb:PutItem", |s| s.save(m))
+            .await
     }
 
     async fn save(&self, m: &Migration, lease: &Lease) -> Result<u64, StoreError> {
         assert!(m.version > 0, "a new record is created, not saved");
-        let mut outcome = None;
-        let r = self
-            .call("dynamodb:UpdateItem", true, |s| {
-                outcome = Some(s.fenced(m, lease).and_then(|()| s.save(m)));
-                Ok(())
-            })
-            .await;
-        match (r, outcome) {
-            (Ok(()), Some(o)) => o,
-            (Err(e), _) => Err(StoreError::Port(e)),
-            (Ok(()), None) => unreachable!("the call ran its closure"),
-        }
+        self.conditional_write("dynamodb:UpdateItem", |s| {
+            s.fenced(m, lease).and_then(|()| s.save(m))
+        })
+        .await
     }
 
     async fn acquire_lease(
@@ -265,33 +272,15 @@ impl StateStore for SimPort {
         now: Timestamp,
         ttl: SignedDuration,
     ) -> Result<Lease, LeaseError> {
-        let mut outcome = None;
-        let r = self
-            .call("dynamodb:UpdateItem", true, |s| {
-                outcome = Some(s.acquire_lease(id, holder, now, ttl));
-                Ok(())
-            })
-            .await;
-        match (r, outcome) {
-            (Ok(()), Some(o)) => o,
-            (Err(e), _) => Err(LeaseError::Port(e)),
-            (Ok(()), None) => unreachable!("the call ran its closure"),
-        }
+        self.conditional_write("dynamodb:UpdateItem", |s| {
+            s.acquire_lease(id, holder, now, ttl)
+        })
+        .await
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<(), LeaseError> {
-        let mut outcome = None;
-        let r = self
-            .call("dynamodb:UpdateItem", true, |s| {
-                outcome = Some(s.release_lease(lease));
-                Ok(())
-            })
-            .await;
-        match (r, outcome) {
-            (Ok(()), Some(o)) => o,
-            (Err(e), _) => Err(LeaseError::Port(e)),
-            (Ok(()), None) => unreachable!("the call ran its closure"),
-        }
+        self.conditional_write("dynamodb:UpdateItem", |s| s.release_lease(lease))
+            .await
     }
 
     async fn renew_lease(
@@ -300,18 +289,8 @@ impl StateStore for SimPort {
         now: Timestamp,
         ttl: SignedDuration,
     ) -> Result<Lease, LeaseError> {
-        let mut outcome = None;
-        let r = self
-            .call("dynamodb:UpdateItem", true, |s| {
-                outcome = Some(s.renew_lease(lease, now, ttl));
-                Ok(())
-            })
-            .await;
-        match (r, outcome) {
-            (Ok(()), Some(o)) => o,
-            (Err(e), _) => Err(LeaseError::Port(e)),
-            (Ok(()), None) => unreachable!("the call ran its closure"),
-        }
+        self.conditional_write("dynamodb:UpdateItem", |s| s.renew_lease(lease, now, ttl))
+            .await
     }
 
     async fn list(&self) -> PortResult<Vec<Migration>> {
