@@ -154,7 +154,8 @@ impl AwsStore {
 
     /// Writes `expires_at` as `lease`'s expiry if the item still holds `lease` (its holder and
     /// token): renewing (a later expiry) and releasing (the Unix epoch) are this one write, so
-    /// neither can move a lease another agent has taken since.
+    /// neither can move a lease another agent has taken since. The condition is
+    /// [`Lease::set_expiry`]'s rule ([`Lease::is_same_taking`]), which the in-memory stores run.
     async fn set_lease_expires(
         &self,
         lease: &Lease,
@@ -314,6 +315,7 @@ impl StateStore for AwsStore {
             let request = self
                 .update_record(&m.id)
                 .update_expression("SET #v = :nv, #r = :r, #p = :p, #s = :s, updated_at = :u")
+                // The version's condition, and the fence: `Lease::is_same_taking`.
                 .condition_expression("#v = :v AND lease_holder = :h AND lease_token = :t")
                 .expression_attribute_names("#v", "version")
                 .expression_attribute_names("#r", "record")
@@ -359,6 +361,8 @@ impl StateStore for AwsStore {
         boxed(async move {
             const OP: &str = "dynamodb:UpdateItem";
             let expires_at = now + ttl;
+            // The condition and the token's `+ 1` are `Lease::take`'s rule (free, lapsed or
+            // this holder's), which the in-memory stores run: keep the two the same.
             let request = self
                 .update_record(id)
                 .update_expression(

@@ -33,7 +33,7 @@ impl State {
         let ours = self
             .leases
             .get(&m.id)
-            .is_some_and(|l| l.holder == lease.holder && l.token == lease.token);
+            .is_some_and(|l| l.is_same_taking(lease));
         if ours || self.store_mode == StoreMode::IgnoresVersion {
             Ok(())
         } else {
@@ -41,8 +41,8 @@ impl State {
         }
     }
 
-    /// Takes `id`'s lease for `holder` if it is free, lapsed or `holder`'s (the adapter's
-    /// conditional `UpdateItem`).
+    /// Takes `id`'s lease for `holder` if it is free, lapsed or `holder`'s ([`Lease::take`],
+    /// the adapter's conditional `UpdateItem`).
     pub(super) fn acquire_lease(
         &mut self,
         id: &MigrationId,
@@ -53,23 +53,7 @@ impl State {
         if !self.store.contains_key(id) {
             return Err(LeaseError::NoRecord);
         }
-        let (token, taken_from) = match self.leases.get(id) {
-            Some(l) if l.holder != holder && l.expires_at >= now => {
-                return Err(LeaseError::Held {
-                    holder: l.holder.clone(),
-                    until: l.expires_at,
-                });
-            }
-            Some(l) => (l.token + 1, (l.holder != holder).then(|| l.holder.clone())),
-            None => (1, None),
-        };
-        let lease = Lease {
-            id: id.clone(),
-            holder: holder.to_string(),
-            token,
-            expires_at: now + ttl,
-            taken_from,
-        };
+        let lease = Lease::take(id, self.leases.get(id), holder, now, ttl)?;
         self.leases.insert(id.clone(), lease.clone());
         if let Some((due, dead)) = self.orphans.get(id)
             && dead != holder
@@ -107,13 +91,7 @@ impl State {
     }
 
     pub(super) fn release_lease(&mut self, lease: &Lease) -> Result<(), LeaseError> {
-        match self.leases.get_mut(&lease.id) {
-            Some(l) if l.holder == lease.holder && l.token == lease.token => {
-                l.expires_at = Timestamp::UNIX_EPOCH;
-                Ok(())
-            }
-            _ => Err(LeaseError::Lost),
-        }
+        Lease::set_expiry(self.leases.get_mut(&lease.id), lease, Timestamp::UNIX_EPOCH).map(drop)
     }
 
     pub(super) fn renew_lease(
@@ -122,14 +100,7 @@ impl State {
         now: Timestamp,
         ttl: SignedDuration,
     ) -> Result<Lease, LeaseError> {
-        match self.leases.get_mut(&lease.id) {
-            Some(l) if l.holder == lease.holder && l.token == lease.token => {
-                l.expires_at = now + ttl;
-                l.taken_from = None;
-                Ok(l.clone())
-            }
-            _ => Err(LeaseError::Lost),
-        }
+        Lease::set_expiry(self.leases.get_mut(&lease.id), lease, now + ttl)
     }
 
     pub(super) fn save(&mut self, m: &Migration) -> Result<u64, StoreError> {
