@@ -360,8 +360,11 @@ pub enum StoreError {
 ///
 /// Stored on the migration's own record item, beside the record and outside it: `holder`,
 /// `token` and `expires_at`. Taking it (free, expired, or already this holder's) adds one to
-/// the token; renewing it moves `expires_at` on and keeps the token; a save is fenced by it (the
-/// holder and token must still be the item's). Nothing releases it: it expires.
+/// the token; renewing it moves `expires_at` on and keeps the token; releasing it sets
+/// `expires_at` to the Unix epoch and keeps holder and token; a save is fenced by it (the
+/// holder and token must still be the item's). The rule itself is [`Lease::take`],
+/// [`Lease::is_same_taking`] and [`Lease::set_expiry`]: the in-memory stores run it, and
+/// DynamoDB's conditional writes (`aws::dynamodb`) state it as condition expressions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     pub id: MigrationId,
@@ -374,6 +377,65 @@ pub struct Lease {
     /// Taken (not renewed) from another holder than this one: the process it names died or
     /// lost it. `None` when renewed, or taken when free or this holder's.
     pub taken_from: Option<String>,
+}
+
+impl Lease {
+    /// Takes `id`'s lease for `holder` until `now + ttl`, given the item's lease `existing`:
+    /// taken when there is none, when it lapsed (`expires_at < now`) or when it is `holder`'s
+    /// already; [`LeaseError::Held`] while another holder's is valid. The token is one more than
+    /// the last taking's (1 for the first), so a save fenced by an older taking fails even when
+    /// the same holder took it again; `taken_from` names the previous holder when it was
+    /// another.
+    pub fn take(
+        id: &MigrationId,
+        existing: Option<&Lease>,
+        holder: &str,
+        now: Timestamp,
+        ttl: jiff::SignedDuration,
+    ) -> Result<Lease, LeaseError> {
+        let (last_token, taken_from) = match existing {
+            // Valid up to and including its expiry: lapsed only strictly after.
+            Some(l) if l.holder != holder && l.expires_at >= now => {
+                return Err(LeaseError::Held {
+                    holder: l.holder.clone(),
+                    until: l.expires_at,
+                });
+            }
+            Some(l) => (l.token, (l.holder != holder).then(|| l.holder.clone())),
+            None => (0, None),
+        };
+        Ok(Lease {
+            id: id.clone(),
+            holder: holder.to_string(),
+            token: last_token + 1,
+            expires_at: now + ttl,
+            taken_from,
+        })
+    }
+
+    /// Whether `self` (the item's lease) is still `lease`'s taking: the same holder and token.
+    /// A save's fence, renewing and releasing ask it; a lapsed lease nobody took since still is.
+    pub fn is_same_taking(&self, lease: &Lease) -> bool {
+        self.holder == lease.holder && self.token == lease.token
+    }
+
+    /// Renewing (`expires_at` later) or releasing (the Unix epoch): moves the item's lease
+    /// `item` to `expires_at` if it is still `lease`'s taking, and returns it as renewed (no
+    /// `taken_from`); [`LeaseError::Lost`] when another taking replaced it (or there is none).
+    pub fn set_expiry(
+        item: Option<&mut Lease>,
+        lease: &Lease,
+        expires_at: Timestamp,
+    ) -> Result<Lease, LeaseError> {
+        match item {
+            Some(l) if l.is_same_taking(lease) => {
+                l.expires_at = expires_at;
+                l.taken_from = None;
+                Ok(l.clone())
+            }
+            _ => Err(LeaseError::Lost),
+        }
+    }
 }
 
 /// Taking or renewing a lease failed.
@@ -488,4 +550,118 @@ pub trait World: Send + Sync {
     fn router(&self) -> &Self::Router;
     fn database(&self) -> &Self::Database;
     fn clock(&self) -> &Self::Clock;
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::SignedDuration;
+
+    use super::*;
+
+    const TTL: SignedDuration = SignedDuration::from_secs(15);
+
+    fn id() -> MigrationId {
+        MigrationId {
+            resource_id: "db-ABC".into(),
+            attempt: 1,
+        }
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).unwrap()
+    }
+
+    fn taken(holder: &str, token: u64, expires_at: Timestamp) -> Lease {
+        Lease {
+            id: id(),
+            holder: holder.into(),
+            token,
+            expires_at,
+            taken_from: None,
+        }
+    }
+
+    #[test]
+    fn a_free_lease_is_taken_with_the_first_token() {
+        let l = Lease::take(&id(), None, "a", at(0), TTL).unwrap();
+        assert_eq!(l, taken("a", 1, at(15)));
+    }
+
+    #[test]
+    fn a_lapsed_lease_is_taken_from_its_holder_with_the_next_token() {
+        let old = taken("a", 4, at(10));
+        let l = Lease::take(&id(), Some(&old), "b", at(11), TTL).unwrap();
+        assert_eq!(l.token, 5);
+        assert_eq!(l.expires_at, at(26));
+        assert_eq!(l.taken_from.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_released_lease_is_lapsed() {
+        let mut item = taken("a", 4, at(10));
+        let lease = item.clone();
+        Lease::set_expiry(Some(&mut item), &lease, Timestamp::UNIX_EPOCH).unwrap();
+        let l = Lease::take(&id(), Some(&item), "b", at(0), TTL).unwrap();
+        assert_eq!((l.token, l.taken_from.as_deref()), (5, Some("a")));
+    }
+
+    #[test]
+    fn the_holder_takes_its_own_valid_lease_again_with_a_new_token() {
+        let own = taken("a", 4, at(10));
+        let l = Lease::take(&id(), Some(&own), "a", at(5), TTL).unwrap();
+        assert_eq!(l, taken("a", 5, at(20)));
+        // The earlier taking no longer fences a save.
+        assert!(!l.is_same_taking(&own));
+    }
+
+    #[test]
+    fn a_lease_another_holds_is_refused_until_after_its_expiry() {
+        let other = taken("a", 4, at(10));
+        for now in [at(0), at(10)] {
+            assert_eq!(
+                Lease::take(&id(), Some(&other), "b", now, TTL),
+                Err(LeaseError::Held {
+                    holder: "a".into(),
+                    until: at(10)
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn renewing_moves_the_expiry_and_keeps_the_token() {
+        let mut item = taken("a", 4, at(10));
+        let lease = Lease {
+            taken_from: Some("z".into()),
+            ..item.clone()
+        };
+        let renewed = Lease::set_expiry(Some(&mut item), &lease, at(25)).unwrap();
+        assert_eq!(renewed, taken("a", 4, at(25)));
+        assert_eq!(item, renewed);
+    }
+
+    #[test]
+    fn renewing_or_releasing_by_another_taking_is_refused_and_changes_nothing() {
+        let item = taken("b", 5, at(30));
+        let stale = [
+            taken("a", 4, at(10)),
+            taken("a", 5, at(10)),
+            taken("b", 4, at(10)),
+        ];
+        for lease in &stale {
+            for expires_at in [at(40), Timestamp::UNIX_EPOCH] {
+                let mut copy = item.clone();
+                assert_eq!(
+                    Lease::set_expiry(Some(&mut copy), lease, expires_at),
+                    Err(LeaseError::Lost)
+                );
+                assert_eq!(copy, item);
+            }
+        }
+        let lease = &stale[0];
+        assert_eq!(
+            Lease::set_expiry(None, lease, at(40)),
+            Err(LeaseError::Lost)
+        );
+    }
 }

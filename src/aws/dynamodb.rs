@@ -15,6 +15,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, TableStatus,
@@ -134,6 +135,46 @@ impl AwsStore {
             .item)
     }
 
+    /// A consistent read of `id`'s record item.
+    async fn get_record(
+        &self,
+        id: &MigrationId,
+    ) -> PortResult<Option<HashMap<String, AttributeValue>>> {
+        self.get(s(&id.resource_id), s(sort_key(id.attempt))).await
+    }
+
+    /// An `UpdateItem` of `id`'s record item: the save and every lease write start here.
+    fn update_record(&self, id: &MigrationId) -> UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&id.resource_id))
+            .key("sk", s(sort_key(id.attempt)))
+    }
+
+    /// Writes `expires_at` as `lease`'s expiry if the item still holds `lease` (its holder and
+    /// token): renewing (a later expiry) and releasing (the Unix epoch) are this one write, so
+    /// neither can move a lease another agent has taken since. The condition is
+    /// [`Lease::set_expiry`]'s rule ([`Lease::is_same_taking`]), which the in-memory stores run.
+    async fn set_lease_expires(
+        &self,
+        lease: &Lease,
+        expires_at: jiff::Timestamp,
+    ) -> Result<(), LeaseError> {
+        const OP: &str = "dynamodb:UpdateItem";
+        let request = self
+            .update_record(&lease.id)
+            .update_expression("SET lease_expires = :e")
+            .condition_expression("lease_holder = :h AND lease_token = :t")
+            .expression_attribute_values(":h", s(&lease.holder))
+            .expression_attribute_values(":t", n(lease.token))
+            .expression_attribute_values(":e", n(millis(expires_at)));
+        match call_unless(&self.calls, OP, CONDITION_FAILED, request.send()).await? {
+            Some(_) => Ok(()),
+            None => Err(LeaseError::Lost),
+        }
+    }
+
     /// Start-up check: the table exists and can be read.
     pub async fn check_table(&self) -> Result<(), ConnectError> {
         let request = self.client.describe_table().table_name(&self.table);
@@ -209,9 +250,7 @@ impl AwsStore {
 impl StateStore for AwsStore {
     fn load(&self, id: &MigrationId) -> impl Future<Output = PortResult<Option<Migration>>> + Send {
         boxed(async move {
-            let item = self
-                .get(s(&id.resource_id), s(sort_key(id.attempt)))
-                .await?;
+            let item = self.get_record(id).await?;
             item.map(|i| self.decode(&i)).transpose()
         })
     }
@@ -274,12 +313,9 @@ impl StateStore for AwsStore {
             let mut record = m.clone();
             record.version = new_version;
             let request = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key("pk", s(&m.id.resource_id))
-                .key("sk", s(sort_key(m.id.attempt)))
+                .update_record(&m.id)
                 .update_expression("SET #v = :nv, #r = :r, #p = :p, #s = :s, updated_at = :u")
+                // The version's condition, and the fence: `Lease::is_same_taking`.
                 .condition_expression("#v = :v AND lease_holder = :h AND lease_token = :t")
                 .expression_attribute_names("#v", "version")
                 .expression_attribute_names("#r", "record")
@@ -300,9 +336,7 @@ impl StateStore for AwsStore {
                 return Ok(new_version);
             }
             // Which condition failed: the lease's is the one that stops this process.
-            let item = self
-                .get(s(&m.id.resource_id), s(sort_key(m.id.attempt)))
-                .await?;
+            let item = self.get_record(&m.id).await?;
             let ours = item
                 .as_ref()
                 .and_then(|i| lease_on(&m.id, i))
@@ -327,12 +361,10 @@ impl StateStore for AwsStore {
         boxed(async move {
             const OP: &str = "dynamodb:UpdateItem";
             let expires_at = now + ttl;
+            // The condition and the token's `+ 1` are `Lease::take`'s rule (free, lapsed or
+            // this holder's), which the in-memory stores run: keep the two the same.
             let request = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key("pk", s(&id.resource_id))
-                .key("sk", s(sort_key(id.attempt)))
+                .update_record(id)
                 .update_expression(
                     "SET lease_holder = :h, lease_expires = :e, lease_token = if_not_exists(lease_token, :zero) + :one",
                 )
@@ -362,9 +394,7 @@ impl StateStore for AwsStore {
                     taken_from,
                 });
             }
-            let item = self
-                .get(s(&id.resource_id), s(sort_key(id.attempt)))
-                .await?;
+            let item = self.get_record(id).await?;
             match item {
                 None => Err(LeaseError::NoRecord),
                 Some(i) => match lease_on(id, &i) {
@@ -384,24 +414,7 @@ impl StateStore for AwsStore {
     }
 
     fn release_lease(&self, lease: &Lease) -> impl Future<Output = Result<(), LeaseError>> + Send {
-        boxed(async move {
-            const OP: &str = "dynamodb:UpdateItem";
-            let request = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key("pk", s(&lease.id.resource_id))
-                .key("sk", s(sort_key(lease.id.attempt)))
-                .update_expression("SET lease_expires = :e")
-                .condition_expression("lease_holder = :h AND lease_token = :t")
-                .expression_attribute_values(":h", s(&lease.holder))
-                .expression_attribute_values(":t", n(lease.token))
-                .expression_attribute_values(":e", n(0));
-            match call_unless(&self.calls, OP, CONDITION_FAILED, request.send()).await? {
-                Some(_) => Ok(()),
-                None => Err(LeaseError::Lost),
-            }
-        })
+        boxed(self.set_lease_expires(lease, jiff::Timestamp::UNIX_EPOCH))
     }
 
     fn renew_lease(
@@ -411,27 +424,13 @@ impl StateStore for AwsStore {
         ttl: jiff::SignedDuration,
     ) -> impl Future<Output = Result<Lease, LeaseError>> + Send {
         boxed(async move {
-            const OP: &str = "dynamodb:UpdateItem";
             let expires_at = now + ttl;
-            let request = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key("pk", s(&lease.id.resource_id))
-                .key("sk", s(sort_key(lease.id.attempt)))
-                .update_expression("SET lease_expires = :e")
-                .condition_expression("lease_holder = :h AND lease_token = :t")
-                .expression_attribute_values(":h", s(&lease.holder))
-                .expression_attribute_values(":t", n(lease.token))
-                .expression_attribute_values(":e", n(millis(expires_at)));
-            match call_unless(&self.calls, OP, CONDITION_FAILED, request.send()).await? {
-                Some(_) => Ok(Lease {
-                    expires_at,
-                    taken_from: None,
-                    ..lease.clone()
-                }),
-                None => Err(LeaseError::Lost),
-            }
+            self.set_lease_expires(lease, expires_at).await?;
+            Ok(Lease {
+                expires_at,
+                taken_from: None,
+                ..lease.clone()
+            })
         })
     }
 

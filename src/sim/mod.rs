@@ -492,6 +492,27 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                 .filter(|t| t.agent == index && t.message.is_some())
                 .count();
             let agent = &process.agent;
+            // A new task of this process: polled at once (next iteration, same instant).
+            let mut spawn = |fut: Pin<Box<dyn Future<Output = Disposition>>>,
+                             message: Option<(u64, String)>| {
+                let id = next_task;
+                next_task += 1;
+                let wake = Arc::new(TaskWake {
+                    id,
+                    woken: woken.clone(),
+                });
+                tasks.insert(
+                    id,
+                    Task {
+                        fut,
+                        agent: index,
+                        message,
+                        waker: Waker::from(wake.clone()),
+                        wake,
+                    },
+                );
+                lock_woken(&woken).insert(id);
+            };
             if now >= process.up_at && busy < o.workers {
                 let messages = {
                     let mut s = port.lock();
@@ -503,65 +524,33 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                     got
                 };
                 for m in messages {
+                    let receipt = m.receipt.clone().unwrap_or_default();
                     let message = QueueMessage {
                         id: m.id.to_string(),
-                        receipt: m.receipt.clone().unwrap_or_default(),
+                        receipt: receipt.clone(),
                         body: m.body.clone(),
                         receive_count: m.receive_count,
                     };
-                    let id = next_task;
                     let a = agent.clone();
-                    let fut = async move {
+                    let handler = async move {
                         let d = a.handle_message(&message).await;
                         if !matches!(d, Disposition::Leave(_)) {
                             let _ = a.world.queue().delete(&message.receipt).await;
                         }
                         d
                     };
-                    let wake = Arc::new(TaskWake {
-                        id,
-                        woken: woken.clone(),
-                    });
-                    tasks.insert(
-                        id,
-                        Task {
-                            fut: Box::pin(fut),
-                            agent: index,
-                            message: Some((m.id, m.receipt.clone().unwrap_or_default())),
-                            waker: Waker::from(wake.clone()),
-                            wake,
-                        },
-                    );
-                    // New handlers start at once (next iteration, same instant).
-                    lock_woken(&woken).insert(id);
-                    next_task += 1;
+                    spawn(Box::pin(handler), Some((m.id, receipt)));
                 }
             }
             // The follow-ups the handlers recorded: tasks of this process, as the runtime spawns
-            // them (a crash above dropped them with the process).
+            // them (a crash above dropped them with the process). They hold no message.
             for f in agent.take_follow_ups() {
-                let id = next_task;
                 let a = agent.clone();
-                let fut = async move {
+                let follow_up = async move {
                     a.until_due(&f).await;
                     a.follow_up(&f).await
                 };
-                let wake = Arc::new(TaskWake {
-                    id,
-                    woken: woken.clone(),
-                });
-                tasks.insert(
-                    id,
-                    Task {
-                        fut: Box::pin(fut),
-                        agent: index,
-                        message: None,
-                        waker: Waker::from(wake.clone()),
-                        wake,
-                    },
-                );
-                lock_woken(&woken).insert(id);
-                next_task += 1;
+                spawn(Box::pin(follow_up), None);
             }
         }
         if !lock_woken(&woken).is_empty() {

@@ -163,7 +163,8 @@ impl Queue for MemQueue {
 #[derive(Clone, Default)]
 pub struct MemStore {
     pub records: Arc<Mutex<HashMap<MigrationId, Migration>>>,
-    /// Each record's lease, as DynamoDB's item would hold it.
+    /// Each record's lease, as DynamoDB's item would hold it, under the rule the simulator's
+    /// store and DynamoDB's conditions share (`Lease::take`, `Lease::set_expiry`).
     pub leases: Arc<Mutex<HashMap<MigrationId, Lease>>>,
 }
 
@@ -198,7 +199,7 @@ impl StateStore for MemStore {
             .lock()
             .unwrap()
             .get(&m.id)
-            .is_some_and(|l| l.holder == lease.holder && l.token == lease.token);
+            .is_some_and(|l| l.is_same_taking(lease));
         if !ours {
             return Err(StoreError::LeaseLost);
         }
@@ -213,23 +214,7 @@ impl StateStore for MemStore {
         ttl: SignedDuration,
     ) -> Result<Lease, LeaseError> {
         let mut leases = self.leases.lock().unwrap();
-        let token = match leases.get(id) {
-            Some(l) if l.holder != holder && l.expires_at >= now => {
-                return Err(LeaseError::Held {
-                    holder: l.holder.clone(),
-                    until: l.expires_at,
-                });
-            }
-            Some(l) => l.token + 1,
-            None => 1,
-        };
-        let lease = Lease {
-            id: id.clone(),
-            holder: holder.into(),
-            token,
-            expires_at: now + ttl,
-            taken_from: None,
-        };
+        let lease = Lease::take(id, leases.get(id), holder, now, ttl)?;
         leases.insert(id.clone(), lease.clone());
         Ok(lease)
     }
@@ -240,23 +225,13 @@ impl StateStore for MemStore {
         now: Timestamp,
         ttl: SignedDuration,
     ) -> Result<Lease, LeaseError> {
-        match self.leases.lock().unwrap().get_mut(&lease.id) {
-            Some(l) if l.holder == lease.holder && l.token == lease.token => {
-                l.expires_at = now + ttl;
-                Ok(l.clone())
-            }
-            _ => Err(LeaseError::Lost),
-        }
+        let mut leases = self.leases.lock().unwrap();
+        Lease::set_expiry(leases.get_mut(&lease.id), lease, now + ttl)
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<(), LeaseError> {
-        match self.leases.lock().unwrap().get_mut(&lease.id) {
-            Some(l) if l.holder == lease.holder && l.token == lease.token => {
-                l.expires_at = Timestamp::UNIX_EPOCH;
-                Ok(())
-            }
-            _ => Err(LeaseError::Lost),
-        }
+        let mut leases = self.leases.lock().unwrap();
+        Lease::set_expiry(leases.get_mut(&lease.id), lease, Timestamp::UNIX_EPOCH).map(drop)
     }
 
     async fn list(&self) -> PortResult<Vec<Migration>> {

@@ -33,7 +33,7 @@ impl State {
         let ours = self
             .leases
             .get(&m.id)
-            .is_some_and(|l| l.holder == lease.holder && l.token == lease.token);
+            .is_some_and(|l| l.is_same_taking(lease));
         if ours || self.store_mode == StoreMode::IgnoresVersion {
             Ok(())
         } else {
@@ -41,8 +41,8 @@ impl State {
         }
     }
 
-    /// Takes `id`'s lease for `holder` if it is free, lapsed or `holder`'s (the adapter's
-    /// conditional `UpdateItem`).
+    /// Takes `id`'s lease for `holder` if it is free, lapsed or `holder`'s ([`Lease::take`],
+    /// the adapter's conditional `UpdateItem`).
     pub(super) fn acquire_lease(
         &mut self,
         id: &MigrationId,
@@ -53,23 +53,7 @@ impl State {
         if !self.store.contains_key(id) {
             return Err(LeaseError::NoRecord);
         }
-        let (token, taken_from) = match self.leases.get(id) {
-            Some(l) if l.holder != holder && l.expires_at >= now => {
-                return Err(LeaseError::Held {
-                    holder: l.holder.clone(),
-                    until: l.expires_at,
-                });
-            }
-            Some(l) => (l.token + 1, (l.holder != holder).then(|| l.holder.clone())),
-            None => (1, None),
-        };
-        let lease = Lease {
-            id: id.clone(),
-            holder: holder.to_string(),
-            token,
-            expires_at: now + ttl,
-            taken_from,
-        };
+        let lease = Lease::take(id, self.leases.get(id), holder, now, ttl)?;
         self.leases.insert(id.clone(), lease.clone());
         if let Some((due, dead)) = self.orphans.get(id)
             && dead != holder
@@ -107,13 +91,7 @@ impl State {
     }
 
     pub(super) fn release_lease(&mut self, lease: &Lease) -> Result<(), LeaseError> {
-        match self.leases.get_mut(&lease.id) {
-            Some(l) if l.holder == lease.holder && l.token == lease.token => {
-                l.expires_at = Timestamp::UNIX_EPOCH;
-                Ok(())
-            }
-            _ => Err(LeaseError::Lost),
-        }
+        Lease::set_expiry(self.leases.get_mut(&lease.id), lease, Timestamp::UNIX_EPOCH).map(drop)
     }
 
     pub(super) fn renew_lease(
@@ -122,14 +100,7 @@ impl State {
         now: Timestamp,
         ttl: SignedDuration,
     ) -> Result<Lease, LeaseError> {
-        match self.leases.get_mut(&lease.id) {
-            Some(l) if l.holder == lease.holder && l.token == lease.token => {
-                l.expires_at = now + ttl;
-                l.taken_from = None;
-                Ok(l.clone())
-            }
-            _ => Err(LeaseError::Lost),
-        }
+        Lease::set_expiry(self.leases.get_mut(&lease.id), lease, now + ttl)
     }
 
     pub(super) fn save(&mut self, m: &Migration) -> Result<u64, StoreError> {
@@ -215,6 +186,31 @@ impl State {
     }
 }
 
+impl SimPort {
+    /// A write with a condition (`create`, `save`, the lease's): one mutating call whose
+    /// answer is the store's own verdict `f` (`Err` when the condition failed), or the call's
+    /// failure as `E`'s port error. A call that fails after its write landed (a reply lost)
+    /// answers with the failure, as DynamoDB's client would.
+    async fn conditional_write<T, E: From<PortError>>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut State) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut verdict = None;
+        let r = self
+            .call(op, true, |s| {
+                verdict = Some(f(s));
+                Ok(())
+            })
+            .await;
+        match (r, verdict) {
+            (Ok(()), Some(v)) => v,
+            (Err(e), _) => Err(E::from(e)),
+            (Ok(()), None) => unreachable!("the call ran its closure"),
+        }
+    }
+}
+
 impl StateStore for SimPort {
     async fn load(&self, id: &MigrationId) -> PortResult<Option<Migration>> {
         self.call("dynamodb:GetItem", false, |s| Ok(s.load(id)))
@@ -228,34 +224,16 @@ impl StateStore for SimPort {
 
     async fn create(&self, m: &Migration) -> Result<u64, StoreError> {
         assert_eq!(m.version, 0, "create writes a new record only");
-        let mut outcome = None;
-        let r = self
-            .call("dynamodb:PutItem", true, |s| {
-                outcome = Some(s.save(m));
-                Ok(())
-            })
-            .await;
-        match (r, outcome) {
-            (Ok(()), Some(o)) => o,
-            (Err(e), _) => Err(StoreError::Port(e)),
-            (Ok(()), None) => unreachable!("the call ran its closure"),
-        }
+        self.conditional_write("dynamodb:PutItem", |s| s.save(m))
+            .await
     }
 
     async fn save(&self, m: &Migration, lease: &Lease) -> Result<u64, StoreError> {
         assert!(m.version > 0, "a new record is created, not saved");
-        let mut outcome = None;
-        let r = self
-            .call("dynamodb:UpdateItem", true, |s| {
-                outcome = Some(s.fenced(m, lease).and_then(|()| s.save(m)));
-                Ok(())
-            })
-            .await;
-        match (r, outcome) {
-            (Ok(()), Some(o)) => o,
-            (Err(e), _) => Err(StoreError::Port(e)),
-            (Ok(()), None) => unreachable!("the call ran its closure"),
-        }
+        self.conditional_write("dynamodb:UpdateItem", |s| {
+            s.fenced(m, lease).and_then(|()| s.save(m))
+        })
+        .await
     }
 
     async fn acquire_lease(
@@ -265,33 +243,15 @@ impl StateStore for SimPort {
         now: Timestamp,
         ttl: SignedDuration,
     ) -> Result<Lease, LeaseError> {
-        let mut outcome = None;
-        let r = self
-            .call("dynamodb:UpdateItem", true, |s| {
-                outcome = Some(s.acquire_lease(id, holder, now, ttl));
-                Ok(())
-            })
-            .await;
-        match (r, outcome) {
-            (Ok(()), Some(o)) => o,
-            (Err(e), _) => Err(LeaseError::Port(e)),
-            (Ok(()), None) => unreachable!("the call ran its closure"),
-        }
+        self.conditional_write("dynamodb:UpdateItem", |s| {
+            s.acquire_lease(id, holder, now, ttl)
+        })
+        .await
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<(), LeaseError> {
-        let mut outcome = None;
-        let r = self
-            .call("dynamodb:UpdateItem", true, |s| {
-                outcome = Some(s.release_lease(lease));
-                Ok(())
-            })
-            .await;
-        match (r, outcome) {
-            (Ok(()), Some(o)) => o,
-            (Err(e), _) => Err(LeaseError::Port(e)),
-            (Ok(()), None) => unreachable!("the call ran its closure"),
-        }
+        self.conditional_write("dynamodb:UpdateItem", |s| s.release_lease(lease))
+            .await
     }
 
     async fn renew_lease(
@@ -300,18 +260,8 @@ impl StateStore for SimPort {
         now: Timestamp,
         ttl: SignedDuration,
     ) -> Result<Lease, LeaseError> {
-        let mut outcome = None;
-        let r = self
-            .call("dynamodb:UpdateItem", true, |s| {
-                outcome = Some(s.renew_lease(lease, now, ttl));
-                Ok(())
-            })
-            .await;
-        match (r, outcome) {
-            (Ok(()), Some(o)) => o,
-            (Err(e), _) => Err(LeaseError::Port(e)),
-            (Ok(()), None) => unreachable!("the call ran its closure"),
-        }
+        self.conditional_write("dynamodb:UpdateItem", |s| s.renew_lease(lease, now, ttl))
+            .await
     }
 
     async fn list(&self) -> PortResult<Vec<Migration>> {
