@@ -176,6 +176,9 @@ pub struct Ending {
     /// Only transient faults, and rolled back (losslessly) because the write-unavailability
     /// budget ran out: the design's safety valve, counted apart from the violations.
     pub budget_rollback: bool,
+    /// Rolled back (losslessly) at once because a client behind a hole in the quarantine got
+    /// back in after its session was ended (`machine::wal_fence`).
+    pub breach_rollback: bool,
     pub path: CutoverPath,
     /// Why the database-aware path fell back to the reboot.
     pub fallback: Option<String>,
@@ -366,6 +369,7 @@ pub fn endings(state: &State, settled: bool) -> (Vec<Ending>, Vec<String>) {
             window_ms: window,
             aws_ms: aws,
             budget_rollback,
+            breach_rollback,
             path: record.map_or(CutoverPath::Metric, CutoverPath::of),
             fallback: record.and_then(|m| m.progress.database_fallback.clone()),
             rebooted: s.reboot_requested_at.is_some(),

@@ -435,12 +435,14 @@ impl fmt::Display for SimReport {
                     .count()
             };
             let budget = out.endings.iter().filter(|e| e.budget_rollback).count();
+            let breach = out.endings.iter().filter(|e| e.breach_rollback).count();
             writeln!(
                 f,
-                "  rolled back: {} with a permanent fault, {} with only transient faults ({} of them by the write budget); failed {}, other {}",
+                "  rolled back: {} with a permanent fault, {} with only transient faults ({} of them by the write budget, {} by a client past the quarantine); failed {}, other {}",
                 rolled_back(true),
                 rolled_back(false),
                 budget,
+                breach,
                 out.endings
                     .iter()
                     .filter(|e| e.phase == Some(Phase::Failed))
