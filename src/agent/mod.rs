@@ -15,7 +15,6 @@ pub mod observe;
 pub use cutover_turns::CutoverTurns;
 pub use follow_up::FollowUp;
 
-use futures_util::StreamExt;
 use jiff::SignedDuration;
 use tracing::Instrument;
 
@@ -100,6 +99,42 @@ impl From<StoreError> for DriverError {
             StoreError::Port(p) => DriverError::Port(p),
         }
     }
+}
+
+/// Runs `f` on every item, at most `limit` at once, and waits until all are done.
+///
+/// Every future in flight is polled whenever the whole is (not only those whose waker fired, as
+/// `futures::stream::FuturesUnordered` would): the simulator's executor resumes a task when a
+/// virtual-time timer of its own is due without waking any waker (`sim::world::port::Delay`),
+/// so futures joined inside one task must each be polled to see that time. For the few dozen
+/// futures of a resync, polling them all is no cost that matters. Each is boxed: a step's
+/// future is large (see [`as_step_of`]).
+async fn for_each_at_most<T, F, Fut>(limit: usize, items: impl IntoIterator<Item = T>, mut f: F)
+where
+    F: FnMut(T) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut items = items.into_iter();
+    let mut running: Vec<std::pin::Pin<Box<Fut>>> = Vec::new();
+    std::future::poll_fn(|cx| {
+        loop {
+            while running.len() < limit.max(1) {
+                let Some(item) = items.next() else { break };
+                running.push(Box::pin(f(item)));
+            }
+            if running.is_empty() {
+                return std::task::Poll::Ready(());
+            }
+            let before = running.len();
+            running.retain_mut(|fut| fut.as_mut().poll(cx).is_pending());
+            // None ended: each waits on something that will wake the task. Some ended: their
+            // places go to the next items, polled at once.
+            if running.len() == before {
+                return std::task::Poll::Pending;
+            }
+        }
+    })
+    .await
 }
 
 /// The phase machine's signature. The agent always runs [`crate::core::step`]; the simulator's
@@ -439,13 +474,12 @@ impl<W: World> Agent<W> {
             .rds()
             .list_tagged_sources(&self.policy.tag_prefix)
             .await?;
-        futures_util::stream::iter(tagged)
-            .for_each_concurrent(RESYNC_CONCURRENCY, |source| async move {
-                if let Err(e) = self.on_source(&source.identifier).await {
-                    tracing::warn!(instance = %source.identifier, error = %e, "resync of a source failed");
-                }
-            })
-            .await;
+        for_each_at_most(RESYNC_CONCURRENCY, tagged, |source| async move {
+            if let Err(e) = self.on_source(&source.identifier).await {
+                tracing::warn!(instance = %source.identifier, error = %e, "resync of a source failed");
+            }
+        })
+        .await;
         let now = self.world.clock().now();
         let all = self.world.store().list().await?;
         self.instruments
@@ -455,14 +489,13 @@ impl<W: World> Agent<W> {
                 .as_ref()
                 .is_some_and(|w| w.at + RESYNC_GRACE < now)
         });
-        futures_util::stream::iter(overdue)
-            .for_each_concurrent(RESYNC_CONCURRENCY, |m| async move {
-                tracing::info!(migration = %m.id, "wake-up overdue, stepping");
-                if let Err(e) = self.reconcile(m).await {
-                    tracing::warn!(error = %e, "resync step failed");
-                }
-            })
-            .await;
+        for_each_at_most(RESYNC_CONCURRENCY, overdue, |m| async move {
+            tracing::info!(migration = %m.id, "wake-up overdue, stepping");
+            if let Err(e) = self.reconcile(m).await {
+                tracing::warn!(error = %e, "resync step failed");
+            }
+        })
+        .await;
         Ok(())
     }
 
