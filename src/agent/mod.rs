@@ -39,8 +39,9 @@ pub const RESYNC_GRACE: SignedDuration = SignedDuration::from_secs(60);
 /// RDS rate limiter (`aws::limit`, 5 requests/s by default, first come first served in a lane):
 /// a handful at once already keeps the limiter busy, and more would only queue their calls
 /// ahead of the ticks of migrations already under way. 16 keeps it busy with room to spare
-/// (other calls, DynamoDB's and EC2's, are not limited) while a tick waits behind at most 16
-/// admissions' calls; it is a quarter of the runtime's default `MIGRATOR_CONCURRENCY` (64), of
+/// (other calls, DynamoDB's and EC2's, are not limited; the README's 200-migration benchmark,
+/// started by one resync, saw the limiter let out its 5 requests/s for the whole run) while a
+/// tick waits behind at most 16 admissions' calls; it is a quarter of the runtime's default `MIGRATOR_CONCURRENCY` (64), of
 /// which the resync message itself takes one slot.
 pub const RESYNC_CONCURRENCY: usize = 16;
 /// A stale tick adopts the chain when the record's wake-up is this late (SQS delivers a delayed
