@@ -6,8 +6,8 @@ fleet, creates N RDS PostgreSQL sources tagged `aurora-migration=start`, and run
 `aurora-migrator run` binary against them with the production rate limit (5 RDS requests/s),
 concurrency (64) and cutover admission (25), and the demo's short policy (seconds where
 production waits minutes). One scheduled-resync message admits them all (the agent admits a
-resync's sources one after another), or with --start events one tag-change event per source, as
-EventBridge delivers when each is tagged (admitted concurrently). The script plays
+resync's sources 16 at a time, `RESYNC_CONCURRENCY`), or with --start events one tag-change event
+per source, as EventBridge delivers when each is tagged (up to MIGRATOR_CONCURRENCY at a time). The script plays
 CloudWatch for every source and replica (a replicating source until AWS's "DB instance restarted"
 event, then a quiet one) until every migration has ended. The metric (reboot) cutover path: the
 database-aware one needs a PostgreSQL server per source.

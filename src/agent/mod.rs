@@ -34,6 +34,16 @@ pub const MAX_DELAY_S: u32 = 900;
 pub const MAX_STEPS_PER_MESSAGE: usize = 8;
 /// A record whose wake-up is this late is stepped by the resync (its tick was lost).
 pub const RESYNC_GRACE: SignedDuration = SignedDuration::from_secs(60);
+/// Sources a resync admits at once, and overdue migrations it steps at once. An admission's
+/// first message is a few looks and steps, a dozen RDS calls or so, each waiting its turn at the
+/// RDS rate limiter (`aws::limit`, 5 requests/s by default, first come first served in a lane):
+/// a handful at once already keeps the limiter busy, and more would only queue their calls
+/// ahead of the ticks of migrations already under way. 16 keeps it busy with room to spare
+/// (other calls, DynamoDB's and EC2's, are not limited; the README's 200-migration benchmark,
+/// started by one resync, saw the limiter let out its 5 requests/s for the whole run) while a
+/// tick waits behind at most 16 admissions' calls; it is a quarter of the runtime's default `MIGRATOR_CONCURRENCY` (64), of
+/// which the resync message itself takes one slot.
+pub const RESYNC_CONCURRENCY: usize = 16;
 /// A stale tick adopts the chain when the record's wake-up is this late (SQS delivers a delayed
 /// message within about a second of its delay).
 pub const TICK_ADOPT_GRACE: SignedDuration = SignedDuration::from_secs(15);
@@ -90,6 +100,42 @@ impl From<StoreError> for DriverError {
             StoreError::Port(p) => DriverError::Port(p),
         }
     }
+}
+
+/// Runs `f` on every item, at most `limit` at once, and waits until all are done.
+///
+/// Every future in flight is polled whenever the whole is (not only those whose waker fired, as
+/// `futures::stream::FuturesUnordered` would): the simulator's executor resumes a task when a
+/// virtual-time timer of its own is due without waking any waker (`sim::world::port::Delay`),
+/// so futures joined inside one task must each be polled to see that time. For the few dozen
+/// futures of a resync, polling them all is no cost that matters. Each is boxed: a step's
+/// future is large (see [`as_step_of`]).
+async fn for_each_at_most<T, F, Fut>(limit: usize, items: impl IntoIterator<Item = T>, mut f: F)
+where
+    F: FnMut(T) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut items = items.into_iter();
+    let mut running: Vec<std::pin::Pin<Box<Fut>>> = Vec::new();
+    std::future::poll_fn(|cx| {
+        loop {
+            while running.len() < limit.max(1) {
+                let Some(item) = items.next() else { break };
+                running.push(Box::pin(f(item)));
+            }
+            if running.is_empty() {
+                return std::task::Poll::Ready(());
+            }
+            let before = running.len();
+            running.retain_mut(|fut| fut.as_mut().poll(cx).is_pending());
+            // None ended: each waits on something that will wake the task. Some ended: their
+            // places go to the next items, polled at once.
+            if running.len() == before {
+                return std::task::Poll::Pending;
+            }
+        }
+    })
+    .await
 }
 
 /// The phase machine's signature. The agent always runs [`crate::core::step`]; the simulator's
@@ -417,33 +463,40 @@ impl<W: World> Agent<W> {
 
     /// The fleet-wide resync: admit tagged instances nobody has seen, and step migrations whose
     /// wake-up is overdue (their tick was lost).
+    ///
+    /// Both are done [`RESYNC_CONCURRENCY`] at a time: a fleet tagged at once and picked up by
+    /// one scheduled resync is admitted together, not one source's first steps after another's
+    /// (200 sources admitted serially took 55 minutes to start 124 of them against the
+    /// emulator). Each step still holds its migration's keyed lock and lease (`lease.rs`), so
+    /// two steps of one migration never overlap, whoever asked for them.
     pub async fn resync(&self) -> Result<(), DriverError> {
         let tagged = self
             .world
             .rds()
             .list_tagged_sources(&self.policy.tag_prefix)
             .await?;
-        for source in tagged {
+        for_each_at_most(RESYNC_CONCURRENCY, tagged, |source| async move {
             if let Err(e) = self.on_source(&source.identifier).await {
                 tracing::warn!(instance = %source.identifier, error = %e, "resync of a source failed");
             }
-        }
+        })
+        .await;
         let now = self.world.clock().now();
         let all = self.world.store().list().await?;
         self.instruments
             .migrations_listed(all.iter().map(|m| (&m.id, m.phase)));
-        for m in all {
-            let overdue = m
-                .next_wake
+        let overdue = all.into_iter().filter(|m| {
+            m.next_wake
                 .as_ref()
-                .is_some_and(|w| w.at + RESYNC_GRACE < now);
-            if overdue {
-                tracing::info!(migration = %m.id, "wake-up overdue, stepping");
-                if let Err(e) = self.reconcile(m).await {
-                    tracing::warn!(error = %e, "resync step failed");
-                }
+                .is_some_and(|w| w.at + RESYNC_GRACE < now)
+        });
+        for_each_at_most(RESYNC_CONCURRENCY, overdue, |m| async move {
+            tracing::info!(migration = %m.id, "wake-up overdue, stepping");
+            if let Err(e) = self.reconcile(m).await {
+                tracing::warn!(error = %e, "resync step failed");
             }
-        }
+        })
+        .await;
         Ok(())
     }
 

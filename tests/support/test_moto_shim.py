@@ -161,6 +161,61 @@ def test_cbor_put_metric_data_then_get_metric_data_round_trip(endpoint):
     assert sorted(d["Maximum"] for d in parsed["Datapoints"]) == [0.0, 400.5, 900.0]
 
 
+def _cw_values(endpoint, name, start, end, period=1, stat="Maximum", db="src"):
+    """(timestamp, value) of one series as the agent reads it (GetMetricData over CBOR)."""
+    _, _, _, parsed = cbor_call(endpoint, "GetMetricData", {
+        "MetricDataQueries": [{"Id": "q", "MetricStat": {
+            "Metric": {"Namespace": "AWS/RDS", "MetricName": name, "Dimensions": _dims(db)},
+            "Period": period, "Stat": stat}}],
+        "StartTime": start, "EndTime": end, "ScanBy": "TimestampAscending"})
+    result = parsed["MetricDataResults"][0]
+    return [(t.astimezone(UTC), v) for t, v in zip(result["Timestamps"], result["Values"])]
+
+
+def test_cloudwatch_values_older_than_the_retention_are_dropped(endpoint):
+    ctl(endpoint, "POST", "/_shim/config", {"cloudwatch_retention_s": 60})
+    now = datetime.datetime.now(UTC).replace(microsecond=0)
+    old, recent = now - datetime.timedelta(seconds=120), now - datetime.timedelta(seconds=5)
+
+    def put(t, v):
+        assert cbor_call(endpoint, "PutMetricData", {"Namespace": "AWS/RDS", "MetricData": [
+            {"MetricName": "CPUUtilization", "Dimensions": _dims(), "Timestamp": t, "Value": v,
+             "Unit": "Percent"}]})[0] == 200
+
+    put(old, 1.0)
+    put(recent, 2.0)
+    put(old + datetime.timedelta(seconds=1), 3.0)  # a late value, already past the retention
+    window = (now - datetime.timedelta(minutes=10), now + datetime.timedelta(minutes=1))
+    assert _cw_values(endpoint, "CPUUtilization", *window) == [(recent, 2.0)]
+    # The series' statistics over a longer period see only what is kept, too.
+    assert _cw_values(endpoint, "CPUUtilization", *window, period=600, stat="Average")[0][1] == 2.0
+
+
+def test_cloudwatch_reads_answer_their_own_series_by_period_unit_and_order(endpoint):
+    now = datetime.datetime.now(UTC).replace(second=0, microsecond=0)
+    data = []
+    for db in ("src", "other"):
+        for s, v in ((0, 1.0), (20, 5.0), (70, 7.0)):
+            data.append({"MetricName": "WriteIOPS", "Dimensions": _dims(db), "Unit": "Count/Second",
+                         "Timestamp": now - datetime.timedelta(minutes=5) + datetime.timedelta(seconds=s),
+                         "Value": v if db == "src" else 100 * v})
+    data.append({"MetricName": "WriteIOPS", "Dimensions": _dims(), "Unit": "Count", "Value": 1e6,
+                 "Timestamp": now - datetime.timedelta(minutes=5)})
+    assert cbor_call(endpoint, "PutMetricData", {"Namespace": "AWS/RDS", "MetricData": data})[0] == 200
+    # Moto's namespace is not the query's: another namespace's series is not answered.
+    assert cbor_call(endpoint, "PutMetricData", {"Namespace": "Other", "MetricData": data[:1]})[0] == 200
+    start = now - datetime.timedelta(minutes=5)
+    _, _, _, parsed = cbor_call(endpoint, "GetMetricData", {
+        "MetricDataQueries": [{"Id": "q", "MetricStat": {
+            "Metric": {"Namespace": "AWS/RDS", "MetricName": "WriteIOPS", "Dimensions": _dims()},
+            "Period": 60, "Stat": "Sum", "Unit": "Count/Second"}}],
+        "StartTime": start, "EndTime": now, "ScanBy": "TimestampDescending"})
+    result = parsed["MetricDataResults"][0]
+    assert result["Label"] == "WriteIOPS Sum"
+    assert [t.astimezone(UTC) for t in result["Timestamps"]] == [start + datetime.timedelta(minutes=1), start]
+    assert result["Values"] == [7.0, 6.0]
+
+
 def test_cbor_gzipped_put_metric_data(endpoint):
     now = datetime.datetime.now(UTC).replace(microsecond=0)
     data = [{"MetricName": f"M{i}", "Dimensions": _dims(), "Timestamp": now, "Value": float(i)} for i in range(300)]

@@ -13,7 +13,7 @@ import traceback
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-from . import cloudwatch_cbor, postgres_backend, rds, rds_proxy, route53, wire
+from . import cloudwatch_cbor, cloudwatch_store, postgres_backend, rds, rds_proxy, route53, wire
 from .state import LOCK, STATE
 
 JSON = [("Content-Type", "application/json")]
@@ -42,6 +42,7 @@ def _list_endpoint(method, data, store, add, listing):
 
 class ShimApp:
     def __init__(self):
+        cloudwatch_store.install()
         rds.install()
         rds_proxy.install()
         route53.install()

@@ -17,6 +17,9 @@ DEFAULT_CONFIG = {
     # AVAILABLE (rds_proxy.py; counted from its registration, or from when a tracked cluster's
     # new member was first described)
     "proxy_target_registering_s": 0.5,
+    # seconds CloudWatch values are kept, counted back from now by their timestamps
+    # (cloudwatch_store.py)
+    "cloudwatch_retention_s": 3600,
     # Max values reported by DescribeAccountAttributes
     "quotas": {
         "DBClusters": 40,
