@@ -129,6 +129,10 @@ enum Command {
         /// Most migrations in their cutover at once (as MIGRATOR_MAX_CUTOVERS), per agent.
         #[arg(long, default_value_t = aurora_migrator::core::policy::DEFAULT_MAX_CUTOVERS)]
         max_cutovers: usize,
+        /// Most migrations in Preflight or Preparing at once (as MIGRATOR_MAX_PREPARATIONS), per
+        /// agent.
+        #[arg(long, default_value_t = aurora_migrator::core::policy::DEFAULT_MAX_PREPARATIONS)]
+        max_preparations: usize,
         /// Agent processes on the one table and queue, 1 or 2 (two: high availability, each
         /// with half the RDS rate; crashes kill one at a time).
         #[arg(long, default_value_t = 1)]
@@ -284,6 +288,7 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
             pgbouncer_share,
             rds_rate_limit,
             max_cutovers,
+            max_preparations,
             agents,
             crashes_only,
         } => {
@@ -293,6 +298,7 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
                 "--rds-rate-limit is a positive number of requests per second"
             );
             anyhow::ensure!(max_cutovers >= 1, "--max-cutovers is at least 1");
+            anyhow::ensure!(max_preparations >= 1, "--max-preparations is at least 1");
             anyhow::ensure!(
                 (0.0..=1.0).contains(&database_share),
                 "--database-share is a share between 0 and 1"
@@ -321,6 +327,7 @@ fn run(cli: Cli, instruments: Instruments) -> anyhow::Result<()> {
                 pgbouncer_share,
                 rds_rate_limit,
                 max_cutovers,
+                max_preparations,
                 agents,
                 plan: crashes_only
                     .then(|| sim::FaultPlan::random(sim::FaultIntensity::crashes_only())),

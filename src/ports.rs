@@ -93,7 +93,7 @@ pub trait Rds: Send + Sync {
     }
     /// How long a cutover's RDS call would wait for the account budget now (the rate
     /// limiter's cutover lane, `aws::limit`): the agent admits no new cutover while it is
-    /// long (`agent::cutover_turns`). An adapter without a limiter never makes one wait.
+    /// long (`agent::turns`). An adapter without a limiter never makes one wait.
     fn cutover_backlog(&self) -> std::time::Duration {
         std::time::Duration::ZERO
     }

@@ -790,6 +790,41 @@ fn draining_on_the_metric_path_proves_catch_up_without_describing_the_cluster() 
 /// A fleet tagged at once waits for the agent's own handlers and rate limiter before each
 /// migration's first step: that wait is not the migration's failure.
 #[test]
+fn a_requested_migration_without_a_preparation_turn_waits_untimed_and_starts_when_given_one() {
+    let policy = policy();
+    let mut model = Model::new();
+    let mut m = migration();
+    model.no_preparation_turn = true;
+    // Longer than Preflight's and Preparing's limits together: waiting for a turn is not timed.
+    let waited = policy.timeouts.preflight + policy.timeouts.preparing;
+    let until = model.now + waited;
+    while model.now < until {
+        let obs = model.observe(&m, &policy);
+        let d = step(&m, &obs, model.now, &policy);
+        assert_eq!(d.next.phase, Phase::Requested, "no turn: no preflight");
+        assert!(
+            d.actions.is_empty() || d.actions.iter().all(|a| matches!(a, Action::Notify(_))),
+            "nothing is asked of AWS while it waits: {:?}",
+            keys(&d.actions)
+        );
+        assert!(
+            d.wake_after
+                .is_some_and(|w| w <= SignedDuration::from_secs(30)),
+            "it looks again for a turn given back: {:?}",
+            d.wake_after
+        );
+        m = d.next;
+        model.now += SignedDuration::from_secs(30);
+    }
+    assert_eq!(m.last_error, None);
+    model.no_preparation_turn = false;
+    quiet_round(&mut model, &mut m, &policy);
+    assert_eq!(m.phase, Phase::Preflight);
+    let phases = run_to_end(&mut model, &mut m, &policy, 500);
+    assert_eq!(m.phase, Phase::Completed, "{phases:?}");
+}
+
+#[test]
 fn a_migration_first_stepped_long_after_it_was_requested_goes_on_to_preflight() {
     let policy = policy();
     let mut model = Model::new();

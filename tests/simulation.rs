@@ -204,6 +204,34 @@ fn fleet_of_concurrent_migrations() {
     );
 }
 
+/// A fleet tagged at once starts a few at a time: no more than `MIGRATOR_MAX_PREPARATIONS` in
+/// Preflight or Preparing at once (the simulator's check fails the run otherwise), the rest
+/// waiting in Requested without a time limit, and every migration completes.
+#[test]
+fn a_fleet_tagged_at_once_prepares_a_few_at_a_time_and_every_migration_completes() {
+    let report = sim::run(&SimOptions {
+        seeds: 0,
+        fleet: 60,
+        fault_intensity: 0.0,
+        max_preparations: 4,
+        ..SimOptions::default()
+    });
+    let fleet = report.fleet.as_ref().expect("a fleet run");
+    assert!(fleet.outcome.violations.is_empty(), "{report}");
+    let completed = fleet
+        .outcome
+        .endings
+        .iter()
+        .filter(|e| e.phase == Some(Phase::Completed))
+        .count();
+    assert_eq!(completed, 60, "{report}");
+    assert_eq!(
+        fleet.outcome.peak_preparations,
+        (4, 4),
+        "the turns were all used and never one more: {report}"
+    );
+}
+
 /// The default run (half the sources grant database access, the default fault mix): both
 /// cutover paths occur, with no violation.
 #[test]

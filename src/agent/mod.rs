@@ -6,14 +6,14 @@
 //! next tick: the record is written before anything it asks for is done, every action is
 //! idempotent, and the in-flight markers in the record stop a repeat from doubling a mutation.
 
-pub mod cutover_turns;
 pub mod execute;
 pub mod follow_up;
 pub mod lease;
 pub mod observe;
+pub mod turns;
 
-pub use cutover_turns::CutoverTurns;
 pub use follow_up::FollowUp;
+pub use turns::{TurnKind, Turns};
 
 use jiff::SignedDuration;
 use tracing::Instrument;
@@ -158,8 +158,9 @@ pub struct Agent<W: World> {
     /// The version of each unfinished record this process saved last: a follow-up whose record
     /// is older is stale.
     saved: std::sync::Mutex<std::collections::HashMap<MigrationId, u64>>,
-    /// Admission to the cutover (`cutover_turns.rs`); memory only.
-    pub turns: CutoverTurns,
+    /// Admission to the cutover and to the preparation (`turns.rs`); memory only.
+    pub cutover_turns: Turns,
+    pub preparation_turns: Turns,
     /// This process's name on the leases it holds (`lease.rs`): unique per process.
     pub holder: String,
     /// How long a lease lasts unless renewed (`MIGRATOR_LEASE`).
@@ -219,11 +220,20 @@ pub fn cutover_lane(m: &Migration) -> bool {
     m.phase.is_cutover() || m.phase == crate::core::Phase::RollingBack
 }
 
-/// Whether `m` holds a cutover turn (`cutover_turns.rs`): its writes are stopped (Quiescing …
+/// Whether `m` holds a cutover turn (`turns.rs`): its writes are stopped (Quiescing …
 /// Routing, or rolling back with the source still fenced). A rollback before the quarantine
 /// stops no write and needs no turn.
 pub fn holds_cutover_turn(m: &Migration) -> bool {
     m.phase.is_cutover() || (m.phase == crate::core::Phase::RollingBack && m.source_quarantined())
+}
+
+/// Whether `m` holds a preparation turn (`turns.rs`): Preflight or Preparing, the start's
+/// stretch of describes and creations with a 30-minute limit each.
+pub fn holds_preparation_turn(m: &Migration) -> bool {
+    matches!(
+        m.phase,
+        crate::core::Phase::Preflight | crate::core::Phase::Preparing
+    )
 }
 
 /// Seconds before a migration whose observation failed is looked at again. During the cutover
@@ -252,7 +262,8 @@ impl<W: World> Agent<W> {
             home: Home::default(),
             follow_ups: std::sync::Mutex::default(),
             saved: std::sync::Mutex::default(),
-            turns: CutoverTurns::new(policy.max_cutovers),
+            cutover_turns: Turns::new(TurnKind::Cutover, policy.max_cutovers),
+            preparation_turns: Turns::new(TurnKind::Preparation, policy.max_preparations),
             holder: lease::process_holder(),
             lease_ttl: lease::DEFAULT_LEASE_TTL,
             leases: std::sync::Arc::default(),
@@ -581,16 +592,23 @@ impl<W: World> Agent<W> {
             obs.action_results = std::mem::take(&mut pending);
             obs.taken_over = std::mem::take(&mut taken_over);
             let now = world.clock().now();
-            if m.phase == crate::core::Phase::AwaitingCutover {
-                if !self.turns.seeded() {
-                    // Once per process: the cutovers under way count before a turn is given.
+            for turns in [&self.cutover_turns, &self.preparation_turns] {
+                if m.phase != turns.kind().waits_in() {
+                    continue;
+                }
+                if !turns.seeded() {
+                    // Once per process: the migrations under way count before a turn is given.
                     match world.store().list().await {
-                        Ok(all) => self.turns.seed(&all, now),
+                        Ok(all) => turns.seed(&all, now),
                         Err(e) => return self.retry_later(m, e).await,
                     }
                 }
                 let backlog = world.rds().cutover_backlog();
-                obs.no_cutover_turn = !self.turns.has_turn(&m, now, backlog);
+                let refused = !turns.has_turn(&m, now, backlog);
+                match turns.kind() {
+                    TurnKind::Cutover => obs.no_cutover_turn = refused,
+                    TurnKind::Preparation => obs.no_preparation_turn = refused,
+                }
             }
             let decision = (self.step)(&m, &obs, now, &self.policy);
             let before = m.phase;
@@ -627,7 +645,8 @@ impl<W: World> Agent<W> {
             if m.phase != before {
                 tracing::info!(migration = %m.id, from = %before, phase = %m.phase, "phase changed");
             }
-            self.turns.settle(&m, now);
+            self.cutover_turns.settle(&m, now);
+            self.preparation_turns.settle(&m, now);
             self.instruments.migration_in(&m.id, m.phase);
             let leased = || self.holds_lease(&m.id);
             let actions = execute::execute_all(world, &m, &self.policy, &decision.actions, &leased);

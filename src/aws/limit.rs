@@ -77,7 +77,7 @@ pub fn cutover_lane() -> bool {
 /// replication check or a retention look is not, and in a fleet they share one budget; with
 /// one queue a cutover's describe waited behind hundreds of looks that could have waited (the
 /// simulator's 500-migration fleet rolled back cutovers whose write budget ran out in that
-/// queue). The agent admits only as many cutovers as leave room (`agent::cutover_turns`).
+/// queue). The agent admits only as many cutovers as leave room (`agent::turns`).
 ///
 /// A waiter does not poll: it sleeps until the time its position in the queue makes its turn
 /// due, then serves whoever is due (in order) and looks whether it was served; a cutover

@@ -242,6 +242,15 @@ pub struct PolicyArgs {
         global = true
     )]
     pub max_cutovers: usize,
+    /// Most migrations in Preflight or Preparing at once in one agent; the others wait in
+    /// Requested (no time limit) for a turn. 1 to 1000.
+    #[arg(
+        long,
+        env = "MIGRATOR_MAX_PREPARATIONS",
+        default_value_t = crate::core::policy::DEFAULT_MAX_PREPARATIONS,
+        global = true
+    )]
+    pub max_preparations: usize,
 }
 
 impl Default for PolicyArgs {
@@ -264,6 +273,7 @@ impl Default for PolicyArgs {
             fast_poll: "5s".into(),
             max_idle_connections: 0,
             max_cutovers: crate::core::policy::DEFAULT_MAX_CUTOVERS,
+            max_preparations: crate::core::policy::DEFAULT_MAX_PREPARATIONS,
         }
     }
 }
@@ -514,8 +524,9 @@ fn positive(setting: &'static str, v: f64) -> Result<f64, ConfigError> {
     }
 }
 
-/// The largest `MIGRATOR_MAX_CUTOVERS` accepted: more at once than the RDS budget can look
-/// after is the queue at the rate limiter that admission exists to avoid.
+/// The largest `MIGRATOR_MAX_CUTOVERS` (and `MIGRATOR_MAX_PREPARATIONS`) accepted: more at once
+/// than the RDS budget can look after is the queue at the rate limiter that admission exists to
+/// avoid.
 const MAX_CUTOVERS_LIMIT: usize = 1000;
 
 /// The largest `MIGRATOR_MAX_IDLE_CONNECTIONS` accepted: RDS's own sessions are a handful; more
@@ -624,6 +635,17 @@ impl PolicyArgs {
                     format!(
                         "{} is not between 1 and {MAX_CUTOVERS_LIMIT}",
                         self.max_cutovers
+                    ),
+                ));
+            },
+            max_preparations: if (1..=MAX_CUTOVERS_LIMIT).contains(&self.max_preparations) {
+                self.max_preparations
+            } else {
+                return Err(bad(
+                    "MIGRATOR_MAX_PREPARATIONS (--max-preparations)",
+                    format!(
+                        "{} is not between 1 and {MAX_CUTOVERS_LIMIT}",
+                        self.max_preparations
                     ),
                 ));
             },

@@ -330,6 +330,52 @@ fn database_access_needs_the_agents_security_group_and_names_the_setting() {
 }
 
 #[test]
+fn the_turn_limits_are_settings_bounded_and_named() {
+    let defaults = PolicyArgs::default().policy().unwrap();
+    assert_eq!(
+        defaults.max_cutovers,
+        crate::core::policy::DEFAULT_MAX_CUTOVERS
+    );
+    assert_eq!(
+        defaults.max_preparations,
+        crate::core::policy::DEFAULT_MAX_PREPARATIONS
+    );
+    let set = PolicyArgs {
+        max_preparations: 7,
+        ..PolicyArgs::default()
+    };
+    assert_eq!(set.policy().unwrap().max_preparations, 7);
+    for bad in [0, 1001] {
+        let e = PolicyArgs {
+            max_preparations: bad,
+            ..PolicyArgs::default()
+        }
+        .policy()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "MIGRATOR_MAX_PREPARATIONS (--max-preparations): {bad} is not between 1 and 1000"
+            )),
+            "{e}"
+        );
+        let e = PolicyArgs {
+            max_cutovers: bad,
+            ..PolicyArgs::default()
+        }
+        .policy()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "MIGRATOR_MAX_CUTOVERS (--max-cutovers): {bad} is not between 1 and 1000"
+            )),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn the_idle_connection_allowance_is_a_setting_bounded_and_named() {
     let ok = PolicyArgs {
         max_idle_connections: 2,

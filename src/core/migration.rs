@@ -199,7 +199,7 @@ pub struct Progress {
     #[serde(default)]
     pub heartbeat_at: Option<Timestamp>,
     /// Ready for its cutover (allowed, lag within the policy) and waiting since then for a turn
-    /// the account's RDS budget can carry (`agent::cutover_turns`): writes still flow. Cleared
+    /// the account's RDS budget can carry (`agent::turns`): writes still flow. Cleared
     /// when it enters Quiescing; the agent serves turns in the order of this time.
     #[serde(default)]
     pub cutover_turn_asked_at: Option<Timestamp>,

@@ -64,10 +64,15 @@ pub struct Observation {
     /// The fleet-wide pause switch.
     pub fleet_paused: bool,
     /// The agent has no cutover turn for this migration now: as many cutovers as the RDS
-    /// budget carries are under way (`agent::cutover_turns`). Read in AwaitingCutover only;
+    /// budget carries are under way (`agent::turns`). Read in AwaitingCutover only;
     /// `false` (the default) is a turn.
     #[serde(default)]
     pub no_cutover_turn: bool,
+    /// The agent has no preparation turn for this migration now: as many preflights and
+    /// preparations as it runs at once are under way (`agent::turns`). Read in Requested only;
+    /// `false` (the default) is a turn.
+    #[serde(default)]
+    pub no_preparation_turn: bool,
     /// This step's agent has just taken the migration's lease from another agent process
     /// (`agent::lease`), which died or lost it: what that process recorded as in flight
     /// (`Migration::requested`) may never have been sent, so it is asked for again now rather

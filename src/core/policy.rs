@@ -137,9 +137,13 @@ pub struct Policy {
     #[serde(default)]
     pub router: crate::core::router::RouterChoice,
     /// Most migrations in their cutover (writes stopped) at once in one agent
-    /// (`agent::cutover_turns`); the others wait in AwaitingCutover, writes flowing.
+    /// (`agent::turns`); the others wait in AwaitingCutover, writes flowing.
     #[serde(default = "default_max_cutovers")]
     pub max_cutovers: usize,
+    /// Most migrations in Preflight or Preparing at once in one agent (`agent::turns`); the
+    /// others wait in Requested, which has no time limit.
+    #[serde(default = "default_max_preparations")]
+    pub max_preparations: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -190,6 +194,18 @@ fn default_max_cutovers() -> usize {
     DEFAULT_MAX_CUTOVERS
 }
 
+/// Most migrations in Preflight or Preparing at once in one agent, by default
+/// (`MIGRATOR_MAX_PREPARATIONS`). A preparation is about a dozen RDS requests in the rate
+/// limiter's other lane: 100 under way are about 1,200 requests, four to seven minutes of a
+/// 5 requests/s budget, so each ends well inside its phases' 30-minute limits, and the
+/// preparations still use all the budget the other lane gets (fewer left it idle while each
+/// waited for its own looks).
+pub const DEFAULT_MAX_PREPARATIONS: usize = 100;
+
+fn default_max_preparations() -> usize {
+    DEFAULT_MAX_PREPARATIONS
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {
@@ -228,6 +244,7 @@ impl Default for Policy {
             consistency_check_budget: SignedDuration::from_secs(5),
             router: crate::core::router::RouterChoice::Webhook,
             max_cutovers: DEFAULT_MAX_CUTOVERS,
+            max_preparations: DEFAULT_MAX_PREPARATIONS,
         }
     }
 }

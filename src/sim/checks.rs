@@ -9,9 +9,9 @@
 //! Here: every decision of the phase machine against `core::invariants` (through a wrapper
 //! installed as the agent's `step`), the quarantine rule, and the end-of-run liveness rules.
 
-pub mod cutover_turns;
 pub mod leases;
 pub mod replayed_before_promotion;
+pub mod turns;
 
 use std::cell::RefCell;
 

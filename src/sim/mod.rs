@@ -91,6 +91,9 @@ pub struct SimOptions {
     pub rds_rate_limit: f64,
     /// Most migrations in their cutover at once (`MIGRATOR_MAX_CUTOVERS`), per agent.
     pub max_cutovers: usize,
+    /// Most migrations in Preflight or Preparing at once (`MIGRATOR_MAX_PREPARATIONS`), per
+    /// agent.
+    pub max_preparations: usize,
     /// Agent processes on the one table and queue (two: the deployment's high availability,
     /// `agent::lease`); each gets its share of the RDS rate, as the template gives each task.
     /// Crashes kill one process at a time.
@@ -118,6 +121,7 @@ impl Default for SimOptions {
             pgbouncer_share: 0.0,
             rds_rate_limit: crate::aws::AwsSettings::new("", "", "").rds_requests_per_second,
             max_cutovers: crate::core::policy::DEFAULT_MAX_CUTOVERS,
+            max_preparations: crate::core::policy::DEFAULT_MAX_PREPARATIONS,
             agents: 1,
         }
     }
@@ -160,10 +164,12 @@ pub struct SeedOutcome {
     pub calls: BTreeMap<&'static str, u64>,
     pub rds_peak_1s: u32,
     pub rds_peak_60s: f64,
+    /// The most migrations in Preflight or Preparing at once, and the limit (the agents' sum).
+    pub peak_preparations: (usize, usize),
     /// RDS requests made in the rate limiter's cutover lane (`aws::limit`).
     pub rds_in_cutover_lane: u64,
-    /// RDS requests by the phase of the migration that made them.
-    pub rds_by_phase: BTreeMap<&'static str, u64>,
+    /// RDS requests by the phase of the migration that made them, and operation.
+    pub rds_by_phase: BTreeMap<(&'static str, &'static str), u64>,
     pub timeline: Vec<String>,
     pub end_ms: Ms,
     pub decisions: u64,
@@ -232,6 +238,7 @@ fn agent(port: &SimPort, o: &SimOptions, holder: String) -> Arc<Agent<SimWorld>>
         },
         Policy {
             max_cutovers: o.max_cutovers,
+            max_preparations: o.max_preparations,
             ..sim_policy()
         },
     )
@@ -264,6 +271,7 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
     let agents = o.agents.max(1);
     state.rds_rate = o.rds_rate_limit / agents as f64;
     state.max_cutovers = o.max_cutovers * agents;
+    state.max_preparations = o.max_preparations * agents;
     let mut pick = Rng::fork(seed, 4);
     for i in 0..migrations {
         let permanent = match &plan.permanent {
@@ -363,6 +371,7 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
         calls: s.calls.clone(),
         rds_peak_1s,
         rds_peak_60s,
+        peak_preparations: (s.peak_preparations, s.max_preparations),
         rds_in_cutover_lane,
         rds_by_phase,
         timeline,

@@ -5,6 +5,9 @@
 
 use super::*;
 
+/// How many (phase, operation) pairs the fleet report lists, busiest first.
+const PHASE_OPERATIONS_SHOWN: usize = 15;
+
 /// The fleet figures: measured on this machine, so not part of the deterministic report.
 #[derive(Clone, Debug)]
 pub struct FleetFigures {
@@ -463,6 +466,11 @@ impl fmt::Display for SimReport {
                 .collect();
             writeln!(
                 f,
+                "  most in Preflight or Preparing at once: {} (limit {})",
+                out.peak_preparations.0, out.peak_preparations.1
+            )?;
+            writeln!(
+                f,
                 "  completed migrations' write unavailability p50 {}, p99 {}, max {}; {:.1} RDS calls per completed migration",
                 secs(percentile(&completed_cutovers, 0.5)),
                 secs(percentile(&completed_cutovers, 0.99)),
@@ -488,8 +496,11 @@ impl fmt::Display for SimReport {
                     *n as f64 / fl.migrations.max(1) as f64
                 )?;
             }
-            let mut by_phase: Vec<(&str, u64)> =
-                out.rds_by_phase.iter().map(|(p, n)| (*p, *n)).collect();
+            let mut phases: BTreeMap<&str, u64> = BTreeMap::new();
+            for ((p, _), n) in &out.rds_by_phase {
+                *phases.entry(p).or_default() += n;
+            }
+            let mut by_phase: Vec<(&str, u64)> = phases.into_iter().collect();
             by_phase.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
             writeln!(
                 f,
@@ -497,6 +508,23 @@ impl fmt::Display for SimReport {
                 by_phase
                     .iter()
                     .map(|(p, n)| format!("{p} {:.1}", *n as f64 / fl.migrations.max(1) as f64))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
+            // Where each phase's calls go: what a change to a phase's looks would save.
+            let mut pairs: Vec<(&(&str, &str), &u64)> = out.rds_by_phase.iter().collect();
+            pairs.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            writeln!(
+                f,
+                "  RDS calls per migration, busiest phase and operation: {}",
+                pairs
+                    .iter()
+                    .take(PHASE_OPERATIONS_SHOWN)
+                    .map(|((p, op), n)| format!(
+                        "{p} {} {:.1}",
+                        op.trim_start_matches("rds:"),
+                        **n as f64 / fl.migrations.max(1) as f64
+                    ))
                     .collect::<Vec<_>>()
                     .join(", ")
             )?;

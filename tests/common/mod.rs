@@ -185,8 +185,10 @@ pub struct Model {
     pub restarted_at: Option<Timestamp>,
     pub routed_to: Option<String>,
     pub fleet_paused: bool,
-    /// The agent has no cutover turn for the migration (`agent::cutover_turns`).
+    /// The agent has no cutover turn for the migration (`agent::turns`).
     pub no_cutover_turn: bool,
+    /// The agent has no preparation turn for the migration (`agent::turns`).
+    pub no_preparation_turn: bool,
     /// A stale logical slot keeps the slot lag high.
     pub stale_slot: bool,
     /// A client outside the data access layer writes to the source after cutover.
@@ -321,6 +323,7 @@ impl Model {
             routed_to: None,
             fleet_paused: false,
             no_cutover_turn: false,
+            no_preparation_turn: false,
             stale_slot: false,
             stray_writer: false,
             clusters_created: 0,
@@ -486,6 +489,7 @@ impl Model {
         }
         obs.fleet_paused = n.fleet_pause && self.fleet_paused;
         obs.no_cutover_turn = m.phase == Phase::AwaitingCutover && self.no_cutover_turn;
+        obs.no_preparation_turn = m.phase == Phase::Requested && self.no_preparation_turn;
         if let Some((_, change)) = &n.route_change {
             let r53 = self
                 .route53

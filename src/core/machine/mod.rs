@@ -151,7 +151,7 @@ impl Stepper<'_> {
             });
         }
         match self.m.phase {
-            Phase::Requested => self.enter(Phase::Preflight, ""),
+            Phase::Requested => self.requested(),
             Phase::Preflight => self.preflight(),
             Phase::Preparing => self.preparing(),
             Phase::CreatingReplica => self.creating_replica(),

@@ -9,6 +9,11 @@ use super::*;
 /// within this (the looks read the fleet snapshot and CloudWatch, not the RDS budget).
 pub const CUTOVER_TURN_LOOK: SignedDuration = SignedDuration::from_secs(10);
 
+/// How often a migration waiting for its preparation turn looks again. Longer than the
+/// cutover's: a preparation takes minutes, and a thousand migrations tagged at once each look
+/// (a lease, a save, a tick) while they wait.
+pub const PREPARATION_TURN_LOOK: SignedDuration = SignedDuration::from_secs(30);
+
 /// How far back replication health is read: enough periods to see a trend.
 const HEALTH_WINDOW: SignedDuration = SignedDuration::from_mins(10);
 
@@ -77,6 +82,18 @@ impl Stepper<'_> {
     }
 
     // ----- phases ----------------------------------------------------------------------------
+
+    /// Requested: the preflight starts when the agent has a preparation turn for it
+    /// (`agent::turns`); until then it waits here, where no time limit runs, so a fleet tagged at
+    /// once is not timed out by the agent's own queue.
+    pub(super) fn requested(&mut self) {
+        self.assume_phase(Phase::Requested);
+        if self.obs.no_preparation_turn {
+            self.wake_within(PREPARATION_TURN_LOOK);
+            return;
+        }
+        self.enter(Phase::Preflight, "");
+    }
 
     pub(super) fn preflight(&mut self) {
         self.assume_phase(Phase::Preflight);

@@ -224,12 +224,16 @@ pub struct State {
     /// each agent process's rate limiter and snapshot TTLs are built from it.
     pub rds_rate: f64,
     /// The agent's `MIGRATOR_MAX_CUTOVERS`, for the check that it keeps to it
-    /// (`checks::cutover_turns`).
+    /// (`checks::turns`).
     pub max_cutovers: usize,
+    /// The agent's `MIGRATOR_MAX_PREPARATIONS`, for the same check (times the agents).
+    pub max_preparations: usize,
+    /// The most migrations in Preflight or Preparing at once, counted as each entered.
+    pub peak_preparations: usize,
     /// RDS requests made in the rate limiter's cutover lane (the rest: phases that can wait).
     pub rds_in_cutover_lane: u64,
-    /// RDS requests by the phase of the migration that made them.
-    pub rds_by_phase: BTreeMap<&'static str, u64>,
+    /// RDS requests by the phase of the migration that made them, and operation.
+    pub rds_by_phase: BTreeMap<(&'static str, &'static str), u64>,
     pub epoch: Timestamp,
     pub seed: u64,
     fault_rng: Rng,
@@ -292,6 +296,8 @@ impl State {
             now: 0,
             rds_rate: crate::aws::AwsSettings::new("", "", "").rds_requests_per_second,
             max_cutovers: crate::core::policy::DEFAULT_MAX_CUTOVERS,
+            max_preparations: crate::core::policy::DEFAULT_MAX_PREPARATIONS,
+            peak_preparations: 0,
             rds_in_cutover_lane: 0,
             rds_by_phase: BTreeMap::new(),
             epoch,

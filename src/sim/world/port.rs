@@ -166,7 +166,7 @@ impl SimPort {
                 s.rds_in_cutover_lane += 1;
             }
             let phase = crate::agent::stepping_phase().map_or("(no migration)", |p| p.as_str());
-            *s.rds_by_phase.entry(phase).or_default() += 1;
+            *s.rds_by_phase.entry((phase, op)).or_default() += 1;
         }
         let until = self.lock().now + latency;
         Delay::until(&self.state, until).await;

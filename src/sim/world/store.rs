@@ -162,7 +162,7 @@ impl State {
             }
         }
         let phase_before = stored.as_ref().map(|s| s.phase);
-        if let Some(v) = crate::sim::checks::cutover_turns::check(self, m, phase_before) {
+        if let Some(v) = crate::sim::checks::turns::check(self, m, phase_before) {
             self.violation(v);
         }
         let version = current + 1;
