@@ -790,6 +790,49 @@ fn draining_on_the_metric_path_proves_catch_up_without_describing_the_cluster() 
 /// A fleet tagged at once waits for the agent's own handlers and rate limiter before each
 /// migration's first step: that wait is not the migration's failure.
 #[test]
+fn a_migration_far_back_in_line_for_a_turn_looks_less_often() {
+    let policy = policy();
+    let wake = |phase: Phase, ahead: usize| {
+        let (mut model, m) = if phase == Phase::Requested {
+            (Model::new(), migration())
+        } else {
+            advanced_to(&policy, phase)
+        };
+        model.no_cutover_turn = true;
+        model.no_preparation_turn = true;
+        model.turns_ahead = ahead;
+        let obs = model.observe(&m, &policy);
+        let d = step(&m, &obs, model.now, &policy);
+        assert_eq!(d.next.phase, phase, "no turn: it waits");
+        d.wake_after.expect("it looks again")
+    };
+    let max = policy.max_cutovers;
+    assert_eq!(
+        wake(Phase::AwaitingCutover, 0),
+        SignedDuration::from_secs(10)
+    );
+    assert_eq!(
+        wake(Phase::AwaitingCutover, max - 1),
+        SignedDuration::from_secs(10)
+    );
+    assert_eq!(
+        wake(Phase::AwaitingCutover, max),
+        SignedDuration::from_secs(20)
+    );
+    assert_eq!(
+        wake(Phase::AwaitingCutover, 40 * max),
+        policy.slow_poll,
+        "never longer than the phase's poll"
+    );
+    assert_eq!(wake(Phase::Requested, 0), SignedDuration::from_secs(30));
+    assert_eq!(
+        wake(Phase::Requested, usize::MAX),
+        policy.slow_poll,
+        "no overflow far back"
+    );
+}
+
+#[test]
 fn a_requested_migration_without_a_preparation_turn_waits_untimed_and_starts_when_given_one() {
     let policy = policy();
     let mut model = Model::new();

@@ -13,7 +13,7 @@ pub mod observe;
 pub mod turns;
 
 pub use follow_up::FollowUp;
-pub use turns::{TurnKind, Turns};
+pub use turns::{Turn, TurnKind, Turns};
 
 use jiff::SignedDuration;
 use tracing::Instrument;
@@ -604,10 +604,13 @@ impl<W: World> Agent<W> {
                     }
                 }
                 let backlog = world.rds().cutover_backlog();
-                let refused = !turns.has_turn(&m, now, backlog);
+                let Turn::Refused { ahead } = turns.ask(&m, now, backlog) else {
+                    continue;
+                };
+                obs.turns_ahead = ahead;
                 match turns.kind() {
-                    TurnKind::Cutover => obs.no_cutover_turn = refused,
-                    TurnKind::Preparation => obs.no_preparation_turn = refused,
+                    TurnKind::Cutover => obs.no_cutover_turn = true,
+                    TurnKind::Preparation => obs.no_preparation_turn = true,
                 }
             }
             let decision = (self.step)(&m, &obs, now, &self.policy);

@@ -95,6 +95,16 @@ impl TurnKind {
     }
 }
 
+/// The answer to a migration asking for a turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Turn {
+    Given,
+    /// No turn now; `ahead` migrations asked before it and wait too.
+    Refused {
+        ahead: usize,
+    },
+}
+
 #[derive(Debug)]
 pub struct Turns {
     kind: TurnKind,
@@ -158,11 +168,17 @@ impl Turns {
     /// whatever the limit (the limit caps a budget with room to spare). Preparations ignore it:
     /// their calls wait in the other lane, and their number alone keeps each one short.
     pub fn has_turn(&self, m: &Migration, now: Timestamp, backlog: Duration) -> bool {
+        self.ask(m, now, backlog) == Turn::Given
+    }
+
+    /// As [`Self::has_turn`], and when refused, how many wait ahead of `m` (the core looks
+    /// again less often the further back it is: `machine::preparation::turn_look`).
+    pub fn ask(&self, m: &Migration, now: Timestamp, backlog: Duration) -> Turn {
         let mut t = self.lock();
         debug_assert!(t.seeded, "the driver seeds the turns before asking for one");
         t.forget_stale(now);
         if t.holding.contains_key(&m.id) {
-            return true;
+            return Turn::Given;
         }
         let asked = self.kind.asked_at(m).unwrap_or(now);
         let ahead = t
@@ -177,8 +193,10 @@ impl Turns {
         let free = t.holding.len() + ahead < self.max && budget_has_room;
         if free {
             t.holding.insert(m.id.clone(), now);
+            Turn::Given
+        } else {
+            Turn::Refused { ahead }
         }
-        free
     }
 
     /// `m` as saved after its step: holds a turn, waits for one, or has none.
@@ -360,8 +378,9 @@ mod tests {
         assert!(!turns.has_turn(&b, at(61), Duration::ZERO));
         a.phase = Phase::CreatingReplica;
         turns.settle(&a, at(120));
-        assert!(
-            !turns.has_turn(&c, at(121), Duration::ZERO),
+        assert_eq!(
+            turns.ask(&c, at(121), Duration::ZERO),
+            Turn::Refused { ahead: 1 },
             "b was requested before c"
         );
         assert!(turns.has_turn(&b, at(122), Duration::ZERO));

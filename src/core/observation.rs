@@ -73,6 +73,10 @@ pub struct Observation {
     /// `false` (the default) is a turn.
     #[serde(default)]
     pub no_preparation_turn: bool,
+    /// With `no_cutover_turn` or `no_preparation_turn`: how many migrations asked before this
+    /// one and wait for a turn too (the further back, the less often it looks).
+    #[serde(default)]
+    pub turns_ahead: usize,
     /// This step's agent has just taken the migration's lease from another agent process
     /// (`agent::lease`), which died or lost it: what that process recorded as in flight
     /// (`Migration::requested`) may never have been sent, so it is asked for again now rather

@@ -189,6 +189,8 @@ pub struct Model {
     pub no_cutover_turn: bool,
     /// The agent has no preparation turn for the migration (`agent::turns`).
     pub no_preparation_turn: bool,
+    /// Without a turn: how many wait ahead of it.
+    pub turns_ahead: usize,
     /// A stale logical slot keeps the slot lag high.
     pub stale_slot: bool,
     /// A client outside the data access layer writes to the source after cutover.
@@ -324,6 +326,7 @@ impl Model {
             fleet_paused: false,
             no_cutover_turn: false,
             no_preparation_turn: false,
+            turns_ahead: 0,
             stale_slot: false,
             stray_writer: false,
             clusters_created: 0,
@@ -490,6 +493,7 @@ impl Model {
         obs.fleet_paused = n.fleet_pause && self.fleet_paused;
         obs.no_cutover_turn = m.phase == Phase::AwaitingCutover && self.no_cutover_turn;
         obs.no_preparation_turn = m.phase == Phase::Requested && self.no_preparation_turn;
+        obs.turns_ahead = self.turns_ahead;
         if let Some((_, change)) = &n.route_change {
             let r53 = self
                 .route53

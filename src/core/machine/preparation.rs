@@ -5,14 +5,27 @@
 
 use super::*;
 
-/// How often a migration waiting for its cutover turn looks again: a turn given back is taken
-/// within this (the looks read the fleet snapshot and CloudWatch, not the RDS budget).
+/// How often a migration first in line for its cutover turn looks again: a turn given back is
+/// taken within this (the looks read the fleet snapshot and CloudWatch, not the RDS budget).
 pub const CUTOVER_TURN_LOOK: SignedDuration = SignedDuration::from_secs(10);
 
-/// How often a migration waiting for its preparation turn looks again. Longer than the
+/// How often a migration first in line for its preparation turn looks again. Longer than the
 /// cutover's: a preparation takes minutes, and a thousand migrations tagged at once each look
 /// (a lease, a save, a tick) while they wait.
 pub const PREPARATION_TURN_LOOK: SignedDuration = SignedDuration::from_secs(30);
+
+/// When a migration waiting for a turn looks again: `first_in_line` while fewer than `max`
+/// (the turns there are) wait ahead of it, once more for each further `max` ahead, up to the
+/// phase's poll interval (`Stepper::wake_within`). One further back waits at least one whole
+/// stretch (a cutover, a preparation: minutes) before its turn can come, so looking every
+/// 10 s meanwhile was work for nothing: in the simulator's 1,000-migration fleet the waiting
+/// looks were most of its 890 DynamoDB writes and 1,000 SQS calls a migration.
+pub fn turn_look(first_in_line: SignedDuration, ahead: usize, max: usize) -> SignedDuration {
+    let generations = i32::try_from(ahead / max.max(1)).unwrap_or(i32::MAX);
+    first_in_line
+        .checked_mul(generations.saturating_add(1))
+        .unwrap_or(SignedDuration::MAX)
+}
 
 /// How far back replication health is read: enough periods to see a trend.
 const HEALTH_WINDOW: SignedDuration = SignedDuration::from_mins(10);
@@ -89,7 +102,11 @@ impl Stepper<'_> {
     pub(super) fn requested(&mut self) {
         self.assume_phase(Phase::Requested);
         if self.obs.no_preparation_turn {
-            self.wake_within(PREPARATION_TURN_LOOK);
+            self.wake_within(turn_look(
+                PREPARATION_TURN_LOOK,
+                self.obs.turns_ahead,
+                self.policy.max_preparations,
+            ));
             return;
         }
         self.enter(Phase::Preflight, "");
@@ -321,7 +338,11 @@ impl Stepper<'_> {
                     .progress
                     .cutover_turn_asked_at
                     .get_or_insert(self.now);
-                self.wake_within(CUTOVER_TURN_LOOK);
+                self.wake_within(turn_look(
+                    CUTOVER_TURN_LOOK,
+                    self.obs.turns_ahead,
+                    self.policy.max_cutovers,
+                ));
                 return;
             }
             self.m.progress.cutover_turn_asked_at = None;
