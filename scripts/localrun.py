@@ -80,8 +80,12 @@ class Clients:
 
     def __init__(self, endpoint):
         import boto3
+        from botocore.config import Config
+        # The emulator answers a request racing another one on the same moto dict with an
+        # InternalFailure ("OrderedDict mutated during iteration"): retried like any 5xx, more
+        # times than boto3's default, so that one race does not end a 30-minute benchmark.
         creds = dict(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION,
-                     endpoint_url=endpoint)
+                     endpoint_url=endpoint, config=Config(retries={"max_attempts": 10, "mode": "standard"}))
         self.ours = collections.Counter()
         signing = {"cloudwatch": "monitoring"}
         for attr, service in (("sqs", "sqs"), ("sns", "sns"), ("rds", "rds"), ("ec2", "ec2"),
