@@ -28,8 +28,9 @@
 //!
 //! Turns live in this process's memory: a restart forgets them, so the first turn a new process
 //! gives waits for the table's migrations under way to be counted (`seed`); a migration under
-//! way is never refused or held up, even beyond the limit. An entry not refreshed for
-//! [`FORGET_AFTER`] is dropped (its migration moved to another agent or its record went).
+//! way is never refused or held up, even beyond the limit. A turn held and not refreshed for
+//! [`FORGET_AFTER`], a place in line not refreshed for [`WAITING_FORGET_AFTER`], is dropped (its
+//! migration moved to another agent or its record went).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -46,6 +47,17 @@ use crate::core::{Migration, MigrationId, Phase};
 /// gave its turn to a second migration (the simulator's 500-migration fleet saw 38 cutovers over
 /// the limit with 15 minutes).
 pub const FORGET_AFTER: SignedDuration = SignedDuration::from_hours(2);
+
+/// A waiting entry whose migration has not been stepped here for this long is forgotten: a
+/// migration waiting for a turn looks at least every minute (`machine::preparation::turn_look`
+/// stops at the phase's poll), so one not seen for five is being stepped by the other agent, or
+/// is gone. Kept for [`FORGET_AFTER`], as a turn held is, the other agent's waiting migrations
+/// would count ahead of this agent's own for two hours (fewer turns given, never more; the
+/// simulator's `--agents 2 --fleet 1000` showed no difference on its seed: 819 and 821
+/// completed, at most 120 in preparation of the two agents' 200 either way). Forgetting one
+/// early only lets a migration behind it go first once: its place comes back from its record
+/// at its next step.
+pub const WAITING_FORGET_AFTER: SignedDuration = SignedDuration::from_mins(5);
 
 /// The longest a cutover's RDS call may be waiting for the budget when a new cutover is
 /// admitted: a second is a few looks' worth of the cutover lane's queue; beyond, another
@@ -224,7 +236,7 @@ impl Held {
     fn forget_stale(&mut self, now: Timestamp) {
         self.holding.retain(|_, seen| now - *seen < FORGET_AFTER);
         self.waiting
-            .retain(|_, (_, seen)| now - *seen < FORGET_AFTER);
+            .retain(|_, (_, seen)| now - *seen < WAITING_FORGET_AFTER);
     }
 }
 
@@ -273,12 +285,12 @@ mod tests {
         assert_eq!(turns.counts(), (1, 2));
         // a's cutover ends (Verifying): its turn is free, and it is c's, not b's.
         a.phase = Phase::Verifying;
-        turns.settle(&a, at(300));
+        turns.settle(&a, at(100));
         assert!(
-            !turns.has_turn(&b, at(301), Duration::ZERO),
+            !turns.has_turn(&b, at(101), Duration::ZERO),
             "b asked after c"
         );
-        assert!(turns.has_turn(&c, at(302), Duration::ZERO));
+        assert!(turns.has_turn(&c, at(102), Duration::ZERO));
     }
 
     #[test]
@@ -401,5 +413,31 @@ mod tests {
         // The preparation under way fails its preflight: its turn is free.
         turns.settle(&migration(1, Phase::Failed), at(2));
         assert!(turns.has_turn(&waiting, at(3), Duration::ZERO));
+    }
+
+    #[test]
+    fn a_waiting_migration_not_stepped_here_for_minutes_no_longer_counts_ahead() {
+        let turns = Turns::new(TurnKind::Preparation, 1);
+        turns.seed([], at(0));
+        let mut a = migration(1, Phase::Requested);
+        a.created_at = at(0);
+        let mut b = migration(2, Phase::Requested);
+        b.created_at = at(1);
+        // A third migration holds the only turn; a waits, then is stepped by the other agent.
+        turns.settle(&migration(3, Phase::Preflight), at(0));
+        assert!(!turns.has_turn(&a, at(2), Duration::ZERO));
+        turns.settle(&a, at(2));
+        turns.settle(&migration(3, Phase::CreatingReplica), at(3));
+        assert_eq!(
+            turns.ask(&b, at(4), Duration::ZERO),
+            Turn::Refused { ahead: 1 },
+            "a was requested first and was seen a moment ago"
+        );
+        turns.settle(&b, at(4));
+        let later = at(2) + WAITING_FORGET_AFTER + SignedDuration::from_secs(1);
+        assert!(
+            turns.has_turn(&b, later, Duration::ZERO),
+            "a has not been stepped here for minutes: it is the other agent's"
+        );
     }
 }

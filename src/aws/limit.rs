@@ -317,7 +317,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_cutover_lane_goes_before_calls_that_can_wait() {
-        let l = RateLimiter::new(20.0, 1.0);
+        // 4/s: the first token after the burst is due at 250 ms, and the calls arrive 10 ms apart
+        // before it, so a loaded machine's late timers do not reorder them (at 20/s and 1 ms
+        // apart they did, with the simulator and a benchmark running beside the tests).
+        let l = RateLimiter::new(4.0, 1.0);
         l.acquire_in(false).await; // the burst: every call below waits
         let order = std::sync::Mutex::new(Vec::new());
         let call = |name: &'static str, cutover: bool, after_ms: u64| {
@@ -331,13 +334,13 @@ mod tests {
         // Four calls that can wait queue; two cutover calls arriving after them are served
         // first.
         tokio::join!(
-            call("wait-1", false, 1),
-            call("wait-2", false, 2),
-            call("wait-3", false, 3),
-            call("wait-4", false, 4),
-            call("cutover", true, 10),
+            call("wait-1", false, 10),
+            call("wait-2", false, 20),
+            call("wait-3", false, 30),
+            call("wait-4", false, 40),
+            call("cutover", true, 100),
             in_lane(true, async {
-                tokio::time::sleep(Duration::from_millis(11)).await;
+                tokio::time::sleep(Duration::from_millis(110)).await;
                 assert!(cutover_lane());
                 l.acquire().await;
                 order.lock().unwrap().push("cutover-by-task");
