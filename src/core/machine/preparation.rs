@@ -18,8 +18,8 @@ pub const PREPARATION_TURN_LOOK: SignedDuration = SignedDuration::from_secs(30);
 /// (the turns there are) wait ahead of it, once more for each further `max` ahead, up to the
 /// phase's poll interval (`Stepper::wake_within`). One further back waits at least one whole
 /// stretch (a cutover, a preparation: minutes) before its turn can come, so looking every
-/// 10 s meanwhile was work for nothing: in the simulator's 1,000-migration fleet the waiting
-/// looks were most of its 890 DynamoDB writes and 1,000 SQS calls a migration.
+/// 10 s meanwhile was work for nothing (each look a lease, a save and a tick): in the
+/// simulator's 1,000-migration fleet this took DynamoDB UpdateItem from 890 to 784 a migration.
 pub fn turn_look(first_in_line: SignedDuration, ahead: usize, max: usize) -> SignedDuration {
     let generations = i32::try_from(ahead / max.max(1)).unwrap_or(i32::MAX);
     first_in_line
