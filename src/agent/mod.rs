@@ -592,16 +592,22 @@ impl<W: World> Agent<W> {
             obs.action_results = std::mem::take(&mut pending);
             obs.taken_over = std::mem::take(&mut taken_over);
             let now = world.clock().now();
-            for turns in [&self.cutover_turns, &self.preparation_turns] {
+            let both = [&self.cutover_turns, &self.preparation_turns];
+            let waits = both.iter().any(|t| m.phase == t.kind().waits_in());
+            if waits && both.iter().any(|t| !t.seeded()) {
+                // Once per process: the migrations under way count before a turn is given, both
+                // kinds from one read of the table.
+                match world.store().list().await {
+                    Ok(all) => both
+                        .iter()
+                        .filter(|t| !t.seeded())
+                        .for_each(|t| t.seed(&all, now)),
+                    Err(e) => return self.retry_later(m, e).await,
+                }
+            }
+            for turns in both {
                 if m.phase != turns.kind().waits_in() {
                     continue;
-                }
-                if !turns.seeded() {
-                    // Once per process: the migrations under way count before a turn is given.
-                    match world.store().list().await {
-                        Ok(all) => turns.seed(&all, now),
-                        Err(e) => return self.retry_later(m, e).await,
-                    }
                 }
                 let backlog = world.rds().cutover_backlog();
                 let Turn::Refused { ahead } = turns.ask(&m, now, backlog) else {

@@ -529,6 +529,18 @@ fn positive(setting: &'static str, v: f64) -> Result<f64, ConfigError> {
 /// avoid.
 const MAX_CUTOVERS_LIMIT: usize = 1000;
 
+/// A limit on turns (`agent::turns`): 1 to [`MAX_CUTOVERS_LIMIT`].
+fn turn_limit(setting: &'static str, v: usize) -> Result<usize, ConfigError> {
+    if (1..=MAX_CUTOVERS_LIMIT).contains(&v) {
+        Ok(v)
+    } else {
+        Err(bad(
+            setting,
+            format!("{v} is not between 1 and {MAX_CUTOVERS_LIMIT}"),
+        ))
+    }
+}
+
 /// The largest `MIGRATOR_MAX_IDLE_CONNECTIONS` accepted: RDS's own sessions are a handful; more
 /// than that allowed would let client sessions through the proof.
 const MAX_IDLE_CONNECTIONS_LIMIT: u32 = 10;
@@ -627,28 +639,11 @@ impl PolicyArgs {
                     ),
                 ));
             },
-            max_cutovers: if (1..=MAX_CUTOVERS_LIMIT).contains(&self.max_cutovers) {
-                self.max_cutovers
-            } else {
-                return Err(bad(
-                    "MIGRATOR_MAX_CUTOVERS (--max-cutovers)",
-                    format!(
-                        "{} is not between 1 and {MAX_CUTOVERS_LIMIT}",
-                        self.max_cutovers
-                    ),
-                ));
-            },
-            max_preparations: if (1..=MAX_CUTOVERS_LIMIT).contains(&self.max_preparations) {
-                self.max_preparations
-            } else {
-                return Err(bad(
-                    "MIGRATOR_MAX_PREPARATIONS (--max-preparations)",
-                    format!(
-                        "{} is not between 1 and {MAX_CUTOVERS_LIMIT}",
-                        self.max_preparations
-                    ),
-                ));
-            },
+            max_cutovers: turn_limit("MIGRATOR_MAX_CUTOVERS (--max-cutovers)", self.max_cutovers)?,
+            max_preparations: turn_limit(
+                "MIGRATOR_MAX_PREPARATIONS (--max-preparations)",
+                self.max_preparations,
+            )?,
             ..defaults
         })
     }
