@@ -25,10 +25,11 @@ pub struct Needs {
     /// (up to the describe cache's TTL old): the phase waits, with writes down, on a change
     /// RDS applies by itself and announces with no event.
     pub fresh: bool,
-    /// The source and the target may come from the fleet snapshot up to a minute old, in the
-    /// cutover too (unless the agent changed them since): the look waits on something else and
-    /// reads from them only what does not change meanwhile (the writer's endpoint, the guards'
-    /// tags). Promoting on the database path while AWS promotes (`machine::cutover`).
+    /// The source and the target may come from the fleet snapshot up to three minutes old, in
+    /// the cutover too, even when the agent changed them since (`aws::rds::cache`,
+    /// `snapshot_will_do`): the look waits on something else and reads from them only what the
+    /// agent never changes (the writer's endpoint, the guards' tags, whether they exist).
+    /// Promoting on the database path while AWS promotes (`machine::cutover`).
     pub snapshot_will_do: bool,
     /// As `snapshot_will_do`, for the source alone: the target is described as it is now.
     /// Promoting on the metric path while AWS promotes (`machine::cutover`).

@@ -170,6 +170,9 @@ pub struct SeedOutcome {
     pub rds_in_cutover_lane: u64,
     /// RDS requests by the phase of the migration that made them, and operation.
     pub rds_by_phase: BTreeMap<(&'static str, &'static str), u64>,
+    /// RDS requests shared across migrations: (operation, `snapshot` | `batch`) → (requests,
+    /// looks carried).
+    pub rds_shared: BTreeMap<(&'static str, &'static str), (u64, u64)>,
     pub timeline: Vec<String>,
     pub end_ms: Ms,
     pub decisions: u64,
@@ -354,6 +357,7 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
     let rds_peak_1s = s.rds_per_second.values().copied().max().unwrap_or(0);
     let rds_in_cutover_lane = s.rds_in_cutover_lane;
     let rds_by_phase = s.rds_by_phase.clone();
+    let rds_shared = s.rds_shared.clone();
     let rds_peak_60s = peak_window(&s.rds_per_second, 60);
     let timeline = s
         .timeline
@@ -374,6 +378,7 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
         peak_preparations: (s.peak_preparations, s.max_preparations),
         rds_in_cutover_lane,
         rds_by_phase,
+        rds_shared,
         timeline,
         end_ms: s.now,
         decisions,

@@ -511,6 +511,28 @@ impl fmt::Display for SimReport {
                     .collect::<Vec<_>>()
                     .join(", ")
             )?;
+            // How much of the describing is shared: a snapshot page serves every migration, a
+            // batch the looks that fell due together (`aws::rds::batch`).
+            writeln!(
+                f,
+                "  RDS describes shared across migrations, per migration: {}",
+                out.rds_shared
+                    .iter()
+                    .map(|((op, kind), (requests, looks))| {
+                        let per = *requests as f64 / fl.migrations.max(1) as f64;
+                        let op = op.trim_start_matches("rds:");
+                        if kind.starts_with("batch") {
+                            format!(
+                                "{op} {kind} {per:.1} ({:.2} looks a request)",
+                                *looks as f64 / (*requests).max(1) as f64
+                            )
+                        } else {
+                            format!("{op} {kind} pages {per:.1}")
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
             // Where each phase's calls go: what a change to a phase's looks would save.
             let mut pairs: Vec<(&(&str, &str), &u64)> = out.rds_by_phase.iter().collect();
             pairs.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));

@@ -234,6 +234,10 @@ pub struct State {
     pub rds_in_cutover_lane: u64,
     /// RDS requests by the phase of the migration that made them, and operation.
     pub rds_by_phase: BTreeMap<(&'static str, &'static str), u64>,
+    /// RDS requests that served many migrations at once, by operation and kind (`snapshot`:
+    /// a page of the fleet describe cache; `batch`: a batched direct describe): requests, and
+    /// the migrations' looks they carried (a batch's names; a snapshot page: none counted).
+    pub rds_shared: BTreeMap<(&'static str, &'static str), (u64, u64)>,
     pub epoch: Timestamp,
     pub seed: u64,
     fault_rng: Rng,
@@ -300,6 +304,7 @@ impl State {
             peak_preparations: 0,
             rds_in_cutover_lane: 0,
             rds_by_phase: BTreeMap::new(),
+            rds_shared: BTreeMap::new(),
             epoch,
             seed,
             fault_rng: Rng::fork(seed, 1),
