@@ -30,7 +30,10 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             n.quarantine_group = true;
             // Events from a little before the request: clocks differ between us and RDS.
             let since = p.reboot_requested_at.unwrap_or(now) - SignedDuration::from_mins(1);
-            n.events_since = Some(since);
+            // The events say when the source restarted; once that is recorded the proof reads
+            // only CloudWatch (6.4 DescribeEvents a migration in the 1,000-migration fleet, most
+            // after the restart was known).
+            n.events_since = p.restarted_at.is_none().then_some(since);
             n.metrics = [SourceSlotLag, SourceConnections, TargetReplicaLag]
                 .into_iter()
                 .map(|k| (k, since))
@@ -313,6 +316,18 @@ impl Stepper<'_> {
                 self.m.progress.reboot_requested_at = Some(self.now);
             }
         }
+        if fenced
+            && !self.database_path()
+            && let Some(restarted) = self.m.progress.restarted_at
+        {
+            // No look can find the proof before the first CloudWatch period that starts after
+            // the restart has ended: the looks every `fast_poll` until then read the source,
+            // the fence and CloudWatch for nothing (Draining was the phase with the most RDS
+            // calls after Promoting in the simulator's fleets). The fence is re-read before
+            // the promotion is asked for, so a change to it meanwhile is not missed.
+            let period = self.policy.metric_period;
+            self.no_look_before(first_period_start_after(restarted, period) + period);
+        }
         if let Some(q) = self.m.progress.quarantined_at
             && self.since(q) > self.policy.write_unavailability_budget / 2
         {
@@ -520,5 +535,35 @@ impl Stepper<'_> {
         if self.request(Action::RouteTraffic(route)) {
             self.m.progress.route_requested_at.get_or_insert(self.now);
         }
+    }
+}
+
+/// The start of the first CloudWatch period of `period` at or after `at` (CloudWatch aligns
+/// periods of a minute or more on multiples of the period since the epoch, and timestamps each
+/// by its start).
+fn first_period_start_after(at: Timestamp, period: SignedDuration) -> Timestamp {
+    let p = period.as_millis().max(1);
+    let ms = at.as_millisecond() as i128;
+    let start = ms + (p - ms.rem_euclid(p)) % p;
+    Timestamp::from_millisecond(start as i64).unwrap_or(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_period_after_a_restart_starts_on_the_next_multiple_of_the_period() {
+        let minute = SignedDuration::from_mins(1);
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        assert_eq!(
+            first_period_start_after(at("2026-12-06T01:00:17Z"), minute),
+            at("2026-12-06T01:01:00Z")
+        );
+        assert_eq!(
+            first_period_start_after(at("2026-12-06T01:01:00Z"), minute),
+            at("2026-12-06T01:01:00Z"),
+            "a period starting at the restart is after it"
+        );
     }
 }

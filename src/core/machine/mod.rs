@@ -394,6 +394,21 @@ impl Stepper<'_> {
         }
     }
 
+    /// The next look comes no earlier than `at`, unless a look is due sooner for the write
+    /// budget (its deadline, `write_budget_spent`): for a wait whose end is known, on which a
+    /// look every poll would learn nothing.
+    fn no_look_before(&mut self, at: Timestamp) {
+        if at <= self.now {
+            return;
+        }
+        let mut wait = at.duration_since(self.now);
+        if let Some(q) = self.m.progress.quarantined_at {
+            wait = wait.min(self.policy.write_unavailability_budget - self.since(q));
+        }
+        let poll = self.policy.poll_interval(self.m.phase);
+        self.wake = Some(self.wake.unwrap_or(poll).max(wait).max(MIN_WAKE));
+    }
+
     fn wake_within(&mut self, after: SignedDuration) {
         let after = after.max(MIN_WAKE);
         self.wake = Some(match self.wake {
