@@ -201,14 +201,24 @@ impl<C: MonotonicClock> Drop for GiveBack<'_, C> {
 }
 
 impl<C: MonotonicClock> RateLimiter<C> {
-    /// `per_second` sustained, with bursts of up to `burst` calls, on `clock`; starts full.
+    /// At most `per_second` × 60 calls in any 60 s, with bursts of up to `burst` calls, on
+    /// `clock`; starts full.
+    ///
+    /// A token bucket filled at `per_second` allows `burst` more than that in a minute (60 ×
+    /// rate + burst: 305 at 5/s, measured 5.07 req/s over 60 s in the simulator's fleet). The
+    /// budget is stated over any 60 s (RDS's account limit is a rate; issue #17 asks for "at
+    /// most 5 req/s over any 60 s"), so the bucket fills at `per_second` − `burst` / 60 and its
+    /// burst is at most half a minute's worth: a full bucket and a minute's refill make exactly
+    /// 60 × `per_second` (4.92/s sustained at 5/s). Below one call in 30 s the burst is 1 and
+    /// the bucket fills at half the rate.
     pub fn with_clock(per_second: f64, burst: f64, clock: C) -> Self {
-        let per_second = if per_second.is_finite() && per_second > 0.0 {
+        let rate = if per_second.is_finite() && per_second > 0.0 {
             per_second
         } else {
             1.0
         };
-        let burst = burst.max(1.0);
+        let burst = burst.min(30.0 * rate).max(1.0);
+        let per_second = (rate - burst / 60.0).max(rate / 2.0);
         let at = clock.now();
         RateLimiter {
             per_second,
@@ -313,6 +323,26 @@ mod tests {
         // 2 at once, then 10 more at 50/s.
         let took = start.elapsed().as_secs_f64();
         assert!((0.19..0.5).contains(&took), "took {took}");
+    }
+
+    #[tokio::test]
+    async fn no_60_seconds_hold_more_than_60_times_the_rate() {
+        let clock = crate::aws::rds::cache::tests::Manual::default();
+        let l = RateLimiter::with_clock(5.0, 5.0, clock.clone());
+        let mut at = Vec::new();
+        for _ in 0..1_000 {
+            l.acquire().await;
+            at.push(clock.now());
+        }
+        // The busiest 60 s: from each call, the calls before it ends.
+        let busiest = (0..at.len())
+            .map(|i| at[i..].partition_point(|t| *t < at[i] + Duration::from_secs(60)))
+            .max()
+            .unwrap();
+        assert!(
+            (295..=300).contains(&busiest),
+            "5/s over any 60 s, the burst included, and not much less: {busiest}"
+        );
     }
 
     #[tokio::test]
