@@ -109,6 +109,23 @@ impl Leases {
         map.insert(held.lease.id.clone(), held);
     }
 
+    /// Keeps a renewal of a lease this process still holds (the same taking), and says whether
+    /// it did: one released or lost meanwhile stays forgotten. A renewal beside a step answers
+    /// after the step may have ended and released the lease (`Agent::schedule`); kept then, it
+    /// brought the lease back to life here only: the next step used it without a call and acted
+    /// while the table said it was free and another agent had taken it (the simulator's
+    /// 1,000-migration fleet with two agents: a phase tag and its notification sent by both).
+    fn renewed(&self, held: Held) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&held.lease.id) {
+            Some(h) if h.lease.holder == held.lease.holder && h.lease.token == held.lease.token => {
+                map.insert(held.lease.id.clone(), held);
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub(super) fn forget(&self, id: &MigrationId) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
@@ -197,7 +214,17 @@ impl<W: World> Agent<W> {
                 .await
             {
                 Ok(lease) => {
-                    self.hold(lease, sent);
+                    let kept = self.leases.renewed(Held {
+                        lease: Lease {
+                            taken_from: None,
+                            ..lease
+                        },
+                        valid_until: sent + self.lease_ttl - CLOCK_MARGIN,
+                    });
+                    if !kept {
+                        // Released (the step ended) or lost while the renewal was on its way.
+                        return std::future::pending().await;
+                    }
                 }
                 Err(LeaseError::Lost) => {
                     tracing::warn!(migration = %id, "lease taken by another agent mid-step; its remaining actions are not run");
@@ -250,4 +277,43 @@ pub fn process_holder() -> String {
         std::process::id(),
         Timestamp::now().as_millisecond()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(token: u64, until_s: i64) -> Held {
+        Held {
+            lease: Lease {
+                id: MigrationId {
+                    resource_id: "db-1".into(),
+                    attempt: 1,
+                },
+                holder: "agent-a".into(),
+                token,
+                expires_at: Timestamp::from_second(until_s + 2).unwrap(),
+                taken_from: None,
+            },
+            valid_until: Timestamp::from_second(until_s).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_renewal_that_answers_after_the_lease_was_released_does_not_hold_it_again() {
+        let leases = Leases::default();
+        let id = held(1, 100).lease.id;
+        leases.put(held(1, 100));
+        assert!(
+            leases.renewed(held(1, 110)),
+            "still held: the renewal is kept"
+        );
+        assert_eq!(leases.get(&id).unwrap().valid_until.as_second(), 110);
+        leases.forget(&id); // the step ended and released it
+        assert!(!leases.renewed(held(1, 120)));
+        assert!(leases.get(&id).is_none(), "released stays released");
+        leases.put(held(2, 130)); // taken again: a renewal of the old taking is not this one
+        assert!(!leases.renewed(held(1, 140)));
+        assert_eq!(leases.get(&id).unwrap().lease.token, 2);
+    }
 }
