@@ -118,7 +118,7 @@ impl Leases {
     fn renewed(&self, held: Held) -> bool {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&held.lease.id) {
-            Some(h) if h.lease.holder == held.lease.holder && h.lease.token == held.lease.token => {
+            Some(h) if h.lease.is_same_taking(&held.lease) => {
                 map.insert(held.lease.id.clone(), held);
                 true
             }
@@ -175,14 +175,20 @@ impl<W: World> Agent<W> {
     /// Keeps `lease` (taken or renewed by a request sent at `sent`) and returns it. The kept
     /// copy forgets whom it was taken from: that is news for the step that took it only.
     fn hold(&self, lease: Lease, sent: Timestamp) -> Lease {
-        self.leases.put(Held {
+        self.leases.put(self.held(lease.clone(), sent));
+        lease
+    }
+
+    /// `lease`, taken or renewed by a request sent at `sent`, as this process keeps it: valid by
+    /// its clock until the lease time less [`CLOCK_MARGIN`], forgetting whom it was taken from.
+    fn held(&self, lease: Lease, sent: Timestamp) -> Held {
+        Held {
             lease: Lease {
                 taken_from: None,
-                ..lease.clone()
+                ..lease
             },
             valid_until: sent + self.lease_ttl - CLOCK_MARGIN,
-        });
-        lease
+        }
     }
 
     /// Whether this process may still act under the lease on `id`, by its own clock.
@@ -214,14 +220,7 @@ impl<W: World> Agent<W> {
                 .await
             {
                 Ok(lease) => {
-                    let kept = self.leases.renewed(Held {
-                        lease: Lease {
-                            taken_from: None,
-                            ..lease
-                        },
-                        valid_until: sent + self.lease_ttl - CLOCK_MARGIN,
-                    });
-                    if !kept {
+                    if !self.leases.renewed(self.held(lease, sent)) {
                         // Released (the step ended) or lost while the renewal was on its way.
                         return std::future::pending().await;
                     }
