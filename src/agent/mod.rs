@@ -368,6 +368,12 @@ impl<W: World> Agent<W> {
                 if !t.arn.contains(":db:") {
                     return Ok(Disposition::Delete); // only instances are sources
                 }
+                // News about this instance's tags (an approval, an abort, a consumer's
+                // acknowledgement): described as it is now. From the fleet snapshot, taken up
+                // to its TTL before the tag was set, the step would not see the tag and the
+                // migration would wait for its next look (a minute or more in the phases that
+                // wait on people).
+                self.world.rds().heard_of_change(&identifier);
                 self.on_source(&identifier).await
             }
             Inbound::ClusterEvent(e) => self.on_cluster(&e.source_identifier).await,

@@ -56,3 +56,68 @@ async fn malformed_goes_to_the_dlq_while_duplicate_stale_and_unknown_messages_do
         "the malformed message was left twice before the DLQ: {summary:?}"
     );
 }
+
+/// A tag event is news: the step it starts describes the source as it is now, not from the
+/// fleet describe snapshot taken before the tag was set. An agent whose snapshot lives for two
+/// minutes acts on an approval set while the migration waits for it within seconds (before:
+/// not until the snapshot expired, up to its TTL later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_event_is_acted_on_at_once_whatever_the_describe_snapshot_holds() {
+    let env = Env::new().await;
+    let Source { arn, names, .. } = env.migration_source("orders-pg", true).await;
+    let player = Player::one(&env, "orders-pg", &names, false);
+    let mut manual = policy();
+    manual.cutover = aurora_migrator::core::policy::CutoverPolicy::ManualApproval;
+    // The harness's agent (a describe snapshot of 0.8 s) builds the replica and waits.
+    let first = env
+        .run_agent_with(&env.settings, manual.clone(), runtime_settings())
+        .await;
+    env.send_tag_event(&arn, &["aurora-migration"]).await;
+    env.wait_past(
+        "orders-pg",
+        "awaitingcutover",
+        Duration::from_secs(120),
+        &[],
+    )
+    .await;
+    first.finish().await;
+    // Its successor keeps a snapshot for two minutes: its first look takes one (no approval).
+    let mut long_snapshot = env.settings.clone();
+    long_snapshot.describe_cache_ttl = Duration::from_secs(120);
+    let agent = env
+        .run_agent_with(&long_snapshot, manual, runtime_settings())
+        .await;
+    let described = |calls: &aurora_migrator::aws::CallCounter| {
+        calls
+            .calls()
+            .get("rds:DescribeDBInstances")
+            .copied()
+            .unwrap_or(0)
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "the successor's first look",
+        || async { described(&agent.calls) > 0 },
+    )
+    .await;
+    assert_eq!(env.phase("orders-pg").await, "awaitingcutover");
+    env.aws
+        .rds
+        .add_tags_to_resource()
+        .resource_name(&arn)
+        .tags(tag("aurora-migration:approve", "true"))
+        .send()
+        .await
+        .unwrap();
+    env.send_tag_event(&arn, &["aurora-migration:approve"])
+        .await;
+    env.wait_past(
+        "orders-pg",
+        "quiescing",
+        Duration::from_secs(15),
+        &["failed"],
+    )
+    .await;
+    agent.finish().await;
+    player.stop();
+}
