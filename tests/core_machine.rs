@@ -882,10 +882,11 @@ fn a_migration_first_stepped_long_after_it_was_requested_goes_on_to_preflight() 
 }
 
 /// Once the restart is known, no look can find the metric path's proof before the first
-/// CloudWatch period that starts after it has ended: the next look is then (not every
-/// `fast_poll`), and the source's events are no longer read.
+/// CloudWatch period that starts after it has begun: the next look is then (not every
+/// `fast_poll`), and the source's events are no longer read. Not at that period's end: its
+/// datapoint may be readable before it ends, and waiting longer would lengthen the outage.
 #[test]
-fn draining_after_the_restart_looks_again_when_a_period_after_it_has_ended_and_reads_no_events() {
+fn draining_after_the_restart_looks_again_when_a_period_after_it_has_begun_and_reads_no_events() {
     let policy = policy();
     let (model, m) = draining();
     assert!(!m.database_path());
@@ -900,13 +901,17 @@ fn draining_after_the_restart_looks_again_when_a_period_after_it_has_ended_and_r
     let period_ms = policy.metric_period.as_millis() as i64;
     let ms = restarted.as_millisecond();
     let first_start = (ms + period_ms - 1).div_euclid(period_ms) * period_ms;
-    let ready = jiff::Timestamp::from_millisecond(first_start + period_ms).unwrap();
+    let ready = jiff::Timestamp::from_millisecond(first_start).unwrap();
     assert!(
         ready > model.now + policy.fast_poll,
-        "the fixture's restart is recent"
+        "the fixture's restart is early in its period"
     );
     let wake = d.wake_after.expect("Draining looks again");
-    assert_eq!(model.now + wake, ready, "not before the period has ended");
+    assert_eq!(
+        model.now + wake,
+        ready,
+        "when the period has begun, not later"
+    );
     let need = aurora_migrator::core::needs::needs(&d.next, model.now, &policy);
     assert!(need.events_since.is_none(), "the restart is known");
     assert!(!need.metrics.is_empty(), "CloudWatch is still read");

@@ -321,12 +321,19 @@ impl Stepper<'_> {
             && let Some(restarted) = self.m.progress.restarted_at
         {
             // No look can find the proof before the first CloudWatch period that starts after
-            // the restart has ended: the looks every `fast_poll` until then read the source,
-            // the fence and CloudWatch for nothing (Draining was the phase with the most RDS
-            // calls after Promoting in the simulator's fleets). The fence is re-read before
-            // the promotion is asked for, so a change to it meanwhile is not missed.
-            let period = self.policy.metric_period;
-            self.no_look_before(first_period_start_after(restarted, period) + period);
+            // the restart has begun (the proof reads only periods starting after it): the looks
+            // every `fast_poll` until then read the source, the fence and CloudWatch for nothing
+            // (Draining was the phase with the most RDS calls after Promoting in the
+            // simulator's fleets). Not until that period has *ended*: RDS samples once a
+            // minute at an offset of its own and CloudWatch bins the sample by its timestamp,
+            // so the period's datapoint may be readable well before its end (moto's is at
+            // once), and waiting for the end would add up to a period to the outage. The fence
+            // is re-read before the promotion is asked for, so a change to it meanwhile is not
+            // missed.
+            self.no_look_before(first_period_start_after(
+                restarted,
+                self.policy.metric_period,
+            ));
         }
         if let Some(q) = self.m.progress.quarantined_at
             && self.since(q) > self.policy.write_unavailability_budget / 2
