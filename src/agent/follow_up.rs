@@ -98,7 +98,7 @@ impl<W: World> Agent<W> {
             tracing::debug!(migration = %f.record.id, "stale follow-up dropped");
             return Disposition::DeleteStale;
         }
-        match self.reconcile((*f.record).clone()).await {
+        match self.reconcile_scheduled((*f.record).clone()).await {
             Ok(_) => Disposition::Delete,
             Err(e) => {
                 // The tick sent beside it carries on.
@@ -109,7 +109,7 @@ impl<W: World> Agent<W> {
     }
 
     /// The version of `id`'s record this process saved last, if it saved one.
-    fn saved_version(&self, id: &MigrationId) -> Option<u64> {
+    pub(super) fn saved_version(&self, id: &MigrationId) -> Option<u64> {
         let saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
         saved.get(id).copied()
     }

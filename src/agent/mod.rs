@@ -421,7 +421,7 @@ impl<W: World> Agent<W> {
             }
             tracing::info!(migration = %m.id, token = tick.token, overdue, redelivered, "stale tick adopts the chain");
         }
-        self.reconcile(m).await?;
+        self.reconcile_scheduled(m).await?;
         Ok(Disposition::Delete)
     }
 
@@ -509,7 +509,7 @@ impl<W: World> Agent<W> {
         });
         for_each_at_most(RESYNC_CONCURRENCY, overdue, |m| async move {
             tracing::info!(migration = %m.id, "wake-up overdue, stepping");
-            if let Err(e) = self.reconcile(m).await {
+            if let Err(e) = self.reconcile_scheduled(m).await {
                 tracing::warn!(error = %e, "resync step failed");
             }
         })
@@ -520,16 +520,52 @@ impl<W: World> Agent<W> {
     /// Observe → step → persist → act, repeated while the machine asks to look again at once
     /// (a phase change: look afresh) or has action outcomes to hear (against the same look);
     /// then schedule the wake-up.
+    ///
+    /// For news (an event, a tag, a new migration): the step is taken whatever this process
+    /// did meanwhile. A scheduled look is [`Agent::reconcile_scheduled`].
     pub async fn reconcile(&self, m: Migration) -> Result<Migration, DriverError> {
+        self.reconcile_as(m, Asked::News).await
+    }
+
+    /// [`Agent::reconcile`] for a scheduled look (a tick, a follow-up, an overdue wake-up):
+    /// dropped when this process saved a newer version of the record than `m` while the look
+    /// waited for the migration's lock. That save's step looked later than this one would have
+    /// asked for, and scheduled its own wake-up.
+    pub async fn reconcile_scheduled(&self, m: Migration) -> Result<Migration, DriverError> {
+        self.reconcile_as(m, Asked::Schedule).await
+    }
+
+    async fn reconcile_as(&self, m: Migration, asked: Asked) -> Result<Migration, DriverError> {
         // Every log line of this migration's steps carries its id (JSON logs: the span's field).
         let span =
             tracing::info_span!("reconcile", migration = %m.id, source = %m.source_identifier);
-        self.reconcile_leased(m).instrument(span).await
+        self.reconcile_leased(m, asked).instrument(span).await
     }
 
     /// [`Agent::reconcile`] under the record's lease (`lease.rs`), renewed while it runs.
-    async fn reconcile_leased(&self, m: Migration) -> Result<Migration, DriverError> {
+    async fn reconcile_leased(
+        &self,
+        mut m: Migration,
+        asked: Asked,
+    ) -> Result<Migration, DriverError> {
         let _one_step = self.stepping.lock(m.id.to_string()).await;
+        // `m` was read before the lock: a step of this process may have saved a newer version
+        // meanwhile (a tick read while the follow-up it backs up was stepping, or an event's
+        // read beside a tick). Stepping the old one would observe (RDS describes, the cutover
+        // lane's among them) only for the save to fail on its version and the look to start
+        // over: the simulator's database-path fleet saw a quarter of Promoting's looks do that.
+        if self.saved_version(&m.id).is_some_and(|v| v > m.version) {
+            match asked {
+                Asked::Schedule => {
+                    tracing::debug!(migration = %m.id, "scheduled look already taken by a newer step");
+                    return Ok(m);
+                }
+                Asked::News => match self.world.store().load(&m.id).await? {
+                    Some(fresh) => m = fresh,
+                    None => return Err(DriverError::NoRecord),
+                },
+            }
+        }
         let mut lease = self.lease_for(&m).await;
         if let Err(LeaseError::Held { until, .. }) = &lease
             && m.next_wake.is_none()
@@ -732,6 +768,16 @@ fn whole_seconds_until(now: jiff::Timestamp, at: jiff::Timestamp) -> u32 {
 }
 
 /// `<resource id>/<attempt>`, as written in the `<prefix>:migration` tag.
+/// Why a step is asked for: what [`Agent::reconcile_leased`] does with a record older than
+/// this process's last save of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asked {
+    /// News (an event, a tag, an admission): step the record as it is now.
+    News,
+    /// A scheduled look: already taken by the newer step, which scheduled its own.
+    Schedule,
+}
+
 pub fn parse_migration_id(v: &str) -> Option<MigrationId> {
     let (resource_id, attempt) = v.rsplit_once('/')?;
     Some(MigrationId {

@@ -176,6 +176,8 @@ pub struct SeedOutcome {
     pub timeline: Vec<String>,
     pub end_ms: Ms,
     pub decisions: u64,
+    /// Saves refused on the record's version (`State::stale_saves`).
+    pub stale_saves: u64,
     pub crashes: u32,
     pub dlq: usize,
     /// Agent crash → another process took the lease, for migrations in their cutover.
@@ -382,6 +384,7 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
         timeline,
         end_ms: s.now,
         decisions,
+        stale_saves: s.stale_saves,
         crashes,
         dlq: s.queue.dlq.len(),
         takeovers_ms: s.takeovers_ms.clone(),
@@ -693,6 +696,7 @@ pub fn run(o: &SimOptions) -> SimReport {
         rds_peak_60s: 0.0,
         crashes: 0,
         decisions: 0,
+        stale_saves: 0,
         dlq: 0,
         takeovers_ms: Vec::new(),
         virtual_ms: 0,

@@ -47,6 +47,8 @@ pub struct SimReport {
     pub rds_peak_60s: f64,
     pub crashes: u64,
     pub decisions: u64,
+    /// Saves refused on the record's version (`State::stale_saves`).
+    pub stale_saves: u64,
     pub dlq: u64,
     /// Agent crash → another process took the lease (migrations in their cutover past
     /// Quiescing).
@@ -161,6 +163,7 @@ impl SimReport {
         self.rds_peak_60s = self.rds_peak_60s.max(out.rds_peak_60s);
         self.crashes += u64::from(out.crashes);
         self.decisions += out.decisions;
+        self.stale_saves += out.stale_saves;
         self.dlq += out.dlq as u64;
         self.takeovers_ms.extend(&out.takeovers_ms);
         self.virtual_ms += i128::from(out.end_ms);
@@ -212,8 +215,9 @@ impl fmt::Display for SimReport {
         )?;
         writeln!(
             f,
-            "agent: {} decisions checked, {} crashes and restarts, {} messages redriven to the DLQ, {:.1} h of virtual time",
+            "agent: {} decisions checked, {} saves refused on a changed record, {} crashes and restarts, {} messages redriven to the DLQ, {:.1} h of virtual time",
             self.decisions,
+            self.stale_saves,
             self.crashes,
             self.dlq,
             self.virtual_ms as f64 / 3_600_000.0

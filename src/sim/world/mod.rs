@@ -238,6 +238,10 @@ pub struct State {
     /// a page of the fleet describe cache; `batch`: a batched direct describe): requests, and
     /// the migrations' looks they carried (a batch's names; a snapshot page: none counted).
     pub rds_shared: BTreeMap<(&'static str, &'static str), (u64, u64)>,
+    /// Saves of a record refused because it had changed since it was read (the step then
+    /// reads it again and looks afresh): with one agent and no crash, a step of a record this
+    /// process had already moved on, and every look it made was for nothing.
+    pub stale_saves: u64,
     pub epoch: Timestamp,
     pub seed: u64,
     fault_rng: Rng,
@@ -305,6 +309,7 @@ impl State {
             rds_in_cutover_lane: 0,
             rds_by_phase: BTreeMap::new(),
             rds_shared: BTreeMap::new(),
+            stale_saves: 0,
             epoch,
             seed,
             fault_rng: Rng::fork(seed, 1),

@@ -107,6 +107,7 @@ impl State {
         let stored = self.store.get(&m.id).cloned();
         let current = stored.as_ref().map_or(0, |s| s.version);
         if self.store_mode == StoreMode::Conditional && current != m.version {
+            self.stale_saves += 1;
             return Err(StoreError::VersionConflict {
                 expected: m.version,
             });
