@@ -55,6 +55,34 @@ fn happy_path_visits_every_phase_in_order_and_completes() {
     );
 }
 
+/// The phase mirror is written once per phase that lasts (`PHASE_MIRROR_AFTER`), never for
+/// Requested, and never twice for one phase: a phase passed through within one message is an
+/// RDS request nobody would see.
+#[test]
+fn the_phase_mirror_is_written_once_for_each_phase_that_lasts_and_not_for_one_passed_through() {
+    let mut model = Model::new();
+    let mut m = migration();
+    run_to_end(&mut model, &mut m, &policy(), 2000);
+    assert_eq!(m.phase, Phase::Completed);
+    let source = &model.mirrored[ARN];
+    let mut unique = source.clone();
+    unique.dedup();
+    assert_eq!(&unique, source, "each phase once");
+    assert!(!source.contains(&Phase::Requested));
+    // Requested → Preflight → Preparing in one message: Preflight is passed through.
+    assert!(!source.contains(&Phase::Preflight), "{source:?}");
+    for lasting in [
+        Phase::Preparing,
+        Phase::CreatingReplica,
+        Phase::Replicating,
+        Phase::Draining,
+        Phase::Verifying,
+        Phase::Decommissioning,
+    ] {
+        assert!(source.contains(&lasting), "{lasting}: {source:?}");
+    }
+}
+
 #[test]
 fn preflight_failure_ends_in_failed_without_any_mutation() {
     let mut model = Model::new();

@@ -198,6 +198,9 @@ pub struct Progress {
     /// When the last heartbeat was asked for (`machine::HEARTBEAT_EVERY`).
     #[serde(default)]
     pub heartbeat_at: Option<Timestamp>,
+    /// The last phase written to the phase mirror tag (`machine::PHASE_MIRROR_AFTER`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirrored_phase: Option<Phase>,
     /// Ready for its cutover (allowed, lag within the policy) and waiting since then for a turn
     /// the account's RDS budget can carry (`agent::turns`): writes still flow. Cleared
     /// when it enters Quiescing; the agent serves turns in the order of this time.

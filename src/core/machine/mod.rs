@@ -69,6 +69,16 @@ pub const MIN_WAKE: SignedDuration = SignedDuration::from_millis(100);
 /// the heartbeat alarm's 60 s periods, so one lost put never breaches it.
 pub const HEARTBEAT_EVERY: SignedDuration = SignedDuration::from_secs(20);
 
+/// The phase mirror tag (`<prefix>:phase`) is written for a phase once it lasts: when the step
+/// that leaves the migration in it waits at least this long, or ends it (a terminal phase), or
+/// on the first look this long after the phase began. A phase passed through in seconds
+/// (Requested and Preflight within one message, Quiescing's group change, the database path's
+/// Routing) is never written: nobody sees a tag that lasts seconds, and each write is an RDS
+/// request from the account's shared budget (13.5 a migration in the simulator's
+/// 1,000-migration fleet, every phase written). A phase that needs a person (Failed, Paused) is
+/// written at once.
+pub const PHASE_MIRROR_AFTER: SignedDuration = SignedDuration::from_secs(10);
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub next: Migration,
@@ -183,6 +193,7 @@ impl Stepper<'_> {
                     .unwrap_or_else(|| self.policy.poll_interval(self.m.phase)),
             )
         };
+        self.mirror_phase_if_it_lasts(wake);
         match wake {
             Some(after) => {
                 self.m.wake_seq += 1;
@@ -198,6 +209,31 @@ impl Stepper<'_> {
             actions: self.actions,
             wake_after: wake,
         }
+    }
+
+    /// Writes the phase mirror for the current phase if it is not written yet and lasts
+    /// ([`PHASE_MIRROR_AFTER`]); `wake` is when this step looks again.
+    fn mirror_phase_if_it_lasts(&mut self, wake: Option<SignedDuration>) {
+        let phase = self.m.phase;
+        // Requested is never written: the trigger tag a person set says it, and a migration
+        // waiting there for a preparation turn asks nothing of AWS.
+        if self.m.progress.mirrored_phase == Some(phase) || phase == Phase::Requested {
+            return;
+        }
+        let lasts = wake.is_none_or(|w| w >= PHASE_MIRROR_AFTER)
+            || self.since(self.m.phase_entered_at) >= PHASE_MIRROR_AFTER
+            || matches!(phase, Phase::Failed | Phase::Paused)
+            || phase.is_terminal();
+        if !lasts {
+            return;
+        }
+        let arns = self.phase_mirror_arns(phase);
+        if !arns.is_empty() {
+            // First: the step's own requests may remove where it goes (the source's deletion).
+            self.actions
+                .insert(0, Action::MirrorPhaseTag { arns, phase });
+        }
+        self.m.progress.mirrored_phase = Some(phase);
     }
 
     /// Failed after cutover stays observable: the owners may still approve a rollback.
@@ -310,10 +346,6 @@ impl Stepper<'_> {
         self.entered = true;
         let note = messages::phase_change(&self.m, from, detail, event, self.policy);
         self.m.outbox.push(note);
-        let arns = self.phase_mirror_arns(phase);
-        if !arns.is_empty() {
-            self.actions.push(Action::MirrorPhaseTag { arns, phase });
-        }
         if self.trigger_needs_reset() {
             self.reset_trigger();
         }
