@@ -359,6 +359,50 @@ fn abort_before_promotion_restores_groups_and_deletes_the_replica() {
     assert!(model.quarantine.is_none());
 }
 
+/// A rollback before cutover looks every `fast_poll` while the source is fenced; once the
+/// source has its groups back and takes writes, the replica's deletion (minutes at RDS) is
+/// looked at every `slow_poll`: nobody's writes wait on it.
+#[test]
+fn a_rollback_looks_slowly_once_the_source_takes_writes_again() {
+    let policy = policy();
+    let (mut model, mut m) = draining();
+    model.tag_source("aurora-migration:abort", "true");
+    let mut rounds = 0;
+    while m.phase != Phase::RollingBack {
+        quiet_round(&mut model, &mut m, &policy);
+        rounds += 1;
+        assert!(rounds < 10, "the abort starts the rollback");
+    }
+    let replica = model.target.clone().expect("the replica exists");
+    // The step that asks for the groups back (and the replica's deletion) looks again soon.
+    let d = quiet_round(&mut model, &mut m, &policy);
+    assert!(
+        m.source_quarantined(),
+        "the groups are asked back, not yet seen"
+    );
+    assert!(
+        d.wake_after.is_some_and(|w| w <= policy.fast_poll),
+        "{:?}",
+        d.wake_after
+    );
+    // RDS deletes the replica for minutes.
+    model.target = Some(TargetCluster {
+        status: "deleting".into(),
+        ..replica
+    });
+    let d = quiet_round(&mut model, &mut m, &policy);
+    assert_eq!(m.phase, Phase::RollingBack);
+    assert!(!m.source_quarantined(), "the source takes writes again");
+    assert_eq!(d.wake_after, Some(policy.slow_poll));
+    assert!(
+        !aurora_migrator::agent::cutover_lane(&m),
+        "its calls can wait"
+    );
+    model.target = None;
+    run_to_end(&mut model, &mut m, &policy, 50);
+    assert_eq!(m.phase, Phase::Aborted);
+}
+
 #[test]
 fn abort_in_preflight_ends_at_once_without_mutations() {
     let mut model = Model::new();

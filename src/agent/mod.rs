@@ -215,9 +215,10 @@ fn as_step_of<F: std::future::Future>(
 
 /// Whether `m`'s RDS calls go in the rate limiter's cutover lane (`aws::limit`), before the
 /// calls of migrations that can wait: its writes are down (Quiescing … Routing), or it is
-/// rolling back (bounded, and the source may be fenced until it is done).
+/// rolling back with the source still fenced. Once the source has its groups back, what is
+/// left of a rollback (the replica's deletion) can wait like any other phase.
 pub fn cutover_lane(m: &Migration) -> bool {
-    m.phase.is_cutover() || m.phase == crate::core::Phase::RollingBack
+    m.phase.is_cutover() || (m.phase == crate::core::Phase::RollingBack && m.source_quarantined())
 }
 
 /// Whether `m` holds a cutover turn (`turns.rs`): its writes are stopped (Quiescing …

@@ -90,6 +90,15 @@ impl Stepper<'_> {
                 false
             }
         };
+        if released && !target_gone {
+            // The source takes writes again: nobody waits on what is left (RDS deleting the
+            // replica takes minutes), so it is looked at every `slow_poll`, not every
+            // `fast_poll` (RollingBack was 7 RDS requests a migration in the simulator's
+            // 1,000-migration fleet, most of them looks at a replica being deleted).
+            // Whatever else this step waits on (the fenced source's heartbeat, an action's
+            // retry) waits as long: none of it is urgent once writes flow.
+            self.wake = Some(self.policy.slow_poll);
+        }
         if !(released && target_gone) {
             return;
         }
