@@ -173,7 +173,7 @@ pub async fn observe<W: World>(
     if need.reads_final_snapshot(&obs.source) {
         obs.final_snapshot = rds.describe_snapshot(&m.names.final_snapshot).await?;
     }
-    if let Some(since) = need.events_since {
+    if let Some(since) = need.reads_source_events(&obs.source) {
         obs.source_events = rds.instance_events(&m.source_identifier, since).await?;
     }
     if let Some(since) = need.writer_events_since {
