@@ -768,7 +768,6 @@ fn whole_seconds_until(now: jiff::Timestamp, at: jiff::Timestamp) -> u32 {
     whole.clamp(0, i64::from(MAX_DELAY_S)) as u32
 }
 
-/// `<resource id>/<attempt>`, as written in the `<prefix>:migration` tag.
 /// Why a step is asked for: what [`Agent::reconcile_leased`] does with a record older than
 /// this process's last save of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -779,6 +778,7 @@ enum Asked {
     Schedule,
 }
 
+/// `<resource id>/<attempt>`, as written in the `<prefix>:migration` tag.
 pub fn parse_migration_id(v: &str) -> Option<MigrationId> {
     let (resource_id, attempt) = v.rsplit_once('/')?;
     Some(MigrationId {

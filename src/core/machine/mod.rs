@@ -222,7 +222,7 @@ impl Stepper<'_> {
         }
         let lasts = wake.is_none_or(|w| w >= PHASE_MIRROR_AFTER)
             || self.since(self.m.phase_entered_at) >= PHASE_MIRROR_AFTER
-            || matches!(phase, Phase::Failed | Phase::Paused)
+            || phase == Phase::Paused
             || phase.is_terminal();
         if !lasts {
             return;
