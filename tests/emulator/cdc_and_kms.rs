@@ -8,19 +8,6 @@ use serde_json::Value;
 
 use super::*;
 
-/// Sets a tag on the source and delivers its tag-change event, as a person or a consumer would.
-async fn tag_source(env: &Env, arn: &str, key: &str, value: &str) {
-    env.aws
-        .rds
-        .add_tags_to_resource()
-        .resource_name(arn)
-        .tags(tag(key, value))
-        .send()
-        .await
-        .unwrap();
-    env.send_tag_event(arn, &[key]).await;
-}
-
 /// Reads the notifications received since into `notes`; whether one of them asks the CDC
 /// consumers to set `tag` (`key=value`).
 async fn consumers_asked(env: &Env, notes: &mut Vec<Notification>, tag: &str) -> bool {
@@ -87,7 +74,8 @@ async fn cdc_consumers_pass_the_quarantine_and_their_acknowledgements_gate_drain
         "the consumers were asked to drain"
     );
     let calls_before_drained = env.shim.calls().await.len();
-    tag_source(&env, &arn, "aurora-migration:cdc-drained", "true").await;
+    env.tag_source(&arn, "aurora-migration:cdc-drained", "true")
+        .await;
 
     // Promoted, then held before routing until the consumers' slots exist on Aurora.
     env.wait_past("orders-pg", "routing", Duration::from_secs(90), &[])
@@ -102,7 +90,8 @@ async fn cdc_consumers_pass_the_quarantine_and_their_acknowledgements_gate_drain
         consumers_asked(&env, &mut notes, "aurora-migration:cdc-slots-created=true").await,
         "the consumers were asked to create their slots"
     );
-    tag_source(&env, &arn, "aurora-migration:cdc-slots-created", "true").await;
+    env.tag_source(&arn, "aurora-migration:cdc-slots-created", "true")
+        .await;
     let never = ["failed", "rolledback"];
     env.wait_past("orders-pg", "completed", Duration::from_secs(120), &never)
         .await;

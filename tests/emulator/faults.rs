@@ -47,15 +47,7 @@ async fn stale_slot_rollback(abort: bool) {
             .send()
             .await
             .unwrap();
-        env.aws
-            .rds
-            .add_tags_to_resource()
-            .resource_name(&arn)
-            .tags(tag("aurora-migration:abort", "true"))
-            .send()
-            .await
-            .unwrap();
-        env.send_tag_event(&arn, &["aurora-migration:abort"]).await;
+        env.tag_source(&arn, "aurora-migration:abort", "true").await;
     }
     // An abort ends in `aborted`, a failure (the budget) in `rolledback`; both roll back.
     let end = if abort { "aborted" } else { "rolledback" };

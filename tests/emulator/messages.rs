@@ -101,15 +101,7 @@ async fn a_tag_event_is_acted_on_at_once_whatever_the_describe_snapshot_holds() 
     )
     .await;
     assert_eq!(env.phase("orders-pg").await, "awaitingcutover");
-    env.aws
-        .rds
-        .add_tags_to_resource()
-        .resource_name(&arn)
-        .tags(tag("aurora-migration:approve", "true"))
-        .send()
-        .await
-        .unwrap();
-    env.send_tag_event(&arn, &["aurora-migration:approve"])
+    env.tag_source(&arn, "aurora-migration:approve", "true")
         .await;
     env.wait_past(
         "orders-pg",

@@ -42,6 +42,20 @@ impl Env {
             .unwrap();
     }
 
+    /// Sets a tag on the source and delivers its tag-change event, as a person or a consumer
+    /// would.
+    pub async fn tag_source(&self, arn: &str, key: &str, value: &str) {
+        self.aws
+            .rds
+            .add_tags_to_resource()
+            .resource_name(arn)
+            .tags(super::env::tag(key, value))
+            .send()
+            .await
+            .unwrap();
+        self.send_tag_event(arn, &[key]).await;
+    }
+
     /// A "Tag Change on Resource" event for the instance, as EventBridge delivers it.
     pub async fn send_tag_event(&self, arn: &str, keys: &[&str]) {
         let tags: BTreeMap<&str, &str> = keys.iter().map(|k| (*k, "start")).collect();
