@@ -78,7 +78,8 @@ tokio::task_local! {
 
 /// Runs `f` with its describes served from the fleet snapshot up to [`SNAPSHOT_WILL_DO_AGE`] old,
 /// in the cutover lane too, and even when this adapter changed the resource since the snapshot
-/// was taken. For the looks that wait on something else (Promoting: the database path's writer
+/// was taken; not when news of it came since (an RDS event, a tag event: `FleetCache::hear`),
+/// which may be a person's abort or pause that the look must act on at once. For the looks that wait on something else (Promoting: the database path's writer
 /// says by SQL when it has left recovery; the metric path describes the cluster directly) and
 /// read from these describes only what the agent never changes: the endpoints, the guards' tags
 /// that people set, whether the resource exists. Its changes (the source's groups and restart,
@@ -110,6 +111,10 @@ pub(crate) struct FleetCache<T, C: MonotonicClock = TokioClock> {
     refresh: tokio::sync::Mutex<()>,
     /// Identifier (lower case, ARNs reduced to it) → when this adapter last changed it.
     touched: std::sync::Mutex<HashMap<String, Duration>>,
+    /// Identifier → when news of it last came (an RDS event, a tag set by a person): unlike
+    /// the agent's own changes, this is something a look that waits on the snapshot
+    /// ([`snapshot_will_do`]) has not seen and may have to act on (an abort, a pause).
+    heard: std::sync::Mutex<HashMap<String, Duration>>,
 }
 
 /// `arn:aws:rds:…:db:orders-pg` and `orders-pg` name the same thing; RDS ignores case.
@@ -133,6 +138,7 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
             current: std::sync::Mutex::new(None),
             refresh: tokio::sync::Mutex::new(()),
             touched: std::sync::Mutex::new(HashMap::new()),
+            heard: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -198,10 +204,26 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
         touched.insert(resource_key(name), now);
     }
 
+    /// News of `name` came from outside (an RDS event, a tag event): it is described directly
+    /// until a snapshot started after now, by every look, even one that said the snapshot will
+    /// do (the news may be a person's abort or pause, which such a look reads from it).
+    pub(crate) fn hear(&self, name: &str) {
+        self.touch(name);
+        let now = self.clock.now();
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard.insert(resource_key(name), now);
+    }
+
     /// Whether `name` changed after the snapshot taken at `at` started.
     fn changed_since(&self, name: &str, at: Duration) -> bool {
         let touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
         touched.get(&resource_key(name)).is_some_and(|t| *t >= at)
+    }
+
+    /// Whether news of `name` came after the snapshot taken at `at` started.
+    fn heard_since(&self, name: &str, at: Duration) -> bool {
+        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard.get(&resource_key(name)).is_some_and(|t| *t >= at)
     }
 
     /// The snapshot (refreshed by `fetch` when it is older than the TTL), and when its fetch
@@ -231,8 +253,12 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
             ttl,
             items: items.clone(),
         });
-        // Changes older than this snapshot are in it.
+        // Changes and news older than this snapshot are in it.
         self.touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, t| *t >= at);
+        self.heard
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, t| *t >= at);
@@ -260,7 +286,8 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
         DFut: Future<Output = PortResult<Option<T>>>,
     {
         if snapshot_will_do_here()
-            && let Some((_, all)) = self.younger_than(SNAPSHOT_WILL_DO_AGE)
+            && let Some((at, all)) = self.younger_than(SNAPSHOT_WILL_DO_AGE)
+            && !self.heard_since(name, at)
             && let Some(found) = all.iter().find(|i| is(i))
         {
             return Ok(Some(found.clone()));
@@ -394,6 +421,52 @@ pub(crate) mod tests {
             in_lane(true, snapshot_will_do(lookup("db-1"))).await,
             "db-1 direct",
             "as old as SNAPSHOT_WILL_DO_AGE"
+        );
+    }
+
+    /// A look that waits on the snapshot reads from it the guards' tags (an abort, a pause):
+    /// news of the resource (a tag event, an RDS event) must reach it at once, not when the
+    /// snapshot is next refreshed (up to [`SNAPSHOT_WILL_DO_AGE`] later).
+    #[tokio::test]
+    async fn news_of_a_resource_is_described_directly_even_by_a_look_that_says_a_snapshot_will_do()
+    {
+        let clock = Manual::default();
+        let cache = FleetCache::with_clock(Duration::from_secs(5), clock.clone())
+            .scaled(Duration::from_secs(1));
+        let big: Vec<String> = (0..=ONE_PAGE).map(|i| format!("db-{i}")).collect();
+        let lookup = |name: &'static str| {
+            let (cache, big) = (&cache, &big);
+            async move {
+                cache
+                    .lookup(
+                        name,
+                        || async { Ok(big.clone()) },
+                        |n| n == name,
+                        || async { Ok(Some(format!("{name} direct"))) },
+                    )
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        use crate::aws::limit::in_lane;
+        assert_eq!(lookup("db-1").await, "db-1");
+        clock.sleep(Duration::from_secs(30)).await;
+        cache.hear("arn:aws:rds:eu-west-1:123456789012:db:DB-1");
+        assert_eq!(
+            in_lane(true, snapshot_will_do(lookup("db-1"))).await,
+            "db-1 direct",
+            "news after the snapshot started: described as RDS has it now"
+        );
+        assert_eq!(
+            in_lane(true, snapshot_will_do(lookup("db-2"))).await,
+            "db-2",
+            "no news of the others: they still wait on the snapshot"
+        );
+        assert_eq!(
+            in_lane(false, lookup("db-1")).await,
+            "db-1 direct",
+            "news counts as a change for every look"
         );
     }
 

@@ -301,7 +301,8 @@ impl Rds for AwsRds {
     }
 
     fn heard_of_change(&self, name: &str) {
-        self.touch(&[name]);
+        self.instances.hear(name);
+        self.clusters.hear(name);
     }
 
     fn parameter_groups_present(

@@ -353,8 +353,8 @@ impl SimPort {
 
     /// RDS announced a change to `name`: as the adapter's `heard_of_change`.
     pub(super) fn heard_of_change(&self, name: &str) {
-        self.rds.instances.touch(name);
-        self.rds.clusters.touch(name);
+        self.rds.instances.hear(name);
+        self.rds.clusters.hear(name);
     }
 
     /// A mutating RDS call; then, as the adapter's `mutate` does (whether or not it succeeded),
@@ -367,7 +367,8 @@ impl SimPort {
     ) -> PortResult<T> {
         let r = self.call(op, true, f).await;
         for name in names {
-            self.heard_of_change(name);
+            self.rds.instances.touch(name);
+            self.rds.clusters.touch(name);
         }
         r
     }
