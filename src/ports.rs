@@ -91,6 +91,15 @@ pub trait Rds: Send + Sync {
     fn heard_of_change(&self, name: &str) {
         let _ = name;
     }
+    /// A person changed `name`'s tags (a tag event: an approval, an abort, a pause, a
+    /// consumer's acknowledgement): as [`Rds::heard_of_change`], and even a look that said a
+    /// snapshot will do (`aws::rds::cache::snapshot_will_do`, which reads from it only the
+    /// guards' tags) describes it directly until a snapshot taken after now. RDS's own events
+    /// (a restart, a promotion) do not count here: such looks judge nothing on the statuses
+    /// they announce, and they are news for the look they start, which describes directly.
+    fn heard_of_tag_change(&self, name: &str) {
+        self.heard_of_change(name);
+    }
     /// How long a cutover's RDS call would wait for the account budget now (the rate
     /// limiter's cutover lane, `aws::limit`): the agent admits no new cutover while it is
     /// long (`agent::turns`). An adapter without a limiter never makes one wait.

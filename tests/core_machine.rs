@@ -988,3 +988,178 @@ fn draining_after_the_restart_looks_again_when_a_period_after_it_has_begun_and_r
     assert!(need.events_since.is_none(), "the restart is known");
     assert!(!need.metrics.is_empty(), "CloudWatch is still read");
 }
+
+/// The next look of an event wait: on the grid of `event_poll`'s multiples, `fast_poll` to
+/// `fast_poll + event_poll` from now, and it may gather with the others' (`Needs::gathers`).
+fn assert_looks_on_the_event_grid(
+    d: &aurora_migrator::core::Decision,
+    now: jiff::Timestamp,
+    policy: &Policy,
+) {
+    let wake = d.wake_after.expect("looks again");
+    let at = now + wake;
+    let grid = policy.event_poll().as_millis() as i64;
+    assert_eq!(at.as_millisecond().rem_euclid(grid), 0, "{at} on the grid");
+    assert!(
+        wake >= policy.fast_poll && wake < policy.fast_poll + policy.event_poll(),
+        "{wake:?}"
+    );
+    assert!(aurora_migrator::core::needs::needs(&d.next, now, policy).gathers);
+}
+
+/// While RDS restarts the source (the metric path's reboot) and while AWS promotes the cluster,
+/// the wait ends with an RDS event the agent receives and acts on as it arrives: the looks
+/// meanwhile come every `event_poll` (for an event lost or late), not every `fast_poll`, on a
+/// grid of times every such migration shares (their describes share a request). Once the
+/// source is `available` again with no restart in its events yet, the looks are fast again
+/// (the event is seconds from showing in DescribeEvents).
+#[test]
+fn the_metric_path_waits_for_the_reboot_and_the_promotion_on_their_events() {
+    let policy = policy();
+    assert!(policy.event_poll() > policy.fast_poll);
+    // Draining, the reboot asked for, RDS restarting the source.
+    let (mut model, mut m) = draining();
+    assert!(!m.database_path());
+    model.events.clear();
+    m.progress.restarted_at = None;
+    m.progress.reboot_requested_at = Some(model.now - SignedDuration::from_secs(20));
+    let restarting = model.source.clone().expect("the source exists");
+    model.source = Some(SourceInstance {
+        status: "rebooting".into(),
+        ..restarting.clone()
+    });
+    let d = step(&m, &model.observe(&m, &policy), model.now, &policy);
+    assert_eq!(d.next.phase, Phase::Draining);
+    assert!(d.actions.iter().all(|a| a.key() != ActionKey::RebootSource));
+    assert_looks_on_the_event_grid(&d, model.now, &policy);
+    // Back up, the event not yet readable: look again soon.
+    model.source = Some(SourceInstance {
+        status: "available".into(),
+        ..restarting
+    });
+    let d = step(&m, &model.observe(&m, &policy), model.now, &policy);
+    assert_eq!(d.next.phase, Phase::Draining);
+    assert!(
+        d.wake_after.is_some_and(|w| w <= policy.fast_poll),
+        "available, restart not in the events yet: {:?}",
+        d.wake_after
+    );
+
+    // Promoting: the request is made, then RDS shows the cluster `promoting`.
+    let (mut model, m) = advanced_to(&policy, Phase::Promoting);
+    assert!(!m.database_path());
+    let d = step(&m, &model.observe(&m, &policy), model.now, &policy);
+    assert!(
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::PromoteTarget { .. })),
+        "{:?}",
+        d.actions
+    );
+    let m = d.next;
+    model.now += SignedDuration::from_secs(1);
+    let replica = model.target.clone().expect("the replica exists");
+    model.target = Some(TargetCluster {
+        status: "promoting".into(),
+        ..replica
+    });
+    let d = step(&m, &model.observe(&m, &policy), model.now, &policy);
+    assert_eq!(d.next.phase, Phase::Promoting);
+    assert_looks_on_the_event_grid(&d, model.now, &policy);
+}
+
+/// From the restart until CloudWatch shows the catch-up, a metric-path look reads CloudWatch
+/// and the source from the fleet snapshot (minutes old: here from before the quarantine, still
+/// `rebooting`), judges nothing on that source and repairs nothing; once the periods after the
+/// restart show the catch-up, the next look, at once, describes the source and the fence from
+/// RDS and proves the rest.
+#[test]
+fn draining_judges_the_fence_only_on_a_source_described_after_cloudwatch_shows_the_catch_up() {
+    let policy = policy();
+    let (mut model, m) = draining();
+    assert!(!m.database_path());
+    let d = step(&m, &model.observe(&m, &policy), model.now, &policy);
+    let m = d.next;
+    assert!(m.progress.restarted_at.is_some());
+    let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+    assert!(need.source_from_snapshot && !need.quarantine_group);
+    // A snapshot from before the quarantine: the old groups, the source restarting.
+    let now_seen = model.source.clone().expect("the source exists");
+    let stale = SourceInstance {
+        status: "rebooting".into(),
+        security_groups: vec![GroupMembership {
+            id: "sg-app".into(),
+            status: "active".into(),
+        }],
+        ..now_seen
+    };
+    let snapshot_look = |model: &Model, m: &aurora_migrator::core::Migration| {
+        let mut obs = model.observe(m, &policy);
+        obs.source = Observed::Present(stale.clone());
+        obs
+    };
+    // Before the periods after the restart exist: no proof, nothing asked for.
+    let d = step(&m, &snapshot_look(&model, &m), model.now, &policy);
+    assert_eq!(d.next.phase, Phase::Draining);
+    assert_eq!(d.next.progress.caught_up_in_metrics_at, None);
+    assert!(
+        d.actions
+            .iter()
+            .all(|a| a.key() != ActionKey::QuarantineSource),
+        "nothing repaired on a snapshot: {:?}",
+        d.actions
+    );
+    let m = d.next;
+    // Three minutes on, CloudWatch shows the catch-up: the source is read from RDS next, at once.
+    model.now += SignedDuration::from_mins(3);
+    let d = step(&m, &snapshot_look(&model, &m), model.now, &policy);
+    assert_eq!(d.next.phase, Phase::Draining, "not proven on a snapshot");
+    assert_eq!(d.next.progress.caught_up_in_metrics_at, Some(model.now));
+    assert_eq!(d.wake_after, Some(SignedDuration::ZERO));
+    assert!(
+        d.actions
+            .iter()
+            .all(|a| a.key() != ActionKey::QuarantineSource)
+    );
+    let m = d.next;
+    let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+    assert!(!need.source_from_snapshot && need.quarantine_group);
+    // That look, on the source as RDS has it, proves the catch-up.
+    let d = step(&m, &model.observe(&m, &policy), model.now, &policy);
+    assert_eq!(d.next.phase, Phase::Promoting, "{:?}", d.next.last_error);
+}
+
+/// Once RDS shows the cluster `promoting`, the request stays in flight for `reissue_after`, not
+/// `cutover_reissue_after`: the looks while AWS promotes read neither the fence nor RDS's status
+/// of the source for a request that is not due (every 30 s they did: a direct describe of
+/// both, for a request RDS already had). After it, one look reads them again.
+#[test]
+fn a_promotion_rds_has_taken_up_is_not_re_read_for_a_request_every_cutover_reissue() {
+    let policy = policy();
+    assert!(policy.reissue_after > policy.cutover_reissue_after * 2);
+    let (mut model, mut m) = advanced_to(&policy, Phase::Promoting);
+    let d = quiet_round(&mut model, &mut m, &policy);
+    assert!(keys(&d.actions).contains(&ActionKey::PromoteTarget));
+    let t = model.target.as_mut().unwrap();
+    t.replication_source = Some(m.source_arn.clone());
+    t.status = "promoting".into();
+    model.now += SignedDuration::from_secs(2);
+    quiet_round(&mut model, &mut m, &policy);
+    let seen = model.now;
+    for after in [
+        policy.cutover_reissue_after + SignedDuration::from_secs(1),
+        policy.reissue_after - SignedDuration::from_secs(1),
+    ] {
+        let need = aurora_migrator::core::needs::needs(&m, seen + after, &policy);
+        assert!(
+            !need.quarantine_group && need.source_from_snapshot,
+            "{after:?} after RDS showed it promoting: not due"
+        );
+    }
+    let need = aurora_migrator::core::needs::needs(
+        &m,
+        seen + policy.reissue_after + SignedDuration::from_secs(1),
+        &policy,
+    );
+    assert!(need.quarantine_group && !need.source_from_snapshot);
+}

@@ -374,7 +374,7 @@ impl<W: World> Agent<W> {
                 // to its TTL before the tag was set, the step would not see the tag and the
                 // migration would wait for its next look (a minute or more in the phases that
                 // wait on people).
-                self.world.rds().heard_of_change(&identifier);
+                self.world.rds().heard_of_tag_change(&identifier);
                 self.on_source(&identifier).await
             }
             Inbound::ClusterEvent(e) => self.on_cluster(&e.source_identifier).await,
@@ -603,7 +603,7 @@ impl<W: World> Agent<W> {
         // builds on the resync path (a resync that admits and steps a migration).
         tokio::select! {
             biased;
-            r = Box::pin(self.reconcile_in_span(m, &lease)) => r,
+            r = Box::pin(self.reconcile_in_span(m, &lease, asked)) => r,
             never = self.keep_lease(&id) => match never {},
         }
     }
@@ -612,6 +612,7 @@ impl<W: World> Agent<W> {
         &self,
         mut m: Migration,
         lease: &crate::ports::Lease,
+        asked: Asked,
     ) -> Result<Migration, DriverError> {
         let world = &self.world;
         let mut pending = Vec::new();
@@ -623,11 +624,20 @@ impl<W: World> Agent<W> {
         if let Some(from) = &lease.taken_from {
             tracing::info!(migration = %m.id, from = %from, token = lease.token, "lease taken over from another agent process");
         }
+        // The scheduled look of a wait that an RDS event ends may wait a moment for the other
+        // migrations' looks of the same grid time to share its describes (`Needs::gathers`);
+        // news, and the looks a step asks for at once, never wait.
+        let mut may_gather = asked == Asked::Schedule;
         for _ in 0..MAX_STEPS_PER_MESSAGE {
             let started = self.instruments.step_started();
             let mut obs = match last_look.take() {
                 Some(o) => o,
-                None => match as_step_of(&m, observe::observe(world, &m, &self.policy)).await {
+                None => match as_step_of(
+                    &m,
+                    observe::observe(world, &m, &self.policy, std::mem::take(&mut may_gather)),
+                )
+                .await
+                {
                     Ok(o) => o,
                     Err(e) => return self.retry_later(m, e).await,
                 },

@@ -11,13 +11,34 @@ use crate::ports::{
     Clock, Database, MetricQuery, Metrics, Network, PortResult, Rds, Router, StateStore, World,
 };
 
+/// One look at `m`: what its phase needs (`core::needs`). `may_gather`: a scheduled look, which
+/// may wait a moment for other migrations' looks to share its describes where its phase says
+/// so (`Needs::gathers`, `aws::rds::batch::gathered`).
 pub async fn observe<W: World>(
     world: &W,
     m: &Migration,
     policy: &Policy,
+    may_gather: bool,
 ) -> PortResult<Observation> {
     let now = world.clock().now();
     let need: Needs = needs(m, now, policy);
+    // Boxed: the look's future is large (a debug build's fleet in the simulator ran out of
+    // stack with it inline in the task-local's).
+    let look = Box::pin(observe_needs(world, m, policy, now, need.clone()));
+    if may_gather && need.gathers {
+        crate::aws::rds::batch::gathered(look).await
+    } else {
+        look.await
+    }
+}
+
+async fn observe_needs<W: World>(
+    world: &W,
+    m: &Migration,
+    policy: &Policy,
+    now: jiff::Timestamp,
+    need: Needs,
+) -> PortResult<Observation> {
     let rds = world.rds();
     let mut obs = Observation::default();
     // The three describes at once: every look of the cutover waits for all of them, and none
@@ -59,6 +80,13 @@ pub async fn observe<W: World>(
             (true, false) => rds.describe_target(&m.names.cluster).await,
         }
     };
+    let target = async {
+        if need.target_from_snapshot {
+            crate::aws::rds::cache::snapshot_will_do(target).await
+        } else {
+            target.await
+        }
+    };
     let group = async {
         match &m.plan {
             Some(plan) if need.quarantine_group => {
@@ -84,7 +112,8 @@ pub async fn observe<W: World>(
         };
         Ok::<_, crate::ports::PortError>((source, target, database))
     };
-    let (instances, group) = tokio::join!(maybe_snapshot(instances), group);
+    // Boxed too: the describes' futures, each wrapped for the snapshot, are large.
+    let (instances, group) = tokio::join!(Box::pin(maybe_snapshot(instances)), group);
     let (source, target, database) = instances?;
     obs.source = source;
     obs.target = target;

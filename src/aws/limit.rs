@@ -258,6 +258,15 @@ impl<C: MonotonicClock> RateLimiter<C> {
         self.acquire_in(cutover_lane()).await
     }
 
+    /// Waits `first` on this limiter's clock, then for the next call's turn: the turn of a
+    /// batch that stays open a while for others to join (`rds::batch::gathered`).
+    pub async fn acquire_after(&self, first: Duration) {
+        if !first.is_zero() {
+            self.clock.sleep(first).await;
+        }
+        self.acquire().await
+    }
+
     /// Waits for the next call's turn in the cutover lane (`cutover`) or the other.
     pub async fn acquire_in(&self, cutover: bool) {
         let ticket = {

@@ -145,6 +145,11 @@ pub struct Progress {
     pub quarantine_active_at: Option<Timestamp>,
     pub reboot_requested_at: Option<Timestamp>,
     pub restarted_at: Option<Timestamp>,
+    /// The metric path: CloudWatch showed the catch-up after the restart, on a look that read
+    /// the source from the fleet snapshot. The looks from here on describe it from RDS (the
+    /// fence, the CDC consumers' tag) to prove the rest (`machine::cutover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caught_up_in_metrics_at: Option<Timestamp>,
     /// The Draining proof held.
     pub drain_proven_at: Option<Timestamp>,
     pub promote_requested_at: Option<Timestamp>,

@@ -32,8 +32,17 @@ pub struct Needs {
     /// Promoting on the database path while AWS promotes (`machine::cutover`).
     pub snapshot_will_do: bool,
     /// As `snapshot_will_do`, for the source alone: the target is described as it is now.
-    /// Promoting on the metric path while AWS promotes (`machine::cutover`).
+    /// Promoting on the metric path while AWS promotes, and Draining on it until CloudWatch
+    /// shows the catch-up (`machine::cutover`).
     pub source_from_snapshot: bool,
+    /// As `snapshot_will_do`, for the target alone: the look reads from it only the writer's
+    /// endpoint (its SQL) and whether it exists. Draining on the database path
+    /// (`machine::cutover`).
+    pub target_from_snapshot: bool,
+    /// A scheduled look of a wait that an RDS event ends (the metric path's reboot, AWS's
+    /// promotion): its direct describes may wait a moment for other migrations' looks of the
+    /// same grid time to share one request (`aws::rds::batch::gathered`). News never waits.
+    pub gathers: bool,
     /// DescribeEvents of the source since this time.
     pub events_since: Option<Timestamp>,
     /// DescribeEvents of the Aurora writer since this time.

@@ -188,10 +188,38 @@ impl<K: Clone + PartialEq, T: Clone> DescribeBatcher<K, T> {
     }
 }
 
+/// How long a batch of looks that can wait a moment ([`gathered`]) stays open before its
+/// request goes to the rate limiter. 2 s: such looks are taken on a shared grid of times
+/// (`Policy::event_poll`'s multiples), and their ticks come through SQS, whose delays are whole
+/// seconds and whose messages arrive up to about a second late, so the looks of one grid time
+/// reach RDS spread over a second or two.
+pub(crate) const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+tokio::task_local! {
+    /// Set while a look that can wait [`GATHER_WINDOW`] for others to share its describes runs.
+    static GATHER: ();
+}
+
+/// Runs `f` with its direct describes in the cutover lane gathered: a batch it opens waits
+/// [`GATHER_WINDOW`] for other such looks before its request leaves, and it joins only batches
+/// of such looks (a look that cannot wait never waits for one that can). For the scheduled
+/// looks of a cutover wait that an RDS event ends (the metric path's reboot, AWS's promotion):
+/// the event steps the migration as it arrives, and these looks, for an event lost or late,
+/// come on the same grid of times for every migration, so one request serves all of them.
+pub async fn gathered<F: std::future::Future>(f: F) -> F::Output {
+    GATHER.scope((), f).await
+}
+
+fn gathering_here() -> bool {
+    GATHER.try_with(|()| ()).is_ok()
+}
+
 /// One batcher per rate-limiter lane (`aws::limit`): a cutover's describe joins a batch that
-/// waits in the cutover lane, never one queued behind the calls that can wait.
+/// waits in the cutover lane, never one queued behind the calls that can wait; and in the
+/// cutover lane the looks that gather ([`gathered`]) have their own.
 pub(crate) struct LaneBatchers<K, T> {
     cutover: DescribeBatcher<K, T>,
+    gathering: DescribeBatcher<K, T>,
     other: DescribeBatcher<K, T>,
 }
 
@@ -199,16 +227,28 @@ impl<K: Clone + PartialEq, T: Clone> LaneBatchers<K, T> {
     pub(crate) fn new(op: &'static str) -> Self {
         LaneBatchers {
             cutover: DescribeBatcher::new(op),
+            gathering: DescribeBatcher::new(op),
             other: DescribeBatcher::new(op),
         }
     }
 
     /// The calling task's lane's batcher.
     pub(crate) fn here(&self) -> &DescribeBatcher<K, T> {
-        if crate::aws::limit::cutover_lane() {
-            &self.cutover
+        match (crate::aws::limit::cutover_lane(), gathering_here()) {
+            (true, true) => &self.gathering,
+            (true, false) => &self.cutover,
+            (false, _) => &self.other,
+        }
+    }
+
+    /// How long a batch the calling task opens waits before its request goes to the rate
+    /// limiter: [`GATHER_WINDOW`] for a gathering look in the cutover lane, else nothing (the
+    /// batch closes when its turn comes).
+    pub(crate) fn gather_window(&self) -> std::time::Duration {
+        if crate::aws::limit::cutover_lane() && gathering_here() {
+            GATHER_WINDOW
         } else {
-            &self.other
+            std::time::Duration::ZERO
         }
     }
 }
@@ -389,6 +429,53 @@ mod tests {
         let mut sizes = sizes.lock().unwrap().clone();
         sizes.sort();
         assert_eq!(sizes, vec![1, MAX_BATCH]);
+    }
+
+    /// Scheduled looks of an event wait (`gathered`) in the cutover lane share one request when
+    /// they come within the window of each other; a look that cannot wait neither joins their
+    /// batch nor waits for it; outside the cutover lane nothing gathers.
+    #[tokio::test]
+    async fn gathered_looks_share_a_request_and_a_look_that_cannot_wait_does_not_wait_for_them() {
+        use crate::aws::limit::in_lane;
+        use std::time::{Duration, Instant};
+        let b = LaneBatchers::<String, String>::new("rds:DescribeDBClusters");
+        let asked = Mutex::new(Vec::new());
+        let one = |name: &'static str, gather: bool, after_ms: u64| {
+            let (b, asked) = (&b, &asked);
+            async move {
+                tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                let look = async {
+                    b.here()
+                        .describe(
+                            name.to_string(),
+                            tokio::time::sleep(b.gather_window()),
+                            |names: Vec<String>| async move {
+                                asked.lock().unwrap().push(names.clone());
+                                Ok(names)
+                            },
+                            same,
+                        )
+                        .await
+                };
+                let started = Instant::now();
+                let found = if gather {
+                    in_lane(true, gathered(look)).await
+                } else {
+                    in_lane(true, look).await
+                };
+                assert_eq!(found.unwrap().as_deref(), Some(name));
+                started.elapsed()
+            }
+        };
+        let (a, later, urgent) =
+            tokio::join!(one("a", true, 0), one("b", true, 500), one("c", false, 100));
+        let mut asked = asked.lock().unwrap().clone();
+        asked.sort();
+        assert_eq!(asked, vec![vec!["a", "b"], vec!["c"]]);
+        assert!(a >= GATHER_WINDOW, "{a:?}");
+        assert!(later < GATHER_WINDOW, "joined the open batch: {later:?}");
+        assert!(urgent < Duration::from_millis(500), "{urgent:?}");
+        assert_eq!(gathered(async { b.gather_window() }).await, Duration::ZERO);
     }
 
     /// Polls every future to completion on this task (no `futures` crate here).

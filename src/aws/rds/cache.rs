@@ -78,8 +78,8 @@ tokio::task_local! {
 
 /// Runs `f` with its describes served from the fleet snapshot up to [`SNAPSHOT_WILL_DO_AGE`] old,
 /// in the cutover lane too, and even when this adapter changed the resource since the snapshot
-/// was taken; not when news of it came since (an RDS event, a tag event: `FleetCache::hear`),
-/// which may be a person's abort or pause that the look must act on at once. For the looks that wait on something else (Promoting: the database path's writer
+/// was taken; not when a person changed its tags since (a tag event: `FleetCache::hear`),
+/// which may be an abort or a pause that the look must act on at once. For the looks that wait on something else (Promoting: the database path's writer
 /// says by SQL when it has left recovery; the metric path describes the cluster directly) and
 /// read from these describes only what the agent never changes: the endpoints, the guards' tags
 /// that people set, whether the resource exists. Its changes (the source's groups and restart,
@@ -111,7 +111,7 @@ pub(crate) struct FleetCache<T, C: MonotonicClock = TokioClock> {
     refresh: tokio::sync::Mutex<()>,
     /// Identifier (lower case, ARNs reduced to it) → when this adapter last changed it.
     touched: std::sync::Mutex<HashMap<String, Duration>>,
-    /// Identifier → when news of it last came (an RDS event, a tag set by a person): unlike
+    /// Identifier → when a person last changed its tags (a tag event): unlike
     /// the agent's own changes, this is something a look that waits on the snapshot
     /// ([`snapshot_will_do`]) has not seen and may have to act on (an abort, a pause).
     heard: std::sync::Mutex<HashMap<String, Duration>>,
@@ -204,9 +204,9 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
         touched.insert(resource_key(name), now);
     }
 
-    /// News of `name` came from outside (an RDS event, a tag event): it is described directly
-    /// until a snapshot started after now, by every look, even one that said the snapshot will
-    /// do (the news may be a person's abort or pause, which such a look reads from it).
+    /// A person changed `name`'s tags (a tag event): it is described directly until a snapshot
+    /// started after now, by every look, even one that said the snapshot will do (the change
+    /// may be an abort or a pause, which such a look reads from it).
     pub(crate) fn hear(&self, name: &str) {
         self.touch(name);
         let now = self.clock.now();
@@ -220,7 +220,7 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
         touched.get(&resource_key(name)).is_some_and(|t| *t >= at)
     }
 
-    /// Whether news of `name` came after the snapshot taken at `at` started.
+    /// Whether a person changed `name`'s tags after the snapshot taken at `at` started.
     fn heard_since(&self, name: &str, at: Duration) -> bool {
         let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
         heard.get(&resource_key(name)).is_some_and(|t| *t >= at)
@@ -253,7 +253,7 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
             ttl,
             items: items.clone(),
         });
-        // Changes and news older than this snapshot are in it.
+        // Changes and tag changes older than this snapshot are in it.
         self.touched
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -425,11 +425,10 @@ pub(crate) mod tests {
     }
 
     /// A look that waits on the snapshot reads from it the guards' tags (an abort, a pause):
-    /// news of the resource (a tag event, an RDS event) must reach it at once, not when the
+    /// a person's change to the resource's tags (a tag event) must reach it at once, not when the
     /// snapshot is next refreshed (up to [`SNAPSHOT_WILL_DO_AGE`] later).
     #[tokio::test]
-    async fn news_of_a_resource_is_described_directly_even_by_a_look_that_says_a_snapshot_will_do()
-    {
+    async fn a_tag_change_is_described_directly_even_by_a_look_that_says_a_snapshot_will_do() {
         let clock = Manual::default();
         let cache = FleetCache::with_clock(Duration::from_secs(5), clock.clone())
             .scaled(Duration::from_secs(1));
@@ -456,17 +455,17 @@ pub(crate) mod tests {
         assert_eq!(
             in_lane(true, snapshot_will_do(lookup("db-1"))).await,
             "db-1 direct",
-            "news after the snapshot started: described as RDS has it now"
+            "tags changed after the snapshot started: described as RDS has it now"
         );
         assert_eq!(
             in_lane(true, snapshot_will_do(lookup("db-2"))).await,
             "db-2",
-            "no news of the others: they still wait on the snapshot"
+            "the others still wait on the snapshot"
         );
         assert_eq!(
             in_lane(false, lookup("db-1")).await,
             "db-1 direct",
-            "news counts as a change for every look"
+            "a tag change is a change for every look"
         );
     }
 

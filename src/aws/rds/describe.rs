@@ -55,23 +55,29 @@ impl AwsRds {
     /// migration's direct describe waiting for the same turn at the rate limiter (`batch.rs`).
     pub(super) async fn instance_direct(&self, name: &str) -> PortResult<Option<DbInstance>> {
         // Boxed: a batch's future holds its leader's whole request.
-        Box::pin(self.instance_batch.here().describe(
-            name.to_string(),
-            self.limiter.acquire(),
-            |names| self.instances_named(names),
-            |i, name: &String| matches_instance(i, name),
-        ))
+        Box::pin(
+            self.instance_batch.here().describe(
+                name.to_string(),
+                self.limiter
+                    .acquire_after(self.instance_batch.gather_window()),
+                |names| self.instances_named(names),
+                |i, name: &String| matches_instance(i, name),
+            ),
+        )
         .await
     }
 
     /// One cluster as RDS has it now, batched as [`Self::instance_direct`].
     pub(super) async fn cluster_direct(&self, name: &str) -> PortResult<Option<DbCluster>> {
-        Box::pin(self.cluster_batch.here().describe(
-            name.to_string(),
-            self.limiter.acquire(),
-            |names| self.clusters_named(names),
-            |c, name: &String| matches_cluster(c, name),
-        ))
+        Box::pin(
+            self.cluster_batch.here().describe(
+                name.to_string(),
+                self.limiter
+                    .acquire_after(self.cluster_batch.gather_window()),
+                |names| self.clusters_named(names),
+                |c, name: &String| matches_cluster(c, name),
+            ),
+        )
         .await
     }
 

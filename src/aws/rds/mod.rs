@@ -301,6 +301,10 @@ impl Rds for AwsRds {
     }
 
     fn heard_of_change(&self, name: &str) {
+        self.touch(&[name]);
+    }
+
+    fn heard_of_tag_change(&self, name: &str) {
         self.instances.hear(name);
         self.clusters.hear(name);
     }

@@ -19,6 +19,10 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
         }
         Phase::Draining if m.database_path() => {
             n.target = true;
+            // The writer's endpoint, for its replay position by SQL: it never changes, and the
+            // fleet snapshot has it. A direct describe every `database_poll` was 3.6 requests a
+            // migration on the database path in the simulator's 300-migration fleet.
+            n.target_from_snapshot = true;
             n.quarantine_group = true;
             n.source_sessions = true;
             n.target_replay = true;
@@ -27,7 +31,20 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             // The metric path's proof reads the source's events and CloudWatch (the replica's
             // lag among them), not the cluster: its describe was 6 RDS requests a migration in
             // the simulator's 500-migration fleet. Promoting describes it before asking.
-            n.quarantine_group = true;
+            // From the restart until CloudWatch shows the catch-up (minutes: the first period
+            // after the restart, then CloudWatch's delay), a look reads CloudWatch only: the
+            // source comes from the fleet snapshot, for the guards' tags (news of it, a
+            // person's abort, is still described directly: `aws::rds::cache`), and neither it
+            // nor the fence is judged on it. The look after the catch-up describes both as RDS
+            // has them now and proves the rest (`Stepper::reads_catch_up_only`). Those looks
+            // were a describe of the source every `fast_poll`: a third of the metric path's
+            // Draining calls in the simulator's fleets.
+            n.source_from_snapshot = reads_catch_up_only(m);
+            n.quarantine_group = !n.source_from_snapshot;
+            // Until the restart is known: the looks of the reboot's wait (`Policy::event_poll`)
+            // gather. The restart's time is the event's, so a look a moment later loses none of
+            // the outage.
+            n.gathers = p.restarted_at.is_none() && p.reboot_requested_at.is_some();
             // Events from a little before the request: clocks differ between us and RDS.
             let since = p.reboot_requested_at.unwrap_or(now) - SignedDuration::from_mins(1);
             // The events say when the source restarted; once that is recorded the proof reads
@@ -84,6 +101,8 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
                 && p.promote_requested_at.is_some()
                 && !m.database_path()
                 && !request_due;
+            // Those looks are the promotion's wait (`Policy::event_poll`): they gather.
+            n.gathers = n.source_from_snapshot;
             n.fresh |= waiting && p.writer_out_of_recovery_at.is_some();
         }
         _ => {}
@@ -173,6 +192,7 @@ impl Stepper<'_> {
         }) {
             self.m.progress.reboot_requested_at = Some(self.now);
             self.m.progress.restarted_at = None;
+            self.m.progress.caught_up_in_metrics_at = None;
             self.enter(Phase::Draining, "");
         }
     }
@@ -187,7 +207,8 @@ impl Stepper<'_> {
     }
 
     /// The metric path's proof: a restart after the reboot request, then CloudWatch periods
-    /// after it. Records the restart when seen.
+    /// after it. Records the restart when seen. On a look that reads the catch-up only
+    /// ([`reads_catch_up_only`]), what it lacks of CloudWatch's part alone.
     fn metric_proof_missing(&mut self) -> Vec<String> {
         let mut missing = Vec::new();
         let Some(q) = self.quarantine_id() else {
@@ -196,9 +217,12 @@ impl Stepper<'_> {
         let Some(source) = self.source().cloned() else {
             return vec!["the source was not observed".to_string()];
         };
-        missing.extend(self.fence_breaks(&source, &q));
-        if source.status != "available" {
-            missing.push(format!("the source is `{}`", source.status));
+        let catch_up_only = reads_catch_up_only(&self.m);
+        if !catch_up_only {
+            missing.extend(self.fence_breaks(&source, &q));
+            if source.status != "available" {
+                missing.push(format!("the source is `{}`", source.status));
+            }
         }
         if let Some(at) =
             first_restart(&self.obs.source_events, self.m.progress.reboot_requested_at)
@@ -242,7 +266,7 @@ impl Stepper<'_> {
             None => missing
                 .push("no RDSToAuroraPostgreSQLReplicaLag period after the restart".to_string()),
         }
-        if consumers > 0.0 && !self.tags.cdc_drained {
+        if consumers > 0.0 && !self.tags.cdc_drained && !catch_up_only {
             missing.push(format!(
                 "waiting for the CDC consumers to drain their slots and tag {}:cdc-drained=true",
                 self.policy.tag_prefix
@@ -261,7 +285,24 @@ impl Stepper<'_> {
         if self.database_path() {
             self.database_draining();
         }
+        let catch_up_only = reads_catch_up_only(&self.m);
         let missing = self.drain_proof_missing();
+        if catch_up_only {
+            // The source on this look is the fleet snapshot's: nothing is judged or repaired
+            // on it. Caught up: the next look, at once, reads the source and the fence from
+            // RDS and proves the rest.
+            if missing.is_empty() {
+                self.m.progress.caught_up_in_metrics_at = Some(self.now);
+                self.look_again = true;
+            } else if let Some(restarted) = self.m.progress.restarted_at {
+                self.no_look_before(first_period_start_after(
+                    restarted,
+                    self.policy.metric_period,
+                ));
+            }
+            self.alert_if_draining_slow(&missing);
+            return;
+        }
         if missing.is_empty() {
             self.m.progress.drain_proven_at = Some(self.now);
             let how = match (
@@ -318,6 +359,20 @@ impl Stepper<'_> {
         }
         if fenced
             && !self.database_path()
+            && self.m.progress.restarted_at.is_none()
+            && self.m.progress.reboot_requested_at.is_some()
+            && self.source().is_some_and(|s| s.status == "rebooting")
+        {
+            // RDS is restarting the source (1–3 minutes) and says when it is done with "DB
+            // instance restarted", which steps the migration as it arrives: the looks meanwhile
+            // are for an event lost or late (`Policy::event_poll`). They were a describe every
+            // `fast_poll`, most of the metric path's Draining calls. Once the source is
+            // `available` again the looks come every `fast_poll` until the restart is among
+            // its events (DescribeEvents shows it seconds after the EventBridge event).
+            self.look_on_the_event_grid();
+        }
+        if fenced
+            && !self.database_path()
             && let Some(restarted) = self.m.progress.restarted_at
         {
             // No look can find the proof before the first CloudWatch period that starts after
@@ -335,6 +390,21 @@ impl Stepper<'_> {
                 self.policy.metric_period,
             ));
         }
+        self.alert_if_draining_slow(&missing);
+    }
+
+    /// The next look of a wait that an RDS event ends: on the grid of `event_poll`'s multiples
+    /// (since the epoch), at least `fast_poll` from now, so that every migration in such a wait
+    /// looks at the same times and their looks share one describe (`Needs::gathers`); on
+    /// average `event_poll` apart, as a look every `event_poll` would be.
+    fn look_on_the_event_grid(&mut self) {
+        let grid =
+            first_period_start_after(self.now + self.policy.fast_poll, self.policy.event_poll());
+        self.no_look_before(grid);
+    }
+
+    /// Half the write budget spent without the proof: people are told what it lacks, once.
+    fn alert_if_draining_slow(&mut self, missing: &[String]) {
         if let Some(q) = self.m.progress.quarantined_at
             && self.since(q) > self.policy.write_unavailability_budget / 2
         {
@@ -408,9 +478,24 @@ impl Stepper<'_> {
         if t.replication_source.is_some() && t.status == "promoting" {
             // RDS has taken a request up: it stays in flight while RDS says so, so the looks
             // while AWS promotes (minutes) neither ask again nor read the fence and the
-            // sessions again for a request that is not due (`needs`).
-            let until = self.now + self.policy.cutover_reissue_after;
+            // sessions again for a request that is not due (`needs`). For `reissue_after`
+            // from each look that saw it so, not `cutover_reissue_after`: the looks meanwhile
+            // read the cluster from the fleet snapshot (the database path) or read nothing of
+            // the fence (the metric path), so only a look with the request due reads RDS's
+            // status again, and every 30 s that was a direct describe of both the source and
+            // the cluster (with the fence's group) for a request RDS already had. A request
+            // RDS takes up is not lost; one that fails shows the cluster `available` again on
+            // that look, and is asked again then.
+            let until = self.now + self.policy.reissue_after;
             self.m.requested.insert(ActionKey::PromoteTarget, until);
+            if !self.database_path() {
+                // AWS promotes for minutes and says when it is done with a cluster event,
+                // which steps the migration as it arrives: the looks meanwhile are for an event
+                // lost or late (`Policy::event_poll`). A describe of the cluster every
+                // `fast_poll` was the metric path's most frequent call while promoting. (The
+                // database path asks the writer by SQL every `promotion_poll` instead.)
+                self.look_on_the_event_grid();
+            }
         }
         // Before every promotion request (the first, or one asked again after a refusal), while
         // RDS has not taken one up: the fence and the proof still hold.
@@ -448,6 +533,7 @@ impl Stepper<'_> {
             // the proof starts over (a new reboot after the quarantine is back).
             self.m.progress.drain_proven_at = None;
             self.m.progress.restarted_at = None;
+            self.m.progress.caught_up_in_metrics_at = None;
             self.m.progress.reboot_requested_at = None;
             self.m.progress.fence_lsn = None;
             self.m.progress.fence_written_at = None;
@@ -543,6 +629,16 @@ impl Stepper<'_> {
             self.m.progress.route_requested_at.get_or_insert(self.now);
         }
     }
+}
+
+/// Whether a look of `m` reads only CloudWatch's part of the metric path's proof (the source
+/// from the fleet snapshot, the fence not at all): Draining on the metric path, the restart
+/// recorded, the catch-up not yet seen in CloudWatch.
+pub(super) fn reads_catch_up_only(m: &Migration) -> bool {
+    m.phase == Phase::Draining
+        && !m.database_path()
+        && m.progress.restarted_at.is_some()
+        && m.progress.caught_up_in_metrics_at.is_none()
 }
 
 /// The start of the first CloudWatch period of `period` at or after `at` (CloudWatch aligns

@@ -428,13 +428,17 @@ impl Stepper<'_> {
 
     /// The next look comes no earlier than `at`, unless a look is due sooner for the write
     /// budget (its deadline, `write_budget_spent`): for a wait whose end is known, on which a
-    /// look every poll would learn nothing.
+    /// look every poll would learn nothing, or one that an event the agent receives ends
+    /// (`Policy::event_poll`).
     fn no_look_before(&mut self, at: Timestamp) {
         if at <= self.now {
             return;
         }
         let mut wait = at.duration_since(self.now);
-        if let Some(q) = self.m.progress.quarantined_at {
+        // The write budget runs in Quiescing and Draining only (`write_budget_spent`).
+        if matches!(self.m.phase, Phase::Quiescing | Phase::Draining)
+            && let Some(q) = self.m.progress.quarantined_at
+        {
             wait = wait.min(self.policy.write_unavailability_budget - self.since(q));
         }
         let poll = self.policy.poll_interval(self.m.phase);

@@ -56,6 +56,7 @@ impl Stepper<'_> {
         p.database_unreachable_since = None;
         p.reboot_requested_at = None;
         p.restarted_at = None;
+        p.caught_up_in_metrics_at = None;
         self.alert_once(
             "database-fallback",
             Severity::Warning,

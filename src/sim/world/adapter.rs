@@ -209,7 +209,9 @@ impl SimPort {
             .here()
             .describe(
                 name.to_string(),
-                self.rds.limiter.acquire(),
+                self.rds
+                    .limiter
+                    .acquire_after(self.rds.instance_batch.gather_window()),
                 |names| {
                     self.shared(DESCRIBE_INSTANCES, "batch", names.len());
                     self.call_past_limiter(DESCRIBE_INSTANCES, move |s| {
@@ -269,7 +271,9 @@ impl SimPort {
             .here()
             .describe(
                 name.to_string(),
-                self.rds.limiter.acquire(),
+                self.rds
+                    .limiter
+                    .acquire_after(self.rds.cluster_batch.gather_window()),
                 |names| {
                     self.shared(DESCRIBE_CLUSTERS, "batch", names.len());
                     self.call_past_limiter(DESCRIBE_CLUSTERS, move |s| {
@@ -353,6 +357,12 @@ impl SimPort {
 
     /// RDS announced a change to `name`: as the adapter's `heard_of_change`.
     pub(super) fn heard_of_change(&self, name: &str) {
+        self.rds.instances.touch(name);
+        self.rds.clusters.touch(name);
+    }
+
+    /// A person changed `name`'s tags: as the adapter's `heard_of_tag_change`.
+    pub(super) fn heard_of_tag_change(&self, name: &str) {
         self.rds.instances.hear(name);
         self.rds.clusters.hear(name);
     }
@@ -367,8 +377,7 @@ impl SimPort {
     ) -> PortResult<T> {
         let r = self.call(op, true, f).await;
         for name in names {
-            self.rds.instances.touch(name);
-            self.rds.clusters.touch(name);
+            self.heard_of_change(name);
         }
         r
     }

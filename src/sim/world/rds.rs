@@ -506,6 +506,10 @@ impl Rds for SimPort {
         SimPort::heard_of_change(self, name);
     }
 
+    fn heard_of_tag_change(&self, name: &str) {
+        SimPort::heard_of_tag_change(self, name);
+    }
+
     async fn parameter_groups_present(
         &self,
         cluster_group: &str,
