@@ -33,10 +33,10 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             // the simulator's 500-migration fleet. Promoting describes it before asking.
             // From the restart until CloudWatch shows the catch-up (minutes: the first period
             // after the restart, then CloudWatch's delay), a look reads CloudWatch only: the
-            // source comes from the fleet snapshot, for the guards' tags (news of it, a
-            // person's abort, is still described directly: `aws::rds::cache`), and neither it
+            // source comes from the fleet snapshot, for the guards' tags (a person's change to
+            // them, an abort, is still described directly: `aws::rds::cache`), and neither it
             // nor the fence is judged on it. The look after the catch-up describes both as RDS
-            // has them now and proves the rest (`Stepper::reads_catch_up_only`). Those looks
+            // has them now and proves the rest ([`reads_catch_up_only`]). Those looks
             // were a describe of the source every `fast_poll`: a third of the metric path's
             // Draining calls in the simulator's fleets.
             n.source_from_snapshot = reads_catch_up_only(m);
@@ -484,8 +484,9 @@ impl Stepper<'_> {
             // the fence (the metric path), so only a look with the request due reads RDS's
             // status again, and every 30 s that was a direct describe of both the source and
             // the cluster (with the fence's group) for a request RDS already had. A request
-            // RDS takes up is not lost; one that fails shows the cluster `available` again on
-            // that look, and is asked again then.
+            // RDS takes up is not lost; if AWS's promotion fails, the cluster shows `available`
+            // again and the promotion is asked for again once `reissue_after` has passed since
+            // a look last saw it under way.
             let until = self.now + self.policy.reissue_after;
             self.m.requested.insert(ActionKey::PromoteTarget, until);
             if !self.database_path() {
