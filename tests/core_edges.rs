@@ -433,3 +433,35 @@ fn the_snapshot_quota_blocks_decommission_with_an_alert() {
             .any(|a| matches!(a, Action::Notify(n) if n.event == "snapshot-quota"))
     );
 }
+
+/// The final snapshot is described until a look records it as the source's own, and not on the
+/// looks after (the quarantine group's deletion can take minutes while its network interfaces
+/// detach): nothing is read or said about it again.
+#[test]
+fn the_final_snapshot_is_read_until_it_is_recorded_as_ours_and_not_after() {
+    let policy = policy();
+    let (mut model, mut m) = decommission_due(&policy);
+    // The group's deletion is refused for now: the migration stays in Decommissioning.
+    let mut group_busy = |a: &Action| {
+        matches!(a, Action::DeleteQuarantineGroup { .. }).then_some(ErrorKind::Retryable)
+    };
+    for _ in 0..4 {
+        round(&mut model, &mut m, &policy, &mut group_busy);
+        model.now += SignedDuration::from_mins(1);
+        if m.progress.final_snapshot_at.is_some() {
+            break;
+        }
+    }
+    assert!(model.source.is_none(), "deleted");
+    assert!(m.progress.final_snapshot_at.is_some(), "recorded as ours");
+    assert_eq!(m.phase, Phase::Decommissioning);
+    let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+    assert!(!need.final_snapshot, "not described again");
+    // Even a snapshot gone since (someone deleted it) is not looked for again by this attempt.
+    model.snapshot = None;
+    round(&mut model, &mut m, &policy, &mut group_busy);
+    assert!(!alerted(&model, "final-snapshot-missing"));
+    // The group goes: completed.
+    run_to_end(&mut model, &mut m, &policy, 20);
+    assert_eq!(m.phase, Phase::Completed);
+}

@@ -27,7 +27,9 @@ pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Need
             n.target = true;
             let due = p.verification_passed_at.map(|t| t + policy.retention);
             if due.is_some_and(|d| now >= d) {
-                n.final_snapshot = true;
+                // Until it is recorded as ours: the looks after that (the quarantine group's
+                // deletion, minutes while its network interfaces detach) need it no more.
+                n.final_snapshot = p.final_snapshot_at.is_none();
                 n.quotas = p.source_delete_requested_at.is_none();
                 n.quarantine_group = true;
                 if policy.restore_source_groups_after_cutover {
@@ -345,7 +347,9 @@ impl Stepper<'_> {
     pub(super) fn source_gone(&mut self) {
         self.m.progress.source_released_at.get_or_insert(self.now);
         let ours = self.m.progress.source_delete_requested_at.is_some();
-        if !ours {
+        if self.m.progress.final_snapshot_at.is_some() {
+            // Seen ours on an earlier look: not read again.
+        } else if !ours {
             self.alert_once(
                 "source-deleted",
                 Severity::Warning,
