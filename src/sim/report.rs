@@ -525,7 +525,7 @@ impl fmt::Display for SimReport {
                     .map(|((op, kind), (requests, looks))| {
                         let per = *requests as f64 / fl.migrations.max(1) as f64;
                         let op = op.trim_start_matches("rds:");
-                        if kind.starts_with("batch") {
+                        if kind.contains("batch") {
                             format!(
                                 "{op} {kind} {per:.1} ({:.2} looks a request)",
                                 *looks as f64 / (*requests).max(1) as f64

@@ -210,7 +210,8 @@ pub async fn gathered<F: std::future::Future>(f: F) -> F::Output {
     GATHER.scope((), f).await
 }
 
-fn gathering_here() -> bool {
+/// Whether the calling task's look gathers ([`gathered`]).
+pub(crate) fn gathering_here() -> bool {
     GATHER.try_with(|()| ()).is_ok()
 }
 

@@ -345,8 +345,13 @@ impl SimPort {
 
     /// Counts one request that serves many migrations (`State::rds_shared`).
     fn shared(&self, op: &'static str, kind: &'static str, looks: usize) {
-        let kind = match (kind, crate::aws::limit::cutover_lane()) {
-            ("batch", true) => "batch in the cutover lane",
+        let kind = match (
+            kind,
+            crate::aws::limit::cutover_lane(),
+            crate::aws::rds::batch::gathering_here(),
+        ) {
+            ("batch", true, true) => "gathered batch in the cutover lane",
+            ("batch", true, false) => "batch in the cutover lane",
             _ => kind,
         };
         let mut s = self.lock();
