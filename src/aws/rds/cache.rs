@@ -370,27 +370,32 @@ pub(crate) mod tests {
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
     }
 
+    /// `name` looked up in `cache`, whose snapshot is `all` (more than a page): its item from
+    /// the snapshot, or `"<name> direct"` when it is described directly.
+    async fn lookup_in(
+        cache: &FleetCache<String, Manual>,
+        all: &[String],
+        name: &'static str,
+    ) -> String {
+        cache
+            .lookup(
+                name,
+                || async { Ok(all.to_vec()) },
+                |n| n == name,
+                || async { Ok(Some(format!("{name} direct"))) },
+            )
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_look_that_says_a_snapshot_will_do_reads_an_older_one_in_the_cutover_lane() {
         let clock = Manual::default();
         let cache = FleetCache::with_clock(Duration::from_secs(5), clock.clone())
             .scaled(Duration::from_secs(1));
         let big: Vec<String> = (0..=ONE_PAGE).map(|i| format!("db-{i}")).collect();
-        let lookup = |name: &'static str| {
-            let (cache, big) = (&cache, &big);
-            async move {
-                cache
-                    .lookup(
-                        name,
-                        || async { Ok(big.clone()) },
-                        |n| n == name,
-                        || async { Ok(Some(format!("{name} direct"))) },
-                    )
-                    .await
-                    .unwrap()
-                    .unwrap()
-            }
-        };
+        let lookup = |name: &'static str| lookup_in(&cache, &big, name);
         assert_eq!(lookup("db-1").await, "db-1");
         clock.sleep(Duration::from_secs(30)).await;
         use crate::aws::limit::in_lane;
@@ -433,21 +438,7 @@ pub(crate) mod tests {
         let cache = FleetCache::with_clock(Duration::from_secs(5), clock.clone())
             .scaled(Duration::from_secs(1));
         let big: Vec<String> = (0..=ONE_PAGE).map(|i| format!("db-{i}")).collect();
-        let lookup = |name: &'static str| {
-            let (cache, big) = (&cache, &big);
-            async move {
-                cache
-                    .lookup(
-                        name,
-                        || async { Ok(big.clone()) },
-                        |n| n == name,
-                        || async { Ok(Some(format!("{name} direct"))) },
-                    )
-                    .await
-                    .unwrap()
-                    .unwrap()
-            }
-        };
+        let lookup = |name: &'static str| lookup_in(&cache, &big, name);
         use crate::aws::limit::in_lane;
         assert_eq!(lookup("db-1").await, "db-1");
         clock.sleep(Duration::from_secs(30)).await;
