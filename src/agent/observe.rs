@@ -24,8 +24,9 @@ pub async fn observe<W: World>(
     let need: Needs = needs(m, now, policy);
     // Boxed: the look's future is large (a debug build's fleet in the simulator ran out of
     // stack with it inline in the task-local's).
-    let look = Box::pin(observe_needs(world, m, policy, now, need.clone()));
-    if may_gather && need.gathers {
+    let gathers = may_gather && need.gathers;
+    let look = Box::pin(observe_needs(world, m, policy, now, need));
+    if gathers {
         crate::aws::rds::batch::gathered(look).await
     } else {
         look.await
