@@ -106,6 +106,8 @@ pub trait Rds: Send + Sync {
     fn cutover_backlog(&self) -> std::time::Duration {
         std::time::Duration::ZERO
     }
+    /// Whether each translated group exists. A pair seen to exist may be answered without a
+    /// describe for a while (`aws::rds::region`): they are named by their content's hash.
     fn parameter_groups_present(
         &self,
         cluster_group: &str,
@@ -115,6 +117,7 @@ pub trait Rds: Send + Sync {
         &self,
         source: &SourceInstance,
     ) -> impl Future<Output = PortResult<PreflightInputs>> + Send;
+    /// The account's quotas, up to a minute old (`aws::rds::region::QUOTA_TTL`).
     fn account_quotas(&self) -> impl Future<Output = PortResult<Vec<Quota>>> + Send;
     fn describe_snapshot(
         &self,

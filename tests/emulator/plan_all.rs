@@ -1,15 +1,24 @@
 //! The fleet readiness report (`plan --all`, #17) through the real binary: every RDS for
 //! PostgreSQL instance gets a row with the verdict its preflight gives, one whose preflight cannot
-//! be read gets an `error` row without stopping the report, other engines are left out, and the
-//! run makes no mutating AWS call.
+//! be read gets an `error` row without stopping the report, other engines are left out, a
+//! pending maintenance action read from the Region's list warns on its own instance only, and
+//! the run makes no mutating AWS call.
 
 use serde_json::{Value, json};
 
 use super::*;
 
 /// An instance in the harness's VPC, subnet group and security group, with the source
-/// parameter group for PostgreSQL; its engine, backups and tags as given.
-async fn instance(env: &Env, id: &str, engine: &str, backups: i32, tags: &[(&str, &str)]) {
+/// parameter group for PostgreSQL (`src-pg15`, or `group`); its engine, backups and tags as
+/// given.
+async fn instance_in(
+    env: &Env,
+    id: &str,
+    engine: &str,
+    backups: i32,
+    tags: &[(&str, &str)],
+    group: &str,
+) {
     let postgres = engine == "postgres";
     env.aws
         .rds
@@ -24,12 +33,16 @@ async fn instance(env: &Env, id: &str, engine: &str, backups: i32, tags: &[(&str
         .backup_retention_period(backups)
         .db_subnet_group_name("db-subnets")
         .vpc_security_group_ids(&env.app_sg)
-        .set_db_parameter_group_name(postgres.then(|| "src-pg15".to_string()))
+        .set_db_parameter_group_name(postgres.then(|| group.to_string()))
         .auto_minor_version_upgrade(false)
         .set_tags(Some(tags.iter().map(|(k, v)| tag(k, v)).collect()))
         .send()
         .await
         .unwrap();
+}
+
+async fn instance(env: &Env, id: &str, engine: &str, backups: i32, tags: &[(&str, &str)]) {
+    instance_in(env, id, engine, backups, tags, "src-pg15").await;
 }
 
 fn names(v: &Value) -> Vec<String> {
@@ -48,14 +61,32 @@ async fn plan_all_reports_every_postgres_instance_read_only() {
     // Without database access unlogged tables always need an acknowledgement (README, Tags).
     instance(&env, "billing-unacked", "postgres", 7, &[]).await;
     instance(&env, "ledger-nobackup", "postgres", 0, &[ack]).await;
-    instance(&env, "denied-db", "postgres", 7, &[ack]).await;
+    env.aws
+        .rds
+        .create_db_parameter_group()
+        .db_parameter_group_name("denied-pg15")
+        .db_parameter_group_family("postgres15")
+        .description("source")
+        .send()
+        .await
+        .unwrap();
+    instance_in(&env, "denied-db", "postgres", 7, &[ack], "denied-pg15").await;
     instance(&env, "shop-mysql", "mysql", 7, &[]).await;
-    // One instance's preflight is refused for good (its pending maintenance, by its ARN).
+    // One instance's preflight is refused for good (its parameter group's parameters).
     env.shim
-        .faults(
-            json!([{"service": "rds", "action": "DescribePendingMaintenanceActions",
+        .faults(json!([{"service": "rds", "action": "DescribeDBParameters",
             "status": 403, "code": "AccessDenied", "message": "not authorized to read denied-db",
-            "params_contains": "denied-db", "count": -1}]),
+            "params_contains": "denied-pg15", "count": -1}]))
+        .await;
+    // The Region's pending maintenance (read once for every preflight): one action on
+    // billing-unacked, none on the others.
+    let arn = |id: &str| format!("arn:aws:rds:us-east-1:123456789012:db:{id}");
+    env.shim
+        .post(
+            "pending-maintenance",
+            json!([{"ResourceIdentifier": arn("billing-unacked"),
+                "PendingMaintenanceActionDetails": [{"Action": "system-update",
+                    "Description": "New Operating System update is available"}]}]),
         )
         .await;
     let before = env.shim.calls().await.len();
@@ -116,6 +147,14 @@ async fn plan_all_reports_every_postgres_instance_read_only() {
 
     let unacked = row("billing-unacked");
     assert_eq!(names(&unacked["to_acknowledge"]), ["unlogged-tables"]);
+    assert!(
+        names(&unacked["warnings"]).contains(&"maintenance".to_string()),
+        "{unacked:#?}"
+    );
+    assert!(
+        !names(&ready["warnings"]).contains(&"maintenance".to_string()),
+        "another instance's pending action: {ready:#?}"
+    );
     assert_eq!(names(&unacked["blocking"]), Vec::<String>::new());
 
     let blocked = row("ledger-nobackup");
@@ -128,7 +167,7 @@ async fn plan_all_reports_every_postgres_instance_read_only() {
     let denied = row("denied-db");
     let reason = denied["error"].as_str().unwrap();
     assert!(
-        reason.contains("DescribePendingMaintenanceActions") && reason.contains("denied-db"),
+        reason.contains("DescribeDBParameters") && reason.contains("denied-db"),
         "{reason}"
     );
     assert_eq!(denied["storage_gib"], 100);

@@ -73,6 +73,12 @@ pub struct AwsRds {
     /// `true`), read once an hour for every preflight (`region.rs`).
     engine_versions: region::RegionCache<(), Vec<EngineVersion>>,
     family_defaults: region::RegionCache<(String, bool), Vec<aws_sdk_rds::types::Parameter>>,
+    /// The Region's pending maintenance actions (resource ARN, description), for 10 minutes.
+    pending_maintenance: region::RegionCache<(), Vec<(String, String)>>,
+    /// The account's quotas, for a minute.
+    quotas: region::RegionCache<(), Vec<Quota>>,
+    /// (cluster group, instance group) → both exist: kept for 10 minutes once seen.
+    present_groups: region::RegionCache<(String, String), ParameterGroupsPresent>,
     /// Every resource the agent creates carries `<prefix>:source` in its create request: the
     /// task role's IAM policy allows creates only with it.
     tag_prefix: String,
@@ -101,6 +107,9 @@ impl AwsRds {
             event_batch: LaneBatchers::new("rds:DescribeEvents"),
             engine_versions: region::RegionCache::new(),
             family_defaults: region::RegionCache::new(),
+            pending_maintenance: region::RegionCache::with_ttl(region::PENDING_MAINTENANCE_TTL),
+            quotas: region::RegionCache::with_ttl(region::QUOTA_TTL),
+            present_groups: region::RegionCache::with_ttl(region::PRESENT_GROUPS_TTL),
             tag_prefix: s.tag_prefix.clone(),
         }
     }
@@ -314,7 +323,18 @@ impl Rds for AwsRds {
         cluster_group: &str,
         instance_group: &str,
     ) -> impl Future<Output = PortResult<ParameterGroupsPresent>> + Send {
-        boxed(self.read_parameter_groups(cluster_group, instance_group))
+        boxed(async move {
+            let key = (cluster_group.to_string(), instance_group.to_string());
+            let present = self
+                .present_groups
+                .get_keeping(
+                    key,
+                    || self.read_parameter_groups(cluster_group, instance_group),
+                    |p| p.cluster && p.instance,
+                )
+                .await?;
+            Ok(present.as_ref().clone())
+        })
     }
 
     fn preflight_inputs(
@@ -325,7 +345,10 @@ impl Rds for AwsRds {
     }
 
     fn account_quotas(&self) -> impl Future<Output = PortResult<Vec<Quota>>> + Send {
-        boxed(self.read_account_quotas())
+        boxed(async move {
+            let quotas = self.quotas.get((), || self.read_account_quotas()).await?;
+            Ok(quotas.as_ref().clone())
+        })
     }
 
     fn describe_snapshot(

@@ -16,7 +16,7 @@ use crate::aws::call::all_pages;
 use crate::core::observation::{
     EngineVersion, KeyCheck, MetricKey, Parameter, PreflightInputs, Quota, SourceInstance,
 };
-use crate::ports::{ErrorKind, MetricQuery, Metrics, PortResult, Rds};
+use crate::ports::{ErrorKind, MetricQuery, Metrics, PortResult};
 
 impl AwsRds {
     /// [`Rds::preflight_inputs`].
@@ -52,23 +52,19 @@ impl AwsRds {
         aurora_static_parameters.sort();
         aurora_static_parameters.dedup();
 
-        let request = self
-            .client
-            .describe_pending_maintenance_actions()
-            .resource_identifier(&source.arn);
-        let pending = self
-            .call("rds:DescribePendingMaintenanceActions", request.send())
-            .await?;
-        let pending_maintenance = pending
-            .pending_maintenance_actions()
+        let pending_maintenance = self
+            .pending_maintenance()
+            .await?
             .iter()
-            .flat_map(|r| r.pending_maintenance_action_details())
-            .map(|d| match d.description() {
-                Some(desc) => format!("{}: {desc}", opt(d.action())),
-                None => opt(d.action()),
-            })
+            .filter(|(arn, _)| *arn == source.arn)
+            .map(|(_, action)| action.clone())
             .collect();
-        let quotas = self.account_quotas().await?;
+        let quotas = self
+            .quotas
+            .get((), || self.read_account_quotas())
+            .await?
+            .as_ref()
+            .clone();
         let kms_key = match (&source.storage_encrypted, &source.kms_key_id) {
             (true, Some(key)) => self.keys.check(key).await?,
             _ => KeyCheck::Unchecked,
@@ -121,7 +117,42 @@ impl AwsRds {
             .await
     }
 
-    /// [`Rds::account_quotas`].
+    /// The Region's pending maintenance actions, every page, as (resource ARN, action and its
+    /// description), read once every [`super::region::PENDING_MAINTENANCE_TTL`] for every
+    /// preflight: the unfiltered read lists only resources that have an action pending, so a
+    /// page serves many preflights where a read per source was a request each.
+    async fn pending_maintenance(&self) -> PortResult<std::sync::Arc<Vec<(String, String)>>> {
+        self.pending_maintenance
+            .get((), || {
+                all_pages(|marker| {
+                    let request = self
+                        .client
+                        .describe_pending_maintenance_actions()
+                        .max_records(100)
+                        .set_marker(marker);
+                    async move {
+                        let r = self
+                            .call("rds:DescribePendingMaintenanceActions", request.send())
+                            .await?;
+                        let actions = r.pending_maintenance_actions().iter().flat_map(|r| {
+                            let arn = opt(r.resource_identifier());
+                            r.pending_maintenance_action_details().iter().map(move |d| {
+                                let action = match d.description() {
+                                    Some(desc) => format!("{}: {desc}", opt(d.action())),
+                                    None => opt(d.action()),
+                                };
+                                (arn.clone(), action)
+                            })
+                        });
+                        Ok((actions.collect(), r.marker))
+                    }
+                })
+            })
+            .await
+    }
+
+    /// The account's quotas as RDS has them now (the port's answer is this, kept for
+    /// [`super::region::QUOTA_TTL`]).
     pub(super) async fn read_account_quotas(&self) -> PortResult<Vec<Quota>> {
         let request = self.client.describe_account_attributes();
         let r = self

@@ -19,7 +19,9 @@ use crate::aws::AwsSettings;
 use crate::aws::limit::{MonotonicClock, RateLimiter};
 use crate::aws::rds::batch::LaneBatchers;
 use crate::aws::rds::cache::{FleetCache, ttl_per_item};
-use crate::aws::rds::region::{REGION_TTL, RegionCache};
+use crate::aws::rds::region::{
+    PENDING_MAINTENANCE_TTL, PRESENT_GROUPS_TTL, QUOTA_TTL, REGION_TTL, RegionCache,
+};
 
 /// Items per page of a describe-all (`MaxRecords`).
 const PAGE: usize = 100;
@@ -62,6 +64,11 @@ pub(crate) struct RdsAdapter {
     /// calls were made.
     pub(super) engine_versions: RegionCache<(), (), VirtualClock>,
     pub(super) family_defaults: RegionCache<(String, bool), (), VirtualClock>,
+    /// As the adapter's: the Region's pending maintenance for 10 minutes, the account's quotas
+    /// for a minute, parameter groups seen to exist for 10 minutes.
+    pub(super) pending_maintenance: RegionCache<(), (), VirtualClock>,
+    pub(super) quotas: RegionCache<(), Vec<Quota>, VirtualClock>,
+    pub(super) present_groups: RegionCache<(String, String), ParameterGroupsPresent, VirtualClock>,
 }
 
 impl RdsAdapter {
@@ -86,6 +93,9 @@ impl RdsAdapter {
             event_batch: LaneBatchers::new("rds:DescribeEvents"),
             engine_versions: RegionCache::with_clock(REGION_TTL, clock()),
             family_defaults: RegionCache::with_clock(REGION_TTL, clock()),
+            pending_maintenance: RegionCache::with_clock(PENDING_MAINTENANCE_TTL, clock()),
+            quotas: RegionCache::with_clock(QUOTA_TTL, clock()),
+            present_groups: RegionCache::with_clock(PRESENT_GROUPS_TTL, clock()),
         }
     }
 }

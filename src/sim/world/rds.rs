@@ -515,13 +515,24 @@ impl Rds for SimPort {
         cluster_group: &str,
         instance_group: &str,
     ) -> PortResult<ParameterGroupsPresent> {
-        self.call("rds:DescribeDBClusterParameterGroups", false, |s| {
-            Ok(ParameterGroupsPresent {
-                cluster: s.parameter_groups.contains(cluster_group),
-                instance: s.parameter_groups.contains(instance_group),
-            })
-        })
-        .await
+        let key = (cluster_group.to_string(), instance_group.to_string());
+        let present = self
+            .rds
+            .present_groups
+            .get_keeping(
+                key,
+                || {
+                    self.call("rds:DescribeDBClusterParameterGroups", false, |s| {
+                        Ok(ParameterGroupsPresent {
+                            cluster: s.parameter_groups.contains(cluster_group),
+                            instance: s.parameter_groups.contains(instance_group),
+                        })
+                    })
+                },
+                |p| p.cluster && p.instance,
+            )
+            .await?;
+        Ok(present.as_ref().clone())
     }
 
     async fn preflight_inputs(&self, source: &SourceInstance) -> PortResult<PreflightInputs> {
@@ -543,22 +554,29 @@ impl Rds for SimPort {
                 .get((family.clone(), cluster), || call(op))
                 .await?;
         }
-        for op in [
-            "rds:DescribePendingMaintenanceActions",
-            "kms:DescribeKey",
-            "cloudwatch:GetMetricData",
-        ] {
+        self.rds
+            .pending_maintenance
+            .get((), || call("rds:DescribePendingMaintenanceActions"))
+            .await?;
+        for op in ["kms:DescribeKey", "cloudwatch:GetMetricData"] {
             call(op).await?;
         }
-        self.call("rds:DescribeAccountAttributes", false, |s| {
-            Ok(s.preflight_inputs(source))
-        })
-        .await
+        let quotas = self.account_quotas().await?;
+        // The rest of the answer is the world's as the calls above read it.
+        let mut inputs = self.lock().preflight_inputs(source);
+        inputs.quotas = quotas;
+        Ok(inputs)
     }
 
     async fn account_quotas(&self) -> PortResult<Vec<Quota>> {
-        self.call("rds:DescribeAccountAttributes", false, |s| Ok(s.quotas()))
-            .await
+        let quotas = self
+            .rds
+            .quotas
+            .get((), || {
+                self.call("rds:DescribeAccountAttributes", false, |s| Ok(s.quotas()))
+            })
+            .await?;
+        Ok(quotas.as_ref().clone())
     }
 
     async fn describe_snapshot(&self, snapshot: &str) -> PortResult<Observed<Snapshot>> {
