@@ -437,6 +437,74 @@ fn the_snapshot_quota_blocks_decommission_with_an_alert() {
 /// The final snapshot is described until a look records it as the source's own, and not on the
 /// looks after (the quarantine group's deletion can take minutes while its network interfaces
 /// detach): nothing is read or said about it again.
+/// Once the source is seen gone with its final snapshot ours, the looks that finish the
+/// phase (the quarantine group's deletion, minutes) and confirm Completed describe it no more
+/// (each was a request for an instance that is gone), and an instance created meanwhile under
+/// the freed identifier is neither read nor tagged with the phase mirror.
+#[test]
+fn a_source_seen_deleted_with_its_final_snapshot_is_not_described_or_tagged_again() {
+    let policy = policy();
+    let (mut model, mut m) = decommission_due(&policy);
+    let mut group_busy = |a: &Action| {
+        matches!(a, Action::DeleteQuarantineGroup { .. }).then_some(ErrorKind::Retryable)
+    };
+    let old_source = model
+        .source
+        .clone()
+        .expect("the source before its deletion");
+    for _ in 0..4 {
+        round(&mut model, &mut m, &policy, &mut group_busy);
+        model.now += SignedDuration::from_mins(1);
+        if m.progress.final_snapshot_at.is_some() {
+            break;
+        }
+    }
+    assert!(m.progress.final_snapshot_at.is_some(), "recorded as ours");
+    assert_eq!(m.phase, Phase::Decommissioning);
+    let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+    assert!(!need.source, "the deleted source is not described again");
+    assert!(
+        need.quarantine_group,
+        "the group's deletion is still followed"
+    );
+    // Someone creates a new instance under the freed identifier (with the trigger tag even):
+    // not the source, and nothing of this migration reads or tags it.
+    let mut newcomer = old_source;
+    newcomer.status = "available".into();
+    model.source = Some(newcomer);
+    round(&mut model, &mut m, &policy, &mut group_busy);
+    assert_eq!(m.phase, Phase::Decommissioning, "still deleting the group");
+    let mut tagged = Vec::new();
+    for _ in 0..20 {
+        let d = quiet_round(&mut model, &mut m, &policy);
+        for a in &d.actions {
+            if let Action::MirrorPhaseTag { arns, .. } = a {
+                tagged.extend(arns.iter().cloned());
+            }
+            assert!(
+                !matches!(
+                    a,
+                    Action::DeleteSource { .. } | Action::SetTriggerTag { .. }
+                ),
+                "{a:?}"
+            );
+        }
+        model.now += d.wake_after.unwrap_or(SignedDuration::from_mins(1));
+        if m.phase.is_terminal() && m.next_wake.is_none() {
+            break;
+        }
+    }
+    assert_eq!(m.phase, Phase::Completed);
+    assert!(
+        !tagged.contains(&m.source_arn),
+        "the mirror went to the freed identifier: {tagged:?}"
+    );
+    assert!(
+        tagged.iter().any(|a| a.contains(":cluster:")),
+        "Completed is mirrored on the cluster: {tagged:?}"
+    );
+}
+
 #[test]
 fn the_final_snapshot_is_read_until_it_is_recorded_as_ours_and_not_after() {
     let policy = policy();

@@ -83,6 +83,34 @@ fn the_phase_mirror_is_written_once_for_each_phase_that_lasts_and_not_for_one_pa
     }
 }
 
+/// The step that marks the source in Preparing mirrors the phase in the same tag write: one
+/// AddTagsToResource with both keys (the marker and `preparing`), not two.
+#[test]
+fn the_source_is_marked_and_its_preparing_mirror_written_in_one_tag_write() {
+    let (mut model, mut m) = advanced_to(&policy(), Phase::Preparing);
+    let d = quiet_round(&mut model, &mut m, &policy());
+    let tag_writes: Vec<&Action> = d
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::MarkSource { .. } | Action::MirrorPhaseTag { .. }))
+        .collect();
+    assert_eq!(
+        tag_writes,
+        vec![&Action::MarkSource {
+            arn: ARN.to_string(),
+            value: m.id.resource_id.clone(),
+            phase: Some(Phase::Preparing),
+        }],
+        "{:?}",
+        d.actions
+    );
+    assert_eq!(model.mirrored[ARN], vec![Phase::Preparing]);
+    assert_eq!(
+        model.source.as_ref().unwrap().tags["aurora-migration:marker"],
+        m.id.resource_id
+    );
+}
+
 #[test]
 fn preflight_failure_ends_in_failed_without_any_mutation() {
     let mut model = Model::new();

@@ -106,9 +106,15 @@ async fn execute_aws<W: World>(world: &W, policy: &Policy, action: &Action) -> P
             rds.set_tags(arn, &one_tag(policy.tag_prefix.clone(), value))
                 .await
         }
-        Action::MarkSource { arn, value } => {
-            rds.set_tags(arn, &one_tag(tags::marker_key(&policy.tag_prefix), value))
-                .await
+        Action::MarkSource { arn, value, phase } => {
+            let mut t = one_tag(tags::marker_key(&policy.tag_prefix), value);
+            if let Some(phase) = phase {
+                t.insert(
+                    tags::phase_key(&policy.tag_prefix),
+                    phase.as_str().to_string(),
+                );
+            }
+            rds.set_tags(arn, &t).await
         }
         Action::PutHeartbeat { migration } => world.metrics().put_heartbeat(migration).await,
         Action::Notify(note) => world.notifier().publish(note).await,

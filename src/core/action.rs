@@ -121,6 +121,12 @@ pub enum Action {
     MarkSource {
         arn: String,
         value: String,
+        /// The phase mirror (`<prefix>:phase`) written in the same request: the step that
+        /// marks the source (Preparing's first) also mirrors the phase to it, and one
+        /// AddTagsToResource carries both (the shipped policy allows the two keys together on an
+        /// opted-in source). A separate mirror write was one more request a migration.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phase: Option<Phase>,
     },
     /// Publish the per-migration heartbeat metric (telemetry, not a mutation).
     PutHeartbeat {

@@ -368,6 +368,13 @@ impl Migration {
         self.progress.quarantined_at.is_some() && self.progress.source_released_at.is_none()
     }
 
+    /// The agent deleted the source and saw it gone with its final snapshot ours
+    /// (`machine::soak`): nothing is left on the source to read or to change, and an
+    /// identifier RDS has freed may be taken by a new instance that is not the source.
+    pub fn source_deleted(&self) -> bool {
+        self.progress.final_snapshot_at.is_some()
+    }
+
     /// Human-readable migration id used in notifications and logs.
     pub fn label(&self) -> String {
         format!("{}#{}", self.source_identifier, self.id.attempt)

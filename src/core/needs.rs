@@ -88,12 +88,14 @@ impl Needs {
     }
 }
 
-/// What to observe for `m` now: the source always (every phase's guards read it), and what its
-/// phase's rules read, as the phase's own file says (`machine::{preparation, cutover, soak,
-/// rollback}`).
+/// What to observe for `m` now: the source (every phase's guards read it) unless the agent has
+/// deleted it ([`Migration::source_deleted`]: the looks after, the quarantine group's deletion
+/// and the one that confirms Completed's notification, described an instance that is gone, one
+/// request each), and what its phase's rules read, as the phase's own file says
+/// (`machine::{preparation, cutover, soak, rollback}`).
 pub fn needs(m: &Migration, now: Timestamp, policy: &Policy) -> Needs {
     let mut n = Needs {
-        source: true,
+        source: !m.source_deleted(),
         ..Needs::default()
     };
     super::machine::phase_needs(m, now, policy, &mut n);

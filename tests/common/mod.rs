@@ -794,10 +794,19 @@ impl Model {
                         .insert("aurora-migration:phase".into(), phase.as_str().into());
                 }
             }
-            Action::MarkSource { value, .. } => {
+            Action::MarkSource {
+                arn, value, phase, ..
+            } => {
                 if let Some(s) = &mut self.source {
                     s.tags
                         .insert("aurora-migration:marker".into(), value.clone());
+                }
+                if let Some(phase) = phase {
+                    self.mirrored.entry(arn.clone()).or_default().push(*phase);
+                    self.tags
+                        .entry(arn.clone())
+                        .or_default()
+                        .insert("aurora-migration:phase".into(), phase.as_str().into());
                 }
             }
             Action::SetTriggerTag { value, .. } => {

@@ -227,7 +227,20 @@ impl Stepper<'_> {
         if !lasts {
             return;
         }
-        let arns = self.phase_mirror_arns(phase);
+        let mut arns = self.phase_mirror_arns(phase);
+        // The source's mirror rides on the marker's write when this step asks for one.
+        if let Some(Action::MarkSource {
+            arn, phase: with, ..
+        }) = self
+            .actions
+            .iter_mut()
+            .find(|a| matches!(a, Action::MarkSource { .. }))
+            && arns.contains(arn)
+        {
+            *with = Some(phase);
+            let arn = arn.clone();
+            arns.retain(|a| *a != arn);
+        }
         if !arns.is_empty() {
             // First: the step's own requests may remove where it goes (the source's deletion).
             self.actions
@@ -359,7 +372,7 @@ impl Stepper<'_> {
     /// cluster's half of them for phases in which nobody looks at a replica.
     fn phase_mirror_arns(&self, phase: Phase) -> Vec<String> {
         let mut arns = Vec::new();
-        if !matches!(self.obs.source, Observed::Absent) {
+        if !matches!(self.obs.source, Observed::Absent) && !self.m.source_deleted() {
             arns.push(self.m.source_arn.clone());
         }
         let on_target = matches!(

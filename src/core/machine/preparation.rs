@@ -189,7 +189,11 @@ impl Stepper<'_> {
                     true
                 } else {
                     let arn = s.arn.clone();
-                    self.request(Action::MarkSource { arn, value });
+                    self.request(Action::MarkSource {
+                        arn,
+                        value,
+                        phase: None,
+                    });
                     false
                 }
             }

@@ -179,6 +179,11 @@ impl Stepper<'_> {
             self.failure("decommissioning without a passed verification".to_string());
             return;
         };
+        if self.m.source_deleted() {
+            // Seen gone with its final snapshot ours on an earlier look: not described again.
+            self.source_gone();
+            return;
+        }
         match self.obs.source.clone() {
             Observed::Unknown => {}
             Observed::Absent => self.source_gone(),
