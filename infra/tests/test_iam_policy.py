@@ -185,6 +185,10 @@ TABLE = [
     *[row(TASK, a, BILLING, STARTED, ALLOW, id=f"task {a} trigger=start") for a in MUTATE_INSTANCE],
     row(TASK, "rds:AddTagsToResource", BILLING, STARTED, ALLOW, request_tags={f"{P}:marker": SOURCE_ID},
         id="task marks a started instance"),
+    # Preparing's first step marks the source and mirrors the phase in one request.
+    row(TASK, "rds:AddTagsToResource", BILLING, STARTED, ALLOW,
+        request_tags={f"{P}:marker": SOURCE_ID, f"{P}:phase": "preparing"},
+        id="task marks a started instance and mirrors its phase at once"),
     row(TASK, "rds:AddTagsToResource", BILLING, STARTED, ALLOW, request_tags={f"{P}:phase": "replicating"},
         id="task phase on a started instance"),
     row(TASK, "rds:AddTagsToResource", BILLING, STARTED, IMPLICIT_DENY, request_tags={"owner": "agent"},
