@@ -132,13 +132,23 @@ impl AwsRds {
             .await
     }
 
+    /// The cluster as the core's target, with its members' statuses from the instances they
+    /// are. Only CreatingReplica reads a member's status (the writer being created); in the
+    /// cutover lane, where no rule reads it, a member comes from the fleet snapshot even when it
+    /// is older than the lane's base TTL ([`super::cache::snapshot_will_do`]): otherwise every
+    /// cluster describe of a cutover look was followed by a direct describe of its writer.
     pub(super) async fn target_of(&self, c: &DbCluster) -> PortResult<TargetCluster> {
         let mut members = Vec::new();
         for m in c.db_cluster_members() {
             let Some(id) = m.db_instance_identifier() else {
                 continue;
             };
-            let status = match self.instance(id).await? {
+            let member = if crate::aws::limit::cutover_lane() {
+                Box::pin(super::cache::snapshot_will_do(self.instance(id))).await?
+            } else {
+                self.instance(id).await?
+            };
+            let status = match member {
                 Some(i) => opt(i.db_instance_status()),
                 None => "deleting".to_string(),
             };
