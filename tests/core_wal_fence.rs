@@ -785,3 +785,59 @@ fn while_aws_promotes_the_database_path_reads_the_describes_from_the_snapshot_an
     advance_to(&mut model, &mut m, &policy, Phase::Verifying);
     assert_eq!(model.promotions, 1);
 }
+
+/// The database path's Draining proves by SQL and reads the source from the fleet snapshot
+/// (for its endpoint and the guards' tags), judging and repairing nothing on it: a fence that
+/// broke meanwhile (an IaC apply put the old groups back) is caught by Promoting's first look,
+/// which reads RDS before it asks for the promotion and sends the attempt back; from then on
+/// Draining reads RDS, puts the quarantine back, and the attempt completes with one promotion,
+/// asked only with the fence whole.
+#[test]
+fn draining_proves_by_sql_on_the_snapshot_and_promoting_catches_a_fence_broken_meanwhile() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::Draining);
+    let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+    assert!(
+        need.source_from_snapshot && !need.quarantine_group,
+        "{need:?}"
+    );
+    model.source.as_mut().unwrap().security_groups = vec![active_group("sg-app")];
+    for _ in 0..20 {
+        let d = quiet_round(&mut model, &mut m, &policy);
+        assert!(
+            !keys(&d.actions).contains(&ActionKey::QuarantineSource),
+            "repaired on a snapshot look: {:?}",
+            d.actions
+        );
+        if m.phase != Phase::Draining {
+            break;
+        }
+        model.now += d.wake_after.unwrap_or(SignedDuration::from_secs(1));
+    }
+    assert_eq!(
+        m.phase,
+        Phase::Promoting,
+        "proven by SQL: {:?}",
+        m.last_error
+    );
+    // Promoting's first look reads the source from RDS: the fence is broken, nothing promoted.
+    let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+    assert!(!need.source_from_snapshot && need.quarantine_group);
+    let d = quiet_round(&mut model, &mut m, &policy);
+    assert!(!keys(&d.actions).contains(&ActionKey::PromoteTarget));
+    assert_eq!(m.phase, Phase::Draining);
+    assert!(m.progress.fence_broke_at.is_some());
+    assert_eq!(model.promotions, 0);
+    // Back in Draining every look reads RDS: the quarantine is put back.
+    let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+    assert!(!need.source_from_snapshot && need.quarantine_group);
+    let d = quiet_round(&mut model, &mut m, &policy);
+    assert!(
+        keys(&d.actions).contains(&ActionKey::QuarantineSource),
+        "{:?}",
+        d.actions
+    );
+    run_to_end(&mut model, &mut m, &policy, 2_000);
+    assert_eq!(m.phase, Phase::Completed, "{:?}", m.last_error);
+    assert_eq!(model.promotions, 1);
+}

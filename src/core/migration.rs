@@ -150,6 +150,11 @@ pub struct Progress {
     /// fence, the CDC consumers' tag) to prove the rest (`machine::cutover`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caught_up_in_metrics_at: Option<Timestamp>,
+    /// The database path: Promoting found the fence broken before it asked for the promotion.
+    /// From here on this attempt's Draining reads the source from RDS on every look (to judge
+    /// and repair the fence), not from the fleet snapshot (`machine::cutover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_broke_at: Option<Timestamp>,
     /// The Draining proof held.
     pub drain_proven_at: Option<Timestamp>,
     pub promote_requested_at: Option<Timestamp>,

@@ -23,7 +23,12 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             // fleet snapshot has it. A direct describe every `database_poll` was 3.6 requests a
             // migration on the database path in the simulator's 300-migration fleet.
             n.target_from_snapshot = true;
-            n.quarantine_group = true;
+            // The source too, for its endpoint and the guards' tags: the proof here is by SQL
+            // and the fence is judged by Promoting's first look ([`reads_catch_up_only`]). A
+            // direct describe every `database_poll`, then every `promotion_poll` while the
+            // replica replays the fence, was 5 requests a migration in the 1,000-migration fleet.
+            n.source_from_snapshot = reads_catch_up_only(m);
+            n.quarantine_group = !n.source_from_snapshot;
             n.source_sessions = true;
             n.target_replay = true;
         }
@@ -287,7 +292,7 @@ impl Stepper<'_> {
         }
         let catch_up_only = reads_catch_up_only(&self.m);
         let missing = self.drain_proof_missing();
-        if catch_up_only {
+        if catch_up_only && !self.database_path() {
             // The source on this look is the fleet snapshot's: nothing is judged or repaired
             // on it. Caught up: the next look, at once, reads the source and the fence from
             // RDS and proves the rest.
@@ -320,6 +325,12 @@ impl Stepper<'_> {
             // last read and wrote what Aurora never received (caught by the consistency check,
             // but after a promotion). The look costs about half a second of outage.
             self.enter(Phase::Promoting, &how);
+            return;
+        }
+        if catch_up_only {
+            // The database path's source is the fleet snapshot's: nothing is judged or repaired
+            // on it (Promoting's first look judges the fence from RDS).
+            self.alert_if_draining_slow(&missing);
             return;
         }
         // Back from Promoting after a drift, or changed under us: put the quarantine back. The
@@ -535,6 +546,7 @@ impl Stepper<'_> {
             self.m.progress.drain_proven_at = None;
             self.m.progress.restarted_at = None;
             self.m.progress.caught_up_in_metrics_at = None;
+            self.m.progress.fence_broke_at.get_or_insert(self.now);
             self.m.progress.reboot_requested_at = None;
             self.m.progress.fence_lsn = None;
             self.m.progress.fence_written_at = None;
@@ -632,14 +644,26 @@ impl Stepper<'_> {
     }
 }
 
-/// Whether a look of `m` reads only CloudWatch's part of the metric path's proof (the source
-/// from the fleet snapshot, the fence not at all): Draining on the metric path, the restart
-/// recorded, the catch-up not yet seen in CloudWatch.
+/// Whether a look of `m` in Draining reads only the catch-up, not the fence: the source comes
+/// from the fleet snapshot (for its endpoint and the guards' tags), and neither the fence nor
+/// the source's status is judged or repaired on it.
+/// - The metric path: the restart recorded, the catch-up not yet seen in CloudWatch. The look
+///   after CloudWatch shows it reads the source and the fence from RDS and proves the rest.
+/// - The database path: unless Promoting found the fence broken on this attempt
+///   (`fence_broke_at`). The proof here is by SQL (no client session through the quiet period,
+///   the fence written, the replica past it); Promoting's first look, which reads the source
+///   and the quarantine group from RDS and the sessions again right before it asks for the
+///   promotion (as it always did), judges the fence, and sends the migration back here if it
+///   broke, from where every look reads RDS and repairs it. The proving look's SQL read of the
+///   source's sessions is also what shows it up and accepting connections (its status, which
+///   the fresh looks judged, is not read).
 pub(super) fn reads_catch_up_only(m: &Migration) -> bool {
     m.phase == Phase::Draining
-        && !m.database_path()
-        && m.progress.restarted_at.is_some()
-        && m.progress.caught_up_in_metrics_at.is_none()
+        && if m.database_path() {
+            m.progress.fence_broke_at.is_none()
+        } else {
+            m.progress.restarted_at.is_some() && m.progress.caught_up_in_metrics_at.is_none()
+        }
 }
 
 /// The start of the first CloudWatch period of `period` at or after `at` (CloudWatch aligns

@@ -272,9 +272,13 @@ impl Stepper<'_> {
         let (Some(q), Some(source)) = (self.quarantine_id(), self.source()) else {
             return vec!["the source or its quarantine group was not observed".to_string()];
         };
-        missing.extend(self.fence_breaks(source, &q));
-        if source.status != "available" {
-            missing.push(format!("the source is `{}`", source.status));
+        // A look that reads the catch-up only has the source from the fleet snapshot: the
+        // fence is judged by Promoting's first look (`cutover::reads_catch_up_only`).
+        if !super::cutover::reads_catch_up_only(&self.m) {
+            missing.extend(self.fence_breaks(source, &q));
+            if source.status != "available" {
+                missing.push(format!("the source is `{}`", source.status));
+            }
         }
         let p = &self.m.progress;
         let r = &self.obs.database;
