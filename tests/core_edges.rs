@@ -437,6 +437,22 @@ fn the_snapshot_quota_blocks_decommission_with_an_alert() {
 /// The final snapshot is described until a look records it as the source's own, and not on the
 /// looks after (the quarantine group's deletion can take minutes while its network interfaces
 /// detach): nothing is read or said about it again.
+/// The source's deletion with its final snapshot takes RDS minutes: the look after the request
+/// comes `SLOW_CHANGE_FIRST_LOOK` later, not a minute later to describe it `deleting`.
+#[test]
+fn the_look_after_the_source_s_deletion_request_waits_for_its_first_minutes() {
+    use aurora_migrator::core::machine::SLOW_CHANGE_FIRST_LOOK;
+    let policy = policy();
+    let (mut model, mut m) = decommission_due(&policy);
+    let d = quiet_round(&mut model, &mut m, &policy);
+    assert!(
+        keys(&d.actions).contains(&ActionKey::DeleteSource),
+        "{:?}",
+        d.actions
+    );
+    assert_eq!(d.wake_after, Some(SLOW_CHANGE_FIRST_LOOK));
+}
+
 /// Once the source is seen gone with its final snapshot ours, the looks that finish the
 /// phase (the quarantine group's deletion, minutes) and confirm Completed describe it no more
 /// (each was a request for an instance that is gone), and an instance created meanwhile under

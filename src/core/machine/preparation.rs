@@ -234,7 +234,7 @@ impl Stepper<'_> {
                 if self.source().is_none() {
                     return;
                 }
-                self.request(Action::CreateReplicaCluster(ReplicaClusterSpec {
+                let asked = self.request(Action::CreateReplicaCluster(ReplicaClusterSpec {
                     cluster: self.m.names.cluster.clone(),
                     source_arn: self.m.source_arn.clone(),
                     engine_version: plan.engine_version.clone(),
@@ -245,6 +245,9 @@ impl Stepper<'_> {
                     kms_key_id: plan.kms_key_id.clone(),
                     tags: self.target_tags(),
                 }));
+                if asked {
+                    self.no_look_before(self.now + SLOW_CHANGE_FIRST_LOOK);
+                }
             }
             Observed::Present(t) => {
                 if !self.owned(t) {
@@ -270,13 +273,17 @@ impl Stepper<'_> {
                 }
                 match t.writer(&self.m.names.writer) {
                     None => {
-                        self.request(Action::CreateWriterInstance(WriterInstanceSpec {
-                            instance: self.m.names.writer.clone(),
-                            cluster: self.m.names.cluster.clone(),
-                            instance_class: plan.instance_class.clone(),
-                            parameter_group: plan.instance_parameter_group.clone(),
-                            tags: self.target_tags(),
-                        }));
+                        let asked =
+                            self.request(Action::CreateWriterInstance(WriterInstanceSpec {
+                                instance: self.m.names.writer.clone(),
+                                cluster: self.m.names.cluster.clone(),
+                                instance_class: plan.instance_class.clone(),
+                                parameter_group: plan.instance_parameter_group.clone(),
+                                tags: self.target_tags(),
+                            }));
+                        if asked {
+                            self.no_look_before(self.now + SLOW_CHANGE_FIRST_LOOK);
+                        }
                     }
                     Some(w) if w.status == "available" => {
                         self.m.progress.replica_ready_at.get_or_insert(self.now);

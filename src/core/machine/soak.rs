@@ -262,6 +262,8 @@ impl Stepper<'_> {
                         .progress
                         .source_delete_requested_at
                         .get_or_insert(self.now);
+                    // Its final snapshot alone takes RDS minutes.
+                    self.no_look_before(self.now + SLOW_CHANGE_FIRST_LOOK);
                 }
             }
         }
