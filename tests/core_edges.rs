@@ -438,10 +438,9 @@ fn the_snapshot_quota_blocks_decommission_with_an_alert() {
 /// looks after (the quarantine group's deletion can take minutes while its network interfaces
 /// detach): nothing is read or said about it again.
 /// The source's deletion with its final snapshot takes RDS minutes: the look after the request
-/// comes `SLOW_CHANGE_FIRST_LOOK` later, not a minute later to describe it `deleting`.
+/// comes `Policy::slow_change_first_look` later, not a minute later to describe it `deleting`.
 #[test]
 fn the_look_after_the_source_s_deletion_request_waits_for_its_first_minutes() {
-    use aurora_migrator::core::machine::SLOW_CHANGE_FIRST_LOOK;
     let policy = policy();
     let (mut model, mut m) = decommission_due(&policy);
     let d = quiet_round(&mut model, &mut m, &policy);
@@ -450,7 +449,7 @@ fn the_look_after_the_source_s_deletion_request_waits_for_its_first_minutes() {
         "{:?}",
         d.actions
     );
-    assert_eq!(d.wake_after, Some(SLOW_CHANGE_FIRST_LOOK));
+    assert_eq!(d.wake_after, Some(policy.slow_change_first_look()));
 }
 
 /// Once the source is seen gone with its final snapshot ours, the looks that finish the

@@ -112,17 +112,18 @@ fn the_source_is_marked_and_its_preparing_mirror_written_in_one_tag_write() {
 }
 
 /// RDS takes minutes to create the replica's cluster and its writer: the look after each
-/// request comes `SLOW_CHANGE_FIRST_LOOK` later (when the fleet snapshot is newer than the request
+/// request comes `Policy::slow_change_first_look` later (when the fleet snapshot is newer than the request
 /// and serves it), not a minute later to describe a resource that is only `creating`.
 #[test]
 fn the_look_after_a_creation_request_waits_for_the_creation_s_first_minutes() {
-    use aurora_migrator::core::machine::SLOW_CHANGE_FIRST_LOOK;
+    let first_look = policy().slow_change_first_look();
+    assert_eq!(first_look, SignedDuration::from_mins(3), "by default");
     let (mut model, mut m) = advanced_to(&policy(), Phase::CreatingReplica);
     let d = quiet_round(&mut model, &mut m, &policy());
     assert!(keys(&d.actions).contains(&ActionKey::CreateReplicaCluster));
-    assert_eq!(d.wake_after, Some(SLOW_CHANGE_FIRST_LOOK));
+    assert_eq!(d.wake_after, Some(first_look));
     // The cluster is there: the writer is asked for, with the same first look.
-    model.now += SLOW_CHANGE_FIRST_LOOK;
+    model.now += first_look;
     let mut waits = Vec::new();
     for _ in 0..10 {
         let d = quiet_round(&mut model, &mut m, &policy());
@@ -132,7 +133,7 @@ fn the_look_after_a_creation_request_waits_for_the_creation_s_first_minutes() {
         }
         model.now += d.wake_after.unwrap_or(SignedDuration::from_mins(1));
     }
-    assert_eq!(waits, vec![Some(SLOW_CHANGE_FIRST_LOOK)]);
+    assert_eq!(waits, vec![Some(first_look)]);
 }
 
 #[test]

@@ -298,7 +298,24 @@ impl Policy {
     pub fn event_poll(&self) -> SignedDuration {
         self.fast_poll * EVENT_POLL_FACTOR
     }
+
+    /// The first look after the agent asked RDS for a change that takes it minutes: the
+    /// replica's cluster or its writer created (`machine::preparation`), the source deleted with
+    /// its final snapshot (`machine::soak`). [`SLOW_CHANGE_FIRST_LOOK_FACTOR`] times `slow_poll`:
+    /// 3 minutes by default. The look a minute after the request only saw the resource
+    /// `creating` or `deleting`, and described it directly (the agent had just changed it, so
+    /// the fleet snapshot from before the request could not say); three minutes on, the
+    /// snapshot (refreshed every two minutes at most, `aws::rds::cache::MANY_PAGES_TTL`) is
+    /// newer than the request and serves the look. RDS's event for the end of a creation steps
+    /// the migration when it comes; a failed request is seen on that look (its result), and
+    /// nothing waits on it with writes down.
+    pub fn slow_change_first_look(&self) -> SignedDuration {
+        self.slow_poll * SLOW_CHANGE_FIRST_LOOK_FACTOR
+    }
 }
+
+/// `slow_change_first_look` is this many `slow_poll`s.
+pub const SLOW_CHANGE_FIRST_LOOK_FACTOR: i32 = 3;
 
 /// `event_poll` is this many `fast_poll`s. 3: in the simulator (events lost 15 %, late 30 %,
 /// else delivered in 0.2–2 s) the mean wait from the change to the look that sees it stays

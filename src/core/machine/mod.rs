@@ -79,17 +79,6 @@ pub const HEARTBEAT_EVERY: SignedDuration = SignedDuration::from_secs(20);
 /// written at once.
 pub const PHASE_MIRROR_AFTER: SignedDuration = SignedDuration::from_secs(10);
 
-/// The first look after the agent asked RDS for a change that takes it minutes: the replica's
-/// cluster or its writer created (`preparation.rs`), the source deleted with its final snapshot
-/// (`soak.rs`). The look a minute after the request only saw the resource `creating` or
-/// `deleting`, and it described it directly (the agent had just changed it, so the fleet
-/// snapshot from before the request could not say): 3.9 direct describes a migration in the
-/// simulator's 1,000-migration fleet. Three minutes on, the fleet snapshot (refreshed every two
-/// minutes at most, `aws::rds::cache::MANY_PAGES_TTL`) is newer than the request and serves the
-/// look. RDS's event for the end of a creation steps the migration when it comes; a failed
-/// request is seen on that look (its result), and nothing waits on it with writes down.
-pub const SLOW_CHANGE_FIRST_LOOK: SignedDuration = SignedDuration::from_mins(3);
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub next: Migration,

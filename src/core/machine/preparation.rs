@@ -246,7 +246,7 @@ impl Stepper<'_> {
                     tags: self.target_tags(),
                 }));
                 if asked {
-                    self.no_look_before(self.now + SLOW_CHANGE_FIRST_LOOK);
+                    self.no_look_before(self.now + self.policy.slow_change_first_look());
                 }
             }
             Observed::Present(t) => {
@@ -282,7 +282,7 @@ impl Stepper<'_> {
                                 tags: self.target_tags(),
                             }));
                         if asked {
-                            self.no_look_before(self.now + SLOW_CHANGE_FIRST_LOOK);
+                            self.no_look_before(self.now + self.policy.slow_change_first_look());
                         }
                     }
                     Some(w) if w.status == "available" => {

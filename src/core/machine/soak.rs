@@ -263,7 +263,7 @@ impl Stepper<'_> {
                         .source_delete_requested_at
                         .get_or_insert(self.now);
                     // Its final snapshot alone takes RDS minutes.
-                    self.no_look_before(self.now + SLOW_CHANGE_FIRST_LOOK);
+                    self.no_look_before(self.now + self.policy.slow_change_first_look());
                 }
             }
         }
