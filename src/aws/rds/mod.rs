@@ -77,6 +77,8 @@ pub struct AwsRds {
     pending_maintenance: region::RegionCache<(), Vec<(String, String)>>,
     /// The account's quotas, for a minute.
     quotas: region::RegionCache<(), Vec<Quota>>,
+    /// A source parameter group's user parameters, by its name, for a minute.
+    source_parameters: region::RegionCache<String, Vec<crate::core::observation::Parameter>>,
     /// (cluster group, instance group) → both exist: kept for 10 minutes once seen.
     present_groups: region::RegionCache<(String, String), ParameterGroupsPresent>,
     /// Every resource the agent creates carries `<prefix>:source` in its create request: the
@@ -109,6 +111,7 @@ impl AwsRds {
             family_defaults: region::RegionCache::new(),
             pending_maintenance: region::RegionCache::with_ttl(region::PENDING_MAINTENANCE_TTL),
             quotas: region::RegionCache::with_ttl(region::QUOTA_TTL),
+            source_parameters: region::RegionCache::with_ttl(region::SOURCE_PARAMETERS_TTL),
             present_groups: region::RegionCache::with_ttl(region::PRESENT_GROUPS_TTL),
             tag_prefix: s.tag_prefix.clone(),
         }

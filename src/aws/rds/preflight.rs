@@ -27,9 +27,13 @@ impl AwsRds {
         // Aurora PostgreSQL versions of the Region (the Region's, read once an hour).
         let aurora_versions = self.aurora_versions().await?;
         let aurora_versions = aurora_versions.as_ref().clone();
+        let group = &source.parameter_group.name;
         let source_parameters = self
-            .source_user_parameters(&source.parameter_group.name)
-            .await?;
+            .source_parameters
+            .get(group.clone(), || self.source_user_parameters(group))
+            .await?
+            .as_ref()
+            .clone();
         let major = source.engine_version.split('.').next().unwrap_or_default();
         let family = aurora_versions
             .iter()

@@ -2,7 +2,8 @@
 //! (`DescribeDBEngineVersions`) and a parameter group family's engine defaults
 //! (`DescribeEngineDefaultClusterParameters`, `DescribeEngineDefaultParameters`), read once an
 //! hour ([`REGION_TTL`]); the Region's pending maintenance actions, read for 10 minutes
-//! ([`PENDING_MAINTENANCE_TTL`]); the account's quotas, read for a minute ([`QUOTA_TTL`]); and
+//! ([`PENDING_MAINTENANCE_TTL`]); the account's quotas, read for a minute ([`QUOTA_TTL`]); a
+//! source parameter group's user parameters, read for a minute ([`SOURCE_PARAMETERS_TTL`]); and
 //! which translated parameter groups exist, kept once seen for 10 minutes
 //! ([`PRESENT_GROUPS_TTL`]). Every preflight (and every Preparing and Decommissioning look) reads
 //! them, and they are the same for every migration of the Region: one fetch per key serves every
@@ -42,6 +43,13 @@ pub(crate) const PENDING_MAINTENANCE_TTL: Duration = Duration::from_secs(600);
 /// too). Read per migration they were 2 requests a migration in the simulator's
 /// 1,000-migration fleet.
 pub(crate) const QUOTA_TTL: Duration = Duration::from_secs(60);
+
+/// How long a source parameter group's user parameters (DescribeDBParameters, `Source=user`,
+/// every page) serve every preflight of a source in that group. A minute: a fleet's sources
+/// share a few groups (one per team or tier), and a fleet tagged at once runs a hundred
+/// preflights together; a person who changes a parameter and tags the source again within the
+/// minute gets the old answer once.
+pub(crate) const SOURCE_PARAMETERS_TTL: Duration = Duration::from_secs(60);
 
 /// How long translated parameter groups seen to exist are taken to exist without a describe.
 /// They are named by their content's hash, so the fleet's migrations share a few; Preparing

@@ -21,6 +21,7 @@ use crate::aws::rds::batch::LaneBatchers;
 use crate::aws::rds::cache::{FleetCache, ttl_per_item};
 use crate::aws::rds::region::{
     PENDING_MAINTENANCE_TTL, PRESENT_GROUPS_TTL, QUOTA_TTL, REGION_TTL, RegionCache,
+    SOURCE_PARAMETERS_TTL,
 };
 
 /// Items per page of a describe-all (`MaxRecords`).
@@ -65,9 +66,11 @@ pub(crate) struct RdsAdapter {
     pub(super) engine_versions: RegionCache<(), (), VirtualClock>,
     pub(super) family_defaults: RegionCache<(String, bool), (), VirtualClock>,
     /// As the adapter's: the Region's pending maintenance for 10 minutes, the account's quotas
-    /// for a minute, parameter groups seen to exist for 10 minutes.
+    /// for a minute, a source group's parameters for a minute (every simulated source is in
+    /// `orders-pg15`), parameter groups seen to exist for 10 minutes.
     pub(super) pending_maintenance: RegionCache<(), (), VirtualClock>,
     pub(super) quotas: RegionCache<(), Vec<Quota>, VirtualClock>,
+    pub(super) source_parameters: RegionCache<String, (), VirtualClock>,
     pub(super) present_groups: RegionCache<(String, String), ParameterGroupsPresent, VirtualClock>,
 }
 
@@ -95,6 +98,7 @@ impl RdsAdapter {
             family_defaults: RegionCache::with_clock(REGION_TTL, clock()),
             pending_maintenance: RegionCache::with_clock(PENDING_MAINTENANCE_TTL, clock()),
             quotas: RegionCache::with_clock(QUOTA_TTL, clock()),
+            source_parameters: RegionCache::with_clock(SOURCE_PARAMETERS_TTL, clock()),
             present_groups: RegionCache::with_clock(PRESENT_GROUPS_TTL, clock()),
         }
     }

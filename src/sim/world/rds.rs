@@ -542,7 +542,12 @@ impl Rds for SimPort {
             .engine_versions
             .get((), || call("rds:DescribeDBEngineVersions"))
             .await?;
-        call("rds:DescribeDBParameters").await?;
+        self.rds
+            .source_parameters
+            .get(source.parameter_group.name.clone(), || {
+                call("rds:DescribeDBParameters")
+            })
+            .await?;
         let major = source.engine_version.split('.').next().unwrap_or_default();
         let family = format!("aurora-postgresql{major}");
         for (cluster, op) in [
