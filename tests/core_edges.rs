@@ -34,6 +34,33 @@ fn decommission_due(policy: &Policy) -> (Model, Migration) {
     (model, m)
 }
 
+/// The quarantine group's deletion refused for now (its network interfaces detaching): the
+/// migration stays in Decommissioning after the source is gone.
+fn group_busy(a: &Action) -> Option<ErrorKind> {
+    matches!(a, Action::DeleteQuarantineGroup { .. }).then_some(ErrorKind::Retryable)
+}
+
+/// Decommissioning due, a round a minute until a look records the final snapshot as the
+/// source's own (the group's deletion refused: the migration stays in the phase); and the source
+/// as it was before its deletion.
+fn deleted_with_its_final_snapshot(policy: &Policy) -> (Model, Migration, SourceInstance) {
+    let (mut model, mut m) = decommission_due(policy);
+    let before = model
+        .source
+        .clone()
+        .expect("the source before its deletion");
+    for _ in 0..4 {
+        round(&mut model, &mut m, policy, &mut group_busy);
+        model.now += SignedDuration::from_mins(1);
+        if m.progress.final_snapshot_at.is_some() {
+            break;
+        }
+    }
+    assert!(m.progress.final_snapshot_at.is_some(), "recorded as ours");
+    assert_eq!(m.phase, Phase::Decommissioning);
+    (model, m, before)
+}
+
 #[test]
 fn promotion_is_not_asked_for_when_the_fence_broke_after_the_proof() {
     let (mut model, mut m) = advanced_to(&policy(), Phase::Promoting);
@@ -459,23 +486,7 @@ fn the_look_after_the_source_s_deletion_request_waits_for_its_first_minutes() {
 #[test]
 fn a_source_seen_deleted_with_its_final_snapshot_is_not_described_or_tagged_again() {
     let policy = policy();
-    let (mut model, mut m) = decommission_due(&policy);
-    let mut group_busy = |a: &Action| {
-        matches!(a, Action::DeleteQuarantineGroup { .. }).then_some(ErrorKind::Retryable)
-    };
-    let old_source = model
-        .source
-        .clone()
-        .expect("the source before its deletion");
-    for _ in 0..4 {
-        round(&mut model, &mut m, &policy, &mut group_busy);
-        model.now += SignedDuration::from_mins(1);
-        if m.progress.final_snapshot_at.is_some() {
-            break;
-        }
-    }
-    assert!(m.progress.final_snapshot_at.is_some(), "recorded as ours");
-    assert_eq!(m.phase, Phase::Decommissioning);
+    let (mut model, mut m, old_source) = deleted_with_its_final_snapshot(&policy);
     let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
     assert!(!need.source, "the deleted source is not described again");
     assert!(
@@ -523,21 +534,8 @@ fn a_source_seen_deleted_with_its_final_snapshot_is_not_described_or_tagged_agai
 #[test]
 fn the_final_snapshot_is_read_until_it_is_recorded_as_ours_and_not_after() {
     let policy = policy();
-    let (mut model, mut m) = decommission_due(&policy);
-    // The group's deletion is refused for now: the migration stays in Decommissioning.
-    let mut group_busy = |a: &Action| {
-        matches!(a, Action::DeleteQuarantineGroup { .. }).then_some(ErrorKind::Retryable)
-    };
-    for _ in 0..4 {
-        round(&mut model, &mut m, &policy, &mut group_busy);
-        model.now += SignedDuration::from_mins(1);
-        if m.progress.final_snapshot_at.is_some() {
-            break;
-        }
-    }
+    let (mut model, mut m, _) = deleted_with_its_final_snapshot(&policy);
     assert!(model.source.is_none(), "deleted");
-    assert!(m.progress.final_snapshot_at.is_some(), "recorded as ours");
-    assert_eq!(m.phase, Phase::Decommissioning);
     let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
     assert!(!need.final_snapshot, "not described again");
     // Even a snapshot gone since (someone deleted it) is not looked for again by this attempt.
