@@ -16,7 +16,7 @@ use crate::aws::call::all_pages;
 use crate::core::observation::{
     EngineVersion, KeyCheck, MetricKey, Parameter, PreflightInputs, Quota, SourceInstance,
 };
-use crate::ports::{ErrorKind, MetricQuery, Metrics, PortResult};
+use crate::ports::{ErrorKind, MetricQuery, Metrics, PortResult, Rds};
 
 impl AwsRds {
     /// [`Rds::preflight_inputs`].
@@ -63,12 +63,7 @@ impl AwsRds {
             .filter(|(arn, _)| *arn == source.arn)
             .map(|(_, action)| action.clone())
             .collect();
-        let quotas = self
-            .quotas
-            .get((), || self.read_account_quotas())
-            .await?
-            .as_ref()
-            .clone();
+        let quotas = self.account_quotas().await?;
         let kms_key = match (&source.storage_encrypted, &source.kms_key_id) {
             (true, Some(key)) => self.keys.check(key).await?,
             _ => KeyCheck::Unchecked,
