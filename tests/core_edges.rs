@@ -7,6 +7,7 @@ mod common;
 
 use aurora_migrator::core::action::{Action, ActionKey, ErrorKind};
 use aurora_migrator::core::invariants;
+use aurora_migrator::core::needs::needs;
 use aurora_migrator::core::notification::Severity;
 use aurora_migrator::core::observation::*;
 use aurora_migrator::core::policy::Policy;
@@ -175,6 +176,10 @@ fn with_groups_restored_deletion_needs_an_idle_source() {
     assert!(keys(&d.actions).contains(&ActionKey::DeleteSource));
 }
 
+/// RDS refuses a deletion whose final snapshot's name is taken, in the call that would take it:
+/// nothing is deleted, people are told once, the deletion is asked again every few minutes and
+/// never given up on (the database is on Aurora, only its old copy waits), and it goes through
+/// once the name is free. No snapshot is described before the deletion is asked for.
 #[test]
 fn a_snapshot_with_the_final_name_taken_before_the_deletion_holds_it() {
     let (mut model, mut m) = decommission_due(&policy());
@@ -184,12 +189,35 @@ fn a_snapshot_with_the_final_name_taken_before_the_deletion_holds_it() {
         instance: "orders-pg".into(),
         created_at: Some(model.now - SignedDuration::from_hours(48)),
     });
-    for _ in 0..3 {
+    assert!(
+        !needs(&m, model.now, &policy()).final_snapshot,
+        "the snapshot is not described before a deletion was asked for"
+    );
+    let mut asked = 0;
+    for _ in 0..40 {
         let d = quiet_round(&mut model, &mut m, &policy());
-        assert!(!keys(&d.actions).contains(&ActionKey::DeleteSource));
-        model.now += SignedDuration::from_mins(5);
+        asked += usize::from(keys(&d.actions).contains(&ActionKey::DeleteSource));
+        model.now += SignedDuration::from_mins(1);
     }
+    assert!(model.source.is_some(), "nothing was deleted");
+    assert_eq!(m.phase, Phase::Decommissioning, "still waiting, not failed");
     assert!(alerted(&model, "final-snapshot-name-taken"));
+    assert!(
+        (5..=12).contains(&asked),
+        "asked again every few minutes in 40: {asked}"
+    );
+    model.snapshot = None;
+    let freed_at = model.now;
+    for _ in 0..10 {
+        quiet_round(&mut model, &mut m, &policy());
+        model.now += SignedDuration::from_mins(1);
+    }
+    assert!(model.source.is_none(), "deleted once the name is free");
+    let last_state = model.snapshot.as_ref().expect("the final snapshot");
+    assert!(
+        last_state.created_at.is_some_and(|t| t >= freed_at),
+        "the final snapshot is the deletion's own: {last_state:?}"
+    );
 }
 
 #[test]

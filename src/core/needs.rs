@@ -36,8 +36,9 @@ pub struct Needs {
     /// shows the catch-up (`machine::cutover`).
     pub source_from_snapshot: bool,
     /// As `snapshot_will_do`, for the target alone: the look reads from it only the writer's
-    /// endpoint (its SQL) and whether it exists. Draining on the database path
-    /// (`machine::cutover`).
+    /// endpoint (its SQL, the smoke test), its ARN (the phase mirror) and whether it exists.
+    /// Draining on the database path (`machine::cutover`), Verifying and Decommissioning
+    /// (`machine::soak`).
     pub target_from_snapshot: bool,
     /// A scheduled look of a wait that an RDS event ends (the metric path's reboot, AWS's
     /// promotion): its direct describes may wait a moment for other migrations' looks of the
@@ -67,10 +68,10 @@ pub struct Needs {
 impl Needs {
     /// Whether this look describes the final snapshot, given the source it observed: not while
     /// RDS is deleting the source. Decommissioning waits then and reads nothing but the source
-    /// (`machine::soak`); the snapshot is read before the deletion is asked for (its name must
-    /// be free) and once the source is gone (it must be ours). A look every minute for the
-    /// snapshot's minutes was the phase's most frequent RDS call (12 a migration in the
-    /// simulator's 500-migration fleet).
+    /// (`machine::soak`); the snapshot is read once the deletion was asked for, until it is
+    /// recorded as ours (RDS itself refuses a deletion whose final snapshot's name is taken).
+    /// A look every minute for the snapshot's minutes was the phase's most frequent RDS call
+    /// (12 a migration in the simulator's 500-migration fleet).
     pub fn reads_final_snapshot(&self, source: &Observed<SourceInstance>) -> bool {
         self.final_snapshot && !matches!(source, Observed::Present(s) if s.status == "deleting")
     }
@@ -121,7 +122,7 @@ mod tests {
         assert!(!need.reads_final_snapshot(&source("deleting")));
         assert!(
             need.reads_final_snapshot(&source("available")),
-            "before the request: is the name free"
+            "the look right after the request, before RDS shows the deletion: is it ours"
         );
         assert!(
             need.reads_final_snapshot(&Observed::Absent),

@@ -772,10 +772,24 @@ impl Model {
                 instance,
                 final_snapshot,
             } => {
-                assert!(
-                    self.snapshot.is_none(),
-                    "the final snapshot's name was taken: RDS refuses the deletion"
-                );
+                if self
+                    .snapshot
+                    .as_ref()
+                    .is_some_and(|s| s.identifier == *final_snapshot)
+                {
+                    // RDS refuses the deletion, and deletes nothing.
+                    return Some(ActionResult {
+                        key,
+                        id,
+                        outcome: Err(ActionError {
+                            kind: ErrorKind::Conflict,
+                            message: format!(
+                                "DBSnapshotAlreadyExists: Cannot create the snapshot because a snapshot with the identifier {final_snapshot} already exists."
+                            ),
+                        }),
+                        output: None,
+                    });
+                }
                 self.snapshot = Some(Snapshot {
                     identifier: final_snapshot.clone(),
                     status: "available".into(),

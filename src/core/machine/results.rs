@@ -69,6 +69,13 @@ impl Stepper<'_> {
             if deletion && err.kind == ErrorKind::NotFound {
                 continue; // already gone is what we wanted
             }
+            if result.key == ActionKey::DeleteSource && self.final_snapshot_name_taken(err) {
+                // Waits for a person: asked again every few minutes, never given up on.
+                self.m
+                    .requested
+                    .insert(result.key, self.now + soak::NAME_TAKEN_ASK_AGAIN);
+                continue;
+            }
             // Ask again after a backoff, not at once: the next observation decides.
             let backoff = self.backoff(err.kind);
             self.m.requested.insert(result.key, self.now + backoff);

@@ -11,6 +11,12 @@ pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Need
     match m.phase {
         Phase::Verifying => {
             n.target = true;
+            // Read for the writer's endpoint (the smoke test) and the cluster's ARN (a failure's
+            // phase mirror): neither changes, so the fleet snapshot will do even when it is
+            // older than the promotion (a direct describe of the just-promoted cluster until
+            // the next snapshot was 1.7 requests a migration in the 1,000-migration fleet).
+            // Nothing here judges the cluster's state: the soak reads CloudWatch.
+            n.target_from_snapshot = true;
             let since = p.routed_at.unwrap_or(now);
             n.metrics = [
                 TargetCpu,
@@ -23,13 +29,21 @@ pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Need
             .collect();
         }
         Phase::Decommissioning => {
-            // The cluster is looked at so that entering Completed mirrors the phase to its tag.
+            // The cluster is looked at so that entering Completed mirrors the phase to its tag:
+            // its ARN, which the fleet snapshot has (as in Verifying).
             n.target = true;
+            n.target_from_snapshot = true;
             let due = p.verification_passed_at.map(|t| t + policy.retention);
             if due.is_some_and(|d| now >= d) {
-                // Until it is recorded as ours: the looks after that (the quarantine group's
-                // deletion, minutes while its network interfaces detach) need it no more.
-                n.final_snapshot = p.final_snapshot_at.is_none();
+                // Once the deletion was asked for, until the snapshot is recorded as ours: the
+                // looks after that (the quarantine group's deletion, minutes while its network
+                // interfaces detach) need it no more. Not before the request: RDS itself refuses
+                // a deletion whose final snapshot's name is taken (`final_snapshot_name_taken`),
+                // in the same call that would take it, where a describe first was a check that
+                // could be stale by the time of the request (and 0.95 RDS requests a migration
+                // in the simulator's 1,000-migration fleet).
+                n.final_snapshot =
+                    p.final_snapshot_at.is_none() && p.source_delete_requested_at.is_some();
                 n.quotas = p.source_delete_requested_at.is_none();
                 n.quarantine_group = true;
                 if policy.restore_source_groups_after_cutover {
@@ -198,9 +212,6 @@ impl Stepper<'_> {
                     // final snapshot and then removes the instance.
                     return;
                 }
-                if !self.final_snapshot_name_free(&source) {
-                    return;
-                }
                 let full = self.obs.quotas.as_ref().is_some_and(|qs| {
                     qs.iter()
                         .any(|q| q.name == "ManualSnapshots" && q.used >= q.max)
@@ -269,34 +280,28 @@ impl Stepper<'_> {
         }
     }
 
-    /// The final snapshot's name must be free before the deletion asks for it: a snapshot of
-    /// that name that is not the product of our own DeleteDBInstance (another instance's, or one
-    /// taken before our request, e.g. by an earlier version of the agent that snapshotted
-    /// separately) does not hold the source's last state, and RDS would refuse the deletion.
-    pub(super) fn final_snapshot_name_free(&mut self, source: &SourceInstance) -> bool {
-        match &self.obs.final_snapshot {
-            Observed::Unknown => false,
-            Observed::Absent => true,
-            Observed::Present(s) => {
-                let ours = self.final_snapshot_is_ours(s);
-                if !ours {
-                    self.alert_once(
-                        "final-snapshot-name-taken",
-                        Severity::Error,
-                        "the final snapshot's name is taken",
-                        &format!(
-                            "a snapshot named {} exists (of {}, created {}) that is not the last state of {}; delete or rename it and the agent deletes the source with a final snapshot of that name",
-                            s.identifier,
-                            s.instance,
-                            s.created_at.map_or("at an unknown time".to_string(), |t| t.to_string()),
-                            source.identifier
-                        ),
-                    );
-                }
-                // Ours: the deletion was accepted and the describe lags; wait for it.
-                false
-            }
+    /// RDS refused the deletion because a snapshot with the final snapshot's name exists (its
+    /// `DBSnapshotAlreadyExists`): one that is not the product of our deletion (another
+    /// instance's, or one a person took), and so not the source's last state. Nothing was
+    /// deleted; people are told once, and the deletion is asked again every [`NAME_TAKEN_ASK_AGAIN`], for
+    /// as long as it takes them to delete or rename it (not a failure that ends the attempt:
+    /// the database is on Aurora, and only its old copy waits). True when `err` was that.
+    pub(super) fn final_snapshot_name_taken(&mut self, err: &ActionError) -> bool {
+        if err.kind != ErrorKind::Conflict || !err.message.starts_with(SNAPSHOT_EXISTS) {
+            return false;
         }
+        // The request did not take effect: a snapshot of that name created later is not ours.
+        self.m.progress.source_delete_requested_at = None;
+        self.alert_once(
+            "final-snapshot-name-taken",
+            Severity::Error,
+            "the final snapshot's name is taken",
+            &format!(
+                "RDS refused to delete {} because a snapshot named {} exists, which is not its last state; delete or rename that snapshot and the agent deletes the source with a final snapshot of that name",
+                self.m.source_identifier, self.m.names.final_snapshot
+            ),
+        );
+        true
     }
 
     /// A snapshot carrying the final snapshot's name is ours only when it is of the source and
@@ -403,6 +408,14 @@ impl Stepper<'_> {
         }
     }
 }
+
+/// The error code RDS answers a deletion whose final snapshot's name is taken with (the AWS
+/// adapter's and the simulator's messages start with the code).
+pub const SNAPSHOT_EXISTS: &str = "DBSnapshotAlreadyExists";
+
+/// How often a deletion RDS refused for the final snapshot's name is asked again while people
+/// free the name: each ask is one refused RDS request.
+pub(super) const NAME_TAKEN_ASK_AGAIN: SignedDuration = SignedDuration::from_mins(5);
 
 /// How far back the source's WAL generation must be idle before it is deleted with its groups
 /// given back: several CloudWatch periods, so one quiet minute is not mistaken for no writer.
