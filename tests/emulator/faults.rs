@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use aurora_migrator::ports::ErrorKind;
+use aurora_migrator::aws::AwsWorld;
+use aurora_migrator::core::machine::SNAPSHOT_EXISTS;
+use aurora_migrator::ports::{ErrorKind, Rds};
 use serde_json::json;
 
 use super::*;
@@ -172,5 +174,36 @@ async fn throttling_and_5xx_on_describe_create_modify_promote_are_retried_and_it
             .filter(|(a, _)| a == "PromoteReadReplicaDBCluster")
             .count(),
         6
+    );
+}
+
+/// RDS refuses a deletion whose final snapshot's name is taken, in the call that would take it,
+/// and deletes nothing; the AWS adapter reports the refusal as the phase machine reads it (a
+/// conflict whose message starts with `SNAPSHOT_EXISTS`: `core_edges::a_snapshot_with_the_final_name_taken…`
+/// holds the deletion on it, alerts, and asks again). Decommissioning describes no snapshot
+/// before it asks, so this refusal is the name's only check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_whose_final_snapshot_name_is_taken_is_refused_and_deletes_nothing() {
+    let env = Env::new().await;
+    env.source("taken-pg", false).await;
+    env.aws
+        .rds
+        .create_db_snapshot()
+        .db_instance_identifier("taken-pg")
+        .db_snapshot_identifier("taken-pg-final")
+        .send()
+        .await
+        .unwrap();
+    let world = AwsWorld::connect(&env.settings).await.unwrap();
+    let err = world
+        .rds
+        .delete_source("taken-pg", "taken-pg-final")
+        .await
+        .expect_err("the name is taken");
+    assert_eq!(err.kind, ErrorKind::Conflict, "{err:?}");
+    assert!(err.message.starts_with(SNAPSHOT_EXISTS), "{err:?}");
+    assert!(
+        env.instance("taken-pg").await.is_some(),
+        "a refused deletion deletes nothing"
     );
 }

@@ -57,6 +57,7 @@ pub mod results;
 mod rollback;
 mod route;
 mod soak;
+pub use soak::SNAPSHOT_EXISTS;
 mod wal_fence;
 
 /// The shortest wait a step asks for (other than "look again at once"). Sub-second waits are
