@@ -841,3 +841,71 @@ fn draining_proves_by_sql_on_the_snapshot_and_promoting_catches_a_fence_broken_m
     assert_eq!(m.phase, Phase::Completed, "{:?}", m.last_error);
     assert_eq!(model.promotions, 1);
 }
+
+/// During the cutover the phase mirror is written only for a phase that lasts a minute
+/// (`PHASE_MIRROR_AFTER_IN_CUTOVER`): its tag writes would take turns at the RDS budget with
+/// the cutover's own looks, which are write downtime. On the database path Quiescing (here RDS
+/// applies the group change in 30 s), Draining and Routing last less and are not written; the
+/// phases around the cutover still are.
+#[test]
+fn the_cutover_s_phases_under_a_minute_are_not_mirrored_on_the_database_path() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::Quiescing);
+    let applied_at = model.now + SignedDuration::from_secs(30);
+    while m.phase == Phase::Quiescing && model.now < applied_at {
+        let d = quiet_round(&mut model, &mut m, &policy);
+        if let Some(s) = &mut model.source {
+            s.status = "modifying".into();
+            for g in &mut s.security_groups {
+                g.status = "adding".into();
+            }
+        }
+        model.now += d
+            .wake_after
+            .unwrap_or_default()
+            .max(SignedDuration::from_secs(1));
+    }
+    if let Some(s) = &mut model.source {
+        s.status = "available".into();
+        for g in &mut s.security_groups {
+            g.status = "active".into();
+        }
+    }
+    run_to_end(&mut model, &mut m, &policy, 2_000);
+    assert_eq!(m.phase, Phase::Completed, "{:?}", m.last_error);
+    let mirrored = &model.mirrored[ARN];
+    let lasted = |phase: Phase| {
+        let i = m.history.iter().position(|h| h.phase == phase).unwrap();
+        m.history[i + 1].at - m.history[i].at
+    };
+    assert!(
+        lasted(Phase::Quiescing) >= SignedDuration::from_secs(30),
+        "{:?}",
+        lasted(Phase::Quiescing)
+    );
+    for phase in [
+        Phase::Quiescing,
+        Phase::Draining,
+        Phase::Promoting,
+        Phase::Routing,
+    ] {
+        if mirrored.contains(&phase) {
+            assert!(
+                lasted(phase) >= SignedDuration::from_mins(1),
+                "{phase} written after {:?}",
+                lasted(phase)
+            );
+        }
+    }
+    for passed_through in [Phase::Quiescing, Phase::Draining, Phase::Routing] {
+        assert!(
+            lasted(passed_through) < SignedDuration::from_mins(1),
+            "{passed_through} lasted {:?}",
+            lasted(passed_through)
+        );
+        assert!(!mirrored.contains(&passed_through), "{mirrored:?}");
+    }
+    for around in [Phase::Replicating, Phase::Verifying] {
+        assert!(mirrored.contains(&around), "{around}: {mirrored:?}");
+    }
+}

@@ -80,6 +80,15 @@ pub const HEARTBEAT_EVERY: SignedDuration = SignedDuration::from_secs(20);
 /// written at once.
 pub const PHASE_MIRROR_AFTER: SignedDuration = SignedDuration::from_secs(10);
 
+/// [`PHASE_MIRROR_AFTER`] for the cutover's phases (Quiescing … Routing): a minute. Their tag
+/// writes take turns at the RDS budget with the cutovers' own looks, which are write
+/// downtime, and during the outage people follow the notification of every phase, not a tag;
+/// a cutover phase that lasts (the metric path's reboot and catch-up, AWS's promotion: minutes)
+/// is still written. The database path's Quiescing (RDS's group change, 5–40 s), Draining and
+/// Routing (seconds) were 0.9 of the 8.8 tag writes a migration in the simulator's
+/// 1,000-migration fleet.
+pub const PHASE_MIRROR_AFTER_IN_CUTOVER: SignedDuration = SignedDuration::from_secs(60);
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub next: Migration,
@@ -213,7 +222,8 @@ impl Stepper<'_> {
     }
 
     /// Writes the phase mirror for the current phase if it is not written yet and lasts
-    /// ([`PHASE_MIRROR_AFTER`]); `wake` is when this step looks again.
+    /// ([`PHASE_MIRROR_AFTER`], [`PHASE_MIRROR_AFTER_IN_CUTOVER`]); `wake` is when this step
+    /// looks again.
     fn mirror_phase_if_it_lasts(&mut self, wake: Option<SignedDuration>) {
         let phase = self.m.phase;
         // Requested is never written: the trigger tag a person set says it, and a migration
@@ -221,8 +231,13 @@ impl Stepper<'_> {
         if self.m.progress.mirrored_phase == Some(phase) || phase == Phase::Requested {
             return;
         }
-        let lasts = wake.is_none_or(|w| w >= PHASE_MIRROR_AFTER)
-            || self.since(self.m.phase_entered_at) >= PHASE_MIRROR_AFTER
+        let after = if phase.is_cutover() {
+            PHASE_MIRROR_AFTER_IN_CUTOVER
+        } else {
+            PHASE_MIRROR_AFTER
+        };
+        let lasts = wake.is_none_or(|w| w >= after)
+            || self.since(self.m.phase_entered_at) >= after
             || phase == Phase::Paused
             || phase.is_terminal();
         if !lasts {
