@@ -117,6 +117,56 @@ pub(crate) struct FleetCache<T, C: MonotonicClock = TokioClock> {
     heard: std::sync::Mutex<HashMap<String, Duration>>,
 }
 
+/// What the cache reads of an item to keep describing a resource the agent changed directly
+/// while RDS is still applying the change.
+///
+/// Why: a resource this adapter changed is described directly until a snapshot that started
+/// after the change (`FleetCache::touch`); but RDS applies some changes over seconds to minutes
+/// (a security group change 5–40 s, a reboot, a promotion), and a snapshot taken meanwhile
+/// shows the change half done. Served to a later look as if current, it showed the quarantine
+/// group still `adding` after RDS had applied it, and Promoting's fence re-check judged the
+/// fence broken (a fault-free run's catch-up proof taken twice: the simulator's database path,
+/// `--seeds 100 --faults 0 --database-share 1`, seed 23). A snapshot that shows a touched
+/// resource still settling keeps it touched.
+pub(crate) trait Settles {
+    /// Whether this item is the resource `key` (`resource_key`: lower case, no ARN prefix).
+    fn is_named(&self, key: &str) -> bool;
+    /// Whether RDS is still applying a change to it (a group membership not `active`, the
+    /// instance `modifying` or `rebooting`, the cluster `modifying` or `promoting`).
+    fn settling(&self) -> bool;
+}
+
+/// A security group membership that RDS has not finished applying (`adding`, `removing`).
+pub(crate) fn membership_settling(status: &str) -> bool {
+    !status.eq_ignore_ascii_case("active")
+}
+
+impl Settles for crate::core::observation::SourceInstance {
+    fn is_named(&self, key: &str) -> bool {
+        self.identifier.eq_ignore_ascii_case(key)
+    }
+    fn settling(&self) -> bool {
+        matches!(self.status.as_str(), "modifying" | "rebooting")
+            || self
+                .security_groups
+                .iter()
+                .any(|g| membership_settling(&g.status))
+    }
+}
+
+impl Settles for crate::core::observation::TargetCluster {
+    fn is_named(&self, key: &str) -> bool {
+        self.identifier.eq_ignore_ascii_case(key)
+    }
+    fn settling(&self) -> bool {
+        matches!(self.status.as_str(), "modifying" | "promoting")
+            || self
+                .security_groups
+                .iter()
+                .any(|g| membership_settling(&g.status))
+    }
+}
+
 /// `arn:aws:rds:…:db:orders-pg` and `orders-pg` name the same thing; RDS ignores case.
 fn resource_key(name: &str) -> String {
     name.rsplit(':').next().unwrap_or(name).to_ascii_lowercase()
@@ -230,6 +280,7 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
     /// started.
     pub(crate) async fn get<F, Fut>(&self, fetch: F) -> PortResult<(Duration, Arc<Vec<T>>)>
     where
+        T: Settles,
         F: FnOnce() -> Fut,
         Fut: Future<Output = PortResult<Vec<T>>>,
     {
@@ -253,11 +304,17 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
             ttl,
             items: items.clone(),
         });
-        // Changes and tag changes older than this snapshot are in it.
+        // Changes and tag changes older than this snapshot are in it, unless it shows RDS
+        // still applying one: that resource stays touched, as if changed when it started.
         self.touched
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, t| *t >= at);
+            .retain(|key, t| {
+                if *t < at && items.iter().any(|i| i.is_named(key) && i.settling()) {
+                    *t = at;
+                }
+                *t >= at
+            });
         self.heard
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -279,7 +336,7 @@ impl<T, C: MonotonicClock> FleetCache<T, C> {
         direct: D,
     ) -> PortResult<Option<T>>
     where
-        T: Clone,
+        T: Clone + Settles,
         F: FnOnce() -> Fut,
         Fut: Future<Output = PortResult<Vec<T>>>,
         D: FnOnce() -> DFut,
@@ -313,6 +370,16 @@ pub(crate) mod tests {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
     use super::*;
+
+    /// The tests' items: a name, settling when it ends in `:settling`.
+    impl Settles for String {
+        fn is_named(&self, key: &str) -> bool {
+            self.split(':').next() == Some(key)
+        }
+        fn settling(&self) -> bool {
+            self.ends_with(":settling")
+        }
+    }
 
     /// A clock the test moves by hand (the Region cache's tests use it too).
     #[derive(Clone, Default)]
@@ -368,6 +435,50 @@ pub(crate) mod tests {
             "a snapshot started after the change"
         );
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    }
+
+    /// A snapshot taken while RDS still applies the agent's change (here the resource shows
+    /// `:settling`) does not end its direct describes: only one that shows it settled does.
+    #[tokio::test]
+    async fn a_snapshot_showing_the_agent_s_change_still_applied_keeps_it_described_directly() {
+        let clock = Manual::default();
+        let cache = FleetCache::with_clock(Duration::from_secs(5), clock.clone());
+        let applied = std::sync::atomic::AtomicBool::new(false);
+        let lookup = || {
+            let (cache, applied) = (&cache, &applied);
+            async move {
+                cache
+                    .lookup(
+                        "a",
+                        || async {
+                            let a = if applied.load(Ordering::SeqCst) {
+                                "a"
+                            } else {
+                                "a:settling"
+                            };
+                            Ok(vec![a.to_string(), "b".to_string()])
+                        },
+                        |n| n.is_named("a"),
+                        || async { Ok(Some("a direct".to_string())) },
+                    )
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        assert_eq!(lookup().await, "a:settling", "not changed by us yet");
+        cache.touch("a");
+        assert_eq!(lookup().await, "a direct", "changed since the snapshot");
+        clock.sleep(Duration::from_secs(6)).await;
+        assert_eq!(
+            lookup().await,
+            "a direct",
+            "a snapshot after the change that shows it half applied"
+        );
+        applied.store(true, Ordering::SeqCst);
+        assert_eq!(lookup().await, "a direct", "that snapshot still serves");
+        clock.sleep(Duration::from_secs(6)).await;
+        assert_eq!(lookup().await, "a", "a snapshot that shows it applied");
     }
 
     /// `name` looked up in `cache`, whose snapshot is `all` (more than a page): its item from
