@@ -140,6 +140,35 @@ pub(super) fn allowed_extensions(parameters: &[SdkParameter]) -> Option<Vec<Stri
     )
 }
 
+/// The fleet snapshot keeps describing an instance the agent changed directly while RDS shows
+/// the change still being applied (`cache::Settles`).
+impl super::cache::Settles for DbInstance {
+    fn is_named(&self, key: &str) -> bool {
+        matches_instance(self, key)
+    }
+    fn settling(&self) -> bool {
+        matches!(self.db_instance_status(), Some("modifying" | "rebooting"))
+            || self
+                .vpc_security_groups()
+                .iter()
+                .any(|g| super::cache::membership_settling(g.status().unwrap_or_default()))
+    }
+}
+
+/// As for instances: a cluster being promoted or modified, or its groups being changed.
+impl super::cache::Settles for DbCluster {
+    fn is_named(&self, key: &str) -> bool {
+        matches_cluster(self, key)
+    }
+    fn settling(&self) -> bool {
+        matches!(self.status(), Some("modifying" | "promoting"))
+            || self
+                .vpc_security_groups()
+                .iter()
+                .any(|g| super::cache::membership_settling(g.status().unwrap_or_default()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,34 +210,5 @@ mod tests {
             allowed_extensions(&[parameter("rds.allowed_extensions", None)]),
             None
         );
-    }
-}
-
-/// The fleet snapshot keeps describing an instance the agent changed directly while RDS shows
-/// the change still being applied (`cache::Settles`).
-impl super::cache::Settles for DbInstance {
-    fn is_named(&self, key: &str) -> bool {
-        matches_instance(self, key)
-    }
-    fn settling(&self) -> bool {
-        matches!(self.db_instance_status(), Some("modifying" | "rebooting"))
-            || self
-                .vpc_security_groups()
-                .iter()
-                .any(|g| super::cache::membership_settling(g.status().unwrap_or_default()))
-    }
-}
-
-/// As for instances: a cluster being promoted or modified, or its groups being changed.
-impl super::cache::Settles for DbCluster {
-    fn is_named(&self, key: &str) -> bool {
-        matches_cluster(self, key)
-    }
-    fn settling(&self) -> bool {
-        matches!(self.status(), Some("modifying" | "promoting"))
-            || self
-                .vpc_security_groups()
-                .iter()
-                .any(|g| super::cache::membership_settling(g.status().unwrap_or_default()))
     }
 }
