@@ -841,8 +841,11 @@ fn whole_seconds_until(now: jiff::Timestamp, at: jiff::Timestamp) -> u32 {
 /// simulator's 1,000-migration fleet went from 62.6 to 61.7 RDS requests per completed
 /// migration, and DynamoDB's UpdateItem from 818 to 718 a migration. Stepped still:
 /// - a migration in the cutover or rolling back: without these steps the fleet's write-budget
-///   rollbacks went from 4 to 10 (1 to 10 on the database path); which of its waits the
-///   sweep's look cuts short is not found yet (the overdue pass did not catch them);
+///   rollbacks went from 4 to 10 (1 to 10 on the database path). Part of it was a snapshot
+///   taken mid group change that made the fence look broken (`aws::rds::cache::Settles`);
+///   with that mended, leaving them still took them from 6 to 8 (3 to 7 on the database
+///   path), for 0.6 fewer RDS requests per completed migration. Which of their waits the
+///   sweep's look cuts short is not found yet (the overdue pass does not catch them);
 /// - one whose next wake-up is further away than [`RESYNC_STEPS_WAITS_OVER`] (the retention's
 ///   days): the backstop for a person's tag event lost on its way, such as a rollback
 ///   approval.
