@@ -136,9 +136,23 @@ pub(crate) trait Settles {
     fn settling(&self) -> bool;
 }
 
-/// A security group membership that RDS has not finished applying (`adding`, `removing`).
-pub(crate) fn membership_settling(status: &str) -> bool {
-    !status.eq_ignore_ascii_case("active")
+/// The statuses of an instance while RDS applies a change the agent asked for.
+pub(crate) const INSTANCE_SETTLING: [&str; 2] = ["modifying", "rebooting"];
+/// The statuses of a cluster while RDS applies a change the agent asked for.
+pub(crate) const CLUSTER_SETTLING: [&str; 2] = ["modifying", "promoting"];
+
+/// Whether a resource with `status` (one of `settling_statuses` while RDS applies a change) and
+/// these security group memberships' statuses (`active` once applied; `adding`, `removing`
+/// before) is still settling. The one rule every [`Settles`] implementation applies.
+pub(crate) fn settling<'a>(
+    status: &str,
+    settling_statuses: &[&str],
+    memberships: impl IntoIterator<Item = &'a str>,
+) -> bool {
+    settling_statuses.contains(&status)
+        || memberships
+            .into_iter()
+            .any(|m| !m.eq_ignore_ascii_case("active"))
 }
 
 impl Settles for crate::core::observation::SourceInstance {
@@ -146,11 +160,8 @@ impl Settles for crate::core::observation::SourceInstance {
         self.identifier.eq_ignore_ascii_case(key)
     }
     fn settling(&self) -> bool {
-        matches!(self.status.as_str(), "modifying" | "rebooting")
-            || self
-                .security_groups
-                .iter()
-                .any(|g| membership_settling(&g.status))
+        let groups = self.security_groups.iter().map(|g| g.status.as_str());
+        settling(&self.status, &INSTANCE_SETTLING, groups)
     }
 }
 
@@ -159,11 +170,8 @@ impl Settles for crate::core::observation::TargetCluster {
         self.identifier.eq_ignore_ascii_case(key)
     }
     fn settling(&self) -> bool {
-        matches!(self.status.as_str(), "modifying" | "promoting")
-            || self
-                .security_groups
-                .iter()
-                .any(|g| membership_settling(&g.status))
+        let groups = self.security_groups.iter().map(|g| g.status.as_str());
+        settling(&self.status, &CLUSTER_SETTLING, groups)
     }
 }
 

@@ -147,11 +147,12 @@ impl super::cache::Settles for DbInstance {
         matches_instance(self, key)
     }
     fn settling(&self) -> bool {
-        matches!(self.db_instance_status(), Some("modifying" | "rebooting"))
-            || self
-                .vpc_security_groups()
-                .iter()
-                .any(|g| super::cache::membership_settling(g.status().unwrap_or_default()))
+        let groups = self
+            .vpc_security_groups()
+            .iter()
+            .map(|g| g.status().unwrap_or_default());
+        let status = self.db_instance_status().unwrap_or_default();
+        super::cache::settling(status, &super::cache::INSTANCE_SETTLING, groups)
     }
 }
 
@@ -161,11 +162,12 @@ impl super::cache::Settles for DbCluster {
         matches_cluster(self, key)
     }
     fn settling(&self) -> bool {
-        matches!(self.status(), Some("modifying" | "promoting"))
-            || self
-                .vpc_security_groups()
-                .iter()
-                .any(|g| super::cache::membership_settling(g.status().unwrap_or_default()))
+        let groups = self
+            .vpc_security_groups()
+            .iter()
+            .map(|g| g.status().unwrap_or_default());
+        let status = self.status().unwrap_or_default();
+        super::cache::settling(status, &super::cache::CLUSTER_SETTLING, groups)
     }
 }
 
