@@ -359,13 +359,16 @@ impl<W: World> Agent<W> {
             Inbound::Tick(tick) => self.on_tick(&tick, receive_count).await,
             Inbound::InstanceEvent(e) => self.on_instance_event(&e.source_identifier).await,
             Inbound::TagChange(t) | Inbound::TagsAdded(t) => {
-                // The agent's own phase-mirror writes come back as tag events: not news.
+                // The agent's own writes of the phase mirror and of the marker (which nobody
+                // else may write or remove: the shipped operator policy denies it) come back as
+                // tag events: not news. Stepped as news, the marker's (with Preparing's mirror)
+                // was a direct describe and a step of every migration on AWS.
                 let phase_key = crate::core::tags::phase_key(&self.policy.tag_prefix);
-                let ours = t
-                    .changed_keys
-                    .iter()
-                    .any(|k| k.starts_with(&self.policy.tag_prefix) && *k != phase_key);
-                if !ours {
+                let marker_key = crate::core::tags::marker_key(&self.policy.tag_prefix);
+                let news = t.changed_keys.iter().any(|k| {
+                    k.starts_with(&self.policy.tag_prefix) && *k != phase_key && *k != marker_key
+                });
+                if !news {
                     return Ok(Disposition::Delete);
                 }
                 let identifier = t.arn.rsplit(':').next().unwrap_or_default().to_string();
@@ -1009,6 +1012,27 @@ mod tests {
             &at(Decommissioning, RESYNC_STEPS_WAITS_OVER),
             now
         ));
+    }
+
+    /// The agent's own tag writes (the phase mirror, the marker with Preparing's mirror) come
+    /// back as tag events: deleted without a describe or a step. A control tag in the same
+    /// event is news.
+    #[tokio::test]
+    async fn the_agent_s_own_marker_and_mirror_writes_are_not_news() {
+        let a = agent();
+        let own = Inbound::TagChange(TagChange {
+            arn: "arn:aws:rds:us-east-1:123456789012:db:orders-pg".into(),
+            changed_keys: vec![
+                "aurora-migration:marker".into(),
+                "aurora-migration:phase".into(),
+            ],
+        });
+        // A describe in this world waits for the simulator's virtual time, which nothing
+        // drives here: an event stepped as news would never finish.
+        let handled = tokio::time::timeout(std::time::Duration::from_secs(2), a.handle(own, 1))
+            .await
+            .expect("handled without a describe");
+        assert_eq!(handled.unwrap(), Disposition::Delete);
     }
 
     /// The runtime parses a message once and hands the result over: the agent acts on what it
