@@ -212,6 +212,9 @@ impl Stepper<'_> {
                     // final snapshot and then removes the instance.
                     return;
                 }
+                if !self.final_snapshot_name_free(&source) {
+                    return;
+                }
                 let full = self.obs.quotas.as_ref().is_some_and(|qs| {
                     qs.iter()
                         .any(|q| q.name == "ManualSnapshots" && q.used >= q.max)
@@ -280,28 +283,47 @@ impl Stepper<'_> {
         }
     }
 
-    /// RDS refused the deletion because a snapshot with the final snapshot's name exists (its
-    /// `DBSnapshotAlreadyExists`): one that is not the product of our deletion (another
-    /// instance's, or one a person took), and so not the source's last state. Nothing was
-    /// deleted; people are told once, and the deletion is asked again every [`NAME_TAKEN_ASK_AGAIN`], for
-    /// as long as it takes them to delete or rename it (not a failure that ends the attempt:
-    /// the database is on Aurora, and only its old copy waits). True when `err` was that.
-    pub(super) fn final_snapshot_name_taken(&mut self, err: &ActionError) -> bool {
-        if err.kind != ErrorKind::Conflict || !err.message.starts_with(SNAPSHOT_EXISTS) {
-            return false;
+    /// Whether the deletion may be asked for, as far as the final snapshot's name goes. The
+    /// snapshot is not described before the first request (`needs`): RDS refuses a deletion
+    /// whose final snapshot's name is taken in the very call that would take it
+    /// ([`Self::final_snapshot_name_taken`]). After a request it is read, and a snapshot of that
+    /// name holds the deletion: ours (of the source, created after our first request: RDS
+    /// accepted a deletion whose answer or describe lags), it is waited for; not ours (another
+    /// instance's, or one a person took), people are told, with its details, and the deletion
+    /// waits for them to delete or rename it.
+    pub(super) fn final_snapshot_name_free(&mut self, source: &SourceInstance) -> bool {
+        match &self.obs.final_snapshot {
+            // Not read: no deletion asked for yet.
+            Observed::Unknown => true,
+            Observed::Absent => true,
+            Observed::Present(s) => {
+                if !self.final_snapshot_is_ours(s) {
+                    self.alert_once(
+                        "final-snapshot-name-taken",
+                        Severity::Error,
+                        "the final snapshot's name is taken",
+                        &format!(
+                            "a snapshot named {} exists (of {}, created {}) that is not the last state of {}; delete or rename it and the agent deletes the source with a final snapshot of that name",
+                            s.identifier,
+                            s.instance,
+                            s.created_at.map_or("at an unknown time".to_string(), |t| t.to_string()),
+                            source.identifier
+                        ),
+                    );
+                }
+                false
+            }
         }
-        // The request did not take effect: a snapshot of that name created later is not ours.
-        self.m.progress.source_delete_requested_at = None;
-        self.alert_once(
-            "final-snapshot-name-taken",
-            Severity::Error,
-            "the final snapshot's name is taken",
-            &format!(
-                "RDS refused to delete {} because a snapshot named {} exists, which is not its last state; delete or rename that snapshot and the agent deletes the source with a final snapshot of that name",
-                self.m.source_identifier, self.m.names.final_snapshot
-            ),
-        );
-        true
+    }
+
+    /// RDS refused the deletion because a snapshot with the final snapshot's name exists (its
+    /// `DBSnapshotAlreadyExists`). Nothing was deleted. Whose snapshot it is decides the next
+    /// look, which reads it ([`Self::final_snapshot_name_free`]): a repeat of a deletion RDS
+    /// had already accepted meets the snapshot that deletion is taking, and is no cause for an
+    /// alert. Not a failure that ends the attempt (the database is on Aurora; only its old copy
+    /// waits): asked again no sooner than [`NAME_TAKEN_ASK_AGAIN`]. True when `err` was that.
+    pub(super) fn final_snapshot_name_taken(&mut self, err: &ActionError) -> bool {
+        err.kind == ErrorKind::Conflict && err.message.starts_with(SNAPSHOT_EXISTS)
     }
 
     /// A snapshot carrying the final snapshot's name is ours only when it is of the source and
