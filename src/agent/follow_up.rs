@@ -56,7 +56,7 @@ impl<W: World> Agent<W> {
         let Some(wake) = &m.next_wake else {
             return false;
         };
-        let urgent = m.phase.is_cutover() || m.phase == crate::core::Phase::RollingBack;
+        let urgent = m.phase.is_followed_closely();
         urgent && wake.at.duration_since(self.world.clock().now()) <= FOLLOW_UP_WITHIN
     }
 

@@ -221,18 +221,17 @@ fn as_step_of<F: std::future::Future>(
 }
 
 /// Whether `m`'s RDS calls go in the rate limiter's cutover lane (`aws::limit`), before the
-/// calls of migrations that can wait: its writes are down (Quiescing … Routing), or it is
-/// rolling back with the source still fenced. Once the source has its groups back, what is
-/// left of a rollback (the replica's deletion) can wait like any other phase.
+/// calls of migrations that can wait: its writes are stopped ([`Migration::writes_stopped`]).
+/// Once the source has its groups back, what is left of a rollback (the replica's deletion)
+/// can wait like any other phase.
 pub fn cutover_lane(m: &Migration) -> bool {
-    m.phase.is_cutover() || (m.phase == crate::core::Phase::RollingBack && m.source_quarantined())
+    m.writes_stopped()
 }
 
-/// Whether `m` holds a cutover turn (`turns.rs`): its writes are stopped (Quiescing …
-/// Routing, or rolling back with the source still fenced). A rollback before the quarantine
-/// stops no write and needs no turn.
+/// Whether `m` holds a cutover turn (`turns.rs`): its writes are stopped
+/// ([`Migration::writes_stopped`]), the same migrations as [`cutover_lane`]'s.
 pub fn holds_cutover_turn(m: &Migration) -> bool {
-    m.phase.is_cutover() || (m.phase == crate::core::Phase::RollingBack && m.source_quarantined())
+    m.writes_stopped()
 }
 
 /// Whether `m` holds a preparation turn (`turns.rs`): Preflight or Preparing, the start's
@@ -413,7 +412,7 @@ impl<W: World> Agent<W> {
         // Not when this process holds the lease: it is alive and stepping the migration (a
         // look waiting at the rate limiter makes a wake-up late in a busy fleet, and adopting
         // then would only add looks to the cutover lane).
-        let urgent = m.phase.is_cutover() || m.phase == crate::core::Phase::RollingBack;
+        let urgent = m.phase.is_followed_closely();
         let grace = if urgent && !self.holds_lease(&m.id) {
             SignedDuration::ZERO
         } else {
@@ -853,8 +852,7 @@ fn whole_seconds_until(now: jiff::Timestamp, at: jiff::Timestamp) -> u32 {
 ///   days): the backstop for a person's tag event lost on its way, such as a rollback
 ///   approval.
 fn sweep_steps(m: &Migration, now: jiff::Timestamp) -> bool {
-    m.phase.is_cutover()
-        || m.phase == crate::core::Phase::RollingBack
+    m.phase.is_followed_closely()
         || m.next_wake
             .as_ref()
             .is_none_or(|w| w.at > now + RESYNC_STEPS_WAITS_OVER)

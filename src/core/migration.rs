@@ -373,6 +373,13 @@ impl Migration {
         self.progress.quarantined_at.is_some() && self.progress.source_released_at.is_none()
     }
 
+    /// The source's writes are stopped by the agent: a cutover phase (Quiescing … Routing), or
+    /// rolling back with the source still fenced. A rollback before the quarantine, or one
+    /// whose source has its groups back, stops no write.
+    pub fn writes_stopped(&self) -> bool {
+        self.phase.is_cutover() || (self.phase == Phase::RollingBack && self.source_quarantined())
+    }
+
     /// The agent deleted the source and saw it gone with its final snapshot ours
     /// (`machine::soak`): nothing is left on the source to read or to change, and an
     /// identifier RDS has freed may be taken by a new instance that is not the source.

@@ -101,6 +101,13 @@ impl Phase {
             Phase::Quiescing | Phase::Draining | Phase::Promoting | Phase::Routing
         )
     }
+
+    /// The cutover or the rollback: the phases whose waits are seconds and are followed
+    /// closely (the fast poll, the in-process follow-up, a late wake-up adopted at once, a
+    /// look at each resync), because the source's writes are or may be stopped.
+    pub fn is_followed_closely(self) -> bool {
+        self.is_cutover() || self == Phase::RollingBack
+    }
 }
 
 impl fmt::Display for Phase {

@@ -283,7 +283,7 @@ impl Policy {
     }
 
     pub fn poll_interval(&self, phase: Phase) -> SignedDuration {
-        if phase.is_cutover() || phase == Phase::RollingBack {
+        if phase.is_followed_closely() {
             self.fast_poll
         } else {
             self.slow_poll
