@@ -97,7 +97,7 @@ enum Command {
         /// First seed (with --seeds 1 and --verbose: replay one seed with its timeline).
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Print the first seed's timeline.
+        /// Print the first seed's timeline (with --seeds 0 and --fleet: the fleet's).
         #[arg(long)]
         verbose: bool,
         /// Also run one seed with this many concurrent migrations in one agent.

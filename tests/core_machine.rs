@@ -1063,9 +1063,9 @@ fn assert_looks_on_the_event_grid(
 /// While RDS restarts the source (the metric path's reboot) and while AWS promotes the cluster,
 /// the wait ends with an RDS event the agent receives and acts on as it arrives: the looks
 /// meanwhile come every `event_poll` (for an event lost or late), not every `fast_poll`, on a
-/// grid of times every such migration shares (their describes share a request). Once the
-/// source is `available` again with no restart in its events yet, the looks are fast again
-/// (the event is seconds from showing in DescribeEvents).
+/// grid of times every such migration shares (their describes share a request). The reboot's
+/// looks read the source's events for the restart, and the source only from the fleet snapshot:
+/// they stay on the grid until the restart is among the events.
 #[test]
 fn the_metric_path_waits_for_the_reboot_and_the_promotion_on_their_events() {
     let policy = policy();
@@ -1085,18 +1085,16 @@ fn the_metric_path_waits_for_the_reboot_and_the_promotion_on_their_events() {
     assert_eq!(d.next.phase, Phase::Draining);
     assert!(d.actions.iter().all(|a| a.key() != ActionKey::RebootSource));
     assert_looks_on_the_event_grid(&d, model.now, &policy);
-    // Back up, the event not yet readable: look again soon.
+    // Back up, the event not yet readable: the looks stay on the grid, reading the events.
     model.source = Some(SourceInstance {
         status: "available".into(),
         ..restarting
     });
     let d = step(&m, &model.observe(&m, &policy), model.now, &policy);
     assert_eq!(d.next.phase, Phase::Draining);
-    assert!(
-        d.wake_after.is_some_and(|w| w <= policy.fast_poll),
-        "available, restart not in the events yet: {:?}",
-        d.wake_after
-    );
+    assert_looks_on_the_event_grid(&d, model.now, &policy);
+    let need = aurora_migrator::core::needs::needs(&d.next, model.now, &policy);
+    assert!(need.events_since.is_some() && need.source_from_snapshot && !need.quarantine_group);
 
     // Promoting: the request is made, then RDS shows the cluster `promoting`.
     let (mut model, m) = advanced_to(&policy, Phase::Promoting);
@@ -1119,6 +1117,94 @@ fn the_metric_path_waits_for_the_reboot_and_the_promotion_on_their_events() {
     let d = step(&m, &model.observe(&m, &policy), model.now, &policy);
     assert_eq!(d.next.phase, Phase::Promoting);
     assert_looks_on_the_event_grid(&d, model.now, &policy);
+}
+
+/// While RDS restarts the source, a metric-path look reads the source's events and the source
+/// from the fleet snapshot: it judges nothing on that source (a snapshot from before the
+/// quarantine shows the old groups) and repairs or reboots nothing. Once RDS showed the shutdown,
+/// the wait lasts until the restart event; with no shutdown seen for `reboot_unconfirmed_after`,
+/// the looks describe the source and the fence from RDS again (to tell a lost request from a
+/// slow one), and a look that was planned a moment before that, on the snapshot, judges nothing
+/// and looks again at once.
+#[test]
+fn the_reboot_s_wait_reads_the_events_and_judges_no_fence_on_the_snapshot() {
+    let policy = policy();
+    let (mut model, mut m) = draining();
+    assert!(!m.database_path());
+    model.events.clear();
+    m.progress.restarted_at = None;
+    let requested = model.now - SignedDuration::from_secs(20);
+    m.progress.reboot_requested_at = Some(requested);
+    let now_seen = model.source.clone().expect("the source exists");
+    // The fleet snapshot from before the quarantine: the application's group, `available`.
+    let stale = SourceInstance {
+        security_groups: vec![GroupMembership {
+            id: "sg-app".into(),
+            status: "active".into(),
+        }],
+        ..now_seen.clone()
+    };
+    let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+    assert!(need.source_from_snapshot && !need.quarantine_group && need.gathers);
+    assert!(need.events_since.is_some_and(|t| t <= requested));
+    let mut obs = model.observe(&m, &policy);
+    assert!(matches!(obs.quarantine_group, Observed::Unknown));
+    obs.source = Observed::Present(stale.clone());
+    let d = step(&m, &obs, model.now, &policy);
+    assert_eq!(d.next.phase, Phase::Draining);
+    assert!(
+        d.actions.iter().all(|a| !a.is_mutating()),
+        "nothing repaired or rebooted on a snapshot: {:?}",
+        d.actions
+    );
+    assert_looks_on_the_event_grid(&d, model.now, &policy);
+
+    // No shutdown seen for `reboot_unconfirmed_after`: the look describes the source and the fence.
+    let late = requested + policy.reboot_unconfirmed_after + SignedDuration::from_secs(1);
+    let need = aurora_migrator::core::needs::needs(&m, late, &policy);
+    assert!(!need.source_from_snapshot && need.quarantine_group);
+    // A look planned on the snapshot just before, stepped just after: nothing judged, look again.
+    let d = step(&m, &obs, late, &policy);
+    assert!(
+        d.actions.iter().all(|a| !a.is_mutating()),
+        "{:?}",
+        d.actions
+    );
+    assert_eq!(d.wake_after, Some(SignedDuration::ZERO));
+
+    // RDS showed the shutdown: the wait on the snapshot lasts until the restart event.
+    model.events.push(InstanceEvent {
+        at: requested + SignedDuration::from_secs(2),
+        kind: InstanceEventKind::Shutdown,
+    });
+    let mut obs = model.observe(&m, &policy);
+    obs.source = Observed::Present(stale);
+    let d = step(&m, &obs, model.now, &policy);
+    assert!(d.actions.iter().all(|a| !a.is_mutating()));
+    let m = d.next;
+    assert_eq!(
+        m.progress.reboot_began_at,
+        Some(requested + SignedDuration::from_secs(2))
+    );
+    let need = aurora_migrator::core::needs::needs(&m, late, &policy);
+    assert!(need.source_from_snapshot && !need.quarantine_group);
+    // The restart comes after the shutdown: the events are read from the shutdown on.
+    assert_eq!(
+        need.events_since,
+        Some(requested + SignedDuration::from_secs(2))
+    );
+    // The restart among the events: recorded at the event's time, the catch-up awaited.
+    model.events.push(InstanceEvent {
+        at: requested + SignedDuration::from_secs(70),
+        kind: InstanceEventKind::Restarted,
+    });
+    model.now = late;
+    let d = step(&m, &model.observe(&m, &policy), model.now, &policy);
+    assert_eq!(
+        d.next.progress.restarted_at,
+        Some(requested + SignedDuration::from_secs(70))
+    );
+    assert!(d.actions.iter().all(|a| !a.is_mutating()));
 }
 
 /// From the restart until CloudWatch shows the catch-up, a metric-path look reads CloudWatch

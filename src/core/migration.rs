@@ -144,6 +144,12 @@ pub struct Progress {
     /// The quarantine was confirmed (exactly the group, active).
     pub quarantine_active_at: Option<Timestamp>,
     pub reboot_requested_at: Option<Timestamp>,
+    /// The metric path: the source's "DB instance shutdown" event after the reboot request,
+    /// seen among its events: RDS took the reboot up. From here until the restart event, the
+    /// looks read the source's events, and the source only from the fleet snapshot
+    /// (`machine::cutover::reads_catch_up_only`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_began_at: Option<Timestamp>,
     pub restarted_at: Option<Timestamp>,
     /// The metric path: CloudWatch showed the catch-up after the restart, on a look that read
     /// the source from the fleet snapshot. The looks from here on describe it from RDS (the

@@ -720,7 +720,8 @@ pub fn run(o: &SimOptions) -> SimReport {
         let mut intensity = FaultIntensity::scaled(o.fault_intensity);
         intensity.crash *= 2.0 / o.fleet.max(2) as f64;
         let opts = SimOptions {
-            verbose: false,
+            // With `--seeds 0`, `--verbose` prints the fleet's timeline instead of a seed's.
+            verbose: o.verbose && o.seeds == 0,
             workers: o.workers.max(64),
             plan: Some(
                 o.plan
@@ -731,6 +732,9 @@ pub fn run(o: &SimOptions) -> SimReport {
         };
         let out = run_seed(o.start_seed, o.fleet, &opts);
         let wall_ms = started.elapsed().as_millis();
+        if opts.verbose {
+            report.timeline = out.timeline.clone();
+        }
         for v in &out.violations {
             report.violations.push((out.seed, format!("fleet: {v}")));
         }

@@ -462,6 +462,17 @@ impl fmt::Display for SimReport {
                     ))
                     .count(),
             )?;
+            // Why each budget rollback ran out: the proof's missing part on its last look (its
+            // path says which wait it was), so a fleet's pacing can be told from a fault.
+            for e in out.endings.iter().filter(|e| e.budget_rollback) {
+                writeln!(
+                    f,
+                    "    by the write budget: {} ({:?} path): {}",
+                    e.source,
+                    e.path,
+                    e.last_error.as_deref().unwrap_or("")
+                )?;
+            }
             let completed_cutovers: Vec<Ms> = out
                 .endings
                 .iter()

@@ -697,6 +697,10 @@ impl Model {
                 self.restarted_at = Some(self.now);
                 self.events.push(InstanceEvent {
                     at: self.now,
+                    kind: InstanceEventKind::Shutdown,
+                });
+                self.events.push(InstanceEvent {
+                    at: self.now,
                     kind: InstanceEventKind::Restarted,
                 });
             }

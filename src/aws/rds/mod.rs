@@ -381,10 +381,12 @@ impl Rds for AwsRds {
         instance: &str,
         since: Timestamp,
     ) -> impl Future<Output = PortResult<Vec<InstanceEvent>>> + Send {
+        // A look that gathers (the reboot's wait) lets its DescribeEvents wait for the other
+        // migrations' looks of the same grid time, as its describes do.
         boxed(self.event_batch.instance_events(
             instance,
             since,
-            self.limiter.acquire(),
+            self.limiter.acquire_after(self.event_batch.gather_window()),
             |earliest| self.region_events(earliest),
         ))
     }

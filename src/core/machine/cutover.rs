@@ -6,7 +6,7 @@
 use super::*;
 
 /// What Quiescing … Routing read.
-pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
+pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Needs) {
     use MetricKey::*;
     let p = &m.progress;
     match m.phase {
@@ -27,7 +27,7 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             // and the fence is judged by Promoting's first look ([`reads_catch_up_only`]). A
             // direct describe every `database_poll`, then every `promotion_poll` while the
             // replica replays the fence, was 5 requests a migration in the 1,000-migration fleet.
-            n.source_from_snapshot = reads_catch_up_only(m);
+            n.source_from_snapshot = reads_catch_up_only(m, now, policy);
             n.quarantine_group = !n.source_from_snapshot;
             n.source_sessions = true;
             n.target_replay = true;
@@ -44,7 +44,9 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             // has them now and proves the rest ([`reads_catch_up_only`]). Those looks
             // were a describe of the source every `fast_poll`: a third of the metric path's
             // Draining calls in the simulator's fleets.
-            n.source_from_snapshot = reads_catch_up_only(m);
+            // So do the looks while RDS restarts the source (1–3 minutes), which read its
+            // events for the restart.
+            n.source_from_snapshot = reads_catch_up_only(m, now, policy);
             n.quarantine_group = !n.source_from_snapshot;
             // Until the restart is known: the looks of the reboot's wait (`Policy::event_poll`)
             // gather. The restart's time is the event's, so a look a moment later loses none of
@@ -55,7 +57,13 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             // The events say when the source restarted; once that is recorded the proof reads
             // only CloudWatch (6.4 DescribeEvents a migration in the 1,000-migration fleet, most
             // after the restart was known).
-            n.events_since = p.restarted_at.is_none().then_some(since);
+            // Once RDS showed the shutdown, the restart comes after it: the events are read
+            // from the shutdown's own time (RDS's clock), not the request's minute before, so
+            // the Region's events that one request shares across the fleet's looks stay few.
+            let began = p
+                .reboot_began_at
+                .filter(|b| p.reboot_requested_at.is_some_and(|r| *b >= r));
+            n.events_since = p.restarted_at.is_none().then_some(began.unwrap_or(since));
             n.metrics = [SourceSlotLag, SourceConnections, TargetReplicaLag]
                 .into_iter()
                 .map(|k| (k, since))
@@ -222,12 +230,17 @@ impl Stepper<'_> {
         let Some(source) = self.source().cloned() else {
             return vec!["the source was not observed".to_string()];
         };
-        let catch_up_only = reads_catch_up_only(&self.m);
+        let catch_up_only = reads_catch_up_only(&self.m, self.now, self.policy);
         if !catch_up_only {
             missing.extend(self.fence_breaks(&source, &q));
             if source.status != "available" {
                 missing.push(format!("the source is `{}`", source.status));
             }
+        }
+        if let Some(at) =
+            first_shutdown(&self.obs.source_events, self.m.progress.reboot_requested_at)
+        {
+            self.m.progress.reboot_began_at.get_or_insert(at);
         }
         if let Some(at) =
             first_restart(&self.obs.source_events, self.m.progress.reboot_requested_at)
@@ -290,7 +303,14 @@ impl Stepper<'_> {
         if self.database_path() {
             self.database_draining();
         }
-        let catch_up_only = reads_catch_up_only(&self.m);
+        let catch_up_only = reads_catch_up_only(&self.m, self.now, self.policy);
+        if !catch_up_only && matches!(self.obs.quarantine_group, Observed::Unknown) {
+            // This look was planned as one that reads the catch-up only (a moment ago the
+            // reboot was not yet unconfirmed for `reboot_unconfirmed_after`): the source is
+            // the fleet snapshot's and the fence was not read, so nothing is judged on it.
+            self.look_again = true;
+            return;
+        }
         let missing = self.drain_proof_missing();
         if catch_up_only && !self.database_path() {
             // The source on this look is the fleet snapshot's: nothing is judged or repaired
@@ -304,6 +324,12 @@ impl Stepper<'_> {
                     restarted,
                     self.policy.metric_period,
                 ));
+            } else {
+                // RDS is restarting the source and says when it is done with "DB instance
+                // restarted", which steps the migration as it arrives: the looks meanwhile
+                // read the source's events (one DescribeEvents shared by every migration's
+                // look of the same grid time) for an event lost or late.
+                self.look_on_the_event_grid();
             }
             self.alert_if_draining_slow(&missing);
             return;
@@ -647,8 +673,9 @@ impl Stepper<'_> {
 /// Whether a look of `m` in Draining reads only the catch-up, not the fence: the source comes
 /// from the fleet snapshot (for its endpoint and the guards' tags), and neither the fence nor
 /// the source's status is judged or repaired on it.
-/// - The metric path: the restart recorded, the catch-up not yet seen in CloudWatch. The look
-///   after CloudWatch shows it reads the source and the fence from RDS and proves the rest.
+/// - The metric path: while RDS restarts the source ([`awaits_restart`]), and from the restart
+///   until CloudWatch shows the catch-up. The look after CloudWatch shows it reads the source
+///   and the fence from RDS and proves the rest.
 /// - The database path: unless Promoting found the fence broken on this attempt
 ///   (`fence_broke_at`). The proof here is by SQL (no client session through the quiet period,
 ///   the fence written, the replica past it); Promoting's first look, which reads the source
@@ -657,13 +684,39 @@ impl Stepper<'_> {
 ///   broke, from where every look reads RDS and repairs it. The proving look's SQL read of the
 ///   source's sessions is also what shows it up and accepting connections (its status, which
 ///   the fresh looks judged, is not read).
-pub(super) fn reads_catch_up_only(m: &Migration) -> bool {
+pub(super) fn reads_catch_up_only(m: &Migration, now: Timestamp, policy: &Policy) -> bool {
+    let p = &m.progress;
     m.phase == Phase::Draining
         && if m.database_path() {
-            m.progress.fence_broke_at.is_none()
+            p.fence_broke_at.is_none()
+        } else if p.restarted_at.is_some() {
+            p.caught_up_in_metrics_at.is_none()
         } else {
-            m.progress.restarted_at.is_some() && m.progress.caught_up_in_metrics_at.is_none()
+            awaits_restart(m, now, policy)
         }
+}
+
+/// Whether the metric path's Draining waits for RDS to restart the source it asked to reboot:
+/// the request made, no restart among the source's events yet, and RDS seen taking it up (the
+/// "DB instance shutdown" event after the request) or the request younger than
+/// `reboot_unconfirmed_after` (RDS shows the shutdown within seconds of accepting a reboot).
+/// The looks of that wait read the source's events, and the source from the fleet snapshot
+/// (for the guards' tags): the quarantine was applied and read from RDS before the reboot was
+/// asked for (Quiescing), and is read from RDS again, with the source, by the look after
+/// CloudWatch shows the catch-up and by Promoting's first look, before anything is promoted.
+/// Past `reboot_unconfirmed_after` with no shutdown seen, the looks describe the source as RDS
+/// has it, to tell a lost request (the source `available`, no event) from a slow one. These
+/// looks were a direct describe of the source and of the quarantine group every
+/// `Policy::event_poll`: 6.5 DescribeDBInstances a migration in Draining, the metric path's
+/// most frequent RDS call, in the simulator's 1,000-migration fleet.
+fn awaits_restart(m: &Migration, now: Timestamp, policy: &Policy) -> bool {
+    let p = &m.progress;
+    let Some(requested) = p.reboot_requested_at else {
+        return false;
+    };
+    p.restarted_at.is_none()
+        && (p.reboot_began_at.is_some_and(|began| began >= requested)
+            || now.duration_since(requested) <= policy.reboot_unconfirmed_after)
 }
 
 /// The start of the first CloudWatch period of `period` at or after `at` (CloudWatch aligns

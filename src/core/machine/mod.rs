@@ -658,9 +658,9 @@ pub(crate) fn phase_needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mu
         | Phase::Replicating
         | Phase::AwaitingCutover
         | Phase::Paused => preparation::needs(m, now, n),
-        Phase::Quiescing | Phase::Draining | Phase::Promoting => cutover::needs(m, now, n),
+        Phase::Quiescing | Phase::Draining | Phase::Promoting => cutover::needs(m, now, policy, n),
         Phase::Routing => {
-            cutover::needs(m, now, n);
+            cutover::needs(m, now, policy, n);
             route::needs(m, n);
         }
         Phase::Verifying | Phase::Decommissioning => soak::needs(m, now, policy, n),
@@ -676,6 +676,17 @@ const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// The first "DB instance restarted" event at or after a reboot request: only a restart after
 /// our request ends the sessions that were open when we asked.
+/// The source's first "DB instance shutdown" event at or after the reboot request: RDS took
+/// the reboot up.
+fn first_shutdown(events: &[InstanceEvent], requested: Option<Timestamp>) -> Option<Timestamp> {
+    let requested = requested?;
+    events
+        .iter()
+        .filter(|e| e.kind == InstanceEventKind::Shutdown && e.at >= requested)
+        .map(|e| e.at)
+        .min()
+}
+
 fn first_restart(events: &[InstanceEvent], requested: Option<Timestamp>) -> Option<Timestamp> {
     let requested = requested?;
     events

@@ -274,7 +274,7 @@ impl Stepper<'_> {
         };
         // A look that reads the catch-up only has the source from the fleet snapshot: the
         // fence is judged by Promoting's first look (`cutover::reads_catch_up_only`).
-        if !super::cutover::reads_catch_up_only(&self.m) {
+        if !super::cutover::reads_catch_up_only(&self.m, self.now, self.policy) {
             missing.extend(self.fence_breaks(source, &q));
             if source.status != "available" {
                 missing.push(format!("the source is `{}`", source.status));

@@ -312,9 +312,14 @@ impl SimPort {
     ) -> PortResult<Vec<InstanceEvent>> {
         self.rds
             .event_batch
-            .instance_events(instance, since, self.rds.limiter.acquire(), |earliest| {
-                self.region_events(earliest)
-            })
+            .instance_events(
+                instance,
+                since,
+                self.rds
+                    .limiter
+                    .acquire_after(self.rds.event_batch.gather_window()),
+                |earliest| self.region_events(earliest),
+            )
             .await
     }
 

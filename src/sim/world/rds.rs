@@ -316,7 +316,7 @@ impl State {
         s.reboot_requested_at.get_or_insert(now);
         let arn = s.view.arn.clone();
         self.refresh(&id);
-        self.rds_event(&id, &arn, "DB instance shutdown", "RDS-EVENT-0006", true);
+        self.rds_event(&id, &arn, "DB instance shutdown", "RDS-EVENT-0004", true);
         self.schedule(took, Ev::RebootDone(id));
         Ok(())
     }

@@ -155,7 +155,7 @@ impl State {
                     _ => return,
                 };
                 self.refresh(&id);
-                self.rds_event(&id, &arn, "DB instance restarted", "RDS-EVENT-0004", true);
+                self.rds_event(&id, &arn, "DB instance restarted", "RDS-EVENT-0006", true);
             }
             Ev::ClusterCreated(name) => {
                 let Some(c) = self.clusters.get_mut(&name) else {
