@@ -82,10 +82,15 @@ impl Needs {
     /// simulator, every `fast_poll`) read none: 11 DescribeEvents a migration on the metric
     /// path in the simulator's 300-migration fleet, most of them during the reboot. The
     /// restart's time is the event's, not the look's, so reading it on the look after the
-    /// status changes loses nothing.
+    /// status changes loses nothing. Not on a look that read the source from the fleet snapshot
+    /// (`source_from_snapshot`: the metric path's reboot wait, whose looks read the events for
+    /// the restart): that status may be minutes old, and a snapshot taken during the reboot
+    /// would keep the restart unread until the next refresh.
     pub fn reads_source_events(&self, source: &Observed<SourceInstance>) -> Option<Timestamp> {
-        self.events_since
-            .filter(|_| !matches!(source, Observed::Present(s) if s.status == "rebooting"))
+        self.events_since.filter(|_| {
+            self.source_from_snapshot
+                || !matches!(source, Observed::Present(s) if s.status == "rebooting")
+        })
     }
 }
 
@@ -151,6 +156,15 @@ mod tests {
         assert_eq!(
             Needs::default().reads_source_events(&source("available")),
             None
+        );
+        // A snapshot's status may be minutes old: its `rebooting` does not hold the events back.
+        let from_snapshot = Needs {
+            source_from_snapshot: true,
+            ..need
+        };
+        assert_eq!(
+            from_snapshot.reads_source_events(&source("rebooting")),
+            Some(since)
         );
     }
 }
