@@ -853,6 +853,45 @@ fn a_failed_reboot_is_asked_again_after_a_short_backoff() {
     assert_eq!(m.phase, Phase::Completed);
 }
 
+/// A reboot request whose answer was lost (a timeout) though RDS performed it: the look after
+/// the backoff describes the source `rebooting` and waits for that reboot instead of asking
+/// again, which RDS would refuse now and perform once the source is back: a second reboot.
+#[test]
+fn a_reboot_whose_answer_was_lost_is_waited_for_not_asked_again() {
+    let policy = policy();
+    let (mut model, mut m) = advanced_to(&policy, Phase::Quiescing);
+    quiet_round(&mut model, &mut m, &policy);
+    round(&mut model, &mut m, &policy, &mut |a| {
+        (a.key() == ActionKey::RebootSource).then_some(ErrorKind::Retryable)
+    });
+    assert_eq!(m.phase, Phase::Draining);
+    // RDS performed it: the source restarts for two minutes.
+    let began = model.now;
+    model.reboots += 1;
+    model.source.as_mut().unwrap().status = "rebooting".into();
+    model.events.push(InstanceEvent {
+        at: began,
+        kind: InstanceEventKind::Shutdown,
+    });
+    while model.now < began + SignedDuration::from_mins(2) {
+        let d = quiet_round(&mut model, &mut m, &policy);
+        assert!(
+            !keys(&d.actions).contains(&ActionKey::RebootSource),
+            "asked for a reboot while RDS is restarting the source"
+        );
+        model.now += d.wake_after.unwrap().max(SignedDuration::from_secs(1));
+    }
+    model.source.as_mut().unwrap().status = "available".into();
+    model.restarted_at = Some(model.now);
+    model.events.push(InstanceEvent {
+        at: model.now,
+        kind: InstanceEventKind::Restarted,
+    });
+    run_to_end(&mut model, &mut m, &policy, 500);
+    assert_eq!(m.phase, Phase::Completed);
+    assert_eq!(model.reboots, 1, "one reboot");
+}
+
 #[test]
 fn a_cluster_reported_promoting_is_not_asked_to_promote_again() {
     let policy = policy();

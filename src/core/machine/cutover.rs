@@ -365,6 +365,20 @@ impl Stepper<'_> {
             (Some(source), Some(q)) => self.quarantine_source(&source, &q),
             _ => false,
         };
+        if fenced
+            && self.m.progress.restarted_at.is_none()
+            && self.m.progress.reboot_requested_at.is_none()
+            && !self.database_path()
+            && self.source().is_some_and(|s| s.status == "rebooting")
+        {
+            // A reboot request whose answer was lost (a timeout: `take_action_results` forgot
+            // it) that RDS performed: RDS is restarting the source, as this look describes it
+            // now (RDS shows `rebooting` as it accepts a reboot). Waited for from here, not asked
+            // for again: RDS would refuse a request now and perform the next one once the source
+            // is back, a second reboot (1–3 minutes more of the write budget; the simulator's
+            // fleet rolled back cutovers on it).
+            self.m.progress.reboot_requested_at = Some(self.now);
+        }
         if fenced && self.m.progress.restarted_at.is_none() && !self.database_path() {
             // No restart seen yet: ask for the reboot when none is in flight (a failed request
             // is forgotten, see `take_action_results`), or again when one produced no restart
