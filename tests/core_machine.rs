@@ -1088,12 +1088,23 @@ fn assert_looks_on_the_event_grid(
     now: jiff::Timestamp,
     policy: &Policy,
 ) {
+    assert_looks_on_the_grid(d, now, policy, policy.event_poll());
+}
+
+/// The next look of a wait on the grid of `period`'s multiples, `fast_poll` to
+/// `fast_poll + period` from now, that may gather with the others' (`Needs::gathers`).
+fn assert_looks_on_the_grid(
+    d: &aurora_migrator::core::Decision,
+    now: jiff::Timestamp,
+    policy: &Policy,
+    period: SignedDuration,
+) {
     let wake = d.wake_after.expect("looks again");
     let at = now + wake;
-    let grid = policy.event_poll().as_millis() as i64;
+    let grid = period.as_millis() as i64;
     assert_eq!(at.as_millisecond().rem_euclid(grid), 0, "{at} on the grid");
     assert!(
-        wake >= policy.fast_poll && wake < policy.fast_poll + policy.event_poll(),
+        wake >= policy.fast_poll && wake < policy.fast_poll + period,
         "{wake:?}"
     );
     assert!(aurora_migrator::core::needs::needs(&d.next, now, policy).gathers);
@@ -1104,7 +1115,8 @@ fn assert_looks_on_the_event_grid(
 /// meanwhile come every `event_poll` (for an event lost or late), not every `fast_poll`, on a
 /// grid of times every such migration shares (their describes share a request). The reboot's
 /// looks read the source's events for the restart, and the source only from the fleet snapshot:
-/// they stay on the grid until the restart is among the events.
+/// they stay on a grid until the restart is among the events, a CloudWatch period apart (the
+/// proof reads the first period after the restart, readable only once it has ended).
 #[test]
 fn the_metric_path_waits_for_the_reboot_and_the_promotion_on_their_events() {
     let policy = policy();
@@ -1123,7 +1135,7 @@ fn the_metric_path_waits_for_the_reboot_and_the_promotion_on_their_events() {
     let d = step(&m, &model.observe(&m, &policy), model.now, &policy);
     assert_eq!(d.next.phase, Phase::Draining);
     assert!(d.actions.iter().all(|a| a.key() != ActionKey::RebootSource));
-    assert_looks_on_the_event_grid(&d, model.now, &policy);
+    assert_looks_on_the_grid(&d, model.now, &policy, policy.metric_period);
     // Back up, the event not yet readable: the looks stay on the grid, reading the events.
     model.source = Some(SourceInstance {
         status: "available".into(),
@@ -1131,7 +1143,7 @@ fn the_metric_path_waits_for_the_reboot_and_the_promotion_on_their_events() {
     });
     let d = step(&m, &model.observe(&m, &policy), model.now, &policy);
     assert_eq!(d.next.phase, Phase::Draining);
-    assert_looks_on_the_event_grid(&d, model.now, &policy);
+    assert_looks_on_the_grid(&d, model.now, &policy, policy.metric_period);
     let need = aurora_migrator::core::needs::needs(&d.next, model.now, &policy);
     assert!(need.events_since.is_some() && need.source_from_snapshot && !need.quarantine_group);
 
@@ -1196,7 +1208,7 @@ fn the_reboot_s_wait_reads_the_events_and_judges_no_fence_on_the_snapshot() {
         "nothing repaired or rebooted on a snapshot: {:?}",
         d.actions
     );
-    assert_looks_on_the_event_grid(&d, model.now, &policy);
+    assert_looks_on_the_grid(&d, model.now, &policy, policy.metric_period);
 
     // No shutdown seen for `reboot_unconfirmed_after`: the look describes the source and the fence.
     let late = requested + policy.reboot_unconfirmed_after + SignedDuration::from_secs(1);
