@@ -237,14 +237,18 @@ impl Stepper<'_> {
                 missing.push(format!("the source is `{}`", source.status));
             }
         }
-        if let Some(at) =
-            first_shutdown(&self.obs.source_events, self.m.progress.reboot_requested_at)
-        {
+        if let Some(at) = first_since(
+            &self.obs.source_events,
+            InstanceEventKind::Shutdown,
+            self.m.progress.reboot_requested_at,
+        ) {
             self.m.progress.reboot_began_at.get_or_insert(at);
         }
-        if let Some(at) =
-            first_restart(&self.obs.source_events, self.m.progress.reboot_requested_at)
-        {
+        if let Some(at) = first_since(
+            &self.obs.source_events,
+            InstanceEventKind::Restarted,
+            self.m.progress.reboot_requested_at,
+        ) {
             self.m.progress.restarted_at.get_or_insert(at);
         }
         let Some(restarted) = self.m.progress.restarted_at else {

@@ -674,24 +674,18 @@ pub(crate) fn phase_needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mu
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
-/// The first "DB instance restarted" event at or after a reboot request: only a restart after
-/// our request ends the sessions that were open when we asked.
-/// The source's first "DB instance shutdown" event at or after the reboot request: RDS took
-/// the reboot up.
-fn first_shutdown(events: &[InstanceEvent], requested: Option<Timestamp>) -> Option<Timestamp> {
+/// The first event of `kind` at or after a reboot request: only a restart ("DB instance
+/// restarted") after our request ends the sessions that were open when we asked, and a
+/// shutdown ("DB instance shutdown") after it shows that RDS took the request up.
+fn first_since(
+    events: &[InstanceEvent],
+    kind: InstanceEventKind,
+    requested: Option<Timestamp>,
+) -> Option<Timestamp> {
     let requested = requested?;
     events
         .iter()
-        .filter(|e| e.kind == InstanceEventKind::Shutdown && e.at >= requested)
-        .map(|e| e.at)
-        .min()
-}
-
-fn first_restart(events: &[InstanceEvent], requested: Option<Timestamp>) -> Option<Timestamp> {
-    let requested = requested?;
-    events
-        .iter()
-        .filter(|e| e.kind == InstanceEventKind::Restarted && e.at >= requested)
+        .filter(|e| e.kind == kind && e.at >= requested)
         .map(|e| e.at)
         .min()
 }

@@ -328,7 +328,11 @@ impl Stepper<'_> {
             return Some(at);
         }
         let requested = self.m.progress.target_reboot_requested_at;
-        if let Some(at) = first_restart(&self.obs.writer_events, requested) {
+        if let Some(at) = first_since(
+            &self.obs.writer_events,
+            InstanceEventKind::Restarted,
+            requested,
+        ) {
             self.m.progress.target_restarted_at = Some(at);
             return Some(at);
         }
