@@ -48,9 +48,10 @@ pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Need
             // events for the restart.
             n.source_from_snapshot = reads_catch_up_only(m, now, policy);
             n.quarantine_group = !n.source_from_snapshot;
-            // Until the restart is known: the looks of the reboot's wait (`Policy::event_poll`)
-            // gather. The restart's time is the event's, so a look a moment later loses none of
-            // the outage.
+            // Until the restart is known: the looks of the reboot's wait (on a grid of
+            // `metric_period`s; of `Policy::event_poll`s for one that describes the source from
+            // RDS) gather. The restart's time is the event's, so a look a moment later loses
+            // none of the outage.
             n.gathers = p.restarted_at.is_none() && p.reboot_requested_at.is_some();
             // Events from a little before the request: clocks differ between us and RDS.
             let since = p.reboot_requested_at.unwrap_or(now) - SignedDuration::from_mins(1);
