@@ -603,3 +603,44 @@ fn the_final_snapshot_is_read_until_it_is_recorded_as_ours_and_not_after() {
     run_to_end(&mut model, &mut m, &policy, 20);
     assert_eq!(m.phase, Phase::Completed);
 }
+
+/// A rollback before cutover releases the source only on a look after it asked RDS for the
+/// source's groups back: a describe that lags (or a snapshot from before the quarantine) shows
+/// the original groups while the source is still fenced, and once ended the rollback with the
+/// source quarantined (found by `core_properties`, regression file).
+#[test]
+fn a_rollback_does_not_take_a_lagging_describe_for_the_source_released() {
+    let p = policy();
+    let (mut model, mut m) = advanced_to(&p, Phase::Quiescing);
+    quiet_round(&mut model, &mut m, &p);
+    round(&mut model, &mut m, &p, &mut |a| {
+        (a.key() == ActionKey::RebootSource).then_some(ErrorKind::Fatal)
+    });
+    quiet_round(&mut model, &mut m, &p);
+    assert_eq!(m.phase, Phase::RollingBack);
+    assert!(model.quarantined(), "the source is still fenced");
+    let original = m.progress.original_groups.clone().expect("recorded");
+    // A look that lags: the source with its groups from before the quarantine.
+    let mut obs = model.observe(&m, &p);
+    obs.action_results = std::mem::take(&mut model.pending);
+    if let Observed::Present(s) = &mut obs.source {
+        s.security_groups = original.iter().map(|g| active_group(g)).collect();
+    }
+    let d = step(&m, &obs, model.now, &p);
+    assert_eq!(d.next.progress.source_released_at, None);
+    assert!(
+        keys(&d.actions).contains(&ActionKey::RestoreSourceGroups),
+        "{:?}",
+        d.actions
+    );
+    // Once asked, the rollback ends with the source writable.
+    m = d.next;
+    for a in &d.actions {
+        if let Some(r) = model.apply(a, None) {
+            model.pending.push(r);
+        }
+    }
+    run_to_end(&mut model, &mut m, &p, 200);
+    assert_eq!(m.phase, Phase::RolledBack);
+    assert!(!model.quarantined(), "the source takes writes again");
+}

@@ -181,6 +181,12 @@ pub struct Progress {
     pub target_restarted_at: Option<Timestamp>,
     /// The source got its groups back (rollback), or is gone: the quarantine is over.
     pub source_released_at: Option<Timestamp>,
+    /// A rollback asked RDS to give the source its groups back (`RestoreSourceGroups`), and no
+    /// failure of that request came back since: only then do the original groups on a look
+    /// release the source. A describe that lags (or a snapshot from before the quarantine)
+    /// shows them too, and ended the rollback with the source still fenced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_restore_requested_at: Option<Timestamp>,
     /// Database-aware cutover: why this attempt uses the metric path after all (the Aurora
     /// cluster is unreachable, the source's sessions would not end, access was lost). Set once.
     #[serde(default)]

@@ -89,6 +89,11 @@ impl Stepper<'_> {
                 continue; // clean-up after the end: keep the reason the attempt ended with
             }
             self.m.last_error = Some(what.clone());
+            if result.key == ActionKey::RestoreSourceGroups {
+                // Not done (or not known to be): a look showing the original groups does not
+                // release the source until the restore is asked for again (`restore_source`).
+                self.m.progress.source_restore_requested_at = None;
+            }
             if result.key == ActionKey::RebootSource {
                 // No reboot happened (or we cannot know): ask again after the backoff rather
                 // than waiting for a restart that will not come.

@@ -59,17 +59,26 @@ impl Stepper<'_> {
             return false;
         };
         let original = self.m.progress.original_groups.clone().unwrap_or_default();
-        if source.groups_exactly_active(&original) {
+        // The original groups release the source only once the restore was asked for (and has
+        // not failed since): a look that lags, or reads a snapshot from before the quarantine,
+        // shows them too while the source is still fenced. Asking for groups it already has is
+        // harmless, so a source seen with them before any request is asked once, and the next
+        // look confirms.
+        if source.groups_exactly_active(&original)
+            && self.m.progress.source_restore_requested_at.is_some()
+        {
             self.m.progress.source_released_at = Some(self.now);
             self.request(Action::DeleteHeartbeatAlarm {
                 alarm: self.m.names.heartbeat_alarm.clone(),
             });
             return true;
         }
-        self.request(Action::RestoreSourceGroups {
+        if self.request(Action::RestoreSourceGroups {
             instance: source.identifier.clone(),
             group_ids: original,
-        });
+        }) {
+            self.m.progress.source_restore_requested_at = Some(self.now);
+        }
         false
     }
 
