@@ -611,11 +611,7 @@ fn the_final_snapshot_is_read_until_it_is_recorded_as_ours_and_not_after() {
 #[test]
 fn a_rollback_does_not_take_a_lagging_describe_for_the_source_released() {
     let p = policy();
-    let (mut model, mut m) = advanced_to(&p, Phase::Quiescing);
-    quiet_round(&mut model, &mut m, &p);
-    round(&mut model, &mut m, &p, &mut |a| {
-        (a.key() == ActionKey::RebootSource).then_some(ErrorKind::Fatal)
-    });
+    let (mut model, mut m) = reboot_failed_with(&p, ErrorKind::Fatal);
     quiet_round(&mut model, &mut m, &p);
     assert_eq!(m.phase, Phase::RollingBack);
     assert!(model.quarantined(), "the source is still fenced");

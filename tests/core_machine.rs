@@ -859,12 +859,7 @@ fn a_failed_reboot_is_asked_again_after_a_short_backoff() {
 #[test]
 fn a_reboot_whose_answer_was_lost_is_waited_for_not_asked_again() {
     let policy = policy();
-    let (mut model, mut m) = advanced_to(&policy, Phase::Quiescing);
-    quiet_round(&mut model, &mut m, &policy);
-    round(&mut model, &mut m, &policy, &mut |a| {
-        (a.key() == ActionKey::RebootSource).then_some(ErrorKind::Retryable)
-    });
-    assert_eq!(m.phase, Phase::Draining);
+    let (mut model, mut m) = reboot_failed_with(&policy, ErrorKind::Retryable);
     // RDS performed it: the source restarts for two minutes.
     let began = model.now;
     model.reboots += 1;

@@ -910,6 +910,19 @@ pub fn keys(actions: &[Action]) -> Vec<ActionKey> {
         .collect()
 }
 
+/// A migration of the metric path in Draining whose reboot request failed with `kind`: the
+/// quarantine applied, then the round that asks for the reboot sees it fail (the model does
+/// not reboot).
+pub fn reboot_failed_with(policy: &Policy, kind: ErrorKind) -> (Model, Migration) {
+    let (mut model, mut m) = advanced_to(policy, Phase::Quiescing);
+    quiet_round(&mut model, &mut m, policy);
+    round(&mut model, &mut m, policy, &mut |a| {
+        (a.key() == ActionKey::RebootSource).then_some(kind)
+    });
+    assert_eq!(m.phase, Phase::Draining, "the reboot was asked for");
+    (model, m)
+}
+
 /// A fresh model and migration, run until the migration reaches `phase`.
 pub fn advanced_to(policy: &Policy, phase: Phase) -> (Model, Migration) {
     let mut model = Model::new();
