@@ -369,6 +369,25 @@ impl PgServer {
         self.pg_ctl("start", true, &["-w", "-t", "120"])
     }
 
+    /// [`PgServer::start`], on another free port when the one picked was taken meanwhile
+    /// ([`free_port`] releases it before the server binds it, and a parallel test may bind it
+    /// first: "could not bind ... Address already in use"). For a server nothing else has been
+    /// told the port of yet.
+    pub fn start_on_a_free_port(&mut self) -> Result<(), String> {
+        let mut tries = 0;
+        loop {
+            match self.start() {
+                Err(_) if tries < 5 && self.log_tail().contains("Address already in use") => {
+                    tries += 1;
+                    self.port = free_port();
+                    // The last `port` line of postgresql.conf wins.
+                    self.append_conf(&[]);
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// `pg_ctl restart -m fast`: ends every session, like an RDS reboot.
     pub fn restart_fast(&self) -> Result<(), String> {
         self.pg_ctl("restart", true, &["-m", "fast", "-w", "-t", "120"])

@@ -265,10 +265,10 @@ impl PgWorld {
         let primary = blocking({
             let (dir, bins) = (root.path.clone(), bins.clone());
             move || {
-                let primary = PgServer::init_primary(&dir, "primary", &bins, run_as);
+                let mut primary = PgServer::init_primary(&dir, "primary", &bins, run_as);
                 let lines: Vec<&str> = tls_conf.iter().map(String::as_str).collect();
                 primary.append_conf(&lines);
-                if let Err(e) = primary.start() {
+                if let Err(e) = primary.start_on_a_free_port() {
                     panic!("the primary did not start: {e}\n{}", primary.log_tail());
                 }
                 primary
