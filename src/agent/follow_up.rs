@@ -18,6 +18,9 @@
 //! - Only short waits in the cutover and the rollback are followed up (at most
 //!   [`FOLLOW_UP_WITHIN`], at most [`MAX_PENDING`] waiting): elsewhere a second more is nothing,
 //!   and an unbounded list would be memory held for work the ticks do anyway.
+//! - The exception is a chain whose message could not be had ([`Agent::keep_chain_in_process`]):
+//!   a step whose tick's send or whose record's save failed keeps its next look in-process, in
+//!   any phase, instead of leaving it to the resync.
 //! - The runtime (and the simulator's executor) takes them with [`Agent::take_follow_ups`] after
 //!   each handled message or follow-up, and runs each under the migration's lock, as a message.
 
@@ -61,19 +64,39 @@ impl<W: World> Agent<W> {
     }
 
     /// Records the follow-up for `m`'s wake-up (see [`Agent::follows_up`]); called after the
-    /// wake-up's tick was sent.
-    pub(super) fn record_follow_up(&self, m: &Migration) {
+    /// wake-up's tick was sent. False when none was recorded (no wake-up, or [`MAX_PENDING`]
+    /// wait already).
+    pub(super) fn record_follow_up(&self, m: &Migration) -> bool {
+        match &m.next_wake {
+            Some(wake) => self.keep_chain_in_process(m, wake.at),
+            None => false,
+        }
+    }
+
+    /// Keeps `m`'s chain of wake-ups in this process: a look at `at` at the record `m`, whatever
+    /// its phase and however far `at` is. For a short cutover wait it is the follow-up; it is also
+    /// the rescue when the chain's message could not be had: the tick's send failed after the
+    /// record was saved (its token is new, so every tick already queued is stale and dropped), or
+    /// the save itself failed (it may have landed: the look's own save then finds the newer
+    /// version and reads it). Without it the chain waited for the resync to find the wake-up
+    /// overdue, up to 6 minutes: the simulator's 1,000-migration fleet saw cutovers held that
+    /// long and rolled back by the write budget. A crash loses it, as it loses any follow-up;
+    /// the resync is then the backstop, as before. False when none was recorded (`m` has no
+    /// wake-up, or [`MAX_PENDING`] wait already).
+    pub(super) fn keep_chain_in_process(&self, m: &Migration, at: Timestamp) -> bool {
         let Some(wake) = &m.next_wake else {
-            return;
+            return false;
         };
         let mut pending = self.follow_ups.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.len() < MAX_PENDING {
-            pending.push(FollowUp {
-                tick: Tick::new(&m.id, wake.token),
-                at: wake.at,
-                record: Box::new(m.clone()),
-            });
+        if pending.len() >= MAX_PENDING {
+            return false;
         }
+        pending.push(FollowUp {
+            tick: Tick::new(&m.id, wake.token),
+            at,
+            record: Box::new(m.clone()),
+        });
+        true
     }
 
     /// The follow-ups recorded since the last call, for the runtime to run.
@@ -94,7 +117,12 @@ impl<W: World> Agent<W> {
     /// Steps the migration from the follow-up's record, unless this process has saved it since
     /// (then the follow-up is stale and dropped). Call it when [`Agent::until_due`] returned.
     pub async fn follow_up(&self, f: &FollowUp) -> Disposition {
-        if self.saved_version(&f.record.id) != Some(f.record.version) {
+        // A record this process never saved (a rescue of a step that could not save the first
+        // record it read) is not stale by this rule: the look's save checks the version.
+        if self
+            .saved_version(&f.record.id)
+            .is_some_and(|v| v != f.record.version)
+        {
             tracing::debug!(migration = %f.record.id, "stale follow-up dropped");
             return Disposition::DeleteStale;
         }

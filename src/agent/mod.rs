@@ -762,6 +762,7 @@ impl<W: World> Agent<W> {
                     self.leases.forget(&m.id);
                     return Ok(m);
                 }
+                Err(StoreError::Port(e)) => return self.retry_in_process(m, e),
                 Err(e) => return Err(e.into()),
             }
             if m.phase != before {
@@ -800,7 +801,28 @@ impl<W: World> Agent<W> {
             return Err(e.into());
         };
         let tick = Tick::new(&m.id, wake.token);
-        self.world.queue().send(&tick.to_json(), delay_s).await?;
+        if let Err(sent) = self.world.queue().send(&tick.to_json(), delay_s).await {
+            let at = self.world.clock().now() + SignedDuration::from_secs(i64::from(delay_s));
+            if !self.keep_chain_in_process(&m, at) {
+                return Err(sent.into());
+            }
+            tracing::warn!(migration = %m.id, error = %sent, "retry's tick not sent; this process looks again itself");
+        }
+        Ok(m)
+    }
+
+    /// The step's record could not be saved (a DynamoDB error; the save may still have landed):
+    /// look again from the record as last known, in-process, as soon as an observation that
+    /// failed the same way would ([`Agent::keep_chain_in_process`]). Without it the chain of a
+    /// step that came from a follow-up or the resync had no message left to carry it, and a
+    /// landed save made the message that did stale.
+    fn retry_in_process(&self, m: Migration, e: PortError) -> Result<Migration, DriverError> {
+        let delay_s = observation_retry_delay_s(e.kind, m.phase.is_cutover());
+        let at = self.world.clock().now() + SignedDuration::from_secs(i64::from(delay_s));
+        if !self.keep_chain_in_process(&m, at) {
+            return Err(e.into());
+        }
+        tracing::warn!(migration = %m.id, error = %e, kind = e.kind.as_str(), delay_s, "record not saved, looking again");
         Ok(m)
     }
 
@@ -816,7 +838,15 @@ impl<W: World> Agent<W> {
             delay += follow_up::BACKSTOP_MARGIN_S;
         }
         let tick = Tick::new(&m.id, wake.token);
-        self.world.queue().send(&tick.to_json(), delay).await?;
+        if let Err(e) = self.world.queue().send(&tick.to_json(), delay).await {
+            // The record was saved with a new token: every tick already queued is stale, so
+            // without this one the chain waited for the resync (`keep_chain_in_process`).
+            if !self.record_follow_up(m) {
+                return Err(e.into());
+            }
+            tracing::warn!(migration = %m.id, error = %e, "tick not sent; this process takes the look itself");
+            return Ok(());
+        }
         // The tick is the backstop; a short cutover wait is taken in-process, on time.
         if followed_up {
             self.record_follow_up(m);

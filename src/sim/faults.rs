@@ -123,6 +123,10 @@ pub enum CallFault {
 pub struct ScriptedFault {
     pub operation: String,
     pub nth: u32,
+    /// Count the calls from the first call of this operation on (that call included, when it
+    /// is `operation` itself), e.g. `rds:ModifyDBInstance` for "the nth once the quarantine was
+    /// asked for"; `None`: from the start.
+    pub after: Option<String>,
     pub fault: CallFault,
 }
 

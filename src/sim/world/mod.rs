@@ -249,6 +249,9 @@ pub struct State {
     world_rng: Rng,
     pub plan: FaultPlan,
     op_counts: BTreeMap<&'static str, u32>,
+    /// Calls of each scripted fault's operation since its `after` operation was first called
+    /// (indexed as `plan.scripted`; counted only once that was called).
+    scripted_counts: Vec<Option<u32>>,
     pub crashed: bool,
     pub current_task: usize,
     pub task_wakes: BTreeMap<usize, Ms>,
@@ -317,6 +320,7 @@ impl State {
             world_rng: Rng::fork(seed, 3),
             plan,
             op_counts: BTreeMap::new(),
+            scripted_counts: Vec::new(),
             crashed: false,
             current_task: 0,
             task_wakes: BTreeMap::new(),

@@ -63,11 +63,31 @@ impl State {
             *c += 1;
             *c
         };
-        self.plan
-            .scripted
-            .iter()
-            .find(|f| f.operation == op && f.nth == n)
-            .map(|f| f.fault.clone())
+        let scripted = &self.plan.scripted;
+        self.scripted_counts.resize(scripted.len(), None);
+        let mut hit = None;
+        for (f, count) in scripted.iter().zip(self.scripted_counts.iter_mut()) {
+            let counted = match &f.after {
+                None => Some(n),
+                Some(after) => {
+                    if after == op && count.is_none() {
+                        *count = Some(0);
+                    }
+                    if f.operation == op {
+                        count.as_mut().map(|c| {
+                            *c += 1;
+                            *c
+                        })
+                    } else {
+                        None
+                    }
+                }
+            };
+            if f.operation == op && counted == Some(f.nth) && hit.is_none() {
+                hit = Some(f.fault.clone());
+            }
+        }
+        hit
     }
 }
 
