@@ -315,8 +315,8 @@ pub async fn run_queue<W: World + 'static>(
 /// about it), and may record the next. They take no worker slot (at most a few migrations are
 /// in a cutover at once, and each waits about a second; a rescue of a chain whose tick could
 /// not be sent waits as long as that tick would have); at shutdown they are dropped, and their
-/// ticks carry on in the next process (a rescue's wake-up, which has no tick, is found overdue
-/// by the resync).
+/// ticks carry on in the next process (a rescue, which has no tick, is found overdue by the
+/// resync).
 fn spawn_follow_ups<W: World + 'static>(
     agent: &Arc<Agent<W>>,
     locks: &Arc<KeyedLocks>,

@@ -9,24 +9,28 @@
 //! Contract:
 //! - The tick for the same wake-up is always sent too ([`Agent::reconcile`] sends it before the
 //!   follow-up is recorded), [`BACKSTOP_MARGIN_S`] later than the wake-up: it is the backstop.
-//!   A crash loses the follow-ups, never the chain; the tick then steps it as before.
+//!   A crash loses the follow-ups, never the chain; the tick then steps it as before. (A rescue,
+//!   below, has no tick: its backstop is the resync.)
 //! - A follow-up steps the record as this process saved it ([`Agent::until_due`] waits for the
 //!   wake-up, then [`Agent::follow_up`] steps), without reading the table: it is dropped as
 //!   stale when this process saved a newer version since, and when another process did, the
 //!   save's version condition fails and the record is read afresh. The tick that comes later
 //!   finds the token changed and is dropped as stale without observing (one `GetItem`).
 //! - Only short waits in the cutover and the rollback are followed up (at most
-//!   [`FOLLOW_UP_WITHIN`], at most [`MAX_PENDING`] waiting): elsewhere a second more is nothing,
-//!   and an unbounded list would be memory held for work the ticks do anyway.
-//! - The exception is a chain whose message could not be had ([`Agent::keep_chain_in_process`]):
-//!   a step whose tick's send or whose record's save failed keeps its next look in-process, in
-//!   any phase, instead of leaving it to the resync.
+//!   [`FOLLOW_UP_WITHIN`], at most [`MAX_PENDING`] recorded and not yet taken by the runtime):
+//!   elsewhere a second more is nothing, and an unbounded list would be memory held for work
+//!   the ticks do anyway.
+//! - The exception is a rescue ([`Agent::rescue_chain`]): a step whose tick's send or whose
+//!   record's save failed keeps its next look in-process, in any phase (at most SQS's 15
+//!   minutes ahead), instead of leaving the chain to the resync. Its record is the one the step
+//!   last knew, which this process may not have saved: it is stale only once this process saved
+//!   a newer version.
 //! - The runtime (and the simulator's executor) takes them with [`Agent::take_follow_ups`] after
 //!   each handled message or follow-up, and runs each under the migration's lock, as a message.
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::{Agent, Disposition};
+use super::{Agent, Disposition, MAX_DELAY_S};
 use crate::core::{Migration, MigrationId};
 use crate::inbound::Tick;
 use crate::ports::{Clock, World};
@@ -46,10 +50,13 @@ pub const BACKSTOP_MARGIN_S: u32 = 2;
 pub struct FollowUp {
     pub tick: Tick,
     pub at: Timestamp,
-    /// The record as this process saved it, so the look needs no read of the table: if this
-    /// process saved a newer version since, the follow-up is stale; if another process did,
-    /// the conditional save fails and the record is read afresh (`Agent::reconcile`).
+    /// The record as this process saved it (a rescue: as its step last knew it), so the look
+    /// needs no read of the table: if this process saved a newer version since, the follow-up
+    /// is stale; if another process did, the conditional save fails and the record is read
+    /// afresh (`Agent::reconcile`).
     pub record: Box<Migration>,
+    /// Recorded by [`Agent::rescue_chain`], not for a wake-up whose tick was sent.
+    pub rescue: bool,
 }
 
 impl<W: World> Agent<W> {
@@ -68,22 +75,28 @@ impl<W: World> Agent<W> {
     /// wait already).
     pub(super) fn record_follow_up(&self, m: &Migration) -> bool {
         match &m.next_wake {
-            Some(wake) => self.keep_chain_in_process(m, wake.at),
+            Some(wake) => self.push_follow_up(m, wake.at, false),
             None => false,
         }
     }
 
-    /// Keeps `m`'s chain of wake-ups in this process: a look at `at` at the record `m`, whatever
-    /// its phase and however far `at` is. For a short cutover wait it is the follow-up; it is also
-    /// the rescue when the chain's message could not be had: the tick's send failed after the
-    /// record was saved (its token is new, so every tick already queued is stale and dropped), or
-    /// the save itself failed (it may have landed: the look's own save then finds the newer
-    /// version and reads it). Without it the chain waited for the resync to find the wake-up
-    /// overdue, up to 6 minutes: the simulator's 1,000-migration fleet saw cutovers held that
-    /// long and rolled back by the write budget. A crash loses it, as it loses any follow-up;
-    /// the resync is then the backstop, as before. False when none was recorded (`m` has no
-    /// wake-up, or [`MAX_PENDING`] wait already).
-    pub(super) fn keep_chain_in_process(&self, m: &Migration, at: Timestamp) -> bool {
+    /// Keeps `m`'s chain of wake-ups in this process when its message could not be had: a look
+    /// at `at` (at most [`MAX_DELAY_S`] ahead) at the record `m`, whatever its phase. For a tick
+    /// whose send failed after the record was saved (its token is new, so every tick already
+    /// queued is stale and dropped), or a save that failed (it may have landed: the look's own
+    /// save then finds the newer version and reads it). Without it the chain waited for the
+    /// resync to find the wake-up overdue, up to 6 minutes: the simulator's 1,000-migration
+    /// fleet saw cutovers held that long and rolled back by the write budget. A crash loses it,
+    /// as it loses any follow-up, and the resync is then the backstop (the step that recorded it
+    /// ends as done: leaving its message for redelivery as well, tried, made each such failure
+    /// a second look 15 s later, with no fewer budget rollbacks in the fleet). False when none
+    /// was recorded (`m` has no wake-up, or [`MAX_PENDING`] wait already).
+    pub(super) fn rescue_chain(&self, m: &Migration, at: Timestamp) -> bool {
+        let latest = self.world.clock().now() + SignedDuration::from_secs(i64::from(MAX_DELAY_S));
+        self.push_follow_up(m, at.min(latest), true)
+    }
+
+    fn push_follow_up(&self, m: &Migration, at: Timestamp, rescue: bool) -> bool {
         let Some(wake) = &m.next_wake else {
             return false;
         };
@@ -95,6 +108,7 @@ impl<W: World> Agent<W> {
             tick: Tick::new(&m.id, wake.token),
             at,
             record: Box::new(m.clone()),
+            rescue,
         });
         true
     }
@@ -117,19 +131,24 @@ impl<W: World> Agent<W> {
     /// Steps the migration from the follow-up's record, unless this process has saved it since
     /// (then the follow-up is stale and dropped). Call it when [`Agent::until_due`] returned.
     pub async fn follow_up(&self, f: &FollowUp) -> Disposition {
-        // A record this process never saved (a rescue of a step that could not save the first
-        // record it read) is not stale by this rule: the look's save checks the version.
-        if self
-            .saved_version(&f.record.id)
-            .is_some_and(|v| v != f.record.version)
-        {
+        // A rescue's record may be one this process never saved (read by the step, or saved by
+        // another agent): it is stale only once this process saved a newer one. A follow-up's
+        // record is this process's last save, and anything else means a newer step (or a final
+        // record, which is forgotten).
+        let saved = self.saved_version(&f.record.id);
+        let stale = if f.rescue {
+            saved.is_some_and(|v| v > f.record.version)
+        } else {
+            saved != Some(f.record.version)
+        };
+        if stale {
             tracing::debug!(migration = %f.record.id, "stale follow-up dropped");
             return Disposition::DeleteStale;
         }
         match self.reconcile_scheduled((*f.record).clone()).await {
             Ok(_) => Disposition::Delete,
             Err(e) => {
-                // The tick sent beside it carries on.
+                // The tick sent beside it carries on (a rescue's: the resync).
                 tracing::warn!(migration = %f.record.id, error = %e, "follow-up failed; its tick carries on");
                 Disposition::Leave(e.to_string())
             }

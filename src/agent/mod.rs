@@ -762,7 +762,7 @@ impl<W: World> Agent<W> {
                     self.leases.forget(&m.id);
                     return Ok(m);
                 }
-                Err(StoreError::Port(e)) => return self.retry_in_process(m, e),
+                Err(StoreError::Port(e)) if self.retry_in_process(&m, &e) => return Ok(m),
                 Err(e) => return Err(e.into()),
             }
             if m.phase != before {
@@ -803,7 +803,7 @@ impl<W: World> Agent<W> {
         let tick = Tick::new(&m.id, wake.token);
         if let Err(sent) = self.world.queue().send(&tick.to_json(), delay_s).await {
             let at = self.world.clock().now() + SignedDuration::from_secs(i64::from(delay_s));
-            if !self.keep_chain_in_process(&m, at) {
+            if !self.rescue_chain(&m, at) {
                 return Err(sent.into());
             }
             tracing::warn!(migration = %m.id, error = %sent, "retry's tick not sent; this process looks again itself");
@@ -811,19 +811,26 @@ impl<W: World> Agent<W> {
         Ok(m)
     }
 
-    /// The step's record could not be saved (a DynamoDB error; the save may still have landed):
-    /// look again from the record as last known, in-process, as soon as an observation that
-    /// failed the same way would ([`Agent::keep_chain_in_process`]). Without it the chain of a
-    /// step that came from a follow-up or the resync had no message left to carry it, and a
-    /// landed save made the message that did stale.
-    fn retry_in_process(&self, m: Migration, e: PortError) -> Result<Migration, DriverError> {
+    /// The step's record could not be saved for a transient DynamoDB error (the save may still
+    /// have landed): look again from the record as last known, in-process, as soon as an
+    /// observation that failed the same way would ([`Agent::rescue_chain`]). Without
+    /// it the chain of a step that came from a follow-up or the resync had no message left to
+    /// carry it, and a landed save made the message that did stale. True when the look was
+    /// recorded: the step then ends as done (a message being handled is deleted; if this process
+    /// dies before the look, the resync finds the wake-up overdue). An error a person must fix
+    /// (access, a missing table) is not retried here: the step fails, and its message goes the
+    /// way of any failing message (redelivered, then to the DLQ).
+    fn retry_in_process(&self, m: &Migration, e: &PortError) -> bool {
+        if !matches!(e.kind, ErrorKind::Retryable | ErrorKind::Throttled) {
+            return false;
+        }
         let delay_s = observation_retry_delay_s(e.kind, m.phase.is_cutover());
         let at = self.world.clock().now() + SignedDuration::from_secs(i64::from(delay_s));
-        if !self.keep_chain_in_process(&m, at) {
-            return Err(e.into());
+        if !self.rescue_chain(m, at) {
+            return false;
         }
         tracing::warn!(migration = %m.id, error = %e, kind = e.kind.as_str(), delay_s, "record not saved, looking again");
-        Ok(m)
+        true
     }
 
     /// Sends the tick for the record's wake-up, clamped to SQS's 15 minutes.
@@ -840,8 +847,8 @@ impl<W: World> Agent<W> {
         let tick = Tick::new(&m.id, wake.token);
         if let Err(e) = self.world.queue().send(&tick.to_json(), delay).await {
             // The record was saved with a new token: every tick already queued is stale, so
-            // without this one the chain waited for the resync (`keep_chain_in_process`).
-            if !self.record_follow_up(m) {
+            // without this one the chain waited for the resync (`rescue_chain`).
+            if !self.rescue_chain(m, wake.at) {
                 return Err(e.into());
             }
             tracing::warn!(migration = %m.id, error = %e, "tick not sent; this process takes the look itself");
@@ -882,7 +889,7 @@ fn whole_seconds_until(now: jiff::Timestamp, at: jiff::Timestamp) -> u32 {
 ///   message slot behind the whole fleet's (500–770 messages visible, 63 of 64 slots taken by
 ///   steps waiting for the rate limiter), and came 1–4 minutes late; the sweep steps them
 ///   in-process. With the chain kept in-process after a failed send or save
-///   (`keep_chain_in_process`), leaving them out still took the budget rollbacks from 0 to 6
+///   (`rescue_chain`), leaving them out still took the budget rollbacks from 0 to 6
 ///   (seed 1) and from 1 to 4 (seed 2);
 /// - one whose next wake-up is further away than [`RESYNC_STEPS_WAITS_OVER`] (the retention's
 ///   days): the backstop for a person's tag event lost on its way, such as a rollback
