@@ -312,8 +312,8 @@ pub async fn run_queue<W: World + 'static>(
 
 /// Runs the follow-ups the agent recorded (`agent::follow_up`): each waits for its wake-up,
 /// then is handled as its tick would be, under the migration's lock (so never beside a message
-/// about it), and may record the next. They take no worker slot (at most a few migrations are
-/// in a cutover at once, and each waits about a second; a rescue of a chain whose tick could
+/// about it), and may record the next. They take no worker slot (a migration in its cutover
+/// waits for its next look here, seconds or minutes, and a rescue of a chain whose tick could
 /// not be sent waits as long as that tick would have); at shutdown they are dropped, and their
 /// ticks carry on in the next process (a rescue, which has no tick, is found overdue by the
 /// resync).

@@ -403,11 +403,12 @@ impl<W: World> Agent<W> {
         // - the message was received before and not deleted: whoever had it died or failed, and
         //   may have saved the record (a new token) without sending its tick. This is the dead
         //   agent's own message, back after its visibility timeout, well before any overdue.
-        // In the cutover and the rollback a late wake-up is adopted at once: their short waits
-        // are followed up in-process (`follow_up.rs`) with no message of their own, so a process
-        // that died in a followed-up step after saving the record left no tick and no message
-        // to come back; the previous wake-up's backstop tick, arriving after the new wake-up,
-        // is the only news of it. An agent that is alive and stepping holds the lease, and the
+        // In the cutover and the rollback a late wake-up is adopted at once: their waits are
+        // followed up in-process (`follow_up.rs`) with no message of their own, so a process
+        // that died in a followed-up step after saving the record, its backstop tick not sent
+        // (it is sent before the save, but the send can fail), left no tick and no message to
+        // come back; the previous wake-up's backstop tick, arriving after the new wake-up, is
+        // then the only news of it. An agent that is alive and stepping holds the lease, and the
         // adopting step then waits for its lapse instead (`lease.rs`).
         // Not when this process holds the lease: it is alive and stepping the migration (a
         // look waiting at the rate limiter makes a wake-up late in a busy fleet, and adopting
@@ -688,6 +689,9 @@ impl<W: World> Agent<W> {
         // migrations' looks of the same grid time to share its describes (`Needs::gathers`);
         // news, and the looks a step asks for at once, never wait.
         let mut may_gather = asked == Asked::Schedule;
+        // The backstop tick sent before the last save that will be followed up, if any
+        // ([`Agent::save_with_backstop`]): [`Agent::schedule`] does not send it again.
+        let mut backstop: Option<Backstop> = None;
         for _ in 0..MAX_STEPS_PER_MESSAGE {
             let started = self.instruments.step_started();
             let mut obs = match last_look.take() {
@@ -734,7 +738,14 @@ impl<W: World> Agent<W> {
             }
             let decision = (self.step)(&m, &obs, now, &self.policy);
             let before = m.phase;
-            match world.store().save(&decision.next, lease).await {
+            let look_again = decision.wake_after == Some(SignedDuration::ZERO);
+            let (saved, sent) = self
+                .save_with_backstop(&decision.next, lease, look_again)
+                .await;
+            if sent.is_some() {
+                backstop = sent;
+            }
+            match saved {
                 Ok(version) => {
                     m = decision.next;
                     m.version = version;
@@ -779,7 +790,6 @@ impl<W: World> Agent<W> {
             )
             .await;
             self.instruments.step_done(started, before);
-            let look_again = decision.wake_after == Some(SignedDuration::ZERO);
             if !look_again && pending.is_empty() {
                 break;
             }
@@ -788,8 +798,44 @@ impl<W: World> Agent<W> {
                 last_look = Some(obs);
             }
         }
-        self.schedule(&m).await?;
+        self.schedule(&m, backstop).await?;
         Ok(m)
+    }
+
+    /// Saves a step's record; when its wake-up will be followed up in-process
+    /// ([`Agent::follows_up`]), sends the wake-up's backstop tick first. Sent after the step's
+    /// actions (as other ticks are), a process that died after the save and before the send
+    /// (the record saved with a new token, no tick for it) left only the previous wake-up's
+    /// backstop, stale when it comes before the new wake-up: the chain waited for the resync
+    /// (the simulator's two agents with crashes: a takeover 90 s after the step was due). Sent
+    /// beside the save, the save could land and the process die before the send did: the same.
+    /// Sent first, a save that then fails leaves a tick for a token never saved, dropped as
+    /// stale when it comes (one `GetItem`); so does a step whose actions' outcomes make the
+    /// message step again. It costs no time: the look it backs up is due after the save and the
+    /// actions anyway. A look asked for at once (the loop steps again) needs none.
+    async fn save_with_backstop(
+        &self,
+        next: &Migration,
+        lease: &crate::ports::Lease,
+        look_again: bool,
+    ) -> (Result<u64, StoreError>, Option<Backstop>) {
+        let followed_up = next
+            .next_wake
+            .as_ref()
+            .filter(|_| !look_again && self.follows_up(next));
+        let backstop = match followed_up {
+            Some(wake) => {
+                let delay = whole_seconds_until(self.world.clock().now(), wake.at)
+                    + follow_up::BACKSTOP_MARGIN_S;
+                let tick = Tick::new(&next.id, wake.token).to_json();
+                Some(Backstop {
+                    token: wake.token,
+                    sent: self.world.queue().send(&tick, delay).await,
+                })
+            }
+            None => None,
+        };
+        (self.world.store().save(next, lease).await, backstop)
     }
 
     /// An observation failed: leave the record as it is and look again later, sooner for a
@@ -833,19 +879,26 @@ impl<W: World> Agent<W> {
         true
     }
 
-    /// Sends the tick for the record's wake-up, clamped to SQS's 15 minutes.
-    async fn schedule(&self, m: &Migration) -> Result<(), DriverError> {
+    /// Sends the tick for the record's wake-up, clamped to SQS's 15 minutes, unless its step
+    /// sent it before the save (`backstop`, [`Agent::save_with_backstop`]).
+    async fn schedule(&self, m: &Migration, backstop: Option<Backstop>) -> Result<(), DriverError> {
         let Some(wake) = &m.next_wake else {
             return Ok(());
         };
-        let mut delay = whole_seconds_until(self.world.clock().now(), wake.at);
+        let sent = match backstop.filter(|b| b.token == wake.token) {
+            Some(b) => b.sent,
+            None => {
+                let mut delay = whole_seconds_until(self.world.clock().now(), wake.at);
+                if self.follows_up(m) {
+                    // Only a crash needs it: after the follow-up's look has saved, it is stale.
+                    delay += follow_up::BACKSTOP_MARGIN_S;
+                }
+                let tick = Tick::new(&m.id, wake.token);
+                self.world.queue().send(&tick.to_json(), delay).await
+            }
+        };
         let followed_up = self.follows_up(m);
-        if followed_up {
-            // Only a crash needs it: after the follow-up's look has saved, it is stale.
-            delay += follow_up::BACKSTOP_MARGIN_S;
-        }
-        let tick = Tick::new(&m.id, wake.token);
-        if let Err(e) = self.world.queue().send(&tick.to_json(), delay).await {
+        if let Err(e) = sent {
             // The record was saved with a new token: every tick already queued is stale, so
             // without this one the chain waited for the resync (`rescue_chain`).
             if !self.rescue_chain(m, wake.at) {
@@ -864,6 +917,13 @@ impl<W: World> Agent<W> {
         }
         Ok(())
     }
+}
+
+/// A wake-up's backstop tick, sent before its record's save ([`Agent::save_with_backstop`]).
+struct Backstop {
+    /// The wake-up's token: the tick is the record's only if the save landed.
+    token: u64,
+    sent: Result<(), PortError>,
 }
 
 /// An SQS delay reaching `at`: rounded up, because a tick must not arrive before its wake-up (it
