@@ -106,6 +106,12 @@ impl<W: World> Agent<W> {
         self.push_follow_up(m, at.min(latest), true)
     }
 
+    /// [`Agent::rescue_chain`] `delay_s` from now: the retry of a failed look or save.
+    pub(super) fn rescue_after(&self, m: &Migration, delay_s: u32) -> bool {
+        let at = self.world.clock().now() + SignedDuration::from_secs(i64::from(delay_s));
+        self.rescue_chain(m, at)
+    }
+
     fn push_follow_up(&self, m: &Migration, at: Timestamp, rescue: bool) -> bool {
         let Some(wake) = &m.next_wake else {
             return false;
