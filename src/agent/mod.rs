@@ -1091,19 +1091,9 @@ mod tests {
             });
             m
         };
-        use crate::core::Phase::*;
+        use crate::core::Phase::{self, *};
         let minute = SignedDuration::from_mins(1);
-        for phase in [
-            Replicating,
-            AwaitingCutover,
-            Quiescing,
-            Draining,
-            Promoting,
-            Routing,
-            RollingBack,
-            Verifying,
-            Decommissioning,
-        ] {
+        for phase in Phase::ALL.into_iter().filter(|p| !p.is_terminal()) {
             assert!(!sweep_steps(&at(phase, minute), now), "{phase}");
         }
         let retention = at(Decommissioning, SignedDuration::from_hours(24 * 6));
