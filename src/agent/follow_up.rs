@@ -41,9 +41,9 @@ use crate::ports::{Clock, World};
 /// small part of the wait; but in a busy fleet a tick waits for a message slot behind the whole
 /// fleet's messages (the simulator's 1,000-migration fleet: 500–770 visible, 63 of the 64
 /// slots taken by steps waiting for the RDS rate limiter), and the metric path's 5 s polls and
-/// CloudWatch-grid waits came 1–4 minutes late, with writes stopped. Taken in-process, seeds 1
-/// and 2 of that fleet went from a write-unavailability p99 of 833 s and 838 s to 743 s and
-/// 770 s. What made it safe: the backstop tick is sent before the record's save
+/// CloudWatch-grid waits came 1–4 minutes late, with writes stopped. Taken in-process, seeds
+/// 1–5 of that fleet went from a write-unavailability p99 of 809–847 s to 724–775 s, and from
+/// 7 write-budget rollbacks to 4 (`8975a84`). What made it safe: the backstop tick is sent before the record's save
 /// (`Agent::save_with_backstop`), so a process that dies after the save leaves a tick for the
 /// new wake-up.
 pub const FOLLOW_UP_WITHIN: SignedDuration = SignedDuration::from_secs(MAX_DELAY_S as i64);
