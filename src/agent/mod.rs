@@ -824,15 +824,10 @@ impl<W: World> Agent<W> {
             .as_ref()
             .filter(|_| !look_again && self.follows_up(next));
         let backstop = match followed_up {
-            Some(wake) => {
-                let delay = whole_seconds_until(self.world.clock().now(), wake.at)
-                    + follow_up::BACKSTOP_MARGIN_S;
-                let tick = Tick::new(&next.id, wake.token).to_json();
-                Some(Backstop {
-                    token: wake.token,
-                    sent: self.world.queue().send(&tick, delay).await,
-                })
-            }
+            Some(wake) => Some(Backstop {
+                token: wake.token,
+                sent: self.send_tick(next, wake, true).await,
+            }),
             None => None,
         };
         (self.world.store().save(next, lease).await, backstop)
@@ -883,19 +878,11 @@ impl<W: World> Agent<W> {
         let Some(wake) = &m.next_wake else {
             return Ok(());
         };
+        let followed_up = self.follows_up(m);
         let sent = match backstop.filter(|b| b.token == wake.token) {
             Some(b) => b.sent,
-            None => {
-                let mut delay = whole_seconds_until(self.world.clock().now(), wake.at);
-                if self.follows_up(m) {
-                    // Only a crash needs it: after the follow-up's look has saved, it is stale.
-                    delay += follow_up::BACKSTOP_MARGIN_S;
-                }
-                let tick = Tick::new(&m.id, wake.token);
-                self.world.queue().send(&tick.to_json(), delay).await
-            }
+            None => self.send_tick(m, wake, followed_up).await,
         };
-        let followed_up = self.follows_up(m);
         if let Err(e) = sent {
             // The record was saved with a new token: every tick already queued is stale, so
             // without this one the chain waited for the resync (`rescue_chain`).
@@ -914,6 +901,23 @@ impl<W: World> Agent<W> {
             self.release_lease(&m.id).await;
         }
         Ok(())
+    }
+
+    /// Sends the tick for `m`'s wake-up `wake`, clamped to SQS's 15 minutes; a `backstop` (a
+    /// followed-up wake-up's) [`follow_up::BACKSTOP_MARGIN_S`] later: only a crash needs it,
+    /// and after the follow-up's look has saved it is stale.
+    async fn send_tick(
+        &self,
+        m: &Migration,
+        wake: &crate::core::migration::Wake,
+        backstop: bool,
+    ) -> Result<(), PortError> {
+        let mut delay = whole_seconds_until(self.world.clock().now(), wake.at);
+        if backstop {
+            delay += follow_up::BACKSTOP_MARGIN_S;
+        }
+        let tick = Tick::new(&m.id, wake.token);
+        self.world.queue().send(&tick.to_json(), delay).await
     }
 }
 
