@@ -197,6 +197,55 @@ impl<W: World> Agent<W> {
         self.leases.get(id).is_some_and(|h| h.valid_until > now)
     }
 
+    /// Before a step's actions: when the lease on `id` lapsed by this process's clock while the
+    /// step looked and saved (a slow save, its backstop tick's send, a renewal that answered
+    /// late), renews the same taking once, so that the actions the saved record asked for are
+    /// run rather than skipped. Without it the record said they were asked for while none had
+    /// left: the simulator's 1,000-migration fleet (seed 1) skipped a fallen-back cutover's
+    /// reboot that way, asked again only when `reboot_unconfirmed_after` showed no restart
+    /// (2 min 25 s later), and the write budget ran out. Safe: the renewal is conditional on
+    /// this taking, so it succeeds only when no other agent took the lease since, and nothing
+    /// was stepped elsewhere in between; a new taking would not do (another agent may have
+    /// stepped the migration past the record just saved). Lost: forgotten, and the actions are
+    /// not run (`execute::execute_all`); failed: not run either, as before.
+    pub(super) async fn renew_if_lapsed(&self, id: &MigrationId) {
+        if self.holds_lease(id) {
+            return;
+        }
+        let Some(held) = self.leases.get(id) else {
+            return;
+        };
+        match self.renew_held(&held).await {
+            Ok(true) => {
+                tracing::info!(migration = %id, "lease lapsed while the step saved; renewed before its actions");
+            }
+            Ok(false) | Err(LeaseError::Lost) => {}
+            Err(e) => {
+                tracing::warn!(migration = %id, error = %e, "lapsed lease not renewed; the step's actions are not run");
+            }
+        }
+    }
+
+    /// Renews `held` (the same taking), sent now. `Ok(true)`: kept; `Ok(false)`: renewed in the
+    /// table but released or lost here while the request was on its way ([`Leases::renewed`]);
+    /// [`LeaseError::Lost`]: another agent took it, and it is forgotten here.
+    async fn renew_held(&self, held: &Held) -> Result<bool, LeaseError> {
+        let sent = self.world.clock().now();
+        match self
+            .world
+            .store()
+            .renew_lease(&held.lease, sent, self.lease_ttl)
+            .await
+        {
+            Ok(lease) => Ok(self.leases.renewed(self.held(lease, sent))),
+            Err(LeaseError::Lost) => {
+                self.leases.forget(&held.lease.id);
+                Err(LeaseError::Lost)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Renews the lease on `id` every third of its time, for as long as it is polled (beside a
     /// step, which it never ends: it waits forever once the lease is lost or cannot be renewed,
     /// and [`Agent::holds_lease`] then turns false by itself).
@@ -212,22 +261,12 @@ impl<W: World> Agent<W> {
             {
                 self.world.clock().sleep(d).await;
             }
-            let sent = self.world.clock().now();
-            match self
-                .world
-                .store()
-                .renew_lease(&held.lease, sent, self.lease_ttl)
-                .await
-            {
-                Ok(lease) => {
-                    if !self.leases.renewed(self.held(lease, sent)) {
-                        // Released (the step ended) or lost while the renewal was on its way.
-                        return std::future::pending().await;
-                    }
-                }
+            match self.renew_held(&held).await {
+                Ok(true) => {}
+                // Released (the step ended) or lost while the renewal was on its way.
+                Ok(false) => return std::future::pending().await,
                 Err(LeaseError::Lost) => {
                     tracing::warn!(migration = %id, "lease taken by another agent mid-step; its remaining actions are not run");
-                    self.leases.forget(id);
                     return std::future::pending().await;
                 }
                 Err(e) => {

@@ -782,6 +782,11 @@ impl<W: World> Agent<W> {
             self.cutover_turns.settle(&m, now);
             self.preparation_turns.settle(&m, now);
             self.instruments.migration_in(&m.id, m.phase);
+            // A lease that lapsed while the step saved is renewed (the same taking) before its
+            // actions, rather than the actions skipped while the record says they were asked.
+            if !decision.actions.is_empty() {
+                self.renew_if_lapsed(&m.id).await;
+            }
             let leased = || self.holds_lease(&m.id);
             let actions = execute::execute_all(world, &m, &self.policy, &decision.actions, &leased);
             pending = as_step_of(
