@@ -43,9 +43,9 @@ use crate::ports::{Clock, World};
 /// slots taken by steps waiting for the RDS rate limiter), and the metric path's 5 s polls and
 /// CloudWatch-grid waits came 1–4 minutes late, with writes stopped. Taken in-process, seeds
 /// 1–5 of that fleet went from a write-unavailability p99 of 809–847 s to 724–775 s, and from
-/// 7 write-budget rollbacks to 4 (`8975a84`). What made it safe: the backstop tick is sent before the record's save
-/// (`Agent::save_with_backstop`), so a process that dies after the save leaves a tick for the
-/// new wake-up.
+/// 7 write-budget rollbacks to 4 (`8975a84`). What made it safe: the backstop tick is sent
+/// before the record's save (`Agent::save_with_backstop`), so a process that dies after the
+/// save leaves a tick for the new wake-up.
 pub const FOLLOW_UP_WITHIN: SignedDuration = SignedDuration::from_secs(MAX_DELAY_S as i64);
 /// At most this many follow-ups wait at once; more are left to their ticks.
 pub const MAX_PENDING: usize = 256;
