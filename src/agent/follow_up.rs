@@ -25,14 +25,15 @@
 //!   record's save failed keeps its next look in-process, in any phase (at most SQS's 15
 //!   minutes ahead), instead of leaving the chain to the resync. Its record is the one the step
 //!   last knew, which this process may not have saved: it is stale only once this process saved
-//!   a newer version.
+//!   a newer version. It carries the outcomes of the actions that step heard and could not save
+//!   ([`FollowUp::heard`]): they are facts whatever the record says, and its look hears them.
 //! - The runtime (and the simulator's executor) takes them with [`Agent::take_follow_ups`] after
 //!   each handled message or follow-up, and runs each under the migration's lock, as a message.
 
 use jiff::{SignedDuration, Timestamp};
 
 use super::{Agent, Disposition, MAX_DELAY_S};
-use crate::core::{Migration, MigrationId};
+use crate::core::{ActionResult, Migration, MigrationId};
 use crate::inbound::Tick;
 use crate::ports::{Clock, World};
 
@@ -67,6 +68,12 @@ pub struct FollowUp {
     pub record: Box<Migration>,
     /// Recorded by [`Agent::rescue_chain`], not for a wake-up whose tick was sent.
     pub rescue: bool,
+    /// A rescue's: the outcomes of actions that its step heard and no saved record holds (the
+    /// save failed, or the look after the actions did), heard by the rescue's first step.
+    /// Dropped, a throttled reboot was recorded as asked for, and asked again only when
+    /// `reboot_unconfirmed_after` (90 s) showed no restart, with writes stopped: the
+    /// simulator's 1,000-migration fleet (seed 1) rolled a cutover back by the write budget.
+    pub heard: Vec<ActionResult>,
 }
 
 impl<W: World> Agent<W> {
@@ -85,7 +92,7 @@ impl<W: World> Agent<W> {
     /// wait already).
     pub(super) fn record_follow_up(&self, m: &Migration) -> bool {
         match &m.next_wake {
-            Some(wake) => self.push_follow_up(m, wake.at, false),
+            Some(wake) => self.push_follow_up(m, wake.at, false, Vec::new()),
             None => false,
         }
     }
@@ -100,19 +107,36 @@ impl<W: World> Agent<W> {
     /// as it loses any follow-up, and the resync is then the backstop (the step that recorded it
     /// ends as done: leaving its message for redelivery as well, tried, made each such failure
     /// a second look 15 s later, with no fewer budget rollbacks in the fleet). False when none
-    /// was recorded (`m` has no wake-up, or [`MAX_PENDING`] wait already).
-    pub(super) fn rescue_chain(&self, m: &Migration, at: Timestamp) -> bool {
+    /// was recorded (`m` has no wake-up, or [`MAX_PENDING`] wait already). `heard`: see
+    /// [`FollowUp::heard`].
+    pub(super) fn rescue_chain(
+        &self,
+        m: &Migration,
+        at: Timestamp,
+        heard: Vec<ActionResult>,
+    ) -> bool {
         let latest = self.world.clock().now() + SignedDuration::from_secs(i64::from(MAX_DELAY_S));
-        self.push_follow_up(m, at.min(latest), true)
+        self.push_follow_up(m, at.min(latest), true, heard)
     }
 
     /// [`Agent::rescue_chain`] `delay_s` from now: the retry of a failed look or save.
-    pub(super) fn rescue_after(&self, m: &Migration, delay_s: u32) -> bool {
+    pub(super) fn rescue_after(
+        &self,
+        m: &Migration,
+        delay_s: u32,
+        heard: Vec<ActionResult>,
+    ) -> bool {
         let at = self.world.clock().now() + SignedDuration::from_secs(i64::from(delay_s));
-        self.rescue_chain(m, at)
+        self.rescue_chain(m, at, heard)
     }
 
-    fn push_follow_up(&self, m: &Migration, at: Timestamp, rescue: bool) -> bool {
+    fn push_follow_up(
+        &self,
+        m: &Migration,
+        at: Timestamp,
+        rescue: bool,
+        heard: Vec<ActionResult>,
+    ) -> bool {
         let Some(wake) = &m.next_wake else {
             return false;
         };
@@ -125,6 +149,7 @@ impl<W: World> Agent<W> {
             at,
             record: Box::new(m.clone()),
             rescue,
+            heard,
         });
         true
     }
@@ -161,7 +186,8 @@ impl<W: World> Agent<W> {
             tracing::debug!(migration = %f.record.id, "stale follow-up dropped");
             return Disposition::DeleteStale;
         }
-        match self.reconcile_scheduled((*f.record).clone()).await {
+        let look = self.reconcile_hearing((*f.record).clone(), f.heard.clone());
+        match look.await {
             Ok(_) => Disposition::Delete,
             Err(e) => {
                 // The tick sent beside it carries on (a rescue's: the resync).

@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::aws::limit::in_lane;
 use crate::core::admission::{Admission, admit};
 use crate::core::observation::Observed;
-use crate::core::{ErrorKind, Migration, MigrationId, Policy, step};
+use crate::core::{ActionResult, ErrorKind, Migration, MigrationId, Policy, step};
 use crate::inbound::{self, Home, Inbound, ParseError, Received, Tick};
 use crate::ports::{
     Clock, LeaseError, PortError, Queue, QueueMessage, Rds, StateStore, StoreError, World,
@@ -586,7 +586,7 @@ impl<W: World> Agent<W> {
     /// For news (an event, a tag, a new migration): the step is taken whatever this process
     /// did meanwhile. A scheduled look is [`Agent::reconcile_scheduled`].
     pub async fn reconcile(&self, m: Migration) -> Result<Migration, DriverError> {
-        self.reconcile_as(m, Asked::News).await
+        self.reconcile_as(m, Asked::News, Vec::new()).await
     }
 
     /// [`Agent::reconcile`] for a scheduled look (a tick, a follow-up, an overdue wake-up):
@@ -594,14 +594,31 @@ impl<W: World> Agent<W> {
     /// waited for the migration's lock. That save's step looked later than this one would have
     /// asked for, and scheduled its own wake-up.
     pub async fn reconcile_scheduled(&self, m: Migration) -> Result<Migration, DriverError> {
-        self.reconcile_as(m, Asked::Schedule).await
+        self.reconcile_as(m, Asked::Schedule, Vec::new()).await
     }
 
-    async fn reconcile_as(&self, m: Migration, asked: Asked) -> Result<Migration, DriverError> {
+    /// [`Agent::reconcile_scheduled`] whose first step also hears `heard`: outcomes of actions
+    /// an earlier step ran and could not save (a rescue, `follow_up.rs`).
+    async fn reconcile_hearing(
+        &self,
+        m: Migration,
+        heard: Vec<ActionResult>,
+    ) -> Result<Migration, DriverError> {
+        self.reconcile_as(m, Asked::Schedule, heard).await
+    }
+
+    async fn reconcile_as(
+        &self,
+        m: Migration,
+        asked: Asked,
+        heard: Vec<ActionResult>,
+    ) -> Result<Migration, DriverError> {
         // Every log line of this migration's steps carries its id (JSON logs: the span's field).
         let span =
             tracing::info_span!("reconcile", migration = %m.id, source = %m.source_identifier);
-        self.reconcile_leased(m, asked).instrument(span).await
+        self.reconcile_leased(m, asked, heard)
+            .instrument(span)
+            .await
     }
 
     /// [`Agent::reconcile`] under the record's lease (`lease.rs`), renewed while it runs.
@@ -609,6 +626,7 @@ impl<W: World> Agent<W> {
         &self,
         mut m: Migration,
         asked: Asked,
+        heard: Vec<ActionResult>,
     ) -> Result<Migration, DriverError> {
         let _one_step = self.stepping.lock(m.id.to_string()).await;
         // `m` was read before the lock: a step of this process may have saved a newer version
@@ -655,7 +673,7 @@ impl<W: World> Agent<W> {
             // Lost between a renewal and the taking that followed it: someone else steps it.
             Err(LeaseError::Lost) => return Err(DriverError::Contended),
             Err(LeaseError::NoRecord) => return Err(DriverError::NoRecord),
-            Err(LeaseError::Port(e)) => return self.retry_later(m, e).await,
+            Err(LeaseError::Port(e)) => return self.retry_later(m, e, heard).await,
         };
         let id = m.id.clone();
         // `biased`: the step is polled first, so a step that needs no wait ends before the
@@ -664,7 +682,7 @@ impl<W: World> Agent<W> {
         // builds on the resync path (a resync that admits and steps a migration).
         tokio::select! {
             biased;
-            r = Box::pin(self.reconcile_in_span(m, &lease, asked)) => r,
+            r = Box::pin(self.reconcile_in_span(m, &lease, asked, heard)) => r,
             never = self.keep_lease(&id) => match never {},
         }
     }
@@ -674,9 +692,12 @@ impl<W: World> Agent<W> {
         mut m: Migration,
         lease: &crate::ports::Lease,
         asked: Asked,
+        heard: Vec<ActionResult>,
     ) -> Result<Migration, DriverError> {
         let world = &self.world;
-        let mut pending = Vec::new();
+        // Outcomes of the actions run and not yet heard by a saved step: the first step hears
+        // what an earlier one could not save (`heard`), every later one its predecessor's.
+        let mut pending = heard;
         let mut last_look: Option<crate::core::Observation> = None;
         let mut contended = 0;
         // The first look after taking the lease from another process asks again at once for
@@ -703,7 +724,7 @@ impl<W: World> Agent<W> {
                 .await
                 {
                     Ok(o) => o,
-                    Err(e) => return self.retry_later(m, e).await,
+                    Err(e) => return self.retry_later(m, e, pending).await,
                 },
             };
             obs.action_results = std::mem::take(&mut pending);
@@ -719,7 +740,7 @@ impl<W: World> Agent<W> {
                         .iter()
                         .filter(|t| !t.seeded())
                         .for_each(|t| t.seed(&all, now)),
-                    Err(e) => return self.retry_later(m, e).await,
+                    Err(e) => return self.retry_later(m, e, obs.action_results).await,
                 }
             }
             for turns in both {
@@ -773,7 +794,15 @@ impl<W: World> Agent<W> {
                     self.leases.forget(&m.id);
                     return Ok(m);
                 }
-                Err(StoreError::Port(e)) if self.retry_in_process(&m, &e) => return Ok(m),
+                Err(StoreError::Port(e)) => {
+                    // The outcomes this step heard are not in any saved record: the retry's
+                    // look hears them.
+                    let heard = std::mem::take(&mut obs.action_results);
+                    if self.retry_in_process(&m, &e, heard) {
+                        return Ok(m);
+                    }
+                    return Err(StoreError::Port(e).into());
+                }
                 Err(e) => return Err(e.into()),
             }
             if m.phase != before {
@@ -839,16 +868,29 @@ impl<W: World> Agent<W> {
     }
 
     /// An observation failed: leave the record as it is and look again later, sooner for a
-    /// transient error than for one a person must fix.
-    async fn retry_later(&self, m: Migration, e: PortError) -> Result<Migration, DriverError> {
+    /// transient error than for one a person must fix. `heard`: outcomes of actions run and not
+    /// yet in a saved record (the look after a step's actions failed); the retry's look hears
+    /// them, taken in-process ([`Agent::rescue_chain`]) with the tick as its backstop,
+    /// [`follow_up::BACKSTOP_MARGIN_S`] later: a tick cannot carry them.
+    async fn retry_later(
+        &self,
+        m: Migration,
+        e: PortError,
+        heard: Vec<ActionResult>,
+    ) -> Result<Migration, DriverError> {
         let delay_s = observation_retry_delay_s(e.kind, m.phase.is_cutover());
         tracing::warn!(migration = %m.id, error = %e, kind = e.kind.as_str(), delay_s, "observation failed, retrying later");
         let Some(wake) = &m.next_wake else {
             return Err(e.into());
         };
+        let carried = !heard.is_empty() && self.rescue_after(&m, delay_s, heard);
+        let tick_delay_s = match carried {
+            true => delay_s + follow_up::BACKSTOP_MARGIN_S,
+            false => delay_s,
+        };
         let tick = Tick::new(&m.id, wake.token);
-        if let Err(sent) = self.world.queue().send(&tick.to_json(), delay_s).await {
-            if !self.rescue_after(&m, delay_s) {
+        if let Err(sent) = self.world.queue().send(&tick.to_json(), tick_delay_s).await {
+            if !carried && !self.rescue_after(&m, delay_s, Vec::new()) {
                 return Err(sent.into());
             }
             tracing::warn!(migration = %m.id, error = %sent, "retry's tick not sent; this process looks again itself");
@@ -858,19 +900,22 @@ impl<W: World> Agent<W> {
 
     /// The step's record could not be saved for a transient DynamoDB error (the save may still
     /// have landed): look again from the record as last known, in-process, as soon as an
-    /// observation that failed the same way would ([`Agent::rescue_chain`]). Without
+    /// observation that failed the same way would ([`Agent::rescue_chain`]), hearing the
+    /// outcomes the step heard (`heard`). If the save did land (its answer lost), the look's
+    /// save meets it, reads it, and hears them again: a failure then counts twice towards
+    /// `Policy::max_action_retries`, which is rarer and cheaper than a fact dropped. Without
     /// it the chain of a step that came from a follow-up or the resync had no message left to
     /// carry it, and a landed save made the message that did stale. True when the look was
     /// recorded: the step then ends as done (a message being handled is deleted; if this process
     /// dies before the look, the resync finds the wake-up overdue). An error a person must fix
     /// (access, a missing table) is not retried here: the step fails, and its message goes the
     /// way of any failing message (redelivered, then to the DLQ).
-    fn retry_in_process(&self, m: &Migration, e: &PortError) -> bool {
-        if !matches!(e.kind, ErrorKind::Retryable | ErrorKind::Throttled) {
+    fn retry_in_process(&self, m: &Migration, e: &PortError, heard: Vec<ActionResult>) -> bool {
+        if !e.kind.is_transient() {
             return false;
         }
         let delay_s = observation_retry_delay_s(e.kind, m.phase.is_cutover());
-        if !self.rescue_after(m, delay_s) {
+        if !self.rescue_after(m, delay_s, heard) {
             return false;
         }
         tracing::warn!(migration = %m.id, error = %e, kind = e.kind.as_str(), delay_s, "record not saved, looking again");
@@ -891,7 +936,7 @@ impl<W: World> Agent<W> {
         if let Err(e) = sent {
             // The record was saved with a new token: every tick already queued is stale, so
             // without this one the chain waited for the resync (`rescue_chain`).
-            if !self.rescue_chain(m, wake.at) {
+            if !self.rescue_chain(m, wake.at, Vec::new()) {
                 return Err(e.into());
             }
             tracing::warn!(migration = %m.id, error = %e, "tick not sent; this process takes the look itself");
