@@ -202,6 +202,10 @@ async fn execute_in_order<W: World>(
             let outcome = execute(world, policy, action).await;
             match &outcome {
                 Ok(_) => tracing::info!(migration = %m.id, action = %key, "action done"),
+                // Not a failure, so not a warning: the phase takes it as done (`results.rs`).
+                Err(e) if key.done_despite(e.kind) => {
+                    tracing::info!(migration = %m.id, action = %key, error = %e, "action done: already gone")
+                }
                 Err(e) => {
                     let span = tracing::Span::current();
                     span.record("otel.status_code", "ERROR");

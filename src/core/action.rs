@@ -177,6 +177,25 @@ impl fmt::Display for ActionKey {
     }
 }
 
+impl ActionKey {
+    /// The deletions: for them, "not found" is the outcome asked for (already gone, e.g. a
+    /// second request after a look that predates the first one's effect), not a failure.
+    pub fn is_deletion(self) -> bool {
+        matches!(
+            self,
+            ActionKey::DeleteTarget
+                | ActionKey::DeleteSource
+                | ActionKey::DeleteQuarantineGroup
+                | ActionKey::DeleteHeartbeatAlarm
+        )
+    }
+
+    /// Whether an action's error means it is done all the same (a deletion of what is gone).
+    pub fn done_despite(self, kind: ErrorKind) -> bool {
+        self.is_deletion() && kind == ErrorKind::NotFound
+    }
+}
+
 impl Action {
     pub fn key(&self) -> ActionKey {
         match self {
@@ -352,4 +371,31 @@ pub enum ActionOutput {
 pub struct ActionError {
     pub kind: ErrorKind,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_deletion_of_what_is_gone_is_done_despite_its_error() {
+        for key in [
+            ActionKey::DeleteTarget,
+            ActionKey::DeleteSource,
+            ActionKey::DeleteQuarantineGroup,
+            ActionKey::DeleteHeartbeatAlarm,
+        ] {
+            assert!(key.done_despite(ErrorKind::NotFound), "{key}");
+            assert!(!key.done_despite(ErrorKind::Throttled), "{key}");
+            assert!(!key.done_despite(ErrorKind::Conflict), "{key}");
+        }
+        for key in [
+            ActionKey::RebootSource,
+            ActionKey::PromoteTarget,
+            ActionKey::RouteTraffic,
+            ActionKey::RestoreSourceGroups,
+        ] {
+            assert!(!key.done_despite(ErrorKind::NotFound), "{key}");
+        }
+    }
 }

@@ -59,14 +59,7 @@ impl Stepper<'_> {
             if result.key == ActionKey::Notify {
                 continue; // stays in the outbox: offered again on the next step
             }
-            let deletion = matches!(
-                result.key,
-                ActionKey::DeleteTarget
-                    | ActionKey::DeleteSource
-                    | ActionKey::DeleteQuarantineGroup
-                    | ActionKey::DeleteHeartbeatAlarm
-            );
-            if deletion && err.kind == ErrorKind::NotFound {
+            if result.key.done_despite(err.kind) {
                 continue; // already gone is what we wanted
             }
             if result.key == ActionKey::DeleteSource && self.final_snapshot_name_taken(err) {
