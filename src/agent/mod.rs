@@ -763,6 +763,15 @@ impl<W: World> Agent<W> {
             let (saved, sent) = self
                 .save_with_backstop(&decision.next, lease, look_again)
                 .await;
+            let saved = match saved {
+                Err(StoreError::Port(e)) if e.kind == ErrorKind::Retryable => {
+                    match self.landed(&decision.next).await {
+                        Some(version) => Ok(version),
+                        None => Err(StoreError::Port(e)),
+                    }
+                }
+                other => other,
+            };
             if sent.is_some() {
                 backstop = sent;
             }
@@ -896,6 +905,30 @@ impl<W: World> Agent<W> {
             tracing::warn!(migration = %m.id, error = %sent, "retry's tick not sent; this process looks again itself");
         }
         Ok(m)
+    }
+
+    /// Whether the save of `next`, answered with a retryable error (a timeout, a 5xx), landed
+    /// all the same: DynamoDB may perform a write whose answer is lost. Read back (a consistent
+    /// read); landed when the stored record is `next` as that save wrote it (the version after
+    /// `next`'s, every other field equal), and then the step carries on as saved: its actions
+    /// run. Taken as failed, they did not, while the stored record said they were asked for: in
+    /// the simulator's 1,000-migration fleet a fallen-back cutover's reboot was never sent while
+    /// its record said it was, asked again only `reboot_reissue_after` later, and the write
+    /// budget ran out. Any doubt (the read fails, another record is stored) is "not landed":
+    /// the in-process retry then looks again ([`Agent::retry_in_process`]), as before. A
+    /// throttled write was refused and is not read back.
+    async fn landed(&self, next: &Migration) -> Option<u64> {
+        let stored = match self.world.store().load(&next.id).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) | Err(_) => return None,
+        };
+        let mut written = next.clone();
+        written.version = next.version + 1;
+        if stored != written {
+            return None;
+        }
+        tracing::info!(migration = %next.id, version = stored.version, "the save's answer was lost, but it landed: the step carries on");
+        Some(stored.version)
     }
 
     /// The step's record could not be saved for a transient DynamoDB error (the save may still
