@@ -148,6 +148,44 @@ fn nth_after(operation: &str, nth: u32, from: &str, fault: CallFault) -> Scripte
     }
 }
 
+/// The largest agent share of the outage over a test's one-migration cases, beyond a base (the
+/// fault-free run's, or 0), and how many cases measured one.
+#[derive(Default)]
+struct WorstShare {
+    ms: i64,
+    case: String,
+    measured: usize,
+}
+
+impl WorstShare {
+    /// Notes `case`'s run, which must be clean and complete its migration; `base_ms` is taken
+    /// off its agent share.
+    fn note(&mut self, report: &SimReport, case: &str, base_ms: i64) {
+        assert!(report.violations.is_empty(), "{case}: {report}");
+        assert_eq!(report.count(Phase::Completed), 1, "{case}: {report}");
+        for share in &report.agent_ms {
+            self.measured += 1;
+            let beyond = share - base_ms;
+            println!("{case}: the agent's share {share} ms ({beyond} ms beyond {base_ms} ms)");
+            if beyond > self.ms {
+                self.ms = beyond;
+                self.case = case.to_string();
+            }
+        }
+    }
+
+    /// Every one of `cases` measured a share, none more than `limit_ms` beyond its base.
+    fn assert_at_most(&self, limit_ms: i64, cases: usize) {
+        println!("at most {} ms beyond the base ({})", self.ms, self.case);
+        assert_eq!(self.measured, cases, "every case measured its agent share");
+        let (ms, case) = (self.ms, &self.case);
+        assert!(
+            ms <= limit_ms,
+            "the agent's share {ms} ms beyond the base: {case}"
+        );
+    }
+}
+
 /// One seed, verbose, one migration, with `fault` on the first call of `operation` (the default
 /// fault mix off); the report is printed.
 fn run_with_one_fault(operation: &str, fault: CallFault) -> SimReport {
@@ -742,7 +780,7 @@ fn an_agent_that_dies_in_a_cutover_wait_is_taken_over_within_one_lease() {
 #[test]
 fn a_step_whose_lease_lapsed_while_it_saved_still_runs_its_actions() {
     let slow_ms = 30_000;
-    let mut worst = (0, String::new());
+    let mut worst = WorstShare::default();
     for database_path in [false, true] {
         for nth in 1..=90 {
             let slow = |nth| {
@@ -758,22 +796,10 @@ fn a_step_whose_lease_lapsed_while_it_saved_still_runs_its_actions() {
                 "database path (falls back) {database_path}: UpdateItem #{nth} and #{} after the quarantine's request {slow_ms} ms late",
                 nth + 1
             );
-            assert!(report.violations.is_empty(), "{case}: {report}");
-            assert_eq!(report.count(Phase::Completed), 1, "{case}: {report}");
-            for share in &report.agent_ms {
-                if *share > worst.0 {
-                    worst = (*share, case.clone());
-                }
-            }
+            worst.note(&report, &case, 0);
         }
     }
-    println!("the agent's share at most {} ms ({})", worst.0, worst.1);
-    assert!(
-        worst.0 <= 2 * slow_ms + 10_000,
-        "the agent's share {} ms: {}",
-        worst.0,
-        worst.1
-    );
+    worst.assert_at_most(2 * slow_ms + 10_000, 180);
 }
 
 /// A step whose record could not be saved, or whose look after its actions failed, hands the
@@ -789,8 +815,7 @@ fn a_step_whose_lease_lapsed_while_it_saved_still_runs_its_actions() {
 /// that held a cutover's reboot 4 min 31 s, and the write budget ran out.
 #[test]
 fn a_failed_save_or_look_keeps_the_action_outcomes_its_step_heard() {
-    let mut worst = (0, String::new());
-    let mut cases = 0;
+    let mut worst = WorstShare::default();
     let mut failing = Vec::new();
     for nth in 1..=4 {
         failing.push(("dynamodb:UpdateItem", nth, ErrorKind::Retryable));
@@ -806,24 +831,9 @@ fn a_failed_save_or_look_keeps_the_action_outcomes_its_step_heard() {
         ]);
         let report = sim::run(&one_migration(0.0, plan));
         let case = format!("reboot throttled, then {operation} #{nth} after it {kind:?}");
-        assert!(report.violations.is_empty(), "{case}: {report}");
-        assert_eq!(report.count(Phase::Completed), 1, "{case}: {report}");
-        for share in &report.agent_ms {
-            println!("{case}: the agent's share {share} ms");
-            cases += 1;
-            if *share > worst.0 {
-                worst = (*share, case.clone());
-            }
-        }
+        worst.note(&report, &case, 0);
     }
-    println!("the agent's share at most {} ms ({})", worst.0, worst.1);
-    assert_eq!(cases, 16, "every case measured its agent share");
-    assert!(
-        worst.0 <= 30_000,
-        "the agent's share {} ms: {}",
-        worst.0,
-        worst.1
-    );
+    worst.assert_at_most(30_000, 16);
 }
 
 /// A save whose answer was lost (DynamoDB performed it; the agent saw a timeout) is read back,
@@ -839,8 +849,7 @@ fn a_failed_save_or_look_keeps_the_action_outcomes_its_step_heard() {
 /// 30.5 s, the lost answer's own wait.
 #[test]
 fn a_save_whose_answer_was_lost_still_runs_its_actions() {
-    let mut worst = (0, String::new());
-    let mut cases = 0;
+    let mut worst = WorstShare::default();
     for database_path in [false, true] {
         let plan = |faults| {
             let mut plan = FaultPlan::scripted(faults);
@@ -859,25 +868,9 @@ fn a_save_whose_answer_was_lost_still_runs_its_actions() {
             let case = format!(
                 "database path (falls back) {database_path}: UpdateItem #{nth} after the quarantine's request lost its answer"
             );
-            assert!(report.violations.is_empty(), "{case}: {report}");
-            assert_eq!(report.count(Phase::Completed), 1, "{case}: {report}");
-            for share in &report.agent_ms {
-                cases += 1;
-                // Beyond the fault-free run's share: the lost answer's timeout is the cost.
-                let more = share - base;
-                println!("{case}: the agent's share {share} ms ({more} ms more than fault free)");
-                if more > worst.0 {
-                    worst = (more, case.clone());
-                }
-            }
+            // Beyond the fault-free run's share: the lost answer's timeout is the cost.
+            worst.note(&report, &case, base);
         }
     }
-    println!("at most {} ms more than fault free ({})", worst.0, worst.1);
-    assert_eq!(cases, 180, "every case measured its agent share");
-    assert!(
-        worst.0 <= 45_000,
-        "the agent's share {} ms more than fault free: {}",
-        worst.0,
-        worst.1
-    );
+    worst.assert_at_most(45_000, 180);
 }
