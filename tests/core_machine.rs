@@ -887,6 +887,49 @@ fn a_reboot_whose_answer_was_lost_is_waited_for_not_asked_again() {
     assert_eq!(model.reboots, 1, "one reboot");
 }
 
+/// The same lost answer, and the restart's event late: an events answer from before it (the
+/// Region's events are read once for the whole fleet) while the source is described `available`
+/// again. The shutdown RDS reported counts for the request: recorded as asked for when the look
+/// recognised the reboot, after that shutdown, the wait took the restart for a reboot that never
+/// started and asked for a second one (the simulator's 1,000-migration fleet, seed 2,
+/// `orders-db-0378`: a second reboot, 2 min 19 s more, and the write budget ran out).
+#[test]
+fn a_lost_answer_reboots_late_restart_event_does_not_ask_for_a_second_reboot() {
+    let policy = policy();
+    let (mut model, mut m) = reboot_failed_with(&policy, ErrorKind::Retryable);
+    // RDS performed it at once: the shutdown precedes the look that recognises it, after the
+    // failure's backoff.
+    let began = model.now;
+    model.reboots += 1;
+    model.source.as_mut().unwrap().status = "rebooting".into();
+    model.events.push(InstanceEvent {
+        at: began,
+        kind: InstanceEventKind::Shutdown,
+    });
+    model.now += SignedDuration::from_secs(3);
+    while model.now < began + SignedDuration::from_mins(2) {
+        let d = quiet_round(&mut model, &mut m, &policy);
+        assert!(!keys(&d.actions).contains(&ActionKey::RebootSource));
+        model.now += d.wake_after.unwrap().max(SignedDuration::from_secs(1));
+    }
+    // Restarted, the event not in the answers yet.
+    model.source.as_mut().unwrap().status = "available".into();
+    model.now = began + policy.reboot_unconfirmed_after + SignedDuration::from_secs(60);
+    let d = quiet_round(&mut model, &mut m, &policy);
+    assert!(
+        !keys(&d.actions).contains(&ActionKey::RebootSource),
+        "a second reboot asked for while the restart's event is late"
+    );
+    model.restarted_at = Some(model.now);
+    model.events.push(InstanceEvent {
+        at: model.now,
+        kind: InstanceEventKind::Restarted,
+    });
+    run_to_end(&mut model, &mut m, &policy, 500);
+    assert_eq!(m.phase, Phase::Completed);
+    assert_eq!(model.reboots, 1, "one reboot");
+}
+
 #[test]
 fn a_cluster_reported_promoting_is_not_asked_to_promote_again() {
     let policy = policy();

@@ -388,7 +388,24 @@ impl Stepper<'_> {
             // for again: RDS would refuse a request now and perform the next one once the source
             // is back, a second reboot (1–3 minutes more of the write budget; the simulator's
             // fleet rolled back cutovers on it).
-            self.m.progress.reboot_requested_at = Some(self.now);
+            // As asked for at the shutdown RDS reported for it, if this look read it, not at
+            // this look: the restart's proof counts events from the request's time, and a
+            // shutdown before it did not count. With the restart's event late in an events
+            // answer, the wait then took the source back `available` for a reboot that never
+            // started and asked for a second one (the simulator's fleet: 2 min 19 s more, and the
+            // write budget ran out). Only a shutdown since Draining began (the request is made
+            // from it): one before, or RDS's clock behind ours, leaves this look's time, as
+            // before; an earlier reboot's restart must never stand for this one's.
+            let since = self.m.phase_entered_at;
+            let shutdown = self
+                .obs
+                .source_events
+                .iter()
+                .filter(|e| e.kind == InstanceEventKind::Shutdown)
+                .filter(|e| e.at >= since && e.at <= self.now)
+                .map(|e| e.at)
+                .max();
+            self.m.progress.reboot_requested_at = Some(shutdown.unwrap_or(self.now));
         }
         if fenced && self.m.progress.restarted_at.is_none() && !self.database_path() {
             // No restart seen yet: ask for the reboot when none is in flight (a failed request
