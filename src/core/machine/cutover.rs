@@ -405,7 +405,12 @@ impl Stepper<'_> {
                 .filter(|e| e.at >= since && e.at <= self.now)
                 .map(|e| e.at)
                 .max();
-            self.m.progress.reboot_requested_at = Some(shutdown.unwrap_or(self.now));
+            let requested = shutdown.unwrap_or(self.now);
+            self.m.progress.reboot_requested_at = Some(requested);
+            // RDS was seen taking it up: the request is not lost, whatever the events say (an
+            // events answer may predate the shutdown, and later the restart), so the looks wait
+            // for the restart (`awaits_restart`) instead of judging it never started.
+            self.m.progress.reboot_began_at = Some(requested);
         }
         if fenced && self.m.progress.restarted_at.is_none() && !self.database_path() {
             // No restart seen yet: ask for the reboot when none is in flight (a failed request
