@@ -3,13 +3,13 @@
 mod common;
 
 use aurora_migrator::core::action::{Action, ActionError, ActionKey, ActionResult, ErrorKind};
-use aurora_migrator::core::migration::RollbackCause;
+use aurora_migrator::core::migration::{Migration, RollbackCause};
 use aurora_migrator::core::notification::Severity;
 use aurora_migrator::core::observation::*;
 use aurora_migrator::core::policy::{CutoverPolicy, Policy};
 use aurora_migrator::core::{Phase, step};
 use common::*;
-use jiff::SignedDuration;
+use jiff::{SignedDuration, Timestamp};
 
 #[test]
 fn happy_path_visits_every_phase_in_order_and_completes() {
@@ -861,28 +861,51 @@ fn a_reboot_whose_answer_was_lost_is_waited_for_not_asked_again() {
     let policy = policy();
     let (mut model, mut m) = reboot_failed_with(&policy, ErrorKind::Retryable);
     // RDS performed it: the source restarts for two minutes.
+    let began = rds_performed_the_lost_reboot(&mut model, true);
+    wait_out_the_reboot(&mut model, &mut m, &policy, began);
+    model.source.as_mut().unwrap().status = "available".into();
+    restart_reported_then_completes_with_one_reboot(&mut model, &mut m, &policy);
+}
+
+/// RDS performed a reboot whose answer was lost, now: the source `rebooting`, its shutdown
+/// event in the answers if `shutdown_seen`. Returns when it began.
+fn rds_performed_the_lost_reboot(model: &mut Model, shutdown_seen: bool) -> Timestamp {
     let began = model.now;
     model.reboots += 1;
     model.source.as_mut().unwrap().status = "rebooting".into();
-    model.events.push(InstanceEvent {
-        at: began,
-        kind: InstanceEventKind::Shutdown,
-    });
+    if shutdown_seen {
+        model.events.push(InstanceEvent {
+            at: began,
+            kind: InstanceEventKind::Shutdown,
+        });
+    }
+    began
+}
+
+/// The looks of the two minutes RDS restarts the source from `began`: none asks for a reboot.
+fn wait_out_the_reboot(model: &mut Model, m: &mut Migration, policy: &Policy, began: Timestamp) {
     while model.now < began + SignedDuration::from_mins(2) {
-        let d = quiet_round(&mut model, &mut m, &policy);
+        let d = quiet_round(model, m, policy);
         assert!(
             !keys(&d.actions).contains(&ActionKey::RebootSource),
             "asked for a reboot while RDS is restarting the source"
         );
         model.now += d.wake_after.unwrap().max(SignedDuration::from_secs(1));
     }
-    model.source.as_mut().unwrap().status = "available".into();
+}
+
+/// The restart's event comes now; the migration completes on the one reboot.
+fn restart_reported_then_completes_with_one_reboot(
+    model: &mut Model,
+    m: &mut Migration,
+    policy: &Policy,
+) {
     model.restarted_at = Some(model.now);
     model.events.push(InstanceEvent {
         at: model.now,
         kind: InstanceEventKind::Restarted,
     });
-    run_to_end(&mut model, &mut m, &policy, 500);
+    run_to_end(model, m, policy, 500);
     assert_eq!(m.phase, Phase::Completed);
     assert_eq!(model.reboots, 1, "one reboot");
 }
@@ -907,21 +930,9 @@ fn lost_answer_reboot_with_late_events(shutdown_seen: bool) {
     let (mut model, mut m) = reboot_failed_with(&policy, ErrorKind::Retryable);
     // RDS performed it at once: the shutdown precedes the look that recognises it, after the
     // failure's backoff.
-    let began = model.now;
-    model.reboots += 1;
-    model.source.as_mut().unwrap().status = "rebooting".into();
-    if shutdown_seen {
-        model.events.push(InstanceEvent {
-            at: began,
-            kind: InstanceEventKind::Shutdown,
-        });
-    }
+    let began = rds_performed_the_lost_reboot(&mut model, shutdown_seen);
     model.now += SignedDuration::from_secs(3);
-    while model.now < began + SignedDuration::from_mins(2) {
-        let d = quiet_round(&mut model, &mut m, &policy);
-        assert!(!keys(&d.actions).contains(&ActionKey::RebootSource));
-        model.now += d.wake_after.unwrap().max(SignedDuration::from_secs(1));
-    }
+    wait_out_the_reboot(&mut model, &mut m, &policy, began);
     // Restarted, the event not in the answers yet.
     model.source.as_mut().unwrap().status = "available".into();
     model.now = began + policy.reboot_unconfirmed_after + SignedDuration::from_secs(60);
@@ -930,14 +941,7 @@ fn lost_answer_reboot_with_late_events(shutdown_seen: bool) {
         !keys(&d.actions).contains(&ActionKey::RebootSource),
         "a second reboot asked for while the restart's event is late (shutdown seen {shutdown_seen})"
     );
-    model.restarted_at = Some(model.now);
-    model.events.push(InstanceEvent {
-        at: model.now,
-        kind: InstanceEventKind::Restarted,
-    });
-    run_to_end(&mut model, &mut m, &policy, 500);
-    assert_eq!(m.phase, Phase::Completed);
-    assert_eq!(model.reboots, 1, "one reboot");
+    restart_reported_then_completes_with_one_reboot(&mut model, &mut m, &policy);
 }
 
 #[test]
