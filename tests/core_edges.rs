@@ -14,7 +14,7 @@ use aurora_migrator::core::policy::Policy;
 use aurora_migrator::core::preflight::{self, Outcome, PreflightReport};
 use aurora_migrator::core::{Migration, Phase, step};
 use common::*;
-use jiff::SignedDuration;
+use jiff::{SignedDuration, Timestamp};
 
 fn alerted(model: &Model, event: &str) -> bool {
     model
@@ -86,6 +86,106 @@ fn promotion_is_not_asked_for_when_the_fence_broke_after_the_proof() {
         "a new reboot after the quarantine was restored"
     );
     assert_eq!(model.promotions, 1);
+}
+
+/// Runs the migration to its end: it completes, on a catch-up proof whose restart came after
+/// the quarantine was back (`back`).
+fn completes_on_a_restart_after(
+    model: &mut Model,
+    m: &mut Migration,
+    policy: &Policy,
+    back: Timestamp,
+) {
+    run_to_end(model, m, policy, 500);
+    assert_eq!(m.phase, Phase::Completed);
+    assert!(
+        m.progress.restarted_at.is_some_and(|r| r >= back),
+        "the proof's restart ({:?}) is before the quarantine was back ({back})",
+        m.progress.restarted_at
+    );
+}
+
+/// Back in Draining because the fence broke, someone else's reboot is under way while the
+/// quarantine is put back: RDS restarted the source before the quarantine was in place, and a
+/// look after it still describes the source `rebooting`. That restart let sessions in through
+/// the original groups: it must not stand for the reboot the proof needs, even though the agent,
+/// seeing `rebooting`, takes it for a request of its own whose answer was lost.
+#[test]
+fn a_restart_from_before_the_quarantine_was_back_does_not_prove_the_catch_up() {
+    let policy = policy();
+    let (mut model, mut m) = advanced_to(&policy, Phase::Promoting);
+    iac_puts_the_groups_back(&mut model);
+    quiet_round(&mut model, &mut m, &policy);
+    assert_eq!(m.phase, Phase::Draining, "the fence broke before promotion");
+    let broke = model.now;
+    // Someone reboots the source, the quarantine not in place: down, then up again at once.
+    model.source.as_mut().unwrap().status = "rebooting".into();
+    for (secs, kind) in [
+        (2, InstanceEventKind::Shutdown),
+        (10, InstanceEventKind::Restarted),
+    ] {
+        model.events.push(InstanceEvent {
+            at: broke + SignedDuration::from_secs(secs),
+            kind,
+        });
+    }
+    model.now = broke + SignedDuration::from_secs(20);
+    let d = quiet_round(&mut model, &mut m, &policy);
+    assert_eq!(keys(&d.actions), vec![ActionKey::QuarantineSource]);
+    let back = model.now;
+    // The describe still says `rebooting` on the looks after the quarantine is back.
+    for _ in 0..3 {
+        model.now += SignedDuration::from_secs(5);
+        quiet_round(&mut model, &mut m, &policy);
+    }
+    model.source.as_mut().unwrap().status = "available".into();
+    let reboots = model.reboots;
+    completes_on_a_restart_after(&mut model, &mut m, &policy, back);
+    assert_eq!(
+        model.reboots,
+        reboots + 1,
+        "the agent rebooted the source itself"
+    );
+}
+
+/// The fence broken in Draining, after the source restarted and CloudWatch showed the catch-up
+/// (an IaC apply puts the original groups back): sessions that come in before the agent puts the quarantine back stay open
+/// through it (a security group change ends no connection), and a client's next write after
+/// the promotion is lost. The restart from before the break proves nothing any more: a new
+/// reboot, after the quarantine is back, ends those sessions.
+#[test]
+fn a_fence_broken_in_draining_needs_a_new_reboot_after_the_quarantine_is_back() {
+    let policy = policy();
+    let (mut model, mut m) = advanced_to(&policy, Phase::Draining);
+    assert!(!m.database_path());
+    // Until CloudWatch shows the catch-up after the restart: the next look, at once, reads the
+    // fence from RDS to prove the rest. The groups go back just before it.
+    for _ in 0..100 {
+        if m.progress.caught_up_in_metrics_at.is_some() {
+            break;
+        }
+        let d = quiet_round(&mut model, &mut m, &policy);
+        model.now += d.wake_after.unwrap_or_default();
+    }
+    assert!(m.progress.caught_up_in_metrics_at.is_some(), "caught up");
+    assert_eq!(m.phase, Phase::Draining);
+    iac_puts_the_groups_back(&mut model);
+    let mut back = None;
+    for _ in 0..100 {
+        let d = quiet_round(&mut model, &mut m, &policy);
+        if keys(&d.actions).contains(&ActionKey::QuarantineSource) {
+            back = Some(model.now);
+            break;
+        }
+        assert_eq!(model.promotions, 0, "promoted with the fence broken");
+        model.now += d.wake_after.unwrap().max(SignedDuration::from_secs(1));
+    }
+    let back = back.expect("the agent put the quarantine back");
+    completes_on_a_restart_after(&mut model, &mut m, &policy, back);
+    assert_eq!(
+        model.reboots, 2,
+        "a second reboot after the quarantine was back"
+    );
 }
 
 #[test]

@@ -944,6 +944,49 @@ fn lost_answer_reboot_with_late_events(shutdown_seen: bool) {
     restart_reported_then_completes_with_one_reboot(&mut model, &mut m, &policy);
 }
 
+/// The same lost answer, recognised late: RDS restarted the source before the look that first
+/// sees it `rebooting` (a describe behind the reboot by some seconds), and that look read no
+/// shutdown. The restart's event, read by a later look, is timestamped before the recognising
+/// look. Recorded as asked for at that look, the restart did not count: the looks waited for
+/// one already reported, until the write budget rolled the cutover back. Counted from the step
+/// that asked for the reboot (it entered Draining, with the quarantine active), the restart is
+/// this request's: one reboot, and the cutover completes.
+#[test]
+fn a_lost_answer_reboot_recognised_after_its_restart_counts_that_restart() {
+    let policy = policy();
+    let (mut model, mut m) = reboot_failed_with(&policy, ErrorKind::Retryable);
+    let began = rds_performed_the_lost_reboot(&mut model, false);
+    let restarted = began + SignedDuration::from_secs(40);
+    model.restarted_at = Some(restarted);
+    // The first look after the failure's backoff: still described `rebooting`, no event read.
+    model.now = began + SignedDuration::from_secs(60);
+    for _ in 0..3 {
+        // One look, or two where the first was planned to read the snapshot only.
+        let d = quiet_round(&mut model, &mut m, &policy);
+        assert!(!keys(&d.actions).contains(&ActionKey::RebootSource));
+    }
+    assert!(
+        m.progress.reboot_requested_at.is_some(),
+        "the look recognised RDS performing the reboot"
+    );
+    // The next looks: the source `available`, the shutdown and the restart reported.
+    model.source.as_mut().unwrap().status = "available".into();
+    for (at, kind) in [
+        (began, InstanceEventKind::Shutdown),
+        (restarted, InstanceEventKind::Restarted),
+    ] {
+        model.events.push(InstanceEvent { at, kind });
+    }
+    let phases = run_to_end(&mut model, &mut m, &policy, 500);
+    assert_eq!(m.phase, Phase::Completed, "went through {phases:?}");
+    assert_eq!(model.reboots, 1, "one reboot");
+    assert_eq!(
+        m.progress.restarted_at,
+        Some(restarted),
+        "the restart RDS reported is the proof's"
+    );
+}
+
 #[test]
 fn a_cluster_reported_promoting_is_not_asked_to_promote_again() {
     let policy = policy();

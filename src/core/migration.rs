@@ -156,8 +156,8 @@ pub struct Progress {
     /// fence, the CDC consumers' tag) to prove the rest (`machine::cutover`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caught_up_in_metrics_at: Option<Timestamp>,
-    /// The database path: Promoting found the fence broken before it asked for the promotion.
-    /// From here on this attempt's Draining reads the source from RDS on every look (to judge
+    /// Promoting found the fence broken before it asked for the promotion (or, on the metric
+    /// path, a look in Draining after the reboot request did). On the database path, from here on this attempt's Draining reads the source from RDS on every look (to judge
     /// and repair the fence), not from the fleet snapshot (`machine::cutover`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_broke_at: Option<Timestamp>,
@@ -270,6 +270,23 @@ pub struct Progress {
     pub rollback_clients_held_at: Option<Timestamp>,
     #[serde(default)]
     pub rollback_hold_skipped: bool,
+}
+
+impl Progress {
+    /// Drops what the catch-up proof gathered on this attempt (the reboot and its restart,
+    /// CloudWatch's catch-up; the sessions' quiet period and the WAL fence), so that it is
+    /// proven again from the start: after the fence broke, or when the database path falls back
+    /// to the reboot. The proof's conclusion (`drain_proven_at`) is the caller's.
+    pub fn forget_the_catch_up_proof(&mut self) {
+        self.reboot_requested_at = None;
+        self.reboot_began_at = None;
+        self.restarted_at = None;
+        self.caught_up_in_metrics_at = None;
+        self.sessions_clear_since = None;
+        self.fence_lsn = None;
+        self.fence_written_at = None;
+        self.fence_replayed_lsn = None;
+    }
 }
 
 /// The outcome of the consistency check before routing.

@@ -370,6 +370,19 @@ impl Stepper<'_> {
             self.alert_if_draining_slow(&missing);
             return;
         }
+        if !self.database_path()
+            && (self.m.progress.reboot_requested_at.is_some()
+                || self.m.progress.restarted_at.is_some())
+            && let Err(why) = self.fence_intact()
+        {
+            // The fence broke after the reboot was asked for: a session that came in through
+            // the original groups stays open once the quarantine is back (a security group
+            // change ends no connection), and CloudWatch's last period may predate it. The
+            // restart proves nothing any more: the proof starts over, with a new reboot once
+            // the quarantine is back. (The database path ends sessions and reads them by SQL.)
+            self.start_the_proof_over(format!("the fence broke while draining ({why})"));
+            return;
+        }
         // Back from Promoting after a drift, or changed under us: put the quarantine back. The
         // reboot below waits for it, or sessions could reconnect through the old groups.
         let fenced = match (self.source().cloned(), self.quarantine_id()) {
@@ -388,29 +401,41 @@ impl Stepper<'_> {
             // for again: RDS would refuse a request now and perform the next one once the source
             // is back, a second reboot (1–3 minutes more of the write budget; the simulator's
             // fleet rolled back cutovers on it).
-            // As asked for at the shutdown RDS reported for it, if this look read it, not at
-            // this look: the restart's proof counts events from the request's time, and a
-            // shutdown before it did not count. With the restart's event late in an events
+            // As asked for when this Draining began, not at this look: the restart's proof
+            // counts events from the request's time, and a shutdown or restart RDS reported
+            // before this look would not count. With the restart's event late in an events
             // answer, the wait then took the source back `available` for a reboot that never
-            // started and asked for a second one (the simulator's fleet: 2 min 19 s more, and the
-            // write budget ran out). Only a shutdown since Draining began (the request is made
-            // from it): one before, or RDS's clock behind ours, leaves this look's time, as
-            // before; an earlier reboot's restart must never stand for this one's.
-            let since = self.m.phase_entered_at;
-            let shutdown = self
-                .obs
-                .source_events
+            // started and asked for a second one (the simulator's fleet: 2 min 19 s more, and
+            // the write budget ran out); with the look behind the restart itself (a describe
+            // still `rebooting` after it), it waited for a restart already reported until the
+            // budget rolled the cutover back.
+            // Sound only for the Draining the step that asked for the reboot entered, from
+            // Quiescing with the quarantine active: every request of it, the lost one too, came
+            // at or after that, so no restart counted from there let a session in past the
+            // quarantine (the proof's CloudWatch part still reads the source's connections
+            // after the restart). A Draining entered again because the fence broke (from
+            // Promoting) began with the quarantine not in place, and a reboot this look sees
+            // may be someone else's, begun before the quarantine was back: there the request
+            // counts from this look, and a restart not reported after it is taken for a
+            // reboot that never started (a second one is asked for), as before.
+            let entered_fenced = self
+                .m
+                .history
                 .iter()
-                .filter(|e| e.kind == InstanceEventKind::Shutdown)
-                .filter(|e| e.at >= since && e.at <= self.now)
-                .map(|e| e.at)
-                .max();
-            let requested = shutdown.unwrap_or(self.now);
-            self.m.progress.reboot_requested_at = Some(requested);
-            // RDS was seen taking it up: the request is not lost, whatever the events say (an
-            // events answer may predate the shutdown, and later the restart), so the looks wait
-            // for the restart (`awaits_restart`) instead of judging it never started.
-            self.m.progress.reboot_began_at = Some(requested);
+                .rev()
+                .nth(1)
+                .is_some_and(|c| c.phase == Phase::Quiescing);
+            if entered_fenced {
+                let requested = self.m.phase_entered_at.min(self.now);
+                self.m.progress.reboot_requested_at = Some(requested);
+                // RDS was seen taking it up: the request is not lost, whatever the events say
+                // (an events answer may predate the shutdown, and later the restart), so the
+                // looks wait for the restart (`awaits_restart`) instead of judging it never
+                // started.
+                self.m.progress.reboot_began_at = Some(requested);
+            } else {
+                self.m.progress.reboot_requested_at = Some(self.now);
+            }
         }
         if fenced && self.m.progress.restarted_at.is_none() && !self.database_path() {
             // No restart seen yet: ask for the reboot when none is in flight (a failed request
@@ -475,6 +500,21 @@ impl Stepper<'_> {
             ));
         }
         self.alert_if_draining_slow(&missing);
+    }
+
+    /// The catch-up proof no longer holds (the fence broke, `why`): everything it gathered
+    /// is dropped and Draining begins again, from which the quarantine is put back and a new
+    /// reboot (or, on the database path, a new fence) proves the catch-up. A Draining begun
+    /// this way is not one the quarantine was active at the start of (see the recognition of
+    /// a lost-answer reboot in [`Self::draining`]).
+    fn start_the_proof_over(&mut self, why: String) {
+        self.m.progress.forget_the_catch_up_proof();
+        self.m.progress.drain_proven_at = None;
+        self.m.progress.fence_broke_at.get_or_insert(self.now);
+        self.enter(
+            Phase::Draining,
+            &format!("{why}; the catch-up proof starts over"),
+        );
     }
 
     /// The next look of a wait that an RDS event ends: on the grid of `event_poll`'s multiples
@@ -618,23 +658,8 @@ impl Stepper<'_> {
                 .fence_intact()
                 .and_then(|()| self.no_session_since_fence())
         {
-            // The proof no longer holds: someone may have written since. Nothing is promoted;
-            // the proof starts over (a new reboot after the quarantine is back).
-            self.m.progress.drain_proven_at = None;
-            self.m.progress.restarted_at = None;
-            self.m.progress.caught_up_in_metrics_at = None;
-            self.m.progress.fence_broke_at.get_or_insert(self.now);
-            self.m.progress.reboot_requested_at = None;
-            self.m.progress.fence_lsn = None;
-            self.m.progress.fence_written_at = None;
-            self.m.progress.fence_replayed_lsn = None;
-            self.m.progress.sessions_clear_since = None;
-            self.enter(
-                Phase::Draining,
-                &format!(
-                    "the fence broke before promotion ({why}); the catch-up proof starts over"
-                ),
-            );
+            // The proof no longer holds: someone may have written since. Nothing is promoted.
+            self.start_the_proof_over(format!("the fence broke before promotion ({why})"));
             return;
         }
         // Only a replica RDS reports `available` is asked (again): one it reports `promoting`

@@ -49,14 +49,8 @@ impl Stepper<'_> {
         }
         let p = &mut self.m.progress;
         p.database_fallback = Some(why.clone());
-        p.fence_lsn = None;
-        p.fence_written_at = None;
-        p.fence_replayed_lsn = None;
-        p.sessions_clear_since = None;
+        p.forget_the_catch_up_proof();
         p.database_unreachable_since = None;
-        p.reboot_requested_at = None;
-        p.restarted_at = None;
-        p.caught_up_in_metrics_at = None;
         self.alert_once(
             "database-fallback",
             Severity::Warning,
