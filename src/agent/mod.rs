@@ -564,6 +564,10 @@ impl<W: World> Agent<W> {
         let all = self.world.store().list().await?;
         self.instruments
             .migrations_listed(all.iter().map(|m| (&m.id, m.phase)));
+        // Turns held for migrations the other agent has moved out of their stretch.
+        for turns in [&self.cutover_turns, &self.preparation_turns] {
+            turns.reconcile_with_table(&all, now);
+        }
         let overdue = all.into_iter().filter(|m| {
             m.next_wake
                 .as_ref()

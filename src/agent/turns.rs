@@ -59,6 +59,13 @@ pub const FORGET_AFTER: SignedDuration = SignedDuration::from_hours(2);
 /// at its next step.
 pub const WAITING_FORGET_AFTER: SignedDuration = SignedDuration::from_mins(5);
 
+/// How long before the table was read a turn must have been given or last stepped here for
+/// the table's word to drop it ([`Turns::reconcile_with_table`]): longer than a step takes from
+/// its turn to its save (a look, rate-limited and retried, then the conditional write), so that
+/// a save the list could not show yet never frees its turn. Such a turn then goes within this
+/// and the resync's 5 minutes of its migration leaving the stretch, not [`FORGET_AFTER`].
+pub const TABLE_MARGIN: SignedDuration = SignedDuration::from_mins(5);
+
 /// The longest a cutover's RDS call may be waiting for the budget when a new cutover is
 /// admitted: a second is a few looks' worth of the cutover lane's queue; beyond, another
 /// cutover's looks would lengthen every cutover's outage.
@@ -225,6 +232,34 @@ impl Turns {
         }
     }
 
+    /// Drops the turns of migrations the table (read at `listed_at`, [`Agent::resync`]'s list)
+    /// shows out of the stretch: finished or rolled back by the other agent, whose steps never
+    /// settle them here. Kept, they counted for [`FORGET_AFTER`] (2 h) and this agent gave
+    /// fewer turns meanwhile. Only a turn not given or stepped here for [`TABLE_MARGIN`] before
+    /// the list was read: a turn given just before it may belong to a step whose save into the
+    /// stretch the list has not seen yet, and dropping it would let a second migration in.
+    ///
+    /// [`Agent::resync`]: super::Agent::resync
+    pub fn reconcile_with_table<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a Migration>,
+        listed_at: Timestamp,
+    ) {
+        let mut t = self.lock();
+        for m in records {
+            if self.kind.holds(m) {
+                continue;
+            }
+            let stepped_before_the_list = t
+                .holding
+                .get(&m.id)
+                .is_some_and(|seen| *seen + TABLE_MARGIN < listed_at);
+            if stepped_before_the_list {
+                t.holding.remove(&m.id);
+            }
+        }
+    }
+
     /// Migrations in the stretch here now, and waiting for a turn.
     pub fn counts(&self) -> (usize, usize) {
         let t = self.lock();
@@ -354,6 +389,47 @@ mod tests {
             at(0) + FORGET_AFTER + SignedDuration::from_secs(1),
             Duration::ZERO
         ));
+    }
+
+    /// Two agents: a cutover this agent admitted is finished by the other, and its turn comes
+    /// back at the next resync's read of the table, not after [`FORGET_AFTER`]. A turn given
+    /// here shortly before the table was read stays (its step's save may not be in the list).
+    #[test]
+    fn a_cutover_the_other_agent_finished_frees_its_turn_at_the_tables_next_read() {
+        let turns = Turns::new(TurnKind::Cutover, 2);
+        turns.seed([], at(0));
+        turns.settle(&migration(1, Phase::Quiescing), at(0));
+        let waiting = migration(3, Phase::AwaitingCutover);
+        let listed_at = at(0) + TABLE_MARGIN + SignedDuration::from_secs(60);
+        assert!(turns.has_turn(
+            &migration(2, Phase::AwaitingCutover),
+            at(0) + TABLE_MARGIN + SignedDuration::from_secs(30),
+            Duration::ZERO
+        ));
+        assert!(
+            !turns.has_turn(&waiting, listed_at, Duration::ZERO),
+            "two turns held"
+        );
+        // The table, read then: 1 is Verifying (the other agent stepped it on), 2 is still
+        // AwaitingCutover (its step's save came after the read).
+        let records = [
+            migration(1, Phase::Verifying),
+            migration(2, Phase::AwaitingCutover),
+            migration(3, Phase::AwaitingCutover),
+        ];
+        turns.reconcile_with_table(&records, listed_at);
+        assert_eq!(
+            turns.counts().0,
+            1,
+            "1's turn came back; 2's, given 30 s before, stays"
+        );
+        assert!(turns.has_turn(&waiting, listed_at, Duration::ZERO));
+        // The same read while 1 is still in its cutover changes nothing.
+        let turns = Turns::new(TurnKind::Cutover, 1);
+        turns.seed([], at(0));
+        turns.settle(&migration(1, Phase::Promoting), at(0));
+        turns.reconcile_with_table(&[migration(1, Phase::Promoting)], listed_at);
+        assert!(!turns.has_turn(&waiting, listed_at, Duration::ZERO));
     }
 
     #[test]
