@@ -836,6 +836,53 @@ fn a_failed_save_or_look_keeps_the_action_outcomes_its_step_heard() {
     worst.assert_at_most(30_000, 16);
 }
 
+/// A failed look in the cutover is retried in-process, a second later, with its tick as the
+/// backstop (`Agent::retry_later`): a tick waits for one of the agent's message slots behind
+/// the whole fleet's messages. In the simulator's 1,000-migration fleet (seed 9,
+/// `orders-db-0767`) a quiescing cutover's describe of the quarantine group failed; its retry
+/// tick, sent for a second later, was received six minutes later, and the write budget rolled
+/// the cutover back. Here every message the agent sends once the quarantine is asked for is
+/// received 5 minutes late (`CallFault::ReceivedLate`: a congested consumer), and the nth
+/// describe of the quarantine group after that request fails (n = 1–3), on both paths. Without
+/// the in-process retry the agent's share grows by the 5 minutes; with it, by about the retry's
+/// second.
+#[test]
+fn a_failed_look_in_the_cutover_is_retried_in_process_not_behind_the_fleets_messages() {
+    const LATE_MS: i64 = 5 * 60_000;
+    let mut worst = WorstShare::default();
+    let quarantine = "rds:ModifyDBInstance";
+    for share in [0.0, 1.0] {
+        let fault_free = sim::run(&one_migration(share, FaultPlan::scripted(Vec::new())));
+        assert_eq!(fault_free.agent_ms.len(), 1, "{fault_free}");
+        let base = fault_free.agent_ms[0];
+        for nth in 1..=3 {
+            let mut faults: Vec<ScriptedFault> = (1..=60)
+                .map(|n| {
+                    nth_after(
+                        "sqs:SendMessage",
+                        n,
+                        quarantine,
+                        CallFault::ReceivedLate(LATE_MS),
+                    )
+                })
+                .collect();
+            let failed = CallFault::Error(ErrorKind::Retryable);
+            faults.push(nth_after(
+                "ec2:DescribeSecurityGroups",
+                nth,
+                quarantine,
+                failed,
+            ));
+            let report = sim::run(&one_migration(share, FaultPlan::scripted(faults)));
+            let case = format!(
+                "database share {share}: every message received 5 min late, the quarantine group's describe #{nth} failed"
+            );
+            worst.note(&report, &case, base);
+        }
+    }
+    worst.assert_at_most(10_000, 6);
+}
+
 /// A save whose answer was lost (DynamoDB performed it; the agent saw a timeout) is read back,
 /// and when the stored record is the one the step wrote, the step carries on as saved: its
 /// actions run (`Agent::landed`). Taken as failed, they did not, while the record said they

@@ -884,7 +884,12 @@ impl<W: World> Agent<W> {
     /// transient error than for one a person must fix. `heard`: outcomes of actions run and not
     /// yet in a saved record (the look after a step's actions failed); the retry's look hears
     /// them, taken in-process ([`Agent::rescue_chain`]) with the tick as its backstop,
-    /// [`follow_up::BACKSTOP_MARGIN_S`] later: a tick cannot carry them.
+    /// [`follow_up::BACKSTOP_MARGIN_S`] later: a tick cannot carry them. So is the retry of a
+    /// migration whose waits are followed up in-process (the cutover, the rollback): its tick
+    /// waits for a message slot behind the whole fleet's messages. The simulator's
+    /// 1,000-migration fleet (seed 9) received a quiescing cutover's retry tick, sent for a
+    /// second later after a failed describe of the quarantine group, six minutes late, and the
+    /// write budget rolled the cutover back.
     async fn retry_later(
         &self,
         m: Migration,
@@ -896,7 +901,8 @@ impl<W: World> Agent<W> {
         let Some(wake) = &m.next_wake else {
             return Err(e.into());
         };
-        let carried = !heard.is_empty() && self.rescue_after(&m, delay_s, heard);
+        let in_process = !heard.is_empty() || m.phase.is_followed_closely();
+        let carried = in_process && self.rescue_after(&m, delay_s, heard);
         let tick_delay_s = match carried {
             true => delay_s + follow_up::BACKSTOP_MARGIN_S,
             false => delay_s,

@@ -116,6 +116,12 @@ pub enum CallFault {
     CrashBefore,
     /// The process dies after AWS performed the request, before the answer is read.
     CrashAfter,
+    /// `sqs:SendMessage` only: the message is received this much later than its delay asks.
+    /// SQS delivers it on time, but every message slot of the agent is taken (a fleet's steps
+    /// waiting for the RDS rate limiter) and hundreds of other visible messages are sampled
+    /// first: the simulator's 1,000-migration fleet (seed 9) received a cutover's retry tick,
+    /// sent for a second later, six minutes late. Scripted only: the fleet makes it by itself.
+    ReceivedLate(Ms),
 }
 
 /// A fault pinned to the `nth` call (1-based) of one operation, e.g. `rds:PromoteDBCluster`.

@@ -147,7 +147,7 @@ impl State {
             Some(CallFault::LostAnswer) => DbCallFault::DroppedAfter,
             Some(CallFault::Error(_)) => DbCallFault::DroppedBefore,
             Some(CallFault::Slow(ms)) => DbCallFault::Slow(ms),
-            Some(CallFault::None) => DbCallFault::None,
+            Some(CallFault::None | CallFault::ReceivedLate(_)) => DbCallFault::None,
             None if r.chance(i.crash) => {
                 if r.chance(0.5) {
                     DbCallFault::CrashBefore

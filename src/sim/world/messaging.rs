@@ -115,7 +115,9 @@ impl Queue for SimPort {
     async fn send(&self, body: &str, delay_s: u32) -> PortResult<()> {
         self.call("sqs:SendMessage", true, |s| {
             let now = s.now;
-            s.queue.send(body, now, i64::from(delay_s.min(900)) * SEC);
+            let late = s.received_late_ms;
+            s.queue
+                .send(body, now, i64::from(delay_s.min(900)) * SEC + late);
             Ok(())
         })
         .await

@@ -253,6 +253,9 @@ pub struct State {
     /// (indexed as `plan.scripted`; counted only once that was called).
     scripted_counts: Vec<Option<u32>>,
     pub crashed: bool,
+    /// While a `sqs:SendMessage` scripted [`crate::sim::faults::CallFault::ReceivedLate`] is applied: how much
+    /// later than its delay the message becomes visible.
+    pub received_late_ms: Ms,
     pub current_task: usize,
     pub task_wakes: BTreeMap<usize, Ms>,
     pub sources: BTreeMap<String, Source>,
@@ -322,6 +325,7 @@ impl State {
             op_counts: BTreeMap::new(),
             scripted_counts: Vec::new(),
             crashed: false,
+            received_late_ms: 0,
             current_task: 0,
             task_wakes: BTreeMap::new(),
             sources: BTreeMap::new(),

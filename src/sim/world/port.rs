@@ -206,6 +206,12 @@ impl SimPort {
                     let _ = f(&mut s);
                     None
                 }
+                CallFault::ReceivedLate(late) => {
+                    s.received_late_ms = late;
+                    let answer = f(&mut s);
+                    s.received_late_ms = 0;
+                    Some(answer)
+                }
                 CallFault::None | CallFault::Slow(_) | CallFault::CrashBefore => Some(f(&mut s)),
             }
         };
