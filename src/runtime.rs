@@ -226,6 +226,15 @@ pub async fn run_queue<W: World + 'static>(
     let resolver = Arc::new(KeyResolver::default());
     let stats = Arc::new(Stats::default());
     let mut tasks: JoinSet<()> = JoinSet::new();
+    // The cutovers and rollbacks a process before this one was following up in-process.
+    let taken_over = agent.take_over_at_start().await;
+    if taken_over > 0 {
+        tracing::info!(
+            taken_over,
+            "cutovers and rollbacks under way taken over at start-up"
+        );
+    }
+    spawn_follow_ups(&agent, &locks, &resolver, &shutdown);
     loop {
         touch(&settings.heartbeat_file);
         while tasks.try_join_next().is_some() {}

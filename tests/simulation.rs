@@ -836,6 +836,38 @@ fn a_failed_save_or_look_keeps_the_action_outcomes_its_step_heard() {
     worst.assert_at_most(30_000, 16);
 }
 
+/// Both paths (database share 0, then 1), each with its fault-free agent share: `case(share,
+/// n)` for n = 1..=`cases` runs one migration with a congested consumer (every message the
+/// agent sends once the quarantine is asked for received 5 minutes late,
+/// `CallFault::ReceivedLate`) and the case's own `fault(n)`; returns the worst share beyond the
+/// fault-free one.
+fn under_a_congested_queue(
+    cases: u32,
+    fault: impl Fn(u32) -> ScriptedFault,
+    what: &str,
+) -> WorstShare {
+    const LATE_MS: i64 = 5 * 60_000;
+    let quarantine = "rds:ModifyDBInstance";
+    let mut worst = WorstShare::default();
+    for share in [0.0, 1.0] {
+        let fault_free = sim::run(&one_migration(share, FaultPlan::scripted(Vec::new())));
+        assert_eq!(fault_free.agent_ms.len(), 1, "{fault_free}");
+        let base = fault_free.agent_ms[0];
+        for nth in 1..=cases {
+            let late = CallFault::ReceivedLate(LATE_MS);
+            let mut faults: Vec<ScriptedFault> = (1..=60)
+                .map(|n| nth_after("sqs:SendMessage", n, quarantine, late.clone()))
+                .collect();
+            faults.push(fault(nth));
+            let report = sim::run(&one_migration(share, FaultPlan::scripted(faults)));
+            let case =
+                format!("database share {share}: every message received 5 min late, {what} #{nth}");
+            worst.note(&report, &case, base);
+        }
+    }
+    worst
+}
+
 /// A failed look in the cutover is retried in-process, a second later, with its tick as the
 /// backstop (`Agent::retry_later`): a tick waits for one of the agent's message slots behind
 /// the whole fleet's messages. In the simulator's 1,000-migration fleet (seed 9,
@@ -848,39 +880,40 @@ fn a_failed_save_or_look_keeps_the_action_outcomes_its_step_heard() {
 /// second.
 #[test]
 fn a_failed_look_in_the_cutover_is_retried_in_process_not_behind_the_fleets_messages() {
-    const LATE_MS: i64 = 5 * 60_000;
-    let mut worst = WorstShare::default();
-    let quarantine = "rds:ModifyDBInstance";
-    for share in [0.0, 1.0] {
-        let fault_free = sim::run(&one_migration(share, FaultPlan::scripted(Vec::new())));
-        assert_eq!(fault_free.agent_ms.len(), 1, "{fault_free}");
-        let base = fault_free.agent_ms[0];
-        for nth in 1..=3 {
-            let mut faults: Vec<ScriptedFault> = (1..=60)
-                .map(|n| {
-                    nth_after(
-                        "sqs:SendMessage",
-                        n,
-                        quarantine,
-                        CallFault::ReceivedLate(LATE_MS),
-                    )
-                })
-                .collect();
-            let failed = CallFault::Error(ErrorKind::Retryable);
-            faults.push(nth_after(
-                "ec2:DescribeSecurityGroups",
-                nth,
-                quarantine,
-                failed,
-            ));
-            let report = sim::run(&one_migration(share, FaultPlan::scripted(faults)));
-            let case = format!(
-                "database share {share}: every message received 5 min late, the quarantine group's describe #{nth} failed"
-            );
-            worst.note(&report, &case, base);
-        }
-    }
+    let failed = CallFault::Error(ErrorKind::Retryable);
+    let fault = |nth| {
+        nth_after(
+            "ec2:DescribeSecurityGroups",
+            nth,
+            "rds:ModifyDBInstance",
+            failed.clone(),
+        )
+    };
+    let worst = under_a_congested_queue(3, fault, "the quarantine group's describe failed");
     worst.assert_at_most(10_000, 6);
+}
+
+/// An agent that starts takes over, in-process, the cutovers and rollbacks under way
+/// (`Agent::take_over_at_start`): the process that died was taking their looks in-process, and
+/// their backstop ticks wait for a message slot behind everything the queue gathered meanwhile.
+/// In the simulator's 1,000-migration fleet (seeds 5 and 10) a cutover went 4–5.5 minutes
+/// without a look after an agent crash, and the write budget rolled it back. Here every message
+/// the agent sends once the quarantine is asked for is received 5 minutes late
+/// (`CallFault::ReceivedLate`), and the agent dies right after the nth record write that follows
+/// the request (n = 1–4), on both paths. The agent's share beyond the fault-free run's is the
+/// restart (20–90 s in the simulator) and a look, not the late tick's 5 minutes.
+#[test]
+fn a_restarted_agent_takes_over_the_cutover_under_way_without_waiting_for_its_tick() {
+    let fault = |nth| {
+        nth_after(
+            "dynamodb:UpdateItem",
+            nth,
+            "rds:ModifyDBInstance",
+            CallFault::CrashAfter,
+        )
+    };
+    let worst = under_a_congested_queue(4, fault, "the agent dead after record write");
+    worst.assert_at_most(120_000, 8);
 }
 
 /// A save whose answer was lost (DynamoDB performed it; the agent saw a timeout) is read back,

@@ -259,6 +259,9 @@ struct Process {
     up_at: Ms,
     /// Starts so far (its holder name's second part).
     starts: u32,
+    /// This start's take-over of the cutovers under way (`Agent::take_over_at_start`) was
+    /// spawned, as the runtime does before it receives anything.
+    took_over: std::cell::Cell<bool>,
 }
 
 /// Runs one seed with `migrations` sources and returns what happened.
@@ -419,6 +422,7 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
             agent: agent(port, o, format!("agent-{i}.0")),
             up_at: 0,
             starts: 0,
+            took_over: std::cell::Cell::new(false),
         })
         .collect();
     let mut tasks: BTreeMap<usize, Task> = BTreeMap::new();
@@ -499,6 +503,7 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
             }
             drop(s);
             p.agent = self::agent(port, o, format!("agent-{dead}.{}", p.starts));
+            p.took_over.set(false);
             continue;
         }
         for (index, process) in processes.iter().enumerate() {
@@ -530,6 +535,14 @@ fn drive(seed: u64, port: &SimPort, o: &SimOptions) -> (bool, u32) {
                 );
                 lock_woken(&woken).insert(id);
             };
+            if now >= process.up_at && !process.took_over.replace(true) {
+                let a = agent.clone();
+                let take_over = async move {
+                    a.take_over_at_start().await;
+                    Disposition::Delete
+                };
+                spawn(Box::pin(take_over), None);
+            }
             if now >= process.up_at && busy < o.workers {
                 let messages = {
                     let mut s = port.lock();
