@@ -839,11 +839,13 @@ fn a_failed_save_or_look_keeps_the_action_outcomes_its_step_heard() {
 /// Both paths (database share 0, then 1), each with its fault-free agent share: `case(share,
 /// n)` for n = 1..=`cases` runs one migration with a congested consumer (every message the
 /// agent sends once the quarantine is asked for received 5 minutes late,
-/// `CallFault::ReceivedLate`) and the case's own `fault(n)`; returns the worst share beyond the
-/// fault-free one.
+/// `CallFault::ReceivedLate`) and the case's own `fault(n)`; `took_effect` asserts that the
+/// fault happened in each case's report (a fault that never fires proves nothing); returns the
+/// worst share beyond the fault-free one.
 fn under_a_congested_queue(
     cases: u32,
     fault: impl Fn(u32) -> ScriptedFault,
+    took_effect: impl Fn(&SimReport, &str),
     what: &str,
 ) -> WorstShare {
     const LATE_MS: i64 = 5 * 60_000;
@@ -862,6 +864,7 @@ fn under_a_congested_queue(
             let report = sim::run(&one_migration(share, FaultPlan::scripted(faults)));
             let case =
                 format!("database share {share}: every message received 5 min late, {what} #{nth}");
+            took_effect(&report, &case);
             worst.note(&report, &case, base);
         }
     }
@@ -889,7 +892,20 @@ fn a_failed_look_in_the_cutover_is_retried_in_process_not_behind_the_fleets_mess
             failed.clone(),
         )
     };
-    let worst = under_a_congested_queue(3, fault, "the quarantine group's describe failed");
+    let failed_once = |report: &SimReport, case: &str| {
+        let fired = &report.scripted_fired;
+        assert_eq!(
+            fired.last(),
+            Some(&1),
+            "{case}: the describe never failed\n{report}"
+        );
+    };
+    let worst = under_a_congested_queue(
+        3,
+        fault,
+        failed_once,
+        "the quarantine group's describe failed",
+    );
     worst.assert_at_most(10_000, 6);
 }
 
@@ -912,7 +928,14 @@ fn a_restarted_agent_takes_over_the_cutover_under_way_without_waiting_for_its_ti
             CallFault::CrashAfter,
         )
     };
-    let worst = under_a_congested_queue(4, fault, "the agent dead after record write");
+    let crashed = |report: &SimReport, case: &str| {
+        assert_eq!(report.crashes, 1, "{case}: the agent never died\n{report}");
+        assert_eq!(
+            report.scripted_fired[0], 1,
+            "{case}: no message was late\n{report}"
+        );
+    };
+    let worst = under_a_congested_queue(4, fault, crashed, "the agent dead after record write");
     worst.assert_at_most(120_000, 8);
 }
 
@@ -953,4 +976,25 @@ fn a_save_whose_answer_was_lost_still_runs_its_actions() {
         }
     }
     worst.assert_at_most(45_000, 180);
+}
+
+/// The agent reads the whole table (a DynamoDB Scan) once when it starts, and that one read
+/// both takes over the cutovers under way and counts the migrations that hold a turn
+/// (`Agent::take_over_at_start`); after that, only the resync reads it (every 5 minutes in the
+/// simulator). Before, the first turn asked for read the table a second time. One migration,
+/// no fault, on both paths: at most one Scan per resync sent, plus the start's.
+#[test]
+fn the_table_is_read_once_at_start_up_and_then_only_by_the_resync() {
+    const RESYNC_EVERY_MS: i128 = 5 * 60_000;
+    for share in [0.0, 1.0] {
+        let report = sim::run(&one_migration(share, FaultPlan::scripted(Vec::new())));
+        assert_eq!(report.count(Phase::Completed), 1, "{report}");
+        assert_eq!(report.crashes, 0, "{report}");
+        let resyncs = report.virtual_ms / RESYNC_EVERY_MS;
+        let scans = report.calls.get("dynamodb:Scan").copied().unwrap_or(0);
+        assert!(
+            i128::from(scans) <= resyncs + 1,
+            "database share {share}: {scans} Scans over {resyncs} resyncs\n{report}"
+        );
+    }
 }

@@ -162,6 +162,9 @@ impl<W: World> Agent<W> {
     /// crash, and the write budget rolled it back. A migration another agent is stepping is
     /// not stepped twice: its lease stops the rescue's look. A failed read of the table leaves
     /// them to their ticks and the resync, as before. Returns how many were taken over.
+    ///
+    /// The same read counts the migrations under way for both kinds of turn (`Turns::seed`),
+    /// so the first turn asked for does not read the whole table a second time.
     pub async fn take_over_at_start(&self) -> usize {
         let all = match self.world.store().list().await {
             Ok(all) => all,
@@ -170,6 +173,11 @@ impl<W: World> Agent<W> {
                 return 0;
             }
         };
+        let now = self.world.clock().now();
+        [&self.cutover_turns, &self.preparation_turns]
+            .into_iter()
+            .filter(|t| !t.seeded())
+            .for_each(|t| t.seed(&all, now));
         all.iter()
             .filter(|m| m.phase.is_followed_closely())
             .filter_map(|m| m.next_wake.as_ref().map(|wake| (m, wake.at)))

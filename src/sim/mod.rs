@@ -179,6 +179,8 @@ pub struct SeedOutcome {
     /// Saves refused on the record's version (`State::stale_saves`).
     pub stale_saves: u64,
     pub crashes: u32,
+    /// Whether each scripted fault (indexed as `FaultPlan::scripted`) was applied.
+    pub scripted_fired: Vec<bool>,
     pub dlq: usize,
     /// Agent crash → another process took the lease, for migrations in their cutover.
     pub takeovers_ms: Vec<Ms>,
@@ -389,6 +391,7 @@ pub fn run_seed(seed: u64, migrations: usize, o: &SimOptions) -> SeedOutcome {
         decisions,
         stale_saves: s.stale_saves,
         crashes,
+        scripted_fired: s.scripted_fired.clone(),
         dlq: s.queue.dlq.len(),
         takeovers_ms: s.takeovers_ms.clone(),
         db_faults: s.db_faults.clone(),
@@ -708,6 +711,7 @@ pub fn run(o: &SimOptions) -> SimReport {
         rds_peak_1s: 0,
         rds_peak_60s: 0.0,
         crashes: 0,
+        scripted_fired: Vec::new(),
         decisions: 0,
         stale_saves: 0,
         dlq: 0,

@@ -46,6 +46,8 @@ pub struct SimReport {
     pub rds_peak_1s: u32,
     pub rds_peak_60s: f64,
     pub crashes: u64,
+    /// How many seeds applied each scripted fault (indexed as `FaultPlan::scripted`).
+    pub scripted_fired: Vec<u64>,
     pub decisions: u64,
     /// Saves refused on the record's version (`State::stale_saves`).
     pub stale_saves: u64,
@@ -162,6 +164,11 @@ impl SimReport {
         self.rds_peak_1s = self.rds_peak_1s.max(out.rds_peak_1s);
         self.rds_peak_60s = self.rds_peak_60s.max(out.rds_peak_60s);
         self.crashes += u64::from(out.crashes);
+        let fired = &mut self.scripted_fired;
+        fired.resize(fired.len().max(out.scripted_fired.len()), 0);
+        for (n, f) in fired.iter_mut().zip(&out.scripted_fired) {
+            *n += u64::from(*f);
+        }
         self.decisions += out.decisions;
         self.stale_saves += out.stale_saves;
         self.dlq += out.dlq as u64;

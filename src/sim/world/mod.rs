@@ -252,6 +252,9 @@ pub struct State {
     /// Calls of each scripted fault's operation since its `after` operation was first called
     /// (indexed as `plan.scripted`; counted only once that was called).
     scripted_counts: Vec<Option<u32>>,
+    /// Whether each scripted fault (indexed as `plan.scripted`) has been applied: a test's
+    /// fault that never fired proves nothing.
+    pub scripted_fired: Vec<bool>,
     pub crashed: bool,
     /// While a `sqs:SendMessage` scripted [`crate::sim::faults::CallFault::ReceivedLate`] is applied: how much
     /// later than its delay the message becomes visible.
@@ -324,6 +327,7 @@ impl State {
             plan,
             op_counts: BTreeMap::new(),
             scripted_counts: Vec::new(),
+            scripted_fired: Vec::new(),
             crashed: false,
             received_late_ms: 0,
             current_task: 0,

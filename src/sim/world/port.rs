@@ -65,8 +65,13 @@ impl State {
         };
         let scripted = &self.plan.scripted;
         self.scripted_counts.resize(scripted.len(), None);
+        self.scripted_fired.resize(scripted.len(), false);
         let mut hit = None;
-        for (f, count) in scripted.iter().zip(self.scripted_counts.iter_mut()) {
+        for (i, (f, count)) in scripted
+            .iter()
+            .zip(self.scripted_counts.iter_mut())
+            .enumerate()
+        {
             let counted = match &f.after {
                 None => Some(n),
                 Some(after) => {
@@ -85,6 +90,7 @@ impl State {
             };
             if f.operation == op && counted == Some(f.nth) && hit.is_none() {
                 hit = Some(f.fault.clone());
+                self.scripted_fired[i] = true;
             }
         }
         hit
