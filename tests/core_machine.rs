@@ -306,6 +306,42 @@ fn reboot_waits_until_quarantine_group_is_active() {
     assert_eq!(d.next.phase, Phase::Draining);
 }
 
+/// The looks for the quarantine's group change (RDS sends no event when it is applied) come on
+/// the grid of the poll's multiples, whenever the step ran, and their describes gather: every
+/// cutover in that wait looks at the same times, and one request serves them all. The metric
+/// path polls every `fast_poll`; the next look is at least `MIN_WAKE` away.
+#[test]
+fn the_looks_for_the_group_change_come_on_a_shared_grid_and_gather() {
+    use aurora_migrator::core::needs::needs;
+    let p = policy();
+    let (mut model, mut m) = advanced_to(&p, Phase::Quiescing);
+    quiet_round(&mut model, &mut m, &p);
+    model.source.as_mut().unwrap().security_groups[0].status = "adding".into();
+    assert!(
+        needs(&m, model.now, &p).gathers_quickly,
+        "asked for: the wait gathers"
+    );
+    let poll = p.fast_poll.as_millis();
+    for offset_ms in [0, 1_300, 4_950] {
+        let now = model.now + SignedDuration::from_millis(offset_ms);
+        let d = step(&m, &model.observe(&m, &p), now, &p);
+        assert_eq!(d.next.phase, Phase::Quiescing);
+        let wake = d.wake_after.expect("a look is scheduled");
+        let at = (now + wake).as_millisecond() as i128;
+        assert_eq!(
+            at % poll,
+            0,
+            "on the grid (step {offset_ms} ms in): {wake:?}"
+        );
+        assert!(wake >= SignedDuration::from_millis(100) && wake.as_millis() <= poll + 100);
+    }
+    // Once applied, nothing is waited on any more: the looks that follow do not gather.
+    model.source.as_mut().unwrap().security_groups[0].status = "active".into();
+    let d = step(&m, &model.observe(&m, &p), model.now, &p);
+    assert_eq!(d.next.phase, Phase::Draining);
+    assert!(!needs(&d.next, model.now, &p).gathers_quickly);
+}
+
 /// Brings a migration to Draining with the reboot done, and returns the observation there.
 fn draining() -> (Model, aurora_migrator::core::Migration) {
     advanced_to(&policy(), Phase::Draining)

@@ -24,9 +24,14 @@ pub async fn observe<W: World>(
     let need: Needs = needs(m, now, policy);
     // Boxed: the look's future is large (a debug build's fleet in the simulator ran out of
     // stack with it inline in the task-local's).
-    let gathers = may_gather && need.gathers;
+    let (gathers, quickly) = (
+        may_gather && need.gathers,
+        may_gather && need.gathers_quickly,
+    );
     let look = Box::pin(observe_needs(world, m, policy, now, need));
-    if gathers {
+    if quickly {
+        crate::aws::rds::batch::gathered_quickly(look).await
+    } else if gathers {
         crate::aws::rds::batch::gathered(look).await
     } else {
         look.await

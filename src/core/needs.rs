@@ -40,10 +40,13 @@ pub struct Needs {
     /// Draining on the database path (`machine::cutover`), Verifying and Decommissioning
     /// (`machine::soak`).
     pub target_from_snapshot: bool,
-    /// A scheduled look of a wait that an RDS event ends (the metric path's reboot, AWS's
-    /// promotion): its direct describes may wait a moment for other migrations' looks of the
-    /// same grid time to share one request (`aws::rds::batch::gathered`). News never waits.
+    /// A scheduled look of a cutover wait that an RDS event ends (the metric path's reboot,
+    /// AWS's promotion): its direct describes may wait a moment for other migrations' looks of
+    /// the same grid time to share one request (`aws::rds::batch::gathered`). News never waits.
     pub gathers: bool,
+    /// As `gathers`, for a cutover wait that no event ends, polled on a shared grid (the
+    /// quarantine's group change): a shorter moment (`aws::rds::batch::gathered_quickly`).
+    pub gathers_quickly: bool,
     /// DescribeEvents of the source since this time.
     pub events_since: Option<Timestamp>,
     /// DescribeEvents of the Aurora writer since this time.

@@ -190,14 +190,24 @@ impl<K: Clone + PartialEq, T: Clone> DescribeBatcher<K, T> {
 
 /// How long a batch of looks that can wait a moment ([`gathered`]) stays open before its
 /// request goes to the rate limiter. 2 s: such looks are taken on a shared grid of times
-/// (`Policy::event_poll`'s multiples), and their ticks come through SQS, whose delays are whole
-/// seconds and whose messages arrive up to about a second late, so the looks of one grid time
-/// reach RDS spread over a second or two.
+/// (`Policy::event_poll`'s multiples) and wait for an event, which steps the migration as it
+/// arrives: the window costs only a look for an event lost or late. Their ticks came through
+/// SQS (whole-second delays, up to about a second late); in-process follow-ups start them on
+/// time, and what spreads them is the lease's and the record's DynamoDB calls. 200 ms was
+/// tried (`simulate --seeds 0 --fleet 1000 --seed 2`): Promoting's gathered DescribeDBClusters
+/// served 3.07 looks a request with 2 s and 2.35 with 200 ms.
 pub(crate) const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The window of looks that poll a wait no event ends ([`gathered_quickly`]): the database
+/// path's look for the quarantine's group change comes every half second, and the window is
+/// outage on the look that finds it applied, so it is a fraction of that. 200 ms: these
+/// looks start on their grid time in-process, and the DynamoDB calls before their describes
+/// take single-digit to tens of milliseconds.
+pub(crate) const QUICK_GATHER_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
+
 tokio::task_local! {
-    /// Set while a look that can wait [`GATHER_WINDOW`] for others to share its describes runs.
-    static GATHER: ();
+    /// Set while a look that can wait this long for others to share its describes runs.
+    static GATHER: std::time::Duration;
 }
 
 /// Runs `f` with its direct describes in the cutover lane gathered: a batch it opens waits
@@ -207,20 +217,35 @@ tokio::task_local! {
 /// the event steps the migration as it arrives, and these looks, for an event lost or late,
 /// come on the same grid of times for every migration, so one request serves all of them.
 pub async fn gathered<F: std::future::Future>(f: F) -> F::Output {
-    GATHER.scope((), f).await
+    GATHER.scope(GATHER_WINDOW, f).await
 }
 
-/// Whether the calling task's look gathers ([`gathered`]).
+/// As [`gathered`], with [`QUICK_GATHER_WINDOW`], and only with looks that gather as quickly
+/// (one never waits for a batch that waits longer): for the looks of a cutover wait that no
+/// event ends, polled on a shared grid (the quarantine's group change).
+pub async fn gathered_quickly<F: std::future::Future>(f: F) -> F::Output {
+    GATHER.scope(QUICK_GATHER_WINDOW, f).await
+}
+
+/// How long the calling task's look may wait for others ([`gathered`], [`gathered_quickly`]);
+/// `None` when it does not gather.
+fn window_here() -> Option<std::time::Duration> {
+    GATHER.try_with(|w| *w).ok()
+}
+
+/// Whether the calling task's look gathers ([`gathered`], [`gathered_quickly`]).
 pub(crate) fn gathering_here() -> bool {
-    GATHER.try_with(|()| ()).is_ok()
+    window_here().is_some()
 }
 
 /// One batcher per rate-limiter lane (`aws::limit`): a cutover's describe joins a batch that
 /// waits in the cutover lane, never one queued behind the calls that can wait; and in the
-/// cutover lane the looks that gather ([`gathered`]) have their own.
+/// cutover lane the looks that gather have their own, one per window ([`gathered`],
+/// [`gathered_quickly`]).
 pub(crate) struct LaneBatchers<K, T> {
     cutover: DescribeBatcher<K, T>,
     gathering: DescribeBatcher<K, T>,
+    gathering_quickly: DescribeBatcher<K, T>,
     other: DescribeBatcher<K, T>,
 }
 
@@ -229,27 +254,28 @@ impl<K: Clone + PartialEq, T: Clone> LaneBatchers<K, T> {
         LaneBatchers {
             cutover: DescribeBatcher::new(op),
             gathering: DescribeBatcher::new(op),
+            gathering_quickly: DescribeBatcher::new(op),
             other: DescribeBatcher::new(op),
         }
     }
 
     /// The calling task's lane's batcher.
     pub(crate) fn here(&self) -> &DescribeBatcher<K, T> {
-        match (crate::aws::limit::cutover_lane(), gathering_here()) {
-            (true, true) => &self.gathering,
-            (true, false) => &self.cutover,
+        match (crate::aws::limit::cutover_lane(), window_here()) {
+            (true, Some(GATHER_WINDOW)) => &self.gathering,
+            (true, Some(_)) => &self.gathering_quickly,
+            (true, None) => &self.cutover,
             (false, _) => &self.other,
         }
     }
 
     /// How long a batch the calling task opens waits before its request goes to the rate
-    /// limiter: [`GATHER_WINDOW`] for a gathering look in the cutover lane, else nothing (the
-    /// batch closes when its turn comes).
+    /// limiter: its window for a gathering look in the cutover lane, else nothing (the batch
+    /// closes when its turn comes).
     pub(crate) fn gather_window(&self) -> std::time::Duration {
-        if crate::aws::limit::cutover_lane() && gathering_here() {
-            GATHER_WINDOW
-        } else {
-            std::time::Duration::ZERO
+        match window_here() {
+            Some(w) if crate::aws::limit::cutover_lane() => w,
+            _ => std::time::Duration::ZERO,
         }
     }
 }
@@ -432,44 +458,62 @@ mod tests {
         assert_eq!(sizes, vec![1, MAX_BATCH]);
     }
 
+    /// How a test's look waits: [`gathered`], [`gathered_quickly`], or not at all.
+    #[derive(Clone, Copy)]
+    enum Waits {
+        Never,
+        ForAnEvent,
+        Quickly,
+    }
+
+    /// One look in the cutover lane for `name`, `after_ms` into the test, through `b` (whose
+    /// requests are recorded in `asked`): how long it waited for its answer.
+    async fn timed_look(
+        b: &LaneBatchers<String, String>,
+        asked: &Mutex<Vec<Vec<String>>>,
+        name: &'static str,
+        waits: Waits,
+        after_ms: u64,
+    ) -> std::time::Duration {
+        use crate::aws::limit::in_lane;
+        use std::time::{Duration, Instant};
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        let look = async {
+            b.here()
+                .describe(
+                    name.to_string(),
+                    tokio::time::sleep(b.gather_window()),
+                    |names: Vec<String>| async move {
+                        asked.lock().unwrap().push(names.clone());
+                        Ok(names)
+                    },
+                    same,
+                )
+                .await
+        };
+        let started = Instant::now();
+        let found = match waits {
+            Waits::Never => in_lane(true, look).await,
+            Waits::ForAnEvent => in_lane(true, gathered(look)).await,
+            Waits::Quickly => in_lane(true, gathered_quickly(look)).await,
+        };
+        assert_eq!(found.unwrap().as_deref(), Some(name));
+        started.elapsed()
+    }
+
     /// Scheduled looks of an event wait (`gathered`) in the cutover lane share one request when
     /// they come within the window of each other; a look that cannot wait neither joins their
     /// batch nor waits for it; outside the cutover lane nothing gathers.
     #[tokio::test]
     async fn gathered_looks_share_a_request_and_a_look_that_cannot_wait_does_not_wait_for_them() {
-        use crate::aws::limit::in_lane;
-        use std::time::{Duration, Instant};
+        use std::time::Duration;
         let b = LaneBatchers::<String, String>::new("rds:DescribeDBClusters");
         let asked = Mutex::new(Vec::new());
-        let one = |name: &'static str, gather: bool, after_ms: u64| {
-            let (b, asked) = (&b, &asked);
-            async move {
-                tokio::time::sleep(Duration::from_millis(after_ms)).await;
-                let look = async {
-                    b.here()
-                        .describe(
-                            name.to_string(),
-                            tokio::time::sleep(b.gather_window()),
-                            |names: Vec<String>| async move {
-                                asked.lock().unwrap().push(names.clone());
-                                Ok(names)
-                            },
-                            same,
-                        )
-                        .await
-                };
-                let started = Instant::now();
-                let found = if gather {
-                    in_lane(true, gathered(look)).await
-                } else {
-                    in_lane(true, look).await
-                };
-                assert_eq!(found.unwrap().as_deref(), Some(name));
-                started.elapsed()
-            }
-        };
-        let (a, later, urgent) =
-            tokio::join!(one("a", true, 0), one("b", true, 500), one("c", false, 100));
+        let (a, later, urgent) = tokio::join!(
+            timed_look(&b, &asked, "a", Waits::ForAnEvent, 0),
+            timed_look(&b, &asked, "b", Waits::ForAnEvent, 500),
+            timed_look(&b, &asked, "c", Waits::Never, 100)
+        );
         let mut asked = asked.lock().unwrap().clone();
         asked.sort();
         assert_eq!(asked, vec![vec!["a", "b"], vec!["c"]]);
@@ -480,6 +524,41 @@ mod tests {
         );
         assert!(urgent < GATHER_WINDOW / 2, "{urgent:?}");
         assert_eq!(gathered(async { b.gather_window() }).await, Duration::ZERO);
+    }
+
+    /// Looks that gather quickly (the group change's poll) share a request among themselves
+    /// and wait their own short window, never a batch of looks that wait for an event.
+    #[tokio::test]
+    async fn quickly_gathered_looks_share_a_request_and_never_wait_for_a_slow_batch() {
+        use std::time::Duration;
+        let b = LaneBatchers::<String, String>::new("rds:DescribeDBInstances");
+        let asked = Mutex::new(Vec::new());
+        let (slow, first, second) = tokio::join!(
+            timed_look(&b, &asked, "a", Waits::ForAnEvent, 0),
+            timed_look(&b, &asked, "q1", Waits::Quickly, 50),
+            timed_look(&b, &asked, "q2", Waits::Quickly, 100)
+        );
+        let mut asked = asked.lock().unwrap().clone();
+        asked.sort();
+        assert_eq!(asked, vec![vec!["a"], vec!["q1", "q2"]]);
+        assert!(slow >= GATHER_WINDOW, "{slow:?}");
+        assert!(
+            first >= QUICK_GATHER_WINDOW,
+            "the batch stayed open: {first:?}"
+        );
+        assert!(
+            first < GATHER_WINDOW / 2,
+            "never the slow batch's wait: {first:?}"
+        );
+        assert!(
+            second < QUICK_GATHER_WINDOW,
+            "answered with the batch it joined: {second:?}"
+        );
+        assert_eq!(
+            gathered_quickly(async { b.gather_window() }).await,
+            Duration::ZERO,
+            "outside the cutover lane nothing gathers"
+        );
     }
 
     /// Polls every future to completion on this task (no `futures` crate here).
