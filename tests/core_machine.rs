@@ -448,20 +448,26 @@ fn abort_before_promotion_restores_groups_and_deletes_the_replica() {
     assert!(model.quarantine.is_none());
 }
 
+/// A migration in Draining (the source fenced) aborted by its tag, stepped until RollingBack.
+fn rolling_back_from_draining_on_abort(policy: &Policy) -> (Model, Migration) {
+    let (mut model, mut m) = draining();
+    model.tag_source("aurora-migration:abort", "true");
+    let mut rounds = 0;
+    while m.phase != Phase::RollingBack {
+        quiet_round(&mut model, &mut m, policy);
+        rounds += 1;
+        assert!(rounds < 10, "the abort starts the rollback");
+    }
+    (model, m)
+}
+
 /// A rollback before cutover looks every `fast_poll` while the source is fenced; once the
 /// source has its groups back and takes writes, the replica's deletion (minutes at RDS) is
 /// looked at every `slow_poll`: nobody's writes wait on it.
 #[test]
 fn a_rollback_looks_slowly_once_the_source_takes_writes_again() {
     let policy = policy();
-    let (mut model, mut m) = draining();
-    model.tag_source("aurora-migration:abort", "true");
-    let mut rounds = 0;
-    while m.phase != Phase::RollingBack {
-        quiet_round(&mut model, &mut m, &policy);
-        rounds += 1;
-        assert!(rounds < 10, "the abort starts the rollback");
-    }
+    let (mut model, mut m) = rolling_back_from_draining_on_abort(&policy);
     let replica = model.target.clone().expect("the replica exists");
     // The step that asks for the groups back (and the replica's deletion) looks again soon.
     let d = quiet_round(&mut model, &mut m, &policy);
@@ -490,6 +496,54 @@ fn a_rollback_looks_slowly_once_the_source_takes_writes_again() {
     model.target = None;
     run_to_end(&mut model, &mut m, &policy, 50);
     assert_eq!(m.phase, Phase::Aborted);
+}
+
+/// A rollback before cutover asks for the source's groups back and the replica's deletion on
+/// one look; while the source waits for its groups (looks every `fast_poll`, writes stopped),
+/// the replica whose deletion is in flight is not described: nothing waits on it until the
+/// source takes writes again. A request in flight for longer than `reissue_after` (lost?) has
+/// the replica read again, so that it is asked again.
+#[test]
+fn a_rollback_does_not_describe_the_replica_being_deleted_while_the_source_waits_for_its_groups() {
+    use aurora_migrator::core::needs::needs;
+    let policy = policy();
+    let (mut model, mut m) = rolling_back_from_draining_on_abort(&policy);
+    if !m.requested.contains_key(&ActionKey::DeleteTarget) {
+        assert!(
+            needs(&m, model.now, &policy).target,
+            "the replica is read to be deleted"
+        );
+        let d = step(&m, &model.observe(&m, &policy), model.now, &policy);
+        assert!(keys(&d.actions).contains(&ActionKey::DeleteTarget));
+        m = d.next; // asked for; RDS has not applied the groups yet
+    }
+    assert!(
+        m.source_quarantined(),
+        "the groups are asked back, not yet seen"
+    );
+    for after in [1, 5, 30, 170] {
+        let n = needs(&m, model.now + SignedDuration::from_secs(after), &policy);
+        assert!(
+            !n.target,
+            "{after} s in: the replica being deleted is not described"
+        );
+        assert!(n.source && n.quarantine_group, "the source's groups are");
+    }
+    let lost = model.now + policy.reissue_after + SignedDuration::from_secs(1);
+    assert!(
+        needs(&m, lost, &policy).target,
+        "in flight too long: read to ask again"
+    );
+    // RDS applies the groups: once the source takes writes again, the replica is looked at
+    // (every `slow_poll`).
+    model.source.as_mut().unwrap().security_groups = vec![active_group("sg-app")];
+    let d = quiet_round(&mut model, &mut m, &policy);
+    assert!(!m.source_quarantined(), "the source takes writes again");
+    assert!(needs(&m, model.now, &policy).target);
+    assert_eq!(d.wake_after, Some(policy.slow_poll));
+    run_to_end(&mut model, &mut m, &policy, 50);
+    assert_eq!(m.phase, Phase::Aborted);
+    assert!(model.target.is_none(), "the replica was deleted");
 }
 
 #[test]
@@ -1477,10 +1531,30 @@ fn a_promotion_rds_has_taken_up_is_not_re_read_for_a_request_every_cutover_reiss
             "{after:?} after RDS showed it promoting: not due"
         );
     }
-    let need = aurora_migrator::core::needs::needs(
-        &m,
-        seen + policy.reissue_after + SignedDuration::from_secs(1),
-        &policy,
+    // Past it, one look asks RDS for the cluster alone (`needs`' confirming look): still
+    // promoting, the request stays in flight and nothing is re-read for it.
+    model.now = seen + policy.reissue_after + SignedDuration::from_secs(1);
+    let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+    assert!(need.target && !need.snapshot_will_do && !need.fresh);
+    assert!(!need.quarantine_group && need.source_from_snapshot && !need.gathers);
+    let d = quiet_round(&mut model, &mut m, &policy);
+    assert!(!keys(&d.actions).contains(&ActionKey::PromoteTarget));
+    let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+    assert!(!need.quarantine_group, "in flight again");
+    // A request RDS lost (the cluster `available` again, still a replica) is asked again only
+    // from a look that re-read the fence.
+    model.now += policy.reissue_after + SignedDuration::from_secs(1);
+    model.target.as_mut().unwrap().status = "available".into();
+    let d = step(&m, &model.observe(&m, &policy), model.now, &policy);
+    assert!(!keys(&d.actions).contains(&ActionKey::PromoteTarget));
+    assert_eq!(
+        d.wake_after,
+        Some(SignedDuration::ZERO),
+        "looks again at once"
     );
+    let m = d.next;
+    let need = aurora_migrator::core::needs::needs(&m, model.now, &policy);
     assert!(need.quarantine_group && !need.source_from_snapshot);
+    let d = step(&m, &model.observe(&m, &policy), model.now, &policy);
+    assert!(keys(&d.actions).contains(&ActionKey::PromoteTarget));
 }

@@ -739,6 +739,22 @@ fn the_database_size_is_weighed_against_free_storage() {
     assert_eq!(check(&m, "database-size").outcome, Outcome::Pass);
 }
 
+/// Steps `m` (in Promoting) every `promotion_poll` until the promotion is asked for.
+fn step_until_the_promotion_is_asked(
+    model: &mut Model,
+    m: &mut aurora_migrator::core::Migration,
+    policy: &aurora_migrator::core::policy::Policy,
+) {
+    for _ in 0..20 {
+        if m.progress.promote_requested_at.is_some() {
+            return;
+        }
+        quiet_round(model, m, policy);
+        model.now += policy.promotion_poll;
+    }
+    panic!("the promotion was never asked for");
+}
+
 #[test]
 fn while_aws_promotes_the_database_path_reads_the_describes_from_the_snapshot_and_then_rds_itself()
 {
@@ -751,13 +767,7 @@ fn while_aws_promotes_the_database_path_reads_the_describes_from_the_snapshot_an
         !need(&m, &model).snapshot_will_do,
         "the request is due: the fence is read from RDS"
     );
-    for _ in 0..20 {
-        if m.progress.promote_requested_at.is_some() {
-            break;
-        }
-        quiet_round(&mut model, &mut m, &policy);
-        model.now += SignedDuration::from_millis(200);
-    }
+    step_until_the_promotion_is_asked(&mut model, &mut m, &policy);
     assert_eq!(model.promotions, 1);
     // AWS promotes for minutes: a replica, `promoting`, its writer still in recovery.
     let t = model.target.as_mut().unwrap();
@@ -783,6 +793,59 @@ fn while_aws_promotes_the_database_path_reads_the_describes_from_the_snapshot_an
     t.replication_source = None;
     t.status = "available".into();
     advance_to(&mut model, &mut m, &policy, Phase::Verifying);
+    assert_eq!(model.promotions, 1);
+}
+
+/// On the database path the looks while AWS promotes read the cluster from the fleet snapshot,
+/// which for minutes after the request still shows it `available` (the snapshot predates it):
+/// when the request's in-flight period passes, one look asks RDS for the cluster alone, not
+/// for the source, the fence's group and the sessions as a new request would. RDS showing it
+/// `promoting` keeps the request in flight for `reissue_after`. (A full re-check there was a
+/// direct describe of the source for a request RDS already had: one a migration on the
+/// database path in the simulator's 1,000-migration fleet.)
+#[test]
+fn a_promotion_request_past_its_in_flight_period_is_confirmed_by_the_cluster_alone() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::Promoting);
+    step_until_the_promotion_is_asked(&mut model, &mut m, &policy);
+    assert_eq!(model.promotions, 1);
+    let asked = m.progress.promote_requested_at.unwrap();
+    // The snapshot's cluster: still `available`, a replica (the model serves it as is; its
+    // promotion is instant).
+    let t = model.target.as_mut().unwrap();
+    t.replication_source = Some(m.source_arn.clone());
+    t.status = "available".into();
+    let mut looks = 0;
+    while model.now < asked + policy.cutover_reissue_after {
+        let n = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+        assert!(
+            n.snapshot_will_do && !n.quarantine_group && !n.source_sessions,
+            "{:?} after the request: {n:?}",
+            model.now.duration_since(asked)
+        );
+        let d = quiet_round(&mut model, &mut m, &policy);
+        assert!(!keys(&d.actions).contains(&ActionKey::PromoteTarget));
+        model.now += SignedDuration::from_millis(200);
+        looks += 1;
+    }
+    assert!(looks > 100, "{looks}");
+    let n = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+    assert!(
+        n.target && !n.snapshot_will_do && !n.fresh,
+        "the cluster from RDS"
+    );
+    assert!(n.source_from_snapshot && !n.quarantine_group && !n.source_sessions);
+    assert!(n.target_replay, "the writer's recovery state is still read");
+    // RDS has it: `promoting`.
+    model.target.as_mut().unwrap().status = "promoting".into();
+    let d = quiet_round(&mut model, &mut m, &policy);
+    assert!(!keys(&d.actions).contains(&ActionKey::PromoteTarget));
+    model.now += policy.reissue_after - SignedDuration::from_secs(1);
+    let n = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+    assert!(
+        n.snapshot_will_do && !n.quarantine_group,
+        "in flight for reissue_after"
+    );
     assert_eq!(model.promotions, 1);
 }
 

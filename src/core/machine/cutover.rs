@@ -80,23 +80,31 @@ pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Need
             n.target = true;
             // No client session may have got in since the fence, up to every promotion request
             // (one refused is asked again): read whenever a request is due.
-            let request_due = m
-                .requested
-                .get(&ActionKey::PromoteTarget)
-                .is_none_or(|until| now >= *until);
+            let asked = m.requested.get(&ActionKey::PromoteTarget);
+            let request_due = asked.is_none_or(|until| now >= *until);
+            // A request asked for whose in-flight period has passed: RDS has most likely taken
+            // it up (the database path's looks meanwhile read the cluster from the fleet
+            // snapshot, minutes old, which cannot show `promoting` yet). This look asks RDS for
+            // the cluster alone; only one that finds it still `available` (the request lost or
+            // refused) has the fence and the sessions re-read before asking again
+            // (`Stepper::promoting`). A full re-check here was a direct describe of the source
+            // (with the group's and the sessions' reads) for a request RDS already had, one a
+            // migration on the database path in the 1,000-migration fleet.
+            let confirming = m.phase == Phase::Promoting && asked.is_some() && request_due;
+            let recheck_due = request_due && !confirming;
             // The fence is re-checked right before every promotion request and before routing
             // (on the database path the route is asked on the look that sees the writer out of
             // recovery), not on every look while AWS promotes: that was one EC2 describe every
             // `promotion_poll` for minutes.
             n.quarantine_group = match m.phase {
                 Phase::Promoting => {
-                    request_due || (m.database_path() && p.writer_out_of_recovery_at.is_some())
+                    recheck_due || (m.database_path() && p.writer_out_of_recovery_at.is_some())
                 }
                 _ => p.route_requested_at.is_none(),
             };
             n.source_sessions = m.phase == Phase::Promoting
                 && p.writer_out_of_recovery_at.is_none()
-                && request_due
+                && recheck_due
                 && m.database_path();
             n.consistency = consistency::needs_check(m);
             // Waiting for AWS's promotion on the database path: the writer says by SQL when
@@ -123,6 +131,10 @@ pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Need
                 && !request_due;
             // Those looks are the promotion's wait (`Policy::event_poll`): they gather.
             n.gathers = n.source_from_snapshot;
+            // The confirming look reads the source from the snapshot too (the cluster as RDS
+            // has it now: the look is not planned as one that may read a snapshot), and does
+            // not gather: on the database path it also reads the writer's recovery state.
+            n.source_from_snapshot |= confirming && p.writer_out_of_recovery_at.is_none();
             n.fresh |= waiting && p.writer_out_of_recovery_at.is_some();
         }
         _ => {}
@@ -668,8 +680,10 @@ impl Stepper<'_> {
         let unread = matches!(self.obs.quarantine_group, Observed::Unknown)
             || (self.database_path() && self.obs.database.source_sessions.is_none());
         if request_due && unread {
-            // The request came due after this look was planned: the fence (and the sessions)
-            // were not read.
+            // The request came due after this look was planned, or this look confirmed that a
+            // request whose in-flight period passed was not taken up (`needs`): the fence (and
+            // the sessions) were not read. The next look reads them, as for a first request.
+            self.m.requested.remove(&ActionKey::PromoteTarget);
             self.look_again = true;
             return;
         }

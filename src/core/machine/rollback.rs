@@ -15,7 +15,19 @@ use crate::core::database::DbTarget;
 pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Needs) {
     use MetricKey::*;
     let p = &m.progress;
-    n.target = true;
+    // Before the cutover the replica's deletion is asked for on the first look, beside the
+    // source's groups; while the source waits for them (looks every `fast_poll`, in the
+    // cutover lane, which reads no snapshot older than a few seconds) a replica whose deletion
+    // is in flight is not described: nothing waits on it until the source takes writes again
+    // (then it is looked at every `slow_poll`), and a request lost or refused is asked again
+    // once its in-flight period has passed. Each of those looks described it directly: 7
+    // DescribeDBClusters a rollback in the simulator's 1,000-migration fleet.
+    let deletion_in_flight = m
+        .requested
+        .get(&ActionKey::DeleteTarget)
+        .is_some_and(|until| now < *until);
+    let after_cutover = m.rollback.as_ref().is_some_and(|r| r.after_cutover);
+    n.target = after_cutover || !(m.source_quarantined() && deletion_in_flight);
     n.quarantine_group = true;
     if m.rollback.as_ref().is_some_and(|r| r.after_cutover) {
         // From the period that holds the route request: Aurora may take writes from then on,
