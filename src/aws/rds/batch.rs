@@ -518,9 +518,12 @@ mod tests {
         asked.sort();
         assert_eq!(asked, vec![vec!["a", "b"], vec!["c"]]);
         assert!(a >= GATHER_WINDOW, "the batch stayed open: {a:?}");
+        // Answered with the batch it joined half a second in: after most of its window (not
+        // at once), and with `a` (sooner from its own later start). Not an exact 1.5 s: the
+        // timers fire a millisecond or so late, more on a busy machine.
         assert!(
-            later >= GATHER_WINDOW - Duration::from_millis(500),
-            "answered with the batch it joined: {later:?}"
+            later >= GATHER_WINDOW / 2 && later < a,
+            "answered with the batch it joined: {later:?} ({a:?})"
         );
         assert!(urgent < GATHER_WINDOW / 2, "{urgent:?}");
         assert_eq!(gathered(async { b.gather_window() }).await, Duration::ZERO);
@@ -550,9 +553,11 @@ mod tests {
             first < GATHER_WINDOW / 2,
             "never the slow batch's wait: {first:?}"
         );
+        // Answered with q1's batch, from its own later start (timers fire a little late on a
+        // busy machine, so no exact bound).
         assert!(
-            second < QUICK_GATHER_WINDOW,
-            "answered with the batch it joined: {second:?}"
+            second < first,
+            "answered with the batch it joined: {second:?} ({first:?})"
         );
         assert_eq!(
             gathered_quickly(async { b.gather_window() }).await,
