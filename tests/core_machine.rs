@@ -136,6 +136,22 @@ fn the_look_after_a_creation_request_waits_for_the_creation_s_first_minutes() {
     assert_eq!(waits, vec![Some(first_look)]);
 }
 
+/// The look before the replica's cluster is created takes its absence from the fleet snapshot
+/// (no direct describe: the creation meets a cluster created since, and checks it the same
+/// way); once the creation was asked for, an absent cluster is described directly.
+#[test]
+fn the_look_before_the_replica_is_created_takes_its_absence_from_the_snapshot() {
+    use aurora_migrator::core::needs::needs;
+    let p = policy();
+    let (model, m) = advanced_to(&p, Phase::CreatingReplica);
+    let n = needs(&m, model.now, &p);
+    assert!(n.target && n.target_absence_from_snapshot);
+    let d = step(&m, &model.observe(&m, &p), model.now, &p);
+    assert!(keys(&d.actions).contains(&ActionKey::CreateReplicaCluster));
+    let later = model.now + p.slow_change_first_look();
+    assert!(!needs(&d.next, later, &p).target_absence_from_snapshot);
+}
+
 #[test]
 fn preflight_failure_ends_in_failed_without_any_mutation() {
     let mut model = Model::new();

@@ -89,6 +89,8 @@ async fn observe_needs<W: World>(
     let target = async {
         if need.target_from_snapshot {
             crate::aws::rds::cache::snapshot_will_do(target).await
+        } else if need.target_absence_from_snapshot {
+            crate::aws::rds::cache::absence_will_do(target).await
         } else {
             target.await
         }

@@ -40,6 +40,10 @@ pub struct Needs {
     /// Draining on the database path (`machine::cutover`), Verifying and Decommissioning
     /// (`machine::soak`).
     pub target_from_snapshot: bool,
+    /// The target absent from the fleet snapshot is taken as absent, not described directly
+    /// (`aws::rds::cache::absence_will_do`): the look before the replica's cluster is created
+    /// (CreatingReplica, nothing asked yet), whose creation meets a cluster created since.
+    pub target_absence_from_snapshot: bool,
     /// A scheduled look of a cutover wait that an RDS event ends (the metric path's reboot,
     /// AWS's promotion): its direct describes may wait a moment for other migrations' looks of
     /// the same grid time to share one request (`aws::rds::batch::gathered`). News never waits.

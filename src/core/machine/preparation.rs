@@ -39,7 +39,12 @@ pub(super) fn needs(m: &Migration, now: Timestamp, n: &mut Needs) {
             n.parameter_groups = true;
             n.quarantine_group = true;
         }
-        Phase::CreatingReplica => n.target = true,
+        Phase::CreatingReplica => {
+            n.target = true;
+            // Entering the phase cleared what was asked: nothing is created yet.
+            n.target_absence_from_snapshot =
+                !m.requested.contains_key(&ActionKey::CreateReplicaCluster);
+        }
         Phase::Replicating | Phase::AwaitingCutover | Phase::Paused => {
             n.target = true;
             n.fleet_pause = m.phase != Phase::Replicating;
