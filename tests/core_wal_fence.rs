@@ -849,6 +849,47 @@ fn a_promotion_request_past_its_in_flight_period_is_confirmed_by_the_cluster_alo
     assert_eq!(model.promotions, 1);
 }
 
+/// Once the Aurora writer has left recovery (read by SQL) the promotion has taken effect in the
+/// database, whatever RDS's describe says yet: no request is due. A describe that still shows the
+/// cluster a replica, `available`, after the request's in-flight period is waited out every
+/// `promotion_poll`, and the promotion is not asked again. (It was looked at again at once: each
+/// such look, with no wait, read the quarantine group, described both sides directly and read
+/// both sides' fingerprints, until RDS caught up or Promoting's time limit ran out.)
+#[test]
+fn a_describe_that_lags_the_writer_out_of_recovery_is_waited_out_not_looked_at_again_at_once() {
+    let policy = database_policy();
+    let (mut model, mut m) = with_database_at(Phase::Promoting);
+    step_until_the_promotion_is_asked(&mut model, &mut m, &policy);
+    assert_eq!(model.promotions, 1);
+    // The writer has left recovery (a look read it so); RDS's describe still shows a replica,
+    // `available`, and the request's in-flight period is over.
+    m.progress.writer_out_of_recovery_at = Some(model.now);
+    let t = model.target.as_mut().unwrap();
+    t.replication_source = Some(m.source_arn.clone());
+    t.status = "available".into();
+    model.now += policy.cutover_reissue_after + policy.reissue_after;
+    for _ in 0..20 {
+        let d = quiet_round(&mut model, &mut m, &policy);
+        assert_eq!(m.phase, Phase::Promoting);
+        assert!(
+            !keys(&d.actions).contains(&ActionKey::PromoteTarget),
+            "the promotion is not asked again: {:?}",
+            d.actions
+        );
+        let wait = d.wake_after.expect("a next look");
+        assert!(
+            wait > SignedDuration::ZERO && wait <= policy.promotion_poll,
+            "the next look waits for `promotion_poll`, not at once: {wait:?}"
+        );
+        model.now += wait;
+    }
+    // RDS catches up: the migration goes on with the one promotion.
+    let t = model.target.as_mut().unwrap();
+    t.replication_source = None;
+    advance_to(&mut model, &mut m, &policy, Phase::Verifying);
+    assert_eq!(model.promotions, 1);
+}
+
 /// The database path's Draining proves by SQL and reads the source from the fleet snapshot
 /// (for its endpoint and the guards' tags), judging and repairing nothing on it: a fence that
 /// broke meanwhile (an IaC apply put the old groups back) is caught by Promoting's first look,

@@ -81,7 +81,9 @@ pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Need
             // No client session may have got in since the fence, up to every promotion request
             // (one refused is asked again): read whenever a request is due.
             let asked = m.requested.get(&ActionKey::PromoteTarget);
-            let request_due = asked.is_none_or(|until| now >= *until);
+            // A writer out of recovery has been promoted, whatever RDS says yet: nothing is due.
+            let request_due =
+                asked.is_none_or(|until| now >= *until) && p.writer_out_of_recovery_at.is_none();
             // A request asked for whose in-flight period has passed: RDS has most likely taken
             // it up (the database path's looks meanwhile read the cluster from the fleet
             // snapshot, minutes old, which cannot show `promoting` yet). This look asks RDS for
@@ -676,7 +678,15 @@ impl Stepper<'_> {
             .requested
             .get(&ActionKey::PromoteTarget)
             .is_some_and(|until| self.now < *until);
-        let request_due = t.replication_source.is_some() && t.status == "available" && !in_flight;
+        // Once the writer has left recovery (read by SQL, the database path) the promotion has
+        // taken effect in the database: a describe that still shows a replica, `available`, is
+        // RDS's status lagging, waited out every `promotion_poll` (above). Taken for a request
+        // due, it was a look again at once, over and over: the fence's group, both sides
+        // described and both fingerprints read with no wait between.
+        let request_due = t.replication_source.is_some()
+            && t.status == "available"
+            && !in_flight
+            && self.m.progress.writer_out_of_recovery_at.is_none();
         let unread = matches!(self.obs.quarantine_group, Observed::Unknown)
             || (self.database_path() && self.obs.database.source_sessions.is_none());
         if request_due && unread {
