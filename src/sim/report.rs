@@ -424,8 +424,13 @@ impl fmt::Display for SimReport {
                 .sum();
             writeln!(
                 f,
-                "fleet: {} concurrent migrations in one agent (seed {}): {} completed, {} violations, {} of virtual time",
+                "fleet: {} concurrent migrations in {} (seed {}): {} completed, {} violations, {} of virtual time",
                 fl.migrations,
+                if self.options.agents > 1 {
+                    "two agents, each with half the RDS rate"
+                } else {
+                    "one agent"
+                },
                 out.seed,
                 done,
                 out.violations.len(),
