@@ -438,30 +438,22 @@ impl fmt::Display for SimReport {
             )?;
             writeln!(
                 f,
-                "  write unavailability p50 {}, p99 {}; {:.0} RDS calls per migration; RDS peak {} req in one second, {:.2} req/s over 60 s (budget 12)",
+                "  write unavailability p50 {}, p99 {}; {:.0} RDS calls per migration; RDS peak {} req in one second, {:.2} req/s over 60 s (limit {}, the account's budget 12)",
                 secs(percentile(&windows, 0.5)),
                 secs(percentile(&windows, 0.99)),
                 rds as f64 / fl.migrations.max(1) as f64,
                 out.rds_peak_1s,
-                out.rds_peak_60s
+                out.rds_peak_60s,
+                self.options.rds_rate_limit
             )?;
-            let rolled_back = |permanent: bool| {
-                out.endings
-                    .iter()
-                    .filter(|e| {
-                        e.phase == Some(Phase::RolledBack) && e.permanent.is_some() == permanent
-                    })
-                    .count()
-            };
-            let budget = out.endings.iter().filter(|e| e.budget_rollback).count();
-            let breach = out.endings.iter().filter(|e| e.breach_rollback).count();
+            let rollbacks = Rollbacks::of(&out.endings);
             writeln!(
                 f,
-                "  rolled back: {} with a permanent fault, {} with only transient faults ({} of them by the write budget, {} by a client past the quarantine); failed {}, other {}",
-                rolled_back(true),
-                rolled_back(false),
-                budget,
-                breach,
+                "  rolled back: {} with a permanent fault, {} with a hole in the quarantine (a client got past it: the proof fails, losslessly), {} with only transient faults ({} of them by the write budget); failed {}, other {}",
+                rollbacks.permanent,
+                rollbacks.hole,
+                rollbacks.transient,
+                rollbacks.budget,
                 out.endings
                     .iter()
                     .filter(|e| e.phase == Some(Phase::Failed))
@@ -610,5 +602,95 @@ impl fmt::Display for SimReport {
             }
         }
         Ok(())
+    }
+}
+
+/// How a fleet's rolled-back migrations divide by cause, as the fleet report prints them.
+///
+/// A hole in the quarantine (`DbFault::ReconnectOnce`, `PersistentHole`) is counted apart from
+/// the transient faults: a client that reconnects after the agent ended its session came through
+/// a path the quarantine does not close (security groups stop new connections only; another
+/// group on the source, a service sharing the agent's group), and that path stays until a
+/// person closes it, however often the client uses it. The attempt's proof fails and it rolls
+/// back without loss (`machine::wal_fence`), as any failed proof does; the next attempt is a
+/// person's `start`. So "every migration without a permanent fault completes" reads
+/// `transient == 0`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Rollbacks {
+    /// Rolled back with one of the simulator's permanent AWS faults.
+    permanent: usize,
+    /// Rolled back because a client got past the quarantine (`Ending::breach_rollback`).
+    hole: usize,
+    /// Rolled back with neither: only transient faults (the agent's own pacing among them).
+    transient: usize,
+    /// Of `transient`, those the write-unavailability budget ended.
+    budget: usize,
+}
+
+impl Rollbacks {
+    fn of(endings: &[checks::Ending]) -> Self {
+        let mut r = Rollbacks::default();
+        for e in endings
+            .iter()
+            .filter(|e| e.phase == Some(Phase::RolledBack))
+        {
+            if e.permanent.is_some() {
+                r.permanent += 1;
+            } else if e.breach_rollback {
+                r.hole += 1;
+            } else {
+                r.transient += 1;
+                r.budget += usize::from(e.budget_rollback);
+            }
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ending(phase: Phase, permanent: bool, budget: bool, breach: bool) -> checks::Ending {
+        checks::Ending {
+            source: "orders-db".into(),
+            phase: Some(phase),
+            permanent: permanent.then_some(faults::PermanentFault::PromotionStuck),
+            last_error: None,
+            window_ms: None,
+            aws_ms: None,
+            budget_rollback: budget,
+            breach_rollback: breach,
+            path: checks::CutoverPath::Database,
+            fallback: None,
+            rebooted: false,
+            group_change_ms: None,
+            promotion_ms: None,
+            db_parts: None,
+            router: 0,
+            propagation_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_hole_in_the_quarantine_is_counted_apart_from_the_transient_faults() {
+        let endings = [
+            ending(Phase::Completed, false, false, false),
+            ending(Phase::RolledBack, true, false, false),
+            ending(Phase::RolledBack, false, false, true),
+            ending(Phase::RolledBack, false, false, true),
+            ending(Phase::RolledBack, false, true, false),
+            ending(Phase::RolledBack, false, false, false),
+            ending(Phase::Failed, false, false, false),
+        ];
+        assert_eq!(
+            Rollbacks::of(&endings),
+            Rollbacks {
+                permanent: 1,
+                hole: 2,
+                transient: 2,
+                budget: 1
+            }
+        );
     }
 }
