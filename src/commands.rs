@@ -161,7 +161,12 @@ pub async fn set_control<W: World>(
     control: &Control,
 ) -> Result<String, CommandError> {
     let source = existing_source(world, instance).await?;
-    let (key, value) = control.tag(&policy.tag_prefix);
+    let (key, mut value) = control.tag(&policy.tag_prefix);
+    if matches!(control, Control::Acknowledge(check) if check == preflight::RESTORED_COPY) {
+        // A restored copy's acknowledgement names the copy: a `true` would travel on with its
+        // tags to its own snapshots and let a restore of it through (`core::preflight`).
+        value = source.resource_id.clone();
+    }
     let mut t = BTreeMap::new();
     t.insert(key.clone(), value.clone());
     world.rds().set_tags(&source.arn, &t).await?;

@@ -740,3 +740,111 @@ fn a_rollback_does_not_take_a_lagging_describe_for_the_source_released() {
     assert_eq!(m.phase, Phase::RolledBack);
     assert!(!model.quarantined(), "the source takes writes again");
 }
+
+/// An instance restored from a snapshot of a migrated source: RDS copied the source's tags to
+/// the snapshot (the start tag and the agent's marker among them) and the restore took them.
+fn restored_copy() -> SourceInstance {
+    let mut s = source();
+    s.identifier = "orders-pg-recovered".into();
+    s.resource_id = "db-RESTORED0000000001".into();
+    s.tags
+        .insert("aurora-migration:marker".into(), RESOURCE_ID.into());
+    s
+}
+
+#[test]
+fn a_restore_carrying_another_instances_marker_is_never_touched_unless_acknowledged_by_its_own_id()
+{
+    // Driven from Requested as the agent would: preflight fails and nothing is changed on it
+    // but the trigger, which goes from `start` to `stopped`.
+    let mut model = Model::new();
+    model.source = Some(restored_copy());
+    let mut m = Migration::new(
+        aurora_migrator::core::MigrationId {
+            resource_id: "db-RESTORED0000000001".into(),
+            attempt: 1,
+        },
+        "orders-pg-recovered",
+        ARN,
+        t0(),
+    );
+    run_to_end(&mut model, &mut m, &policy(), 50);
+    assert_eq!(m.phase, Phase::Failed);
+    assert_eq!(model.clusters_created, 0);
+    assert!(model.quarantine.is_none() && !model.parameter_groups);
+    let tags = &model.source.as_ref().unwrap().tags;
+    assert_eq!(
+        tags["aurora-migration:marker"], RESOURCE_ID,
+        "not taken over"
+    );
+    assert_eq!(tags["aurora-migration"], "stopped");
+    let last = model.notifications.last().unwrap();
+    assert!(
+        last.description.contains("marker of another instance"),
+        "{}",
+        last.description
+    );
+
+    // `true` is not an acknowledgement: it would be copied to this copy's own snapshots.
+    let mut s = restored_copy();
+    s.tags
+        .insert("aurora-migration:ack-restored-copy".into(), "true".into());
+    let (report, plan) = preflight::run(&s, &preflight_inputs(), &policy());
+    assert_eq!(outcome(&report, "restored-copy").0, Outcome::Fail);
+    assert!(plan.is_none());
+    s.tags.insert(
+        "aurora-migration:ack-restored-copy".into(),
+        "db-RESTORED0000000001".into(),
+    );
+    let (report, plan) = preflight::run(&s, &preflight_inputs(), &policy());
+    assert_eq!(outcome(&report, "restored-copy").0, Outcome::Pass);
+    assert!(plan.is_some(), "{}", report.render("aurora-migration"));
+    // The source itself, retried (attempt 2 keeps its own marker), passes.
+    let mut own = source();
+    own.tags
+        .insert("aurora-migration:marker".into(), RESOURCE_ID.into());
+    let (report, _) = preflight::run(&own, &preflight_inputs(), &policy());
+    assert_eq!(outcome(&report, "restored-copy").0, Outcome::Pass);
+}
+
+#[test]
+fn answers_left_from_an_earlier_attempt_block_the_next_one_at_preflight() {
+    for (key, value) in [
+        ("aurora-migration:rollback", "approve"),
+        ("aurora-migration:cdc-drained", "true"),
+        ("aurora-migration:cdc-slots-created", "true"),
+    ] {
+        let mut s = source();
+        s.tags.insert(key.into(), value.into());
+        let (report, plan) = preflight::run(&s, &preflight_inputs(), &policy());
+        assert_eq!(
+            outcome(&report, "leftover-tags"),
+            (Outcome::Fail, false),
+            "{key}"
+        );
+        assert!(plan.is_none(), "{key}");
+        let c = report
+            .checks
+            .iter()
+            .find(|c| c.name == "leftover-tags")
+            .unwrap();
+        assert!(
+            c.message.contains(&format!("{key}={value}")),
+            "{}",
+            c.message
+        );
+    }
+    // An approval already given for a manual cutover counts, with a warning.
+    let manual = Policy {
+        cutover: aurora_migrator::core::policy::CutoverPolicy::ManualApproval,
+        ..policy()
+    };
+    let mut s = source();
+    s.tags
+        .insert("aurora-migration:approve".into(), "true".into());
+    let (report, plan) = preflight::run(&s, &preflight_inputs(), &manual);
+    assert_eq!(outcome(&report, "leftover-tags").0, Outcome::Warn);
+    assert!(plan.is_some());
+    let (report, _) = preflight::run(&source(), &preflight_inputs(), &manual);
+    assert_eq!(outcome(&report, "leftover-tags").0, Outcome::Pass);
+}

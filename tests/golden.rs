@@ -37,6 +37,15 @@ fn preflight_report_of_an_instance_with_every_problem() {
     s.tags.remove("aurora-migration:ack-unlogged-tables");
     s.tags
         .insert("aws:cloudformation:stack-name".into(), "orders-db".into());
+    // Restored from a snapshot of an instance the agent migrated, tags and all.
+    s.tags.insert(
+        "aurora-migration:marker".into(),
+        "db-AN0THER1NSTANCE2345".into(),
+    );
+    s.tags
+        .insert("aurora-migration:rollback".into(), "approve".into());
+    s.tags
+        .insert("aurora-migration:cdc-slots-created".into(), "true".into());
     let mut inputs = preflight_inputs();
     inputs
         .source_parameters

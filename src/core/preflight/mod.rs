@@ -16,9 +16,9 @@ use super::naming::parameter_group_name;
 use super::observation::{KeyCheck, PreflightInputs, SourceInstance};
 
 use super::parameters::{AuroraFamily, translate};
-use super::policy::Policy;
+use super::policy::{CutoverPolicy, Policy};
 use super::router::RouterChoice;
-use super::tags::ControlTags;
+use super::tags::{self, ControlTags};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -106,6 +106,11 @@ pub const ACKNOWLEDGEABLE: [&str; 7] = [
     "logical-replication",
     "unlogged-tables",
 ];
+
+/// The check of an instance that carries another instance's marker (a restore of a migrated
+/// source): acknowledged by `<prefix>:ack-restored-copy` = the copy's own resource id, not
+/// `true` ([`tag_checks`]).
+pub const RESTORED_COPY: &str = "restored-copy";
 
 /// Libraries that run writers inside the database: after promotion they would write to the
 /// target, and on the quarantined source they would keep WAL moving.
@@ -221,6 +226,8 @@ pub fn run(
             format!("engine is `{}`; only `postgres` instances can get an Aurora PostgreSQL read replica", source.engine),
         );
     }
+
+    tag_checks(&mut c, source, policy);
 
     // The quarantine is a VPC security group and the replica is created in the source's DB
     // subnet group: an instance outside a VPC (EC2-Classic leftovers, or a describe without a
@@ -631,6 +638,105 @@ pub fn run(
 /// Declared CDC consumers get database-port ingress into the quarantined source, the one hole
 /// in the fence: each group must exist in the source's VPC and account (a typo or a foreign
 /// group is never admitted), and the declaration itself is acknowledged by the owners.
+/// What the instance's tags say about where they came from, before anything else is read from
+/// them: a start tag copied from another instance, and control tags left from an earlier attempt.
+fn tag_checks(c: &mut Checks<'_>, source: &SourceInstance, policy: &Policy) {
+    let prefix = &policy.tag_prefix;
+    // The marker is the agent's alone (the operator policies deny it, `infra/`) and holds the
+    // resource id of the instance it was written on. On another instance it came with the tags
+    // of a snapshot or a copy: RDS copies an instance's tags to its snapshots (CopyTagsToSnapshot,
+    // the final snapshot among them) and a restore given no tags of its own takes the
+    // snapshot's. The start tag came with it, so a restore someone made to recover data would
+    // be quarantined, rebooted and re-pointed like a source an owner tagged.
+    //
+    // Migrating a copy knowingly takes an acknowledgement that names it: `ack-restored-copy`
+    // set to the copy's own resource id, not `true`, since a `true` would itself be copied to
+    // the copy's snapshots and let a restore of the copy through.
+    let marker = source.tags.get(&tags::marker_key(prefix));
+    let ack_key = tags::key(prefix, &format!("ack-{RESTORED_COPY}"));
+    let acknowledged = source.tags.get(&ack_key) == Some(&source.resource_id);
+    match marker {
+        Some(m) if *m != source.resource_id && !acknowledged => c.add(
+            RESTORED_COPY,
+            Outcome::Fail,
+            format!(
+                "the instance carries the agent's marker of another instance ({m}): its tags, the start tag among them, were copied from an instance the agent has migrated, most likely by a restore from one of its snapshots; a restore is usually someone's recovery, not a source to migrate. To migrate this copy anyway, tag it {ack_key}={}",
+                source.resource_id
+            ),
+        ),
+        Some(m) if *m != source.resource_id => c.add(
+            RESTORED_COPY,
+            Outcome::Pass,
+            format!("a copy of {m}, to be migrated: {ack_key} names this instance"),
+        ),
+        _ => c.add(
+            RESTORED_COPY,
+            Outcome::Pass,
+            "the instance carries no other instance's marker",
+        ),
+    }
+    // Tags that answer a question the agent asks in the middle of an attempt: none is asked
+    // before the attempt starts, so one present now was left by an earlier attempt (the agent's
+    // role cannot remove tags), and this attempt would take it for today's answer.
+    let stale: Vec<(String, &str)> = [
+        (
+            "rollback",
+            "approve",
+            "roll the cutover back the moment traffic is routed",
+        ),
+        (
+            "cdc-drained",
+            "true",
+            "let the cutover pass before the consumers read their slots to the end",
+        ),
+        (
+            "cdc-slots-created",
+            "true",
+            "route before the consumers' slots exist on this attempt's Aurora cluster",
+        ),
+    ]
+    .into_iter()
+    .filter(|(suffix, value, _)| {
+        source
+            .tags
+            .get(&tags::key(prefix, suffix))
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case(value))
+    })
+    .map(|(suffix, value, would)| (format!("{}={value}", tags::key(prefix, suffix)), would))
+    .collect();
+    let approved_already = policy.cutover == CutoverPolicy::ManualApproval
+        && ControlTags::read(prefix, &source.tags).approve;
+    if !stale.is_empty() {
+        let each: Vec<String> = stale
+            .iter()
+            .map(|(tag, would)| format!("{tag} would {would}"))
+            .collect();
+        c.add(
+            "leftover-tags",
+            Outcome::Fail,
+            format!(
+                "tags left from an earlier attempt: {}. Remove them; the owners and the consumers set them again when this attempt asks",
+                each.join("; ")
+            ),
+        );
+    } else if approved_already {
+        c.add(
+            "leftover-tags",
+            Outcome::Warn,
+            format!(
+                "{}=true is already set: the cutover starts without a new approval as soon as the replica is ready; remove it if it was left from an earlier attempt",
+                tags::key(prefix, "approve")
+            ),
+        );
+    } else {
+        c.add(
+            "leftover-tags",
+            Outcome::Pass,
+            "no answer left from an earlier attempt",
+        );
+    }
+}
+
 fn cdc_consumer_checks(
     c: &mut Checks<'_>,
     source: &SourceInstance,
