@@ -848,3 +848,49 @@ fn answers_left_from_an_earlier_attempt_block_the_next_one_at_preflight() {
     let (report, _) = preflight::run(&source(), &preflight_inputs(), &manual);
     assert_eq!(outcome(&report, "leftover-tags").0, Outcome::Pass);
 }
+
+#[test]
+fn deletion_protection_is_not_turned_off_while_the_fence_is_broken() {
+    let allow = Policy {
+        allow_disable_deletion_protection: true,
+        ..policy()
+    };
+    let (mut model, mut m) = decommission_due(&allow);
+    model.source.as_mut().unwrap().deletion_protection = true;
+    iac_puts_the_groups_back(&mut model);
+    for _ in 0..3 {
+        let d = quiet_round(&mut model, &mut m, &allow);
+        assert!(
+            !d.actions
+                .iter()
+                .any(|a| matches!(a, Action::DisableDeletionProtection { .. })),
+            "{:?}",
+            d.actions
+        );
+        model.now += SignedDuration::from_mins(1);
+    }
+    assert!(model.source.as_ref().unwrap().deletion_protection);
+    assert!(alerted(&model, "fence-broken-before-delete"));
+}
+
+#[test]
+fn the_look_that_may_ask_for_the_deletion_reads_the_source_as_rds_has_it_now() {
+    let p = policy();
+    let (mut model, mut m) = advanced_to(&p, Phase::Decommissioning);
+    // During the retention the looks may read the fleet snapshot.
+    assert!(!needs(&m, model.now, &p).fresh);
+    model.now += p.retention + SignedDuration::from_mins(1);
+    let n = needs(&m, model.now, &p);
+    assert!(
+        n.fresh && n.source,
+        "the deletion's look describes the source now"
+    );
+    assert!(
+        n.target_from_snapshot,
+        "the cluster's ARN still from the snapshot"
+    );
+    let d = quiet_round(&mut model, &mut m, &p);
+    assert!(keys(&d.actions).contains(&ActionKey::DeleteSource));
+    // Once asked, the looks that wait for RDS to finish do not.
+    assert!(!needs(&m, model.now, &p).fresh);
+}

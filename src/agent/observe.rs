@@ -80,7 +80,7 @@ async fn observe_needs<W: World>(
         }
     };
     let target = async {
-        match (need.target, need.fresh) {
+        match (need.target, need.fresh && !need.target_from_snapshot) {
             (false, _) => Ok(Observed::Unknown),
             (true, true) => rds.describe_target_now(&m.names.cluster).await,
             (true, false) => rds.describe_target(&m.names.cluster).await,

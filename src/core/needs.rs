@@ -23,7 +23,9 @@ pub struct Needs {
     pub final_snapshot: bool,
     /// Describe the source and the target as RDS has them now, not from the fleet snapshot
     /// (up to the describe cache's TTL old): the phase waits, with writes down, on a change
-    /// RDS applies by itself and announces with no event.
+    /// RDS applies by itself and announces with no event; or, for the source, the look that
+    /// may ask for its deletion (the fence re-checked right before it). The target only when
+    /// `target_from_snapshot` is not set.
     pub fresh: bool,
     /// The source and the target may come from the fleet snapshot up to three minutes old, in
     /// the cutover too, even when the agent changed them since (`aws::rds::cache`,

@@ -45,6 +45,12 @@ pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Need
                 n.final_snapshot =
                     p.final_snapshot_at.is_none() && p.source_delete_requested_at.is_some();
                 n.quotas = p.source_delete_requested_at.is_none();
+                // The look that may ask for the deletion reads the source's groups as RDS has
+                // them now: the fence is re-checked right before the deletion
+                // (`fence_holds_for_deletion`), and the fleet snapshot can be minutes old, while
+                // RDS announces no change of an instance's groups. The cluster still comes from
+                // the snapshot (its ARN).
+                n.fresh = p.source_delete_requested_at.is_none();
                 n.quarantine_group = true;
                 if policy.restore_source_groups_after_cutover {
                     // With its groups given back, only its WAL can show the source takes no
@@ -228,6 +234,20 @@ impl Stepper<'_> {
                     );
                     return;
                 }
+                // The fence first: with it broken nothing is done towards the deletion, not even
+                // turning DeletionProtection off, which a source someone took back into service
+                // would then lack.
+                if let Err(why) = self.fence_holds_for_deletion(&source) {
+                    self.alert_once(
+                        "fence-broken-before-delete",
+                        Severity::Error,
+                        "the old primary is not fenced: deletion is on hold",
+                        &format!(
+                            "{why}; it may have taken writes that are not on Aurora, so the agent does not delete it. Check who changed it, fence it again (or finish by hand), and the agent goes on"
+                        ),
+                    );
+                    return;
+                }
                 if source.deletion_protection {
                     if self.policy.allow_disable_deletion_protection {
                         self.request(Action::DisableDeletionProtection {
@@ -244,17 +264,6 @@ impl Stepper<'_> {
                             ),
                         );
                     }
-                    return;
-                }
-                if let Err(why) = self.fence_holds_for_deletion(&source) {
-                    self.alert_once(
-                        "fence-broken-before-delete",
-                        Severity::Error,
-                        "the old primary is not fenced: deletion is on hold",
-                        &format!(
-                            "{why}; it may have taken writes that are not on Aurora, so the agent does not delete it. Check who changed it, fence it again (or finish by hand), and the agent goes on"
-                        ),
-                    );
                     return;
                 }
                 if !source.read_replicas.is_empty() {
