@@ -57,6 +57,14 @@ pub trait Rds: Send + Sync {
         &self,
         tag_key: &str,
     ) -> impl Future<Output = PortResult<Vec<SourceInstance>>> + Send;
+    /// The identifier the instance with this resource id has now, whatever it was named, as
+    /// RDS has it now (DescribeDBInstances, `dbi-resource-id`); `None` when RDS has no such
+    /// instance. Asked only when a migration's source is not found under its name where it
+    /// should exist: a person may have renamed it (`Observation::source_renamed_to`).
+    fn source_identifier_of(
+        &self,
+        resource_id: &str,
+    ) -> impl Future<Output = PortResult<Option<String>>> + Send;
     /// Every RDS for PostgreSQL instance of the Region (engine `postgres`, every page of
     /// DescribeDBInstances; Aurora cluster members, engine `aurora-postgresql`, and other engines
     /// are left out): the fleet readiness report (`plan --all`). Served from the same fleet

@@ -894,3 +894,33 @@ fn the_look_that_may_ask_for_the_deletion_reads_the_source_as_rds_has_it_now() {
     // Once asked, the looks that wait for RDS to finish do not.
     assert!(!needs(&m, model.now, &p).fresh);
 }
+
+#[test]
+fn a_source_renamed_in_the_cutover_holds_the_migration_and_is_told_not_failed() {
+    let p = policy();
+    let (mut model, mut m) = advanced_to(&p, Phase::Draining);
+    assert!(m.source_quarantined());
+    let mut obs = model.observe(&m, &p);
+    obs.source = Observed::Unknown;
+    obs.source_renamed_to = Some("orders-pg-old".into());
+    let d = step(&m, &obs, model.now, &p);
+    assert_eq!(d.next.phase, Phase::Draining, "held, not failed");
+    assert!(keys(&d.actions).is_empty(), "{:?}", d.actions);
+    let told = d
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Notify(n) if n.event == "source-renamed" => Some(n),
+            _ => None,
+        })
+        .expect("people are told");
+    assert_eq!(told.severity, Severity::Error);
+    assert!(
+        told.description.contains("orders-pg-old") && told.description.contains("still fenced")
+    );
+    assert_eq!(d.wake_after, Some(p.slow_poll));
+    // Renamed back: the migration goes on to the end.
+    m = d.next;
+    run_to_end(&mut model, &mut m, &p, 500);
+    assert_eq!(m.phase, Phase::Completed);
+}

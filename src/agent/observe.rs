@@ -123,7 +123,9 @@ async fn observe_needs<W: World>(
     // Boxed too: the describes' futures, each wrapped for the snapshot, are large.
     let (instances, group) = tokio::join!(Box::pin(maybe_snapshot(instances)), group);
     let (source, target, database) = instances?;
+    let (source, renamed) = renamed_or_absent(rds, m, source).await?;
     obs.source = source;
+    obs.source_renamed_to = renamed;
     obs.target = target;
     obs.quarantine_group = group?;
     if let Some(database) = database {
@@ -324,4 +326,25 @@ async fn read_databases<W: World>(
         });
     }
     r
+}
+
+/// A source not found under its name while it should exist (the agent has not asked for its
+/// deletion) is looked for by its resource id, one request: a person may have renamed it, and a
+/// renamed source is not a deleted one. Taken for deleted, a source renamed mid-cutover ended
+/// the migration Failed with the source still fenced. Found under another name, it is
+/// `Unknown` with the new name beside it (`Observation::source_renamed_to`); found under its own
+/// name after all (the name's look raced a change), `Unknown`: looked at again.
+async fn renamed_or_absent<R: Rds>(
+    rds: &R,
+    m: &Migration,
+    source: Observed<SourceInstance>,
+) -> PortResult<(Observed<SourceInstance>, Option<String>)> {
+    if !source.is_absent() || m.progress.source_delete_requested_at.is_some() {
+        return Ok((source, None));
+    }
+    Ok(match rds.source_identifier_of(&m.id.resource_id).await? {
+        None => (source, None),
+        Some(name) if name == m.source_identifier => (Observed::Unknown, None),
+        Some(name) => (Observed::Unknown, Some(name)),
+    })
 }

@@ -83,6 +83,12 @@ pub struct Observation {
     /// than after its reissue period (a reboot's aside: a second reboot is more outage).
     #[serde(default)]
     pub taken_over: bool,
+    /// The source is not found under its name but RDS has its resource id under this one: a
+    /// person renamed it. The source is then `Unknown`, not `Absent`: it was not deleted, and
+    /// the agent, which knows it by its name, does nothing to it until it has that name again
+    /// (`machine::guards`).
+    #[serde(default)]
+    pub source_renamed_to: Option<String>,
     /// What the agent read inside the databases (database-aware cutover only).
     pub database: DatabaseReadings,
     /// Outcomes of the actions the driver just executed for this migration.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aurora_migrator::aws::AwsWorld;
 use aurora_migrator::core::machine::SNAPSHOT_EXISTS;
+use aurora_migrator::core::policy::Policy;
 use aurora_migrator::ports::{ErrorKind, Rds};
 use serde_json::json;
 
@@ -63,13 +64,7 @@ async fn stale_slot_rollback(abort: bool) {
         "never promoted"
     );
     // The original groups are back, the replica is gone, the source is intact.
-    let src = env.instance("orders-pg").await.expect("the source is kept");
-    let groups: Vec<_> = src
-        .vpc_security_groups()
-        .iter()
-        .filter_map(|g| g.vpc_security_group_id())
-        .collect();
-    assert_eq!(groups, vec![env.app_sg.as_str()]);
+    assert_eq!(groups_of(&env, "orders-pg").await, vec![env.app_sg.clone()]);
     let clusters = env.aws.rds.describe_db_clusters().send().await.unwrap();
     assert!(
         clusters
@@ -206,4 +201,93 @@ async fn a_deletion_whose_final_snapshot_name_is_taken_is_refused_and_deletes_no
         env.instance("taken-pg").await.is_some(),
         "a refused deletion deletes nothing"
     );
+}
+
+/// The security groups on the instance (which must exist).
+async fn groups_of(env: &Env, id: &str) -> Vec<String> {
+    let instance = env.instance(id).await.expect("the source is kept");
+    instance
+        .vpc_security_groups()
+        .iter()
+        .filter_map(|g| g.vpc_security_group_id().map(str::to_string))
+        .collect()
+}
+
+/// `ModifyDBInstance` with `NewDBInstanceIdentifier`, applied at once (a person renaming).
+async fn rename(env: &Env, from: &str, to: &str) {
+    env.aws
+        .rds
+        .modify_db_instance()
+        .db_instance_identifier(from)
+        .new_db_instance_identifier(to)
+        .apply_immediately(true)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// A person renames the source while it is fenced in Draining (a stale slot holds the proof
+/// back). Taken for deleted, the migration ended Failed with the source left fenced; now the
+/// agent finds it by its resource id, says so and holds. Renamed back, the migration goes on:
+/// the owners' abort rolls it back and the source gets its groups again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_renamed_mid_cutover_is_held_fenced_not_taken_for_deleted() {
+    let env = Env::new().await;
+    let Source { arn, names, .. } = env.migration_source("orders-pg", true).await;
+    let player = Player::one(&env, "orders-pg", &names, true);
+    // A write budget that outlasts the wait below: the migration stays in Draining.
+    let policy = Policy {
+        write_unavailability_budget: jiff::SignedDuration::from_secs(600),
+        ..policy()
+    };
+    let agent = env
+        .run_agent_with(&env.settings, policy, runtime_settings())
+        .await;
+    env.send_tag_event(&arn, &["aurora-migration"]).await;
+    env.wait_past("orders-pg", "draining", Duration::from_secs(120), &[])
+        .await;
+    rename(&env, "orders-pg", "orders-pg-renamed").await;
+    let mut notes = Vec::new();
+    // While CloudWatch is awaited the metric path's looks read the source from the fleet
+    // snapshot, up to `aws::rds::cache::SNAPSHOT_WILL_DO_AGE` (3 minutes) old: the first look
+    // after it describes the name and finds it gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let told = loop {
+        env.notifications(&mut notes).await;
+        if let Some((_, message, _)) = notes
+            .iter()
+            .find(|(_, m, _)| m.to_string().contains("is now named orders-pg-renamed"))
+        {
+            break message.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rename is told: {notes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(told.to_string().contains("still fenced"), "{told}");
+    // Held, not failed, and still fenced, for a few more looks.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(env.phases().await["orders-pg"], "draining");
+    assert!(
+        !groups_of(&env, "orders-pg-renamed")
+            .await
+            .contains(&env.app_sg),
+        "still fenced"
+    );
+    rename(&env, "orders-pg-renamed", "orders-pg").await;
+    env.tag_source(&arn, "aurora-migration:abort", "true").await;
+    env.wait_past(
+        "orders-pg",
+        "aborted",
+        Duration::from_secs(120),
+        &["failed"],
+    )
+    .await;
+    agent.finish().await;
+    player.stop();
+    assert_eq!(groups_of(&env, "orders-pg").await, vec![env.app_sg.clone()]);
+    let rds = env.shim.actions("rds").await;
+    assert!(!rds.iter().any(|(a, _)| a == "PromoteReadReplicaDBCluster"));
 }

@@ -193,6 +193,13 @@ impl Rds for PgRds {
             .collect())
     }
 
+    async fn source_identifier_of(&self, resource_id: &str) -> PortResult<Option<String>> {
+        Ok(self
+            .source()
+            .filter(|s| s.resource_id == resource_id)
+            .map(|s| s.identifier))
+    }
+
     async fn list_sources(&self) -> PortResult<Vec<SourceInstance>> {
         Ok(self.source().into_iter().collect())
     }

@@ -95,6 +95,25 @@ impl AwsRds {
         Ok(out.db_instances.unwrap_or_default())
     }
 
+    /// The instance whose resource id is `resource_id`, whatever its name, as RDS has it now
+    /// (`dbi-resource-id`): one request, asked only when a source's name no longer finds it.
+    pub(super) async fn instance_with_resource_id(
+        &self,
+        resource_id: &str,
+    ) -> PortResult<Option<DbInstance>> {
+        let filter = Filter::builder()
+            .name("dbi-resource-id")
+            .values(resource_id)
+            .build();
+        let request = self.client.describe_db_instances().filters(filter);
+        let out = self.call("rds:DescribeDBInstances", request.send()).await?;
+        Ok(out
+            .db_instances
+            .unwrap_or_default()
+            .into_iter()
+            .find(|i| i.dbi_resource_id() == Some(resource_id)))
+    }
+
     /// The clusters of `names`, as [`Self::instances_named`].
     async fn clusters_named(&self, names: Vec<String>) -> PortResult<Vec<DbCluster>> {
         let filter = Filter::builder()

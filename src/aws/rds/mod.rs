@@ -263,6 +263,18 @@ impl Rds for AwsRds {
         })
     }
 
+    fn source_identifier_of(
+        &self,
+        resource_id: &str,
+    ) -> impl Future<Output = PortResult<Option<String>>> + Send {
+        boxed(async move {
+            Ok(self
+                .instance_with_resource_id(resource_id)
+                .await?
+                .and_then(|i| i.db_instance_identifier))
+        })
+    }
+
     fn list_sources(&self) -> impl Future<Output = PortResult<Vec<SourceInstance>>> + Send {
         boxed(async move {
             let (_, all) = self.all_instances().await?;

@@ -543,6 +543,30 @@ impl Stepper<'_> {
     /// Checks that preempt the phase's own logic. Returns true when one acted.
     fn guards(&mut self) -> bool {
         let phase = self.m.phase;
+        if let Some(renamed) = &self.obs.source_renamed_to {
+            // Renamed, not deleted: nothing is done to it under a name the record does not
+            // know (the guards of the irreversible actions compare names), and the migration
+            // holds, its source as it is (fenced or not), until a person renames it back.
+            let old = self.m.source_identifier.clone();
+            let fenced = if self.m.source_quarantined() {
+                "; it is still fenced, so it takes no writes until then"
+            } else {
+                ""
+            };
+            let what = format!(
+                "{old} is now named {renamed} (the same instance, resource id {}). The agent knows the source by its name and does nothing to it under another{fenced}. Rename it back to {old} and the migration goes on",
+                self.m.id.resource_id
+            );
+            self.alert_once(
+                "source-renamed",
+                Severity::Error,
+                "the source was renamed: the migration holds",
+                &what,
+            );
+            self.m.last_error = Some(format!("the source was renamed to {renamed}"));
+            self.wake = Some(self.policy.slow_poll);
+            return true;
+        }
         if self.obs.source.is_absent() && !matches!(phase, Phase::Decommissioning) {
             if phase == Phase::RollingBack && !self.m.source_quarantined() {
                 return false; // nothing left to restore on the source; let the rollback finish

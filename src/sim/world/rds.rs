@@ -486,6 +486,16 @@ impl Rds for SimPort {
         self.tagged_sources(tag_key).await
     }
 
+    async fn source_identifier_of(&self, resource_id: &str) -> PortResult<Option<String>> {
+        self.call("rds:DescribeDBInstances", false, |s| {
+            Ok(s.sources
+                .iter()
+                .find(|(_, v)| v.deleted_at.is_none() && v.view.resource_id == resource_id)
+                .map(|(id, _)| id.clone()))
+        })
+        .await
+    }
+
     async fn list_sources(&self) -> PortResult<Vec<SourceInstance>> {
         self.postgres_sources().await
     }
