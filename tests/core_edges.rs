@@ -30,9 +30,21 @@ fn iac_puts_the_groups_back(model: &mut Model) {
 }
 
 fn decommission_due(policy: &Policy) -> (Model, Migration) {
-    let (mut model, m) = advanced_to(policy, Phase::Decommissioning);
+    let (mut model, mut m) = advanced_to(policy, Phase::Decommissioning);
     model.now += policy.retention + SignedDuration::from_mins(1);
+    deletion_ready(&mut model, &mut m, policy);
     (model, m)
+}
+
+/// The look past the retention that reads the source from the fleet snapshot and finds
+/// nothing holding the deletion back: it acts on nothing and looks again at once, as RDS has
+/// the source now (`Progress::deletion_ready_at`).
+fn deletion_ready(model: &mut Model, m: &mut Migration, policy: &Policy) {
+    assert!(!needs(m, model.now, policy).fresh);
+    let d = quiet_round(model, m, policy);
+    assert!(keys(&d.actions).is_empty(), "{:?}", d.actions);
+    assert_eq!(d.wake_after, Some(SignedDuration::ZERO));
+    assert!(needs(m, model.now, policy).fresh);
 }
 
 /// The quarantine group's deletion refused for now (its network interfaces detaching): the
@@ -272,6 +284,7 @@ fn with_groups_restored_deletion_needs_an_idle_source() {
     }
     assert!(alerted(&model, "fence-broken-before-delete"));
     model.stray_writer = false;
+    deletion_ready(&mut model, &mut m, &p);
     let d = quiet_round(&mut model, &mut m, &p);
     assert!(keys(&d.actions).contains(&ActionKey::DeleteSource));
 }
@@ -562,6 +575,7 @@ fn decommission_waits_for_the_retention_then_deletes_with_a_final_snapshot() {
     assert!(keys(&d.actions).is_empty(), "nothing before the retention");
     assert!(d.wake_after.unwrap() > SignedDuration::from_hours(24));
     model.now += policy().retention;
+    deletion_ready(&mut model, &mut m, &policy());
     let d = quiet_round(&mut model, &mut m, &policy());
     let deletes: Vec<&Action> = d.actions.iter().filter(|a| a.is_mutating()).collect();
     assert_eq!(
@@ -877,9 +891,11 @@ fn deletion_protection_is_not_turned_off_while_the_fence_is_broken() {
 fn the_look_that_may_ask_for_the_deletion_reads_the_source_as_rds_has_it_now() {
     let p = policy();
     let (mut model, mut m) = advanced_to(&p, Phase::Decommissioning);
-    // During the retention the looks may read the fleet snapshot.
+    // During the retention, and on the first look past it, the looks read the fleet snapshot.
     assert!(!needs(&m, model.now, &p).fresh);
     model.now += p.retention + SignedDuration::from_mins(1);
+    // That look finds the deletion ready and looks again at once, as RDS has the source now.
+    deletion_ready(&mut model, &mut m, &p);
     let n = needs(&m, model.now, &p);
     assert!(
         n.fresh && n.source,
@@ -889,9 +905,23 @@ fn the_look_that_may_ask_for_the_deletion_reads_the_source_as_rds_has_it_now() {
         n.target_from_snapshot,
         "the cluster's ARN still from the snapshot"
     );
+    // RDS has the fence broken (the snapshot did not show it): nothing is deleted, and the
+    // looks go back to the snapshot while the deletion is held.
+    iac_puts_the_groups_back(&mut model);
+    let d = quiet_round(&mut model, &mut m, &p);
+    assert!(keys(&d.actions).is_empty(), "{:?}", d.actions);
+    assert!(alerted(&model, "fence-broken-before-delete"));
+    assert!(
+        !needs(&m, model.now, &p).fresh,
+        "a held deletion costs no request a look"
+    );
+    // Fenced again: ready on the snapshot's word, then deleted on RDS's.
+    model.source.as_mut().unwrap().security_groups = vec![active_group("sg-q")];
+    model.now += SignedDuration::from_mins(1);
+    deletion_ready(&mut model, &mut m, &p);
     let d = quiet_round(&mut model, &mut m, &p);
     assert!(keys(&d.actions).contains(&ActionKey::DeleteSource));
-    // Once asked, the looks that wait for RDS to finish do not.
+    // Once asked, the looks that wait for RDS to finish do not describe it now.
     assert!(!needs(&m, model.now, &p).fresh);
 }
 
@@ -919,8 +949,44 @@ fn a_source_renamed_in_the_cutover_holds_the_migration_and_is_told_not_failed() 
         told.description.contains("orders-pg-old") && told.description.contains("still fenced")
     );
     assert_eq!(d.wake_after, Some(p.slow_poll));
-    // Renamed back: the migration goes on to the end.
+    // The heartbeat goes on (the agent is alive), and the write budget waits for the name.
+    let mut later = obs.clone();
+    later.action_results.clear();
+    let held_for = p.write_unavailability_budget + SignedDuration::from_mins(1);
+    let d = step(&d.next, &later, model.now + held_for, &p);
+    assert_eq!(d.next.phase, Phase::Draining);
+    assert!(keys(&d.actions).is_empty(), "{:?}", d.actions);
+    assert!(
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::PutHeartbeat { .. }))
+    );
+    // Found under its name again, the budget spent: the proof, which holds in this world,
+    // wins at the boundary (`write_budget_spent`), and the migration goes on to the end.
     m = d.next;
+    model.now += held_for;
     run_to_end(&mut model, &mut m, &p, 500);
     assert_eq!(m.phase, Phase::Completed);
+
+    // Renamed after the attempt ended, before its trigger was reset: told, and looked at every
+    // quarter of an hour, not every slow_poll.
+    let mut ended = m.clone();
+    ended.phase = Phase::RolledBack;
+    ended.trigger_reset_at = None;
+    ended.alerts_sent.clear();
+    let mut obs = model.observe(&ended, &p);
+    obs.source = Observed::Unknown;
+    obs.source_renamed_to = Some("orders-pg-old".into());
+    let d = step(&ended, &obs, model.now + SignedDuration::from_hours(1), &p);
+    assert!(keys(&d.actions).is_empty(), "{:?}", d.actions);
+    assert!(
+        d.actions
+            .iter()
+            .any(|a| matches!(a, Action::Notify(n) if n.event == "source-renamed"))
+    );
+    assert_eq!(d.wake_after, Some(SignedDuration::from_mins(15)));
+    // The looks go on at that pace until the name is back and the trigger reset.
+    let d = step(&d.next, &obs, model.now + SignedDuration::from_hours(2), &p);
+    assert!(keys(&d.actions).is_empty(), "{:?}", d.actions);
+    assert_eq!(d.wake_after, Some(SignedDuration::from_mins(15)));
 }

@@ -328,22 +328,42 @@ async fn read_databases<W: World>(
     r
 }
 
-/// A source not found under its name while it should exist (the agent has not asked for its
-/// deletion) is looked for by its resource id, one request: a person may have renamed it, and a
-/// renamed source is not a deleted one. Taken for deleted, a source renamed mid-cutover ended
-/// the migration Failed with the source still fenced. Found under another name, it is
-/// `Unknown` with the new name beside it (`Observation::source_renamed_to`); found under its own
-/// name after all (the name's look raced a change), `Unknown`: looked at again.
+/// A source not found under its name while it should exist is looked for by its resource id:
+/// a person may have renamed it, and a renamed source is not a deleted one. Taken for deleted, a
+/// source renamed mid-cutover ended the migration Failed with the source still fenced. Found
+/// under another name, it is `Unknown` with the new name beside it
+/// (`Observation::source_renamed_to`).
+///
+/// The fleet snapshot answers first (it holds every instance's resource id, and costs no
+/// request within its TTL): not in it, the source was gone when it was taken (resource ids are
+/// never reused), so it is absent; under another name, renamed. Only a snapshot that still shows
+/// it under its own name (older than the change) is checked with RDS directly, one request
+/// (`dbi-resource-id`), and not once the agent's own deletion is under way (its final snapshot
+/// recorded as the source's): the instance gone is then that deletion.
 async fn renamed_or_absent<R: Rds>(
     rds: &R,
     m: &Migration,
     source: Observed<SourceInstance>,
 ) -> PortResult<(Observed<SourceInstance>, Option<String>)> {
-    if !source.is_absent() || m.progress.source_delete_requested_at.is_some() {
+    if !source.is_absent() {
         return Ok((source, None));
     }
-    Ok(match rds.source_identifier_of(&m.id.resource_id).await? {
+    let rid = &m.id.resource_id;
+    let seen = rds
+        .list_sources()
+        .await?
+        .into_iter()
+        .find(|s| s.resource_id == *rid)
+        .map(|s| s.identifier);
+    let now = match seen {
+        None => None,
+        Some(name) if name != m.source_identifier => Some(name),
+        Some(_) if m.progress.final_snapshot_at.is_some() => None,
+        Some(_) => rds.source_identifier_of(rid).await?,
+    };
+    Ok(match now {
         None => (source, None),
+        // Under its own name after all: the name's look raced a change. Looked at again.
         Some(name) if name == m.source_identifier => (Observed::Unknown, None),
         Some(name) => (Observed::Unknown, Some(name)),
     })

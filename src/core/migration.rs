@@ -174,6 +174,11 @@ pub struct Progress {
     pub smoke_test_passed: Option<bool>,
     pub verification_passed_at: Option<Timestamp>,
     pub final_snapshot_at: Option<Timestamp>,
+    /// Decommissioning: a look that read the source from the fleet snapshot found nothing
+    /// holding its deletion back; the next look reads it as RDS has it now and acts on that
+    /// (`machine::soak`). Cleared by a look that finds a hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_ready_at: Option<Timestamp>,
     pub source_delete_requested_at: Option<Timestamp>,
     /// Rollback after cutover: Aurora's writer was asked to reboot (its fence) ...
     pub target_reboot_requested_at: Option<Timestamp>,

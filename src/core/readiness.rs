@@ -132,7 +132,10 @@ impl ReadinessRow {
                 .collect()
         };
         let failed = |c: &preflight::CheckResult| c.outcome == Outcome::Fail && !c.acknowledged;
-        let may_ack = |c: &preflight::CheckResult| ACKNOWLEDGEABLE.contains(&c.name.as_str());
+        // A restored copy is acknowledged too, by a tag naming it (`preflight::RESTORED_COPY`).
+        let may_ack = |c: &preflight::CheckResult| {
+            ACKNOWLEDGEABLE.contains(&c.name.as_str()) || c.name == preflight::RESTORED_COPY
+        };
         let blocking = names(&|c| failed(c) && !may_ack(c));
         let to_acknowledge = names(&|c| failed(c) && may_ack(c));
         let verdict = Verdict::of(report.passed(), &blocking);

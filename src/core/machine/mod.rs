@@ -157,19 +157,7 @@ impl Stepper<'_> {
         if self.guards() {
             return;
         }
-        // The heartbeat alarm wants a datapoint in each of its 60 s periods: one every
-        // `HEARTBEAT_EVERY`, not one a step (a cutover steps twice a second).
-        let due = self
-            .m
-            .progress
-            .heartbeat_at
-            .is_none_or(|at| self.since(at) >= HEARTBEAT_EVERY);
-        if self.m.source_quarantined() && due {
-            self.m.progress.heartbeat_at = Some(self.now);
-            self.actions.push(Action::PutHeartbeat {
-                migration: self.m.id.to_string(),
-            });
-        }
+        self.heartbeat_if_due();
         match self.m.phase {
             Phase::Requested => self.requested(),
             Phase::Preflight => self.preflight(),
@@ -311,6 +299,43 @@ impl Stepper<'_> {
                 group_ids: original,
             });
         }
+    }
+
+    /// The heartbeat alarm wants a datapoint in each of its 60 s periods while the source is
+    /// fenced: one every `HEARTBEAT_EVERY`, not one a step (a cutover steps twice a second).
+    fn heartbeat_if_due(&mut self) {
+        let due = self
+            .m
+            .progress
+            .heartbeat_at
+            .is_none_or(|at| self.since(at) >= HEARTBEAT_EVERY);
+        if self.m.source_quarantined() && due {
+            self.m.progress.heartbeat_at = Some(self.now);
+            self.actions.push(Action::PutHeartbeat {
+                migration: self.m.id.to_string(),
+            });
+        }
+    }
+
+    /// People are told, once an attempt, that the source was renamed and what that holds.
+    fn tell_renamed(&mut self, renamed: &str) {
+        let old = self.m.source_identifier.clone();
+        let fenced = if self.m.source_quarantined() {
+            "; it is still fenced, so it takes no writes until then"
+        } else {
+            ""
+        };
+        let what = format!(
+            "{old} is now named {renamed} (the same instance, resource id {}). The agent knows the source by its name: it does nothing to it under another and reads no tag on it (an abort or a rollback approval waits too){fenced}. Rename it back to {old} and the migration goes on",
+            self.m.id.resource_id
+        );
+        self.alert_once(
+            "source-renamed",
+            Severity::Error,
+            "the source was renamed: the migration holds",
+            &what,
+        );
+        self.m.last_error = Some(format!("the source was renamed to {renamed}"));
     }
 
     fn trigger_needs_reset(&self) -> bool {
@@ -525,6 +550,15 @@ impl Stepper<'_> {
     // ----- what applies in every phase -------------------------------------------------------
 
     fn terminal(&mut self) {
+        if let Some(renamed) = self.obs.source_renamed_to.clone() {
+            // Its trigger is reset (and, after a rollback, its release re-checked) once it has
+            // its name back; until then a look every quarter of an hour (two describes each),
+            // not every `slow_poll`: nothing here is urgent, and the record is kept looking so
+            // that a resync does not take the renamed instance's `start` for a new attempt.
+            self.tell_renamed(&renamed);
+            self.wake = Some(RENAMED_TERMINAL_LOOK);
+            return;
+        }
         if self.release_watch() {
             self.recheck_release();
         }
@@ -543,27 +577,16 @@ impl Stepper<'_> {
     /// Checks that preempt the phase's own logic. Returns true when one acted.
     fn guards(&mut self) -> bool {
         let phase = self.m.phase;
-        if let Some(renamed) = &self.obs.source_renamed_to {
+        if let Some(renamed) = self.obs.source_renamed_to.clone() {
             // Renamed, not deleted: nothing is done to it under a name the record does not
             // know (the guards of the irreversible actions compare names), and the migration
-            // holds, its source as it is (fenced or not), until a person renames it back.
-            let old = self.m.source_identifier.clone();
-            let fenced = if self.m.source_quarantined() {
-                "; it is still fenced, so it takes no writes until then"
-            } else {
-                ""
-            };
-            let what = format!(
-                "{old} is now named {renamed} (the same instance, resource id {}). The agent knows the source by its name and does nothing to it under another{fenced}. Rename it back to {old} and the migration goes on",
-                self.m.id.resource_id
-            );
-            self.alert_once(
-                "source-renamed",
-                Severity::Error,
-                "the source was renamed: the migration holds",
-                &what,
-            );
-            self.m.last_error = Some(format!("the source was renamed to {renamed}"));
+            // holds, its source as it is (fenced or not), until a person renames it back. The
+            // write budget is not judged meanwhile: a rollback could give the groups back, but
+            // no client reaches the source under its new name (its endpoint changed with it),
+            // and the look after the name is back rolls back at once if the budget is spent.
+            // The heartbeat goes on: the agent is alive.
+            self.tell_renamed(&renamed);
+            self.heartbeat_if_due();
             self.wake = Some(self.policy.slow_poll);
             return true;
         }
@@ -717,6 +740,10 @@ fn first_since(
 /// How long a rolled-back source is watched for a late quarantine. 15 min: far longer than RDS
 /// takes to apply and show a security group change.
 const RELEASE_WATCH: SignedDuration = SignedDuration::from_mins(15);
+
+/// How often a finished migration whose source was renamed looks whether it has its name back
+/// (`Stepper::terminal`).
+const RENAMED_TERMINAL_LOOK: SignedDuration = SignedDuration::from_mins(15);
 
 /// Mean of the period averages, optionally only periods starting at or after `from`.
 fn average(points: &[Datapoint], from: Option<Timestamp>) -> Option<f64> {

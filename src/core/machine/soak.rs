@@ -45,12 +45,15 @@ pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Need
                 n.final_snapshot =
                     p.final_snapshot_at.is_none() && p.source_delete_requested_at.is_some();
                 n.quotas = p.source_delete_requested_at.is_none();
-                // The look that may ask for the deletion reads the source's groups as RDS has
-                // them now: the fence is re-checked right before the deletion
-                // (`fence_holds_for_deletion`), and the fleet snapshot can be minutes old, while
-                // RDS announces no change of an instance's groups. The cluster still comes from
-                // the snapshot (its ARN).
-                n.fresh = p.source_delete_requested_at.is_none();
+                // The look that may act towards the deletion (DeletionProtection off, the
+                // deletion) reads the source's groups as RDS has them now: the fence is
+                // re-checked right before (`fence_holds_for_deletion`), and the fleet snapshot can
+                // be minutes old, while RDS announces no change of an instance's groups. Only
+                // that look: one from the snapshot finds the deletion ready first
+                // (`deletion_ready_at`), so a deletion held (DeletionProtection left to a person,
+                // the snapshot quota, the fence) costs no request a look. The cluster still comes
+                // from the snapshot (its ARN).
+                n.fresh = p.deletion_ready_at.is_some() && p.source_delete_requested_at.is_none();
                 n.quarantine_group = true;
                 if policy.restore_source_groups_after_cutover {
                     // With its groups given back, only its WAL can show the source takes no
@@ -218,6 +221,9 @@ impl Stepper<'_> {
                     // final snapshot and then removes the instance.
                     return;
                 }
+                // Every hold below clears the readiness, and the looks go back to the snapshot.
+                let fresh = self.m.progress.deletion_ready_at.is_some();
+                self.m.progress.deletion_ready_at = None;
                 if !self.final_snapshot_name_free(&source) {
                     return;
                 }
@@ -250,9 +256,15 @@ impl Stepper<'_> {
                 }
                 if source.deletion_protection {
                     if self.policy.allow_disable_deletion_protection {
-                        self.request(Action::DisableDeletionProtection {
-                            instance: source.identifier.clone(),
-                        });
+                        if fresh {
+                            self.request(Action::DisableDeletionProtection {
+                                instance: source.identifier.clone(),
+                            });
+                        }
+                        // Turned off on a look as RDS has the source now; the deletion's look
+                        // after it is one too.
+                        self.m.progress.deletion_ready_at = Some(self.now);
+                        self.look_again |= !fresh;
                     } else {
                         self.alert_once(
                             "deletion-protection",
@@ -276,6 +288,13 @@ impl Stepper<'_> {
                             source.read_replicas.join(", ")
                         ),
                     );
+                }
+                if !fresh {
+                    // Nothing holds it on the snapshot's word: look again at once, as RDS has
+                    // the source now, and act on that.
+                    self.m.progress.deletion_ready_at = Some(self.now);
+                    self.look_again = true;
+                    return;
                 }
                 if self.request(Action::DeleteSource {
                     instance: source.identifier.clone(),

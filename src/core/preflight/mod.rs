@@ -635,9 +635,6 @@ pub fn run(
     (report, plan)
 }
 
-/// Declared CDC consumers get database-port ingress into the quarantined source, the one hole
-/// in the fence: each group must exist in the source's VPC and account (a typo or a foreign
-/// group is never admitted), and the declaration itself is acknowledged by the owners.
 /// What the instance's tags say about where they came from, before anything else is read from
 /// them: a start tag copied from another instance, and control tags left from an earlier attempt.
 fn tag_checks(c: &mut Checks<'_>, source: &SourceInstance, policy: &Policy) {
@@ -737,6 +734,9 @@ fn tag_checks(c: &mut Checks<'_>, source: &SourceInstance, policy: &Policy) {
     }
 }
 
+/// Declared CDC consumers get database-port ingress into the quarantined source, the one hole
+/// in the fence: each group must exist in the source's VPC and account (a typo or a foreign
+/// group is never admitted), and the declaration itself is acknowledged by the owners.
 fn cdc_consumer_checks(
     c: &mut Checks<'_>,
     source: &SourceInstance,
