@@ -338,8 +338,10 @@ async fn read_databases<W: World>(
 /// request within its TTL): not in it, the source was gone when it was taken (resource ids are
 /// never reused), so it is absent; under another name, renamed. Only a snapshot that still shows
 /// it under its own name (older than the change) is checked with RDS directly, one request
-/// (`dbi-resource-id`), and not once the agent's own deletion is under way (its final snapshot
-/// recorded as the source's): the instance gone is then that deletion.
+/// (`dbi-resource-id`), and not once the agent asked for the source's deletion: the instance
+/// gone is then most likely that deletion (the first look after it, minutes later, finds it so
+/// in a fleet's every migration), and a rename after a refused deletion is seen once the
+/// snapshot is newer than the rename.
 async fn renamed_or_absent<R: Rds>(
     rds: &R,
     m: &Migration,
@@ -358,7 +360,7 @@ async fn renamed_or_absent<R: Rds>(
     let now = match seen {
         None => None,
         Some(name) if name != m.source_identifier => Some(name),
-        Some(_) if m.progress.final_snapshot_at.is_some() => None,
+        Some(_) if m.progress.source_delete_requested_at.is_some() => None,
         Some(_) => rds.source_identifier_of(rid).await?,
     };
     Ok(match now {
