@@ -338,16 +338,18 @@ async fn read_databases<W: World>(
 /// request within its TTL): not in it, the source was gone when it was taken (resource ids are
 /// never reused), so it is absent; under another name, renamed. Only a snapshot that still shows
 /// it under its own name (older than the change) is checked with RDS directly, one request
-/// (`dbi-resource-id`), and not once the agent asked for the source's deletion: the instance
-/// gone is then most likely that deletion (the first look after it, minutes later, finds it so
-/// in a fleet's every migration), and a rename after a refused deletion is seen once the
-/// snapshot is newer than the rename.
+/// (`dbi-resource-id`). Not once the agent asked for the source's deletion (below).
 async fn renamed_or_absent<R: Rds>(
     rds: &R,
     m: &Migration,
     source: Observed<SourceInstance>,
 ) -> PortResult<(Observed<SourceInstance>, Option<String>)> {
-    if !source.is_absent() {
+    // Once the agent asked for the source's deletion, its absence is most likely that
+    // deletion (the first look after it, minutes later, finds it so in nearly every migration
+    // of a fleet): not looked into, not even in the fleet snapshot, whose refreshes a look
+    // would otherwise pay for. A rename after a refused deletion is then taken for the
+    // deletion: `source_gone` finds no final snapshot of ours and says so (an error).
+    if !source.is_absent() || m.progress.source_delete_requested_at.is_some() {
         return Ok((source, None));
     }
     let rid = &m.id.resource_id;
@@ -360,7 +362,6 @@ async fn renamed_or_absent<R: Rds>(
     let now = match seen {
         None => None,
         Some(name) if name != m.source_identifier => Some(name),
-        Some(_) if m.progress.source_delete_requested_at.is_some() => None,
         Some(_) => rds.source_identifier_of(rid).await?,
     };
     Ok(match now {
