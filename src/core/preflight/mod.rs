@@ -675,34 +675,33 @@ fn tag_checks(c: &mut Checks<'_>, source: &SourceInstance, policy: &Policy) {
     // Tags that answer a question the agent asks in the middle of an attempt: none is asked
     // before the attempt starts, so one present now was left by an earlier attempt (the agent's
     // role cannot remove tags), and this attempt would take it for today's answer.
+    // Read as the phases read them (`ControlTags::read`), so the check sees what they would.
+    let read = c.tags;
     let stale: Vec<(String, &str)> = [
         (
+            read.rollback,
             "rollback",
             "approve",
             "roll the cutover back the moment traffic is routed",
         ),
         (
+            read.cdc_drained,
             "cdc-drained",
             "true",
             "let the cutover pass before the consumers read their slots to the end",
         ),
         (
+            read.cdc_slots_created,
             "cdc-slots-created",
             "true",
             "route before the consumers' slots exist on this attempt's Aurora cluster",
         ),
     ]
     .into_iter()
-    .filter(|(suffix, value, _)| {
-        source
-            .tags
-            .get(&tags::key(prefix, suffix))
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case(value))
-    })
-    .map(|(suffix, value, would)| (format!("{}={value}", tags::key(prefix, suffix)), would))
+    .filter(|(set, ..)| *set)
+    .map(|(_, suffix, value, would)| (format!("{}={value}", tags::key(prefix, suffix)), would))
     .collect();
-    let approved_already = policy.cutover == CutoverPolicy::ManualApproval
-        && ControlTags::read(prefix, &source.tags).approve;
+    let approved_already = policy.cutover == CutoverPolicy::ManualApproval && read.approve;
     if !stale.is_empty() {
         let each: Vec<String> = stale
             .iter()
