@@ -411,6 +411,49 @@ fn a_client_keeps_reconnecting(seed: u64) {
     );
 }
 
+/// An attempt that ends rolled back before its cutover (its replica cluster failed) while a
+/// read of its record is slow: the resync sweep described the source while its trigger still
+/// read `start`, and its read of the latest record (a DynamoDB Query) returned after the agent
+/// had reset the trigger and saved the record as ended. Paired, the two started attempt 2 for
+/// an instance nobody asked to migrate again (the simulator's 1,000-migration fleet, seed 2,
+/// `orders-db-0611`: another nine hours of replica building, and a quarantine ahead). Each
+/// Query from the replica's creation on is slowed in turn by just under one resync interval
+/// (5 min), so that one of them spans the reset; `sim::checks::attempts` flags an attempt begun
+/// while the trigger did not read `start`. Without the agent's second describe (after the
+/// record was read, `Agent::on_source_as`), the sixth Query's case began attempt 2.
+#[test]
+fn a_slow_read_of_the_record_across_the_trigger_s_reset_begins_no_second_attempt() {
+    let mut slowed = 0;
+    for nth in 1..=QUERIES_AFTER_THE_REPLICA_S_CREATION {
+        let slow = CallFault::Slow(295_000);
+        let mut plan = FaultPlan::scripted(vec![nth_after(
+            "dynamodb:Query",
+            nth,
+            "rds:CreateDBCluster",
+            slow,
+        )]);
+        plan.permanent = Some(vec![(0, PermanentFault::ReplicaCreationFails)]);
+        let report = sim::run(&one_migration(0.0, plan));
+        let case = format!("Query #{nth} after the replica's creation 295 s late");
+        assert!(report.violations.is_empty(), "{case}: {report}");
+        assert_eq!(report.count(Phase::RolledBack), 1, "{case}: {report}");
+        if report.scripted_fired.first().is_some_and(|n| *n > 0) {
+            slowed += 1;
+        }
+    }
+    println!("{slowed} of {QUERIES_AFTER_THE_REPLICA_S_CREATION} cases slowed a read");
+    assert!(slowed > 0, "no case slowed a read");
+    assert!(
+        slowed < QUERIES_AFTER_THE_REPLICA_S_CREATION,
+        "the last cases find no Query left: every one after the replica's creation was slowed"
+    );
+}
+
+/// How many Queries [`a_slow_read_of_the_record_across_the_trigger_s_reset_begins_no_second_attempt`]
+/// slows in turn: more than the run makes after the replica's creation (the last cases find no
+/// such Query).
+const QUERIES_AFTER_THE_REPLICA_S_CREATION: u32 = 12;
+
 /// Fault-free, the database-aware cutover's write unavailability is shorter than the metric
 /// path's (no reboot, no CloudWatch period to wait for).
 #[test]

@@ -452,7 +452,25 @@ impl<W: World> Agent<W> {
         };
         let latest = self.world.store().latest(&source.resource_id).await?;
         let now = self.world.clock().now();
-        match admit(&source, latest.as_ref(), &self.policy.tag_prefix, now) {
+        let mut admission = admit(&source, latest.as_ref(), &self.policy.tag_prefix, now);
+        if let (Admission::Start(_), Some(ended)) = (&admission, &latest) {
+            // A new attempt after one that ended: its `start` must be one the agent has not
+            // reset. The look above was taken before the record was read, and a slow read
+            // spans the ended attempt's own last step (which resets the trigger, then saves
+            // the record as done): that `start` paired with the record saved after its reset
+            // would begin an attempt nobody asked for (the simulator's fleet, seed 2). So the
+            // source is described again, as RDS has it now, after the read, and only a trigger
+            // that still says `start` begins attempt N+1: one request per attempt after the
+            // first.
+            debug_assert!(ended.phase.is_terminal() && ended.next_wake.is_none());
+            admission = match self.world.rds().describe_source_now(identifier).await? {
+                Observed::Present(now_source) if now_source.resource_id == source.resource_id => {
+                    admit(&now_source, latest.as_ref(), &self.policy.tag_prefix, now)
+                }
+                _ => Admission::Ignore("the instance changed while its record was read"),
+            };
+        }
+        match admission {
             Admission::Ignore(why) => {
                 tracing::debug!(instance = identifier, why, "no migration");
             }

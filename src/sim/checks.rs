@@ -6,9 +6,16 @@
 //! never routed to an unpromoted replica; a target that took writes is never deleted; no store
 //! write undoes a newer one.
 //!
+//! In their own files, at the call they judge: every call that changes AWS for a migration is
+//! made by the holder of its lease (`leases`); no promotion before every acknowledged write was
+//! replayed (`replayed_before_promotion`); no more migrations in their cutover or their
+//! preparation than the agent's limits (`turns`); an attempt after the first begins only on a
+//! `start` the agent has not reset (`attempts`).
+//!
 //! Here: every decision of the phase machine against `core::invariants` (through a wrapper
 //! installed as the agent's `step`), the quarantine rule, and the end-of-run liveness rules.
 
+pub mod attempts;
 pub mod leases;
 pub mod replayed_before_promotion;
 pub mod turns;

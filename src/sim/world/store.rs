@@ -162,6 +162,11 @@ impl State {
                 ));
             }
         }
+        if stored.is_none()
+            && let Some(v) = crate::sim::checks::attempts::check(self, m)
+        {
+            self.violation(v);
+        }
         let phase_before = stored.as_ref().map(|s| s.phase);
         if let Some(v) = crate::sim::checks::turns::check(self, m, phase_before) {
             self.violation(v);
