@@ -15,6 +15,13 @@ use crate::ports::{PortError, Rds, StateStore, World};
 pub enum CommandError {
     #[error("no RDS instance named `{0}`")]
     NoInstance(String),
+    /// `ack` names a check that cannot be acknowledged: a typo would write a tag the preflight
+    /// never reads, and the operator would wait for an acknowledgement that never counts.
+    #[error(
+        "`{0}` is not a check the owners may acknowledge; these are: {known}",
+        known = acknowledgeable_checks().join(", ")
+    )]
+    NotAcknowledgeable(String),
     #[error(transparent)]
     Port(#[from] PortError),
 }
@@ -160,6 +167,11 @@ pub async fn set_control<W: World>(
     instance: &str,
     control: &Control,
 ) -> Result<String, CommandError> {
+    if let Control::Acknowledge(check) = control
+        && !acknowledgeable_checks().contains(&check.as_str())
+    {
+        return Err(CommandError::NotAcknowledgeable(check.clone()));
+    }
     let source = existing_source(world, instance).await?;
     let (key, mut value) = control.tag(&policy.tag_prefix);
     if matches!(control, Control::Acknowledge(check) if check == preflight::RESTORED_COPY) {
@@ -171,6 +183,13 @@ pub async fn set_control<W: World>(
     t.insert(key.clone(), value.clone());
     world.rds().set_tags(&source.arn, &t).await?;
     Ok(format!("tagged {} {key}={value}", source.identifier))
+}
+
+/// The checks `ack` accepts: the preflight's acknowledgeable failures and the restored copy.
+fn acknowledgeable_checks() -> Vec<&'static str> {
+    let mut known = preflight::ACKNOWLEDGEABLE.to_vec();
+    known.push(preflight::RESTORED_COPY);
+    known
 }
 
 /// `pause` / `resume`: the fleet-wide switch that holds every migration at the cutover gate.

@@ -82,7 +82,8 @@ enum Command {
     Abort { instance: String },
     /// Ask for a rollback after cutover (`<prefix>:rollback=approve`).
     Rollback { instance: String },
-    /// Acknowledge a preflight finding (`<prefix>:ack-<check>=true`).
+    /// Acknowledge a preflight finding (`<prefix>:ack-<check>=true`; for `restored-copy`, the
+    /// instance's own resource id). An unknown check is refused, naming the ones there are.
     Ack { instance: String, check: String },
     /// Hold every migration at the cutover gate.
     Pause,

@@ -175,7 +175,13 @@ impl AgentProcess {
     /// The binary's `plan` command with these arguments against the emulator (no queue, topic
     /// or table needed), as an operator runs it: its whole output, exit status included.
     pub fn plan(env: &Env, args: &[&str]) -> std::process::Output {
-        AgentProcess::command(env, "plan")
+        AgentProcess::operator(env, "plan", args)
+    }
+
+    /// The binary's operator `command` (`plan`, `ack`, `start`, …) with these arguments
+    /// against the emulator, as an operator runs it: its whole output, exit status included.
+    pub fn operator(env: &Env, command: &str, args: &[&str]) -> std::process::Output {
+        AgentProcess::command(env, command)
             .args(args)
             .env("MIGRATOR_LOG_FORMAT", "text")
             .env("RUST_LOG", "error")

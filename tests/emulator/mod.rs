@@ -18,6 +18,7 @@ pub use state::*;
 pub use webhook::*;
 
 mod cdc_and_kms;
+mod commands;
 mod crashes;
 mod database;
 mod faults;
