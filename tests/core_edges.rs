@@ -921,8 +921,32 @@ fn the_look_that_may_ask_for_the_deletion_reads_the_source_as_rds_has_it_now() {
     deletion_ready(&mut model, &mut m, &p);
     let d = quiet_round(&mut model, &mut m, &p);
     assert!(keys(&d.actions).contains(&ActionKey::DeleteSource));
-    // Once asked, the looks that wait for RDS to finish do not describe it now.
-    assert!(!needs(&m, model.now, &p).fresh);
+    // Once asked, the looks that wait for RDS to finish do not describe it now, and its
+    // absence from a snapshot taken after the request is its deletion done (no request).
+    let n = needs(&m, model.now, &p);
+    assert!(!n.fresh);
+    assert!(n.source_absence_from_snapshot);
+}
+
+/// Before the agent asked for the source's deletion, its absence from the fleet snapshot is
+/// never taken as gone (it would be someone else's deletion, or a rename: described directly,
+/// then looked up by resource id); after the request, a snapshot without it says RDS finished.
+#[test]
+fn only_the_agent_s_own_deletion_lets_the_snapshot_say_the_source_is_gone() {
+    let p = policy();
+    // The happy path's phases (the exits, RollingBack and Paused, sort after Completed).
+    for phase in Phase::ALL.into_iter().filter(|ph| *ph < Phase::Completed) {
+        let (model, m) = advanced_to(&p, phase);
+        assert!(
+            !needs(&m, model.now, &p).source_absence_from_snapshot,
+            "{phase}: no deletion asked for"
+        );
+    }
+    let (mut model, mut m) = decommission_due(&p);
+    assert!(!needs(&m, model.now, &p).source_absence_from_snapshot);
+    let d = quiet_round(&mut model, &mut m, &p);
+    assert!(keys(&d.actions).contains(&ActionKey::DeleteSource));
+    assert!(needs(&m, model.now, &p).source_absence_from_snapshot);
 }
 
 #[test]

@@ -470,6 +470,12 @@ fn rolling_back_from_draining_on_abort(policy: &Policy) -> (Model, Migration) {
     model.tag_source("aurora-migration:abort", "true");
     let mut rounds = 0;
     while m.phase != Phase::RollingBack {
+        // Nobody asked for the replica's deletion yet: its absence from the fleet snapshot
+        // would not be its deletion (described directly).
+        assert!(
+            !aurora_migrator::core::needs::needs(&m, model.now, policy)
+                .target_absence_from_snapshot
+        );
         quiet_round(&mut model, &mut m, policy);
         rounds += 1;
         assert!(rounds < 10, "the abort starts the rollback");
@@ -496,6 +502,11 @@ fn a_rollback_looks_slowly_once_the_source_takes_writes_again() {
         "{:?}",
         d.wake_after
     );
+    // Asked for its deletion, the replica's absence from a snapshot taken after the request is
+    // its deletion done: the looks that wait for it need no request to find it gone.
+    assert!(m.requested.contains_key(&ActionKey::DeleteTarget));
+    let n = aurora_migrator::core::needs::needs(&m, model.now, &policy);
+    assert!(n.target_absence_from_snapshot);
     // RDS deletes the replica for minutes.
     model.target = Some(TargetCluster {
         status: "deleting".into(),

@@ -75,6 +75,8 @@ async fn observe_needs<W: World>(
     let source = async {
         if need.source_from_snapshot {
             crate::aws::rds::cache::snapshot_will_do(source).await
+        } else if need.source_absence_from_snapshot {
+            crate::aws::rds::cache::absence_will_do(source).await
         } else {
             source.await
         }

@@ -44,8 +44,15 @@ pub struct Needs {
     pub target_from_snapshot: bool,
     /// The target absent from the fleet snapshot is taken as absent, not described directly
     /// (`aws::rds::cache::absence_will_do`): the look before the replica's cluster is created
-    /// (CreatingReplica, nothing asked yet), whose creation meets a cluster created since.
+    /// (CreatingReplica, nothing asked yet), whose creation meets a cluster created since; and
+    /// a rollback's looks once the replica's deletion was asked for (`machine::rollback`).
     pub target_absence_from_snapshot: bool,
+    /// As `target_absence_from_snapshot`, for the source: once the agent asked for its
+    /// deletion, its absence from a snapshot taken after that request (the adapter's own
+    /// request marks the name, `FleetCache::heard_since`) is the deletion done, as a direct
+    /// describe would say (Decommissioning, `machine::soak`). Its final snapshot is still
+    /// described before the source is recorded gone.
+    pub source_absence_from_snapshot: bool,
     /// A scheduled look of a cutover wait that an RDS event ends (the metric path's reboot,
     /// AWS's promotion): its direct describes may wait a moment for other migrations' looks of
     /// the same grid time to share one request (`aws::rds::batch::gathered`). News never waits.

@@ -54,6 +54,11 @@ pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Need
                 // the snapshot quota, the fence) costs no request a look. The cluster still comes
                 // from the snapshot (its ARN).
                 n.fresh = p.deletion_ready_at.is_some() && p.source_delete_requested_at.is_none();
+                // After the request, the source leaves the fleet snapshot when RDS has deleted
+                // it (`deleting` until then): a look that finds it gone there needs no request
+                // to say so. Each such look described it directly: 1.2 DescribeDBInstances a
+                // completed migration in the simulator's 1,000-migration fleet (seed 1).
+                n.source_absence_from_snapshot = p.source_delete_requested_at.is_some();
                 n.quarantine_group = true;
                 if policy.restore_source_groups_after_cutover {
                     // With its groups given back, only its WAL can show the source takes no
