@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::aws::limit::in_lane;
 use crate::core::admission::{Admission, admit};
-use crate::core::observation::Observed;
+use crate::core::observation::{Observed, SourceInstance};
 use crate::core::{ActionResult, ErrorKind, Migration, MigrationId, Policy, step};
 use crate::inbound::{self, Home, Inbound, ParseError, Received, Tick};
 use crate::ports::{
@@ -435,21 +435,24 @@ impl<W: World> Agent<W> {
     /// Something happened to a source instance (event, tag): start or continue its migration.
     /// An instance that does not carry the trigger and has no migration is never touched.
     pub async fn on_source(&self, identifier: &str) -> Result<Disposition, DriverError> {
-        self.on_source_as(identifier, Asked::News).await
-    }
-
-    /// [`Agent::on_source`]; `asked`: [`Asked::Schedule`] for the resync's sweep, which starts
-    /// a migration the trigger asks for and leaves one under way to its own wake-ups (the
-    /// resync steps those that are overdue). News steps it whatever it was waiting for.
-    async fn on_source_as(
-        &self,
-        identifier: &str,
-        asked: Asked,
-    ) -> Result<Disposition, DriverError> {
         let source = match self.world.rds().describe_source(identifier).await? {
             Observed::Present(s) => s,
             _ => return Ok(Disposition::Delete),
         };
+        self.on_source_as(source, Asked::News).await
+    }
+
+    /// [`Agent::on_source`] of `source` as already read; `asked`: [`Asked::Schedule`] for the
+    /// resync's sweep, which starts a migration the trigger asks for and leaves one under way to
+    /// its own wake-ups (the resync steps those that are overdue), and reads the source from
+    /// the fleet snapshot it listed the tagged sources from. News steps it whatever it was
+    /// waiting for.
+    async fn on_source_as(
+        &self,
+        source: SourceInstance,
+        asked: Asked,
+    ) -> Result<Disposition, DriverError> {
+        let identifier = source.identifier.as_str();
         let latest = self.world.store().latest(&source.resource_id).await?;
         let now = self.world.clock().now();
         let mut admission = admit(&source, latest.as_ref(), &self.policy.tag_prefix, now);
@@ -572,9 +575,17 @@ impl<W: World> Agent<W> {
             .rds()
             .list_tagged_sources(&self.policy.tag_prefix)
             .await?;
+        // Each source as the snapshot listed it: what the sweep reads of it (its resource id,
+        // its trigger) decides only whether an attempt begins, and the one case where a view
+        // seconds old could mislead (a `start` the agent has since reset) is described again
+        // before it acts (`on_source_as`). Described one by one, a source the agent had changed
+        // since the snapshot started was a direct request: 1.9 DescribeDBInstances a completed
+        // migration in the simulator's 1,000-migration fleet (seed 1), for looks that mostly
+        // found a migration under way and did nothing.
         for_each_at_most(RESYNC_CONCURRENCY, tagged, |source| async move {
-            if let Err(e) = self.on_source_as(&source.identifier, Asked::Schedule).await {
-                tracing::warn!(instance = %source.identifier, error = %e, "resync of a source failed");
+            let name = source.identifier.clone();
+            if let Err(e) = self.on_source_as(source, Asked::Schedule).await {
+                tracing::warn!(instance = %name, error = %e, "resync of a source failed");
             }
         })
         .await;
