@@ -12,22 +12,39 @@ use serde_json::json;
 
 use super::*;
 
-/// The source's slot lag never reaches 0 (a stale logical slot): replicating is fine (64 MiB →
-/// 128 MiB, under the threshold), but the Draining proof never holds.
-async fn stale_slot_rollback(abort: bool) {
-    let env = Env::new().await;
-    let Source { arn, rid, names } = env.migration_source("orders-pg", true).await;
-    let player = Player::one(&env, "orders-pg", &names, true);
-    let mut policy = policy();
-    if !abort {
-        policy.write_unavailability_budget = jiff::SignedDuration::from_secs(20);
-    }
+/// `orders-pg` tagged and migrated with this write budget until it is fenced in Draining, where
+/// its slot lag never reaches 0 (a stale logical slot): replicating is fine (64 MiB → 128 MiB,
+/// under the threshold), but the Draining proof never holds. The source, the CloudWatch player
+/// and the running agent.
+async fn held_in_draining(
+    env: &Env,
+    write_budget: jiff::SignedDuration,
+) -> (Source, Player, RunningAgent) {
+    let source = env.migration_source("orders-pg", true).await;
+    let player = Player::one(env, "orders-pg", &source.names, true);
+    let policy = Policy {
+        write_unavailability_budget: write_budget,
+        ..policy()
+    };
     let agent = env
         .run_agent_with(&env.settings, policy, runtime_settings())
         .await;
-    env.send_tag_event(&arn, &["aurora-migration"]).await;
+    env.send_tag_event(&source.arn, &["aurora-migration"]).await;
     env.wait_past("orders-pg", "draining", Duration::from_secs(120), &[])
         .await;
+    (source, player, agent)
+}
+
+/// Held in Draining by a stale slot ([`held_in_draining`]), then aborted by the owners or out
+/// of its write budget (20 s): both roll back without promoting.
+async fn stale_slot_rollback(abort: bool) {
+    let env = Env::new().await;
+    let budget = if abort {
+        policy().write_unavailability_budget
+    } else {
+        jiff::SignedDuration::from_secs(20)
+    };
+    let (Source { arn, rid, names }, player, agent) = held_in_draining(&env, budget).await;
     // The agent took hold of the source with its own marker before it changed anything: the
     // task role's permissions hold through it (infra/tests/test_iam_policy.py).
     let marker = env
@@ -233,19 +250,9 @@ async fn rename(env: &Env, from: &str, to: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_renamed_mid_cutover_is_held_fenced_not_taken_for_deleted() {
     let env = Env::new().await;
-    let Source { arn, names, .. } = env.migration_source("orders-pg", true).await;
-    let player = Player::one(&env, "orders-pg", &names, true);
     // A write budget that outlasts the wait below: the migration stays in Draining.
-    let policy = Policy {
-        write_unavailability_budget: jiff::SignedDuration::from_secs(600),
-        ..policy()
-    };
-    let agent = env
-        .run_agent_with(&env.settings, policy, runtime_settings())
-        .await;
-    env.send_tag_event(&arn, &["aurora-migration"]).await;
-    env.wait_past("orders-pg", "draining", Duration::from_secs(120), &[])
-        .await;
+    let budget = jiff::SignedDuration::from_secs(600);
+    let (Source { arn, .. }, player, agent) = held_in_draining(&env, budget).await;
     rename(&env, "orders-pg", "orders-pg-renamed").await;
     let mut notes = Vec::new();
     // While CloudWatch is awaited the metric path's looks read the source from the fleet
