@@ -19,7 +19,7 @@ pub enum CommandError {
     /// never reads, and the operator would wait for an acknowledgement that never counts.
     #[error(
         "`{0}` is not a check the owners may acknowledge; these are: {known}",
-        known = acknowledgeable_checks().join(", ")
+        known = preflight::acknowledgeable_checks().collect::<Vec<_>>().join(", ")
     )]
     NotAcknowledgeable(String),
     #[error(transparent)]
@@ -168,7 +168,7 @@ pub async fn set_control<W: World>(
     control: &Control,
 ) -> Result<String, CommandError> {
     if let Control::Acknowledge(check) = control
-        && !acknowledgeable_checks().contains(&check.as_str())
+        && !preflight::may_be_acknowledged(check)
     {
         return Err(CommandError::NotAcknowledgeable(check.clone()));
     }
@@ -183,13 +183,6 @@ pub async fn set_control<W: World>(
     t.insert(key.clone(), value.clone());
     world.rds().set_tags(&source.arn, &t).await?;
     Ok(format!("tagged {} {key}={value}", source.identifier))
-}
-
-/// The checks `ack` accepts: the preflight's acknowledgeable failures and the restored copy.
-fn acknowledgeable_checks() -> Vec<&'static str> {
-    let mut known = preflight::ACKNOWLEDGEABLE.to_vec();
-    known.push(preflight::RESTORED_COPY);
-    known
 }
 
 /// `pause` / `resume`: the fleet-wide switch that holds every migration at the cutover gate.

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::observation::{PreflightInputs, SourceInstance};
 use super::policy::Policy;
-use super::preflight::{self, ACKNOWLEDGEABLE, Outcome};
+use super::preflight::{self, Outcome};
 
 /// What a platform team does next with an instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -133,9 +133,7 @@ impl ReadinessRow {
         };
         let failed = |c: &preflight::CheckResult| c.outcome == Outcome::Fail && !c.acknowledged;
         // A restored copy is acknowledged too, by a tag naming it (`preflight::RESTORED_COPY`).
-        let may_ack = |c: &preflight::CheckResult| {
-            ACKNOWLEDGEABLE.contains(&c.name.as_str()) || c.name == preflight::RESTORED_COPY
-        };
+        let may_ack = |c: &preflight::CheckResult| preflight::may_be_acknowledged(&c.name);
         let blocking = names(&|c| failed(c) && !may_ack(c));
         let to_acknowledge = names(&|c| failed(c) && may_ack(c));
         let verdict = Verdict::of(report.passed(), &blocking);

@@ -37,7 +37,7 @@ pub(super) fn needs(m: &Migration, now: Timestamp, policy: &Policy, n: &mut Need
     n.target_absence_from_snapshot =
         !after_cutover && m.requested.contains_key(&ActionKey::DeleteTarget);
     n.quarantine_group = true;
-    if m.rollback.as_ref().is_some_and(|r| r.after_cutover) {
+    if after_cutover {
         // From the period that holds the route request: Aurora may take writes from then on,
         // and CloudWatch's periods start on the minute, before it.
         let since = p.route_requested_at.or(p.routed_at).unwrap_or(now) - policy.metric_period;

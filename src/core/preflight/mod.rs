@@ -112,6 +112,17 @@ pub const ACKNOWLEDGEABLE: [&str; 7] = [
 /// `true` ([`tag_checks`]).
 pub const RESTORED_COPY: &str = "restored-copy";
 
+/// Every check the owners may acknowledge: [`ACKNOWLEDGEABLE`]'s by `true`, the restored copy
+/// by its own resource id.
+pub fn acknowledgeable_checks() -> impl Iterator<Item = &'static str> {
+    ACKNOWLEDGEABLE.into_iter().chain([RESTORED_COPY])
+}
+
+/// Whether the owners may acknowledge the check `name` ([`acknowledgeable_checks`]).
+pub fn may_be_acknowledged(name: &str) -> bool {
+    acknowledgeable_checks().any(|c| c == name)
+}
+
 /// Libraries that run writers inside the database: after promotion they would write to the
 /// target, and on the quarantined source they would keep WAL moving.
 const IN_DATABASE_WRITERS: [&str; 3] = ["pg_cron", "pg_partman_bgw", "pglogical"];

@@ -10,11 +10,8 @@
 //! does so again every time the attempt ends.
 
 use crate::core::Migration;
-use crate::core::tags::ControlTags;
+use crate::core::tags::{ControlTags, DEFAULT_PREFIX};
 use crate::sim::world::State;
-
-/// The tag prefix of the simulated sources (`Policy::default`'s).
-const TAG_PREFIX: &str = "aurora-migration";
 
 /// The violation, if creating `m` now begins an attempt the trigger does not ask for.
 pub fn check(state: &State, m: &Migration) -> Option<String> {
@@ -22,7 +19,7 @@ pub fn check(state: &State, m: &Migration) -> Option<String> {
         return None;
     }
     let s = state.sources.get(&m.source_identifier)?;
-    let trigger = ControlTags::read(TAG_PREFIX, &s.view.tags);
+    let trigger = ControlTags::read(DEFAULT_PREFIX, &s.view.tags);
     (!trigger.start).then(|| {
         format!(
             "attempt {} of {} began while its trigger did not read `start` (the agent had reset it: the attempt was started from an older look at the tags)",
